@@ -1,0 +1,213 @@
+/* The one interface between models and hardware.
+ *
+ * A backend owns device buffers and runs the ops a DeepSeek-V3 model needs,
+ * each with its backward. It knows nothing of models: no layer, no tensor
+ * names, only shapes, strides and buffers. Models call only this header.
+ *
+ * Conventions (every backend implements them identically):
+ * - A buffer is an array of 4-byte elements: float32, or int32 where an op
+ *   says "int". Sizes and offsets count elements, never bytes.
+ * - A tensor argument is an fy_ref (buffer + element offset). Matrices are
+ *   row-major; `ld` is the distance in elements between rows.
+ * - Ops are queued and may run asynchronously. They return nothing: a failure
+ *   (out of device memory, a kernel launch error) is recorded in the backend
+ *   and reported by the next fy_be_sync(), like a sticky CUDA error.
+ * - "accumulate" arguments: 0 = overwrite the output, 1 = add into it.
+ *   Parameter gradients are always accumulated (the trainer zeroes them).
+ * - Ops with a reduction over rows (weight grads, scatter-add) are
+ *   deterministic: same inputs give bitwise the same outputs on one backend.
+ */
+#ifndef FY_BACKEND_H
+#define FY_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+
+typedef struct fy_backend fy_backend;
+
+typedef struct fy_buf {
+    fy_backend *be;
+    size_t n;      /* elements (4 bytes each) */
+    void *handle;  /* backend-private: a host pointer on cpu, cl_mem on opencl */
+} fy_buf;
+
+typedef struct fy_ref {
+    fy_buf *buf;
+    size_t off;    /* elements */
+} fy_ref;
+
+static inline fy_ref fy_at(fy_buf *b, size_t off) {
+    fy_ref r = {b, off};
+    return r;
+}
+static inline fy_ref fy_add(fy_ref r, size_t off) {
+    r.off += off;
+    return r;
+}
+#define FY_NULL_REF ((fy_ref){0, 0})
+
+/* Router settings for fy_be_router_*(); they mirror the HF config keys. */
+typedef struct fy_router_opts {
+    int n_experts;      /* E: n_routed_experts */
+    int top_k;          /* K: num_experts_per_tok */
+    int n_group;        /* 1 = no group limit */
+    int topk_group;     /* groups kept when n_group > 1 */
+    int norm_topk_prob; /* divide chosen weights by their sum */
+    float scaling;      /* routed_scaling_factor */
+} fy_router_opts;
+
+/* The vtable every backend fills in. Call through the fy_be_* wrappers. */
+typedef struct fy_backend_ops {
+    const char *name;
+    void (*destroy)(fy_backend *be);
+    int (*sync)(fy_backend *be, fy_err *err);
+
+    /* --- memory --- */
+    int (*alloc)(fy_backend *be, fy_buf *out, size_t n, fy_err *err); /* zero-filled */
+    void (*free)(fy_backend *be, fy_buf *b);
+    void (*upload)(fy_backend *be, fy_ref dst, const void *src, size_t n);
+    void (*download)(fy_backend *be, void *dst, fy_ref src, size_t n); /* blocking */
+    void (*copy)(fy_backend *be, fy_ref dst, fy_ref src, size_t n);
+    void (*fill)(fy_backend *be, fy_ref dst, float value, size_t n);
+
+    /* --- elementwise / BLAS-1 --- */
+    void (*axpy)(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y); /* y += a*x */
+    void (*scale)(fy_backend *be, size_t n, float alpha, fy_ref x);          /* x *= a */
+    /* Sum of squares of x[0..n), accumulated in double; blocking. */
+    double (*sumsq)(fy_backend *be, size_t n, fy_ref x);
+
+    /* Strided 3-D copy: for i<n0, j<n1, k<n2:
+     *   dst[i*ds0 + j*ds1 + k] (=|+=) src[i*ss0 + j*ss1 + k]
+     * A stride of 0 broadcasts (src) or reduces (dst, with accumulate=1). */
+    void (*copy3d)(fy_backend *be, int n0, int n1, int n2,
+                   fy_ref dst, size_t ds0, size_t ds1,
+                   fy_ref src, size_t ss0, size_t ss1, int accumulate);
+
+    /* --- GEMM (row-major): C = alpha * op(A) @ op(B) + beta * C,
+     * op(A) is MxK, op(B) is KxN, C is MxN. trans=1 means the stored
+     * matrix is the transpose (A stored KxM, B stored NxK). --- */
+    void (*gemm)(fy_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                 float alpha, fy_ref A, int lda, fy_ref B, int ldb,
+                 float beta, fy_ref C, int ldc);
+
+    /* --- RMSNorm over rows of width D: y = x * w / sqrt(mean(x^2) + eps).
+     * Saves rstd[N] = 1/sqrt(mean(x^2)+eps) for the backward. --- */
+    void (*rmsnorm_fwd)(fy_backend *be, int N, int D, fy_ref x, int ldx,
+                        fy_ref w, float eps, fy_ref y, int ldy, fy_ref rstd);
+    /* dx (=|+=) ; dw += (accumulated over rows, deterministically). */
+    void (*rmsnorm_bwd)(fy_backend *be, int N, int D, fy_ref x, int ldx,
+                        fy_ref w, fy_ref rstd, fy_ref dy, int lddy,
+                        fy_ref dx, int lddx, int accumulate_dx, fy_ref dw);
+
+    /* --- RoPE, interleaved pairs, in place. Row n (n < N) holds n_heads
+     * vectors of d_r values; vector h starts at x + n*ld + h*head_stride.
+     * Position of row n is pos0 + (n % T). Pair j of a vector is
+     * (x[2j], x[2j+1]) rotated by angle pos * theta^(-2j/d_r).
+     * inverse=1 rotates by -angle: the backward of the forward. --- */
+    void (*rope)(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r,
+                 fy_ref x, int ld, int head_stride, float theta, int inverse);
+
+    /* --- Causal self-attention over B sequences of T tokens, H heads.
+     * q, k: [B*T, H, dqk] (row stride H*dqk); v: [B*T, H, dv];
+     * out: [B*T, H*dv]; P: [B, H, T, T] softmax probabilities saved for the
+     * backward (entries above the diagonal are 0). --- */
+    void (*attn_fwd)(fy_backend *be, int B, int T, int H, int dqk, int dv,
+                     float scale, fy_ref q, fy_ref k, fy_ref v, fy_ref out, fy_ref P);
+    /* Writes (overwrites) dq, dk, dv from dout. */
+    void (*attn_bwd)(fy_backend *be, int B, int T, int H, int dqk, int dv,
+                     float scale, fy_ref q, fy_ref k, fy_ref v, fy_ref P,
+                     fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv);
+
+    /* --- SwiGLU on rows: h = silu(g) * u, with g, u, h [N, F] and row
+     * strides ldg, ldu, ldh. --- */
+    void (*swiglu_fwd)(fy_backend *be, int N, int F, fy_ref g, int ldg,
+                       fy_ref u, int ldu, fy_ref h, int ldh);
+    /* Writes (overwrites) dg, du (same strides as g, u). */
+    void (*swiglu_bwd)(fy_backend *be, int N, int F, fy_ref g, int ldg,
+                       fy_ref u, int ldu, fy_ref dh, int lddh,
+                       fy_ref dg, fy_ref du);
+
+    /* --- DeepSeekMoE router. logits [N, E] (raw W_router x).
+     * Writes s = sigmoid(logits) [N, E]; chooses top-K of s + bias[E]
+     * (bias may be FY_NULL_REF = zeros), with group limiting when
+     * n_group > 1 (group score = sum of its top-2 s+b; the best topk_group
+     * groups kept; experts of dropped groups are -inf). Ties go to the lower
+     * expert index. Writes idx [N, K] (int, in descending order of s+b) and
+     * w [N, K] = chosen s (without bias), divided by their sum when
+     * norm_topk_prob, times scaling. --- */
+    void (*router_fwd)(fy_backend *be, int N, const fy_router_opts *o,
+                       fy_ref logits, fy_ref bias, fy_ref s, fy_ref idx, fy_ref w);
+    /* Given dw [N, K] (grad of the loss wrt w), writes dlogits [N, E]
+     * (the selection itself has no gradient). accumulate: add into dlogits
+     * (the balance loss also contributes). */
+    void (*router_bwd)(fy_backend *be, int N, const fy_router_opts *o,
+                       fy_ref s, fy_ref idx, fy_ref dw, fy_ref dlogits, int accumulate);
+
+    /* --- Sequence-wise balance loss for B sequences of T tokens:
+     * per sequence, f_i = E/(K*T) * #tokens whose idx contains i,
+     * P_i = mean_t s_ti / sum_j s_tj; loss = alpha * mean_b sum_i f_i P_i.
+     * fwd returns the loss (blocking). bwd adds d(loss)/d(logits) * dloss
+     * into dlogits (f is treated as a constant). --- */
+    float (*balance_fwd)(fy_backend *be, int B, int T, int E, int K, float alpha,
+                         fy_ref s, fy_ref idx);
+    void (*balance_bwd)(fy_backend *be, int B, int T, int E, int K, float alpha,
+                        float dloss, fy_ref s, fy_ref idx, fy_ref dlogits);
+
+    /* --- Row gather / scatter (experts, embeddings). idx is int.
+     * gather: dst[i, :] = src[idx[i], :] * (w ? w[i] : 1), i < n, width D.
+     * scatter_add: dst[idx[i], :] += src[i, :] * (w ? w[i] : 1); repeated
+     * indices allowed; deterministic (in order of i). --- */
+    void (*gather_rows)(fy_backend *be, int n, int D, fy_ref src, int lds,
+                        fy_ref idx, fy_ref w, fy_ref dst, int ldd);
+    void (*scatter_add_rows)(fy_backend *be, int n, int D, fy_ref src, int lds,
+                             fy_ref idx, fy_ref w, fy_ref dst, int ldd);
+    /* out[i] (=|+=) dot(a[ia[i], :], b[i, :]) over width D; ia is int. */
+    void (*rows_dot)(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia,
+                     fy_ref b, int ldb, fy_ref out, int accumulate);
+
+    /* --- Softmax cross-entropy over rows of logits [N, V].
+     * targets int [N]; rows whose target == ignore_index give loss 0 and
+     * zero gradient. Writes losses[N] (per-row -log p_target) and
+     * dlogits = (softmax - onehot) * grad_scale (dlogits may alias logits).
+     * Returns the sum of losses over non-ignored rows (blocking). --- */
+    double (*xent_fwdbwd)(fy_backend *be, int N, int V, fy_ref logits,
+                          fy_ref targets, int ignore_index, float grad_scale,
+                          fy_ref losses, fy_ref dlogits);
+
+    /* --- AdamW on n elements (decoupled weight decay):
+     *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+     *   p -= lr * ( (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p )
+     * t is the 1-based step. g is scaled by grad_scale first (clipping). --- */
+    void (*adamw)(fy_backend *be, size_t n, fy_ref p, fy_ref g, fy_ref m, fy_ref v,
+                  float lr, float b1, float b2, float eps, float wd, int t,
+                  float grad_scale);
+} fy_backend_ops;
+
+struct fy_backend {
+    const fy_backend_ops *ops;
+    void *impl;                /* backend-private state */
+    char err_msg[512];         /* first sticky error since the last sync */
+    int failed;
+};
+
+/* --- Creating backends --- */
+/* spec: "cpu", "opencl", "opencl:P:D", "cuda". Unknown or unavailable
+ * backends are an error naming what is available. */
+int fy_backend_create(const char *spec, fy_backend **out, fy_err *err);
+void fy_backend_destroy(fy_backend *be);
+int fy_backend_cpu_create(fy_backend **out, fy_err *err);
+
+/* Records a sticky error (first one wins); for backend implementations. */
+void fy_be_set_error(fy_backend *be, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* --- Thin wrappers, so model code reads as math. --- */
+static inline int fy_be_sync(fy_backend *be, fy_err *err) { return be->ops->sync(be, err); }
+static inline int fy_be_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err) {
+    return be->ops->alloc(be, out, n, err);
+}
+static inline void fy_be_free(fy_backend *be, fy_buf *b) { be->ops->free(be, b); }
+
+#endif

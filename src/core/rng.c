@@ -1,0 +1,25 @@
+#include "core/rng.h"
+
+#include <math.h>
+
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+uint64_t fy_rng_u64(uint64_t seed, uint64_t stream, uint64_t counter) {
+    return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ counter);
+}
+
+float fy_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
+    return (float)(fy_rng_u64(seed, stream, counter) >> 40) * (1.0f / 16777216.0f);
+}
+
+float fy_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter) {
+    /* u1 in (0,1] so log() is finite. */
+    double u1 = ((double)(fy_rng_u64(seed, stream, 2 * counter) >> 11) + 1.0) / 9007199254740992.0;
+    double u2 = (double)(fy_rng_u64(seed, stream, 2 * counter + 1) >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}

@@ -1,0 +1,19 @@
+/* Counter-based RNG (SplitMix64 over (seed, stream, counter)): any value can
+ * be recomputed from its coordinates, so a resumed run draws exactly what an
+ * uninterrupted run would have, with no generator state to checkpoint. */
+#ifndef FY_RNG_H
+#define FY_RNG_H
+
+#include <stdint.h>
+
+/* A 64-bit hash of (seed, stream, counter); statistically independent across
+ * any change of the three. */
+uint64_t fy_rng_u64(uint64_t seed, uint64_t stream, uint64_t counter);
+
+/* Uniform in [0, 1) with 24 bits (exactly representable as float). */
+float fy_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter);
+
+/* Standard normal via Box-Muller on counters 2c and 2c+1. */
+float fy_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter);
+
+#endif

@@ -1,0 +1,24 @@
+/* Minimal test helpers: CHECK records a failure and keeps going; main()
+ * returns fy_test_finish(), which prints "N passed, M failed". */
+#ifndef FY_TESTUTIL_H
+#define FY_TESTUTIL_H
+
+#include <stdio.h>
+
+extern int fy_test_pass, fy_test_fail;
+
+#define CHECK(cond, ...) do { \
+    if (cond) { fy_test_pass++; } \
+    else { fy_test_fail++; fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+           fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); } \
+} while (0)
+
+/* Relative error |a-b| / max(|b|, floor). */
+double fy_relerr(double a, double b, double floor_);
+
+/* A scratch directory for this test (created, under FERRY_TEST_TMP or /tmp). */
+const char *fy_test_tmpdir(const char *test_name);
+
+int fy_test_finish(const char *name);
+
+#endif
