@@ -115,10 +115,10 @@ typedef struct fy_backend_ops {
      * backward (entries above the diagonal are 0). --- */
     void (*attn_fwd)(fy_backend *be, int B, int T, int H, int dqk, int dv,
                      float scale, fy_ref q, fy_ref k, fy_ref v, fy_ref out, fy_ref P);
-    /* Writes (overwrites) dq, dk, dv from dout. */
+    /* Writes (overwrites) grad_q, grad_k, grad_v from dout. */
     void (*attn_bwd)(fy_backend *be, int B, int T, int H, int dqk, int dv,
                      float scale, fy_ref q, fy_ref k, fy_ref v, fy_ref P,
-                     fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv);
+                     fy_ref dout, fy_ref grad_q, fy_ref grad_k, fy_ref grad_v);
 
     /* --- SwiGLU on rows: h = silu(g) * u, with g, u, h [N, F] and row
      * strides ldg, ldu, ldh. --- */
