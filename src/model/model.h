@@ -1,0 +1,82 @@
+/* A DeepSeek-V3 model on a backend: weights, gradients, activations, and the
+ * explicit forward and backward passes (DESIGN §2).
+ *
+ * A training step is:
+ *   fy_model_zero_grad(m);
+ *   fy_model_forward(m, inputs, labels, B, T, 1, &loss, err);  (saves activations)
+ *   fy_model_backward(m, err);                                 (accumulates grads)
+ *   ... optimizer ...
+ *   fy_model_update_bias(m);                                   (aux-loss-free balancing)
+ *
+ * The loss heads (cross-entropy and its gradient) run fused inside the forward
+ * when grads are wanted, so the [tokens x vocab] gradient never has to be kept
+ * for every head; backward starts from the heads' input gradients. */
+#ifndef FY_MODEL_H
+#define FY_MODEL_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "core/err.h"
+#include "model/config.h"
+#include "model/params.h"
+
+#define FY_IGNORE_INDEX (-100)
+#define FY_MAX_MTP 2
+
+/* Saved activations of one decoder layer for one (B, T); see model.c. */
+typedef struct fy_layer_acts fy_layer_acts;
+
+typedef struct fy_loss {
+    float total;            /* main + lambda/D * sum mtp + balance */
+    float main;             /* mean cross-entropy of the main head */
+    float mtp[FY_MAX_MTP];  /* mean cross-entropy of MTP module k+1 */
+    float balance;          /* sequence-wise balance loss (all MoE layers) */
+    int n_main;             /* non-ignored targets of the main head */
+} fy_loss;
+
+typedef struct fy_model {
+    fy_config cfg;
+    fy_backend *be;
+    fy_param_table tab;
+    fy_buf params, grads, buffers;
+
+    /* Activation workspace for the current (B, T); grown on demand. The
+     * layout is private to model.c. */
+    int B, T;
+    fy_buf acts;
+    fy_layer_acts *layer_acts;      /* [n_layers] */
+    struct fy_model_ws *ws;
+    fy_ref logits;                  /* main head [B*T, V] of the last forward */
+    int has_grad_heads;             /* forward ran with need_grad */
+
+    /* Expert loads since the last bias update: [n_layers][E] tokens routed. */
+    int64_t *loads;
+} fy_model;
+
+/* Builds the parameter table and allocates params/grads/buffers (zeroed). */
+int fy_model_create(fy_model *m, const fy_config *cfg, fy_backend *be, fy_err *err);
+void fy_model_free(fy_model *m);
+
+/* Seeded normal init (std = initializer_range; output projections scaled by
+ * 1/sqrt(2 L)); norms = 1; router bias = 0. Identical on every backend. */
+int fy_model_init_weights(fy_model *m, uint64_t seed, fy_err *err);
+
+/* inputs, labels: host int32 [B*T]; labels may be NULL (no loss: logits
+ * only). Token ids must be in [0, vocab); labels also FY_IGNORE_INDEX.
+ * need_grad saves what backward needs and runs the loss heads' backward. */
+int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels,
+                     int B, int T, int need_grad, fy_loss *loss, fy_err *err);
+/* Accumulates d(total loss)/d(params) into m->grads. Needs a forward with
+ * need_grad on the same batch just before. */
+int fy_model_backward(fy_model *m, fy_err *err);
+void fy_model_zero_grad(fy_model *m);
+
+/* Main-head logits of the last forward: [B*T, V] on the device. */
+static inline fy_ref fy_model_logits(fy_model *m) { return m->logits; }
+
+/* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
+ * counted by the forwards since the last call; then resets the counts. */
+int fy_model_update_bias(fy_model *m, fy_err *err);
+
+#endif

@@ -1,0 +1,146 @@
+#include "model/params.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct builder {
+    fy_param_table *t;
+    int cap;
+    fy_err *err;
+    int failed;
+} builder;
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* Appends a tensor; returns its offset in its block. */
+static size_t add(builder *b, int is_buffer, int decay, int rows, int cols, const char *fmt, ...) {
+    fy_param_table *t = b->t;
+    if (t->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 64;
+        fy_tensor_info *p = realloc(t->t, cap * sizeof *p);
+        if (!p) { b->failed = 1; return 0; }
+        t->t = p;
+        b->cap = cap;
+    }
+    fy_tensor_info *ti = &t->t[t->n++];
+    memset(ti, 0, sizeof *ti);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ti->name, sizeof ti->name, fmt, ap);
+    va_end(ap);
+    ti->ndim = cols > 0 ? 2 : 1;
+    ti->shape[0] = rows;
+    ti->shape[1] = cols > 0 ? cols : 0;
+    ti->n = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    ti->decay = decay;
+    ti->is_buffer = is_buffer;
+    size_t *cursor = is_buffer ? &t->n_buffers : &t->n_params;
+    ti->off = *cursor;
+    *cursor += round16(ti->n);
+    return ti->off;
+}
+
+/* Both expect a `builder *B` in scope. */
+#define MAT(...) add(B, 0, 1, __VA_ARGS__)
+#define VEC(n, ...) add(B, 0, 0, n, 0, __VA_ARGS__)
+
+static void layer_tensors(builder *B, const fy_config *c, int i, int mtp) {
+    fy_layer_offs *L = &B->t->layer[i];
+    int d = c->hidden_size, H = c->num_attention_heads;
+    int dqk = fy_cfg_qk_head_dim(c), dr = c->qk_rope_head_dim;
+    const char *p = "model.layers";
+    for (size_t *o = &L->attn_norm; o <= &L->head_norm; o++) *o = FY_NO_TENSOR;
+
+    if (mtp) {
+        L->enorm = VEC(d, "%s.%d.enorm.weight", p, i);
+        L->hnorm = VEC(d, "%s.%d.hnorm.weight", p, i);
+        L->eh_proj = MAT(d, 2 * d, "%s.%d.eh_proj.weight", p, i);
+    }
+    L->attn_norm = VEC(d, "%s.%d.input_layernorm.weight", p, i);
+    if (c->q_lora_rank > 0) {
+        L->q_a = MAT(c->q_lora_rank, d, "%s.%d.self_attn.q_a_proj.weight", p, i);
+        L->q_a_norm = VEC(c->q_lora_rank, "%s.%d.self_attn.q_a_layernorm.weight", p, i);
+        L->q_b = MAT(H * dqk, c->q_lora_rank, "%s.%d.self_attn.q_b_proj.weight", p, i);
+    } else {
+        L->q = MAT(H * dqk, d, "%s.%d.self_attn.q_proj.weight", p, i);
+    }
+    L->kv_a = MAT(c->kv_lora_rank + dr, d, "%s.%d.self_attn.kv_a_proj_with_mqa.weight", p, i);
+    L->kv_a_norm = VEC(c->kv_lora_rank, "%s.%d.self_attn.kv_a_layernorm.weight", p, i);
+    L->kv_b = MAT(H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
+                  "%s.%d.self_attn.kv_b_proj.weight", p, i);
+    L->o = MAT(d, H * c->v_head_dim, "%s.%d.self_attn.o_proj.weight", p, i);
+    L->ffn_norm = VEC(d, "%s.%d.post_attention_layernorm.weight", p, i);
+
+    L->moe = fy_cfg_is_moe_layer(c, i);
+    if (!L->moe) {
+        int F = c->intermediate_size;
+        L->gate = MAT(F, d, "%s.%d.mlp.gate_proj.weight", p, i);
+        L->up = MAT(F, d, "%s.%d.mlp.up_proj.weight", p, i);
+        L->down = MAT(d, F, "%s.%d.mlp.down_proj.weight", p, i);
+    } else {
+        int E = c->n_routed_experts, f = c->moe_intermediate_size;
+        L->router = MAT(E, d, "%s.%d.mlp.gate.weight", p, i);
+        L->bias = add(B, 1, 0, E, 0, "%s.%d.mlp.gate.e_score_correction_bias", p, i);
+        /* Registered kind-major so each kind's experts are contiguous;
+         * the names still say experts.E.kind as HF does. */
+        for (int e = 0; e < E; e++) {
+            size_t o = MAT(f, d, "%s.%d.mlp.experts.%d.gate_proj.weight", p, i, e);
+            if (e == 0) L->exp_gate = o;
+        }
+        for (int e = 0; e < E; e++) {
+            size_t o = MAT(f, d, "%s.%d.mlp.experts.%d.up_proj.weight", p, i, e);
+            if (e == 0) L->exp_up = o;
+        }
+        for (int e = 0; e < E; e++) {
+            size_t o = MAT(d, f, "%s.%d.mlp.experts.%d.down_proj.weight", p, i, e);
+            if (e == 0) L->exp_down = o;
+        }
+        if (c->n_shared_experts > 0) {
+            int fs = f * c->n_shared_experts;
+            L->sh_gate = MAT(fs, d, "%s.%d.mlp.shared_experts.gate_proj.weight", p, i);
+            L->sh_up = MAT(fs, d, "%s.%d.mlp.shared_experts.up_proj.weight", p, i);
+            L->sh_down = MAT(d, fs, "%s.%d.mlp.shared_experts.down_proj.weight", p, i);
+        }
+    }
+    if (mtp) L->head_norm = VEC(d, "%s.%d.shared_head.norm.weight", p, i);
+}
+
+int fy_params_build(const fy_config *c, fy_param_table *out, fy_err *err) {
+    memset(out, 0, sizeof *out);
+    builder b = {out, 0, err, 0}, *B = &b;
+    int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
+    out->n_layers = L + D;
+    out->layer = calloc(L + D, sizeof *out->layer);
+    if (!out->layer) return fy_fail(err, "out of memory building the parameter table");
+    /* Embeddings are a lookup table: no weight decay (as in GPT-2/llm.c). */
+    out->embed = add(B, 0, 0, c->vocab_size, c->hidden_size, "model.embed_tokens.weight");
+    for (int i = 0; i < L + D; i++) layer_tensors(B, c, i, i >= L);
+    out->final_norm = VEC(c->hidden_size, "model.norm.weight");
+    out->head = MAT(c->vocab_size, c->hidden_size, "lm_head.weight");
+    if (b.failed) {
+        fy_params_free(out);
+        return fy_fail(err, "out of memory building the parameter table");
+    }
+    return 0;
+}
+
+void fy_params_free(fy_param_table *t) {
+    free(t->t);
+    free(t->layer);
+    memset(t, 0, sizeof *t);
+}
+
+const fy_tensor_info *fy_params_find(const fy_param_table *t, const char *name) {
+    for (int i = 0; i < t->n; i++)
+        if (!strcmp(t->t[i].name, name)) return &t->t[i];
+    return NULL;
+}
+
+size_t fy_params_count(const fy_param_table *t) {
+    size_t n = 0;
+    for (int i = 0; i < t->n; i++)
+        if (!t->t[i].is_buffer) n += t->t[i].n;
+    return n;
+}

@@ -1,0 +1,60 @@
+/* The parameter table: every tensor of a DeepSeek-V3 model with its Hugging
+ * Face name, shape and place in one flat buffer.
+ *
+ * All trainable parameters live in one flat float buffer (and their
+ * gradients and AdamW moments in buffers of the same layout), as in llm.c:
+ * one allocation, one optimizer call per tensor, one all-reduce, one
+ * checksum. Non-trainable buffers (the router's e_score_correction_bias)
+ * live in a second, smaller flat buffer. Each tensor starts on a 16-element
+ * boundary so SIMD loads are aligned. */
+#ifndef FY_PARAMS_H
+#define FY_PARAMS_H
+
+#include <stddef.h>
+
+#include "core/err.h"
+#include "model/config.h"
+
+#define FY_NO_TENSOR ((size_t)-1)
+
+typedef struct fy_tensor_info {
+    char name[96];
+    int ndim;
+    int shape[2];      /* [out, in] for matrices */
+    size_t off;        /* elements, into params or buffers */
+    size_t n;
+    int decay;         /* AdamW weight decay applies */
+    int is_buffer;     /* lives in the buffers block, not trained */
+} fy_tensor_info;
+
+/* Offsets of one decoder layer's tensors (FY_NO_TENSOR when absent).
+ * Routed experts of one kind are contiguous: expert e's gate_proj starts at
+ * exp_gate + e * f * d. */
+typedef struct fy_layer_offs {
+    size_t attn_norm, q_a, q_a_norm, q_b, q, kv_a, kv_a_norm, kv_b, o;
+    size_t ffn_norm;
+    size_t gate, up, down;                 /* dense SwiGLU */
+    size_t router, bias;                   /* bias: offset in buffers */
+    size_t exp_gate, exp_up, exp_down;     /* routed experts */
+    size_t sh_gate, sh_up, sh_down;        /* shared experts */
+    size_t enorm, hnorm, eh_proj, head_norm; /* MTP modules only */
+    int moe;
+} fy_layer_offs;
+
+typedef struct fy_param_table {
+    fy_tensor_info *t;
+    int n;
+    size_t n_params;   /* elements in the params block (padded) */
+    size_t n_buffers;  /* elements in the buffers block */
+    int n_layers;      /* L + D: main layers then MTP modules */
+    fy_layer_offs *layer;
+    size_t embed, final_norm, head;
+} fy_param_table;
+
+int fy_params_build(const fy_config *c, fy_param_table *out, fy_err *err);
+void fy_params_free(fy_param_table *t);
+const fy_tensor_info *fy_params_find(const fy_param_table *t, const char *name);
+/* Number of trainable scalars (without padding). */
+size_t fy_params_count(const fy_param_table *t);
+
+#endif
