@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Command two: install test dependencies, build, run the whole test suite.
+# Runs ctest twice: the normal Release build, and the unit tests again under
+# AddressSanitizer + UBSan (label "unit").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh --test
+jobs=$(nproc)
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$jobs"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+
+status=0
+echo "== ctest: Release build =="
+(cd build && ctest --output-on-failure -j"$jobs") || status=1
+echo "== ctest: AddressSanitizer + UBSan build (unit tests) =="
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L unit -j"$jobs") || status=1
+exit $status
