@@ -1,0 +1,296 @@
+#include "io/shard.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static int write_all(int fd, const void *buf, size_t n) {
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t n, off_t off) {
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* fsync of the directory holding path, so a rename into it is durable. */
+static int fsync_parent_dir(const char *path) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    const char *dir = dirname(tmp);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    /* Some file systems refuse fsync on directories; that is not data loss. */
+    if (rc < 0 && (errno == EINVAL || errno == EROFS)) rc = 0;
+    close(fd);
+    return rc;
+}
+
+static void encode_tokens(uint8_t *dst, const int32_t *src, size_t n, uint32_t width) {
+    if (width == 2) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t v = (uint32_t)src[i];
+            dst[2 * i] = (uint8_t)v;
+            dst[2 * i + 1] = (uint8_t)(v >> 8);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) put_u32(dst + 4 * i, (uint32_t)src[i]);
+    }
+}
+
+int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
+                   uint32_t vocab_size, fy_err *err) {
+    if (vocab_size == 0) return fy_fail(err, "writing shard %s: vocab_size is 0", path);
+    if (n > 0 && !tokens) return fy_fail(err, "writing shard %s: no tokens given", path);
+    for (uint64_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || (uint32_t)tokens[i] >= vocab_size)
+            return fy_fail(err, "writing shard %s: token %lld at index %llu is outside [0, %u)",
+                           path, (long long)tokens[i], (unsigned long long)i, vocab_size);
+    }
+    uint32_t width = vocab_size <= 65536u ? 2u : 4u;
+
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return fy_fail(err, "writing shard %s: cannot create %s: %s", path, tmp, strerror(errno));
+
+    uint8_t hdr[FY_SHARD_HEADER_SIZE];
+    memset(hdr, 0, sizeof hdr);
+    const char *what = "write";
+    if (write_all(fd, hdr, sizeof hdr) < 0) goto fail;
+
+    XXH64_state_t *st = XXH64_createState();
+    if (!st) { errno = ENOMEM; goto fail; }
+    XXH64_reset(st, 0);
+    enum { CHUNK = 1 << 16 };
+    uint8_t *buf = malloc((size_t)CHUNK * width);
+    if (!buf) { XXH64_freeState(st); errno = ENOMEM; goto fail; }
+    for (uint64_t i = 0; i < n; i += CHUNK) {
+        size_t m = (size_t)(n - i < CHUNK ? n - i : CHUNK);
+        encode_tokens(buf, tokens + i, m, width);
+        XXH64_update(st, buf, m * width);
+        if (write_all(fd, buf, m * width) < 0) {
+            free(buf);
+            XXH64_freeState(st);
+            goto fail;
+        }
+    }
+    free(buf);
+    uint64_t payload_sum = XXH64_digest(st);
+    XXH64_freeState(st);
+
+    memcpy(hdr, FY_SHARD_MAGIC, 8);
+    put_u32(hdr + 8, FY_SHARD_VERSION);
+    put_u32(hdr + 12, width);
+    put_u32(hdr + 16, vocab_size);
+    put_u32(hdr + 20, FY_SHARD_HEADER_SIZE);
+    put_u64(hdr + 24, n);
+    put_u64(hdr + 32, payload_sum);
+    put_u64(hdr + 40, XXH64(hdr, 40, 0));
+    if (pwrite_all(fd, hdr, sizeof hdr, 0) < 0) goto fail;
+    what = "fsync";
+    if (fsync(fd) < 0) goto fail;
+    what = "close";
+    if (close(fd) < 0) { fd = -1; goto fail; }
+    fd = -1;
+    what = "rename";
+    if (rename(tmp, path) < 0) goto fail;
+    if (fsync_parent_dir(path) < 0)
+        return fy_fail(err, "writing shard %s: fsync of its directory: %s", path, strerror(errno));
+    return 0;
+
+fail:;
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return fy_fail(err, "writing shard %s: %s failed: %s", path, what, strerror(e));
+}
+
+void fy_shard_close(fy_shard *s) {
+    if (!s) return;
+    if (s->map) munmap((void *)s->map, s->map_size);
+    s->map = NULL;
+    s->payload = NULL;
+    s->map_size = 0;
+}
+
+int fy_shard_verify(const fy_shard *s, fy_err *err) {
+    size_t bytes = (size_t)s->n_tokens * s->token_width;
+    uint64_t sum = XXH64(s->payload, bytes, 0);
+    if (sum != s->payload_checksum)
+        return fy_fail(err, "token shard %s: payload checksum mismatch (stored %016llx, computed "
+                            "%016llx): the token data is corrupted",
+                       s->path, (unsigned long long)s->payload_checksum, (unsigned long long)sum);
+    if (s->token_width == 2 && s->vocab_size >= 65536u) return 0;
+    for (uint64_t i = 0; i < s->n_tokens; i++) {
+        uint32_t t = (uint32_t)fy_shard_token(s, i);
+        if (t >= s->vocab_size)
+            return fy_fail(err, "token shard %s: token %u at index %llu >= vocab %u", s->path, t,
+                           (unsigned long long)i, s->vocab_size);
+    }
+    return 0;
+}
+
+int fy_shard_open(const char *path, fy_shard *s, int verify_payload, uint32_t expected_vocab,
+                  fy_err *err) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->path, sizeof s->path, "%s", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fy_fail(err, "token shard %s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        int e = errno;
+        close(fd);
+        return fy_fail(err, "token shard %s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fy_fail(err, "token shard %s: not a regular file", path);
+    }
+    uint64_t fsize = (uint64_t)sb.st_size;
+    if (fsize < FY_SHARD_HEADER_SIZE) {
+        /* Too short to hold a header: say whether it even looks like a shard. */
+        uint8_t head[8] = {0};
+        ssize_t r = pread(fd, head, fsize < 8 ? fsize : 8, 0);
+        close(fd);
+        if (r >= 0 && (size_t)r == (fsize < 8 ? fsize : 8) &&
+            memcmp(head, FY_SHARD_MAGIC, (size_t)r) == 0)
+            return fy_fail(err, "token shard %s: truncated: %llu bytes, expected at least the "
+                                "%u-byte header",
+                           path, (unsigned long long)fsize, FY_SHARD_HEADER_SIZE);
+        return fy_fail(err, "token shard %s: not a ferry token shard (%llu bytes, no header)", path,
+                       (unsigned long long)fsize);
+    }
+    void *m = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED) return fy_fail(err, "token shard %s: mmap failed: %s", path, strerror(e));
+    s->map = m;
+    s->map_size = (size_t)fsize;
+    const uint8_t *h = s->map;
+
+    if (memcmp(h, FY_SHARD_MAGIC, 8) != 0) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: not a ferry token shard (bad magic)", path);
+    }
+    uint64_t hsum = XXH64(h, 40, 0), hstored = get_u64(h + 40);
+    if (hsum != hstored) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: header checksum mismatch (stored %016llx, computed "
+                            "%016llx): the header is corrupted",
+                       path, (unsigned long long)hstored, (unsigned long long)hsum);
+    }
+    uint32_t version = get_u32(h + 8), width = get_u32(h + 12), vocab = get_u32(h + 16),
+             hsize = get_u32(h + 20);
+    uint64_t n = get_u64(h + 24);
+    if (version != FY_SHARD_VERSION) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: unsupported version %u (this build reads %u)", path,
+                       version, FY_SHARD_VERSION);
+    }
+    if (width != 2 && width != 4) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: token width %u (must be 2 or 4)", path, width);
+    }
+    if (hsize != FY_SHARD_HEADER_SIZE) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: header size %u (must be %u)", path, hsize,
+                       FY_SHARD_HEADER_SIZE);
+    }
+    if (vocab == 0 || (width == 2 && vocab > 65536u)) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: vocab size %u does not fit token width %u", path, vocab,
+                       width);
+    }
+    if (n > (UINT64_MAX - FY_SHARD_HEADER_SIZE) / width ||
+        fsize != FY_SHARD_HEADER_SIZE + n * width) {
+        fy_shard_close(s);
+        if (n <= (UINT64_MAX - FY_SHARD_HEADER_SIZE) / width &&
+            fsize < FY_SHARD_HEADER_SIZE + n * width)
+            return fy_fail(err, "token shard %s: truncated: %llu bytes, expected %llu (%llu tokens "
+                                "x %u bytes + %u header)",
+                           path, (unsigned long long)fsize,
+                           (unsigned long long)(FY_SHARD_HEADER_SIZE + n * width),
+                           (unsigned long long)n, width, FY_SHARD_HEADER_SIZE);
+        return fy_fail(err, "token shard %s: size %llu bytes does not match header (%llu tokens x "
+                            "%u bytes + %u header)",
+                       path, (unsigned long long)fsize, (unsigned long long)n, width,
+                       FY_SHARD_HEADER_SIZE);
+    }
+    s->payload = h + FY_SHARD_HEADER_SIZE;
+    s->token_width = width;
+    s->vocab_size = vocab;
+    s->n_tokens = n;
+    s->payload_checksum = get_u64(h + 32);
+    if (expected_vocab > 0 && vocab != expected_vocab) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: shard vocab %u != model vocab %u", path, vocab,
+                       expected_vocab);
+    }
+    if (verify_payload && fy_shard_verify(s, err) < 0) {
+        fy_shard_close(s);
+        return -1;
+    }
+    return 0;
+}
+
+int fy_shard_read(const fy_shard *s, uint64_t start, uint64_t count, int32_t *out, fy_err *err) {
+    if (start > s->n_tokens || count > s->n_tokens - start)
+        return fy_fail(err, "token shard %s: read of tokens [%llu, %llu) past its %llu tokens",
+                       s->path, (unsigned long long)start, (unsigned long long)(start + count),
+                       (unsigned long long)s->n_tokens);
+    const uint8_t *p = s->payload + start * s->token_width;
+    if (s->token_width == 2) {
+        for (uint64_t i = 0; i < count; i++)
+            out[i] = (int32_t)((uint32_t)p[2 * i] | (uint32_t)p[2 * i + 1] << 8);
+    } else {
+        for (uint64_t i = 0; i < count; i++) out[i] = (int32_t)get_u32(p + 4 * i);
+    }
+    return 0;
+}
