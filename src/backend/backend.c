@@ -1,0 +1,72 @@
+/* Backend selection and the sticky-error helper shared by all backends. */
+#include "backend/backend.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef FERRY_HAVE_OPENCL
+int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err);
+#endif
+#ifdef FERRY_HAVE_CUDA
+int fy_backend_cuda_create(const char *spec, fy_backend **out, fy_err *err);
+#endif
+
+/* What this build can create, for error messages. */
+static const char *available_backends(void) {
+    return "cpu"
+#ifdef FERRY_HAVE_OPENCL
+           ", opencl, opencl:P:D"
+#endif
+#ifdef FERRY_HAVE_CUDA
+           ", cuda"
+#endif
+        ;
+}
+
+int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
+    if (!out) return fy_fail(err, "fy_backend_create: no output pointer");
+    *out = NULL;
+    if (!spec || !*spec) spec = "cpu";
+
+    if (strcmp(spec, "cpu") == 0) return fy_backend_cpu_create(out, err);
+
+    if (strcmp(spec, "opencl") == 0 || strncmp(spec, "opencl:", 7) == 0) {
+#ifdef FERRY_HAVE_OPENCL
+        return fy_backend_opencl_create(spec, out, err);
+#else
+        return fy_fail(err,
+                       "backend 'opencl' is not built into this ferry (no OpenCL headers/library "
+                       "at configure time: apt-get install ocl-icd-opencl-dev opencl-headers, "
+                       "then re-run cmake); available: %s",
+                       available_backends());
+#endif
+    }
+    if (strcmp(spec, "cuda") == 0 || strncmp(spec, "cuda:", 5) == 0) {
+#ifdef FERRY_HAVE_CUDA
+        return fy_backend_cuda_create(spec, out, err);
+#else
+        return fy_fail(err,
+                       "backend 'cuda' is not built into this ferry (no CUDA compiler at "
+                       "configure time: install the CUDA toolkit (nvcc), then re-run cmake); "
+                       "available: %s",
+                       available_backends());
+#endif
+    }
+    return fy_fail(err, "unknown backend '%s' (available: %s)", spec, available_backends());
+}
+
+void fy_backend_destroy(fy_backend *be) {
+    if (!be) return;
+    be->ops->destroy(be);
+}
+
+void fy_be_set_error(fy_backend *be, const char *fmt, ...) {
+    if (!be) return;
+    if (be->failed) return; /* the first error wins */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(be->err_msg, sizeof be->err_msg, fmt, ap);
+    va_end(ap);
+    be->failed = 1;
+}

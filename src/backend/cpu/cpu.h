@@ -1,0 +1,108 @@
+/* Private to the CPU backend: shared helpers and the op entry points that
+ * cpu_backend.c puts into the vtable. */
+#ifndef FY_CPU_H
+#define FY_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "backend/backend.h"
+
+/* Work (elements touched) below which a loop stays on the calling thread. */
+#define FY_CPU_PAR_MIN 32768
+
+/* Fixed chunk of rows for reductions across rows: partial sums are formed per
+ * chunk and combined in chunk order, so results never depend on the number
+ * of threads. */
+#define FY_CPU_ROW_CHUNK 32
+
+typedef struct fy_cpu_impl {
+    /* RoPE cos/sin table for the last (pos0, T, d_r, theta) seen. */
+    float *rope_tab;
+    size_t rope_cap;
+    int rope_pos0, rope_T, rope_dr;
+    float rope_theta;
+    int rope_valid;
+} fy_cpu_impl;
+
+/* Checked pointers: the element `need` past r must lie inside r's buffer.
+ * On failure records a sticky error naming op and argument, returns NULL. */
+float *fy_cpu_f(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg);
+int32_t *fy_cpu_i(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg);
+
+/* Elements spanned by `rows` rows of `width` with row stride ld. */
+static inline size_t fy_cpu_span(size_t rows, size_t ld, size_t width) {
+    return rows ? (rows - 1) * ld + width : 0;
+}
+
+/* exp(x) in float, branch-free so loops using it vectorize under
+ * `#pragma omp simd` (Cephes expf polynomial, ~1 ulp). exp(x) = 0 for
+ * x < -87.33 (no denormals), saturates at exp(88.3) for larger x, and
+ * propagates NaN. */
+static inline float fy_cpu_exp(float x) {
+    const float hi = 88.3f, lo = -87.33f;
+    float xc = x > hi ? hi : x;
+    xc = xc < lo ? lo : xc;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
+    float t = xc * 1.44269504088896341f + magic;
+    float nf = t - magic;
+    uint32_t tb;
+    memcpy(&tb, &t, 4);
+    uint32_t n = tb - 0x4B400000u; /* the integer nf, two's complement */
+    float r = xc - nf * 0.693359375f;
+    r = r - nf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    uint32_t eb = (n + 127u) << 23;
+    float sc;
+    memcpy(&sc, &eb, 4);
+    float res = p * sc;
+    return x < lo ? 0.0f : res;
+}
+
+static inline float fy_cpu_sigmoid(float x) { return 1.0f / (1.0f + fy_cpu_exp(-x)); }
+
+/* --- ops (see backend.h for the contracts) --- */
+void fy_cpu_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, float eps,
+                        fy_ref y, int ldy, fy_ref rstd);
+void fy_cpu_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, fy_ref rstd,
+                        fy_ref dy, int lddy, fy_ref dx, int lddx, int accumulate_dx, fy_ref dw);
+void fy_cpu_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
+                 int head_stride, float theta, int inverse);
+void fy_cpu_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
+                       fy_ref h, int ldh);
+void fy_cpu_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
+                       fy_ref dh, int lddh, fy_ref dg, fy_ref du);
+
+void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
+                     fy_ref k, fy_ref v, fy_ref out, fy_ref P);
+void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
+                     fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
+
+void fy_cpu_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits, fy_ref bias,
+                       fy_ref s, fy_ref idx, fy_ref w);
+void fy_cpu_router_bwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref s, fy_ref idx,
+                       fy_ref dw, fy_ref dlogits, int accumulate);
+float fy_cpu_balance_fwd(fy_backend *be, int B, int T, int E, int K, float alpha, fy_ref s,
+                         fy_ref idx);
+void fy_cpu_balance_bwd(fy_backend *be, int B, int T, int E, int K, float alpha, float dloss,
+                        fy_ref s, fy_ref idx, fy_ref dlogits);
+void fy_cpu_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx, fy_ref w,
+                        fy_ref dst, int ldd);
+void fy_cpu_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx,
+                             fy_ref w, fy_ref dst, int ldd);
+void fy_cpu_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia, fy_ref b, int ldb,
+                     fy_ref out, int accumulate);
+
+double fy_cpu_xent_fwdbwd(fy_backend *be, int N, int V, fy_ref logits, fy_ref targets,
+                          int ignore_index, float grad_scale, fy_ref losses, fy_ref dlogits);
+void fy_cpu_adamw(fy_backend *be, size_t n, fy_ref p, fy_ref g, fy_ref m, fy_ref v, float lr,
+                  float b1, float b2, float eps, float wd, int t, float grad_scale);
+
+#endif

@@ -1,0 +1,278 @@
+/* The CPU backend: host memory, OpenMP loops, OpenBLAS GEMM. Ops run
+ * synchronously on the calling thread (plus its OpenMP team); errors are
+ * recorded as sticky and returned by sync. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu.h"
+
+float *fy_cpu_f(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
+    if (!r.buf || !r.buf->handle) {
+        fy_be_set_error(be, "cpu %s: %s is a null buffer", op, arg);
+        return NULL;
+    }
+    if (r.off > r.buf->n || need > r.buf->n - r.off) {
+        fy_be_set_error(be, "cpu %s: %s out of bounds: needs %zu elements at offset %zu of a "
+                            "buffer of %zu", op, arg, need, r.off, r.buf->n);
+        return NULL;
+    }
+    return (float *)r.buf->handle + r.off;
+}
+
+int32_t *fy_cpu_i(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
+    return (int32_t *)fy_cpu_f(be, r, need, op, arg);
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void cpu_destroy(fy_backend *be) {
+    fy_cpu_impl *im = be->impl;
+    if (im) free(im->rope_tab);
+    free(im);
+    free(be);
+}
+
+static int cpu_sync(fy_backend *be, fy_err *err) {
+    if (!be->failed) return 0;
+    fy_fail(err, "%s", be->err_msg);
+    be->failed = 0;
+    be->err_msg[0] = 0;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static int cpu_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err) {
+    memset(out, 0, sizeof *out);
+    if (n > (SIZE_MAX - 64) / 4) return fy_fail(err, "cpu alloc: %zu elements is too many", n);
+    size_t bytes = (n * 4 + 63) & ~(size_t)63;
+    if (bytes == 0) bytes = 64;
+    void *p = aligned_alloc(64, bytes);
+    if (!p) return fy_fail(err, "cpu alloc: out of memory allocating %zu bytes", bytes);
+    memset(p, 0, bytes);
+    out->be = be;
+    out->n = n;
+    out->handle = p;
+    return 0;
+}
+
+static void cpu_free(fy_backend *be, fy_buf *b) {
+    if (!b) return;
+    free(b->handle);
+    b->handle = NULL;
+    b->n = 0;
+}
+
+static void cpu_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
+    if (!n) return;
+    float *d = fy_cpu_f(be, dst, n, "upload", "dst");
+    if (d && src) memcpy(d, src, n * 4);
+}
+
+static void cpu_download(fy_backend *be, void *dst, fy_ref src, size_t n) {
+    if (!n) return;
+    float *s = fy_cpu_f(be, src, n, "download", "src");
+    if (s && dst) memcpy(dst, s, n * 4);
+}
+
+static void cpu_copy(fy_backend *be, fy_ref dst, fy_ref src, size_t n) {
+    if (!n) return;
+    float *d = fy_cpu_f(be, dst, n, "copy", "dst");
+    float *s = fy_cpu_f(be, src, n, "copy", "src");
+    if (d && s) memmove(d, s, n * 4);
+}
+
+static void cpu_fill(fy_backend *be, fy_ref dst, float value, size_t n) {
+    if (!n) return;
+    float *d = fy_cpu_f(be, dst, n, "fill", "dst");
+    if (!d) return;
+    ptrdiff_t nn = (ptrdiff_t)n;
+#pragma omp parallel for simd schedule(static) if (n > 4 * FY_CPU_PAR_MIN)
+    for (ptrdiff_t i = 0; i < nn; i++) d[i] = value;
+}
+
+/* ---------------------------------------------------------------- BLAS-1 */
+
+static void cpu_axpy(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y) {
+    if (!n) return;
+    float *xp = fy_cpu_f(be, x, n, "axpy", "x");
+    float *yp = fy_cpu_f(be, y, n, "axpy", "y");
+    if (!xp || !yp) return;
+    ptrdiff_t nn = (ptrdiff_t)n;
+#pragma omp parallel for simd schedule(static) if (n > FY_CPU_PAR_MIN)
+    for (ptrdiff_t i = 0; i < nn; i++) yp[i] += alpha * xp[i];
+}
+
+static void cpu_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
+    if (!n) return;
+    float *xp = fy_cpu_f(be, x, n, "scale", "x");
+    if (!xp) return;
+    ptrdiff_t nn = (ptrdiff_t)n;
+#pragma omp parallel for simd schedule(static) if (n > FY_CPU_PAR_MIN)
+    for (ptrdiff_t i = 0; i < nn; i++) xp[i] *= alpha;
+}
+
+/* Fixed 4096-element chunks summed in double, partials combined in order:
+ * the result does not depend on the thread count. */
+#define SUMSQ_CHUNK 4096
+static double cpu_sumsq(fy_backend *be, size_t n, fy_ref x) {
+    if (!n) return 0.0;
+    float *xp = fy_cpu_f(be, x, n, "sumsq", "x");
+    if (!xp) return 0.0;
+    ptrdiff_t nc = (ptrdiff_t)((n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK);
+    double *part = malloc((size_t)nc * sizeof *part);
+    if (!part) {
+        fy_be_set_error(be, "cpu sumsq: out of memory");
+        return 0.0;
+    }
+#pragma omp parallel for schedule(static) if (n > FY_CPU_PAR_MIN)
+    for (ptrdiff_t c = 0; c < nc; c++) {
+        size_t i0 = (size_t)c * SUMSQ_CHUNK, i1 = i0 + SUMSQ_CHUNK < n ? i0 + SUMSQ_CHUNK : n;
+        double s = 0.0;
+        for (size_t i = i0; i < i1; i++) s += (double)xp[i] * xp[i];
+        part[c] = s;
+    }
+    double s = 0.0;
+    for (ptrdiff_t c = 0; c < nc; c++) s += part[c];
+    free(part);
+    return s;
+}
+
+/* ---------------------------------------------------------------- copy3d */
+
+static void copy3d_row(float *d, const float *s, int n2, int accumulate) {
+    if (accumulate)
+        for (int k = 0; k < n2; k++) d[k] += s[k];
+    else
+        for (int k = 0; k < n2; k++) d[k] = s[k];
+}
+
+static void cpu_copy3d(fy_backend *be, int n0, int n1, int n2, fy_ref dst, size_t ds0,
+                       size_t ds1, fy_ref src, size_t ss0, size_t ss1, int accumulate) {
+    if (n0 < 0 || n1 < 0 || n2 < 0) {
+        fy_be_set_error(be, "cpu copy3d: negative size %d x %d x %d", n0, n1, n2);
+        return;
+    }
+    if (!n0 || !n1 || !n2) return;
+    size_t dneed = (size_t)(n0 - 1) * ds0 + (size_t)(n1 - 1) * ds1 + (size_t)n2;
+    size_t sneed = (size_t)(n0 - 1) * ss0 + (size_t)(n1 - 1) * ss1 + (size_t)n2;
+    float *d = fy_cpu_f(be, dst, dneed, "copy3d", "dst");
+    float *s = fy_cpu_f(be, src, sneed, "copy3d", "src");
+    if (!d || !s) return;
+    size_t work = (size_t)n0 * n1 * n2;
+    ptrdiff_t rows = (ptrdiff_t)n0 * n1;
+    /* Destination rows pairwise disjoint: every (i, j) row in parallel. */
+    int disjoint = (n1 == 1 || ds1 >= (size_t)n2) &&
+                   (n0 == 1 || ds0 >= (size_t)(n1 - 1) * ds1 + (size_t)n2);
+    /* Destination rows either coincide or are disjoint (a stride of 0
+     * reduces): split columns among threads, each adding rows in order. */
+    size_t span_j = ds1 ? (size_t)(n1 - 1) * ds1 + (size_t)n2 : (size_t)n2;
+    int colsplit = (n1 == 1 || ds1 == 0 || ds1 >= (size_t)n2) &&
+                   (n0 == 1 || ds0 == 0 || ds0 >= span_j);
+    if (disjoint) {
+#pragma omp parallel for schedule(static) if (work > FY_CPU_PAR_MIN)
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            size_t i = (size_t)r / n1, j = (size_t)r % n1;
+            copy3d_row(d + i * ds0 + j * ds1, s + i * ss0 + j * ss1, n2, accumulate);
+        }
+    } else if (colsplit) {
+        int nb = (n2 + 63) / 64;
+#pragma omp parallel for schedule(static) if (work > FY_CPU_PAR_MIN && nb > 1)
+        for (int cb = 0; cb < nb; cb++) {
+            int k0 = cb * 64, k1 = k0 + 64 < n2 ? k0 + 64 : n2;
+            for (size_t i = 0; i < (size_t)n0; i++)
+                for (size_t j = 0; j < (size_t)n1; j++)
+                    copy3d_row(d + i * ds0 + j * ds1 + k0, s + i * ss0 + j * ss1 + k0, k1 - k0,
+                               accumulate);
+        }
+    } else {
+        for (size_t i = 0; i < (size_t)n0; i++)
+            for (size_t j = 0; j < (size_t)n1; j++)
+                copy3d_row(d + i * ds0 + j * ds1, s + i * ss0 + j * ss1, n2, accumulate);
+    }
+}
+
+/* ---------------------------------------------------------------- GEMM */
+
+static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     fy_ref A, int lda, fy_ref B, int ldb, float beta, fy_ref C, int ldc) {
+    if (M < 0 || N < 0 || K < 0) {
+        fy_be_set_error(be, "cpu gemm: negative size M=%d N=%d K=%d", M, N, K);
+        return;
+    }
+    if (!M || !N) return;
+    int ar = trans_a ? K : M, ac = trans_a ? M : K; /* stored shapes */
+    int br = trans_b ? N : K, bc = trans_b ? K : N;
+    if (lda < (ac > 1 ? ac : 1) || ldb < (bc > 1 ? bc : 1) || ldc < N) {
+        fy_be_set_error(be, "cpu gemm: leading dimension too small (lda=%d for %d cols, ldb=%d "
+                            "for %d cols, ldc=%d for %d cols)", lda, ac, ldb, bc, ldc, N);
+        return;
+    }
+    float *c = fy_cpu_f(be, C, fy_cpu_span(M, ldc, N), "gemm", "C");
+    if (!c) return;
+    if (K == 0) { /* C = beta * C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
+        return;
+    }
+    float *a = fy_cpu_f(be, A, fy_cpu_span(ar, lda, ac), "gemm", "A");
+    float *b = fy_cpu_f(be, B, fy_cpu_span(br, ldb, bc), "gemm", "B");
+    if (!a || !b) return;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb, beta, c,
+                ldc);
+}
+
+/* ---------------------------------------------------------------- vtable */
+
+static const fy_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .sync = cpu_sync,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .fill = cpu_fill,
+    .axpy = cpu_axpy,
+    .scale = cpu_scale,
+    .sumsq = cpu_sumsq,
+    .copy3d = cpu_copy3d,
+    .gemm = cpu_gemm,
+    .rmsnorm_fwd = fy_cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = fy_cpu_rmsnorm_bwd,
+    .rope = fy_cpu_rope,
+    .attn_fwd = fy_cpu_attn_fwd,
+    .attn_bwd = fy_cpu_attn_bwd,
+    .swiglu_fwd = fy_cpu_swiglu_fwd,
+    .swiglu_bwd = fy_cpu_swiglu_bwd,
+    .router_fwd = fy_cpu_router_fwd,
+    .router_bwd = fy_cpu_router_bwd,
+    .balance_fwd = fy_cpu_balance_fwd,
+    .balance_bwd = fy_cpu_balance_bwd,
+    .gather_rows = fy_cpu_gather_rows,
+    .scatter_add_rows = fy_cpu_scatter_add_rows,
+    .rows_dot = fy_cpu_rows_dot,
+    .xent_fwdbwd = fy_cpu_xent_fwdbwd,
+    .adamw = fy_cpu_adamw,
+};
+
+int fy_backend_cpu_create(fy_backend **out, fy_err *err) {
+    if (!out) return fy_fail(err, "cpu backend: no output pointer");
+    *out = NULL;
+    fy_backend *be = calloc(1, sizeof *be);
+    fy_cpu_impl *im = calloc(1, sizeof *im);
+    if (!be || !im) {
+        free(be);
+        free(im);
+        return fy_fail(err, "cpu backend: out of memory");
+    }
+    be->ops = &cpu_ops;
+    be->impl = im;
+    *out = be;
+    return 0;
+}
