@@ -1,0 +1,111 @@
+/* safetensors files (the Hugging Face format): an 8-byte little-endian
+ * header length, a JSON header {name: {dtype, shape, data_offsets}, and an
+ * optional "__metadata__" of strings}, then the raw little-endian data.
+ *
+ * The writer streams (header, then each tensor straight from its memory or
+ * from a fill callback) into a temporary file that is fsync'd and renamed,
+ * so a crash never leaves a partial file under the final name. The reader
+ * maps the file and validates the whole header before handing out any
+ * tensor, so a truncated or corrupted file is an error naming the file, the
+ * tensor and the problem, never a crash. */
+#ifndef FY_SAFETENSORS_H
+#define FY_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+
+typedef enum fy_st_dtype {
+    FY_ST_F32, FY_ST_I32, FY_ST_BF16, FY_ST_F16, FY_ST_U8,
+    /* read (and written) as opaque bytes; ferry computes in the ones above */
+    FY_ST_BOOL, FY_ST_I8, FY_ST_I16, FY_ST_U16, FY_ST_U32, FY_ST_I64,
+    FY_ST_U64, FY_ST_F64, FY_ST_F8_E4M3, FY_ST_F8_E5M2,
+    FY_ST_NDTYPES
+} fy_st_dtype;
+
+#define FY_ST_MAX_DIMS 8
+#define FY_ST_MAX_HEADER 100000000u   /* as the reference implementation */
+
+const char *fy_st_dtype_name(fy_st_dtype t);     /* "F32", "BF16", ... */
+size_t fy_st_dtype_size(fy_st_dtype t);          /* bytes per element */
+int fy_st_dtype_parse(const char *name, fy_st_dtype *out);  /* -1 if unknown */
+
+/* ---- writing ------------------------------------------------------------ */
+
+typedef struct fy_st_writer fy_st_writer;
+
+/* Produces bytes [offset, offset+len) of one tensor's data, in the file's
+ * dtype: lets data on a device or in another dtype be written in chunks
+ * without a full-size host copy. */
+typedef int (*fy_st_fill_fn)(void *ctx, uint64_t offset, void *buf, size_t len, fy_err *err);
+
+fy_st_writer *fy_st_writer_new(void);            /* NULL when out of memory */
+void fy_st_writer_free(fy_st_writer *w);
+
+/* Adds a tensor whose bytes are at `data` (host memory, little-endian,
+ * contiguous). The name and shape are copied; the data is read only by
+ * fy_st_write, so it must stay valid until then. ndim 0 is a scalar. */
+int fy_st_writer_add(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
+                     const int64_t *shape, const void *data, fy_err *err);
+
+/* Adds a tensor whose bytes come from `fill` during fy_st_write. */
+int fy_st_writer_add_stream(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
+                            const int64_t *shape, fy_st_fill_fn fill, void *ctx, fy_err *err);
+
+/* Adds f32 host data stored as BF16 (round to nearest even), converted in
+ * chunks during fy_st_write. */
+int fy_st_writer_add_f32_as_bf16(fy_st_writer *w, const char *name, int ndim,
+                                 const int64_t *shape, const float *data, fy_err *err);
+
+/* Adds (or replaces) a "__metadata__" string entry; both strings copied. */
+int fy_st_writer_meta(fy_st_writer *w, const char *key, const char *value, fy_err *err);
+
+/* Writes all tensors in insertion order to `path` atomically (temporary,
+ * fsync, rename, directory fsync). The header is padded with spaces so the
+ * data block starts 8-byte aligned. Duplicate names are refused here. */
+int fy_st_write(fy_st_writer *w, const char *path, fy_err *err);
+
+/* ---- reading ------------------------------------------------------------ */
+
+typedef struct fy_st_entry {
+    const char *name;
+    fy_st_dtype dtype;
+    int ndim;
+    int64_t shape[FY_ST_MAX_DIMS];
+    uint64_t numel;
+    const void *data;      /* into the read-only mapping; 8-byte aligned in
+                              files ferry writes, maybe not in others */
+    size_t nbytes;
+    uint64_t file_offset;  /* where the data starts in the file */
+} fy_st_entry;
+
+typedef struct fy_st_file fy_st_file;
+
+int fy_st_open(const char *path, fy_st_file **out, fy_err *err);
+void fy_st_close(fy_st_file *f);                  /* NULL is fine */
+
+const char *fy_st_path(const fy_st_file *f);
+size_t fy_st_count(const fy_st_file *f);
+/* Entries in header order, i < fy_st_count(f). */
+const fy_st_entry *fy_st_entry_at(const fy_st_file *f, size_t i);
+/* NULL when absent (binary search: fine for tens of thousands of tensors). */
+const fy_st_entry *fy_st_find(const fy_st_file *f, const char *name);
+
+/* "__metadata__" entries: value of `key` or NULL; and iteration. */
+const char *fy_st_meta(const fy_st_file *f, const char *key);
+size_t fy_st_meta_count(const fy_st_file *f);
+void fy_st_meta_at(const fy_st_file *f, size_t i, const char **key, const char **value);
+
+/* Copies tensor `name` into dst as f32 (F32 as is, BF16/F16 widened),
+ * checking it exists, has a float dtype and exactly expected_numel elements;
+ * errors name the file and the tensor. */
+int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t expected_numel,
+                   fy_err *err);
+
+/* Scalar conversions used above (exposed for other readers and tests). */
+float fy_bf16_to_f32(uint16_t h);
+uint16_t fy_f32_to_bf16(float f);   /* round to nearest even; NaN stays NaN */
+float fy_f16_to_f32(uint16_t h);
+
+#endif

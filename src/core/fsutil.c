@@ -1,0 +1,211 @@
+#include "core/fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err) {
+    *buf = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fy_fail(err, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fy_fail(err, "cannot stat %s: %s", path, strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return fy_fail(err, "cannot read %s: it is a directory", path);
+    }
+    /* st_size is only a hint (pipes and /proc report 0): grow until EOF. */
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, n = 0;
+    char *p = malloc(cap);
+    if (!p) {
+        close(fd);
+        return fy_fail(err, "out of memory reading %s (%zu bytes)", path, cap);
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            char *q = realloc(p, cap * 2);
+            if (!q) {
+                free(p);
+                close(fd);
+                return fy_fail(err, "out of memory reading %s (%zu bytes)", path, cap * 2);
+            }
+            p = q;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, p + n, cap - 1 - n);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            free(p);
+            close(fd);
+            return fy_fail(err, "read error in %s at byte %zu: %s", path, n, strerror(e));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    p[n] = '\0';
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+int fy_path_join(char *out, size_t cap, const char *dir, const char *name, fy_err *err) {
+    size_t dl = strlen(dir);
+    const char *sep = (dl == 0 || dir[dl - 1] == '/') ? "" : "/";
+    int n = snprintf(out, cap, "%s%s%s", dir, sep, name);
+    if (n < 0 || (size_t)n >= cap)
+        return fy_fail(err, "path too long: %s/%s (limit %zu bytes)", dir, name, cap - 1);
+    return 0;
+}
+
+int fy_path_dirname(char *out, size_t cap, const char *path, fy_err *err) {
+    const char *slash = strrchr(path, '/');
+    size_t n;
+    if (!slash) { path = "."; n = 1; }
+    else if (slash == path) n = 1;          /* "/x" -> "/" */
+    else n = (size_t)(slash - path);
+    if (n + 1 > cap) return fy_fail(err, "path too long: %s (limit %zu bytes)", path, cap - 1);
+    memcpy(out, path, n);
+    out[n] = '\0';
+    return 0;
+}
+
+int fy_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int fy_fsync_dir(const char *dir, fy_err *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return fy_fail(err, "cannot open directory %s to fsync: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc != 0 && e != EINVAL)
+        return fy_fail(err, "fsync of directory %s failed: %s", dir, strerror(e));
+    return 0;
+}
+
+int fy_mkdir_p(const char *path, fy_err *err) {
+    char buf[FY_PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0) return fy_fail(err, "mkdir: empty path");
+    if (n >= sizeof buf) return fy_fail(err, "mkdir: path too long: %s", path);
+    memcpy(buf, path, n + 1);
+    /* Visit each prefix ending before a '/', then the whole path. */
+    for (size_t i = 1; i <= n; i++) {
+        if (i < n && buf[i] != '/') continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0) {
+            int e = errno;
+            struct stat st;
+            if (stat(buf, &st) != 0) {
+                buf[i] = saved;
+                return fy_fail(err, "cannot create directory %.*s (making %s): %s",
+                               (int)i, path, path, strerror(e));
+            }
+            if (!S_ISDIR(st.st_mode)) {
+                buf[i] = saved;
+                return fy_fail(err, "cannot create directory %s: %.*s exists and is not a directory",
+                               path, (int)i, path);
+            }
+        }
+        buf[i] = saved;
+    }
+    return 0;
+}
+
+int fy_atomic_open(fy_atomic_file *a, const char *path, fy_err *err) {
+    a->fd = -1;
+    a->renamed = 0;
+    a->tmp[0] = '\0';
+    size_t n = strlen(path);
+    if (n == 0) return fy_fail(err, "cannot write a file with an empty path");
+    if (n >= sizeof a->path) return fy_fail(err, "path too long: %s", path);
+    memcpy(a->path, path, n + 1);
+    int m = snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (m < 0 || (size_t)m >= sizeof a->tmp) {
+        a->tmp[0] = '\0';
+        return fy_fail(err, "path too long: %s", path);
+    }
+    /* O_TRUNC without O_EXCL: a stale temp left by a crashed process with the
+     * same pid (common in containers) is simply overwritten. */
+    a->fd = open(a->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (a->fd < 0) {
+        int e = errno;
+        a->tmp[0] = '\0';   /* nothing of ours to remove */
+        return fy_fail(err, "cannot create temporary file for %s: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+int fy_atomic_write(fy_atomic_file *a, const void *data, size_t len, fy_err *err) {
+    const char *p = data;
+    while (len > 0) {
+        /* Linux caps one write at ~2 GiB; loop for partial writes anyway. */
+        size_t chunk = len > ((size_t)1 << 30) ? ((size_t)1 << 30) : len;
+        ssize_t w = write(a->fd, p, chunk);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            off_t at = lseek(a->fd, 0, SEEK_CUR);
+            return fy_fail(err, "write error in %s at byte %lld: %s", a->tmp,
+                           (long long)at, strerror(e));
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+int fy_atomic_commit(fy_atomic_file *a, fy_err *err) {
+    if (fsync(a->fd) != 0) {
+        int e = errno;
+        fy_atomic_abort(a);
+        return fy_fail(err, "fsync of %s failed: %s", a->path, strerror(e));
+    }
+    int rc = close(a->fd);
+    a->fd = -1;
+    if (rc != 0) {
+        int e = errno;
+        fy_atomic_abort(a);
+        return fy_fail(err, "close of %s failed: %s", a->path, strerror(e));
+    }
+    if (rename(a->tmp, a->path) != 0) {
+        int e = errno;
+        fy_atomic_abort(a);
+        return fy_fail(err, "cannot rename temporary file over %s: %s", a->path, strerror(e));
+    }
+    a->renamed = 1;
+    char dir[FY_PATH_MAX];
+    if (fy_path_dirname(dir, sizeof dir, a->path, err) != 0) return -1;
+    return fy_fsync_dir(dir, err);
+}
+
+void fy_atomic_abort(fy_atomic_file *a) {
+    if (a->fd >= 0) close(a->fd);
+    a->fd = -1;
+    if (!a->renamed && a->tmp[0]) unlink(a->tmp);
+    a->tmp[0] = '\0';
+}
+
+int fy_write_file_atomic(const char *path, const void *data, size_t len, fy_err *err) {
+    fy_atomic_file a;
+    if (fy_atomic_open(&a, path, err) != 0) return -1;
+    if (fy_atomic_write(&a, data, len, err) != 0) {
+        fy_atomic_abort(&a);
+        return -1;
+    }
+    return fy_atomic_commit(&a, err);
+}

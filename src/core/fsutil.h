@@ -1,0 +1,60 @@
+/* File-system helpers for crash-safe artifacts: whole-file reads, atomic
+ * replacement (temp file + fsync + rename + directory fsync), mkdir -p.
+ *
+ * Atomic replacement is what keeps a checkpoint usable when the process dies
+ * at any instant (DESIGN §3, §5): readers see either the old file or the
+ * complete new one, never a prefix. */
+#ifndef FY_FSUTIL_H
+#define FY_FSUTIL_H
+
+#include <stddef.h>
+
+#include "core/err.h"
+
+#define FY_PATH_MAX 4096
+
+/* Reads the whole file into a malloc'd buffer with a NUL appended (not
+ * counted in *len), so text can be used as a C string. Caller frees. */
+int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err);
+
+/* Replaces `path` with `data` atomically. On any failure the temporary is
+ * removed and an existing `path` is left as it was. */
+int fy_write_file_atomic(const char *path, const void *data, size_t len, fy_err *err);
+
+/* fsync of a directory, making a rename or create inside it durable.
+ * File systems that cannot fsync a directory (EINVAL) count as success. */
+int fy_fsync_dir(const char *dir, fy_err *err);
+
+/* Creates `path` and missing parents (mode 0755); an existing directory is
+ * fine, an existing non-directory is an error naming it. */
+int fy_mkdir_p(const char *path, fy_err *err);
+
+/* out = dir + "/" + name (no doubled slash; empty dir gives name). Fails,
+ * naming both parts, when the result does not fit in `cap` bytes. */
+int fy_path_join(char *out, size_t cap, const char *dir, const char *name, fy_err *err);
+
+/* The directory part of `path` ("." when it has none, "/" for "/x"). */
+int fy_path_dirname(char *out, size_t cap, const char *path, fy_err *err);
+
+/* 1 when something exists at `path` (file, directory, ...), else 0. */
+int fy_file_exists(const char *path);
+
+/* Streaming form of fy_write_file_atomic, for files too large to build in
+ * memory (safetensors): open, write any number of times, then commit.
+ * After a failed fy_atomic_write the caller calls fy_atomic_abort; a failed
+ * commit has already cleaned up (abort after it is harmless). */
+typedef struct fy_atomic_file {
+    int fd;                      /* -1 once closed */
+    int renamed;                 /* the temp already became `path` */
+    char path[FY_PATH_MAX];
+    char tmp[FY_PATH_MAX];       /* path + ".tmp.<pid>" */
+} fy_atomic_file;
+
+int fy_atomic_open(fy_atomic_file *a, const char *path, fy_err *err);
+int fy_atomic_write(fy_atomic_file *a, const void *data, size_t len, fy_err *err);
+/* fsync, close, rename over `path`, fsync the directory. */
+int fy_atomic_commit(fy_atomic_file *a, fy_err *err);
+/* Closes and removes the temporary; `path` is untouched. */
+void fy_atomic_abort(fy_atomic_file *a);
+
+#endif

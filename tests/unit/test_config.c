@@ -1,0 +1,241 @@
+/* Model config: built-ins, JSON round trip, defaults, and every refusal
+ * naming the offending key. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fsutil.h"
+#include "model/config.h"
+#include "testutil.h"
+
+static void test_builtins(void) {
+    fy_config c;
+    fy_err err = {{0}};
+    CHECK(fy_config_builtin("tiny", 1000, &c, &err) == 0, "%s", err.msg);
+    CHECK(c.vocab_size == 1000 && c.hidden_size == 256 && c.num_hidden_layers == 4, "tiny sizes");
+    CHECK(c.q_lora_rank == 128 && c.kv_lora_rank == 64 && c.qk_rope_head_dim == 32, "tiny MLA");
+    CHECK(c.n_routed_experts == 8 && c.num_experts_per_tok == 2 && c.n_shared_experts == 1, "tiny MoE");
+    CHECK(c.routed_scaling_factor == 1.0f && c.num_nextn_predict_layers == 1, "tiny choices");
+    CHECK(c.bos_token_id == -1 && c.eos_token_id == -1, "ids left for the tokenizer");
+    CHECK(fy_config_validate(&c, &err) == 0, "%s", err.msg);
+    CHECK(fy_cfg_qk_head_dim(&c) == 64, "qk head dim");
+    CHECK(!fy_cfg_is_moe_layer(&c, 0) && fy_cfg_is_moe_layer(&c, 1), "first layer dense");
+
+    CHECK(fy_config_builtin("small", 4096, &c, &err) == 0, "%s", err.msg);
+    CHECK(c.hidden_size == 512 && c.num_hidden_layers == 8 && c.qk_nope_head_dim == 64 &&
+          c.qk_rope_head_dim == 32 && c.v_head_dim == 64 && c.n_routed_experts == 16 &&
+          c.moe_intermediate_size == 384 && c.intermediate_size == 1536, "small sizes");
+
+    CHECK(fy_config_builtin("huge", 1000, &c, &err) == -1, "unknown name");
+    CHECK(strstr(err.msg, "huge") && strstr(err.msg, "tiny, small"), "lists the names: %s", err.msg);
+    CHECK(fy_config_builtin("tiny", 0, &c, &err) == -1 && strstr(err.msg, "vocab_size"),
+          "vocab 0: %s", err.msg);
+}
+
+static int same(const fy_config *a, const fy_config *b) {
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+static void test_round_trip(void) {
+    fy_config c, back;
+    fy_err err = {{0}};
+    const char *names[] = {"tiny", "small"};
+    for (int i = 0; i < 2; i++) {
+        fy_config_builtin(names[i], 321, &c, &err);
+        char *text = fy_config_to_json(&c, NULL);
+        CHECK(text != NULL, "to_json");
+        memset(&back, 0x5a, sizeof back);
+        CHECK(fy_config_parse(text, "rt.json", &back, &err) == 0, "%s", err.msg);
+        CHECK(same(&c, &back), "%s round trips", names[i]);
+        CHECK(strstr(text, "\"DeepseekV3ForCausalLM\"") && strstr(text, "\"deepseek_v3\"") &&
+              strstr(text, "\"float32\"") && strstr(text, "\"ferry\""), "fixed keys:\n%s", text);
+        CHECK(strstr(text, "1e-06") != NULL, "floats written in shortest form:\n%s", text);
+        free(text);
+    }
+
+    /* q_lora_rank 0 is written as null; token ids set; odd floats. */
+    fy_config_builtin("tiny", 500, &c, &err);
+    c.q_lora_rank = 0;
+    c.bos_token_id = 497;
+    c.eos_token_id = 498;
+    c.routed_scaling_factor = 2.5f;
+    c.rope_theta = 123456.789;
+    c.initializer_range = 0.0123456789f;
+    c.mtp_loss_weight = 0.1f;
+    c.norm_topk_prob = 0;
+    c.seq_aux = 0;
+    c.first_k_dense_replace = 0;
+    char *text = fy_config_to_json(&c, "{\"lr\": 0.0003, \"mtp_loss_weight\": 9, \"batch\": [1, 2]}");
+    CHECK(text && strstr(text, "\"q_lora_rank\":\tnull"), "q_lora_rank null:\n%s", text ? text : "(null)");
+    CHECK(text && strstr(text, "\"lr\"") && strstr(text, "\"batch\""), "extra members merged");
+    CHECK(fy_config_parse(text, "rt2.json", &back, &err) == 0, "%s", err.msg);
+    CHECK(same(&c, &back), "variant round trips (config's mtp_loss_weight wins over extra)");
+    free(text);
+    CHECK(fy_config_to_json(&c, "[1]") == NULL, "extra must be an object");
+    CHECK(fy_config_to_json(&c, "{bad") == NULL, "extra must parse");
+
+    /* Dense model (no routed experts), hidden not divisible by heads. */
+    fy_config_builtin("tiny", 500, &c, &err);
+    c.n_routed_experts = 0;
+    c.num_experts_per_tok = 0;
+    c.hidden_size = 250;
+    c.num_attention_heads = 3;
+    CHECK(fy_config_validate(&c, &err) == 0, "dense, 250/3: %s", err.msg);
+    text = fy_config_to_json(&c, NULL);
+    CHECK(fy_config_parse(text, "dense.json", &back, &err) == 0 && same(&c, &back), "%s", err.msg);
+    free(text);
+}
+
+static const char *minimal =
+    "{\"vocab_size\": 100, \"hidden_size\": 64, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 2, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8,"
+    " \"qk_rope_head_dim\": 8, \"v_head_dim\": 8}";
+
+static void test_defaults(void) {
+    fy_config c;
+    fy_err err = {{0}};
+    CHECK(fy_config_parse(minimal, "min.json", &c, &err) == 0, "%s", err.msg);
+    CHECK(c.intermediate_size == 11008 && c.moe_intermediate_size == 1407, "FFN defaults");
+    CHECK(c.q_lora_rank == 1536, "absent q_lora_rank takes the HF default");
+    CHECK(c.n_routed_experts == 0 && c.n_shared_experts == 0 && c.num_experts_per_tok == 0, "dense");
+    CHECK(c.n_group == 1 && c.topk_group == 1 && c.first_k_dense_replace == 0, "groups");
+    CHECK(!c.norm_topk_prob && c.routed_scaling_factor == 1.0f && c.seq_aux, "routing defaults");
+    CHECK(strcmp(c.scoring_func, "sigmoid") == 0 && strcmp(c.topk_method, "noaux_tc") == 0, "methods");
+    CHECK(c.rope_theta == 10000.0 && c.rms_norm_eps == 1e-6f && c.max_position_embeddings == 4096,
+          "rope/norm defaults");
+    CHECK(c.num_nextn_predict_layers == 0 && !c.tie_word_embeddings && c.aux_loss_alpha == 0.0f,
+          "mtp/tie/aux defaults");
+    CHECK(c.initializer_range == 0.02f && c.bos_token_id == -1 && c.eos_token_id == -1, "init/ids");
+    CHECK(c.bias_update_speed == 0.001f && c.mtp_loss_weight == 0.3f, "ferry defaults");
+
+    /* DeepSeek-style nulls. */
+    const char *nulls =
+        "{\"vocab_size\": 100, \"hidden_size\": 64, \"num_hidden_layers\": 2,"
+        " \"num_attention_heads\": 2, \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8,"
+        " \"qk_rope_head_dim\": 8, \"v_head_dim\": 8, \"q_lora_rank\": null,"
+        " \"n_routed_experts\": null, \"bos_token_id\": 0, \"eos_token_id\": 1,"
+        " \"unknown_key\": {\"x\": [1]}, \"ferry\": {\"mtp_loss_weight\": 0.5, \"lr\": 1}}";
+    CHECK(fy_config_parse(nulls, "nulls.json", &c, &err) == 0, "%s", err.msg);
+    CHECK(c.q_lora_rank == 0 && c.n_routed_experts == 0, "null -> 0");
+    CHECK(c.bos_token_id == 0 && c.eos_token_id == 1 && c.mtp_loss_weight == 0.5f, "values read");
+}
+
+/* Parses tiny's JSON with `overrides` (a JSON object; a null member deletes
+ * the key) and expects a refusal whose message has "tiny.json" and every
+ * string in `want` (NULL-terminated). */
+static void expect_refused(const char *overrides, const char *want1, const char *want2) {
+    fy_config c;
+    fy_err err = {{0}};
+    fy_config_builtin("tiny", 1000, &c, &err);
+    char *text = fy_config_to_json(&c, NULL);
+    cJSON *root = cJSON_Parse(text), *ov = cJSON_Parse(overrides);
+    free(text);
+    if (!root || !ov) {
+        CHECK(0, "bad test overrides %s", overrides);
+        return;
+    }
+    for (cJSON *m = ov->child; m; m = m->next) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, m->string);
+        if (!cJSON_IsNull(m)) cJSON_AddItemToObject(root, m->string, cJSON_Duplicate(m, 1));
+    }
+    text = cJSON_Print(root);
+    int rc = fy_config_parse(text, "tiny.json", &c, &err);
+    CHECK(rc == -1, "%s must be refused", overrides);
+    if (rc == -1) {
+        CHECK(strstr(err.msg, "tiny.json") != NULL, "%s: names the source: %s", overrides, err.msg);
+        CHECK(strstr(err.msg, want1) != NULL, "%s: message names %s: %s", overrides, want1, err.msg);
+        CHECK(!want2 || strstr(err.msg, want2) != NULL, "%s: message has %s: %s", overrides, want2, err.msg);
+    }
+    free(text);
+    cJSON_Delete(root);
+    cJSON_Delete(ov);
+}
+
+static void test_refusals(void) {
+    /* sizes */
+    expect_refused("{\"vocab_size\": 0}", "vocab_size", NULL);
+    expect_refused("{\"hidden_size\": -1}", "hidden_size", NULL);
+    expect_refused("{\"num_hidden_layers\": 0}", "num_hidden_layers", NULL);
+    expect_refused("{\"num_attention_heads\": 0}", "num_attention_heads", NULL);
+    expect_refused("{\"kv_lora_rank\": 0}", "kv_lora_rank", NULL);
+    expect_refused("{\"qk_nope_head_dim\": 0}", "qk_nope_head_dim", NULL);
+    expect_refused("{\"qk_rope_head_dim\": 0}", "qk_rope_head_dim", NULL);
+    expect_refused("{\"v_head_dim\": -3}", "v_head_dim", NULL);
+    expect_refused("{\"q_lora_rank\": -1}", "q_lora_rank", NULL);
+    expect_refused("{\"qk_rope_head_dim\": 31}", "qk_rope_head_dim", "even");
+    expect_refused("{\"max_position_embeddings\": 0}", "max_position_embeddings", NULL);
+    /* missing required keys (null member deletes) */
+    expect_refused("{\"kv_lora_rank\": null}", "kv_lora_rank", "missing");
+    expect_refused("{\"vocab_size\": null}", "vocab_size", "missing");
+    /* routing */
+    expect_refused("{\"num_experts_per_tok\": 9}", "num_experts_per_tok=9 exceeds n_routed_experts=8", NULL);
+    expect_refused("{\"num_experts_per_tok\": 0}", "num_experts_per_tok", NULL);
+    expect_refused("{\"moe_intermediate_size\": 0}", "moe_intermediate_size", NULL);
+    expect_refused("{\"n_routed_experts\": -2}", "n_routed_experts", NULL);
+    expect_refused("{\"n_shared_experts\": -1}", "n_shared_experts", NULL);
+    expect_refused("{\"n_group\": 3}", "n_group", "divide");
+    expect_refused("{\"n_group\": 0}", "n_group", NULL);
+    expect_refused("{\"n_group\": 8, \"topk_group\": 4}", "n_group", NULL);   /* 1 expert/group */
+    expect_refused("{\"n_group\": 4, \"topk_group\": 5}", "topk_group", NULL);
+    expect_refused("{\"n_group\": 4, \"topk_group\": 0}", "topk_group", NULL);
+    expect_refused("{\"n_group\": 4, \"topk_group\": 1, \"num_experts_per_tok\": 3}",
+                   "num_experts_per_tok", "topk_group");
+    expect_refused("{\"routed_scaling_factor\": 0}", "routed_scaling_factor", NULL);
+    expect_refused("{\"first_k_dense_replace\": 5}", "first_k_dense_replace", NULL);
+    expect_refused("{\"first_k_dense_replace\": -1}", "first_k_dense_replace", NULL);
+    expect_refused("{\"intermediate_size\": 0}", "intermediate_size", NULL);
+    expect_refused("{\"scoring_func\": \"softmax\"}", "scoring_func", "sigmoid");
+    expect_refused("{\"topk_method\": \"greedy\"}", "topk_method", "noaux_tc");
+    expect_refused("{\"tie_word_embeddings\": true}", "tie_word_embeddings", NULL);
+    expect_refused("{\"num_nextn_predict_layers\": 3}", "num_nextn_predict_layers", NULL);
+    expect_refused("{\"rms_norm_eps\": 0}", "rms_norm_eps", NULL);
+    expect_refused("{\"rope_theta\": -1}", "rope_theta", NULL);
+    expect_refused("{\"aux_loss_alpha\": -0.5}", "aux_loss_alpha", NULL);
+    expect_refused("{\"bos_token_id\": 1000}", "bos_token_id", NULL);
+    expect_refused("{\"eos_token_id\": -2}", "eos_token_id", NULL);
+    expect_refused("{\"hidden_act\": \"gelu\"}", "hidden_act", NULL);
+    expect_refused("{\"moe_layer_freq\": 2}", "moe_layer_freq", NULL);
+    /* wrong JSON types */
+    expect_refused("{\"hidden_size\": \"256\"}", "hidden_size", "integer");
+    expect_refused("{\"hidden_size\": 256.5}", "hidden_size", "integer");
+    expect_refused("{\"num_hidden_layers\": 1e12}", "num_hidden_layers", NULL);
+    expect_refused("{\"norm_topk_prob\": 1}", "norm_topk_prob", NULL);
+    expect_refused("{\"rope_theta\": \"1e4\"}", "rope_theta", NULL);
+    expect_refused("{\"rms_norm_eps\": [1]}", "rms_norm_eps", NULL);
+    expect_refused("{\"scoring_func\": 5}", "scoring_func", NULL);
+    expect_refused("{\"scoring_func\": \"a-very-long-scoring-name\"}", "scoring_func", NULL);
+    expect_refused("{\"routed_scaling_factor\": 1e300}", "routed_scaling_factor", NULL);
+    expect_refused("{\"ferry\": {\"bias_update_speed\": \"fast\"}}", "bias_update_speed", NULL);
+    expect_refused("{\"ferry\": {\"mtp_loss_weight\": -1}}", "mtp_loss_weight", NULL);
+    expect_refused("{\"ferry\": 3}", "ferry", NULL);
+}
+
+static void test_bad_json(const char *dir) {
+    fy_config c;
+    fy_err err = {{0}};
+    CHECK(fy_config_parse("{\"vocab_size\": 10,\n  \"hidden\" 3}", "tiny.json", &c, &err) == -1, "bad JSON");
+    CHECK(strstr(err.msg, "tiny.json") && strstr(err.msg, "line 2"), "source and position: %s", err.msg);
+    CHECK(fy_config_parse("", "empty.json", &c, &err) == -1 && strstr(err.msg, "empty.json"), "%s", err.msg);
+    CHECK(fy_config_parse("[1, 2]", "arr.json", &c, &err) == -1 && strstr(err.msg, "object"), "%s", err.msg);
+    CHECK(fy_config_parse("{} trailing", "trail.json", &c, &err) == -1, "trailing garbage");
+
+    char path[FY_PATH_MAX];
+    fy_path_join(path, sizeof path, dir, "config.json", &err);
+    fy_config t;
+    fy_config_builtin("small", 777, &t, &err);
+    char *text = fy_config_to_json(&t, NULL);
+    CHECK(fy_write_file_atomic(path, text, strlen(text), &err) == 0, "%s", err.msg);
+    free(text);
+    CHECK(fy_config_load(path, &c, &err) == 0 && same(&c, &t), "load: %s", err.msg);
+    fy_path_join(path, sizeof path, dir, "absent.json", &err);
+    CHECK(fy_config_load(path, &c, &err) == -1 && strstr(err.msg, "absent.json"), "%s", err.msg);
+}
+
+int main(void) {
+    test_builtins();
+    test_round_trip();
+    test_defaults();
+    test_refusals();
+    test_bad_json(fy_test_tmpdir("test_config"));
+    return fy_test_finish("test_config");
+}
