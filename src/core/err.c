@@ -21,6 +21,13 @@ int fy_wrap(fy_err *err, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* Truncation is fine here (the message keeps its start), but spelled out
+     * so the compiler need not warn about it. */
+    size_t cap = sizeof err->msg, pl = strnlen(prefix, cap - 3);
+    memcpy(err->msg, prefix, pl);
+    memcpy(err->msg + pl, ": ", 2);
+    size_t ol = strnlen(old, cap - pl - 3);
+    memcpy(err->msg + pl + 2, old, ol);
+    err->msg[pl + 2 + ol] = '\0';
     return -1;
 }

@@ -262,6 +262,12 @@ static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
     /* q_lora_rank: null means "no query compression", not "default". */
     const cJSON *ql = cJSON_GetObjectItemCaseSensitive(root, "q_lora_rank");
     if (ql && cJSON_IsNull(ql)) c->q_lora_rank = 0;
+    /* YaRN and other RoPE scalings change the attention math; reading such a
+     * config without them would give silently wrong logits, so refuse. */
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs))
+        return fy_fail(err, "rope_scaling is set, but ferry does not implement RoPE scaling yet "
+                            "(use a config with \"rope_scaling\": null)");
 
     const struct { const char *key; int *p; } ints[] = {
         {"vocab_size", &c->vocab_size},

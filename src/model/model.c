@@ -429,7 +429,7 @@ static int route(fy_model *m, int li, int count_loads, fy_err *err) {
     return 0;
 }
 
-static int moe_forward(fy_model *m, int li, int need_grad, float *balance, fy_err *err) {
+static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
@@ -462,7 +462,7 @@ static int moe_forward(fy_model *m, int li, int need_grad, float *balance, fy_er
     return 0;
 }
 
-static int layer_forward(fy_model *m, int li, fy_ref x_in, int need_grad, float *balance, fy_err *err) {
+static int layer_forward(fy_model *m, int li, fy_ref x_in, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
@@ -639,7 +639,7 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
 
     OPS->upload(m->be, ws->tok_in, inputs, N);
     OPS->gather_rows(m->be, N, d, PW(m, m->tab.embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
-    float balance = 0;
+    double balance = 0;
     fy_ref x = ws->x_emb;
     for (int li = 0; li < L; li++) {
         if (layer_forward(m, li, x, need_grad, &balance, err)) return -1;
@@ -658,7 +658,7 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
     double sum = head_forward(m, h, m->tab.final_norm, ws->head_in, ws->rstd_head, m->logits, lab,
                               ws->main_scale, ws->dlogits, ws->dhead_in);
     loss->n_main = n_main;
-    loss->main = n_main ? (float)(sum / n_main) : 0.0f;
+    loss->main = n_main ? sum / n_main : 0.0;
     loss->total = loss->main;
 
     if (labels && D > 0) {
@@ -699,8 +699,8 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
             double sk = head_forward(m, m->layer_acts[li].x_out, W->head_norm, ws->mtp_head_in[k - 1],
                                      ws->mtp_rstd_head[k - 1], ws->dlogits, ws->mtp_lab[k - 1],
                                      ws->mtp_scale[k - 1], ws->dlogits, ws->mtp_dhead_in[k - 1]);
-            loss->mtp[k - 1] = nk ? (float)(sk / nk) : 0.0f;
-            loss->total += c->mtp_loss_weight / D * loss->mtp[k - 1];
+            loss->mtp[k - 1] = nk ? sk / nk : 0.0;
+            loss->total += (double)c->mtp_loss_weight / D * loss->mtp[k - 1];
         }
         free(tk);
         free(lb);
@@ -766,5 +766,15 @@ int fy_model_update_bias(fy_model *m, fy_err *err) {
         memset(load, 0, E * sizeof *load);
     }
     free(b);
+    return fy_be_sync(m->be, err);
+}
+
+int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_err *err) {
+    if (layer < 0 || layer >= m->tab.n_layers || !m->tab.layer[layer].moe)
+        return fy_fail(err, "layer %d is not an MoE layer", layer);
+    if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
+    size_t n = (size_t)m->B * m->T * m->cfg.num_experts_per_tok;
+    OPS->download(m->be, idx, m->layer_acts[layer].idx, n);
+    OPS->download(m->be, w, m->layer_acts[layer].w, n);
     return fy_be_sync(m->be, err);
 }

@@ -28,10 +28,10 @@
 typedef struct fy_layer_acts fy_layer_acts;
 
 typedef struct fy_loss {
-    float total;            /* main + lambda/D * sum mtp + balance */
-    float main;             /* mean cross-entropy of the main head */
-    float mtp[FY_MAX_MTP];  /* mean cross-entropy of MTP module k+1 */
-    float balance;          /* sequence-wise balance loss (all MoE layers) */
+    double total;           /* main + lambda/D * sum mtp + balance */
+    double main;            /* mean cross-entropy of the main head */
+    double mtp[FY_MAX_MTP]; /* mean cross-entropy of MTP module k+1 */
+    double balance;         /* sequence-wise balance loss (all MoE layers) */
     int n_main;             /* non-ignored targets of the main head */
 } fy_loss;
 
@@ -74,6 +74,10 @@ void fy_model_zero_grad(fy_model *m);
 
 /* Main-head logits of the last forward: [B*T, V] on the device. */
 static inline fy_ref fy_model_logits(fy_model *m) { return m->logits; }
+
+/* Router decisions of MoE layer `layer` in the last forward: idx (int) and
+ * weights w, both [B*T, K] in descending order of s + bias. Host copies. */
+int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_err *err);
 
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
  * counted by the forwards since the last call; then resets the counts. */

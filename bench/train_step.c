@@ -1,0 +1,115 @@
+/* Training-step throughput: forward + backward + AdamW on random tokens.
+ * Prints one JSON line so bench/train_step can put it beside PyTorch's.
+ *   bench_train_step --config tiny|small|FILE.json --vocab V --batch B --seq T
+ *                    --steps S --warmup W [--dump-config PATH] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <omp.h>
+
+#include "backend/backend.h"
+#include "core/fsutil.h"
+#include "core/rng.h"
+#include "model/model.h"
+#include "train/optim.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Matmul FLOPs of one token's forward: 2 per active weight (routed experts
+ * counted K times, embeddings not at all), plus causal attention scores and
+ * values at the mean context length (T+1)/2. Training = 3x forward. */
+static double forward_flops_per_token(const fy_model *m, int T) {
+    const fy_config *c = &m->cfg;
+    double f = 0;
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        if (t->is_buffer || t->ndim != 2 || !strcmp(t->name, "model.embed_tokens.weight")) continue;
+        if (strstr(t->name, ".experts.")) continue; /* counted below */
+        f += 2.0 * t->n;
+    }
+    int moe_layers = 0;
+    for (int li = 0; li < m->tab.n_layers; li++) moe_layers += m->tab.layer[li].moe;
+    f += 2.0 * moe_layers * c->num_experts_per_tok * 3.0 * c->moe_intermediate_size * c->hidden_size;
+    double ctx = (T + 1) / 2.0;
+    f += 2.0 * m->tab.n_layers * c->num_attention_heads * ctx *
+         (fy_cfg_qk_head_dim(c) + c->v_head_dim);
+    return f;
+}
+
+int main(int argc, char **argv) {
+    const char *cfgname = "tiny", *dump = NULL;
+    int V = 8192, B = 8, T = 256, steps = 5, warmup = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) { fprintf(stderr, "bench_train_step: %s needs a value\n", a); return 2; }
+        if (!strcmp(a, "--config")) cfgname = v;
+        else if (!strcmp(a, "--vocab")) V = atoi(v);
+        else if (!strcmp(a, "--batch")) B = atoi(v);
+        else if (!strcmp(a, "--seq")) T = atoi(v);
+        else if (!strcmp(a, "--steps")) steps = atoi(v);
+        else if (!strcmp(a, "--warmup")) warmup = atoi(v);
+        else if (!strcmp(a, "--dump-config")) dump = v;
+        else { fprintf(stderr, "bench_train_step: unknown flag %s\n", a); return 2; }
+        i++;
+    }
+    fy_err err;
+    fy_config c;
+    if (strchr(cfgname, '.') ? fy_config_load(cfgname, &c, &err)
+                             : fy_config_builtin(cfgname, V, &c, &err)) {
+        fprintf(stderr, "bench_train_step: %s\n", err.msg);
+        return 1;
+    }
+    if (dump) {
+        char *js = fy_config_to_json(&c, NULL);
+        if (!js || fy_write_file_atomic(dump, js, strlen(js), &err)) {
+            fprintf(stderr, "bench_train_step: %s\n", err.msg);
+            return 1;
+        }
+        free(js);
+    }
+    fy_backend *be;
+    fy_model m;
+    fy_adamw opt;
+    fy_adamw_opts ao = {3e-4f, 3e-5f, 10, 1000, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
+        fy_model_init_weights(&m, 1, &err) || fy_adamw_create(&opt, &m, &ao, &err)) {
+        fprintf(stderr, "bench_train_step: %s\n", err.msg);
+        return 1;
+    }
+    int N = B * T;
+    int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
+    double t0 = 0;
+    for (int s = 0; s < warmup + steps; s++) {
+        if (s == warmup) t0 = now_s();
+        for (int i = 0; i < N; i++) {
+            in[i] = (int)(fy_rng_u64(5, s, i) % c.vocab_size);
+            lab[i] = (int)(fy_rng_u64(6, s, i) % c.vocab_size);
+        }
+        fy_loss l;
+        float gn, lr;
+        fy_model_zero_grad(&m);
+        if (fy_model_forward(&m, in, lab, B, T, 1, &l, &err) || fy_model_backward(&m, &err) ||
+            fy_adamw_step(&opt, &m, &gn, &lr, &err) || fy_model_update_bias(&m, &err)) {
+            fprintf(stderr, "bench_train_step: %s\n", err.msg);
+            return 1;
+        }
+    }
+    double dt = (now_s() - t0) / steps;
+    double tps = N / dt, fpt = 3.0 * forward_flops_per_token(&m, T);
+    printf("{\"impl\": \"ferry\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, "
+           "\"params\": %zu, \"step_ms\": %.2f, \"tokens_per_s\": %.1f, \"gflops\": %.2f}\n",
+           cfgname, omp_get_max_threads(), B, T, fy_params_count(&m.tab), dt * 1e3, tps,
+           tps * fpt * 1e-9);
+    free(in);
+    free(lab);
+    fy_adamw_free(&opt, be);
+    fy_model_free(&m);
+    fy_backend_destroy(be);
+    return 0;
+}

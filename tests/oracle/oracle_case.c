@@ -1,0 +1,199 @@
+/* Dumps one oracle case: a random configuration (by variant name), random
+ * weights, a batch, and everything ferry computes on it (losses, logits,
+ * every gradient, router choices, the bias update), for
+ * tools/oracle/check_case.py to recompute independently in PyTorch.
+ *   oracle_case --variant NAME --out DIR      (writes DIR/config.json, DIR/case.safetensors)
+ *   oracle_case --list                        (variant names) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "ckpt/safetensors.h"
+#include "core/fsutil.h"
+#include "core/rng.h"
+#include "model/model.h"
+
+typedef struct variant {
+    const char *name;
+    void (*apply)(fy_config *c, int *B, int *T);
+} variant;
+
+/* The base shape: nothing a multiple of 8, every feature on. */
+static void v_base(fy_config *c, int *B, int *T) {
+    (void)c; (void)B; (void)T;
+}
+static void v_noqlora(fy_config *c, int *B, int *T) { c->q_lora_rank = 0; }
+static void v_group(fy_config *c, int *B, int *T) {
+    c->n_routed_experts = 12; c->n_group = 4; c->topk_group = 2; c->num_experts_per_tok = 3;
+}
+static void v_nonorm(fy_config *c, int *B, int *T) { c->norm_topk_prob = 0; c->routed_scaling_factor = 2.5f; }
+static void v_mtp0(fy_config *c, int *B, int *T) { c->num_nextn_predict_layers = 0; }
+static void v_mtp2(fy_config *c, int *B, int *T) { c->num_nextn_predict_layers = 2; }
+static void v_dense(fy_config *c, int *B, int *T) {
+    c->n_routed_experts = 0; c->first_k_dense_replace = c->num_hidden_layers;
+}
+static void v_moeonly(fy_config *c, int *B, int *T) { c->first_k_dense_replace = 0; }
+static void v_seq1(fy_config *c, int *B, int *T) { *B = 3; *T = 1; }
+static void v_noshared(fy_config *c, int *B, int *T) { c->n_shared_experts = 0; }
+static void v_nobalance(fy_config *c, int *B, int *T) { c->seq_aux = 0; }
+static void v_odd(fy_config *c, int *B, int *T) {
+    c->hidden_size = 33; c->num_attention_heads = 5; c->qk_nope_head_dim = 7;
+    c->qk_rope_head_dim = 4; c->v_head_dim = 11; c->vocab_size = 101; *T = 13;
+    c->n_shared_experts = 2; c->moe_intermediate_size = 9;
+}
+
+static const variant variants[] = {
+    {"base", v_base}, {"noqlora", v_noqlora}, {"group", v_group}, {"nonorm", v_nonorm},
+    {"mtp0", v_mtp0}, {"mtp2", v_mtp2}, {"dense", v_dense}, {"moeonly", v_moeonly},
+    {"seq1", v_seq1}, {"noshared", v_noshared}, {"nobalance", v_nobalance}, {"odd", v_odd},
+};
+#define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
+
+static int base_config(fy_config *c, fy_err *err) {
+    if (fy_config_builtin("tiny", 53, c, err)) return -1;
+    c->hidden_size = 40;
+    c->num_hidden_layers = 3;
+    c->num_attention_heads = 3;
+    c->q_lora_rank = 20;
+    c->kv_lora_rank = 18;
+    c->qk_nope_head_dim = 10;
+    c->qk_rope_head_dim = 6;
+    c->v_head_dim = 9;
+    c->n_routed_experts = 6;
+    c->num_experts_per_tok = 2;
+    c->n_shared_experts = 1;
+    c->moe_intermediate_size = 14;
+    c->intermediate_size = 30;
+    c->first_k_dense_replace = 1;
+    c->num_nextn_predict_layers = 1;
+    c->aux_loss_alpha = 0.01f;
+    c->seq_aux = 1;
+    c->bias_update_speed = 0.001f;
+    c->mtp_loss_weight = 0.3f;
+    c->initializer_range = 0.1f;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *vname = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--list")) {
+            for (int v = 0; v < N_VARIANTS; v++) printf("%s\n", variants[v].name);
+            return 0;
+        }
+        if (i + 1 < argc && !strcmp(argv[i], "--variant")) vname = argv[++i];
+        else if (i + 1 < argc && !strcmp(argv[i], "--out")) out = argv[++i];
+        else { fprintf(stderr, "oracle_case: unknown argument %s\n", argv[i]); return 2; }
+    }
+    if (!vname || !out) { fprintf(stderr, "usage: oracle_case --variant NAME --out DIR\n"); return 2; }
+    const variant *var = NULL;
+    for (int v = 0; v < N_VARIANTS; v++)
+        if (!strcmp(variants[v].name, vname)) var = &variants[v];
+    if (!var) { fprintf(stderr, "oracle_case: unknown variant %s\n", vname); return 2; }
+
+    fy_err err;
+    fy_config c;
+    int B = 2, T = 9;
+    if (base_config(&c, &err)) goto fail;
+    var->apply(&c, &B, &T);
+    uint64_t seed = 1000 + (uint64_t)(var - variants);
+
+    fy_backend *be;
+    fy_model m;
+    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
+        fy_model_init_weights(&m, seed, &err))
+        goto fail;
+    /* Norm weights away from 1 and a random router bias, so bugs that
+     * ignore them cannot hide. */
+    float *params = malloc(m.tab.n_params * sizeof(float));
+    float *bufs = malloc((m.tab.n_buffers + 1) * sizeof(float));
+    be->ops->download(be, params, fy_at(&m.params, 0), m.tab.n_params);
+    for (int i = 0; i < m.tab.n; i++) {
+        const fy_tensor_info *t = &m.tab.t[i];
+        for (size_t j = 0; j < t->n; j++) {
+            if (t->is_buffer) bufs[t->off + j] = 0.05f * fy_rng_normal(seed, 7000 + i, j);
+            else if (t->ndim == 1) params[t->off + j] = 1.0f + 0.2f * fy_rng_normal(seed, 8000 + i, j);
+        }
+    }
+    be->ops->upload(be, fy_at(&m.params, 0), params, m.tab.n_params);
+    if (m.tab.n_buffers) be->ops->upload(be, fy_at(&m.buffers, 0), bufs, m.tab.n_buffers);
+
+    int N = B * T, V = c.vocab_size, K = c.num_experts_per_tok;
+    int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
+    for (int i = 0; i < N; i++) {
+        in[i] = (int)(fy_rng_u64(seed, 1, i) % V);
+        lab[i] = fy_rng_uniform(seed, 3, i) < 0.15f ? FY_IGNORE_INDEX : (int)(fy_rng_u64(seed, 2, i) % V);
+    }
+    fy_loss loss;
+    float lossf[4 + FY_MAX_MTP];
+    fy_model_zero_grad(&m);
+    if (fy_model_forward(&m, in, lab, B, T, 1, &loss, &err) || fy_model_backward(&m, &err)) goto fail;
+
+    lossf[0] = (float)loss.total; lossf[1] = (float)loss.main; lossf[2] = (float)loss.balance;
+    for (int k = 0; k < FY_MAX_MTP; k++) lossf[4 + k] = (float)loss.mtp[k];
+    float *logits = malloc((size_t)N * V * sizeof(float));
+    float *grads = malloc(m.tab.n_params * sizeof(float));
+    be->ops->download(be, logits, fy_model_logits(&m), (size_t)N * V);
+    be->ops->download(be, grads, fy_at(&m.grads, 0), m.tab.n_params);
+
+    fy_st_writer *w = fy_st_writer_new();
+    for (int i = 0; i < m.tab.n; i++) {
+        const fy_tensor_info *t = &m.tab.t[i];
+        int64_t shape[2] = {t->shape[0], t->shape[1]};
+        fy_st_writer_add(w, t->name, FY_ST_F32, t->ndim, shape, t->is_buffer ? bufs + t->off : params + t->off, NULL);
+        if (!t->is_buffer) {
+            char gname[160];
+            snprintf(gname, sizeof gname, "grad.%s", t->name);
+            fy_st_writer_add(w, gname, FY_ST_F32, t->ndim, shape, grads + t->off, NULL);
+        }
+    }
+    int64_t sh_bt[2] = {B, T}, sh_logits[3] = {B, T, V}, one[1] = {1}, sh_d[1] = {c.num_nextn_predict_layers};
+    fy_st_writer_add(w, "input_ids", FY_ST_I32, 2, sh_bt, in, NULL);
+    fy_st_writer_add(w, "labels", FY_ST_I32, 2, sh_bt, lab, NULL);
+    fy_st_writer_add(w, "out.loss", FY_ST_F32, 1, one, &lossf[0], NULL);
+    fy_st_writer_add(w, "out.loss_main", FY_ST_F32, 1, one, &lossf[1], NULL);
+    fy_st_writer_add(w, "out.loss_balance", FY_ST_F32, 1, one, &lossf[2], NULL);
+    if (c.num_nextn_predict_layers) fy_st_writer_add(w, "out.loss_mtp", FY_ST_F32, 1, sh_d, &lossf[4], NULL);
+    fy_st_writer_add(w, "out.logits", FY_ST_F32, 3, sh_logits, logits, NULL);
+
+    /* Router choices, then the bias after one aux-free update. */
+    int nl = m.tab.n_layers, E = c.n_routed_experts;
+    int32_t **ridx = calloc(nl, sizeof *ridx);
+    float **rw = calloc(nl, sizeof *rw), **bafter = calloc(nl, sizeof *bafter);
+    char (*names)[3][64] = calloc(nl, sizeof *names);
+    for (int li = 0; li < nl; li++) {
+        if (!m.tab.layer[li].moe) continue;
+        ridx[li] = malloc((size_t)N * K * sizeof(int32_t));
+        rw[li] = malloc((size_t)N * K * sizeof(float));
+        if (fy_model_router_choice(&m, li, ridx[li], rw[li], &err)) goto fail;
+        int64_t sh[2] = {N, K};
+        snprintf(names[li][0], 64, "out.router_idx.%d", li);
+        snprintf(names[li][1], 64, "out.router_w.%d", li);
+        fy_st_writer_add(w, names[li][0], FY_ST_I32, 2, sh, ridx[li], NULL);
+        fy_st_writer_add(w, names[li][1], FY_ST_F32, 2, sh, rw[li], NULL);
+    }
+    if (fy_model_update_bias(&m, &err)) goto fail;
+    for (int li = 0; li < nl; li++) {
+        if (!m.tab.layer[li].moe) continue;
+        bafter[li] = malloc(E * sizeof(float));
+        be->ops->download(be, bafter[li], fy_at(&m.buffers, m.tab.layer[li].bias), E);
+        int64_t sh[1] = {E};
+        snprintf(names[li][2], 64, "out.bias_after.%d", li);
+        fy_st_writer_add(w, names[li][2], FY_ST_F32, 1, sh, bafter[li], NULL);
+    }
+
+    char path[4096];
+    if (fy_mkdir_p(out, &err)) goto fail;
+    snprintf(path, sizeof path, "%s/case.safetensors", out);
+    if (fy_st_write(w, path, &err)) goto fail;
+    char *js = fy_config_to_json(&c, NULL);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    if (!js || fy_write_file_atomic(path, js, strlen(js), &err)) goto fail;
+    printf("oracle_case %s: B=%d T=%d loss %.6f (main %.6f, balance %.6f) -> %s\n", vname, B, T,
+           loss.total, loss.main, loss.balance, out);
+    return 0;
+fail:
+    fprintf(stderr, "oracle_case %s: %s\n", vname, err.msg);
+    return 1;
+}
