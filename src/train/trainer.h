@@ -1,0 +1,52 @@
+/* The training loop: batches from the loader, forward/backward, AdamW, bias
+ * balancing, progress, validation, metrics.jsonl, loss.svg, checkpoints and
+ * exact resume. Everything a step computes is a function of (seed, step) and
+ * the checkpointed state, so a resumed run is bit-identical on one backend. */
+#ifndef FY_TRAINER_H
+#define FY_TRAINER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "core/err.h"
+#include "model/model.h"
+#include "train/optim.h"
+
+typedef struct fy_train_opts {
+    fy_adamw_opts adam;   /* adam.total_steps is the run's length */
+    int batch_size, seq_len;
+    uint64_t seed;        /* weights init and data order */
+    int eval_every;       /* steps between validation passes (0: none) */
+    int eval_batches;     /* batches per validation pass */
+    int ckpt_every;       /* steps between checkpoints (0: only at the end) */
+    int keep_last;        /* checkpoints kept on disk */
+    int log_every;        /* steps between progress lines */
+    double time_limit_s;  /* stop (with a checkpoint) after this long; 0 = none */
+} fy_train_opts;
+
+void fy_train_opts_default(fy_train_opts *o);
+/* Reads the trainer members of a config.json's "ferry" object (absent keys
+ * keep their current value); errors name the key. */
+int fy_train_opts_from_json(const char *config_json, const char *where, fy_train_opts *o, fy_err *err);
+/* The members as a JSON object text for fy_config_to_json. Caller frees. */
+char *fy_train_opts_to_json(const fy_train_opts *o);
+
+typedef struct fy_train_result {
+    int step;             /* last step completed */
+    double last_loss, last_val_loss;
+    int interrupted;      /* stopped by the stop flag or the time limit */
+} fy_train_result;
+
+/* Trains the model in RUN_DIR on the shards in data_dir (train-*.bin,
+ * val-*.bin). With resume, restores the newest complete checkpoint of
+ * run_dir first; otherwise initialises weights from o->seed. The stop flag
+ * (set by a signal handler) ends the loop after the current step with a
+ * checkpoint. */
+int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const char *data_dir,
+                 int resume, volatile sig_atomic_t *stop, fy_train_result *res, fy_err *err);
+
+/* Mean main-head loss over the first n validation batches. */
+typedef struct fy_loader fy_loader;
+int fy_eval_loss(fy_model *m, fy_loader *val, int B, int T, int n, double *loss, fy_err *err);
+
+#endif
