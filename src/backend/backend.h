@@ -183,6 +183,18 @@ typedef struct fy_backend_ops {
     void (*adamw)(fy_backend *be, size_t n, fy_ref p, fy_ref g, fy_ref m, fy_ref v,
                   float lr, float b1, float b2, float eps, float wd, int t,
                   float grad_scale);
+
+    /* --- MLA decode attention in the latent space (W_kvb absorbed into the
+     * query and output sides, DESIGN §2), one query per head against a cache
+     * of S positions shared by all heads:
+     *   score[h, s] = scale * (q_lat[h] . ckv[s] + q_pe[h] . kpe[s])
+     *   out[h] = sum_s softmax_s(score[h]) * ckv[s]
+     * q_lat, out: [H, r] (row stride r); q_pe: [H, dr]; ckv: [S, r] with
+     * row stride ld_ckv; kpe: [S, dr] with row stride ld_kpe. Inference
+     * only: no backward. --- */
+    void (*mla_decode)(fy_backend *be, int H, int S, int r, int dr, float scale,
+                       fy_ref q_lat, fy_ref q_pe, fy_ref ckv, int ld_ckv,
+                       fy_ref kpe, int ld_kpe, fy_ref out);
 } fy_backend_ops;
 
 struct fy_backend {

@@ -778,3 +778,15 @@ int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_er
     OPS->download(m->be, w, m->layer_acts[layer].w, n);
     return fy_be_sync(m->be, err);
 }
+
+int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref *kpe, int *ld_kpe,
+                       fy_err *err) {
+    if (layer < 0 || layer >= m->tab.n_layers) return fy_fail(err, "no layer %d", layer);
+    if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
+    int rkv = m->cfg.kv_lora_rank, dr = m->cfg.qk_rope_head_dim;
+    *ckv = m->layer_acts[layer].ckv_n;
+    *ld_ckv = rkv;
+    *kpe = fy_add(m->layer_acts[layer].kva, rkv);
+    *ld_kpe = rkv + dr;
+    return 0;
+}

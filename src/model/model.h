@@ -79,6 +79,12 @@ static inline fy_ref fy_model_logits(fy_model *m) { return m->logits; }
  * weights w, both [B*T, K] in descending order of s + bias. Host copies. */
 int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_err *err);
 
+/* The latent KV of layer `layer` from the last forward (DESIGN §2: what
+ * inference caches): c_kv after kv_a_layernorm, [B*T, r_kv] with row stride
+ * *ld_ckv, and k_pe after RoPE, [B*T, d_r] with row stride *ld_kpe. */
+int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref *kpe, int *ld_kpe,
+                       fy_err *err);
+
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
  * counted by the forwards since the last call; then resets the counts. */
 int fy_model_update_bias(fy_model *m, fy_err *err);
