@@ -550,6 +550,54 @@ static void test_attn(void) {
     attn_case(1, 131, 1, 4, 3, 0);
 }
 
+/* ------------------------------------------------------------ MLA decode */
+
+static void mla_case(int H, int S, int r, int dr) {
+    int ld = r + dr + 2; /* cache rows [c_kv ; k_pe ; pad], as a latent KV cache stores them */
+    size_t ncache = (size_t)S * ld;
+    float *ql = falloc((size_t)H * r), *qp = falloc((size_t)H * (dr ? dr : 1)),
+          *cache = falloc(ncache), *o = falloc((size_t)H * r);
+    double *want = dalloc((size_t)H * r), *sc = dalloc(S);
+    fill_rand(ql, (size_t)H * r, -1, 1);
+    fill_rand(qp, (size_t)H * (dr ? dr : 1), -1, 1);
+    fill_rand(cache, ncache, -1.5f, 1.5f);
+    float scale = 0.7f;
+    for (int h = 0; h < H; h++) {
+        double mx = -INFINITY, z = 0;
+        for (int t = 0; t < S; t++) {
+            double a = 0;
+            for (int c = 0; c < r; c++) a += (double)ql[h * r + c] * cache[(size_t)t * ld + c];
+            for (int c = 0; c < dr; c++) a += (double)qp[h * dr + c] * cache[(size_t)t * ld + r + c];
+            sc[t] = scale * a;
+            mx = sc[t] > mx ? sc[t] : mx;
+        }
+        for (int t = 0; t < S; t++) z += exp(sc[t] - mx);
+        for (int c = 0; c < r; c++) {
+            double acc = 0;
+            for (int t = 0; t < S; t++) acc += exp(sc[t] - mx) / z * cache[(size_t)t * ld + c];
+            want[h * r + c] = acc;
+        }
+    }
+    fy_buf bql = upbuf(ql, (size_t)H * r), bqp = upbuf(qp, (size_t)H * (dr ? dr : 1)),
+           bc = upbuf(cache, ncache), bo = mkbuf((size_t)H * r);
+    OPS->mla_decode(be, H, S, r, dr, scale, fy_at(&bql, 0), fy_at(&bqp, 0), fy_at(&bc, 0), ld,
+                    fy_at(&bc, r), ld, fy_at(&bo, 0));
+    get(o, &bo, (size_t)H * r);
+    char what[96];
+    snprintf(what, sizeof what, "mla_decode H=%d S=%d r=%d dr=%d", H, S, r, dr);
+    cmp(what, o, want, (size_t)H * r, 2e-5, 1e-1);
+    sync_ok(what);
+    freebuf(&bql), freebuf(&bqp), freebuf(&bc), freebuf(&bo);
+    free(ql), free(qp), free(cache), free(o), free(want), free(sc);
+}
+
+static void test_mla_decode(void) {
+    mla_case(3, 7, 5, 4);
+    mla_case(2, 1, 5, 4);
+    mla_case(4, 37, 9, 0);
+    mla_case(1, 300, 16, 6);
+}
+
 /* ------------------------------------------------------------ SwiGLU */
 
 enum { SW_N = 5, SW_F = 7, SW_LDG = 9, SW_LDU = 8, SW_LDH = 11 };
@@ -1127,6 +1175,21 @@ static void test_adamw(void) {
     cmp("adamw m", m, rm, n, 1e-5, 1e-3);
     cmp("adamw v", v, rv, n, 1e-5, 1e-4);
     CHECK(memcmp(g, g2, sizeof g) == 0, "adamw must not modify g");
+    /* split into pieces at odd offsets (as a sharded optimizer would): same bits */
+    float p2[n], m2[n], v2[n];
+    fy_buf cp = upbuf(p, n), cm = upbuf(m, n), cv = upbuf(v, n);
+    OPS->adamw(be, n, fy_at(&bp, 0), fy_at(&bg, 0), fy_at(&bm, 0), fy_at(&bv, 0), lr, b1, b2, eps,
+               wd, 4, gsc);
+    for (int i0 = 0, len = 1; i0 < n; i0 += len, len++) {
+        int l = i0 + len <= n ? len : n - i0;
+        OPS->adamw(be, l, fy_at(&cp, i0), fy_at(&bg, i0), fy_at(&cm, i0), fy_at(&cv, i0), lr, b1,
+                   b2, eps, wd, 4, gsc);
+    }
+    get(p, &bp, n), get(m, &bm, n), get(v, &bv, n);
+    get(p2, &cp, n), get(m2, &cm, n), get(v2, &cv, n);
+    CHECK(!memcmp(p, p2, sizeof p) && !memcmp(m, m2, sizeof m) && !memcmp(v, v2, sizeof v),
+          "adamw on pieces differs from adamw on the whole");
+    freebuf(&cp), freebuf(&cm), freebuf(&cv);
     sync_ok("adamw");
     freebuf(&bp), freebuf(&bg), freebuf(&bm), freebuf(&bv);
 }
@@ -1263,6 +1326,7 @@ int main(void) {
     test_rmsnorm();
     test_rope();
     test_attn();
+    test_mla_decode();
     test_swiglu();
     test_router_fwd();
     test_router_bwd();

@@ -24,7 +24,13 @@ typedef struct fy_cpu_impl {
     int rope_pos0, rope_T, rope_dr;
     float rope_theta;
     int rope_valid;
+    /* Scratch for ops that need a temporary (grown on demand). */
+    float *scratch;
+    size_t scratch_cap;
 } fy_cpu_impl;
+
+/* The backend's scratch of at least n floats, or NULL (error recorded). */
+float *fy_cpu_scratch(fy_backend *be, size_t n, const char *op);
 
 /* Checked pointers: the element `need` past r must lie inside r's buffer.
  * On failure records a sticky error naming op and argument, returns NULL. */
@@ -36,15 +42,37 @@ static inline size_t fy_cpu_span(size_t rows, size_t ld, size_t width) {
     return rows ? (rows - 1) * ld + width : 0;
 }
 
-/* exp(x) in float, branch-free so loops using it vectorize under
- * `#pragma omp simd` (Cephes expf polynomial, ~1 ulp). exp(x) = 0 for
- * x < -87.33 (no denormals), saturates at exp(88.3) for larger x, and
- * propagates NaN. */
+/* Hot row kernels are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * the best one is picked when the program loads (GCC target_clones; the
+ * build has no -march). No clone enables FMA (avx512f does not imply it),
+ * so none fuses a multiply-add, and every kernel fixes its operation order
+ * (explicit 8-lane reductions, elementwise maths): all clones give bitwise
+ * the same results, so a run resumed on a machine with another ISA stays
+ * bit-exact. (Checked when written by running the avx512f and default
+ * clones on 3M random inputs; a test cannot choose the clone.) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FY_CPU_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FY_CPU_HOT
+#endif
+
+/* exp(x) in float, written so that loops calling it vectorize under
+ * `#pragma omp simd` at -O2 (every select is integer mask arithmetic: float
+ * compares would block if-conversion under -ftrapping-math). Cephes expf
+ * polynomial, ~1 ulp. exp(x) = 0 for x < -87.33 (no denormals), saturates at
+ * exp(88.3) for larger x, NaN propagates. */
 static inline float fy_cpu_exp(float x) {
-    const float hi = 88.3f, lo = -87.33f;
-    float xc = x > hi ? hi : x;
-    xc = xc < lo ? lo : xc;
-    const float magic = 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
+    uint32_t xb;
+    memcpy(&xb, &x, 4);
+    uint32_t mag = xb & 0x7fffffffu, neg = xb >> 31;
+    const uint32_t HI = 0x42b0999au /* 88.3f */, LO = 0x42aea8f6u /* 87.33f */;
+    uint32_t nm = 0u - neg;
+    uint32_t lim = (LO & nm) | (HI & ~nm);
+    uint32_t om = 0u - (uint32_t)(mag > lim);
+    uint32_t cb = (lim & om) | (mag & ~om) | (xb & 0x80000000u);
+    float xc;
+    memcpy(&xc, &cb, 4);
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = xc * 1.44269504088896341f + magic;
     float nf = t - magic;
     uint32_t tb;
@@ -63,7 +91,68 @@ static inline float fy_cpu_exp(float x) {
     float sc;
     memcpy(&sc, &eb, 4);
     float res = p * sc;
-    return x < lo ? 0.0f : res;
+    uint32_t rb;
+    memcpy(&rb, &res, 4);
+    rb &= ~(0u - (neg & (uint32_t)(mag > LO)));   /* underflow (and -inf) to 0 */
+    uint32_t qm = 0u - (uint32_t)(mag > 0x7f800000u); /* NaN in, NaN out */
+    rb = (xb & qm) | (rb & ~qm);
+    memcpy(&res, &rb, 4);
+    return res;
+}
+
+/* Reductions over a row with 8 independent lanes (they vectorize at -O2)
+ * combined in a fixed order: deterministic, and not latency-bound. */
+static inline float fy_cpu_max(const float *x, int n) {
+    float a[8];
+    for (int l = 0; l < 8; l++) a[l] = x[0];
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] = x[i + l] > a[l] ? x[i + l] : a[l];
+    float m = a[0];
+    for (int l = 1; l < 8; l++) m = a[l] > m ? a[l] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static inline float fy_cpu_sum(const float *x, int n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += x[i + l];
+    float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+static inline double fy_cpu_sum_d(const float *x, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += (double)x[i + l];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i];
+    return s;
+}
+
+static inline float fy_cpu_dot(const float *x, const float *y, int n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += x[i + l] * y[i + l];
+    float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+/* Products formed in double (exact), accumulated in double. */
+static inline double fy_cpu_dot_d(const float *x, const float *y, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += (double)x[i + l] * (double)y[i + l];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * (double)y[i];
+    return s;
 }
 
 static inline float fy_cpu_sigmoid(float x) { return 1.0f / (1.0f + fy_cpu_exp(-x)); }
@@ -84,6 +173,9 @@ void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
                      fy_ref k, fy_ref v, fy_ref out, fy_ref P);
 void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
                      fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
+
+void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
+                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out);
 
 void fy_cpu_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits, fy_ref bias,
                        fy_ref s, fy_ref idx, fy_ref w);

@@ -9,7 +9,7 @@
 
 #include "backend/cpu/cpu.h"
 
-#define ATTN_BLOCK 64
+#define ATTN_BLOCK 32
 
 static int attn_check(fy_backend *be, const char *op, int B, int T, int H, int dqk, int dv) {
     if (B < 0 || T < 0 || H < 0 || dqk < 0 || dv < 0) {
@@ -17,6 +17,49 @@ static int attn_check(fy_backend *be, const char *op, int B, int T, int H, int d
         return -1;
     }
     return 0;
+}
+
+/* Rows i0..i0+m of a causal score block S (row stride T) become softmax
+ * probabilities over keys 0..i, zero above the diagonal. */
+FY_CPU_HOT static void softmax_causal_rows(float *S, int T, int i0, int m) {
+    for (int r = 0; r < m; r++) {
+        int i = i0 + r;
+        float *row = S + (size_t)r * T;
+        float mx = fy_cpu_max(row, i + 1);
+#pragma omp simd
+        for (int j = 0; j <= i; j++) row[j] = fy_cpu_exp(row[j] - mx);
+        float inv = 1.0f / fy_cpu_sum(row, i + 1);
+#pragma omp simd
+        for (int j = 0; j <= i; j++) row[j] *= inv;
+        if (i + 1 < T) memset(row + i + 1, 0, (size_t)(T - i - 1) * sizeof *row);
+    }
+}
+
+/* dS = P * (dP - rowsum(P * dP)) for rows i0..i0+m; dP arrives in dS
+ * (row stride n), P has row stride T. */
+FY_CPU_HOT static void softmax_bwd_rows(const float *P, int T, float *dS, int n, int i0, int m) {
+    for (int r = 0; r < m; r++) {
+        int i = i0 + r;
+        const float *pr = P + (size_t)r * T;
+        float *ds = dS + (size_t)r * n;
+        float dot = fy_cpu_dot(pr, ds, i + 1);
+#pragma omp simd
+        for (int j = 0; j <= i; j++) ds[j] = pr[j] * (ds[j] - dot);
+        if (i + 1 < n) memset(ds + i + 1, 0, (size_t)(n - i - 1) * sizeof *ds);
+    }
+}
+
+/* Each of m rows of width n (stride ld) becomes its softmax. */
+FY_CPU_HOT static void softmax_rows(float *S, int ld, int m, int n) {
+    for (int r = 0; r < m; r++) {
+        float *row = S + (size_t)r * ld;
+        float mx = fy_cpu_max(row, n);
+#pragma omp simd
+        for (int j = 0; j < n; j++) row[j] = fy_cpu_exp(row[j] - mx);
+        float inv = 1.0f / fy_cpu_sum(row, n);
+#pragma omp simd
+        for (int j = 0; j < n; j++) row[j] *= inv;
+    }
 }
 
 void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
@@ -51,23 +94,7 @@ void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
             else
                 for (int r = 0; r < m; r++)
                     for (int j = 0; j < n; j++) S[(size_t)r * T + j] = 0.0f;
-            for (int r = 0; r < m; r++) {
-                int i = i0 + r;
-                float *row = S + (size_t)r * T;
-                float mx = row[0];
-                for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-                float sum = 0.0f;
-                /* simd reduction: a fixed, compile-time order within one thread */
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j <= i; j++) {
-                    float e = fy_cpu_exp(row[j] - mx);
-                    row[j] = e;
-                    sum += e;
-                }
-                float inv = 1.0f / sum;
-                for (int j = 0; j <= i; j++) row[j] *= inv;
-                for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-            }
+            softmax_causal_rows(S, T, i0, m);
             if (dv > 0)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dv, n, 1.0f, S, T, V,
                             (int)vs, 0.0f, O + (size_t)i0 * vs, (int)vs);
@@ -132,16 +159,7 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
                 } else {
                     for (size_t e = 0; e < (size_t)m * n; e++) dS[e] = 0.0f;
                 }
-                for (int r = 0; r < m; r++) {
-                    int i = i0 + r;
-                    const float *pr = Pr + (size_t)r * T;
-                    float *ds = dS + (size_t)r * n;
-                    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                    for (int j = 0; j <= i; j++) dot += pr[j] * ds[j];
-                    for (int j = 0; j <= i; j++) ds[j] = pr[j] * (ds[j] - dot);
-                    for (int j = i + 1; j < n; j++) ds[j] = 0.0f;
-                }
+                softmax_bwd_rows(Pr, T, dS, n, i0, m);
                 if (dqk > 0) {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dqk, n, scale, dS, n,
                                 K, (int)qs, 0.0f, dQ + (size_t)i0 * qs, (int)qs);
@@ -153,4 +171,38 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
         free(dS);
     }
     if (oom) fy_be_set_error(be, "cpu attn_bwd: out of memory");
+}
+
+/* score = scale (q_lat ckv^T + q_pe kpe^T)  [H, S];  out = softmax(score) ckv. */
+void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
+                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out) {
+    const char *op = "mla_decode";
+    if (H < 0 || S < 0 || r < 0 || dr < 0 || (S > 0 && (ld_ckv < r || ld_kpe < dr)) ||
+        ld_ckv < 1 || ld_kpe < 1) {
+        fy_be_set_error(be, "cpu %s: bad sizes H=%d S=%d r=%d dr=%d ld_ckv=%d ld_kpe=%d", op, H, S,
+                        r, dr, ld_ckv, ld_kpe);
+        return;
+    }
+    if (!H || !r) return;
+    float *o = fy_cpu_f(be, out, (size_t)H * r, op, "out");
+    if (!o) return;
+    if (!S) { /* softmax over nothing: define the output as zeros */
+        memset(o, 0, (size_t)H * r * sizeof *o);
+        return;
+    }
+    const float *ql = fy_cpu_f(be, q_lat, (size_t)H * r, op, "q_lat");
+    const float *c = fy_cpu_f(be, ckv, fy_cpu_span(S, ld_ckv, r), op, "ckv");
+    const float *qp = dr ? fy_cpu_f(be, q_pe, (size_t)H * dr, op, "q_pe") : NULL;
+    const float *kp = dr ? fy_cpu_f(be, kpe, fy_cpu_span(S, ld_kpe, dr), op, "kpe") : NULL;
+    if (!ql || !c || (dr && (!qp || !kp))) return;
+    float *sc = fy_cpu_scratch(be, (size_t)H * S, op);
+    if (!sc) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, H, S, r, scale, ql, r, c, ld_ckv, 0.0f,
+                sc, S);
+    if (dr)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, H, S, dr, scale, qp, dr, kp, ld_kpe,
+                    1.0f, sc, S);
+    softmax_rows(sc, S, H, S);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, H, r, S, 1.0f, sc, S, c, ld_ckv, 0.0f,
+                o, r);
 }

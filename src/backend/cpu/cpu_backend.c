@@ -26,11 +26,29 @@ int32_t *fy_cpu_i(fy_backend *be, fy_ref r, size_t need, const char *op, const c
     return (int32_t *)fy_cpu_f(be, r, need, op, arg);
 }
 
+float *fy_cpu_scratch(fy_backend *be, size_t n, const char *op) {
+    fy_cpu_impl *im = be->impl;
+    if (n > im->scratch_cap) {
+        free(im->scratch);
+        im->scratch_cap = 0;
+        im->scratch = malloc((n ? n : 1) * sizeof(float));
+        if (!im->scratch) {
+            fy_be_set_error(be, "cpu %s: out of memory for %zu floats of scratch", op, n);
+            return NULL;
+        }
+        im->scratch_cap = n;
+    }
+    return im->scratch;
+}
+
 /* ---------------------------------------------------------------- lifecycle */
 
 static void cpu_destroy(fy_backend *be) {
     fy_cpu_impl *im = be->impl;
-    if (im) free(im->rope_tab);
+    if (im) {
+        free(im->rope_tab);
+        free(im->scratch);
+    }
     free(im);
     free(be);
 }
@@ -118,6 +136,8 @@ static void cpu_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
 /* Fixed 4096-element chunks summed in double, partials combined in order:
  * the result does not depend on the thread count. */
 #define SUMSQ_CHUNK 4096
+FY_CPU_HOT static double sumsq_chunk(const float *x, int n) { return fy_cpu_dot_d(x, x, n); }
+
 static double cpu_sumsq(fy_backend *be, size_t n, fy_ref x) {
     if (!n) return 0.0;
     float *xp = fy_cpu_f(be, x, n, "sumsq", "x");
@@ -131,9 +151,7 @@ static double cpu_sumsq(fy_backend *be, size_t n, fy_ref x) {
 #pragma omp parallel for schedule(static) if (n > FY_CPU_PAR_MIN)
     for (ptrdiff_t c = 0; c < nc; c++) {
         size_t i0 = (size_t)c * SUMSQ_CHUNK, i1 = i0 + SUMSQ_CHUNK < n ? i0 + SUMSQ_CHUNK : n;
-        double s = 0.0;
-        for (size_t i = i0; i < i1; i++) s += (double)xp[i] * xp[i];
-        part[c] = s;
+        part[c] = sumsq_chunk(xp + i0, (int)(i1 - i0));
     }
     double s = 0.0;
     for (ptrdiff_t c = 0; c < nc; c++) s += part[c];
@@ -144,10 +162,12 @@ static double cpu_sumsq(fy_backend *be, size_t n, fy_ref x) {
 /* ---------------------------------------------------------------- copy3d */
 
 static void copy3d_row(float *d, const float *s, int n2, int accumulate) {
-    if (accumulate)
+    if (accumulate) {
+#pragma omp simd
         for (int k = 0; k < n2; k++) d[k] += s[k];
-    else
-        for (int k = 0; k < n2; k++) d[k] = s[k];
+    } else {
+        memmove(d, s, (size_t)n2 * sizeof *d);
+    }
 }
 
 static void cpu_copy3d(fy_backend *be, int n0, int n1, int n2, fy_ref dst, size_t ds0,
@@ -259,6 +279,7 @@ static const fy_backend_ops cpu_ops = {
     .rows_dot = fy_cpu_rows_dot,
     .xent_fwdbwd = fy_cpu_xent_fwdbwd,
     .adamw = fy_cpu_adamw,
+    .mla_decode = fy_cpu_mla_decode,
 };
 
 int fy_backend_cpu_create(fy_backend **out, fy_err *err) {

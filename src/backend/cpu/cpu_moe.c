@@ -319,9 +319,10 @@ void fy_cpu_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_re
         const float *s = sp + (size_t)r * lds;
         if (wp) {
             float a = wp[i];
+#pragma omp simd
             for (int j = 0; j < D; j++) d[j] = s[j] * a;
         } else {
-            for (int j = 0; j < D; j++) d[j] = s[j];
+            memcpy(d, s, (size_t)D * sizeof *d);
         }
     }
     if (bad >= 0)
@@ -362,8 +363,10 @@ void fy_cpu_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
             float *d = dp + (size_t)ip[i] * ldd;
             if (wp) {
                 float a = wp[i];
+#pragma omp simd
                 for (int j = j0; j < j1; j++) d[j] += s[j] * a;
             } else {
+#pragma omp simd
                 for (int j = j0; j < j1; j++) d[j] += s[j];
             }
         }
@@ -394,8 +397,7 @@ void fy_cpu_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia,
             continue;
         }
         const float *x = ap + (size_t)r * lda, *y = bp + (size_t)i * ldb;
-        double acc = 0.0;
-        for (int j = 0; j < D; j++) acc += (double)x[j] * y[j];
+        double acc = fy_cpu_dot_d(x, y, D);
         if (accumulate)
             o[i] += (float)acc;
         else

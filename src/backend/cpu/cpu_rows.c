@@ -14,6 +14,15 @@
 
 /* ---------------------------------------------------------------- RMSNorm */
 
+/* One row; returns rstd. y may alias x. */
+FY_CPU_HOT static float rmsnorm_row(const float *x, const float *w, float eps, float *y, int D) {
+    double ss = fy_cpu_dot_d(x, x, D);
+    float r = (float)(1.0 / sqrt(ss / D + (double)eps));
+#pragma omp simd
+    for (int j = 0; j < D; j++) y[j] = (x[j] * r) * w[j];
+    return r;
+}
+
 void fy_cpu_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, float eps,
                         fy_ref y, int ldy, fy_ref rstd) {
     BADDIM("rmsnorm_fwd", N < 0 || D < 0 || ldx < D || ldy < D);
@@ -24,14 +33,45 @@ void fy_cpu_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
     float *rp = fy_cpu_f(be, rstd, N, "rmsnorm_fwd", "rstd");
     if (!xp || !wp || !yp || !rp) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * D > FY_CPU_PAR_MIN)
-    for (int n = 0; n < N; n++) {
+    for (int n = 0; n < N; n++)
+        rp[n] = rmsnorm_row(xp + (size_t)n * ldx, wp, eps, yp + (size_t)n * ldy, D);
+}
+
+/* sum_j a_j b_j c_j in double, 8 lanes */
+static inline double dot3_d(const float *a, const float *b, const float *c, int n) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) s[l] += (double)(a[i + l] * b[i + l]) * c[i + l];
+    double t = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; i < n; i++) t += (double)(a[i] * b[i]) * c[i];
+    return t;
+}
+
+/* Rows of one chunk: dx (if any) and the chunk's dw partial pc (if any). */
+FY_CPU_HOT static void rmsnorm_bwd_rows(int rows, int D, const float *xp, int ldx, const float *wp,
+                                        const float *rp, const float *dyp, int lddy, float *dxp,
+                                        int lddx, int accumulate_dx, float *pc) {
+    float invD = 1.0f / (float)D;
+    if (pc) memset(pc, 0, (size_t)D * sizeof *pc);
+    for (int n = 0; n < rows; n++) {
         const float *xr = xp + (size_t)n * ldx;
-        float *yr = yp + (size_t)n * ldy;
-        double ss = 0.0;
-        for (int j = 0; j < D; j++) ss += (double)xr[j] * xr[j];
-        float r = (float)(1.0 / sqrt(ss / D + (double)eps));
-        rp[n] = r;
-        for (int j = 0; j < D; j++) yr[j] = (xr[j] * r) * wp[j];
+        const float *dyr = dyp + (size_t)n * lddy;
+        float r = rp[n];
+        if (pc) {
+#pragma omp simd
+            for (int j = 0; j < D; j++) pc[j] += dyr[j] * xr[j] * r;
+        }
+        if (!dxp) continue;
+        float coef = (float)dot3_d(dyr, wp, xr, D) * r * r * r * invD;
+        float *dxr = dxp + (size_t)n * lddx;
+        if (accumulate_dx) {
+#pragma omp simd
+            for (int j = 0; j < D; j++) dxr[j] += r * wp[j] * dyr[j] - xr[j] * coef;
+        } else {
+#pragma omp simd
+            for (int j = 0; j < D; j++) dxr[j] = r * wp[j] * dyr[j] - xr[j] * coef;
+        }
     }
 }
 
@@ -62,36 +102,25 @@ void fy_cpu_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
             return;
         }
     }
-    float invD = 1.0f / (float)D;
 #pragma omp parallel for schedule(static) if ((size_t)N * D > FY_CPU_PAR_MIN)
     for (int c = 0; c < nchunk; c++) {
         int n0 = c * FY_CPU_ROW_CHUNK, n1 = n0 + FY_CPU_ROW_CHUNK < N ? n0 + FY_CPU_ROW_CHUNK : N;
-        float *pc = part ? part + (size_t)c * D : NULL;
-        if (pc)
-            for (int j = 0; j < D; j++) pc[j] = 0.0f;
-        for (int n = n0; n < n1; n++) {
-            const float *xr = xp + (size_t)n * ldx;
-            const float *dyr = dyp + (size_t)n * lddy;
-            float r = rp[n];
-            if (pc)
-                for (int j = 0; j < D; j++) pc[j] += dyr[j] * xr[j] * r;
-            if (!dxp) continue;
-            double dot = 0.0;
-            for (int j = 0; j < D; j++) dot += (double)(dyr[j] * wp[j]) * xr[j];
-            float coef = (float)dot * r * r * r * invD;
-            float *dxr = dxp + (size_t)n * lddx;
-            if (accumulate_dx)
-                for (int j = 0; j < D; j++) dxr[j] += r * wp[j] * dyr[j] - xr[j] * coef;
-            else
-                for (int j = 0; j < D; j++) dxr[j] = r * wp[j] * dyr[j] - xr[j] * coef;
-        }
+        rmsnorm_bwd_rows(n1 - n0, D, xp + (size_t)n0 * ldx, ldx, wp, rp + n0,
+                         dyp + (size_t)n0 * lddy, lddy, dxp ? dxp + (size_t)n0 * lddx : NULL, lddx,
+                         accumulate_dx, part ? part + (size_t)c * D : NULL);
     }
     if (dwp) {
+        /* column blocks in parallel; each column adds the chunk partials in order */
+        int nb = (D + 63) / 64;
 #pragma omp parallel for schedule(static) if ((size_t)nchunk * D > FY_CPU_PAR_MIN)
-        for (int j = 0; j < D; j++) {
-            double s = 0.0;
-            for (int c = 0; c < nchunk; c++) s += part[(size_t)c * D + j];
-            dwp[j] += (float)s;
+        for (int b = 0; b < nb; b++) {
+            int j0 = b * 64, j1 = j0 + 64 < D ? j0 + 64 : D;
+            double acc[64] = {0};
+            for (int c = 0; c < nchunk; c++) {
+                const float *pc = part + (size_t)c * D;
+                for (int j = j0; j < j1; j++) acc[j - j0] += pc[j];
+            }
+            for (int j = j0; j < j1; j++) dwp[j] += (float)acc[j - j0];
         }
         free(part);
     }
@@ -172,6 +201,14 @@ void fy_cpu_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
 
 /* ---------------------------------------------------------------- SwiGLU */
 
+FY_CPU_HOT static void swiglu_row(const float *g, const float *u, float *h, int F) {
+#pragma omp simd
+    for (int j = 0; j < F; j++) {
+        float gv = g[j];
+        h[j] = gv * fy_cpu_sigmoid(gv) * u[j];
+    }
+}
+
 void fy_cpu_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref h, int ldh) {
     BADDIM("swiglu_fwd", N < 0 || F < 0 || ldg < F || ldu < F || ldh < F);
@@ -181,14 +218,20 @@ void fy_cpu_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     float *hp = fy_cpu_f(be, h, fy_cpu_span(N, ldh, F), "swiglu_fwd", "h");
     if (!gp || !up || !hp) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * F > FY_CPU_PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *gr = gp + (size_t)n * ldg, *ur = up + (size_t)n * ldu;
-        float *hr = hp + (size_t)n * ldh;
+    for (int n = 0; n < N; n++)
+        swiglu_row(gp + (size_t)n * ldg, up + (size_t)n * ldu, hp + (size_t)n * ldh, F);
+}
+
+FY_CPU_HOT static void swiglu_bwd_row(const float *g, const float *u, const float *dh, float *dg,
+                                      float *du, int F) {
 #pragma omp simd
-        for (int j = 0; j < F; j++) {
-            float gv = gr[j];
-            hr[j] = gv * fy_cpu_sigmoid(gv) * ur[j];
-        }
+    for (int j = 0; j < F; j++) {
+        float gv = g[j], uv = u[j], d = dh[j];
+        float sg = fy_cpu_sigmoid(gv);
+        float a = d * uv * sg * (1.0f + gv * (1.0f - sg));
+        float b = d * gv * sg;
+        dg[j] = a; /* dg, du may alias g, u: both computed first */
+        du[j] = b;
     }
 }
 
@@ -205,18 +248,7 @@ void fy_cpu_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     float *dup = fy_cpu_f(be, du, fy_cpu_span(N, ldu, F), op, "du");
     if (!gp || !up || !dhp || !dgp || !dup) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * F > FY_CPU_PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *gr = gp + (size_t)n * ldg, *ur = up + (size_t)n * ldu;
-        const float *dhr = dhp + (size_t)n * lddh;
-        float *dgr = dgp + (size_t)n * ldg, *dur = dup + (size_t)n * ldu;
-#pragma omp simd
-        for (int j = 0; j < F; j++) {
-            float gv = gr[j], uv = ur[j], d = dhr[j];
-            float sg = fy_cpu_sigmoid(gv);
-            float a = d * uv * sg * (1.0f + gv * (1.0f - sg));
-            float b = d * gv * sg;
-            dgr[j] = a; /* dg, du may alias g, u: both computed first */
-            dur[j] = b;
-        }
-    }
+    for (int n = 0; n < N; n++)
+        swiglu_bwd_row(gp + (size_t)n * ldg, up + (size_t)n * ldu, dhp + (size_t)n * lddh,
+                       dgp + (size_t)n * ldg, dup + (size_t)n * ldu, F);
 }
