@@ -449,7 +449,7 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
         int n = a->counts[e];
         if (!n) continue;
         size_t r = (size_t)a->offs[e];
-        size_t we = (size_t)e * f * d;
+        size_t we = (size_t)e * W->exp_stride;
         swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                        W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                        fy_add(a->eh, r * f), fy_add(a->ey, r * d), 0);
@@ -549,7 +549,7 @@ static void moe_backward(fy_model *m, int li, fy_ref dres) {
     for (int e = 0; e < E; e++) {
         int n = a->counts[e];
         if (!n) continue;
-        size_t r = (size_t)a->offs[e], we = (size_t)e * f * d;
+        size_t r = (size_t)a->offs[e], we = (size_t)e * W->exp_stride;
         swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                         W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                         fy_add(a->eh, r * f), fy_add(s->dey, r * d), fy_add(s->dxs, r * d), 0,

@@ -85,6 +85,7 @@ static void layer_tensors(builder *B, const fy_config *c, int i, int mtp) {
         L->bias = add(B, 1, 0, E, 0, "%s.%d.mlp.gate.e_score_correction_bias", p, i);
         /* Registered kind-major so each kind's experts are contiguous;
          * the names still say experts.E.kind as HF does. */
+        L->exp_stride = round16((size_t)f * d);
         for (int e = 0; e < E; e++) {
             size_t o = MAT(f, d, "%s.%d.mlp.experts.%d.gate_proj.weight", p, i, e);
             if (e == 0) L->exp_gate = o;

@@ -28,14 +28,16 @@ typedef struct fy_tensor_info {
 } fy_tensor_info;
 
 /* Offsets of one decoder layer's tensors (FY_NO_TENSOR when absent).
- * Routed experts of one kind are contiguous: expert e's gate_proj starts at
- * exp_gate + e * f * d. */
+ * Routed experts of one kind are stored one after another: expert e's
+ * gate_proj starts at exp_gate + e * exp_stride (exp_stride is f * d rounded
+ * up to the 16-element alignment, not f * d). */
 typedef struct fy_layer_offs {
     size_t attn_norm, q_a, q_a_norm, q_b, q, kv_a, kv_a_norm, kv_b, o;
     size_t ffn_norm;
     size_t gate, up, down;                 /* dense SwiGLU */
     size_t router, bias;                   /* bias: offset in buffers */
     size_t exp_gate, exp_up, exp_down;     /* routed experts */
+    size_t exp_stride;                     /* elements from one expert to the next */
     size_t sh_gate, sh_up, sh_down;        /* shared experts */
     size_t enorm, hnorm, eh_proj, head_norm; /* MTP modules only */
     int moe;
