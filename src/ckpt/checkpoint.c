@@ -1,0 +1,715 @@
+/* Checkpoint save, verify, resolve and load (DESIGN §3).
+ *
+ * Crash safety comes from ordering: every file of a checkpoint is written
+ * (each fsync'd) into step-XXXXXXXX.tmp.<pid>/, MANIFEST.json last, the
+ * directory fsync'd and only then renamed to its final name; LATEST is
+ * replaced atomically after that rename is durable. Removal goes the other
+ * way: a directory is first renamed to a *.tmp.* name, so a crash midway
+ * through deleting it leaves debris the next save clears, never a
+ * half-deleted checkpoint under a real name. */
+#include "ckpt/checkpoint.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ckpt/safetensors.h"
+#include "core/checksum.h"
+#include "core/fsutil.h"
+#include "core/log.h"
+
+/* ---- names ---------------------------------------------------------------- */
+
+void fy_ckpt_dirname(int step, char out[32]) { snprintf(out, 32, "step-%08d", step); }
+
+/* Length of the canonical "step-XXXXXXXX" prefix of name (its step in
+ * *step), or 0 when name does not start with one. Canonical means it is
+ * exactly what fy_ckpt_dirname prints, so names and steps map one to one. */
+static size_t step_prefix(const char *name, int *step) {
+    if (strncmp(name, "step-", 5) != 0) return 0;
+    size_t i = 5;
+    long long v = 0;
+    while (name[i] >= '0' && name[i] <= '9' && i < 20) v = v * 10 + (name[i++] - '0');
+    if (i == 5 || v > 0x7fffffff) return 0;
+    char canon[32];
+    fy_ckpt_dirname((int)v, canon);
+    if (strlen(canon) != i || strncmp(canon, name, i) != 0) return 0;
+    *step = (int)v;
+    return i;
+}
+
+static int is_ckpt_name(const char *name, int *step) {
+    size_t n = step_prefix(name, step);
+    return n > 0 && name[n] == '\0';
+}
+
+/* Debris of an interrupted save or prune: "step-XXXXXXXX.tmp.<anything>". */
+static int is_tmp_name(const char *name) {
+    int step;
+    size_t n = step_prefix(name, &step);
+    return n > 0 && strncmp(name + n, ".tmp.", 5) == 0;
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    return remove(path) == 0 ? 0 : -1;
+}
+
+/* rm -r; the tree is ours (checkpoint files), symlinks are not followed. */
+static int remove_tree(const char *path, fy_err *err) {
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return fy_fail(err, "cannot remove %s: %s", path, strerror(errno));
+    return 0;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x < y) - (x > y);
+}
+
+int fy_ckpt_list(const char *run_dir, int **steps, int *n, fy_err *err) {
+    *steps = NULL;
+    *n = 0;
+    char ckdir[FY_PATH_MAX];
+    if (fy_path_join(ckdir, sizeof ckdir, run_dir, FY_CKPT_DIRNAME, err)) return -1;
+    DIR *d = opendir(ckdir);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return fy_fail(err, "cannot list %s: %s", ckdir, strerror(errno));
+    }
+    int cap = 0, cnt = 0, *v = NULL;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        int step;
+        if (!is_ckpt_name(de->d_name, &step)) continue;
+        char p[FY_PATH_MAX];
+        if (fy_path_join(p, sizeof p, ckdir, de->d_name, err) || !is_dir(p)) continue;
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            int *q = realloc(v, cap * sizeof *q);
+            if (!q) {
+                free(v);
+                closedir(d);
+                return fy_fail(err, "out of memory listing %s", ckdir);
+            }
+            v = q;
+        }
+        v[cnt++] = step;
+    }
+    closedir(d);
+    qsort(v, cnt, sizeof *v, cmp_desc);
+    *steps = v;
+    *n = cnt;
+    return 0;
+}
+
+int fy_ckpt_read_latest(const char *run_dir, char *name, size_t cap, fy_err *err) {
+    char p[FY_PATH_MAX];
+    if (fy_path_join(p, sizeof p, run_dir, FY_CKPT_DIRNAME "/" FY_CKPT_LATEST, err)) return -1;
+    if (!fy_file_exists(p)) return fy_fail(err, "%s missing", p);
+    char *text;
+    size_t len;
+    if (fy_read_file(p, &text, &len, err)) return -1;
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' '))
+        text[--len] = '\0';
+    int step;
+    /* Only a canonical name: LATEST must never lead outside checkpoints/. */
+    if (!is_ckpt_name(text, &step) || len + 1 > cap) {
+        fy_fail(err, "%s: \"%.64s\" is not a checkpoint name (expected step-XXXXXXXX)", p, text);
+        free(text);
+        return -1;
+    }
+    memcpy(name, text, len + 1);
+    free(text);
+    return 0;
+}
+
+/* ---- manifest and verification -------------------------------------------- */
+
+static int valid_file_name(const char *s) {
+    return s[0] && strlen(s) < sizeof(((fy_ckpt_file *)0)->name) && !strchr(s, '/') &&
+           strcmp(s, ".") && strcmp(s, "..") && strcmp(s, FY_CKPT_MANIFEST);
+}
+
+/* A JSON number that is a whole number in [0, 2^53] (exact in a double). */
+static int json_count(const cJSON *v, uint64_t *out) {
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!(d >= 0 && d <= 9007199254740992.0) || d != (double)(uint64_t)d) return -1;
+    *out = (uint64_t)d;
+    return 0;
+}
+
+static int parse_manifest(const char *text, const char *dir, fy_ckpt_manifest *out, fy_err *err) {
+    cJSON *root = cJSON_Parse(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fy_fail(err, "checkpoint %s: %s is not a JSON object", dir, FY_CKPT_MANIFEST);
+    }
+    int rc = 0;
+    uint64_t step = 0;
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    memset(out, 0, sizeof *out);
+    if (json_count(cJSON_GetObjectItemCaseSensitive(root, "step"), &step) || step > 0x7fffffff)
+        rc = fy_fail(err, "checkpoint %s: %s: \"step\" missing or not a non-negative integer", dir,
+                     FY_CKPT_MANIFEST);
+    else if (!cJSON_IsObject(files))
+        rc = fy_fail(err, "checkpoint %s: %s: \"files\" missing or not an object", dir,
+                     FY_CKPT_MANIFEST);
+    out->step = (int)step;
+    for (const cJSON *f = rc ? NULL : files->child; f && rc == 0; f = f->next) {
+        fy_ckpt_file *e = &out->files[out->n_files];
+        const cJSON *h = cJSON_GetObjectItemCaseSensitive(f, "xxh64");
+        if (out->n_files == FY_CKPT_MAX_FILES)
+            rc = fy_fail(err, "checkpoint %s: %s lists more than %d files", dir, FY_CKPT_MANIFEST,
+                         FY_CKPT_MAX_FILES);
+        else if (!valid_file_name(f->string))
+            rc = fy_fail(err, "checkpoint %s: %s: \"%.80s\" is not a plain file name", dir,
+                         FY_CKPT_MANIFEST, f->string);
+        else if (json_count(cJSON_GetObjectItemCaseSensitive(f, "bytes"), &e->bytes))
+            rc = fy_fail(err, "checkpoint %s: %s: %s: \"bytes\" missing or invalid", dir,
+                         FY_CKPT_MANIFEST, f->string);
+        else if (!cJSON_IsString(h) || fy_xxh64_parse_hex(h->valuestring, &e->xxh64))
+            rc = fy_fail(err, "checkpoint %s: %s: %s: \"xxh64\" is not 16 hex digits", dir,
+                         FY_CKPT_MANIFEST, f->string);
+        else {
+            snprintf(e->name, sizeof e->name, "%s", f->string);
+            for (int i = 0; i < out->n_files && rc == 0; i++)
+                if (!strcmp(out->files[i].name, e->name))
+                    rc = fy_fail(err, "checkpoint %s: %s lists %s twice", dir, FY_CKPT_MANIFEST,
+                                 e->name);
+            out->n_files++;
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+int fy_ckpt_read_manifest(const char *ckpt_dir, fy_ckpt_manifest *out, fy_err *err) {
+    char p[FY_PATH_MAX];
+    if (fy_path_join(p, sizeof p, ckpt_dir, FY_CKPT_MANIFEST, err)) return -1;
+    if (!is_dir(ckpt_dir))
+        return fy_fail(err, "checkpoint %s: not a directory (or missing)", ckpt_dir);
+    if (!fy_file_exists(p))
+        return fy_fail(err, "checkpoint %s: %s missing (incomplete checkpoint)", ckpt_dir,
+                       FY_CKPT_MANIFEST);
+    char *text;
+    size_t len;
+    if (fy_read_file(p, &text, &len, err)) return fy_wrap(err, "checkpoint %s", ckpt_dir);
+    int rc = parse_manifest(text, ckpt_dir, out, err);
+    free(text);
+    return rc;
+}
+
+int fy_ckpt_verify_file(const char *ckpt_dir, const fy_ckpt_file *f, fy_err *err) {
+    char p[FY_PATH_MAX];
+    if (fy_path_join(p, sizeof p, ckpt_dir, f->name, err)) return -1;
+    struct stat st;
+    if (stat(p, &st) != 0)
+        return fy_fail(err, "checkpoint %s: %s: missing (%s)", ckpt_dir, f->name, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return fy_fail(err, "checkpoint %s: %s: not a regular file", ckpt_dir, f->name);
+    if ((uint64_t)st.st_size != f->bytes)
+        return fy_fail(err, "checkpoint %s: %s: size %lld bytes, expected %" PRIu64 " (truncated?)",
+                       ckpt_dir, f->name, (long long)st.st_size, f->bytes);
+    uint64_t h;
+    if (fy_xxh64_file(p, &h, err)) return fy_wrap(err, "checkpoint %s: %s", ckpt_dir, f->name);
+    if (h != f->xxh64) {
+        char want[FY_XXH64_HEX_LEN + 1], got[FY_XXH64_HEX_LEN + 1];
+        fy_xxh64_hex(f->xxh64, want);
+        fy_xxh64_hex(h, got);
+        return fy_fail(err, "checkpoint %s: %s: checksum mismatch (expected %s, got %s)", ckpt_dir,
+                       f->name, want, got);
+    }
+    return 0;
+}
+
+int fy_ckpt_verify(const char *ckpt_dir, fy_err *err) {
+    fy_ckpt_manifest man;
+    if (fy_ckpt_read_manifest(ckpt_dir, &man, err)) return -1;
+    int has_model = 0;
+    for (int i = 0; i < man.n_files; i++) {
+        if (fy_ckpt_verify_file(ckpt_dir, &man.files[i], err)) return -1;
+        has_model |= !strcmp(man.files[i].name, FY_CKPT_MODEL);
+    }
+    if (!has_model)
+        return fy_fail(err, "checkpoint %s: %s does not list %s", ckpt_dir, FY_CKPT_MANIFEST,
+                       FY_CKPT_MODEL);
+    return 0;
+}
+
+/* ---- save ------------------------------------------------------------------ */
+
+/* Downloads a whole device block to a malloc'd host copy (n may be 0). */
+static float *download_block(fy_backend *be, fy_buf *b, size_t n, const char *what, fy_err *err) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    if (!h) {
+        fy_fail(err, "out of memory for a host copy of %s (%zu floats)", what, n);
+        return NULL;
+    }
+    if (n) be->ops->download(be, h, fy_at(b, 0), n);
+    if (fy_be_sync(be, err)) {
+        free(h);
+        fy_wrap(err, "downloading %s", what);
+        return NULL;
+    }
+    return h;
+}
+
+static int add_tensor(fy_st_writer *w, const fy_tensor_info *t, const char *suffix,
+                      const float *block, fy_err *err) {
+    char name[160];
+    snprintf(name, sizeof name, "%s%s", t->name, suffix);
+    int64_t shape[2] = {t->shape[0], t->shape[1]};
+    return fy_st_writer_add(w, name, FY_ST_F32, t->ndim, shape, block + t->off, err);
+}
+
+static int write_model(const char *path, int step, fy_model *m, fy_err *err) {
+    float *p = download_block(m->be, &m->params, m->tab.n_params, "parameters", err);
+    float *b = p ? download_block(m->be, &m->buffers, m->tab.n_buffers, "buffers", err) : NULL;
+    fy_st_writer *w = b ? fy_st_writer_new() : NULL;
+    int rc = w ? 0 : -1;
+    if (b && !w) fy_fail(err, "out of memory");
+    char sv[32];
+    snprintf(sv, sizeof sv, "%d", step);
+    for (int i = 0; i < m->tab.n && rc == 0; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        rc = add_tensor(w, t, "", t->is_buffer ? b : p, err);
+    }
+    if (rc == 0) rc = fy_st_writer_meta(w, "format", "pt", err);
+    if (rc == 0) rc = fy_st_writer_meta(w, "ferry_step", sv, err);
+    if (rc == 0) rc = fy_st_write(w, path, err);
+    fy_st_writer_free(w);
+    free(b);
+    free(p);
+    return rc;
+}
+
+static int write_optimizer(const char *path, const fy_model *m, const fy_adamw *opt, fy_err *err) {
+    fy_backend *be = m->be;
+    fy_buf mb = opt->m, vb = opt->v;   /* download takes non-const refs */
+    float *hm = download_block(be, &mb, m->tab.n_params, "AdamW exp_avg", err);
+    float *hv = hm ? download_block(be, &vb, m->tab.n_params, "AdamW exp_avg_sq", err) : NULL;
+    fy_st_writer *w = hv ? fy_st_writer_new() : NULL;
+    int rc = w ? 0 : -1;
+    if (hv && !w) fy_fail(err, "out of memory");
+    char sv[32];
+    snprintf(sv, sizeof sv, "%d", opt->t);
+    for (int i = 0; i < m->tab.n && rc == 0; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        if (t->is_buffer) continue;
+        rc = add_tensor(w, t, ".exp_avg", hm, err);
+        if (rc == 0) rc = add_tensor(w, t, ".exp_avg_sq", hv, err);
+    }
+    if (rc == 0) rc = fy_st_writer_meta(w, "step", sv, err);
+    if (rc == 0) rc = fy_st_write(w, path, err);
+    fy_st_writer_free(w);
+    free(hv);
+    free(hm);
+    return rc;
+}
+
+/* MANIFEST.json from the files as they are on disk, so it vouches for what
+ * was actually written. */
+static int write_manifest(const char *dir, int step, const char *const *names, int n, fy_err *err) {
+    cJSON *root = cJSON_CreateObject(), *files = cJSON_CreateObject();
+    int rc = 0;
+    cJSON_AddNumberToObject(root, "step", step);
+    cJSON_AddItemToObject(root, "files", files);
+    for (int i = 0; i < n && rc == 0; i++) {
+        char p[FY_PATH_MAX], hex[FY_XXH64_HEX_LEN + 1];
+        struct stat st;
+        uint64_t h;
+        if ((rc = fy_path_join(p, sizeof p, dir, names[i], err))) break;
+        if (stat(p, &st) != 0) {
+            rc = fy_fail(err, "cannot stat %s: %s", p, strerror(errno));
+            break;
+        }
+        if ((rc = fy_xxh64_file(p, &h, err))) break;
+        fy_xxh64_hex(h, hex);
+        cJSON *e = cJSON_AddObjectToObject(files, names[i]);
+        cJSON_AddNumberToObject(e, "bytes", (double)st.st_size);
+        cJSON_AddStringToObject(e, "xxh64", hex);
+    }
+    char *text = rc ? NULL : cJSON_Print(root);
+    cJSON_Delete(root);
+    if (rc) return rc;
+    if (!text) return fy_fail(err, "out of memory building %s", FY_CKPT_MANIFEST);
+    size_t len = strlen(text);
+    char p[FY_PATH_MAX];
+    rc = fy_path_join(p, sizeof p, dir, FY_CKPT_MANIFEST, err);
+    if (rc == 0) {
+        text[len] = '\n';   /* replaces the NUL: written with its length */
+        rc = fy_write_file_atomic(p, text, len + 1, err);
+    }
+    free(text);
+    return rc;
+}
+
+static int write_contents(const char *dir, int step, fy_model *m, const fy_adamw *opt,
+                          const char *trainer_state, fy_err *err) {
+    const char *names[3];
+    int n = 0;
+    char p[FY_PATH_MAX];
+    if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, step, m, err))
+        return -1;
+    names[n++] = FY_CKPT_MODEL;
+    if (opt) {
+        if (fy_path_join(p, sizeof p, dir, FY_CKPT_OPTIM, err) || write_optimizer(p, m, opt, err))
+            return -1;
+        names[n++] = FY_CKPT_OPTIM;
+    }
+    if (!trainer_state) trainer_state = "{}";
+    if (fy_path_join(p, sizeof p, dir, FY_CKPT_TRAINER, err) ||
+        fy_write_file_atomic(p, trainer_state, strlen(trainer_state), err))
+        return -1;
+    names[n++] = FY_CKPT_TRAINER;
+    if (write_manifest(dir, step, names, n, err)) return -1;
+    return fy_fsync_dir(dir, err);
+}
+
+/* Renames ckdir/tmpname to ckdir/name. When name exists (the same step saved
+ * again after a resume) the two are swapped atomically, so the name always
+ * holds a complete checkpoint; file systems without RENAME_EXCHANGE fall back
+ * to moving the old one aside first. The old one is then deleted. */
+static int publish(const char *ckdir, const char *tmpname, const char *name, fy_err *err) {
+    char tmp[FY_PATH_MAX], final[FY_PATH_MAX], aside[FY_PATH_MAX];
+    if (fy_path_join(tmp, sizeof tmp, ckdir, tmpname, err) ||
+        fy_path_join(final, sizeof final, ckdir, name, err))
+        return -1;
+    if (!fy_file_exists(final)) {
+        if (rename(tmp, final) != 0)
+            return fy_fail(err, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+        return fy_fsync_dir(ckdir, err);
+    }
+    const char *old = tmp;   /* after the exchange, tmp holds the old one */
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) != 0) {
+        if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+            return fy_fail(err, "cannot swap %s into %s: %s", tmp, final, strerror(errno));
+        int k = snprintf(aside, sizeof aside, "%s.tmp.old.%ld", final, (long)getpid());
+        if (k < 0 || (size_t)k >= sizeof aside) return fy_fail(err, "path too long: %s", final);
+        if (rename(final, aside) != 0)
+            return fy_fail(err, "cannot move %s aside: %s", final, strerror(errno));
+        if (rename(tmp, final) != 0) {
+            int e = errno;
+            rename(aside, final);   /* put the old one back under its name */
+            return fy_fail(err, "cannot rename %s to %s: %s", tmp, final, strerror(e));
+        }
+        old = aside;
+    }
+    if (fy_fsync_dir(ckdir, err)) return -1;
+    fy_err e2;
+    if (remove_tree(old, &e2)) fy_warn("checkpoint: %s", e2.msg);
+    return 0;
+}
+
+/* Removes one checkpoint: renamed to debris first (see the top comment). */
+static void drop(const char *ckdir, const char *name) {
+    char p[FY_PATH_MAX], q[FY_PATH_MAX + 64];
+    fy_err e;
+    if (fy_path_join(p, sizeof p, ckdir, name, &e)) return;
+    snprintf(q, sizeof q, "%s.tmp.del.%ld", p, (long)getpid());
+    if (rename(p, q) != 0) {
+        fy_warn("checkpoint: cannot remove %s: %s", p, strerror(errno));
+        return;
+    }
+    if (remove_tree(q, &e)) fy_warn("checkpoint: %s", e.msg);
+}
+
+/* Removes debris, then all but `keep_last` checkpoints: `latest` plus the
+ * newest others that have a manifest (no re-hashing: that would read every
+ * checkpoint on every save). Failures only warn: the new checkpoint is
+ * already safely in place. */
+static void prune(const char *run_dir, const char *ckdir, const char *latest, int keep_last) {
+    DIR *d = opendir(ckdir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!is_tmp_name(de->d_name)) continue;
+        char p[FY_PATH_MAX];
+        fy_err e;
+        if (fy_path_join(p, sizeof p, ckdir, de->d_name, &e) == 0 && remove_tree(p, &e) != 0)
+            fy_warn("checkpoint: removing stale %s: %s", p, e.msg);
+    }
+    closedir(d);
+    if (keep_last <= 0) return;
+    int *steps, n, kept = 1;
+    fy_err e;
+    if (fy_ckpt_list(run_dir, &steps, &n, &e)) {
+        fy_warn("checkpoint: %s", e.msg);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        char name[32], p[FY_PATH_MAX], man[FY_PATH_MAX];
+        fy_ckpt_dirname(steps[i], name);
+        if (!strcmp(name, latest)) continue;
+        if (fy_path_join(p, sizeof p, ckdir, name, &e) ||
+            fy_path_join(man, sizeof man, p, FY_CKPT_MANIFEST, &e))
+            continue;
+        if (kept < keep_last && fy_file_exists(man)) kept++;
+        else drop(ckdir, name);
+    }
+    free(steps);
+    fy_fsync_dir(ckdir, &e);
+}
+
+int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
+                 const char *trainer_state_json, int keep_last, char *out_dir, size_t out_cap,
+                 fy_err *err) {
+    if (step < 0) return fy_fail(err, "checkpoint: step %d is negative", step);
+    char ckdir[FY_PATH_MAX], name[32], tmpname[64], tmp[FY_PATH_MAX], final[FY_PATH_MAX];
+    fy_ckpt_dirname(step, name);
+    snprintf(tmpname, sizeof tmpname, "%s.tmp.%ld", name, (long)getpid());
+    if (fy_path_join(ckdir, sizeof ckdir, run_dir, FY_CKPT_DIRNAME, err) ||
+        fy_path_join(tmp, sizeof tmp, ckdir, tmpname, err) ||
+        fy_path_join(final, sizeof final, ckdir, name, err))
+        return -1;
+    if (out_dir && strlen(final) >= out_cap)
+        return fy_fail(err, "checkpoint %s: path does not fit in %zu bytes", final, out_cap);
+    if (fy_mkdir_p(ckdir, err)) return -1;
+    /* Same pid as a crashed writer (containers): its debris is ours to clear. */
+    if (fy_file_exists(tmp) && remove_tree(tmp, err)) return fy_wrap(err, "checkpoint %s", final);
+    if (mkdir(tmp, 0755) != 0)
+        return fy_fail(err, "checkpoint %s: cannot create %s: %s", final, tmp, strerror(errno));
+    if (write_contents(tmp, step, m, opt, trainer_state_json, err)) {
+        fy_err e2;
+        remove_tree(tmp, &e2);
+        return fy_wrap(err, "saving checkpoint %s", final);
+    }
+    /* No clean-up on failure here: what is left under *.tmp.* may be the
+     * old checkpoint mid-swap; the next save removes it once it is safe. */
+    if (publish(ckdir, tmpname, name, err)) return fy_wrap(err, "saving checkpoint %s", final);
+    char latest[FY_PATH_MAX], text[40];
+    int len = snprintf(text, sizeof text, "%s\n", name);
+    if (fy_path_join(latest, sizeof latest, ckdir, FY_CKPT_LATEST, err) ||
+        fy_write_file_atomic(latest, text, (size_t)len, err))
+        return fy_wrap(err, "saving checkpoint %s (the checkpoint is complete, LATEST not updated)",
+                       final);
+    prune(run_dir, ckdir, name, keep_last);
+    if (out_dir) memcpy(out_dir, final, strlen(final) + 1);
+    return 0;
+}
+
+/* ---- resolve --------------------------------------------------------------- */
+
+static int copy_out(char *out, size_t cap, const char *s, fy_err *err) {
+    size_t n = strlen(s);
+    if (n >= cap) return fy_fail(err, "checkpoint path %s does not fit in %zu bytes", s, cap);
+    memcpy(out, s, n + 1);
+    return 0;
+}
+
+int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err) {
+    char ckdir[FY_PATH_MAX], cand[FY_PATH_MAX], latest[64] = "";
+    if (fy_path_join(ckdir, sizeof ckdir, path, FY_CKPT_DIRNAME, err)) return -1;
+    if (!is_dir(ckdir)) {
+        if (fy_ckpt_verify(path, err)) return -1;
+        return copy_out(out_dir, cap, path, err);
+    }
+    fy_err why;
+    if (fy_ckpt_read_latest(path, latest, sizeof latest, &why) == 0) {
+        if (fy_path_join(cand, sizeof cand, ckdir, latest, err)) return -1;
+        if (fy_ckpt_verify(cand, &why) == 0) return copy_out(out_dir, cap, cand, err);
+    } else {
+        latest[0] = '\0';
+    }
+    int *steps, n;
+    if (fy_ckpt_list(path, &steps, &n, err)) return -1;
+    if (n == 0) {
+        free(steps);
+        return fy_fail(err, "run %s: no checkpoint in %s (%s)", path, ckdir, why.msg);
+    }
+    fy_warn("%s; falling back to the newest checkpoint that verifies", why.msg);
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        fy_ckpt_dirname(steps[i], name);
+        if (!strcmp(name, latest)) continue;   /* already failed above */
+        if (fy_path_join(cand, sizeof cand, ckdir, name, err)) break;
+        if (fy_ckpt_verify(cand, &why) == 0) {
+            free(steps);
+            fy_warn("resuming from %s", cand);
+            return copy_out(out_dir, cap, cand, err);
+        }
+        fy_warn("skipping: %s", why.msg);
+    }
+    free(steps);
+    return fy_fail(err, "run %s: no checkpoint in %s verifies (last problem: %s)", path, ckdir,
+                   why.msg);
+}
+
+/* ---- load ------------------------------------------------------------------ */
+
+static int cmp_str_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(out, cap, "[");
+    for (int i = 0; i < ndim && k < cap; i++)
+        k += (size_t)snprintf(out + k, cap - k, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (k < cap) snprintf(out + k, cap - k, "]");
+}
+
+/* Reads tensor t (+ suffix) from f into block + t->off after checking that
+ * it exists with exactly the table's shape. */
+static int read_tensor(const fy_st_file *f, const char *dir, const char *file,
+                       const fy_tensor_info *t, const char *suffix, float *block, fy_err *err) {
+    char name[160];
+    snprintf(name, sizeof name, "%s%s", t->name, suffix);
+    const fy_st_entry *e = fy_st_find(f, name);
+    if (!e) return fy_fail(err, "checkpoint %s: %s: tensor %s missing", dir, file, name);
+    int64_t want[2] = {t->shape[0], t->shape[1]};
+    int same = e->ndim == t->ndim;
+    for (int i = 0; same && i < t->ndim; i++) same = e->shape[i] == want[i];
+    if (!same) {
+        char a[64], b[160];
+        shape_str(a, sizeof a, t->ndim, want);
+        shape_str(b, sizeof b, e->ndim, e->shape);
+        return fy_fail(err, "checkpoint %s: %s: tensor %s has shape %s, expected %s "
+                       "(a checkpoint of a different config?)", dir, file, name, b, a);
+    }
+    if (fy_st_read_f32(f, name, block + t->off, t->n, err))
+        return fy_wrap(err, "checkpoint %s", dir);
+    return 0;
+}
+
+/* Names the first tensor of f that the table does not expect (called only
+ * when f holds more tensors than expected). suffixes: what each table name
+ * may carry in this file. */
+static int name_extra(const fy_st_file *f, const fy_param_table *tab, const char *const *suffixes,
+                      int n_suffixes, int trainable_only, const char *dir, const char *file,
+                      fy_err *err) {
+    const char **names = malloc((tab->n ? tab->n : 1) * sizeof *names);
+    if (!names) return fy_fail(err, "out of memory");
+    int n = 0;
+    for (int i = 0; i < tab->n; i++)
+        if (!trainable_only || !tab->t[i].is_buffer) names[n++] = tab->t[i].name;
+    qsort(names, n, sizeof *names, cmp_str_ptr);
+    int rc = fy_fail(err, "checkpoint %s: %s: holds more tensors than the model expects", dir,
+                     file);
+    for (size_t i = 0; i < fy_st_count(f); i++) {
+        const char *en = fy_st_entry_at(f, i)->name;
+        int known = 0;
+        for (int s = 0; s < n_suffixes && !known; s++) {
+            size_t ln = strlen(en), ls = strlen(suffixes[s]);
+            char base[160];
+            if (ln < ls || ln - ls >= sizeof base || strcmp(en + ln - ls, suffixes[s])) continue;
+            memcpy(base, en, ln - ls);
+            base[ln - ls] = '\0';
+            const char *key = base;
+            known = bsearch(&key, names, n, sizeof *names, cmp_str_ptr) != NULL;
+        }
+        if (!known) {
+            rc = fy_fail(err, "checkpoint %s: %s: unexpected tensor %s (not in this model)",
+                         dir, file, en);
+            break;
+        }
+    }
+    free(names);
+    return rc;
+}
+
+static int load_model_file(const char *dir, const fy_param_table *tab, float *p, float *b,
+                           fy_err *err) {
+    char path[FY_PATH_MAX];
+    fy_st_file *f;
+    if (fy_path_join(path, sizeof path, dir, FY_CKPT_MODEL, err) || fy_st_open(path, &f, err))
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < tab->n && rc == 0; i++)
+        rc = read_tensor(f, dir, FY_CKPT_MODEL, &tab->t[i], "", tab->t[i].is_buffer ? b : p, err);
+    static const char *const none[] = {""};
+    if (rc == 0 && fy_st_count(f) != (size_t)tab->n)
+        rc = name_extra(f, tab, none, 1, 0, dir, FY_CKPT_MODEL, err);
+    fy_st_close(f);
+    return rc;
+}
+
+static int load_optim_file(const char *dir, const fy_param_table *tab, float *hm, float *hv,
+                           int *t_out, fy_err *err) {
+    char path[FY_PATH_MAX];
+    fy_st_file *f;
+    if (fy_path_join(path, sizeof path, dir, FY_CKPT_OPTIM, err)) return -1;
+    if (!fy_file_exists(path))
+        return fy_fail(err, "checkpoint %s: %s missing (saved without optimizer state?)", dir,
+                       FY_CKPT_OPTIM);
+    if (fy_st_open(path, &f, err)) return -1;
+    int rc = 0;
+    size_t expected = 0;
+    for (int i = 0; i < tab->n && rc == 0; i++) {
+        if (tab->t[i].is_buffer) continue;
+        rc = read_tensor(f, dir, FY_CKPT_OPTIM, &tab->t[i], ".exp_avg", hm, err);
+        if (rc == 0) rc = read_tensor(f, dir, FY_CKPT_OPTIM, &tab->t[i], ".exp_avg_sq", hv, err);
+        expected += 2;
+    }
+    static const char *const sfx[] = {".exp_avg", ".exp_avg_sq"};
+    if (rc == 0 && fy_st_count(f) != expected)
+        rc = name_extra(f, tab, sfx, 2, 1, dir, FY_CKPT_OPTIM, err);
+    const char *s = rc ? NULL : fy_st_meta(f, "step");
+    char *end = NULL;
+    long t = s ? strtol(s, &end, 10) : -1;
+    if (rc == 0 && (!s || !*s || *end || t < 0 || t > 0x7fffffff))
+        rc = fy_fail(err, "checkpoint %s: %s: metadata \"step\" missing or not a step count", dir,
+                     FY_CKPT_OPTIM);
+    if (rc == 0) *t_out = (int)t;
+    fy_st_close(f);
+    return rc;
+}
+
+int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json,
+                 fy_err *err) {
+    if (trainer_state_json) *trainer_state_json = NULL;
+    if (fy_ckpt_verify(ckpt_dir, err)) return -1;
+    const fy_param_table *tab = &m->tab;
+    size_t np = tab->n_params, nb = tab->n_buffers;
+    /* Everything goes through zeroed host copies (padding stays 0) and is
+     * uploaded only once all of it has loaded. */
+    float *p = calloc(np ? np : 1, sizeof *p), *b = calloc(nb ? nb : 1, sizeof *b);
+    float *hm = opt ? calloc(np ? np : 1, sizeof *hm) : NULL;
+    float *hv = opt ? calloc(np ? np : 1, sizeof *hv) : NULL;
+    char *ts = NULL;
+    int rc = 0, t = 0;
+    if (!p || !b || (opt && (!hm || !hv)))
+        rc = fy_fail(err, "checkpoint %s: out of memory for host copies (%zu floats)", ckpt_dir,
+                     np);
+    if (rc == 0) rc = load_model_file(ckpt_dir, tab, p, b, err);
+    if (rc == 0 && opt) rc = load_optim_file(ckpt_dir, tab, hm, hv, &t, err);
+    if (rc == 0 && trainer_state_json) {
+        char path[FY_PATH_MAX];
+        size_t len;
+        rc = fy_path_join(path, sizeof path, ckpt_dir, FY_CKPT_TRAINER, err);
+        if (rc == 0 && fy_read_file(path, &ts, &len, err))
+            rc = fy_wrap(err, "checkpoint %s", ckpt_dir);
+    }
+    if (rc == 0) {
+        fy_backend *be = m->be;
+        if (np) be->ops->upload(be, fy_at(&m->params, 0), p, np);
+        if (nb) be->ops->upload(be, fy_at(&m->buffers, 0), b, nb);
+        if (opt && np) {
+            be->ops->upload(be, fy_at(&opt->m, 0), hm, np);
+            be->ops->upload(be, fy_at(&opt->v, 0), hv, np);
+        }
+        rc = fy_be_sync(be, err);
+        if (rc) fy_wrap(err, "checkpoint %s: uploading", ckpt_dir);
+    }
+    if (rc == 0 && opt) opt->t = t;
+    if (rc == 0 && trainer_state_json) *trainer_state_json = ts;
+    else free(ts);
+    free(p);
+    free(b);
+    free(hm);
+    free(hv);
+    return rc;
+}

@@ -1,0 +1,96 @@
+/* Checkpoints (DESIGN §3): everything a restart needs, written so that a
+ * crash at any instant leaves the previous checkpoint usable.
+ *
+ *   RUN_DIR/checkpoints/step-00001000/
+ *       model.safetensors      every tensor of the table under its HF name, F32
+ *       optimizer.safetensors  "<name>.exp_avg", "<name>.exp_avg_sq"; meta "step"
+ *       trainer_state.json     the trainer's text, verbatim
+ *       MANIFEST.json          {"step": N, "files": {name: {bytes, xxh64}}}, last
+ *   RUN_DIR/checkpoints/LATEST "step-00001000\n"
+ *
+ * A checkpoint directory is complete when MANIFEST.json exists and every file
+ * it lists has that size and xxh64. Anything named "step-*.tmp.*" is the
+ * debris of an interrupted save (or prune) and is removed by the next save.
+ * One process saves into a run directory at a time. */
+#ifndef FY_CHECKPOINT_H
+#define FY_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+#include "model/model.h"
+#include "train/optim.h"
+
+#define FY_CKPT_DIRNAME "checkpoints"
+#define FY_CKPT_LATEST "LATEST"
+#define FY_CKPT_MANIFEST "MANIFEST.json"
+#define FY_CKPT_MODEL "model.safetensors"
+#define FY_CKPT_OPTIM "optimizer.safetensors"
+#define FY_CKPT_TRAINER "trainer_state.json"
+#define FY_CKPT_MAX_FILES 16
+
+/* Saves step `step` of m (and opt's moments when opt is non-NULL) with the
+ * trainer's JSON text (NULL writes "{}") under run_dir/checkpoints, makes
+ * LATEST name it, then keeps only `keep_last` checkpoints (<= 0 keeps all):
+ * the one LATEST names plus the newest others by step that have a manifest
+ * (the rest, incomplete ones included, are removed). Saving a step that
+ * already exists replaces it. Writes the new checkpoint's directory into
+ * out_dir (may be NULL; too small a buffer is refused before saving). */
+int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
+                 const char *trainer_state_json, int keep_last, char *out_dir, size_t out_cap,
+                 fy_err *err);
+
+/* MANIFEST.json present and parseable, every listed file with its size and
+ * xxh64 (model.safetensors must be listed). Errors name the directory and
+ * the file. */
+int fy_ckpt_verify(const char *ckpt_dir, fy_err *err);
+
+/* path is a run directory (it has checkpoints/): the checkpoint LATEST names,
+ * or, when LATEST is missing, invalid or names one that fails verification,
+ * the newest step-* that verifies (with an fy_warn saying what was wrong).
+ * Otherwise path is a checkpoint directory, verified as it is. out_dir gets
+ * the verified checkpoint's directory. */
+int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err);
+
+/* Verifies ckpt_dir, then loads it into m (every tensor of m's table, exact
+ * shapes, no extra tensors; F32 or BF16) and, when opt is non-NULL, the
+ * moments and opt->t. Nothing on the device changes unless all of it loads.
+ * *trainer_state_json (when non-NULL) gets the malloc'd text. */
+int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json,
+                 fy_err *err);
+
+/* ---- pieces shared with inspect ------------------------------------------ */
+
+typedef struct fy_ckpt_file {
+    char name[64];
+    uint64_t bytes;
+    uint64_t xxh64;
+} fy_ckpt_file;
+
+typedef struct fy_ckpt_manifest {
+    int step;
+    int n_files;
+    fy_ckpt_file files[FY_CKPT_MAX_FILES];
+} fy_ckpt_manifest;
+
+/* Parses ckpt_dir/MANIFEST.json (no checksums); a missing one is reported as
+ * "MANIFEST.json missing (incomplete checkpoint)". */
+int fy_ckpt_read_manifest(const char *ckpt_dir, fy_ckpt_manifest *out, fy_err *err);
+
+/* Checks one manifest entry's size and xxh64 against the file on disk. */
+int fy_ckpt_verify_file(const char *ckpt_dir, const fy_ckpt_file *f, fy_err *err);
+
+/* Steps of run_dir/checkpoints/step-XXXXXXXX directories (temporaries
+ * excluded, complete or not), newest first, malloc'd into *steps (NULL when
+ * none). A missing checkpoints/ is an empty list. */
+int fy_ckpt_list(const char *run_dir, int **steps, int *n, fy_err *err);
+
+/* Reads run_dir/checkpoints/LATEST into name (trailing newline removed);
+ * fails when it is missing or is not a plain "step-XXXXXXXX" name. */
+int fy_ckpt_read_latest(const char *run_dir, char *name, size_t cap, fy_err *err);
+
+/* "step-00001000" for 1000. */
+void fy_ckpt_dirname(int step, char out[32]);
+
+#endif
