@@ -22,6 +22,7 @@ typedef struct fy_train_opts {
     int keep_last;        /* checkpoints kept on disk */
     int log_every;        /* steps between progress lines */
     double time_limit_s;  /* stop (with a checkpoint) after this long; 0 = none */
+    int stop_after;       /* stop (with a checkpoint) after this step, as Ctrl-C would; 0 = none */
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);

@@ -1,0 +1,354 @@
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ckpt/checkpoint.h"
+#include "core/fsutil.h"
+#include "core/log.h"
+#include "train/loader.h"
+#include "train/plot.h"
+
+void fy_train_opts_default(fy_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    fy_adamw_opts a = {2e-3f, 2e-4f, 50, 600, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    o->adam = a;
+    o->batch_size = 8;
+    o->seq_len = 256;
+    o->seed = 1337;
+    o->eval_every = 100;
+    o->eval_batches = 8;
+    o->ckpt_every = 200;
+    o->keep_last = 3;
+    o->log_every = 10;
+}
+
+/* ---- the "ferry" object of config.json ---- */
+
+static int get_num(const cJSON *obj, const char *key, const char *where, double lo, double hi,
+                   int integer, double *out, int *found, fy_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *found = 0;
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v)) return fy_fail(err, "%s: ferry.%s must be a number", where, key);
+    double d = v->valuedouble;
+    if (integer && d != floor(d)) return fy_fail(err, "%s: ferry.%s=%g must be an integer", where, key, d);
+    if (!(d >= lo && d <= hi)) return fy_fail(err, "%s: ferry.%s=%g is outside [%g, %g]", where, key, d, lo, hi);
+    *out = d;
+    *found = 1;
+    return 0;
+}
+
+int fy_train_opts_from_json(const char *config_json, const char *where, fy_train_opts *o, fy_err *err) {
+    cJSON *root = cJSON_Parse(config_json);
+    if (!root) return fy_fail(err, "%s: not valid JSON", where);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "ferry");
+    int rc = 0;
+    if (f && cJSON_IsObject(f)) {
+        struct { const char *key; double lo, hi; int integer; float *pf; int *pi; } keys[] = {
+            {"lr", 0, 10, 0, &o->adam.lr, NULL},
+            {"min_lr", 0, 10, 0, &o->adam.min_lr, NULL},
+            {"warmup_steps", 0, 1e9, 1, NULL, &o->adam.warmup_steps},
+            {"total_steps", 1, 1e9, 1, NULL, &o->adam.total_steps},
+            {"beta1", 0, 0.999999, 0, &o->adam.beta1, NULL},
+            {"beta2", 0, 0.999999999, 0, &o->adam.beta2, NULL},
+            {"eps", 0, 1, 0, &o->adam.eps, NULL},
+            {"weight_decay", 0, 10, 0, &o->adam.weight_decay, NULL},
+            {"grad_clip", 0, 1e9, 0, &o->adam.grad_clip, NULL},
+            {"batch_size", 1, 1 << 20, 1, NULL, &o->batch_size},
+            {"seq_len", 1, 1 << 20, 1, NULL, &o->seq_len},
+            {"eval_every", 0, 1e9, 1, NULL, &o->eval_every},
+            {"eval_batches", 1, 1e6, 1, NULL, &o->eval_batches},
+            {"ckpt_every", 0, 1e9, 1, NULL, &o->ckpt_every},
+            {"keep_last", 0, 1e6, 1, NULL, &o->keep_last},
+            {"log_every", 1, 1e9, 1, NULL, &o->log_every},
+        };
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
+            double d;
+            int found;
+            rc = get_num(f, keys[i].key, where, keys[i].lo, keys[i].hi, keys[i].integer, &d, &found, err);
+            if (!rc && found) {
+                if (keys[i].pf) *keys[i].pf = (float)d;
+                else *keys[i].pi = (int)d;
+            }
+        }
+        double d;
+        int found;
+        if (!rc && !(rc = get_num(f, "seed", where, 0, 9007199254740992.0, 1, &d, &found, err)) && found)
+            o->seed = (uint64_t)d;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+char *fy_train_opts_to_json(const fy_train_opts *o) {
+    char *s = malloc(1024);
+    if (!s) return NULL;
+    snprintf(s, 1024,
+             "{\"lr\": %.9g, \"min_lr\": %.9g, \"warmup_steps\": %d, \"total_steps\": %d, "
+             "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
+             "\"grad_clip\": %.9g, \"batch_size\": %d, \"seq_len\": %d, \"seed\": %llu, "
+             "\"eval_every\": %d, \"eval_batches\": %d, \"ckpt_every\": %d, \"keep_last\": %d, "
+             "\"log_every\": %d}",
+             o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
+             o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
+             o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
+             o->keep_last, o->log_every);
+    return s;
+}
+
+/* ---- validation ---- */
+
+int fy_eval_loss(fy_model *m, fy_loader *val, int B, int T, int n, double *loss, fy_err *err) {
+    uint64_t avail;
+    if (fy_loader_val_batches(val, 1, B, T, (uint64_t)n, &avail, err)) return -1;
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *lab = malloc((size_t)B * T * sizeof *lab);
+    if (!in || !lab) {
+        free(in); free(lab);
+        return fy_fail(err, "out of memory");
+    }
+    double sum = 0;
+    long count = 0;
+    int rc = 0;
+    for (uint64_t i = 0; i < avail && !rc; i++) {
+        fy_loss l;
+        rc = fy_loader_val_batch(val, i, 0, 1, B, T, in, lab, err) ||
+             fy_model_forward(m, in, lab, B, T, 0, &l, err);
+        if (!rc) {
+            sum += l.main * l.n_main;
+            count += l.n_main;
+        }
+    }
+    free(in);
+    free(lab);
+    *loss = count ? sum / count : NAN;
+    return rc ? -1 : 0;
+}
+
+/* ---- metrics history (metrics.jsonl and loss.svg) ---- */
+
+typedef struct history {
+    double *x, *y, *vx, *vy;
+    int n, cap, vn, vcap;
+} history;
+
+static void push(double **x, double **y, int *n, int *cap, double a, double b) {
+    if (*n == *cap) {
+        int c = *cap ? *cap * 2 : 256;
+        double *nx = realloc(*x, c * sizeof **x), *ny = realloc(*y, c * sizeof **y);
+        if (nx) *x = nx;
+        if (ny) *y = ny;
+        if (!nx || !ny) return;
+        *cap = c;
+    }
+    (*x)[*n] = a;
+    (*y)[*n] = b;
+    (*n)++;
+}
+
+/* Keeps the metrics of steps <= upto (a resumed run replays the rest) and
+ * loads them into the history. */
+static int metrics_reopen(const char *path, int upto, history *h, FILE **out, fy_err *err) {
+    char *text = NULL;
+    size_t len = 0;
+    fy_err ignore;
+    size_t keep = 0;
+    if (upto > 0 && fy_read_file(path, &text, &len, &ignore) == 0) {
+        char *line = text;
+        while (line && *line) {
+            char *nl = strchr(line, '\n');
+            if (nl) *nl = '\0';
+            cJSON *o = cJSON_Parse(line);
+            const cJSON *st = o ? cJSON_GetObjectItemCaseSensitive(o, "step") : NULL;
+            if (st && cJSON_IsNumber(st) && st->valueint <= upto) {
+                const cJSON *lv = cJSON_GetObjectItemCaseSensitive(o, "loss");
+                const cJSON *vv = cJSON_GetObjectItemCaseSensitive(o, "val_loss");
+                if (lv && cJSON_IsNumber(lv)) push(&h->x, &h->y, &h->n, &h->cap, st->valuedouble, lv->valuedouble);
+                if (vv && cJSON_IsNumber(vv)) push(&h->vx, &h->vy, &h->vn, &h->vcap, st->valuedouble, vv->valuedouble);
+                memmove(text + keep, line, strlen(line));
+                keep += strlen(line);
+                text[keep++] = '\n';
+            }
+            cJSON_Delete(o);
+            line = nl ? nl + 1 : NULL;
+        }
+    }
+    int rc = fy_write_file_atomic(path, text ? text : "", keep, err);
+    free(text);
+    if (rc) return -1;
+    *out = fopen(path, "a");
+    if (!*out) return fy_fail(err, "cannot append to %s", path);
+    return 0;
+}
+
+static void plot(const char *run_dir, const history *h) {
+    char path[FY_PATH_MAX];
+    fy_err err;
+    snprintf(path, sizeof path, "%s/loss.svg", run_dir);
+    fy_series s[2] = {{"train loss", "#1f77b4", h->x, h->y, h->n},
+                      {"validation loss", "#d62728", h->vx, h->vy, h->vn}};
+    if (fy_plot_svg(path, "ferry training loss", s, 2, &err)) fy_warn("%s", err.msg);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void fmt_duration(double s, char *out, size_t cap) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(out, cap, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else snprintf(out, cap, "%ldm%02lds", t / 60, t % 60);
+}
+
+static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *run_dir, int step,
+                long long tokens, double elapsed, double loss, double val, fy_err *err) {
+    char state[512], dir[FY_PATH_MAX];
+    snprintf(state, sizeof state,
+             "{\n  \"step\": %d,\n  \"tokens_seen\": %lld,\n  \"elapsed_s\": %.3f,\n  \"seed\": %llu,\n"
+             "  \"loss\": %.9g,\n  \"val_loss\": %s%.9g%s\n}\n",
+             step, tokens, elapsed, (unsigned long long)o->seed, loss, isfinite(val) ? "" : "\"",
+             val, isfinite(val) ? "" : "\"");
+    double t0 = now_s();
+    if (fy_ckpt_save(run_dir, step, m, opt, state, o->keep_last, dir, sizeof dir, err))
+        return fy_wrap(err, "saving checkpoint at step %d", step);
+    fy_info("checkpoint %s (%.2f s)", dir, now_s() - t0);
+    return 0;
+}
+
+int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const char *data_dir,
+                 int resume, volatile sig_atomic_t *stop, fy_train_result *res, fy_err *err) {
+    const int B = o->batch_size, T = o->seq_len, total = o->adam.total_steps;
+    memset(res, 0, sizeof *res);
+    res->last_val_loss = NAN;
+    fy_loader train = {0}, val = {0};
+    fy_adamw opt = {0};
+    history h = {0};
+    FILE *mf = NULL;
+    int32_t *in = NULL, *lab = NULL;
+    char *state = NULL;
+    int rc = -1, start = 0;
+    long long tokens = 0;
+    double elapsed0 = 0;
+
+    if (fy_loader_open(&train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
+        fy_loader_open(&val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
+        fy_adamw_create(&opt, m, &o->adam, err))
+        goto done;
+    if (resume) {
+        char dir[FY_PATH_MAX];
+        if (fy_ckpt_resolve(run_dir, dir, sizeof dir, err) || fy_ckpt_load(dir, m, &opt, &state, err))
+            goto done;
+        cJSON *js = cJSON_Parse(state);
+        const cJSON *st = js ? cJSON_GetObjectItemCaseSensitive(js, "step") : NULL;
+        const cJSON *tk = js ? cJSON_GetObjectItemCaseSensitive(js, "tokens_seen") : NULL;
+        const cJSON *el = js ? cJSON_GetObjectItemCaseSensitive(js, "elapsed_s") : NULL;
+        if (!st || !cJSON_IsNumber(st)) {
+            cJSON_Delete(js);
+            fy_fail(err, "%s/trainer_state.json: missing \"step\"", dir);
+            goto done;
+        }
+        start = st->valueint;
+        tokens = tk && cJSON_IsNumber(tk) ? (long long)tk->valuedouble : (long long)start * B * T;
+        elapsed0 = el && cJSON_IsNumber(el) ? el->valuedouble : 0;
+        cJSON_Delete(js);
+        if (opt.t != start) {
+            fy_fail(err, "%s: optimizer step %d != trainer step %d", dir, opt.t, start);
+            goto done;
+        }
+        fy_info("resuming from %s at step %d", dir, start);
+    } else if (fy_model_init_weights(m, o->seed, err)) {
+        goto done;
+    }
+    char mpath[FY_PATH_MAX];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
+    if (metrics_reopen(mpath, start, &h, &mf, err)) goto done;
+
+    in = malloc((size_t)B * T * sizeof *in);
+    lab = malloc((size_t)B * T * sizeof *lab);
+    if (!in || !lab) {
+        fy_fail(err, "out of memory");
+        goto done;
+    }
+    double t_start = now_s(), t_last = t_start, loss = NAN, val_loss = NAN;
+    int step = start, last_log = start, saved = 0;
+    for (step = start + 1; step <= total; step++) {
+        fy_loss l;
+        float gn, lr;
+        saved = 0;
+        if (fy_loader_batch(&train, o->seed, (uint64_t)step - 1, 0, 1, B, T, in, lab, err)) goto done;
+        fy_model_zero_grad(m);
+        if (fy_model_forward(m, in, lab, B, T, 1, &l, err) || fy_model_backward(m, err) ||
+            fy_adamw_step(&opt, m, &gn, &lr, err) || fy_model_update_bias(m, err)) {
+            fy_wrap(err, "step %d", step);
+            goto done;
+        }
+        tokens += (long long)B * T;
+        loss = l.total;
+        double now = now_s(), elapsed = elapsed0 + now - t_start;
+        fprintf(mf, "{\"step\": %d, \"loss\": %.6f, \"loss_main\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
+                    "\"tokens\": %lld, \"elapsed_s\": %.3f}\n",
+                step, l.total, l.main, lr, gn, tokens, elapsed);
+        push(&h.x, &h.y, &h.n, &h.cap, step, l.main);
+        if (step % o->log_every == 0 || step == start + 1 || step == total) {
+            double tps = (double)(step - last_log) * B * T / fmax(now - t_last, 1e-9);
+            char eta[32];
+            fmt_duration((total - step) * (double)B * T / fmax(tps, 1e-9), eta, sizeof eta);
+            char rate[32] = "   - tok/s";
+            if (step > start + 1) snprintf(rate, sizeof rate, "%.0f tok/s", tps);
+            printf("step %5d/%d | loss %.4f (main %.4f) | lr %.2e | grad %.3f | %s | ETA %s\n",
+                   step, total, l.total, l.main, lr, gn, rate, step > start + 1 ? eta : "-");
+            fflush(stdout);
+            t_last = now;
+            last_log = step;
+        }
+        if (o->eval_every > 0 && (step % o->eval_every == 0 || step == total)) {
+            if (fy_eval_loss(m, &val, B, T, o->eval_batches, &val_loss, err)) goto done;
+            fprintf(mf, "{\"step\": %d, \"val_loss\": %.6f}\n", step, val_loss);
+            push(&h.vx, &h.vy, &h.vn, &h.vcap, step, val_loss);
+            printf("step %5d/%d | validation loss %.4f\n", step, total, val_loss);
+            fflush(stdout);
+            plot(run_dir, &h);
+        }
+        fflush(mf);
+        int out_of_time = o->time_limit_s > 0 && now - t_start >= o->time_limit_s;
+        int paused = o->stop_after > 0 && step >= o->stop_after && step < total;
+        if ((stop && *stop) || out_of_time || paused) {
+            res->interrupted = 1;
+            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, err)) goto done;
+            printf("%s at step %d: checkpoint written; continue with --resume\n",
+                   out_of_time ? "time limit reached" : paused ? "stopped as asked" : "interrupted", step);
+            saved = 1;
+            break;
+        }
+        if (o->ckpt_every > 0 && step % o->ckpt_every == 0) {
+            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, err)) goto done;
+            saved = 1;
+        }
+    }
+    if (step > total) step = total;
+    if (!saved && step > start &&
+        save(m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, err))
+        goto done;
+    plot(run_dir, &h);
+    res->step = step;
+    res->last_loss = loss;
+    res->last_val_loss = val_loss;
+    rc = 0;
+done:
+    if (mf) fclose(mf);
+    free(in);
+    free(lab);
+    free(state);
+    free(h.x); free(h.y); free(h.vx); free(h.vy);
+    fy_adamw_free(&opt, m->be);
+    fy_loader_close(&train);
+    fy_loader_close(&val);
+    return rc;
+}
