@@ -1,0 +1,6 @@
+# End-to-end tests of the ferry command (tests/cli/cli_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_end_to_end
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/cli_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_work)
+  set_tests_properties(cli_end_to_end PROPERTIES LABELS cli TIMEOUT 600)
+endif()
