@@ -1,0 +1,664 @@
+/* BPE training: count pre-token pieces, then merge the most frequent
+ * adjacent pair until the vocabulary is full, updating pair counts
+ * incrementally (only the words that contain the merged pair are touched). */
+#include <errno.h>
+#include <fcntl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/log.h"
+#include "io/tokenizer.h"
+#include "io/tokenizer_impl.h"
+
+/* ---- piece counts: bytes -> count ---- */
+
+typedef struct pc_ent {
+    uint64_t h;
+    uint64_t off; /* into the arena */
+    uint32_t len; /* 0 = empty slot */
+    uint32_t pad_;
+    int64_t count;
+} pc_ent;
+
+typedef struct pcmap {
+    pc_ent *e;
+    uint64_t mask, n;
+    char *arena;
+    size_t alen, acap;
+    uint64_t total;
+    int oom;
+} pcmap;
+
+static int pcmap_init(pcmap *m) {
+    memset(m, 0, sizeof *m);
+    m->mask = 4095;
+    m->e = calloc(m->mask + 1, sizeof *m->e);
+    return m->e ? 0 : -1;
+}
+
+static void pcmap_free(pcmap *m) {
+    free(m->e);
+    free(m->arena);
+    memset(m, 0, sizeof *m);
+}
+
+static int pcmap_grow(pcmap *m) {
+    uint64_t nm = 2 * (m->mask + 1) - 1;
+    pc_ent *ne = calloc(nm + 1, sizeof *ne);
+    if (!ne) return -1;
+    for (uint64_t i = 0; i <= m->mask; i++) {
+        if (!m->e[i].len) continue;
+        uint64_t k = m->e[i].h & nm;
+        while (ne[k].len) k = (k + 1) & nm;
+        ne[k] = m->e[i];
+    }
+    free(m->e);
+    m->e = ne;
+    m->mask = nm;
+    return 0;
+}
+
+static int pcmap_add(pcmap *m, const void *p, size_t n, uint64_t h, int64_t count) {
+    uint64_t k = h & m->mask;
+    for (;; k = (k + 1) & m->mask) {
+        pc_ent *e = &m->e[k];
+        if (!e->len) break;
+        if (e->h == h && e->len == n && memcmp(m->arena + e->off, p, n) == 0) {
+            e->count += count;
+            return 0;
+        }
+    }
+    if (n > UINT32_MAX) return -1;
+    if (m->alen + n > m->acap) {
+        size_t c = m->acap ? m->acap * 2 : 1 << 16;
+        while (c < m->alen + n) c *= 2;
+        char *a = realloc(m->arena, c);
+        if (!a) return -1;
+        m->arena = a;
+        m->acap = c;
+    }
+    memcpy(m->arena + m->alen, p, n);
+    pc_ent *e = &m->e[k];
+    e->h = h;
+    e->off = m->alen;
+    e->len = (uint32_t)n;
+    e->count = count;
+    m->alen += n;
+    if (++m->n * 2 > m->mask + 1 && pcmap_grow(m)) return -1;
+    return 0;
+}
+
+static int count_piece(void *ctx, const unsigned char *p, size_t n) {
+    pcmap *m = ctx;
+    m->total++;
+    if (pcmap_add(m, p, n, XXH3_64bits(p, n), 1)) {
+        m->oom = 1;
+        return 1;
+    }
+    return 0;
+}
+
+struct fy_bpe_trainer {
+    fy_pretok pre;
+    int threads;
+    pcmap pieces;
+};
+
+int fy_bpe_trainer_new(fy_bpe_trainer **out, int threads, fy_err *err) {
+    *out = NULL;
+    fy_bpe_trainer *t = calloc(1, sizeof *t);
+    if (!t || pcmap_init(&t->pieces)) {
+        free(t);
+        return fy_fail(err, "tokenizer training: out of memory");
+    }
+    if (fy_pretok_init(&t->pre, err)) {
+        pcmap_free(&t->pieces);
+        free(t);
+        return -1;
+    }
+    t->threads = threads > 0 ? threads : omp_get_max_threads();
+    *out = t;
+    return 0;
+}
+
+void fy_bpe_trainer_free(fy_bpe_trainer *t) {
+    if (!t) return;
+    pcmap_free(&t->pieces);
+    fy_pretok_free(&t->pre);
+    free(t);
+}
+
+void fy_bpe_trainer_stats(const fy_bpe_trainer *t, uint64_t *pieces, uint64_t *unique) {
+    if (pieces) *pieces = t->pieces.total;
+    if (unique) *unique = t->pieces.n;
+}
+
+static int count_into(const fy_pretok *pre, pcmap *m, const unsigned char *s, size_t len) {
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(pre->re, NULL);
+    if (!md) return -1;
+    fy_pretok_split(pre, md, s, len, count_piece, m);
+    pcre2_match_data_free(md);
+    return m->oom ? -1 : 0;
+}
+
+int fy_bpe_trainer_add_text(fy_bpe_trainer *t, const char *text, size_t len, fy_err *err) {
+    const unsigned char *s = (const unsigned char *)text;
+    int nt = t->threads;
+    if (len < (1u << 20) || nt <= 1) {
+        if (count_into(&t->pre, &t->pieces, s, len))
+            return fy_fail(err, "tokenizer training: out of memory counting pieces");
+        return 0;
+    }
+    /* parallel: chunks cut where pre-tokenization cannot change, one map per thread */
+    int nc = nt * 4;
+    size_t *cut = malloc((nc + 1) * sizeof *cut);
+    pcmap *maps = calloc(nt, sizeof *maps);
+    int bad = !cut || !maps;
+    for (int i = 0; i < nt && !bad; i++) bad = pcmap_init(&maps[i]);
+    if (!bad) {
+        cut[0] = 0;
+        for (int c = 1; c < nc; c++) {
+            size_t target = len / nc * c;
+            if (target < cut[c - 1]) target = cut[c - 1];
+            cut[c] = fy_tokenizer_split_point(text, len, target);
+        }
+        cut[nc] = len;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : bad)
+        for (int c = 0; c < nc; c++) {
+            pcmap *m = &maps[omp_get_thread_num()];
+            if (count_into(&t->pre, m, s + cut[c], cut[c + 1] - cut[c])) bad |= 1;
+        }
+    }
+    for (int i = 0; i < nt && maps; i++) {
+        pcmap *m = &maps[i];
+        for (uint64_t k = 0; !bad && m->e && k <= m->mask; k++)
+            if (m->e[k].len &&
+                pcmap_add(&t->pieces, m->arena + m->e[k].off, m->e[k].len, m->e[k].h, m->e[k].count))
+                bad = 1;
+        t->pieces.total += m->total;
+        pcmap_free(m);
+    }
+    free(maps);
+    free(cut);
+    if (bad) return fy_fail(err, "tokenizer training: out of memory counting pieces");
+    return 0;
+}
+
+int fy_bpe_trainer_add_file(fy_bpe_trainer *t, const char *path, fy_err *err) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return fy_fail(err, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fy_fail(err, "%s: not a regular file", path);
+    }
+    size_t len = (size_t)sb.st_size;
+    if (len == 0) {
+        close(fd);
+        return 0;
+    }
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (map == MAP_FAILED) return fy_fail(err, "%s: mmap: %s", path, strerror(e));
+    int rc = fy_bpe_trainer_add_text(t, map, len, err);
+    munmap(map, len);
+    return rc ? fy_wrap(err, "%s", path) : 0;
+}
+
+/* ---- merging ----
+ *
+ * Every distinct piece is a doubly linked list of symbols in one arena (a
+ * symbol lives at the position of its first byte). Each pair keeps its count
+ * (sum of the counts of the pieces it occurs in) and a list of positions
+ * where it may start (a superset: entries are checked when used). Merging a
+ * pair visits only its occurrences, left to right, so the cost of training
+ * does not depend on how long the pieces are. Ties and overlaps ("aaa" with
+ * the pair (a,a) gives [aa, a]) follow Hugging Face's trainer. */
+
+typedef struct tp_ent {
+    uint64_t key;    /* (a << 32) | b; UINT64_MAX = empty */
+    int64_t count;
+    int64_t snap;    /* count before the current merge touched it */
+    int32_t *occ;    /* positions where the pair may start */
+    uint32_t nocc, cocc;
+    uint32_t stamp;  /* merge number that last touched it */
+    uint32_t merged; /* already merged: never again */
+} tp_ent;
+
+typedef struct tpmap {
+    tp_ent *e;
+    uint64_t mask, n;
+} tpmap;
+
+static inline uint64_t tkey(int32_t a, int32_t b) {
+    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+}
+
+static inline uint64_t tmix(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static tp_ent *tp_find(tpmap *m, uint64_t key) {
+    for (uint64_t i = tmix(key) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->e[i].key == key) return &m->e[i];
+        if (m->e[i].key == UINT64_MAX) return NULL;
+    }
+}
+
+static int tp_alloc(tpmap *m, uint64_t mask) {
+    m->e = malloc((mask + 1) * sizeof *m->e);
+    if (!m->e) return -1;
+    for (uint64_t i = 0; i <= mask; i++) {
+        memset(&m->e[i], 0, sizeof m->e[i]);
+        m->e[i].key = UINT64_MAX;
+    }
+    m->mask = mask;
+    return 0;
+}
+
+/* Finds or inserts; the pointer is valid until the next insert. */
+static tp_ent *tp_get(tpmap *m, uint64_t key) {
+    uint64_t i = tmix(key) & m->mask;
+    for (;; i = (i + 1) & m->mask) {
+        if (m->e[i].key == key) return &m->e[i];
+        if (m->e[i].key == UINT64_MAX) break;
+    }
+    if ((m->n + 1) * 2 > m->mask + 1) {
+        tpmap nm;
+        if (tp_alloc(&nm, 2 * (m->mask + 1) - 1)) return NULL;
+        for (uint64_t k = 0; k <= m->mask; k++) {
+            if (m->e[k].key == UINT64_MAX) continue;
+            uint64_t j = tmix(m->e[k].key) & nm.mask;
+            while (nm.e[j].key != UINT64_MAX) j = (j + 1) & nm.mask;
+            nm.e[j] = m->e[k];
+        }
+        free(m->e);
+        m->e = nm.e;
+        m->mask = nm.mask;
+        for (i = tmix(key) & m->mask; m->e[i].key != UINT64_MAX; i = (i + 1) & m->mask) {}
+    }
+    m->n++;
+    m->e[i].key = key;
+    return &m->e[i];
+}
+
+static int tp_add_occ(tp_ent *e, int32_t pos) {
+    if (e->nocc == e->cocc) {
+        uint32_t c = e->cocc ? 2 * e->cocc : 4;
+        int32_t *p = realloc(e->occ, c * sizeof *p);
+        if (!p) return -1;
+        e->occ = p;
+        e->cocc = c;
+    }
+    e->occ[e->nocc++] = pos;
+    return 0;
+}
+
+typedef struct hent {
+    int64_t count;
+    int32_t a, b;
+} hent;
+
+/* max-heap: higher count first, then the lower (a, b) */
+static inline int hbetter(const hent *x, const hent *y) {
+    if (x->count != y->count) return x->count > y->count;
+    if (x->a != y->a) return x->a < y->a;
+    return x->b < y->b;
+}
+
+typedef struct theap {
+    hent *h;
+    size_t n, cap;
+} theap;
+
+static int th_push(theap *q, hent v) {
+    if (q->n == q->cap) {
+        size_t c = q->cap ? 2 * q->cap : 1024;
+        hent *p = realloc(q->h, c * sizeof *p);
+        if (!p) return -1;
+        q->h = p;
+        q->cap = c;
+    }
+    size_t i = q->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!hbetter(&v, &q->h[p])) break;
+        q->h[i] = q->h[p];
+        i = p;
+    }
+    q->h[i] = v;
+    return 0;
+}
+
+static hent th_pop(theap *q) {
+    hent top = q->h[0], v = q->h[--q->n];
+    size_t i = 0, m = q->n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= m) break;
+        if (c + 1 < m && hbetter(&q->h[c + 1], &q->h[c])) c++;
+        if (!hbetter(&q->h[c], &v)) break;
+        q->h[i] = q->h[c];
+        i = c;
+    }
+    if (m) q->h[i] = v;
+    return top;
+}
+
+static int cmp_i32(const void *x, const void *y) {
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    return (a > b) - (a < b);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* State of one training run. */
+typedef struct trainer_run {
+    tpmap pairs;
+    theap heap;
+    uint64_t *touched;
+    size_t ntouched, ctouched;
+    uint32_t mstamp;
+} trainer_run;
+
+/* Adds d to a pair's count (recording it as touched by this merge) and, if
+ * pos >= 0, lists pos as a place where it starts. */
+static int pair_delta(trainer_run *r, int32_t a, int32_t b, int64_t d, int32_t pos) {
+    uint64_t k = tkey(a, b);
+    tp_ent *e = tp_get(&r->pairs, k);
+    if (!e) return -1;
+    if (e->stamp != r->mstamp) {
+        e->stamp = r->mstamp;
+        e->snap = e->count;
+        if (r->ntouched == r->ctouched) {
+            size_t c = r->ctouched ? 2 * r->ctouched : 1024;
+            uint64_t *p = realloc(r->touched, c * sizeof *p);
+            if (!p) return -1;
+            r->touched = p;
+            r->ctouched = c;
+        }
+        r->touched[r->ntouched++] = k;
+    }
+    e->count += d;
+    return pos >= 0 ? tp_add_occ(e, pos) : 0;
+}
+
+int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_tokenizer **out,
+                         fy_err *err) {
+    *out = NULL;
+    int vocab_size = opts ? opts->vocab_size : 0;
+    int64_t min_freq = opts && opts->min_freq > 0 ? opts->min_freq : 2;
+    if (vocab_size < FY_TOK_MIN_VOCAB)
+        return fy_fail(err, "tokenizer training: vocab size %d is too small (at least %d: 256 "
+                            "bytes + %d special tokens)", vocab_size, FY_TOK_MIN_VOCAB, FY_TOK_N_SPECIAL);
+    if (vocab_size > FY_TOK_MAX_VOCAB)
+        return fy_fail(err, "tokenizer training: vocab size %d is too large (at most %d)", vocab_size,
+                       FY_TOK_MAX_VOCAB);
+    const pcmap *pm = &tr->pieces;
+    if (pm->alen >= (size_t)INT32_MAX)
+        return fy_fail(err, "tokenizer training: %zu bytes of distinct pieces; at most %d are "
+                            "supported", pm->alen, INT32_MAX - 1);
+    double t0 = now_s();
+    const int32_t target = vocab_size - FY_TOK_N_SPECIAL;
+    const size_t npos = pm->alen;
+    int rc = -1;
+
+    int32_t *sym = malloc((npos + 1) * sizeof *sym);
+    int32_t *nxt = malloc((npos + 1) * sizeof *nxt);
+    int32_t *prv = malloc((npos + 1) * sizeof *prv);
+    int32_t *wid = malloc((npos + 1) * sizeof *wid);
+    int64_t *wcnt = malloc((pm->n + 1) * sizeof *wcnt);
+    trainer_run R = {0};
+    int32_t *merges = NULL;
+    size_t cmerges = 0;
+    int32_t n_merges = 0;
+    /* token bytes: ids < 256 are the bytes themselves, others live in tb */
+    uint64_t *toff = malloc((size_t)(target + 1) * sizeof *toff);
+    uint32_t *tlen = malloc((size_t)(target + 1) * sizeof *tlen);
+    char *tb = NULL;
+    size_t tblen = 0, tbcap = 0;
+    int32_t *tslot = NULL; /* token bytes -> id, to notice a merge whose result exists */
+    uint64_t tsmask = 1;
+    char **strs = NULL;
+    uint8_t *types = NULL;
+    fy_tokenizer *tok = NULL;
+    int32_t n_tokens = 256;
+
+    while (tsmask + 1 < 2 * (uint64_t)target) tsmask = 2 * tsmask + 1;
+    tslot = malloc((tsmask + 1) * sizeof *tslot);
+    if (!sym || !nxt || !prv || !wid || !wcnt || !toff || !tlen || !tslot || tp_alloc(&R.pairs, 4095))
+        goto oom;
+    for (uint64_t i = 0; i <= tsmask; i++) tslot[i] = -1;
+    for (int32_t i = 0; i < 256; i++) {
+        toff[i] = 0;
+        tlen[i] = 1;
+    }
+    /* the pieces as linked symbol lists; initial pair counts and occurrences */
+    {
+        int32_t w = 0, pos = 0;
+        for (uint64_t k = 0; k <= pm->mask; k++) {
+            const pc_ent *e = &pm->e[k];
+            if (!e->len) continue;
+            const unsigned char *p = (const unsigned char *)pm->arena + e->off;
+            wcnt[w] = e->count;
+            for (uint32_t i = 0; i < e->len; i++) {
+                int32_t q = pos + (int32_t)i;
+                sym[q] = p[i];
+                wid[q] = w;
+                prv[q] = i ? q - 1 : -1;
+                nxt[q] = i + 1 < e->len ? q + 1 : -1;
+                if (i + 1 < e->len) {
+                    tp_ent *pe = tp_get(&R.pairs, tkey(p[i], p[i + 1]));
+                    if (!pe || tp_add_occ(pe, q)) goto oom;
+                    pe->count += e->count;
+                }
+            }
+            pos += (int32_t)e->len;
+            w++;
+        }
+    }
+    for (uint64_t k = 0; k <= R.pairs.mask; k++) {
+        const tp_ent *e = &R.pairs.e[k];
+        if (e->key != UINT64_MAX && e->count > 0 &&
+            th_push(&R.heap, (hent){e->count, (int32_t)(e->key >> 32), (int32_t)(uint32_t)e->key}))
+            goto oom;
+    }
+
+    while (n_tokens < target && R.heap.n) {
+        hent top = th_pop(&R.heap);
+        const int32_t a = top.a, b = top.b;
+        tp_ent *pe = tp_find(&R.pairs, tkey(a, b));
+        if (!pe || pe->merged) continue;
+        if (pe->count != top.count) {
+            /* stale: a lower count is re-queued; a higher one has its own entry */
+            if (pe->count > 0 && pe->count < top.count && th_push(&R.heap, (hent){pe->count, a, b}))
+                goto oom;
+            continue;
+        }
+        if (top.count < min_freq) break;
+
+        /* the new token's bytes; reuse an existing token with the same bytes */
+        size_t la = tlen[a], lb = tlen[b];
+        if (tblen + la + lb > tbcap) {
+            size_t c = tbcap ? 2 * tbcap : 1 << 16;
+            while (c < tblen + la + lb) c *= 2;
+            char *p = realloc(tb, c);
+            if (!p) goto oom;
+            tb = p;
+            tbcap = c;
+        }
+        char *nb = tb + tblen;
+        unsigned char ca = (unsigned char)a, cb = (unsigned char)b;
+        memcpy(nb, a < 256 ? (const char *)&ca : tb + toff[a], la);
+        memcpy(nb + la, b < 256 ? (const char *)&cb : tb + toff[b], lb);
+        size_t nl = la + lb;
+        uint64_t slot = XXH3_64bits(nb, nl) & tsmask;
+        int32_t res = -1;
+        for (; tslot[slot] >= 0; slot = (slot + 1) & tsmask) {
+            int32_t o = tslot[slot];
+            if (tlen[o] == nl && memcmp(tb + toff[o], nb, nl) == 0) {
+                res = o;
+                break;
+            }
+        }
+        if (res < 0) {
+            res = n_tokens++;
+            toff[res] = tblen;
+            tlen[res] = (uint32_t)nl;
+            tblen += nl;
+            tslot[slot] = res;
+        }
+        if ((size_t)n_merges + 1 > cmerges) {
+            size_t c = cmerges ? 2 * cmerges : 1024;
+            int32_t *p = realloc(merges, 3 * c * sizeof *p);
+            if (!p) goto oom;
+            merges = p;
+            cmerges = c;
+        }
+        merges[3 * n_merges] = a;
+        merges[3 * n_merges + 1] = b;
+        merges[3 * n_merges + 2] = res;
+        n_merges++;
+
+        /* apply it at every occurrence, left to right */
+        pe->merged = 1;
+        int32_t *occ = pe->occ;
+        uint32_t nocc = pe->nocc;
+        pe->occ = NULL;
+        pe->nocc = pe->cocc = 0;
+        qsort(occ, nocc, sizeof *occ, cmp_i32);
+        R.mstamp++;
+        R.ntouched = 0;
+        for (uint32_t k = 0; k < nocc; k++) {
+            int32_t i = occ[k];
+            if (k && occ[k - 1] == i) continue;
+            if (sym[i] != a) continue;
+            int32_t j = nxt[i];
+            if (j < 0 || sym[j] != b) continue;
+            int64_t c = wcnt[wid[i]];
+            int32_t L = prv[i], Rn = nxt[j];
+            if (L >= 0 && (pair_delta(&R, sym[L], a, -c, -1) || pair_delta(&R, sym[L], res, c, L)))
+                goto oom;
+            if (Rn >= 0 && (pair_delta(&R, b, sym[Rn], -c, -1) || pair_delta(&R, res, sym[Rn], c, i)))
+                goto oom;
+            if (pair_delta(&R, a, b, -c, -1)) goto oom;
+            sym[i] = res;
+            sym[j] = -1;
+            nxt[i] = Rn;
+            if (Rn >= 0) prv[Rn] = i;
+        }
+        free(occ);
+        for (size_t k = 0; k < R.ntouched; k++) {
+            tp_ent *e = tp_find(&R.pairs, R.touched[k]);
+            if (!e->merged && e->count > e->snap &&
+                th_push(&R.heap, (hent){e->count, (int32_t)(R.touched[k] >> 32),
+                                        (int32_t)(uint32_t)R.touched[k]}))
+                goto oom;
+        }
+    }
+
+    if (n_tokens < target)
+        fy_warn("tokenizer training: vocabulary is %d, not the %d asked: no pair left that occurs "
+                "at least %lld times", n_tokens + FY_TOK_N_SPECIAL, vocab_size, (long long)min_freq);
+
+    /* assemble: bytes, merged tokens, then the specials */
+    int32_t nv = n_tokens + FY_TOK_N_SPECIAL;
+    strs = calloc(nv, sizeof *strs);
+    types = malloc(nv);
+    if (!strs || !types) goto oom;
+    memset(types, FY_TOKEN_NORMAL, nv);
+    for (int32_t i = 0; i < n_tokens; i++) {
+        unsigned char c = (unsigned char)i;
+        strs[i] = i < 256 ? fy_tok_bytes_to_str(&c, 1)
+                          : fy_tok_bytes_to_str((const unsigned char *)tb + toff[i], tlen[i]);
+        if (!strs[i]) goto oom;
+    }
+    static const char *const specials[FY_TOK_N_SPECIAL] = {FY_TOK_BOS, FY_TOK_EOS, FY_TOK_PAD};
+    for (int k = 0; k < FY_TOK_N_SPECIAL; k++) {
+        strs[n_tokens + k] = strdup(specials[k]);
+        if (!strs[n_tokens + k]) goto oom;
+        types[n_tokens + k] = FY_TOKEN_CONTROL;
+    }
+    if (fy_tok_new(nv, strs, types, "tokenizer training", &tok, err) ||
+        fy_tok_set_merges(tok, n_merges, merges, "tokenizer training", err))
+        goto done;
+    fy_info("tokenizer: trained %d merges, vocab %d, from %llu pieces (%llu distinct) in %.2f s",
+            (int)n_merges, (int)nv, (unsigned long long)pm->total, (unsigned long long)pm->n,
+            now_s() - t0);
+    *out = tok;
+    tok = NULL;
+    rc = 0;
+    goto done;
+oom:
+    rc = fy_fail(err, "tokenizer training: out of memory");
+done:
+    fy_tokenizer_free(tok);
+    if (strs)
+        for (int32_t i = 0; i < n_tokens + FY_TOK_N_SPECIAL; i++) free(strs[i]);
+    free(strs);
+    free(types);
+    if (R.pairs.e)
+        for (uint64_t k = 0; k <= R.pairs.mask; k++) free(R.pairs.e[k].occ);
+    free(R.pairs.e);
+    free(R.heap.h);
+    free(R.touched);
+    free(merges);
+    free(sym);
+    free(nxt);
+    free(prv);
+    free(wid);
+    free(wcnt);
+    free(toff);
+    free(tlen);
+    free(tb);
+    free(tslot);
+    return rc;
+}
+
+int fy_tokenizer_train_text(const char *text, size_t len, const fy_tok_train_opts *opts,
+                            fy_tokenizer **out, fy_err *err) {
+    *out = NULL;
+    fy_bpe_trainer *t;
+    if (fy_bpe_trainer_new(&t, opts ? opts->threads : 0, err)) return -1;
+    int rc = fy_bpe_trainer_add_text(t, text, len, err);
+    if (rc == 0) rc = fy_bpe_trainer_train(t, opts, out, err);
+    fy_bpe_trainer_free(t);
+    return rc;
+}
+
+int fy_tokenizer_train_files(const char *const *paths, int n_paths, const fy_tok_train_opts *opts,
+                             fy_tokenizer **out, fy_err *err) {
+    *out = NULL;
+    if (opts && opts->vocab_size < FY_TOK_MIN_VOCAB)
+        return fy_fail(err, "tokenizer training: vocab size %d is too small (at least %d: 256 "
+                            "bytes + %d special tokens)", opts->vocab_size, FY_TOK_MIN_VOCAB,
+                       FY_TOK_N_SPECIAL);
+    fy_bpe_trainer *t;
+    if (fy_bpe_trainer_new(&t, opts ? opts->threads : 0, err)) return -1;
+    int rc = 0;
+    for (int i = 0; i < n_paths && rc == 0; i++) rc = fy_bpe_trainer_add_file(t, paths[i], err);
+    if (rc == 0) rc = fy_bpe_trainer_train(t, opts, out, err);
+    fy_bpe_trainer_free(t);
+    return rc;
+}

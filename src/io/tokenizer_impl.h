@@ -1,0 +1,59 @@
+/* Internals shared by tokenizer.c (vocabulary, encode/decode, JSON) and
+ * bpe_train.c (training). Not part of the public API. */
+#ifndef FY_TOKENIZER_IMPL_H
+#define FY_TOKENIZER_IMPL_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/err.h"
+#include "io/tokenizer.h"
+
+/* ---- UTF-8 ---- */
+
+/* Scans the UTF-8 sequence starting at s (n >= 1 bytes available). *need is
+ * the length the lead byte announces (1 for an invalid lead). Returns how
+ * many bytes form a valid (possibly incomplete) prefix of that sequence:
+ *   ret == *need            a complete valid sequence;
+ *   ret < *need, ret == n   valid so far, cut off by the end of the input;
+ *   otherwise               invalid; its maximal subpart is max(ret, 1). */
+size_t fy_utf8_scan(const unsigned char *s, size_t n, size_t *need);
+
+/* ---- pre-tokenizer ---- */
+
+typedef struct fy_pretok {
+    pcre2_code *re;
+    int jit;
+} fy_pretok;
+
+int fy_pretok_init(fy_pretok *p, fy_err *err);
+void fy_pretok_free(fy_pretok *p);
+
+/* Called once per piece, in order; a non-zero return stops the split. */
+typedef int (*fy_piece_fn)(void *ctx, const unsigned char *piece, size_t n);
+
+/* Splits arbitrary bytes into pieces (see tokenizer.h). md must come from
+ * pcre2_match_data_create_from_pattern(p->re). Returns the callback's
+ * non-zero value if it stopped the split, else 0. */
+int fy_pretok_split(const fy_pretok *p, pcre2_match_data *md, const unsigned char *s,
+                    size_t len, fy_piece_fn cb, void *ctx);
+
+/* ---- assembling a tokenizer ---- */
+
+/* A new tokenizer from its token strings (tokenizer.json form; the array and
+ * the strings are copied) and types; checks that strings are unique and
+ * non-empty. `name` prefixes messages. */
+int fy_tok_new(int32_t n_vocab, char *const *strs, const uint8_t *types, const char *name,
+               fy_tokenizer **out, fy_err *err);
+/* Sets the merges (3 ints each: left, right, result); checks ids and that no
+ * pair appears twice. */
+int fy_tok_set_merges(fy_tokenizer *tok, int32_t n_merges, const int32_t *merges,
+                      const char *name, fy_err *err);
+
+/* Token string (GPT-2 alphabet) for raw bytes: malloc'd, NUL-terminated. */
+char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
+
+#endif
