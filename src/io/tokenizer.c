@@ -2,6 +2,8 @@
  * streaming decode, tokenizer.json save/load. Training is in bpe_train.c. */
 #include "io/tokenizer.h"
 
+#include "core/fsutil.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1130,28 +1132,7 @@ int fy_tokenizer_save(const fy_tokenizer *t, const char *path, fy_err *err) {
     size_t len;
     char *json = fy_tokenizer_to_json(t, &len, err);
     if (!json) return fy_wrap(err, "%s", path);
-    size_t pl = strlen(path);
-    char *tmp = malloc(pl + 32);
-    if (!tmp) {
-        free(json);
-        return fy_fail(err, "%s: out of memory", path);
-    }
-    snprintf(tmp, pl + 32, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    int rc = 0;
-    if (!f) {
-        rc = fy_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-    } else {
-        size_t w = fwrite(json, 1, len, f);
-        int e1 = ferror(f);
-        int e2 = fflush(f);
-        int e3 = fsync(fileno(f));
-        int e4 = fclose(f);
-        if (w != len || e1 || e2 || e3 || e4) rc = fy_fail(err, "%s: write failed: %s", tmp, strerror(errno));
-        else if (rename(tmp, path) != 0) rc = fy_fail(err, "%s: rename failed: %s", path, strerror(errno));
-        if (rc) unlink(tmp);
-    }
-    free(tmp);
+    int rc = fy_write_file_atomic(path, json, len, err);
     free(json);
     return rc;
 }
