@@ -242,21 +242,8 @@ typedef struct tpmap {
     uint64_t mask, n;
 } tpmap;
 
-static inline uint64_t tkey(int32_t a, int32_t b) {
-    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-}
-
-static inline uint64_t tmix(uint64_t k) {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-}
-
 static tp_ent *tp_find(tpmap *m, uint64_t key) {
-    for (uint64_t i = tmix(key) & m->mask;; i = (i + 1) & m->mask) {
+    for (uint64_t i = fy_tok_mix64(key) & m->mask;; i = (i + 1) & m->mask) {
         if (m->e[i].key == key) return &m->e[i];
         if (m->e[i].key == UINT64_MAX) return NULL;
     }
@@ -275,7 +262,7 @@ static int tp_alloc(tpmap *m, uint64_t mask) {
 
 /* Finds or inserts; the pointer is valid until the next insert. */
 static tp_ent *tp_get(tpmap *m, uint64_t key) {
-    uint64_t i = tmix(key) & m->mask;
+    uint64_t i = fy_tok_mix64(key) & m->mask;
     for (;; i = (i + 1) & m->mask) {
         if (m->e[i].key == key) return &m->e[i];
         if (m->e[i].key == UINT64_MAX) break;
@@ -285,14 +272,14 @@ static tp_ent *tp_get(tpmap *m, uint64_t key) {
         if (tp_alloc(&nm, 2 * (m->mask + 1) - 1)) return NULL;
         for (uint64_t k = 0; k <= m->mask; k++) {
             if (m->e[k].key == UINT64_MAX) continue;
-            uint64_t j = tmix(m->e[k].key) & nm.mask;
+            uint64_t j = fy_tok_mix64(m->e[k].key) & nm.mask;
             while (nm.e[j].key != UINT64_MAX) j = (j + 1) & nm.mask;
             nm.e[j] = m->e[k];
         }
         free(m->e);
         m->e = nm.e;
         m->mask = nm.mask;
-        for (i = tmix(key) & m->mask; m->e[i].key != UINT64_MAX; i = (i + 1) & m->mask) {}
+        for (i = fy_tok_mix64(key) & m->mask; m->e[i].key != UINT64_MAX; i = (i + 1) & m->mask) {}
     }
     m->n++;
     m->e[i].key = key;
@@ -385,7 +372,7 @@ typedef struct trainer_run {
 /* Adds d to a pair's count (recording it as touched by this merge) and, if
  * pos >= 0, lists pos as a place where it starts. */
 static int pair_delta(trainer_run *r, int32_t a, int32_t b, int64_t d, int32_t pos) {
-    uint64_t k = tkey(a, b);
+    uint64_t k = fy_tok_pair_key(a, b);
     tp_ent *e = tp_get(&r->pairs, k);
     if (!e) return -1;
     if (e->stamp != r->mstamp) {
@@ -469,7 +456,7 @@ int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_t
                 prv[q] = i ? q - 1 : -1;
                 nxt[q] = i + 1 < e->len ? q + 1 : -1;
                 if (i + 1 < e->len) {
-                    tp_ent *pe = tp_get(&R.pairs, tkey(p[i], p[i + 1]));
+                    tp_ent *pe = tp_get(&R.pairs, fy_tok_pair_key(p[i], p[i + 1]));
                     if (!pe || tp_add_occ(pe, q)) goto oom;
                     pe->count += e->count;
                 }
@@ -488,7 +475,7 @@ int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_t
     while (n_tokens < target && R.heap.n) {
         hent top = th_pop(&R.heap);
         const int32_t a = top.a, b = top.b;
-        tp_ent *pe = tp_find(&R.pairs, tkey(a, b));
+        tp_ent *pe = tp_find(&R.pairs, fy_tok_pair_key(a, b));
         if (!pe || pe->merged) continue;
         if (pe->count != top.count) {
             /* stale: a lower count is re-queued; a higher one has its own entry */

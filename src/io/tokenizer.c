@@ -279,23 +279,10 @@ struct fy_tokenizer {
     fy_pretok pre;
 };
 
-static inline uint64_t pair_key(int32_t a, int32_t b) {
-    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-}
-
-static inline uint64_t mix64(uint64_t k) {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-}
-
 static inline const pair_ent *pair_find(const fy_tokenizer *t, int32_t a, int32_t b) {
     if (!t->pairs) return NULL;
-    uint64_t k = pair_key(a, b);
-    for (uint64_t i = mix64(k) & t->pmask;; i = (i + 1) & t->pmask) {
+    uint64_t k = fy_tok_pair_key(a, b);
+    for (uint64_t i = fy_tok_mix64(k) & t->pmask;; i = (i + 1) & t->pmask) {
         const pair_ent *e = &t->pairs[i];
         if (e->key == k) return e;
         if (e->key == UINT64_MAX) return NULL;
@@ -445,8 +432,8 @@ int fy_tok_set_merges(fy_tokenizer *t, int32_t m, const int32_t *merges, const c
         if (a < 0 || a >= t->n_vocab || b < 0 || b >= t->n_vocab || c < 0 || c >= t->n_vocab)
             return fy_fail(err, "%s: merge %d (%d %d -> %d) refers to an id out of range [0, %d)",
                            name, (int)r, (int)a, (int)b, (int)c, (int)t->n_vocab);
-        uint64_t k = pair_key(a, b);
-        for (uint64_t i = mix64(k) & t->pmask;; i = (i + 1) & t->pmask) {
+        uint64_t k = fy_tok_pair_key(a, b);
+        for (uint64_t i = fy_tok_mix64(k) & t->pmask;; i = (i + 1) & t->pmask) {
             pair_ent *e = &t->pairs[i];
             if (e->key == UINT64_MAX) {
                 e->key = k;

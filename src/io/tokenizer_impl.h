@@ -56,4 +56,19 @@ int fy_tok_set_merges(fy_tokenizer *tok, int32_t n_merges, const int32_t *merges
 /* Token string (GPT-2 alphabet) for raw bytes: malloc'd, NUL-terminated. */
 char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
 
+/* Key of an adjacent token pair (a, b) in the merge and pair-count maps. */
+static inline uint64_t fy_tok_pair_key(int32_t a, int32_t b) {
+    return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+}
+
+/* murmur3's 64-bit finaliser: spreads pair keys over open-addressing slots. */
+static inline uint64_t fy_tok_mix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
 #endif
