@@ -70,6 +70,20 @@ check "cmp -s run/checkpoints/step-00000040/model.safetensors run2/checkpoints/s
 check "cmp -s run/checkpoints/step-00000040/optimizer.safetensors run2/checkpoints/step-00000040/optimizer.safetensors" \
   "resumed optimizer state differs"
 
+echo "== Ctrl-C stops with a checkpoint"
+$ferry train --data data --steps 100000 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 --out run3 >run3.log 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do [ "$(wc -l <run3/metrics.jsonl 2>/dev/null || echo 0)" -ge 3 ] && break; sleep 0.1; done
+kill -INT $pid
+wait $pid
+rc=$?
+check "[ $rc -eq 130 ]" "SIGINT exit code $rc, expected 130"
+check "grep -q 'interrupted at step' run3.log" "no interruption message"
+check "$ferry inspect run3 >/dev/null 2>&1" "checkpoint after SIGINT does not verify"
+stopped=$(sed -E 's/step-0*//' run3/checkpoints/LATEST)
+check "$ferry train --out run3 --resume --steps $((stopped + 2)) >/dev/null 2>&1" "resume after SIGINT"
+check "[ \"\$(cat run3/checkpoints/LATEST)\" = \"\$(printf 'step-%08d' $((stopped + 2)))\" ]" "resume after SIGINT did not advance"
+
 echo "== generate"
 G="--model run --prompt 'the king' -n 24 --temperature 1.0 --top-k 20"
 check "$ferry generate $G --seed 5 >g1.txt 2>/dev/null" "generate"
