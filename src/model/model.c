@@ -13,31 +13,7 @@
 #include <string.h>
 
 #include "core/rng.h"
-
-struct fy_layer_acts {
-    fy_ref x_in, x_mid, x_out;            /* [N, d] residual stream */
-    /* attention */
-    fy_ref ln1, rstd1, qa, qa_n, rstd_qa; /* q_lora path */
-    fy_ref q;                             /* [N, H*dqk], RoPE applied in place */
-    fy_ref kva;                           /* [N, r_kv+d_r], k_pe roped in place */
-    fy_ref ckv_n, rstd_kv;                /* [N, r_kv] */
-    fy_ref kv;                            /* [N, H*(d_n+d_v)] */
-    fy_ref k, v, P, att;
-    /* FFN */
-    fy_ref ln2, rstd2;
-    fy_ref g, u, h;                       /* dense, or the shared experts */
-    fy_ref rlog, s, idx, w;               /* router: [N,E], [N,E], int [N,K], [N,K] */
-    fy_ref perm, flat, wsort;             /* per sorted slot: token, n*K+k, weight */
-    fy_ref xs, eg, eu, eh, ey;            /* [N*K, d|f] expert rows, sorted by expert */
-    int *counts, *offs;                   /* host [E], [E+1] */
-    int *h_idx, *h_perm, *h_flat;         /* host [N*K] */
-};
-
-/* Backward scratch, shared by all layers (one layer at a time). */
-typedef struct scratch {
-    fy_ref dln, dq, dk, dv, dkv, dkva, datt, dckv, dqa, dqa_n;
-    fy_ref dg, du, dh, drlog, dw, dws, dey, dxs, deg, deu, deh;
-} scratch;
+#include "model/model_impl.h"
 
 /* ---- small helpers that make the passes read as math ---- */
 
@@ -46,8 +22,9 @@ static fy_ref PW(fy_model *m, size_t off) { return fy_at(&m->params, off); }
 static fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
 
 /* y[N, out] (=|+=) x[N, in] @ W^T, W stored [out, in]. */
-static void linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx,
-                   size_t w, fy_ref y, int ldy, float beta) {
+#define linear fy__linear
+void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx,
+                size_t w, fy_ref y, int ldy, float beta) {
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
 }
 /* dx[N, in] (=|+=) dy[N, out] @ W. */
@@ -82,17 +59,6 @@ static fy_ref take(planner *p, size_t n) {
     p->used += (n + 15) & ~(size_t)15;
     return r;
 }
-
-/* Model-level workspace: the refs of everything outside the layers. */
-typedef struct fy_model_ws {
-    scratch s;
-    fy_ref tok_in, tok_lab;               /* int [N] */
-    fy_ref x_emb, dres, dtmp, dlogits, losses, head_in, dhead_in, rstd_head, dcat;
-    fy_ref mtp_head_in[FY_MAX_MTP], mtp_dhead_in[FY_MAX_MTP], mtp_rstd_head[FY_MAX_MTP];
-    fy_ref mtp_emb[FY_MAX_MTP], mtp_cat[FY_MAX_MTP], mtp_rstd_e[FY_MAX_MTP];
-    fy_ref mtp_rstd_h[FY_MAX_MTP], mtp_x0[FY_MAX_MTP], mtp_tok[FY_MAX_MTP], mtp_lab[FY_MAX_MTP];
-    float main_scale, mtp_scale[FY_MAX_MTP];
-} model_ws;
 
 static model_ws *WS(fy_model *m) { return m->ws; }
 
@@ -225,7 +191,7 @@ static void free_host_routing(fy_model *m) {
 }
 
 /* Makes the activation workspace fit B x T (reallocating only to grow). */
-static int reserve(fy_model *m, int B, int T, fy_err *err) {
+int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
     int N = B * T;
     if (m->acts.handle && B == m->B && T == m->T) return 0;
     if (m->acts.handle) fy_be_free(m->be, &m->acts);
@@ -439,7 +405,7 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
 
     linear(m, N, d, E, a->ln2, d, W->router, a->rlog, E, 0);
     OPS->router_fwd(m->be, N, &ro, a->rlog, fy_at(&m->buffers, W->bias), a->s, a->idx, a->w);
-    if (use_balance(c))
+    if (balance && use_balance(c))
         *balance += OPS->balance_fwd(m->be, m->B, m->T, E, K, c->aux_loss_alpha, a->s, a->idx);
     if (route(m, li, need_grad, err)) return -1;
 
@@ -462,19 +428,23 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
     return 0;
 }
 
-static int layer_forward(fy_model *m, int li, fy_ref x_in, int need_grad, double *balance, fy_err *err) {
+int fy__ffn_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = m->B * m->T, d = c->hidden_size;
-    a->x_in = x_in;
-    attn_forward(m, li);
     OPS->rmsnorm_fwd(m->be, N, d, a->x_mid, d, PW(m, W->ffn_norm), c->rms_norm_eps, a->ln2, d, a->rstd2);
     if (W->moe) return moe_forward(m, li, need_grad, balance, err);
     OPS->copy(m->be, a->x_out, a->x_mid, (size_t)N * d);
     swiglu_forward(m, N, d, c->intermediate_size, a->ln2, W->gate, W->up, W->down, a->g, a->u, a->h,
                    a->x_out, 1.0f);
     return 0;
+}
+
+static int layer_forward(fy_model *m, int li, fy_ref x_in, int need_grad, double *balance, fy_err *err) {
+    m->layer_acts[li].x_in = x_in;
+    attn_forward(m, li);
+    return fy__ffn_forward(m, li, need_grad, balance, err);
 }
 
 /* dres holds d(loss)/d(x_out) on entry and d(loss)/d(x_in) on return. */
@@ -633,7 +603,7 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
     if (need_grad && !labels) return fy_fail(err, "a forward for training needs labels");
     if (check_tokens(m, inputs, N, 0, "input", err)) return -1;
     if (labels && check_tokens(m, labels, N, 1, "label", err)) return -1;
-    if (reserve(m, B, T, err)) return -1;
+    if (fy__reserve(m, B, T, err)) return -1;
     model_ws *ws = WS(m);
     m->has_grad_heads = need_grad;
 

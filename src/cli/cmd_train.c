@@ -1,0 +1,266 @@
+/* ferry train: data (default corpus or --data), tokenizer, config, then the
+ * training loop of train/trainer.c. Flags override config.json, which
+ * overrides the built-in defaults; the effective config is printed and
+ * saved as RUN_DIR/config.json. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "core/fsutil.h"
+#include "io/prepare.h"
+#include "train/trainer.h"
+
+static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM: stop after this step */
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int has_shards(const char *dir) {
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/train-00000.bin", dir);
+    return fy_file_exists(p);
+}
+
+/* The default corpus: the King James Bible from Debian's bible-kjv, one
+ * verse per line without references. Extracted once into DIR/kjv.txt. */
+static int default_corpus(const char *dir, char *txt, size_t cap, fy_err *err) {
+    snprintf(txt, cap, "%s/kjv.txt", dir);
+    if (fy_file_exists(txt)) return 0;
+    if (fy_mkdir_p(dir, err)) return -1;
+    char tmp[FY_PATH_MAX + 16], cmd[2 * FY_PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp", txt);
+    snprintf(cmd, sizeof cmd,
+             "bible -f 'Gen1:1-Rev22:21' 2>/dev/null | sed -E 's/^[1-3]?[A-Za-z]+[0-9]+:[0-9]+ //' > '%s'", tmp);
+    printf("preparing the default corpus (King James Bible, Debian bible-kjv) in %s\n", dir);
+    fflush(stdout);
+    int rc = system(cmd);
+    struct stat st;
+    if (rc != 0 || stat(tmp, &st) != 0 || st.st_size < 1000000) {
+        remove(tmp);
+        return fy_fail(err, "could not extract the default corpus with `bible` (install Debian's "
+                            "bible-kjv package, or pass --data FILE|DIR)");
+    }
+    if (rename(tmp, txt) != 0) return fy_fail(err, "cannot rename %s", tmp);
+    return 0;
+}
+
+/* Makes data_dir hold tokenizer.json + shards for the given text files. */
+static int prepare(const char *data_dir, char **files, int nf, int vocab, fy_err *err) {
+    char tokpath[FY_PATH_MAX + 32];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", data_dir);
+    if (has_shards(data_dir) && fy_file_exists(tokpath)) return 0; /* cached */
+    if (fy_mkdir_p(data_dir, err)) return -1;
+    printf("training a %d-token byte-level BPE tokenizer on %d file(s)\n", vocab, nf);
+    fflush(stdout);
+    fy_tok_train_opts to = {vocab, 0, 0};
+    fy_tokenizer *tok;
+    if (fy_tokenizer_train_files((const char *const *)files, nf, &to, &tok, err)) return -1;
+    fy_prepare_opts po;
+    fy_prepare_opts_default(&po);
+    fy_prepare_stats st;
+    int rc = fy_data_prepare((const char *const *)files, nf, tok, data_dir, &po, &st, err);
+    if (!rc) rc = fy_tokenizer_save(tok, tokpath, err); /* last: marks the data ready */
+    fy_tokenizer_free(tok);
+    if (!rc)
+        printf("data: %llu train tokens, %llu validation tokens in %s\n",
+               (unsigned long long)st.train_tokens, (unsigned long long)st.val_tokens, data_dir);
+    return rc;
+}
+
+/* Collects text files from --data (a file, or a directory of *.txt). */
+static int text_files(const char *data, char **files, int cap, int *n, fy_err *err) {
+    *n = 0;
+    if (!is_dir(data)) {
+        if (!fy_file_exists(data)) return fy_fail(err, "--data %s: no such file or directory", data);
+        files[(*n)++] = strdup(data);
+        return 0;
+    }
+    char cmd[FY_PATH_MAX + 64];
+    snprintf(cmd, sizeof cmd, "find '%s' -maxdepth 1 -type f -name '*.txt' | sort", data);
+    FILE *p = popen(cmd, "r");
+    char line[FY_PATH_MAX];
+    while (p && *n < cap && fgets(line, sizeof line, p)) {
+        line[strcspn(line, "\n")] = 0;
+        files[(*n)++] = strdup(line);
+    }
+    if (p) pclose(p);
+    if (!*n) return fy_fail(err, "--data %s: no *.txt files and no train-*.bin shards there", data);
+    return 0;
+}
+
+int fy_cmd_train(int argc, char **argv) {
+    const char *cfgname = "tiny", *data = NULL, *out = NULL, *backend = "cpu";
+    int steps = 0, batch = 0, seq = 0, seed = 0, eval_every = -1, ckpt_every = -1, keep = -1;
+    int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
+    double lr = 0, time_limit = 0;
+    fy_arg spec[] = {
+        {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
+        {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
+        {"--out", "-o", FY_ARG_STR, &out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
+        {"--backend", "-b", FY_ARG_STR, &backend, "NAME", "cpu (default)", 0, 0, 0},
+        {"--steps", "-s", FY_ARG_INT, &steps, "N", "total optimizer steps", 1, 1e9, 0},
+        {"--batch", NULL, FY_ARG_INT, &batch, "B", "sequences per step", 1, 1 << 16, 0},
+        {"--seq", NULL, FY_ARG_INT, &seq, "T", "tokens per sequence", 1, 1 << 20, 0},
+        {"--lr", NULL, FY_ARG_FLOAT, &lr, "LR", "peak learning rate", 1e-9, 10, 0},
+        {"--seed", NULL, FY_ARG_INT, &seed, "S", "seed for init and data order", 0, 2147483647, 0},
+        {"--eval-every", NULL, FY_ARG_INT, &eval_every, "N", "steps between validation passes (0 = none)", 0, 1e9, 0},
+        {"--ckpt-every", NULL, FY_ARG_INT, &ckpt_every, "N", "steps between checkpoints (0 = end only)", 0, 1e9, 0},
+        {"--keep", NULL, FY_ARG_INT, &keep, "K", "checkpoints kept (default 3)", 0, 1e6, 0},
+        {"--log-every", NULL, FY_ARG_INT, &log_every, "N", "steps between progress lines", 1, 1e9, 0},
+        {"--time-limit", NULL, FY_ARG_FLOAT, &time_limit, "SEC", "stop with a checkpoint after SEC seconds", 1, 1e9, 0},
+        {"--vocab-size", NULL, FY_ARG_INT, &vocab, "N", "tokenizer size when preparing text (default 4096)", 259, 1 << 20, 0},
+        {"--stop-after", NULL, FY_ARG_INT, &stop_after, "N", "stop with a checkpoint after step N, as Ctrl-C would", 1, 1e9, 0},
+        {"--resume", "-r", FY_ARG_BOOL, &resume, NULL, "continue RUN_DIR from its newest complete checkpoint", 0, 0, 0},
+    };
+    const int nspec = (int)(sizeof spec / sizeof spec[0]);
+    char *pos[1];
+    int npos;
+    fy_err err;
+    int r = fy_args_parse(argc, argv, spec, nspec, "train", "[options]",
+                          "Train a DeepSeek-V3-architecture model (MLA, DeepSeekMoE, MTP). With no --data it\n"
+                          "prepares the King James Bible once (cached under data/kjv) and trains on it.\n"
+                          "Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.",
+                          pos, 0, &npos, &err);
+    if (r) return r > 0 ? 0 : fy_cli_fail("train", &err);
+
+    char run_dir[FY_PATH_MAX], data_dir[FY_PATH_MAX + 64], path[FY_PATH_MAX + 160];
+    snprintf(run_dir, sizeof run_dir, "%s", out ? out : "");
+    if (!out) snprintf(run_dir, sizeof run_dir, "runs/%s", strchr(cfgname, '/') || strchr(cfgname, '.') ? "custom" : cfgname);
+
+    fy_config cfg;
+    fy_train_opts o;
+    fy_train_opts_default(&o);
+    char *saved_json = NULL;
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    if (resume) {
+        /* The run's own config wins; flags may still extend or adjust it. */
+        size_t len;
+        if (fy_read_file(path, &saved_json, &len, &err) || fy_config_parse(saved_json, path, &cfg, &err) ||
+            fy_train_opts_from_json(saved_json, path, &o, &err))
+            return fy_cli_fail("train", &err);
+        cJSON *js = cJSON_Parse(saved_json);
+        const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
+        const cJSON *dd = f ? cJSON_GetObjectItemCaseSensitive(f, "data_dir") : NULL;
+        if (!dd || !cJSON_IsString(dd)) {
+            cJSON_Delete(js);
+            fy_fail(&err, "%s: no ferry.data_dir to resume from", path);
+            return fy_cli_fail("train", &err);
+        }
+        snprintf(data_dir, sizeof data_dir, "%s", dd->valuestring);
+        cJSON_Delete(js);
+    } else {
+        if (fy_file_exists(path)) {
+            fy_fail(&err, "%s already holds a run: pass --resume to continue it, or choose another --out", run_dir);
+            return fy_cli_fail("train", &err);
+        }
+        /* Data: a prepared shard dir, text files, or the default corpus. */
+        char *files[256];
+        int nf = 0;
+        if (data && is_dir(data) && has_shards(data)) {
+            snprintf(data_dir, sizeof data_dir, "%s", data);
+        } else if (data) {
+            snprintf(data_dir, sizeof data_dir, "%s/data", run_dir);
+            if (text_files(data, files, 256, &nf, &err) || prepare(data_dir, files, nf, vocab, &err))
+                return fy_cli_fail("train", &err);
+        } else {
+            char txt[FY_PATH_MAX];
+            snprintf(data_dir, sizeof data_dir, "data/kjv-v%d", vocab);
+            if (default_corpus("data", txt, sizeof txt, &err)) return fy_cli_fail("train", &err);
+            files[nf++] = strdup(txt);
+            if (prepare(data_dir, files, nf, vocab, &err)) return fy_cli_fail("train", &err);
+        }
+        for (int i = 0; i < nf; i++) free(files[i]);
+        /* Model config: built-in or file; the vocabulary is the tokenizer's. */
+        fy_tokenizer *tok;
+        snprintf(path, sizeof path, "%s/tokenizer.json", data_dir);
+        if (fy_tokenizer_load(path, &tok, &err)) return fy_cli_fail("train", &err);
+        int V = fy_tokenizer_vocab_size(tok);
+        int rc = strchr(cfgname, '.') || strchr(cfgname, '/') ? fy_config_load(cfgname, &cfg, &err)
+                                                             : fy_config_builtin(cfgname, V, &cfg, &err);
+        if (!rc && strchr(cfgname, '.')) {
+            char *txt;
+            size_t len;
+            rc = fy_read_file(cfgname, &txt, &len, &err) || fy_train_opts_from_json(txt, cfgname, &o, &err);
+            free(txt);
+        }
+        if (!rc && cfg.vocab_size != V)
+            rc = fy_fail(&err, "config vocab_size %d != tokenizer vocabulary %d (%s)", cfg.vocab_size, V, path);
+        cfg.bos_token_id = fy_tokenizer_bos(tok);
+        cfg.eos_token_id = fy_tokenizer_eos(tok);
+        if (!rc) rc = fy_mkdir_p(run_dir, &err);
+        char dst[FY_PATH_MAX + 32];
+        snprintf(dst, sizeof dst, "%s/tokenizer.json", run_dir);
+        if (!rc) rc = fy_tokenizer_save(tok, dst, &err);
+        fy_tokenizer_free(tok);
+        if (rc) return fy_cli_fail("train", &err);
+    }
+    /* Flags over config over defaults. */
+    if (steps) o.adam.total_steps = steps;
+    if (batch) o.batch_size = batch;
+    if (seq) o.seq_len = seq;
+    if (lr > 0) {
+        o.adam.lr = (float)lr;
+        o.adam.min_lr = (float)lr / 10;
+    }
+    if (spec[8].set) o.seed = (uint64_t)seed;
+    if (eval_every >= 0) o.eval_every = eval_every;
+    if (ckpt_every >= 0) o.ckpt_every = ckpt_every;
+    if (keep >= 0) o.keep_last = keep;
+    if (log_every) o.log_every = log_every;
+    o.time_limit_s = time_limit;
+    o.stop_after = stop_after;
+    if (o.adam.warmup_steps >= o.adam.total_steps) o.adam.warmup_steps = o.adam.total_steps / 10;
+    if (o.seq_len > cfg.max_position_embeddings) {
+        fy_fail(&err, "--seq %d exceeds max_position_embeddings %d", o.seq_len, cfg.max_position_embeddings);
+        return fy_cli_fail("train", &err);
+    }
+
+    /* Save and print the effective config. */
+    char *opts = fy_train_opts_to_json(&o);
+    char extra[FY_PATH_MAX + 1200];
+    snprintf(extra, sizeof extra, "%.*s, \"data_dir\": \"%s\"}", (int)strlen(opts) - 1, opts, data_dir);
+    free(opts);
+    char *js = fy_config_to_json(&cfg, extra);
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    if (!js || fy_write_file_atomic(path, js, strlen(js), &err)) {
+        free(js);
+        return fy_cli_fail("train", &err);
+    }
+    printf("effective config (%s):\n%s\n", path, js);
+    free(js);
+    free(saved_json);
+
+    fy_backend *be;
+    fy_model m;
+    if (fy_backend_create(backend, &be, &err)) return fy_cli_fail("train", &err);
+    if (fy_model_create(&m, &cfg, be, &err)) {
+        fy_backend_destroy(be);
+        return fy_cli_fail("train", &err);
+    }
+    printf("model: %zu parameters, %d layers + %d MTP, backend %s, batch %d x %d\n",
+           fy_params_count(&m.tab), cfg.num_hidden_layers, cfg.num_nextn_predict_layers, be->ops->name,
+           o.batch_size, o.seq_len);
+    fflush(stdout);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    fy_train_result res;
+    int rc = fy_train_run(&m, &o, run_dir, data_dir, resume, &g_stop, &res, &err);
+    fy_model_free(&m);
+    fy_backend_destroy(be);
+    if (rc) return fy_cli_fail("train", &err);
+    printf("done: step %d, train loss %.4f, validation loss %.4f; run directory %s\n", res.step,
+           res.last_loss, res.last_val_loss, run_dir);
+    return res.interrupted && g_stop ? 130 : 0;
+}

@@ -1,0 +1,57 @@
+/* Loading a trained model for generate (and later verify/serve). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ckpt/checkpoint.h"
+#include "cli/cli.h"
+#include "core/fsutil.h"
+
+/* DIR is a run directory, or a checkpoint inside RUN/checkpoints/. */
+static int find_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
+    char p[FY_PATH_MAX];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    if (fy_file_exists(p)) {
+        snprintf(run, cap, "%s", dir);
+        return 0;
+    }
+    snprintf(p, sizeof p, "%s/../../config.json", dir);
+    if (fy_file_exists(p)) {
+        snprintf(run, cap, "%s/../..", dir);
+        return 0;
+    }
+    return fy_fail(err, "%s: not a run directory or checkpoint (no config.json)", dir);
+}
+
+int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
+    memset(out, 0, sizeof *out);
+    char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
+    fy_config cfg;
+    if (find_run_dir(dir, run, sizeof run, err)) return -1;
+    snprintf(p, sizeof p, "%s/config.json", run);
+    if (fy_config_load(p, &cfg, err)) return -1;
+    snprintf(p, sizeof p, "%s/tokenizer.json", run);
+    if (fy_tokenizer_load(p, &out->tok, err)) return -1;
+    if (fy_tokenizer_vocab_size(out->tok) != cfg.vocab_size) {
+        fy_fail(err, "%s: vocabulary %d != config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok),
+                cfg.vocab_size);
+        goto fail;
+    }
+    if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
+    if (fy_backend_create(backend_spec, &out->be, err)) goto fail;
+    if (fy_model_create(&out->model, &cfg, out->be, err) ||
+        fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err))
+        goto fail;
+    return 0;
+fail:
+    fy_cli_unload(out);
+    return -1;
+}
+
+void fy_cli_unload(fy_loaded *l) {
+    if (l->model.be) fy_model_free(&l->model);
+    if (l->be) fy_backend_destroy(l->be);
+    if (l->tok) fy_tokenizer_free(l->tok);
+    memset(l, 0, sizeof *l);
+}

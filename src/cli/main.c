@@ -1,0 +1,49 @@
+/* ferry: train and serve DeepSeek-V3-architecture models on any backend. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+#define FERRY_VERSION "0.1.0"
+
+static const struct {
+    const char *name;
+    int (*run)(int, char **);
+    const char *help;
+} commands[] = {
+    {"train", fy_cmd_train, "train a model (default: tiny on the King James Bible)"},
+    {"generate", fy_cmd_generate, "sample text from a trained model"},
+    {"tokenizer", fy_cmd_tokenizer, "train, encode with, decode with a byte-level BPE tokenizer"},
+    {"data", fy_cmd_data, "tokenize text files into training shards"},
+    {"inspect", fy_cmd_inspect, "summarise and verify a checkpoint, safetensors file or shard"},
+};
+#define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: ferry COMMAND [options]   (ferry COMMAND --help for its options)\n\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int fy_cli_fail(const char *cmd, const fy_err *err) {
+    fprintf(stderr, "ferry %s: %s\n", cmd, err->msg);
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("ferry %s\n", FERRY_VERSION);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "ferry: unknown command '%s' (see ferry --help)\n", argv[1]);
+    return 2;
+}

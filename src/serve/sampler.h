@@ -1,0 +1,19 @@
+/* Choosing the next token from logits: greedy, or temperature + top-k +
+ * top-p sampling drawn from the counter-based RNG at (seed, position), so a
+ * generation is reproducible for a seed on any backend. */
+#ifndef FY_SAMPLER_H
+#define FY_SAMPLER_H
+
+#include <stdint.h>
+
+typedef struct fy_sampler {
+    float temperature; /* 0 = greedy (argmax, ties to the lowest id) */
+    int top_k;         /* 0 = all tokens */
+    float top_p;       /* 1 = all tokens; keeps the smallest prefix with mass >= top_p */
+    uint64_t seed;
+} fy_sampler;
+
+/* scratch: V ints (caller-provided, so sampling allocates nothing). */
+int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, int32_t *scratch);
+
+#endif
