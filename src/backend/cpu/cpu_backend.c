@@ -241,6 +241,18 @@ static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int
     float *a = fy_cpu_f(be, A, fy_cpu_span(ar, lda, ac), "gemm", "A");
     float *b = fy_cpu_f(be, B, fy_cpu_span(br, ldb, bc), "gemm", "B");
     if (!a || !b) return;
+    if (M == 1) {
+        /* One output row (decode, an expert with one token): sgemm would pack
+         * the whole of B for it; gemv streams B once. x is A's only row (or
+         * column, stride lda, when A is stored transposed). */
+        if (beta == 0.0f)
+            for (int j = 0; j < N; j++) c[j] = 0.0f; /* gemv reads y even when beta is 0 */
+        if (trans_b)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
+        else
+            cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb, beta, c,
                 ldc);
