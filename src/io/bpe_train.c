@@ -162,13 +162,7 @@ int fy_bpe_trainer_add_text(fy_bpe_trainer *t, const char *text, size_t len, fy_
     int bad = !cut || !maps;
     for (int i = 0; i < nt && !bad; i++) bad = pcmap_init(&maps[i]);
     if (!bad) {
-        cut[0] = 0;
-        for (int c = 1; c < nc; c++) {
-            size_t target = len / nc * c;
-            if (target < cut[c - 1]) target = cut[c - 1];
-            cut[c] = fy_tokenizer_split_point(text, len, target);
-        }
-        cut[nc] = len;
+        fy_tok_cut_chunks(text, len, nc, cut);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(| : bad)
         for (int c = 0; c < nc; c++) {
             pcmap *m = &maps[omp_get_thread_num()];

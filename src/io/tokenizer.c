@@ -743,13 +743,7 @@ int fy_tokenizer_encode_ex(const fy_tokenizer *t, const char *text, size_t len, 
             free(sts);
             return fy_fail(err, "tokenizer: out of memory while encoding");
         }
-        cut[0] = 0;
-        for (int c = 1; c < nc; c++) {
-            size_t target = len / nc * c;
-            if (target < cut[c - 1]) target = cut[c - 1];
-            cut[c] = fy_tokenizer_split_point(text, len, target);
-        }
-        cut[nc] = len;
+        fy_tok_cut_chunks(text, len, nc, cut);
         int bad = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad)
         for (int c = 0; c < nc; c++) {
@@ -1113,6 +1107,16 @@ char *fy_tokenizer_to_json(const fy_tokenizer *t, size_t *len, fy_err *err) {
     }
     if (len) *len = b.n;
     return b.p;
+}
+
+void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut) {
+    cut[0] = 0;
+    for (int c = 1; c < nc; c++) {
+        size_t target = len / nc * c;
+        if (target < cut[c - 1]) target = cut[c - 1];
+        cut[c] = fy_tokenizer_split_point(text, len, target);
+    }
+    cut[nc] = len;
 }
 
 int fy_tokenizer_save(const fy_tokenizer *t, const char *path, fy_err *err) {

@@ -56,6 +56,10 @@ int fy_tok_set_merges(fy_tokenizer *tok, int32_t n_merges, const int32_t *merges
 /* Token string (GPT-2 alphabet) for raw bytes: malloc'd, NUL-terminated. */
 char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
 
+/* Cuts text into nc chunks at fy_tokenizer_split_point positions, so each
+ * chunk can be processed independently: cut[0] = 0 ... cut[nc] = len. */
+void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut);
+
 /* Key of an adjacent token pair (a, b) in the merge and pair-count maps. */
 static inline uint64_t fy_tok_pair_key(int32_t a, int32_t b) {
     return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
