@@ -12,8 +12,10 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "io/prepare.h"
+#include "train/supervise.h"
 #include "train/trainer.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM: stop after this step */
@@ -100,11 +102,45 @@ static int text_files(const char *data, char **files, int cap, int *n, fy_err *e
     return 0;
 }
 
+/* --supervise: the same command without the supervisor's flags runs as a
+ * child; relaunches add --resume. */
+static int supervised(int argc, char **argv, const char *run_dir, int resume, int max_restarts,
+                      double heartbeat, double backoff) {
+    char **first = calloc(argc + 4, sizeof *first), **again = calloc(argc + 4, sizeof *again);
+    int n = 0;
+    first[n++] = "ferry";
+    first[n++] = "train";
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--supervise")) continue;
+        if (!strcmp(a, "--max-restarts") || !strcmp(a, "--heartbeat-timeout") || !strcmp(a, "--restart-backoff")) {
+            i++; /* and its value */
+            continue;
+        }
+        if (!strncmp(a, "--max-restarts=", 15) || !strncmp(a, "--heartbeat-timeout=", 20) ||
+            !strncmp(a, "--restart-backoff=", 18))
+            continue;
+        first[n++] = argv[i];
+    }
+    memcpy(again, first, n * sizeof *first);
+    int m = n;
+    if (!resume) again[m++] = "--resume";
+    fy_supervise_opts so = {run_dir, max_restarts, backoff, 30.0 > backoff ? 30.0 : backoff, heartbeat};
+    fy_err err;
+    err.msg[0] = '\0';
+    int rc = fy_supervise(first, again, &so, &err);
+    free(first);
+    free(again);
+    if (rc == 1 && err.msg[0]) return fy_cli_fail("train", &err);
+    return rc;
+}
+
 int fy_cmd_train(int argc, char **argv) {
     const char *cfgname = "tiny", *data = NULL, *out = NULL, *backend = "cpu";
     int steps = 0, batch = 0, seq = 0, seed = 0, eval_every = -1, ckpt_every = -1, keep = -1;
     int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
-    double lr = 0, time_limit = 0;
+    int supervise = 0, max_restarts = 10;
+    double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
@@ -123,6 +159,10 @@ int fy_cmd_train(int argc, char **argv) {
         {"--vocab-size", NULL, FY_ARG_INT, &vocab, "N", "tokenizer size when preparing text (default 4096)", 259, 1 << 20, 0},
         {"--stop-after", NULL, FY_ARG_INT, &stop_after, "N", "stop with a checkpoint after step N, as Ctrl-C would", 1, 1e9, 0},
         {"--resume", "-r", FY_ARG_BOOL, &resume, NULL, "continue RUN_DIR from its newest complete checkpoint", 0, 0, 0},
+        {"--supervise", NULL, FY_ARG_BOOL, &supervise, NULL, "restart the trainer from LATEST when it dies or hangs", 0, 0, 0},
+        {"--max-restarts", NULL, FY_ARG_INT, &max_restarts, "N", "supervisor: restarts before giving up (default 10)", 0, 1e6, 0},
+        {"--heartbeat-timeout", NULL, FY_ARG_FLOAT, &heartbeat, "SEC", "supervisor: no step for SEC = hung (default 300)", 0.1, 1e7, 0},
+        {"--restart-backoff", NULL, FY_ARG_FLOAT, &backoff, "SEC", "supervisor: first wait before a restart, doubling (default 1)", 0, 3600, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
     char *pos[1];
@@ -138,6 +178,7 @@ int fy_cmd_train(int argc, char **argv) {
     char run_dir[FY_PATH_MAX], data_dir[FY_PATH_MAX + 64], path[FY_PATH_MAX + 160];
     snprintf(run_dir, sizeof run_dir, "%s", out ? out : "");
     if (!out) snprintf(run_dir, sizeof run_dir, "runs/%s", strchr(cfgname, '/') || strchr(cfgname, '.') ? "custom" : cfgname);
+    if (supervise) return supervised(argc, argv, run_dir, resume, max_restarts, heartbeat, backoff);
 
     fy_config cfg;
     fy_train_opts o;
@@ -255,6 +296,19 @@ int fy_cmd_train(int argc, char **argv) {
     fflush(stdout);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
+    /* A run killed before its first checkpoint resumes by starting over from
+     * its saved config: what a supervisor's restart needs. */
+    if (resume) {
+        char latest[FY_PATH_MAX + 32];
+        snprintf(latest, sizeof latest, "%s/checkpoints/LATEST", run_dir);
+        int *steps = NULL, n = 0;
+        fy_err ignore;
+        if (!fy_file_exists(latest) && (fy_ckpt_list(run_dir, &steps, &n, &ignore) != 0 || n == 0)) {
+            printf("%s has no checkpoint yet: starting it from step 0\n", run_dir);
+            resume = 0;
+        }
+        free(steps);
+    }
     fy_train_result res;
     int rc = fy_train_run(&m, &o, run_dir, data_dir, resume, &g_stop, &res, &err);
     fy_model_free(&m);
