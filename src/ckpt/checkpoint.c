@@ -276,48 +276,73 @@ static int add_tensor(fy_st_writer *w, const fy_tensor_info *t, const char *suff
     return fy_st_writer_add(w, name, FY_ST_F32, t->ndim, shape, block + t->off, err);
 }
 
-static int write_model(const char *path, int step, fy_model *m, fy_err *err) {
-    float *p = download_block(m->be, &m->params, m->tab.n_params, "parameters", err);
-    float *b = p ? download_block(m->be, &m->buffers, m->tab.n_buffers, "buffers", err) : NULL;
-    fy_st_writer *w = b ? fy_st_writer_new() : NULL;
-    int rc = w ? 0 : -1;
-    if (b && !w) fy_fail(err, "out of memory");
+int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
+                          const char *trainer_state, fy_err *err) {
+    memset(s, 0, sizeof *s);
+    s->tab = &m->tab;
+    s->step = step;
+    s->params = download_block(m->be, &m->params, m->tab.n_params, "parameters", err);
+    if (!s->params) return -1;
+    s->buffers = download_block(m->be, &m->buffers, m->tab.n_buffers, "buffers", err);
+    if (!s->buffers) goto fail;
+    if (opt) {
+        fy_buf mb = opt->m, vb = opt->v;   /* download takes non-const refs */
+        s->has_opt = 1;
+        s->opt_t = opt->t;
+        s->m = download_block(m->be, &mb, m->tab.n_params, "AdamW exp_avg", err);
+        s->v = s->m ? download_block(m->be, &vb, m->tab.n_params, "AdamW exp_avg_sq", err) : NULL;
+        if (!s->v) goto fail;
+    }
+    s->trainer_state = strdup(trainer_state ? trainer_state : "{}");
+    if (!s->trainer_state) {
+        fy_fail(err, "out of memory");
+        goto fail;
+    }
+    return 0;
+fail:
+    fy_ckpt_snapshot_free(s);
+    return -1;
+}
+
+void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s) {
+    free(s->params);
+    free(s->buffers);
+    free(s->m);
+    free(s->v);
+    free(s->trainer_state);
+    memset(s, 0, sizeof *s);
+}
+
+static int write_model(const char *path, const fy_ckpt_snapshot *s, fy_err *err) {
+    fy_st_writer *w = fy_st_writer_new();
+    int rc = w ? 0 : fy_fail(err, "out of memory");
     char sv[32];
-    snprintf(sv, sizeof sv, "%d", step);
-    for (int i = 0; i < m->tab.n && rc == 0; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
-        rc = add_tensor(w, t, "", t->is_buffer ? b : p, err);
+    snprintf(sv, sizeof sv, "%d", s->step);
+    for (int i = 0; i < s->tab->n && rc == 0; i++) {
+        const fy_tensor_info *t = &s->tab->t[i];
+        rc = add_tensor(w, t, "", t->is_buffer ? s->buffers : s->params, err);
     }
     if (rc == 0) rc = fy_st_writer_meta(w, "format", "pt", err);
     if (rc == 0) rc = fy_st_writer_meta(w, "ferry_step", sv, err);
     if (rc == 0) rc = fy_st_write(w, path, err);
     fy_st_writer_free(w);
-    free(b);
-    free(p);
     return rc;
 }
 
-static int write_optimizer(const char *path, const fy_model *m, const fy_adamw *opt, fy_err *err) {
-    fy_backend *be = m->be;
-    fy_buf mb = opt->m, vb = opt->v;   /* download takes non-const refs */
-    float *hm = download_block(be, &mb, m->tab.n_params, "AdamW exp_avg", err);
-    float *hv = hm ? download_block(be, &vb, m->tab.n_params, "AdamW exp_avg_sq", err) : NULL;
-    fy_st_writer *w = hv ? fy_st_writer_new() : NULL;
-    int rc = w ? 0 : -1;
-    if (hv && !w) fy_fail(err, "out of memory");
+static int write_optimizer(const char *path, const fy_ckpt_snapshot *s, fy_err *err) {
+    fy_st_writer *w = fy_st_writer_new();
+    int rc = w ? 0 : fy_fail(err, "out of memory");
     char sv[32];
-    snprintf(sv, sizeof sv, "%d", opt->t);
-    for (int i = 0; i < m->tab.n && rc == 0; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
+    snprintf(sv, sizeof sv, "%d", s->opt_t);
+    for (int i = 0; i < s->tab->n && rc == 0; i++) {
+        const fy_tensor_info *t = &s->tab->t[i];
         if (t->is_buffer) continue;
-        rc = add_tensor(w, t, ".exp_avg", hm, err);
-        if (rc == 0) rc = add_tensor(w, t, ".exp_avg_sq", hv, err);
+        rc = add_tensor(w, t, ".exp_avg", s->m, err);
+        if (rc == 0) rc = add_tensor(w, t, ".exp_avg_sq", s->v, err);
     }
     if (rc == 0) rc = fy_st_writer_meta(w, "step", sv, err);
     if (rc == 0) rc = fy_st_write(w, path, err);
     fy_st_writer_free(w);
-    free(hv);
-    free(hm);
     return rc;
 }
 
@@ -358,25 +383,21 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
     return rc;
 }
 
-static int write_contents(const char *dir, int step, fy_model *m, const fy_adamw *opt,
-                          const char *trainer_state, fy_err *err) {
+static int write_contents(const char *dir, const fy_ckpt_snapshot *s, fy_err *err) {
     const char *names[3];
     int n = 0;
     char p[FY_PATH_MAX];
-    if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, step, m, err))
-        return -1;
+    if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, s, err)) return -1;
     names[n++] = FY_CKPT_MODEL;
-    if (opt) {
-        if (fy_path_join(p, sizeof p, dir, FY_CKPT_OPTIM, err) || write_optimizer(p, m, opt, err))
-            return -1;
+    if (s->has_opt) {
+        if (fy_path_join(p, sizeof p, dir, FY_CKPT_OPTIM, err) || write_optimizer(p, s, err)) return -1;
         names[n++] = FY_CKPT_OPTIM;
     }
-    if (!trainer_state) trainer_state = "{}";
     if (fy_path_join(p, sizeof p, dir, FY_CKPT_TRAINER, err) ||
-        fy_write_file_atomic(p, trainer_state, strlen(trainer_state), err))
+        fy_write_file_atomic(p, s->trainer_state, strlen(s->trainer_state), err))
         return -1;
     names[n++] = FY_CKPT_TRAINER;
-    if (write_manifest(dir, step, names, n, err)) return -1;
+    if (write_manifest(dir, s->step, names, n, err)) return -1;
     return fy_fsync_dir(dir, err);
 }
 
@@ -469,6 +490,17 @@ int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt
                  const char *trainer_state_json, int keep_last, char *out_dir, size_t out_cap,
                  fy_err *err) {
     if (step < 0) return fy_fail(err, "checkpoint: step %d is negative", step);
+    fy_ckpt_snapshot s;
+    if (fy_ckpt_snapshot_take(&s, step, m, opt, trainer_state_json, err)) return -1;
+    int rc = fy_ckpt_save_snapshot(run_dir, &s, keep_last, out_dir, out_cap, err);
+    fy_ckpt_snapshot_free(&s);
+    return rc;
+}
+
+int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
+                          size_t out_cap, fy_err *err) {
+    int step = s->step;
+    if (step < 0) return fy_fail(err, "checkpoint: step %d is negative", step);
     char ckdir[FY_PATH_MAX], name[32], tmpname[64], tmp[FY_PATH_MAX], final[FY_PATH_MAX];
     fy_ckpt_dirname(step, name);
     snprintf(tmpname, sizeof tmpname, "%s.tmp.%ld", name, (long)getpid());
@@ -483,7 +515,7 @@ int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt
     if (fy_file_exists(tmp) && remove_tree(tmp, err)) return fy_wrap(err, "checkpoint %s", final);
     if (mkdir(tmp, 0755) != 0)
         return fy_fail(err, "checkpoint %s: cannot create %s: %s", final, tmp, strerror(errno));
-    if (write_contents(tmp, step, m, opt, trainer_state_json, err)) {
+    if (write_contents(tmp, s, err)) {
         fy_err e2;
         remove_tree(tmp, &e2);
         return fy_wrap(err, "saving checkpoint %s", final);

@@ -46,6 +46,22 @@ int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt
  * the file. */
 int fy_ckpt_verify(const char *ckpt_dir, fy_err *err);
 
+/* Saving in two halves, for asynchronous checkpoints (ckpt/async.h): a
+ * snapshot copies everything to host memory (the only part the training loop
+ * must wait for), and fy_ckpt_save_snapshot writes it with the same crash-safe
+ * protocol as fy_ckpt_save, touching neither model nor backend. */
+typedef struct fy_ckpt_snapshot {
+    const fy_param_table *tab;      /* borrowed: the model must outlive the write */
+    float *params, *buffers, *m, *v;
+    int has_opt, opt_t, step;
+    char *trainer_state;
+} fy_ckpt_snapshot;
+int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
+                          const char *trainer_state_json, fy_err *err);
+void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);
+int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
+                          size_t out_cap, fy_err *err);
+
 /* path is a run directory (it has checkpoints/): the checkpoint LATEST names,
  * or, when LATEST is missing, invalid or names one that fails verification,
  * the newest step-* that verifies (with an fy_warn saying what was wrong).

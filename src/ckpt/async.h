@@ -1,0 +1,31 @@
+/* Asynchronous checkpoints: the training loop waits only for the snapshot
+ * (device -> host copy); a background thread writes it to disk with the
+ * crash-safe protocol of checkpoint.h. One write is in flight at a time: a new
+ * save first waits for the previous one. */
+#ifndef FY_CKPT_ASYNC_H
+#define FY_CKPT_ASYNC_H
+
+#include <pthread.h>
+
+#include "ckpt/checkpoint.h"
+
+typedef struct fy_ckpt_async {
+    pthread_t thread;
+    int running;
+    fy_ckpt_snapshot snap;
+    char run_dir[4096];
+    int keep_last;
+    int rc;           /* result of the last write */
+    fy_err err;
+    double write_s;   /* how long the last write took on its thread */
+} fy_ckpt_async;
+
+void fy_ckpt_async_init(fy_ckpt_async *a);
+/* Waits for the previous write (returning its error, if any), snapshots and
+ * starts writing. *stall_s (may be NULL): how long the caller was held. */
+int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
+                       const char *trainer_state_json, int keep_last, double *stall_s, fy_err *err);
+/* Waits for the write in flight; returns its result. */
+int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
+
+#endif
