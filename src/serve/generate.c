@@ -62,7 +62,8 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
     memset(res, 0, sizeof *res);
     const fy_config *c = &m->cfg;
     int V = c->vocab_size;
-    int32_t *ids = NULL, *scratch = NULL;
+    int32_t *ids = NULL;
+    void *scratch = NULL;
     size_t n = 0;
     float *logits = NULL;
     fy_kv_cache cache = {0};
@@ -86,7 +87,7 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
     }
     if (cap > c->max_position_embeddings) cap = c->max_position_embeddings;
     logits = malloc((size_t)V * sizeof *logits);
-    scratch = malloc((size_t)V * sizeof *scratch);
+    scratch = malloc(fy_sample_scratch_size(V));
     if (!logits || !scratch) { fy_fail(err, "out of memory"); goto done; }
     if (fy_kv_cache_create(&cache, m, cap, err)) goto done;
 

@@ -7,49 +7,75 @@
 
 static int by_logit_desc(const void *a, const void *b, void *ctx) {
     const float *logits = ctx;
-    float x = logits[*(const int32_t *)a], y = logits[*(const int32_t *)b];
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    float x = logits[i], y = logits[j];
     if (x != y) return x < y ? 1 : -1;
-    return *(const int32_t *)a - *(const int32_t *)b;
+    return (i > j) - (i < j);
 }
 
-int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, int32_t *idx) {
-    if (s->temperature <= 0) {
-        int32_t best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
+/* Below max - CUT*T a token's probability is under e^-CUT times the top
+ * one's; such tokens are sorted only when the ones above do not settle the
+ * top-k / top-p choice (a flat distribution). */
+#define CUT 16.0
+
+size_t fy_sample_scratch_size(int V) { return (size_t)(V > 0 ? V : 1) * (sizeof(double) + sizeof(int32_t)); }
+
+int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, void *scratch) {
+    int32_t best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (s->temperature <= 0 || V <= 1) return best;
+    const double inv_t = 1.0 / s->temperature, mx = logits[best];
+    const double u = fy_rng_uniform(s->seed, 0x73616d70, position);
+    const int k = s->top_k > 0 && s->top_k < V ? s->top_k : V;
+    const int use_p = s->top_p > 0 && s->top_p < 1;
+    double *pr = scratch; /* unnormalized probabilities, by id */
+    int32_t *idx = (int32_t *)(pr + V);
+    double total_all = 0;
+    for (int i = 0; i < V; i++) total_all += pr[i] = exp(((double)logits[i] - mx) * inv_t);
+    if (k == V && !use_p) { /* plain temperature: no order needed, walk the ids */
+        double target = u * total_all, acc = 0;
+        for (int i = 0; i < V; i++)
+            if ((acc += pr[i]) > target) return i;
         return best;
     }
-    /* Candidates in descending logit order (ties: lower id first). */
-    for (int i = 0; i < V; i++) idx[i] = i;
-    qsort_r(idx, V, sizeof *idx, by_logit_desc, (void *)logits);
-    int n = s->top_k > 0 && s->top_k < V ? s->top_k : V;
-    double mx = logits[idx[0]], total = 0;
-    double *p = malloc((size_t)n * sizeof *p);
-    if (!p) return idx[0];
-    for (int i = 0; i < n; i++) total += p[i] = exp((logits[idx[i]] - mx) / s->temperature);
-    if (s->top_p > 0 && s->top_p < 1) {
-        double acc = 0;
-        int keep = n;
-        for (int i = 0; i < n; i++) {
-            acc += p[i] / total;
-            if (acc >= s->top_p) {
-                keep = i + 1;
-                break;
+    /* Candidates in descending logit order (ties: lower id first). Those
+     * above the cut are a prefix of the full order, so when they contain the
+     * kept set the result is the one a full sort gives. */
+    double cut = mx - CUT * s->temperature;
+    int n = 0;
+    for (int i = 0; i < V; i++)
+        if (logits[i] >= cut) idx[n++] = i;
+    for (;;) {
+        qsort_r(idx, n, sizeof *idx, by_logit_desc, (void *)logits);
+        int m = n < k ? n : k; /* candidates inside the top-k set */
+        int complete = n == V || m == k;
+        int keep = 0;
+        if (complete || k == V) { /* else the top-k set is not all here */
+            double total = 0;     /* mass of the top-k set */
+            if (k == V)
+                total = total_all;
+            else
+                for (int i = 0; i < k; i++) total += pr[idx[i]];
+            keep = complete ? m : 0;
+            if (use_p) {
+                double acc = 0, need = s->top_p * total;
+                for (int i = 0; i < m; i++)
+                    if ((acc += pr[idx[i]]) >= need) {
+                        keep = i + 1;
+                        break;
+                    }
             }
         }
-        n = keep;
-        total = 0;
-        for (int i = 0; i < n; i++) total += p[i];
-    }
-    double u = fy_rng_uniform(s->seed, 0x73616d70, position) * total, acc = 0;
-    int32_t pick = idx[n - 1];
-    for (int i = 0; i < n; i++) {
-        acc += p[i];
-        if (u < acc) {
-            pick = idx[i];
-            break;
+        if (keep) {
+            double kept = 0;
+            for (int i = 0; i < keep; i++) kept += pr[idx[i]];
+            double target = u * kept, acc = 0;
+            for (int i = 0; i < keep; i++)
+                if ((acc += pr[idx[i]]) > target) return idx[i];
+            return idx[keep - 1];
         }
+        for (int i = 0; i < V; i++) idx[i] = i; /* flat: sort everything */
+        n = V;
     }
-    free(p);
-    return pick;
 }

@@ -4,6 +4,7 @@
 #ifndef FY_SAMPLER_H
 #define FY_SAMPLER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct fy_sampler {
@@ -13,7 +14,14 @@ typedef struct fy_sampler {
     uint64_t seed;
 } fy_sampler;
 
-/* scratch: V ints (caller-provided, so sampling allocates nothing). */
-int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, int32_t *scratch);
+/* Bytes of scratch fy_sample needs for a vocabulary of V. */
+size_t fy_sample_scratch_size(int V);
+/* The token to emit after `logits` [V] at sequence position `position`.
+ * Top-k is applied first, then top-p over the probabilities renormalized to
+ * the top-k set (at least one token is always kept). The draw is
+ * fy_rng_uniform(seed, stream, position): the same seed and logits give the
+ * same token. scratch: fy_sample_scratch_size(V) bytes, caller-provided, so
+ * sampling allocates nothing. */
+int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, void *scratch);
 
 #endif
