@@ -23,8 +23,7 @@ static void *writer(void *arg) {
 int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err) {
     if (!a->running) return 0;
     pthread_join(a->thread, NULL);
-    a->running = 0;
-    fy_ckpt_snapshot_free(&a->snap);
+    a->running = 0; /* the snapshot's buffers stay for the next save */
     if (a->rc) {
         if (err) *err = a->err;
         return -1;
@@ -41,11 +40,14 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
     snprintf(a->run_dir, sizeof a->run_dir, "%s", run_dir);
     a->keep_last = keep_last;
     a->rc = 0;
-    if (pthread_create(&a->thread, NULL, writer, a) != 0) {
-        fy_ckpt_snapshot_free(&a->snap);
+    if (pthread_create(&a->thread, NULL, writer, a) != 0)
         return fy_fail(err, "cannot start the checkpoint writer thread");
-    }
     a->running = 1;
     if (stall_s) *stall_s = now_s() - t0;
     return 0;
+}
+
+void fy_ckpt_async_free(fy_ckpt_async *a) {
+    fy_ckpt_async_wait(a, NULL);
+    fy_ckpt_snapshot_free(&a->snap);
 }

@@ -27,5 +27,7 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
                        const char *trainer_state_json, int keep_last, double *stall_s, fy_err *err);
 /* Waits for the write in flight; returns its result. */
 int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
+/* Waits, then frees the snapshot buffers kept for reuse. */
+void fy_ckpt_async_free(fy_ckpt_async *a);
 
 #endif

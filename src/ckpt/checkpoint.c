@@ -253,21 +253,6 @@ int fy_ckpt_verify(const char *ckpt_dir, fy_err *err) {
 /* ---- save ------------------------------------------------------------------ */
 
 /* Downloads a whole device block to a malloc'd host copy (n may be 0). */
-static float *download_block(fy_backend *be, fy_buf *b, size_t n, const char *what, fy_err *err) {
-    float *h = malloc((n ? n : 1) * sizeof *h);
-    if (!h) {
-        fy_fail(err, "out of memory for a host copy of %s (%zu floats)", what, n);
-        return NULL;
-    }
-    if (n) be->ops->download(be, h, fy_at(b, 0), n);
-    if (fy_be_sync(be, err)) {
-        free(h);
-        fy_wrap(err, "downloading %s", what);
-        return NULL;
-    }
-    return h;
-}
-
 static int add_tensor(fy_st_writer *w, const fy_tensor_info *t, const char *suffix,
                       const float *block, fy_err *err) {
     char name[160];
@@ -276,32 +261,38 @@ static int add_tensor(fy_st_writer *w, const fy_tensor_info *t, const char *suff
     return fy_st_writer_add(w, name, FY_ST_F32, t->ndim, shape, block + t->off, err);
 }
 
+/* Copies a device block into *h, allocating it on first use: a snapshot
+ * reused across saves (async checkpoints) then costs a copy, not page faults. */
+static int snap_block(fy_backend *be, fy_buf *b, size_t n, float **h, const char *what, fy_err *err) {
+    if (!*h && !(*h = malloc((n ? n : 1) * sizeof **h)))
+        return fy_fail(err, "out of memory for a host copy of %s (%zu floats)", what, n);
+    if (n) be->ops->download(be, *h, fy_at(b, 0), n);
+    if (fy_be_sync(be, err)) return fy_wrap(err, "downloading %s", what);
+    return 0;
+}
+
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state, fy_err *err) {
-    memset(s, 0, sizeof *s);
-    s->tab = &m->tab;
+    if (s->tab != &m->tab) { /* another model (or a fresh snapshot): start clean */
+        fy_ckpt_snapshot_free(s);
+        s->tab = &m->tab;
+    }
     s->step = step;
-    s->params = download_block(m->be, &m->params, m->tab.n_params, "parameters", err);
-    if (!s->params) return -1;
-    s->buffers = download_block(m->be, &m->buffers, m->tab.n_buffers, "buffers", err);
-    if (!s->buffers) goto fail;
+    free(s->trainer_state);
+    s->trainer_state = strdup(trainer_state ? trainer_state : "{}");
+    if (!s->trainer_state) return fy_fail(err, "out of memory");
+    if (snap_block(m->be, &m->params, m->tab.n_params, &s->params, "parameters", err) ||
+        snap_block(m->be, &m->buffers, m->tab.n_buffers, &s->buffers, "buffers", err))
+        return -1;
+    s->has_opt = opt != NULL;
     if (opt) {
         fy_buf mb = opt->m, vb = opt->v;   /* download takes non-const refs */
-        s->has_opt = 1;
         s->opt_t = opt->t;
-        s->m = download_block(m->be, &mb, m->tab.n_params, "AdamW exp_avg", err);
-        s->v = s->m ? download_block(m->be, &vb, m->tab.n_params, "AdamW exp_avg_sq", err) : NULL;
-        if (!s->v) goto fail;
-    }
-    s->trainer_state = strdup(trainer_state ? trainer_state : "{}");
-    if (!s->trainer_state) {
-        fy_fail(err, "out of memory");
-        goto fail;
+        if (snap_block(m->be, &mb, m->tab.n_params, &s->m, "AdamW exp_avg", err) ||
+            snap_block(m->be, &vb, m->tab.n_params, &s->v, "AdamW exp_avg_sq", err))
+            return -1;
     }
     return 0;
-fail:
-    fy_ckpt_snapshot_free(s);
-    return -1;
 }
 
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s) {
@@ -490,9 +481,9 @@ int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt
                  const char *trainer_state_json, int keep_last, char *out_dir, size_t out_cap,
                  fy_err *err) {
     if (step < 0) return fy_fail(err, "checkpoint: step %d is negative", step);
-    fy_ckpt_snapshot s;
-    if (fy_ckpt_snapshot_take(&s, step, m, opt, trainer_state_json, err)) return -1;
-    int rc = fy_ckpt_save_snapshot(run_dir, &s, keep_last, out_dir, out_cap, err);
+    fy_ckpt_snapshot s = {0};
+    int rc = fy_ckpt_snapshot_take(&s, step, m, opt, trainer_state_json, err);
+    if (rc == 0) rc = fy_ckpt_save_snapshot(run_dir, &s, keep_last, out_dir, out_cap, err);
     fy_ckpt_snapshot_free(&s);
     return rc;
 }

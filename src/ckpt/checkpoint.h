@@ -56,6 +56,8 @@ typedef struct fy_ckpt_snapshot {
     int has_opt, opt_t, step;
     char *trainer_state;
 } fy_ckpt_snapshot;
+/* s must be zeroed before its first use; taking again into the same snapshot
+ * (same model) reuses its host buffers. */
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state_json, fy_err *err);
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);

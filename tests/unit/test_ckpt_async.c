@@ -65,6 +65,7 @@ int main(void) {
               fy_ckpt_async_wait(&w, &err) != 0,
           "a failing background write was not reported");
     printf("async checkpoint: stall %.4f s, write %.4f s\n", stall, write_s);
+    fy_ckpt_async_free(&w);
     fy_adamw_free(&opt, be);
     fy_model_free(&m);
     fy_backend_destroy(be);

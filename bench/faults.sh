@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Cost of surviving faults (docs/RELIABILITY.md):
+#  1. checkpoint stall: synchronous save vs the stall of an asynchronous one
+#     (model + AdamW state of the small model), and the background write time;
+#  2. time from SIGKILL to training again under `ferry train --supervise`:
+#     from the kill until the restarted trainer appends its next step.
+#   bench/faults.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+ferry=$PWD/$build/ferry
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+export OMP_NUM_THREADS=${THREADS:-$(nproc)} FERRY_LOG=error
+field() { sed -E "s/.*\"$2\": ([0-9.e+-]+).*/\1/" <<<"$1"; }
+
+echo "| config | params | sync save s | async stall s | async write s (background) | stall / sync |"
+echo "|---|---|---|---|---|---|"
+for cfg in tiny small; do
+  r=$("$build/bench/bench_faults" --config $cfg --vocab 8192 --out "$tmp/ck-$cfg")
+  printf "| %s | %.1fM | %.3f | %.3f | %.3f | %.1f%% |\n" $cfg "$(awk -v p="$(field "$r" params)" 'BEGIN{print p/1e6}')" \
+    "$(field "$r" sync_save_s)" "$(field "$r" async_stall_s)" "$(field "$r" async_write_s)" \
+    "$(awk -v a="$(field "$r" async_stall_s)" -v b="$(field "$r" sync_save_s)" 'BEGIN{print 100*a/b}')"
+done
+
+# Kill-to-training: a supervised small-model run on a small corpus.
+cd "$tmp"
+awk 'BEGIN { srand(1); for (i = 0; i < 20000; i++) printf "word%d and word%d.\n", int(rand()*500), int(rand()*500) }' > c.txt
+$ferry tokenizer train --vocab-size 1024 -o tok.json c.txt >/dev/null
+mkdir -p d && cp tok.json d/tokenizer.json
+$ferry data prepare c.txt --tokenizer tok.json --out d >/dev/null
+echo
+echo "| config | kill -> next step logged (s), 3 kills | restart backoff |"
+echo "|---|---|---|"
+$ferry train --supervise --restart-backoff 0 --config small --data d --out run --steps 100000 --batch 2 \
+  --seq 64 --ckpt-every 5 --eval-every 0 --log-every 100000 >run.log 2>&1 &
+sup=$!
+times=""
+step_of_last() { tail -1 run/metrics.jsonl 2>/dev/null | sed -nE 's/^\{"step": ([0-9]+), "loss".*/\1/p'; }
+for k in 1 2 3; do
+  for _ in $(seq 1 600); do [ -f run/checkpoints/LATEST ] && [ "$(wc -l <run/metrics.jsonl 2>/dev/null || echo 0)" -ge 8 ] && break; sleep 0.1; done
+  child=$(pgrep -P $sup)
+  kill -STOP "$child"                  # freeze it to read a consistent LATEST
+  S=$(sed -E 's/step-0*//' run/checkpoints/LATEST)
+  inode=$(stat -c %i run/metrics.jsonl)
+  t0=$(date +%s.%N)
+  kill -9 "$child"
+  # Training again = the new trainer (new metrics.jsonl inode) logged step S+1.
+  for _ in $(seq 1 3000); do
+    [ "$(stat -c %i run/metrics.jsonl 2>/dev/null)" != "$inode" ] && [ "$(step_of_last)" = "$((S + 1))" ] && break
+    sleep 0.01
+  done
+  t1=$(date +%s.%N)
+  times="$times $(awk -v a=$t0 -v b=$t1 'BEGIN { printf "%.2f", b - a }')"
+done
+kill -INT $sup; wait $sup || true
+echo "| small |$times | 0 s |"
