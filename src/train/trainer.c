@@ -10,6 +10,8 @@
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "train/guard.h"
+#include "train/inject.h"
 #include "train/loader.h"
 #include "train/plot.h"
 
@@ -25,6 +27,7 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->ckpt_every = 200;
     o->keep_last = 3;
     o->log_every = 10;
+    fy_guard_opts_default(&o->guard);
 }
 
 /* ---- the "ferry" object of config.json ---- */
@@ -74,6 +77,26 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             if (!rc && found) {
                 if (keys[i].pf) *keys[i].pf = (float)d;
                 else *keys[i].pi = (int)d;
+            }
+        }
+        struct { const char *key; double lo, hi; int integer; double *pd; int *pi; } gk[] = {
+            {"guard_nonfinite", 0, 1, 1, NULL, &o->guard.nonfinite},
+            {"guard_spike_window", 0, 1e6, 1, NULL, &o->guard.spike_window},
+            {"guard_spike_min", 2, 1e6, 1, NULL, &o->guard.spike_min},
+            {"guard_spike_z", 0, 1e9, 0, &o->guard.spike_z, NULL},
+            {"guard_spike_ratio", 0, 1e9, 0, &o->guard.spike_ratio, NULL},
+            {"guard_snapshot_every", 1, 1e9, 1, NULL, &o->guard.snapshot_every},
+            {"guard_max_failures", 1, 1e6, 1, NULL, &o->guard.max_failures},
+            {"guard_weight_checksum", 0, 1, 1, NULL, &o->guard.weight_checksum},
+            {"abft_fraction", 0, 1, 0, &o->guard.abft_fraction, NULL},
+        };
+        for (size_t i = 0; i < sizeof gk / sizeof gk[0] && !rc; i++) {
+            double d;
+            int found;
+            rc = get_num(f, gk[i].key, where, gk[i].lo, gk[i].hi, gk[i].integer, &d, &found, err);
+            if (!rc && found) {
+                if (gk[i].pd) *gk[i].pd = d;
+                else *gk[i].pi = (int)d;
             }
         }
         double d;
@@ -207,14 +230,52 @@ static void fmt_duration(double s, char *out, size_t cap) {
     else snprintf(out, cap, "%ldm%02lds", t / 60, t % 60);
 }
 
+/* Steps whose batch a guard skipped (sorted; a step may appear twice): step
+ * s trains on batch s - 1 + (number of entries <= s). Saved in
+ * trainer_state.json as "skipped_batches" so resume stays exact. */
+typedef struct skips {
+    int *s;
+    int n, cap;
+} skips;
+
+static uint64_t batch_index(const skips *k, int step) {
+    uint64_t i = (uint64_t)step - 1;
+    for (int j = 0; j < k->n; j++) i += k->s[j] <= step;
+    return i;
+}
+
+static int skips_add(skips *k, int step) {
+    if (k->n == k->cap) {
+        int c = k->cap ? k->cap * 2 : 16;
+        int *p = realloc(k->s, c * sizeof *p);
+        if (!p) return -1;
+        k->s = p;
+        k->cap = c;
+    }
+    int i = k->n++;
+    while (i > 0 && k->s[i - 1] > step) {
+        k->s[i] = k->s[i - 1];
+        i--;
+    }
+    k->s[i] = step;
+    return 0;
+}
+
 static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *run_dir, int step,
-                long long tokens, double elapsed, double loss, double val, fy_err *err) {
-    char state[512], dir[FY_PATH_MAX];
+                long long tokens, double elapsed, double loss, double val, const skips *k, fy_err *err) {
+    char dir[FY_PATH_MAX], extra[64 + 12 * 64] = "";
+    if (k->n) {
+        size_t len = (size_t)snprintf(extra, sizeof extra, ",\n  \"skipped_batches\": [");
+        for (int i = 0; i < k->n && len + 16 < sizeof extra; i++)
+            len += (size_t)snprintf(extra + len, sizeof extra - len, "%s%d", i ? ", " : "", k->s[i]);
+        snprintf(extra + len, sizeof extra - len, "]");
+    }
+    char state[512 + sizeof extra];
     snprintf(state, sizeof state,
              "{\n  \"step\": %d,\n  \"tokens_seen\": %lld,\n  \"elapsed_s\": %.3f,\n  \"seed\": %llu,\n"
-             "  \"loss\": %.9g,\n  \"val_loss\": %s%.9g%s\n}\n",
+             "  \"loss\": %.9g,\n  \"val_loss\": %s%.9g%s%s\n}\n",
              step, tokens, elapsed, (unsigned long long)o->seed, loss, isfinite(val) ? "" : "\"",
-             val, isfinite(val) ? "" : "\"");
+             val, isfinite(val) ? "" : "\"", extra);
     double t0 = now_s();
     if (fy_ckpt_save(run_dir, step, m, opt, state, o->keep_last, dir, sizeof dir, err))
         return fy_wrap(err, "saving checkpoint at step %d", step);
@@ -222,9 +283,30 @@ static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *
     return 0;
 }
 
+/* Appends a guard event to metrics.jsonl (reason and where are JSON-escaped
+ * crudely: quotes and backslashes dropped). */
+static void log_event(FILE *mf, int step, const char *event, const char *reason, const char *where,
+                      int restored, int skip) {
+    char r[300], w[300];
+    const char *src[2] = {reason, where};
+    char *dst[2] = {r, w};
+    for (int k = 0; k < 2; k++) {
+        size_t j = 0;
+        for (const char *c = src[k]; c && *c && j + 1 < sizeof r; c++)
+            if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20) dst[k][j++] = *c;
+        dst[k][j] = '\0';
+    }
+    fprintf(mf, "{\"step\": %d, \"event\": \"%s\", \"reason\": \"%s\", \"where\": \"%s\"", step, event, r, w);
+    if (restored >= 0) fprintf(mf, ", \"restored_step\": %d", restored);
+    if (skip) fprintf(mf, ", \"skip_batch\": true");
+    fprintf(mf, "}\n");
+    fflush(mf);
+}
+
 int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const char *data_dir,
                  int resume, volatile sig_atomic_t *stop, fy_train_result *res, fy_err *err) {
     const int B = o->batch_size, T = o->seq_len, total = o->adam.total_steps;
+    const fy_guard_opts *g = &o->guard;
     memset(res, 0, sizeof *res);
     res->last_val_loss = NAN;
     fy_loader train = {0}, val = {0};
@@ -236,7 +318,18 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     int rc = -1, start = 0;
     long long tokens = 0;
     double elapsed0 = 0;
+    skips sk = {0};
+    fy_inject inj;
+    fy_snapshot snap = {0};
+    fy_state_sums sums = {0};
+    fy_loss_window win = {0};
+    const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum;
 
+    if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
+    if (fy_loss_window_init(&win, g->spike_window)) {
+        fy_fail(err, "out of memory");
+        goto done;
+    }
     if (fy_loader_open(&train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
         fy_loader_open(&val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
         fy_adamw_create(&opt, m, &o->adam, err))
@@ -249,6 +342,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         const cJSON *st = js ? cJSON_GetObjectItemCaseSensitive(js, "step") : NULL;
         const cJSON *tk = js ? cJSON_GetObjectItemCaseSensitive(js, "tokens_seen") : NULL;
         const cJSON *el = js ? cJSON_GetObjectItemCaseSensitive(js, "elapsed_s") : NULL;
+        const cJSON *sb = js ? cJSON_GetObjectItemCaseSensitive(js, "skipped_batches") : NULL;
         if (!st || !cJSON_IsNumber(st)) {
             cJSON_Delete(js);
             fy_fail(err, "%s/trainer_state.json: missing \"step\"", dir);
@@ -257,6 +351,9 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         start = st->valueint;
         tokens = tk && cJSON_IsNumber(tk) ? (long long)tk->valuedouble : (long long)start * B * T;
         elapsed0 = el && cJSON_IsNumber(el) ? el->valuedouble : 0;
+        const cJSON *e;
+        if (sb && cJSON_IsArray(sb))
+            cJSON_ArrayForEach(e, sb) if (cJSON_IsNumber(e)) skips_add(&sk, e->valueint);
         cJSON_Delete(js);
         if (opt.t != start) {
             fy_fail(err, "%s: optimizer step %d != trainer step %d", dir, opt.t, start);
@@ -269,6 +366,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     char mpath[FY_PATH_MAX];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
     if (metrics_reopen(mpath, start, &h, &mf, err)) goto done;
+    /* The spike window continues from the logged losses of a resumed run. */
+    for (int i = h.n > win.cap ? h.n - win.cap : 0; i < h.n; i++) fy_loss_window_push(&win, h.y[i]);
 
     in = malloc((size_t)B * T * sizeof *in);
     lab = malloc((size_t)B * T * sizeof *lab);
@@ -277,21 +376,76 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         goto done;
     }
     double t_start = now_s(), t_last = t_start, loss = NAN, val_loss = NAN;
+    double snap_loss = NAN;
+    long long snap_tokens = tokens;
     int step = start, last_log = start, saved = 0;
+    int logged_upto = start;   /* metrics, evals and checkpoints are done up to here */
+    int fail_streak = 0, fail_step = 0;
     for (step = start + 1; step <= total; step++) {
         fy_loss l;
-        float gn, lr;
+        float gn = NAN, lr;
+        char reason[320] = "", where[320] = "", what[320];
         saved = 0;
-        if (fy_loader_batch(&train, o->seed, (uint64_t)step - 1, 0, 1, B, T, in, lab, err)) goto done;
+        /* Silent corruption of the state between steps. */
+        if (g->weight_checksum && sums.valid) {
+            int r = fy_state_sums_verify(&sums, m, &opt, where, sizeof where, err);
+            if (r < 0) goto done;
+            if (r) {
+                snprintf(reason, sizeof reason, "state checksum changed between steps %d and %d", step - 1, step);
+                goto fault;
+            }
+        }
+        if (guarded && (!snap.valid || ((step - 1) % g->snapshot_every == 0 && snap.step != step - 1))) {
+            if (fy_snapshot_take(&snap, m, &opt, step - 1, err)) goto done;
+            snap_tokens = tokens;
+            snap_loss = loss;
+        }
+        uint64_t bi = batch_index(&sk, step);
+        if (fy_loader_batch(&train, o->seed, bi, 0, 1, B, T, in, lab, err)) goto done;
+        if (inj.n && fy_inject_batch(&inj, step, lab, (size_t)B * T, m->cfg.vocab_size, what, sizeof what))
+            fy_warn("inject %s", what);
         fy_model_zero_grad(m);
-        if (fy_model_forward(m, in, lab, B, T, 1, &l, err) || fy_model_backward(m, err) ||
-            fy_adamw_step(&opt, m, &gn, &lr, err) || fy_model_update_bias(m, err)) {
+        if (fy_model_forward(m, in, lab, B, T, 1, &l, err)) {
             fy_wrap(err, "step %d", step);
             goto done;
         }
+        if (g->nonfinite && (!isfinite(l.total) || !isfinite(l.main))) {
+            snprintf(reason, sizeof reason, "non-finite loss (%g)", l.total);
+            snprintf(where, sizeof where, "forward of batch %llu", (unsigned long long)bi);
+            goto fault;
+        }
+        if (fy_loss_is_spike(&win, g, l.main, reason, sizeof reason)) {
+            snprintf(where, sizeof where, "batch %llu", (unsigned long long)bi);
+            goto fault;
+        }
+        if (fy_model_backward(m, err)) {
+            fy_wrap(err, "step %d", step);
+            goto done;
+        }
+        if (inj.n && fy_inject_grad(&inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
+        if (fy_adamw_step(&opt, m, &gn, &lr, err)) {
+            if (g->nonfinite && !isfinite(gn)) {
+                snprintf(reason, sizeof reason, "non-finite gradient norm (%g)", gn);
+                if (fy_find_nonfinite_grad(m, where, sizeof where, err)) goto done;
+                goto fault;
+            }
+            fy_wrap(err, "step %d", step);
+            goto done;
+        }
+        if (fy_model_update_bias(m, err)) {
+            fy_wrap(err, "step %d", step);
+            goto done;
+        }
+        /* The step is accepted. */
+        if (step > fail_step) fail_streak = 0;
+        if (step > logged_upto) fy_loss_window_push(&win, l.main);
+        if (g->weight_checksum && fy_state_sums_compute(&sums, m, &opt, err)) goto done;
+        if (inj.n) fy_inject_state(&inj, step, m, &opt, what, sizeof what);
         tokens += (long long)B * T;
         loss = l.total;
         double now = now_s(), elapsed = elapsed0 + now - t_start;
+        if (step <= logged_upto) continue; /* replaying after a rollback */
+        logged_upto = step;
         fprintf(mf, "{\"step\": %d, \"loss\": %.6f, \"loss_main\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
                     "\"tokens\": %lld, \"elapsed_s\": %.3f}\n",
                 step, l.total, l.main, lr, gn, tokens, elapsed);
@@ -321,20 +475,53 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         int paused = o->stop_after > 0 && step >= o->stop_after && step < total;
         if ((stop && *stop) || out_of_time || paused) {
             res->interrupted = 1;
-            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, err)) goto done;
+            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
             printf("%s at step %d: checkpoint written; continue with --resume\n",
                    out_of_time ? "time limit reached" : paused ? "stopped as asked" : "interrupted", step);
             saved = 1;
             break;
         }
         if (o->ckpt_every > 0 && step % o->ckpt_every == 0) {
-            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, err)) goto done;
+            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
             saved = 1;
+        }
+        continue;
+    fault:
+        /* Discard the step: restore the last snapshot and replay from it. */
+        fail_streak++;
+        if (step > fail_step) fail_step = step;
+        {
+            int data_fault = !strncmp(reason, "non-finite", 10) || !strncmp(reason, "loss ", 5);
+            /* A data fault that repeats at the same step skips its batch. */
+            int skip = data_fault && fail_streak >= 2 && step == fail_step && fail_streak < g->max_failures;
+            if (!snap.valid) {
+                fy_fail(err, "step %d: %s at %s, and no snapshot to roll back to", step, reason, where);
+                goto done;
+            }
+            log_event(mf, step, "rollback", reason, where, snap.step, skip);
+            fy_warn("guard: step %d: %s (at %s); rolling back to step %d%s", step, reason, where, snap.step,
+                    skip ? " and skipping the batch" : "");
+            if (fail_streak >= g->max_failures) {
+                fy_fail(err,
+                        "guard: %d consecutive failed attempts at step %d, the last: %s (at %s); stopping "
+                        "instead of looping (bad data or unstable hardware; see %s)",
+                        fail_streak, fail_step, reason, where, mpath);
+                goto done;
+            }
+            if (skip && (sk.n >= 64 || skips_add(&sk, step))) {
+                fy_fail(err, "guard: too many skipped batches (%d); stopping", sk.n);
+                goto done;
+            }
+            if (fy_snapshot_restore(&snap, m, &opt, err)) goto done;
+            if (g->weight_checksum && fy_state_sums_compute(&sums, m, &opt, err)) goto done;
+            step = snap.step;
+            tokens = snap_tokens;
+            loss = snap_loss;
         }
     }
     if (step > total) step = total;
     if (!saved && step > start &&
-        save(m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, err))
+        save(m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, &sk, err))
         goto done;
     plot(run_dir, &h);
     res->step = step;
@@ -347,6 +534,10 @@ done:
     free(lab);
     free(state);
     free(h.x); free(h.y); free(h.vx); free(h.vy);
+    free(sk.s);
+    fy_snapshot_free(&snap);
+    fy_state_sums_free(&sums);
+    fy_loss_window_free(&win);
     fy_adamw_free(&opt, m->be);
     fy_loader_close(&train);
     fy_loader_close(&val);

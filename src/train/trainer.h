@@ -10,6 +10,7 @@
 
 #include "core/err.h"
 #include "model/model.h"
+#include "train/guard.h"
 #include "train/optim.h"
 
 typedef struct fy_train_opts {
@@ -23,6 +24,8 @@ typedef struct fy_train_opts {
     int log_every;        /* steps between progress lines */
     double time_limit_s;  /* stop (with a checkpoint) after this long; 0 = none */
     int stop_after;       /* stop (with a checkpoint) after this step, as Ctrl-C would; 0 = none */
+    fy_guard_opts guard;  /* NaN/spike/checksum guards and rollback (train/guard.h); config keys
+                           * ferry.guard_* and ferry.abft_fraction */
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);
