@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err);
 #ifdef FERRY_HAVE_OPENCL
 int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err);
 #endif
@@ -14,7 +15,7 @@ int fy_backend_cuda_create(const char *spec, fy_backend **out, fy_err *err);
 
 /* What this build can create, for error messages. */
 static const char *available_backends(void) {
-    return "cpu"
+    return "cpu, chaos:cpu"
 #ifdef FERRY_HAVE_OPENCL
            ", opencl, opencl:P:D"
 #endif
@@ -30,6 +31,9 @@ int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
     if (!spec || !*spec) spec = "cpu";
 
     if (strcmp(spec, "cpu") == 0) return fy_backend_cpu_create(out, err);
+    /* A wrapper that checks (ABFT) and corrupts GEMMs: DESIGN §5, train/guard.h. */
+    if (strcmp(spec, "chaos") == 0 || strncmp(spec, "chaos:", 6) == 0)
+        return fy_backend_chaos_create(spec, out, err);
 
     if (strcmp(spec, "opencl") == 0 || strncmp(spec, "opencl:", 7) == 0) {
 #ifdef FERRY_HAVE_OPENCL

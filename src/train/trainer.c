@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend/chaos/chaos.h"
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
@@ -283,16 +284,37 @@ static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *
     return 0;
 }
 
+/* What a GEMM operand is, for fault reports: a weight, a weight's gradient
+ * (both named, which names the layer), or an activation. */
+static void name_ref(const fy_model *m, fy_ref r, char *out, size_t cap) {
+    const fy_tensor_info *t = r.buf ? fy_tensor_at(m, r.off) : NULL;
+    if (r.buf == &m->params && t) snprintf(out, cap, "weight %s", t->name);
+    else if (r.buf == &m->grads && t) snprintf(out, cap, "grad of %s", t->name);
+    else snprintf(out, cap, "activation");
+}
+
+static void describe_gemm_fault(const fy_model *m, const fy_chaos_fault *f, char *reason, size_t rcap,
+                                char *where, size_t wcap) {
+    char a[128], b[128], c[128];
+    name_ref(m, f->A, a, sizeof a);
+    name_ref(m, f->B, b, sizeof b);
+    name_ref(m, f->C, c, sizeof c);
+    snprintf(reason, rcap, "ABFT checksum mismatch in a GEMM (column %d sums to %.6g, expected %.6g, tolerance %.2g)",
+             f->column, f->got, f->want, f->tol);
+    snprintf(where, wcap, "step %d %s GEMM #%d (M=%d N=%d K=%d%s%s): A=%s, B=%s, C=%s", f->step, f->phase,
+             f->gemm_index, f->M, f->N, f->K, f->trans_a ? " A^T" : "", f->trans_b ? " B^T" : "", a, b, c);
+}
+
 /* Appends a guard event to metrics.jsonl (reason and where are JSON-escaped
  * crudely: quotes and backslashes dropped). */
 static void log_event(FILE *mf, int step, const char *event, const char *reason, const char *where,
                       int restored, int skip) {
-    char r[300], w[300];
+    char r[400], w[640];
     const char *src[2] = {reason, where};
     char *dst[2] = {r, w};
     for (int k = 0; k < 2; k++) {
         size_t j = 0;
-        for (const char *c = src[k]; c && *c && j + 1 < sizeof r; c++)
+        for (const char *c = src[k]; c && *c && j + 1 < (k ? sizeof w : sizeof r); c++)
             if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20) dst[k][j++] = *c;
         dst[k][j] = '\0';
     }
@@ -323,9 +345,15 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     fy_snapshot snap = {0};
     fy_state_sums sums = {0};
     fy_loss_window win = {0};
-    const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum;
+    struct fy_chaos *chaos = fy_chaos_of(m->be);
+    const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum || chaos;
 
     if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
+    for (int i = 0; i < inj.n && !chaos; i++)
+        if (inj.f[i].kind == FY_INJ_GEMM) {
+            fy_fail(err, "FERRY_INJECT: gemm faults need a chaos backend (--backend chaos:%s)", m->be->ops->name);
+            goto done;
+        }
     if (fy_loss_window_init(&win, g->spike_window)) {
         fy_fail(err, "out of memory");
         goto done;
@@ -384,7 +412,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     for (step = start + 1; step <= total; step++) {
         fy_loss l;
         float gn = NAN, lr;
-        char reason[320] = "", where[320] = "", what[320];
+        char reason[400] = "", where[640] = "", what[320];
         saved = 0;
         /* Silent corruption of the state between steps. */
         if (g->weight_checksum && sums.valid) {
@@ -404,6 +432,12 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (fy_loader_batch(&train, o->seed, bi, 0, 1, B, T, in, lab, err)) goto done;
         if (inj.n && fy_inject_batch(&inj, step, lab, (size_t)B * T, m->cfg.vocab_size, what, sizeof what))
             fy_warn("inject %s", what);
+        if (chaos) {
+            int gi = -1;
+            if (inj.n && fy_inject_gemm_due(&inj, step, &gi))
+                fy_warn("inject gemm: corrupting GEMM #%d of step %d", gi, step);
+            fy_chaos_begin_step(chaos, step, g->abft_fraction, gi);
+        }
         fy_model_zero_grad(m);
         if (fy_model_forward(m, in, lab, B, T, 1, &l, err)) {
             fy_wrap(err, "step %d", step);
@@ -418,6 +452,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             snprintf(where, sizeof where, "batch %llu", (unsigned long long)bi);
             goto fault;
         }
+        if (chaos) fy_chaos_set_phase(chaos, "backward");
         if (fy_model_backward(m, err)) {
             fy_wrap(err, "step %d", step);
             goto done;
@@ -435,6 +470,15 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (fy_model_update_bias(m, err)) {
             fy_wrap(err, "step %d", step);
             goto done;
+        }
+        if (chaos) {
+            fy_chaos_fault cf;
+            int bad = fy_chaos_take_fault(chaos, &cf);
+            fy_chaos_begin_step(chaos, step, g->abft_fraction, -1); /* disarm */
+            if (bad) {
+                describe_gemm_fault(m, &cf, reason, sizeof reason, where, sizeof where);
+                goto fault;
+            }
         }
         /* The step is accepted. */
         if (step > fail_step) fail_streak = 0;

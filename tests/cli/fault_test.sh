@@ -87,6 +87,23 @@ run_fault flip_moment_v "flip_moment:step=36,tensor=$G,index=2,bit=27,moment=v" 
 run_fault spike "spike:step=45" 45 "sigma" "batch 44" '"restored_step": 40'
 run_fault all "nan_grad:step=12;flip_weight:step=22,tensor=$G,index=1,bit=30;spike:step=50" 50 "sigma"
 
+echo "== ABFT-checked GEMMs on chaos:cpu: no false alarm, corruption detected and named"
+sed 's/"warmup_steps": 5}/"warmup_steps": 5, "abft_fraction": 1}/' micro.json > micro_abft.json
+A="--data data --config micro_abft.json --steps 60 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 --log-every 100 --backend chaos:cpu"
+check "$ferry train $A --out abft >abft.log 2>&1" "abft clean run"
+check "! grep -q '\"event\"' abft/metrics.jsonl" "ABFT false alarm: $(grep event abft/metrics.jsonl | head -1)"
+check "same_state clean abft" "chaos:cpu with ABFT changed the numbers"
+for gi in 5 17 150; do
+  FERRY_INJECT="gemm:step=40,index=$gi" $ferry train $A --out gemm$gi >gemm$gi.log 2>&1
+  check "[ $? -eq 0 ]" "gemm$gi: train failed"
+  if event gemm$gi 40 "ABFT checksum mismatch" "GEMM #$gi " "restored_step\": 30"; then ok; else
+    bad "gemm$gi: no ABFT rollback event ($(grep event gemm$gi/metrics.jsonl))"; fi
+  check "grep -q 'model\.' <<<\"\$(grep event gemm$gi/metrics.jsonl)\"" "gemm$gi: the report names no tensor"
+  check "same_state clean gemm$gi" "gemm$gi: final state differs from the clean run"
+  echo "  gemm$gi: $(grep -m1 '"event"' gemm$gi/metrics.jsonl)"
+done
+check "! FERRY_INJECT='gemm:step=3' $ferry train $T --out nochaos >/dev/null 2>&1" "gemm fault without chaos accepted"
+
 echo "== a repeating bad batch is skipped; resume stays exact"
 check "FERRY_INJECT='spike:step=45,repeat=2' $ferry train $T --out skip >skip.log 2>&1" "skip run failed"
 check "grep -q '\"skip_batch\": true' skip/metrics.jsonl" "no skip_batch event"
