@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/chaos/chaos.h"
 #include "model/model.h"
 #include "train/guard.h"
 #include "train/inject.h"
@@ -138,7 +139,66 @@ static void test_state(void) {
     fy_backend_destroy(be);
 }
 
+/* ABFT on chaos:cpu: every transpose combination and beta, no false alarm
+ * on large random products; one corrupted element is found. */
+static void test_abft(void) {
+    fy_backend *be;
+    fy_err err;
+    if (fy_backend_create("chaos:cpu", &be, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    struct fy_chaos *c = fy_chaos_of(be);
+    CHECK(c != NULL && !strcmp(be->ops->name, "chaos:cpu"), "chaos backend, name %s", be->ops->name);
+    const int M = 37, N = 29, K = 301;
+    fy_buf a, b, cc;
+    be->ops->alloc(be, &a, (size_t)M * K, &err);
+    be->ops->alloc(be, &b, (size_t)K * N, &err);
+    be->ops->alloc(be, &cc, (size_t)M * N, &err);
+    float *h = malloc(sizeof(float) * (size_t)K * (M > N ? M : N));
+    uint64_t x = 99;
+    for (size_t i = 0; i < (size_t)K * (M > N ? M : N); i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        h[i] = (float)((double)(x >> 11) * 0x1.0p-53 * 200.0 - 100.0);
+    }
+    be->ops->upload(be, fy_at(&a, 0), h, (size_t)M * K);
+    be->ops->upload(be, fy_at(&b, 0), h + 7, (size_t)K * N);
+    be->ops->upload(be, fy_at(&cc, 0), h + 3, (size_t)M * N);
+    fy_chaos_fault f;
+    int step = 1;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int bi = 0; bi < 2; bi++) {
+                fy_chaos_begin_step(c, step++, 1.0, -1);
+                be->ops->gemm(be, ta, tb, M, N, K, 0.7f, fy_at(&a, 0), ta ? M : K, fy_at(&b, 0), tb ? K : N,
+                              bi ? 0.5f : 0.0f, fy_at(&cc, 0), N);
+                CHECK(!fy_chaos_take_fault(c, &f), "false alarm ta=%d tb=%d beta=%d: %g vs %g tol %g", ta, tb,
+                      bi, f.got, f.want, f.tol);
+                fy_chaos_begin_step(c, step++, 1.0, 0);
+                be->ops->gemm(be, ta, tb, M, N, K, 0.7f, fy_at(&a, 0), ta ? M : K, fy_at(&b, 0), tb ? K : N,
+                              bi ? 0.5f : 0.0f, fy_at(&cc, 0), N);
+                CHECK(fy_chaos_take_fault(c, &f) && f.column == N / 2 && f.gemm_index == 0,
+                      "corruption missed ta=%d tb=%d beta=%d", ta, tb, bi);
+            }
+    long checked, faults;
+    fy_chaos_counts(c, &checked, &faults);
+    CHECK(checked == 16 && faults == 8, "checked %ld, faults %ld", checked, faults);
+    fy_chaos_begin_step(c, 100, 0.0, -1);
+    be->ops->gemm(be, 0, 0, M, N, K, 1.0f, fy_at(&a, 0), K, fy_at(&b, 0), N, 0.0f, fy_at(&cc, 0), N);
+    fy_chaos_counts(c, &checked, &faults);
+    CHECK(checked == 16, "fraction 0 checks nothing");
+    CHECK(fy_be_sync(be, &err) == 0, "sync: %s", err.msg);
+    free(h);
+    be->ops->free(be, &a);
+    be->ops->free(be, &b);
+    be->ops->free(be, &cc);
+    fy_backend_destroy(be);
+    CHECK(fy_chaos_of(NULL) == NULL, "not chaos");
+    CHECK(fy_backend_create("chaos:chaos:cpu", &be, &err) != 0, "chaos cannot wrap chaos");
+}
+
 int main(void) {
+    test_abft();
     test_spike();
     test_parse();
     test_state();
