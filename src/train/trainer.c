@@ -110,18 +110,22 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
 }
 
 char *fy_train_opts_to_json(const fy_train_opts *o) {
-    char *s = malloc(1024);
+    char *s = malloc(2048);
     if (!s) return NULL;
-    snprintf(s, 1024,
+    snprintf(s, 2048,
              "{\"lr\": %.9g, \"min_lr\": %.9g, \"warmup_steps\": %d, \"total_steps\": %d, "
              "\"beta1\": %.9g, \"beta2\": %.9g, \"eps\": %.9g, \"weight_decay\": %.9g, "
              "\"grad_clip\": %.9g, \"batch_size\": %d, \"seq_len\": %d, \"seed\": %llu, "
              "\"eval_every\": %d, \"eval_batches\": %d, \"ckpt_every\": %d, \"keep_last\": %d, "
-             "\"log_every\": %d}",
+             "\"log_every\": %d, \"guard_nonfinite\": %d, \"guard_spike_window\": %d, \"guard_spike_min\": %d, "
+             "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
+             "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
-             o->keep_last, o->log_every);
+             o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
+             o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
+             o->guard.weight_checksum, o->guard.abft_fraction);
     return s;
 }
 

@@ -12,6 +12,7 @@
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/optim.h"
+#include "train/trainer.h"
 #include "testutil.h"
 
 static void test_spike(void) {
@@ -197,7 +198,33 @@ static void test_abft(void) {
     CHECK(fy_backend_create("chaos:chaos:cpu", &be, &err) != 0, "chaos cannot wrap chaos");
 }
 
+/* Guard settings: defaults (guards on, ABFT off) and the config.json round
+ * trip a resumed run relies on. */
+static void test_opts(void) {
+    fy_train_opts o, back;
+    fy_err err;
+    fy_train_opts_default(&o);
+    CHECK(o.guard.nonfinite && o.guard.spike_window > 0 && o.guard.weight_checksum && o.guard.abft_fraction == 0,
+          "defaults");
+    o.guard.spike_z = 4.5;
+    o.guard.snapshot_every = 7;
+    o.guard.abft_fraction = 0.25;
+    o.guard.weight_checksum = 0;
+    char *js = fy_train_opts_to_json(&o), text[4096];
+    snprintf(text, sizeof text, "{\"ferry\": %s}", js);
+    free(js);
+    fy_train_opts_default(&back);
+    CHECK(fy_train_opts_from_json(text, "t", &back, &err) == 0, "parse: %s", err.msg);
+    CHECK(back.guard.spike_z == 4.5 && back.guard.snapshot_every == 7 && back.guard.abft_fraction == 0.25 &&
+              back.guard.weight_checksum == 0 && back.guard.max_failures == o.guard.max_failures,
+          "round trip");
+    CHECK(fy_train_opts_from_json("{\"ferry\": {\"abft_fraction\": 2}}", "t", &back, &err) != 0 &&
+              strstr(err.msg, "abft_fraction"),
+          "range checked: %s", err.msg);
+}
+
 int main(void) {
+    test_opts();
     test_abft();
     test_spike();
     test_parse();
