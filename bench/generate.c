@@ -1,6 +1,7 @@
 /* Generation throughput: prefill of a random prompt, then greedy decoding
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
- *   bench_generate --config tiny|small --vocab V --prompt P --new N [--dump-config PATH] */
+ *   bench_generate --config tiny|small --vocab V --prompt P --new N [--dump-config PATH]
+ * (--prompt 0 with --dump-config only writes the config as JSON.) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,9 +34,7 @@ int main(int argc, char **argv) {
     fy_backend *be;
     fy_model m;
     fy_kv_cache kv;
-    if (fy_config_builtin(cfgname, V, &c, &err) || fy_backend_cpu_create(&be, &err) ||
-        fy_model_create(&m, &c, be, &err) || fy_model_init_weights(&m, 1, &err) ||
-        fy_kv_cache_create(&kv, &m, P + NEW, &err)) {
+    if (fy_config_builtin(cfgname, V, &c, &err)) {
         fprintf(stderr, "bench_generate: %s\n", err.msg);
         return 1;
     }
@@ -43,6 +42,16 @@ int main(int argc, char **argv) {
         char *js = fy_config_to_json(&c, NULL);
         if (!js || fy_write_file_atomic(dump, js, strlen(js), &err)) return 1;
         free(js);
+        if (P == 0) return 0; /* --prompt 0: only write the config */
+    }
+    if (P <= 0 || NEW < 0) {
+        fprintf(stderr, "bench_generate: --prompt must be > 0 and --new >= 0\n");
+        return 2;
+    }
+    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
+        fy_model_init_weights(&m, 1, &err) || fy_kv_cache_create(&kv, &m, P + NEW, &err)) {
+        fprintf(stderr, "bench_generate: %s\n", err.msg);
+        return 1;
     }
     int32_t *prompt = malloc(P * sizeof *prompt);
     float *logits = malloc(V * sizeof *logits);
@@ -58,7 +67,7 @@ int main(int argc, char **argv) {
     }
     double t2 = now_s();
     printf("{\"config\": \"%s\", \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}\n", cfgname, P / (t1 - t0),
-           NEW / (t2 - t1));
+           NEW > 0 ? NEW / (t2 - t1) : 0.0);
     free(prompt);
     free(logits);
     fy_kv_cache_free(&kv, &m);
