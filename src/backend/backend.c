@@ -8,6 +8,8 @@
 int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err);
 #ifdef FERRY_HAVE_OPENCL
 int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err);
+/* Lists OpenCL platforms and devices as "opencl:P:D  ..." lines. */
+int fy_opencl_list_devices(FILE *out, fy_err *err);
 #endif
 #ifdef FERRY_HAVE_CUDA
 int fy_backend_cuda_create(const char *spec, fy_backend **out, fy_err *err);
@@ -58,6 +60,22 @@ int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
 #endif
     }
     return fy_fail(err, "unknown backend '%s' (available: %s)", spec, available_backends());
+}
+
+int fy_backend_list_devices(FILE *out, fy_err *err) {
+    fprintf(out, "cpu           host CPU, OpenMP + OpenBLAS\n");
+    fprintf(out, "chaos:cpu     cpu wrapped in the fault-injection / ABFT-checking backend\n");
+#ifdef FERRY_HAVE_OPENCL
+    if (fy_opencl_list_devices(out, err)) return -1;
+#else
+    fprintf(out, "opencl        not built (no OpenCL headers/library at configure time)\n");
+#endif
+#ifdef FERRY_HAVE_CUDA
+    fprintf(out, "cuda          built\n");
+#else
+    fprintf(out, "cuda          not built (no CUDA compiler at configure time)\n");
+#endif
+    return 0;
 }
 
 void fy_backend_destroy(fy_backend *be) {

@@ -21,6 +21,7 @@
 #define FY_BACKEND_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "core/err.h"
@@ -210,6 +211,11 @@ struct fy_backend {
 int fy_backend_create(const char *spec, fy_backend **out, fy_err *err);
 void fy_backend_destroy(fy_backend *be);
 int fy_backend_cpu_create(fy_backend **out, fy_err *err);
+/* Writes the devices this build can use to out, one line each, as
+ * "SPEC  description (memory, compute units)" with SPEC a string that
+ * fy_backend_create() accepts. Backends whose runtime is missing are listed
+ * with the reason. For `ferry devices`. */
+int fy_backend_list_devices(FILE *out, fy_err *err);
 
 /* Records a sticky error (first one wins); for backend implementations. */
 void fy_be_set_error(fy_backend *be, const char *fmt, ...)
