@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "backend/chaos/chaos.h"
+#include "ckpt/async.h"
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
@@ -266,9 +267,13 @@ static int skips_add(skips *k, int step) {
     return 0;
 }
 
-static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *run_dir, int step,
-                long long tokens, double elapsed, double loss, double val, const skips *k, fy_err *err) {
-    char dir[FY_PATH_MAX], extra[64 + 12 * 64] = "";
+/* Checkpoints are asynchronous: the loop waits only for the host snapshot;
+ * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
+ * write is reported by the next save or at the end of the run. */
+static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, const fy_train_opts *o,
+                const char *run_dir, int step, long long tokens, double elapsed, double loss, double val,
+                const skips *k, fy_err *err) {
+    char extra[64 + 12 * 64] = "";
     if (k->n) {
         size_t len = (size_t)snprintf(extra, sizeof extra, ",\n  \"skipped_batches\": [");
         for (int i = 0; i < k->n && len + 16 < sizeof extra; i++)
@@ -281,10 +286,10 @@ static int save(fy_model *m, fy_adamw *opt, const fy_train_opts *o, const char *
              "  \"loss\": %.9g,\n  \"val_loss\": %s%.9g%s%s\n}\n",
              step, tokens, elapsed, (unsigned long long)o->seed, loss, isfinite(val) ? "" : "\"",
              val, isfinite(val) ? "" : "\"", extra);
-    double t0 = now_s();
-    if (fy_ckpt_save(run_dir, step, m, opt, state, o->keep_last, dir, sizeof dir, err))
+    double stall;
+    if (fy_ckpt_async_save(writer, run_dir, step, m, opt, state, o->keep_last, &stall, err))
         return fy_wrap(err, "saving checkpoint at step %d", step);
-    fy_info("checkpoint %s (%.2f s)", dir, now_s() - t0);
+    fy_info("checkpoint step %d: training held %.3f s, writing in the background", step, stall);
     return 0;
 }
 
@@ -337,6 +342,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     res->last_val_loss = NAN;
     fy_loader train = {0}, val = {0};
     fy_adamw opt = {0};
+    fy_ckpt_async writer;
+    fy_ckpt_async_init(&writer);
     history h = {0};
     FILE *mf = NULL;
     int32_t *in = NULL, *lab = NULL;
@@ -523,14 +530,14 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         int paused = o->stop_after > 0 && step >= o->stop_after && step < total;
         if ((stop && *stop) || out_of_time || paused) {
             res->interrupted = 1;
-            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
+            if (save(&writer, m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
             printf("%s at step %d: checkpoint written; continue with --resume\n",
                    out_of_time ? "time limit reached" : paused ? "stopped as asked" : "interrupted", step);
             saved = 1;
             break;
         }
         if (o->ckpt_every > 0 && step % o->ckpt_every == 0) {
-            if (save(m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
+            if (save(&writer, m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
             saved = 1;
         }
         continue;
@@ -569,7 +576,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (step > total) step = total;
     if (!saved && step > start &&
-        save(m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, &sk, err))
+        save(&writer, m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, &sk, err))
         goto done;
     plot(run_dir, &h);
     res->step = step;
@@ -577,6 +584,12 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     res->last_val_loss = val_loss;
     rc = 0;
 done:
+    /* The last checkpoint must be on disk before the run reports success. */
+    if (rc == 0 && fy_ckpt_async_wait(&writer, err)) {
+        fy_wrap(err, "writing the last checkpoint");
+        rc = -1;
+    }
+    fy_ckpt_async_free(&writer);
     if (mf) fclose(mf);
     free(in);
     free(lab);
