@@ -7,7 +7,12 @@
  * - corruption: when armed for a step, corrupts one element of the output
  *   of GEMM number G of that step (what FERRY_INJECT=gemm:step=S,index=G
  *   asks for).
- * With fraction 0 and nothing armed it adds one counter per GEMM. */
+ * With fraction 0 and nothing armed it adds one counter per GEMM.
+ *
+ * FERRY_PERTURB=OP:EPS (OP rmsnorm, swiglu or attn), read when the backend is
+ * created: every forward output of OP is multiplied by (1 + EPS), a kernel
+ * that is consistently slightly wrong. It exists to prove that `ferry verify`
+ * (serve/verify.h) fails loudly; a malformed value fails the creation. */
 #ifndef FY_CHAOS_H
 #define FY_CHAOS_H
 

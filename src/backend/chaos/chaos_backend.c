@@ -16,6 +16,8 @@ typedef struct fy_chaos {
     int has_fault;
     fy_chaos_fault fault;
     long checked, faults;
+    int perturb_op;            /* FERRY_PERTURB (see chaos.h): 0 = off */
+    float perturb_factor;
 } fy_chaos;
 
 static void chaos_destroy(fy_backend *be) {
@@ -160,6 +162,66 @@ out:
     free(acold);
 }
 
+/* ---- FERRY_PERTURB: a deliberately wrong kernel, for `ferry verify` -------
+ * Separate from ABFT and GEMM corruption above: it models a backend whose
+ * kernel is consistently (not transiently) off by a small factor, which only a
+ * comparison against another backend can find. */
+enum { PERTURB_OFF, PERTURB_RMSNORM, PERTURB_SWIGLU, PERTURB_ATTN };
+
+/* y[i*ld + j] *= f for i < rows, j < cols, with the inner backend's scale. */
+static void scale_rows(fy_backend *be, int rows, int cols, fy_ref y, int ld, float f) {
+    if (ld == cols) {
+        be->ops->scale(be, (size_t)rows * cols, f, y);
+        return;
+    }
+    for (int i = 0; i < rows; i++) be->ops->scale(be, (size_t)cols, f, fy_add(y, (size_t)i * ld));
+}
+
+static void perturbed_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, float eps,
+                                  fy_ref y, int ldy, fy_ref rstd) {
+    fy_chaos *c = (fy_chaos *)be;
+    c->inner->ops->rmsnorm_fwd(be, N, D, x, ldx, w, eps, y, ldy, rstd);
+    scale_rows(be, N, D, y, ldy, c->perturb_factor);
+}
+
+static void perturbed_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
+                                 fy_ref h, int ldh) {
+    fy_chaos *c = (fy_chaos *)be;
+    c->inner->ops->swiglu_fwd(be, N, F, g, ldg, u, ldu, h, ldh);
+    scale_rows(be, N, F, h, ldh, c->perturb_factor);
+}
+
+static void perturbed_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
+                               fy_ref k, fy_ref v, fy_ref out, fy_ref P) {
+    fy_chaos *c = (fy_chaos *)be;
+    c->inner->ops->attn_fwd(be, B, T, H, dqk, dv, scale, q, k, v, out, P);
+    scale_rows(be, B * T, H * dv, out, H * dv, c->perturb_factor);
+}
+
+/* Reads FERRY_PERTURB=OP:EPS (OP rmsnorm|swiglu|attn): every forward output
+ * of that op is multiplied by (1 + EPS). Unset or empty: no perturbation. */
+static int perturb_setup(fy_chaos *c, fy_err *err) {
+    const char *v = getenv("FERRY_PERTURB");
+    if (!v || !*v) return 0;
+    static const struct { const char *name; int op; } ops[] = {
+        {"rmsnorm", PERTURB_RMSNORM}, {"swiglu", PERTURB_SWIGLU}, {"attn", PERTURB_ATTN}};
+    const char *colon = strchr(v, ':');
+    char *end = NULL;
+    double eps = colon ? strtod(colon + 1, &end) : 0;
+    for (size_t i = 0; colon && i < sizeof ops / sizeof ops[0]; i++)
+        if (strlen(ops[i].name) == (size_t)(colon - v) && !strncmp(v, ops[i].name, colon - v) &&
+            end != colon + 1 && !*end && isfinite(eps) && fabs(eps) < 1)
+            c->perturb_op = ops[i].op;
+    if (!c->perturb_op)
+        return fy_fail(err, "FERRY_PERTURB '%s': expected OP:EPS with OP rmsnorm, swiglu or attn and |EPS| < 1 "
+                            "(e.g. rmsnorm:1e-3)", v);
+    c->perturb_factor = (float)(1.0 + eps);
+    if (c->perturb_op == PERTURB_RMSNORM) c->ops.rmsnorm_fwd = perturbed_rmsnorm_fwd;
+    if (c->perturb_op == PERTURB_SWIGLU) c->ops.swiglu_fwd = perturbed_swiglu_fwd;
+    if (c->perturb_op == PERTURB_ATTN) c->ops.attn_fwd = perturbed_attn_fwd;
+    return 0;
+}
+
 int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err) {
     *out = NULL;
     const char *inner_spec = strncmp(spec, "chaos:", 6) == 0 ? spec + 6 : "cpu";
@@ -181,6 +243,10 @@ int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err) {
     c->be.ops = &c->ops;
     c->be.impl = c->inner->impl;
     c->corrupt_index = -1;
+    if (perturb_setup(c, err)) {
+        chaos_destroy(&c->be);
+        return fy_wrap(err, "backend '%s'", spec);
+    }
     *out = &c->be;
     return 0;
 }
