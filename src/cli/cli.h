@@ -13,6 +13,8 @@ int fy_cmd_generate(int argc, char **argv);
 int fy_cmd_tokenizer(int argc, char **argv);
 int fy_cmd_data(int argc, char **argv);
 int fy_cmd_inspect(int argc, char **argv);
+int fy_cmd_verify(int argc, char **argv);
+int fy_cmd_devices(int argc, char **argv);
 
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);
@@ -28,5 +30,8 @@ typedef struct fy_loaded {
 } fy_loaded;
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err);
 void fy_cli_unload(fy_loaded *l);
+/* The run directory of DIR (a run directory, or a checkpoint directory inside
+ * RUN/checkpoints/): the one holding config.json and tokenizer.json. */
+int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
 
 #endif

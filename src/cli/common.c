@@ -1,4 +1,4 @@
-/* Loading a trained model for generate (and later verify/serve). */
+/* Loading a trained model for generate and verify (and later serve). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,8 +8,7 @@
 #include "cli/cli.h"
 #include "core/fsutil.h"
 
-/* DIR is a run directory, or a checkpoint inside RUN/checkpoints/. */
-static int find_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
+int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
     char p[FY_PATH_MAX];
     snprintf(p, sizeof p, "%s/config.json", dir);
     if (fy_file_exists(p)) {
@@ -28,7 +27,7 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     memset(out, 0, sizeof *out);
     char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
     fy_config cfg;
-    if (find_run_dir(dir, run, sizeof run, err)) return -1;
+    if (fy_cli_run_dir(dir, run, sizeof run, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
     if (fy_config_load(p, &cfg, err)) return -1;
     snprintf(p, sizeof p, "%s/tokenizer.json", run);

@@ -16,6 +16,8 @@ static const struct {
     {"tokenizer", fy_cmd_tokenizer, "train, encode with, decode with a byte-level BPE tokenizer"},
     {"data", fy_cmd_data, "tokenize text files into training shards"},
     {"inspect", fy_cmd_inspect, "summarise and verify a checkpoint, safetensors file or shard"},
+    {"verify", fy_cmd_verify, "check that backends agree on a model (logits, gradients, greedy text)"},
+    {"devices", fy_cmd_devices, "list the backends and devices this build can use"},
 };
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
 
