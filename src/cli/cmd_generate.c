@@ -25,7 +25,7 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--top-p", NULL, FY_ARG_FLOAT, &top_p, "P", "nucleus sampling mass (default 1 = off)", 1e-6, 1, 0},
         {"--seed", NULL, FY_ARG_INT, &seed, "S", "sampling seed (default 0)", 0, 2147483647, 0},
         {"--stop", NULL, FY_ARG_STR, &stop, "TEXT", "stop when this text is generated", 0, 0, 0},
-        {"--backend", "-b", FY_ARG_STR, &backend, "NAME", "cpu (default)", 0, 0, 0},
+        {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];

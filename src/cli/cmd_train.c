@@ -136,7 +136,7 @@ static int supervised(int argc, char **argv, const char *run_dir, int resume, in
 }
 
 int fy_cmd_train(int argc, char **argv) {
-    const char *cfgname = "tiny", *data = NULL, *out = NULL, *backend = "cpu";
+    const char *cfgname = "tiny", *data = NULL, *out = NULL, *backend = NULL;
     int steps = 0, batch = 0, seq = 0, seed = 0, eval_every = -1, ckpt_every = -1, keep = -1;
     int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
     int supervise = 0, max_restarts = 10;
@@ -145,7 +145,7 @@ int fy_cmd_train(int argc, char **argv) {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
-        {"--backend", "-b", FY_ARG_STR, &backend, "NAME", "cpu (default)", 0, 0, 0},
+        {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default; --resume: the run's last), opencl, ... (ferry devices)", 0, 0, 0},
         {"--steps", "-s", FY_ARG_INT, &steps, "N", "total optimizer steps", 1, 1e9, 0},
         {"--batch", NULL, FY_ARG_INT, &batch, "B", "sequences per step", 1, 1 << 16, 0},
         {"--seq", NULL, FY_ARG_INT, &seq, "T", "tokens per sequence", 1, 1 << 20, 0},
@@ -179,11 +179,17 @@ int fy_cmd_train(int argc, char **argv) {
     snprintf(run_dir, sizeof run_dir, "%s", out ? out : "");
     if (!out) snprintf(run_dir, sizeof run_dir, "runs/%s", strchr(cfgname, '/') || strchr(cfgname, '.') ? "custom" : cfgname);
     if (supervise) return supervised(argc, argv, run_dir, resume, max_restarts, heartbeat, backoff);
+    /* A wrong --backend is reported before any data preparation or file write. */
+    fy_backend *be = NULL;
+    if (backend) {
+        if (fy_backend_create(backend, &be, &err)) return fy_cli_fail("train", &err);
+        fy_backend_destroy(be);
+    }
 
     fy_config cfg;
     fy_train_opts o;
     fy_train_opts_default(&o);
-    char *saved_json = NULL;
+    char *saved_json = NULL, saved_backend[128] = "";
     snprintf(path, sizeof path, "%s/config.json", run_dir);
     if (resume) {
         /* The run's own config wins; flags may still extend or adjust it. */
@@ -200,6 +206,18 @@ int fy_cmd_train(int argc, char **argv) {
             return fy_cli_fail("train", &err);
         }
         snprintf(data_dir, sizeof data_dir, "%s", dd->valuestring);
+        /* The backend is a run-time choice, never a property of the run: the
+         * checkpoint is plain fp32 tensors. The recorded one is only the
+         * default, and continuing elsewhere is fine (within fp32 rounding of
+         * the other backend, not bit-identical to staying). */
+        const cJSON *rb = f ? cJSON_GetObjectItemCaseSensitive(f, "backend") : NULL;
+        if (rb && cJSON_IsString(rb) && rb->valuestring[0]) {
+            snprintf(saved_backend, sizeof saved_backend, "%s", rb->valuestring);
+            if (backend && strcmp(backend, saved_backend))
+                printf("note: %s was last trained on backend %s; resuming it on %s\n", run_dir, saved_backend,
+                       backend);
+            if (!backend) backend = saved_backend;
+        }
         cJSON_Delete(js);
     } else {
         if (fy_file_exists(path)) {
@@ -268,24 +286,35 @@ int fy_cmd_train(int argc, char **argv) {
         return fy_cli_fail("train", &err);
     }
 
-    /* Save and print the effective config. */
+    /* The backend, created before anything is written (a recorded one may not
+     * exist on this machine: say how to continue elsewhere). */
+    if (!backend) backend = "cpu";
+    if (fy_backend_create(backend, &be, &err)) {
+        if (saved_backend[0] && backend == saved_backend)
+            fy_wrap(&err, "%s was last trained on '%s' (pass --backend cpu, or see ferry devices, to resume "
+                          "it elsewhere)", run_dir, saved_backend);
+        free(saved_json);
+        return fy_cli_fail("train", &err);
+    }
+    /* Save and print the effective config. "backend" records where the run
+     * was last trained, for information and as the --resume default. */
     char *opts = fy_train_opts_to_json(&o);
-    char extra[FY_PATH_MAX + 1200];
-    snprintf(extra, sizeof extra, "%.*s, \"data_dir\": \"%s\"}", (int)strlen(opts) - 1, opts, data_dir);
+    char extra[FY_PATH_MAX + 1400];
+    snprintf(extra, sizeof extra, "%.*s, \"data_dir\": \"%s\", \"backend\": \"%s\"}", (int)strlen(opts) - 1,
+             opts, data_dir, backend);
     free(opts);
     char *js = fy_config_to_json(&cfg, extra);
     snprintf(path, sizeof path, "%s/config.json", run_dir);
     if (!js || fy_write_file_atomic(path, js, strlen(js), &err)) {
         free(js);
+        fy_backend_destroy(be);
         return fy_cli_fail("train", &err);
     }
     printf("effective config (%s):\n%s\n", path, js);
     free(js);
     free(saved_json);
 
-    fy_backend *be;
     fy_model m;
-    if (fy_backend_create(backend, &be, &err)) return fy_cli_fail("train", &err);
     if (fy_model_create(&m, &cfg, be, &err)) {
         fy_backend_destroy(be);
         return fy_cli_fail("train", &err);
