@@ -760,3 +760,19 @@ int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref 
     *ld_kpe = rkv + dr;
     return 0;
 }
+
+int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, size_t *n, fy_err *err) {
+    if (layer < 0 || layer >= m->tab.n_layers)
+        return fy_fail(err, "no layer %d (the model has %d, MTP included)", layer, m->tab.n_layers);
+    if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
+    const fy_config *c = &m->cfg;
+    const fy_layer_acts *a = &m->layer_acts[layer];
+    size_t N = (size_t)m->B * m->T;
+    int d = c->hidden_size, H = c->num_attention_heads;
+    if (!strcmp(name, "ln1")) *out = a->ln1, *n = N * d;
+    else if (!strcmp(name, "ln2")) *out = a->ln2, *n = N * d;
+    else if (!strcmp(name, "q")) *out = a->q, *n = N * H * fy_cfg_qk_head_dim(c);
+    else if (!strcmp(name, "att")) *out = a->att, *n = N * H * c->v_head_dim;
+    else return fy_fail(err, "unknown activation '%s' (ln1, ln2, q, att)", name);
+    return 0;
+}

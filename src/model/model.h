@@ -85,6 +85,13 @@ int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_er
 int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref *kpe, int *ld_kpe,
                        fy_err *err);
 
+/* A saved activation of layer `layer` from the last forward with need_grad
+ * (what the backward reads): "ln1" and "ln2" (the normed inputs of attention
+ * and FFN, [B*T, d]), "q" ([B*T, H*(d_n+d_r)], RoPE applied) and "att" (the
+ * attention output before o_proj, [B*T, H*d_v]). *n gets its element count.
+ * For fault injection and debugging. */
+int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, size_t *n, fy_err *err);
+
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
  * counted by the forwards since the last call; then resets the counts. */
 int fy_model_update_bias(fy_model *m, fy_err *err);

@@ -17,6 +17,7 @@ void fy_guard_opts_default(fy_guard_opts *o) {
     o->max_failures = 5;
     o->weight_checksum = 1;
     o->abft_fraction = 0.0;
+    o->recompute_every = 0;
 }
 
 /* ---- loss window ---- */

@@ -17,7 +17,8 @@ static int parse_one(char *item, fy_inj_fault *f, fy_err *err) {
     if (colon) *colon = '\0';
     static const struct { const char *name; fy_inj_kind k; } kinds[] = {
         {"nan_grad", FY_INJ_NAN_GRAD}, {"flip_weight", FY_INJ_FLIP_WEIGHT},
-        {"flip_moment", FY_INJ_FLIP_MOMENT}, {"spike", FY_INJ_SPIKE}, {"gemm", FY_INJ_GEMM}};
+        {"flip_moment", FY_INJ_FLIP_MOMENT}, {"spike", FY_INJ_SPIKE}, {"gemm", FY_INJ_GEMM},
+        {"flip_act", FY_INJ_FLIP_ACT}};
     int found = 0;
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(item, kinds[i].name) == 0) {
@@ -25,7 +26,7 @@ static int parse_one(char *item, fy_inj_fault *f, fy_err *err) {
             found = 1;
         }
     if (!found)
-        return fy_fail(err, "FERRY_INJECT: unknown fault '%s' (nan_grad, flip_weight, flip_moment, spike, gemm)",
+        return fy_fail(err, "FERRY_INJECT: unknown fault '%s' (nan_grad, flip_weight, flip_moment, flip_act, spike, gemm)",
                        item);
     char *save = NULL;
     for (char *kv = colon ? strtok_r(colon + 1, ",", &save) : NULL; kv; kv = strtok_r(NULL, ",", &save)) {
@@ -34,7 +35,7 @@ static int parse_one(char *item, fy_inj_fault *f, fy_err *err) {
         *eq = '\0';
         const char *v = eq + 1;
         char *end;
-        if (strcmp(kv, "tensor") == 0) {
+        if (strcmp(kv, "tensor") == 0 || (strcmp(kv, "act") == 0 && f->kind == FY_INJ_FLIP_ACT)) {
             snprintf(f->tensor, sizeof f->tensor, "%s", v);
             continue;
         }
@@ -49,6 +50,7 @@ static int parse_one(char *item, fy_inj_fault *f, fy_err *err) {
         else if (strcmp(kv, "index") == 0) f->index = (size_t)x;
         else if (strcmp(kv, "bit") == 0 && x < 32) f->bit = (int)x;
         else if (strcmp(kv, "repeat") == 0) f->repeat = (int)x;
+        else if (strcmp(kv, "layer") == 0 && f->kind == FY_INJ_FLIP_ACT && x < 1 << 20) f->layer = (int)x;
         else return fy_fail(err, "FERRY_INJECT: unknown or out-of-range key %s=%s", kv, v);
     }
     if (f->step < 1) return fy_fail(err, "FERRY_INJECT: '%s' needs step=S (S >= 1)", item);
@@ -86,6 +88,13 @@ int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err) {
     for (int i = 0; i < inj->n; i++) {
         fy_inj_fault *f = &inj->f[i];
         if (f->kind == FY_INJ_SPIKE || f->kind == FY_INJ_GEMM) continue;
+        if (f->kind == FY_INJ_FLIP_ACT) { /* the index is checked when it fires: sizes follow the batch */
+            if (!f->tensor[0]) snprintf(f->tensor, sizeof f->tensor, "ln2");
+            if (f->layer >= m->tab.n_layers)
+                return fy_fail(err, "FERRY_INJECT: flip_act layer=%d, the model has %d layers", f->layer,
+                               m->tab.n_layers);
+            continue;
+        }
         const fy_tensor_info *t = NULL;
         if (!f->tensor[0]) {
             for (int j = 0; j < m->tab.n && !t; j++)
@@ -160,6 +169,28 @@ int fy_inject_state(fy_inject *inj, int step, fy_model *m, fy_adamw *opt, char *
         any = 1;
     }
     return any;
+}
+
+int fy_inject_act(fy_inject *inj, int step, fy_model *m, char *what, size_t cap, fy_err *err) {
+    fy_inj_fault *f = due(inj, step, FY_INJ_FLIP_ACT);
+    if (!f) return 0;
+    fy_ref r;
+    size_t n;
+    if (fy_model_activation(m, f->layer, f->tensor, &r, &n, err))
+        return fy_wrap(err, "FERRY_INJECT flip_act");
+    if (f->index >= n)
+        return fy_fail(err, "FERRY_INJECT: flip_act index %zu outside %s of layer %d (%zu elements)", f->index,
+                       f->tensor, f->layer, n);
+    float x, y;
+    uint32_t u;
+    m->be->ops->download(m->be, &x, fy_add(r, f->index), 1);
+    memcpy(&u, &x, 4);
+    u ^= 1u << f->bit;
+    memcpy(&y, &u, 4);
+    m->be->ops->upload(m->be, fy_add(r, f->index), &y, 1);
+    snprintf(what, cap, "flip_act: bit %d of activation %s[%zu] of layer %d flipped (%g -> %g) between the "
+             "forward and the backward of step %d", f->bit, f->tensor, f->index, f->layer, x, y, step);
+    return 1;
 }
 
 int fy_inject_gemm_due(fy_inject *inj, int step, int *gemm_index) {

@@ -3,6 +3,9 @@
  *   nan_grad:step=S[,tensor=NAME][,index=I][,repeat=R]   NaN in a gradient after backward
  *   flip_weight:step=S[,tensor=NAME][,index=I][,bit=B]    bit flip in a weight after step S
  *   flip_moment:step=S[,tensor=NAME][,index=I][,bit=B][,moment=m|v]  ... in an AdamW moment
+ *   flip_act:step=S[,layer=L][,act=ln1|ln2|q|att][,index=I][,bit=B][,repeat=R]
+ *                                                         bit flip in an activation the backward
+ *                                                         reads, between forward and backward
  *   spike:step=S[,repeat=R]                               poisoned batch (random labels)
  *   gemm:step=S[,index=G][,repeat=R]                      corrupts GEMM number G of step S
  *                                                         (needs --backend chaos:cpu)
@@ -20,14 +23,16 @@
 #include "model/model.h"
 #include "train/optim.h"
 
-typedef enum { FY_INJ_NAN_GRAD, FY_INJ_FLIP_WEIGHT, FY_INJ_FLIP_MOMENT, FY_INJ_SPIKE, FY_INJ_GEMM } fy_inj_kind;
+typedef enum { FY_INJ_NAN_GRAD, FY_INJ_FLIP_WEIGHT, FY_INJ_FLIP_MOMENT, FY_INJ_SPIKE, FY_INJ_GEMM,
+               FY_INJ_FLIP_ACT } fy_inj_kind;
 
 typedef struct fy_inj_fault {
     fy_inj_kind kind;
     int step, bit, repeat, fired;
     char moment;          /* 'm' or 'v' */
-    char tensor[96];      /* "" = default */
+    char tensor[96];      /* "" = default; flip_act: the activation's name */
     size_t index;
+    int layer;            /* flip_act */
 } fy_inj_fault;
 
 #define FY_INJ_MAX 32
@@ -47,6 +52,9 @@ int fy_inject_batch(fy_inject *inj, int step, int32_t *labels, size_t n, int voc
                     size_t cap);
 int fy_inject_grad(fy_inject *inj, int step, fy_model *m, char *what, size_t cap);
 int fy_inject_state(fy_inject *inj, int step, fy_model *m, fy_adamw *opt, char *what, size_t cap);
+/* After the forward: flips a bit of a saved activation; -1 (and err) when
+ * the index is outside it. */
+int fy_inject_act(fy_inject *inj, int step, fy_model *m, char *what, size_t cap, fy_err *err);
 /* Whether a GEMM fault is due at this step (marks it fired); *gemm_index
  * gets which GEMM of the step to corrupt. */
 int fy_inject_gemm_due(fy_inject *inj, int step, int *gemm_index);

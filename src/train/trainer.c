@@ -91,6 +91,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"guard_max_failures", 1, 1e6, 1, NULL, &o->guard.max_failures},
             {"guard_weight_checksum", 0, 1, 1, NULL, &o->guard.weight_checksum},
             {"abft_fraction", 0, 1, 0, &o->guard.abft_fraction, NULL},
+            {"guard_recompute_every", 0, 1e9, 1, NULL, &o->guard.recompute_every},
         };
         for (size_t i = 0; i < sizeof gk / sizeof gk[0] && !rc; i++) {
             double d;
@@ -120,13 +121,13 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"eval_every\": %d, \"eval_batches\": %d, \"ckpt_every\": %d, \"keep_last\": %d, "
              "\"log_every\": %d, \"guard_nonfinite\": %d, \"guard_spike_window\": %d, \"guard_spike_min\": %d, "
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
-             "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g}",
+             "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
-             o->guard.weight_checksum, o->guard.abft_fraction);
+             o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every);
     return s;
 }
 
@@ -314,6 +315,62 @@ static void describe_gemm_fault(const fy_model *m, const fy_chaos_fault *f, char
              f->gemm_index, f->M, f->N, f->K, f->trans_a ? " A^T" : "", f->trans_b ? " B^T" : "", a, b, c);
 }
 
+/* One execution of a step on the current state: forward, the loss guards,
+ * backward, AdamW and the bias update, then the chaos backend's ABFT verdict.
+ * inj (NULL on a re-execution) injects the faults due at this step. Returns
+ * 0 when the step was computed, 1 when a guard flagged it (reason and where
+ * say what and where), -1 on an error. */
+static int execute_step(fy_model *m, fy_adamw *opt, const fy_guard_opts *g, struct fy_chaos *chaos, fy_inject *inj,
+                        const fy_loss_window *win, int step, uint64_t bi, const int32_t *in, const int32_t *lab,
+                        int B, int T, fy_loss *l, float *gn, float *lr, char *reason, size_t rcap, char *where,
+                        size_t wcap, fy_err *err) {
+    char what[320];
+    *gn = NAN;
+    if (chaos) {
+        int gi = -1;
+        if (inj && inj->n && fy_inject_gemm_due(inj, step, &gi))
+            fy_warn("inject gemm: corrupting GEMM #%d of step %d", gi, step);
+        fy_chaos_begin_step(chaos, step, g->abft_fraction, gi);
+    }
+    fy_model_zero_grad(m);
+    if (fy_model_forward(m, in, lab, B, T, 1, l, err)) return fy_wrap(err, "step %d", step);
+    if (g->nonfinite && (!isfinite(l->total) || !isfinite(l->main))) {
+        snprintf(reason, rcap, "non-finite loss (%g)", l->total);
+        snprintf(where, wcap, "forward of batch %llu", (unsigned long long)bi);
+        return 1;
+    }
+    if (fy_loss_is_spike(win, g, l->main, reason, rcap)) {
+        snprintf(where, wcap, "batch %llu", (unsigned long long)bi);
+        return 1;
+    }
+    if (inj && inj->n) {
+        int r = fy_inject_act(inj, step, m, what, sizeof what, err);
+        if (r < 0) return -1;
+        if (r) fy_warn("inject %s", what);
+    }
+    if (chaos) fy_chaos_set_phase(chaos, "backward");
+    if (fy_model_backward(m, err)) return fy_wrap(err, "step %d", step);
+    if (inj && inj->n && fy_inject_grad(inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
+    if (fy_adamw_step(opt, m, gn, lr, err)) {
+        if (g->nonfinite && !isfinite(*gn)) {
+            snprintf(reason, rcap, "non-finite gradient norm (%g)", *gn);
+            return fy_find_nonfinite_grad(m, where, wcap, err) ? -1 : 1;
+        }
+        return fy_wrap(err, "step %d", step);
+    }
+    if (fy_model_update_bias(m, err)) return fy_wrap(err, "step %d", step);
+    if (chaos) {
+        fy_chaos_fault cf;
+        int bad = fy_chaos_take_fault(chaos, &cf);
+        fy_chaos_begin_step(chaos, step, g->abft_fraction, -1); /* disarm */
+        if (bad) {
+            describe_gemm_fault(m, &cf, reason, rcap, where, wcap);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Appends a guard event to metrics.jsonl (reason and where are JSON-escaped
  * crudely: quotes and backslashes dropped). */
 static void log_event(FILE *mf, int step, const char *event, const char *reason, const char *where,
@@ -353,11 +410,11 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     double elapsed0 = 0;
     skips sk = {0};
     fy_inject inj;
-    fy_snapshot snap = {0};
-    fy_state_sums sums = {0};
+    fy_snapshot snap = {0}, pre = {0};
+    fy_state_sums sums = {0}, first = {0};
     fy_loss_window win = {0};
     struct fy_chaos *chaos = fy_chaos_of(m->be);
-    const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum || chaos;
+    const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum || chaos || g->recompute_every > 0;
 
     if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
     for (int i = 0; i < inj.n && !chaos; i++)
@@ -443,51 +500,30 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (fy_loader_batch(&train, o->seed, bi, 0, 1, B, T, in, lab, err)) goto done;
         if (inj.n && fy_inject_batch(&inj, step, lab, (size_t)B * T, m->cfg.vocab_size, what, sizeof what))
             fy_warn("inject %s", what);
-        if (chaos) {
-            int gi = -1;
-            if (inj.n && fy_inject_gemm_due(&inj, step, &gi))
-                fy_warn("inject gemm: corrupting GEMM #%d of step %d", gi, step);
-            fy_chaos_begin_step(chaos, step, g->abft_fraction, gi);
-        }
-        fy_model_zero_grad(m);
-        if (fy_model_forward(m, in, lab, B, T, 1, &l, err)) {
-            fy_wrap(err, "step %d", step);
-            goto done;
-        }
-        if (g->nonfinite && (!isfinite(l.total) || !isfinite(l.main))) {
-            snprintf(reason, sizeof reason, "non-finite loss (%g)", l.total);
-            snprintf(where, sizeof where, "forward of batch %llu", (unsigned long long)bi);
-            goto fault;
-        }
-        if (fy_loss_is_spike(&win, g, l.main, reason, sizeof reason)) {
-            snprintf(where, sizeof where, "batch %llu", (unsigned long long)bi);
-            goto fault;
-        }
-        if (chaos) fy_chaos_set_phase(chaos, "backward");
-        if (fy_model_backward(m, err)) {
-            fy_wrap(err, "step %d", step);
-            goto done;
-        }
-        if (inj.n && fy_inject_grad(&inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
-        if (fy_adamw_step(&opt, m, &gn, &lr, err)) {
-            if (g->nonfinite && !isfinite(gn)) {
-                snprintf(reason, sizeof reason, "non-finite gradient norm (%g)", gn);
-                if (fy_find_nonfinite_grad(m, where, sizeof where, err)) goto done;
-                goto fault;
-            }
-            fy_wrap(err, "step %d", step);
-            goto done;
-        }
-        if (fy_model_update_bias(m, err)) {
-            fy_wrap(err, "step %d", step);
-            goto done;
-        }
-        if (chaos) {
-            fy_chaos_fault cf;
-            int bad = fy_chaos_take_fault(chaos, &cf);
-            fy_chaos_begin_step(chaos, step, g->abft_fraction, -1); /* disarm */
-            if (bad) {
-                describe_gemm_fault(m, &cf, reason, sizeof reason, where, sizeof where);
+        int r = execute_step(m, &opt, g, chaos, &inj, &win, step, bi, in, lab, B, T, &l, &gn, &lr, reason,
+                             sizeof reason, where, sizeof where, err);
+        if (r < 0) goto done;
+        if (r) goto fault;
+        if (g->recompute_every > 0 && (step - 1) % g->recompute_every == 0) {
+            /* Silent corruption during the step: execute it again from the same
+             * state and require bitwise the same result (the backend is
+             * deterministic). Disagreeing executions are both discarded. */
+            fy_snapshot *base = snap.valid && snap.step == step - 1 ? &snap : &pre;
+            if (base == &pre && fy_snapshot_take(&pre, m, &opt, step - 1, err)) goto done;
+            fy_loss l2;
+            float gn2, lr2;
+            if (fy_state_sums_compute(&first, m, &opt, err) || fy_snapshot_restore(base, m, &opt, err)) goto done;
+            r = execute_step(m, &opt, g, chaos, NULL, &win, step, bi, in, lab, B, T, &l2, &gn2, &lr2, reason,
+                             sizeof reason, where, sizeof where, err);
+            if (r < 0) goto done;
+            if (r) goto fault;
+            r = fy_state_sums_verify(&first, m, &opt, where, sizeof where, err);
+            if (r < 0) goto done;
+            if (r || memcmp(&l.total, &l2.total, sizeof l.total) || memcmp(&gn, &gn2, sizeof gn)) {
+                snprintf(reason, sizeof reason,
+                         "re-execution of step %d disagrees with its first execution (loss %.9g vs %.9g, "
+                         "grad norm %.9g vs %.9g)", step, l.total, l2.total, gn, gn2);
+                if (!r) snprintf(where, sizeof where, "loss or gradient norm of step %d", step);
                 goto fault;
             }
         }
@@ -597,7 +633,9 @@ done:
     free(h.x); free(h.y); free(h.vx); free(h.vy);
     free(sk.s);
     fy_snapshot_free(&snap);
+    fy_snapshot_free(&pre);
     fy_state_sums_free(&sums);
+    fy_state_sums_free(&first);
     fy_loss_window_free(&win);
     fy_adamw_free(&opt, m->be);
     fy_loader_close(&train);

@@ -104,6 +104,25 @@ for gi in 5 17 150; do
 done
 check "! FERRY_INJECT='gemm:step=3' $ferry train $T --out nochaos >/dev/null 2>&1" "gemm fault without chaos accepted"
 
+echo "== re-execution (guard_recompute_every): a bit flip inside a step is caught only by recomputing it"
+sed 's/"warmup_steps": 5}/"warmup_steps": 5, "guard_recompute_every": 10}/' micro.json > micro_rx.json
+R="--data data --config micro_rx.json --steps 60 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 --log-every 100"
+check "$ferry train $R --out rx >rx.log 2>&1" "re-execution clean run"
+check "! grep -q '\"event\"' rx/metrics.jsonl" "re-execution false alarm: $(grep event rx/metrics.jsonl | head -1)"
+check "same_state clean rx" "re-executing steps changed the numbers"
+FLIP="flip_act:step=41,layer=1,act=ln2,index=5,bit=22"  # high mantissa: no NaN, no spike
+FERRY_INJECT="$FLIP" $ferry train $R --out rxflip >rxflip.log 2>&1
+check "[ $? -eq 0 ]" "rxflip: train failed: $(tail -1 rxflip.log)"
+if event rxflip 41 "re-execution of step 41 disagrees" "model." '"restored_step": 40'; then ok; else
+  bad "rxflip: no re-execution rollback at step 41 ($(grep event rxflip/metrics.jsonl))"; fi
+check "same_state clean rxflip" "rxflip: final state differs from the clean run"
+echo "  rxflip: $(grep -m1 '"event"' rxflip/metrics.jsonl)"
+# Without re-execution the same flip goes unnoticed and changes the result.
+FERRY_INJECT="$FLIP" $ferry train $T --out noflipcheck >noflipcheck.log 2>&1
+check "! grep -q '\"event\"' noflipcheck/metrics.jsonl && ! same_state clean noflipcheck" \
+  "an activation flip without re-execution should be silent and change the weights"
+check "! FERRY_INJECT='flip_act:step=3,act=nope' $ferry train $T --out badact >/dev/null 2>&1" "unknown activation accepted"
+
 echo "== a repeating bad batch is skipped; resume stays exact"
 check "FERRY_INJECT='spike:step=45,repeat=2' $ferry train $T --out skip >skip.log 2>&1" "skip run failed"
 check "grep -q '\"skip_batch\": true' skip/metrics.jsonl" "no skip_batch event"

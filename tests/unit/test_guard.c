@@ -121,7 +121,7 @@ static void test_state(void) {
         CHECK(fy_state_sums_verify(&s, &m, &opt, where, sizeof where, &err) == 0, "restore is exact (%s)", where);
         CHECK(opt.t == 1, "opt.t restored");
     }
-    CHECK(fy_inject_resolve(&(fy_inject){1, {{FY_INJ_NAN_GRAD, 1, 30, 1, 0, 'v', "nope", 0}}}, &m, &err) != 0,
+    CHECK(fy_inject_resolve(&(fy_inject){.n = 1, .f = {{.kind = FY_INJ_NAN_GRAD, .step = 1, .bit = 30, .repeat = 1, .moment = 'v', .tensor = "nope"}}}, &m, &err) != 0,
           "unknown tensor rejected");
 
     /* nan in a gradient is found and named */
