@@ -213,6 +213,40 @@ int fy_ckpt_read_manifest(const char *ckpt_dir, fy_ckpt_manifest *out, fy_err *e
     return rc;
 }
 
+/* After a file's checksum failed: which tensor is damaged, from the
+ * per-tensor sums in MANIFEST.json (written by add_tensor_sums). */
+static void locate_damage(const char *ckpt_dir, const char *name, const char *path, char *out, size_t cap) {
+    char mp[FY_PATH_MAX], *text = NULL;
+    size_t len;
+    fy_err e;
+    out[0] = '\0';
+    if (fy_path_join(mp, sizeof mp, ckpt_dir, FY_CKPT_MANIFEST, &e) || fy_read_file(mp, &text, &len, &e)) return;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    const cJSON *fe = cJSON_GetObjectItemCaseSensitive(files, name);
+    const cJSON *sums = cJSON_GetObjectItemCaseSensitive(fe, "tensors");
+    fy_st_file *f = NULL;
+    if (!cJSON_IsObject(sums)) {
+        /* a manifest from before per-tensor sums: the file is all we can name */
+    } else if (fy_st_open(path, &f, &e)) {
+        snprintf(out, cap, "; its header is damaged (%.400s)", e.msg);
+    } else {
+        for (size_t i = 0; i < fy_st_count(f) && !out[0]; i++) {
+            const fy_st_entry *t = fy_st_entry_at(f, i);
+            const cJSON *h = cJSON_GetObjectItemCaseSensitive(sums, t->name);
+            uint64_t want;
+            if (!cJSON_IsString(h) || fy_xxh64_parse_hex(h->valuestring, &want))
+                snprintf(out, cap, "; tensor %s is not in the manifest (damaged header?)", t->name);
+            else if (fy_xxh64(t->data, t->nbytes) != want)
+                snprintf(out, cap, "; damaged tensor: %s (data at byte %" PRIu64 ")", t->name, t->file_offset);
+        }
+        if (!out[0]) snprintf(out, cap, "; every tensor's data is intact: the damage is in the header or padding");
+    }
+    fy_st_close(f);
+    cJSON_Delete(root);
+}
+
 int fy_ckpt_verify_file(const char *ckpt_dir, const fy_ckpt_file *f, fy_err *err) {
     char p[FY_PATH_MAX];
     if (fy_path_join(p, sizeof p, ckpt_dir, f->name, err)) return -1;
@@ -230,8 +264,10 @@ int fy_ckpt_verify_file(const char *ckpt_dir, const fy_ckpt_file *f, fy_err *err
         char want[FY_XXH64_HEX_LEN + 1], got[FY_XXH64_HEX_LEN + 1];
         fy_xxh64_hex(f->xxh64, want);
         fy_xxh64_hex(h, got);
-        return fy_fail(err, "checkpoint %s: %s: checksum mismatch (expected %s, got %s)", ckpt_dir,
-                       f->name, want, got);
+        char where[512];
+        locate_damage(ckpt_dir, f->name, p, where, sizeof where);
+        return fy_fail(err, "checkpoint %s: %s: checksum mismatch (expected %s, got %s)%s", ckpt_dir,
+                       f->name, want, got, where);
     }
     return 0;
 }
@@ -337,6 +373,28 @@ static int write_optimizer(const char *path, const fy_ckpt_snapshot *s, fy_err *
     return rc;
 }
 
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* Per-tensor xxh64 of a safetensors file as written, under "tensors" of its
+ * manifest entry: when the file's checksum fails, these name the damaged
+ * tensor (locate_damage). */
+static int add_tensor_sums(cJSON *entry, const char *path, fy_err *err) {
+    fy_st_file *f;
+    if (fy_st_open(path, &f, err)) return fy_wrap(err, "re-reading %s for its manifest", path);
+    cJSON *t = cJSON_AddObjectToObject(entry, "tensors");
+    for (size_t i = 0; i < fy_st_count(f); i++) {
+        const fy_st_entry *e = fy_st_entry_at(f, i);
+        char hex[FY_XXH64_HEX_LEN + 1];
+        fy_xxh64_hex(fy_xxh64(e->data, e->nbytes), hex);
+        cJSON_AddStringToObject(t, e->name, hex);
+    }
+    fy_st_close(f);
+    return 0;
+}
+
 /* MANIFEST.json from the files as they are on disk, so it vouches for what
  * was actually written. */
 static int write_manifest(const char *dir, int step, const char *const *names, int n, fy_err *err) {
@@ -358,6 +416,7 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
         cJSON *e = cJSON_AddObjectToObject(files, names[i]);
         cJSON_AddNumberToObject(e, "bytes", (double)st.st_size);
         cJSON_AddStringToObject(e, "xxh64", hex);
+        if (ends_with(names[i], ".safetensors")) rc = add_tensor_sums(e, p, err);
     }
     char *text = rc ? NULL : cJSON_Print(root);
     cJSON_Delete(root);

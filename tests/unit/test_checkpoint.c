@@ -305,6 +305,43 @@ static void test_corruption(void) {
     flip_byte(mp, 10);
     CHECK(fy_ckpt_verify(c2, &err) == 0, "restored: %s", err.msg);
 
+    /* The manifest's per-tensor sums name the damaged tensor: flip a byte in
+     * the middle of one tensor's data. */
+    {
+        fy_st_file *sf;
+        CHECK(fy_st_open(mp, &sf, &err) == 0, "open %s: %s", mp, err.msg);
+        const fy_st_entry *t = fy_st_entry_at(sf, fy_st_count(sf) / 2);
+        char name[128];
+        snprintf(name, sizeof name, "damaged tensor: %s ", t->name);
+        struct stat fst;
+        stat(mp, &fst);
+        long from_end = (long)(fst.st_size - (t->file_offset + t->nbytes / 2));
+        fy_st_close(sf);
+        flip_byte(mp, from_end);
+        CHECK(fy_ckpt_verify(c2, &err) == -1 && contains(err.msg, "model.safetensors: checksum mismatch") &&
+                  contains(err.msg, name),
+              "damaged tensor named (%s): %s", name, err.msg);
+        CHECK(fy_ckpt_load(c2, &b.m, NULL, NULL, &err) == -1 && contains(err.msg, name),
+              "load names the tensor: %s", err.msg);
+        CHECK(resolves_to(run, c1), "falls back past a damaged tensor");
+        flip_byte(mp, from_end);
+        /* A flipped header byte: no tensor is blamed. */
+        FILE *hf = fopen(mp, "r+b");
+        fseek(hf, 20, SEEK_SET);
+        int c = fgetc(hf);
+        fseek(hf, 20, SEEK_SET);
+        fputc(c ^ 0x01, hf);
+        fclose(hf);
+        CHECK(fy_ckpt_verify(c2, &err) == -1 && contains(err.msg, "checksum mismatch") &&
+                  !contains(err.msg, "damaged tensor:"),
+              "header flip: %s", err.msg);
+        hf = fopen(mp, "r+b");
+        fseek(hf, 20, SEEK_SET);
+        fputc(c, hf);
+        fclose(hf);
+        CHECK(fy_ckpt_verify(c2, &err) == 0, "restored again: %s", err.msg);
+    }
+
     /* Truncated optimizer.safetensors. */
     char op[FY_PATH_MAX];
     snprintf(op, sizeof op, "%s", ckpt_path(run, 2, FY_CKPT_OPTIM));
