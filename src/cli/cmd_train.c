@@ -140,7 +140,8 @@ int fy_cmd_train(int argc, char **argv) {
     int steps = 0, batch = 0, seq = 0, seed = 0, eval_every = -1, ckpt_every = -1, keep = -1;
     int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
     int supervise = 0, max_restarts = 10;
-    double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0;
+    double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0, abft = -1;
+    int recompute = -1;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
@@ -163,6 +164,8 @@ int fy_cmd_train(int argc, char **argv) {
         {"--max-restarts", NULL, FY_ARG_INT, &max_restarts, "N", "supervisor: restarts before giving up (default 10)", 0, 1e6, 0},
         {"--heartbeat-timeout", NULL, FY_ARG_FLOAT, &heartbeat, "SEC", "supervisor: no step for SEC = hung (default 300)", 0.1, 1e7, 0},
         {"--restart-backoff", NULL, FY_ARG_FLOAT, &backoff, "SEC", "supervisor: first wait before a restart, doubling (default 1)", 0, 3600, 0},
+        {"--abft", NULL, FY_ARG_FLOAT, &abft, "F", "guard: fraction of GEMMs checksum-checked (ABFT; default 0.02, 0 = off)", 0, 1, 0},
+        {"--recompute-every", NULL, FY_ARG_INT, &recompute, "N", "guard: execute every N-th step twice, compare bitwise (0 = off)", 0, 1e9, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
     char *pos[1];
@@ -280,6 +283,8 @@ int fy_cmd_train(int argc, char **argv) {
     if (log_every) o.log_every = log_every;
     o.time_limit_s = time_limit;
     o.stop_after = stop_after;
+    if (abft >= 0) o.guard.abft_fraction = abft;
+    if (recompute >= 0) o.guard.recompute_every = recompute;
     if (o.adam.warmup_steps >= o.adam.total_steps) o.adam.warmup_steps = o.adam.total_steps / 10;
     if (o.seq_len > cfg.max_position_embeddings) {
         fy_fail(&err, "--seq %d exceeds max_position_embeddings %d", o.seq_len, cfg.max_position_embeddings);
@@ -289,7 +294,7 @@ int fy_cmd_train(int argc, char **argv) {
     /* The backend, created before anything is written (a recorded one may not
      * exist on this machine: say how to continue elsewhere). */
     if (!backend) backend = "cpu";
-    if (fy_backend_create(backend, &be, &err)) {
+    if (fy_train_backend_create(backend, &o.guard, &be, &err)) {
         if (saved_backend[0] && backend == saved_backend)
             fy_wrap(&err, "%s was last trained on '%s' (pass --backend cpu, or see ferry devices, to resume "
                           "it elsewhere)", run_dir, saved_backend);
@@ -322,6 +327,9 @@ int fy_cmd_train(int argc, char **argv) {
     printf("model: %zu parameters, %d layers + %d MTP, backend %s, batch %d x %d\n",
            fy_params_count(&m.tab), cfg.num_hidden_layers, cfg.num_nextn_predict_layers, be->ops->name,
            o.batch_size, o.seq_len);
+    printf("guards: NaN/spike %s, state checksums %s, ABFT on %g%% of GEMMs, re-execution every %d steps "
+           "(0 = off)\n", o.guard.nonfinite ? "on" : "off", o.guard.weight_checksum ? "on" : "off",
+           100 * o.guard.abft_fraction, o.guard.recompute_every);
     fflush(stdout);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

@@ -16,7 +16,7 @@ void fy_guard_opts_default(fy_guard_opts *o) {
     o->snapshot_every = 10;
     o->max_failures = 5;
     o->weight_checksum = 1;
-    o->abft_fraction = 0.0;
+    o->abft_fraction = 0.02; /* ~3 % of a step on cpu (bench/faults.sh) */
     o->recompute_every = 0;
 }
 

@@ -26,7 +26,8 @@ typedef struct fy_guard_opts {
     int snapshot_every;     /* steps between in-memory snapshots (default 10) */
     int max_failures;       /* consecutive failures before giving up (default 5) */
     int weight_checksum;    /* hash weights + moments + buffers between steps (default 1) */
-    double abft_fraction;   /* fraction of GEMMs checked (chaos backend only; default 0) */
+    double abft_fraction;   /* fraction of GEMMs ABFT-checked (default 0.02; the trainer's
+                             * backend is wrapped in the chaos checker when > 0) */
     int recompute_every;    /* execute steps 1, N+1, 2N+1, ... twice from the same state and
                              * compare the results bitwise; 0 = off (default 0; needs a
                              * deterministic backend) */

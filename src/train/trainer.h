@@ -49,6 +49,11 @@ typedef struct fy_train_result {
 int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const char *data_dir,
                  int resume, volatile sig_atomic_t *stop, fy_train_result *res, fy_err *err);
 
+/* The backend to train on: spec (fy_backend_create), wrapped in the ABFT
+ * GEMM checker (the chaos backend, which with no injected fault changes no
+ * number) when g->abft_fraction > 0 and spec is not already a chaos one. */
+int fy_train_backend_create(const char *spec, const fy_guard_opts *g, fy_backend **out, fy_err *err);
+
 /* Mean main-head loss over the first n validation batches. */
 typedef struct fy_loader fy_loader;
 int fy_eval_loss(fy_model *m, fy_loader *val, int B, int T, int n, double *loss, fy_err *err);

@@ -204,7 +204,7 @@ static void test_opts(void) {
     fy_train_opts o, back;
     fy_err err;
     fy_train_opts_default(&o);
-    CHECK(o.guard.nonfinite && o.guard.spike_window > 0 && o.guard.weight_checksum && o.guard.abft_fraction == 0,
+    CHECK(o.guard.nonfinite && o.guard.spike_window > 0 && o.guard.weight_checksum && o.guard.abft_fraction == 0.02 && o.guard.recompute_every == 0,
           "defaults");
     o.guard.spike_z = 4.5;
     o.guard.snapshot_every = 7;
