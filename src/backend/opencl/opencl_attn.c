@@ -1,0 +1,132 @@
+/* Causal self-attention and MLA decode of the OpenCL backend, as batched
+ * GEMMs (one per sequence and head, kernels/gemm.cl) around row softmax
+ * kernels. Scores are computed for the whole T x T square and the softmax
+ * zeroes the upper triangle, so P V and the backward GEMMs add exact zeros
+ * there: simple, and every element keeps a fixed summation order. */
+#include "backend/opencl/opencl.h"
+
+static int attn_check(fy_backend *be, const char *op, int B, int T, int H, int dqk, int dv) {
+    if (B < 0 || T < 0 || H < 0 || dqk < 0 || dv < 0) {
+        fy_be_set_error(be, "opencl %s: bad sizes B=%d T=%d H=%d dqk=%d dv=%d", op, B, T, H, dqk,
+                        dv);
+        return -1;
+    }
+    return 0;
+}
+
+static void rows_kernel(fy_backend *be, int kern, const char *op, size_t rows, int T, cl_mem P,
+                        size_t po, cl_mem extra) {
+    fy_ocl_impl *im = fy_ocl(be);
+    fy_ocl_call c = fy_ocl_begin(be, kern, op);
+    fy_ocl_int(&c, T);
+    fy_ocl_buf(&c, P, po);
+    if (extra) fy_ocl_mem_only(&c, extra);
+    size_t g = rows * im->red;
+    fy_ocl_run(&c, 1, &g, &im->red);
+}
+
+void fy_ocl_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
+                     fy_ref k, fy_ref v, fy_ref out, fy_ref P) {
+    const char *op = "attn_fwd";
+    if (attn_check(be, op, B, T, H, dqk, dv)) return;
+    if (!B || !T || !H) return;
+    size_t qs = (size_t)H * dqk, vs = (size_t)H * dv, rows = (size_t)B * T, TT = (size_t)T * T;
+    cl_mem qm = fy_ocl_mem(be, q, rows * qs, op, "q");
+    cl_mem km = fy_ocl_mem(be, k, rows * qs, op, "k");
+    cl_mem vm = fy_ocl_mem(be, v, rows * vs, op, "v");
+    cl_mem om = fy_ocl_mem(be, out, rows * vs, op, "out");
+    cl_mem pm = fy_ocl_mem(be, P, (size_t)B * H * TT, op, "P");
+    if (!qm || !km || !vm || !om || !pm) return;
+    int BH = B * H;
+    /* S = scale Q K^T per (b, h): Q_bh starts at b T qs + h dqk, row stride qs */
+    fy_ocl_gemm_batched(be, op, 0, 1, T, T, dqk, scale, qm, q.off, (int)qs, T * qs, dqk, km,
+                        k.off, (int)qs, T * qs, dqk, 0.0f, pm, P.off, T, H * TT, TT, BH, H);
+    rows_kernel(be, FY_OCL_K_fy_softmax_causal, op, (size_t)BH * T, T, pm, P.off, NULL);
+    if (dv > 0)
+        fy_ocl_gemm_batched(be, op, 0, 0, T, dv, T, 1.0f, pm, P.off, T, H * TT, TT, vm, v.off,
+                            (int)vs, T * vs, dv, 0.0f, om, out.off, (int)vs, T * vs, dv, BH, H);
+}
+
+/* dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(P * dP));
+ * dQ = scale dS K;  dK = scale dS^T Q.  dS lives in scratch [B, H, T, T]. */
+void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
+                     fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk,
+                     fy_ref dv_) {
+    const char *op = "attn_bwd";
+    if (attn_check(be, op, B, T, H, dqk, dv)) return;
+    if (!B || !T || !H) return;
+    size_t qs = (size_t)H * dqk, vs = (size_t)H * dv, rows = (size_t)B * T, TT = (size_t)T * T;
+    cl_mem qm = fy_ocl_mem(be, q, rows * qs, op, "q");
+    cl_mem km = fy_ocl_mem(be, k, rows * qs, op, "k");
+    cl_mem vm = fy_ocl_mem(be, v, rows * vs, op, "v");
+    cl_mem pm = fy_ocl_mem(be, P, (size_t)B * H * TT, op, "P");
+    cl_mem dom = fy_ocl_mem(be, dout, rows * vs, op, "dout");
+    cl_mem dqm = fy_ocl_mem(be, dq, rows * qs, op, "dq");
+    cl_mem dkm = fy_ocl_mem(be, dk, rows * qs, op, "dk");
+    cl_mem dvm = fy_ocl_mem(be, dv_, rows * vs, op, "dv");
+    if (!qm || !km || !vm || !pm || !dom || !dqm || !dkm || !dvm) return;
+    int BH = B * H;
+    cl_mem dS = fy_ocl_scratch(be, FY_OCL_SCRATCH_B, (size_t)BH * TT * 4, op);
+    if (!dS) return;
+    if (dv > 0) {
+        /* dV [T, dv] = P^T [T, T] dO [T, dv] */
+        fy_ocl_gemm_batched(be, op, 1, 0, T, dv, T, 1.0f, pm, P.off, T, H * TT, TT, dom,
+                            dout.off, (int)vs, T * vs, dv, 0.0f, dvm, dv_.off, (int)vs, T * vs, dv,
+                            BH, H);
+    }
+    /* dP = dO V^T into dS (K = dv = 0 gives zeros) */
+    fy_ocl_gemm_batched(be, op, 0, 1, T, T, dv, 1.0f, dv > 0 ? dom : dS, dv > 0 ? dout.off : 0,
+                        dv > 0 ? (int)vs : 1, T * vs, dv, dv > 0 ? vm : dS, dv > 0 ? v.off : 0,
+                        dv > 0 ? (int)vs : 1, T * vs, dv, 0.0f, dS, 0, T, H * TT, TT, BH, H);
+    rows_kernel(be, FY_OCL_K_fy_softmax_bwd_causal, op, (size_t)BH * T, T, pm, P.off, dS);
+    if (dqk > 0) {
+        fy_ocl_gemm_batched(be, op, 0, 0, T, dqk, T, scale, dS, 0, T, H * TT, TT, km, k.off,
+                            (int)qs, T * qs, dqk, 0.0f, dqm, dq.off, (int)qs, T * qs, dqk, BH, H);
+        fy_ocl_gemm_batched(be, op, 1, 0, T, dqk, T, scale, dS, 0, T, H * TT, TT, qm, q.off,
+                            (int)qs, T * qs, dqk, 0.0f, dkm, dk.off, (int)qs, T * qs, dqk, BH, H);
+    }
+}
+
+/* score = scale (q_lat ckv^T + q_pe kpe^T) [H, S] in scratch; out =
+ * softmax(score) ckv. */
+void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
+                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out) {
+    const char *op = "mla_decode";
+    if (H < 0 || S < 0 || r < 0 || dr < 0 || (S > 0 && (ld_ckv < r || ld_kpe < dr)) ||
+        ld_ckv < 1 || ld_kpe < 1) {
+        fy_be_set_error(be, "opencl %s: bad sizes H=%d S=%d r=%d dr=%d ld_ckv=%d ld_kpe=%d", op,
+                        H, S, r, dr, ld_ckv, ld_kpe);
+        return;
+    }
+    if (!H || !r) return;
+    cl_mem om = fy_ocl_mem(be, out, (size_t)H * r, op, "out");
+    if (!om) return;
+    if (!S) { /* softmax over nothing: the output is zeros, as on cpu */
+        cl_float zero = 0.0f;
+        fy_ocl_failed(be, clEnqueueFillBuffer(fy_ocl(be)->q, om, &zero, sizeof zero, out.off * 4,
+                                              (size_t)H * r * 4, 0, NULL, NULL),
+                      op, "clEnqueueFillBuffer");
+        return;
+    }
+    cl_mem qlm = fy_ocl_mem(be, q_lat, (size_t)H * r, op, "q_lat");
+    cl_mem cm = fy_ocl_mem(be, ckv, fy_ocl_span(S, ld_ckv, r), op, "ckv");
+    cl_mem qpm = dr ? fy_ocl_mem(be, q_pe, (size_t)H * dr, op, "q_pe") : NULL;
+    cl_mem kpm = dr ? fy_ocl_mem(be, kpe, fy_ocl_span(S, ld_kpe, dr), op, "kpe") : NULL;
+    if (!qlm || !cm || (dr && (!qpm || !kpm))) return;
+    cl_mem sc = fy_ocl_scratch(be, FY_OCL_SCRATCH_A, (size_t)H * S * 4, op);
+    if (!sc) return;
+    fy_ocl_gemm_batched(be, op, 0, 1, H, S, r, scale, qlm, q_lat.off, r, 0, 0, cm, ckv.off, ld_ckv,
+                        0, 0, 0.0f, sc, 0, S, 0, 0, 1, 1);
+    if (dr)
+        fy_ocl_gemm_batched(be, op, 0, 1, H, S, dr, scale, qpm, q_pe.off, dr, 0, 0, kpm, kpe.off,
+                            ld_kpe, 0, 0, 1.0f, sc, 0, S, 0, 0, 1, 1);
+    fy_ocl_impl *im = fy_ocl(be);
+    fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_softmax_rows, op);
+    fy_ocl_int(&c, S);
+    fy_ocl_buf(&c, sc, 0);
+    fy_ocl_int(&c, S);
+    size_t g = (size_t)H * im->red;
+    fy_ocl_run(&c, 1, &g, &im->red);
+    fy_ocl_gemm_batched(be, op, 0, 0, H, r, S, 1.0f, sc, 0, S, 0, 0, cm, ckv.off, ld_ckv, 0, 0,
+                        0.0f, om, out.off, r, 0, 0, 1, 1);
+}

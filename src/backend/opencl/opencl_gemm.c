@@ -1,0 +1,86 @@
+/* GEMM of the OpenCL backend: the tiled kernels of kernels/gemm.cl (64x64
+ * tiles, 16x16 work-groups, 4x4 per item), or one item per element when C
+ * has few rows (decode), where a 64-row tile would idle most of the group. */
+#include "backend/opencl/opencl.h"
+
+/* Rows of C up to which the one-item-per-element kernel is used. */
+#define SMALL_M 4
+
+void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_b, int M, int N,
+                         int K, float alpha, cl_mem A, size_t ao, int lda, size_t sa1,
+                         size_t sa2, cl_mem B, size_t bo, int ldb, size_t sb1, size_t sb2,
+                         float beta, cl_mem C, size_t co, int ldc, size_t sc1, size_t sc2,
+                         int batch, int inner) {
+    if (!M || !N || !batch) return;
+    if (batch == 1 && M <= SMALL_M) {
+        fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_gemm_small, op);
+        fy_ocl_int(&c, trans_a);
+        fy_ocl_int(&c, trans_b);
+        fy_ocl_int(&c, M);
+        fy_ocl_int(&c, N);
+        fy_ocl_int(&c, K);
+        fy_ocl_float(&c, alpha);
+        fy_ocl_buf(&c, A, ao);
+        fy_ocl_int(&c, lda);
+        fy_ocl_buf(&c, B, bo);
+        fy_ocl_int(&c, ldb);
+        fy_ocl_float(&c, beta);
+        fy_ocl_buf(&c, C, co);
+        fy_ocl_int(&c, ldc);
+        size_t g[2] = {fy_ocl_round((size_t)N, 64), (size_t)M};
+        fy_ocl_run(&c, 2, g, NULL);
+        return;
+    }
+    int kern = trans_a ? (trans_b ? FY_OCL_K_fy_gemm_tt : FY_OCL_K_fy_gemm_tn)
+                       : (trans_b ? FY_OCL_K_fy_gemm_nt : FY_OCL_K_fy_gemm_nn);
+    fy_ocl_call c = fy_ocl_begin(be, kern, op);
+    fy_ocl_int(&c, M);
+    fy_ocl_int(&c, N);
+    fy_ocl_int(&c, K);
+    fy_ocl_float(&c, alpha);
+    fy_ocl_buf(&c, A, ao);
+    fy_ocl_int(&c, lda);
+    fy_ocl_ulong(&c, sa1);
+    fy_ocl_ulong(&c, sa2);
+    fy_ocl_buf(&c, B, bo);
+    fy_ocl_int(&c, ldb);
+    fy_ocl_ulong(&c, sb1);
+    fy_ocl_ulong(&c, sb2);
+    fy_ocl_float(&c, beta);
+    fy_ocl_buf(&c, C, co);
+    fy_ocl_int(&c, ldc);
+    fy_ocl_ulong(&c, sc1);
+    fy_ocl_ulong(&c, sc2);
+    fy_ocl_int(&c, inner > 0 ? inner : 1);
+    size_t g[3] = {(size_t)(N + 63) / 64 * 16, (size_t)(M + 63) / 64 * 16, (size_t)batch};
+    size_t l[3] = {16, 16, 1};
+    fy_ocl_run(&c, 3, g, l);
+}
+
+void fy_ocl_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 fy_ref A, int lda, fy_ref B, int ldb, float beta, fy_ref C, int ldc) {
+    if (M < 0 || N < 0 || K < 0) {
+        fy_be_set_error(be, "opencl gemm: negative size M=%d N=%d K=%d", M, N, K);
+        return;
+    }
+    if (!M || !N) return;
+    int ar = trans_a ? K : M, ac = trans_a ? M : K; /* stored shapes */
+    int br = trans_b ? N : K, bc = trans_b ? K : N;
+    if (lda < (ac > 1 ? ac : 1) || ldb < (bc > 1 ? bc : 1) || ldc < N) {
+        fy_be_set_error(be, "opencl gemm: leading dimension too small (lda=%d for %d cols, "
+                            "ldb=%d for %d cols, ldc=%d for %d cols)", lda, ac, ldb, bc, ldc, N);
+        return;
+    }
+    cl_mem c = fy_ocl_mem(be, C, fy_ocl_span(M, ldc, N), "gemm", "C");
+    if (!c) return;
+    cl_mem a = NULL, b = NULL;
+    if (K > 0) {
+        a = fy_ocl_mem(be, A, fy_ocl_span(ar, lda, ac), "gemm", "A");
+        b = fy_ocl_mem(be, B, fy_ocl_span(br, ldb, bc), "gemm", "B");
+        if (!a || !b) return;
+    } else { /* C = beta C: the kernel reads neither operand */
+        a = b = c;
+    }
+    fy_ocl_gemm_batched(be, "gemm", trans_a, trans_b, M, N, K, alpha, a, K ? A.off : 0, lda, 0, 0,
+                        b, K ? B.off : 0, ldb, 0, 0, beta, c, C.off, ldc, 0, 0, 1, 1);
+}
