@@ -137,6 +137,12 @@ static void test_create_and_errors(void) {
     b2 = NULL;
     CHECK(fy_backend_create("opencl:0:1", &b2, &e) == -1 && !b2, "opencl should fail");
     CHECK(strstr(e.msg, "backend 'opencl' is not built into this ferry"), "msg: %s", e.msg);
+#else
+    b2 = NULL;
+    CHECK(fy_backend_create("opencl:99:0", &b2, &e) == -1 && !b2, "opencl:99:0 should fail");
+    CHECK(strstr(e.msg, "opencl") && (strstr(e.msg, "no platform 99") ||
+                                      strstr(e.msg, "no OpenCL platform")),
+          "msg should say there is no platform 99: %s", e.msg);
 #endif
 #ifndef FERRY_HAVE_CUDA
     CHECK(fy_backend_create("cuda", &b2, &e) == -1, "cuda should fail");
