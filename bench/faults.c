@@ -1,14 +1,20 @@
-/* Checkpoint cost for bench/faults.sh: a synchronous save of the model +
- * optimizer versus the stall of an asynchronous one (the snapshot copy), and
- * the background write time. Prints one JSON line.
- *   bench_faults --config tiny|small --vocab V --out DIR */
+/* For bench/faults.sh; each mode prints one JSON line.
+ *   bench_faults --config tiny|small --vocab V --out DIR
+ *     checkpoint cost: a synchronous save of the model + optimizer versus
+ *     the stall of an asynchronous one (the snapshot copy), and the
+ *     background write time;
+ *   bench_faults --config C --vocab V --abft F1,F2,... --steps S --batch B --seq T
+ *     seconds per training step (forward + backward + AdamW) on chaos:cpu
+ *     with a fraction Fi of the GEMMs ABFT-checked (at most 8 fractions). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "backend/backend.h"
+#include "backend/chaos/chaos.h"
 #include "ckpt/async.h"
+#include "core/rng.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -16,13 +22,67 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Seconds per step for each ABFT fraction, the fractions taking turns step
+ * by step on one model so that machine noise hits them alike; the minimum
+ * over `steps` turns after a warm-up step. */
+static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf, int steps, int B, int T) {
+    fy_err err;
+    struct fy_chaos *chaos = fy_chaos_of(m->be);
+    int32_t *tok = malloc((size_t)B * T * sizeof *tok), *lab = malloc((size_t)B * T * sizeof *lab);
+    if (!tok || !lab || !chaos) return 1;
+    double best[8];
+    long checked[8] = {0}, faults = 0;
+    for (int k = 0; k < nf; k++) best[k] = 1e9;
+    int step = 0;
+    for (int s = 0; s <= steps; s++)
+        for (int k = 0; k < nf; k++) {
+            step++;
+            for (int i = 0; i < B * T; i++) {
+                tok[i] = (int32_t)(fy_rng_u64(7, 1, (uint64_t)step * B * T + i) % (uint64_t)m->cfg.vocab_size);
+                lab[i] = (int32_t)(fy_rng_u64(8, 1, (uint64_t)step * B * T + i) % (uint64_t)m->cfg.vocab_size);
+            }
+            long c0, f0, c1, f1;
+            fy_chaos_counts(chaos, &c0, &f0);
+            double t0 = now_s();
+            fy_chaos_begin_step(chaos, step, fractions[k], -1);
+            fy_loss l;
+            float gn, lr;
+            fy_model_zero_grad(m);
+            if (fy_model_forward(m, tok, lab, B, T, 1, &l, &err) || fy_model_backward(m, &err) ||
+                fy_adamw_step(opt, m, &gn, &lr, &err) || fy_be_sync(m->be, &err)) {
+                fprintf(stderr, "bench_faults: %s\n", err.msg);
+                return 1;
+            }
+            double t = now_s() - t0;
+            fy_chaos_counts(chaos, &c1, &f1);
+            checked[k] += c1 - c0;
+            faults += f1 - f0;
+            if (s > 0 && t < best[k]) best[k] = t; /* turn 0 warms up (workspace, page faults) */
+        }
+    printf("{\"steps\": %d", steps);
+    for (int k = 0; k < nf; k++)
+        printf(", \"step_s_%g\": %.4f, \"checked_%g\": %ld", fractions[k], best[k], fractions[k], checked[k]);
+    printf(", \"false_alarms\": %ld}\n", faults);
+    free(tok);
+    free(lab);
+    return faults ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     const char *cfgname = "small", *out = "/tmp/ferry-bench-faults";
-    int V = 8192;
+    int V = 8192, steps = 3, B = 8, T = 256, nf = 0;
+    double fractions[8];
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
+        else if (!strcmp(argv[i], "--abft")) {
+            for (char *tok = strtok(argv[i + 1], ","); tok && nf < 8; tok = strtok(NULL, ","))
+                fractions[nf++] = atof(tok);
+        }
+        else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
         else { fprintf(stderr, "bench_faults: unknown flag %s\n", argv[i]); return 2; }
     }
     fy_err err;
@@ -31,12 +91,13 @@ int main(int argc, char **argv) {
     fy_model m;
     fy_adamw opt;
     fy_adamw_opts ao = {1e-3f, 1e-4f, 1, 10, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
-    if (fy_config_builtin(cfgname, V, &c, &err) || fy_backend_cpu_create(&be, &err) ||
+    if (fy_config_builtin(cfgname, V, &c, &err) || fy_backend_create(nf ? "chaos:cpu" : "cpu", &be, &err) ||
         fy_model_create(&m, &c, be, &err) || fy_model_init_weights(&m, 1, &err) ||
         fy_adamw_create(&opt, &m, &ao, &err)) {
         fprintf(stderr, "bench_faults: %s\n", err.msg);
         return 1;
     }
+    if (nf) return step_time(&m, &opt, fractions, nf, steps, B, T);
     char sync_dir[4096], async_dir[4096];
     snprintf(sync_dir, sizeof sync_dir, "%s/sync", out);
     snprintf(async_dir, sizeof async_dir, "%s/async", out);

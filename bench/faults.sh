@@ -2,9 +2,10 @@
 # Cost of surviving faults (docs/RELIABILITY.md):
 #  1. checkpoint stall: synchronous save vs the stall of an asynchronous one
 #     (model + AdamW state of the small model), and the background write time;
-#  2. time from SIGKILL to training again under `ferry train --supervise`:
+#  2. step time with ABFT GEMM checks on none, the default 2 % and all GEMMs;
+#  3. time from SIGKILL to training again under `ferry train --supervise`:
 #     from the kill until the restarted trainer appends its next step.
-#   bench/faults.sh [BUILD_DIR]
+#   bench/faults.sh [BUILD_DIR]      (env: THREADS, STEPS (default 2), BATCH (8), SEQ (256))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -20,6 +21,20 @@ for cfg in tiny small; do
   printf "| %s | %.1fM | %.3f | %.3f | %.3f | %.1f%% |\n" $cfg "$(awk -v p="$(field "$r" params)" 'BEGIN{print p/1e6}')" \
     "$(field "$r" sync_save_s)" "$(field "$r" async_stall_s)" "$(field "$r" async_write_s)" \
     "$(awk -v a="$(field "$r" async_stall_s)" -v b="$(field "$r" sync_save_s)" 'BEGIN{print 100*a/b}')"
+done
+
+# ABFT overhead: training steps on chaos:cpu checking 0, 2 % (the default) and 100 % of GEMMs,
+# the three settings taking turns step by step in one process (same noise for all).
+echo
+echo "| config | batch x seq | ABFT 0 % step s | ABFT 2 % (default) s | overhead | ABFT 100 % s | overhead | GEMMs checked per step (2 % / 100 %) |"
+echo "|---|---|---|---|---|---|---|---|"
+B=${BATCH:-8} S=${SEQ:-256} N=${STEPS:-3}
+for cfg in tiny small; do
+  r=$("$build/bench/bench_faults" --config $cfg --vocab 8192 --abft 0,0.02,1 --steps $N --batch $B --seq $S)
+  z=$(field "$r" step_s_0) d=$(field "$r" step_s_0.02) a=$(field "$r" step_s_1)
+  printf "| %s | %d x %d | %.3f | %.3f | %+.1f%% | %.3f | %+.0f%% | %.1f / %.0f |\n" $cfg $B $S "$z" "$d" \
+    "$(awk -v a="$d" -v b="$z" 'BEGIN{print 100*(a/b-1)}')" "$a" "$(awk -v a="$a" -v b="$z" 'BEGIN{print 100*(a/b-1)}')" \
+    "$(awk -v c="$(field "$r" checked_0.02)" -v n=$N 'BEGIN{print c/(n+1)}')" "$(awk -v c="$(field "$r" checked_1)" -v n=$N 'BEGIN{print c/(n+1)}')"
 done
 
 # Kill-to-training: a supervised small-model run on a small corpus.
