@@ -1,8 +1,12 @@
-# OpenCL backend tests (tests/opencl): every op against the cpu backend, and
-# 50 training steps on both. Label "opencl", not "unit": they need a device,
-# and the ICD loader / PoCL keep allocations that LeakSanitizer would report.
-# They exit 77 (skipped) when no OpenCL platform or device is present, and
-# are built (to skip) even when ferry has no OpenCL.
+# OpenCL backend tests. tests/unit/test_opencl_ops.c (every op against the
+# cpu backend) is a unit test like the others, so it also runs under ASan;
+# here it gets its skip code and the "opencl" label as well. The model-level
+# tests in tests/opencl/ (training and decode against cpu) are label
+# "opencl" only. All exit 77 (skipped, with the reason) when no OpenCL
+# platform or device is present, or when ferry was built without OpenCL.
+if(TEST test_opencl_ops)
+  set_tests_properties(test_opencl_ops PROPERTIES LABELS "unit;opencl" SKIP_RETURN_CODE 77)
+endif()
 file(GLOB FERRY_OPENCL_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/opencl/test_*.c)
 foreach(src ${FERRY_OPENCL_TESTS})
   get_filename_component(name ${src} NAME_WE)
