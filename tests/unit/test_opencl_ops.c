@@ -610,6 +610,22 @@ int main(void) {
     test_xent();
     test_adamw();
     test_errors();
+    /* The other GEMM kernel family (tiled with local memory for GPUs, or
+     * register-blocked for CPU devices) on a second backend: both are
+     * checked whatever the device. */
+    const char *other = getenv("FERRY_OPENCL_GEMM") && !strcmp(getenv("FERRY_OPENCL_GEMM"), "reg")
+                            ? "tiled" : "reg";
+    fy_backend_destroy(ocl);
+    ocl = NULL;
+    setenv("FERRY_OPENCL_GEMM", other, 1);
+    if (fy_backend_create(spec, &ocl, &e)) {
+        fprintf(stderr, "test_opencl_ops: creating %s with FERRY_OPENCL_GEMM=%s: %s\n", spec,
+                other, e.msg);
+        return 1;
+    }
+    test_gemm();
+    test_attn();
+    test_mla_decode();
     fy_backend_destroy(ocl);
     fy_backend_destroy(cpu);
     return fy_test_finish("test_opencl_ops");

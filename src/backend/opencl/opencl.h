@@ -18,7 +18,8 @@
 #define FY_OCL_KERNELS(X)                                                                     \
     X(fy_axpy) X(fy_scale) X(fy_sumsq_part) X(fy_copy3d) X(fy_copy3d_serial) X(fy_adamw)       \
     X(fy_swiglu_fwd) X(fy_swiglu_bwd) X(fy_rope) X(fy_gemm_nn) X(fy_gemm_nt) X(fy_gemm_tn)     \
-    X(fy_gemm_tt) X(fy_gemm_small) X(fy_rmsnorm_fwd) X(fy_rmsnorm_bwd_dx)                      \
+    X(fy_gemm_tt) X(fy_gemm_small) X(fy_gemm_reg_nn) X(fy_gemm_reg_nt)                  \
+    X(fy_gemm_reg_tn) X(fy_gemm_reg_tt) X(fy_rmsnorm_fwd) X(fy_rmsnorm_bwd_dx)                      \
     X(fy_rmsnorm_dw_part) X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows)         \
     X(fy_softmax_bwd_causal) X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd)       \
     X(fy_balance_counts) X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows)                 \
@@ -57,6 +58,7 @@ typedef struct fy_ocl_impl {
     cl_kernel k[FY_OCL_NKERNELS];
     char desc[512];     /* "platform / device" for messages */
     size_t red;         /* work-group size of row reductions (FY_RED) */
+    int cpu_device;     /* CL_DEVICE_TYPE_CPU: GEMM without local memory */
     size_t acc_size;    /* sizeof(acc_t) on the device: 8 with cl_khr_fp64, else 4 */
     cl_ulong max_alloc; /* CL_DEVICE_MAX_MEM_ALLOC_SIZE */
     cl_mem errf;        /* int[4] device-side error word: code, row, value, limit */

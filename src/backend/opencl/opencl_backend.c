@@ -626,6 +626,11 @@ static int ocl_init(fy_ocl_impl *im, const char *spec, fy_err *err) {
     if (rc != CL_SUCCESS)
         return fy_fail(err, "opencl: clCreateCommandQueue failed: %s on %s", fy_ocl_status(rc),
                        im->desc);
+    cl_device_type type = 0;
+    clGetDeviceInfo(im->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    /* FERRY_OPENCL_GEMM=tiled|reg overrides the choice (tests run both) */
+    const char *gk = getenv("FERRY_OPENCL_GEMM");
+    im->cpu_device = gk ? strcmp(gk, "reg") == 0 : (type & CL_DEVICE_TYPE_CPU) != 0;
     size_t maxwg = 1;
     clGetDeviceInfo(im->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof maxwg, &maxwg, NULL);
     im->red = 64;
