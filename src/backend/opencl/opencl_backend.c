@@ -140,17 +140,19 @@ void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t
         if (global[d] == 0) return; /* nothing to do */
     cl_int rc = clEnqueueNDRangeKernel(fy_ocl(c->be)->q, c->k, dims, NULL, global, local, 0, NULL,
                                        NULL);
-    char what[96];
-    snprintf(what, sizeof what, "clEnqueueNDRangeKernel");
-    fy_ocl_failed(c->be, rc, c->op, what);
+    fy_ocl_failed(c->be, rc, c->op, "clEnqueueNDRangeKernel");
 }
 
 /* ---------------------------------------------------------------- devices */
 
+/* "platform / device" for messages and listings; a failed name query
+ * reads "(name unavailable)" rather than failing what it describes. */
 static void device_desc(cl_platform_id p, cl_device_id d, char *out, size_t n) {
-    char pn[200] = "?", dn[200] = "?";
-    clGetPlatformInfo(p, CL_PLATFORM_NAME, sizeof pn - 1, pn, NULL);
-    clGetDeviceInfo(d, CL_DEVICE_NAME, sizeof dn - 1, dn, NULL);
+    char pn[200] = "", dn[200] = "";
+    if (clGetPlatformInfo(p, CL_PLATFORM_NAME, sizeof pn - 1, pn, NULL) != CL_SUCCESS)
+        snprintf(pn, sizeof pn, "(name unavailable)");
+    if (clGetDeviceInfo(d, CL_DEVICE_NAME, sizeof dn - 1, dn, NULL) != CL_SUCCESS)
+        snprintf(dn, sizeof dn, "(name unavailable)");
     snprintf(out, n, "%s / %s", pn, dn);
 }
 
@@ -204,8 +206,9 @@ int fy_opencl_list_devices(FILE *out, fy_err *err) {
         cl_uint nd;
         cl_device_id *ds = get_devices(ps[p], &nd);
         if (!nd) {
-            char pn[200] = "?";
-            clGetPlatformInfo(ps[p], CL_PLATFORM_NAME, sizeof pn - 1, pn, NULL);
+            char pn[200] = "";
+            if (clGetPlatformInfo(ps[p], CL_PLATFORM_NAME, sizeof pn - 1, pn, NULL) != CL_SUCCESS)
+                snprintf(pn, sizeof pn, "(name unavailable)");
             fprintf(out, "opencl:%u      platform %s has no devices\n", p, pn);
         }
         for (cl_uint d = 0; d < nd; d++) {
@@ -213,12 +216,16 @@ int fy_opencl_list_devices(FILE *out, fy_err *err) {
             cl_ulong mem = 0;
             cl_uint cu = 0;
             device_desc(ps[p], ds[d], desc, sizeof desc);
-            clGetDeviceInfo(ds[d], CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL);
-            clGetDeviceInfo(ds[d], CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
             char spec[32];
             snprintf(spec, sizeof spec, "opencl:%u:%u", p, d);
-            fprintf(out, "%-12s  %s, %llu MiB, %u CU\n", spec, desc,
-                    (unsigned long long)(mem >> 20), cu);
+            if (clGetDeviceInfo(ds[d], CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL) !=
+                    CL_SUCCESS ||
+                clGetDeviceInfo(ds[d], CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL) !=
+                    CL_SUCCESS)
+                fprintf(out, "%-12s  %s (memory and compute units unavailable)\n", spec, desc);
+            else
+                fprintf(out, "%-12s  %s, %llu MiB, %u CU\n", spec, desc,
+                        (unsigned long long)(mem >> 20), cu);
         }
         free(ds);
     }
@@ -270,8 +277,8 @@ static int pick_device(const char *spec, cl_platform_id *pp, cl_device_id *dd, f
             cl_uint nd;
             cl_device_id *ds = get_devices(ps[p], &nd);
             for (cl_uint d = 0; d < nd && !found; d++) {
-                cl_device_type t = 0;
-                clGetDeviceInfo(ds[d], CL_DEVICE_TYPE, sizeof t, &t, NULL);
+                cl_device_type t = 0; /* a failed query counts as "not a GPU" */
+                if (clGetDeviceInfo(ds[d], CL_DEVICE_TYPE, sizeof t, &t, NULL) != CL_SUCCESS) t = 0;
                 if (pass == 1 || (t & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR))) {
                     *pp = ps[p];
                     *dd = ds[d];
@@ -571,6 +578,16 @@ static const fy_backend_ops ocl_ops = {
     .mla_decode = fy_ocl_mla_decode,
 };
 
+/* A checked device query for creation; -1 with a message naming it. */
+static int dev_info(fy_ocl_impl *im, cl_device_info what, const char *name, size_t size, void *v,
+                    fy_err *err) {
+    cl_int rc = clGetDeviceInfo(im->device, what, size, v, NULL);
+    if (rc != CL_SUCCESS)
+        return fy_fail(err, "opencl: clGetDeviceInfo(%s) failed: %s on %s", name, fy_ocl_status(rc),
+                       im->desc);
+    return 0;
+}
+
 /* Builds the one program; a failure carries the device's build log. */
 static int build_program(fy_ocl_impl *im, fy_err *err) {
     cl_int rc;
@@ -580,7 +597,8 @@ static int build_program(fy_ocl_impl *im, fy_err *err) {
         return fy_fail(err, "opencl: clCreateProgramWithSource failed: %s on %s",
                        fy_ocl_status(rc), im->desc);
     cl_device_fp_config fp = 0;
-    clGetDeviceInfo(im->device, CL_DEVICE_SINGLE_FP_CONFIG, sizeof fp, &fp, NULL);
+    if (dev_info(im, CL_DEVICE_SINGLE_FP_CONFIG, "CL_DEVICE_SINGLE_FP_CONFIG", sizeof fp, &fp, err))
+        return -1;
     char opts[256];
     /* Correctly rounded divide and sqrt where offered: AdamW and the
      * sigmoid then round exactly as on the cpu. */
@@ -591,9 +609,15 @@ static int build_program(fy_ocl_impl *im, fy_err *err) {
     rc = clBuildProgram(im->prog, 1, &im->device, opts, NULL, NULL);
     if (rc != CL_SUCCESS) {
         size_t len = 0;
-        clGetProgramBuildInfo(im->prog, im->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &len);
-        char *log = calloc(len + 1, 1);
-        if (log) clGetProgramBuildInfo(im->prog, im->device, CL_PROGRAM_BUILD_LOG, len, log, NULL);
+        char *log = NULL;
+        if (clGetProgramBuildInfo(im->prog, im->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &len) ==
+                CL_SUCCESS &&
+            (log = calloc(len + 1, 1)) &&
+            clGetProgramBuildInfo(im->prog, im->device, CL_PROGRAM_BUILD_LOG, len, log, NULL) !=
+                CL_SUCCESS) {
+            free(log);
+            log = NULL;
+        }
         fy_fail(err, "opencl: building the kernels for %s failed (%s, options '%s'); build log: "
                      "%s", im->desc, fy_ocl_status(rc), opts, log ? log : "(unavailable)");
         free(log);
@@ -606,8 +630,11 @@ static int build_program(fy_ocl_impl *im, fy_err *err) {
                            fy_ocl_status(rc), im->desc);
     }
     size_t wg = 0;
-    clGetKernelWorkGroupInfo(im->k[FY_OCL_K_fy_gemm_nn], im->device, CL_KERNEL_WORK_GROUP_SIZE,
-                             sizeof wg, &wg, NULL);
+    rc = clGetKernelWorkGroupInfo(im->k[FY_OCL_K_fy_gemm_nn], im->device,
+                                  CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    if (rc != CL_SUCCESS)
+        return fy_fail(err, "opencl: clGetKernelWorkGroupInfo failed: %s on %s",
+                       fy_ocl_status(rc), im->desc);
     if (wg < 256)
         return fy_fail(err, "opencl: %s runs at most %zu work-items per group for the GEMM "
                             "kernel, which needs 256", im->desc, wg);
@@ -627,19 +654,29 @@ static int ocl_init(fy_ocl_impl *im, const char *spec, fy_err *err) {
         return fy_fail(err, "opencl: clCreateCommandQueue failed: %s on %s", fy_ocl_status(rc),
                        im->desc);
     cl_device_type type = 0;
-    clGetDeviceInfo(im->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    size_t maxwg = 1;
+    size_t ext_len = 0;
+    if (dev_info(im, CL_DEVICE_TYPE, "CL_DEVICE_TYPE", sizeof type, &type, err) ||
+        dev_info(im, CL_DEVICE_MAX_WORK_GROUP_SIZE, "CL_DEVICE_MAX_WORK_GROUP_SIZE", sizeof maxwg,
+                 &maxwg, err) ||
+        dev_info(im, CL_DEVICE_MAX_MEM_ALLOC_SIZE, "CL_DEVICE_MAX_MEM_ALLOC_SIZE",
+                 sizeof im->max_alloc, &im->max_alloc, err))
+        return -1;
+    cl_int erc = clGetDeviceInfo(im->device, CL_DEVICE_EXTENSIONS, 0, NULL, &ext_len);
+    char *ext = erc == CL_SUCCESS ? calloc(ext_len + 1, 1) : NULL;
+    if (!ext || dev_info(im, CL_DEVICE_EXTENSIONS, "CL_DEVICE_EXTENSIONS", ext_len, ext, err)) {
+        free(ext);
+        return erc != CL_SUCCESS ? fy_fail(err, "opencl: clGetDeviceInfo(CL_DEVICE_EXTENSIONS) "
+                                                "failed: %s on %s", fy_ocl_status(erc), im->desc)
+                                 : ext ? -1 : fy_fail(err, "opencl: out of memory");
+    }
     /* FERRY_OPENCL_GEMM=tiled|reg overrides the choice (tests run both) */
     const char *gk = getenv("FERRY_OPENCL_GEMM");
     im->cpu_device = gk ? strcmp(gk, "reg") == 0 : (type & CL_DEVICE_TYPE_CPU) != 0;
-    size_t maxwg = 1;
-    clGetDeviceInfo(im->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof maxwg, &maxwg, NULL);
     im->red = 64;
     while (im->red > maxwg) im->red /= 2;
-    clGetDeviceInfo(im->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof im->max_alloc,
-                    &im->max_alloc, NULL);
-    char ext[8192] = "";
-    clGetDeviceInfo(im->device, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
     im->acc_size = strstr(ext, "cl_khr_fp64") ? 8 : 4;
+    free(ext);
     if (build_program(im, err)) return -1;
     im->errf = clCreateBuffer(im->ctx, CL_MEM_READ_WRITE, 4 * sizeof(cl_int), NULL, &rc);
     if (rc != CL_SUCCESS)
