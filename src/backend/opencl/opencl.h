@@ -107,6 +107,7 @@ size_t fy_ocl_rows_in(fy_ref r, int D, int ld);
 typedef struct fy_ocl_call {
     fy_backend *be;
     cl_kernel k;
+    int kernel; /* FY_OCL_K_*, for messages */
     const char *op;
     cl_uint n;
     cl_int rc;

@@ -98,7 +98,7 @@ int fy_ocl_read(fy_backend *be, cl_mem m, size_t bytes, void *dst, const char *o
 /* ---------------------------------------------------------------- launches */
 
 fy_ocl_call fy_ocl_begin(fy_backend *be, int kernel, const char *op) {
-    fy_ocl_call c = {be, fy_ocl(be)->k[kernel], op, 0, CL_SUCCESS, 0};
+    fy_ocl_call c = {be, fy_ocl(be)->k[kernel], kernel, op, 0, CL_SUCCESS, 0};
     return c;
 }
 
@@ -132,7 +132,8 @@ void fy_ocl_buf(fy_ocl_call *c, cl_mem m, size_t off) {
 void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t *local) {
     if (c->rc != CL_SUCCESS) {
         char what[96];
-        snprintf(what, sizeof what, "clSetKernelArg (argument %u)", c->bad_arg);
+        snprintf(what, sizeof what, "clSetKernelArg(%s, argument %u)", kernel_names[c->kernel],
+                 c->bad_arg);
         fy_ocl_failed(c->be, c->rc, c->op, what);
         return;
     }
@@ -140,7 +141,9 @@ void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t
         if (global[d] == 0) return; /* nothing to do */
     cl_int rc = clEnqueueNDRangeKernel(fy_ocl(c->be)->q, c->k, dims, NULL, global, local, 0, NULL,
                                        NULL);
-    fy_ocl_failed(c->be, rc, c->op, "clEnqueueNDRangeKernel");
+    char what[96];
+    snprintf(what, sizeof what, "clEnqueueNDRangeKernel(%s)", kernel_names[c->kernel]);
+    fy_ocl_failed(c->be, rc, c->op, what);
 }
 
 /* ---------------------------------------------------------------- devices */
