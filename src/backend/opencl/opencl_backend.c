@@ -34,7 +34,7 @@ const char *fy_ocl_status(cl_int rc) {
         S(CL_INVALID_GLOBAL_WORK_SIZE) S(CL_MISALIGNED_SUB_BUFFER_OFFSET)
         S(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST)
 #undef S
-    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR (no OpenCL driver/ICD installed)";
+    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
     default: return "an unknown OpenCL error";
     }
 }
@@ -202,7 +202,8 @@ int fy_opencl_list_devices(FILE *out, fy_err *err) {
     cl_uint np;
     fy_err why;
     if (get_platforms(&ps, &np, &why)) {
-        fprintf(out, "opencl        none: %s\n", why.msg);
+        const char *m = strncmp(why.msg, "opencl: ", 8) == 0 ? why.msg + 8 : why.msg;
+        fprintf(out, "opencl        none: %s\n", m);
         return 0;
     }
     for (cl_uint p = 0; p < np; p++) {
