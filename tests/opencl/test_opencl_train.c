@@ -3,7 +3,8 @@
  * grad clipping, warmup + cosine and bias updates on the same synthetic
  * batches, through the public model/optimizer API. Losses must agree to
  * 1e-4 relative at every step; the final weights and a greedy decode
- * (prefill + mla_decode steps) are compared too. Exits 77 without an
+ * (prefill + mla_decode steps) are compared too, and a second opencl run
+ * must reproduce the first bitwise (losses, grad norms, weights). Exits 77 without an
  * OpenCL device or without OpenCL in this build. */
 #include <math.h>
 #include <stdint.h>
@@ -69,7 +70,7 @@ int main(void) {
     c.num_nextn_predict_layers = 1; c.aux_loss_alpha = 0.001f; c.bias_update_speed = 0.001f;
     fy_adamw_opts ao = {3e-3f, 3e-4f, 10, STEPS, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
 
-    run oc = {0}, cp = {0};
+    run oc = {0}, oc2 = {0}, cp = {0}; /* oc2: a second opencl run, for determinism */
     const char *spec = getenv("FERRY_OPENCL_DEVICE") ? getenv("FERRY_OPENCL_DEVICE") : "opencl";
     if (fy_backend_create(spec, &oc.be, &err)) {
         if (strstr(err.msg, "no OpenCL platform") || strstr(err.msg, "have no devices")) {
@@ -80,7 +81,8 @@ int main(void) {
         return 1;
     }
     fy_backend_destroy(oc.be);
-    if (setup(&oc, spec, &c, &ao, &err) || setup(&cp, "cpu", &c, &ao, &err)) {
+    if (setup(&oc, spec, &c, &ao, &err) || setup(&oc2, spec, &c, &ao, &err) ||
+        setup(&cp, "cpu", &c, &ao, &err)) {
         fprintf(stderr, "test_opencl_train: setup: %s\n", err.msg);
         return 1;
     }
@@ -109,6 +111,14 @@ int main(void) {
             fprintf(stderr, "opencl step %d: %s\n", s + 1, err.msg);
             return 1;
         }
+        fy_loss lo2;
+        float go2;
+        if (step(&oc2, in + o, lab + o, &lo2, &go2, &err)) {
+            fprintf(stderr, "opencl (second run) step %d: %s\n", s + 1, err.msg);
+            return 1;
+        }
+        CHECK(memcmp(&lo.total, &lo2.total, sizeof lo.total) == 0 && memcmp(&go, &go2, sizeof go) == 0,
+              "step %d: two opencl runs differ (loss %.17g vs %.17g)", s + 1, lo.total, lo2.total);
         if (step(&cp, in + o, lab + o, &lc, &gc, &err)) {
             fprintf(stderr, "cpu step %d: %s\n", s + 1, err.msg);
             return 1;
@@ -129,6 +139,10 @@ int main(void) {
     size_t np = cp.m.tab.n_params;
     float *po = malloc(np * 4), *pc = malloc(np * 4);
     oc.be->ops->download(oc.be, po, fy_at(&oc.m.params, 0), np);
+    float *po2 = malloc(np * 4);
+    oc2.be->ops->download(oc2.be, po2, fy_at(&oc2.m.params, 0), np);
+    CHECK(memcmp(po, po2, np * 4) == 0, "final weights of two opencl runs differ bitwise");
+    free(po2);
     cp.be->ops->download(cp.be, pc, fy_at(&cp.m.params, 0), np);
     double wworst = 0;
     for (int i = 0; i < cp.m.tab.n; i++) {
@@ -177,6 +191,9 @@ int main(void) {
     fy_kv_cache_free(&ko, &oc.m);
     fy_kv_cache_free(&kc, &cp.m);
     free(lo); free(lc); free(po); free(pc); free(in); free(lab);
+    fy_adamw_free(&oc2.opt, oc2.be);
+    fy_model_free(&oc2.m);
+    fy_backend_destroy(oc2.be);
     fy_adamw_free(&oc.opt, oc.be);
     fy_adamw_free(&cp.opt, cp.be);
     fy_model_free(&oc.m);
