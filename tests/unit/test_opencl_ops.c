@@ -565,6 +565,28 @@ static void test_errors(void) {
     CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "gather_rows") && strstr(e.msg, "idx[1] = 9"),
           "bad gather index: %s", e.msg);
     CHECK(fy_be_sync(ocl, &e) == 0, "device error cleared: %s", e.msg);
+    /* every other op that reads indices on the device */
+    ocl->ops->scatter_add_rows(ocl, 3, 4, fy_at(&dst, 0), 4, fy_at(&idx, 0), FY_NULL_REF,
+                               fy_at(&b, 0), 4);
+    CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "scatter_add_rows") && strstr(e.msg, "= 9"),
+          "bad scatter index: %s", e.msg);
+    ocl->ops->rows_dot(ocl, 3, 4, fy_at(&b, 0), 4, fy_at(&idx, 0), fy_at(&dst, 0), 4,
+                       fy_at(&dst, 20), 0);
+    CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "rows_dot") && strstr(e.msg, "ia[1] = 9"),
+          "bad rows_dot index: %s", e.msg);
+    fy_router_opts ro = {4, 1, 1, 1, 1, 1.0f};
+    ocl->ops->router_bwd(ocl, 3, &ro, fy_at(&dst, 0), fy_at(&idx, 0), fy_at(&dst, 0),
+                         fy_at(&dst, 12), 0);
+    CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "router_bwd") && strstr(e.msg, "is 9"),
+          "bad router_bwd index: %s", e.msg);
+    (void)ocl->ops->balance_fwd(ocl, 1, 3, 4, 1, 0.1f, fy_at(&dst, 0), fy_at(&idx, 0));
+    CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "balance") && strstr(e.msg, "is 9"),
+          "bad balance index: %s", e.msg);
+    (void)ocl->ops->xent_fwdbwd(ocl, 3, 4, fy_at(&dst, 0), fy_at(&idx, 0), -100, 1.0f,
+                                fy_at(&dst, 12), fy_at(&dst, 0));
+    CHECK(fy_be_sync(ocl, &e) == -1 && strstr(e.msg, "xent") && strstr(e.msg, "targets[1] = 9"),
+          "bad xent target: %s", e.msg);
+    CHECK(fy_be_sync(ocl, &e) == 0, "device errors cleared: %s", e.msg);
     fy_backend *x = NULL;
     CHECK(fy_backend_create("opencl:99:0", &x, &e) == -1 && !x && strstr(e.msg, "no platform 99"),
           "opencl:99:0: %s", e.msg);

@@ -239,7 +239,7 @@ void fy_ocl_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
     if (!sm || !im_ || (w.buf && !wm) || !dm) return;
     size_t ndst = fy_ocl_rows_in(dst, D, ldd);
     if (rows_too_many(be, op, ndst)) return;
-    int G = ndst < 32 ? (int)ndst : 32;
+    int G = ndst < 32 ? (int)ndst : 32; /* ndst >= 1: dst was checked to hold a row */
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_scatter_add_rows, op);
     fy_ocl_int(&c, n);
     fy_ocl_int(&c, D);
