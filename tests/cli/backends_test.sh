@@ -144,7 +144,7 @@ check "$ferry train --out half --resume --steps 22 >resume2.log 2>&1 && grep -q 
 echo "== (e) OpenCL"
 ocl=${FERRY_TEST_PEER:-$(awk '/^opencl:[0-9]+:[0-9]+[[:space:]]/ { print $1; exit }' devices.txt)}
 if [ -z "$ocl" ]; then
-  echo "SKIP (e): ferry devices lists no OpenCL device ($(grep '^opencl' devices.txt | head -1 | tr -s ' ')); "
+  echo "SKIP (e): ferry devices lists no OpenCL device ($(grep '^opencl' devices.txt | head -1 | tr -s ' '))"
   echo "          the OpenCL cross-backend checks did not run (a-d still asserted)"
 else
   echo "  using $ocl"
