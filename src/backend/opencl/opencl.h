@@ -18,12 +18,11 @@
 #define FY_OCL_KERNELS(X)                                                                     \
     X(fy_axpy) X(fy_scale) X(fy_sumsq_part) X(fy_copy3d) X(fy_copy3d_serial) X(fy_adamw)       \
     X(fy_swiglu_fwd) X(fy_swiglu_bwd) X(fy_rope) X(fy_gemm_nn) X(fy_gemm_nt) X(fy_gemm_tn)     \
-    X(fy_gemm_tt) X(fy_gemm_small) X(fy_gemm_reg_nn) X(fy_gemm_reg_nt)                  \
-    X(fy_gemm_reg_tn) X(fy_gemm_reg_tt) X(fy_rmsnorm_fwd) X(fy_rmsnorm_bwd_dx)                      \
-    X(fy_rmsnorm_dw_part) X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows)         \
-    X(fy_softmax_bwd_causal) X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd)       \
-    X(fy_balance_counts) X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows)                 \
-    X(fy_scatter_add_rows)
+    X(fy_gemm_tt) X(fy_gemm_small) X(fy_gemm_reg_nn) X(fy_gemm_reg_nt) X(fy_gemm_reg_tn)       \
+    X(fy_gemm_reg_tt) X(fy_rmsnorm_fwd) X(fy_rmsnorm_bwd_dx) X(fy_rmsnorm_dw_part)             \
+    X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
+    X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
+    X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -127,13 +126,21 @@ void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t
 /* Global size rounded up to a multiple of m. */
 static inline size_t fy_ocl_round(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
+/* Zero structure attention's GEMMs may exploit (kernels/gemm.cl). */
+enum {
+    FY_OCL_DENSE = 0,
+    FY_OCL_CAUSAL_C = 1,  /* only C[m][n], n <= m, is wanted */
+    FY_OCL_CAUSAL_A = 2,  /* op(A)[m][k] = 0 for k > m */
+    FY_OCL_CAUSAL_AT = 3, /* op(A)[m][k] = 0 for k < m */
+};
+
 /* GEMM over `batch` matrices (z / inner, z % inner with strides s1, s2 per
  * operand); operands already checked by the caller. */
 void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_b, int M, int N,
                          int K, float alpha, cl_mem A, size_t ao, int lda, size_t sa1,
                          size_t sa2, cl_mem B, size_t bo, int ldb, size_t sb1, size_t sb2,
                          float beta, cl_mem C, size_t co, int ldc, size_t sc1, size_t sc2,
-                         int batch, int inner);
+                         int batch, int inner, int causal);
 
 /* --- ops (see backend.h for the contracts) --- */
 void fy_ocl_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,

@@ -1,8 +1,9 @@
 /* Causal self-attention and MLA decode of the OpenCL backend, as batched
  * GEMMs (one per sequence and head, kernels/gemm.cl) around row softmax
- * kernels. Scores are computed for the whole T x T square and the softmax
- * zeroes the upper triangle, so P V and the backward GEMMs add exact zeros
- * there: simple, and every element keeps a fixed summation order. */
+ * kernels. The T x T score and dP GEMMs skip the tiles above the diagonal
+ * (the softmax kernels never read them and write zeros there), and the
+ * GEMMs that read P or dS stop or start their k loop at the diagonal: only
+ * exact zeros are skipped, so every element keeps its summation order. */
 #include "backend/opencl/opencl.h"
 
 static int attn_check(fy_backend *be, const char *op, int B, int T, int H, int dqk, int dv) {
@@ -40,11 +41,13 @@ void fy_ocl_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     int BH = B * H;
     /* S = scale Q K^T per (b, h): Q_bh starts at b T qs + h dqk, row stride qs */
     fy_ocl_gemm_batched(be, op, 0, 1, T, T, dqk, scale, qm, q.off, (int)qs, T * qs, dqk, km,
-                        k.off, (int)qs, T * qs, dqk, 0.0f, pm, P.off, T, H * TT, TT, BH, H);
+                        k.off, (int)qs, T * qs, dqk, 0.0f, pm, P.off, T, H * TT, TT, BH, H,
+                        FY_OCL_CAUSAL_C);
     rows_kernel(be, FY_OCL_K_fy_softmax_causal, op, (size_t)BH * T, T, pm, P.off, NULL);
     if (dv > 0)
         fy_ocl_gemm_batched(be, op, 0, 0, T, dv, T, 1.0f, pm, P.off, T, H * TT, TT, vm, v.off,
-                            (int)vs, T * vs, dv, 0.0f, om, out.off, (int)vs, T * vs, dv, BH, H);
+                            (int)vs, T * vs, dv, 0.0f, om, out.off, (int)vs, T * vs, dv, BH, H,
+                            FY_OCL_CAUSAL_A);
 }
 
 /* dV = P^T dO;  dP = dO V^T;  dS = P * (dP - rowsum(P * dP));
@@ -72,18 +75,21 @@ void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
         /* dV [T, dv] = P^T [T, T] dO [T, dv] */
         fy_ocl_gemm_batched(be, op, 1, 0, T, dv, T, 1.0f, pm, P.off, T, H * TT, TT, dom,
                             dout.off, (int)vs, T * vs, dv, 0.0f, dvm, dv_.off, (int)vs, T * vs, dv,
-                            BH, H);
+                            BH, H, FY_OCL_CAUSAL_AT);
     }
     /* dP = dO V^T into dS (K = dv = 0 gives zeros) */
     fy_ocl_gemm_batched(be, op, 0, 1, T, T, dv, 1.0f, dv > 0 ? dom : dS, dv > 0 ? dout.off : 0,
                         dv > 0 ? (int)vs : 1, T * vs, dv, dv > 0 ? vm : dS, dv > 0 ? v.off : 0,
-                        dv > 0 ? (int)vs : 1, T * vs, dv, 0.0f, dS, 0, T, H * TT, TT, BH, H);
+                        dv > 0 ? (int)vs : 1, T * vs, dv, 0.0f, dS, 0, T, H * TT, TT, BH, H,
+                        FY_OCL_CAUSAL_C);
     rows_kernel(be, FY_OCL_K_fy_softmax_bwd_causal, op, (size_t)BH * T, T, pm, P.off, dS);
     if (dqk > 0) {
         fy_ocl_gemm_batched(be, op, 0, 0, T, dqk, T, scale, dS, 0, T, H * TT, TT, km, k.off,
-                            (int)qs, T * qs, dqk, 0.0f, dqm, dq.off, (int)qs, T * qs, dqk, BH, H);
+                            (int)qs, T * qs, dqk, 0.0f, dqm, dq.off, (int)qs, T * qs, dqk, BH, H,
+                            FY_OCL_CAUSAL_A);
         fy_ocl_gemm_batched(be, op, 1, 0, T, dqk, T, scale, dS, 0, T, H * TT, TT, qm, q.off,
-                            (int)qs, T * qs, dqk, 0.0f, dkm, dk.off, (int)qs, T * qs, dqk, BH, H);
+                            (int)qs, T * qs, dqk, 0.0f, dkm, dk.off, (int)qs, T * qs, dqk, BH, H,
+                            FY_OCL_CAUSAL_AT);
     }
 }
 
@@ -116,10 +122,10 @@ void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale,
     cl_mem sc = fy_ocl_scratch(be, FY_OCL_SCRATCH_A, (size_t)H * S * 4, op);
     if (!sc) return;
     fy_ocl_gemm_batched(be, op, 0, 1, H, S, r, scale, qlm, q_lat.off, r, 0, 0, cm, ckv.off, ld_ckv,
-                        0, 0, 0.0f, sc, 0, S, 0, 0, 1, 1);
+                        0, 0, 0.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
     if (dr)
         fy_ocl_gemm_batched(be, op, 0, 1, H, S, dr, scale, qpm, q_pe.off, dr, 0, 0, kpm, kpe.off,
-                            ld_kpe, 0, 0, 1.0f, sc, 0, S, 0, 0, 1, 1);
+                            ld_kpe, 0, 0, 1.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
     fy_ocl_impl *im = fy_ocl(be);
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_softmax_rows, op);
     fy_ocl_int(&c, S);
@@ -128,5 +134,5 @@ void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale,
     size_t g = (size_t)H * im->red;
     fy_ocl_run(&c, 1, &g, &im->red);
     fy_ocl_gemm_batched(be, op, 0, 0, H, r, S, 1.0f, sc, 0, S, 0, 0, cm, ckv.off, ld_ckv, 0, 0,
-                        0.0f, om, out.off, r, 0, 0, 1, 1);
+                        0.0f, om, out.off, r, 0, 0, 1, 1, FY_OCL_DENSE);
 }

@@ -79,7 +79,8 @@ cl_mem fy_ocl_scratch(fy_backend *be, int slot, size_t bytes, const char *op) {
     im->scratch_bytes[slot] = 0;
     if (bytes > im->max_alloc) {
         fy_be_set_error(be, "opencl %s: scratch of %zu bytes exceeds the device's largest "
-                            "allocation (%llu bytes)", op, bytes, (unsigned long long)im->max_alloc);
+                            "allocation (%llu bytes)",
+                       op, bytes, (unsigned long long)im->max_alloc);
         return NULL;
     }
     cl_int rc;

@@ -12,9 +12,9 @@ void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_
                          int K, float alpha, cl_mem A, size_t ao, int lda, size_t sa1,
                          size_t sa2, cl_mem B, size_t bo, int ldb, size_t sb1, size_t sb2,
                          float beta, cl_mem C, size_t co, int ldc, size_t sc1, size_t sc2,
-                         int batch, int inner) {
+                         int batch, int inner, int causal) {
     if (!M || !N || !batch) return;
-    if (batch == 1 && M <= SMALL_M) {
+    if (batch == 1 && M <= SMALL_M) { /* computes everything: valid for any `causal` */
         fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_gemm_small, op);
         fy_ocl_int(&c, trans_a);
         fy_ocl_int(&c, trans_b);
@@ -58,8 +58,9 @@ void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_
     fy_ocl_ulong(&c, sc1);
     fy_ocl_ulong(&c, sc2);
     fy_ocl_int(&c, inner > 0 ? inner : 1);
-    size_t g[3] = {(size_t)(N + 63) / 64 * 16, reg ? (size_t)(M + 3) / 4 : (size_t)(M + 63) / 64 * 16,
-                   (size_t)batch};
+    fy_ocl_int(&c, causal);
+    size_t rows = reg ? (size_t)(M + 3) / 4 : (size_t)(M + 63) / 64 * 16;
+    size_t g[3] = {(size_t)(N + 63) / 64 * 16, rows, (size_t)batch};
     size_t l[3] = {16, reg ? 1 : 16, 1};
     fy_ocl_run(&c, 3, g, l);
 }
@@ -89,5 +90,6 @@ void fy_ocl_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, 
         a = b = c;
     }
     fy_ocl_gemm_batched(be, "gemm", trans_a, trans_b, M, N, K, alpha, a, K ? A.off : 0, lda, 0, 0,
-                        b, K ? B.off : 0, ldb, 0, 0, beta, c, C.off, ldc, 0, 0, 1, 1);
+                        b, K ? B.off : 0, ldb, 0, 0, beta, c, C.off, ldc, 0, 0, 1, 1,
+                        FY_OCL_DENSE);
 }

@@ -11,7 +11,18 @@
  *
  * Batch z = get_group_id(2) of `batch` matrices is split as
  * (z / inner, z % inner) with two strides per operand: attention runs one
- * GEMM per (sequence, head) this way. */
+ * GEMM per (sequence, head) this way.
+ *
+ * `causal` lets attention skip work on its T x T lower-triangular matrices:
+ *   FY_CAUSAL_C   only C[m][n] with n <= m is wanted (tiles wholly above the
+ *                 diagonal are neither computed nor stored);
+ *   FY_CAUSAL_A   op(A)[m][k] = 0 for k > m (k stops after the tile's last row);
+ *   FY_CAUSAL_AT  op(A)[m][k] = 0 for k < m (k starts at the tile's first row).
+ * Only exact zero products are skipped, and k still ascends: the results are
+ * bitwise those of the full product. */
+#define FY_CAUSAL_C 1
+#define FY_CAUSAL_A 2
+#define FY_CAUSAL_AT 3
 #define GT_M 64
 #define GT_N 64
 #define GT_K 16
@@ -20,7 +31,8 @@
     kernel __attribute__((reqd_work_group_size(16, 16, 1))) void NAME(                        \
         int M, int N, int K, float alpha, global const float *A, ulong ao, int lda, ulong sa1, \
         ulong sa2, global const float *B, ulong bo, int ldb, ulong sb1, ulong sb2,            \
-        float beta, global float *C, ulong co, int ldc, ulong sc1, ulong sc2, int inner) {     \
+        float beta, global float *C, ulong co, int ldc, ulong sc1, ulong sc2, int inner,       \
+        int causal) {                                                                         \
         local float As[GT_K][GT_M + 1];                                                      \
         local float Bs[GT_K][GT_N + 1];                                                      \
         int tx = get_local_id(0), ty = get_local_id(1), tid = ty * 16 + tx;                   \
@@ -29,10 +41,14 @@
         B += bo + zo * sb1 + zi * sb2;                                                        \
         C += co + zo * sc1 + zi * sc2;                                                        \
         int m0 = get_group_id(1) * GT_M, n0 = get_group_id(0) * GT_N;                         \
+        int mlast = (m0 + GT_M < M ? m0 + GT_M : M) - 1;                                      \
+        int skip = causal == FY_CAUSAL_C && n0 > mlast;                                       \
+        int kbeg = causal == FY_CAUSAL_AT ? m0 : 0;                                           \
+        int kend = skip ? 0 : causal == FY_CAUSAL_A && mlast + 1 < K ? mlast + 1 : K;          \
         float acc[4][4];                                                                      \
         for (int i = 0; i < 4; i++)                                                           \
             for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;                                     \
-        for (int k0 = 0; k0 < K; k0 += GT_K) {                                                \
+        for (int k0 = kbeg; k0 < kend; k0 += GT_K) {                                          \
             for (int e = tid; e < GT_M * GT_K; e += 256) {                                    \
                 int mm = TA ? e % GT_M : e / GT_K, kk = TA ? e / GT_M : e % GT_K;             \
                 int gm = m0 + mm, gk = k0 + kk;                                               \
@@ -61,7 +77,7 @@
         }                                                                                     \
         for (int i = 0; i < 4; i++) {                                                         \
             int m = m0 + ty + 16 * i;                                                         \
-            if (m >= M) continue;                                                             \
+            if (m >= M || skip) continue;                                                     \
             for (int j = 0; j < 4; j++) {                                                     \
                 int n = n0 + tx + 16 * j;                                                     \
                 if (n >= N) continue;                                                         \
@@ -100,18 +116,23 @@ kernel void fy_gemm_small(int ta, int tb, int M, int N, int K, float alpha,
  * computes 4 consecutive rows x 4 columns n0 + 16 j, so the 16 items of a
  * group along dimension 0 touch 16 consecutive columns and PoCL vectorizes
  * across them. Out-of-range rows and columns are clamped for the loads and
- * skipped for the stores. Same arguments (batch included) and the same
- * summation order per element (k ascending, mad) as the tiled kernel: on a
- * given device the choice of kernel does not change results' determinism.
+ * skipped for the stores. Same arguments (batch, causal) and the same
+ * operations per element (k ascending, mad) as the tiled kernel: on PoCL
+ * both families give bitwise the same results (checked on a whole oracle
+ * case).
  * global (16 * ceil(N/64), ceil(M/4), batch), local (16, 1, 1).
  * Measured on PoCL (2 cores, 2048x256x768): ~2x the tiled kernel. */
 #define FY_GEMM_REG_KERNEL(NAME, TA, TB)                                                      \
     kernel void NAME(int M, int N, int K, float alpha, global const float *A, ulong ao,       \
                      int lda, ulong sa1, ulong sa2, global const float *B, ulong bo, int ldb, \
                      ulong sb1, ulong sb2, float beta, global float *C, ulong co, int ldc,    \
-                     ulong sc1, ulong sc2, int inner) {                                       \
+                     ulong sc1, ulong sc2, int inner, int causal) {                           \
         int gx = get_global_id(0), m0 = get_global_id(1) * 4;                                 \
         int n0 = (gx / 16) * 64 + gx % 16;                                                    \
+        int mlast = (m0 + 4 < M ? m0 + 4 : M) - 1;                                            \
+        if (causal == FY_CAUSAL_C && n0 > mlast) return; /* no barriers here */               \
+        int kbeg = causal == FY_CAUSAL_AT ? m0 : 0;                                           \
+        int kend = causal == FY_CAUSAL_A && mlast + 1 < K ? mlast + 1 : K;                    \
         ulong z = get_global_id(2), zo = z / inner, zi = z % inner;                            \
         A += ao + zo * sa1 + zi * sa2;                                                        \
         B += bo + zo * sb1 + zi * sb2;                                                        \
@@ -122,7 +143,7 @@ kernel void fy_gemm_small(int ta, int tb, int M, int N, int K, float alpha,
         int mi[4], nj[4];                                                                     \
         for (int i = 0; i < 4; i++) mi[i] = m0 + i < M ? m0 + i : M - 1;                      \
         for (int j = 0; j < 4; j++) nj[j] = n0 + 16 * j < N ? n0 + 16 * j : N - 1;            \
-        for (int k = 0; k < K; k++) {                                                         \
+        for (int k = kbeg; k < kend; k++) {                                                   \
             float a[4], b[4];                                                                 \
             for (int i = 0; i < 4; i++)                                                       \
                 a[i] = TA ? A[(ulong)k * lda + mi[i]] : A[(ulong)mi[i] * lda + k];            \
