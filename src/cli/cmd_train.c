@@ -2,6 +2,7 @@
  * training loop of train/trainer.c. Flags override config.json, which
  * overrides the built-in defaults; the effective config is printed and
  * saved as RUN_DIR/config.json. */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,7 +352,8 @@ int fy_cmd_train(int argc, char **argv) {
     fy_model_free(&m);
     fy_backend_destroy(be);
     if (rc) return fy_cli_fail("train", &err);
-    printf("done: step %d, train loss %.4f, validation loss %.4f; run directory %s\n", res.step,
-           res.last_loss, res.last_val_loss, run_dir);
+    char val[48] = "no validation pass (--eval-every 0)";
+    if (isfinite(res.last_val_loss)) snprintf(val, sizeof val, "validation loss %.4f", res.last_val_loss);
+    printf("done: step %d, train loss %.4f, %s; run directory %s\n", res.step, res.last_loss, val, run_dir);
     return res.interrupted && g_stop ? 130 : 0;
 }
