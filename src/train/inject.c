@@ -147,20 +147,24 @@ int fy_inject_grad(fy_inject *inj, int step, fy_model *m, char *what, size_t cap
     return 1;
 }
 
+/* Flips one bit of the float at r on the device; *before and *after get it. */
+static void flip_bit(fy_backend *be, fy_ref r, int bit, float *before, float *after) {
+    uint32_t u;
+    be->ops->download(be, before, r, 1);
+    memcpy(&u, before, 4);
+    u ^= 1u << bit;
+    memcpy(after, &u, 4);
+    be->ops->upload(be, r, after, 1);
+}
+
 int fy_inject_state(fy_inject *inj, int step, fy_model *m, fy_adamw *opt, char *what, size_t cap) {
     int any = 0;
     fy_inj_fault *f;
     while ((f = due(inj, step, FY_INJ_FLIP_WEIGHT)) || (f = due(inj, step, FY_INJ_FLIP_MOMENT))) {
         const fy_tensor_info *t = find(m, f->tensor);
         fy_buf *b = f->kind == FY_INJ_FLIP_WEIGHT ? &m->params : f->moment == 'm' ? &opt->m : &opt->v;
-        float x;
-        uint32_t u;
-        m->be->ops->download(m->be, &x, fy_at(b, t->off + f->index), 1);
-        memcpy(&u, &x, 4);
-        u ^= 1u << f->bit;
-        float y;
-        memcpy(&y, &u, 4);
-        m->be->ops->upload(m->be, fy_at(b, t->off + f->index), &y, 1);
+        float x, y;
+        flip_bit(m->be, fy_at(b, t->off + f->index), f->bit, &x, &y);
         snprintf(what, cap, "%s: bit %d of %s%s%s[%zu] flipped (%g -> %g) after step %d",
                  f->kind == FY_INJ_FLIP_WEIGHT ? "flip_weight" : "flip_moment", f->bit,
                  f->kind == FY_INJ_FLIP_WEIGHT ? "" : f->moment == 'm' ? "adam.m of " : "adam.v of ",
@@ -182,12 +186,7 @@ int fy_inject_act(fy_inject *inj, int step, fy_model *m, char *what, size_t cap,
         return fy_fail(err, "FERRY_INJECT: flip_act index %zu outside %s of layer %d (%zu elements)", f->index,
                        f->tensor, f->layer, n);
     float x, y;
-    uint32_t u;
-    m->be->ops->download(m->be, &x, fy_add(r, f->index), 1);
-    memcpy(&u, &x, 4);
-    u ^= 1u << f->bit;
-    memcpy(&y, &u, 4);
-    m->be->ops->upload(m->be, fy_add(r, f->index), &y, 1);
+    flip_bit(m->be, fy_add(r, f->index), f->bit, &x, &y);
     snprintf(what, cap, "flip_act: bit %d of activation %s[%zu] of layer %d flipped (%g -> %g) between the "
              "forward and the backward of step %d", f->bit, f->tensor, f->index, f->layer, x, y, step);
     return 1;
