@@ -253,9 +253,31 @@ static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int
             cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
         return;
     }
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, a, lda, b, ldb, beta, c,
-                ldc);
+    /* OpenBLAS's own threading splits C by the thread count, and its edge
+     * kernels round differently from its main ones, so its results change
+     * with OMP_NUM_THREADS (seen on AMD EPYC with 0.3.21). We split C into
+     * pieces fixed by the shape alone (the longer of M and N, >= 128 rows or
+     * columns each, at most 8) and run single-threaded OpenBLAS on each, so
+     * the bits are the same for any thread count: a run resumed on another
+     * machine, or data-parallel ranks with fewer cores, continue exactly.
+     * Even one piece runs in a parallel region, which keeps OpenBLAS to one
+     * thread. Measured no slower than OpenBLAS's threading (docs/PERFORMANCE.md). */
+    const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    const int by_m = M >= N, dim = by_m ? M : N;
+    int pieces = dim / 128;
+    pieces = pieces < 1 ? 1 : pieces > 8 ? 8 : pieces;
+    const int per = ((dim + pieces - 1) / pieces + 15) / 16 * 16;
+    const int np = (dim + per - 1) / per;
+#pragma omp parallel for schedule(static, 1)
+    for (int p = 0; p < np; p++) {
+        int lo = p * per, len = dim - lo < per ? dim - lo : per;
+        if (by_m)
+            cblas_sgemm(CblasRowMajor, ta, tb, len, N, K, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b,
+                        ldb, beta, c + (size_t)lo * ldc, ldc);
+        else
+            cblas_sgemm(CblasRowMajor, ta, tb, M, len, K, alpha, a, lda, trans_b ? b + (size_t)lo * ldb : b + lo,
+                        ldb, beta, c + lo, ldc);
+    }
 }
 
 /* ---------------------------------------------------------------- vtable */
