@@ -28,6 +28,11 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
 /* Waits for the write in flight; returns its result. */
 int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
 /* Waits, then frees the snapshot buffers kept for reuse. */
+/* The same with the AdamW moments as whole host arrays (ZeRO-1 shards
+ * gathered on the saving rank). */
+int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, int opt_t,
+                            const float *hm, const float *hv, const char *trainer_state_json, int keep_last,
+                            double *stall_s, fy_err *err);
 void fy_ckpt_async_free(fy_ckpt_async *a);
 
 #endif

@@ -307,8 +307,7 @@ static int snap_block(fy_backend *be, fy_buf *b, size_t n, float **h, const char
     return 0;
 }
 
-int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
-                          const char *trainer_state, fy_err *err) {
+static int snap_common(fy_ckpt_snapshot *s, int step, fy_model *m, const char *trainer_state, fy_err *err) {
     if (s->tab != &m->tab) { /* another model (or a fresh snapshot): start clean */
         fy_ckpt_snapshot_free(s);
         s->tab = &m->tab;
@@ -320,6 +319,14 @@ int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_a
     if (snap_block(m->be, &m->params, m->tab.n_params, &s->params, "parameters", err) ||
         snap_block(m->be, &m->buffers, m->tab.n_buffers, &s->buffers, "buffers", err))
         return -1;
+    return 0;
+}
+
+int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
+                          const char *trainer_state, fy_err *err) {
+    if (opt && (opt->lo || opt->m.n != m->tab.n_params))
+        return fy_fail(err, "internal: a ZeRO-1 optimizer shard is saved with fy_ckpt_snapshot_take_host");
+    if (snap_common(s, step, m, trainer_state, err)) return -1;
     s->has_opt = opt != NULL;
     if (opt) {
         fy_buf mb = opt->m, vb = opt->v;   /* download takes non-const refs */
@@ -328,6 +335,20 @@ int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_a
             snap_block(m->be, &vb, m->tab.n_params, &s->v, "AdamW exp_avg_sq", err))
             return -1;
     }
+    return 0;
+}
+
+int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, fy_model *m, int opt_t, const float *hm,
+                               const float *hv, const char *trainer_state, fy_err *err) {
+    if (snap_common(s, step, m, trainer_state, err)) return -1;
+    size_t np = m->tab.n_params;
+    if ((!s->m && !(s->m = malloc((np ? np : 1) * sizeof *s->m))) ||
+        (!s->v && !(s->v = malloc((np ? np : 1) * sizeof *s->v))))
+        return fy_fail(err, "out of memory for a host copy of the AdamW moments (%zu floats)", np);
+    memcpy(s->m, hm, np * sizeof *s->m);
+    memcpy(s->v, hv, np * sizeof *s->v);
+    s->has_opt = 1;
+    s->opt_t = opt_t;
     return 0;
 }
 

@@ -60,6 +60,10 @@ typedef struct fy_ckpt_snapshot {
  * (same model) reuses its host buffers. */
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state_json, fy_err *err);
+/* The same with the whole moments given as host arrays [n_params] (ZeRO-1
+ * shards gathered by the saving rank, dist/dp.h). */
+int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, fy_model *m, int opt_t, const float *hm,
+                               const float *hv, const char *trainer_state_json, fy_err *err);
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);
 int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
                           size_t out_cap, fy_err *err);

@@ -2,12 +2,15 @@
  * training loop of train/trainer.c. Flags override config.json, which
  * overrides the built-in defaults; the effective config is printed and
  * saved as RUN_DIR/config.json. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -15,6 +18,8 @@
 #include "cli/cli.h"
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
+#include "core/log.h"
+#include "dist/comm.h"
 #include "io/prepare.h"
 #include "train/supervise.h"
 #include "train/trainer.h"
@@ -136,13 +141,113 @@ static int supervised(int argc, char **argv, const char *run_dir, int resume, in
     return rc;
 }
 
+/* --ranks N outside mpirun: run "mpirun -np N <this ferry> train <the same
+ * flags>" and wait for it. Each rank leaves its exit code in a status file,
+ * so a rank that died (killed, crashed: no file) is told apart from a clean
+ * failure, and reported with FY_EXIT_RANK_LOST for the supervisor to retry.
+ * mpirun's own options (hosts, root in containers) come from the
+ * environment (OMPI_MCA_*, OMPI_ALLOW_RUN_AS_ROOT*) or a direct mpirun. */
+static int launch_ranks(int argc, char **argv, int ranks) {
+    char self[FY_PATH_MAX], np[16], dir[] = "/tmp/ferry-ranks-XXXXXX";
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "ferry train: --ranks: cannot find this program's path\n");
+        return 1;
+    }
+    self[n] = '\0';
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "ferry train: --ranks: cannot create a status directory in /tmp\n");
+        return 1;
+    }
+    snprintf(np, sizeof np, "%d", ranks);
+    char **av = calloc((size_t)argc + 8, sizeof *av);
+    if (!av) return 1;
+    int k = 0;
+    av[k++] = "mpirun";
+    av[k++] = "-np";
+    av[k++] = np;
+    av[k++] = self;
+    av[k++] = "train";
+    for (int i = 0; i < argc; i++) { /* argv holds the flags after "train" */
+        if (!strcmp(argv[i], "--ranks")) { i++; continue; }
+        if (!strncmp(argv[i], "--ranks=", 8)) continue;
+        av[k++] = argv[i];
+    }
+    setenv("FERRY_RANK_STATUS_DIR", dir, 1);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execvp("mpirun", av);
+        fprintf(stderr, "ferry train: --ranks: cannot run mpirun (%s): install openmpi-bin, or launch with "
+                        "your MPI's own launcher\n", strerror(errno));
+        _exit(127);
+    }
+    free(av);
+    int status = 0;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    int code = pid < 0 ? 127 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    int missing = -1, rank0 = -1;
+    for (int r = 0; r < ranks; r++) {
+        char path[sizeof dir + 32];
+        snprintf(path, sizeof path, "%s/rank-%d", dir, r);
+        FILE *f = fopen(path, "r");
+        int c = -1;
+        if (f) {
+            if (fscanf(f, "%d", &c) != 1) c = -1;
+            fclose(f);
+            unlink(path);
+        }
+        if (c < 0 && missing < 0) missing = r;
+        if (r == 0) rank0 = c;
+    }
+    rmdir(dir);
+    if (code == 127) return 127;
+    if (missing >= 0 && code != 0) {
+        fprintf(stderr, "ferry train: rank %d of %d died without finishing (mpirun exit status %d); the run "
+                        "can continue from its newest checkpoint with --resume (--supervise does it)\n",
+                missing, ranks, code);
+        return FY_EXIT_RANK_LOST;
+    }
+    return rank0 >= 0 ? rank0 : code;
+}
+
+/* Under mpirun: leaves this rank's exit code for launch_ranks. */
+static void rank_status(const fy_comm *c, int code) {
+    const char *dir = getenv("FERRY_RANK_STATUS_DIR");
+    if (!dir || !c) return;
+    char path[FY_PATH_MAX];
+    snprintf(path, sizeof path, "%s/rank-%d", dir, fy_comm_rank(c));
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "%d\n", code);
+        fclose(f);
+    }
+}
+
+static int train_main(int argc, char **argv, fy_comm **commp);
+
 int fy_cmd_train(int argc, char **argv) {
+    fy_comm *comm = NULL;
+    int rc = train_main(argc, argv, &comm);
+    if (!comm) return rc;
+    if (fy_comm_size(comm) > 1 && fy_comm_lost_peer(comm)) rc = FY_EXIT_RANK_LOST;
+    rank_status(comm, rc);
+    fflush(stdout);
+    fflush(stderr);
+    /* A rank that failed alone would leave the others waiting: end the job. */
+    if (rc != 0 && rc != 130 && fy_comm_size(comm) > 1) fy_comm_abort(comm, rc);
+    fy_comm_finalize(comm);
+    return rc;
+}
+
+static int train_main(int argc, char **argv, fy_comm **commp) {
     const char *cfgname = "tiny", *data = NULL, *out = NULL, *backend = NULL;
     int steps = 0, batch = 0, seq = 0, seed = 0, eval_every = -1, ckpt_every = -1, keep = -1;
     int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
     int supervise = 0, max_restarts = 10;
     double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0, abft = -1;
-    int recompute = -1;
+    int recompute = -1, ranks = 0, micro = -1, compress = 0;
+    double comm_timeout = 300;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
@@ -167,6 +272,10 @@ int fy_cmd_train(int argc, char **argv) {
         {"--restart-backoff", NULL, FY_ARG_FLOAT, &backoff, "SEC", "supervisor: first wait before a restart, doubling (default 1)", 0, 3600, 0},
         {"--abft", NULL, FY_ARG_FLOAT, &abft, "F", "guard: fraction of GEMMs checksum-checked (ABFT; default 0.02, 0 = off)", 0, 1, 0},
         {"--recompute-every", NULL, FY_ARG_INT, &recompute, "N", "guard: execute every N-th step twice, compare bitwise (0 = off)", 0, 1e9, 0},
+        {"--ranks", NULL, FY_ARG_INT, &ranks, "N", "data-parallel ranks: runs mpirun -np N (docs/SCALING.md)", 1, 4096, 0},
+        {"--micro-batch", NULL, FY_ARG_INT, &micro, "M", "sequences per micro-batch (default: --batch / ranks)", 0, 1 << 16, 0},
+        {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients as int8 with error feedback (slow links)", 0, 0, 0},
+        {"--comm-timeout", NULL, FY_ARG_FLOAT, &comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default 300)", 0.1, 1e6, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
     char *pos[1];
@@ -183,6 +292,21 @@ int fy_cmd_train(int argc, char **argv) {
     snprintf(run_dir, sizeof run_dir, "%s", out ? out : "");
     if (!out) snprintf(run_dir, sizeof run_dir, "runs/%s", strchr(cfgname, '/') || strchr(cfgname, '.') ? "custom" : cfgname);
     if (supervise) return supervised(argc, argv, run_dir, resume, max_restarts, heartbeat, backoff);
+    if (ranks > 0 && !fy_comm_launched()) return launch_ranks(argc, argv, ranks);
+    /* Under mpirun every rank runs this; rank 0 prepares the data and the run
+     * directory while the others wait, then they read its config.json. */
+    fy_comm *comm;
+    if (fy_comm_init(comm_timeout, &comm, &err)) return fy_cli_fail("train", &err);
+    *commp = comm;
+    const int rank = fy_comm_rank(comm), n_ranks = fy_comm_size(comm), follower = rank > 0;
+    if (ranks > 0 && ranks != n_ranks)
+        fy_warn("--ranks %d, but mpirun started %d ranks: training on %d", ranks, n_ranks, n_ranks);
+    if (follower) {
+        if (!freopen("/dev/null", "w", stdout)) return 1;
+        fy_comm_set_timeout(comm, 24 * 3600.0); /* rank 0 may be preparing a corpus */
+        if (fy_comm_barrier(comm, &err)) return fy_cli_fail("train", &err);
+        fy_comm_set_timeout(comm, comm_timeout);
+    }
     /* A wrong --backend is reported before any data preparation or file write. */
     fy_backend *be = NULL;
     if (backend) {
@@ -195,7 +319,7 @@ int fy_cmd_train(int argc, char **argv) {
     fy_train_opts_default(&o);
     char *saved_json = NULL, saved_backend[128] = "";
     snprintf(path, sizeof path, "%s/config.json", run_dir);
-    if (resume) {
+    if (resume || follower) {
         /* The run's own config wins; flags may still extend or adjust it. */
         size_t len;
         if (fy_read_file(path, &saved_json, &len, &err) || fy_config_parse(saved_json, path, &cfg, &err) ||
@@ -217,7 +341,7 @@ int fy_cmd_train(int argc, char **argv) {
         const cJSON *rb = f ? cJSON_GetObjectItemCaseSensitive(f, "backend") : NULL;
         if (rb && cJSON_IsString(rb) && rb->valuestring[0]) {
             snprintf(saved_backend, sizeof saved_backend, "%s", rb->valuestring);
-            if (backend && strcmp(backend, saved_backend))
+            if (backend && strcmp(backend, saved_backend) && !follower)
                 printf("note: %s was last trained on backend %s; resuming it on %s\n", run_dir, saved_backend,
                        backend);
             if (!backend) backend = saved_backend;
@@ -286,6 +410,14 @@ int fy_cmd_train(int argc, char **argv) {
     o.stop_after = stop_after;
     if (abft >= 0) o.guard.abft_fraction = abft;
     if (recompute >= 0) o.guard.recompute_every = recompute;
+    if (micro >= 0) o.micro_batch = micro;
+    if (compress) o.compress = 1;
+    if (!resume && !follower && o.micro_batch == 0 && n_ranks > 1) {
+        /* Fix the micro-batch at the run's start, so that the run continues
+         * bit-identically on another rank count (dist/dp.h). */
+        o.micro_batch = o.batch_size / n_ranks > 0 ? o.batch_size / n_ranks : 1;
+    }
+    o.comm = comm;
     if (o.adam.warmup_steps >= o.adam.total_steps) o.adam.warmup_steps = o.adam.total_steps / 10;
     if (o.seq_len > cfg.max_position_embeddings) {
         fy_fail(&err, "--seq %d exceeds max_position_embeddings %d", o.seq_len, cfg.max_position_embeddings);
@@ -311,7 +443,7 @@ int fy_cmd_train(int argc, char **argv) {
     free(opts);
     char *js = fy_config_to_json(&cfg, extra);
     snprintf(path, sizeof path, "%s/config.json", run_dir);
-    if (!js || fy_write_file_atomic(path, js, strlen(js), &err)) {
+    if (!js || (!follower && fy_write_file_atomic(path, js, strlen(js), &err))) {
         free(js);
         fy_backend_destroy(be);
         return fy_cli_fail("train", &err);
@@ -346,6 +478,17 @@ int fy_cmd_train(int argc, char **argv) {
             resume = 0;
         }
         free(steps);
+    }
+    if (n_ranks > 1) {
+        /* The others may start: rank 0 has written config.json; all take
+         * rank 0's verdict on whether there is a checkpoint to resume. */
+        int32_t rv = resume;
+        if ((!follower && fy_comm_barrier(comm, &err)) || fy_comm_bcast(comm, &rv, sizeof rv, 0, &err)) {
+            fy_model_free(&m);
+            fy_backend_destroy(be);
+            return fy_cli_fail("train", &err);
+        }
+        resume = rv;
     }
     fy_train_result res;
     int rc = fy_train_run(&m, &o, run_dir, data_dir, resume, &g_stop, &res, &err);

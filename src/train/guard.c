@@ -75,23 +75,24 @@ static int grow(void **p, size_t n, size_t elt) {
 }
 
 int fy_snapshot_take(fy_snapshot *s, fy_model *m, const fy_adamw *opt, int step, fy_err *err) {
-    size_t np = m->params.n, nb = m->buffers.n;
+    size_t np = m->params.n, nb = m->buffers.n, nm = opt->m.n; /* nm < np: a ZeRO-1 shard */
     size_t nl = (size_t)m->tab.n_layers * (m->cfg.n_routed_experts + 1);
-    if ((s->n_params != np &&
-         (grow((void **)&s->params, np, 4) || grow((void **)&s->m, np, 4) || grow((void **)&s->v, np, 4))) ||
+    if ((s->n_params != np && grow((void **)&s->params, np, 4)) ||
+        (s->n_moments != nm && (grow((void **)&s->m, nm, 4) || grow((void **)&s->v, nm, 4))) ||
         (s->n_buffers != nb && grow((void **)&s->buffers, nb, 4)) ||
         (s->n_loads != nl && grow((void **)&s->loads, nl, sizeof(int64_t)))) {
         s->valid = 0;
         return fy_fail(err, "out of memory for a guard snapshot");
     }
     s->n_params = np;
+    s->n_moments = nm;
     s->n_buffers = nb;
     s->n_loads = nl;
     fy_backend *be = m->be;
     if (fy_be_sync(be, err)) return -1;
     be->ops->download(be, s->params, fy_at(&m->params, 0), np);
-    be->ops->download(be, s->m, fy_at((fy_buf *)&opt->m, 0), np);
-    be->ops->download(be, s->v, fy_at((fy_buf *)&opt->v, 0), np);
+    be->ops->download(be, s->m, fy_at((fy_buf *)&opt->m, 0), nm);
+    be->ops->download(be, s->v, fy_at((fy_buf *)&opt->v, 0), nm);
     if (nb) be->ops->download(be, s->buffers, fy_at(&m->buffers, 0), nb);
     if (nl) memcpy(s->loads, m->loads, nl * sizeof(int64_t));
     s->step = step;
@@ -102,10 +103,11 @@ int fy_snapshot_take(fy_snapshot *s, fy_model *m, const fy_adamw *opt, int step,
 
 int fy_snapshot_restore(const fy_snapshot *s, fy_model *m, fy_adamw *opt, fy_err *err) {
     if (!s->valid) return fy_fail(err, "no guard snapshot to restore");
+    if (opt->m.n != s->n_moments) return fy_fail(err, "guard snapshot: the optimizer shard changed size");
     fy_backend *be = m->be;
     be->ops->upload(be, fy_at(&m->params, 0), s->params, s->n_params);
-    be->ops->upload(be, fy_at(&opt->m, 0), s->m, s->n_params);
-    be->ops->upload(be, fy_at(&opt->v, 0), s->v, s->n_params);
+    be->ops->upload(be, fy_at(&opt->m, 0), s->m, s->n_moments);
+    be->ops->upload(be, fy_at(&opt->v, 0), s->v, s->n_moments);
     if (s->n_buffers) be->ops->upload(be, fy_at(&m->buffers, 0), s->buffers, s->n_buffers);
     if (s->n_loads) memcpy(m->loads, s->loads, s->n_loads * sizeof(int64_t));
     opt->t = s->opt_t;
@@ -149,8 +151,16 @@ static int sums_into(fy_state_sums *s, fy_model *m, const fy_adamw *opt, uint64_
     memset(vv, 0, (size_t)s->n * sizeof *vv);
     hash_block(s, m, &m->params, 0, p);
     hash_block(s, m, &m->buffers, 1, p);
-    hash_block(s, m, (fy_buf *)&opt->m, 0, mm);
-    hash_block(s, m, (fy_buf *)&opt->v, 0, vv);
+    if (opt->m.n == m->params.n) {
+        hash_block(s, m, (fy_buf *)&opt->m, 0, mm);
+        hash_block(s, m, (fy_buf *)&opt->v, 0, vv);
+    } else if (opt->m.n) { /* a ZeRO-1 shard: one sum each, reported on the first tensor */
+        fy_backend *be = m->be;
+        be->ops->download(be, s->host, fy_at((fy_buf *)&opt->m, 0), opt->m.n);
+        mm[0] = fy_xxh64(s->host, opt->m.n * sizeof(float));
+        be->ops->download(be, s->host, fy_at((fy_buf *)&opt->v, 0), opt->v.n);
+        vv[0] = fy_xxh64(s->host, opt->v.n * sizeof(float));
+    }
     return fy_be_sync(m->be, err);
 }
 

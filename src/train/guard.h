@@ -56,7 +56,7 @@ typedef struct fy_snapshot {
     int valid, step, opt_t;
     float *params, *m, *v, *buffers;
     int64_t *loads;
-    size_t n_params, n_buffers, n_loads;
+    size_t n_params, n_moments, n_buffers, n_loads; /* n_moments < n_params: a ZeRO-1 shard */
 } fy_snapshot;
 
 int fy_snapshot_take(fy_snapshot *s, fy_model *m, const fy_adamw *opt, int step, fy_err *err);

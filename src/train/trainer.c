@@ -12,6 +12,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "dist/dp.h"
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/loader.h"
@@ -71,6 +72,8 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"ckpt_every", 0, 1e9, 1, NULL, &o->ckpt_every},
             {"keep_last", 0, 1e6, 1, NULL, &o->keep_last},
             {"log_every", 1, 1e9, 1, NULL, &o->log_every},
+            {"micro_batch", 0, 1 << 20, 1, NULL, &o->micro_batch},
+            {"compress_grads", 0, 1, 1, NULL, &o->compress},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -121,13 +124,15 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"eval_every\": %d, \"eval_batches\": %d, \"ckpt_every\": %d, \"keep_last\": %d, "
              "\"log_every\": %d, \"guard_nonfinite\": %d, \"guard_spike_window\": %d, \"guard_spike_min\": %d, "
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
-             "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d}",
+             "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
+             "\"micro_batch\": %d, \"compress_grads\": %d}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
-             o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every);
+             o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
+             o->compress);
     return s;
 }
 
@@ -168,6 +173,39 @@ int fy_eval_loss(fy_model *m, fy_loader *val, int B, int T, int n, double *loss,
     return rc ? -1 : 0;
 }
 
+/* Validation over the ranks: batch i is evaluated whole by rank i mod N, and
+ * the per-batch sums are added in batch order, so the loss is the one a
+ * single rank computes. */
+static int eval_loss_dp(fy_model *m, fy_dp *dp, fy_loader *val, int B, int T, int n, double *loss, fy_err *err) {
+    if (dp->size == 1) return fy_eval_loss(m, val, B, T, n, loss, err);
+    uint64_t avail;
+    if (fy_loader_val_batches(val, 1, B, T, (uint64_t)n, &avail, err)) return -1;
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *lab = malloc((size_t)B * T * sizeof *lab);
+    size_t per = (avail + dp->size - 1) / dp->size;
+    double *mine = calloc(2 * per + 1, sizeof *mine), *all = calloc(2 * per * dp->size + 1, sizeof *all);
+    int rc = 0;
+    if (!in || !lab || !mine || !all) rc = fy_fail(err, "out of memory");
+    for (uint64_t i = dp->rank, j = 0; !rc && i < avail; i += dp->size, j++) {
+        fy_loss l;
+        rc = fy_loader_val_batch(val, i, 0, 1, B, T, in, lab, err) || fy_model_forward(m, in, lab, B, T, 0, &l, err);
+        if (!rc) mine[2 * j] = l.main * l.n_main, mine[2 * j + 1] = l.n_main;
+    }
+    /* Every rank joins the gather, even after a local error. */
+    fy_err scratch;
+    int bad = fy_dp_vote(dp, rc != 0, rc ? &scratch : err);
+    if (!rc && bad) rc = fy_fail(err, "validation failed on another rank");
+    if (!rc) rc = fy_comm_allgather(dp->comm, mine, 2 * per * sizeof *mine, all, err);
+    double sum = 0, count = 0;
+    for (uint64_t i = 0; !rc && i < avail; i++) {
+        const double *e = all + 2 * per * (i % dp->size) + 2 * (i / dp->size);
+        sum += e[0];
+        count += e[1];
+    }
+    free(in); free(lab); free(mine); free(all);
+    *loss = count > 0 ? sum / count : NAN;
+    return rc ? -1 : 0;
+}
+
 /* ---- metrics history (metrics.jsonl and loss.svg) ---- */
 
 typedef struct history {
@@ -191,7 +229,7 @@ static void push(double **x, double **y, int *n, int *cap, double a, double b) {
 
 /* Keeps the metrics of steps <= upto (a resumed run replays the rest) and
  * loads them into the history. */
-static int metrics_reopen(const char *path, int upto, history *h, FILE **out, fy_err *err) {
+static int metrics_reopen(const char *path, int upto, int readonly, history *h, FILE **out, fy_err *err) {
     char *text = NULL;
     size_t len = 0;
     fy_err ignore;
@@ -216,10 +254,11 @@ static int metrics_reopen(const char *path, int upto, history *h, FILE **out, fy
             line = nl ? nl + 1 : NULL;
         }
     }
-    int rc = fy_write_file_atomic(path, text ? text : "", keep, err);
+    /* Ranks other than 0 only read the history (for the spike window). */
+    int rc = readonly ? 0 : fy_write_file_atomic(path, text ? text : "", keep, err);
     free(text);
     if (rc) return -1;
-    *out = fopen(path, "a");
+    *out = fopen(readonly ? "/dev/null" : path, "a");
     if (!*out) return fy_fail(err, "cannot append to %s", path);
     return 0;
 }
@@ -280,9 +319,9 @@ static int skips_add(skips *k, int step) {
 /* Checkpoints are asynchronous: the loop waits only for the host snapshot;
  * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
  * write is reported by the next save or at the end of the run. */
-static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, const fy_train_opts *o,
-                const char *run_dir, int step, long long tokens, double elapsed, double loss, double val,
-                const skips *k, fy_err *err) {
+static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
+                const fy_train_opts *o, const char *run_dir, int step, long long tokens, double elapsed,
+                double loss, double val, const skips *k, fy_err *err) {
     char extra[64 + 12 * 64] = "";
     if (k->n) {
         size_t len = (size_t)snprintf(extra, sizeof extra, ",\n  \"skipped_batches\": [");
@@ -296,9 +335,20 @@ static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, const fy_trai
              "  \"loss\": %.9g,\n  \"val_loss\": %s%.9g%s%s\n}\n",
              step, tokens, elapsed, (unsigned long long)o->seed, loss, isfinite(val) ? "" : "\"",
              val, isfinite(val) ? "" : "\"", extra);
-    double stall;
-    if (fy_ckpt_async_save(writer, run_dir, step, m, opt, state, o->keep_last, &stall, err))
+    double stall = 0;
+    if (fy_dp_sharded(dp)) {
+        /* ZeRO-1: every rank sends its moment shard; rank 0 writes. */
+        size_t np = m->tab.n_params;
+        if ((!*hm && !(*hm = malloc(np * sizeof **hm))) || (!*hv && !(*hv = malloc(np * sizeof **hv))))
+            return fy_fail(err, "out of memory gathering the AdamW moments (%zu floats)", np);
+        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return fy_wrap(err, "saving checkpoint at step %d", step);
+        if (dp->rank == 0 &&
+            fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, o->keep_last, &stall, err))
+            return fy_wrap(err, "saving checkpoint at step %d", step);
+    } else if (dp->rank == 0 && fy_ckpt_async_save(writer, run_dir, step, m, opt, state, o->keep_last, &stall, err)) {
         return fy_wrap(err, "saving checkpoint at step %d", step);
+    }
+    if (dp->rank != 0) return 0;
     fy_info("checkpoint step %d: training held %.3f s, writing in the background", step, stall);
     return 0;
 }
@@ -324,16 +374,21 @@ static void describe_gemm_fault(const fy_model *m, const fy_chaos_fault *f, char
              f->gemm_index, f->M, f->N, f->K, f->trans_a ? " A^T" : "", f->trans_b ? " B^T" : "", a, b, c);
 }
 
-/* One execution of a step on the current state: forward, the loss guards,
- * backward, AdamW and the bias update, then the chaos backend's ABFT verdict.
+/* One execution of a step on the current state: forward and backward of
+ * this rank's micro-batches, the loss guards on the batch loss of all ranks,
+ * the data-parallel AdamW step and the bias update, then the chaos backend's
+ * ABFT verdict (voted: a fault on any rank is a fault on all, so the ranks
+ * stay in step). in/lab hold the local micro-batches one after the other.
  * inj (NULL on a re-execution) injects the faults due at this step. Returns
  * 0 when the step was computed, 1 when a guard flagged it (reason and where
- * say what and where), -1 on an error. */
-static int execute_step(fy_model *m, fy_adamw *opt, const fy_guard_opts *g, struct fy_chaos *chaos, fy_inject *inj,
-                        const fy_loss_window *win, int step, uint64_t bi, const int32_t *in, const int32_t *lab,
-                        int B, int T, fy_loss *l, float *gn, float *lr, char *reason, size_t rcap, char *where,
-                        size_t wcap, fy_err *err) {
+ * say what and where), -1 on an error. Every rank returns the same verdict. */
+static int execute_step(fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_guard_opts *g, struct fy_chaos *chaos,
+                        fy_inject *inj, const fy_loss_window *win, int step, uint64_t bi, const int32_t *in,
+                        const int32_t *lab, int T, fy_loss *l, float *gn, float *lr, char *reason, size_t rcap,
+                        char *where, size_t wcap, fy_err *err) {
     char what[320];
+    const int k = dp->local_micro, mb = dp->micro;
+    fy_loss part[64];
     *gn = NAN;
     if (chaos) {
         int gi = -1;
@@ -341,8 +396,23 @@ static int execute_step(fy_model *m, fy_adamw *opt, const fy_guard_opts *g, stru
             fy_warn("inject gemm: corrupting GEMM #%d of step %d", gi, step);
         fy_chaos_begin_step(chaos, step, g->abft_fraction, gi);
     }
-    fy_model_zero_grad(m);
-    if (fy_model_forward(m, in, lab, B, T, 1, l, err)) return fy_wrap(err, "step %d", step);
+    for (int j = 0; j < k; j++) {
+        size_t off = (size_t)j * mb * T;
+        if (chaos) fy_chaos_set_phase(chaos, "forward");
+        fy_model_zero_grad(m);
+        if (fy_model_forward(m, in + off, lab + off, mb, T, 1, &part[j], err)) return fy_wrap(err, "step %d", step);
+        if (inj && inj->n && j == 0) {
+            int r = fy_inject_act(inj, step, m, what, sizeof what, err);
+            if (r < 0) return -1;
+            if (r) fy_warn("inject %s", what);
+        }
+        if (chaos) fy_chaos_set_phase(chaos, "backward");
+        /* A non-finite loss fails the step below; its backward is not needed. */
+        if (isfinite(part[j].total) && fy_model_backward(m, err)) return fy_wrap(err, "step %d", step);
+        if (inj && inj->n && j == k - 1 && fy_inject_grad(inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
+        if (fy_dp_accumulate(dp, m, j, err)) return -1;
+    }
+    if (fy_dp_mean_loss(dp, part, l, err)) return -1;
     if (g->nonfinite && (!isfinite(l->total) || !isfinite(l->main))) {
         snprintf(reason, rcap, "non-finite loss (%g)", l->total);
         snprintf(where, wcap, "forward of batch %llu", (unsigned long long)bi);
@@ -352,15 +422,7 @@ static int execute_step(fy_model *m, fy_adamw *opt, const fy_guard_opts *g, stru
         snprintf(where, wcap, "batch %llu", (unsigned long long)bi);
         return 1;
     }
-    if (inj && inj->n) {
-        int r = fy_inject_act(inj, step, m, what, sizeof what, err);
-        if (r < 0) return -1;
-        if (r) fy_warn("inject %s", what);
-    }
-    if (chaos) fy_chaos_set_phase(chaos, "backward");
-    if (fy_model_backward(m, err)) return fy_wrap(err, "step %d", step);
-    if (inj && inj->n && fy_inject_grad(inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
-    if (fy_adamw_step(opt, m, gn, lr, err)) {
+    if (fy_dp_step(dp, m, opt, gn, lr, err)) {
         if (g->nonfinite && !isfinite(*gn)) {
             snprintf(reason, rcap, "non-finite gradient norm (%g)", *gn);
             return fy_find_nonfinite_grad(m, where, wcap, err) ? -1 : 1;
@@ -368,16 +430,20 @@ static int execute_step(fy_model *m, fy_adamw *opt, const fy_guard_opts *g, stru
         return fy_wrap(err, "step %d", step);
     }
     if (fy_model_update_bias(m, err)) return fy_wrap(err, "step %d", step);
+    int bad = 0;
     if (chaos) {
         fy_chaos_fault cf;
-        int bad = fy_chaos_take_fault(chaos, &cf);
+        bad = fy_chaos_take_fault(chaos, &cf);
         fy_chaos_begin_step(chaos, step, g->abft_fraction, -1); /* disarm */
-        if (bad) {
-            describe_gemm_fault(m, &cf, reason, rcap, where, wcap);
-            return 1;
-        }
+        if (bad) describe_gemm_fault(m, &cf, reason, rcap, where, wcap);
     }
-    return 0;
+    int any = fy_dp_vote(dp, bad, err);
+    if (any < 0) return -1;
+    if (any && !bad) {
+        snprintf(reason, rcap, "a fault on another rank");
+        snprintf(where, wcap, "step %d", step);
+    }
+    return any ? 1 : 0;
 }
 
 /* Appends a guard event to metrics.jsonl (reason and where are JSON-escaped
@@ -423,6 +489,12 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     fy_state_sums sums = {0}, first = {0};
     fy_loss_window win = {0};
     struct fy_chaos *chaos = fy_chaos_of(m->be);
+    fy_comm *self = NULL, *comm = o->comm;
+    fy_dp dp = {0};
+    float *hm = NULL, *hv = NULL;   /* gathered moments for checkpoints of a sharded optimizer */
+    if (!comm && fy_comm_init(0, &self, err)) return -1;
+    if (!comm) comm = self;
+    const int rank0 = fy_comm_rank(comm) == 0, n_ranks = fy_comm_size(comm);
     const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum || chaos || g->recompute_every > 0;
 
     if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
@@ -437,11 +509,19 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (fy_loader_open(&train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
         fy_loader_open(&val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
-        fy_adamw_create(&opt, m, &o->adam, err))
+        fy_dp_init(&dp, comm, m, B, o->micro_batch, o->compress, err) ||
+        fy_dp_create_optimizer(&dp, m, &o->adam, &opt, err))
         goto done;
+    if (dp.local_micro > (int)(sizeof ((fy_loss[64]){0}) / sizeof(fy_loss))) {
+        fy_fail(err, "%d micro-batches per rank: at most 64 (raise --micro-batch)", dp.local_micro);
+        goto done;
+    }
+    if (n_ranks > 1 && rank0)
+        printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s\n", n_ranks, dp.local_micro,
+               dp.micro, dp.compress ? "int8 gradients with error feedback" : "ZeRO-1 sharded AdamW moments");
     if (resume) {
         char dir[FY_PATH_MAX];
-        if (fy_ckpt_resolve(run_dir, dir, sizeof dir, err) || fy_ckpt_load(dir, m, &opt, &state, err))
+        if (fy_ckpt_resolve(run_dir, dir, sizeof dir, err) || fy_dp_load(&dp, dir, m, &opt, &state, err))
             goto done;
         cJSON *js = cJSON_Parse(state);
         const cJSON *st = js ? cJSON_GetObjectItemCaseSensitive(js, "step") : NULL;
@@ -464,13 +544,17 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             fy_fail(err, "%s: optimizer step %d != trainer step %d", dir, opt.t, start);
             goto done;
         }
-        fy_info("resuming from %s at step %d", dir, start);
+        if (rank0) fy_info("resuming from %s at step %d", dir, start);
     } else if (fy_model_init_weights(m, o->seed, err)) {
         goto done;
     }
     char mpath[FY_PATH_MAX];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
-    if (metrics_reopen(mpath, start, &h, &mf, err)) goto done;
+    /* Rank 0 trims metrics.jsonl to the resumed step first; the others then
+     * read the same history. */
+    if (rank0 && metrics_reopen(mpath, start, 0, &h, &mf, err)) goto done;
+    if (fy_comm_barrier(comm, err)) goto done;
+    if (!rank0 && metrics_reopen(mpath, start, 1, &h, &mf, err)) goto done;
     /* The spike window continues from the logged losses of a resumed run. */
     for (int i = h.n > win.cap ? h.n - win.cap : 0; i < h.n; i++) fy_loss_window_push(&win, h.y[i]);
 
@@ -495,8 +579,12 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (g->weight_checksum && sums.valid) {
             int r = fy_state_sums_verify(&sums, m, &opt, where, sizeof where, err);
             if (r < 0) goto done;
-            if (r) {
-                snprintf(reason, sizeof reason, "state checksum changed between steps %d and %d", step - 1, step);
+            int any = fy_dp_vote(&dp, r, err);
+            if (any < 0) goto done;
+            if (any) {
+                if (r) snprintf(reason, sizeof reason, "state checksum changed between steps %d and %d", step - 1, step);
+                else snprintf(reason, sizeof reason, "a state checksum changed on another rank"),
+                     snprintf(where, sizeof where, "between steps %d and %d", step - 1, step);
                 goto fault;
             }
         }
@@ -506,11 +594,20 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             snap_loss = loss;
         }
         uint64_t bi = batch_index(&sk, step);
-        if (fy_loader_batch(&train, o->seed, bi, 0, 1, B, T, in, lab, err)) goto done;
-        if (inj.n && fy_inject_batch(&inj, step, lab, (size_t)B * T, m->cfg.vocab_size, what, sizeof what))
+        /* This rank's micro-batches: global rows bi*B + i*micro for its
+         * global micro-batch indices i. */
+        const size_t local_rows = (size_t)dp.local_micro * dp.micro;
+        for (int j = 0; j < dp.local_micro; j++) {
+            uint64_t row0 = bi * (uint64_t)B + (uint64_t)fy_dp_micro_index(&dp, j) * dp.micro;
+            size_t off = (size_t)j * dp.micro * T;
+            if (fy_loader_rows(&train, o->seed, row0, dp.micro, T, in + off, lab + off, err)) goto done;
+        }
+        if (inj.n && fy_inject_batch(&inj, step, lab, local_rows * T, m->cfg.vocab_size, what, sizeof what))
             fy_warn("inject %s", what);
-        int r = execute_step(m, &opt, g, chaos, &inj, &win, step, bi, in, lab, B, T, &l, &gn, &lr, reason,
+        fy_dp_mark(&dp);
+        int r = execute_step(m, &opt, &dp, g, chaos, &inj, &win, step, bi, in, lab, T, &l, &gn, &lr, reason,
                              sizeof reason, where, sizeof where, err);
+        const uint64_t step_bytes = fy_dp_step_bytes(&dp);
         if (r < 0) goto done;
         if (r) goto fault;
         if (g->recompute_every > 0 && (step - 1) % g->recompute_every == 0) {
@@ -522,13 +619,21 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             fy_loss l2;
             float gn2, lr2;
             if (fy_state_sums_compute(&first, m, &opt, err) || fy_snapshot_restore(base, m, &opt, err)) goto done;
-            r = execute_step(m, &opt, g, chaos, NULL, &win, step, bi, in, lab, B, T, &l2, &gn2, &lr2, reason,
+            r = execute_step(m, &opt, &dp, g, chaos, NULL, &win, step, bi, in, lab, T, &l2, &gn2, &lr2, reason,
                              sizeof reason, where, sizeof where, err);
             if (r < 0) goto done;
             if (r) goto fault;
             r = fy_state_sums_verify(&first, m, &opt, where, sizeof where, err);
             if (r < 0) goto done;
-            if (r || memcmp(&l.total, &l2.total, sizeof l.total) || memcmp(&gn, &gn2, sizeof gn)) {
+            int differs = r || memcmp(&l.total, &l2.total, sizeof l.total) || memcmp(&gn, &gn2, sizeof gn);
+            int any = fy_dp_vote(&dp, differs, err);
+            if (any < 0) goto done;
+            if (any && !differs) {
+                snprintf(reason, sizeof reason, "re-execution of step %d disagrees on another rank", step);
+                snprintf(where, sizeof where, "step %d", step);
+                goto fault;
+            }
+            if (differs) {
                 snprintf(reason, sizeof reason,
                          "re-execution of step %d disagrees with its first execution (loss %.9g vs %.9g, "
                          "grad norm %.9g vs %.9g)", step, l.total, l2.total, gn, gn2);
@@ -547,8 +652,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (step <= logged_upto) continue; /* replaying after a rollback */
         logged_upto = step;
         fprintf(mf, "{\"step\": %d, \"loss\": %.6f, \"loss_main\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
-                    "\"tokens\": %lld, \"elapsed_s\": %.3f}\n",
-                step, l.total, l.main, lr, gn, tokens, elapsed);
+                    "\"tokens\": %lld, \"elapsed_s\": %.3f, \"comm_bytes\": %llu}\n",
+                step, l.total, l.main, lr, gn, tokens, elapsed, (unsigned long long)step_bytes);
         push(&h.x, &h.y, &h.n, &h.cap, step, l.main);
         if (step % o->log_every == 0 || step == start + 1 || step == total) {
             double tps = (double)(step - last_log) * B * T / fmax(now - t_last, 1e-9);
@@ -556,33 +661,46 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             fmt_duration((total - step) * (double)B * T / fmax(tps, 1e-9), eta, sizeof eta);
             char rate[32] = "   - tok/s";
             if (step > start + 1) snprintf(rate, sizeof rate, "%.0f tok/s", tps);
-            printf("step %5d/%d | loss %.4f (main %.4f) | lr %.2e | grad %.3f | %s | ETA %s\n",
-                   step, total, l.total, l.main, lr, gn, rate, step > start + 1 ? eta : "-");
+            char comm_s[48] = "";
+            if (n_ranks > 1) snprintf(comm_s, sizeof comm_s, " | sent %.2f MB", step_bytes / 1e6);
+            if (rank0) printf("step %5d/%d | loss %.4f (main %.4f) | lr %.2e | grad %.3f | %s%s | ETA %s\n", step,
+                              total, l.total, l.main, lr, gn, rate, comm_s, step > start + 1 ? eta : "-");
             fflush(stdout);
             t_last = now;
             last_log = step;
         }
         if (o->eval_every > 0 && (step % o->eval_every == 0 || step == total)) {
-            if (fy_eval_loss(m, &val, B, T, o->eval_batches, &val_loss, err)) goto done;
+            if (eval_loss_dp(m, &dp, &val, B, T, o->eval_batches, &val_loss, err)) goto done;
             fprintf(mf, "{\"step\": %d, \"val_loss\": %.6f}\n", step, val_loss);
             push(&h.vx, &h.vy, &h.vn, &h.vcap, step, val_loss);
-            printf("step %5d/%d | validation loss %.4f\n", step, total, val_loss);
-            fflush(stdout);
-            plot(run_dir, &h);
+            if (rank0) {
+                printf("step %5d/%d | validation loss %.4f\n", step, total, val_loss);
+                fflush(stdout);
+                plot(run_dir, &h);
+            }
         }
         fflush(mf);
         int out_of_time = o->time_limit_s > 0 && now - t_start >= o->time_limit_s;
         int paused = o->stop_after > 0 && step >= o->stop_after && step < total;
-        if ((stop && *stop) || out_of_time || paused) {
+        int interrupted = stop && *stop;
+        if (n_ranks > 1) { /* every rank stops at the same step */
+            int32_t v[2] = {interrupted, out_of_time};
+            if (fy_comm_allreduce_max_i32(comm, v, 2, err)) goto done;
+            interrupted = v[0], out_of_time = v[1];
+        }
+        if (interrupted || out_of_time || paused) {
             res->interrupted = 1;
-            if (save(&writer, m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
-            printf("%s at step %d: checkpoint written; continue with --resume\n",
-                   out_of_time ? "time limit reached" : paused ? "stopped as asked" : "interrupted", step);
+            if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
+                goto done;
+            if (rank0)
+                printf("%s at step %d: checkpoint written; continue with --resume\n",
+                       out_of_time ? "time limit reached" : paused ? "stopped as asked" : "interrupted", step);
             saved = 1;
             break;
         }
         if (o->ckpt_every > 0 && step % o->ckpt_every == 0) {
-            if (save(&writer, m, &opt, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err)) goto done;
+            if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
+                goto done;
             saved = 1;
         }
         continue;
@@ -621,9 +739,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (step > total) step = total;
     if (!saved && step > start &&
-        save(&writer, m, &opt, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss, val_loss, &sk, err))
+        save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss,
+             val_loss, &sk, err))
         goto done;
-    plot(run_dir, &h);
+    if (rank0) plot(run_dir, &h);
     res->step = step;
     res->last_loss = loss;
     res->last_val_loss = val_loss;
@@ -647,6 +766,10 @@ done:
     fy_state_sums_free(&first);
     fy_loss_window_free(&win);
     fy_adamw_free(&opt, m->be);
+    fy_dp_free(&dp, m);
+    free(hm);
+    free(hv);
+    if (self) fy_comm_finalize(self);
     fy_loader_close(&train);
     fy_loader_close(&val);
     return rc;

@@ -26,6 +26,10 @@ typedef struct fy_train_opts {
     int stop_after;       /* stop (with a checkpoint) after this step, as Ctrl-C would; 0 = none */
     fy_guard_opts guard;  /* NaN/spike/checksum guards and rollback (train/guard.h); config keys
                            * ferry.guard_* and ferry.abft_fraction */
+    /* Scale-out (dist/dp.h). batch_size is the global batch over all ranks. */
+    int micro_batch;      /* sequences per micro-batch (0: batch_size / ranks); ferry.micro_batch */
+    int compress;         /* 1: int8 gradients with error feedback; ferry.compress_grads */
+    struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);

@@ -1,0 +1,488 @@
+#include "dist/comm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef FERRY_HAVE_MPI
+#include <limits.h>
+#include <mpi.h>
+#endif
+
+struct fy_comm {
+    int rank, size;
+    int mpi;                /* 1: MPI_COMM_WORLD, 0: the one-rank communicator */
+    double timeout_s;
+    uint64_t bytes_sent;
+    int lost;               /* a collective failed or timed out */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int fy_comm_have_mpi(void) {
+#ifdef FERRY_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fy_comm_launched(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+int fy_comm_lost_peer(const fy_comm *c) { return c && c->lost; }
+
+int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err) {
+    fy_comm *c = calloc(1, sizeof *c);
+    if (!c) return fy_fail(err, "out of memory");
+    c->size = 1;
+    c->timeout_s = timeout_s > 0 ? timeout_s : 600;
+    if (fy_comm_launched()) {
+#ifdef FERRY_HAVE_MPI
+        int provided = 0;
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+            free(c);
+            return fy_fail(err, "MPI_Init_thread failed");
+        }
+        /* Errors come back as codes, so a failed call is reported, not fatal. */
+        MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+        MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+        c->mpi = 1;
+#else
+        free(c);
+        return fy_fail(err, "this process was started by mpirun, but ferry was built without MPI "
+                            "(apt-get install libopenmpi-dev openmpi-bin, then rebuild)");
+#endif
+    }
+    *out = c;
+    return 0;
+}
+
+void fy_comm_finalize(fy_comm *c) {
+    if (!c) return;
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) MPI_Finalize();
+#endif
+    free(c);
+}
+
+void fy_comm_abort(fy_comm *c, int code) {
+#ifdef FERRY_HAVE_MPI
+    if (c && c->mpi) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+    exit(code);
+}
+
+int fy_comm_rank(const fy_comm *c) { return c->rank; }
+int fy_comm_size(const fy_comm *c) { return c->size; }
+uint64_t fy_comm_bytes_sent(const fy_comm *c) { return c->bytes_sent; }
+void fy_comm_set_timeout(fy_comm *c, double timeout_s) { c->timeout_s = timeout_s > 0 ? timeout_s : 600; }
+
+/* ---- the fixed summation order ------------------------------------------- */
+
+size_t fy_tree_split(size_t n) {
+    size_t p = 1;
+    while (p * 2 < n) p *= 2;
+    return p;
+}
+
+/* out = tree sum of parts[lo..hi). */
+static void tree_sum(const float *const *parts, int lo, int hi, size_t n, float *out, float *tmp) {
+    if (hi - lo == 1) {
+        if (out != parts[lo]) memcpy(out, parts[lo], n * sizeof *out);
+        return;
+    }
+    int mid = lo + (int)fy_tree_split((size_t)(hi - lo));
+    tree_sum(parts, lo, mid, n, out, tmp);
+    if (hi - mid == 1) {
+        const float *r = parts[mid];
+        for (size_t i = 0; i < n; i++) out[i] += r[i];
+        return;
+    }
+    /* The right subtree needs its own scratch: tmp holds it, tmp + n is
+     * scratch for its right subtrees in turn (depth <= log2 parts). */
+    tree_sum(parts, mid, hi, n, tmp, tmp + n);
+    for (size_t i = 0; i < n; i++) out[i] += tmp[i];
+}
+
+void fy_tree_sum(const float *const *parts, int n_parts, size_t n, float *out) {
+    if (n_parts <= 0) {
+        memset(out, 0, n * sizeof *out);
+        return;
+    }
+    if (n_parts <= 2) {
+        tree_sum(parts, 0, n_parts, n, out, NULL);
+        return;
+    }
+    int depth = 0;
+    while ((1 << depth) < n_parts) depth++;
+    /* Work in blocks so the scratch stays small. */
+    enum { BLK = 4096 };
+    float *tmp = malloc((size_t)depth * BLK * sizeof *tmp);
+    const float **sub = malloc((size_t)n_parts * sizeof *sub);
+    if (!tmp || !sub) abort(); /* a few KiB: nothing sensible to do without them */
+    for (size_t b = 0; b < n; b += BLK) {
+        size_t len = n - b < BLK ? n - b : BLK;
+        for (int p = 0; p < n_parts; p++) sub[p] = parts[p] + b;
+        tree_sum(sub, 0, n_parts, len, out + b, tmp);
+    }
+    free(tmp);
+    free(sub);
+}
+
+/* ---- int8 block quantization --------------------------------------------- */
+
+static size_t n_blocks(size_t n) { return (n + FY_Q8_BLOCK - 1) / FY_Q8_BLOCK; }
+
+size_t fy_quant8_bytes(size_t n) { return n_blocks(n) * sizeof(float) + n; }
+
+void fy_quant8(const float *x, size_t n, void *q, float *resid) {
+    float *scale = q;
+    int8_t *code = (int8_t *)(scale + n_blocks(n));
+    for (size_t b = 0; b * FY_Q8_BLOCK < n; b++) {
+        size_t lo = b * FY_Q8_BLOCK, hi = lo + FY_Q8_BLOCK < n ? lo + FY_Q8_BLOCK : n;
+        float amax = 0;
+        for (size_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
+        float s = amax / 127.0f;
+        scale[b] = s;
+        float inv = s > 0 ? 1.0f / s : 0.0f;
+        for (size_t i = lo; i < hi; i++) {
+            float r = nearbyintf(x[i] * inv);
+            if (r > 127) r = 127;
+            if (r < -127) r = -127;
+            code[i] = (int8_t)r;
+            if (resid) resid[i] = x[i] - (float)code[i] * s;
+        }
+    }
+}
+
+void fy_dequant8(const void *q, size_t n, float *out) {
+    const float *scale = q;
+    const int8_t *code = (const int8_t *)(scale + n_blocks(n));
+    for (size_t i = 0; i < n; i++) out[i] = (float)code[i] * scale[i / FY_Q8_BLOCK];
+}
+
+/* ---- MPI plumbing ---------------------------------------------------------- */
+
+#ifdef FERRY_HAVE_MPI
+/* Waits for a non-blocking collective, giving up after the timeout: a rank
+ * that died or hangs must stop the job with a message, not freeze it. */
+static int wait_req(fy_comm *c, MPI_Request *r, int rc, const char *op, fy_err *err) {
+    if (rc != MPI_SUCCESS) {
+        char msg[MPI_MAX_ERROR_STRING];
+        int len = 0;
+        MPI_Error_string(rc, msg, &len);
+        c->lost = 1;
+        return fy_fail(err, "rank %d: %s failed: %s", c->rank, op, msg);
+    }
+    double t0 = now_s();
+    for (long spin = 0;; spin++) {
+        int done = 0;
+        rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) {
+            char msg[MPI_MAX_ERROR_STRING];
+            int len = 0;
+            MPI_Error_string(rc, msg, &len);
+            c->lost = 1;
+            return fy_fail(err, "rank %d: %s failed: %s", c->rank, op, msg);
+        }
+        if (done) return 0;
+        if (spin > 64) {
+            /* Do not spin: ranks are often oversubscribed on the cores. */
+            struct timespec ts = {0, spin > 4096 ? 200000 : 20000};
+            nanosleep(&ts, NULL);
+            if (now_s() - t0 > c->timeout_s && (c->lost = 1))
+                return fy_fail(err, "rank %d of %d: %s did not complete within %.0f s: a peer rank died or hangs",
+                               c->rank, c->size, op, c->timeout_s);
+        }
+    }
+}
+
+static int fits_int(fy_comm *c, size_t v, const char *op, fy_err *err) {
+    if (v > (size_t)INT_MAX)
+        return fy_fail(err, "rank %d: %s: %zu elements exceed MPI's int counts (split the message)", c->rank, op, v);
+    return 0;
+}
+
+/* Counts and displacements in elements of type t. */
+static int a2av(fy_comm *c, const void *send, const size_t *sc, const size_t *sd, void *recv, const size_t *rc,
+                const size_t *rd, MPI_Datatype t, size_t esize, const char *op, fy_err *err) {
+    int n = c->size;
+    int *v = malloc(4 * (size_t)n * sizeof *v);
+    if (!v) return fy_fail(err, "out of memory");
+    int bad = 0;
+    for (int p = 0; p < n && !bad; p++) {
+        bad = fits_int(c, sc[p], op, err) || fits_int(c, sd[p], op, err) || fits_int(c, rc[p], op, err) ||
+              fits_int(c, rd[p], op, err);
+        v[p] = (int)sc[p], v[n + p] = (int)sd[p], v[2 * n + p] = (int)rc[p], v[3 * n + p] = (int)rd[p];
+        if (p != c->rank) c->bytes_sent += sc[p] * esize;
+    }
+    int r = -1;
+    if (!bad) {
+        MPI_Request req;
+        int rc0 = MPI_Ialltoallv(send, v, v + n, t, recv, v + 2 * n, v + 3 * n, t, MPI_COMM_WORLD, &req);
+        r = wait_req(c, &req, rc0, op, err);
+    }
+    free(v);
+    return r;
+}
+
+static int agv(fy_comm *c, const void *send, void *recv, const size_t *counts, const size_t *displ, MPI_Datatype t,
+               size_t esize, const char *op, fy_err *err) {
+    int n = c->size;
+    int *v = malloc(2 * (size_t)n * sizeof *v);
+    if (!v) return fy_fail(err, "out of memory");
+    int bad = 0;
+    for (int p = 0; p < n && !bad; p++) {
+        bad = fits_int(c, counts[p], op, err) || fits_int(c, displ[p], op, err);
+        v[p] = (int)counts[p], v[n + p] = (int)displ[p];
+    }
+    c->bytes_sent += counts[c->rank] * esize * (size_t)(n - 1);
+    int r = -1;
+    if (!bad) {
+        MPI_Request req;
+        int rc0 = MPI_Iallgatherv(send, v[c->rank], t, recv, v, v + n, t, MPI_COMM_WORLD, &req);
+        r = wait_req(c, &req, rc0, op, err);
+    }
+    free(v);
+    return r;
+}
+#endif
+
+/* ---- collectives ----------------------------------------------------------- */
+
+int fy_comm_barrier(fy_comm *c, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) {
+        MPI_Request req;
+        int rc = MPI_Ibarrier(MPI_COMM_WORLD, &req);
+        return wait_req(c, &req, rc, "barrier", err);
+    }
+#endif
+    return 0;
+}
+
+int fy_comm_bcast(fy_comm *c, void *buf, size_t bytes, int root, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) {
+        if (fits_int(c, bytes, "broadcast", err)) return -1;
+        if (c->rank == root) c->bytes_sent += bytes * (size_t)(c->size - 1);
+        MPI_Request req;
+        int rc = MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &req);
+        return wait_req(c, &req, rc, "broadcast", err);
+    }
+#endif
+    return 0;
+}
+
+int fy_comm_allgather(fy_comm *c, const void *send, size_t bytes, void *recv, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) {
+        if (fits_int(c, bytes, "all-gather", err)) return -1;
+        c->bytes_sent += bytes * (size_t)(c->size - 1);
+        MPI_Request req;
+        int rc = MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD, &req);
+        return wait_req(c, &req, rc, "all-gather", err);
+    }
+#endif
+    memmove(recv, send, bytes);
+    return 0;
+}
+
+int fy_comm_allgatherv(fy_comm *c, const void *send, void *recv, const size_t *counts, const size_t *displ,
+                       fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) return agv(c, send, recv, counts, displ, MPI_BYTE, 1, "all-gather", err);
+#endif
+    memmove((char *)recv + displ[0], send, counts[0]);
+    return 0;
+}
+
+int fy_comm_alltoallv(fy_comm *c, const void *send, const size_t *scounts, const size_t *sdispl, void *recv,
+                      const size_t *rcounts, const size_t *rdispl, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) return a2av(c, send, scounts, sdispl, recv, rcounts, rdispl, MPI_BYTE, 1, "all-to-all", err);
+#endif
+    memmove((char *)recv + rdispl[0], (const char *)send + sdispl[0], scounts[0]);
+    return 0;
+}
+
+int fy_comm_allreduce_i64(fy_comm *c, int64_t *x, size_t n, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) {
+        if (fits_int(c, n, "all-reduce", err)) return -1;
+        c->bytes_sent += 2 * n * sizeof *x * (size_t)(c->size - 1) / c->size;
+        MPI_Request req;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD, &req);
+        return wait_req(c, &req, rc, "all-reduce", err);
+    }
+#endif
+    return 0;
+}
+
+int fy_comm_allreduce_max_i32(fy_comm *c, int32_t *x, size_t n, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi) {
+        if (fits_int(c, n, "all-reduce", err)) return -1;
+        c->bytes_sent += 2 * n * sizeof *x * (size_t)(c->size - 1) / c->size;
+        MPI_Request req;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD, &req);
+        return wait_req(c, &req, rc, "all-reduce", err);
+    }
+#endif
+    return 0;
+}
+
+/* The shared second half of both reduce-scatters: recv holds the size
+ * pieces of this rank's shard (piece p from rank p, counts[rank] floats
+ * each), summed in tree order into out. */
+static int sum_pieces(fy_comm *c, const float *recv, size_t len, float *out, fy_err *err) {
+    const float **parts = malloc((size_t)c->size * sizeof *parts);
+    if (!parts) return fy_fail(err, "out of memory");
+    for (int p = 0; p < c->size; p++) parts[p] = recv + (size_t)p * len;
+    fy_tree_sum(parts, c->size, len, out);
+    free(parts);
+    return 0;
+}
+
+int fy_comm_reduce_scatter_f32(fy_comm *c, const float *x, float *out, const size_t *counts,
+                               const size_t *displ, fy_err *err) {
+    if (c->size == 1) {
+        memmove(out, x + displ[0], counts[0] * sizeof *x);
+        return 0;
+    }
+#ifdef FERRY_HAVE_MPI
+    int n = c->size;
+    size_t len = counts[c->rank];
+    size_t *v = malloc(4 * (size_t)n * sizeof *v);
+    float *recv = malloc((size_t)n * len * sizeof *recv + 1);
+    if (!v || !recv) {
+        free(v); free(recv);
+        return fy_fail(err, "out of memory");
+    }
+    for (int p = 0; p < n; p++) {
+        v[p] = counts[p], v[n + p] = displ[p];               /* send: shard p of x to rank p */
+        v[2 * n + p] = len, v[3 * n + p] = (size_t)p * len;  /* recv: piece p of my shard */
+    }
+    int rc = a2av(c, x, v, v + n, recv, v + 2 * n, v + 3 * n, MPI_FLOAT, sizeof(float), "reduce-scatter", err);
+    if (!rc) rc = sum_pieces(c, recv, len, out, err);
+    free(v);
+    free(recv);
+    return rc;
+#else
+    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
+#endif
+}
+
+int fy_comm_reduce_scatter_q8(fy_comm *c, const float *x, float *out, const size_t *counts,
+                              const size_t *displ, float *resid, fy_err *err) {
+    if (c->size == 1) {
+        memmove(out, x + displ[0], counts[0] * sizeof *x);
+        if (resid) memset(resid + displ[0], 0, counts[0] * sizeof *resid);
+        return 0;
+    }
+#ifdef FERRY_HAVE_MPI
+    int n = c->size, me = c->rank;
+    size_t len = counts[me], qlen = fy_quant8_bytes(len);
+    size_t *v = malloc(4 * (size_t)n * sizeof *v);
+    size_t sbytes = 0;
+    for (int p = 0; p < n; p++) sbytes += fy_quant8_bytes(counts[p]);
+    char *send = calloc(1, sbytes + 1), *recv = malloc((size_t)n * qlen + 1);
+    float *pieces = malloc((size_t)n * len * sizeof *pieces + 1);
+    int rc = -1;
+    if (!v || !send || !recv || !pieces) {
+        fy_fail(err, "out of memory");
+        goto out;
+    }
+    size_t off = 0;
+    for (int p = 0; p < n; p++) {
+        size_t qb = fy_quant8_bytes(counts[p]);
+        if (p != me) fy_quant8(x + displ[p], counts[p], send + off, resid ? resid + displ[p] : NULL);
+        else if (resid) memset(resid + displ[p], 0, counts[p] * sizeof *resid);
+        v[p] = p == me ? 0 : qb, v[n + p] = off;
+        v[2 * n + p] = p == me ? 0 : qlen, v[3 * n + p] = (size_t)p * qlen;
+        off += qb;
+    }
+    if (a2av(c, send, v, v + n, recv, v + 2 * n, v + 3 * n, MPI_BYTE, 1, "reduce-scatter (int8)", err)) goto out;
+    for (int p = 0; p < n; p++) {
+        if (p == me) memcpy(pieces + (size_t)p * len, x + displ[me], len * sizeof *pieces);
+        else fy_dequant8(recv + (size_t)p * qlen, len, pieces + (size_t)p * len);
+    }
+    rc = sum_pieces(c, pieces, len, out, err);
+out:
+    free(v); free(send); free(recv); free(pieces);
+    return rc;
+#else
+    (void)resid;
+    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
+#endif
+}
+
+int fy_comm_allgather_f32(fy_comm *c, const float *shard, float *full, const size_t *counts,
+                          const size_t *displ, int q8, float *resid, fy_err *err) {
+    int me = c->rank;
+    if (c->size == 1 && !q8) {
+        memmove(full + displ[0], shard, counts[0] * sizeof *full);
+        return 0;
+    }
+    if (!q8) {
+#ifdef FERRY_HAVE_MPI
+        return agv(c, shard, full, counts, displ, MPI_FLOAT, sizeof(float), "all-gather", err);
+#endif
+    }
+    int n = c->size;
+    size_t *v = malloc(2 * (size_t)n * sizeof *v);
+    size_t total = 0;
+    for (int p = 0; p < n; p++) total += fy_quant8_bytes(counts[p]);
+    char *q = malloc(total + 1);
+    if (!v || !q) {
+        free(v); free(q);
+        return fy_fail(err, "out of memory");
+    }
+    size_t off = 0;
+    for (int p = 0; p < n; p++) v[p] = fy_quant8_bytes(counts[p]), v[n + p] = off, off += v[p];
+    int rc = 0;
+    if (n == 1) {
+        fy_quant8(shard, counts[me], q, resid);
+    } else {
+#ifdef FERRY_HAVE_MPI
+        char *own = malloc(v[me] + 1);
+        if (!own) rc = fy_fail(err, "out of memory");
+        else {
+            fy_quant8(shard, counts[me], own, resid);
+            rc = agv(c, own, q, v, v + n, MPI_BYTE, 1, "all-gather (int8)", err);
+        }
+        free(own);
+#endif
+    }
+    for (int p = 0; p < n && !rc; p++) fy_dequant8(q + v[n + p], counts[p], full + displ[p]);
+    free(v);
+    free(q);
+    return rc;
+}
+
+int fy_comm_allreduce_f32(fy_comm *c, float *x, size_t n, fy_err *err) {
+    if (c->size == 1) return 0;
+    int N = c->size;
+    size_t *counts = malloc(2 * (size_t)N * sizeof *counts);
+    if (!counts) return fy_fail(err, "out of memory");
+    size_t *displ = counts + N, per = (n + N - 1) / N;
+    for (int p = 0; p < N; p++) {
+        displ[p] = (size_t)p * per < n ? (size_t)p * per : n;
+        counts[p] = displ[p] + per < n ? per : n - displ[p];
+    }
+    float *mine = malloc(counts[c->rank] * sizeof *mine + 1);
+    int rc = !mine ? fy_fail(err, "out of memory")
+                   : fy_comm_reduce_scatter_f32(c, x, mine, counts, displ, err) ||
+                         fy_comm_allgather_f32(c, mine, x, counts, displ, 0, NULL, err);
+    free(mine);
+    free(counts);
+    return rc ? -1 : 0;
+}

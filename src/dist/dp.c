@@ -1,0 +1,271 @@
+#include "dist/dp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt/checkpoint.h"
+#include "core/log.h"
+
+static int is_pow2(int k) { return k > 0 && (k & (k - 1)) == 0; }
+
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, fy_err *err) {
+    memset(dp, 0, sizeof *dp);
+    dp->comm = c;
+    dp->rank = fy_comm_rank(c);
+    dp->size = fy_comm_size(c);
+    dp->compress = compress && dp->size > 1;
+    const int N = dp->size;
+    if (batch % N)
+        return fy_fail(err, "batch %d does not split over %d ranks (use a multiple of %d)", batch, N, N);
+    if (micro <= 0) micro = batch / N;
+    if ((batch / N) % micro)
+        return fy_fail(err, "micro-batch %d does not divide the %d sequences per rank (batch %d over %d ranks)",
+                       micro, batch / N, batch, N);
+    dp->micro = micro;
+    dp->local_micro = batch / N / micro;
+    if (N > 1 && !is_pow2(dp->local_micro))
+        fy_warn("%d micro-batches per rank is not a power of two: correct, but not bit-identical to other "
+                "rank counts", dp->local_micro);
+    dp->n = m->tab.n_params;
+    dp->n_chunks = fy_norm_chunks(dp->n);
+    dp->counts = calloc(2 * (size_t)N, sizeof *dp->counts);
+    dp->chunk_part = calloc(dp->n_chunks + 1, sizeof *dp->chunk_part);
+    if (!dp->counts || !dp->chunk_part) return fy_fail(err, "out of memory");
+    dp->displ = dp->counts + N;
+    /* Shards of whole norm chunks, so the norm's parts are the same numbers
+     * whichever rank computes them. */
+    for (int r = 0; r < N; r++) {
+        size_t c0 = dp->n_chunks * r / N, c1 = dp->n_chunks * (r + 1) / N;
+        size_t a = c0 * FY_NORM_CHUNK, b = c1 * FY_NORM_CHUNK;
+        if (a > dp->n) a = dp->n;
+        if (b > dp->n) b = dp->n;
+        dp->displ[r] = a;
+        dp->counts[r] = b - a;
+        if (r == dp->rank) dp->lo = a, dp->hi = b, dp->chunk_lo = c0, dp->chunk_hi = c1;
+    }
+    if (N > 1) {
+        dp->host = malloc(dp->n * sizeof *dp->host + 1);
+        dp->shard = malloc((dp->hi - dp->lo) * sizeof *dp->shard + 1);
+        if (!dp->host || !dp->shard) return fy_fail(err, "out of memory for the gradient staging (%zu floats)", dp->n);
+        if (dp->compress) {
+            dp->resid_send = calloc(dp->n + 1, sizeof *dp->resid_send);
+            dp->resid_gather = calloc(dp->hi - dp->lo + 1, sizeof *dp->resid_gather);
+            if (!dp->resid_send || !dp->resid_gather) return fy_fail(err, "out of memory for error feedback");
+        }
+    }
+    if (dp->local_micro > 1) {
+        int depth = 1;
+        while ((1 << (depth - 1)) < dp->local_micro) depth++;
+        dp->stack = calloc((size_t)depth, sizeof *dp->stack);
+        dp->stack_leaves = calloc((size_t)depth, sizeof *dp->stack_leaves);
+        if (!dp->stack || !dp->stack_leaves) return fy_fail(err, "out of memory");
+        dp->stack_cap = depth;
+        for (int i = 0; i < depth; i++)
+            if (fy_be_alloc(m->be, &dp->stack[i], dp->n, err)) return fy_wrap(err, "gradient accumulation");
+    }
+    return 0;
+}
+
+void fy_dp_free(fy_dp *dp, fy_model *m) {
+    for (int i = 0; i < dp->stack_cap; i++)
+        if (dp->stack[i].handle) fy_be_free(m->be, &dp->stack[i]);
+    free(dp->stack);
+    free(dp->stack_leaves);
+    free(dp->counts);
+    free(dp->chunk_part);
+    free(dp->host);
+    free(dp->shard);
+    free(dp->resid_send);
+    free(dp->resid_gather);
+    memset(dp, 0, sizeof *dp);
+}
+
+int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err) {
+    if (!fy_dp_sharded(dp)) return fy_adamw_create(opt, m, o, err);
+    return fy_adamw_create_shard(opt, m, o, dp->lo, dp->hi, err);
+}
+
+/* ---- the local tree of micro-batches ------------------------------------- */
+
+int fy_dp_accumulate(fy_dp *dp, fy_model *m, int j, fy_err *err) {
+    if (dp->local_micro == 1) return 0;
+    fy_backend *be = m->be;
+    if (j == 0) dp->stack_top = 0;
+    /* Push the leaf, then merge equal-sized neighbours: a binary counter
+     * whose carries are exactly the aligned power-of-two subtrees. */
+    int top = dp->stack_top;
+    be->ops->copy(be, fy_at(&dp->stack[top], 0), fy_at(&m->grads, 0), dp->n);
+    dp->stack_leaves[top] = 1;
+    top++;
+    while (top >= 2 && dp->stack_leaves[top - 1] == dp->stack_leaves[top - 2]) {
+        be->ops->axpy(be, dp->n, 1.0f, fy_at(&dp->stack[top - 1], 0), fy_at(&dp->stack[top - 2], 0));
+        dp->stack_leaves[top - 2] *= 2;
+        top--;
+    }
+    dp->stack_top = top;
+    return fy_be_sync(be, err);
+}
+
+/* m->grads = the tree sum of the local micro-batches: the stack folded from
+ * the right (the tree splits at the largest power of two). */
+static int local_sum(fy_dp *dp, fy_model *m, fy_err *err) {
+    if (dp->local_micro == 1) return 0;
+    fy_backend *be = m->be;
+    int top = dp->stack_top;
+    for (int i = top - 1; i > 0; i--)
+        be->ops->axpy(be, dp->n, 1.0f, fy_at(&dp->stack[i], 0), fy_at(&dp->stack[i - 1], 0));
+    be->ops->copy(be, fy_at(&m->grads, 0), fy_at(&dp->stack[0], 0), dp->n);
+    return fy_be_sync(be, err);
+}
+
+/* ---- the step -------------------------------------------------------------- */
+
+static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
+    if (local_sum(dp, m, err)) return -1;
+    if (dp->size == 1) return 0;
+    fy_backend *be = m->be;
+    size_t len = dp->hi - dp->lo;
+    be->ops->download(be, dp->host, fy_at(&m->grads, 0), dp->n);
+    if (fy_be_sync(be, err)) return -1;
+    if (!dp->compress) {
+        if (fy_comm_reduce_scatter_f32(dp->comm, dp->host, dp->shard, dp->counts, dp->displ, err)) return -1;
+        if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);
+        return fy_be_sync(be, err);
+    }
+    /* Error feedback: what quantization dropped last step is sent now. */
+    for (size_t i = 0; i < dp->n; i++) dp->host[i] += dp->resid_send[i];
+    if (fy_comm_reduce_scatter_q8(dp->comm, dp->host, dp->shard, dp->counts, dp->displ, dp->resid_send, err))
+        return -1;
+    for (size_t i = 0; i < len; i++) dp->shard[i] += dp->resid_gather[i];
+    if (fy_comm_allgather_f32(dp->comm, dp->shard, dp->host, dp->counts, dp->displ, 1, dp->resid_gather, err))
+        return -1;
+    be->ops->upload(be, fy_at(&m->grads, 0), dp->host, dp->n);
+    return fy_be_sync(be, err);
+}
+
+static int grad_norm(fy_dp *dp, fy_model *m, double *norm, fy_err *err) {
+    if (dp->size == 1 || dp->compress) {
+        fy_grad_sumsq_chunks(m, 0, dp->n, dp->chunk_part);
+    } else {
+        fy_grad_sumsq_chunks(m, dp->lo, dp->hi, dp->chunk_part + dp->chunk_lo);
+        size_t *cnt = malloc(2 * (size_t)dp->size * sizeof *cnt);
+        if (!cnt) return fy_fail(err, "out of memory");
+        for (int r = 0; r < dp->size; r++) {
+            size_t c0 = dp->n_chunks * r / dp->size, c1 = dp->n_chunks * (r + 1) / dp->size;
+            cnt[r] = (c1 - c0) * sizeof(double);
+            cnt[dp->size + r] = c0 * sizeof(double);
+        }
+        int rc = fy_comm_allgatherv(dp->comm, dp->chunk_part + dp->chunk_lo, dp->chunk_part, cnt, cnt + dp->size,
+                                    err);
+        free(cnt);
+        if (rc) return -1;
+    }
+    *norm = fy_norm_from_chunks(dp->chunk_part, dp->n_chunks);
+    return fy_be_sync(m->be, err);
+}
+
+static int gather_params(fy_dp *dp, fy_model *m, fy_err *err) {
+    if (dp->size == 1 || dp->compress) return 0;
+    fy_backend *be = m->be;
+    size_t len = dp->hi - dp->lo;
+    if (len) be->ops->download(be, dp->shard, fy_at(&m->params, dp->lo), len);
+    if (fy_be_sync(be, err) ||
+        fy_comm_allgather_f32(dp->comm, dp->shard, dp->host, dp->counts, dp->displ, 0, NULL, err))
+        return -1;
+    /* Upload the others' shards; this rank's part is already there. */
+    if (dp->lo) be->ops->upload(be, fy_at(&m->params, 0), dp->host, dp->lo);
+    if (dp->hi < dp->n) be->ops->upload(be, fy_at(&m->params, dp->hi), dp->host + dp->hi, dp->n - dp->hi);
+    return fy_be_sync(be, err);
+}
+
+int fy_dp_step(fy_dp *dp, fy_model *m, fy_adamw *opt, float *grad_norm_out, float *lr_used, fy_err *err) {
+    double norm;
+    const int n_micro = dp->local_micro * dp->size;
+    if (reduce_grads(dp, m, err) || grad_norm(dp, m, &norm, err)) return -1;
+    norm /= n_micro; /* of the mean gradient */
+    if (grad_norm_out) *grad_norm_out = (float)norm;
+    if (fy_adamw_update(opt, m, norm, n_micro == 1 ? 1.0f : 1.0f / (float)n_micro, lr_used, err)) return -1;
+    if (gather_params(dp, m, err)) return -1;
+    if (dp->size > 1) {
+        size_t nl = (size_t)m->tab.n_layers * (m->cfg.n_routed_experts + 1);
+        if (nl && fy_comm_allreduce_i64(dp->comm, m->loads, nl, err)) return -1;
+    }
+    return 0;
+}
+
+int fy_dp_mean_loss(fy_dp *dp, const fy_loss *local, fy_loss *out, fy_err *err) {
+    const int k = dp->local_micro, n = k * dp->size;
+    fy_loss *all = malloc((size_t)n * sizeof *all);
+    if (!all) return fy_fail(err, "out of memory");
+    if (fy_comm_allgather(dp->comm, local, (size_t)k * sizeof *local, all, err)) {
+        free(all);
+        return -1;
+    }
+    if (n == 1) {
+        *out = all[0];
+        free(all);
+        return 0;
+    }
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < n; i++) {
+        out->total += all[i].total;
+        out->main += all[i].main;
+        for (int d = 0; d < FY_MAX_MTP; d++) out->mtp[d] += all[i].mtp[d];
+        out->balance += all[i].balance;
+        out->n_main += all[i].n_main;
+    }
+    out->total /= n;
+    out->main /= n;
+    for (int d = 0; d < FY_MAX_MTP; d++) out->mtp[d] /= n;
+    out->balance /= n;
+    free(all);
+    return 0;
+}
+
+int fy_dp_vote(fy_dp *dp, int local, fy_err *err) {
+    int32_t v = local;
+    if (dp->size > 1 && fy_comm_allreduce_max_i32(dp->comm, &v, 1, err)) return -1;
+    return v;
+}
+
+int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err) {
+    fy_backend *be = m->be;
+    fy_buf mb = opt->m, vb = opt->v;
+    if (!fy_dp_sharded(dp)) {
+        be->ops->download(be, hm, fy_at(&mb, 0), dp->n);
+        be->ops->download(be, hv, fy_at(&vb, 0), dp->n);
+        return fy_be_sync(be, err);
+    }
+    size_t len = dp->hi - dp->lo;
+    if (len) be->ops->download(be, dp->shard, fy_at(&mb, 0), len);
+    if (fy_be_sync(be, err) || fy_comm_allgather_f32(dp->comm, dp->shard, hm, dp->counts, dp->displ, 0, NULL, err))
+        return -1;
+    if (len) be->ops->download(be, dp->shard, fy_at(&vb, 0), len);
+    if (fy_be_sync(be, err) || fy_comm_allgather_f32(dp->comm, dp->shard, hv, dp->counts, dp->displ, 0, NULL, err))
+        return -1;
+    return 0;
+}
+
+int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state, fy_err *err) {
+    if (!fy_dp_sharded(dp)) return fy_ckpt_load(ckpt_dir, m, opt, trainer_state, err);
+    /* A shard: load the whole moments, keep this rank's part. */
+    fy_adamw full = {0};
+    if (fy_adamw_create(&full, m, &opt->o, err)) return -1;
+    int rc = fy_ckpt_load(ckpt_dir, m, &full, trainer_state, err);
+    if (!rc) {
+        fy_backend *be = m->be;
+        size_t len = dp->hi - dp->lo;
+        if (len) {
+            be->ops->copy(be, fy_at(&opt->m, 0), fy_at(&full.m, dp->lo), len);
+            be->ops->copy(be, fy_at(&opt->v, 0), fy_at(&full.v, dp->lo), len);
+        }
+        opt->t = full.t;
+        rc = fy_be_sync(be, err);
+    }
+    fy_adamw_free(&full, m->be);
+    return rc;
+}
+
+void fy_dp_mark(fy_dp *dp) { dp->bytes_at_step = fy_comm_bytes_sent(dp->comm); }
+uint64_t fy_dp_step_bytes(const fy_dp *dp) { return fy_comm_bytes_sent(dp->comm) - dp->bytes_at_step; }

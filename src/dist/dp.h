@@ -1,0 +1,98 @@
+/* Data parallelism (DESIGN §6): every rank holds the whole model, computes
+ * the gradient of its rows of the global batch, and the ranks combine the
+ * gradients so that every rank takes the same optimizer step.
+ *
+ * Determinism. A step's gradient is the sum of micro-batch gradients (micro
+ * sequences each, global micro-batch i = rows [i*micro, (i+1)*micro) of the
+ * step's global batch), combined as the fixed binary tree of fy_tree_sum:
+ * on one rank by a device-side accumulation stack, across ranks by the
+ * reduce-scatter. When every rank holds 2^j micro-batches (1 included), N
+ * ranks produce the bits of one rank running the same micro-batches, so
+ * "N ranks, global batch B" equals "1 rank, batch B, micro-batch B/N" bit
+ * for bit, and a run can move between rank counts at a checkpoint.
+ *
+ * ZeRO-1. The optimizer moments are sharded: rank r owns params [lo, hi)
+ * (whole FY_NORM_CHUNK chunks), gets the reduced gradient of only that
+ * shard, updates it, and the ranks all-gather the updated parameters. The
+ * gradient norm (for clipping) is summed from per-chunk parts in chunk
+ * order, the same numbers as on one rank. Checkpoints gather the moments
+ * into the one-file format of DESIGN §3, so any rank count can resume them.
+ *
+ * Compressed mode (slow links): the gradient travels as int8 blocks with
+ * per-block scales (comm.h), both in the reduce-scatter and in the
+ * all-gather of the reduced gradient, with error feedback on both sides;
+ * every rank then runs the whole AdamW (moments not sharded). */
+#ifndef FY_DP_H
+#define FY_DP_H
+
+#include <stdint.h>
+
+#include "core/err.h"
+#include "dist/comm.h"
+#include "model/model.h"
+#include "train/optim.h"
+
+typedef struct fy_dp {
+    fy_comm *comm;
+    int rank, size;
+    int micro;            /* sequences per micro-batch */
+    int local_micro;      /* micro-batches per rank per step */
+    int compress;         /* 1: int8 gradients with error feedback */
+    size_t n;             /* floats in the params block */
+    size_t *counts, *displ; /* [size] each: the params shards */
+    size_t lo, hi;        /* this rank's shard */
+    size_t n_chunks, chunk_lo, chunk_hi; /* norm chunks: all, and this rank's */
+    double *chunk_part;   /* [n_chunks] */
+    float *host;          /* [n] staging: the local gradient sum, the gathered params */
+    float *shard;         /* [hi - lo] */
+    float *resid_send, *resid_gather; /* error feedback (compress): [n] and [hi - lo] */
+    fy_buf *stack;        /* tree accumulation of local micro-batches */
+    int *stack_leaves, stack_top, stack_cap;
+    uint64_t bytes_at_step; /* fy_comm_bytes_sent when the step began */
+} fy_dp;
+
+/* batch: sequences per step over all ranks; micro: sequences per
+ * micro-batch (0: batch / ranks). batch must split into whole micro-batches
+ * per rank. */
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, fy_err *err);
+void fy_dp_free(fy_dp *dp, fy_model *m);
+
+/* The optimizer each rank keeps: this rank's shard (ZeRO-1), or all of it
+ * (one rank, compressed mode). */
+int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err);
+
+/* 1 when the AdamW moments are sharded over the ranks (ZeRO-1). */
+static inline int fy_dp_sharded(const fy_dp *dp) { return dp->size > 1 && !dp->compress; }
+
+/* Global micro-batch index of this rank's local micro-batch j. */
+static inline int fy_dp_micro_index(const fy_dp *dp, int j) { return dp->rank * dp->local_micro + j; }
+
+/* After the backward of local micro-batch j (zero_grad before each one):
+ * folds m->grads into the accumulation stack. */
+int fy_dp_accumulate(fy_dp *dp, fy_model *m, int j, fy_err *err);
+
+/* The optimizer step from the accumulated micro-batch gradients: local tree
+ * sum, the cross-rank reduction, the gradient norm (*grad_norm, of the mean
+ * gradient, before clipping; it is non-finite, with -1 returned and err set,
+ * when the gradient is), AdamW, the parameter all-gather and the global
+ * expert loads. All ranks call it together. */
+int fy_dp_step(fy_dp *dp, fy_model *m, fy_adamw *opt, float *grad_norm, float *lr_used, fy_err *err);
+
+/* The batch loss from the local micro-batch losses: means over all global
+ * micro-batches, summed in their order. */
+int fy_dp_mean_loss(fy_dp *dp, const fy_loss *local, fy_loss *out, fy_err *err);
+
+/* max over ranks of a local flag (a fault, a stop request); identical on all. */
+int fy_dp_vote(fy_dp *dp, int local, fy_err *err);
+
+/* The whole moments on every rank (for a checkpoint): hm, hv [n] each. */
+int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err);
+/* Loads a checkpoint into m and this rank's part of opt. */
+int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state, fy_err *err);
+
+/* Bytes this rank sent since the last fy_dp_mark (the trainer marks at the
+ * start of each step). */
+void fy_dp_mark(fy_dp *dp);
+uint64_t fy_dp_step_bytes(const fy_dp *dp);
+
+#endif
