@@ -9,12 +9,25 @@
 
 static int is_pow2(int k) { return k > 0 && (k & (k - 1)) == 0; }
 
-int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, fy_err *err) {
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
+               const fy_dp_diloco *diloco, fy_err *err) {
     memset(dp, 0, sizeof *dp);
     dp->comm = c;
     dp->rank = fy_comm_rank(c);
     dp->size = fy_comm_size(c);
     dp->compress = compress && dp->size > 1;
+    if (diloco && diloco->local_steps > 0 && dp->size > 1) {
+        if (dp->compress) return fy_fail(err, "DiLoCo and gradient compression are exclusive (DiLoCo sends no gradients)");
+        dp->local_steps = diloco->local_steps;
+        dp->outer_lr = diloco->outer_lr;
+        dp->outer_momentum = diloco->outer_momentum;
+        dp->n_buffers = m->tab.n_buffers;
+        size_t nn = m->tab.n_params + dp->n_buffers + 1;
+        dp->anchor = calloc(nn, sizeof *dp->anchor);
+        dp->outer_mom = calloc(nn, sizeof *dp->outer_mom);
+        dp->delta = calloc(nn, sizeof *dp->delta);
+        if (!dp->anchor || !dp->outer_mom || !dp->delta) return fy_fail(err, "out of memory for the DiLoCo state");
+    }
     const int N = dp->size;
     if (batch % N)
         return fy_fail(err, "batch %d does not split over %d ranks (use a multiple of %d)", batch, N, N);
@@ -78,6 +91,9 @@ void fy_dp_free(fy_dp *dp, fy_model *m) {
     free(dp->shard);
     free(dp->resid_send);
     free(dp->resid_gather);
+    free(dp->anchor);
+    free(dp->outer_mom);
+    free(dp->delta);
     memset(dp, 0, sizeof *dp);
 }
 
@@ -123,7 +139,7 @@ static int local_sum(fy_dp *dp, fy_model *m, fy_err *err) {
 
 static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
     if (local_sum(dp, m, err)) return -1;
-    if (dp->size == 1) return 0;
+    if (dp->size == 1 || dp->local_steps) return 0;
     fy_backend *be = m->be;
     size_t len = dp->hi - dp->lo;
     be->ops->download(be, dp->host, fy_at(&m->grads, 0), dp->n);
@@ -145,7 +161,7 @@ static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
 }
 
 static int grad_norm(fy_dp *dp, fy_model *m, double *norm, fy_err *err) {
-    if (dp->size == 1 || dp->compress) {
+    if (!fy_dp_sharded(dp)) {
         fy_grad_sumsq_chunks(m, 0, dp->n, dp->chunk_part);
     } else {
         fy_grad_sumsq_chunks(m, dp->lo, dp->hi, dp->chunk_part + dp->chunk_lo);
@@ -166,7 +182,7 @@ static int grad_norm(fy_dp *dp, fy_model *m, double *norm, fy_err *err) {
 }
 
 static int gather_params(fy_dp *dp, fy_model *m, fy_err *err) {
-    if (dp->size == 1 || dp->compress) return 0;
+    if (!fy_dp_sharded(dp)) return 0;
     fy_backend *be = m->be;
     size_t len = dp->hi - dp->lo;
     if (len) be->ops->download(be, dp->shard, fy_at(&m->params, dp->lo), len);
@@ -183,11 +199,19 @@ int fy_dp_step(fy_dp *dp, fy_model *m, fy_adamw *opt, float *grad_norm_out, floa
     double norm;
     const int n_micro = dp->local_micro * dp->size;
     if (reduce_grads(dp, m, err) || grad_norm(dp, m, &norm, err)) return -1;
-    norm /= n_micro; /* of the mean gradient */
+    if (dp->local_steps) {
+        /* Local steps: each rank its own norm, but a non-finite one on any
+         * rank fails the step on all. */
+        int bad = fy_dp_vote(dp, !isfinite(norm), err);
+        if (bad < 0) return -1;
+        if (bad) norm = NAN;
+    }
+    norm /= dp->local_steps ? dp->local_micro : n_micro; /* of the mean gradient */
     if (grad_norm_out) *grad_norm_out = (float)norm;
-    if (fy_adamw_update(opt, m, norm, n_micro == 1 ? 1.0f : 1.0f / (float)n_micro, lr_used, err)) return -1;
+    const int summed = dp->local_steps ? dp->local_micro : n_micro;
+    if (fy_adamw_update(opt, m, norm, summed == 1 ? 1.0f : 1.0f / (float)summed, lr_used, err)) return -1;
     if (gather_params(dp, m, err)) return -1;
-    if (dp->size > 1) {
+    if (dp->size > 1 && !dp->local_steps) {
         size_t nl = (size_t)m->tab.n_layers * (m->cfg.n_routed_experts + 1);
         if (nl && fy_comm_allreduce_i64(dp->comm, m->loads, nl, err)) return -1;
     }
@@ -269,3 +293,37 @@ int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char
 
 void fy_dp_mark(fy_dp *dp) { dp->bytes_at_step = fy_comm_bytes_sent(dp->comm); }
 uint64_t fy_dp_step_bytes(const fy_dp *dp) { return fy_comm_bytes_sent(dp->comm) - dp->bytes_at_step; }
+
+/* ---- DiLoCo ---------------------------------------------------------------- */
+
+static int download_state(fy_dp *dp, fy_model *m, float *dst, fy_err *err) {
+    fy_backend *be = m->be;
+    be->ops->download(be, dst, fy_at(&m->params, 0), dp->n);
+    if (dp->n_buffers) be->ops->download(be, dst + dp->n, fy_at(&m->buffers, 0), dp->n_buffers);
+    return fy_be_sync(be, err);
+}
+
+int fy_dp_set_anchor(fy_dp *dp, fy_model *m, fy_err *err) {
+    if (!dp->local_steps) return 0;
+    return download_state(dp, m, dp->anchor, err);
+}
+
+int fy_dp_outer_step(fy_dp *dp, fy_model *m, fy_err *err) {
+    if (!dp->local_steps) return 0;
+    const size_t nn = dp->n + dp->n_buffers;
+    if (download_state(dp, m, dp->delta, err)) return -1;
+    for (size_t i = 0; i < nn; i++) dp->delta[i] = dp->anchor[i] - dp->delta[i];
+    if (fy_comm_allreduce_f32(dp->comm, dp->delta, nn, err)) return -1;
+    const float inv = 1.0f / (float)dp->size, mu = dp->outer_momentum, lr = dp->outer_lr;
+    for (size_t i = 0; i < dp->n; i++) {
+        float d = dp->delta[i] * inv;
+        dp->outer_mom[i] = mu * dp->outer_mom[i] + d;
+        dp->anchor[i] -= lr * (d + mu * dp->outer_mom[i]);
+    }
+    /* The router biases are not trained by gradients: their average. */
+    for (size_t i = dp->n; i < nn; i++) dp->anchor[i] -= dp->delta[i] * inv;
+    fy_backend *be = m->be;
+    be->ops->upload(be, fy_at(&m->params, 0), dp->anchor, dp->n);
+    if (dp->n_buffers) be->ops->upload(be, fy_at(&m->buffers, 0), dp->anchor + dp->n, dp->n_buffers);
+    return fy_be_sync(be, err);
+}

@@ -21,7 +21,15 @@
  * Compressed mode (slow links): the gradient travels as int8 blocks with
  * per-block scales (comm.h), both in the reduce-scatter and in the
  * all-gather of the reduced gradient, with error feedback on both sides;
- * every rank then runs the whole AdamW (moments not sharded). */
+ * every rank then runs the whole AdamW (moments not sharded).
+ *
+ * DiLoCo mode (slow links; Douillard et al. 2023): every rank takes H local
+ * AdamW steps on its own rows without communicating gradients, then the
+ * ranks average their parameter deltas from the last synchronised weights
+ * (the "anchor") and take one outer step, Nesterov SGD on the averaged
+ * delta: mom = mu*mom + delta; anchor -= outer_lr * (delta + mu*mom); every
+ * rank restarts from the new anchor. The router biases are averaged too.
+ * Bytes per token fall by about H. */
 #ifndef FY_DP_H
 #define FY_DP_H
 
@@ -49,12 +57,24 @@ typedef struct fy_dp {
     fy_buf *stack;        /* tree accumulation of local micro-batches */
     int *stack_leaves, stack_top, stack_cap;
     uint64_t bytes_at_step; /* fy_comm_bytes_sent when the step began */
+    /* DiLoCo */
+    int local_steps;      /* H (0: plain data parallel) */
+    float outer_lr, outer_momentum;
+    size_t n_buffers;
+    float *anchor, *outer_mom, *delta; /* [n + n_buffers] each, host */
 } fy_dp;
+
+/* DiLoCo settings for fy_dp_init (local_steps 0: off). */
+typedef struct fy_dp_diloco {
+    int local_steps;
+    float outer_lr, outer_momentum;
+} fy_dp_diloco;
 
 /* batch: sequences per step over all ranks; micro: sequences per
  * micro-batch (0: batch / ranks). batch must split into whole micro-batches
  * per rank. */
-int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, fy_err *err);
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
+               const fy_dp_diloco *diloco, fy_err *err);
 void fy_dp_free(fy_dp *dp, fy_model *m);
 
 /* The optimizer each rank keeps: this rank's shard (ZeRO-1), or all of it
@@ -62,7 +82,13 @@ void fy_dp_free(fy_dp *dp, fy_model *m);
 int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err);
 
 /* 1 when the AdamW moments are sharded over the ranks (ZeRO-1). */
-static inline int fy_dp_sharded(const fy_dp *dp) { return dp->size > 1 && !dp->compress; }
+static inline int fy_dp_sharded(const fy_dp *dp) { return dp->size > 1 && !dp->compress && !dp->local_steps; }
+
+/* DiLoCo: takes the current weights as the anchor (at the start and after
+ * loading a checkpoint, when all ranks hold the same weights). */
+int fy_dp_set_anchor(fy_dp *dp, fy_model *m, fy_err *err);
+/* DiLoCo: the outer step (all ranks together, every local_steps steps). */
+int fy_dp_outer_step(fy_dp *dp, fy_model *m, fy_err *err);
 
 /* Global micro-batch index of this rank's local micro-batch j. */
 static inline int fy_dp_micro_index(const fy_dp *dp, int j) { return dp->rank * dp->local_micro + j; }

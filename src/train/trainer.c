@@ -30,6 +30,8 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->ckpt_every = 200;
     o->keep_last = 3;
     o->log_every = 10;
+    o->outer_lr = 0.7f;
+    o->outer_momentum = 0.9f;
     fy_guard_opts_default(&o->guard);
 }
 
@@ -74,6 +76,9 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"log_every", 1, 1e9, 1, NULL, &o->log_every},
             {"micro_batch", 0, 1 << 20, 1, NULL, &o->micro_batch},
             {"compress_grads", 0, 1, 1, NULL, &o->compress},
+            {"diloco_every", 0, 1e9, 1, NULL, &o->diloco_every},
+            {"outer_lr", 0, 10, 0, &o->outer_lr, NULL},
+            {"outer_momentum", 0, 0.999999, 0, &o->outer_momentum, NULL},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -125,14 +130,15 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"log_every\": %d, \"guard_nonfinite\": %d, \"guard_spike_window\": %d, \"guard_spike_min\": %d, "
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
              "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
-             "\"micro_batch\": %d, \"compress_grads\": %d}",
+             "\"micro_batch\": %d, \"compress_grads\": %d, \"diloco_every\": %d, \"outer_lr\": %.9g, "
+             "\"outer_momentum\": %.9g}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
              o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
-             o->compress);
+             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum);
     return s;
 }
 
@@ -509,7 +515,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (fy_loader_open(&train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
         fy_loader_open(&val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
-        fy_dp_init(&dp, comm, m, B, o->micro_batch, o->compress, err) ||
+        fy_dp_init(&dp, comm, m, B, o->micro_batch, o->compress,
+                   &(fy_dp_diloco){o->diloco_every, o->outer_lr, o->outer_momentum}, err) ||
         fy_dp_create_optimizer(&dp, m, &o->adam, &opt, err))
         goto done;
     if (dp.local_micro > (int)(sizeof ((fy_loss[64]){0}) / sizeof(fy_loss))) {
@@ -518,7 +525,16 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s\n", n_ranks, dp.local_micro,
-               dp.micro, dp.compress ? "int8 gradients with error feedback" : "ZeRO-1 sharded AdamW moments");
+               dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
+                                                                 : "ZeRO-1 sharded AdamW moments");
+    if (dp.local_steps && o->ckpt_every % dp.local_steps) {
+        fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
+                o->ckpt_every, dp.local_steps);
+        goto done;
+    }
+    if (n_ranks > 1 && rank0 && dp.local_steps)
+        printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta\n",
+               dp.local_steps, dp.outer_lr, dp.outer_momentum);
     if (resume) {
         char dir[FY_PATH_MAX];
         if (fy_ckpt_resolve(run_dir, dir, sizeof dir, err) || fy_dp_load(&dp, dir, m, &opt, &state, err))
@@ -548,6 +564,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     } else if (fy_model_init_weights(m, o->seed, err)) {
         goto done;
     }
+    /* DiLoCo restarts the outer momentum at zero on resume (docs/SCALING.md). */
+    if (fy_dp_set_anchor(&dp, m, err)) goto done;
     char mpath[FY_PATH_MAX];
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", run_dir);
     /* Rank 0 trims metrics.jsonl to the resumed step first; the others then
@@ -588,7 +606,9 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
                 goto fault;
             }
         }
-        if (guarded && (!snap.valid || ((step - 1) % g->snapshot_every == 0 && snap.step != step - 1))) {
+        /* DiLoCo snapshots at outer steps only, so no rollback crosses one. */
+        const int snap_every = dp.local_steps ? dp.local_steps : g->snapshot_every;
+        if (guarded && (!snap.valid || ((step - 1) % snap_every == 0 && snap.step != step - 1))) {
             if (fy_snapshot_take(&snap, m, &opt, step - 1, err)) goto done;
             snap_tokens = tokens;
             snap_loss = loss;
@@ -688,6 +708,15 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             if (fy_comm_allreduce_max_i32(comm, v, 2, err)) goto done;
             interrupted = v[0], out_of_time = v[1];
         }
+        /* DiLoCo: the outer step every H steps, at the end, and before any
+         * checkpoint (which then holds the synchronised weights). */
+        int will_save = interrupted || out_of_time || paused || (o->ckpt_every > 0 && step % o->ckpt_every == 0);
+        if (dp.local_steps && (step % dp.local_steps == 0 || step == total || will_save)) {
+            fy_dp_mark(&dp);
+            if (fy_dp_outer_step(&dp, m, err)) goto done;
+            if (rank0) fprintf(mf, "{\"step\": %d, \"event\": \"outer_step\", \"comm_bytes\": %llu}\n", step,
+                               (unsigned long long)fy_dp_step_bytes(&dp));
+        }
         if (interrupted || out_of_time || paused) {
             res->interrupted = 1;
             if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
@@ -743,6 +772,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
              val_loss, &sk, err))
         goto done;
     if (rank0) plot(run_dir, &h);
+    if (rank0 && n_ranks > 1)
+        printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token)\n",
+               (unsigned long long)fy_comm_bytes_sent(comm), step - start,
+               step > start ? fy_comm_bytes_sent(comm) / ((double)(step - start) * B * T) : 0.0);
     res->step = step;
     res->last_loss = loss;
     res->last_val_loss = val_loss;

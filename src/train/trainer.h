@@ -29,6 +29,8 @@ typedef struct fy_train_opts {
     /* Scale-out (dist/dp.h). batch_size is the global batch over all ranks. */
     int micro_batch;      /* sequences per micro-batch (0: batch_size / ranks); ferry.micro_batch */
     int compress;         /* 1: int8 gradients with error feedback; ferry.compress_grads */
+    int diloco_every;     /* DiLoCo: H local steps per outer step (0: off); ferry.diloco_every */
+    float outer_lr, outer_momentum; /* DiLoCo outer Nesterov SGD; ferry.outer_lr, ferry.outer_momentum */
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
 } fy_train_opts;
 
