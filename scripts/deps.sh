@@ -12,7 +12,8 @@ pkgs=(cmake build-essential pkg-config libopenblas-openmp-dev libcjson-dev
       libpcre2-dev libxxhash-dev zlib1g-dev libmicrohttpd-dev bible-kjv)
 if [ "${1:-}" = "--test" ]; then
   pkgs+=(python3 python3-torch python3-numpy python3-pip
-         ocl-icd-opencl-dev opencl-headers pocl-opencl-icd)
+         ocl-icd-opencl-dev opencl-headers pocl-opencl-icd
+         libopenmpi-dev openmpi-bin iproute2)
 fi
 
 missing=()

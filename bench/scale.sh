@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Scale-out over slow links (docs/SCALING.md): the same model, data and token
+# budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
+# int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
+# the normal link (loopback) and once across two network namespaces joined by
+# a shaped veth pair (tests/dist/slowlink.sh: RATE Mbit/s, DELAY ms where the
+# kernel has netem). Prints tokens/s, bytes sent per step and per token (rank
+# 0), the final validation loss, and bytes/token and loss against plain DP.
+#   bench/scale.sh [BUILD_DIR]   (env: CONFIG (tiny), STEPS (96), BATCH (8), SEQ (128),
+#                                 RATE (100), DELAY (20), THREADS (1 per rank))
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+ferry=$PWD/$build/ferry
+cfg=${CONFIG:-tiny} steps=${STEPS:-96} batch=${BATCH:-8} seq=${SEQ:-128}
+rate=${RATE:-100} delay=${DELAY:-20}
+export OMP_NUM_THREADS=${THREADS:-1} FERRY_LOG=error
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# One prepared corpus for every run (the default KJV corpus, cached in data/).
+"$ferry" train --config "$cfg" --out "$tmp/prep" --steps 1 --batch 2 --seq 16 --eval-every 0 >/dev/null
+data=$(sed -n 's/.*"data_dir":[[:space:]]*"\([^"]*\)".*/\1/p' "$tmp/prep/config.json")
+common="--data $data --config $cfg --steps $steps --batch $batch --seq $seq --eval-every $steps --ckpt-every 0 --log-every 100000"
+
+run() { # name link ranks flags...
+  local name=$1 link=$2 ranks=$3; shift 3
+  local out="$tmp/$name-$link" t0 t1 log="$tmp/$name-$link.log"
+  t0=$(date +%s.%N)
+  if [ "$ranks" = 1 ]; then
+    "$ferry" train $common --out "$out" "$@" > "$log" 2>&1 || true
+  elif [ "$link" = normal ]; then
+    "$ferry" train $common --out "$out" --ranks 2 "$@" > "$log" 2>&1 || true
+  else
+    tests/dist/slowlink.sh --rate-mbit "$rate" --delay-ms "$delay" --env FERRY_LOG -- \
+      "$ferry" train $common --out "$out" --comm-timeout 3600 "$@" > "$log" 2>&1 || true
+  fi
+  t1=$(date +%s.%N)
+  local bpt vl
+  bpt=$(sed -n 's/.*(\([0-9.]*\) bytes per token).*/\1/p' "$log"); bpt=${bpt:-0}
+  vl=$(sed -n 's/.*validation loss \([0-9.]*\);.*/\1/p' "$log"); vl=${vl:-nan}
+  echo "$name $link $ranks $(awk -v a=$t0 -v b=$t1 -v n=$((steps * batch * seq)) 'BEGIN{printf "%.0f", n/(b-a)}') $bpt $vl"
+}
+
+{
+  run "1 rank" normal 1
+  for link in normal slow; do
+    run DP $link 2
+    run "DP int8" $link 2 --compress-grads
+    run "DiLoCo H=8" $link 2 --diloco 8
+    run "DiLoCo H=32" $link 2 --diloco 32
+  done
+} | sed 's/^1 rank/1-rank/; s/^DP int8/DP-int8/; s/^DiLoCo H=/DiLoCo-H/' > "$tmp/rows"
+grep -q "slowlink: .*no netem" "$tmp"/*-slow.log 2>/dev/null && echo "(slow link: bandwidth cap only; this kernel has no netem qdisc for the delay)"
+echo "model $cfg, $steps steps x $batch x $seq tokens = $((steps * batch * seq)) tokens; slow link $rate Mbit/s, ${delay} ms"
+echo
+echo "| run | link | ranks | tokens/s | bytes/step (rank 0) | bytes/token | val loss | bytes/token vs DP | loss vs DP |"
+echo "|---|---|---|---|---|---|---|---|---|"
+awk -v tok=$((batch * seq)) '
+  { rows[NR] = $0; if ($1 == "DP") { dpb[$2] = $5; dpl[$2] = $6 } }
+  END { for (i = 1; i <= NR; i++) { split(rows[i], f, " ");
+    ratio = (f[5] > 0 && dpb[f[2]] > 0) ? sprintf("%.1fx fewer", dpb[f[2]] / f[5]) : "-";
+    dl = (dpl[f[2]] > 0 && f[6] > 0) ? sprintf("%+.1f%%", 100 * (f[6] / dpl[f[2]] - 1)) : "-";
+    printf "| %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s |\n", f[1], f[2], f[3], f[4], f[5] * tok, f[5], f[6], ratio, dl } }' "$tmp/rows"
