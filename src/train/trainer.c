@@ -714,6 +714,9 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (dp.local_steps && (step % dp.local_steps == 0 || step == total || will_save)) {
             fy_dp_mark(&dp);
             if (fy_dp_outer_step(&dp, m, err)) goto done;
+            /* The outer step changed the weights on purpose: re-take the state
+             * sums, or the next step's check would roll it back. */
+            if (g->weight_checksum && fy_state_sums_compute(&sums, m, &opt, err)) goto done;
             if (rank0) fprintf(mf, "{\"step\": %d, \"event\": \"outer_step\", \"comm_bytes\": %llu}\n", step,
                                (unsigned long long)fy_dp_step_bytes(&dp));
         }

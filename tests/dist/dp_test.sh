@@ -82,6 +82,8 @@ check "awk -v a=$(bpt dp.log) -v b=$(bpt q8.log) 'BEGIN { exit !(b > 0 && a / b 
 check "awk -v a=$(bpt dp.log) -v b=$(bpt dl.log) 'BEGIN { exit !(b > 0 && a / b >= 6) }'" "DiLoCo H=8 does not send >= 6x fewer bytes"
 check "awk -v a=$(vloss dp.log) -v b=$(vloss q8.log) 'BEGIN { exit !(b > 0 && b < a * 1.05) }'" "int8 DP loss not within 5% of DP"
 check "awk -v b=$(vloss dl.log) 'BEGIN { exit !(b > 0 && b < 3.0) }'" "DiLoCo did not learn (val loss $(vloss dl.log))"
+# The outer step changes the weights on purpose: no guard may roll it back.
+check "grep -q outer_step dl/metrics.jsonl && ! grep -q rollback dl/metrics.jsonl" "DiLoCo outer steps were rolled back by a guard"
 
 # 4. a killed rank: the supervisor resumes from LATEST, to the same weights.
 K="--data data --config micro.json --steps 300 --batch 4 --seq 16 --eval-every 0 --ckpt-every 20 --log-every 1000"
