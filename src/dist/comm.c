@@ -314,28 +314,27 @@ int fy_comm_alltoallv(fy_comm *c, const void *send, const size_t *scounts, const
     return 0;
 }
 
+#ifdef FERRY_HAVE_MPI
+/* In-place integer all-reduce (exact in any order). */
+static int int_allreduce(fy_comm *c, void *x, size_t n, size_t esize, MPI_Datatype t, MPI_Op op, fy_err *err) {
+    if (fits_int(c, n, "all-reduce", err)) return -1;
+    c->bytes_sent += 2 * n * esize * (size_t)(c->size - 1) / c->size;
+    MPI_Request req;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, t, op, MPI_COMM_WORLD, &req);
+    return wait_req(c, &req, rc, "all-reduce", err);
+}
+#endif
+
 int fy_comm_allreduce_i64(fy_comm *c, int64_t *x, size_t n, fy_err *err) {
 #ifdef FERRY_HAVE_MPI
-    if (c->mpi) {
-        if (fits_int(c, n, "all-reduce", err)) return -1;
-        c->bytes_sent += 2 * n * sizeof *x * (size_t)(c->size - 1) / c->size;
-        MPI_Request req;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD, &req);
-        return wait_req(c, &req, rc, "all-reduce", err);
-    }
+    if (c->mpi) return int_allreduce(c, x, n, sizeof *x, MPI_INT64_T, MPI_SUM, err);
 #endif
     return 0;
 }
 
 int fy_comm_allreduce_max_i32(fy_comm *c, int32_t *x, size_t n, fy_err *err) {
 #ifdef FERRY_HAVE_MPI
-    if (c->mpi) {
-        if (fits_int(c, n, "all-reduce", err)) return -1;
-        c->bytes_sent += 2 * n * sizeof *x * (size_t)(c->size - 1) / c->size;
-        MPI_Request req;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, x, (int)n, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD, &req);
-        return wait_req(c, &req, rc, "all-reduce", err);
-    }
+    if (c->mpi) return int_allreduce(c, x, n, sizeof *x, MPI_INT32_T, MPI_MAX, err);
 #endif
     return 0;
 }
