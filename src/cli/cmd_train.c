@@ -246,7 +246,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     int resume = 0, vocab = 4096, log_every = 0, stop_after = 0;
     int supervise = 0, max_restarts = 10;
     double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0, abft = -1;
-    int recompute = -1, ranks = 0, micro = -1, compress = 0, diloco = -1;
+    int recompute = -1, ranks = 0, micro = -1, compress = 0, diloco = -1, expert_parallel = 0;
     double comm_timeout = 300, outer_lr = -1;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
@@ -275,6 +275,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
         {"--ranks", NULL, FY_ARG_INT, &ranks, "N", "data-parallel ranks: runs mpirun -np N (docs/SCALING.md)", 1, 4096, 0},
         {"--micro-batch", NULL, FY_ARG_INT, &micro, "M", "sequences per micro-batch (default: --batch / ranks)", 0, 1 << 16, 0},
         {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients as int8 with error feedback (slow links)", 0, 0, 0},
+        {"--expert-parallel", NULL, FY_ARG_BOOL, &expert_parallel, NULL, "split the routed experts over the ranks (all-to-all)", 0, 0, 0},
         {"--diloco", NULL, FY_ARG_INT, &diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},
         {"--outer-lr", NULL, FY_ARG_FLOAT, &outer_lr, "LR", "DiLoCo outer Nesterov learning rate (default 0.7)", 0, 10, 0},
         {"--comm-timeout", NULL, FY_ARG_FLOAT, &comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default 300)", 0.1, 1e6, 0},
@@ -414,6 +415,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     if (recompute >= 0) o.guard.recompute_every = recompute;
     if (micro >= 0) o.micro_batch = micro;
     if (compress) o.compress = 1;
+    if (expert_parallel) o.expert_parallel = 1;
     if (diloco >= 0) o.diloco_every = diloco;
     if (outer_lr >= 0) o.outer_lr = (float)outer_lr;
     if (!resume && !follower && o.micro_batch == 0 && n_ranks > 1) {

@@ -95,7 +95,7 @@ static void plan_layer(fy_model *m, planner *p, fy_layer_acts *a, int li, int N)
     } else {
         int E = c->n_routed_experts, K = c->num_experts_per_tok, f = c->moe_intermediate_size;
         int fs = f * c->n_shared_experts;
-        size_t NK = (size_t)N * K;
+        size_t NK = (size_t)N * K, cNK = NK * fy__ep_cap(m); /* owner rows (expert parallel) */
         if (fs > 0) {
             a->g = take(p, (size_t)N * fs);
             a->u = take(p, (size_t)N * fs);
@@ -108,10 +108,10 @@ static void plan_layer(fy_model *m, planner *p, fy_layer_acts *a, int li, int N)
         a->perm = take(p, NK);
         a->flat = take(p, NK);
         a->wsort = take(p, NK);
-        a->xs = take(p, NK * d);
-        a->eg = take(p, NK * f);
-        a->eu = take(p, NK * f);
-        a->eh = take(p, NK * f);
+        a->xs = take(p, cNK * d);
+        a->eg = take(p, cNK * f);
+        a->eu = take(p, cNK * f);
+        a->eh = take(p, cNK * f);
         a->ey = take(p, NK * d);
     }
 }
@@ -173,11 +173,13 @@ static void plan_all(fy_model *m, planner *p, int N) {
         s->drlog = take(p, (size_t)N * E);
         s->dw = take(p, NK);
         s->dws = take(p, NK);
+        size_t cNK = NK * fy__ep_cap(m);
         s->dey = take(p, NK * d);
-        s->dxs = take(p, NK * d);
-        s->deg = take(p, NK * f);
-        s->deu = take(p, NK * f);
-        s->deh = take(p, NK * f);
+        s->dxs = take(p, cNK * d);
+        s->deg = take(p, cNK * f);
+        s->deu = take(p, cNK * f);
+        s->deh = take(p, cNK * f);
+        if (fy__ep_cap(m) > 1) ws->ep_tmp = take(p, cNK * d);
     }
 }
 
@@ -185,8 +187,13 @@ static void free_host_routing(fy_model *m) {
     if (!m->layer_acts) return;
     for (int li = 0; li < m->tab.n_layers; li++) {
         fy_layer_acts *a = &m->layer_acts[li];
-        free(a->counts); free(a->offs); free(a->h_idx); free(a->h_perm); free(a->h_flat);
-        a->counts = a->offs = a->h_idx = a->h_perm = a->h_flat = NULL;
+        free(a->counts); free(a->offs); free(a->h_idx); free(a->h_perm); free(a->h_flat); free(a->ep_rc);
+        a->counts = a->offs = a->h_idx = a->h_perm = a->h_flat = a->ep_rc = NULL;
+    }
+    if (m->ws) {
+        free(m->ws->ep_send); free(m->ws->ep_recv); free(m->ws->ep_cnt);
+        m->ws->ep_send = m->ws->ep_recv = NULL;
+        m->ws->ep_cnt = NULL;
     }
 }
 
@@ -216,6 +223,17 @@ int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
         a->h_flat = calloc((size_t)N * K, sizeof(int));
         if (!a->counts || !a->offs || !a->h_idx || !a->h_perm || !a->h_flat)
             return fy_fail(err, "out of memory for routing tables");
+        if (m->ep.size > 1 && !(a->ep_rc = calloc((size_t)m->ep.size * E, sizeof(int))))
+            return fy_fail(err, "out of memory for routing tables");
+    }
+    if (m->ep.size > 1 && E > 0) {
+        model_ws *ws = WS(m);
+        size_t rows = (size_t)m->ep.size * N * K * m->cfg.hidden_size;
+        ws->ep_send = malloc(rows * sizeof(float));
+        ws->ep_recv = malloc(rows * sizeof(float));
+        ws->ep_cnt = malloc(4 * (size_t)m->ep.size * sizeof(size_t));
+        if (!ws->ep_send || !ws->ep_recv || !ws->ep_cnt)
+            return fy_fail(err, "out of memory for expert-parallel staging (%zu MB)", 2 * rows * 4 >> 20);
     }
     return 0;
 }
@@ -395,6 +413,53 @@ static int route(fy_model *m, int li, int count_loads, fy_err *err) {
     return 0;
 }
 
+/* Expert parallel: this rank's routed rows go to the experts' owners, this
+ * rank runs its own experts on the rows of all ranks (expert-major in xs),
+ * and the outputs come back into ey in this rank's sorted order. */
+static int moe_experts_ep_forward(fy_model *m, int li, fy_err *err) {
+    const fy_config *c = &m->cfg;
+    const fy_layer_offs *W = &m->tab.layer[li];
+    fy_layer_acts *a = &m->layer_acts[li];
+    model_ws *ws = WS(m);
+    int N = m->B * m->T, d = c->hidden_size, K = c->num_experts_per_tok, f = c->moe_intermediate_size;
+    int lo, hi;
+    fy_model_expert_range(m, m->ep.rank, &lo, &hi);
+    if (fy__ep_counts(m, li, err)) return -1;
+    OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, ws->ep_tmp, d);
+    if (fy__ep_dispatch(m, li, d, ws->ep_tmp, a->xs, err)) return -1;
+    for (int el = 0; el < hi - lo; el++) {
+        int n;
+        size_t r = (size_t)fy__ep_expert_rows(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        if (!n) continue;
+        swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
+                       W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
+                       fy_add(a->eh, r * f), fy_add(ws->ep_tmp, r * d), 0);
+    }
+    return fy__ep_combine(m, li, d, ws->ep_tmp, a->ey, err);
+}
+
+/* Its backward: output gradients (s->dey, this rank's order) to the owners,
+ * the experts' backward there, input gradients back into ep_tmp. */
+static int moe_experts_ep_backward(fy_model *m, int li, fy_err *err) {
+    const fy_config *c = &m->cfg;
+    const fy_layer_offs *W = &m->tab.layer[li];
+    fy_layer_acts *a = &m->layer_acts[li];
+    model_ws *ws = WS(m);
+    scratch *s = &ws->s;
+    int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
+    fy_model_expert_range(m, m->ep.rank, &lo, &hi);
+    if (fy__ep_dispatch(m, li, d, s->dey, ws->ep_tmp, err)) return -1;
+    for (int el = 0; el < hi - lo; el++) {
+        int n;
+        size_t r = (size_t)fy__ep_expert_rows(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
+                        W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
+                        fy_add(a->eh, r * f), fy_add(ws->ep_tmp, r * d), fy_add(s->dxs, r * d), 0,
+                        fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
+    }
+    return fy__ep_combine(m, li, d, s->dxs, ws->ep_tmp, err);
+}
+
 static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
@@ -410,15 +475,19 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
     if (route(m, li, need_grad, err)) return -1;
 
     OPS->gather_rows(m->be, N * K, 1, a->w, 1, a->flat, FY_NULL_REF, a->wsort, 1);
-    OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, a->xs, d);
-    for (int e = 0; e < E; e++) {
-        int n = a->counts[e];
-        if (!n) continue;
-        size_t r = (size_t)a->offs[e];
-        size_t we = (size_t)e * W->exp_stride;
-        swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
-                       W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                       fy_add(a->eh, r * f), fy_add(a->ey, r * d), 0);
+    if (m->ep.size > 1) {
+        if (moe_experts_ep_forward(m, li, err)) return -1;
+    } else {
+        OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, a->xs, d);
+        for (int e = 0; e < E; e++) {
+            int n = a->counts[e];
+            if (!n) continue;
+            size_t r = (size_t)a->offs[e];
+            size_t we = (size_t)e * W->exp_stride;
+            swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
+                           W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
+                           fy_add(a->eh, r * f), fy_add(a->ey, r * d), 0);
+        }
     }
     OPS->copy(m->be, a->x_out, a->x_mid, (size_t)N * d);
     if (fs > 0)
@@ -495,7 +564,7 @@ static void attn_backward(fy_model *m, int li, fy_ref dres) {
                      GW(m, W->attn_norm));
 }
 
-static void moe_backward(fy_model *m, int li, fy_ref dres) {
+static int moe_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
@@ -516,32 +585,39 @@ static void moe_backward(fy_model *m, int li, fy_ref dres) {
     OPS->fill(m->be, s->dw, 0.0f, (size_t)N * K);
     OPS->scatter_add_rows(m->be, N * K, 1, s->dws, 1, a->flat, FY_NULL_REF, s->dw, 1);
 
-    for (int e = 0; e < E; e++) {
-        int n = a->counts[e];
-        if (!n) continue;
-        size_t r = (size_t)a->offs[e], we = (size_t)e * W->exp_stride;
-        swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
-                        W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                        fy_add(a->eh, r * f), fy_add(s->dey, r * d), fy_add(s->dxs, r * d), 0,
-                        fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
+    fy_ref dxs = s->dxs;
+    if (m->ep.size > 1) {
+        if (moe_experts_ep_backward(m, li, err)) return -1;
+        dxs = WS(m)->ep_tmp;
+    } else {
+        for (int e = 0; e < E; e++) {
+            int n = a->counts[e];
+            if (!n) continue;
+            size_t r = (size_t)a->offs[e], we = (size_t)e * W->exp_stride;
+            swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
+                            W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
+                            fy_add(a->eh, r * f), fy_add(s->dey, r * d), fy_add(s->dxs, r * d), 0,
+                            fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
+        }
     }
-    OPS->scatter_add_rows(m->be, N * K, d, s->dxs, d, a->perm, FY_NULL_REF, s->dln, d);
+    OPS->scatter_add_rows(m->be, N * K, d, dxs, d, a->perm, FY_NULL_REF, s->dln, d);
 
     OPS->router_bwd(m->be, N, &ro, a->s, a->idx, s->dw, s->drlog, 0);
     if (use_balance(c))
         OPS->balance_bwd(m->be, m->B, m->T, E, K, c->aux_loss_alpha, 1.0f, a->s, a->idx, s->drlog);
     linear_dx(m, N, d, E, s->drlog, E, W->router, s->dln, d, 1.0f);
     linear_dw(m, N, d, E, s->drlog, E, a->ln2, d, W->router);
+    return 0;
 }
 
-static void layer_backward(fy_model *m, int li, fy_ref dres) {
+static int layer_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &WS(m)->s;
     int N = m->B * m->T, d = c->hidden_size;
     if (W->moe) {
-        moe_backward(m, li, dres);
+        if (moe_backward(m, li, dres, err)) return fy_wrap(err, "backward of layer %d", li);
     } else {
         swiglu_backward(m, N, d, c->intermediate_size, a->ln2, W->gate, W->up, W->down, a->g, a->u,
                         a->h, dres, s->dln, 0, s->dg, s->du, s->dh);
@@ -549,6 +625,7 @@ static void layer_backward(fy_model *m, int li, fy_ref dres) {
     OPS->rmsnorm_bwd(m->be, N, d, a->x_mid, d, PW(m, W->ffn_norm), a->rstd2, s->dln, d, dres, d, 1,
                      GW(m, W->ffn_norm));
     attn_backward(m, li, dres);
+    return 0;
 }
 
 /* ---- loss heads ---- */
@@ -697,7 +774,7 @@ int fy_model_backward(fy_model *m, fy_err *err) {
         OPS->rmsnorm_bwd(m->be, N, d, m->layer_acts[li].x_out, d, PW(m, W->head_norm),
                          ws->mtp_rstd_head[k - 1], ws->mtp_dhead_in[k - 1], d, ws->dtmp, d, 0,
                          GW(m, W->head_norm));
-        layer_backward(m, li, ws->dtmp);
+        if (layer_backward(m, li, ws->dtmp, err)) return -1;
         linear_dx(m, N, 2 * d, d, ws->dtmp, d, W->eh_proj, ws->dcat, 2 * d, 0);
         linear_dw(m, N, 2 * d, d, ws->dtmp, d, ws->mtp_cat[k - 1], 2 * d, W->eh_proj);
         OPS->rmsnorm_bwd(m->be, N, d, ws->mtp_emb[k - 1], d, PW(m, W->enorm), ws->mtp_rstd_e[k - 1],
@@ -707,7 +784,8 @@ int fy_model_backward(fy_model *m, fy_err *err) {
         OPS->rmsnorm_bwd(m->be, N, d, h, d, PW(m, W->hnorm), ws->mtp_rstd_h[k - 1],
                          fy_add(ws->dcat, d), 2 * d, ws->dres, d, 1, GW(m, W->hnorm));
     }
-    for (int li = L - 1; li >= 0; li--) layer_backward(m, li, ws->dres);
+    for (int li = L - 1; li >= 0; li--)
+        if (layer_backward(m, li, ws->dres, err)) return -1;
     OPS->scatter_add_rows(m->be, N, d, ws->dres, d, ws->tok_in, FY_NULL_REF, GW(m, m->tab.embed), d);
     m->has_grad_heads = 0;
     if (fy_be_sync(m->be, err)) return fy_wrap(err, "backward");

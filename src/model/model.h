@@ -52,7 +52,19 @@ typedef struct fy_model {
 
     /* Expert loads since the last bias update: [n_layers][E] tokens routed. */
     int64_t *loads;
+
+    /* Expert parallelism (size 1: off); see fy_model_set_expert_parallel. */
+    struct fy_expert_parallel {
+        int rank, size;
+        /* Rank r sends send[sdispl[p] .. +scounts[p]) to rank p, which
+         * receives it at recv[rdispl[r] ..] (bytes; fy_comm_alltoallv). */
+        int (*alltoallv)(void *ctx, const void *send, const size_t *scounts, const size_t *sdispl,
+                         void *recv, const size_t *rcounts, const size_t *rdispl, fy_err *err);
+        void *ctx;
+    } ep;
 } fy_model;
+
+typedef struct fy_expert_parallel fy_expert_parallel;
 
 /* Builds the parameter table and allocates params/grads/buffers (zeroed). */
 int fy_model_create(fy_model *m, const fy_config *cfg, fy_backend *be, fy_err *err);
@@ -91,6 +103,20 @@ int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref 
  * attention output before o_proj, [B*T, H*d_v]). *n gets its element count.
  * For fault injection and debugging. */
 int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, size_t *n, fy_err *err);
+
+/* Expert parallelism (DESIGN §6): the routed experts of every MoE layer are
+ * split over ep->size ranks in contiguous ranges (rank p owns experts
+ * [E*p/size, E*(p+1)/size)). Each rank routes its own tokens, sends every
+ * expert's rows to the expert's owner with ep->alltoallv, the owner runs the
+ * expert on the rows of all ranks, and the outputs travel back to be combined
+ * (forward); the backward sends the output gradients to the owners and the
+ * input gradients back. A rank computes the weight gradients of its own
+ * experts only (those of the others stay zero here), so the data-parallel sum
+ * of the gradients gives every rank the whole gradient. All ranks must run
+ * every forward and backward together. size <= 1 turns it off. */
+int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_err *err);
+/* The routed experts rank p owns: [*lo, *hi). */
+void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);
 
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
  * counted by the forwards since the last call; then resets the counts. */

@@ -13,6 +13,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "dist/dp.h"
+#include "dist/ep.h"
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/loader.h"
@@ -79,6 +80,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"diloco_every", 0, 1e9, 1, NULL, &o->diloco_every},
             {"outer_lr", 0, 10, 0, &o->outer_lr, NULL},
             {"outer_momentum", 0, 0.999999, 0, &o->outer_momentum, NULL},
+            {"expert_parallel", 0, 1, 1, NULL, &o->expert_parallel},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -131,14 +133,14 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
              "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
              "\"micro_batch\": %d, \"compress_grads\": %d, \"diloco_every\": %d, \"outer_lr\": %.9g, "
-             "\"outer_momentum\": %.9g}",
+             "\"outer_momentum\": %.9g, \"expert_parallel\": %d}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
              o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
-             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum);
+             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel);
     return s;
 }
 
@@ -191,10 +193,14 @@ static int eval_loss_dp(fy_model *m, fy_dp *dp, fy_loader *val, int B, int T, in
     double *mine = calloc(2 * per + 1, sizeof *mine), *all = calloc(2 * per * dp->size + 1, sizeof *all);
     int rc = 0;
     if (!in || !lab || !mine || !all) rc = fy_fail(err, "out of memory");
-    for (uint64_t i = dp->rank, j = 0; !rc && i < avail; i += dp->size, j++) {
+    /* With expert parallelism every forward is collective: a rank out of
+     * batches runs its first one again, and drops the result. */
+    for (uint64_t j = 0, i = dp->rank; !rc && j < per; i += dp->size, j++) {
+        if (i >= avail && m->ep.size <= 1) break;
         fy_loss l;
-        rc = fy_loader_val_batch(val, i, 0, 1, B, T, in, lab, err) || fy_model_forward(m, in, lab, B, T, 0, &l, err);
-        if (!rc) mine[2 * j] = l.main * l.n_main, mine[2 * j + 1] = l.n_main;
+        uint64_t b = i < avail ? i : (uint64_t)dp->rank % avail;
+        rc = fy_loader_val_batch(val, b, 0, 1, B, T, in, lab, err) || fy_model_forward(m, in, lab, B, T, 0, &l, err);
+        if (!rc && i < avail) mine[2 * j] = l.main * l.n_main, mine[2 * j + 1] = l.n_main;
     }
     /* Every rank joins the gather, even after a local error. */
     fy_err scratch;
@@ -532,6 +538,22 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
                 o->ckpt_every, dp.local_steps);
         goto done;
     }
+    if (o->expert_parallel && n_ranks > 1) {
+        /* DiLoCo's local steps have no gradient exchange, and an expert's
+         * gradient exists only on its owner. */
+        if (dp.local_steps) {
+            fy_fail(err, "expert parallel cannot run with DiLoCo (--diloco): the local steps would not update "
+                    "the experts of other ranks");
+            goto done;
+        }
+        if (fy_ep_attach(comm, m, err)) goto done;
+        if (rank0) {
+            int lo, hi;
+            fy_model_expert_range(m, 0, &lo, &hi);
+            printf("expert parallel: %d routed experts over %d ranks (rank 0 runs experts %d-%d), rows sent "
+                   "with all-to-all\n", m->cfg.n_routed_experts, n_ranks, lo, hi - 1);
+        }
+    }
     if (n_ranks > 1 && rank0 && dp.local_steps)
         printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta\n",
                dp.local_steps, dp.outer_lr, dp.outer_momentum);
@@ -803,6 +825,7 @@ done:
     fy_loss_window_free(&win);
     fy_adamw_free(&opt, m->be);
     fy_dp_free(&dp, m);
+    fy_model_set_expert_parallel(m, NULL, NULL);
     free(hm);
     free(hv);
     if (self) fy_comm_finalize(self);

@@ -31,6 +31,7 @@ typedef struct fy_train_opts {
     int compress;         /* 1: int8 gradients with error feedback; ferry.compress_grads */
     int diloco_every;     /* DiLoCo: H local steps per outer step (0: off); ferry.diloco_every */
     float outer_lr, outer_momentum; /* DiLoCo outer Nesterov SGD; ferry.outer_lr, ferry.outer_momentum */
+    int expert_parallel;  /* 1: routed experts split over the ranks (dist/ep.h); ferry.expert_parallel */
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
 } fy_train_opts;
 

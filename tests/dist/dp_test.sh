@@ -3,6 +3,8 @@
 # loopback), on a micro DeepSeek-V3 and a small generated corpus:
 #   - 2 ranks, global batch 4 == 1 rank, batch 4, micro-batch 2, bit for bit
 #     (weights and AdamW moments of the final checkpoint);
+#   - expert parallel (experts split over 2 ranks) == data parallel within
+#     fp32 rounding, step by step, and it resumes bit-identically;
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
 #     bit-identically;
 #   - compressed (int8) DP sends >= 3.5x fewer bytes at a close loss;
@@ -38,6 +40,18 @@ check "same one two 00000010" "2 ranks are not bit-identical to 1 rank at step 1
 # ... and the check can fail: a different micro-batch gives different bits.
 $ferry train $T --out onefull > onefull.log 2>&1 || bad "1-rank full-batch run failed"
 check "! same one onefull 00000020" "micro-batch 2 and micro-batch 4 gave the same bits (identity test is vacuous)"
+
+# 1b. expert parallel: the 4 routed experts split over 2 ranks equal data
+# parallel within fp32 rounding (losses step by step), and resume exactly.
+$ferry train $T --out ep --ranks 2 --expert-parallel > ep.log 2>&1 || bad "expert-parallel run failed: $(tail -3 ep.log)"
+check "grep -q 'expert parallel: 4 routed experts over 2 ranks' ep.log" "expert parallelism not reported: $(tail -3 ep.log)"
+losses() { sed -nE 's/^\{"step": ([0-9]+), "loss": ([0-9.e+-]+).*/\1 \2/p' "$1/metrics.jsonl"; }
+check "[ \$(losses ep | wc -l) -eq 20 ] && paste <(losses two) <(losses ep) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad }'" \
+      "expert-parallel losses differ from data parallel: $(paste <(losses two) <(losses ep) | tail -2 | tr '\t\n' '  ')"
+check "grep -q 'bytes per token' ep.log" "expert-parallel run reported no bytes"
+$ferry train $T --out epr --ranks 2 --expert-parallel --stop-after 10 > epr1.log 2>&1 || bad "EP first half failed"
+$ferry train $T --out epr --resume --ranks 2 --expert-parallel > epr2.log 2>&1 || bad "EP second half failed: $(tail -3 epr2.log)"
+check "same ep epr 00000020" "expert-parallel resume did not continue bit-identically"
 
 # 2. elastic resume at step 10: 2 -> 1 and 1 -> 2.
 $ferry train $T --out e21 --ranks 2 --stop-after 10 > e21a.log 2>&1 || bad "2-rank first half failed"
@@ -93,6 +107,9 @@ $ferry train $T --out badm --ranks 2 --micro-batch 3 > badm.log 2>&1
 check "[ $? -ne 0 ] && grep -q 'micro-batch 3 does not divide' badm.log" "bad --micro-batch not reported: $(tail -2 badm.log)"
 $ferry train $T --out badb --ranks 3 > badb.log 2>&1
 check "[ $? -ne 0 ] && grep -q 'does not split over 3 ranks' badb.log" "indivisible batch not reported: $(tail -2 badb.log)"
+
+$ferry train $T --out bade --ranks 2 --expert-parallel --diloco 5 > bade.log 2>&1
+check "[ $? -ne 0 ] && grep -q 'expert parallel cannot run with DiLoCo' bade.log" "EP + DiLoCo not refused: $(tail -2 bade.log)"
 
 echo "dist_train: $pass passed, $fail failed"
 [ $fail -eq 0 ]
