@@ -5,15 +5,18 @@
 #  2. step time with ABFT GEMM checks on none, the default 2 % and all GEMMs;
 #  3. time from SIGKILL to training again under `ferry train --supervise`:
 #     from the kill until the restarted trainer appends its next step.
-#   bench/faults.sh [BUILD_DIR]      (env: THREADS, STEPS (default 2), BATCH (8), SEQ (256))
+#   bench/faults.sh [BUILD_DIR]      (env: THREADS, STEPS (default 2), BATCH (8), SEQ (256),
+#                                     ONLY: one of stall, abft, kill to run just that part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 ferry=$PWD/$build/ferry
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=${THREADS:-$(nproc)} FERRY_LOG=error
+want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 field() { sed -E "s/.*\"$2\": ([0-9.e+-]+).*/\1/" <<<"$1"; }
 
+if want stall; then
 echo "| config | params | sync save s | async stall s | async write s (background) | stall / sync |"
 echo "|---|---|---|---|---|---|"
 for cfg in tiny small; do
@@ -23,8 +26,11 @@ for cfg in tiny small; do
     "$(awk -v a="$(field "$r" async_stall_s)" -v b="$(field "$r" sync_save_s)" 'BEGIN{print 100*a/b}')"
 done
 
+fi
+
 # ABFT overhead: training steps on chaos:cpu checking 0, 2 % (the default) and 100 % of GEMMs,
 # the three settings taking turns step by step in one process (same noise for all).
+if want abft; then
 echo
 echo "| config | batch x seq | ABFT 0 % step s | ABFT 2 % (default) s | overhead | ABFT 100 % s | overhead | GEMMs checked per step (2 % / 100 %) |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -37,7 +43,10 @@ for cfg in tiny small; do
     "$(awk -v c="$(field "$r" checked_0.02)" -v n=$N 'BEGIN{print c/(n+1)}')" "$(awk -v c="$(field "$r" checked_1)" -v n=$N 'BEGIN{print c/(n+1)}')"
 done
 
+fi
+
 # Kill-to-training: a supervised small-model run on a small corpus.
+want kill || exit 0
 cd "$tmp"
 awk 'BEGIN { srand(1); for (i = 0; i < 20000; i++) printf "word%d and word%d.\n", int(rand()*500), int(rand()*500) }' > c.txt
 $ferry tokenizer train --vocab-size 1024 -o tok.json c.txt >/dev/null

@@ -667,8 +667,10 @@ static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape) {
 
 /* Reads tensor t (+ suffix) from f into block + t->off after checking that
  * it exists with exactly the table's shape. */
-static int read_tensor(const fy_st_file *f, const char *dir, const char *file,
-                       const fy_tensor_info *t, const char *suffix, float *block, fy_err *err) {
+/* Checks that f holds table tensor t (with suffix) in the expected shape
+ * and a float dtype, without reading it; *out gets its entry. */
+static int check_tensor(const fy_st_file *f, const char *dir, const char *file, const fy_tensor_info *t,
+                        const char *suffix, const fy_st_entry **out, fy_err *err) {
     char name[160];
     snprintf(name, sizeof name, "%s%s", t->name, suffix);
     const fy_st_entry *e = fy_st_find(f, name);
@@ -683,9 +685,25 @@ static int read_tensor(const fy_st_file *f, const char *dir, const char *file,
         return fy_fail(err, "checkpoint %s: %s: tensor %s has shape %s, expected %s "
                        "(a checkpoint of a different config?)", dir, file, name, b, a);
     }
-    if (fy_st_read_f32(f, name, block + t->off, t->n, err))
-        return fy_wrap(err, "checkpoint %s", dir);
+    if (e->dtype != FY_ST_F32 && e->dtype != FY_ST_BF16 && e->dtype != FY_ST_F16)
+        return fy_fail(err, "checkpoint %s: %s: tensor %s has dtype %s, expected F32, BF16 or F16", dir, file,
+                       name, fy_st_dtype_name(e->dtype));
+    *out = e;
     return 0;
+}
+
+/* Uploads a checked tensor to dst: F32 straight from the file's mapping,
+ * the 16-bit types widened through staging (t->n floats at least). */
+static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry *e, fy_ref dst, size_t n,
+                         float *staging, fy_err *err) {
+    if (e->dtype == FY_ST_F32) {
+        be->ops->upload(be, dst, e->data, n);
+    } else {
+        if (fy_st_read_f32(f, e->name, staging, n, err)) return -1;
+        be->ops->upload(be, dst, staging, n);
+    }
+    /* The source (the mapping, the staging buffer) must outlive the copy. */
+    return fy_be_sync(be, err);
 }
 
 /* Names the first tensor of f that the table does not expect (called only
@@ -724,50 +742,31 @@ static int name_extra(const fy_st_file *f, const fy_param_table *tab, const char
     return rc;
 }
 
-static int load_model_file(const char *dir, const fy_param_table *tab, float *p, float *b,
-                           fy_err *err) {
+/* Opens and checks one file of a checkpoint: every tensor the table
+ * expects (suffixes: the names per table entry in this file), nothing more;
+ * e gets [n_entries x n_suffixes] entries. */
+static int check_file(const char *dir, const char *file, const fy_param_table *tab, const char *const *suffixes,
+                      int n_suffixes, int trainable_only, fy_st_file **fp, const fy_st_entry **e, fy_err *err) {
     char path[FY_PATH_MAX];
-    fy_st_file *f;
-    if (fy_path_join(path, sizeof path, dir, FY_CKPT_MODEL, err) || fy_st_open(path, &f, err))
-        return -1;
-    int rc = 0;
-    for (int i = 0; i < tab->n && rc == 0; i++)
-        rc = read_tensor(f, dir, FY_CKPT_MODEL, &tab->t[i], "", tab->t[i].is_buffer ? b : p, err);
-    static const char *const none[] = {""};
-    if (rc == 0 && fy_st_count(f) != (size_t)tab->n)
-        rc = name_extra(f, tab, none, 1, 0, dir, FY_CKPT_MODEL, err);
-    fy_st_close(f);
-    return rc;
-}
-
-static int load_optim_file(const char *dir, const fy_param_table *tab, float *hm, float *hv,
-                           int *t_out, fy_err *err) {
-    char path[FY_PATH_MAX];
-    fy_st_file *f;
-    if (fy_path_join(path, sizeof path, dir, FY_CKPT_OPTIM, err)) return -1;
+    if (fy_path_join(path, sizeof path, dir, file, err)) return -1;
     if (!fy_file_exists(path))
-        return fy_fail(err, "checkpoint %s: %s missing (saved without optimizer state?)", dir,
-                       FY_CKPT_OPTIM);
-    if (fy_st_open(path, &f, err)) return -1;
+        return fy_fail(err, "checkpoint %s: %s missing%s", dir, file,
+                       trainable_only ? " (saved without optimizer state?)" : "");
+    if (fy_st_open(path, fp, err)) return -1;
     int rc = 0;
     size_t expected = 0;
     for (int i = 0; i < tab->n && rc == 0; i++) {
-        if (tab->t[i].is_buffer) continue;
-        rc = read_tensor(f, dir, FY_CKPT_OPTIM, &tab->t[i], ".exp_avg", hm, err);
-        if (rc == 0) rc = read_tensor(f, dir, FY_CKPT_OPTIM, &tab->t[i], ".exp_avg_sq", hv, err);
-        expected += 2;
+        if (trainable_only && tab->t[i].is_buffer) continue;
+        for (int s = 0; s < n_suffixes && rc == 0; s++)
+            rc = check_tensor(*fp, dir, file, &tab->t[i], suffixes[s], &e[(size_t)i * n_suffixes + s], err);
+        expected += n_suffixes;
     }
-    static const char *const sfx[] = {".exp_avg", ".exp_avg_sq"};
-    if (rc == 0 && fy_st_count(f) != expected)
-        rc = name_extra(f, tab, sfx, 2, 1, dir, FY_CKPT_OPTIM, err);
-    const char *s = rc ? NULL : fy_st_meta(f, "step");
-    char *end = NULL;
-    long t = s ? strtol(s, &end, 10) : -1;
-    if (rc == 0 && (!s || !*s || *end || t < 0 || t > 0x7fffffff))
-        rc = fy_fail(err, "checkpoint %s: %s: metadata \"step\" missing or not a step count", dir,
-                     FY_CKPT_OPTIM);
-    if (rc == 0) *t_out = (int)t;
-    fy_st_close(f);
+    if (rc == 0 && fy_st_count(*fp) != expected)
+        rc = name_extra(*fp, tab, suffixes, n_suffixes, trainable_only, dir, file, err);
+    if (rc) {
+        fy_st_close(*fp);
+        *fp = NULL;
+    }
     return rc;
 }
 
@@ -776,19 +775,31 @@ int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **traine
     if (trainer_state_json) *trainer_state_json = NULL;
     if (fy_ckpt_verify(ckpt_dir, err)) return -1;
     const fy_param_table *tab = &m->tab;
-    size_t np = tab->n_params, nb = tab->n_buffers;
-    /* Everything goes through zeroed host copies (padding stays 0) and is
-     * uploaded only once all of it has loaded. */
-    float *p = calloc(np ? np : 1, sizeof *p), *b = calloc(nb ? nb : 1, sizeof *b);
-    float *hm = opt ? calloc(np ? np : 1, sizeof *hm) : NULL;
-    float *hv = opt ? calloc(np ? np : 1, sizeof *hv) : NULL;
+    static const char *const none[] = {""}, *const moments[] = {".exp_avg", ".exp_avg_sq"};
+    /* Everything that can be wrong is checked before the device changes:
+     * checksums (verify), then names, shapes and dtypes of both files, the
+     * optimizer step and the trainer state. Only then are the tensors
+     * copied, straight from the files' mappings: no host copy of the state
+     * (on a restart that is memory touched for the first time, seconds for
+     * a large model; docs/RELIABILITY.md). */
+    fy_st_file *fm = NULL, *fo = NULL;
+    const fy_st_entry **em = calloc(tab->n ? tab->n : 1, sizeof *em);
+    const fy_st_entry **eo = calloc(2 * (size_t)(tab->n ? tab->n : 1), sizeof *eo);
     char *ts = NULL;
+    float *staging = NULL;
     int rc = 0, t = 0;
-    if (!p || !b || (opt && (!hm || !hv)))
-        rc = fy_fail(err, "checkpoint %s: out of memory for host copies (%zu floats)", ckpt_dir,
-                     np);
-    if (rc == 0) rc = load_model_file(ckpt_dir, tab, p, b, err);
-    if (rc == 0 && opt) rc = load_optim_file(ckpt_dir, tab, hm, hv, &t, err);
+    if (!em || !eo) rc = fy_fail(err, "out of memory");
+    if (rc == 0) rc = check_file(ckpt_dir, FY_CKPT_MODEL, tab, none, 1, 0, &fm, em, err);
+    if (rc == 0 && opt) rc = check_file(ckpt_dir, FY_CKPT_OPTIM, tab, moments, 2, 1, &fo, eo, err);
+    if (rc == 0 && opt) {
+        const char *s = fy_st_meta(fo, "step");
+        char *end = NULL;
+        long st = s ? strtol(s, &end, 10) : -1;
+        if (!s || !*s || *end || st < 0 || st > 0x7fffffff)
+            rc = fy_fail(err, "checkpoint %s: %s: metadata \"step\" missing or not a step count", ckpt_dir,
+                         FY_CKPT_OPTIM);
+        t = (int)st;
+    }
     if (rc == 0 && trainer_state_json) {
         char path[FY_PATH_MAX];
         size_t len;
@@ -796,23 +807,28 @@ int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **traine
         if (rc == 0 && fy_read_file(path, &ts, &len, err))
             rc = fy_wrap(err, "checkpoint %s", ckpt_dir);
     }
-    if (rc == 0) {
-        fy_backend *be = m->be;
-        if (np) be->ops->upload(be, fy_at(&m->params, 0), p, np);
-        if (nb) be->ops->upload(be, fy_at(&m->buffers, 0), b, nb);
-        if (opt && np) {
-            be->ops->upload(be, fy_at(&opt->m, 0), hm, np);
-            be->ops->upload(be, fy_at(&opt->v, 0), hv, np);
-        }
-        rc = fy_be_sync(be, err);
-        if (rc) fy_wrap(err, "checkpoint %s: uploading", ckpt_dir);
+    size_t biggest = 1;
+    for (int i = 0; i < tab->n; i++)
+        if (tab->t[i].n > biggest) biggest = tab->t[i].n;
+    if (rc == 0 && !(staging = malloc(biggest * sizeof *staging)))
+        rc = fy_fail(err, "out of memory");
+    fy_backend *be = m->be;
+    for (int i = 0; i < tab->n && rc == 0; i++) {
+        const fy_tensor_info *ti = &tab->t[i];
+        fy_ref dst = fy_at(ti->is_buffer ? &m->buffers : &m->params, ti->off);
+        rc = upload_tensor(be, fm, em[i], dst, ti->n, staging, err);
+        if (rc == 0 && opt && !ti->is_buffer)
+            rc = upload_tensor(be, fo, eo[2 * (size_t)i], fy_at(&opt->m, ti->off), ti->n, staging, err) ||
+                 upload_tensor(be, fo, eo[2 * (size_t)i + 1], fy_at(&opt->v, ti->off), ti->n, staging, err);
+        if (rc) fy_wrap(err, "checkpoint %s: uploading %s", ckpt_dir, ti->name);
     }
     if (rc == 0 && opt) opt->t = t;
     if (rc == 0 && trainer_state_json) *trainer_state_json = ts;
     else free(ts);
-    free(p);
-    free(b);
-    free(hm);
-    free(hv);
+    if (fm) fy_st_close(fm);
+    if (fo) fy_st_close(fo);
+    free(em);
+    free(eo);
+    free(staging);
     return rc;
 }

@@ -77,7 +77,9 @@ int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err);
 
 /* Verifies ckpt_dir, then loads it into m (every tensor of m's table, exact
  * shapes, no extra tensors; F32 or BF16) and, when opt is non-NULL, the
- * moments and opt->t. Nothing on the device changes unless all of it loads.
+ * moments and opt->t. Nothing on the device changes unless all of it checks
+ * out (checksums, names, shapes, dtypes, the step): the tensors are then
+ * copied straight from the files' read-only mappings, with no host copy.
  * *trainer_state_json (when non-NULL) gets the malloc'd text. */
 int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json,
                  fy_err *err);

@@ -196,7 +196,7 @@ static int gather_params(fy_dp *dp, fy_model *m, fy_err *err) {
 }
 
 int fy_dp_step(fy_dp *dp, fy_model *m, fy_adamw *opt, float *grad_norm_out, float *lr_used, fy_err *err) {
-    double norm;
+    double norm = 0;
     const int n_micro = dp->local_micro * dp->size;
     if (reduce_grads(dp, m, err) || grad_norm(dp, m, &norm, err)) return -1;
     if (dp->local_steps) {

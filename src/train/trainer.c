@@ -498,6 +498,13 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     skips sk = {0};
     fy_inject inj;
     fy_snapshot snap = {0}, pre = {0};
+    /* After a resume the checkpoint just loaded is the rollback base until
+     * the first regular snapshot (or the next checkpoint, which may rotate
+     * it away): a snapshot at once would copy the whole state into memory
+     * touched for the first time before the first step, seconds for the
+     * small model in a VM (the kill-to-training time, docs/RELIABILITY.md). */
+    char disk_base[FY_PATH_MAX] = "";
+    int disk_step = -1;
     fy_state_sums sums = {0}, first = {0};
     fy_loss_window win = {0};
     struct fy_chaos *chaos = fy_chaos_of(m->be);
@@ -583,6 +590,8 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             goto done;
         }
         if (rank0) fy_info("resuming from %s at step %d", dir, start);
+        snprintf(disk_base, sizeof disk_base, "%s", dir);
+        disk_step = start;
     } else if (fy_model_init_weights(m, o->seed, err)) {
         goto done;
     }
@@ -606,7 +615,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     double t_start = now_s(), t_last = t_start, loss = NAN, val_loss = NAN;
     double snap_loss = NAN;
-    long long snap_tokens = tokens;
+    long long snap_tokens = tokens, disk_tokens = tokens;
     int step = start, last_log = start, saved = 0;
     int logged_upto = start;   /* metrics, evals and checkpoints are done up to here */
     int fail_streak = 0, fail_step = 0;
@@ -630,7 +639,9 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         }
         /* DiLoCo snapshots at outer steps only, so no rollback crosses one. */
         const int snap_every = dp.local_steps ? dp.local_steps : g->snapshot_every;
-        if (guarded && (!snap.valid || ((step - 1) % snap_every == 0 && snap.step != step - 1))) {
+        int want_snap = !snap.valid || ((step - 1) % snap_every == 0 && snap.step != step - 1);
+        if (!snap.valid && disk_step >= 0) want_snap = (step - 1) % snap_every == 0 && step - 1 != disk_step;
+        if (guarded && want_snap) {
             if (fy_snapshot_take(&snap, m, &opt, step - 1, err)) goto done;
             snap_tokens = tokens;
             snap_loss = loss;
@@ -756,6 +767,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
                 goto done;
             saved = 1;
+            disk_step = -1; /* keep_last may remove the checkpoint resumed from */
         }
         continue;
     fault:
@@ -766,13 +778,14 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             int data_fault = !strncmp(reason, "non-finite", 10) || !strncmp(reason, "loss ", 5);
             /* A data fault that repeats at the same step skips its batch. */
             int skip = data_fault && fail_streak >= 2 && step == fail_step && fail_streak < g->max_failures;
-            if (!snap.valid) {
+            const int from_disk = !snap.valid && disk_step >= 0, base_step = from_disk ? disk_step : snap.step;
+            if (!snap.valid && !from_disk) {
                 fy_fail(err, "step %d: %s at %s, and no snapshot to roll back to", step, reason, where);
                 goto done;
             }
-            log_event(mf, step, "rollback", reason, where, snap.step, skip);
-            fy_warn("guard: step %d: %s (at %s); rolling back to step %d%s", step, reason, where, snap.step,
-                    skip ? " and skipping the batch" : "");
+            log_event(mf, step, "rollback", reason, where, base_step, skip);
+            fy_warn("guard: step %d: %s (at %s); rolling back to step %d%s%s", step, reason, where, base_step,
+                    from_disk ? " (the checkpoint resumed from)" : "", skip ? " and skipping the batch" : "");
             if (fail_streak >= g->max_failures) {
                 fy_fail(err,
                         "guard: %d consecutive failed attempts at step %d, the last: %s (at %s); stopping "
@@ -784,11 +797,17 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
                 fy_fail(err, "guard: too many skipped batches (%d); stopping", sk.n);
                 goto done;
             }
-            if (fy_snapshot_restore(&snap, m, &opt, err)) goto done;
+            if (from_disk) {
+                if (fy_dp_load(&dp, disk_base, m, &opt, NULL, err)) goto done;
+                fy_model_zero_grad(m);
+                memset(m->loads, 0, (size_t)m->tab.n_layers * (m->cfg.n_routed_experts + 1) * sizeof *m->loads);
+            } else if (fy_snapshot_restore(&snap, m, &opt, err)) {
+                goto done;
+            }
             if (g->weight_checksum && fy_state_sums_compute(&sums, m, &opt, err)) goto done;
-            step = snap.step;
-            tokens = snap_tokens;
-            loss = snap_loss;
+            step = base_step;
+            tokens = from_disk ? disk_tokens : snap_tokens;
+            loss = from_disk ? NAN : snap_loss;
         }
     }
     if (step > total) step = total;

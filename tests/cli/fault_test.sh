@@ -66,6 +66,17 @@ run_fault flip_moment_v "flip_moment:step=36,tensor=$G,index=2,bit=27,moment=v" 
 run_fault spike "spike:step=45" 45 "sigma" "batch 44" '"restored_step": 40'
 run_fault all "nan_grad:step=12;flip_weight:step=22,tensor=$G,index=1,bit=30;spike:step=50" 50 "sigma"
 
+echo "== a fault right after a resume rolls back to the checkpoint resumed from"
+# No in-memory snapshot is taken at a resume (it would cost first-touch time);
+# until the next one (step 40) the loaded checkpoint is the rollback base.
+$ferry train $T --out rfault --stop-after 30 >/dev/null 2>&1
+FERRY_INJECT="nan_grad:step=33,tensor=$G,index=2" $ferry train --out rfault --resume >rfault.log 2>&1
+check "[ $? -eq 0 ]" "resume with a fault failed: $(tail -1 rfault.log)"
+if event rfault 33 "non-finite gradient norm" '"restored_step": 30'; then ok; else
+  bad "rfault: no rollback to step 30 at step 33 ($(grep event rfault/metrics.jsonl))"; fi
+check "grep -q 'rolling back to step 30 (the checkpoint resumed from)' rfault.log" "rollback source not named: $(grep guard rfault.log)"
+check "same_state clean rfault" "rollback to the resumed checkpoint: final state differs from the clean run"
+
 echo "== ABFT-checked GEMMs on chaos:cpu: no false alarm, corruption detected and named"
 sed 's/"warmup_steps": 5}/"warmup_steps": 5, "abft_fraction": 1}/' micro.json > micro_abft.json
 A="--data data --config micro_abft.json --steps 60 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 --log-every 100 --backend chaos:cpu"
