@@ -380,6 +380,149 @@ int fy_comm_reduce_scatter_f32(fy_comm *c, const float *x, float *out, const siz
 #endif
 }
 
+/* ---- the streamed reduce-scatter ----------------------------------------- */
+
+struct fy_comm_rs {
+    fy_comm *c;
+    size_t *counts, *displ;     /* [size] each */
+    size_t len;                 /* this rank's shard */
+    size_t n_total, posted;     /* elements; posted so far */
+    float *recv;                /* [size][len]: piece p of the shard from rank p */
+    int active;
+#ifdef FERRY_HAVE_MPI
+    MPI_Request *req;           /* one per posted range */
+    int *cnt;                   /* [n_req][4 * size] the int counts each request reads */
+    int n_req, cap_req;
+#endif
+};
+
+int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, fy_comm_rs **out, fy_err *err) {
+    fy_comm_rs *s = calloc(1, sizeof *s);
+    if (!s) return fy_fail(err, "out of memory");
+    s->c = c;
+    s->counts = malloc(2 * (size_t)c->size * sizeof *s->counts);
+    if (!s->counts) {
+        free(s);
+        return fy_fail(err, "out of memory");
+    }
+    s->displ = s->counts + c->size;
+    for (int p = 0; p < c->size; p++) {
+        s->counts[p] = counts[p], s->displ[p] = displ[p];
+        if (displ[p] + counts[p] > s->n_total) s->n_total = displ[p] + counts[p];
+    }
+    s->len = counts[c->rank];
+    s->recv = malloc((size_t)c->size * s->len * sizeof *s->recv + 1);
+    if (!s->recv) {
+        fy_comm_rs_free(s);
+        return fy_fail(err, "out of memory");
+    }
+    *out = s;
+    return 0;
+}
+
+#ifdef FERRY_HAVE_MPI
+static int rs_wait_all(fy_comm_rs *s, fy_err *err) {
+    int rc = 0;
+    for (int i = 0; i < s->n_req; i++)
+        if (!rc) rc = wait_req(s->c, &s->req[i], MPI_SUCCESS, "reduce-scatter (bucketed)", err);
+    s->n_req = 0;
+    return rc;
+}
+#endif
+
+void fy_comm_rs_free(fy_comm_rs *s) {
+    if (!s) return;
+#ifdef FERRY_HAVE_MPI
+    if (s->n_req && !s->c->lost) {
+        fy_err e;
+        rs_wait_all(s, &e);
+    }
+    free(s->req);
+    free(s->cnt);
+#endif
+    free(s->counts);
+    free(s->recv);
+    free(s);
+}
+
+int fy_comm_rs_active(const fy_comm_rs *s) { return s && s->active; }
+
+int fy_comm_rs_begin(fy_comm_rs *s, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    if (s->n_req && rs_wait_all(s, err)) return -1;
+#else
+    (void)err;
+#endif
+    s->posted = 0;
+    s->active = 1;
+    return 0;
+}
+
+int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err) {
+    fy_comm *c = s->c;
+    if (!s->active || lo > hi || hi > s->n_total)
+        return fy_fail(err, "internal: bucketed reduce-scatter: range [%zu, %zu) of %zu posted outside a reduction",
+                       lo, hi, s->n_total);
+    s->posted += hi - lo;
+    if (c->size == 1) {
+        size_t a = lo > s->displ[0] ? lo : s->displ[0], b = hi < s->displ[0] + s->len ? hi : s->displ[0] + s->len;
+        if (b > a) memcpy(s->recv + (a - s->displ[0]), x + a, (b - a) * sizeof *x);
+        return 0;
+    }
+#ifdef FERRY_HAVE_MPI
+    const int n = c->size;
+    if (s->n_req == s->cap_req) {
+        int cap = s->cap_req ? 2 * s->cap_req : 16;
+        MPI_Request *r = realloc(s->req, (size_t)cap * sizeof *r);
+        if (r) s->req = r;
+        int *v = r ? realloc(s->cnt, (size_t)cap * 4 * n * sizeof *v) : NULL;
+        if (!r || !v) return fy_fail(err, "out of memory");
+        s->cnt = v;
+        s->cap_req = cap;
+    }
+    int *v = s->cnt + (size_t)s->n_req * 4 * n;
+    const size_t mlo = s->displ[c->rank], mhi = mlo + s->len;
+    /* My part of [lo, hi) that rank p owns goes to p; from every rank comes
+     * its part of [lo, hi) that I own, into that rank's row of recv. */
+    size_t in_lo = lo > mlo ? lo : mlo, in_hi = hi < mhi ? hi : mhi;
+    if (in_hi < in_lo) in_hi = in_lo;
+    for (int p = 0; p < n; p++) {
+        size_t plo = s->displ[p], phi = plo + s->counts[p];
+        size_t a = lo > plo ? lo : plo, b = hi < phi ? hi : phi;
+        if (b < a) b = a;
+        size_t rd = (size_t)p * s->len + (in_lo - mlo);
+        if (fits_int(c, a, "reduce-scatter", err) || fits_int(c, rd, "reduce-scatter", err)) return -1;
+        v[p] = (int)(b - a), v[n + p] = (int)a;
+        v[2 * n + p] = (int)(in_hi - in_lo), v[3 * n + p] = (int)rd;
+        if (p != c->rank) c->bytes_sent += (b - a) * sizeof(float);
+    }
+    int rc = MPI_Ialltoallv(x, v, v + n, MPI_FLOAT, s->recv, v + 2 * n, v + 3 * n, MPI_FLOAT, MPI_COMM_WORLD,
+                            &s->req[s->n_req]);
+    if (rc != MPI_SUCCESS) return wait_req(c, &s->req[s->n_req], rc, "reduce-scatter (bucketed)", err);
+    s->n_req++;
+    /* Drive the earlier pieces along. */
+    for (int i = 0; i < s->n_req; i++) {
+        int done = 0;
+        MPI_Test(&s->req[i], &done, MPI_STATUS_IGNORE);
+    }
+    return 0;
+#else
+    (void)x;
+    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
+#endif
+}
+
+int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err) {
+    if (!s->active) return fy_fail(err, "internal: bucketed reduce-scatter finished twice");
+    s->active = 0;
+#ifdef FERRY_HAVE_MPI
+    if (rs_wait_all(s, err)) return -1;
+#endif
+    if (s->posted != s->n_total)
+        return fy_fail(err, "internal: bucketed reduce-scatter got %zu of %zu elements", s->posted, s->n_total);
+    return sum_pieces(s->c, s->recv, s->len, out, err);
+}
+
 int fy_comm_reduce_scatter_q8(fy_comm *c, const float *x, float *out, const size_t *counts,
                               const size_t *displ, float *resid, fy_err *err) {
     if (c->size == 1) {
@@ -390,7 +533,7 @@ int fy_comm_reduce_scatter_q8(fy_comm *c, const float *x, float *out, const size
 #ifdef FERRY_HAVE_MPI
     int n = c->size, me = c->rank;
     size_t len = counts[me], qlen = fy_quant8_bytes(len);
-    size_t *v = malloc(4 * (size_t)n * sizeof *v);
+    size_t *v = calloc(4 * (size_t)n, sizeof *v);
     size_t sbytes = 0;
     for (int p = 0; p < n; p++) sbytes += fy_quant8_bytes(counts[p]);
     char *send = calloc(1, sbytes + 1), *recv = malloc((size_t)n * qlen + 1);

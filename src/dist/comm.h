@@ -92,6 +92,29 @@ int fy_comm_allgather_f32(fy_comm *c, const float *shard, float *full, const siz
  * equal shards, then all-gather; every rank ends with the same bits. */
 int fy_comm_allreduce_f32(fy_comm *c, float *x, size_t n, fy_err *err);
 
+/* ---- a reduce-scatter posted piece by piece (gradient bucketing) ---------
+ * The same result, bit for bit, as fy_comm_reduce_scatter_f32, but x's
+ * ranges are handed over as they become final (the backward produces the
+ * gradients layer by layer), each sent at once with a non-blocking
+ * all-to-all, so communication overlaps the rest of the backward. Every
+ * rank posts the same ranges in the same order; together they must cover
+ * [0, n_total) once. post also drives the progress of the earlier pieces
+ * (MPI moves non-blocking collectives while it is being called). */
+typedef struct fy_comm_rs fy_comm_rs;
+/* counts/displ: the shards, as for fy_comm_reduce_scatter_f32 (copied). */
+int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, fy_comm_rs **out, fy_err *err);
+void fy_comm_rs_free(fy_comm_rs *s);
+/* Starts a new reduction (drops pieces of an unfinished one after waiting
+ * for them). */
+int fy_comm_rs_begin(fy_comm_rs *s, fy_err *err);
+/* x[lo, hi) is final: send its pieces. x must stay unchanged there until
+ * fy_comm_rs_finish. */
+int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err);
+/* Waits for every piece, then out (this rank's shard) = the tree sum. */
+int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err);
+/* 1 between begin and finish. */
+int fy_comm_rs_active(const fy_comm_rs *s);
+
 /* ---- the fixed summation order -------------------------------------------
  * Partial sums over leaves [lo, hi) are combined as a binary tree that splits
  * at lo + (the largest power of two < hi - lo). Every aligned power-of-two

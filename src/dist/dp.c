@@ -80,7 +80,32 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     return 0;
 }
 
+static int dp_grad_ready(void *ctx, size_t lo, size_t hi, fy_err *err) {
+    fy_dp *dp = ctx;
+    fy_model *m = dp->bucket_model;
+    /* The first range of a backward (the heads, at the end of the block)
+     * starts a reduction; an unfinished one of a discarded step is dropped. */
+    if ((hi == dp->n || !fy_comm_rs_active(dp->rs)) && fy_comm_rs_begin(dp->rs, err)) return -1;
+    m->be->ops->download(m->be, dp->host + lo, fy_at(&m->grads, lo), hi - lo);
+    if (fy_be_sync(m->be, err)) return -1;
+    return fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
+}
+
+int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err) {
+    if (dp->rs) {
+        fy_comm_rs_free(dp->rs);
+        dp->rs = NULL;
+        fy_model_set_grad_ready(m, NULL, NULL);
+    }
+    if (!on || !fy_dp_sharded(dp) || dp->local_micro != 1) return 0;
+    if (fy_comm_rs_create(dp->comm, dp->counts, dp->displ, &dp->rs, err)) return fy_wrap(err, "gradient buckets");
+    dp->bucket_model = m;
+    fy_model_set_grad_ready(m, dp_grad_ready, dp);
+    return 0;
+}
+
 void fy_dp_free(fy_dp *dp, fy_model *m) {
+    if (dp->rs) fy_dp_set_bucketing(dp, m, 0, NULL);
     for (int i = 0; i < dp->stack_cap; i++)
         if (dp->stack[i].handle) fy_be_free(m->be, &dp->stack[i]);
     free(dp->stack);
@@ -142,6 +167,11 @@ static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
     if (dp->size == 1 || dp->local_steps) return 0;
     fy_backend *be = m->be;
     size_t len = dp->hi - dp->lo;
+    if (dp->rs && fy_comm_rs_active(dp->rs)) { /* the backward sent the buckets */
+        if (fy_comm_rs_finish(dp->rs, dp->shard, err)) return -1;
+        if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);
+        return fy_be_sync(be, err);
+    }
     be->ops->download(be, dp->host, fy_at(&m->grads, 0), dp->n);
     if (fy_be_sync(be, err)) return -1;
     if (!dp->compress) {

@@ -57,6 +57,8 @@ typedef struct fy_dp {
     fy_buf *stack;        /* tree accumulation of local micro-batches */
     int *stack_leaves, stack_top, stack_cap;
     uint64_t bytes_at_step; /* fy_comm_bytes_sent when the step began */
+    fy_comm_rs *rs;       /* gradient bucketing: the reduce-scatter the backward feeds */
+    fy_model *bucket_model;
     /* DiLoCo */
     int local_steps;      /* H (0: plain data parallel) */
     float outer_lr, outer_momentum;
@@ -76,6 +78,17 @@ typedef struct fy_dp_diloco {
 int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
                const fy_dp_diloco *diloco, fy_err *err);
 void fy_dp_free(fy_dp *dp, fy_model *m);
+
+/* Gradient bucketing (plain ZeRO-1 data parallel with one micro-batch per
+ * rank): the backward hands over each layer's gradients as they are final
+ * (fy_model_set_grad_ready) and they travel while the backward goes on;
+ * fy_dp_step then waits for them. The bits are those of the unbucketed
+ * reduction. Ignored (returns 0, stays off) in the other modes: compressed
+ * (error feedback needs the whole vector), DiLoCo (no gradient exchange),
+ * several micro-batches per rank (the gradient is final only after the
+ * last one's local tree sum). */
+int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err);
+static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->rs != NULL; }
 
 /* The optimizer each rank keeps: this rank's shard (ZeRO-1), or all of it
  * (one rank, compressed mode). */

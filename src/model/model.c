@@ -758,6 +758,18 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
     return 0;
 }
 
+void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, fy_err *err), void *ctx) {
+    m->grad_ready = fn;
+    m->grad_ready_ctx = ctx;
+}
+
+/* Hands [lo, hi) to the bucketing callback once the device has written it. */
+static int grad_ready(fy_model *m, size_t lo, size_t hi, fy_err *err) {
+    if (!m->grad_ready || hi <= lo) return 0;
+    if (fy_be_sync(m->be, err)) return fy_wrap(err, "backward");
+    return m->grad_ready(m->grad_ready_ctx, lo, hi, err);
+}
+
 int fy_model_backward(fy_model *m, fy_err *err) {
     const fy_config *c = &m->cfg;
     if (!m->has_grad_heads) return fy_fail(err, "backward needs a forward with need_grad first");
@@ -784,9 +796,14 @@ int fy_model_backward(fy_model *m, fy_err *err) {
         OPS->rmsnorm_bwd(m->be, N, d, h, d, PW(m, W->hnorm), ws->mtp_rstd_h[k - 1],
                          fy_add(ws->dcat, d), 2 * d, ws->dres, d, 1, GW(m, W->hnorm));
     }
+    /* Heads, final norm and MTP modules (after the last layer: L >= 1) are done. */
+    if (grad_ready(m, m->tab.layer[L - 1].span_hi, m->tab.n_params, err)) return -1;
     for (int li = L - 1; li >= 0; li--)
-        if (layer_backward(m, li, ws->dres, err)) return -1;
+        if (layer_backward(m, li, ws->dres, err) ||
+            grad_ready(m, m->tab.layer[li].span_lo, m->tab.layer[li].span_hi, err))
+            return -1;
     OPS->scatter_add_rows(m->be, N, d, ws->dres, d, ws->tok_in, FY_NULL_REF, GW(m, m->tab.embed), d);
+    if (grad_ready(m, 0, m->tab.layer[0].span_lo, err)) return -1;
     m->has_grad_heads = 0;
     if (fy_be_sync(m->be, err)) return fy_wrap(err, "backward");
     return 0;

@@ -62,6 +62,11 @@ typedef struct fy_model {
                          void *recv, const size_t *rcounts, const size_t *rdispl, fy_err *err);
         void *ctx;
     } ep;
+
+    /* Called by fy_model_backward as gradients become final; see
+     * fy_model_set_grad_ready. */
+    int (*grad_ready)(void *ctx, size_t lo, size_t hi, fy_err *err);
+    void *grad_ready_ctx;
 } fy_model;
 
 typedef struct fy_expert_parallel fy_expert_parallel;
@@ -115,6 +120,14 @@ int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, s
  * of the gradients gives every rank the whole gradient. All ranks must run
  * every forward and backward together. size <= 1 turns it off. */
 int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_err *err);
+/* Gradient bucketing: fy_model_backward calls fn(ctx, lo, hi) each time the
+ * gradients of params [lo, hi) are final, so they can travel while the rest
+ * of the backward runs: the heads, final norm and MTP modules first, then
+ * each decoder layer from the last, the embedding last; the ranges cover the
+ * params block once. The gradients in a range no longer change during that
+ * backward. fn NULL: off. An error from fn fails the backward. */
+void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, fy_err *err), void *ctx);
+
 /* The routed experts rank p owns: [*lo, *hi). */
 void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);
 

@@ -52,6 +52,7 @@ static void layer_tensors(builder *B, const fy_config *c, int i, int mtp) {
     int dqk = fy_cfg_qk_head_dim(c), dr = c->qk_rope_head_dim;
     const char *p = "model.layers";
     for (size_t *o = &L->attn_norm; o <= &L->head_norm; o++) *o = FY_NO_TENSOR;
+    L->span_lo = B->t->n_params;
 
     if (mtp) {
         L->enorm = VEC(d, "%s.%d.enorm.weight", p, i);
@@ -106,6 +107,7 @@ static void layer_tensors(builder *B, const fy_config *c, int i, int mtp) {
         }
     }
     if (mtp) L->head_norm = VEC(d, "%s.%d.shared_head.norm.weight", p, i);
+    L->span_hi = B->t->n_params;
 }
 
 int fy_params_build(const fy_config *c, fy_param_table *out, fy_err *err) {

@@ -41,6 +41,7 @@ typedef struct fy_layer_offs {
     size_t sh_gate, sh_up, sh_down;        /* shared experts */
     size_t enorm, hnorm, eh_proj, head_norm; /* MTP modules only */
     int moe;
+    size_t span_lo, span_hi;               /* all its params: [span_lo, span_hi) of the block */
 } fy_layer_offs;
 
 typedef struct fy_param_table {

@@ -33,6 +33,7 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->log_every = 10;
     o->outer_lr = 0.7f;
     o->outer_momentum = 0.9f;
+    o->grad_buckets = 1;
     fy_guard_opts_default(&o->guard);
 }
 
@@ -81,6 +82,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"outer_lr", 0, 10, 0, &o->outer_lr, NULL},
             {"outer_momentum", 0, 0.999999, 0, &o->outer_momentum, NULL},
             {"expert_parallel", 0, 1, 1, NULL, &o->expert_parallel},
+            {"grad_buckets", 0, 1, 1, NULL, &o->grad_buckets},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -133,14 +135,14 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
              "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
              "\"micro_batch\": %d, \"compress_grads\": %d, \"diloco_every\": %d, \"outer_lr\": %.9g, "
-             "\"outer_momentum\": %.9g, \"expert_parallel\": %d}",
+             "\"outer_momentum\": %.9g, \"expert_parallel\": %d, \"grad_buckets\": %d}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
              o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
-             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel);
+             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel, o->grad_buckets);
     return s;
 }
 
@@ -419,8 +421,11 @@ static int execute_step(fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_guard_op
             if (r) fy_warn("inject %s", what);
         }
         if (chaos) fy_chaos_set_phase(chaos, "backward");
-        /* A non-finite loss fails the step below; its backward is not needed. */
-        if (isfinite(part[j].total) && fy_model_backward(m, err)) return fy_wrap(err, "step %d", step);
+        /* A non-finite loss fails the step below; its backward is not needed,
+         * except with several ranks: a backward may be collective (expert
+         * parallel, gradient buckets), so every rank runs it. */
+        if ((isfinite(part[j].total) || dp->size > 1) && fy_model_backward(m, err))
+            return fy_wrap(err, "step %d", step);
         if (inj && inj->n && j == k - 1 && fy_inject_grad(inj, step, m, what, sizeof what)) fy_warn("inject %s", what);
         if (fy_dp_accumulate(dp, m, j, err)) return -1;
     }
@@ -536,10 +541,14 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         fy_fail(err, "%d micro-batches per rank: at most 64 (raise --micro-batch)", dp.local_micro);
         goto done;
     }
+    /* Fault injection edits the gradients after the backward, so with it
+     * they travel after the backward too. */
+    if (fy_dp_set_bucketing(&dp, m, o->grad_buckets && !inj.n, err)) goto done;
     if (n_ranks > 1 && rank0)
-        printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s\n", n_ranks, dp.local_micro,
+        printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
                dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
-                                                                 : "ZeRO-1 sharded AdamW moments");
+                                                                 : "ZeRO-1 sharded AdamW moments",
+               fy_dp_bucketing(&dp) ? ", gradients sent layer by layer during the backward" : "");
     if (dp.local_steps && o->ckpt_every % dp.local_steps) {
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
                 o->ckpt_every, dp.local_steps);

@@ -3,6 +3,7 @@
 # loopback), on a micro DeepSeek-V3 and a small generated corpus:
 #   - 2 ranks, global batch 4 == 1 rank, batch 4, micro-batch 2, bit for bit
 #     (weights and AdamW moments of the final checkpoint);
+#   - gradient buckets sent during the backward give the unbucketed bits;
 #   - expert parallel (experts split over 2 ranks) == data parallel within
 #     fp32 rounding, step by step, and it resumes bit-identically;
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
@@ -35,6 +36,10 @@ T="--data data --config micro.json --steps 20 --batch 4 --seq 16 --eval-every 10
 $ferry train $T --out one --micro-batch 2 > one.log 2>&1 || bad "1-rank run failed: $(tail -3 one.log)"
 $ferry train $T --out two --ranks 2 > two.log 2>&1 || bad "2-rank run failed: $(tail -3 two.log)"
 check "grep -q 'data parallel: 2 ranks' two.log" "2-rank run did not report data parallelism"
+# gradient buckets (on by default) travel during the backward; off gives the same bits.
+check "grep -q 'gradients sent layer by layer during the backward' two.log" "gradient bucketing not on by default"
+$ferry train $T --out twonb --ranks 2 --grad-buckets 0 > twonb.log 2>&1 || bad "2-rank run without buckets failed"
+check "! grep -q 'layer by layer' twonb.log && same two twonb 00000020" "--grad-buckets 0 changed the bits (or did not turn them off)"
 check "same one two 00000020" "2 ranks are not bit-identical to 1 rank (weights or moments)"
 check "same one two 00000010" "2 ranks are not bit-identical to 1 rank at step 10"
 # ... and the check can fail: a different micro-batch gives different bits.
