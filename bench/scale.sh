@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
-# int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
+# DP with its gradients sent after the backward instead of layer by layer
+# during it (DP-unbucketed), int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
 # a shaped veth pair (tests/dist/slowlink.sh: RATE Mbit/s, DELAY ms where the
 # kernel has netem). Prints tokens/s, bytes sent per step and per token (rank
 # 0), the final validation loss, and bytes/token and loss against plain DP.
 #   bench/scale.sh [BUILD_DIR]   (env: CONFIG (tiny), STEPS (96), BATCH (8), SEQ (128),
-#                                 RATE (100), DELAY (20), THREADS (1 per rank))
+#                                 RATE (100), DELAY (20), THREADS (1 per rank),
+#                                 RUNS (names of runs, default all), LINKS (normal slow))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -41,15 +43,18 @@ run() { # name link ranks flags...
   echo "$name $link $ranks $(awk -v a=$t0 -v b=$t1 -v n=$((steps * batch * seq)) 'BEGIN{printf "%.0f", n/(b-a)}') $bpt $vl"
 }
 
+# RUNS (env): the names of the runs to do, e.g. RUNS="DP DP-unbucketed" (default: all).
+want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
 {
-  run "1 rank" normal 1
-  for link in normal slow; do
-    run DP $link 2
-    run "DP int8" $link 2 --compress-grads
-    run "DiLoCo H=8" $link 2 --diloco 8
-    run "DiLoCo H=32" $link 2 --diloco 32
+  if want 1-rank; then run 1-rank normal 1; fi
+  for link in ${LINKS:-normal slow}; do
+    if want DP; then run DP $link 2; fi
+    if want DP-unbucketed; then run DP-unbucketed $link 2 --grad-buckets 0; fi
+    if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi
+    if want DiLoCo-H8; then run DiLoCo-H8 $link 2 --diloco 8; fi
+    if want DiLoCo-H32; then run DiLoCo-H32 $link 2 --diloco 32; fi
   done
-} | sed 's/^1 rank/1-rank/; s/^DP int8/DP-int8/; s/^DiLoCo H=/DiLoCo-H/' > "$tmp/rows"
+} > "$tmp/rows"
 grep -q "slowlink: .*no netem" "$tmp"/*-slow.log 2>/dev/null && echo "(slow link: bandwidth cap only; this kernel has no netem qdisc for the delay)"
 echo "model $cfg, $steps steps x $batch x $seq tokens = $((steps * batch * seq)) tokens; slow link $rate Mbit/s, ${delay} ms"
 echo
