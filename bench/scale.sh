@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
-# DP with its gradients sent after the backward instead of layer by layer
-# during it (DP-unbucketed), int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
+# DP with its gradients sent layer by layer during the backward (DP-buckets), int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
 # a shaped veth pair (tests/dist/slowlink.sh: RATE Mbit/s, DELAY ms where the
 # kernel has netem). Prints tokens/s, bytes sent per step and per token (rank
@@ -43,13 +42,13 @@ run() { # name link ranks flags...
   echo "$name $link $ranks $(awk -v a=$t0 -v b=$t1 -v n=$((steps * batch * seq)) 'BEGIN{printf "%.0f", n/(b-a)}') $bpt $vl"
 }
 
-# RUNS (env): the names of the runs to do, e.g. RUNS="DP DP-unbucketed" (default: all).
+# RUNS (env): the names of the runs to do, e.g. RUNS="DP DP-buckets" (default: all).
 want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
 {
   if want 1-rank; then run 1-rank normal 1; fi
   for link in ${LINKS:-normal slow}; do
     if want DP; then run DP $link 2; fi
-    if want DP-unbucketed; then run DP-unbucketed $link 2 --grad-buckets 0; fi
+    if want DP-buckets; then run DP-buckets $link 2 --grad-buckets 1; fi
     if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi
     if want DiLoCo-H8; then run DiLoCo-H8 $link 2 --diloco 8; fi
     if want DiLoCo-H32; then run DiLoCo-H32 $link 2 --diloco 32; fi
