@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
-# DP with its gradients sent layer by layer during the backward (DP-buckets), int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
+# DP with its gradients sent layer by layer during the backward (DP-buckets),
+# int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
 # a shaped veth pair (tests/dist/slowlink.sh: RATE Mbit/s, DELAY ms where the
 # kernel has netem). Prints tokens/s, bytes sent per step and per token (rank
