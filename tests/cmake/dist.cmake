@@ -26,8 +26,11 @@ if(MPI_C_FOUND AND TARGET ferry)
     ${CMAKE_CURRENT_BINARY_DIR}/dist_work)
   set_tests_properties(dist_train PROPERTIES LABELS "dist;cli" TIMEOUT 600 ENVIRONMENT "${FERRY_MPI_ENV}"
     SKIP_RETURN_CODE 77)
+  # The user-space delay for kernels without netem (tests/dist/slowlink.sh).
+  add_executable(delaylink ${CMAKE_CURRENT_SOURCE_DIR}/dist/delaylink.c)
   add_test(NAME dist_slowlink COMMAND bash ${CMAKE_SOURCE_DIR}/tests/dist/slowlink_test.sh $<TARGET_FILE:pingpong>)
-  set_tests_properties(dist_slowlink PROPERTIES LABELS dist TIMEOUT 120 SKIP_RETURN_CODE 77)
+  set_tests_properties(dist_slowlink PROPERTIES LABELS dist TIMEOUT 120 SKIP_RETURN_CODE 77
+    ENVIRONMENT "FERRY_DELAYLINK=$<TARGET_FILE:delaylink>")
 else()
   add_test(NAME dist_mpi COMMAND sh -c "echo 'SKIP: built without MPI (apt-get install libopenmpi-dev openmpi-bin)'; exit 77")
   set_tests_properties(dist_mpi PROPERTIES LABELS dist SKIP_RETURN_CODE 77)

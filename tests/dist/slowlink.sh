@@ -2,7 +2,7 @@
 # slowlink.sh: run a 2-rank MPI program over an emulated slow network link.
 #
 #   tests/dist/slowlink.sh [--delay-ms D] [--rate-mbit R] [--no-shape]
-#                          [--env VAR[=VALUE]]... -- CMD ARGS...
+#                          [--delaylink PATH] [--env VAR[=VALUE]]... -- CMD ARGS...
 #   tests/dist/slowlink.sh --cleanup-stale
 #
 # Two network namespaces (fy-a-PID, fy-b-PID) are joined by a veth pair on a
@@ -11,6 +11,10 @@
 # on BOTH veth ends (each end shapes what it sends, so both directions are
 # slow):
 #   - netem "delay D ms rate R mbit" when the kernel has the netem qdisc;
+#   - otherwise, given the delaylink program (--delaylink PATH or
+#     $FERRY_DELAYLINK; tests/dist/delaylink.c), the two namespaces are
+#     joined by two TUN devices instead of the veth pair, and delaylink
+#     forwards the packets between them with the delay and the rate;
 #   - otherwise tbf "rate R mbit" (a bandwidth cap only) and one NOTE line on
 #     stderr saying the delay was not applied.
 # --no-shape keeps the same two namespaces but adds no qdisc, so a benchmark
@@ -49,11 +53,13 @@ delay_ms=20
 rate_mbit=100
 shape=1
 envs=()
+delaylink=${FERRY_DELAYLINK:-}
 while [[ $# -gt 0 ]]; do
     case $1 in
     --delay-ms) [[ $# -ge 2 ]] || usage; delay_ms=$2; shift 2 ;;
     --rate-mbit) [[ $# -ge 2 ]] || usage; rate_mbit=$2; shift 2 ;;
     --no-shape) shape=0; shift ;;
+    --delaylink) [[ $# -ge 2 ]] || usage; delaylink=$2; shift 2 ;;
     --env)
         [[ $# -ge 2 ]] || usage
         [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*(=.*)?$ ]] || {
@@ -104,8 +110,11 @@ subnet=10.231.77.0/24
 ip_a=10.231.77.1
 ip_b=10.231.77.2
 
+tun_a=fy-ta-$$
+tun_b=fy-tb-$$
 tmpdir=
 mpi_pid=
+dl_pid=
 created_a=0
 created_b=0
 
@@ -119,6 +128,11 @@ cleanup() {
     if [[ -n $mpi_pid ]] && kill -0 "$mpi_pid" 2>/dev/null; then
         kill -TERM "$mpi_pid" 2>/dev/null
         wait "$mpi_pid" 2>/dev/null
+    fi
+    # delaylink holds the TUN devices: they go with it.
+    if [[ -n $dl_pid ]]; then
+        kill -TERM "$dl_pid" 2>/dev/null
+        wait "$dl_pid" 2>/dev/null
     fi
     local ns pids
     for ns in "$ns_a" "$ns_b"; do
@@ -155,8 +169,31 @@ fi
 created_a=1
 err=$(ip netns add "$ns_b" 2>&1) || skip "cannot create a second network namespace ($err)"
 created_b=1
-err=$(ip link add "$veth_a" type veth peer name "$veth_b" 2>&1) ||
-    skip "cannot create a veth pair ($err)"
+# Does the kernel have netem? Asked on A's loopback before the link is made,
+# so a kernel without it can get the user-space link instead of the veth.
+use_tun=0
+if [[ $shape -eq 1 && $delay_ms -gt 0 ]] &&
+    ! out=$(ip netns exec "$ns_a" tc qdisc add dev lo root netem delay 1ms 2>&1); then
+    if [[ -n $delaylink && -x $delaylink ]]; then
+        use_tun=1
+    fi
+else
+    ip netns exec "$ns_a" tc qdisc del dev lo root 2>/dev/null
+fi
+if [[ $use_tun -eq 1 ]]; then
+    # delaylink creates both TUN devices, says "ready", then forwards.
+    tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/slowlink.XXXXXX")
+    mkfifo "$tmpdir/ready"
+    "$delaylink" "$tun_a" "$tun_b" "$delay_ms" "$rate_mbit" >"$tmpdir/ready" &
+    dl_pid=$!
+    read -r -t 10 line <"$tmpdir/ready" || line=
+    [[ $line == ready ]] || { say "delaylink did not start"; exit 1; }
+    veth_a=$tun_a
+    veth_b=$tun_b
+else
+    err=$(ip link add "$veth_a" type veth peer name "$veth_b" 2>&1) ||
+        skip "cannot create a veth pair ($err)"
+fi
 setup() {
     ip link set "$veth_a" netns "$ns_a" &&
         ip link set "$veth_b" netns "$ns_b" &&
@@ -201,7 +238,9 @@ shape_end() {
         shaping="none"
     fi
 }
-if [[ $shape -eq 1 ]]; then
+if [[ $use_tun -eq 1 ]]; then
+    shaping="delaylink (user space, no netem in this kernel): delay ${delay_ms}ms rate ${rate_mbit}mbit"
+elif [[ $shape -eq 1 ]]; then
     shape_end "$ns_a" "$veth_a"
     shape_end "$ns_b" "$veth_b"
     if [[ -n $netem_missing && $delay_ms -gt 0 ]]; then
@@ -225,7 +264,7 @@ fi
 # "rsh agent" like ssh (AGENT HOST CMD...) to start an orted there, and the
 # agent simply runs that command inside namespace B.  IPs as host names need
 # no /etc/hosts entries.
-tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/slowlink.XXXXXX")
+[[ -n $tmpdir ]] || tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/slowlink.XXXXXX")
 agent=$tmpdir/agent
 cat >"$agent" <<EOF
 #!/bin/sh
