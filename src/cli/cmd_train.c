@@ -110,14 +110,53 @@ static int text_files(const char *data, char **files, int cap, int *n, fy_err *e
 
 /* --supervise: the same command without the supervisor's flags runs as a
  * child; relaunches add --resume. */
+/* The supervisor's way to fewer ranks: --ranks N becomes the largest
+ * M < N that divides the run's global batch (from its config.json). */
+typedef struct fewer_ctx {
+    char ranks[16];       /* the value both argvs point to */
+    const char *run_dir;
+    int batch;            /* from the flags, 0: read config.json */
+} fewer_ctx;
+
+static int fewer_ranks(void *vctx, char *note, size_t cap, fy_err *err) {
+    fewer_ctx *c = vctx;
+    int n = atoi(c->ranks), batch = c->batch;
+    if (!batch) {
+        char path[FY_PATH_MAX + 16], *text = NULL;
+        size_t len;
+        fy_train_opts o;
+        fy_train_opts_default(&o);
+        snprintf(path, sizeof path, "%s/config.json", c->run_dir);
+        if (!fy_read_file(path, &text, &len, err) && !fy_train_opts_from_json(text, path, &o, err))
+            batch = o.batch_size;
+        free(text);
+        if (!batch) return fy_wrap(err, "supervisor: %d ranks could not start, and the batch size is unknown", n);
+    }
+    int m = n - 1;
+    while (m > 1 && batch % m) m--;
+    if (m < 1) return fy_fail(err, "supervisor: mpirun could not start even 1 rank");
+    snprintf(note, cap, "%d ranks could not start; continuing on %d", n, m);
+    snprintf(c->ranks, sizeof c->ranks, "%d", m);
+    return 0;
+}
+
 static int supervised(int argc, char **argv, const char *run_dir, int resume, int max_restarts,
-                      double heartbeat, double backoff) {
-    char **first = calloc(argc + 4, sizeof *first), **again = calloc(argc + 4, sizeof *again);
-    int n = 0;
+                      double heartbeat, double backoff, int batch) {
+    char **first = calloc(argc + 6, sizeof *first), **again = calloc(argc + 6, sizeof *again);
+    fewer_ctx fc = {"", run_dir, batch};
+    int n = 0, has_ranks = 0;
     first[n++] = "ferry";
     first[n++] = "train";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        /* --ranks N: its value in a buffer the supervisor may lower. */
+        if ((!strcmp(a, "--ranks") && i + 1 < argc) || !strncmp(a, "--ranks=", 8)) {
+            snprintf(fc.ranks, sizeof fc.ranks, "%s", a[7] == '=' ? a + 8 : argv[++i]);
+            first[n++] = "--ranks";
+            first[n++] = fc.ranks;
+            has_ranks = 1;
+            continue;
+        }
         if (!strcmp(a, "--supervise")) continue;
         if (!strcmp(a, "--max-restarts") || !strcmp(a, "--heartbeat-timeout") || !strcmp(a, "--restart-backoff")) {
             i++; /* and its value */
@@ -131,7 +170,8 @@ static int supervised(int argc, char **argv, const char *run_dir, int resume, in
     memcpy(again, first, n * sizeof *first);
     int m = n;
     if (!resume) again[m++] = "--resume";
-    fy_supervise_opts so = {run_dir, max_restarts, backoff, 30.0 > backoff ? 30.0 : backoff, heartbeat};
+    fy_supervise_opts so = {run_dir, max_restarts, backoff, 30.0 > backoff ? 30.0 : backoff, heartbeat,
+                            FY_EXIT_RANKS_UNAVAILABLE, has_ranks ? fewer_ranks : NULL, &fc};
     fy_err err;
     err.msg[0] = '\0';
     int rc = fy_supervise(first, again, &so, &err);
@@ -186,9 +226,11 @@ static int launch_ranks(int argc, char **argv, int ranks) {
     int status = 0;
     while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     int code = pid < 0 ? 127 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    int missing = -1, rank0 = -1;
+    int missing = -1, rank0 = -1, started = 0;
     for (int r = 0; r < ranks; r++) {
         char path[sizeof dir + 32];
+        snprintf(path, sizeof path, "%s/rank-%d.started", dir, r);
+        if (!unlink(path)) started++;
         snprintf(path, sizeof path, "%s/rank-%d", dir, r);
         FILE *f = fopen(path, "r");
         int c = -1;
@@ -202,6 +244,11 @@ static int launch_ranks(int argc, char **argv, int ranks) {
     }
     rmdir(dir);
     if (code == 127) return 127;
+    if (!started && code != 0) {
+        fprintf(stderr, "ferry train: mpirun could not start %d ranks (exit status %d; its message is above); "
+                        "--supervise retries with fewer\n", ranks, code);
+        return FY_EXIT_RANKS_UNAVAILABLE;
+    }
     if (missing >= 0 && code != 0) {
         fprintf(stderr, "ferry train: rank %d of %d died without finishing (mpirun exit status %d); the run "
                         "can continue from its newest checkpoint with --resume (--supervise does it)\n",
@@ -211,12 +258,13 @@ static int launch_ranks(int argc, char **argv, int ranks) {
     return rank0 >= 0 ? rank0 : code;
 }
 
-/* Under mpirun: leaves this rank's exit code for launch_ranks. */
+/* Under mpirun: leaves this rank's exit code for launch_ranks (code < 0:
+ * the mark that the rank started). */
 static void rank_status(const fy_comm *c, int code) {
     const char *dir = getenv("FERRY_RANK_STATUS_DIR");
     if (!dir || !c) return;
     char path[FY_PATH_MAX];
-    snprintf(path, sizeof path, "%s/rank-%d", dir, fy_comm_rank(c));
+    snprintf(path, sizeof path, "%s/rank-%d%s", dir, fy_comm_rank(c), code < 0 ? ".started" : "");
     FILE *f = fopen(path, "w");
     if (f) {
         fprintf(f, "%d\n", code);
@@ -295,12 +343,13 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     char run_dir[FY_PATH_MAX], data_dir[FY_PATH_MAX + 64], path[FY_PATH_MAX + 160];
     snprintf(run_dir, sizeof run_dir, "%s", out ? out : "");
     if (!out) snprintf(run_dir, sizeof run_dir, "runs/%s", strchr(cfgname, '/') || strchr(cfgname, '.') ? "custom" : cfgname);
-    if (supervise) return supervised(argc, argv, run_dir, resume, max_restarts, heartbeat, backoff);
+    if (supervise) return supervised(argc, argv, run_dir, resume, max_restarts, heartbeat, backoff, batch);
     if (ranks > 0 && !fy_comm_launched()) return launch_ranks(argc, argv, ranks);
     /* Under mpirun every rank runs this; rank 0 prepares the data and the run
      * directory while the others wait, then they read its config.json. */
     fy_comm *comm;
     if (fy_comm_init(comm_timeout, &comm, &err)) return fy_cli_fail("train", &err);
+    rank_status(comm, -1); /* started (for launch_ranks) */
     *commp = comm;
     const int rank = fy_comm_rank(comm), n_ranks = fy_comm_size(comm), follower = rank > 0;
     if (ranks > 0 && ranks != n_ranks)

@@ -50,6 +50,10 @@ int fy_comm_lost_peer(const fy_comm *c);
 /* The exit code ferry uses for "a rank of the job died or hangs": the
  * supervisor restarts such a job from its newest checkpoint. */
 #define FY_EXIT_RANK_LOST 75
+/* The exit code of `ferry train --ranks N` when mpirun could not start the
+ * N ranks at all (a host gone, not enough slots): the supervisor retries
+ * with fewer. */
+#define FY_EXIT_RANKS_UNAVAILABLE 76
 
 int fy_comm_barrier(fy_comm *c, fy_err *err);
 int fy_comm_bcast(fy_comm *c, void *buf, size_t bytes, int root, fy_err *err);

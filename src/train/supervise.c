@@ -100,6 +100,11 @@ int fy_supervise(char *const *first_argv, char *const *resume_argv, const fy_sup
             int code = WEXITSTATUS(status);
             if (code == 0 || code == 1 || code == 2 || code == 130) return code; /* done, or a clean stop */
             snprintf(reason, sizeof reason, "exit code %d", code);
+            if (o->fewer_ranks && code == o->unavailable_code) {
+                char note[96] = "";
+                if (o->fewer_ranks(o->ctx, note, sizeof note, err)) return 1;
+                snprintf(reason, sizeof reason, "exit code %d: %s", code, note);
+            }
         } else if (WIFSIGNALED(status)) {
             snprintf(reason, sizeof reason, "killed by signal %d (%s)", WTERMSIG(status),
                      strsignal(WTERMSIG(status)));

@@ -14,6 +14,12 @@ typedef struct fy_supervise_opts {
     double backoff_s;           /* first wait before a restart; doubles each time */
     double backoff_max_s;
     double heartbeat_timeout_s; /* no new metrics line for this long = hung */
+    /* When the trainer exits with unavailable_code (non-zero): called to
+     * change resume_argv to ask for fewer ranks; returns 0 when it did
+     * (message in *note), -1 when it cannot (err set). NULL: a plain restart. */
+    int unavailable_code;
+    int (*fewer_ranks)(void *ctx, char *note, size_t cap, fy_err *err);
+    void *ctx;
 } fy_supervise_opts;
 
 /* first_argv: the child's argv for the first launch; resume_argv: for every

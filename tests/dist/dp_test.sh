@@ -12,7 +12,8 @@
 #     DiLoCo (H = 8) sends >= 6x fewer bytes per token;
 #   - a rank killed mid-run is detected and the supervisor resumes the run
 #     from LATEST to the same final weights; a hung rank (SIGSTOP) is reported
-#     by the collective timeout and the run resumes too;
+#     by the collective timeout and the run resumes too; when a host is gone
+#     with the rank (fewer MPI slots), the supervisor continues on fewer ranks;
 #   - bad scale-out flags fail with a clear message.
 #   dp_test.sh FERRY_BINARY WORK_DIR
 set -u
@@ -96,6 +97,22 @@ check "[ $rc -eq 0 ]" "supervised run after a killed rank exited $rc: $(tail -5 
 check "grep -q 'died without finishing\|exit code 75' kill.log" "the lost rank was not reported: $(tail -5 kill.log)"
 check "[ -s kill/restarts.jsonl ]" "no restart recorded"
 check "same kref kill 00000300" "the resumed run did not reach the uninterrupted run's weights"
+
+# 4b. a host lost with the rank: after the kill only one slot is left, so the
+# restart on 2 ranks cannot start; the supervisor continues on 1 (elastic
+# resume), to the same weights.
+echo "localhost slots=2" > hosts
+OMPI_MCA_orte_default_hostfile=$PWD/hosts OMPI_MCA_rmaps_base_oversubscribe=0 \
+  $ferry train $K --out shrink --ranks 2 --supervise --restart-backoff 0.2 > shrink.log 2>&1 &
+sup=$!
+for i in $(seq 1 200); do [ -f shrink/checkpoints/LATEST ] && break; sleep 0.1; done
+echo "localhost slots=1" > hosts
+victim=$(pgrep -f "ferry train.*--out shrink" -n)
+[ -n "$victim" ] && kill -9 "$victim"
+wait $sup; rc=$?
+check "[ $rc -eq 0 ]" "supervised run after a lost host exited $rc: $(tail -5 shrink.log)"
+check "grep -q '2 ranks could not start; continuing on 1' shrink.log" "the supervisor did not shrink the job: $(grep -i 'supervisor\|mpirun' shrink.log | tail -3)"
+check "same kref shrink 00000300" "the run continued on fewer ranks did not reach the reference weights"
 
 # 5. a hung rank: the collective timeout names it; the supervisor resumes.
 $ferry train $K --out hang --ranks 2 --supervise --restart-backoff 0.2 --comm-timeout 3 > hang.log 2>&1 &
