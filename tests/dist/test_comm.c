@@ -13,17 +13,7 @@
 
 #include "dist/comm.h"
 
-static int pass, fail, rank_;
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) pass++;                                                  \
-        else {                                                             \
-            fail++;                                                        \
-            fprintf(stderr, "FAIL rank %d %s:%d: ", rank_, __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, "\n");                                         \
-        }                                                                  \
-    } while (0)
+#include "rank_check.h"
 
 /* Rank r's input: values of mixed magnitude, so the summation order shows. */
 static float value(int r, size_t i) {

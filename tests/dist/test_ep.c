@@ -23,17 +23,7 @@
 #include "dist/ep.h"
 #include "model/model.h"
 
-static int pass, fail, rank_;
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        if (cond) pass++;                                                       \
-        else {                                                                  \
-            fail++;                                                             \
-            fprintf(stderr, "FAIL rank %d %s:%d: ", rank_, __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
+#include "rank_check.h"
 
 static void die(const char *what, const fy_err *err) {
     fprintf(stderr, "rank %d: %s: %s\n", rank_, what, err->msg);
