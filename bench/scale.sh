@@ -63,7 +63,7 @@ want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
     if want DiLoCo-H32; then run DiLoCo-H32 $link 2 --diloco 32; fi
   done
 } > "$tmp/rows"
-sed -n 's/.*slowlink: .*shaping: /(slow link: /p' "$tmp"/*-slow.log 2>/dev/null | head -1 | sed 's/$/)/'
+{ sed -n 's/.*slowlink: .*shaping: /(slow link: /p' "$tmp"/*-slow.log 2>/dev/null || true; } | head -1 | sed 's/$/)/'
 grep -q "slowlink: NOTE" "$tmp"/*-slow.log 2>/dev/null && echo "(slow link: bandwidth cap only; no netem and no delaylink for the delay)"
 [ "$slow_steps" = "$steps" ] || echo "(slow-link runs: $slow_steps steps, for tokens/s; their loss is n/a)"
 echo "model $cfg, $steps steps x $batch x $seq tokens = $((steps * batch * seq)) tokens; slow link $rate Mbit/s, ${delay} ms"
