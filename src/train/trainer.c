@@ -32,7 +32,7 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->keep_last = 3;
     o->log_every = 10;
     o->outer_lr = 0.7f;
-    o->outer_momentum = 0.9f;
+    o->outer_momentum = 0.5f; /* 0.9 (the paper's) was worse for few outer steps: docs/SCALING.md */
     o->grad_buckets = 0; /* measured slower with Open MPI here: docs/SCALING.md */
     fy_guard_opts_default(&o->guard);
 }
