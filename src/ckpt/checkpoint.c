@@ -665,8 +665,6 @@ static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape) {
     if (k < cap) snprintf(out + k, cap - k, "]");
 }
 
-/* Reads tensor t (+ suffix) from f into block + t->off after checking that
- * it exists with exactly the table's shape. */
 /* Checks that f holds table tensor t (with suffix) in the expected shape
  * and a float dtype, without reading it; *out gets its entry. */
 static int check_tensor(const fy_st_file *f, const char *dir, const char *file, const fy_tensor_info *t,

@@ -108,8 +108,6 @@ static int text_files(const char *data, char **files, int cap, int *n, fy_err *e
     return 0;
 }
 
-/* --supervise: the same command without the supervisor's flags runs as a
- * child; relaunches add --resume. */
 /* The supervisor's way to fewer ranks: --ranks N becomes the largest
  * M < N that divides the run's global batch (from its config.json). */
 typedef struct fewer_ctx {
@@ -140,6 +138,8 @@ static int fewer_ranks(void *vctx, char *note, size_t cap, fy_err *err) {
     return 0;
 }
 
+/* --supervise: the same command without the supervisor's flags runs as a
+ * child; relaunches add --resume. */
 static int supervised(int argc, char **argv, const char *run_dir, int resume, int max_restarts,
                       double heartbeat, double backoff, int batch) {
     char **first = calloc(argc + 6, sizeof *first), **again = calloc(argc + 6, sizeof *again);

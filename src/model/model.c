@@ -413,51 +413,49 @@ static int route(fy_model *m, int li, int count_loads, fy_err *err) {
     return 0;
 }
 
-/* Expert parallel: this rank's routed rows go to the experts' owners, this
- * rank runs its own experts on the rows of all ranks (expert-major in xs),
- * and the outputs come back into ey in this rank's sorted order. */
-static int moe_experts_ep_forward(fy_model *m, int li, fy_err *err) {
+/* The routed experts this rank runs (all of them, or its own range with
+ * expert parallelism) each own a block of the sorted rows in xs..eh:
+ * expert lo + el starts at the returned row and has *n rows. */
+static size_t expert_block(fy_model *m, int li, int el, int *n) {
+    if (m->ep.size > 1) return (size_t)fy__ep_expert_rows(m, li, el, n);
+    *n = m->layer_acts[li].counts[el];
+    return (size_t)m->layer_acts[li].offs[el];
+}
+
+/* Each expert's SwiGLU on its rows of a->xs, outputs into y. */
+static void experts_forward(fy_model *m, int li, fy_ref y) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
-    model_ws *ws = WS(m);
-    int N = m->B * m->T, d = c->hidden_size, K = c->num_experts_per_tok, f = c->moe_intermediate_size;
-    int lo, hi;
+    int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
-    if (fy__ep_counts(m, li, err)) return -1;
-    OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, ws->ep_tmp, d);
-    if (fy__ep_dispatch(m, li, d, ws->ep_tmp, a->xs, err)) return -1;
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = (size_t)fy__ep_expert_rows(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
         if (!n) continue;
         swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                        W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                       fy_add(a->eh, r * f), fy_add(ws->ep_tmp, r * d), 0);
+                       fy_add(a->eh, r * f), fy_add(y, r * d), 0);
     }
-    return fy__ep_combine(m, li, d, ws->ep_tmp, a->ey, err);
 }
 
-/* Its backward: output gradients (s->dey, this rank's order) to the owners,
- * the experts' backward there, input gradients back into ep_tmp. */
-static int moe_experts_ep_backward(fy_model *m, int li, fy_err *err) {
+/* Its backward: output gradients dy to input gradients dx (same rows),
+ * accumulating the experts' weight gradients. */
+static void experts_backward(fy_model *m, int li, fy_ref dy, fy_ref dx) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
-    model_ws *ws = WS(m);
-    scratch *s = &ws->s;
+    scratch *s = &WS(m)->s;
     int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
-    if (fy__ep_dispatch(m, li, d, s->dey, ws->ep_tmp, err)) return -1;
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = (size_t)fy__ep_expert_rows(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
         swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                         W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                        fy_add(a->eh, r * f), fy_add(ws->ep_tmp, r * d), fy_add(s->dxs, r * d), 0,
+                        fy_add(a->eh, r * f), fy_add(dy, r * d), fy_add(dx, r * d), 0,
                         fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
     }
-    return fy__ep_combine(m, li, d, s->dxs, ws->ep_tmp, err);
 }
 
 static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
@@ -476,18 +474,18 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
 
     OPS->gather_rows(m->be, N * K, 1, a->w, 1, a->flat, FY_NULL_REF, a->wsort, 1);
     if (m->ep.size > 1) {
-        if (moe_experts_ep_forward(m, li, err)) return -1;
+        /* Expert parallel: this rank's sorted rows go to the experts'
+         * owners, this rank runs its own experts on the rows of all ranks
+         * (expert-major in xs), the outputs come back into ey. */
+        fy_ref tmp = WS(m)->ep_tmp;
+        if (fy__ep_counts(m, li, err)) return -1;
+        OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, tmp, d);
+        if (fy__ep_dispatch(m, li, d, tmp, a->xs, err)) return -1;
+        experts_forward(m, li, tmp);
+        if (fy__ep_combine(m, li, d, tmp, a->ey, err)) return -1;
     } else {
         OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, a->xs, d);
-        for (int e = 0; e < E; e++) {
-            int n = a->counts[e];
-            if (!n) continue;
-            size_t r = (size_t)a->offs[e];
-            size_t we = (size_t)e * W->exp_stride;
-            swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
-                           W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                           fy_add(a->eh, r * f), fy_add(a->ey, r * d), 0);
-        }
+        experts_forward(m, li, a->ey);
     }
     OPS->copy(m->be, a->x_out, a->x_mid, (size_t)N * d);
     if (fs > 0)
@@ -587,18 +585,13 @@ static int moe_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
 
     fy_ref dxs = s->dxs;
     if (m->ep.size > 1) {
-        if (moe_experts_ep_backward(m, li, err)) return -1;
+        /* Output gradients to the owners, input gradients back. */
         dxs = WS(m)->ep_tmp;
+        if (fy__ep_dispatch(m, li, d, s->dey, dxs, err)) return -1;
+        experts_backward(m, li, dxs, s->dxs);
+        if (fy__ep_combine(m, li, d, s->dxs, dxs, err)) return -1;
     } else {
-        for (int e = 0; e < E; e++) {
-            int n = a->counts[e];
-            if (!n) continue;
-            size_t r = (size_t)a->offs[e], we = (size_t)e * W->exp_stride;
-            swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
-                            W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
-                            fy_add(a->eh, r * f), fy_add(s->dey, r * d), fy_add(s->dxs, r * d), 0,
-                            fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
-        }
+        experts_backward(m, li, s->dey, s->dxs);
     }
     OPS->scatter_add_rows(m->be, N * K, d, dxs, d, a->perm, FY_NULL_REF, s->dln, d);
 
