@@ -1,6 +1,7 @@
 /* Generation throughput: prefill of a random prompt, then greedy decoding
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
- *   bench_generate --config tiny|small --vocab V --prompt P --new N [--dump-config PATH]
+ *   bench_generate --config tiny|small --vocab V --prompt P --new N [--quant f32|q8_0]
+ *                  [--dump-config PATH]
  * (--prompt 0 with --dump-config only writes the config as JSON.) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@ static double now_s(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *cfgname = "tiny", *dump = NULL;
+    const char *cfgname = "tiny", *dump = NULL, *quant = "f32";
     int V = 8192, P = 64, NEW = 128;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
@@ -27,6 +28,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--prompt")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--new")) NEW = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dump-config")) dump = argv[i + 1];
+        else if (!strcmp(argv[i], "--quant")) quant = argv[i + 1];
         else { fprintf(stderr, "bench_generate: unknown flag %s\n", argv[i]); return 2; }
     }
     fy_err err;
@@ -34,7 +36,8 @@ int main(int argc, char **argv) {
     fy_backend *be;
     fy_model m;
     fy_kv_cache kv;
-    if (fy_config_builtin(cfgname, V, &c, &err)) {
+    fy_quant q;
+    if (fy_quant_parse(quant, &q, &err) || fy_config_builtin(cfgname, V, &c, &err)) {
         fprintf(stderr, "bench_generate: %s\n", err.msg);
         return 1;
     }
@@ -49,7 +52,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
-        fy_model_init_weights(&m, 1, &err) || fy_kv_cache_create(&kv, &m, P + NEW, &err)) {
+        fy_model_init_weights(&m, 1, &err) || fy_model_set_decode_quant(&m, q, &err) ||
+        fy_kv_cache_create(&kv, &m, P + NEW, &err)) {
         fprintf(stderr, "bench_generate: %s\n", err.msg);
         return 1;
     }
@@ -66,7 +70,7 @@ int main(int argc, char **argv) {
         if (fy_model_decode(&m, &kv, best, logits, &err)) goto fail;
     }
     double t2 = now_s();
-    printf("{\"config\": \"%s\", \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}\n", cfgname, P / (t1 - t0),
+    printf("{\"config\": \"%s\", \"quant\": \"%s\", \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}\n", cfgname, fy_quant_name(q), P / (t1 - t0),
            NEW > 0 ? NEW / (t2 - t1) : 0.0);
     free(prompt);
     free(logits);

@@ -1,6 +1,7 @@
 /* Backend selection and the sticky-error helper shared by all backends. */
 #include "backend/backend.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -91,4 +92,22 @@ void fy_be_set_error(fy_backend *be, const char *fmt, ...) {
     vsnprintf(be->err_msg, sizeof be->err_msg, fmt, ap);
     va_end(ap);
     be->failed = 1;
+}
+
+void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s) {
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
+            const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
+            int8_t *o = q + (size_t)r * in + (size_t)b * FY_Q8_BLOCK;
+            float amax = 0.0f;
+            for (int i = 0; i < FY_Q8_BLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+            float d = amax / 127.0f;
+            s[(size_t)r * (in / FY_Q8_BLOCK) + b] = d;
+            /* nearbyintf rounds half to even (the default rounding mode);
+             * the clamp only guards against d rounding below amax / 127 */
+            for (int i = 0; i < FY_Q8_BLOCK; i++) {
+                float v = d > 0.0f ? nearbyintf(x[i] / d) : 0.0f;
+                o[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+            }
+        }
 }

@@ -196,7 +196,25 @@ typedef struct fy_backend_ops {
     void (*mla_decode)(fy_backend *be, int H, int S, int r, int dr, float scale,
                        fy_ref q_lat, fy_ref q_pe, fy_ref ckv, int ld_ckv,
                        fy_ref kpe, int ld_kpe, fy_ref out);
+
+    /* --- Q8_0 inference weights (fy_q8_quantize below): y[N, out] (=|+=)
+     * x[N, in] @ W^T for W [out, in] held as int8 quants wq (packed four to
+     * an element, row-major [out, in/4] elements) and one float scale per
+     * 32 consecutive weights of a row, ws [out, in/32]:
+     *   W[o, i] = ws[o, i/32] * wq[o, i]
+     * in must be a multiple of 32. Inference only: no backward. --- */
+    void (*linear_q8)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
+                      fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate);
 } fy_backend_ops;
+
+/* Q8_0 (the GGUF block format with a float scale): each block of 32
+ * consecutive weights of a row gets scale d = max|w| / 127 and quants
+ * q = round-half-to-even(w / d), so |q| <= 127 and |w - d q| <= d / 2
+ * (d = 0, q = 0 for an all-zero block). w is [rows, in] with row stride ldw,
+ * in a multiple of 32; q gets rows * in bytes, s rows * in/32 floats.
+ * Host memory: models quantize once, then upload q and s. */
+#define FY_Q8_BLOCK 32
+void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 
 struct fy_backend {
     const fy_backend_ops *ops;

@@ -139,15 +139,15 @@ void fy_tree_sum(const float *const *parts, int n_parts, size_t n, float *out) {
 
 /* ---- int8 block quantization --------------------------------------------- */
 
-static size_t n_blocks(size_t n) { return (n + FY_Q8_BLOCK - 1) / FY_Q8_BLOCK; }
+static size_t n_blocks(size_t n) { return (n + FY_COMM_Q8_BLOCK - 1) / FY_COMM_Q8_BLOCK; }
 
 size_t fy_quant8_bytes(size_t n) { return n_blocks(n) * sizeof(float) + n; }
 
 void fy_quant8(const float *x, size_t n, void *q, float *resid) {
     float *scale = q;
     int8_t *code = (int8_t *)(scale + n_blocks(n));
-    for (size_t b = 0; b * FY_Q8_BLOCK < n; b++) {
-        size_t lo = b * FY_Q8_BLOCK, hi = lo + FY_Q8_BLOCK < n ? lo + FY_Q8_BLOCK : n;
+    for (size_t b = 0; b * FY_COMM_Q8_BLOCK < n; b++) {
+        size_t lo = b * FY_COMM_Q8_BLOCK, hi = lo + FY_COMM_Q8_BLOCK < n ? lo + FY_COMM_Q8_BLOCK : n;
         float amax = 0;
         for (size_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
         float s = amax / 127.0f;
@@ -166,7 +166,7 @@ void fy_quant8(const float *x, size_t n, void *q, float *resid) {
 void fy_dequant8(const void *q, size_t n, float *out) {
     const float *scale = q;
     const int8_t *code = (const int8_t *)(scale + n_blocks(n));
-    for (size_t i = 0; i < n; i++) out[i] = (float)code[i] * scale[i / FY_Q8_BLOCK];
+    for (size_t i = 0; i < n; i++) out[i] = (float)code[i] * scale[i / FY_COMM_Q8_BLOCK];
 }
 
 /* ---- MPI plumbing ---------------------------------------------------------- */

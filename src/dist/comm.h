@@ -79,7 +79,7 @@ int fy_comm_allreduce_max_i32(fy_comm *c, int32_t *x, size_t n, fy_err *err);
 int fy_comm_reduce_scatter_f32(fy_comm *c, const float *x, float *out, const size_t *counts,
                                const size_t *displ, fy_err *err);
 /* The same with the pieces for other ranks sent as int8 with one float scale
- * per FY_Q8_BLOCK elements (about 3.9x fewer bytes); this rank's own piece
+ * per FY_COMM_Q8_BLOCK elements (about 3.9x fewer bytes); this rank's own piece
  * is summed exactly. resid (n_total floats, may be NULL) gets x minus what
  * the peers received (zero on the own shard): the error to add back into
  * the next call's x (error feedback). */
@@ -130,7 +130,7 @@ size_t fy_tree_split(size_t n);
 void fy_tree_sum(const float *const *parts, int n_parts, size_t n, float *out);
 
 /* ---- int8 block quantization (for compressed gradients) ------------------ */
-#define FY_Q8_BLOCK 256
+#define FY_COMM_Q8_BLOCK 256
 /* Bytes fy_quant8 writes for n floats. */
 size_t fy_quant8_bytes(size_t n);
 /* q gets the scales then the int8 codes of x; when resid is non-NULL it gets

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "model/decode.h"
 #include "model/model_impl.h"
 
 /* ---- small helpers that make the passes read as math ---- */
@@ -25,6 +26,20 @@ static fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
 #define linear fy__linear
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx,
                 size_t w, fy_ref y, int ldy, float beta) {
+    struct fy_decode_quant *dq = &m->dq;
+    if (dq->on && N == 1 && (beta == 0.0f || beta == 1.0f)) {
+        int lo = 0, hi = dq->n; /* binary search: w_off is sorted */
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (dq->w_off[mid] < w) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo < dq->n && dq->w_off[lo] == w) {
+            OPS->linear_q8(m->be, N, in, out, x, ldx, fy_at(&dq->buf, dq->q_off[lo]), fy_at(&dq->buf, dq->s_off[lo]),
+                           y, ldy, beta == 1.0f);
+            return;
+        }
+    }
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
 }
 /* dx[N, in] (=|+=) dy[N, out] @ W. */
@@ -270,6 +285,7 @@ void fy_model_free(fy_model *m) {
         if (m->buffers.handle) fy_be_free(m->be, &m->buffers);
         if (m->acts.handle) fy_be_free(m->be, &m->acts);
     }
+    fy_model_free_decode_quant(m);
     free_host_routing(m);
     free(m->layer_acts);
     free(m->ws);

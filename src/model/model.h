@@ -63,6 +63,16 @@ typedef struct fy_model {
         void *ctx;
     } ep;
 
+    /* Quantized copy of the decode weights (fy_model_set_decode_quant in
+     * model/decode.h): n matrices, the one at params offset w_off[i] held
+     * at q_off[i] (quants) and s_off[i] (scales) in buf, sorted by w_off.
+     * `on` while fy_model_decode runs: its one-token linears use the copy. */
+    struct fy_decode_quant {
+        int kind, n, on;
+        fy_buf buf;
+        size_t *w_off, *q_off, *s_off;
+    } dq;
+
     /* Called by fy_model_backward as gradients become final; see
      * fy_model_set_grad_ready. */
     int (*grad_ready)(void *ctx, size_t lo, size_t hi, fy_err *err);

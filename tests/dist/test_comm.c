@@ -58,14 +58,14 @@ static void test_quant(void) {
     fy_quant8(x, N, q, r);
     fy_dequant8(q, N, y);
     int ok = 1;
-    for (int b = 0; b < N; b += FY_Q8_BLOCK) {
+    for (int b = 0; b < N; b += FY_COMM_Q8_BLOCK) {
         float amax = 0;
-        for (int i = b; i < b + FY_Q8_BLOCK && i < N; i++) amax = fmaxf(amax, fabsf(x[i]));
-        for (int i = b; i < b + FY_Q8_BLOCK && i < N; i++)
+        for (int i = b; i < b + FY_COMM_Q8_BLOCK && i < N; i++) amax = fmaxf(amax, fabsf(x[i]));
+        for (int i = b; i < b + FY_COMM_Q8_BLOCK && i < N; i++)
             ok &= fabsf(x[i] - y[i]) <= amax / 127.0f * 0.5f * 1.001f + 1e-12f && r[i] == x[i] - y[i];
     }
     CHECK(ok, "int8 block quantization error beyond half a step, or residual wrong");
-    CHECK(fy_quant8_bytes(N) == 4 * ((N + FY_Q8_BLOCK - 1) / FY_Q8_BLOCK) + N, "quant8 size");
+    CHECK(fy_quant8_bytes(N) == 4 * ((N + FY_COMM_Q8_BLOCK - 1) / FY_COMM_Q8_BLOCK) + N, "quant8 size");
     free(q);
 }
 

@@ -177,6 +177,9 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
 void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
                        fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out);
 
+void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
+                      fy_ref ws, fy_ref y, int ldy, int accumulate);
+
 void fy_cpu_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits, fy_ref bias,
                        fy_ref s, fy_ref idx, fy_ref w);
 void fy_cpu_router_bwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref s, fy_ref idx,

@@ -314,6 +314,7 @@ static const fy_backend_ops cpu_ops = {
     .xent_fwdbwd = fy_cpu_xent_fwdbwd,
     .adamw = fy_cpu_adamw,
     .mla_decode = fy_cpu_mla_decode,
+    .linear_q8 = fy_cpu_linear_q8,
 };
 
 int fy_backend_cpu_create(fy_backend **out, fy_err *err) {
