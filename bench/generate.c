@@ -1,6 +1,6 @@
 /* Generation throughput: prefill of a random prompt, then greedy decoding
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
- *   bench_generate --config tiny|small --vocab V --prompt P --new N [--quant f32|q8_0]
+ *   bench_generate --config tiny|small --vocab V --prompt P --new N [--weights f32|q8_0]
  *                  [--dump-config PATH]
  * (--prompt 0 with --dump-config only writes the config as JSON.) */
 #include <stdio.h>
@@ -20,7 +20,7 @@ static double now_s(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *cfgname = "tiny", *dump = NULL, *quant = "f32";
+    const char *cfgname = "tiny", *dump = NULL, *weights = "f32";
     int V = 8192, P = 64, NEW = 128;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
@@ -28,7 +28,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--prompt")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--new")) NEW = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dump-config")) dump = argv[i + 1];
-        else if (!strcmp(argv[i], "--quant")) quant = argv[i + 1];
+        else if (!strcmp(argv[i], "--weights")) weights = argv[i + 1];
         else { fprintf(stderr, "bench_generate: unknown flag %s\n", argv[i]); return 2; }
     }
     fy_err err;
@@ -37,7 +37,7 @@ int main(int argc, char **argv) {
     fy_model m;
     fy_kv_cache kv;
     fy_quant q;
-    if (fy_quant_parse(quant, &q, &err) || fy_config_builtin(cfgname, V, &c, &err)) {
+    if (fy_quant_parse(weights, &q, &err) || fy_config_builtin(cfgname, V, &c, &err)) {
         fprintf(stderr, "bench_generate: %s\n", err.msg);
         return 1;
     }

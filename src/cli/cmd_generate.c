@@ -4,6 +4,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "model/decode.h"
 #include "serve/generate.h"
 
 static void print_text(const char *text, size_t n, void *ctx) {
@@ -13,7 +14,7 @@ static void print_text(const char *text, size_t n, void *ctx) {
 }
 
 int fy_cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop = NULL;
+    const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop = NULL, *weights = "f32";
     int n = 128, top_k = 0, seed = 0, stats = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
@@ -26,6 +27,7 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--seed", NULL, FY_ARG_INT, &seed, "S", "sampling seed (default 0)", 0, 2147483647, 0},
         {"--stop", NULL, FY_ARG_STR, &stop, "TEXT", "stop when this text is generated", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
+        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "decode weights: f32 (default) or q8_0 (int8, 3.6x fewer bytes)", 0, 0, 0},
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];
@@ -41,8 +43,14 @@ int fy_cmd_generate(int argc, char **argv) {
         fy_fail(&err, "needs --model DIR and --prompt TEXT");
         return fy_cli_fail("generate", &err);
     }
+    fy_quant wq;
+    if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
     if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
+    if (fy_model_set_decode_quant(&l.model, wq, &err)) {
+        fy_cli_unload(&l);
+        return fy_cli_fail("generate", &err);
+    }
     fy_gen_opts o = {n, {(float)temperature, top_k, (float)top_p, (uint64_t)seed}, stop, print_text, NULL};
     fy_gen_result res;
     fputs(prompt, stdout);

@@ -202,6 +202,8 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     fy_model_free_decode_quant(m);
     if (q == FY_QUANT_F32) return 0;
+    if (!OPS->linear_q8)
+        return fy_fail(err, "backend %s has no Q8_0 kernel (linear_q8): use --weights f32", OPS->name);
     const fy_config *c = &m->cfg;
     struct fy_decode_quant *dq = &m->dq;
     size_t cap = (size_t)c->num_hidden_layers * (11 + 3 * (size_t)c->n_routed_experts) + 1;

@@ -91,6 +91,7 @@ check "$ferry generate $G --seed 5 >g2.txt 2>/dev/null" "generate again"
 check "$ferry generate $G --seed 6 >g3.txt 2>/dev/null" "generate other seed"
 check "[ -s g1.txt ] && cmp -s g1.txt g2.txt" "same seed, different text"
 check "! cmp -s g1.txt g3.txt" "different seeds, same text"
+check "$ferry generate $G --seed 5 --weights q8_0 >g4.txt 2>/dev/null && [ -s g4.txt ]" "generate --weights q8_0"
 
 echo "== error paths: non-zero exit, one line, nothing changed"
 cp -r run bad && printf '\xff' | dd of=bad/checkpoints/step-00000040/model.safetensors bs=1 seek=4000 conv=notrunc 2>/dev/null
@@ -112,6 +113,7 @@ sed -E 's/"vocab_size":[[:space:]]*[0-9]+/"vocab_size": 999/' run/config.json > 
 expect_fail "train: config vocab != tokenizer vocab" wrongvocab.json -- $ferry train --data data --config wrongvocab.json --out r5 --steps 2
 expect_fail "generate: missing model" -- $ferry generate --model nowhere --prompt hi
 expect_fail "generate: bad temperature" -- $ferry generate --model run --prompt hi --temperature -1
+expect_fail "generate: unknown weight format" -- $ferry generate --model run --prompt hi --weights q4_k
 expect_fail "unknown command" -- $ferry frobnicate
 
 echo "cli_test: $pass passed, $fail failed"

@@ -85,6 +85,64 @@ static void cache_vs_full(const char *label, int q_lora, int moe) {
     fy_backend_destroy(be);
 }
 
+/* Q8_0 decode weights: teacher-forced on the f32 run's greedy tokens, the
+ * quantized decode's logits stay close to f32's (int8 per 32 weights) but
+ * are not the same (the copy is used; a flipped expert choice makes the
+ * worst step ~5 % off here, hence the 10 % bound); dropping the copy gives f32's bits
+ * back. Dimensions are multiples of 32 so that every matrix is quantized. */
+static void q8_decode(void) {
+    const int V = 96, P = 4, STEPS = 24;
+    fy_err err;
+    fy_backend *be;
+    fy_model m;
+    fy_config c;
+    if (fy_config_builtin("tiny", V, &c, &err)) exit(1);
+    c.hidden_size = 64; c.num_hidden_layers = 2; c.num_attention_heads = 2; c.q_lora_rank = 32;
+    c.kv_lora_rank = 32; c.qk_nope_head_dim = 16; c.qk_rope_head_dim = 8; c.v_head_dim = 16;
+    c.moe_intermediate_size = 32; c.intermediate_size = 64; c.n_routed_experts = 4;
+    c.num_experts_per_tok = 2; c.n_shared_experts = 1; c.first_k_dense_replace = 1;
+    c.initializer_range = 0.2f;
+    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
+        fy_model_init_weights(&m, 5, &err)) {
+        fprintf(stderr, "q8: %s\n", err.msg);
+        exit(1);
+    }
+    int32_t seq[64];
+    for (int i = 0; i < P; i++) seq[i] = (i * 13 + 3) % V;
+    float *ref = malloc((size_t)STEPS * V * sizeof *ref), *l = malloc(V * sizeof *l);
+    double worst = 0, least = 1;
+    for (int pass = 0; pass < 3; pass++) { /* f32, q8_0, f32 again */
+        fy_quant q = pass == 1 ? FY_QUANT_Q8_0 : FY_QUANT_F32;
+        CHECK(fy_model_set_decode_quant(&m, q, &err) == 0, "q8: set %s: %s", fy_quant_name(q), err.msg);
+        if (pass == 1) /* 2 x (q_a q_b kv_a o) + gate up down + shared 3 + 4 experts x 3 + head */
+            CHECK(m.dq.n == 8 + 3 + 3 + 12 + 1, "q8: %d matrices quantized, want 27", m.dq.n);
+        fy_kv_cache kv;
+        CHECK(fy_kv_cache_create(&kv, &m, P + STEPS, &err) == 0, "q8: cache: %s", err.msg);
+        CHECK(fy_model_prefill(&m, &kv, seq, P, l, &err) == 0, "q8: prefill: %s", err.msg);
+        for (int s = 0; s < STEPS; s++) {
+            if (pass == 0) seq[P + s] = argmax(l, V);
+            CHECK(fy_model_decode(&m, &kv, seq[P + s], l, &err) == 0, "q8: decode: %s", err.msg);
+            if (pass == 0) memcpy(ref + (size_t)s * V, l, V * sizeof *l);
+            else if (pass == 1) {
+                double e = rel(l, ref + (size_t)s * V, V);
+                worst = fmax(worst, e);
+                least = fmin(least, e);
+            } else
+                CHECK(!memcmp(l, ref + (size_t)s * V, V * sizeof *l), "q8: f32 after dropping the copy differs at step %d", s);
+        }
+        fy_kv_cache_free(&kv, &m);
+    }
+    CHECK(worst < 0.1, "q8: quantized decode logits off f32 by %.3g (relative)", worst);
+    CHECK(least > 1e-6, "q8: quantized logits equal f32's (%.3g): the copy is not used", least);
+    fy_quant bad;
+    CHECK(fy_quant_parse("q4_k", &bad, &err) != 0 && strstr(err.msg, "q8_0"), "q8: q4_k accepted");
+    printf("q8_0 decode        %d steps, logit rel err %.2e .. %.2e vs f32\n", STEPS, least, worst);
+    free(ref);
+    free(l);
+    fy_model_free(&m);
+    fy_backend_destroy(be);
+}
+
 /* Reference sampler: full sort, top-k, nucleus, inverse CDF (same sums in
  * the same order as fy_sample, so picks must agree exactly). */
 static int ref_cmp(const void *a, const void *b, void *ctx) {
@@ -250,6 +308,7 @@ int main(void) {
     cache_vs_full("moe, q_lora", 1, 1);
     cache_vs_full("moe, plain q", 0, 1);
     cache_vs_full("dense, q_lora", 1, 0);
+    q8_decode();
     sampling();
     return fy_test_finish("test_generate");
 }

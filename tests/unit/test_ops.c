@@ -604,6 +604,84 @@ static void test_mla_decode(void) {
     mla_case(1, 300, 16, 6);
 }
 
+/* ------------------------------------------------------------ Q8_0 linear */
+
+/* fy_q8_quantize against its definition: |q| <= 127, the block's largest
+ * |w| maps to +-127, |w - d q| <= d/2; an all-zero block gets d = 0. */
+static void test_q8_quantize(void) {
+    enum { R = 3, IN = 96, LD = 101 };
+    float *w = falloc((size_t)R * LD), s[R * IN / 32];
+    int8_t q[R * IN];
+    fill_rand(w, (size_t)R * LD, -2, 2);
+    for (int i = 0; i < 32; i++) w[LD + 32 + i] = 0.0f; /* row 1, block 1 */
+    w[2 * LD + 5] = 9.0f;                                /* an outlier */
+    fy_q8_quantize(w, R, IN, LD, q, s);
+    int ok = 1;
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < IN / 32; b++) {
+            float d = s[r * (IN / 32) + b], amax = 0;
+            int qmax = 0;
+            for (int i = 0; i < 32; i++) {
+                float x = w[(size_t)r * LD + b * 32 + i];
+                int qi = q[r * IN + b * 32 + i];
+                amax = fmaxf(amax, fabsf(x));
+                qmax = abs(qi) > qmax ? abs(qi) : qmax;
+                ok &= abs(qi) <= 127 && fabsf(x - d * qi) <= d * 0.5f * (1 + 1e-5f) + 1e-12f;
+            }
+            ok &= amax == 0 ? (d == 0 && qmax == 0) : (qmax == 127 && fabsf(d * 127 - amax) <= 1e-6f * amax);
+        }
+    CHECK(ok, "q8 quantize: a block breaks |q| <= 127, max -> 127 or |w - d q| <= d/2");
+    CHECK(s[1 * (IN / 32) + 1] == 0.0f, "q8 quantize: the all-zero block has a nonzero scale");
+    free(w);
+}
+
+/* y = x W^T from the quants and scales, against the same dequantized W in
+ * double; strides, accumulation, shapes that leave partial row groups. */
+static void q8_case(int N, int in, int out, int ldx, int ldy, int accumulate) {
+    float *w = falloc((size_t)out * in), *x = falloc((size_t)N * ldx), *y = falloc((size_t)N * ldy);
+    float *s = falloc((size_t)out * in / 32);
+    int8_t *q = malloc((size_t)out * in);
+    double *want = dalloc((size_t)N * ldy);
+    fill_rand(w, (size_t)out * in, -1, 1);
+    fill_rand(x, (size_t)N * ldx, -1, 1);
+    fill_rand(y, (size_t)N * ldy, -1, 1);
+    fy_q8_quantize(w, out, in, in, q, s);
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < ldy; o++) {
+            double a = accumulate || o >= out ? y[(size_t)n * ldy + o] : 0;
+            if (o < out)
+                for (int i = 0; i < in; i++)
+                    a += (double)s[(size_t)o * (in / 32) + i / 32] * q[(size_t)o * in + i] * x[(size_t)n * ldx + i];
+            want[(size_t)n * ldy + o] = a;
+        }
+    fy_buf bx = upbuf(x, (size_t)N * ldx), by = upbuf(y, (size_t)N * ldy), bq = upbuf(q, (size_t)out * in / 4),
+           bs = upbuf(s, (size_t)out * in / 32);
+    OPS->linear_q8(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0), ldy,
+                   accumulate);
+    get(y, &by, (size_t)N * ldy);
+    char what[96];
+    snprintf(what, sizeof what, "linear_q8 N=%d in=%d out=%d acc=%d", N, in, out, accumulate);
+    cmp(what, y, want, (size_t)N * ldy, 2e-5, 1.0);
+    sync_ok(what);
+    freebuf(&bx), freebuf(&by), freebuf(&bq), freebuf(&bs);
+    free(w), free(x), free(y), free(s), free(q), free(want);
+}
+
+static void test_linear_q8(void) {
+    test_q8_quantize();
+    q8_case(1, 32, 1, 32, 1, 0);
+    q8_case(1, 256, 37, 256, 37, 0);   /* 4-row groups and a remainder */
+    q8_case(1, 512, 300, 512, 300, 1); /* threaded (out * in >= 65536), accumulate */
+    q8_case(3, 96, 9, 100, 11, 0);     /* strides; columns past out untouched */
+    q8_case(2, 64, 6, 64, 6, 1);
+    /* in not a multiple of 32: a recorded error */
+    fy_buf b = mkbuf(64);
+    OPS->linear_q8(be, 1, 40, 1, fy_at(&b, 0), 40, fy_at(&b, 0), fy_at(&b, 0), fy_at(&b, 0), 1, 0);
+    fy_err e = {{0}};
+    CHECK(fy_be_sync(be, &e) != 0 && strstr(e.msg, "multiple of 32"), "linear_q8 in=40 accepted");
+    freebuf(&b);
+}
+
 /* ------------------------------------------------------------ SwiGLU */
 
 enum { SW_N = 5, SW_F = 7, SW_LDG = 9, SW_LDU = 8, SW_LDH = 11 };
@@ -1333,6 +1411,7 @@ int main(void) {
     test_rope();
     test_attn();
     test_mla_decode();
+    test_linear_q8();
     test_swiglu();
     test_router_fwd();
     test_router_bwd();
