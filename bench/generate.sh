@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Generation speed of ferry (latent KV cache, absorbed MLA decode) next to
+# Generation speed of ferry (latent KV cache, absorbed MLA decode; f32 and
+# Q8_0 decode weights) next to
 # PyTorch running the oracle model with a plain k/v cache, same config,
 # prompt, length and thread count, in the same run. Each side runs REPS times
 # and keeps its best figures (the machine may be shared).
@@ -27,11 +28,13 @@ printf "| config | impl | prefill tok/s | decode tok/s | decode ratio vs torch |
 printf "|---|---|---|---|---|\n"
 for cfg in tiny small; do
   "$build/bench/bench_generate" --config $cfg --vocab 8192 --prompt 0 --dump-config "$tmp/$cfg.json"
-  read -r fp fd < <(best "$build/bench/bench_generate" --config $cfg --vocab 8192 --prompt "$prompt" --new "$new")
   read -r tp td < <(best /usr/bin/python3 tools/oracle/bench_generate_torch.py --config "$tmp/$cfg.json" \
                       --prompt "$prompt" --new "$new" --threads "$threads")
-  ratio=$(awk -v a="$fd" -v b="$td" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "n/a" }')
-  printf "| %s | ferry (latent KV cache) | %.0f | %.0f | %s |\n" $cfg "$fp" "$fd" "$ratio"
+  for w in f32 q8_0; do
+    read -r fp fd < <(best "$build/bench/bench_generate" --config $cfg --vocab 8192 --prompt "$prompt" --new "$new" --weights $w)
+    ratio=$(awk -v a="$fd" -v b="$td" 'BEGIN { if (b > 0) printf "%.1fx", a / b; else print "n/a" }')
+    printf "| %s | ferry (latent KV cache, %s weights) | %.0f | %.0f | %s |\n" $cfg $w "$fp" "$fd" "$ratio"
+  done
   if awk -v b="$td" 'BEGIN { exit !(b > 0) }'; then
     printf "| %s | PyTorch (k/v cache) | %.0f | %.0f | 1.0x |\n" $cfg "$tp" "$td"
   else
