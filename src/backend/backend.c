@@ -101,12 +101,14 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
             int8_t *o = q + (size_t)r * in + (size_t)b * FY_Q8_BLOCK;
             float amax = 0.0f;
             for (int i = 0; i < FY_Q8_BLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-            float d = amax / 127.0f;
+            float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
             s[(size_t)r * (in / FY_Q8_BLOCK) + b] = d;
-            /* nearbyintf rounds half to even (the default rounding mode);
-             * the clamp only guards against d rounding below amax / 127 */
+            /* Adding and subtracting 1.5 * 2^23 rounds half to even (the
+             * default rounding mode) without a libm call: the CPU kernel
+             * quantizes every input row this way, once per linear. The
+             * clamp guards against w * id rounding past 127. */
             for (int i = 0; i < FY_Q8_BLOCK; i++) {
-                float v = d > 0.0f ? nearbyintf(x[i] / d) : 0.0f;
+                float v = (x[i] * id + 12582912.0f) - 12582912.0f;
                 o[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
             }
         }

@@ -202,14 +202,17 @@ typedef struct fy_backend_ops {
      * an element, row-major [out, in/4] elements) and one float scale per
      * 32 consecutive weights of a row, ws [out, in/32]:
      *   W[o, i] = ws[o, i/32] * wq[o, i]
-     * in must be a multiple of 32. Inference only: no backward. --- */
+     * Each row of x is first quantized the same way (fy_q8_quantize) and a
+     * block's dot product is exact in integers: y[n, o] = sum_b
+     * ws[o, b] sx[n, b] sum_{i in b} wq[o, i] xq[n, i] (llama.cpp's Q8_0 x
+     * Q8_0). in must be a multiple of 32. Inference only: no backward. --- */
     void (*linear_q8)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate);
 } fy_backend_ops;
 
 /* Q8_0 (the GGUF block format with a float scale): each block of 32
  * consecutive weights of a row gets scale d = max|w| / 127 and quants
- * q = round-half-to-even(w / d), so |q| <= 127 and |w - d q| <= d / 2
+ * q = round-half-to-even(w * (1/d)), so |q| <= 127 and |w - d q| <= d / 2
  * (d = 0, q = 0 for an all-zero block). w is [rows, in] with row stride ldw,
  * in a multiple of 32; q gets rows * in bytes, s rows * in/32 floats.
  * Host memory: models quantize once, then upload q and s. */

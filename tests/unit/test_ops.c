@@ -635,8 +635,9 @@ static void test_q8_quantize(void) {
     free(w);
 }
 
-/* y = x W^T from the quants and scales, against the same dequantized W in
- * double; strides, accumulation, shapes that leave partial row groups. */
+/* y = x W^T by the op's definition: x's rows quantized like the weights,
+ * exact integer block sums, scaled in double; strides, accumulation, odd
+ * block counts, shapes that leave partial row groups. */
 static void q8_case(int N, int in, int out, int ldx, int ldy, int accumulate) {
     float *w = falloc((size_t)out * in), *x = falloc((size_t)N * ldx), *y = falloc((size_t)N * ldy);
     float *s = falloc((size_t)out * in / 32);
@@ -646,19 +647,39 @@ static void q8_case(int N, int in, int out, int ldx, int ldy, int accumulate) {
     fill_rand(x, (size_t)N * ldx, -1, 1);
     fill_rand(y, (size_t)N * ldy, -1, 1);
     fy_q8_quantize(w, out, in, in, q, s);
-    for (int n = 0; n < N; n++)
+    int8_t *xq = malloc(in);
+    float *sx = falloc(in / 32);
+    for (int n = 0; n < N; n++) {
+        fy_q8_quantize(x + (size_t)n * ldx, 1, in, in, xq, sx);
         for (int o = 0; o < ldy; o++) {
             double a = accumulate || o >= out ? y[(size_t)n * ldy + o] : 0;
-            if (o < out)
-                for (int i = 0; i < in; i++)
-                    a += (double)s[(size_t)o * (in / 32) + i / 32] * q[(size_t)o * in + i] * x[(size_t)n * ldx + i];
+            for (int b = 0; o < out && b < in / 32; b++) {
+                long dot = 0;
+                for (int i = b * 32; i < b * 32 + 32; i++) dot += q[(size_t)o * in + i] * xq[i];
+                a += (double)s[(size_t)o * (in / 32) + b] * sx[b] * (double)dot;
+            }
             want[(size_t)n * ldy + o] = a;
         }
+    }
+    free(xq), free(sx);
     fy_buf bx = upbuf(x, (size_t)N * ldx), by = upbuf(y, (size_t)N * ldy), bq = upbuf(q, (size_t)out * in / 4),
            bs = upbuf(s, (size_t)out * in / 32);
-    OPS->linear_q8(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0), ldy,
-                   accumulate);
-    get(y, &by, (size_t)N * ldy);
+    /* every kernel this CPU has (FERRY_CPU_Q8) gives the same bits */
+    const char *isa[] = {"portable", "avx2", NULL};
+    float *ref = falloc((size_t)N * ldy), *y0 = falloc((size_t)N * ldy);
+    memcpy(y0, y, (size_t)N * ldy * sizeof *y);
+    for (int k = 0; k < 3; k++) {
+        if (isa[k % 3]) setenv("FERRY_CPU_Q8", isa[k], 1);
+        else unsetenv("FERRY_CPU_Q8");
+        OPS->upload(be, fy_at(&by, 0), y0, (size_t)N * ldy);
+        OPS->linear_q8(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0), ldy,
+                       accumulate);
+        get(k ? y : ref, &by, (size_t)N * ldy);
+        if (k)
+            CHECK(!memcmp(ref, y, (size_t)N * ldy * sizeof *y), "linear_q8 in=%d out=%d: the %s kernel's bits "
+                  "differ from the portable one's", in, out, isa[k] ? isa[k] : "best");
+    }
+    free(ref), free(y0);
     char what[96];
     snprintf(what, sizeof what, "linear_q8 N=%d in=%d out=%d acc=%d", N, in, out, accumulate);
     cmp(what, y, want, (size_t)N * ldy, 2e-5, 1.0);
@@ -674,6 +695,7 @@ static void test_linear_q8(void) {
     q8_case(1, 512, 300, 512, 300, 1); /* threaded (out * in >= 65536), accumulate */
     q8_case(3, 96, 9, 100, 11, 0);     /* strides; columns past out untouched */
     q8_case(2, 64, 6, 64, 6, 1);
+    q8_case(1, 160, 5, 160, 5, 0);     /* 5 blocks: an odd one at the end */
     /* in not a multiple of 32: a recorded error */
     fy_buf b = mkbuf(64);
     OPS->linear_q8(be, 1, 40, 1, fy_at(&b, 0), 40, fy_at(&b, 0), fy_at(&b, 0), fy_at(&b, 0), 1, 0);
