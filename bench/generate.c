@@ -1,7 +1,10 @@
 /* Generation throughput: prefill of a random prompt, then greedy decoding
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
  *   bench_generate --config tiny|small --vocab V --prompt P --new N [--weights f32|q8_0]
- *                  [--dump-config PATH]
+ *                  [--reps R] [--dump-config PATH]
+ * The prompt is prefilled and decoded R times over (the cache emptied in
+ * between) and the best of each figure is kept: one process, one set of
+ * weights, so a noisy neighbour costs a repetition, not the figure.
  * (--prompt 0 with --dump-config only writes the config as JSON.) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +24,7 @@ static double now_s(void) {
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *dump = NULL, *weights = "f32";
-    int V = 8192, P = 64, NEW = 128;
+    int V = 8192, P = 64, NEW = 128, REPS = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -29,6 +32,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--new")) NEW = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dump-config")) dump = argv[i + 1];
         else if (!strcmp(argv[i], "--weights")) weights = argv[i + 1];
+        else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
         else { fprintf(stderr, "bench_generate: unknown flag %s\n", argv[i]); return 2; }
     }
     fy_err err;
@@ -47,8 +51,8 @@ int main(int argc, char **argv) {
         free(js);
         if (P == 0) return 0; /* --prompt 0: only write the config */
     }
-    if (P <= 0 || NEW < 0) {
-        fprintf(stderr, "bench_generate: --prompt must be > 0 and --new >= 0\n");
+    if (P <= 0 || NEW < 0 || REPS < 1) {
+        fprintf(stderr, "bench_generate: --prompt must be > 0, --new >= 0 and --reps >= 1\n");
         return 2;
     }
     if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
@@ -60,18 +64,23 @@ int main(int argc, char **argv) {
     int32_t *prompt = malloc(P * sizeof *prompt);
     float *logits = malloc(V * sizeof *logits);
     for (int i = 0; i < P; i++) prompt[i] = (int)(fy_rng_u64(2, 0, i) % V);
-    double t0 = now_s();
-    if (fy_model_prefill(&m, &kv, prompt, P, logits, &err)) goto fail;
-    double t1 = now_s();
-    for (int s = 0; s < NEW; s++) {
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
-        if (fy_model_decode(&m, &kv, best, logits, &err)) goto fail;
+    double best_p = 0, best_d = 0;
+    for (int r = 0; r < REPS; r++) {
+        kv.len = 0;
+        double t0 = now_s();
+        if (fy_model_prefill(&m, &kv, prompt, P, logits, &err)) goto fail;
+        double t1 = now_s();
+        for (int s = 0; s < NEW; s++) {
+            int best = 0;
+            for (int i = 1; i < V; i++)
+                if (logits[i] > logits[best]) best = i;
+            if (fy_model_decode(&m, &kv, best, logits, &err)) goto fail;
+        }
+        double t2 = now_s();
+        if (P / (t1 - t0) > best_p) best_p = P / (t1 - t0);
+        if (NEW > 0 && NEW / (t2 - t1) > best_d) best_d = NEW / (t2 - t1);
     }
-    double t2 = now_s();
-    printf("{\"config\": \"%s\", \"quant\": \"%s\", \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}\n", cfgname, fy_quant_name(q), P / (t1 - t0),
-           NEW > 0 ? NEW / (t2 - t1) : 0.0);
+    printf("{\"config\": \"%s\", \"quant\": \"%s\", \"prefill_tok_s\": %.1f, \"decode_tok_s\": %.1f}\n", cfgname, fy_quant_name(q), best_p, best_d);
     free(prompt);
     free(logits);
     fy_kv_cache_free(&kv, &m);

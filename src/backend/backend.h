@@ -185,16 +185,22 @@ typedef struct fy_backend_ops {
                   float lr, float b1, float b2, float eps, float wd, int t,
                   float grad_scale);
 
-    /* --- MLA decode attention in the latent space (W_kvb absorbed into the
-     * query and output sides, DESIGN §2), one query per head against a cache
-     * of S positions shared by all heads:
+    /* --- MLA decode attention of one new token in the latent space, with
+     * kv_b_proj absorbed into the query and output sides (DESIGN §2), against
+     * a cache of S positions shared by all H heads. Head h's query is
+     * [q_nope (dn) | q_pe (dr)] at q + h*ldq; wkv_b is kv_b_proj's weight
+     * [H*(dn+dv), r], head h's W_kb its rows [h(dn+dv), h(dn+dv)+dn) and
+     * W_vb the dv rows after them:
+     *   q_lat[h]    = q_nope[h] @ W_kb[h]                            [r]
      *   score[h, s] = scale * (q_lat[h] . ckv[s] + q_pe[h] . kpe[s])
-     *   out[h] = sum_s softmax_s(score[h]) * ckv[s]
-     * q_lat, out: [H, r] (row stride r); q_pe: [H, dr]; ckv: [S, r] with
-     * row stride ld_ckv; kpe: [S, dr] with row stride ld_kpe. Inference
-     * only: no backward. --- */
-    void (*mla_decode)(fy_backend *be, int H, int S, int r, int dr, float scale,
-                       fy_ref q_lat, fy_ref q_pe, fy_ref ckv, int ld_ckv,
+     *   o_lat[h]    = sum_s softmax_s(score[h]) * ckv[s]              [r]
+     *   out[h]      = W_vb[h] @ o_lat[h]                              [dv]
+     * out: [H*dv] (head h at h*dv); ckv: [S, r] with row stride ld_ckv;
+     * kpe: [S, dr] with row stride ld_kpe. One call does the whole
+     * attention so a backend can keep each head on one core (or work-group)
+     * from query to output. Inference only: no backward. --- */
+    void (*mla_decode)(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
+                       fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv,
                        fy_ref kpe, int ld_kpe, fy_ref out);
 
     /* --- Q8_0 inference weights (fy_q8_quantize below): y[N, out] (=|+=)

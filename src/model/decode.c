@@ -15,8 +15,7 @@ int fy_kv_cache_create(fy_kv_cache *c, fy_model *m, int cap, fy_err *err) {
         return fy_fail(err, "KV cache of %d positions: must be in [1, max_position_embeddings=%d]", cap,
                        cf->max_position_embeddings);
     int L = cf->num_hidden_layers, rkv = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
-    int H = cf->num_attention_heads;
-    size_t per = (size_t)cap * (rkv + dr), scratch = (size_t)H * (2 * rkv + dr);
+    size_t per = (size_t)cap * (rkv + dr);
     c->n_layers = L;
     c->cap = cap;
     c->ckv = calloc(L, sizeof *c->ckv);
@@ -25,7 +24,7 @@ int fy_kv_cache_create(fy_kv_cache *c, fy_model *m, int cap, fy_err *err) {
         fy_kv_cache_free(c, m);
         return fy_fail(err, "out of memory");
     }
-    if (fy_be_alloc(m->be, &c->buf, per * L + scratch, err)) {
+    if (fy_be_alloc(m->be, &c->buf, per * L, err)) {
         fy_kv_cache_free(c, m);
         return fy_wrap(err, "KV cache of %d positions", cap);
     }
@@ -33,9 +32,6 @@ int fy_kv_cache_create(fy_kv_cache *c, fy_model *m, int cap, fy_err *err) {
         c->ckv[l] = fy_at(&c->buf, per * l);
         c->kpe[l] = fy_at(&c->buf, per * l + (size_t)cap * rkv);
     }
-    c->q_lat = fy_at(&c->buf, per * L);
-    c->o_lat = fy_add(c->q_lat, (size_t)H * rkv);
-    c->q_pe = fy_add(c->o_lat, (size_t)H * rkv);
     return 0;
 }
 
@@ -104,20 +100,9 @@ static void attn_decode(fy_model *m, fy_kv_cache *c, int li, int pos) {
     OPS->copy(m->be, fy_add(c->ckv[li], (size_t)pos * rkv), a->ckv_n, rkv);
     OPS->copy(m->be, fy_add(c->kpe[li], (size_t)pos * dr), fy_add(a->kva, rkv), dr);
 
-    /* q_lat_h = q_nope_h @ W_kb_h, W_kb_h = kv_b rows [h(dn+dv), h(dn+dv)+dn). */
-    fy_ref kvb = fy_add(P, W->kv_b);
-    for (int h = 0; h < H; h++)
-        OPS->gemm(m->be, 0, 0, 1, rkv, dn, 1.0f, fy_add(a->q, (size_t)h * dqk), dqk,
-                  fy_add(kvb, (size_t)h * (dn + dv) * rkv), rkv, 0.0f,
-                  fy_add(c->q_lat, (size_t)h * rkv), rkv);
-    OPS->copy3d(m->be, 1, H, dr, c->q_pe, 0, dr, fy_add(a->q, dn), 0, dqk, 0);
-    OPS->mla_decode(m->be, H, pos + 1, rkv, dr, 1.0f / sqrtf((float)dqk), c->q_lat, c->q_pe,
-                    c->ckv[li], rkv, c->kpe[li], dr, c->o_lat);
-    /* o_h = W_vb_h o_lat_h, W_vb_h = kv_b rows [h(dn+dv)+dn, (h+1)(dn+dv)). */
-    for (int h = 0; h < H; h++)
-        OPS->gemm(m->be, 0, 1, 1, dv, rkv, 1.0f, fy_add(c->o_lat, (size_t)h * rkv), rkv,
-                  fy_add(kvb, ((size_t)h * (dn + dv) + dn) * rkv), rkv, 0.0f,
-                  fy_add(a->att, (size_t)h * dv), H * dv);
+    /* kv_b_proj absorbed into both sides, one call for all heads */
+    OPS->mla_decode(m->be, H, pos + 1, rkv, dn, dr, dv, 1.0f / sqrtf((float)dqk), a->q, dqk,
+                    fy_add(P, W->kv_b), c->ckv[li], rkv, c->kpe[li], dr, a->att);
     OPS->copy(m->be, a->x_mid, a->x_in, d);
     fy__linear(m, 1, H * dv, d, a->att, H * dv, W->o, a->x_mid, d, 1.0f);
 }

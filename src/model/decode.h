@@ -13,9 +13,8 @@
 typedef struct fy_kv_cache {
     int n_layers;       /* main layers */
     int cap, len;       /* positions allocated / filled */
-    fy_buf buf;         /* all layers' c_kv and k_pe, plus decode scratch */
+    fy_buf buf;         /* all layers' c_kv and k_pe */
     fy_ref *ckv, *kpe;  /* per layer: [cap, r_kv], [cap, d_r] */
-    fy_ref q_lat, q_pe, o_lat;
 } fy_kv_cache;
 
 /* cap: the most positions this cache will hold (<= max_position_embeddings). */

@@ -393,23 +393,21 @@ static void test_attn(void) {
 
 static void test_mla_decode(void) {
     int Ss[] = {0, 1, 17, 70};
-    int H = 3, r = 18, dr = 6, ldc = 20, ldk = 8;
+    int H = 3, r = 18, dn = 5, dr = 6, dv = 7, ldq = 13, ldc = 20, ldk = 8;
     for (int c = 0; c < 4; c++) {
         int S = Ss[c];
-        twin ql = tw_rand((size_t)H * r, 1.0f), qp = tw_rand((size_t)H * dr, 1.0f);
+        twin q = tw_rand((size_t)H * ldq, 1.0f), w = tw_rand((size_t)H * (dn + dv) * r, 0.5f);
         twin ckv = tw_rand((size_t)(S ? S : 1) * ldc, 1.0f), kpe = tw_rand((size_t)(S ? S : 1) * ldk, 1.0f);
-        twin out = tw_rand((size_t)H * r, 1.0f);
+        twin out = tw_rand((size_t)H * dv, 1.0f);
         for (int side = 0; side < 2; side++) {
             fy_backend *be = SIDE_BE(side);
-            be->ops->mla_decode(be, H, S, r, dr, 0.3f, RF(ql, 0), RF(qp, 0), RF(ckv, 0), ldc,
+            be->ops->mla_decode(be, H, S, r, dn, dr, dv, 0.3f, RF(q, 0), ldq, RF(w, 0), RF(ckv, 0), ldc,
                                 RF(kpe, 0), ldk, RF(out, 0));
         }
         cmp("mla_decode", &out, TOL_CHAIN);
-        tw_free(&ql); tw_free(&qp); tw_free(&ckv); tw_free(&kpe); tw_free(&out);
+        tw_free(&q); tw_free(&w); tw_free(&ckv); tw_free(&kpe); tw_free(&out);
     }
 }
-
-/* ------------------------------------------------------------ MoE */
 
 static void test_router_balance(void) {
     struct { int E, K, G, tg, norm; float scaling; int bias, ties; } cs[] = {

@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=1,
+                    help="prefill+decode this many times (fresh cache each), keep the best")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = ds3.Config.load(a.config)
@@ -87,18 +89,22 @@ def main():
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, cfg.vocab_size, (a.prompt,), generator=g).tolist()
     cos, sin = ds3.rope_tables(a.prompt + a.new, cfg.qk_rope_head_dim, cfg.rope_theta, torch.float32)
+    best_p = best_d = 0.0
     with torch.no_grad():
-        cache = {"cos": cos, "sin": sin}
-        t0 = time.perf_counter()
-        logits = forward_tokens(cfg, params, buffers, prompt, 0, cache)
-        t1 = time.perf_counter()
-        pos = a.prompt
-        for _ in range(a.new):
-            nxt = int(torch.argmax(logits))
-            logits = forward_tokens(cfg, params, buffers, [nxt], pos, cache)
-            pos += 1
-        t2 = time.perf_counter()
-    print(json.dumps({"prefill_tok_s": a.prompt / (t1 - t0), "decode_tok_s": a.new / (t2 - t1)}))
+        for _ in range(a.reps):
+            cache = {"cos": cos, "sin": sin}
+            t0 = time.perf_counter()
+            logits = forward_tokens(cfg, params, buffers, prompt, 0, cache)
+            t1 = time.perf_counter()
+            pos = a.prompt
+            for _ in range(a.new):
+                nxt = int(torch.argmax(logits))
+                logits = forward_tokens(cfg, params, buffers, [nxt], pos, cache)
+                pos += 1
+            t2 = time.perf_counter()
+            best_p = max(best_p, a.prompt / (t1 - t0))
+            best_d = max(best_d, a.new / (t2 - t1) if a.new else 0.0)
+    print(json.dumps({"prefill_tok_s": best_p, "decode_tok_s": best_d}))
 
 
 if __name__ == "__main__":

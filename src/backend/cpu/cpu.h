@@ -174,8 +174,9 @@ void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
 void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
                      fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
 
-void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
-                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out);
+void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
+                       fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
+                       fy_ref out);
 
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate);

@@ -173,44 +173,53 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     if (oom) fy_be_set_error(be, "cpu attn_bwd: out of memory");
 }
 
-/* score = scale (q_lat ckv^T + q_pe kpe^T)  [H, S];  out = softmax(score) ckv. */
-void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
-                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out) {
+/* Per head: q_lat = q_nope W_kb, score = scale (ckv q_lat + kpe q_pe),
+ * o_lat = softmax(score) ckv, out = W_vb o_lat (backend.h). */
+void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
+                       fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
+                       fy_ref out) {
     const char *op = "mla_decode";
-    if (H < 0 || S < 0 || r < 0 || dr < 0 || (S > 0 && (ld_ckv < r || ld_kpe < dr)) ||
-        ld_ckv < 1 || ld_kpe < 1) {
-        fy_be_set_error(be, "cpu %s: bad sizes H=%d S=%d r=%d dr=%d ld_ckv=%d ld_kpe=%d", op, H, S,
-                        r, dr, ld_ckv, ld_kpe);
+    if (H < 0 || S < 0 || r < 0 || dn < 0 || dr < 0 || dv < 0 || (H > 1 && ldq < dn + dr) ||
+        (S > 0 && (ld_ckv < r || ld_kpe < dr)) || ld_ckv < 1 || ld_kpe < 1) {
+        fy_be_set_error(be, "cpu %s: bad sizes H=%d S=%d r=%d dn=%d dr=%d dv=%d ldq=%d ld_ckv=%d ld_kpe=%d",
+                        op, H, S, r, dn, dr, dv, ldq, ld_ckv, ld_kpe);
         return;
     }
-    if (!H || !r) return;
-    float *o = fy_cpu_f(be, out, (size_t)H * r, op, "out");
+    if (!H || !dv) return;
+    float *o = fy_cpu_f(be, out, (size_t)H * dv, op, "out");
     if (!o) return;
-    if (!S) { /* softmax over nothing: define the output as zeros */
-        memset(o, 0, (size_t)H * r * sizeof *o);
+    if (!S || !r) { /* softmax over nothing, or a zero-width latent: zeros */
+        memset(o, 0, (size_t)H * dv * sizeof *o);
         return;
     }
-    const float *ql = fy_cpu_f(be, q_lat, (size_t)H * r, op, "q_lat");
+    const float *qp = fy_cpu_f(be, q, fy_cpu_span(H, ldq, dn + dr), op, "q");
+    const float *w = fy_cpu_f(be, wkv_b, (size_t)H * (dn + dv) * r, op, "wkv_b");
     const float *c = fy_cpu_f(be, ckv, fy_cpu_span(S, ld_ckv, r), op, "ckv");
-    const float *qp = dr ? fy_cpu_f(be, q_pe, (size_t)H * dr, op, "q_pe") : NULL;
     const float *kp = dr ? fy_cpu_f(be, kpe, fy_cpu_span(S, ld_kpe, dr), op, "kpe") : NULL;
-    if (!ql || !c || (dr && (!qp || !kp))) return;
-    float *sc = fy_cpu_scratch(be, (size_t)H * S, op);
-    if (!sc) return;
-    /* One thread per head, each with single-threaded gemv (OpenBLAS stays
-     * on one thread inside a parallel region): OpenBLAS's own threading of
-     * these thin products cost more in fork/join than the work (tiny at
-     * 1000 positions: 5x slower decode). A head's bits do not depend on
-     * the thread count. */
-#pragma omp parallel for schedule(static) if ((size_t)H * S * (r + dr) > 16384)
+    if (!qp || !w || !c || (dr && !kp)) return;
+    /* per head: q_lat [r], o_lat [r], scores [S] */
+    const size_t per = 2 * (size_t)r + S;
+    float *scr = fy_cpu_scratch(be, (size_t)H * per, op);
+    if (!scr) return;
+    /* One thread per head from query to output, each with single-threaded
+     * gemv (OpenBLAS stays on one thread inside a parallel region):
+     * OpenBLAS's own threading of these thin products cost more in
+     * fork/join than the work (tiny at 1000 positions: 5x slower decode),
+     * and one region per layer instead of 2H+1 calls halved decode's serial
+     * time. A head's bits do not depend on the thread count. */
+#pragma omp parallel for schedule(static) if ((size_t)H * (S + dn + dv) * r > 16384)
     for (int h = 0; h < H; h++) {
-        float *sh = sc + (size_t)h * S;
-        memset(sh, 0, (size_t)S * sizeof *sh); /* gemv reads y even when beta is 0 */
-        memset(o + (size_t)h * r, 0, (size_t)r * sizeof *o);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, S, r, scale, c, ld_ckv, ql + (size_t)h * r, 1, 0.0f, sh, 1);
-        if (dr)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, S, dr, scale, kp, ld_kpe, qp + (size_t)h * dr, 1, 1.0f, sh, 1);
+        float *ql = scr + (size_t)h * per, *ol = ql + r, *sh = ol + r;
+        const float *qh = qp + (size_t)h * ldq, *wkb = w + (size_t)h * (dn + dv) * r,
+                    *wvb = wkb + (size_t)dn * r;
+        /* gemv reads y even when beta is 0: clear it (NaN garbage * 0) */
+        memset(ql, 0, per * sizeof *ql);
+        memset(o + (size_t)h * dv, 0, (size_t)dv * sizeof *o);
+        if (dn) cblas_sgemv(CblasRowMajor, CblasTrans, dn, r, 1.0f, wkb, r, qh, 1, 0.0f, ql, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, S, r, scale, c, ld_ckv, ql, 1, 0.0f, sh, 1);
+        if (dr) cblas_sgemv(CblasRowMajor, CblasNoTrans, S, dr, scale, kp, ld_kpe, qh + dn, 1, 1.0f, sh, 1);
         softmax_rows(sh, S, 1, S);
-        cblas_sgemv(CblasRowMajor, CblasTrans, S, r, 1.0f, c, ld_ckv, sh, 1, 0.0f, o + (size_t)h * r, 1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, S, r, 1.0f, c, ld_ckv, sh, 1, 0.0f, ol, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, dv, r, 1.0f, wvb, r, ol, 1, 0.0f, o + (size_t)h * dv, 1);
     }
 }

@@ -159,8 +159,9 @@ void fy_ocl_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
                      fy_ref k, fy_ref v, fy_ref out, fy_ref P);
 void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
                      fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
-void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
-                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out);
+void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
+                       fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
+                       fy_ref out);
 void fy_ocl_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits, fy_ref bias,
                        fy_ref s, fy_ref idx, fy_ref w);
 void fy_ocl_router_bwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref s, fy_ref idx,

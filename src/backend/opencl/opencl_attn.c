@@ -93,39 +93,46 @@ void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     }
 }
 
-/* score = scale (q_lat ckv^T + q_pe kpe^T) [H, S] in scratch; out =
- * softmax(score) ckv. */
-void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale, fy_ref q_lat,
-                       fy_ref q_pe, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe, fy_ref out) {
+/* q_lat = q_nope W_kb (batched over heads) and o_lat in scratch B, the
+ * scores [H, S] in scratch A; out = W_vb o_lat (batched). */
+void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
+                       fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
+                       fy_ref out) {
     const char *op = "mla_decode";
-    if (H < 0 || S < 0 || r < 0 || dr < 0 || (S > 0 && (ld_ckv < r || ld_kpe < dr)) ||
-        ld_ckv < 1 || ld_kpe < 1) {
-        fy_be_set_error(be, "opencl %s: bad sizes H=%d S=%d r=%d dr=%d ld_ckv=%d ld_kpe=%d", op,
-                        H, S, r, dr, ld_ckv, ld_kpe);
+    if (H < 0 || S < 0 || r < 0 || dn < 0 || dr < 0 || dv < 0 || (H > 1 && ldq < dn + dr) ||
+        (S > 0 && (ld_ckv < r || ld_kpe < dr)) || ld_ckv < 1 || ld_kpe < 1) {
+        fy_be_set_error(be, "opencl %s: bad sizes H=%d S=%d r=%d dn=%d dr=%d dv=%d ldq=%d ld_ckv=%d "
+                            "ld_kpe=%d",
+                        op, H, S, r, dn, dr, dv, ldq, ld_ckv, ld_kpe);
         return;
     }
-    if (!H || !r) return;
-    cl_mem om = fy_ocl_mem(be, out, (size_t)H * r, op, "out");
+    if (!H || !dv) return;
+    cl_mem om = fy_ocl_mem(be, out, (size_t)H * dv, op, "out");
     if (!om) return;
-    if (!S) { /* softmax over nothing: the output is zeros, as on cpu */
+    if (!S || !r) { /* softmax over nothing, or a zero-width latent: zeros, as on cpu */
         cl_float zero = 0.0f;
         fy_ocl_failed(be, clEnqueueFillBuffer(fy_ocl(be)->q, om, &zero, sizeof zero, out.off * 4,
-                                              (size_t)H * r * 4, 0, NULL, NULL),
+                                              (size_t)H * dv * 4, 0, NULL, NULL),
                       op, "clEnqueueFillBuffer");
         return;
     }
-    cl_mem qlm = fy_ocl_mem(be, q_lat, (size_t)H * r, op, "q_lat");
+    cl_mem qm = fy_ocl_mem(be, q, fy_ocl_span(H, ldq, dn + dr), op, "q");
+    cl_mem wm = fy_ocl_mem(be, wkv_b, (size_t)H * (dn + dv) * r, op, "wkv_b");
     cl_mem cm = fy_ocl_mem(be, ckv, fy_ocl_span(S, ld_ckv, r), op, "ckv");
-    cl_mem qpm = dr ? fy_ocl_mem(be, q_pe, (size_t)H * dr, op, "q_pe") : NULL;
     cl_mem kpm = dr ? fy_ocl_mem(be, kpe, fy_ocl_span(S, ld_kpe, dr), op, "kpe") : NULL;
-    if (!qlm || !cm || (dr && (!qpm || !kpm))) return;
+    if (!qm || !wm || !cm || (dr && !kpm)) return;
+    cl_mem lat = fy_ocl_scratch(be, FY_OCL_SCRATCH_B, (size_t)2 * H * r * 4, op);
     cl_mem sc = fy_ocl_scratch(be, FY_OCL_SCRATCH_A, (size_t)H * S * 4, op);
-    if (!sc) return;
-    fy_ocl_gemm_batched(be, op, 0, 1, H, S, r, scale, qlm, q_lat.off, r, 0, 0, cm, ckv.off, ld_ckv,
-                        0, 0, 0.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
+    if (!lat || !sc) return;
+    const size_t hw = (size_t)(dn + dv) * r, ol = (size_t)H * r; /* a head's kv_b rows; o_lat's offset */
+    /* q_lat[h] (1 x r) = q_nope[h] (1 x dn) @ W_kb[h] (dn x r); dn = 0 leaves zeros */
+    fy_ocl_gemm_batched(be, op, 0, 0, 1, r, dn, 1.0f, qm, q.off, ldq > dn ? ldq : dn, ldq, 0, wm,
+                        wkv_b.off, r, hw, 0, 0.0f, lat, 0, r, r, 0, H, 1, FY_OCL_DENSE);
+    fy_ocl_gemm_batched(be, op, 0, 1, H, S, r, scale, lat, 0, r, 0, 0, cm, ckv.off, ld_ckv, 0, 0,
+                        0.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
     if (dr)
-        fy_ocl_gemm_batched(be, op, 0, 1, H, S, dr, scale, qpm, q_pe.off, dr, 0, 0, kpm, kpe.off,
-                            ld_kpe, 0, 0, 1.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
+        fy_ocl_gemm_batched(be, op, 0, 1, H, S, dr, scale, qm, q.off + dn, ldq > dr ? ldq : dr, 0, 0,
+                            kpm, kpe.off, ld_kpe, 0, 0, 1.0f, sc, 0, S, 0, 0, 1, 1, FY_OCL_DENSE);
     fy_ocl_impl *im = fy_ocl(be);
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_softmax_rows, op);
     fy_ocl_int(&c, S);
@@ -134,5 +141,8 @@ void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dr, float scale,
     size_t g = (size_t)H * im->red;
     fy_ocl_run(&c, 1, &g, &im->red);
     fy_ocl_gemm_batched(be, op, 0, 0, H, r, S, 1.0f, sc, 0, S, 0, 0, cm, ckv.off, ld_ckv, 0, 0,
-                        0.0f, om, out.off, r, 0, 0, 1, 1, FY_OCL_DENSE);
+                        0.0f, lat, ol, r, 0, 0, 1, 1, FY_OCL_DENSE);
+    /* out[h] (1 x dv) = o_lat[h] (1 x r) @ W_vb[h]^T (r x dv) */
+    fy_ocl_gemm_batched(be, op, 0, 1, 1, dv, r, 1.0f, lat, ol, r, r, 0, wm, wkv_b.off + (size_t)dn * r,
+                        r, hw, 0, 0.0f, om, out.off, dv, dv, 0, H, 1, FY_OCL_DENSE);
 }
