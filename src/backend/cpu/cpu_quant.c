@@ -13,6 +13,7 @@
  * (vpmaddubsw + vpmaddwd), the portable kernel loops. */
 #include <immintrin.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +123,8 @@ q8_rows_vnni(int in, int o0, int o1, const int8_t *xq, const float *sx, const in
             const __mmask64 m = two ? ~(__mmask64)0 : (__mmask64)0xffffffffu;
             __m512i x = _mm512_maskz_loadu_epi8(m, xq + b * FY_Q8_BLOCK);
             __m128 xs = two ? load2f(sx + b) : _mm_load_ss(sx + b);
+            _mm_prefetch((const char *)(q + (size_t)(o + 12) * in + b * FY_Q8_BLOCK), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + (size_t)(o + 13) * in + b * FY_Q8_BLOCK), _MM_HINT_T0);
             Q8_PAIR512(a0, 0);
             Q8_PAIR512(a1, 1);
         }
@@ -194,9 +197,10 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
 #ifdef FY_Q8_X86
     quant512 = rows != q8_rows_portable && __builtin_cpu_supports("avx512f");
 #endif
-    /* Outputs in fixed chunks of 32 (the split depends on the shape only;
-     * each output is one thread's anyway). */
-    const int chunks = (out + 31) / 32;
+    /* Outputs in fixed chunks of 8 (the split depends on the shape only;
+     * each output is one thread's anyway): fine enough that 160 rows split
+     * 80/80 between two threads (chunks of 32 split them 96/64). */
+    const int chunks = (out + 7) / 8;
     for (int n = 0; n < N; n++) {
 #ifdef FY_Q8_X86
         if (quant512) q8_quantize_row512(xp + (size_t)n * ldx, in, xq, sx);
@@ -206,7 +210,7 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
         float *yn = yp + (size_t)n * ldy;
 #pragma omp parallel for schedule(static) if ((size_t)out * in >= 65536)
         for (int c = 0; c < chunks; c++) {
-            int o0 = c * 32, o1 = o0 + 32 < out ? o0 + 32 : out;
+            int o0 = c * 8, o1 = o0 + 8 < out ? o0 + 8 : out;
             rows(in, o0, o1, xq, sx, qp, sp, yn, accumulate);
         }
     }
