@@ -214,6 +214,19 @@ typedef struct fy_backend_ops {
      * Q8_0). in must be a multiple of 32. Inference only: no backward. --- */
     void (*linear_q8)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate);
+
+    /* --- Q8_0 SwiGLU of one token (decode), Wg, Wu [F, d] and Wd [d, F] in
+     * linear_q8's format (quants *q, scales *s):
+     *   g = x Wg^T, u = x Wu^T, h = silu(g) * u      (g, u, h: [F], written)
+     *   y (=|+=) h Wd^T                              [d]
+     * the same bits as linear_q8, linear_q8, swiglu_fwd, linear_q8 in turn,
+     * in one call so that a backend can run it as one parallel pass (decode
+     * runs ~3 of these a layer; each op was a fork and a join). d and F
+     * multiples of 32. Optional: NULL where a backend lacks it (the model
+     * then makes the four calls). Inference only: no backward. --- */
+    void (*swiglu_q8)(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq,
+                      fy_ref us, fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y,
+                      int accumulate);
 } fy_backend_ops;
 
 /* Q8_0 (the GGUF block format with a float scale): each block of 32

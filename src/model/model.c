@@ -22,23 +22,29 @@
 static fy_ref PW(fy_model *m, size_t off) { return fy_at(&m->params, off); }
 static fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
 
+/* The Q8_0 copy of params matrix w, or -1 (none, or not decoding). */
+static int dq_find(const fy_model *m, size_t w) {
+    const struct fy_decode_quant *dq = &m->dq;
+    if (!dq->on) return -1;
+    int lo = 0, hi = dq->n; /* binary search: w_off is sorted */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (dq->w_off[mid] < w) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < dq->n && dq->w_off[lo] == w ? lo : -1;
+}
+static fy_ref dq_q(fy_model *m, int i) { return fy_at(&m->dq.buf, m->dq.q_off[i]); }
+static fy_ref dq_s(fy_model *m, int i) { return fy_at(&m->dq.buf, m->dq.s_off[i]); }
+
 /* y[N, out] (=|+=) x[N, in] @ W^T, W stored [out, in]. */
 #define linear fy__linear
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx,
                 size_t w, fy_ref y, int ldy, float beta) {
-    struct fy_decode_quant *dq = &m->dq;
-    if (dq->on && N == 1 && (beta == 0.0f || beta == 1.0f)) {
-        int lo = 0, hi = dq->n; /* binary search: w_off is sorted */
-        while (lo < hi) {
-            int mid = (lo + hi) / 2;
-            if (dq->w_off[mid] < w) lo = mid + 1;
-            else hi = mid;
-        }
-        if (lo < dq->n && dq->w_off[lo] == w) {
-            OPS->linear_q8(m->be, N, in, out, x, ldx, fy_at(&dq->buf, dq->q_off[lo]), fy_at(&dq->buf, dq->s_off[lo]),
-                           y, ldy, beta == 1.0f);
-            return;
-        }
+    int qi;
+    if (N == 1 && (beta == 0.0f || beta == 1.0f) && (qi = dq_find(m, w)) >= 0) {
+        OPS->linear_q8(m->be, N, in, out, x, ldx, dq_q(m, qi), dq_s(m, qi), y, ldy, beta == 1.0f);
+        return;
     }
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
 }
@@ -378,6 +384,13 @@ static void attn_forward(fy_model *m, int li) {
 
 static void swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, size_t wu,
                            size_t wd, fy_ref g, fy_ref u, fy_ref h, fy_ref y, float beta) {
+    int ig, iu, id;
+    if (N == 1 && OPS->swiglu_q8 && (beta == 0.0f || beta == 1.0f) && (ig = dq_find(m, wg)) >= 0 &&
+        (iu = dq_find(m, wu)) >= 0 && (id = dq_find(m, wd)) >= 0) { /* decode: one fused call */
+        OPS->swiglu_q8(m->be, d, F, x, dq_q(m, ig), dq_s(m, ig), dq_q(m, iu), dq_s(m, iu), dq_q(m, id),
+                       dq_s(m, id), g, u, h, y, beta == 1.0f);
+        return;
+    }
     linear(m, N, d, F, x, d, wg, g, F, 0);
     linear(m, N, d, F, x, d, wu, u, F, 0);
     OPS->swiglu_fwd(m->be, N, F, g, F, u, F, h, F);

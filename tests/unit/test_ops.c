@@ -728,6 +728,68 @@ static void test_linear_q8(void) {
     freebuf(&b);
 }
 
+/* The fused SwiGLU against its definition: linear_q8, linear_q8,
+ * swiglu_fwd, linear_q8, bit for bit (g, u, h and y), on every kernel. */
+static void swiglu_q8_case(int d, int F, int accumulate) {
+    size_t nw = (size_t)F * d;
+    float *wg = falloc(nw), *wu = falloc(nw), *wd = falloc(nw), *x = falloc(d), *y0 = falloc(d);
+    float *sg = falloc(nw / 32), *su = falloc(nw / 32), *sd = falloc(nw / 32);
+    int8_t *qg = malloc(nw), *qu = malloc(nw), *qd = malloc(nw);
+    fill_rand(wg, nw, -1, 1), fill_rand(wu, nw, -1, 1), fill_rand(wd, nw, -1, 1);
+    fill_rand(x, d, -2, 2), fill_rand(y0, d, -1, 1);
+    fy_q8_quantize(wg, F, d, d, qg, sg), fy_q8_quantize(wu, F, d, d, qu, su), fy_q8_quantize(wd, d, F, F, qd, sd);
+    fy_buf bx = upbuf(x, d), bqg = upbuf(qg, nw / 4), bqu = upbuf(qu, nw / 4), bqd = upbuf(qd, nw / 4);
+    fy_buf bsg = upbuf(sg, nw / 32), bsu = upbuf(su, nw / 32), bsd = upbuf(sd, nw / 32);
+    fy_buf bg = mkbuf(F), bu = mkbuf(F), bh = mkbuf(F), by = mkbuf(d);
+    float *ref = falloc(3 * (size_t)F + d), *got = falloc(3 * (size_t)F + d);
+    const char *isa[] = {"portable", "avx2", NULL};
+    char what[96];
+    snprintf(what, sizeof what, "swiglu_q8 d=%d F=%d acc=%d", d, F, accumulate);
+    for (int k = 0; k < 3; k++) {
+        if (isa[k]) setenv("FERRY_CPU_Q8", isa[k], 1);
+        else unsetenv("FERRY_CPU_Q8");
+        for (int fused = 0; fused < 2; fused++) {
+            put(&by, y0, d);
+            if (fused) {
+                OPS->swiglu_q8(be, d, F, fy_at(&bx, 0), fy_at(&bqg, 0), fy_at(&bsg, 0), fy_at(&bqu, 0),
+                               fy_at(&bsu, 0), fy_at(&bqd, 0), fy_at(&bsd, 0), fy_at(&bg, 0), fy_at(&bu, 0),
+                               fy_at(&bh, 0), fy_at(&by, 0), accumulate);
+            } else {
+                OPS->linear_q8(be, 1, d, F, fy_at(&bx, 0), d, fy_at(&bqg, 0), fy_at(&bsg, 0), fy_at(&bg, 0), F, 0);
+                OPS->linear_q8(be, 1, d, F, fy_at(&bx, 0), d, fy_at(&bqu, 0), fy_at(&bsu, 0), fy_at(&bu, 0), F, 0);
+                OPS->swiglu_fwd(be, 1, F, fy_at(&bg, 0), F, fy_at(&bu, 0), F, fy_at(&bh, 0), F);
+                OPS->linear_q8(be, 1, F, d, fy_at(&bh, 0), F, fy_at(&bqd, 0), fy_at(&bsd, 0), fy_at(&by, 0), d,
+                               accumulate);
+            }
+            float *o = fused ? got : ref;
+            get(o, &bg, F), get(o + F, &bu, F), get(o + 2 * F, &bh, F), get(o + 3 * F, &by, d);
+        }
+        CHECK(!memcmp(ref, got, (3 * (size_t)F + d) * sizeof *ref), "%s (%s kernel): fused bits differ from "
+              "linear_q8 x2, swiglu_fwd, linear_q8", what, isa[k] ? isa[k] : "best");
+    }
+    /* and y is not trivially equal: it moved away from y0 */
+    int moved = 0;
+    for (int i = 0; i < d; i++) moved |= got[3 * F + i] != y0[i];
+    CHECK(moved, "%s: y unchanged", what);
+    sync_ok(what);
+    freebuf(&bx), freebuf(&bqg), freebuf(&bqu), freebuf(&bqd), freebuf(&bsg), freebuf(&bsu), freebuf(&bsd);
+    freebuf(&bg), freebuf(&bu), freebuf(&bh), freebuf(&by);
+    free(wg), free(wu), free(wd), free(x), free(y0), free(sg), free(su), free(sd), free(qg), free(qu), free(qd);
+    free(ref), free(got);
+}
+
+static void test_swiglu_q8(void) {
+    swiglu_q8_case(64, 96, 0);   /* one thread (F d < 65536) */
+    swiglu_q8_case(256, 384, 1); /* threaded, accumulate */
+    swiglu_q8_case(512, 160, 0); /* threaded, F an odd number of blocks */
+    fy_buf b = mkbuf(64);
+    fy_ref r = fy_at(&b, 0);
+    OPS->swiglu_q8(be, 64, 40, r, r, r, r, r, r, r, r, r, r, r, 0);
+    fy_err e = {{0}};
+    CHECK(fy_be_sync(be, &e) != 0 && strstr(e.msg, "multiples of 32"), "swiglu_q8 F=40 accepted");
+    freebuf(&b);
+}
+
 /* ------------------------------------------------------------ SwiGLU */
 
 enum { SW_N = 5, SW_F = 7, SW_LDG = 9, SW_LDU = 8, SW_LDH = 11 };
@@ -1458,6 +1520,7 @@ int main(void) {
     test_attn();
     test_mla_decode();
     test_linear_q8();
+    test_swiglu_q8();
     test_swiglu();
     test_router_fwd();
     test_router_bwd();

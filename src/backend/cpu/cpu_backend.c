@@ -315,6 +315,7 @@ static const fy_backend_ops cpu_ops = {
     .adamw = fy_cpu_adamw,
     .mla_decode = fy_cpu_mla_decode,
     .linear_q8 = fy_cpu_linear_q8,
+    .swiglu_q8 = fy_cpu_swiglu_q8,
 };
 
 int fy_backend_cpu_create(fy_backend **out, fy_err *err) {

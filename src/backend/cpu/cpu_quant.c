@@ -174,6 +174,30 @@ static q8_rows_fn *q8_rows_best(void) {
     return q8_rows_portable;
 }
 
+/* The input quantizer that goes with `rows`: the AVX-512 one unless the
+ * portable kernel was asked for (same bits either way). */
+static void quantize_row(q8_rows_fn *rows, const float *x, int in, int8_t *xq, float *sx) {
+#ifdef FY_Q8_X86
+    if (rows != q8_rows_portable && __builtin_cpu_supports("avx512f")) {
+        q8_quantize_row512(x, in, xq, sx);
+        return;
+    }
+#endif
+    (void)rows;
+    fy_q8_quantize(x, 1, in, in, xq, sx);
+}
+
+/* Outputs go in fixed chunks of 8 (the split depends on the shape only;
+ * each output is one thread's anyway): fine enough that 160 rows split
+ * 80/80 between two threads (chunks of 32 split them 96/64). */
+#define Q8_CHUNK 8
+static int n_chunks(int out) { return (out + Q8_CHUNK - 1) / Q8_CHUNK; }
+static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *xq, const float *sx,
+                       const int8_t *q, const float *s, float *y, int accumulate) {
+    int o0 = c * Q8_CHUNK, o1 = o0 + Q8_CHUNK < out ? o0 + Q8_CHUNK : out;
+    rows(in, o0, o1, xq, sx, q, s, y, accumulate);
+}
+
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
@@ -193,25 +217,57 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     int8_t *xq = (int8_t *)scr;
     float *sx = scr + in / 4;
     q8_rows_fn *rows = q8_rows_best();
-    int quant512 = 0;
-#ifdef FY_Q8_X86
-    quant512 = rows != q8_rows_portable && __builtin_cpu_supports("avx512f");
-#endif
-    /* Outputs in fixed chunks of 8 (the split depends on the shape only;
-     * each output is one thread's anyway): fine enough that 160 rows split
-     * 80/80 between two threads (chunks of 32 split them 96/64). */
-    const int chunks = (out + 7) / 8;
+    const int chunks = n_chunks(out);
     for (int n = 0; n < N; n++) {
-#ifdef FY_Q8_X86
-        if (quant512) q8_quantize_row512(xp + (size_t)n * ldx, in, xq, sx);
-        else
-#endif
-            fy_q8_quantize(xp + (size_t)n * ldx, 1, in, in, xq, sx);
+        quantize_row(rows, xp + (size_t)n * ldx, in, xq, sx);
         float *yn = yp + (size_t)n * ldy;
 #pragma omp parallel for schedule(static) if ((size_t)out * in >= 65536)
-        for (int c = 0; c < chunks; c++) {
-            int o0 = c * 8, o1 = o0 + 8 < out ? o0 + 8 : out;
-            rows(in, o0, o1, xq, sx, qp, sp, yn, accumulate);
+        for (int c = 0; c < chunks; c++) chunk_rows(rows, c, in, out, xq, sx, qp, sp, yn, accumulate);
+    }
+}
+
+/* One parallel region: gate and up rows split over the threads, then one
+ * thread forms h (the whole row, as swiglu_fwd does) and quantizes it, then
+ * the down rows split again. */
+void fy_cpu_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq, fy_ref us,
+                      fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y, int accumulate) {
+    const char *op = "swiglu_q8";
+    if (d < 0 || F < 0 || d % FY_Q8_BLOCK || F % FY_Q8_BLOCK) {
+        fy_be_set_error(be, "cpu %s: bad sizes d=%d F=%d (multiples of %d)", op, d, F, FY_Q8_BLOCK);
+        return;
+    }
+    if (!d) return;
+    const size_t nw = (size_t)F * d;
+    const float *xp = fy_cpu_f(be, x, d, op, "x");
+    const int8_t *gqp = (const int8_t *)fy_cpu_f(be, gq, nw / 4, op, "gq");
+    const int8_t *uqp = (const int8_t *)fy_cpu_f(be, uq, nw / 4, op, "uq");
+    const int8_t *dqp = (const int8_t *)fy_cpu_f(be, dq, nw / 4, op, "dq");
+    const float *gsp = fy_cpu_f(be, gs, nw / FY_Q8_BLOCK, op, "gs");
+    const float *usp = fy_cpu_f(be, us, nw / FY_Q8_BLOCK, op, "us");
+    const float *dsp = fy_cpu_f(be, ds, nw / FY_Q8_BLOCK, op, "ds");
+    float *gp = fy_cpu_f(be, g, F, op, "g"), *up = fy_cpu_f(be, u, F, op, "u");
+    float *hp = fy_cpu_f(be, h, F, op, "h"), *yp = fy_cpu_f(be, y, d, op, "y");
+    /* x quantized (d bytes, d/32 scales), then h (F bytes, F/32 scales) */
+    float *scr = fy_cpu_scratch(be, (size_t)d / 4 + d / FY_Q8_BLOCK + F / 4 + F / FY_Q8_BLOCK, op);
+    if (!xp || !gqp || !uqp || !dqp || !gsp || !usp || !dsp || !gp || !up || !hp || !yp || !scr) return;
+    int8_t *xq = (int8_t *)scr, *hq = (int8_t *)(scr + d / 4 + d / FY_Q8_BLOCK);
+    float *sx = scr + d / 4, *sh = scr + d / 4 + d / FY_Q8_BLOCK + F / 4;
+    q8_rows_fn *rows = q8_rows_best();
+    quantize_row(rows, xp, d, xq, sx);
+    const int cf = n_chunks(F), cd = n_chunks(d);
+#pragma omp parallel if (nw >= 65536)
+    {
+#pragma omp for schedule(static)
+        for (int c = 0; c < cf; c++) {
+            chunk_rows(rows, c, d, F, xq, sx, gqp, gsp, gp, 0);
+            chunk_rows(rows, c, d, F, xq, sx, uqp, usp, up, 0);
         }
+#pragma omp single
+        {
+            fy_cpu_swiglu_row(gp, up, hp, F);
+            quantize_row(rows, hp, F, hq, sh);
+        }
+#pragma omp for schedule(static)
+        for (int c = 0; c < cd; c++) chunk_rows(rows, c, F, d, hq, sh, dqp, dsp, yp, accumulate);
     }
 }

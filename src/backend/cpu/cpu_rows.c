@@ -201,7 +201,7 @@ void fy_cpu_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
 
 /* ---------------------------------------------------------------- SwiGLU */
 
-FY_CPU_HOT static void swiglu_row(const float *g, const float *u, float *h, int F) {
+FY_CPU_HOT void fy_cpu_swiglu_row(const float *g, const float *u, float *h, int F) {
 #pragma omp simd
     for (int j = 0; j < F; j++) {
         float gv = g[j];
@@ -219,7 +219,7 @@ void fy_cpu_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     if (!gp || !up || !hp) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * F > FY_CPU_PAR_MIN)
     for (int n = 0; n < N; n++)
-        swiglu_row(gp + (size_t)n * ldg, up + (size_t)n * ldu, hp + (size_t)n * ldh, F);
+        fy_cpu_swiglu_row(gp + (size_t)n * ldg, up + (size_t)n * ldu, hp + (size_t)n * ldh, F);
 }
 
 FY_CPU_HOT static void swiglu_bwd_row(const float *g, const float *u, const float *dh, float *dg,
