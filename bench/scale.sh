@@ -2,7 +2,7 @@
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
 # DP with its gradients sent layer by layer during the backward (DP-buckets),
-# int8-compressed gradients, and DiLoCo (H = 8, 32); the 2-rank runs once on
+# int8-compressed gradients, and DiLoCo (H = 8, 32, and 8 with int8 deltas); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
 # a shaped veth pair (tests/dist/slowlink.sh: RATE Mbit/s, DELAY ms where the
 # kernel has netem). Prints tokens/s, bytes sent per step and per token (rank
@@ -61,6 +61,7 @@ want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
     if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi
     if want DiLoCo-H8; then run DiLoCo-H8 $link 2 --diloco 8; fi
     if want DiLoCo-H32; then run DiLoCo-H32 $link 2 --diloco 32; fi
+    if want DiLoCo-H8-int8; then run DiLoCo-H8-int8 $link 2 --diloco 8 --compress-grads; fi
   done
 } > "$tmp/rows"
 { sed -n 's/.*slowlink: .*shaping: /(slow link: /p' "$tmp"/*-slow.log 2>/dev/null || true; } | head -1 | sed 's/$/)/'

@@ -322,7 +322,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
         {"--recompute-every", NULL, FY_ARG_INT, &recompute, "N", "guard: execute every N-th step twice, compare bitwise (0 = off)", 0, 1e9, 0},
         {"--ranks", NULL, FY_ARG_INT, &ranks, "N", "data-parallel ranks: runs mpirun -np N (docs/SCALING.md)", 1, 4096, 0},
         {"--micro-batch", NULL, FY_ARG_INT, &micro, "M", "sequences per micro-batch (default: --batch / ranks)", 0, 1 << 16, 0},
-        {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients as int8 with error feedback (slow links)", 0, 0, 0},
+        {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients (with --diloco: the outer deltas) as int8 with error feedback (slow links)", 0, 0, 0},
         {"--expert-parallel", NULL, FY_ARG_BOOL, &expert_parallel, NULL, "split the routed experts over the ranks (all-to-all)", 0, 0, 0},
         {"--grad-buckets", NULL, FY_ARG_INT, &buckets, "0|1", "send gradients layer by layer during the backward (default 0)", 0, 1, 0},
         {"--diloco", NULL, FY_ARG_INT, &diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},

@@ -17,7 +17,6 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     dp->size = fy_comm_size(c);
     dp->compress = compress && dp->size > 1;
     if (diloco && diloco->local_steps > 0 && dp->size > 1) {
-        if (dp->compress) return fy_fail(err, "DiLoCo and gradient compression are exclusive (DiLoCo sends no gradients)");
         dp->local_steps = diloco->local_steps;
         dp->outer_lr = diloco->outer_lr;
         dp->outer_momentum = diloco->outer_momentum;
@@ -343,7 +342,21 @@ int fy_dp_outer_step(fy_dp *dp, fy_model *m, fy_err *err) {
     const size_t nn = dp->n + dp->n_buffers;
     if (download_state(dp, m, dp->delta, err)) return -1;
     for (size_t i = 0; i < nn; i++) dp->delta[i] = dp->anchor[i] - dp->delta[i];
-    if (fy_comm_allreduce_f32(dp->comm, dp->delta, nn, err)) return -1;
+    if (dp->compress) {
+        /* The parameter deltas as int8 blocks both ways, with error feedback
+         * on both sides as for compressed gradients (reduce_grads); the
+         * router biases (a few floats) stay f32. */
+        size_t len = dp->hi - dp->lo;
+        for (size_t i = 0; i < dp->n; i++) dp->delta[i] += dp->resid_send[i];
+        if (fy_comm_reduce_scatter_q8(dp->comm, dp->delta, dp->shard, dp->counts, dp->displ, dp->resid_send, err))
+            return -1;
+        for (size_t i = 0; i < len; i++) dp->shard[i] += dp->resid_gather[i];
+        if (fy_comm_allgather_f32(dp->comm, dp->shard, dp->delta, dp->counts, dp->displ, 1, dp->resid_gather, err))
+            return -1;
+        if (dp->n_buffers && fy_comm_allreduce_f32(dp->comm, dp->delta + dp->n, dp->n_buffers, err)) return -1;
+    } else if (fy_comm_allreduce_f32(dp->comm, dp->delta, nn, err)) {
+        return -1;
+    }
     const float inv = 1.0f / (float)dp->size, mu = dp->outer_momentum, lr = dp->outer_lr;
     for (size_t i = 0; i < dp->n; i++) {
         float d = dp->delta[i] * inv;

@@ -571,8 +571,9 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         }
     }
     if (n_ranks > 1 && rank0 && dp.local_steps)
-        printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta\n",
-               dp.local_steps, dp.outer_lr, dp.outer_momentum);
+        printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta%s\n",
+               dp.local_steps, dp.outer_lr, dp.outer_momentum,
+               dp.compress ? " (deltas sent as int8 with error feedback)" : "");
     if (resume) {
         char dir[FY_PATH_MAX];
         if (fy_ckpt_resolve(run_dir, dir, sizeof dir, err) || fy_dp_load(&dp, dir, m, &opt, &state, err))

@@ -9,7 +9,8 @@
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
 #     bit-identically;
 #   - compressed (int8) DP sends >= 3.5x fewer bytes at a close loss;
-#     DiLoCo (H = 8) sends >= 6x fewer bytes per token;
+#     DiLoCo (H = 8) sends >= 6x fewer bytes per token, and with int8 deltas
+#     >= 3.5x fewer again at a loss within 2 % of it;
 #   - a rank killed mid-run is detected and the supervisor resumes the run
 #     from LATEST to the same final weights; a hung rank (SIGSTOP) is reported
 #     by the collective timeout and the run resumes too; when a host is gone
@@ -75,12 +76,17 @@ vloss() { sed -n 's/.*validation loss \([0-9.]*\);.*/\1/p' "$1"; }
 $ferry train $L --out dp --ranks 2 > dp.log 2>&1 || bad "DP run failed"
 $ferry train $L --out q8 --ranks 2 --compress-grads > q8.log 2>&1 || bad "compressed run failed: $(tail -3 q8.log)"
 $ferry train $L --out dl --ranks 2 --diloco 8 > dl.log 2>&1 || bad "DiLoCo run failed: $(tail -3 dl.log)"
-echo "bytes/token: DP $(bpt dp.log), int8 $(bpt q8.log), DiLoCo-8 $(bpt dl.log);" \
-     "val loss: DP $(vloss dp.log), int8 $(vloss q8.log), DiLoCo-8 $(vloss dl.log)"
+$ferry train $L --out dlq --ranks 2 --diloco 8 --compress-grads > dlq.log 2>&1 || bad "int8 DiLoCo run failed: $(tail -3 dlq.log)"
+echo "bytes/token: DP $(bpt dp.log), int8 $(bpt q8.log), DiLoCo-8 $(bpt dl.log), DiLoCo-8 int8 $(bpt dlq.log);" \
+     "val loss: DP $(vloss dp.log), int8 $(vloss q8.log), DiLoCo-8 $(vloss dl.log), DiLoCo-8 int8 $(vloss dlq.log)"
 check "awk -v a=$(bpt dp.log) -v b=$(bpt q8.log) 'BEGIN { exit !(b > 0 && a / b >= 3.5) }'" "int8 DP does not send >= 3.5x fewer bytes"
 check "awk -v a=$(bpt dp.log) -v b=$(bpt dl.log) 'BEGIN { exit !(b > 0 && a / b >= 6) }'" "DiLoCo H=8 does not send >= 6x fewer bytes"
 check "awk -v a=$(vloss dp.log) -v b=$(vloss q8.log) 'BEGIN { exit !(b > 0 && b < a * 1.05) }'" "int8 DP loss not within 5% of DP"
 check "awk -v b=$(vloss dl.log) 'BEGIN { exit !(b > 0 && b < 3.0) }'" "DiLoCo did not learn (val loss $(vloss dl.log))"
+# int8 deltas: ~4x fewer bytes than f32 DiLoCo, loss within 2 % of it.
+check "awk -v a=$(bpt dl.log) -v b=$(bpt dlq.log) 'BEGIN { exit !(b > 0 && a / b >= 3.5) }'" "int8 DiLoCo does not send >= 3.5x fewer bytes than DiLoCo"
+check "awk -v a=$(vloss dl.log) -v b=$(vloss dlq.log) 'BEGIN { exit !(b > 0 && b < a * 1.02) }'" "int8 DiLoCo loss not within 2% of DiLoCo"
+check "grep -q 'deltas sent as int8' dlq.log" "int8 DiLoCo did not say so"
 # The outer step changes the weights on purpose: no guard may roll it back.
 check "grep -q outer_step dl/metrics.jsonl && ! grep -q rollback dl/metrics.jsonl" "DiLoCo outer steps were rolled back by a guard"
 
