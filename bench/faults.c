@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
         double t = now_s() - t0;
         if (t < sync_s) sync_s = t;
         double stall;
-        if (fy_ckpt_async_save(&a, async_dir, rep + 1, &m, &opt, "{}", 1, &stall, &err) ||
+        if (fy_ckpt_async_save(&a, async_dir, rep + 1, &m, &opt, "{}", NULL, 1, &stall, &err) ||
             fy_ckpt_async_wait(&a, &err))
             goto fail;
         if (stall < stall_s) stall_s = stall;

@@ -21,18 +21,19 @@ typedef struct fy_ckpt_async {
 } fy_ckpt_async;
 
 void fy_ckpt_async_init(fy_ckpt_async *a);
-/* Waits for the previous write (returning its error, if any), snapshots and
- * starts writing. *stall_s (may be NULL): how long the caller was held. */
+/* Waits for the previous write (returning its error, if any), snapshots
+ * (with extra, may be NULL: fy_ckpt_snapshot_set_extra) and starts writing. *stall_s (may be NULL): how long the caller was held. */
 int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
-                       const char *trainer_state_json, int keep_last, double *stall_s, fy_err *err);
+                       const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
+                       double *stall_s, fy_err *err);
 /* Waits for the write in flight; returns its result. */
 int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
 /* Waits, then frees the snapshot buffers kept for reuse. */
 /* The same with the AdamW moments as whole host arrays (ZeRO-1 shards
  * gathered on the saving rank). */
 int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, int opt_t,
-                            const float *hm, const float *hv, const char *trainer_state_json, int keep_last,
-                            double *stall_s, fy_err *err);
+                            const float *hm, const float *hv, const char *trainer_state_json,
+                            const fy_ckpt_extra *extra, int keep_last, double *stall_s, fy_err *err);
 void fy_ckpt_async_free(fy_ckpt_async *a);
 
 #endif

@@ -352,7 +352,43 @@ int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, fy_model *m, int o
     return 0;
 }
 
+static void clear_extra(fy_ckpt_snapshot *s) {
+    for (int i = 0; i < s->n_extra; i++) free(s->extra_name[i]), free(s->extra_x[i]);
+    free(s->extra_name);
+    free(s->extra_x);
+    free(s->extra_shape);
+    free(s->extra_meta);
+    s->n_extra = 0;
+    s->extra_name = NULL, s->extra_x = NULL, s->extra_shape = NULL, s->extra_meta = NULL;
+}
+
+int fy_ckpt_snapshot_set_extra(fy_ckpt_snapshot *s, const fy_ckpt_extra *extra, fy_err *err) {
+    clear_extra(s);
+    if (!extra) return 0;
+    int n = extra->n;
+    s->extra_name = calloc(n ? n : 1, sizeof *s->extra_name);
+    s->extra_x = calloc(n ? n : 1, sizeof *s->extra_x);
+    s->extra_shape = calloc(n ? n : 1, sizeof *s->extra_shape);
+    s->extra_meta = strdup(extra->meta ? extra->meta : "");
+    if (!s->extra_name || !s->extra_x || !s->extra_shape || !s->extra_meta) goto oom;
+    for (int i = 0; i < n; i++) {
+        const fy_ckpt_extra_tensor *t = &extra->t[i];
+        size_t len = (size_t)(t->rows * t->cols);
+        s->n_extra = i + 1;
+        s->extra_name[i] = strdup(t->name);
+        s->extra_x[i] = malloc((len ? len : 1) * sizeof(float));
+        if (!s->extra_name[i] || !s->extra_x[i]) goto oom;
+        memcpy(s->extra_x[i], t->x, len * sizeof(float));
+        s->extra_shape[i][0] = t->rows, s->extra_shape[i][1] = t->cols;
+    }
+    return 0;
+oom:
+    clear_extra(s);
+    return fy_fail(err, "out of memory for a host copy of the per-rank state");
+}
+
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s) {
+    clear_extra(s);
     free(s->params);
     free(s->buffers);
     free(s->m);
@@ -389,6 +425,17 @@ static int write_optimizer(const char *path, const fy_ckpt_snapshot *s, fy_err *
         if (rc == 0) rc = add_tensor(w, t, ".exp_avg_sq", s->v, err);
     }
     if (rc == 0) rc = fy_st_writer_meta(w, "step", sv, err);
+    if (rc == 0) rc = fy_st_write(w, path, err);
+    fy_st_writer_free(w);
+    return rc;
+}
+
+static int write_extra(const char *path, const fy_ckpt_snapshot *s, fy_err *err) {
+    fy_st_writer *w = fy_st_writer_new();
+    int rc = w ? 0 : fy_fail(err, "out of memory");
+    for (int i = 0; i < s->n_extra && rc == 0; i++)
+        rc = fy_st_writer_add(w, s->extra_name[i], FY_ST_F32, 2, s->extra_shape[i], s->extra_x[i], err);
+    if (rc == 0) rc = fy_st_writer_meta(w, "ferry_dist", s->extra_meta, err);
     if (rc == 0) rc = fy_st_write(w, path, err);
     fy_st_writer_free(w);
     return rc;
@@ -455,7 +502,7 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
 }
 
 static int write_contents(const char *dir, const fy_ckpt_snapshot *s, fy_err *err) {
-    const char *names[3];
+    const char *names[4];
     int n = 0;
     char p[FY_PATH_MAX];
     if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, s, err)) return -1;
@@ -468,6 +515,10 @@ static int write_contents(const char *dir, const fy_ckpt_snapshot *s, fy_err *er
         fy_write_file_atomic(p, s->trainer_state, strlen(s->trainer_state), err))
         return -1;
     names[n++] = FY_CKPT_TRAINER;
+    if (s->extra_meta) {
+        if (fy_path_join(p, sizeof p, dir, FY_CKPT_DIST, err) || write_extra(p, s, err)) return -1;
+        names[n++] = FY_CKPT_DIST;
+    }
     if (write_manifest(dir, s->step, names, n, err)) return -1;
     return fy_fsync_dir(dir, err);
 }

@@ -5,6 +5,8 @@
  *       model.safetensors      every tensor of the table under its HF name, F32
  *       optimizer.safetensors  "<name>.exp_avg", "<name>.exp_avg_sq"; meta "step"
  *       trainer_state.json     the trainer's text, verbatim
+ *       dist_state.safetensors (multi-rank runs with per-rank state only:
+ *                              dist/dp.h) F32 tensors, meta "ferry_dist"
  *       MANIFEST.json          {"step": N, "files": {name: {bytes, xxh64}}}, last
  *   RUN_DIR/checkpoints/LATEST "step-00001000\n"
  *
@@ -28,6 +30,7 @@
 #define FY_CKPT_MODEL "model.safetensors"
 #define FY_CKPT_OPTIM "optimizer.safetensors"
 #define FY_CKPT_TRAINER "trainer_state.json"
+#define FY_CKPT_DIST "dist_state.safetensors"
 #define FY_CKPT_MAX_FILES 16
 
 /* Saves step `step` of m (and opt's moments when opt is non-NULL) with the
@@ -55,7 +58,31 @@ typedef struct fy_ckpt_snapshot {
     float *params, *buffers, *m, *v;
     int has_opt, opt_t, step;
     char *trainer_state;
+    /* dist_state.safetensors (fy_ckpt_snapshot_set_extra): n_extra tensors */
+    int n_extra;
+    char **extra_name;
+    float **extra_x;
+    int64_t (*extra_shape)[2];
+    char *extra_meta;
 } fy_ckpt_snapshot;
+
+/* State outside the one-file format that a multi-rank run needs to continue
+ * bit for bit on the same rank count (DiLoCo's per-rank inner moments and
+ * outer momentum, error-feedback residuals: dist/dp.c). Written as
+ * dist_state.safetensors, in the manifest like every file; meta is stored
+ * as the metadata "ferry_dist" and says what the tensors are. */
+typedef struct fy_ckpt_extra_tensor {
+    const char *name;
+    const float *x;
+    int64_t rows, cols;
+} fy_ckpt_extra_tensor;
+typedef struct fy_ckpt_extra {
+    const char *meta;
+    int n;
+    const fy_ckpt_extra_tensor *t;
+} fy_ckpt_extra;
+/* Copies extra into s (call after a take; NULL clears it). */
+int fy_ckpt_snapshot_set_extra(fy_ckpt_snapshot *s, const fy_ckpt_extra *extra, fy_err *err);
 /* s must be zeroed before its first use; taking again into the same snapshot
  * (same model) reuses its host buffers. */
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "ckpt/checkpoint.h"
+#include "ckpt/safetensors.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 
 static int is_pow2(int k) { return k > 0 && (k & (k - 1)) == 0; }
@@ -118,6 +120,10 @@ void fy_dp_free(fy_dp *dp, fy_model *m) {
     free(dp->anchor);
     free(dp->outer_mom);
     free(dp->delta);
+    free(dp->x_m);
+    free(dp->x_v);
+    free(dp->x_rs);
+    free(dp->x_rg);
     memset(dp, 0, sizeof *dp);
 }
 
@@ -300,8 +306,108 @@ int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm,
     return 0;
 }
 
+/* What the per-rank state was saved for: a resume with anything else
+ * cannot use it. */
+static void extra_meta(const fy_dp *dp, char *out, size_t cap) {
+    snprintf(out, cap, "ranks=%d diloco_every=%d compress=%d n_params=%zu n_buffers=%zu", dp->size, dp->local_steps,
+             dp->compress, dp->n, dp->n_buffers);
+}
+static int has_extra(const fy_dp *dp) { return dp->size > 1 && (dp->local_steps || dp->compress); }
+
+static int gather_rows(fy_dp *dp, const float *x, float **all, fy_err *err) {
+    if (!*all && !(*all = malloc((size_t)dp->size * dp->n * sizeof **all + 1)))
+        return fy_fail(err, "out of memory gathering the per-rank state (%d x %zu floats)", dp->size, dp->n);
+    return fy_comm_allgather(dp->comm, x, dp->n * sizeof *x, *all, err);
+}
+
+int fy_dp_extra_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_extra *extra, fy_err *err) {
+    memset(extra, 0, sizeof *extra);
+    if (!has_extra(dp)) return 0;
+    int n = 0;
+    const int64_t N = dp->size, np = (int64_t)dp->n;
+    if (dp->local_steps) {
+        /* inner moments (not sharded in DiLoCo: every rank has them all) */
+        fy_backend *be = m->be;
+        fy_buf mb = opt->m, vb = opt->v;
+        be->ops->download(be, dp->delta, fy_at(&mb, 0), dp->n);
+        if (fy_be_sync(be, err) || gather_rows(dp, dp->delta, &dp->x_m, err)) return -1;
+        be->ops->download(be, dp->delta, fy_at(&vb, 0), dp->n);
+        if (fy_be_sync(be, err) || gather_rows(dp, dp->delta, &dp->x_v, err)) return -1;
+        dp->x_t[n++] = (fy_ckpt_extra_tensor){"inner.exp_avg", dp->x_m, N, np};
+        dp->x_t[n++] = (fy_ckpt_extra_tensor){"inner.exp_avg_sq", dp->x_v, N, np};
+        dp->x_t[n++] = (fy_ckpt_extra_tensor){"outer_momentum", dp->outer_mom, 1, np + (int64_t)dp->n_buffers};
+    }
+    if (dp->compress) {
+        if (gather_rows(dp, dp->resid_send, &dp->x_rs, err)) return -1;
+        size_t *cnt = malloc(2 * (size_t)dp->size * sizeof *cnt);
+        if (!cnt) return fy_fail(err, "out of memory");
+        for (int r = 0; r < dp->size; r++) cnt[r] = dp->counts[r] * 4, cnt[dp->size + r] = dp->displ[r] * 4;
+        int rc = (!dp->x_rg && !(dp->x_rg = malloc(dp->n * sizeof *dp->x_rg + 1)))
+                     ? fy_fail(err, "out of memory")
+                     : fy_comm_allgatherv(dp->comm, dp->resid_gather, dp->x_rg, cnt, cnt + dp->size, err);
+        free(cnt);
+        if (rc) return -1;
+        dp->x_t[n++] = (fy_ckpt_extra_tensor){"resid_send", dp->x_rs, N, np};
+        dp->x_t[n++] = (fy_ckpt_extra_tensor){"resid_gather", dp->x_rg, 1, np};
+    }
+    extra_meta(dp, dp->x_meta, sizeof dp->x_meta);
+    extra->meta = dp->x_meta;
+    extra->n = n;
+    extra->t = dp->x_t;
+    return 0;
+}
+
+/* Row `row` of the [rows, cols] tensor name (its size is checked). */
+static int read_row(const fy_st_file *f, const char *name, size_t rows, int row, float *dst, size_t cols, float *tmp,
+                    fy_err *err) {
+    if (fy_st_read_f32(f, name, tmp, rows * cols, err)) return -1;
+    memcpy(dst, tmp + (size_t)row * cols, cols * sizeof *dst);
+    return 0;
+}
+
+static int load_extra(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, fy_err *err) {
+    if (!has_extra(dp)) return 0;
+    const char *what = dp->local_steps ? "DiLoCo" : "int8 gradients";
+    char path[FY_PATH_MAX], want[160];
+    if (fy_path_join(path, sizeof path, ckpt_dir, FY_CKPT_DIST, err)) return -1;
+    extra_meta(dp, want, sizeof want);
+    fy_st_file *f = NULL;
+    fy_err e2;
+    const char *got = NULL;
+    if (!fy_file_exists(path) || fy_st_open(path, &f, &e2) || !(got = fy_st_meta(f, "ferry_dist")) ||
+        strcmp(got, want)) {
+        if (dp->rank == 0)
+            fy_warn("%s: resuming without this run's per-rank state (%s; this run: %s): the continuation is "
+                    "correct but not bit-identical to an uninterrupted run", what,
+                    !f ? "none saved" : got ? got : "unlabelled", want);
+        fy_st_close(f);
+        return 0;
+    }
+    size_t nn = dp->n + dp->n_buffers;
+    float *tmp = malloc(((size_t)dp->size * nn + 1) * sizeof *tmp);
+    int rc = tmp ? 0 : fy_fail(err, "out of memory loading the per-rank state");
+    if (rc == 0 && dp->local_steps) {
+        fy_backend *be = m->be;
+        rc = read_row(f, "outer_momentum", 1, 0, dp->outer_mom, nn, tmp, err);
+        if (rc == 0) rc = read_row(f, "inner.exp_avg", dp->size, dp->rank, dp->delta, dp->n, tmp, err);
+        if (rc == 0) be->ops->upload(be, fy_at(&opt->m, 0), dp->delta, dp->n), rc = fy_be_sync(be, err);
+        if (rc == 0) rc = read_row(f, "inner.exp_avg_sq", dp->size, dp->rank, dp->delta, dp->n, tmp, err);
+        if (rc == 0) be->ops->upload(be, fy_at(&opt->v, 0), dp->delta, dp->n), rc = fy_be_sync(be, err);
+    }
+    if (rc == 0 && dp->compress) {
+        rc = read_row(f, "resid_send", dp->size, dp->rank, dp->resid_send, dp->n, tmp, err);
+        /* every rank's shard in place: this rank's is [lo, hi) */
+        if (rc == 0) rc = fy_st_read_f32(f, "resid_gather", tmp, dp->n, err);
+        if (rc == 0) memcpy(dp->resid_gather, tmp + dp->lo, (dp->hi - dp->lo) * sizeof *dp->resid_gather);
+    }
+    free(tmp);
+    fy_st_close(f);
+    return rc ? fy_wrap(err, "%s", path) : 0;
+}
+
 int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state, fy_err *err) {
-    if (!fy_dp_sharded(dp)) return fy_ckpt_load(ckpt_dir, m, opt, trainer_state, err);
+    if (!fy_dp_sharded(dp))
+        return fy_ckpt_load(ckpt_dir, m, opt, trainer_state, err) || load_extra(dp, ckpt_dir, m, opt, err) ? -1 : 0;
     /* A shard: load the whole moments, keep this rank's part. */
     fy_adamw full = {0};
     if (fy_adamw_create(&full, m, &opt->o, err)) return -1;

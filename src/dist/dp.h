@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "core/err.h"
+#include "ckpt/checkpoint.h"
 #include "dist/comm.h"
 #include "model/model.h"
 #include "train/optim.h"
@@ -65,6 +66,11 @@ typedef struct fy_dp {
     float outer_lr, outer_momentum;
     size_t n_buffers;
     float *anchor, *outer_mom, *delta; /* [n + n_buffers] each, host */
+    /* the per-rank state of a checkpoint (fy_dp_extra_state), gathered */
+    float *x_m, *x_v, *x_rs, *x_rg;    /* [size * n] x3, [n] */
+    fy_ckpt_extra_tensor x_t[5];
+    char x_meta[160];
+    uint64_t ckpt_bytes;  /* bytes sent gathering checkpoint state (not training traffic) */
 } fy_dp;
 
 /* DiLoCo settings for fy_dp_init (local_steps 0: off). */
@@ -127,7 +133,20 @@ int fy_dp_vote(fy_dp *dp, int local, fy_err *err);
 
 /* The whole moments on every rank (for a checkpoint): hm, hv [n] each. */
 int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err);
-/* Loads a checkpoint into m and this rank's part of opt. */
+/* The state beyond the one-file checkpoint that this mode keeps per rank,
+ * gathered from every rank (collective): with DiLoCo the inner AdamW moments
+ * of every rank ("inner.exp_avg", "inner.exp_avg_sq" [size, n]) and the
+ * outer momentum ("outer_momentum" [1, n + n_buffers]); with int8
+ * compression the error-feedback residuals ("resid_send" [size, n],
+ * "resid_gather" [1, n]: every rank's shard in place). *extra points into
+ * dp (valid until the next call); extra->meta is NULL when the mode has no
+ * such state (plain DP and ZeRO-1: the moments are in the checkpoint). */
+int fy_dp_extra_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_extra *extra, fy_err *err);
+/* Loads a checkpoint into m and this rank's part of opt; with the per-rank
+ * state of dist_state.safetensors when it was saved by the same rank count
+ * and mode (then the continuation is bit for bit), else with a warning that
+ * it is not (DiLoCo: outer momentum zero, every rank starts from rank 0's
+ * inner moments; int8: residuals zero). */
 int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state, fy_err *err);
 
 /* Bytes this rank sent since the last fy_dp_mark (the trainer marks at the

@@ -330,6 +330,10 @@ static int skips_add(skips *k, int step) {
     return 0;
 }
 
+static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
+                      const fy_train_opts *o, const char *run_dir, int step, const char *state,
+                      const fy_ckpt_extra *extra, double *stall, fy_err *err);
+
 /* Checkpoints are asynchronous: the loop waits only for the host snapshot;
  * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
  * write is reported by the next save or at the end of the run. */
@@ -350,21 +354,34 @@ static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, fl
              step, tokens, elapsed, (unsigned long long)o->seed, loss, isfinite(val) ? "" : "\"",
              val, isfinite(val) ? "" : "\"", extra);
     double stall = 0;
+    /* Gathering checkpoint state is not training traffic: counted apart. */
+    uint64_t bytes0 = fy_comm_bytes_sent(dp->comm);
+    fy_ckpt_extra dist;
+    int rc = fy_dp_extra_state(dp, m, opt, &dist, err);
+    if (rc == 0) rc = save_files(writer, m, opt, dp, hm, hv, o, run_dir, step, state, dist.meta ? &dist : NULL,
+                                 &stall, err);
+    dp->ckpt_bytes += fy_comm_bytes_sent(dp->comm) - bytes0;
+    if (rc) return fy_wrap(err, "saving checkpoint at step %d", step);
+    if (dp->rank != 0) return 0;
+    fy_info("checkpoint step %d: training held %.3f s, writing in the background", step, stall);
+    return 0;
+}
+
+static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
+                      const fy_train_opts *o, const char *run_dir, int step, const char *state,
+                      const fy_ckpt_extra *extra, double *stall, fy_err *err) {
     if (fy_dp_sharded(dp)) {
         /* ZeRO-1: every rank sends its moment shard; rank 0 writes. */
         size_t np = m->tab.n_params;
         if ((!*hm && !(*hm = malloc(np * sizeof **hm))) || (!*hv && !(*hv = malloc(np * sizeof **hv))))
             return fy_fail(err, "out of memory gathering the AdamW moments (%zu floats)", np);
-        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return fy_wrap(err, "saving checkpoint at step %d", step);
-        if (dp->rank == 0 &&
-            fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, o->keep_last, &stall, err))
-            return fy_wrap(err, "saving checkpoint at step %d", step);
-    } else if (dp->rank == 0 && fy_ckpt_async_save(writer, run_dir, step, m, opt, state, o->keep_last, &stall, err)) {
-        return fy_wrap(err, "saving checkpoint at step %d", step);
+        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return -1;
+        return dp->rank == 0 ? fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, extra,
+                                                       o->keep_last, stall, err)
+                             : 0;
     }
-    if (dp->rank != 0) return 0;
-    fy_info("checkpoint step %d: training held %.3f s, writing in the background", step, stall);
-    return 0;
+    return dp->rank == 0 ? fy_ckpt_async_save(writer, run_dir, step, m, opt, state, extra, o->keep_last, stall, err)
+                         : 0;
 }
 
 /* What a GEMM operand is, for fault reports: a weight, a weight's gradient
@@ -827,9 +844,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         goto done;
     if (rank0) plot(run_dir, &h);
     if (rank0 && n_ranks > 1)
-        printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token)\n",
-               (unsigned long long)fy_comm_bytes_sent(comm), step - start,
-               step > start ? fy_comm_bytes_sent(comm) / ((double)(step - start) * B * T) : 0.0);
+        printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token); checkpoints %llu more\n",
+               (unsigned long long)(fy_comm_bytes_sent(comm) - dp.ckpt_bytes), step - start,
+               step > start ? (fy_comm_bytes_sent(comm) - dp.ckpt_bytes) / ((double)(step - start) * B * T) : 0.0,
+               (unsigned long long)dp.ckpt_bytes);
     res->step = step;
     res->last_loss = loss;
     res->last_val_loss = val_loss;

@@ -45,7 +45,7 @@ int main(void) {
     fy_ckpt_async w;
     fy_ckpt_async_init(&w);
     double stall = -1;
-    CHECK(fy_ckpt_async_save(&w, async_dir, 7, &m, &opt, "{\"step\": 7}", 2, &stall, &err) == 0,
+    CHECK(fy_ckpt_async_save(&w, async_dir, 7, &m, &opt, "{\"step\": 7}", NULL, 2, &stall, &err) == 0,
           "async save: %s", err.msg);
     CHECK(stall >= 0, "stall not reported");
     /* Training goes on: the parameters change while the write is in flight. */
@@ -61,7 +61,7 @@ int main(void) {
     snprintf(b, sizeof b, "%s/checkpoints/step-00000007", async_dir);
     CHECK(fy_ckpt_verify(b, &err) == 0, "async checkpoint does not verify: %s", err.msg);
     /* A failed write is reported by the next wait. */
-    CHECK(fy_ckpt_async_save(&w, "/proc/ferry-no-such-dir/x", 8, &m, &opt, "{}", 2, NULL, &err) == 0 &&
+    CHECK(fy_ckpt_async_save(&w, "/proc/ferry-no-such-dir/x", 8, &m, &opt, "{}", NULL, 2, NULL, &err) == 0 &&
               fy_ckpt_async_wait(&w, &err) != 0,
           "a failing background write was not reported");
     printf("async checkpoint: stall %.4f s, write %.4f s\n", stall, write_s);
