@@ -58,6 +58,7 @@ want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
   for link in ${LINKS:-normal slow}; do
     if want DP; then run DP $link 2; fi
     if want DP-buckets; then run DP-buckets $link 2 --grad-buckets 1; fi
+    if want DP-buckets-progress; then run DP-buckets-progress $link 2 --grad-buckets 2; fi
     if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi
     if want DiLoCo-H8; then run DiLoCo-H8 $link 2 --diloco 8; fi
     if want DiLoCo-H32; then run DiLoCo-H32 $link 2 --diloco 32; fi

@@ -324,7 +324,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
         {"--micro-batch", NULL, FY_ARG_INT, &micro, "M", "sequences per micro-batch (default: --batch / ranks)", 0, 1 << 16, 0},
         {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients (with --diloco: the outer deltas) as int8 with error feedback (slow links)", 0, 0, 0},
         {"--expert-parallel", NULL, FY_ARG_BOOL, &expert_parallel, NULL, "split the routed experts over the ranks (all-to-all)", 0, 0, 0},
-        {"--grad-buckets", NULL, FY_ARG_INT, &buckets, "0|1", "send gradients layer by layer during the backward (default 0)", 0, 1, 0},
+        {"--grad-buckets", NULL, FY_ARG_INT, &buckets, "0|1|2", "send gradients layer by layer during the backward (default 0; 2: with a progress thread driving MPI)", 0, 2, 0},
         {"--diloco", NULL, FY_ARG_INT, &diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},
         {"--outer-lr", NULL, FY_ARG_FLOAT, &outer_lr, "LR", "DiLoCo outer Nesterov learning rate (default 0.7)", 0, 10, 0},
         {"--comm-timeout", NULL, FY_ARG_FLOAT, &comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default 300)", 0.1, 1e6, 0},

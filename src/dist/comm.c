@@ -8,11 +8,13 @@
 #ifdef FERRY_HAVE_MPI
 #include <limits.h>
 #include <mpi.h>
+#include <pthread.h>
 #endif
 
 struct fy_comm {
     int rank, size;
     int mpi;                /* 1: MPI_COMM_WORLD, 0: the one-rank communicator */
+    int thread_multiple;    /* MPI gave MPI_THREAD_MULTIPLE: a progress thread may call it */
     double timeout_s;
     uint64_t bytes_sent;
     int lost;               /* a collective failed or timed out */
@@ -46,7 +48,9 @@ int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err) {
     if (fy_comm_launched()) {
 #ifdef FERRY_HAVE_MPI
         int provided = 0;
-        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        /* MULTIPLE for the bucketed reduce-scatter's progress thread; an MPI
+         * that offers less runs without it. */
+        if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
             free(c);
             return fy_fail(err, "MPI_Init_thread failed");
         }
@@ -55,6 +59,7 @@ int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err) {
         MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
         MPI_Comm_size(MPI_COMM_WORLD, &c->size);
         c->mpi = 1;
+        c->thread_multiple = provided >= MPI_THREAD_MULTIPLE;
 #else
         free(c);
         return fy_fail(err, "this process was started by mpirun, but ferry was built without MPI "
@@ -393,10 +398,37 @@ struct fy_comm_rs {
     MPI_Request *req;           /* one per posted range */
     int *cnt;                   /* [n_req][4 * size] the int counts each request reads */
     int n_req, cap_req;
+    /* Open MPI moves a non-blocking collective only inside MPI calls; this
+     * thread makes them (MPI_Test on the posted pieces every 50 us) while
+     * the backward computes. mu guards req and n_req: MPI forbids two
+     * threads testing one request. */
+    pthread_t progress;
+    pthread_mutex_t mu;
+    int has_progress, stop;
 #endif
 };
 
-int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, fy_comm_rs **out, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+static void *rs_progress(void *arg) {
+    fy_comm_rs *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int stop = s->stop;
+        for (int i = 0; i < s->n_req && !stop; i++)
+            if (s->req[i] != MPI_REQUEST_NULL) {
+                int done = 0;
+                MPI_Test(&s->req[i], &done, MPI_STATUS_IGNORE); /* errors: the waiter sees them */
+            }
+        pthread_mutex_unlock(&s->mu);
+        if (stop) return NULL;
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+}
+#endif
+
+int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, int progress, fy_comm_rs **out,
+                      fy_err *err) {
     fy_comm_rs *s = calloc(1, sizeof *s);
     if (!s) return fy_fail(err, "out of memory");
     s->c = c;
@@ -416,16 +448,32 @@ int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, fy_
         fy_comm_rs_free(s);
         return fy_fail(err, "out of memory");
     }
+#ifdef FERRY_HAVE_MPI
+    pthread_mutex_init(&s->mu, NULL);
+    if (progress && c->mpi && c->size > 1 && c->thread_multiple)
+        s->has_progress = pthread_create(&s->progress, NULL, rs_progress, s) == 0;
+#endif
     *out = s;
     return 0;
+}
+
+int fy_comm_rs_progress_thread(const fy_comm_rs *s) {
+#ifdef FERRY_HAVE_MPI
+    return s && s->has_progress;
+#else
+    (void)s;
+    return 0;
+#endif
 }
 
 #ifdef FERRY_HAVE_MPI
 static int rs_wait_all(fy_comm_rs *s, fy_err *err) {
     int rc = 0;
+    pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->n_req; i++)
         if (!rc) rc = wait_req(s->c, &s->req[i], MPI_SUCCESS, "reduce-scatter (bucketed)", err);
     s->n_req = 0;
+    pthread_mutex_unlock(&s->mu);
     return rc;
 }
 #endif
@@ -433,10 +481,17 @@ static int rs_wait_all(fy_comm_rs *s, fy_err *err) {
 void fy_comm_rs_free(fy_comm_rs *s) {
     if (!s) return;
 #ifdef FERRY_HAVE_MPI
+    if (s->has_progress) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = 1;
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->progress, NULL);
+    }
     if (s->n_req && !s->c->lost) {
         fy_err e;
         rs_wait_all(s, &e);
     }
+    pthread_mutex_destroy(&s->mu);
     free(s->req);
     free(s->cnt);
 #endif
@@ -458,18 +513,10 @@ int fy_comm_rs_begin(fy_comm_rs *s, fy_err *err) {
     return 0;
 }
 
-int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err) {
-    fy_comm *c = s->c;
-    if (!s->active || lo > hi || hi > s->n_total)
-        return fy_fail(err, "internal: bucketed reduce-scatter: range [%zu, %zu) of %zu posted outside a reduction",
-                       lo, hi, s->n_total);
-    s->posted += hi - lo;
-    if (c->size == 1) {
-        size_t a = lo > s->displ[0] ? lo : s->displ[0], b = hi < s->displ[0] + s->len ? hi : s->displ[0] + s->len;
-        if (b > a) memcpy(s->recv + (a - s->displ[0]), x + a, (b - a) * sizeof *x);
-        return 0;
-    }
 #ifdef FERRY_HAVE_MPI
+/* rs_post's MPI part, with s->mu held. */
+static int rs_post_locked(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err) {
+    fy_comm *c = s->c;
     const int n = c->size;
     if (s->n_req == s->cap_req) {
         int cap = s->cap_req ? 2 * s->cap_req : 16;
@@ -506,6 +553,25 @@ int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err 
         MPI_Test(&s->req[i], &done, MPI_STATUS_IGNORE);
     }
     return 0;
+}
+#endif
+
+int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err) {
+    fy_comm *c = s->c;
+    if (!s->active || lo > hi || hi > s->n_total)
+        return fy_fail(err, "internal: bucketed reduce-scatter: range [%zu, %zu) of %zu posted outside a reduction",
+                       lo, hi, s->n_total);
+    s->posted += hi - lo;
+    if (c->size == 1) {
+        size_t a = lo > s->displ[0] ? lo : s->displ[0], b = hi < s->displ[0] + s->len ? hi : s->displ[0] + s->len;
+        if (b > a) memcpy(s->recv + (a - s->displ[0]), x + a, (b - a) * sizeof *x);
+        return 0;
+    }
+#ifdef FERRY_HAVE_MPI
+    pthread_mutex_lock(&s->mu);
+    int rc = rs_post_locked(s, x, lo, hi, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 #else
     (void)x;
     return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);

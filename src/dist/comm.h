@@ -105,8 +105,11 @@ int fy_comm_allreduce_f32(fy_comm *c, float *x, size_t n, fy_err *err);
  * [0, n_total) once. post also drives the progress of the earlier pieces
  * (MPI moves non-blocking collectives while it is being called). */
 typedef struct fy_comm_rs fy_comm_rs;
-/* counts/displ: the shards, as for fy_comm_reduce_scatter_f32 (copied). */
-int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, fy_comm_rs **out, fy_err *err);
+/* counts/displ: the shards, as for fy_comm_reduce_scatter_f32 (copied).
+ * progress: also start a thread that drives the posted pieces between calls
+ * (needs MPI_THREAD_MULTIPLE; without it, no thread). */
+int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, int progress, fy_comm_rs **out,
+                      fy_err *err);
 void fy_comm_rs_free(fy_comm_rs *s);
 /* Starts a new reduction (drops pieces of an unfinished one after waiting
  * for them). */
@@ -118,6 +121,8 @@ int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err 
 int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err);
 /* 1 between begin and finish. */
 int fy_comm_rs_active(const fy_comm_rs *s);
+/* 1 when a thread of s drives the posted pieces between calls. */
+int fy_comm_rs_progress_thread(const fy_comm_rs *s);
 
 /* ---- the fixed summation order -------------------------------------------
  * Partial sums over leaves [lo, hi) are combined as a binary tree that splits

@@ -99,7 +99,7 @@ int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err) {
         fy_model_set_grad_ready(m, NULL, NULL);
     }
     if (!on || !fy_dp_sharded(dp) || dp->local_micro != 1) return 0;
-    if (fy_comm_rs_create(dp->comm, dp->counts, dp->displ, &dp->rs, err)) return fy_wrap(err, "gradient buckets");
+    if (fy_comm_rs_create(dp->comm, dp->counts, dp->displ, on == 2, &dp->rs, err)) return fy_wrap(err, "gradient buckets");
     dp->bucket_model = m;
     fy_model_set_grad_ready(m, dp_grad_ready, dp);
     return 0;

@@ -82,7 +82,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"outer_lr", 0, 10, 0, &o->outer_lr, NULL},
             {"outer_momentum", 0, 0.999999, 0, &o->outer_momentum, NULL},
             {"expert_parallel", 0, 1, 1, NULL, &o->expert_parallel},
-            {"grad_buckets", 0, 1, 1, NULL, &o->grad_buckets},
+            {"grad_buckets", 0, 2, 1, NULL, &o->grad_buckets},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -560,12 +560,14 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     /* Fault injection edits the gradients after the backward, so with it
      * they travel after the backward too. */
-    if (fy_dp_set_bucketing(&dp, m, o->grad_buckets && !inj.n, err)) goto done;
+    if (fy_dp_set_bucketing(&dp, m, inj.n ? 0 : o->grad_buckets, err)) goto done;
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
                dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
                                                                  : "ZeRO-1 sharded AdamW moments",
-               fy_dp_bucketing(&dp) ? ", gradients sent layer by layer during the backward" : "");
+               !fy_dp_bucketing(&dp) ? ""
+               : fy_comm_rs_progress_thread(dp.rs) ? ", gradients sent layer by layer during the backward (progress thread)"
+                                                  : ", gradients sent layer by layer during the backward");
     if (dp.local_steps && o->ckpt_every % dp.local_steps) {
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
                 o->ckpt_every, dp.local_steps);

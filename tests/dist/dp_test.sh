@@ -44,6 +44,9 @@ check "! grep -q 'layer by layer' two.log" "gradient bucketing is on by default"
 $ferry train $T --out twob --ranks 2 --grad-buckets 1 > twob.log 2>&1 || bad "2-rank run with buckets failed"
 check "grep -q 'gradients sent layer by layer during the backward' twob.log && same two twob 00000020" \
       "--grad-buckets 1 changed the bits (or did not turn them on): $(grep 'data parallel' twob.log)"
+$ferry train $T --out twob2 --ranks 2 --grad-buckets 2 > twob2.log 2>&1 || bad "2-rank run with buckets + progress thread failed"
+check "grep -q 'progress thread' twob2.log && same two twob2 00000020" \
+      "--grad-buckets 2 changed the bits (or did not start its progress thread): $(grep 'data parallel' twob2.log)"
 check "same one two 00000020" "2 ranks are not bit-identical to 1 rank (weights or moments)"
 check "same one two 00000010" "2 ranks are not bit-identical to 1 rank at step 10"
 # ... and the check can fail: a different micro-batch gives different bits.

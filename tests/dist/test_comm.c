@@ -178,7 +178,7 @@ static void test_collectives(fy_comm *c) {
  * give the bits of the one-shot reduce-scatter; twice in a row (the
  * stream is reused every step), and a reduction left unfinished (a
  * discarded step) does not spoil the next. */
-static void test_bucketed(fy_comm *c) {
+static void test_bucketed(fy_comm *c, int progress) {
     const int me = fy_comm_rank(c), n = fy_comm_size(c);
     fy_err err;
     const size_t N = 50021;
@@ -189,7 +189,10 @@ static void test_bucketed(fy_comm *c) {
     for (size_t i = 0; i < N; i++) x[i] = value(me, i * 3 + 1);
     CHECK(fy_comm_reduce_scatter_f32(c, x, want, counts, displ, &err) == 0, "reduce-scatter: %s", err.msg);
     fy_comm_rs *rs;
-    CHECK(fy_comm_rs_create(c, counts, displ, &rs, &err) == 0, "rs create: %s", err.msg);
+    CHECK(fy_comm_rs_create(c, counts, displ, progress, &rs, &err) == 0, "rs create: %s", err.msg);
+    /* a progress thread exactly when asked for and possible (Open MPI gives THREAD_MULTIPLE) */
+    if (!progress || n == 1) CHECK(!fy_comm_rs_progress_thread(rs), "progress thread started unasked");
+    else CHECK(fy_comm_rs_progress_thread(rs), "no progress thread with MPI_THREAD_MULTIPLE (asked for)");
     const size_t cuts[] = {N, 41000, 33333, 33333, 25010, 7, 0};
     for (int round = 0; round < 3; round++) {
         CHECK(fy_comm_rs_begin(rs, &err) == 0, "rs begin: %s", err.msg);
@@ -240,7 +243,8 @@ int main(int argc, char **argv) {
     }
     if (rank_ == 0) test_tree(), test_quant();
     test_collectives(c);
-    test_bucketed(c);
+    test_bucketed(c, 0);
+    test_bucketed(c, 1);
     if (rank_ == 0) printf("test_comm (%d ranks, MPI %s): %d passed, %d failed\n", fy_comm_size(c),
                            fy_comm_have_mpi() ? "built in" : "not built", pass, fail);
     int32_t f = fail;
