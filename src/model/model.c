@@ -222,17 +222,20 @@ static void free_host_routing(fy_model *m) {
 int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
     int N = B * T;
     if (m->acts.handle && B == m->B && T == m->T) return 0;
-    if (m->acts.handle) fy_be_free(m->be, &m->acts);
     free_host_routing(m);
     m->B = B;
     m->T = T;
     planner p = {&m->acts, 0};
     plan_all(m, &p, N);
-    if (fy_be_alloc(m->be, &m->acts, p.used, err))
-        return fy_wrap(err, "allocating activations for batch %d x %d (%zu MB)", B, T,
-                       p.used * 4 >> 20);
-    p.used = 0;
-    plan_all(m, &p, N); /* same offsets, now with the buffer in place */
+    /* A smaller shape reuses the buffer (generation alternates prefill and
+     * one-token decode: reallocating each time cost page faults). */
+    if (!m->acts.handle || p.used > m->acts.n) {
+        if (m->acts.handle) fy_be_free(m->be, &m->acts);
+        if (fy_be_alloc(m->be, &m->acts, p.used, err))
+            return fy_wrap(err, "allocating activations for batch %d x %d (%zu MB)", B, T, p.used * 4 >> 20);
+        p.used = 0;
+        plan_all(m, &p, N); /* same offsets, now with the buffer in place */
+    }
     int E = m->cfg.n_routed_experts, K = m->cfg.num_experts_per_tok;
     for (int li = 0; li < m->tab.n_layers; li++) {
         fy_layer_acts *a = &m->layer_acts[li];

@@ -44,12 +44,13 @@ static inline size_t fy_cpu_span(size_t rows, size_t ld, size_t width) {
 
 /* Hot row kernels are compiled for AVX-512, AVX2 and baseline x86-64 and
  * the best one is picked when the program loads (GCC target_clones; the
- * build has no -march). No clone enables FMA (avx512f does not imply it),
- * so none fuses a multiply-add, and every kernel fixes its operation order
- * (explicit 8-lane reductions, elementwise maths): all clones give bitwise
- * the same results, so a run resumed on a machine with another ISA stays
- * bit-exact. (Checked when written by running the avx512f and default
- * clones on 3M random inputs; a test cannot choose the clone.) */
+ * build has no -march). The library is built with -ffp-contract=off
+ * (CMakeLists.txt): avx512f brings 512-bit FMA and GCC contracted mul + add
+ * into it in the avx512f clones (46 fused instructions in cpu_rows.c alone,
+ * found 2026-12-03), so the clones differed in the last bits. Without
+ * contraction, and with every kernel fixing its operation order (explicit
+ * 8-lane reductions, elementwise maths), all clones give the same bits, so
+ * a run resumed on a machine with another ISA stays bit-exact. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FY_CPU_HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
