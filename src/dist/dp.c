@@ -167,6 +167,18 @@ static int local_sum(fy_dp *dp, fy_model *m, fy_err *err) {
 
 /* ---- the step -------------------------------------------------------------- */
 
+/* x[n] (=) the sum over ranks, sent as int8 blocks both ways (reduce-scatter,
+ * then all-gather of the sums) with error feedback on both sides: what
+ * quantization dropped last call is sent now. Every rank ends with the same
+ * bits. Compressed gradients and DiLoCo's compressed deltas. */
+static int allreduce_q8(fy_dp *dp, float *x, fy_err *err) {
+    size_t len = dp->hi - dp->lo;
+    for (size_t i = 0; i < dp->n; i++) x[i] += dp->resid_send[i];
+    if (fy_comm_reduce_scatter_q8(dp->comm, x, dp->shard, dp->counts, dp->displ, dp->resid_send, err)) return -1;
+    for (size_t i = 0; i < len; i++) dp->shard[i] += dp->resid_gather[i];
+    return fy_comm_allgather_f32(dp->comm, dp->shard, x, dp->counts, dp->displ, 1, dp->resid_gather, err);
+}
+
 static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
     if (local_sum(dp, m, err)) return -1;
     if (dp->size == 1 || dp->local_steps) return 0;
@@ -184,13 +196,7 @@ static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
         if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);
         return fy_be_sync(be, err);
     }
-    /* Error feedback: what quantization dropped last step is sent now. */
-    for (size_t i = 0; i < dp->n; i++) dp->host[i] += dp->resid_send[i];
-    if (fy_comm_reduce_scatter_q8(dp->comm, dp->host, dp->shard, dp->counts, dp->displ, dp->resid_send, err))
-        return -1;
-    for (size_t i = 0; i < len; i++) dp->shard[i] += dp->resid_gather[i];
-    if (fy_comm_allgather_f32(dp->comm, dp->shard, dp->host, dp->counts, dp->displ, 1, dp->resid_gather, err))
-        return -1;
+    if (allreduce_q8(dp, dp->host, err)) return -1;
     be->ops->upload(be, fy_at(&m->grads, 0), dp->host, dp->n);
     return fy_be_sync(be, err);
 }
@@ -449,16 +455,8 @@ int fy_dp_outer_step(fy_dp *dp, fy_model *m, fy_err *err) {
     if (download_state(dp, m, dp->delta, err)) return -1;
     for (size_t i = 0; i < nn; i++) dp->delta[i] = dp->anchor[i] - dp->delta[i];
     if (dp->compress) {
-        /* The parameter deltas as int8 blocks both ways, with error feedback
-         * on both sides as for compressed gradients (reduce_grads); the
-         * router biases (a few floats) stay f32. */
-        size_t len = dp->hi - dp->lo;
-        for (size_t i = 0; i < dp->n; i++) dp->delta[i] += dp->resid_send[i];
-        if (fy_comm_reduce_scatter_q8(dp->comm, dp->delta, dp->shard, dp->counts, dp->displ, dp->resid_send, err))
-            return -1;
-        for (size_t i = 0; i < len; i++) dp->shard[i] += dp->resid_gather[i];
-        if (fy_comm_allgather_f32(dp->comm, dp->shard, dp->delta, dp->counts, dp->displ, 1, dp->resid_gather, err))
-            return -1;
+        /* the parameter deltas in int8; the router biases (a few floats) f32 */
+        if (allreduce_q8(dp, dp->delta, err)) return -1;
         if (dp->n_buffers && fy_comm_allreduce_f32(dp->comm, dp->delta + dp->n, dp->n_buffers, err)) return -1;
     } else if (fy_comm_allreduce_f32(dp->comm, dp->delta, nn, err)) {
         return -1;
