@@ -155,6 +155,10 @@ else
   check "$ferry generate --model run $G --backend cpu >e_cpu.txt 2>&1" "generate 256 on cpu"
   check "$ferry generate --model run $G --backend $ocl >e_ocl.txt 2>&1" "generate 256 on $ocl (see e_ocl.txt)"
   check "[ -s e_cpu.txt ] && cmp -s e_cpu.txt e_ocl.txt" "cpu-trained run: greedy text differs between cpu and $ocl"
+  # Q8_0 decode weights serve on OpenCL too (its linear_q8 has the cpu's bits).
+  check "$ferry generate --model run $G --weights q8_0 --backend cpu >q_cpu.txt 2>&1" "generate q8_0 on cpu"
+  check "$ferry generate --model run $G --weights q8_0 --backend $ocl >q_ocl.txt 2>&1" "generate q8_0 on $ocl (see q_ocl.txt)"
+  check "[ -s q_cpu.txt ] && cmp -s q_cpu.txt q_ocl.txt" "q8_0 greedy text differs between cpu and $ocl"
   run_log e_train_cpu.log "train 8 steps on cpu" $ferry train $E --out e_cpu
   run_log e_train_ocl.log "train 8 steps on $ocl" $ferry train $E --out e_ocl --backend $ocl
   check "$ferry generate --model e_ocl $G --backend cpu >f_cpu.txt 2>&1" "generate from the $ocl run on cpu"

@@ -391,6 +391,46 @@ static void test_attn(void) {
     }
 }
 
+/* linear_q8: the same bits as the cpu kernel (kernels/quant.cl follows
+ * cpu_quant.c's accumulation); strides, accumulation, odd block counts, an
+ * all-zero input block. */
+static void q8_case(int N, int in, int out, int ldx, int ldy, int accumulate) {
+    float *w = host_rand((size_t)out * in, 1.0f), *s = malloc((size_t)out * in / 32 * sizeof *s);
+    int8_t *q = malloc((size_t)out * in);
+    fy_q8_quantize(w, out, in, in, q, s);
+    twin tq = tw_new((size_t)out * in / 4), ts = tw_new((size_t)out * in / 32);
+    tw_set(&tq, q);
+    tw_set(&ts, s);
+    twin x = tw_rand((size_t)N * ldx, 1.0f), y = tw_rand((size_t)N * ldy, 1.0f);
+    if (in >= 64) { /* row 0, block 1: zeros */
+        float z[32] = {0};
+        cpu->ops->upload(cpu, fy_at(&x.c, 32), z, 32);
+        ocl->ops->upload(ocl, fy_at(&x.o, 32), z, 32);
+    }
+    for (int side = 0; side < 2; side++) {
+        fy_backend *be = SIDE_BE(side);
+        be->ops->linear_q8(be, N, in, out, RF(x, 0), ldx, RF(tq, 0), RF(ts, 0), RF(y, 0), ldy, accumulate);
+    }
+    char what[80];
+    snprintf(what, sizeof what, "linear_q8 N=%d in=%d out=%d acc=%d", N, in, out, accumulate);
+    cmp(what, &y, 0, 0); /* bit for bit */
+    tw_free(&tq), tw_free(&ts), tw_free(&x), tw_free(&y);
+    free(w), free(s), free(q);
+}
+
+static void test_linear_q8(void) {
+    q8_case(1, 32, 1, 32, 1, 0);
+    q8_case(1, 256, 37, 256, 37, 0);
+    q8_case(1, 512, 300, 512, 300, 1);
+    q8_case(3, 96, 9, 100, 11, 0); /* strides; columns past out untouched */
+    q8_case(1, 160, 5, 160, 5, 0); /* an odd number of blocks */
+    twin b = tw_new(64);
+    ocl->ops->linear_q8(ocl, 1, 40, 1, fy_at(&b.o, 0), 40, fy_at(&b.o, 0), fy_at(&b.o, 0), fy_at(&b.o, 0), 1, 0);
+    fy_err e = {{0}};
+    CHECK(fy_be_sync(ocl, &e) != 0 && strstr(e.msg, "multiple of 32"), "opencl linear_q8 in=40 accepted");
+    tw_free(&b);
+}
+
 static void test_mla_decode(void) {
     int Ss[] = {0, 1, 17, 70};
     int H = 3, r = 18, dn = 5, dr = 6, dv = 7, ldq = 13, ldc = 20, ldk = 8;
@@ -625,6 +665,7 @@ int main(void) {
     test_swiglu();
     test_attn();
     test_mla_decode();
+    test_linear_q8();
     test_router_balance();
     test_gather_scatter();
     test_xent();
@@ -646,6 +687,7 @@ int main(void) {
     test_gemm();
     test_attn();
     test_mla_decode();
+    test_linear_q8();
     fy_backend_destroy(ocl);
     fy_backend_destroy(cpu);
     return fy_test_finish("test_opencl_ops");

@@ -22,7 +22,8 @@
     X(fy_gemm_reg_tt) X(fy_rmsnorm_fwd) X(fy_rmsnorm_bwd_dx) X(fy_rmsnorm_dw_part)             \
     X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
     X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
-    X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)
+    X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)              \
+    X(fy_q8_quant) X(fy_linear_q8)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -159,6 +160,8 @@ void fy_ocl_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
                      fy_ref k, fy_ref v, fy_ref out, fy_ref P);
 void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
                      fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
+void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate);
 void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
                        fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
                        fy_ref out);

@@ -581,6 +581,7 @@ static const fy_backend_ops ocl_ops = {
     .xent_fwdbwd = fy_ocl_xent_fwdbwd,
     .adamw = fy_ocl_adamw,
     .mla_decode = fy_ocl_mla_decode,
+    .linear_q8 = fy_ocl_linear_q8,
 };
 
 /* A checked device query for creation; -1 with a message naming it. */

@@ -1,0 +1,54 @@
+/* Q8_0 inference weights (backend.h linear_q8): the input rows quantized
+ * like the weights, exact integer block sums, and the float accumulation of
+ * the cpu backend's kernels (cpu_quant.c) step for step, so the two
+ * backends give the same bits. Quants are bytes; their buffers are float
+ * buffers, so byte offsets are 4 x the element offsets passed. */
+
+/* One block of 32 of row n a work-item; global (in/32, N). scale =
+ * max|x| / 127, q = round-half-even(x / scale) by the 1.5 * 2^23 trick (no
+ * contraction: 00_common.cl). */
+kernel void fy_q8_quant(int N, int in, global const float *x, ulong xo, int ldx, global char *xq, ulong xqo,
+                        global float *sx, ulong sxo) {
+    int b = get_global_id(0), n = get_global_id(1), nb = in / 32;
+    if (b >= nb || n >= N) return;
+    global const float *p = x + xo + (ulong)n * ldx + (ulong)b * 32;
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++) {
+        float a = fabs(p[i]);
+        amax = a > amax ? a : amax;
+    }
+    float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    sx[sxo + (ulong)n * nb + b] = d;
+    global char *q = xq + xqo * 4 + (ulong)n * in + (ulong)b * 32;
+    for (int i = 0; i < 32; i++) {
+        float v = (p[i] * id + 12582912.0f) - 12582912.0f;
+        q[i] = (char)(int)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+    }
+}
+
+/* y[n, o] (=|+=) sum_b ws[o, b] sx[n, b] sum_{i in b} wq[o, i] xq[n, i];
+ * one output a work-item, global (out, N). Lane l of half (b & 1) adds
+ * block b's products 4l .. 4l+3; the 16 lanes reduce as cpu_quant.c's. */
+kernel void fy_linear_q8(int N, int in, int out, global const char *xq, ulong xqo, global const float *sx,
+                         ulong sxo, global const char *wq, ulong wqo, global const float *ws, ulong wso,
+                         global float *y, ulong yo, int ldy, int accumulate) {
+    int o = get_global_id(0), n = get_global_id(1), nb = in / 32;
+    if (o >= out || n >= N) return;
+    global const char *w = wq + wqo * 4 + (ulong)o * in, *xr = xq + xqo * 4 + (ulong)n * in;
+    global const float *s = ws + wso + (ulong)o * nb, *t = sx + sxo + (ulong)n * nb;
+    float a[16];
+    for (int l = 0; l < 16; l++) a[l] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const float d = s[b] * t[b];
+        for (int l = 0; l < 8; l++) {
+            int v = 0;
+            for (int k = 0; k < 4; k++) v += w[b * 32 + 4 * l + k] * xr[b * 32 + 4 * l + k];
+            a[(b & 1) * 8 + l] += (float)v * d;
+        }
+    }
+    float u[8];
+    for (int l = 0; l < 8; l++) u[l] = a[l] + a[l + 8];
+    float r = ((u[0] + u[4]) + (u[1] + u[5])) + ((u[2] + u[6]) + (u[3] + u[7]));
+    global float *yp = y + yo + (ulong)n * ldy + o;
+    *yp = accumulate ? *yp + r : r;
+}

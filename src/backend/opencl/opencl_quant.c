@@ -1,0 +1,48 @@
+/* Q8_0 inference weights on OpenCL (backend.h linear_q8): the input rows
+ * quantized into scratch, then one work-item per output forms the exact
+ * integer block sums and accumulates them as the cpu backend does
+ * (kernels/quant.cl): the same bits as cpu_quant.c. */
+#include "backend/opencl/opencl.h"
+
+void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate) {
+    const char *op = "linear_q8";
+    if (N < 0 || in < 0 || out < 0 || in % FY_Q8_BLOCK || (N > 1 && (ldx < in || ldy < out))) {
+        fy_be_set_error(be, "opencl %s: bad sizes N=%d in=%d (a multiple of %d) out=%d ldx=%d ldy=%d", op, N,
+                        in, FY_Q8_BLOCK, out, ldx, ldy);
+        return;
+    }
+    if (!N || !out) return;
+    cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, in), op, "x");
+    cl_mem qm = fy_ocl_mem(be, wq, (size_t)out * (in / 4), op, "wq");
+    cl_mem sm = fy_ocl_mem(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
+    cl_mem ym = fy_ocl_mem(be, y, fy_ocl_span(N, ldy, out), op, "y");
+    /* the quantized rows: N * in bytes (N * in/4 elements), then N * in/32 scales */
+    const size_t nq = (size_t)N * (in / 4), ns = (size_t)N * (in / FY_Q8_BLOCK);
+    cl_mem scr = fy_ocl_scratch(be, FY_OCL_SCRATCH_A, (nq + ns) * 4, op);
+    if (!xm || !qm || !sm || !ym || !scr) return;
+    if (in) {
+        fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_q8_quant, op);
+        fy_ocl_int(&c, N);
+        fy_ocl_int(&c, in);
+        fy_ocl_buf(&c, xm, x.off);
+        fy_ocl_int(&c, ldx);
+        fy_ocl_buf(&c, scr, 0);
+        fy_ocl_buf(&c, scr, nq);
+        size_t g[2] = {fy_ocl_round((size_t)in / FY_Q8_BLOCK, 32), (size_t)N};
+        fy_ocl_run(&c, 2, g, NULL);
+    }
+    fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_linear_q8, op);
+    fy_ocl_int(&c, N);
+    fy_ocl_int(&c, in);
+    fy_ocl_int(&c, out);
+    fy_ocl_buf(&c, scr, 0);
+    fy_ocl_buf(&c, scr, nq);
+    fy_ocl_buf(&c, qm, wq.off);
+    fy_ocl_buf(&c, sm, ws.off);
+    fy_ocl_buf(&c, ym, y.off);
+    fy_ocl_int(&c, ldy);
+    fy_ocl_int(&c, accumulate);
+    size_t g[2] = {fy_ocl_round((size_t)out, 32), (size_t)N};
+    fy_ocl_run(&c, 2, g, NULL);
+}
