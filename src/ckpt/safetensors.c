@@ -685,23 +685,26 @@ void fy_st_meta_at(const fy_st_file *f, size_t i, const char **key, const char *
     *value = v ? v->valuestring : NULL;
 }
 
-int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t expected_numel,
-                   fy_err *err) {
+int fy_st_read_f32_range(const fy_st_file *f, const char *name, size_t expected_numel, size_t first,
+                         size_t count, float *dst, fy_err *err) {
     const fy_st_entry *e = fy_st_find(f, name);
     if (!e) return fy_fail(err, "safetensors %s: tensor %s not found", f->path, name);
     if (e->numel != expected_numel)
         return fy_fail(err, "safetensors %s: tensor %s has %" PRIu64 " elements, expected %zu",
                        f->path, name, e->numel, expected_numel);
+    if (first > expected_numel || count > expected_numel - first)
+        return fy_fail(err, "safetensors %s: elements [%zu, %zu) of tensor %s (%zu elements) asked for",
+                       f->path, first, first + count, name, expected_numel);
     const unsigned char *src = e->data;
     switch (e->dtype) {
     case FY_ST_F32:
-        memcpy(dst, src, e->nbytes);   /* memcpy: the data may be unaligned */
+        memcpy(dst, src + 4 * first, 4 * count);   /* memcpy: the data may be unaligned */
         return 0;
     case FY_ST_BF16:
     case FY_ST_F16:
-        for (size_t i = 0; i < expected_numel; i++) {
+        for (size_t i = 0; i < count; i++) {
             uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
+            memcpy(&h, src + 2 * (first + i), 2);
             dst[i] = e->dtype == FY_ST_BF16 ? fy_bf16_to_f32(h) : fy_f16_to_f32(h);
         }
         return 0;
@@ -709,4 +712,9 @@ int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t exp
         return fy_fail(err, "safetensors %s: tensor %s has dtype %s, expected F32, BF16 or F16",
                        f->path, name, fy_st_dtype_name(e->dtype));
     }
+}
+
+int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t expected_numel,
+                   fy_err *err) {
+    return fy_st_read_f32_range(f, name, expected_numel, 0, expected_numel, dst, err);
 }

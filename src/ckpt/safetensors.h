@@ -102,6 +102,10 @@ void fy_st_meta_at(const fy_st_file *f, size_t i, const char **key, const char *
  * errors name the file and the tensor. */
 int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t expected_numel,
                    fy_err *err);
+/* The same for elements [first, first + count) only (row-major order): one
+ * row of a table without a copy of the rest. */
+int fy_st_read_f32_range(const fy_st_file *f, const char *name, size_t expected_numel, size_t first,
+                         size_t count, float *dst, fy_err *err);
 
 /* Scalar conversions used above (exposed for other readers and tests). */
 float fy_bf16_to_f32(uint16_t h);

@@ -364,11 +364,9 @@ int fy_dp_extra_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_extra
 }
 
 /* Row `row` of the [rows, cols] tensor name (its size is checked). */
-static int read_row(const fy_st_file *f, const char *name, size_t rows, int row, float *dst, size_t cols, float *tmp,
+static int read_row(const fy_st_file *f, const char *name, size_t rows, int row, float *dst, size_t cols,
                     fy_err *err) {
-    if (fy_st_read_f32(f, name, tmp, rows * cols, err)) return -1;
-    memcpy(dst, tmp + (size_t)row * cols, cols * sizeof *dst);
-    return 0;
+    return fy_st_read_f32_range(f, name, rows * cols, (size_t)row * cols, cols, dst, err);
 }
 
 static int load_extra(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, fy_err *err) {
@@ -390,23 +388,21 @@ static int load_extra(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *op
         return 0;
     }
     size_t nn = dp->n + dp->n_buffers;
-    float *tmp = malloc(((size_t)dp->size * nn + 1) * sizeof *tmp);
-    int rc = tmp ? 0 : fy_fail(err, "out of memory loading the per-rank state");
-    if (rc == 0 && dp->local_steps) {
+    int rc = 0;
+    if (dp->local_steps) {
         fy_backend *be = m->be;
-        rc = read_row(f, "outer_momentum", 1, 0, dp->outer_mom, nn, tmp, err);
-        if (rc == 0) rc = read_row(f, "inner.exp_avg", dp->size, dp->rank, dp->delta, dp->n, tmp, err);
+        rc = read_row(f, "outer_momentum", 1, 0, dp->outer_mom, nn, err);
+        if (rc == 0) rc = read_row(f, "inner.exp_avg", dp->size, dp->rank, dp->delta, dp->n, err);
         if (rc == 0) be->ops->upload(be, fy_at(&opt->m, 0), dp->delta, dp->n), rc = fy_be_sync(be, err);
-        if (rc == 0) rc = read_row(f, "inner.exp_avg_sq", dp->size, dp->rank, dp->delta, dp->n, tmp, err);
+        if (rc == 0) rc = read_row(f, "inner.exp_avg_sq", dp->size, dp->rank, dp->delta, dp->n, err);
         if (rc == 0) be->ops->upload(be, fy_at(&opt->v, 0), dp->delta, dp->n), rc = fy_be_sync(be, err);
     }
     if (rc == 0 && dp->compress) {
-        rc = read_row(f, "resid_send", dp->size, dp->rank, dp->resid_send, dp->n, tmp, err);
+        rc = read_row(f, "resid_send", dp->size, dp->rank, dp->resid_send, dp->n, err);
         /* every rank's shard in place: this rank's is [lo, hi) */
-        if (rc == 0) rc = fy_st_read_f32(f, "resid_gather", tmp, dp->n, err);
-        if (rc == 0) memcpy(dp->resid_gather, tmp + dp->lo, (dp->hi - dp->lo) * sizeof *dp->resid_gather);
+        if (rc == 0)
+            rc = fy_st_read_f32_range(f, "resid_gather", dp->n, dp->lo, dp->hi - dp->lo, dp->resid_gather, err);
     }
-    free(tmp);
     fy_st_close(f);
     return rc ? fy_wrap(err, "%s", path) : 0;
 }

@@ -112,6 +112,13 @@ static void test_round_trip(void) {
     CHECK(fy_st_read_f32(f, "i.as_bf16", ib, 3, &err) == 0 && ib[0] == 1 && ib[1] == 1 && ib[2] == -3,
           "f32 written as bf16 (round to even): %g %g %g", ib[0], ib[1], ib[2]);
     CHECK(fy_st_read_f32(f, "d.scalar", &s, 1, &err) == 0 && s == 42.25f, "scalar");
+    float part[7];
+    CHECK(fy_st_read_f32_range(f, "h.stream", 1000, 993, 7, part, &err) == 0 && part[0] == 993 * 0.5f &&
+          part[6] == 999 * 0.5f, "f32 range [993, 1000): %s", err.msg);
+    CHECK(fy_st_read_f32_range(f, "c.bf16", 4, 1, 2, part, &err) == 0 && part[0] == -2 && part[1] == 0,
+          "bf16 range [1, 3): %s", err.msg);
+    CHECK(fy_st_read_f32_range(f, "h.stream", 1000, 995, 6, part, &err) == -1 && strstr(err.msg, "[995, 1001)"),
+          "a range past the end accepted: %s", err.msg);
 
     CHECK(fy_st_read_f32(f, "a.f32", h, 5, &err) == -1 && strstr(err.msg, "a.f32") &&
           strstr(err.msg, "sample.safetensors"), "numel mismatch names tensor and file: %s", err.msg);
