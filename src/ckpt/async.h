@@ -22,7 +22,8 @@ typedef struct fy_ckpt_async {
 
 void fy_ckpt_async_init(fy_ckpt_async *a);
 /* Waits for the previous write (returning its error, if any), snapshots
- * (with extra, may be NULL: fy_ckpt_snapshot_set_extra) and starts writing. *stall_s (may be NULL): how long the caller was held. */
+ * (with extra, may be NULL: fy_ckpt_snapshot_set_extra) and starts writing.
+ * *stall_s (may be NULL): how long the caller was held. */
 int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
                        const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
                        double *stall_s, fy_err *err);

@@ -330,9 +330,23 @@ static int skips_add(skips *k, int step) {
     return 0;
 }
 
+/* The files of one checkpoint: ZeRO-1 gathers the moment shards first. */
 static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
                       const fy_train_opts *o, const char *run_dir, int step, const char *state,
-                      const fy_ckpt_extra *extra, double *stall, fy_err *err);
+                      const fy_ckpt_extra *extra, double *stall, fy_err *err) {
+    if (fy_dp_sharded(dp)) {
+        /* ZeRO-1: every rank sends its moment shard; rank 0 writes. */
+        size_t np = m->tab.n_params;
+        if ((!*hm && !(*hm = malloc(np * sizeof **hm))) || (!*hv && !(*hv = malloc(np * sizeof **hv))))
+            return fy_fail(err, "out of memory gathering the AdamW moments (%zu floats)", np);
+        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return -1;
+        return dp->rank == 0 ? fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, extra,
+                                                       o->keep_last, stall, err)
+                             : 0;
+    }
+    return dp->rank == 0 ? fy_ckpt_async_save(writer, run_dir, step, m, opt, state, extra, o->keep_last, stall, err)
+                         : 0;
+}
 
 /* Checkpoints are asynchronous: the loop waits only for the host snapshot;
  * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
@@ -365,23 +379,6 @@ static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, fl
     if (dp->rank != 0) return 0;
     fy_info("checkpoint step %d: training held %.3f s, writing in the background", step, stall);
     return 0;
-}
-
-static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
-                      const fy_train_opts *o, const char *run_dir, int step, const char *state,
-                      const fy_ckpt_extra *extra, double *stall, fy_err *err) {
-    if (fy_dp_sharded(dp)) {
-        /* ZeRO-1: every rank sends its moment shard; rank 0 writes. */
-        size_t np = m->tab.n_params;
-        if ((!*hm && !(*hm = malloc(np * sizeof **hm))) || (!*hv && !(*hv = malloc(np * sizeof **hv))))
-            return fy_fail(err, "out of memory gathering the AdamW moments (%zu floats)", np);
-        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return -1;
-        return dp->rank == 0 ? fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, extra,
-                                                       o->keep_last, stall, err)
-                             : 0;
-    }
-    return dp->rank == 0 ? fy_ckpt_async_save(writer, run_dir, step, m, opt, state, extra, o->keep_last, stall, err)
-                         : 0;
 }
 
 /* What a GEMM operand is, for fault reports: a weight, a weight's gradient
