@@ -55,13 +55,13 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
     return start(a, run_dir, keep_last, t0, stall_s, err);
 }
 
-int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, int opt_t,
-                            const float *hm, const float *hv, const char *trainer_state_json,
-                            const fy_ckpt_extra *extra, int keep_last, double *stall_s, fy_err *err) {
+int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, const fy_ckpt_host *h,
+                            const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
+                            double *stall_s, fy_err *err) {
     double t0 = now_s();
     if (fy_ckpt_async_wait(a, err)) return fy_wrap(err, "previous checkpoint");
     if (strlen(run_dir) >= sizeof a->run_dir) return fy_fail(err, "run directory path too long");
-    if (fy_ckpt_snapshot_take_host(&a->snap, step, m, opt_t, hm, hv, trainer_state_json, err) ||
+    if (fy_ckpt_snapshot_take_host(&a->snap, step, h, trainer_state_json, err) ||
         fy_ckpt_snapshot_set_extra(&a->snap, extra, err))
         return -1;
     return start(a, run_dir, keep_last, t0, stall_s, err);

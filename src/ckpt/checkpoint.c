@@ -307,15 +307,22 @@ static int snap_block(fy_backend *be, fy_buf *b, size_t n, float **h, const char
     return 0;
 }
 
-static int snap_common(fy_ckpt_snapshot *s, int step, fy_model *m, const char *trainer_state, fy_err *err) {
-    if (s->tab != &m->tab) { /* another model (or a fresh snapshot): start clean */
+/* Points s at tab for step, with the trainer's text. */
+static int snap_begin(fy_ckpt_snapshot *s, int step, const fy_param_table *tab, const char *trainer_state,
+                      fy_err *err) {
+    if (s->tab != tab) { /* another model (or a fresh snapshot): start clean */
         fy_ckpt_snapshot_free(s);
-        s->tab = &m->tab;
+        s->tab = tab;
     }
     s->step = step;
     free(s->trainer_state);
     s->trainer_state = strdup(trainer_state ? trainer_state : "{}");
     if (!s->trainer_state) return fy_fail(err, "out of memory");
+    return 0;
+}
+
+static int snap_common(fy_ckpt_snapshot *s, int step, fy_model *m, const char *trainer_state, fy_err *err) {
+    if (snap_begin(s, step, &m->tab, trainer_state, err)) return -1;
     if (snap_block(m->be, &m->params, m->tab.n_params, &s->params, "parameters", err) ||
         snap_block(m->be, &m->buffers, m->tab.n_buffers, &s->buffers, "buffers", err))
         return -1;
@@ -324,6 +331,8 @@ static int snap_common(fy_ckpt_snapshot *s, int step, fy_model *m, const char *t
 
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state, fy_err *err) {
+    if (fy_params_is_shard(&m->tab))
+        return fy_fail(err, "internal: an expert-parallel shard is saved with fy_ckpt_snapshot_take_host");
     if (opt && (opt->lo || opt->m.n != m->tab.n_params))
         return fy_fail(err, "internal: a ZeRO-1 optimizer shard is saved with fy_ckpt_snapshot_take_host");
     if (snap_common(s, step, m, trainer_state, err)) return -1;
@@ -338,17 +347,25 @@ int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_a
     return 0;
 }
 
-int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, fy_model *m, int opt_t, const float *hm,
-                               const float *hv, const char *trainer_state, fy_err *err) {
-    if (snap_common(s, step, m, trainer_state, err)) return -1;
-    size_t np = m->tab.n_params;
-    if ((!s->m && !(s->m = malloc((np ? np : 1) * sizeof *s->m))) ||
-        (!s->v && !(s->v = malloc((np ? np : 1) * sizeof *s->v))))
-        return fy_fail(err, "out of memory for a host copy of the AdamW moments (%zu floats)", np);
-    memcpy(s->m, hm, np * sizeof *s->m);
-    memcpy(s->v, hv, np * sizeof *s->v);
+/* *dst (allocated on first use) = src[n]. */
+static int copy_block(float **dst, const float *src, size_t n, const char *what, fy_err *err) {
+    if (!*dst && !(*dst = malloc((n ? n : 1) * sizeof **dst)))
+        return fy_fail(err, "out of memory for a host copy of %s (%zu floats)", what, n);
+    memcpy(*dst, src, n * sizeof **dst);
+    return 0;
+}
+
+int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, const fy_ckpt_host *h, const char *trainer_state,
+                               fy_err *err) {
+    if (fy_params_is_shard(h->tab)) return fy_fail(err, "internal: a checkpoint needs the whole model's table");
+    if (snap_begin(s, step, h->tab, trainer_state, err)) return -1;
+    size_t np = h->tab->n_params;
+    if (copy_block(&s->params, h->params, np, "parameters", err) ||
+        copy_block(&s->buffers, h->buffers, h->tab->n_buffers, "buffers", err) ||
+        copy_block(&s->m, h->m, np, "the AdamW moments", err) || copy_block(&s->v, h->v, np, "the AdamW moments", err))
+        return -1;
     s->has_opt = 1;
-    s->opt_t = opt_t;
+    s->opt_t = h->opt_t;
     return 0;
 }
 
@@ -781,6 +798,8 @@ static int name_extra(const fy_st_file *f, const fy_param_table *tab, const char
             const char *key = base;
             known = bsearch(&key, names, n, sizeof *names, cmp_str_ptr) != NULL;
         }
+        /* An expert shard's table lacks the other ranks' experts. */
+        if (!known && fy_params_is_shard(tab) && strstr(en, ".mlp.experts.")) known = 1;
         if (!known) {
             rc = fy_fail(err, "checkpoint %s: %s: unexpected tensor %s (not in this model)",
                          dir, file, en);
@@ -792,7 +811,8 @@ static int name_extra(const fy_st_file *f, const fy_param_table *tab, const char
 }
 
 /* Opens and checks one file of a checkpoint: every tensor the table
- * expects (suffixes: the names per table entry in this file), nothing more;
+ * expects (suffixes: the names per table entry in this file), nothing more
+ * (an expert shard's table: and as many more as the other ranks' experts);
  * e gets [n_entries x n_suffixes] entries. */
 static int check_file(const char *dir, const char *file, const fy_param_table *tab, const char *const *suffixes,
                       int n_suffixes, int trainable_only, fy_st_file **fp, const fy_st_entry **e, fy_err *err) {
@@ -810,6 +830,7 @@ static int check_file(const char *dir, const char *file, const fy_param_table *t
             rc = check_tensor(*fp, dir, file, &tab->t[i], suffixes[s], &e[(size_t)i * n_suffixes + s], err);
         expected += n_suffixes;
     }
+    if (fy_params_is_shard(tab)) expected += (size_t)(tab->n_all - tab->n) * n_suffixes; /* others' experts */
     if (rc == 0 && fy_st_count(*fp) != expected)
         rc = name_extra(*fp, tab, suffixes, n_suffixes, trainable_only, dir, file, err);
     if (rc) {

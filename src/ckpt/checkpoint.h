@@ -87,10 +87,17 @@ int fy_ckpt_snapshot_set_extra(fy_ckpt_snapshot *s, const fy_ckpt_extra *extra, 
  * (same model) reuses its host buffers. */
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state_json, fy_err *err);
-/* The same with the whole moments given as host arrays [n_params] (ZeRO-1
- * shards gathered by the saving rank, dist/dp.h). */
-int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, fy_model *m, int opt_t, const float *hm,
-                               const float *hv, const char *trainer_state_json, fy_err *err);
+/* A whole model's state as host arrays in tab's layout: what the saving
+ * rank gathers from ZeRO-1 shards and expert-parallel ranks (dist/dp.h). */
+typedef struct fy_ckpt_host {
+    const fy_param_table *tab;     /* borrowed, like a snapshot's */
+    const float *params, *buffers; /* [tab->n_params], [tab->n_buffers] */
+    const float *m, *v;            /* the AdamW moments [tab->n_params] each */
+    int opt_t;
+} fy_ckpt_host;
+/* The same from host arrays (copied). */
+int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, const fy_ckpt_host *h, const char *trainer_state_json,
+                               fy_err *err);
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);
 int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
                           size_t out_cap, fy_err *err);

@@ -18,6 +18,10 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     dp->rank = fy_comm_rank(c);
     dp->size = fy_comm_size(c);
     dp->compress = compress && dp->size > 1;
+    dp->ep = fy_params_is_shard(&m->tab);
+    if (dp->ep && ((diloco && diloco->local_steps > 0) || dp->size == 1))
+        return fy_fail(err, "internal: an expert shard with DiLoCo or on one rank");
+    if (dp->ep && fy_params_build(&m->cfg, &dp->full_tab, err)) return fy_wrap(err, "expert parallel");
     if (diloco && diloco->local_steps > 0 && dp->size > 1) {
         dp->local_steps = diloco->local_steps;
         dp->outer_lr = diloco->outer_lr;
@@ -41,7 +45,8 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     if (N > 1 && !is_pow2(dp->local_micro))
         fy_warn("%d micro-batches per rank is not a power of two: correct, but not bit-identical to other "
                 "rank counts", dp->local_micro);
-    dp->n = m->tab.n_params;
+    dp->n_local = m->tab.n_params;
+    dp->n = dp->ep ? m->tab.n_dense : dp->n_local;
     dp->n_chunks = fy_norm_chunks(dp->n);
     dp->counts = calloc(2 * (size_t)N, sizeof *dp->counts);
     dp->chunk_part = calloc(dp->n_chunks + 1, sizeof *dp->chunk_part);
@@ -76,17 +81,19 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
         if (!dp->stack || !dp->stack_leaves) return fy_fail(err, "out of memory");
         dp->stack_cap = depth;
         for (int i = 0; i < depth; i++)
-            if (fy_be_alloc(m->be, &dp->stack[i], dp->n, err)) return fy_wrap(err, "gradient accumulation");
+            if (fy_be_alloc(m->be, &dp->stack[i], dp->n_local, err)) return fy_wrap(err, "gradient accumulation");
     }
     return 0;
 }
 
-static int dp_grad_ready(void *ctx, size_t lo, size_t hi, fy_err *err) {
+static int dp_grad_ready(void *ctx, size_t lo, size_t hi, int first, fy_err *err) {
     fy_dp *dp = ctx;
     fy_model *m = dp->bucket_model;
-    /* The first range of a backward (the heads, at the end of the block)
-     * starts a reduction; an unfinished one of a discarded step is dropped. */
-    if ((hi == dp->n || !fy_comm_rs_active(dp->rs)) && fy_comm_rs_begin(dp->rs, err)) return -1;
+    /* The first range of a backward starts a reduction; an unfinished one
+     * of a discarded step is dropped. */
+    if ((first || !fy_comm_rs_active(dp->rs)) && fy_comm_rs_begin(dp->rs, err)) return -1;
+    if (hi > dp->n) hi = dp->n; /* an expert shard's own experts are not reduced */
+    if (lo >= hi) return 0;
     m->be->ops->download(m->be, dp->host + lo, fy_at(&m->grads, lo), hi - lo);
     if (fy_be_sync(m->be, err)) return -1;
     return fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
@@ -124,12 +131,17 @@ void fy_dp_free(fy_dp *dp, fy_model *m) {
     free(dp->x_v);
     free(dp->x_rs);
     free(dp->x_rg);
+    free(dp->ck_p);
+    free(dp->ck_b);
+    free(dp->ck_m);
+    free(dp->ck_v);
+    fy_params_free(&dp->full_tab);
     memset(dp, 0, sizeof *dp);
 }
 
 int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err) {
     if (!fy_dp_sharded(dp)) return fy_adamw_create(opt, m, o, err);
-    return fy_adamw_create_shard(opt, m, o, dp->lo, dp->hi, err);
+    return fy_adamw_create_ranges(opt, m, o, dp->lo, dp->hi, dp->n, dp->n_local, err);
 }
 
 /* ---- the local tree of micro-batches ------------------------------------- */
@@ -141,11 +153,11 @@ int fy_dp_accumulate(fy_dp *dp, fy_model *m, int j, fy_err *err) {
     /* Push the leaf, then merge equal-sized neighbours: a binary counter
      * whose carries are exactly the aligned power-of-two subtrees. */
     int top = dp->stack_top;
-    be->ops->copy(be, fy_at(&dp->stack[top], 0), fy_at(&m->grads, 0), dp->n);
+    be->ops->copy(be, fy_at(&dp->stack[top], 0), fy_at(&m->grads, 0), dp->n_local);
     dp->stack_leaves[top] = 1;
     top++;
     while (top >= 2 && dp->stack_leaves[top - 1] == dp->stack_leaves[top - 2]) {
-        be->ops->axpy(be, dp->n, 1.0f, fy_at(&dp->stack[top - 1], 0), fy_at(&dp->stack[top - 2], 0));
+        be->ops->axpy(be, dp->n_local, 1.0f, fy_at(&dp->stack[top - 1], 0), fy_at(&dp->stack[top - 2], 0));
         dp->stack_leaves[top - 2] *= 2;
         top--;
     }
@@ -160,8 +172,8 @@ static int local_sum(fy_dp *dp, fy_model *m, fy_err *err) {
     fy_backend *be = m->be;
     int top = dp->stack_top;
     for (int i = top - 1; i > 0; i--)
-        be->ops->axpy(be, dp->n, 1.0f, fy_at(&dp->stack[i], 0), fy_at(&dp->stack[i - 1], 0));
-    be->ops->copy(be, fy_at(&m->grads, 0), fy_at(&dp->stack[0], 0), dp->n);
+        be->ops->axpy(be, dp->n_local, 1.0f, fy_at(&dp->stack[i], 0), fy_at(&dp->stack[i - 1], 0));
+    be->ops->copy(be, fy_at(&m->grads, 0), fy_at(&dp->stack[0], 0), dp->n_local);
     return fy_be_sync(be, err);
 }
 
@@ -219,6 +231,20 @@ static int grad_norm(fy_dp *dp, fy_model *m, double *norm, fy_err *err) {
         if (rc) return -1;
     }
     *norm = fy_norm_from_chunks(dp->chunk_part, dp->n_chunks);
+    if (dp->ep) { /* the experts' part: every rank's own, in rank order */
+        double *part = calloc(dp->size + fy_norm_chunks(dp->n_local - dp->n) + 1, sizeof *part);
+        if (!part) return fy_fail(err, "out of memory");
+        double *mine = part + dp->size, sq = 0;
+        size_t nc = fy_norm_chunks(dp->n_local - dp->n);
+        fy_grad_sumsq_chunks(m, dp->n, dp->n_local, mine);
+        for (size_t c = 0; c < nc; c++) sq += mine[c];
+        int rc = fy_comm_allgather(dp->comm, &sq, sizeof sq, part, err);
+        double all = *norm * *norm;
+        for (int r = 0; r < dp->size; r++) all += part[r];
+        free(part);
+        if (rc) return -1;
+        *norm = sqrt(all);
+    }
     return fy_be_sync(m->be, err);
 }
 
@@ -294,21 +320,119 @@ int fy_dp_vote(fy_dp *dp, int local, fy_err *err) {
     return v;
 }
 
-int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err) {
+/* Rank 0 gets every rank's n[r] floats of x, one after the other in rank
+ * order, in all (NULL elsewhere): a gather, as an all-to-all where only
+ * rank 0 receives. */
+static int gather_root(fy_dp *dp, const float *x, const size_t *n, float *all, fy_err *err) {
+    const int R = dp->size;
+    size_t *c = calloc(4 * (size_t)R, sizeof *c), off = 0;
+    if (!c) return fy_fail(err, "out of memory");
+    size_t *sc = c, *sd = c + R, *rc = c + 2 * R, *rd = c + 3 * R;
+    sc[0] = n[dp->rank] * sizeof *x;
+    for (int r = 0; r < R && dp->rank == 0; r++) rc[r] = n[r] * sizeof *x, rd[r] = off, off += rc[r];
+    float dummy;
+    int st = fy_comm_alltoallv(dp->comm, x, sc, sd, all ? (void *)all : (void *)&dummy, rc, rd, err);
+    free(c);
+    return st;
+}
+
+/* *h (rank 0 only) = malloc'd [n], once. */
+static int ck_alloc(const fy_dp *dp, float **h, size_t n, fy_err *err) {
+    if (dp->rank != 0 || *h) return 0;
+    if (!(*h = malloc((n ? n : 1) * sizeof **h)))
+        return fy_fail(err, "out of memory gathering a checkpoint (%zu floats)", n);
+    return 0;
+}
+
+/* The moments of the dense params [0, n) onto rank 0's hm, hv. */
+static int gather_dense_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err) {
     fy_backend *be = m->be;
     fy_buf mb = opt->m, vb = opt->v;
-    if (!fy_dp_sharded(dp)) {
-        be->ops->download(be, hm, fy_at(&mb, 0), dp->n);
-        be->ops->download(be, hv, fy_at(&vb, 0), dp->n);
+    if (!fy_dp_sharded(dp)) { /* every rank has them all */
+        if (dp->rank == 0) be->ops->download(be, hm, fy_at(&mb, 0), dp->n), be->ops->download(be, hv, fy_at(&vb, 0), dp->n);
         return fy_be_sync(be, err);
     }
     size_t len = dp->hi - dp->lo;
     if (len) be->ops->download(be, dp->shard, fy_at(&mb, 0), len);
-    if (fy_be_sync(be, err) || fy_comm_allgather_f32(dp->comm, dp->shard, hm, dp->counts, dp->displ, 0, NULL, err))
-        return -1;
+    if (fy_be_sync(be, err) || gather_root(dp, dp->shard, dp->counts, hm, err)) return -1;
     if (len) be->ops->download(be, dp->shard, fy_at(&vb, 0), len);
-    if (fy_be_sync(be, err) || fy_comm_allgather_f32(dp->comm, dp->shard, hv, dp->counts, dp->displ, 0, NULL, err))
+    if (fy_be_sync(be, err) || gather_root(dp, dp->shard, dp->counts, hv, err)) return -1;
+    return 0;
+}
+
+/* The experts of every rank into rank 0's whole-model arrays: each rank's
+ * region [n, n_local) of the params and both moments travels to rank 0,
+ * which copies each (layer, kind) block of an owner's experts to where the
+ * whole table has them. */
+static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_err *err) {
+    fy_backend *be = m->be;
+    const int R = dp->size;
+    const size_t mine = dp->n_local - dp->n;
+    size_t *n = calloc(R, sizeof *n), total = 0;
+    fy_param_table *tabs = calloc(R, sizeof *tabs);
+    float *x = malloc((mine ? mine : 1) * sizeof *x), *all = NULL;
+    int rc = !n || !tabs || !x ? fy_fail(err, "out of memory gathering the experts") : 0;
+    for (int r = 0; r < R && rc == 0; r++) {
+        rc = fy_params_build_shard(&m->cfg, r, R, &tabs[r], err);
+        if (rc == 0) n[r] = tabs[r].n_params - tabs[r].n_dense, total += n[r];
+    }
+    if (rc == 0 && dp->rank == 0 && !(all = malloc((total ? total : 1) * sizeof *all)))
+        rc = fy_fail(err, "out of memory gathering the experts (%zu floats)", total);
+    /* The moments of the experts follow the dense ones in a ZeRO-1 shard. */
+    const size_t mo = fy_dp_sharded(dp) ? opt->m.n - opt->xn : dp->n;
+    fy_buf mb = opt->m, vb = opt->v;
+    const fy_buf *src[3] = {&m->params, &mb, &vb};
+    const size_t so[3] = {dp->n, mo, mo};
+    float *dst[3] = {dp->ck_p, dp->ck_m, dp->ck_v};
+    for (int k = 0; k < 3 && rc == 0; k++) {
+        if (mine) be->ops->download(be, x, fy_at((fy_buf *)src[k], so[k]), mine);
+        rc = fy_be_sync(be, err) || gather_root(dp, x, n, all, err) ? -1 : 0;
+        if (rc || dp->rank != 0) continue;
+        const float *from = all;
+        for (int r = 0; r < R; r++) {
+            const fy_param_table *t = &tabs[r];
+            for (int li = 0; li < t->n_layers; li++) {
+                const fy_layer_offs *W = &t->layer[li], *F = &dp->full_tab.layer[li];
+                if (!W->moe) continue;
+                const size_t own = (size_t)(t->exp_hi - t->exp_lo) * W->exp_stride;
+                const size_t wo[3] = {W->exp_gate, W->exp_up, W->exp_down}, fo[3] = {F->exp_gate, F->exp_up, F->exp_down};
+                for (int kind = 0; kind < 3; kind++)
+                    memcpy(dst[k] + fo[kind] + (size_t)t->exp_lo * W->exp_stride, from + (wo[kind] - t->n_dense),
+                           own * sizeof *from);
+            }
+            from += n[r];
+        }
+    }
+    for (int r = 0; r < R && tabs; r++) fy_params_free(&tabs[r]);
+    free(tabs);
+    free(n);
+    free(x);
+    free(all);
+    return rc;
+}
+
+int fy_dp_checkpoint_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_host *h, fy_err *err) {
+    memset(h, 0, sizeof *h);
+    if (!fy_dp_sharded(dp) && !dp->ep) return 0;
+    const fy_param_table *tab = dp->ep ? &dp->full_tab : &m->tab;
+    const size_t nf = tab->n_params;
+    if (ck_alloc(dp, &dp->ck_p, nf, err) || ck_alloc(dp, &dp->ck_b, tab->n_buffers, err) ||
+        ck_alloc(dp, &dp->ck_m, nf, err) || ck_alloc(dp, &dp->ck_v, nf, err))
         return -1;
+    /* The dense params and the buffers are the same on every rank. */
+    fy_backend *be = m->be;
+    if (dp->rank == 0) {
+        be->ops->download(be, dp->ck_p, fy_at(&m->params, 0), dp->n);
+        if (tab->n_buffers) be->ops->download(be, dp->ck_b, fy_at(&m->buffers, 0), tab->n_buffers);
+    }
+    if (fy_be_sync(be, err) || gather_dense_moments(dp, m, opt, dp->ck_m, dp->ck_v, err)) return -1;
+    if (dp->ep && gather_experts(dp, m, opt, err)) return -1;
+    if (dp->rank == 0) {
+        /* The padding between tensors is zero in the whole layout. */
+        *h = (fy_ckpt_host){tab, dp->ck_p, dp->ck_b, dp->ck_m, dp->ck_v, opt->t};
+    } else {
+        h->tab = tab;
+    }
     return 0;
 }
 
@@ -410,7 +534,8 @@ static int load_extra(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *op
 int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state, fy_err *err) {
     if (!fy_dp_sharded(dp))
         return fy_ckpt_load(ckpt_dir, m, opt, trainer_state, err) || load_extra(dp, ckpt_dir, m, opt, err) ? -1 : 0;
-    /* A shard: load the whole moments, keep this rank's part. */
+    /* A shard: load the moments of this rank's block, keep its part (and
+     * its experts'). */
     fy_adamw full = {0};
     if (fy_adamw_create(&full, m, &opt->o, err)) return -1;
     int rc = fy_ckpt_load(ckpt_dir, m, &full, trainer_state, err);
@@ -420,6 +545,10 @@ int fy_dp_load(fy_dp *dp, const char *ckpt_dir, fy_model *m, fy_adamw *opt, char
         if (len) {
             be->ops->copy(be, fy_at(&opt->m, 0), fy_at(&full.m, dp->lo), len);
             be->ops->copy(be, fy_at(&opt->v, 0), fy_at(&full.v, dp->lo), len);
+        }
+        if (opt->xn) {
+            be->ops->copy(be, fy_at(&opt->m, len), fy_at(&full.m, opt->xlo), opt->xn);
+            be->ops->copy(be, fy_at(&opt->v, len), fy_at(&full.v, opt->xlo), opt->xn);
         }
         opt->t = full.t;
         rc = fy_be_sync(be, err);

@@ -18,6 +18,15 @@
  * order, the same numbers as on one rank. Checkpoints gather the moments
  * into the one-file format of DESIGN §3, so any rank count can resume them.
  *
+ * Expert parallel (dist/ep.h): the model holds an expert shard, whose
+ * block is the dense params [0, n) (the same on every rank, reduced and
+ * ZeRO-sharded as above) followed by this rank's routed experts [n, n_local)
+ * (their gradients are complete on the owner, so they are not reduced; the
+ * owner keeps their moments and updates them). The gradient norm adds every
+ * rank's expert part in rank order. Checkpoints gather the whole model onto
+ * rank 0 in the whole model's layout, so they resume on any rank count,
+ * with or without expert parallelism.
+ *
  * Compressed mode (slow links): the gradient travels as int8 blocks with
  * per-block scales (comm.h), both in the reduce-scatter and in the
  * all-gather of the reduced gradient, with error feedback on both sides;
@@ -48,7 +57,11 @@ typedef struct fy_dp {
     int micro;            /* sequences per micro-batch */
     int local_micro;      /* micro-batches per rank per step */
     int compress;         /* 1: int8 gradients (DiLoCo: int8 deltas) with error feedback */
-    size_t n;             /* floats in the params block */
+    size_t n;             /* floats reduced over the ranks: the params block, or its dense part (expert parallel) */
+    size_t n_local;       /* floats in this rank's params block (n, or n + its experts) */
+    int ep;               /* the model holds an expert shard (fy_params_is_shard) */
+    fy_param_table full_tab; /* expert parallel: the whole model's table (checkpoints) */
+    float *ck_p, *ck_b, *ck_m, *ck_v; /* rank 0: the gathered state of a checkpoint, full_tab's layout */
     size_t *counts, *displ; /* [size] each: the params shards */
     size_t lo, hi;        /* this rank's shard */
     size_t n_chunks, chunk_lo, chunk_hi; /* norm chunks: all, and this rank's */
@@ -81,7 +94,7 @@ typedef struct fy_dp_diloco {
 
 /* batch: sequences per step over all ranks; micro: sequences per
  * micro-batch (0: batch / ranks). batch must split into whole micro-batches
- * per rank. */
+ * per rank. Expert parallelism (fy_ep_attach) comes first, when wanted. */
 int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
                const fy_dp_diloco *diloco, fy_err *err);
 void fy_dp_free(fy_dp *dp, fy_model *m);
@@ -97,8 +110,9 @@ void fy_dp_free(fy_dp *dp, fy_model *m);
 int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err);
 static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->rs != NULL; }
 
-/* The optimizer each rank keeps: this rank's shard (ZeRO-1), or all of it
- * (one rank, compressed mode). */
+/* The optimizer each rank keeps: this rank's shard (ZeRO-1; with expert
+ * parallelism and its experts), or all of its block (one rank, compressed
+ * mode). */
 int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err);
 
 /* 1 when the AdamW moments are sharded over the ranks (ZeRO-1). */
@@ -131,8 +145,12 @@ int fy_dp_mean_loss(fy_dp *dp, const fy_loss *local, fy_loss *out, fy_err *err);
 /* max over ranks of a local flag (a fault, a stop request); identical on all. */
 int fy_dp_vote(fy_dp *dp, int local, fy_err *err);
 
-/* The whole moments on every rank (for a checkpoint): hm, hv [n] each. */
-int fy_dp_gather_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, float *hm, float *hv, fy_err *err);
+/* The whole state for a checkpoint when no rank holds it alone (ZeRO-1
+ * moment shards, expert shards): gathered onto rank 0 as host arrays in the
+ * whole model's layout (collective; h points into dp, valid until the next
+ * call; on other ranks h->tab is set and the arrays are NULL). h->tab is
+ * NULL when rank 0 can save the model and optimizer as they are. */
+int fy_dp_checkpoint_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_host *h, fy_err *err);
 /* The state beyond the one-file checkpoint that this mode keeps per rank,
  * gathered from every rank (collective): with DiLoCo the inner AdamW moments
  * of every rank ("inner.exp_avg", "inner.exp_avg_sq" [size, n]) and the

@@ -110,6 +110,8 @@ static void attn_decode(fy_model *m, fy_kv_cache *c, int li, int pos) {
 int fy_model_decode(fy_model *m, fy_kv_cache *c, int32_t token, float *logits, fy_err *err) {
     const fy_config *cf = &m->cfg;
     int d = cf->hidden_size;
+    if (fy_params_is_shard(&m->tab))
+        return fy_fail(err, "decoding needs every routed expert; this model holds an expert-parallel shard");
     if (c->len >= c->cap) return fy_fail(err, "KV cache full (%d positions)", c->cap);
     if (token < 0 || token >= cf->vocab_size)
         return fy_fail(err, "token %d is outside the vocabulary [0, %d)", token, cf->vocab_size);
@@ -187,6 +189,8 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     fy_model_free_decode_quant(m);
     if (q == FY_QUANT_F32) return 0;
+    if (fy_params_is_shard(&m->tab))
+        return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
     if (!OPS->linear_q8)
         return fy_fail(err, "backend %s has no Q8_0 kernel (linear_q8): use --weights f32", OPS->name);
     const fy_config *c = &m->cfg;

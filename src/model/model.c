@@ -334,7 +334,8 @@ int fy_model_init_weights(fy_model *m, uint64_t seed, fy_err *err) {
             for (size_t j = 0; j < t->n; j++) host[j] = 1.0f;
         } else {
             float std = is_output_proj(t->name) ? out_std : c->initializer_range;
-            for (size_t j = 0; j < t->n; j++) host[j] = std * fy_rng_normal(seed, (uint64_t)i, j);
+            /* t->id, not i: an expert shard's tensors get the values they have in the whole model. */
+            for (size_t j = 0; j < t->n; j++) host[j] = std * fy_rng_normal(seed, (uint64_t)t->id, j);
         }
         OPS->upload(m->be, PW(m, t->off), host, t->n);
     }
@@ -463,7 +464,7 @@ static void experts_forward(fy_model *m, int li, fy_ref y) {
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
         if (!n) continue;
         swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                        W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
@@ -482,7 +483,7 @@ static void experts_backward(fy_model *m, int li, fy_ref dy, fy_ref dx) {
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
         swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                         W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                         fy_add(a->eh, r * f), fy_add(dy, r * d), fy_add(dx, r * d), 0,
@@ -783,16 +784,25 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
     return 0;
 }
 
-void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, fy_err *err), void *ctx) {
+void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, int first, fy_err *err),
+                             void *ctx) {
     m->grad_ready = fn;
     m->grad_ready_ctx = ctx;
 }
 
-/* Hands [lo, hi) to the bucketing callback once the device has written it. */
-static int grad_ready(fy_model *m, size_t lo, size_t hi, fy_err *err) {
+/* Hands [lo, hi) to the bucketing callback once the device has written it;
+ * *first is 1 until the first range of this backward went. */
+static int grad_ready(fy_model *m, size_t lo, size_t hi, int *first, fy_err *err) {
     if (!m->grad_ready || hi <= lo) return 0;
     if (fy_be_sync(m->be, err)) return fy_wrap(err, "backward");
-    return m->grad_ready(m->grad_ready_ctx, lo, hi, err);
+    int f = *first;
+    *first = 0;
+    return m->grad_ready(m->grad_ready_ctx, lo, hi, f, err);
+}
+/* A layer's two ranges: its dense params and its routed experts. */
+static int layer_ready(fy_model *m, int li, int *first, fy_err *err) {
+    const fy_layer_offs *W = &m->tab.layer[li];
+    return grad_ready(m, W->span_lo, W->span_hi, first, err) || grad_ready(m, W->xspan_lo, W->xspan_hi, first, err);
 }
 
 int fy_model_backward(fy_model *m, fy_err *err) {
@@ -802,6 +812,7 @@ int fy_model_backward(fy_model *m, fy_err *err) {
     scratch *s = &ws->s;
     int N = m->B * m->T, d = c->hidden_size, L = c->num_hidden_layers, D = c->num_nextn_predict_layers;
     fy_ref h = L > 0 ? m->layer_acts[L - 1].x_out : ws->x_emb;
+    int first = 1;
 
     OPS->rmsnorm_bwd(m->be, N, d, h, d, PW(m, m->tab.final_norm), ws->rstd_head, ws->dhead_in, d,
                      ws->dres, d, 0, GW(m, m->tab.final_norm));
@@ -821,14 +832,16 @@ int fy_model_backward(fy_model *m, fy_err *err) {
         OPS->rmsnorm_bwd(m->be, N, d, h, d, PW(m, W->hnorm), ws->mtp_rstd_h[k - 1],
                          fy_add(ws->dcat, d), 2 * d, ws->dres, d, 1, GW(m, W->hnorm));
     }
-    /* Heads, final norm and MTP modules (after the last layer: L >= 1) are done. */
-    if (grad_ready(m, m->tab.layer[L - 1].span_hi, m->tab.n_params, err)) return -1;
+    /* Heads, final norm and MTP modules (after the last layer: L >= 1) are
+     * done: the dense params after the last layer, the MTP modules' experts
+     * (the end of the expert region). */
+    if (grad_ready(m, m->tab.layer[L - 1].span_hi, m->tab.n_dense, &first, err) ||
+        grad_ready(m, m->tab.layer[L - 1].xspan_hi, m->tab.n_params, &first, err))
+        return -1;
     for (int li = L - 1; li >= 0; li--)
-        if (layer_backward(m, li, ws->dres, err) ||
-            grad_ready(m, m->tab.layer[li].span_lo, m->tab.layer[li].span_hi, err))
-            return -1;
+        if (layer_backward(m, li, ws->dres, err) || layer_ready(m, li, &first, err)) return -1;
     OPS->scatter_add_rows(m->be, N, d, ws->dres, d, ws->tok_in, FY_NULL_REF, GW(m, m->tab.embed), d);
-    if (grad_ready(m, 0, m->tab.layer[0].span_lo, err)) return -1;
+    if (grad_ready(m, 0, m->tab.layer[0].span_lo, &first, err)) return -1;
     m->has_grad_heads = 0;
     if (fy_be_sync(m->be, err)) return fy_wrap(err, "backward");
     return 0;

@@ -75,7 +75,7 @@ typedef struct fy_model {
 
     /* Called by fy_model_backward as gradients become final; see
      * fy_model_set_grad_ready. */
-    int (*grad_ready)(void *ctx, size_t lo, size_t hi, fy_err *err);
+    int (*grad_ready)(void *ctx, size_t lo, size_t hi, int first, fy_err *err);
     void *grad_ready_ctx;
 } fy_model;
 
@@ -125,18 +125,27 @@ int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, s
  * expert's rows to the expert's owner with ep->alltoallv, the owner runs the
  * expert on the rows of all ranks, and the outputs travel back to be combined
  * (forward); the backward sends the output gradients to the owners and the
- * input gradients back. A rank computes the weight gradients of its own
- * experts only (those of the others stay zero here), so the data-parallel sum
- * of the gradients gives every rank the whole gradient. All ranks must run
- * every forward and backward together. size <= 1 turns it off. */
+ * input gradients back. A rank holds the weights, gradients (and, through
+ * its optimizer, the moments) of its own experts only: the parameter table
+ * becomes the rank's shard (fy_params_build_shard), whose block agrees with
+ * every other rank's on [0, n_dense) and holds this rank's experts after it.
+ * The weights are reallocated (zero), so call this before initialising or
+ * loading them. An expert's gradient is then complete on its owner (it ran
+ * the rows of all ranks); the dense part still needs the data-parallel sum.
+ * All ranks must run every forward and backward together. size <= 1 turns
+ * it off (the whole table again). Decoding (model/decode.h) needs the whole
+ * model and refuses a shard. */
 int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_err *err);
-/* Gradient bucketing: fy_model_backward calls fn(ctx, lo, hi) each time the
- * gradients of params [lo, hi) are final, so they can travel while the rest
- * of the backward runs: the heads, final norm and MTP modules first, then
- * each decoder layer from the last, the embedding last; the ranges cover the
- * params block once. The gradients in a range no longer change during that
- * backward. fn NULL: off. An error from fn fails the backward. */
-void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, fy_err *err), void *ctx);
+/* Gradient bucketing: fy_model_backward calls fn(ctx, lo, hi, first) each
+ * time the gradients of params [lo, hi) are final, so they can travel while
+ * the rest of the backward runs: the heads, final norm and MTP modules first,
+ * then each decoder layer from the last (its dense params, then its routed
+ * experts), the embedding last; first is 1 on the first range of a
+ * backward; the ranges cover the params block once. The gradients in a range
+ * no longer change during that backward. fn NULL: off. An error from fn
+ * fails the backward. */
+void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t hi, int first, fy_err *err),
+                             void *ctx);
 
 /* The routed experts rank p owns: [*lo, *hi). */
 void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);

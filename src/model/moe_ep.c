@@ -1,5 +1,6 @@
 /* Expert parallelism for the MoE layers (DESIGN §6): moving expert rows
- * between the ranks that route tokens and the ranks that own the experts.
+ * between the ranks that route tokens and the ranks that own the experts,
+ * each of which holds only its own experts' weights (params.h: a shard).
  *
  * After routing, a rank's rows are sorted by expert (model.c, route()), and
  * since every owner holds a contiguous range of experts, the rows bound for
@@ -20,6 +21,27 @@ void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi) {
     *hi = (int)(E * (p + 1) / R);
 }
 
+/* m's table becomes that of expert shard rank/size, with new (zero) blocks. */
+static int reshard(fy_model *m, int rank, int size, fy_err *err) {
+    fy_param_table tab;
+    if (fy_params_build_shard(&m->cfg, rank, size, &tab, err)) return fy_wrap(err, "expert parallel");
+    fy_buf p = {0}, g = {0}, b = {0};
+    if (fy_be_alloc(m->be, &p, tab.n_params, err) || fy_be_alloc(m->be, &g, tab.n_params, err) ||
+        fy_be_alloc(m->be, &b, tab.n_buffers ? tab.n_buffers : 1, err)) {
+        if (p.handle) fy_be_free(m->be, &p);
+        if (g.handle) fy_be_free(m->be, &g);
+        fy_params_free(&tab);
+        return fy_wrap(err, "expert parallel: allocating the %zu parameters of rank %d", tab.n_params, rank);
+    }
+    fy_be_free(m->be, &m->params);
+    fy_be_free(m->be, &m->grads);
+    fy_be_free(m->be, &m->buffers);
+    fy_params_free(&m->tab);
+    m->tab = tab;
+    m->params = p, m->grads = g, m->buffers = b;
+    return 0;
+}
+
 int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_err *err) {
     int size = ep ? ep->size : 1;
     if (size > 1) {
@@ -30,6 +52,14 @@ int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_e
             return fy_fail(err, "expert parallel over %d ranks needs at least %d routed experts (the model has %d)",
                            size, size, m->cfg.n_routed_experts);
     }
+    if (m->dq.n) return fy_fail(err, "expert parallel: the model holds decode weights (decoding needs every expert)");
+    const int rank = size > 1 ? ep->rank : 0;
+    const int64_t E = m->cfg.n_routed_experts;
+    /* A table that is not this rank's already (the whole one for size 1) is
+     * replaced, with its weights. */
+    if ((m->tab.exp_lo != (int)(E * rank / size) || m->tab.exp_hi != (int)(E * (rank + 1) / size)) &&
+        reshard(m, rank, size, err))
+        return -1;
     if (size > 1) m->ep = *ep;
     else memset(&m->ep, 0, sizeof m->ep), m->ep.size = 1;
     /* The workspace is sized by the rank count: plan it again. */

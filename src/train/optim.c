@@ -13,19 +13,29 @@ float fy_lr_at(const fy_adamw_opts *o, int step) {
     return (float)(o->min_lr + 0.5 * (o->lr - o->min_lr) * (1.0 + cos(M_PI * progress)));
 }
 
-int fy_adamw_create_shard(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, size_t lo, size_t hi,
-                          fy_err *err) {
+int fy_adamw_create_ranges(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, size_t lo, size_t hi,
+                           size_t xlo, size_t xhi, fy_err *err) {
     opt->o = *o;
     opt->t = 0;
     opt->lo = lo;
+    opt->xlo = xlo;
+    opt->xn = xhi > xlo ? xhi - xlo : 0;
     opt->m.handle = opt->v.handle = NULL;
     if (hi < lo || hi > m->tab.n_params) return fy_fail(err, "AdamW shard [%zu, %zu) outside the parameters", lo, hi);
-    if (fy_be_alloc(m->be, &opt->m, hi - lo, err)) return fy_wrap(err, "AdamW moments");
-    if (fy_be_alloc(m->be, &opt->v, hi - lo, err)) {
+    if (opt->xn && (xlo < hi || xhi > m->tab.n_params))
+        return fy_fail(err, "AdamW range [%zu, %zu) overlaps the shard or leaves the parameters", xlo, xhi);
+    size_t n = hi - lo + opt->xn;
+    if (fy_be_alloc(m->be, &opt->m, n, err)) return fy_wrap(err, "AdamW moments");
+    if (fy_be_alloc(m->be, &opt->v, n, err)) {
         fy_be_free(m->be, &opt->m);
         return fy_wrap(err, "AdamW moments");
     }
     return 0;
+}
+
+int fy_adamw_create_shard(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, size_t lo, size_t hi,
+                          fy_err *err) {
+    return fy_adamw_create_ranges(opt, m, o, lo, hi, 0, 0, err);
 }
 
 int fy_adamw_create(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, fy_err *err) {
@@ -67,16 +77,20 @@ int fy_adamw_update(fy_adamw *opt, fy_model *m, double norm, float grad_scale, f
     opt->t++;
     float lr = fy_lr_at(o, opt->t);
     if (lr_used) *lr_used = lr;
-    const size_t lo = opt->lo, hi = opt->lo + opt->m.n;
-    for (int i = 0; i < m->tab.n; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
-        if (t->is_buffer) continue;
-        size_t a = t->off > lo ? t->off : lo, b = t->off + t->n < hi ? t->off + t->n : hi;
-        if (a >= b) continue;
-        be->ops->adamw(be, b - a, fy_at(&m->params, a), fy_at(&m->grads, a), fy_at(&opt->m, a - lo),
-                       fy_at(&opt->v, a - lo), lr, o->beta1, o->beta2, o->eps, t->decay ? o->weight_decay : 0.0f,
-                       opt->t, scale);
-    }
+    /* The ranges: [lo, hi) at moment 0, [xlo, xlo + xn) right after it. */
+    const size_t n1 = opt->m.n - opt->xn;
+    const size_t rlo[2] = {opt->lo, opt->xlo}, rhi[2] = {opt->lo + n1, opt->xlo + opt->xn}, mo[2] = {0, n1};
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < m->tab.n && rhi[r] > rlo[r]; i++) {
+            const fy_tensor_info *t = &m->tab.t[i];
+            if (t->is_buffer) continue;
+            size_t a = t->off > rlo[r] ? t->off : rlo[r], b = t->off + t->n < rhi[r] ? t->off + t->n : rhi[r];
+            if (a >= b) continue;
+            size_t k = a - rlo[r] + mo[r];
+            be->ops->adamw(be, b - a, fy_at(&m->params, a), fy_at(&m->grads, a), fy_at(&opt->m, k),
+                           fy_at(&opt->v, k), lr, o->beta1, o->beta2, o->eps, t->decay ? o->weight_decay : 0.0f,
+                           opt->t, scale);
+        }
     return fy_be_sync(be, err);
 }
 

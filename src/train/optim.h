@@ -17,8 +17,10 @@ typedef struct fy_adamw_opts {
 
 typedef struct fy_adamw {
     fy_adamw_opts o;
-    fy_buf m, v;           /* moments of params [lo, lo + m.n), laid out as the params block */
+    fy_buf m, v;           /* moments of params [lo, lo + m.n - xn) then of [xlo, xlo + xn), laid out as
+                            * the params block */
     size_t lo;             /* 0, or where this rank's ZeRO-1 shard starts (dist/dp.h) */
+    size_t xlo, xn;        /* a second range (an expert-parallel rank's own experts), xn 0: none */
     int t;                 /* steps taken (1-based after the first) */
 } fy_adamw;
 
@@ -30,6 +32,10 @@ int fy_adamw_create(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, fy
 /* Moments for params [lo, hi) only (a ZeRO-1 shard). */
 int fy_adamw_create_shard(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, size_t lo, size_t hi,
                           fy_err *err);
+/* Moments for params [lo, hi) and [xlo, xhi) (hi <= xlo): a ZeRO-1 shard of
+ * the dense params and the routed experts an expert-parallel rank holds. */
+int fy_adamw_create_ranges(fy_adamw *opt, const fy_model *m, const fy_adamw_opts *o, size_t lo, size_t hi,
+                           size_t xlo, size_t xhi, fy_err *err);
 void fy_adamw_free(fy_adamw *opt, fy_backend *be);
 
 /* The gradient norm is summed over fixed chunks of the params block, so that
@@ -42,7 +48,7 @@ size_t fy_norm_chunks(size_t n);
 void fy_grad_sumsq_chunks(fy_model *m, size_t lo, size_t hi, double *part);
 double fy_norm_from_chunks(const double *part, size_t n_chunks);
 
-/* One update of params [opt->lo, opt->lo + opt->m.n) from m->grads scaled by
+/* One update of the params of opt's ranges from m->grads scaled by
  * grad_scale (1/n for a sum of n micro-batch gradients), with the norm of the
  * scaled gradient `norm` (before clipping) deciding the clip. */
 int fy_adamw_update(fy_adamw *opt, fy_model *m, double norm, float grad_scale, float *lr_used, fy_err *err);

@@ -330,29 +330,22 @@ static int skips_add(skips *k, int step) {
     return 0;
 }
 
-/* The files of one checkpoint: ZeRO-1 gathers the moment shards first. */
-static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
-                      const fy_train_opts *o, const char *run_dir, int step, const char *state,
-                      const fy_ckpt_extra *extra, double *stall, fy_err *err) {
-    if (fy_dp_sharded(dp)) {
-        /* ZeRO-1: every rank sends its moment shard; rank 0 writes. */
-        size_t np = m->tab.n_params;
-        if ((!*hm && !(*hm = malloc(np * sizeof **hm))) || (!*hv && !(*hv = malloc(np * sizeof **hv))))
-            return fy_fail(err, "out of memory gathering the AdamW moments (%zu floats)", np);
-        if (fy_dp_gather_moments(dp, m, opt, *hm, *hv, err)) return -1;
-        return dp->rank == 0 ? fy_ckpt_async_save_host(writer, run_dir, step, m, opt->t, *hm, *hv, state, extra,
-                                                       o->keep_last, stall, err)
-                             : 0;
-    }
-    return dp->rank == 0 ? fy_ckpt_async_save(writer, run_dir, step, m, opt, state, extra, o->keep_last, stall, err)
-                         : 0;
+/* The files of one checkpoint: ZeRO-1 moment shards and expert shards are
+ * gathered onto rank 0 first. */
+static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_train_opts *o,
+                      const char *run_dir, int step, const char *state, const fy_ckpt_extra *extra, double *stall,
+                      fy_err *err) {
+    fy_ckpt_host h;
+    if (fy_dp_checkpoint_state(dp, m, opt, &h, err)) return -1;
+    if (dp->rank != 0) return 0;
+    if (h.tab) return fy_ckpt_async_save_host(writer, run_dir, step, &h, state, extra, o->keep_last, stall, err);
+    return fy_ckpt_async_save(writer, run_dir, step, m, opt, state, extra, o->keep_last, stall, err);
 }
 
 /* Checkpoints are asynchronous: the loop waits only for the host snapshot;
  * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
  * write is reported by the next save or at the end of the run. */
-static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, float **hm, float **hv,
-                const fy_train_opts *o, const char *run_dir, int step, long long tokens, double elapsed,
+static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_train_opts *o, const char *run_dir, int step, long long tokens, double elapsed,
                 double loss, double val, const skips *k, fy_err *err) {
     char extra[64 + 12 * 64] = "";
     if (k->n) {
@@ -372,8 +365,7 @@ static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, fl
     uint64_t bytes0 = fy_comm_bytes_sent(dp->comm);
     fy_ckpt_extra dist;
     int rc = fy_dp_extra_state(dp, m, opt, &dist, err);
-    if (rc == 0) rc = save_files(writer, m, opt, dp, hm, hv, o, run_dir, step, state, dist.meta ? &dist : NULL,
-                                 &stall, err);
+    if (rc == 0) rc = save_files(writer, m, opt, dp, o, run_dir, step, state, dist.meta ? &dist : NULL, &stall, err);
     dp->ckpt_bytes += fy_comm_bytes_sent(dp->comm) - bytes0;
     if (rc) return fy_wrap(err, "saving checkpoint at step %d", step);
     if (dp->rank != 0) return 0;
@@ -529,12 +521,32 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     struct fy_chaos *chaos = fy_chaos_of(m->be);
     fy_comm *self = NULL, *comm = o->comm;
     fy_dp dp = {0};
-    float *hm = NULL, *hv = NULL;   /* gathered moments for checkpoints of a sharded optimizer */
     if (!comm && fy_comm_init(0, &self, err)) return -1;
     if (!comm) comm = self;
     const int rank0 = fy_comm_rank(comm) == 0, n_ranks = fy_comm_size(comm);
     const int guarded = g->nonfinite || g->spike_window > 0 || g->weight_checksum || chaos || g->recompute_every > 0;
 
+    if (o->expert_parallel && n_ranks > 1) {
+        /* DiLoCo's local steps have no gradient exchange, and an expert's
+         * gradient exists only on its owner. Attached first: the model then
+         * holds this rank's experts only, and the rest is sized for that. */
+        if (o->diloco_every > 0) {
+            fy_fail(err, "expert parallel cannot run with DiLoCo (--diloco): the local steps would not update "
+                    "the experts of other ranks");
+            goto done;
+        }
+        if (fy_ep_attach(comm, m, err)) goto done;
+        if (rank0) {
+            int lo, hi;
+            fy_model_expert_range(m, 0, &lo, &hi);
+            fy_param_table whole;
+            if (fy_params_build(&m->cfg, &whole, err)) goto done;
+            printf("expert parallel: %d routed experts over %d ranks (rank 0 holds experts %d-%d: %zu of the "
+                   "model's %zu parameters), rows sent with all-to-all\n", m->cfg.n_routed_experts, n_ranks, lo,
+                   hi - 1, fy_params_count(&m->tab), fy_params_count(&whole));
+            fy_params_free(&whole);
+        }
+    }
     if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
     for (int i = 0; i < inj.n && !chaos; i++)
         if (inj.f[i].kind == FY_INJ_GEMM) {
@@ -569,22 +581,6 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
                 o->ckpt_every, dp.local_steps);
         goto done;
-    }
-    if (o->expert_parallel && n_ranks > 1) {
-        /* DiLoCo's local steps have no gradient exchange, and an expert's
-         * gradient exists only on its owner. */
-        if (dp.local_steps) {
-            fy_fail(err, "expert parallel cannot run with DiLoCo (--diloco): the local steps would not update "
-                    "the experts of other ranks");
-            goto done;
-        }
-        if (fy_ep_attach(comm, m, err)) goto done;
-        if (rank0) {
-            int lo, hi;
-            fy_model_expert_range(m, 0, &lo, &hi);
-            printf("expert parallel: %d routed experts over %d ranks (rank 0 runs experts %d-%d), rows sent "
-                   "with all-to-all\n", m->cfg.n_routed_experts, n_ranks, lo, hi - 1);
-        }
     }
     if (n_ranks > 1 && rank0 && dp.local_steps)
         printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta%s\n",
@@ -781,7 +777,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         }
         if (interrupted || out_of_time || paused) {
             res->interrupted = 1;
-            if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
+            if (save(&writer, m, &opt, &dp, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
                 goto done;
             if (rank0)
                 printf("%s at step %d: checkpoint written; continue with --resume\n",
@@ -790,7 +786,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             break;
         }
         if (o->ckpt_every > 0 && step % o->ckpt_every == 0) {
-            if (save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
+            if (save(&writer, m, &opt, &dp, o, run_dir, step, tokens, elapsed, loss, val_loss, &sk, err))
                 goto done;
             saved = 1;
             disk_step = -1; /* keep_last may remove the checkpoint resumed from */
@@ -838,7 +834,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (step > total) step = total;
     if (!saved && step > start &&
-        save(&writer, m, &opt, &dp, &hm, &hv, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss,
+        save(&writer, m, &opt, &dp, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss,
              val_loss, &sk, err))
         goto done;
     if (rank0) plot(run_dir, &h);
@@ -871,9 +867,9 @@ done:
     fy_loss_window_free(&win);
     fy_adamw_free(&opt, m->be);
     fy_dp_free(&dp, m);
-    fy_model_set_expert_parallel(m, NULL, NULL);
-    free(hm);
-    free(hv);
+    /* After an expert-parallel run m holds the whole table again, zeroed:
+     * the trained weights are in the last checkpoint. */
+    if (m->ep.size > 1) fy_model_set_expert_parallel(m, NULL, NULL);
     if (self) fy_comm_finalize(self);
     fy_loader_close(&train);
     fy_loader_close(&val);

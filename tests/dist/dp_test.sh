@@ -5,7 +5,11 @@
 #     (weights and AdamW moments of the final checkpoint);
 #   - gradient buckets sent during the backward give the unbucketed bits;
 #   - expert parallel (experts split over 2 ranks) == data parallel within
-#     fp32 rounding, step by step, and it resumes bit-identically;
+#     fp32 rounding, step by step, and it resumes bit-identically; each rank
+#     holds only its experts; with gradient buckets the same bits; its
+#     checkpoints resume on 1 rank (from 2 and, unevenly split, 3 ranks) and
+#     a 1-rank checkpoint resumes with the experts split, as the
+#     uninterrupted runs continue;
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
 #     bit-identically; DiLoCo (f32 and int8 deltas) and int8 DP stopped and
 #     resumed on 2 ranks continue bit-identically;
@@ -64,6 +68,28 @@ check "grep -q 'bytes per token' ep.log" "expert-parallel run reported no bytes"
 $ferry train $T --out epr --ranks 2 --expert-parallel --stop-after 10 > epr1.log 2>&1 || bad "EP first half failed"
 $ferry train $T --out epr --resume --ranks 2 --expert-parallel > epr2.log 2>&1 || bad "EP second half failed: $(tail -3 epr2.log)"
 check "same ep epr 00000020" "expert-parallel resume did not continue bit-identically"
+# Each rank holds its own experts only (the log says how many parameters).
+check "grep -qE 'rank 0 holds experts 0-1: [0-9]+ of the model.s [0-9]+ parameters' ep.log && \
+       awk '/rank 0 holds/ { for (i = 1; i <= NF; i++) if (\$i == \"of\") { a = \$(i - 1); b = \$(i + 3) } } END { exit !(a < b) }' ep.log" \
+      "expert-parallel rank 0 does not report holding fewer parameters: $(grep 'expert parallel' ep.log)"
+# Gradient buckets with expert shards: the dense part travels during the backward, same bits.
+$ferry train $T --out epb --ranks 2 --expert-parallel --grad-buckets 1 > epb.log 2>&1 || bad "EP with buckets failed: $(tail -3 epb.log)"
+check "grep -q 'layer by layer' epb.log && same ep epb 00000020" "expert parallel with --grad-buckets 1 changed the bits"
+# Elastic with expert shards: a checkpoint of 2 expert-parallel ranks holds
+# the whole model and continues on 1 rank; a 1-rank checkpoint continues
+# with the experts split; both as their uninterrupted peers do (fp32 rounding).
+close() { paste <(losses "$1" | tail -10) <(losses "$2" | tail -10) | awk '{ d = $2 - $4; if (d < 0) d = -d; if ($1 != $3 || d > 1e-4 * $2) bad = 1 } END { exit bad || NR != 10 }'; }
+$ferry train $T --out ep21 --ranks 2 --expert-parallel --stop-after 10 > ep21a.log 2>&1 || bad "EP first half failed"
+$ferry train $T --out ep21 --resume > ep21.log 2>&1 || bad "EP 2 ranks -> 1 rank resume failed: $(tail -3 ep21.log)"
+check "close ep ep21" "EP 2 ranks -> 1 rank did not continue as the EP run: $(paste <(losses ep) <(losses ep21) | tail -1)"
+$ferry train $T --out ep12 --micro-batch 2 --stop-after 10 > ep12a.log 2>&1 || bad "1-rank first half failed"
+$ferry train $T --out ep12 --resume --ranks 2 --expert-parallel > ep12b.log 2>&1 || bad "1 rank -> EP 2 ranks failed: $(tail -3 ep12b.log)"
+check "close one ep12" "1 rank -> EP 2 ranks did not continue as the 1-rank run: $(paste <(losses one) <(losses ep12) | tail -1)"
+# Uneven shares: 4 experts over 3 ranks (1, 1, 2), saved and resumed on 1 rank.
+$ferry train $T --batch 6 --out one6 --micro-batch 2 > one6.log 2>&1 || bad "1-rank batch-6 run failed"
+$ferry train $T --batch 6 --out ep3 --ranks 3 --expert-parallel --stop-after 10 > ep3a.log 2>&1 || bad "EP 3 ranks failed: $(tail -3 ep3a.log)"
+$ferry train $T --batch 6 --out ep3 --resume > ep3b.log 2>&1 || bad "EP 3 ranks -> 1 rank failed: $(tail -3 ep3b.log)"
+check "close one6 ep3" "EP 3 ranks -> 1 rank did not continue as the 1-rank run: $(paste <(losses one6) <(losses ep3) | tail -1)"
 
 # 2. elastic resume at step 10: 2 -> 1 and 1 -> 2.
 $ferry train $T --out e21 --ranks 2 --stop-after 10 > e21a.log 2>&1 || bad "2-rank first half failed"

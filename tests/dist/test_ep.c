@@ -6,8 +6,10 @@
  * rows, summed in the tree order of the DP reduction).
  *
  * Also checked: each rank's loss and router loads equal the reference; a
- * rank computes no gradient for experts it does not own (so the experts
- * really are split); rows crossed the network; and the inference forward
+ * rank holds only its own experts (its table is a shard of the expected
+ * size; each expert starts from the whole model's weights) and an owned
+ * expert's gradient is complete without any reduction; rows crossed the
+ * network; and the inference forward
  * (no gradient) gives the reference logits. The model has a dense layer, an
  * MoE layer and an MoE MTP module, and 7 routed experts, which split
  * unevenly over 2 and 3 ranks.
@@ -114,6 +116,7 @@ int main(void) {
     /* Expert parallel: this rank's rows, the experts split over the ranks. */
     uint64_t bytes0 = fy_comm_bytes_sent(comm);
     batch(rank_, B, T, c.vocab_size, in, lab);
+    if (fy_model_init_weights(&ep, 5, &err)) die("init", &err); /* attaching reallocated the shard */
     grads(&ep, in, lab, B, T, &l, g_ep);
     CHECK(fabs(l.total - l_ref.total) <= 1e-5 * fabs(l_ref.total), "loss %.9g, reference %.9g", l.total,
           l_ref.total);
@@ -122,32 +125,59 @@ int main(void) {
     CHECK(!memcmp(ep.loads, loads_ref, nl * sizeof *loads_ref), "router loads differ from the reference");
     if (R > 1) CHECK(fy_comm_bytes_sent(comm) > bytes0, "no expert rows crossed the network");
 
-    /* Experts this rank does not own: no gradient here. Owned: nonzero. */
-    int lo, hi, foreign_nonzero = 0, own_zero = 0;
+    /* The rank holds its own experts only: the table is a shard whose dense
+     * part is laid out as the whole model's, and each expert it holds has
+     * the whole model's initial weights. */
+    int lo, hi, missing = 0, foreign = 0, moe_layers = 0;
     fy_model_expert_range(&ep, rank_, &lo, &hi);
     CHECK(hi > lo, "rank %d owns no experts", rank_);
-    for (int li = 0; li < ep.tab.n_layers; li++) {
-        const fy_layer_offs *W = &ep.tab.layer[li];
-        if (!W->moe) continue;
-        size_t fd = (size_t)c.moe_intermediate_size * c.hidden_size;
-        for (int e = 0; e < E; e++) {
-            double s = 0;
-            const size_t base[3] = {W->exp_gate, W->exp_up, W->exp_down};
-            for (int k = 0; k < 3; k++)
-                for (size_t i = 0; i < fd; i++) s += fabs(g_ep[base[k] + e * W->exp_stride + i]);
-            if (e >= lo && e < hi) own_zero += s == 0;
-            else foreign_nonzero += s != 0;
-        }
-    }
-    CHECK(foreign_nonzero == 0, "%d experts this rank does not own got gradients", foreign_nonzero);
-    CHECK(own_zero == 0, "%d of this rank's experts got no gradient", own_zero);
-
-    /* The data-parallel sum over ranks gives the whole gradient. */
-    if (fy_comm_allreduce_f32(comm, g_ep, n, &err)) die("all-reduce", &err);
+    CHECK(ep.tab.n_dense == ref.tab.n_dense, "dense part %zu floats, whole model %zu", ep.tab.n_dense, ref.tab.n_dense);
+    for (int li = 0; li < ref.tab.n_layers; li++) moe_layers += ref.tab.layer[li].moe;
+    const size_t per_expert = 3 * ((((size_t)c.moe_intermediate_size * c.hidden_size + 15) / 16) * 16);
+    CHECK(ep.tab.n_params == ref.tab.n_dense + (size_t)moe_layers * (hi - lo) * per_expert,
+          "rank %d holds %zu floats, expected the dense %zu + %d layers x %d experts", rank_, ep.tab.n_params,
+          ref.tab.n_dense, moe_layers, hi - lo);
+    if (R > 1) CHECK(ep.tab.n_params < ref.tab.n_params, "the shard is not smaller than the whole model");
+    float *p_ref = malloc(ref.tab.n_params * sizeof *p_ref), *p_ep = malloc(ep.tab.n_params * sizeof *p_ep);
+    be->ops->download(be, p_ref, fy_at(&ref.params, 0), ref.tab.n_params);
+    be->ops->download(be, p_ep, fy_at(&ep.params, 0), ep.tab.n_params);
+    if (fy_be_sync(be, &err)) die("sync", &err);
     double gmax = 0, dmax = 0;
     size_t worst = 0;
+    int wrong_init = 0;
     for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g_sum[i]));
-    for (size_t i = 0; i < n; i++) {
+    for (int i = 0; i < ref.tab.n; i++) {
+        const fy_tensor_info *t = &ref.tab.t[i], *u = fy_params_find(&ep.tab, t->name);
+        int e = -1, li = -1;
+        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.", &li, &e) != 2) e = -1;
+        if (e >= 0 && (e < lo || e >= hi)) {
+            foreign += u != NULL;
+            continue;
+        }
+        if (!u) {
+            missing++;
+            continue;
+        }
+        if (t->is_buffer) continue;
+        wrong_init += memcmp(p_ref + t->off, p_ep + u->off, t->n * sizeof(float)) != 0;
+        /* An owned expert's gradient is complete here (it ran every rank's
+         * rows): compare it now; the dense part after the sum below. */
+        if (e >= 0)
+            for (size_t j = 0; j < t->n; j++) {
+                double dd = fabs((double)g_ep[u->off + j] - g_sum[t->off + j]);
+                if (dd > dmax) dmax = dd, worst = t->off + j;
+            }
+    }
+    CHECK(foreign == 0, "rank %d holds %d tensors of other ranks' experts", rank_, foreign);
+    CHECK(missing == 0, "rank %d lacks %d of its tensors", rank_, missing);
+    CHECK(wrong_init == 0, "%d tensors start from other weights than the whole model's", wrong_init);
+    free(p_ref);
+    free(p_ep);
+
+    /* The data-parallel sum of the dense part gives its whole gradient. */
+    const size_t nd = ref.tab.n_dense;
+    if (fy_comm_allreduce_f32(comm, g_ep, nd, &err)) die("all-reduce", &err);
+    for (size_t i = 0; i < nd; i++) {
         double dd = fabs((double)g_ep[i] - g_sum[i]);
         if (dd > dmax) dmax = dd, worst = i;
     }
