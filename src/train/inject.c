@@ -103,6 +103,8 @@ int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err) {
         } else {
             t = fy_params_find(&m->tab, f->tensor);
         }
+        /* Another expert-parallel rank's expert: that rank injects it. */
+        if (!t && fy_params_is_shard(&m->tab) && strstr(f->tensor, ".mlp.experts.")) continue;
         if (!t || t->is_buffer) return fy_fail(err, "FERRY_INJECT: no trained tensor '%s'", f->tensor);
         if (f->index >= t->n)
             return fy_fail(err, "FERRY_INJECT: index %zu outside %s (%zu elements)", f->index, f->tensor, t->n);
@@ -141,6 +143,7 @@ int fy_inject_grad(fy_inject *inj, int step, fy_model *m, char *what, size_t cap
     fy_inj_fault *f = due(inj, step, FY_INJ_NAN_GRAD);
     if (!f) return 0;
     const fy_tensor_info *t = find(m, f->tensor);
+    if (!t) return 0; /* held by another expert-parallel rank */
     float nan = NAN;
     m->be->ops->upload(m->be, fy_at(&m->grads, t->off + f->index), &nan, 1);
     snprintf(what, cap, "nan_grad: NaN in grad of %s[%zu] at step %d", f->tensor, f->index, step);
@@ -162,9 +165,17 @@ int fy_inject_state(fy_inject *inj, int step, fy_model *m, fy_adamw *opt, char *
     fy_inj_fault *f;
     while ((f = due(inj, step, FY_INJ_FLIP_WEIGHT)) || (f = due(inj, step, FY_INJ_FLIP_MOMENT))) {
         const fy_tensor_info *t = find(m, f->tensor);
+        size_t at = t ? t->off + f->index : 0;
+        if (t && f->kind == FY_INJ_FLIP_MOMENT) { /* where opt keeps that moment, if this rank does */
+            const size_t n1 = opt->m.n - opt->xn;
+            if (at >= opt->lo && at < opt->lo + n1) at -= opt->lo;
+            else if (opt->xn && at >= opt->xlo && at < opt->xlo + opt->xn) at = at - opt->xlo + n1;
+            else t = NULL;
+        }
+        if (!t) continue; /* another rank holds it (expert parallel, ZeRO-1) */
         fy_buf *b = f->kind == FY_INJ_FLIP_WEIGHT ? &m->params : f->moment == 'm' ? &opt->m : &opt->v;
         float x, y;
-        flip_bit(m->be, fy_at(b, t->off + f->index), f->bit, &x, &y);
+        flip_bit(m->be, fy_at(b, at), f->bit, &x, &y);
         snprintf(what, cap, "%s: bit %d of %s%s%s[%zu] flipped (%g -> %g) after step %d",
                  f->kind == FY_INJ_FLIP_WEIGHT ? "flip_weight" : "flip_moment", f->bit,
                  f->kind == FY_INJ_FLIP_WEIGHT ? "" : f->moment == 'm' ? "adam.m of " : "adam.v of ",
