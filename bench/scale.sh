@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
-# DP with its gradients sent layer by layer during the backward (DP-buckets),
+# DP with its gradients sent during the backward in 25 MB buckets (DP-buckets)
+# or layer by layer (DP-buckets-layer),
 # expert parallel (EP: each rank holds and runs its own routed experts),
 # int8-compressed gradients, and DiLoCo (H = 8, 32, and 8 with int8 deltas); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
@@ -59,6 +60,7 @@ want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
   for link in ${LINKS:-normal slow}; do
     if want DP; then run DP $link 2; fi
     if want DP-buckets; then run DP-buckets $link 2 --grad-buckets 1; fi
+    if want DP-buckets-layer; then run DP-buckets-layer $link 2 --grad-buckets 1 --bucket-mb 0; fi
     if want DP-buckets-progress; then run DP-buckets-progress $link 2 --grad-buckets 2; fi
     if want EP; then run EP $link 2 --expert-parallel; fi
     if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi

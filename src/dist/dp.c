@@ -86,20 +86,39 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     return 0;
 }
 
+/* Sends bucket k (0: dense params, 1: routed experts), if it holds any. */
+static int post_bucket(fy_dp *dp, int k, fy_err *err) {
+    size_t lo = dp->pend_lo[k], hi = dp->pend_hi[k];
+    dp->pend_lo[k] = dp->pend_hi[k] = 0;
+    if (hi <= lo) return 0;
+    dp->buckets_sent++;
+    return fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
+}
+
 static int dp_grad_ready(void *ctx, size_t lo, size_t hi, int first, fy_err *err) {
     fy_dp *dp = ctx;
     fy_model *m = dp->bucket_model;
     /* The first range of a backward starts a reduction; an unfinished one
      * of a discarded step is dropped. */
-    if ((first || !fy_comm_rs_active(dp->rs)) && fy_comm_rs_begin(dp->rs, err)) return -1;
+    if (first || !fy_comm_rs_active(dp->rs)) {
+        if (fy_comm_rs_begin(dp->rs, err)) return -1;
+        memset(dp->pend_lo, 0, sizeof dp->pend_lo);
+        memset(dp->pend_hi, 0, sizeof dp->pend_hi);
+    }
     if (hi > dp->n) hi = dp->n; /* an expert shard's own experts are not reduced */
     if (lo >= hi) return 0;
     m->be->ops->download(m->be, dp->host + lo, fy_at(&m->grads, lo), hi - lo);
     if (fy_be_sync(m->be, err)) return -1;
-    return fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
+    /* The ranges come from the end of each region down: a range that ends
+     * where its region's bucket starts joins it. */
+    const int k = lo >= m->tab.n_dense;
+    if (dp->pend_hi[k] > dp->pend_lo[k] && dp->pend_lo[k] != hi && post_bucket(dp, k, err)) return -1;
+    if (dp->pend_hi[k] <= dp->pend_lo[k]) dp->pend_hi[k] = hi;
+    dp->pend_lo[k] = lo;
+    return dp->pend_hi[k] - dp->pend_lo[k] >= dp->bucket_floats ? post_bucket(dp, k, err) : 0;
 }
 
-int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err) {
+int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, float bucket_mb, fy_err *err) {
     if (dp->rs) {
         fy_comm_rs_free(dp->rs);
         dp->rs = NULL;
@@ -108,12 +127,13 @@ int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err) {
     if (!on || !fy_dp_sharded(dp) || dp->local_micro != 1) return 0;
     if (fy_comm_rs_create(dp->comm, dp->counts, dp->displ, on == 2, &dp->rs, err)) return fy_wrap(err, "gradient buckets");
     dp->bucket_model = m;
+    dp->bucket_floats = bucket_mb > 0 ? (size_t)((double)bucket_mb * 1e6 / sizeof(float)) : 0;
     fy_model_set_grad_ready(m, dp_grad_ready, dp);
     return 0;
 }
 
 void fy_dp_free(fy_dp *dp, fy_model *m) {
-    if (dp->rs) fy_dp_set_bucketing(dp, m, 0, NULL);
+    if (dp->rs) fy_dp_set_bucketing(dp, m, 0, 0, NULL);
     for (int i = 0; i < dp->stack_cap; i++)
         if (dp->stack[i].handle) fy_be_free(m->be, &dp->stack[i]);
     free(dp->stack);
@@ -196,8 +216,8 @@ static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
     if (dp->size == 1 || dp->local_steps) return 0;
     fy_backend *be = m->be;
     size_t len = dp->hi - dp->lo;
-    if (dp->rs && fy_comm_rs_active(dp->rs)) { /* the backward sent the buckets */
-        if (fy_comm_rs_finish(dp->rs, dp->shard, err)) return -1;
+    if (dp->rs && fy_comm_rs_active(dp->rs)) { /* the backward sent the buckets (but the last) */
+        if (post_bucket(dp, 0, err) || post_bucket(dp, 1, err) || fy_comm_rs_finish(dp->rs, dp->shard, err)) return -1;
         if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);
         return fy_be_sync(be, err);
     }

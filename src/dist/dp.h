@@ -74,6 +74,9 @@ typedef struct fy_dp {
     uint64_t bytes_at_step; /* fy_comm_bytes_sent when the step began */
     fy_comm_rs *rs;       /* gradient bucketing: the reduce-scatter the backward feeds */
     fy_model *bucket_model;
+    size_t bucket_floats; /* post a bucket once it holds this many (0: every range as it comes) */
+    size_t pend_lo[2], pend_hi[2]; /* the bucket being filled: of the dense part, of the experts */
+    uint64_t buckets_sent;  /* buckets posted so far */
     /* DiLoCo */
     int local_steps;      /* H (0: plain data parallel) */
     float outer_lr, outer_momentum;
@@ -101,13 +104,15 @@ void fy_dp_free(fy_dp *dp, fy_model *m);
 
 /* Gradient bucketing (plain ZeRO-1 data parallel with one micro-batch per
  * rank): the backward hands over each layer's gradients as they are final
- * (fy_model_set_grad_ready) and they travel while the backward goes on;
- * fy_dp_step then waits for them. The bits are those of the unbucketed
+ * (fy_model_set_grad_ready); consecutive layers fill a bucket, which travels
+ * once it holds bucket_mb MB (0: each layer goes at once) while the backward
+ * goes on; fy_dp_step sends what is left and waits. Few large buckets pay
+ * less latency per message, small ones overlap more. The bits are those of the unbucketed
  * reduction. Ignored (returns 0, stays off) in the other modes: compressed
  * (error feedback needs the whole vector), DiLoCo (no gradient exchange),
  * several micro-batches per rank (the gradient is final only after the
  * last one's local tree sum). */
-int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, fy_err *err);
+int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, float bucket_mb, fy_err *err);
 static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->rs != NULL; }
 
 /* The optimizer each rank keeps: this rank's shard (ZeRO-1; with expert

@@ -34,6 +34,7 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->outer_lr = 0.7f;
     o->outer_momentum = 0.5f; /* 0.9 (the paper's) was worse for few outer steps: docs/SCALING.md */
     o->grad_buckets = 0; /* measured slower with Open MPI here: docs/SCALING.md */
+    o->bucket_mb = 25;   /* PyTorch DDP's bucket_cap_mb */
     fy_guard_opts_default(&o->guard);
 }
 
@@ -83,6 +84,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"outer_momentum", 0, 0.999999, 0, &o->outer_momentum, NULL},
             {"expert_parallel", 0, 1, 1, NULL, &o->expert_parallel},
             {"grad_buckets", 0, 2, 1, NULL, &o->grad_buckets},
+            {"bucket_mb", 0, 1e6, 0, &o->bucket_mb, NULL},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -135,14 +137,15 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
              "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
              "\"micro_batch\": %d, \"compress_grads\": %d, \"diloco_every\": %d, \"outer_lr\": %.9g, "
-             "\"outer_momentum\": %.9g, \"expert_parallel\": %d, \"grad_buckets\": %d}",
+             "\"outer_momentum\": %.9g, \"expert_parallel\": %d, \"grad_buckets\": %d, \"bucket_mb\": %.9g}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
              o->keep_last, o->log_every, o->guard.nonfinite, o->guard.spike_window, o->guard.spike_min,
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
              o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
-             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel, o->grad_buckets);
+             o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel, o->grad_buckets,
+             o->bucket_mb);
     return s;
 }
 
@@ -569,14 +572,18 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     /* Fault injection edits the gradients after the backward, so with it
      * they travel after the backward too. */
-    if (fy_dp_set_bucketing(&dp, m, inj.n ? 0 : o->grad_buckets, err)) goto done;
+    if (fy_dp_set_bucketing(&dp, m, inj.n ? 0 : o->grad_buckets, o->bucket_mb, err)) goto done;
+    char buckets[128] = "";
+    if (fy_dp_bucketing(&dp) && o->bucket_mb > 0)
+        snprintf(buckets, sizeof buckets, ", gradients sent in buckets of %g MB during the backward%s", o->bucket_mb,
+                 fy_comm_rs_progress_thread(dp.rs) ? " (progress thread)" : "");
+    else if (fy_dp_bucketing(&dp))
+        snprintf(buckets, sizeof buckets, ", gradients sent layer by layer during the backward%s",
+                 fy_comm_rs_progress_thread(dp.rs) ? " (progress thread)" : "");
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
                dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
-                                                                 : "ZeRO-1 sharded AdamW moments",
-               !fy_dp_bucketing(&dp) ? ""
-               : fy_comm_rs_progress_thread(dp.rs) ? ", gradients sent layer by layer during the backward (progress thread)"
-                                                  : ", gradients sent layer by layer during the backward");
+                                                                 : "ZeRO-1 sharded AdamW moments", buckets);
     if (dp.local_steps && o->ckpt_every % dp.local_steps) {
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
                 o->ckpt_every, dp.local_steps);
@@ -838,11 +845,14 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
              val_loss, &sk, err))
         goto done;
     if (rank0) plot(run_dir, &h);
+    char per_step[64] = "";
+    if (fy_dp_bucketing(&dp) && step > start)
+        snprintf(per_step, sizeof per_step, "; %.1f gradient buckets per step", (double)dp.buckets_sent / (step - start));
     if (rank0 && n_ranks > 1)
-        printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token); checkpoints %llu more\n",
+        printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token); checkpoints %llu more%s\n",
                (unsigned long long)(fy_comm_bytes_sent(comm) - dp.ckpt_bytes), step - start,
                step > start ? (fy_comm_bytes_sent(comm) - dp.ckpt_bytes) / ((double)(step - start) * B * T) : 0.0,
-               (unsigned long long)dp.ckpt_bytes);
+               (unsigned long long)dp.ckpt_bytes, per_step);
     res->step = step;
     res->last_loss = loss;
     res->last_val_loss = val_loss;

@@ -32,7 +32,8 @@ typedef struct fy_train_opts {
     int diloco_every;     /* DiLoCo: H local steps per outer step (0: off); ferry.diloco_every */
     float outer_lr, outer_momentum; /* DiLoCo outer Nesterov SGD; ferry.outer_lr, ferry.outer_momentum */
     int expert_parallel;  /* 1: routed experts split over the ranks (dist/ep.h); ferry.expert_parallel */
-    int grad_buckets;     /* 1: gradients travel layer by layer during the backward (default 0); ferry.grad_buckets */
+    int grad_buckets;     /* 1: gradients travel during the backward (default 0; 2: progress thread); ferry.grad_buckets */
+    float bucket_mb;      /* ... in buckets of at least this many MB (0: each layer as it is done); ferry.bucket_mb */
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
 } fy_train_opts;
 

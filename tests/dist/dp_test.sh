@@ -45,9 +45,14 @@ $ferry train $T --out two --ranks 2 > two.log 2>&1 || bad "2-rank run failed: $(
 check "grep -q 'data parallel: 2 ranks' two.log" "2-rank run did not report data parallelism"
 # gradient buckets travel during the backward; they give the unbucketed bits.
 check "! grep -q 'layer by layer' two.log" "gradient bucketing is on by default"
-$ferry train $T --out twob --ranks 2 --grad-buckets 1 > twob.log 2>&1 || bad "2-rank run with buckets failed"
+$ferry train $T --out twob --ranks 2 --grad-buckets 1 --bucket-mb 0 > twob.log 2>&1 || bad "2-rank run with buckets failed"
 check "grep -q 'gradients sent layer by layer during the backward' twob.log && same two twob 00000020" \
       "--grad-buckets 1 changed the bits (or did not turn them on): $(grep 'data parallel' twob.log)"
+# Buckets of 0.2 MB (the micro model's 0.8 MB gradient): several per step, fewer than the ranges, same bits.
+$ferry train $T --out twobk --ranks 2 --grad-buckets 1 --bucket-mb 0.2 > twobk.log 2>&1 || bad "2-rank run with 0.2 MB buckets failed"
+nb() { sed -n 's/.*; \([0-9.]*\) gradient buckets per step.*/\1/p' "$1"; }
+check "grep -q 'in buckets of 0.2 MB' twobk.log && same two twobk 00000020 && awk -v a=\$(nb twobk.log) -v b=\$(nb twob.log) 'BEGIN { exit !(a >= 2 && a < b) }'" \
+      "0.2 MB buckets: other bits, or not between 2 and the per-layer count ($(nb twobk.log) vs $(nb twob.log) per step)"
 $ferry train $T --out twob2 --ranks 2 --grad-buckets 2 > twob2.log 2>&1 || bad "2-rank run with buckets + progress thread failed"
 check "grep -q 'progress thread' twob2.log && same two twob2 00000020" \
       "--grad-buckets 2 changed the bits (or did not start its progress thread): $(grep 'data parallel' twob2.log)"
@@ -73,8 +78,8 @@ check "grep -qE 'rank 0 holds experts 0-1: [0-9]+ of the model.s [0-9]+ paramete
        awk '/rank 0 holds/ { for (i = 1; i <= NF; i++) if (\$i == \"of\") { a = \$(i - 1); b = \$(i + 3) } } END { exit !(a < b) }' ep.log" \
       "expert-parallel rank 0 does not report holding fewer parameters: $(grep 'expert parallel' ep.log)"
 # Gradient buckets with expert shards: the dense part travels during the backward, same bits.
-$ferry train $T --out epb --ranks 2 --expert-parallel --grad-buckets 1 > epb.log 2>&1 || bad "EP with buckets failed: $(tail -3 epb.log)"
-check "grep -q 'layer by layer' epb.log && same ep epb 00000020" "expert parallel with --grad-buckets 1 changed the bits"
+$ferry train $T --out epb --ranks 2 --expert-parallel --grad-buckets 1 --bucket-mb 0.1 > epb.log 2>&1 || bad "EP with buckets failed: $(tail -3 epb.log)"
+check "grep -q 'buckets of 0.1 MB' epb.log && same ep epb 00000020" "expert parallel with --grad-buckets 1 changed the bits"
 # Elastic with expert shards: a checkpoint of 2 expert-parallel ranks holds
 # the whole model and continues on 1 rank; a 1-rank checkpoint continues
 # with the experts split; both as their uninterrupted peers do (fp32 rounding).
