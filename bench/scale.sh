@@ -2,7 +2,9 @@
 # Scale-out over slow links (docs/SCALING.md): the same model, data and token
 # budget trained on 1 rank and on 2 ranks with plain data parallelism (ZeRO-1),
 # DP with its gradients sent during the backward in 25 MB buckets (DP-buckets)
-# or layer by layer (DP-buckets-layer),
+# or layer by layer (DP-buckets-layer), the DDP layout (--zero 0: whole AdamW
+# on every rank, gradients all-reduced; one-shot, in buckets, layer by layer,
+# with the progress thread),
 # expert parallel (EP: each rank holds and runs its own routed experts),
 # int8-compressed gradients, and DiLoCo (H = 8, 32, and 8 with int8 deltas); the 2-rank runs once on
 # the normal link (loopback) and once across two network namespaces joined by
@@ -62,6 +64,10 @@ want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
     if want DP-buckets; then run DP-buckets $link 2 --grad-buckets 1; fi
     if want DP-buckets-layer; then run DP-buckets-layer $link 2 --grad-buckets 1 --bucket-mb 0; fi
     if want DP-buckets-progress; then run DP-buckets-progress $link 2 --grad-buckets 2; fi
+    if want DDP; then run DDP $link 2 --zero 0; fi
+    if want DDP-buckets; then run DDP-buckets $link 2 --zero 0 --grad-buckets 1; fi
+    if want DDP-buckets-layer; then run DDP-buckets-layer $link 2 --zero 0 --grad-buckets 1 --bucket-mb 0; fi
+    if want DDP-buckets-progress; then run DDP-buckets-progress $link 2 --zero 0 --grad-buckets 2; fi
     if want EP; then run EP $link 2 --expert-parallel; fi
     if want DP-int8; then run DP-int8 $link 2 --compress-grads; fi
     if want DiLoCo-H8; then run DiLoCo-H8 $link 2 --diloco 8; fi

@@ -296,6 +296,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     double lr = 0, time_limit = 0, heartbeat = 300, backoff = 1.0, abft = -1;
     int recompute = -1, ranks = 0, micro = -1, compress = 0, diloco = -1, expert_parallel = 0, buckets = -1;
     double bucket_mb = -1;
+    int zero = -1;
     double comm_timeout = 300, outer_lr = -1;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
@@ -326,6 +327,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
         {"--compress-grads", NULL, FY_ARG_BOOL, &compress, NULL, "send gradients (with --diloco: the outer deltas) as int8 with error feedback (slow links)", 0, 0, 0},
         {"--expert-parallel", NULL, FY_ARG_BOOL, &expert_parallel, NULL, "split the routed experts over the ranks (all-to-all)", 0, 0, 0},
         {"--grad-buckets", NULL, FY_ARG_INT, &buckets, "0|1|2", "send gradients in buckets during the backward (default 0; 2: with a progress thread driving MPI)", 0, 2, 0},
+        {"--zero", NULL, FY_ARG_INT, &zero, "0|1", "1: shard the AdamW moments over the ranks (ZeRO-1, default); 0: every rank keeps them whole and the gradients are all-reduced (DDP)", 0, 1, 0},
         {"--bucket-mb", NULL, FY_ARG_FLOAT, &bucket_mb, "MB", "gradient bucket size for --grad-buckets (default 25, as PyTorch DDP; 0: each layer as it is done)", 0, 1e6, 0},
         {"--diloco", NULL, FY_ARG_INT, &diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},
         {"--outer-lr", NULL, FY_ARG_FLOAT, &outer_lr, "LR", "DiLoCo outer Nesterov learning rate (default 0.7)", 0, 10, 0},
@@ -470,6 +472,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     if (expert_parallel) o.expert_parallel = 1;
     if (buckets >= 0) o.grad_buckets = buckets;
     if (bucket_mb >= 0) o.bucket_mb = (float)bucket_mb;
+    if (zero >= 0) o.zero = zero;
     if (diloco >= 0) o.diloco_every = diloco;
     if (outer_lr >= 0) o.outer_lr = (float)outer_lr;
     if (!resume && !follower && o.micro_batch == 0 && n_ranks > 1) {

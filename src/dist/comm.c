@@ -405,8 +405,26 @@ struct fy_comm_rs {
     pthread_t progress;
     pthread_mutex_t mu;
     int has_progress, stop;
+    /* All-reduce mode (fy_comm_ar_*): bucket i (request req[i], its
+     * reduce-scatter) is reduce-scattered into recv[roff ..], summed into
+     * this rank's piece of x, then all-gathered (request ag) back into x. */
+    struct ar_bucket { size_t lo, hi, roff; int summed; MPI_Request ag; } *bk;
+    int *agcnt;                 /* [cap_req][2 * size] the all-gathers' int counts */
+    /* The all-gathers run on a communicator of their own: MPI matches the
+     * collectives of a communicator by their order, and a rank posts an
+     * all-gather whenever its bucket's reduce-scatter is done, between the
+     * reduce-scatters. Among themselves they go in bucket order. */
+    MPI_Comm ag_comm;
+    int has_ag_comm;
 #endif
+    int ar;                     /* all-reduce mode */
+    float *x;                   /* ar: the vector reduced in place */
+    size_t recv_used, recv_cap; /* ar: floats of recv taken by the posted buckets, and its size */
 };
+
+#ifdef FERRY_HAVE_MPI
+static int ar_advance_locked(fy_comm_rs *s, int wait, fy_err *err);
+#endif
 
 #ifdef FERRY_HAVE_MPI
 static void *rs_progress(void *arg) {
@@ -414,7 +432,11 @@ static void *rs_progress(void *arg) {
     for (;;) {
         pthread_mutex_lock(&s->mu);
         int stop = s->stop;
-        for (int i = 0; i < s->n_req && !stop; i++)
+        if (s->ar && !stop) {
+            fy_err ignored; /* the waiter sees the errors */
+            ar_advance_locked(s, 0, &ignored);
+        }
+        for (int i = 0; i < s->n_req && !stop && !s->ar; i++)
             if (s->req[i] != MPI_REQUEST_NULL) {
                 int done = 0;
                 MPI_Test(&s->req[i], &done, MPI_STATUS_IGNORE); /* errors: the waiter sees them */
@@ -470,9 +492,15 @@ int fy_comm_rs_progress_thread(const fy_comm_rs *s) {
 static int rs_wait_all(fy_comm_rs *s, fy_err *err) {
     int rc = 0;
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < s->n_req; i++)
+    /* All-reduce: every bucket's all-gather is posted first, on every rank
+     * alike, also when the reduction is dropped. */
+    if (s->ar) rc = ar_advance_locked(s, 1, err);
+    for (int i = 0; i < s->n_req; i++) {
         if (!rc) rc = wait_req(s->c, &s->req[i], MPI_SUCCESS, "reduce-scatter (bucketed)", err);
+        if (!rc && s->ar && s->bk[i].summed) rc = wait_req(s->c, &s->bk[i].ag, MPI_SUCCESS, "all-gather (bucketed)", err);
+    }
     s->n_req = 0;
+    s->recv_used = 0;
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -494,6 +522,9 @@ void fy_comm_rs_free(fy_comm_rs *s) {
     pthread_mutex_destroy(&s->mu);
     free(s->req);
     free(s->cnt);
+    free(s->bk);
+    free(s->agcnt);
+    if (s->has_ag_comm) MPI_Comm_free(&s->ag_comm);
 #endif
     free(s->counts);
     free(s->recv);
@@ -587,6 +618,152 @@ int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err) {
     if (s->posted != s->n_total)
         return fy_fail(err, "internal: bucketed reduce-scatter got %zu of %zu elements", s->posted, s->n_total);
     return sum_pieces(s->c, s->recv, s->len, out, err);
+}
+
+/* ---- the streamed all-reduce ----------------------------------------------- */
+
+int fy_comm_ar_create(fy_comm *c, size_t n, int max_buckets, int progress, fy_comm_rs **out, fy_err *err) {
+    const int N = c->size;
+    size_t *counts = malloc(2 * (size_t)N * sizeof *counts);
+    if (!counts) return fy_fail(err, "out of memory");
+    /* Only n_total matters to the reduce-scatter's state here (empty shards ending at n). */
+    for (int p = 0; p < N; p++) counts[p] = 0, counts[N + p] = n;
+    fy_comm_rs *s;
+    int rc = fy_comm_rs_create(c, counts, counts + N, 0, &s, err);
+    free(counts);
+    if (rc) return -1;
+    s->ar = 1;
+    free(s->recv);
+    /* A bucket's pieces take N * ceil(len / N) floats: at most n + N per bucket. */
+    s->recv_cap = n + (size_t)N * (max_buckets > 0 ? max_buckets : 1);
+    s->recv = malloc(s->recv_cap * sizeof *s->recv + 1);
+#ifdef FERRY_HAVE_MPI
+    /* Requests and their count arrays are allocated once: MPI reads the
+     * arrays of a pending collective, so they may not move. */
+    s->cap_req = max_buckets > 0 ? max_buckets : 1;
+    s->req = malloc((size_t)s->cap_req * sizeof *s->req);
+    s->cnt = malloc((size_t)s->cap_req * 4 * N * sizeof *s->cnt);
+    s->bk = calloc((size_t)s->cap_req, sizeof *s->bk);
+    s->agcnt = malloc((size_t)s->cap_req * 2 * N * sizeof *s->agcnt);
+    if (!s->req || !s->cnt || !s->bk || !s->agcnt) s->recv = (free(s->recv), NULL);
+    if (s->recv && c->mpi && N > 1) {
+        if (MPI_Comm_dup(MPI_COMM_WORLD, &s->ag_comm) != MPI_SUCCESS) s->recv = (free(s->recv), NULL);
+        else s->has_ag_comm = 1;
+    }
+    if (s->recv && progress && c->mpi && N > 1 && c->thread_multiple)
+        s->has_progress = pthread_create(&s->progress, NULL, rs_progress, s) == 0;
+#else
+    (void)progress;
+#endif
+    if (!s->recv) {
+        fy_comm_rs_free(s);
+        return fy_fail(err, "out of memory for the bucketed all-reduce (%zu floats)", n);
+    }
+    *out = s;
+    return 0;
+}
+
+/* Piece k of bucket [lo, hi): [piece(k), piece(k + 1)). */
+static size_t piece(size_t lo, size_t hi, int k, int n) { return lo + (hi - lo) * (size_t)k / (size_t)n; }
+
+#ifdef FERRY_HAVE_MPI
+/* Bucket i's reduce-scatter is done: sum this rank's piece into x, post
+ * the all-gather of the bucket. */
+static int ar_sum_and_gather(fy_comm_rs *s, int i, fy_err *err) {
+    fy_comm *c = s->c;
+    struct ar_bucket *b = &s->bk[i];
+    const int n = c->size, me = c->rank;
+    size_t a = piece(b->lo, b->hi, me, n), len = piece(b->lo, b->hi, me + 1, n) - a;
+    if (sum_pieces(c, s->recv + b->roff, len, s->x + a, err)) return -1;
+    b->summed = 1;
+    int *v = s->agcnt + (size_t)i * 2 * n;
+    c->bytes_sent += len * sizeof(float) * (size_t)(n - 1);
+    int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, s->x + b->lo, v, v + n, MPI_FLOAT, s->ag_comm,
+                             &b->ag);
+    return rc == MPI_SUCCESS ? 0 : wait_req(c, &b->ag, rc, "all-gather (bucketed)", err);
+}
+
+/* Moves the buckets on, in bucket order: once a bucket's reduce-scatter is
+ * done it is summed and its all-gather posted; a bucket still in its
+ * reduce-scatter holds back the later ones (the all-gathers must go in the
+ * same order on every rank). wait: block on each reduce-scatter. */
+static int ar_advance_locked(fy_comm_rs *s, int wait, fy_err *err) {
+    for (int i = 0; i < s->n_req; i++) {
+        struct ar_bucket *b = &s->bk[i];
+        int done = 0;
+        if (b->summed) {
+            if (!wait && b->ag != MPI_REQUEST_NULL) MPI_Test(&b->ag, &done, MPI_STATUS_IGNORE);
+            continue;
+        }
+        if (wait) {
+            if (wait_req(s->c, &s->req[i], MPI_SUCCESS, "reduce-scatter (bucketed)", err)) return -1;
+            done = 1;
+        } else if (MPI_Test(&s->req[i], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+            done = 0;
+        }
+        if (!done) break;
+        if (ar_sum_and_gather(s, i, err)) return -1;
+    }
+    return 0;
+}
+
+static int ar_post_locked(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err) {
+    fy_comm *c = s->c;
+    const int n = c->size, me = c->rank;
+    if (s->n_req == s->cap_req)
+        return fy_fail(err, "internal: bucketed all-reduce: more than %d buckets in one reduction", s->cap_req);
+    size_t mine = piece(lo, hi, me + 1, n) - piece(lo, hi, me, n);
+    if (s->recv_used + (size_t)n * mine > s->recv_cap)
+        return fy_fail(err, "internal: bucketed all-reduce: out of receive space");
+    if (fits_int(c, hi, "all-reduce (bucketed)", err) || fits_int(c, s->recv_used + (size_t)n * mine, "all-reduce", err))
+        return -1;
+    const int i = s->n_req;
+    int *v = s->cnt + (size_t)i * 4 * n, *g = s->agcnt + (size_t)i * 2 * n;
+    for (int k = 0; k < n; k++) {
+        size_t a = piece(lo, hi, k, n), b = piece(lo, hi, k + 1, n);
+        v[k] = (int)(b - a), v[n + k] = (int)a;                                       /* piece k to rank k */
+        v[2 * n + k] = (int)mine, v[3 * n + k] = (int)(s->recv_used + (size_t)k * mine); /* my piece from rank k */
+        g[k] = (int)(b - a), g[n + k] = (int)(a - lo);
+        if (k != me) c->bytes_sent += (b - a) * sizeof(float);
+    }
+    s->bk[i] = (struct ar_bucket){lo, hi, s->recv_used, 0, MPI_REQUEST_NULL};
+    s->recv_used += (size_t)n * mine;
+    s->x = x;
+    int rc = MPI_Ialltoallv(x, v, v + n, MPI_FLOAT, s->recv, v + 2 * n, v + 3 * n, MPI_FLOAT, MPI_COMM_WORLD,
+                            &s->req[i]);
+    if (rc != MPI_SUCCESS) return wait_req(c, &s->req[i], rc, "reduce-scatter (bucketed)", err);
+    s->n_req++;
+    return ar_advance_locked(s, 0, err);
+}
+#endif
+
+int fy_comm_ar_post(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err) {
+    fy_comm *c = s->c;
+    if (!s->ar || !s->active || lo > hi || hi > s->n_total)
+        return fy_fail(err, "internal: bucketed all-reduce: range [%zu, %zu) of %zu posted outside a reduction", lo,
+                       hi, s->n_total);
+    s->posted += hi - lo;
+    if (c->size == 1 || hi == lo) return 0; /* one rank: x is its own sum */
+#ifdef FERRY_HAVE_MPI
+    pthread_mutex_lock(&s->mu);
+    int rc = ar_post_locked(s, x, lo, hi, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+#else
+    (void)x;
+    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
+#endif
+}
+
+int fy_comm_ar_finish(fy_comm_rs *s, fy_err *err) {
+    if (!s->ar || !s->active) return fy_fail(err, "internal: bucketed all-reduce finished twice");
+    s->active = 0;
+#ifdef FERRY_HAVE_MPI
+    if (rs_wait_all(s, err)) return -1;
+#endif
+    if (s->posted != s->n_total)
+        return fy_fail(err, "internal: bucketed all-reduce got %zu of %zu elements", s->posted, s->n_total);
+    return 0;
 }
 
 int fy_comm_reduce_scatter_q8(fy_comm *c, const float *x, float *out, const size_t *counts,

@@ -121,6 +121,22 @@ int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err 
 int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err);
 /* 1 between begin and finish. */
 int fy_comm_rs_active(const fy_comm_rs *s);
+
+/* ---- an all-reduce posted bucket by bucket (DDP-style bucketing) --------
+ * x[0, n) summed over the ranks in place, the bits of fy_comm_allreduce_f32,
+ * with the buckets handed over as they become final. Each bucket is split
+ * into one piece per rank: a non-blocking all-to-all sends every piece to
+ * its rank (so both directions of a link carry data at once), the rank sums
+ * its piece in the fixed tree order, and a non-blocking all-gather returns
+ * the summed pieces into x. Begin, active, the progress thread and free are
+ * those of the reduce-scatter above; at most max_buckets per reduction. x
+ * must stay unchanged in the posted ranges (it is written there) until
+ * fy_comm_ar_finish, after which x holds the sums; fy_comm_rs_begin
+ * completes the buckets of an unfinished reduction into its x (every rank
+ * runs the same collectives) before the next one starts. */
+int fy_comm_ar_create(fy_comm *c, size_t n, int max_buckets, int progress, fy_comm_rs **out, fy_err *err);
+int fy_comm_ar_post(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err);
+int fy_comm_ar_finish(fy_comm_rs *s, fy_err *err);
 /* 1 when a thread of s drives the posted pieces between calls. */
 int fy_comm_rs_progress_thread(const fy_comm_rs *s);
 

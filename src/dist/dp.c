@@ -11,13 +11,14 @@
 
 static int is_pow2(int k) { return k > 0 && (k & (k - 1)) == 0; }
 
-int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, int zero,
                const fy_dp_diloco *diloco, fy_err *err) {
     memset(dp, 0, sizeof *dp);
     dp->comm = c;
     dp->rank = fy_comm_rank(c);
     dp->size = fy_comm_size(c);
     dp->compress = compress && dp->size > 1;
+    dp->replicated = !zero && dp->size > 1;
     dp->ep = fy_params_is_shard(&m->tab);
     if (dp->ep && ((diloco && diloco->local_steps > 0) || dp->size == 1))
         return fy_fail(err, "internal: an expert shard with DiLoCo or on one rank");
@@ -92,7 +93,7 @@ static int post_bucket(fy_dp *dp, int k, fy_err *err) {
     dp->pend_lo[k] = dp->pend_hi[k] = 0;
     if (hi <= lo) return 0;
     dp->buckets_sent++;
-    return fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
+    return dp->replicated ? fy_comm_ar_post(dp->rs, dp->host, lo, hi, err) : fy_comm_rs_post(dp->rs, dp->host, lo, hi, err);
 }
 
 static int dp_grad_ready(void *ctx, size_t lo, size_t hi, int first, fy_err *err) {
@@ -124,8 +125,12 @@ int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, float bucket_mb, fy_err 
         dp->rs = NULL;
         fy_model_set_grad_ready(m, NULL, NULL);
     }
-    if (!on || !fy_dp_sharded(dp) || dp->local_micro != 1) return 0;
-    if (fy_comm_rs_create(dp->comm, dp->counts, dp->displ, on == 2, &dp->rs, err)) return fy_wrap(err, "gradient buckets");
+    if (!on || dp->size == 1 || dp->compress || dp->local_steps || dp->local_micro != 1) return 0;
+    /* At most one bucket per range the backward reports (two per layer). */
+    const int max_buckets = 2 * m->tab.n_layers + 4;
+    if (dp->replicated ? fy_comm_ar_create(dp->comm, dp->n, max_buckets, on == 2, &dp->rs, err)
+                       : fy_comm_rs_create(dp->comm, dp->counts, dp->displ, on == 2, &dp->rs, err))
+        return fy_wrap(err, "gradient buckets");
     dp->bucket_model = m;
     dp->bucket_floats = bucket_mb > 0 ? (size_t)((double)bucket_mb * 1e6 / sizeof(float)) : 0;
     fy_model_set_grad_ready(m, dp_grad_ready, dp);
@@ -217,12 +222,23 @@ static int reduce_grads(fy_dp *dp, fy_model *m, fy_err *err) {
     fy_backend *be = m->be;
     size_t len = dp->hi - dp->lo;
     if (dp->rs && fy_comm_rs_active(dp->rs)) { /* the backward sent the buckets (but the last) */
-        if (post_bucket(dp, 0, err) || post_bucket(dp, 1, err) || fy_comm_rs_finish(dp->rs, dp->shard, err)) return -1;
+        if (post_bucket(dp, 0, err) || post_bucket(dp, 1, err)) return -1;
+        if (dp->replicated) {
+            if (fy_comm_ar_finish(dp->rs, err)) return -1;
+            be->ops->upload(be, fy_at(&m->grads, 0), dp->host, dp->n);
+            return fy_be_sync(be, err);
+        }
+        if (fy_comm_rs_finish(dp->rs, dp->shard, err)) return -1;
         if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);
         return fy_be_sync(be, err);
     }
     be->ops->download(be, dp->host, fy_at(&m->grads, 0), dp->n);
     if (fy_be_sync(be, err)) return -1;
+    if (dp->replicated) {
+        if (fy_comm_allreduce_f32(dp->comm, dp->host, dp->n, err)) return -1;
+        be->ops->upload(be, fy_at(&m->grads, 0), dp->host, dp->n);
+        return fy_be_sync(be, err);
+    }
     if (!dp->compress) {
         if (fy_comm_reduce_scatter_f32(dp->comm, dp->host, dp->shard, dp->counts, dp->displ, err)) return -1;
         if (len) be->ops->upload(be, fy_at(&m->grads, dp->lo), dp->shard, len);

@@ -57,6 +57,7 @@ typedef struct fy_dp {
     int micro;            /* sequences per micro-batch */
     int local_micro;      /* micro-batches per rank per step */
     int compress;         /* 1: int8 gradients (DiLoCo: int8 deltas) with error feedback */
+    int replicated;       /* 1: every rank keeps the whole AdamW, the gradients are all-reduced (DDP; --zero 0) */
     size_t n;             /* floats reduced over the ranks: the params block, or its dense part (expert parallel) */
     size_t n_local;       /* floats in this rank's params block (n, or n + its experts) */
     int ep;               /* the model holds an expert shard (fy_params_is_shard) */
@@ -94,20 +95,27 @@ typedef struct fy_dp_diloco {
     int local_steps;
     float outer_lr, outer_momentum;
 } fy_dp_diloco;
+/* zero for fy_dp_init: 1 shards the AdamW moments (ZeRO-1: reduce-scatter
+ * the gradients, all-gather the updated params); 0 keeps them whole on every
+ * rank (DDP: all-reduce the gradients; the same bytes and the same bits, more
+ * memory, and gradient buckets that use both directions of a link). */
 
 /* batch: sequences per step over all ranks; micro: sequences per
  * micro-batch (0: batch / ranks). batch must split into whole micro-batches
  * per rank. Expert parallelism (fy_ep_attach) comes first, when wanted. */
-int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress,
+int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int compress, int zero,
                const fy_dp_diloco *diloco, fy_err *err);
 void fy_dp_free(fy_dp *dp, fy_model *m);
 
-/* Gradient bucketing (plain ZeRO-1 data parallel with one micro-batch per
- * rank): the backward hands over each layer's gradients as they are final
+/* Gradient bucketing (plain data parallel, ZeRO-1 or DDP, with one
+ * micro-batch per rank): the backward hands over each layer's gradients as they are final
  * (fy_model_set_grad_ready); consecutive layers fill a bucket, which travels
  * once it holds bucket_mb MB (0: each layer goes at once) while the backward
  * goes on; fy_dp_step sends what is left and waits. Few large buckets pay
- * less latency per message, small ones overlap more. The bits are those of the unbucketed
+ * less latency per message, small ones overlap more. ZeRO-1 reduce-scatters
+ * each bucket to the shard owners (contiguous shards: a bucket near the end
+ * of the block goes to the last rank only, one way over a link); DDP
+ * all-reduces it in pieces every rank shares (fy_comm_ar_*). The bits are those of the unbucketed
  * reduction. Ignored (returns 0, stays off) in the other modes: compressed
  * (error feedback needs the whole vector), DiLoCo (no gradient exchange),
  * several micro-batches per rank (the gradient is final only after the
@@ -121,7 +129,9 @@ static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->rs != NULL; }
 int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err);
 
 /* 1 when the AdamW moments are sharded over the ranks (ZeRO-1). */
-static inline int fy_dp_sharded(const fy_dp *dp) { return dp->size > 1 && !dp->compress && !dp->local_steps; }
+static inline int fy_dp_sharded(const fy_dp *dp) {
+    return dp->size > 1 && !dp->compress && !dp->local_steps && !dp->replicated;
+}
 
 /* DiLoCo: takes the current weights as the anchor (at the start and after
  * loading a checkpoint, when all ranks hold the same weights). */

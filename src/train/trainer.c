@@ -35,6 +35,7 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->outer_momentum = 0.5f; /* 0.9 (the paper's) was worse for few outer steps: docs/SCALING.md */
     o->grad_buckets = 0; /* measured slower with Open MPI here: docs/SCALING.md */
     o->bucket_mb = 25;   /* PyTorch DDP's bucket_cap_mb */
+    o->zero = 1;
     fy_guard_opts_default(&o->guard);
 }
 
@@ -85,6 +86,7 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
             {"expert_parallel", 0, 1, 1, NULL, &o->expert_parallel},
             {"grad_buckets", 0, 2, 1, NULL, &o->grad_buckets},
             {"bucket_mb", 0, 1e6, 0, &o->bucket_mb, NULL},
+            {"zero", 0, 1, 1, NULL, &o->zero},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && !rc; i++) {
             double d;
@@ -137,7 +139,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              "\"guard_spike_z\": %.9g, \"guard_spike_ratio\": %.9g, \"guard_snapshot_every\": %d, "
              "\"guard_max_failures\": %d, \"guard_weight_checksum\": %d, \"abft_fraction\": %.9g, \"guard_recompute_every\": %d, "
              "\"micro_batch\": %d, \"compress_grads\": %d, \"diloco_every\": %d, \"outer_lr\": %.9g, "
-             "\"outer_momentum\": %.9g, \"expert_parallel\": %d, \"grad_buckets\": %d, \"bucket_mb\": %.9g}",
+             "\"outer_momentum\": %.9g, \"expert_parallel\": %d, \"grad_buckets\": %d, \"bucket_mb\": %.9g, \"zero\": %d}",
              o->adam.lr, o->adam.min_lr, o->adam.warmup_steps, o->adam.total_steps, o->adam.beta1,
              o->adam.beta2, o->adam.eps, o->adam.weight_decay, o->adam.grad_clip, o->batch_size,
              o->seq_len, (unsigned long long)o->seed, o->eval_every, o->eval_batches, o->ckpt_every,
@@ -145,7 +147,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
              o->guard.spike_z, o->guard.spike_ratio, o->guard.snapshot_every, o->guard.max_failures,
              o->guard.weight_checksum, o->guard.abft_fraction, o->guard.recompute_every, o->micro_batch,
              o->compress, o->diloco_every, o->outer_lr, o->outer_momentum, o->expert_parallel, o->grad_buckets,
-             o->bucket_mb);
+             o->bucket_mb, o->zero);
     return s;
 }
 
@@ -562,7 +564,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (fy_loader_open(&train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
         fy_loader_open(&val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
-        fy_dp_init(&dp, comm, m, B, o->micro_batch, o->compress,
+        fy_dp_init(&dp, comm, m, B, o->micro_batch, o->compress, o->zero,
                    &(fy_dp_diloco){o->diloco_every, o->outer_lr, o->outer_momentum}, err) ||
         fy_dp_create_optimizer(&dp, m, &o->adam, &opt, err))
         goto done;
@@ -583,6 +585,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
                dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
+                                                 : dp.replicated ? "AdamW on every rank, gradients all-reduced (--zero 0)"
                                                                  : "ZeRO-1 sharded AdamW moments", buckets);
     if (dp.local_steps && o->ckpt_every % dp.local_steps) {
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",

@@ -33,6 +33,7 @@ typedef struct fy_train_opts {
     float outer_lr, outer_momentum; /* DiLoCo outer Nesterov SGD; ferry.outer_lr, ferry.outer_momentum */
     int expert_parallel;  /* 1: routed experts split over the ranks (dist/ep.h); ferry.expert_parallel */
     int grad_buckets;     /* 1: gradients travel during the backward (default 0; 2: progress thread); ferry.grad_buckets */
+    int zero;             /* 1: ZeRO-1 sharded AdamW moments (default); 0: DDP, whole AdamW on every rank; ferry.zero */
     float bucket_mb;      /* ... in buckets of at least this many MB (0: each layer as it is done); ferry.bucket_mb */
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
 } fy_train_opts;

@@ -4,6 +4,7 @@
 #   - 2 ranks, global batch 4 == 1 rank, batch 4, micro-batch 2, bit for bit
 #     (weights and AdamW moments of the final checkpoint);
 #   - gradient buckets sent during the backward give the unbucketed bits;
+#     so does the DDP layout (--zero 0), one-shot and bucketed;
 #   - expert parallel (experts split over 2 ranks) == data parallel within
 #     fp32 rounding, step by step, and it resumes bit-identically; each rank
 #     holds only its experts; with gradient buckets the same bits; its
@@ -56,6 +57,16 @@ check "grep -q 'in buckets of 0.2 MB' twobk.log && same two twobk 00000020 && aw
 $ferry train $T --out twob2 --ranks 2 --grad-buckets 2 > twob2.log 2>&1 || bad "2-rank run with buckets + progress thread failed"
 check "grep -q 'progress thread' twob2.log && same two twob2 00000020" \
       "--grad-buckets 2 changed the bits (or did not start its progress thread): $(grep 'data parallel' twob2.log)"
+# The DDP layout (--zero 0: whole AdamW on every rank, gradients all-reduced):
+# the bits of ZeRO-1, one-shot and bucketed (each bucket all-reduced in
+# pieces), with and without the progress thread.
+$ferry train $T --out twoz --ranks 2 --zero 0 > twoz.log 2>&1 || bad "--zero 0 run failed: $(tail -3 twoz.log)"
+check "grep -q 'AdamW on every rank' twoz.log && same two twoz 00000020" "--zero 0 changed the bits: $(grep 'data parallel' twoz.log)"
+$ferry train $T --out twozb --ranks 2 --zero 0 --grad-buckets 1 --bucket-mb 0.2 > twozb.log 2>&1 || bad "--zero 0 with buckets failed: $(tail -3 twozb.log)"
+check "same two twozb 00000020 && awk -v a=\$(nb twozb.log) 'BEGIN { exit !(a >= 2) }'" \
+      "--zero 0 with 0.2 MB buckets changed the bits or sent $(nb twozb.log) buckets per step"
+$ferry train $T --out twozb2 --ranks 2 --zero 0 --grad-buckets 2 --bucket-mb 0 > twozb2.log 2>&1 || bad "--zero 0 with buckets + thread failed: $(tail -3 twozb2.log)"
+check "grep -q 'progress thread' twozb2.log && same two twozb2 00000020" "--zero 0 with per-layer buckets and the progress thread changed the bits"
 check "same one two 00000020" "2 ranks are not bit-identical to 1 rank (weights or moments)"
 check "same one two 00000010" "2 ranks are not bit-identical to 1 rank at step 10"
 # ... and the check can fail: a different micro-batch gives different bits.
@@ -80,6 +91,8 @@ check "grep -qE 'rank 0 holds experts 0-1: [0-9]+ of the model.s [0-9]+ paramete
 # Gradient buckets with expert shards: the dense part travels during the backward, same bits.
 $ferry train $T --out epb --ranks 2 --expert-parallel --grad-buckets 1 --bucket-mb 0.1 > epb.log 2>&1 || bad "EP with buckets failed: $(tail -3 epb.log)"
 check "grep -q 'buckets of 0.1 MB' epb.log && same ep epb 00000020" "expert parallel with --grad-buckets 1 changed the bits"
+$ferry train $T --out epz --ranks 2 --expert-parallel --zero 0 --grad-buckets 1 --bucket-mb 0.1 > epz.log 2>&1 || bad "EP with --zero 0 failed: $(tail -3 epz.log)"
+check "same ep epz 00000020" "expert parallel with --zero 0 and buckets changed the bits"
 # Elastic with expert shards: a checkpoint of 2 expert-parallel ranks holds
 # the whole model and continues on 1 rank; a 1-rank checkpoint continues
 # with the experts split; both as their uninterrupted peers do (fp32 rounding).

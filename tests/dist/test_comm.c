@@ -212,6 +212,51 @@ static void test_bucketed(fy_comm *c, int progress) {
     free(x); free(want); free(got);
 }
 
+/* The bucketed all-reduce: the same backward-like ranges give the bits of
+ * the one-shot all-reduce on every rank, reused over rounds, with a dropped
+ * round in between; too many buckets and partial coverage are errors. */
+static void test_bucketed_allreduce(fy_comm *c, int progress) {
+    const int me = fy_comm_rank(c), n = fy_comm_size(c);
+    fy_err err;
+    const size_t N = 50021;
+    float *x = malloc(N * sizeof *x), *want = malloc(N * sizeof *want), *y = malloc(N * sizeof *y);
+    for (size_t i = 0; i < N; i++) x[i] = value(me, i * 5 + 2);
+    memcpy(want, x, N * sizeof *x);
+    CHECK(fy_comm_allreduce_f32(c, want, N, &err) == 0, "all-reduce: %s", err.msg);
+    fy_comm_rs *ar;
+    CHECK(fy_comm_ar_create(c, N, 8, progress, &ar, &err) == 0, "ar create: %s", err.msg);
+    if (!progress || n == 1) CHECK(!fy_comm_rs_progress_thread(ar), "progress thread started unasked");
+    else CHECK(fy_comm_rs_progress_thread(ar), "no progress thread with MPI_THREAD_MULTIPLE (asked for)");
+    const size_t cuts[] = {N, 41000, 33333, 33333, 25010, 7, 0};
+    uint64_t b0 = fy_comm_bytes_sent(c);
+    for (int round = 0; round < 3; round++) {
+        /* begin first: dropping round 1 completes its buckets into y */
+        CHECK(fy_comm_rs_begin(ar, &err) == 0, "ar begin: %s", err.msg);
+        memcpy(y, x, N * sizeof *x);
+        int posts = round == 1 ? 2 : 6; /* round 1: dropped after two buckets */
+        for (int k = 0; k < posts; k++)
+            CHECK(fy_comm_ar_post(ar, y, cuts[k + 1], cuts[k], &err) == 0, "ar post: %s", err.msg);
+        if (round == 1) continue;
+        CHECK(fy_comm_ar_finish(ar, &err) == 0, "ar finish: %s", err.msg);
+        CHECK(!memcmp(y, want, N * sizeof *y), "bucketed all-reduce differs from the one-shot one (round %d)", round);
+    }
+    /* each rank sends (n-1)/n of the vector twice per full round (pieces out, sums back) */
+    uint64_t sent = fy_comm_bytes_sent(c) - b0, full = 2 * (uint64_t)N * 4 * (n - 1) / n;
+    if (n > 1) CHECK(sent >= 2 * full - 64 * n && sent <= 3 * full, "bucketed all-reduce sent %llu bytes, expected about %llu",
+                     (unsigned long long)sent, (unsigned long long)(2 * full));
+    CHECK(fy_comm_rs_begin(ar, &err) == 0, "ar begin: %s", err.msg);
+    CHECK(fy_comm_ar_post(ar, y, 100, N, &err) == 0, "ar post: %s", err.msg);
+    CHECK(fy_comm_ar_finish(ar, &err) != 0 && strstr(err.msg, "of 50021 elements"), "partial coverage accepted");
+    if (n > 1) {
+        CHECK(fy_comm_rs_begin(ar, &err) == 0, "ar begin: %s", err.msg);
+        int rc = 0;
+        for (int k = 0; k < 9 && rc == 0; k++) rc = fy_comm_ar_post(ar, y, (size_t)k * 10, (size_t)k * 10 + 10, &err);
+        CHECK(rc != 0 && strstr(err.msg, "more than 8 buckets"), "a ninth bucket accepted (%s)", rc ? err.msg : "");
+    }
+    fy_comm_rs_free(ar);
+    free(x); free(want); free(y);
+}
+
 int main(int argc, char **argv) {
     fy_comm *c;
     fy_err err;
@@ -245,6 +290,8 @@ int main(int argc, char **argv) {
     test_collectives(c);
     test_bucketed(c, 0);
     test_bucketed(c, 1);
+    test_bucketed_allreduce(c, 0);
+    test_bucketed_allreduce(c, 1);
     if (rank_ == 0) printf("test_comm (%d ranks, MPI %s): %d passed, %d failed\n", fy_comm_size(c),
                            fy_comm_have_mpi() ? "built in" : "not built", pass, fail);
     int32_t f = fail;
