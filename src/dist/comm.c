@@ -587,6 +587,24 @@ static int rs_post_locked(fy_comm_rs *s, const float *x, size_t lo, size_t hi, f
 }
 #endif
 
+#ifdef FERRY_HAVE_MPI
+static int ar_post_locked(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err);
+#endif
+
+/* A range of a multi-rank reduction, posted under the mutex the progress
+ * thread shares. */
+static int post_locked(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err) {
+#ifdef FERRY_HAVE_MPI
+    pthread_mutex_lock(&s->mu);
+    int rc = s->ar ? ar_post_locked(s, x, lo, hi, err) : rs_post_locked(s, x, lo, hi, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+#else
+    (void)x, (void)lo, (void)hi;
+    return fy_fail(err, "internal: a %d-rank communicator without MPI", s->c->size);
+#endif
+}
+
 int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err *err) {
     fy_comm *c = s->c;
     if (!s->active || lo > hi || hi > s->n_total)
@@ -598,15 +616,7 @@ int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err 
         if (b > a) memcpy(s->recv + (a - s->displ[0]), x + a, (b - a) * sizeof *x);
         return 0;
     }
-#ifdef FERRY_HAVE_MPI
-    pthread_mutex_lock(&s->mu);
-    int rc = rs_post_locked(s, x, lo, hi, err);
-    pthread_mutex_unlock(&s->mu);
-    return rc;
-#else
-    (void)x;
-    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
-#endif
+    return post_locked(s, (float *)x, lo, hi, err); /* the reduce-scatter only reads x */
 }
 
 int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err) {
@@ -744,15 +754,7 @@ int fy_comm_ar_post(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err) 
                        hi, s->n_total);
     s->posted += hi - lo;
     if (c->size == 1 || hi == lo) return 0; /* one rank: x is its own sum */
-#ifdef FERRY_HAVE_MPI
-    pthread_mutex_lock(&s->mu);
-    int rc = ar_post_locked(s, x, lo, hi, err);
-    pthread_mutex_unlock(&s->mu);
-    return rc;
-#else
-    (void)x;
-    return fy_fail(err, "internal: a %d-rank communicator without MPI", c->size);
-#endif
+    return post_locked(s, x, lo, hi, err);
 }
 
 int fy_comm_ar_finish(fy_comm_rs *s, fy_err *err) {
