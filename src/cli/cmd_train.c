@@ -214,6 +214,17 @@ static int launch_ranks(int argc, char **argv, int ranks) {
         av[k++] = argv[i];
     }
     setenv("FERRY_RANK_STATUS_DIR", dir, 1);
+    /* The ranks share this host's cores: OpenMP's default (every core per
+     * process) would oversubscribe them, and spinning threads then wait for
+     * descheduled ones at every barrier (tens of times slower). */
+    if (!getenv("OMP_NUM_THREADS")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        char t[24];
+        snprintf(t, sizeof t, "%ld", cores / ranks > 1 ? cores / ranks : 1);
+        setenv("OMP_NUM_THREADS", t, 1);
+        fprintf(stderr, "ferry train: --ranks %d on %ld cores: OMP_NUM_THREADS=%s per rank (set it to choose)\n", ranks,
+                cores, t);
+    }
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
