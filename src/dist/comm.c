@@ -148,15 +148,17 @@ static size_t n_blocks(size_t n) { return (n + FY_COMM_Q8_BLOCK - 1) / FY_COMM_Q
 
 size_t fy_quant8_bytes(size_t n) { return n_blocks(n) * sizeof(float) + n; }
 
+/* The scales are stored with memcpy: a message packs several ranks'
+ * blocks one after another, so q need not be 4-byte aligned. */
 void fy_quant8(const float *x, size_t n, void *q, float *resid) {
-    float *scale = q;
-    int8_t *code = (int8_t *)(scale + n_blocks(n));
+    char *scale = q;
+    int8_t *code = (int8_t *)(scale + n_blocks(n) * sizeof(float));
     for (size_t b = 0; b * FY_COMM_Q8_BLOCK < n; b++) {
         size_t lo = b * FY_COMM_Q8_BLOCK, hi = lo + FY_COMM_Q8_BLOCK < n ? lo + FY_COMM_Q8_BLOCK : n;
         float amax = 0;
         for (size_t i = lo; i < hi; i++) amax = fmaxf(amax, fabsf(x[i]));
         float s = amax / 127.0f;
-        scale[b] = s;
+        memcpy(scale + b * sizeof s, &s, sizeof s);
         float inv = s > 0 ? 1.0f / s : 0.0f;
         for (size_t i = lo; i < hi; i++) {
             float r = nearbyintf(x[i] * inv);
@@ -169,9 +171,14 @@ void fy_quant8(const float *x, size_t n, void *q, float *resid) {
 }
 
 void fy_dequant8(const void *q, size_t n, float *out) {
-    const float *scale = q;
-    const int8_t *code = (const int8_t *)(scale + n_blocks(n));
-    for (size_t i = 0; i < n; i++) out[i] = (float)code[i] * scale[i / FY_COMM_Q8_BLOCK];
+    const char *scale = q;
+    const int8_t *code = (const int8_t *)(scale + n_blocks(n) * sizeof(float));
+    for (size_t b = 0; b * FY_COMM_Q8_BLOCK < n; b++) {
+        size_t lo = b * FY_COMM_Q8_BLOCK, hi = lo + FY_COMM_Q8_BLOCK < n ? lo + FY_COMM_Q8_BLOCK : n;
+        float s;
+        memcpy(&s, scale + b * sizeof s, sizeof s);
+        for (size_t i = lo; i < hi; i++) out[i] = (float)code[i] * s;
+    }
 }
 
 /* ---- MPI plumbing ---------------------------------------------------------- */

@@ -165,9 +165,9 @@ static void test_collectives(fy_comm *c) {
               !memcmp(full, want, N * sizeof *full),
           "allgather f32");
     CHECK(fy_comm_allgather_f32(c, want + displ[me], full, counts, displ, 1, NULL, &err) == 0, "allgather q8");
-    int64_t h = 0;
-    for (size_t i = 0; i < N; i++) h = h * 31 + (int64_t)(full[i] * 1e6);
-    int64_t h0 = h;
+    uint64_t h = 0; /* unsigned: the hash wraps */
+    for (size_t i = 0; i < N; i++) h = h * 31 + (uint64_t)(int64_t)(full[i] * 1e6);
+    uint64_t h0 = h;
     CHECK(fy_comm_bcast(c, &h0, sizeof h0, 0, &err) == 0 && h0 == h, "q8 allgather differs between ranks");
     for (int r = 0; r < n; r++) free(parts[r]);
     free(parts), free(x), free(want), free(shard), free(resid), free(full);
