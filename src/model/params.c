@@ -153,6 +153,8 @@ int fy_params_build_shard(const fy_config *c, int rank, int size, fy_param_table
     builder b = {out, 0, err, 0, 0, 0}, *B = &b;
     const int64_t E = c->n_routed_experts;
     if (size < 1 || rank < 0 || rank >= size) return fy_fail(err, "expert shard %d of %d", rank, size);
+    if (size > 1 && E < size)
+        return fy_fail(err, "%d routed experts do not shard over %d ranks (each needs one)", (int)E, size);
     out->exp_lo = (int)(E * rank / size);
     out->exp_hi = (int)(E * (rank + 1) / size);
     int L = c->num_hidden_layers, D = c->num_nextn_predict_layers;

@@ -122,6 +122,8 @@ int main(void) {
     }
     fy_param_table bad;
     CHECK(fy_params_build_shard(&c, 3, 3, &bad, &err) != 0, "rank 3 of 3 accepted");
+    CHECK(fy_params_build_shard(&c, 0, 8, &bad, &err) != 0 && strstr(err.msg, "routed experts"),
+          "7 experts over 8 ranks accepted");
     fy_params_free(&whole);
     return fy_test_finish("test_params");
 }
