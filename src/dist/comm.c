@@ -431,9 +431,7 @@ struct fy_comm_rs {
 
 #ifdef FERRY_HAVE_MPI
 static int ar_advance_locked(fy_comm_rs *s, int wait, fy_err *err);
-#endif
 
-#ifdef FERRY_HAVE_MPI
 static void *rs_progress(void *arg) {
     fy_comm_rs *s = arg;
     for (;;) {
@@ -456,14 +454,38 @@ static void *rs_progress(void *arg) {
 }
 #endif
 
+/* The state both streamed reductions share, with recv of recv_floats
+ * (NULL: out of memory). */
+static fy_comm_rs *rs_new(fy_comm *c, size_t recv_floats) {
+    fy_comm_rs *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->c = c;
+#ifdef FERRY_HAVE_MPI
+    pthread_mutex_init(&s->mu, NULL);
+#endif
+    if (!(s->recv = malloc(recv_floats * sizeof *s->recv + 1))) {
+        fy_comm_rs_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Starts the progress thread when asked for and possible. */
+static void rs_start_progress(fy_comm_rs *s, int progress) {
+#ifdef FERRY_HAVE_MPI
+    fy_comm *c = s->c;
+    if (progress && c->mpi && c->size > 1 && c->thread_multiple)
+        s->has_progress = pthread_create(&s->progress, NULL, rs_progress, s) == 0;
+#else
+    (void)s, (void)progress;
+#endif
+}
+
 int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, int progress, fy_comm_rs **out,
                       fy_err *err) {
-    fy_comm_rs *s = calloc(1, sizeof *s);
-    if (!s) return fy_fail(err, "out of memory");
-    s->c = c;
-    s->counts = malloc(2 * (size_t)c->size * sizeof *s->counts);
-    if (!s->counts) {
-        free(s);
+    fy_comm_rs *s = rs_new(c, (size_t)c->size * counts[c->rank]);
+    if (!s || !(s->counts = malloc(2 * (size_t)c->size * sizeof *s->counts))) {
+        fy_comm_rs_free(s);
         return fy_fail(err, "out of memory");
     }
     s->displ = s->counts + c->size;
@@ -472,16 +494,7 @@ int fy_comm_rs_create(fy_comm *c, const size_t *counts, const size_t *displ, int
         if (displ[p] + counts[p] > s->n_total) s->n_total = displ[p] + counts[p];
     }
     s->len = counts[c->rank];
-    s->recv = malloc((size_t)c->size * s->len * sizeof *s->recv + 1);
-    if (!s->recv) {
-        fy_comm_rs_free(s);
-        return fy_fail(err, "out of memory");
-    }
-#ifdef FERRY_HAVE_MPI
-    pthread_mutex_init(&s->mu, NULL);
-    if (progress && c->mpi && c->size > 1 && c->thread_multiple)
-        s->has_progress = pthread_create(&s->progress, NULL, rs_progress, s) == 0;
-#endif
+    rs_start_progress(s, progress);
     *out = s;
     return 0;
 }
@@ -626,56 +639,59 @@ int fy_comm_rs_post(fy_comm_rs *s, const float *x, size_t lo, size_t hi, fy_err 
     return post_locked(s, (float *)x, lo, hi, err); /* the reduce-scatter only reads x */
 }
 
-int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err) {
-    if (!s->active) return fy_fail(err, "internal: bucketed reduce-scatter finished twice");
+/* Ends a reduction of either kind (what names it): waits for every piece
+ * and checks that the posted ranges covered [0, n_total). */
+static int rs_end(fy_comm_rs *s, const char *what, fy_err *err) {
+    if (!s->active) return fy_fail(err, "internal: %s finished twice", what);
     s->active = 0;
 #ifdef FERRY_HAVE_MPI
     if (rs_wait_all(s, err)) return -1;
 #endif
     if (s->posted != s->n_total)
-        return fy_fail(err, "internal: bucketed reduce-scatter got %zu of %zu elements", s->posted, s->n_total);
+        return fy_fail(err, "internal: %s got %zu of %zu elements", what, s->posted, s->n_total);
+    return 0;
+}
+
+int fy_comm_rs_finish(fy_comm_rs *s, float *out, fy_err *err) {
+    if (rs_end(s, "bucketed reduce-scatter", err)) return -1;
     return sum_pieces(s->c, s->recv, s->len, out, err);
 }
 
 /* ---- the streamed all-reduce ----------------------------------------------- */
 
 int fy_comm_ar_create(fy_comm *c, size_t n, int max_buckets, int progress, fy_comm_rs **out, fy_err *err) {
-    const int N = c->size;
-    size_t *counts = malloc(2 * (size_t)N * sizeof *counts);
-    if (!counts) return fy_fail(err, "out of memory");
-    /* Only n_total matters to the reduce-scatter's state here (empty shards ending at n). */
-    for (int p = 0; p < N; p++) counts[p] = 0, counts[N + p] = n;
-    fy_comm_rs *s;
-    int rc = fy_comm_rs_create(c, counts, counts + N, 0, &s, err);
-    free(counts);
-    if (rc) return -1;
-    s->ar = 1;
-    free(s->recv);
-    /* A bucket's pieces take N * ceil(len / N) floats: at most n + N per bucket. */
-    s->recv_cap = n + (size_t)N * (max_buckets > 0 ? max_buckets : 1);
-    s->recv = malloc(s->recv_cap * sizeof *s->recv + 1);
+    const int N = c->size, cap = max_buckets > 0 ? max_buckets : 1;
+    /* A bucket's pieces take N * ceil(len / N) floats: at most len + N. */
+    const size_t recv_cap = n + (size_t)N * cap;
+    fy_comm_rs *s = rs_new(c, recv_cap);
+    int ok = s != NULL;
+    if (ok) s->ar = 1, s->n_total = n, s->recv_cap = recv_cap;
 #ifdef FERRY_HAVE_MPI
     /* Requests and their count arrays are allocated once: MPI reads the
      * arrays of a pending collective, so they may not move. */
-    s->cap_req = max_buckets > 0 ? max_buckets : 1;
-    s->req = malloc((size_t)s->cap_req * sizeof *s->req);
-    s->cnt = malloc((size_t)s->cap_req * 4 * N * sizeof *s->cnt);
-    s->bk = calloc((size_t)s->cap_req, sizeof *s->bk);
-    s->agcnt = malloc((size_t)s->cap_req * 2 * N * sizeof *s->agcnt);
-    if (!s->req || !s->cnt || !s->bk || !s->agcnt) s->recv = (free(s->recv), NULL);
-    if (s->recv && c->mpi && N > 1) {
-        if (MPI_Comm_dup(MPI_COMM_WORLD, &s->ag_comm) != MPI_SUCCESS) s->recv = (free(s->recv), NULL);
-        else s->has_ag_comm = 1;
+    if (ok) {
+        s->cap_req = cap;
+        s->req = malloc((size_t)cap * sizeof *s->req);
+        s->cnt = malloc((size_t)cap * 4 * N * sizeof *s->cnt);
+        s->bk = calloc((size_t)cap, sizeof *s->bk);
+        s->agcnt = malloc((size_t)cap * 2 * N * sizeof *s->agcnt);
+        ok = s->req && s->cnt && s->bk && s->agcnt;
     }
-    if (s->recv && progress && c->mpi && N > 1 && c->thread_multiple)
-        s->has_progress = pthread_create(&s->progress, NULL, rs_progress, s) == 0;
-#else
-    (void)progress;
 #endif
-    if (!s->recv) {
+    if (!ok) {
         fy_comm_rs_free(s);
         return fy_fail(err, "out of memory for the bucketed all-reduce (%zu floats)", n);
     }
+#ifdef FERRY_HAVE_MPI
+    if (c->mpi && N > 1) {
+        if (MPI_Comm_dup(MPI_COMM_WORLD, &s->ag_comm) != MPI_SUCCESS) {
+            fy_comm_rs_free(s);
+            return fy_fail(err, "bucketed all-reduce: MPI_Comm_dup failed");
+        }
+        s->has_ag_comm = 1;
+    }
+#endif
+    rs_start_progress(s, progress);
     *out = s;
     return 0;
 }
@@ -765,14 +781,8 @@ int fy_comm_ar_post(fy_comm_rs *s, float *x, size_t lo, size_t hi, fy_err *err) 
 }
 
 int fy_comm_ar_finish(fy_comm_rs *s, fy_err *err) {
-    if (!s->ar || !s->active) return fy_fail(err, "internal: bucketed all-reduce finished twice");
-    s->active = 0;
-#ifdef FERRY_HAVE_MPI
-    if (rs_wait_all(s, err)) return -1;
-#endif
-    if (s->posted != s->n_total)
-        return fy_fail(err, "internal: bucketed all-reduce got %zu of %zu elements", s->posted, s->n_total);
-    return 0;
+    if (!s->ar) return fy_fail(err, "internal: fy_comm_ar_finish on a bucketed reduce-scatter");
+    return rs_end(s, "bucketed all-reduce", err);
 }
 
 int fy_comm_reduce_scatter_q8(fy_comm *c, const float *x, float *out, const size_t *counts,
