@@ -399,18 +399,29 @@ static int gather_dense_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, flo
 /* The experts of every rank into rank 0's whole-model arrays: each rank's
  * region [n, n_local) of the params and both moments travels to rank 0,
  * which copies each (layer, kind) block of an owner's experts to where the
- * whole table has them. */
+ * whole table has them. The ranks' layouts come from their shard tables,
+ * built one at a time (a whole set of them is large for a large model). */
 static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_err *err) {
     fy_backend *be = m->be;
-    const int R = dp->size;
+    const int R = dp->size, L = dp->full_tab.n_layers;
     const size_t mine = dp->n_local - dp->n;
     size_t *n = calloc(R, sizeof *n), total = 0;
-    fy_param_table *tabs = calloc(R, sizeof *tabs);
+    /* rank r: its experts [elo, ehi); in MoE layer li, where its three kinds start in its block */
+    size_t *at = calloc((size_t)R * L * 3 + 1, sizeof *at);
+    int *elo = calloc(2 * (size_t)R, sizeof *elo), *ehi = elo ? elo + R : NULL;
     float *x = malloc((mine ? mine : 1) * sizeof *x), *all = NULL;
-    int rc = !n || !tabs || !x ? fy_fail(err, "out of memory gathering the experts") : 0;
+    int rc = !n || !at || !elo || !x ? fy_fail(err, "out of memory gathering the experts") : 0;
     for (int r = 0; r < R && rc == 0; r++) {
-        rc = fy_params_build_shard(&m->cfg, r, R, &tabs[r], err);
-        if (rc == 0) n[r] = tabs[r].n_params - tabs[r].n_dense, total += n[r];
+        fy_param_table t;
+        if ((rc = fy_params_build_shard(&m->cfg, r, R, &t, err))) break;
+        n[r] = t.n_params - t.n_dense, total += n[r];
+        elo[r] = t.exp_lo, ehi[r] = t.exp_hi;
+        for (int li = 0; li < L; li++) {
+            const fy_layer_offs *W = &t.layer[li];
+            size_t *o = at + ((size_t)r * L + li) * 3;
+            if (W->moe) o[0] = W->exp_gate - t.n_dense, o[1] = W->exp_up - t.n_dense, o[2] = W->exp_down - t.n_dense;
+        }
+        fy_params_free(&t);
     }
     if (rc == 0 && dp->rank == 0 && !(all = malloc((total ? total : 1) * sizeof *all)))
         rc = fy_fail(err, "out of memory gathering the experts (%zu floats)", total);
@@ -426,22 +437,20 @@ static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_err *e
         if (rc || dp->rank != 0) continue;
         const float *from = all;
         for (int r = 0; r < R; r++) {
-            const fy_param_table *t = &tabs[r];
-            for (int li = 0; li < t->n_layers; li++) {
-                const fy_layer_offs *W = &t->layer[li], *F = &dp->full_tab.layer[li];
-                if (!W->moe) continue;
-                const size_t own = (size_t)(t->exp_hi - t->exp_lo) * W->exp_stride;
-                const size_t wo[3] = {W->exp_gate, W->exp_up, W->exp_down}, fo[3] = {F->exp_gate, F->exp_up, F->exp_down};
+            for (int li = 0; li < L; li++) {
+                const fy_layer_offs *F = &dp->full_tab.layer[li];
+                if (!F->moe) continue;
+                const size_t own = (size_t)(ehi[r] - elo[r]) * F->exp_stride, fo[3] = {F->exp_gate, F->exp_up, F->exp_down};
+                const size_t *o = at + ((size_t)r * L + li) * 3;
                 for (int kind = 0; kind < 3; kind++)
-                    memcpy(dst[k] + fo[kind] + (size_t)t->exp_lo * W->exp_stride, from + (wo[kind] - t->n_dense),
-                           own * sizeof *from);
+                    memcpy(dst[k] + fo[kind] + (size_t)elo[r] * F->exp_stride, from + o[kind], own * sizeof *from);
             }
             from += n[r];
         }
     }
-    for (int r = 0; r < R && tabs; r++) fy_params_free(&tabs[r]);
-    free(tabs);
     free(n);
+    free(at);
+    free(elo);
     free(x);
     free(all);
     return rc;

@@ -541,16 +541,6 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             goto done;
         }
         if (fy_ep_attach(comm, m, err)) goto done;
-        if (rank0) {
-            int lo, hi;
-            fy_model_expert_range(m, 0, &lo, &hi);
-            fy_param_table whole;
-            if (fy_params_build(&m->cfg, &whole, err)) goto done;
-            printf("expert parallel: %d routed experts over %d ranks (rank 0 holds experts %d-%d: %zu of the "
-                   "model's %zu parameters), rows sent with all-to-all\n", m->cfg.n_routed_experts, n_ranks, lo,
-                   hi - 1, fy_params_count(&m->tab), fy_params_count(&whole));
-            fy_params_free(&whole);
-        }
     }
     if (fy_inject_from_env(&inj, err) || fy_inject_resolve(&inj, m, err)) goto done;
     for (int i = 0; i < inj.n && !chaos; i++)
@@ -568,6 +558,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
                    &(fy_dp_diloco){o->diloco_every, o->outer_lr, o->outer_momentum}, err) ||
         fy_dp_create_optimizer(&dp, m, &o->adam, &opt, err))
         goto done;
+    if (dp.ep && rank0) /* dp keeps the whole table (for checkpoints) */
+        printf("expert parallel: %d routed experts over %d ranks (rank 0 holds experts %d-%d: %zu of the "
+               "model's %zu parameters), rows sent with all-to-all\n", m->cfg.n_routed_experts, n_ranks,
+               m->tab.exp_lo, m->tab.exp_hi - 1, fy_params_count(&m->tab), fy_params_count(&dp.full_tab));
     if (dp.local_micro > (int)(sizeof ((fy_loss[64]){0}) / sizeof(fy_loss))) {
         fy_fail(err, "%d micro-batches per rank: at most 64 (raise --micro-batch)", dp.local_micro);
         goto done;
