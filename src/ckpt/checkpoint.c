@@ -799,7 +799,7 @@ static int name_extra(const fy_st_file *f, const fy_param_table *tab, const char
             known = bsearch(&key, names, n, sizeof *names, cmp_str_ptr) != NULL;
         }
         /* An expert shard's table lacks the other ranks' experts. */
-        if (!known && fy_params_is_shard(tab) && strstr(en, ".mlp.experts.")) known = 1;
+        if (!known && fy_params_is_shard(tab) && fy_params_is_expert_name(en)) known = 1;
         if (!known) {
             rc = fy_fail(err, "checkpoint %s: %s: unexpected tensor %s (not in this model)",
                          dir, file, en);

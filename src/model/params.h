@@ -11,6 +11,7 @@
 #define FY_PARAMS_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "core/err.h"
 #include "model/config.h"
@@ -72,6 +73,8 @@ int fy_params_build(const fy_config *c, fy_param_table *out, fy_err *err);
 int fy_params_build_shard(const fy_config *c, int rank, int size, fy_param_table *out, fy_err *err);
 /* 1 when t holds only some of the routed experts. */
 static inline int fy_params_is_shard(const fy_param_table *t) { return t->n < t->n_all; }
+/* 1 when name is a routed expert's tensor (one a shard may lack). */
+static inline int fy_params_is_expert_name(const char *name) { return strstr(name, ".mlp.experts.") != NULL; }
 void fy_params_free(fy_param_table *t);
 const fy_tensor_info *fy_params_find(const fy_param_table *t, const char *name);
 /* Number of trainable scalars (without padding). */

@@ -104,7 +104,7 @@ int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err) {
             t = fy_params_find(&m->tab, f->tensor);
         }
         /* Another expert-parallel rank's expert: that rank injects it. */
-        if (!t && fy_params_is_shard(&m->tab) && strstr(f->tensor, ".mlp.experts.")) continue;
+        if (!t && fy_params_is_shard(&m->tab) && fy_params_is_expert_name(f->tensor)) continue;
         if (!t || t->is_buffer) return fy_fail(err, "FERRY_INJECT: no trained tensor '%s'", f->tensor);
         if (f->index >= t->n)
             return fy_fail(err, "FERRY_INJECT: index %zu outside %s (%zu elements)", f->index, f->tensor, t->n);

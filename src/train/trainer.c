@@ -350,8 +350,9 @@ static int save_files(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *
 /* Checkpoints are asynchronous: the loop waits only for the host snapshot;
  * the write (crash-safe, LATEST last) runs on the writer's thread. A failed
  * write is reported by the next save or at the end of the run. */
-static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_train_opts *o, const char *run_dir, int step, long long tokens, double elapsed,
-                double loss, double val, const skips *k, fy_err *err) {
+static int save(fy_ckpt_async *writer, fy_model *m, fy_adamw *opt, fy_dp *dp, const fy_train_opts *o,
+                const char *run_dir, int step, long long tokens, double elapsed, double loss, double val,
+                const skips *k, fy_err *err) {
     char extra[64 + 12 * 64] = "";
     if (k->n) {
         size_t len = (size_t)snprintf(extra, sizeof extra, ",\n  \"skipped_batches\": [");
@@ -569,12 +570,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     /* Fault injection edits the gradients after the backward, so with it
      * they travel after the backward too. */
     if (fy_dp_set_bucketing(&dp, m, inj.n ? 0 : o->grad_buckets, o->bucket_mb, err)) goto done;
-    char buckets[128] = "";
-    if (fy_dp_bucketing(&dp) && o->bucket_mb > 0)
-        snprintf(buckets, sizeof buckets, ", gradients sent in buckets of %g MB during the backward%s", o->bucket_mb,
-                 fy_comm_rs_progress_thread(dp.rs) ? " (progress thread)" : "");
-    else if (fy_dp_bucketing(&dp))
-        snprintf(buckets, sizeof buckets, ", gradients sent layer by layer during the backward%s",
+    char buckets[128] = "", how[48] = "layer by layer";
+    if (o->bucket_mb > 0) snprintf(how, sizeof how, "in buckets of %g MB", o->bucket_mb);
+    if (fy_dp_bucketing(&dp))
+        snprintf(buckets, sizeof buckets, ", gradients sent %s during the backward%s", how,
                  fy_comm_rs_progress_thread(dp.rs) ? " (progress thread)" : "");
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
