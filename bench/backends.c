@@ -16,13 +16,8 @@
 #include "core/rng.h"
 #include "model/decode.h"
 #include "model/model.h"
-#include "train/optim.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "optim/optim.h"
+#include "core/clock.h"
 
 typedef struct opts {
     const char *backend, *mode, *config;
@@ -49,11 +44,11 @@ static int bench_gemm(const opts *o) {
     double t = 0;
     if (!strcmp(o->backend, "openblas")) {
         for (int r = 0; r <= o->reps; r++) {
-            if (r == 1) t = now_s(); /* the first call warms up */
+            if (r == 1) t = fy_now_s(); /* the first call warms up */
             cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, lda, b, N,
                         0.0f, c, N);
         }
-        t = now_s() - t;
+        t = fy_now_s() - t;
     } else {
         fy_err err;
         fy_backend *be;
@@ -67,12 +62,12 @@ static int bench_gemm(const opts *o) {
         for (int r = 0; r <= o->reps; r++) {
             if (r == 1) {
                 if (fy_be_sync(be, &err)) return die("gemm", &err);
-                t = now_s();
+                t = fy_now_s();
             }
             be->ops->gemm(be, ta, 0, M, N, K, 1.0f, fy_at(&A, 0), lda, fy_at(&B, 0), N, 0.0f, fy_at(&C, 0), N);
         }
         if (fy_be_sync(be, &err)) return die("gemm", &err);
-        t = now_s() - t;
+        t = fy_now_s() - t;
         fy_be_free(be, &A);
         fy_be_free(be, &B);
         fy_be_free(be, &C);
@@ -102,7 +97,7 @@ static int bench_model(const opts *o) {
         int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
         double t0 = 0;
         for (int s = 0; s < o->warmup + o->steps; s++) {
-            if (s == o->warmup) t0 = now_s();
+            if (s == o->warmup) t0 = fy_now_s();
             for (int i = 0; i < N; i++) {
                 in[i] = (int)(fy_rng_u64(5, s, i) % c.vocab_size);
                 lab[i] = (int)(fy_rng_u64(6, s, i) % c.vocab_size);
@@ -114,7 +109,7 @@ static int bench_model(const opts *o) {
                 fy_adamw_step(&opt, &m, &gn, &lr, &err) || fy_model_update_bias(&m, &err))
                 return die("train step", &err);
         }
-        double dt = (now_s() - t0) / o->steps;
+        double dt = (fy_now_s() - t0) / o->steps;
         printf("{\"backend\": \"%s\", \"config\": \"%s\", \"batch\": %d, \"seq\": %d, \"step_ms\": %.2f, "
                "\"tokens_per_s\": %.1f}\n", o->backend, o->config, o->B, o->T, dt * 1e3, N / dt);
         free(in);
@@ -127,7 +122,7 @@ static int bench_model(const opts *o) {
         float *logits = malloc(c.vocab_size * sizeof *logits);
         for (int i = 0; i < o->P; i++) prompt[i] = (int)(fy_rng_u64(2, 0, i) % c.vocab_size);
         if (fy_model_prefill(&m, &kv, prompt, o->P, logits, &err)) return die("prefill", &err);
-        double t0 = now_s();
+        double t0 = fy_now_s();
         int32_t next = prompt[o->P - 1];
         for (int i = 0; i < o->NEW; i++) {
             int best = 0; /* greedy, like generate --temperature 0 */
@@ -136,7 +131,7 @@ static int bench_model(const opts *o) {
             next = best;
             if (fy_model_decode(&m, &kv, next, logits, &err)) return die("decode", &err);
         }
-        double dt = now_s() - t0;
+        double dt = fy_now_s() - t0;
         printf("{\"backend\": \"%s\", \"config\": \"%s\", \"prompt\": %d, \"new\": %d, \"decode_tok_s\": %.1f}\n",
                o->backend, o->config, o->P, o->NEW, o->NEW / dt);
         free(prompt);

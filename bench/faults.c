@@ -15,12 +15,7 @@
 #include "backend/chaos/chaos.h"
 #include "ckpt/async.h"
 #include "core/rng.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "core/clock.h"
 
 /* Seconds per step for each ABFT fraction, the fractions taking turns step
  * by step on one model so that machine noise hits them alike; the minimum
@@ -43,7 +38,7 @@ static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf
             }
             long c0, f0, c1, f1;
             fy_chaos_counts(chaos, &c0, &f0);
-            double t0 = now_s();
+            double t0 = fy_now_s();
             fy_chaos_begin_step(chaos, step, fractions[k], -1);
             fy_loss l;
             float gn, lr;
@@ -53,7 +48,7 @@ static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf
                 fprintf(stderr, "bench_faults: %s\n", err.msg);
                 return 1;
             }
-            double t = now_s() - t0;
+            double t = fy_now_s() - t0;
             fy_chaos_counts(chaos, &c1, &f1);
             checked[k] += c1 - c0;
             faults += f1 - f0;
@@ -105,9 +100,9 @@ int main(int argc, char **argv) {
     fy_ckpt_async a; /* one writer for all saves, as the trainer keeps one */
     fy_ckpt_async_init(&a);
     for (int rep = 0; rep < 3; rep++) { /* best of 3: the disk cache is noisy */
-        double t0 = now_s();
+        double t0 = fy_now_s();
         if (fy_ckpt_save(sync_dir, rep + 1, &m, &opt, "{}", 1, NULL, 0, &err)) goto fail;
-        double t = now_s() - t0;
+        double t = fy_now_s() - t0;
         if (t < sync_s) sync_s = t;
         double stall;
         if (fy_ckpt_async_save(&a, async_dir, rep + 1, &m, &opt, "{}", NULL, 1, &stall, &err) ||

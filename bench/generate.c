@@ -15,12 +15,7 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "model/decode.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "core/clock.h"
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *dump = NULL, *weights = "f32";
@@ -67,16 +62,16 @@ int main(int argc, char **argv) {
     double best_p = 0, best_d = 0;
     for (int r = 0; r < REPS; r++) {
         kv.len = 0;
-        double t0 = now_s();
+        double t0 = fy_now_s();
         if (fy_model_prefill(&m, &kv, prompt, P, logits, &err)) goto fail;
-        double t1 = now_s();
+        double t1 = fy_now_s();
         for (int s = 0; s < NEW; s++) {
             int best = 0;
             for (int i = 1; i < V; i++)
                 if (logits[i] > logits[best]) best = i;
             if (fy_model_decode(&m, &kv, best, logits, &err)) goto fail;
         }
-        double t2 = now_s();
+        double t2 = fy_now_s();
         if (P / (t1 - t0) > best_p) best_p = P / (t1 - t0);
         if (NEW > 0 && NEW / (t2 - t1) > best_d) best_d = NEW / (t2 - t1);
     }

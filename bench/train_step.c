@@ -13,13 +13,8 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "model/model.h"
-#include "train/optim.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "optim/optim.h"
+#include "core/clock.h"
 
 /* Matmul FLOPs of one token's forward: 2 per active weight (routed experts
  * counted K times, embeddings not at all), plus causal attention scores and
@@ -86,7 +81,7 @@ int main(int argc, char **argv) {
     int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
     double t0 = 0;
     for (int s = 0; s < warmup + steps; s++) {
-        if (s == warmup) t0 = now_s();
+        if (s == warmup) t0 = fy_now_s();
         for (int i = 0; i < N; i++) {
             in[i] = (int)(fy_rng_u64(5, s, i) % c.vocab_size);
             lab[i] = (int)(fy_rng_u64(6, s, i) % c.vocab_size);
@@ -100,7 +95,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    double dt = (now_s() - t0) / steps;
+    double dt = (fy_now_s() - t0) / steps;
     double tps = N / dt, fpt = 3.0 * forward_flops_per_token(&m, T);
     printf("{\"impl\": \"ferry\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, "
            "\"params\": %zu, \"step_ms\": %.2f, \"tokens_per_s\": %.1f, \"gflops\": %.2f}\n",

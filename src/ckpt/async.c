@@ -1,22 +1,17 @@
 #include "ckpt/async.h"
+#include "core/clock.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void fy_ckpt_async_init(fy_ckpt_async *a) { memset(a, 0, sizeof *a); }
 
 static void *writer(void *arg) {
     fy_ckpt_async *a = arg;
-    double t0 = now_s();
+    double t0 = fy_now_s();
     a->rc = fy_ckpt_save_snapshot(a->run_dir, &a->snap, a->keep_last, NULL, 0, &a->err);
-    a->write_s = now_s() - t0;
+    a->write_s = fy_now_s() - t0;
     return NULL;
 }
 
@@ -39,14 +34,14 @@ static int start(fy_ckpt_async *a, const char *run_dir, int keep_last, double t0
     if (pthread_create(&a->thread, NULL, writer, a) != 0)
         return fy_fail(err, "cannot start the checkpoint writer thread");
     a->running = 1;
-    if (stall_s) *stall_s = now_s() - t0;
+    if (stall_s) *stall_s = fy_now_s() - t0;
     return 0;
 }
 
 int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model *m, const fy_adamw *opt,
                        const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
                        double *stall_s, fy_err *err) {
-    double t0 = now_s();
+    double t0 = fy_now_s();
     if (fy_ckpt_async_wait(a, err)) return fy_wrap(err, "previous checkpoint");
     if (strlen(run_dir) >= sizeof a->run_dir) return fy_fail(err, "run directory path too long");
     if (fy_ckpt_snapshot_take(&a->snap, step, m, opt, trainer_state_json, err) ||
@@ -58,7 +53,7 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
 int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, const fy_ckpt_host *h,
                             const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
                             double *stall_s, fy_err *err) {
-    double t0 = now_s();
+    double t0 = fy_now_s();
     if (fy_ckpt_async_wait(a, err)) return fy_wrap(err, "previous checkpoint");
     if (strlen(run_dir) >= sizeof a->run_dir) return fy_fail(err, "run directory path too long");
     if (fy_ckpt_snapshot_take_host(&a->snap, step, h, trainer_state_json, err) ||

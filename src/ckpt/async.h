@@ -31,7 +31,7 @@ int fy_ckpt_async_save(fy_ckpt_async *a, const char *run_dir, int step, fy_model
 int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
 /* Waits, then frees the snapshot buffers kept for reuse. */
 /* The same from a whole state gathered on the saving rank (ZeRO-1 shards,
- * expert-parallel ranks: dist/dp.h); h->tab must outlive the write. */
+ * expert-parallel ranks: parallel/dp.h); h->tab must outlive the write. */
 int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, const fy_ckpt_host *h,
                             const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
                             double *stall_s, fy_err *err);

@@ -6,7 +6,7 @@
  *       optimizer.safetensors  "<name>.exp_avg", "<name>.exp_avg_sq"; meta "step"
  *       trainer_state.json     the trainer's text, verbatim
  *       dist_state.safetensors (multi-rank runs with per-rank state only:
- *                              dist/dp.h) F32 tensors, meta "ferry_dist"
+ *                              parallel/dp.h) F32 tensors, meta "ferry_dist"
  *       MANIFEST.json          {"step": N, "files": {name: {bytes, xxh64}}}, last
  *   RUN_DIR/checkpoints/LATEST "step-00001000\n"
  *
@@ -22,7 +22,7 @@
 
 #include "core/err.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 #define FY_CKPT_DIRNAME "checkpoints"
 #define FY_CKPT_LATEST "LATEST"
@@ -68,7 +68,7 @@ typedef struct fy_ckpt_snapshot {
 
 /* State outside the one-file format that a multi-rank run needs to continue
  * bit for bit on the same rank count (DiLoCo's per-rank inner moments and
- * outer momentum, error-feedback residuals: dist/dp.c). Written as
+ * outer momentum, error-feedback residuals: parallel/dp.c). Written as
  * dist_state.safetensors, in the manifest like every file; meta is stored
  * as the metadata "ferry_dist" and says what the tensors are. */
 typedef struct fy_ckpt_extra_tensor {
@@ -88,7 +88,7 @@ int fy_ckpt_snapshot_set_extra(fy_ckpt_snapshot *s, const fy_ckpt_extra *extra, 
 int fy_ckpt_snapshot_take(fy_ckpt_snapshot *s, int step, fy_model *m, const fy_adamw *opt,
                           const char *trainer_state_json, fy_err *err);
 /* A whole model's state as host arrays in tab's layout: what the saving
- * rank gathers from ZeRO-1 shards and expert-parallel ranks (dist/dp.h). */
+ * rank gathers from ZeRO-1 shards and expert-parallel ranks (parallel/dp.h). */
 typedef struct fy_ckpt_host {
     const fy_param_table *tab;     /* borrowed, like a snapshot's */
     const float *params, *buffers; /* [tab->n_params], [tab->n_buffers] */

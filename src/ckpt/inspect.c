@@ -225,7 +225,7 @@ static void ckpt_summary(report *r, const char *dir) {
         st_summary(r, p, 0);
     }
     if (fy_path_join(p, sizeof p, dir, FY_CKPT_DIST, &e) == 0 && fy_file_exists(p)) {
-        pr(r, " %s (per-rank state, dist/dp.h):\n", FY_CKPT_DIST);
+        pr(r, " %s (per-rank state, parallel/dp.h):\n", FY_CKPT_DIST);
         st_summary(r, p, FIRST_TENSORS);
     }
     if (fy_path_join(p, sizeof p, dir, FY_CKPT_TRAINER, &e) == 0 && fy_file_exists(p))

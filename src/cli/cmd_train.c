@@ -19,7 +19,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
-#include "dist/comm.h"
+#include "parallel/comm.h"
 #include "io/prepare.h"
 #include "train/supervise.h"
 #include "train/trainer.h"
@@ -488,7 +488,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     if (outer_lr >= 0) o.outer_lr = (float)outer_lr;
     if (!resume && !follower && o.micro_batch == 0 && n_ranks > 1) {
         /* Fix the micro-batch at the run's start, so that the run continues
-         * bit-identically on another rank count (dist/dp.h). */
+         * bit-identically on another rank count (parallel/dp.h). */
         o.micro_batch = o.batch_size / n_ranks > 0 ? o.batch_size / n_ranks : 1;
     }
     o.comm = comm;

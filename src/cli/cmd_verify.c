@@ -14,15 +14,10 @@
 #include "core/rng.h"
 #include "serve/verify.h"
 #include "train/loader.h"
+#include "core/clock.h"
 
 #define MAX_BACKENDS 8
 #define WORST_SHOWN 5
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Splits "a,b,c" in place into at most MAX_BACKENDS non-empty specs. */
 static int split_backends(char *list, char **out, int *n, fy_err *err) {
@@ -217,7 +212,7 @@ int fy_cmd_verify(int argc, char **argv) {
 
     int failed = 0;
     for (int i = 0; i < nb; i++) {
-        double t0 = now_s();
+        double t0 = fy_now_s();
         if (i > 0 && fy_cli_load_model(ckpt, specs[i], &l, &err)) goto out;
         fy_verify_capture *cap = i == 0 ? &ref : &got;
         if (fy_verify_capture_run(&l.model, &vin, cap, &err)) {
@@ -225,7 +220,7 @@ int fy_cmd_verify(int argc, char **argv) {
             goto out;
         }
         printf("%s (%s): loss %.6f (main %.6f), forward+backward+greedy in %.2f s\n", specs[i], l.be->ops->name,
-               cap->loss.total, cap->loss.main, now_s() - t0);
+               cap->loss.total, cap->loss.main, fy_now_s() - t0);
         fy_param_table *tab = &l.model.tab;
         if (i > 0) {
             if (fy_verify_compare(tab, &ref, &got, &tol, &rep, &err)) goto out;

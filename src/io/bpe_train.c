@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "io/tokenizer.h"
 #include "io/tokenizer_impl.h"
+#include "core/clock.h"
 
 /* ---- piece counts: bytes -> count ---- */
 
@@ -348,12 +349,6 @@ static int cmp_i32(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
 /* State of one training run. */
 typedef struct trainer_run {
     tpmap pairs;
@@ -400,7 +395,7 @@ int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_t
     if (pm->alen >= (size_t)INT32_MAX)
         return fy_fail(err, "tokenizer training: %zu bytes of distinct pieces; at most %d are "
                             "supported", pm->alen, INT32_MAX - 1);
-    double t0 = now_s();
+    double t0 = fy_now_s();
     const int32_t target = vocab_size - FY_TOK_N_SPECIAL;
     const size_t npos = pm->alen;
     int rc = -1;
@@ -586,7 +581,7 @@ int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_t
         goto done;
     fy_info("tokenizer: trained %d merges, vocab %d, from %llu pieces (%llu distinct) in %.2f s",
             (int)n_merges, (int)nv, (unsigned long long)pm->total, (unsigned long long)pm->n,
-            now_s() - t0);
+            fy_now_s() - t0);
     *out = tok;
     tok = NULL;
     rc = 0;

@@ -5,12 +5,7 @@
 #include <time.h>
 
 #include "model/decode.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "core/clock.h"
 
 /* Text held back while it could still be the start of the stop string. */
 typedef struct pending {
@@ -91,11 +86,11 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
     if (!logits || !scratch) { fy_fail(err, "out of memory"); goto done; }
     if (fy_kv_cache_create(&cache, m, cap, err)) goto done;
 
-    double t0 = now_s();
+    double t0 = fy_now_s();
     if (fy_model_prefill(m, &cache, ids, (int)n, logits, err)) goto done;
     res->prompt_tokens = (int)n;
-    res->prefill_s = now_s() - t0;
-    t0 = now_s();
+    res->prefill_s = fy_now_s() - t0;
+    t0 = fy_now_s();
     for (int i = 0; i < o->max_new_tokens; i++) {
         int32_t next = fy_sample(&o->sampler, logits, V, (uint64_t)cache.len, scratch);
         if (next == eos) {
@@ -113,7 +108,7 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
         if (i + 1 == o->max_new_tokens || cache.len >= cache.cap) break;
         if (fy_model_decode(m, &cache, next, logits, err)) goto done;
     }
-    res->decode_s = now_s() - t0;
+    res->decode_s = fy_now_s() - t0;
     if (res->stopped_by != 2) {
         const char *txt;
         size_t tl;

@@ -15,7 +15,7 @@
 
 #include "core/err.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 typedef struct fy_guard_opts {
     int nonfinite;          /* flag NaN/Inf loss or gradient norm (default 1) */

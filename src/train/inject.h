@@ -21,7 +21,7 @@
 
 #include "core/err.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 typedef enum { FY_INJ_NAN_GRAD, FY_INJ_FLIP_WEIGHT, FY_INJ_FLIP_MOMENT, FY_INJ_SPIKE, FY_INJ_GEMM,
                FY_INJ_FLIP_ACT } fy_inj_kind;

@@ -10,15 +10,10 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/clock.h"
 
 static volatile sig_atomic_t g_forward_sig; /* SIGINT/SIGTERM to pass to the child */
 static void on_signal(int sig) { g_forward_sig = sig; }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void sleep_s(double s) {
     struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
@@ -51,7 +46,7 @@ static void record(const char *run_dir, int attempt, const char *reason, double 
     snprintf(p, sizeof p, "%s/restarts.jsonl", run_dir);
     FILE *f = fopen(p, "a");
     if (!f) return;
-    fprintf(f, "{\"time\": %.3f, \"restart\": %d, \"reason\": \"%s\", \"backoff_s\": %.3f}\n", now_s(),
+    fprintf(f, "{\"time\": %.3f, \"restart\": %d, \"reason\": \"%s\", \"backoff_s\": %.3f}\n", fy_wall_s(),
             attempt, reason, backoff);
     fclose(f);
 }
@@ -76,7 +71,7 @@ int fy_supervise(char *const *first_argv, char *const *resume_argv, const fy_sup
             fprintf(stderr, "ferry train: supervisor could not start the trainer: %s\n", strerror(errno));
             _exit(127);
         }
-        double start = now_s();
+        double start = fy_wall_s();
         int status = 0, hung = 0, forwarded = 0;
         for (;;) {
             pid_t r = waitpid(pid, &status, WNOHANG);
@@ -86,7 +81,7 @@ int fy_supervise(char *const *first_argv, char *const *resume_argv, const fy_sup
                 kill(pid, g_forward_sig);
                 forwarded = 1;
             }
-            if (!forwarded && now_s() - last_beat(o->run_dir, start) > o->heartbeat_timeout_s) {
+            if (!forwarded && fy_wall_s() - last_beat(o->run_dir, start) > o->heartbeat_timeout_s) {
                 hung = 1;
                 kill(pid, SIGKILL);
             }

@@ -12,12 +12,13 @@
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
-#include "dist/dp.h"
-#include "dist/ep.h"
+#include "parallel/dp.h"
+#include "parallel/ep.h"
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/loader.h"
 #include "train/plot.h"
+#include "core/clock.h"
 
 void fy_train_opts_default(fy_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -289,12 +290,6 @@ static void plot(const char *run_dir, const history *h) {
     fy_series s[2] = {{"train loss", "#1f77b4", h->x, h->y, h->n},
                       {"validation loss", "#d62728", h->vx, h->vy, h->vn}};
     if (fy_plot_svg(path, "ferry training loss", s, 2, &err)) fy_warn("%s", err.msg);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void fmt_duration(double s, char *out, size_t cap) {
@@ -638,7 +633,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         fy_fail(err, "out of memory");
         goto done;
     }
-    double t_start = now_s(), t_last = t_start, loss = NAN, val_loss = NAN;
+    double t_start = fy_now_s(), t_last = t_start, loss = NAN, val_loss = NAN;
     double snap_loss = NAN;
     long long snap_tokens = tokens, disk_tokens = tokens;
     int step = start, last_log = start, saved = 0;
@@ -726,7 +721,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (inj.n) fy_inject_state(&inj, step, m, &opt, what, sizeof what);
         tokens += (long long)B * T;
         loss = l.total;
-        double now = now_s(), elapsed = elapsed0 + now - t_start;
+        double now = fy_now_s(), elapsed = elapsed0 + now - t_start;
         if (step <= logged_upto) continue; /* replaying after a rollback */
         logged_upto = step;
         fprintf(mf, "{\"step\": %d, \"loss\": %.6f, \"loss_main\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, "
@@ -837,7 +832,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     }
     if (step > total) step = total;
     if (!saved && step > start &&
-        save(&writer, m, &opt, &dp, o, run_dir, step, tokens, elapsed0 + now_s() - t_start, loss,
+        save(&writer, m, &opt, &dp, o, run_dir, step, tokens, elapsed0 + fy_now_s() - t_start, loss,
              val_loss, &sk, err))
         goto done;
     if (rank0) plot(run_dir, &h);

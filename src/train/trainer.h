@@ -11,7 +11,7 @@
 #include "core/err.h"
 #include "model/model.h"
 #include "train/guard.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 typedef struct fy_train_opts {
     fy_adamw_opts adam;   /* adam.total_steps is the run's length */
@@ -26,12 +26,12 @@ typedef struct fy_train_opts {
     int stop_after;       /* stop (with a checkpoint) after this step, as Ctrl-C would; 0 = none */
     fy_guard_opts guard;  /* NaN/spike/checksum guards and rollback (train/guard.h); config keys
                            * ferry.guard_* and ferry.abft_fraction */
-    /* Scale-out (dist/dp.h). batch_size is the global batch over all ranks. */
+    /* Scale-out (parallel/dp.h). batch_size is the global batch over all ranks. */
     int micro_batch;      /* sequences per micro-batch (0: batch_size / ranks); ferry.micro_batch */
     int compress;         /* 1: int8 gradients with error feedback; ferry.compress_grads */
     int diloco_every;     /* DiLoCo: H local steps per outer step (0: off); ferry.diloco_every */
     float outer_lr, outer_momentum; /* DiLoCo outer Nesterov SGD; ferry.outer_lr, ferry.outer_momentum */
-    int expert_parallel;  /* 1: routed experts split over the ranks (dist/ep.h); ferry.expert_parallel */
+    int expert_parallel;  /* 1: routed experts split over the ranks (parallel/ep.h); ferry.expert_parallel */
     int grad_buckets;     /* 1: gradients travel during the backward (default 0; 2: progress thread); ferry.grad_buckets */
     int zero;             /* 1: ZeRO-1 sharded AdamW moments (default); 0: DDP, whole AdamW on every rank; ferry.zero */
     float bucket_mb;      /* ... in buckets of at least this many MB (0: each layer as it is done); ferry.bucket_mb */

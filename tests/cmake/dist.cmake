@@ -1,4 +1,4 @@
-# Scale-out (src/dist, docs/SCALING.md): the communicator and data-parallel
+# Scale-out (src/parallel, docs/SCALING.md): the communicator and data-parallel
 # training under mpirun, oversubscribed on loopback. Without MPI each test is
 # registered as skipped (exit 77), so the summary says what did not run.
 # Running as root (containers, CI) needs Open MPI's allow-run-as-root pair:

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dist/comm.h"
+#include "parallel/comm.h"
 
 #include "rank_check.h"
 

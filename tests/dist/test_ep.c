@@ -21,8 +21,8 @@
 
 #include "backend/backend.h"
 #include "core/rng.h"
-#include "dist/comm.h"
-#include "dist/ep.h"
+#include "parallel/comm.h"
+#include "parallel/ep.h"
 #include "model/model.h"
 
 #include "rank_check.h"

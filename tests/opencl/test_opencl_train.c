@@ -17,7 +17,7 @@
 #include "model/decode.h"
 #include "model/model.h"
 #include "testutil.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 #ifndef FERRY_HAVE_OPENCL
 int main(void) {

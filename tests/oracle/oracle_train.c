@@ -12,7 +12,7 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 /* The backend named by --backend (default cpu). A backend this machine
  * cannot provide (not built, no OpenCL platform or device) exits 77, so

@@ -17,7 +17,7 @@
 #include "core/fsutil.h"
 #include "core/rng.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 #include "testutil.h"
 
 #define VOCAB 40

@@ -11,7 +11,7 @@
 #include "model/model.h"
 #include "train/guard.h"
 #include "train/inject.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 #include "train/trainer.h"
 #include "testutil.h"
 

@@ -18,6 +18,7 @@
 #include "io/tokenizer.h"
 #include "io/tokenizer_impl.h"
 #include "testutil.h"
+#include "core/clock.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -159,12 +160,6 @@ static int write_ids(const char *path, const int32_t *ids, size_t n) {
     if (!f) return -1;
     for (size_t i = 0; i < n; i++) fprintf(f, "%d\n", (int)ids[i]);
     return fclose(f);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
 /* ------------------------------------------------- naive reference BPE */
@@ -497,9 +492,9 @@ static void test_train_vs_naive(void) {
     char *w = malloc(big);
     g_ctr = 0;
     for (size_t i = 0; i < big; i++) w[i] = "abcdefgh"[rnd(11) % 8];
-    double t0 = now_s();
+    double t0 = fy_now_s();
     tok = train(w, big, 1000, 1);
-    double dt = now_s() - t0;
+    double dt = fy_now_s() - t0;
     CHECK(tok && fy_tokenizer_vocab_size(tok) == 1000 && dt < 30, "1 MB single piece: %.1f s", dt);
     if (tok) check_round_trip(tok, NULL, w, big, "1 MB single piece");
     fy_tokenizer_free(tok);
@@ -1014,17 +1009,17 @@ static int cli_bench(const char *textf, int vocab, const char *save) {
     if (!text) return fprintf(stderr, "cannot read %s\n", textf), 1;
     fy_tok_train_opts o = {.vocab_size = vocab};
     fy_tokenizer *tok;
-    double t0 = now_s();
+    double t0 = fy_now_s();
     if (fy_tokenizer_train_files(&textf, 1, &o, &tok, &err)) return fprintf(stderr, "%s\n", err.msg), 1;
-    double t1 = now_s();
+    double t1 = fy_now_s();
     int32_t *ids;
     size_t ni;
     fy_tokenizer_encode(tok, text, n, &ids, &ni, &err);
-    double t2 = now_s();
+    double t2 = fy_now_s();
     char *out;
     size_t on;
     fy_tokenizer_decode(tok, ids, ni, 0, &out, &on, &err);
-    double t3 = now_s();
+    double t3 = fy_now_s();
     if (save && fy_tokenizer_save(tok, save, &err)) fprintf(stderr, "%s\n", err.msg);
     printf("bytes %zu  threads %d  vocab %d  train %.3f s  encode %.3f s (%.1f MB/s, %zu tokens, %.2f "
            "bytes/token)  decode %.3f s  round trip %s\n",

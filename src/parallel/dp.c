@@ -1,4 +1,4 @@
-#include "dist/dp.h"
+#include "parallel/dp.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -7,7 +7,7 @@
 #define FY_EP_H
 
 #include "core/err.h"
-#include "dist/comm.h"
+#include "parallel/comm.h"
 #include "model/model.h"
 
 /* Splits m's routed experts over the ranks of c (1 rank: turns it off). */

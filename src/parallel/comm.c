@@ -1,4 +1,5 @@
-#include "dist/comm.h"
+#include "parallel/comm.h"
+#include "core/clock.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -19,12 +20,6 @@ struct fy_comm {
     uint64_t bytes_sent;
     int lost;               /* a collective failed or timed out */
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int fy_comm_have_mpi(void) {
 #ifdef FERRY_HAVE_MPI
@@ -194,7 +189,7 @@ static int wait_req(fy_comm *c, MPI_Request *r, int rc, const char *op, fy_err *
         c->lost = 1;
         return fy_fail(err, "rank %d: %s failed: %s", c->rank, op, msg);
     }
-    double t0 = now_s();
+    double t0 = fy_now_s();
     for (long spin = 0;; spin++) {
         int done = 0;
         rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
@@ -210,7 +205,7 @@ static int wait_req(fy_comm *c, MPI_Request *r, int rc, const char *op, fy_err *
             /* Do not spin: ranks are often oversubscribed on the cores. */
             struct timespec ts = {0, spin > 4096 ? 200000 : 20000};
             nanosleep(&ts, NULL);
-            if (now_s() - t0 > c->timeout_s && (c->lost = 1))
+            if (fy_now_s() - t0 > c->timeout_s && (c->lost = 1))
                 return fy_fail(err, "rank %d of %d: %s did not complete within %.0f s: a peer rank died or hangs",
                                c->rank, c->size, op, c->timeout_s);
         }

@@ -18,7 +18,7 @@
  * order, the same numbers as on one rank. Checkpoints gather the moments
  * into the one-file format of DESIGN §3, so any rank count can resume them.
  *
- * Expert parallel (dist/ep.h): the model holds an expert shard, whose
+ * Expert parallel (parallel/ep.h): the model holds an expert shard, whose
  * block is the dense params [0, n) (the same on every rank, reduced and
  * ZeRO-sharded as above) followed by this rank's routed experts [n, n_local)
  * (their gradients are complete on the owner, so they are not reduced; the
@@ -47,9 +47,9 @@
 
 #include "core/err.h"
 #include "ckpt/checkpoint.h"
-#include "dist/comm.h"
+#include "parallel/comm.h"
 #include "model/model.h"
-#include "train/optim.h"
+#include "optim/optim.h"
 
 typedef struct fy_dp {
     fy_comm *comm;

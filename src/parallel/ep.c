@@ -1,4 +1,4 @@
-#include "dist/ep.h"
+#include "parallel/ep.h"
 
 static int alltoallv(void *ctx, const void *send, const size_t *scounts, const size_t *sdispl, void *recv,
                      const size_t *rcounts, const size_t *rdispl, fy_err *err) {

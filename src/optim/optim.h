@@ -19,7 +19,7 @@ typedef struct fy_adamw {
     fy_adamw_opts o;
     fy_buf m, v;           /* moments of params [lo, lo + m.n - xn) then of [xlo, xlo + xn), laid out as
                             * the params block */
-    size_t lo;             /* 0, or where this rank's ZeRO-1 shard starts (dist/dp.h) */
+    size_t lo;             /* 0, or where this rank's ZeRO-1 shard starts (parallel/dp.h) */
     size_t xlo, xn;        /* a second range (an expert-parallel rank's own experts), xn 0: none */
     int t;                 /* steps taken (1-based after the first) */
 } fy_adamw;
