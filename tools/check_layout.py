@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the architecture rules of src/ (docs/DESIGN.md, "Architecture"):
+"""Checks the architecture rules of src/ (docs/DESIGN.md section 4, "Architecture"):
 
   1. no cycle among the folders' #include edges (a folder is a directory of
      src/ with its files directly in it: backend/cpu is its own folder);

@@ -1,6 +1,6 @@
 """Independent PyTorch reference ("oracle") for ferry's DeepSeek-V3 model.
 
-Written from the math in DESIGN.md section 2 (and the tensor names of section 3),
+Written from the math in docs/DESIGN.md section 2 (and the tensor names of section 3),
 not from ferry's C code. Everything here is plain functions over two dicts of
 Hugging-Face-named tensors:
 

@@ -119,7 +119,7 @@ def test_rope_and_attention():
 
 
 def naive_mla(cfg, P, pre, x):
-    """MLA written token by token, straight from the DESIGN formulas."""
+    """MLA written token by token, straight from the formulas of docs/DESIGN.md section 2."""
     B, T, d = x.shape
     H, dn, dr, dv, eps = (cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim,
                           cfg.v_head_dim, cfg.rms_norm_eps)
