@@ -308,7 +308,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     int recompute = -1, ranks = 0, micro = -1, compress = 0, diloco = -1, expert_parallel = 0, buckets = -1;
     double bucket_mb = -1;
     int zero = -1;
-    double comm_timeout = 300, outer_lr = -1;
+    double comm_timeout = FY_COMM_TIMEOUT_DEFAULT_S, outer_lr = -1;
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
@@ -342,7 +342,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
         {"--bucket-mb", NULL, FY_ARG_FLOAT, &bucket_mb, "MB", "gradient bucket size for --grad-buckets (default 25, as PyTorch DDP; 0: each layer as it is done)", 0, 1e6, 0},
         {"--diloco", NULL, FY_ARG_INT, &diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},
         {"--outer-lr", NULL, FY_ARG_FLOAT, &outer_lr, "LR", "DiLoCo outer Nesterov learning rate (default 0.7)", 0, 10, 0},
-        {"--comm-timeout", NULL, FY_ARG_FLOAT, &comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default 300)", 0.1, 1e6, 0},
+        {"--comm-timeout", NULL, FY_ARG_FLOAT, &comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default " FY_COMM_TIMEOUT_DEFAULT_TEXT ")", 0.1, 1e6, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
     char *pos[1];

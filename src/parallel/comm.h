@@ -26,10 +26,18 @@
 
 typedef struct fy_comm fy_comm;
 
+/* The collective timeout when none is given (ferry train --comm-timeout):
+ * long enough for a slow step, short enough to restart a lost job soon. */
+#define FY_COMM_TIMEOUT_DEFAULT_S 300
+/* The same as a string literal, for help texts. */
+#define FY_COMM_TIMEOUT_DEFAULT_TEXT FY_COMM_STR_(FY_COMM_TIMEOUT_DEFAULT_S)
+#define FY_COMM_STR_(x) FY_COMM_STR2_(x)
+#define FY_COMM_STR2_(x) #x
+
 /* Joins the job: MPI_Init_thread when the environment says mpirun started
  * this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK set) and the
  * build has MPI; the one-rank communicator otherwise. timeout_s bounds every
- * collective (<= 0: 600 s). */
+ * collective (<= 0: FY_COMM_TIMEOUT_DEFAULT_S). */
 int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err);
 /* Leaves the job (MPI_Finalize after a barrier); frees c. */
 void fy_comm_finalize(fy_comm *c);
@@ -40,6 +48,7 @@ void fy_comm_abort(fy_comm *c, int code);
 int fy_comm_rank(const fy_comm *c);
 int fy_comm_size(const fy_comm *c);
 uint64_t fy_comm_bytes_sent(const fy_comm *c);
+/* timeout_s <= 0: FY_COMM_TIMEOUT_DEFAULT_S. */
 void fy_comm_set_timeout(fy_comm *c, double timeout_s);
 /* 1 when built with MPI (whether or not this process runs under mpirun). */
 int fy_comm_have_mpi(void);

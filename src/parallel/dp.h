@@ -60,34 +60,49 @@ typedef struct fy_dp {
     int replicated;       /* 1: every rank keeps the whole AdamW, the gradients are all-reduced (DDP; --zero 0) */
     size_t n;             /* floats reduced over the ranks: the params block, or its dense part (expert parallel) */
     size_t n_local;       /* floats in this rank's params block (n, or n + its experts) */
-    int ep;               /* the model holds an expert shard (fy_params_is_shard) */
-    fy_param_table full_tab; /* expert parallel: the whole model's table (checkpoints) */
-    float *ck_p, *ck_b, *ck_m, *ck_v; /* rank 0: the gathered state of a checkpoint, full_tab's layout */
-    size_t *counts, *displ; /* [size] each: the params shards */
-    size_t lo, hi;        /* this rank's shard */
-    size_t n_chunks, chunk_lo, chunk_hi; /* norm chunks: all, and this rank's */
-    double *chunk_part;   /* [n_chunks] */
-    float *host;          /* [n] staging: the local gradient sum, the gathered params */
-    float *shard;         /* [hi - lo] */
-    float *resid_send, *resid_gather; /* error feedback (compress): [n] and [hi - lo] */
-    fy_buf *stack;        /* tree accumulation of local micro-batches */
-    int *stack_leaves, stack_top, stack_cap;
+    float *host;          /* [n] staging (several ranks): the local gradient sum, the gathered params */
     uint64_t bytes_at_step; /* fy_comm_bytes_sent when the step began */
-    fy_comm_rs *rs;       /* gradient bucketing: the reduce-scatter the backward feeds */
-    fy_model *bucket_model;
-    size_t bucket_floats; /* post a bucket once it holds this many (0: every range as it comes) */
-    size_t pend_lo[2], pend_hi[2]; /* the bucket being filled: of the dense part, of the experts */
-    uint64_t buckets_sent;  /* buckets posted so far */
-    /* DiLoCo */
-    int local_steps;      /* H (0: plain data parallel) */
-    float outer_lr, outer_momentum;
-    size_t n_buffers;
-    float *anchor, *outer_mom, *delta; /* [n + n_buffers] each, host */
-    /* the per-rank state of a checkpoint (fy_dp_extra_state), gathered */
-    float *x_m, *x_v, *x_rs, *x_rg;    /* [size * n] x3, [n] */
-    fy_ckpt_extra_tensor x_t[5];
-    char x_meta[160];
     uint64_t ckpt_bytes;  /* bytes sent gathering checkpoint state (not training traffic) */
+    struct {              /* the local tree of micro-batches (local_micro > 1) */
+        fy_buf *stack;
+        int *leaves, top, cap;
+    } acc;
+    struct {              /* the params shards over the ranks (ZeRO-1; also the reduce-scatters' pieces) */
+        size_t *counts, *displ; /* [size] each */
+        size_t lo, hi;    /* this rank's shard */
+        size_t n_chunks, chunk_lo, chunk_hi; /* norm chunks: all, and this rank's */
+        double *chunk_part; /* [n_chunks] */
+        float *shard;     /* [hi - lo] */
+    } zero;
+    struct {              /* gradient bucketing (fy_dp_set_bucketing) */
+        fy_comm_rs *rs;   /* the reduction the backward feeds (NULL: off) */
+        fy_model *model;
+        size_t floats;    /* post a bucket once it holds this many (0: every range as it comes) */
+        size_t pend_lo[2], pend_hi[2]; /* the bucket being filled: of the dense part, of the experts */
+        uint64_t sent;    /* buckets posted so far */
+    } bk;
+    struct {              /* int8 error feedback (compress) */
+        float *resid_send;   /* [n] */
+        float *resid_gather; /* [hi - lo] */
+    } q8;
+    struct {              /* DiLoCo */
+        int local_steps;  /* H (0: plain data parallel) */
+        float outer_lr, outer_momentum;
+        size_t n_buffers;
+        float *anchor, *outer_mom, *delta; /* [n + n_buffers] each, host */
+    } diloco;
+    struct {              /* expert parallel */
+        int on;           /* the model holds an expert shard (fy_params_is_shard) */
+        fy_param_table full_tab; /* the whole model's table (checkpoints) */
+    } ep;
+    struct {              /* rank 0: the gathered state of a checkpoint, in the whole model's layout */
+        float *p, *b, *m, *v;
+    } ck;
+    struct {              /* the per-rank state of a checkpoint (fy_dp_extra_state), gathered */
+        float *m, *v, *resid_send, *resid_gather; /* [size * n] x3, [n] */
+        fy_ckpt_extra_tensor t[5];
+        char meta[160];
+    } extra;
 } fy_dp;
 
 /* DiLoCo settings for fy_dp_init (local_steps 0: off). */
@@ -121,7 +136,7 @@ void fy_dp_free(fy_dp *dp, fy_model *m);
  * several micro-batches per rank (the gradient is final only after the
  * last one's local tree sum). */
 int fy_dp_set_bucketing(fy_dp *dp, fy_model *m, int on, float bucket_mb, fy_err *err);
-static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->rs != NULL; }
+static inline int fy_dp_bucketing(const fy_dp *dp) { return dp->bk.rs != NULL; }
 
 /* The optimizer each rank keeps: this rank's shard (ZeRO-1; with expert
  * parallelism and its experts), or all of its block (one rank, compressed
@@ -130,7 +145,7 @@ int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_ad
 
 /* 1 when the AdamW moments are sharded over the ranks (ZeRO-1). */
 static inline int fy_dp_sharded(const fy_dp *dp) {
-    return dp->size > 1 && !dp->compress && !dp->local_steps && !dp->replicated;
+    return dp->size > 1 && !dp->compress && !dp->diloco.local_steps && !dp->replicated;
 }
 
 /* DiLoCo: takes the current weights as the anchor (at the start and after

@@ -1,3 +1,5 @@
+/* Expert parallelism (ep.h): the model's expert all-to-all carried by the
+ * communicator, so model/ never sees fy_comm. */
 #include "parallel/ep.h"
 
 static int alltoallv(void *ctx, const void *send, const size_t *scounts, const size_t *sdispl, void *recv,

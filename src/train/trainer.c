@@ -554,10 +554,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
                    &(fy_dp_diloco){o->diloco_every, o->outer_lr, o->outer_momentum}, err) ||
         fy_dp_create_optimizer(&dp, m, &o->adam, &opt, err))
         goto done;
-    if (dp.ep && rank0) /* dp keeps the whole table (for checkpoints) */
+    if (dp.ep.on && rank0) /* dp keeps the whole table (for checkpoints) */
         printf("expert parallel: %d routed experts over %d ranks (rank 0 holds experts %d-%d: %zu of the "
                "model's %zu parameters), rows sent with all-to-all\n", m->cfg.n_routed_experts, n_ranks,
-               m->tab.exp_lo, m->tab.exp_hi - 1, fy_params_count(&m->tab), fy_params_count(&dp.full_tab));
+               m->tab.exp_lo, m->tab.exp_hi - 1, fy_params_count(&m->tab), fy_params_count(&dp.ep.full_tab));
     if (dp.local_micro > (int)(sizeof ((fy_loss[64]){0}) / sizeof(fy_loss))) {
         fy_fail(err, "%d micro-batches per rank: at most 64 (raise --micro-batch)", dp.local_micro);
         goto done;
@@ -569,20 +569,20 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     if (o->bucket_mb > 0) snprintf(how, sizeof how, "in buckets of %g MB", o->bucket_mb);
     if (fy_dp_bucketing(&dp))
         snprintf(buckets, sizeof buckets, ", gradients sent %s during the backward%s", how,
-                 fy_comm_rs_progress_thread(dp.rs) ? " (progress thread)" : "");
+                 fy_comm_rs_progress_thread(dp.bk.rs) ? " (progress thread)" : "");
     if (n_ranks > 1 && rank0)
         printf("data parallel: %d ranks, %d micro-batch(es) of %d per rank, %s%s\n", n_ranks, dp.local_micro,
-               dp.micro, dp.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
+               dp.micro, dp.diloco.local_steps ? "DiLoCo local steps" : dp.compress ? "int8 gradients with error feedback"
                                                  : dp.replicated ? "AdamW on every rank, gradients all-reduced (--zero 0)"
                                                                  : "ZeRO-1 sharded AdamW moments", buckets);
-    if (dp.local_steps && o->ckpt_every % dp.local_steps) {
+    if (dp.diloco.local_steps && o->ckpt_every % dp.diloco.local_steps) {
         fy_fail(err, "DiLoCo: ckpt_every %d must be a multiple of diloco_every %d (checkpoints follow outer steps)",
-                o->ckpt_every, dp.local_steps);
+                o->ckpt_every, dp.diloco.local_steps);
         goto done;
     }
-    if (n_ranks > 1 && rank0 && dp.local_steps)
+    if (n_ranks > 1 && rank0 && dp.diloco.local_steps)
         printf("DiLoCo: %d local steps, then outer Nesterov SGD (lr %g, momentum %g) on the averaged delta%s\n",
-               dp.local_steps, dp.outer_lr, dp.outer_momentum,
+               dp.diloco.local_steps, dp.diloco.outer_lr, dp.diloco.outer_momentum,
                dp.compress ? " (deltas sent as int8 with error feedback)" : "");
     if (resume) {
         char dir[FY_PATH_MAX];
@@ -658,7 +658,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
             }
         }
         /* DiLoCo snapshots at outer steps only, so no rollback crosses one. */
-        const int snap_every = dp.local_steps ? dp.local_steps : g->snapshot_every;
+        const int snap_every = dp.diloco.local_steps ? dp.diloco.local_steps : g->snapshot_every;
         int want_snap = !snap.valid || ((step - 1) % snap_every == 0 && snap.step != step - 1);
         if (!snap.valid && disk_step >= 0) want_snap = (step - 1) % snap_every == 0 && step - 1 != disk_step;
         if (guarded && want_snap) {
@@ -764,7 +764,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         /* DiLoCo: the outer step every H steps, at the end, and before any
          * checkpoint (which then holds the synchronised weights). */
         int will_save = interrupted || out_of_time || paused || (o->ckpt_every > 0 && step % o->ckpt_every == 0);
-        if (dp.local_steps && (step % dp.local_steps == 0 || step == total || will_save)) {
+        if (dp.diloco.local_steps && (step % dp.diloco.local_steps == 0 || step == total || will_save)) {
             fy_dp_mark(&dp);
             if (fy_dp_outer_step(&dp, m, err)) goto done;
             /* The outer step changed the weights on purpose: re-take the state
@@ -838,7 +838,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     if (rank0) plot(run_dir, &h);
     char per_step[64] = "";
     if (fy_dp_bucketing(&dp) && step > start)
-        snprintf(per_step, sizeof per_step, "; %.1f gradient buckets per step", (double)dp.buckets_sent / (step - start));
+        snprintf(per_step, sizeof per_step, "; %.1f gradient buckets per step", (double)dp.bk.sent / (step - start));
     if (rank0 && n_ranks > 1)
         printf("communication: rank 0 sent %llu bytes in %d steps (%.1f bytes per token); checkpoints %llu more%s\n",
                (unsigned long long)(fy_comm_bytes_sent(comm) - dp.ckpt_bytes), step - start,
