@@ -552,17 +552,12 @@ static void enc_release_scratch(enc_state *st) {
 }
 
 static int push_ids(enc_state *st, const int32_t *ids, size_t k) {
-    if (st->n + k > st->cap) {
-        size_t nc = st->cap * 2;
-        if (nc < st->n + k) nc = st->n + k;
-        int32_t *p = realloc(st->ids, nc * sizeof *p);
-        if (!p) {
-            st->oom = 1;
-            return -1;
-        }
-        st->ids = p;
-        st->cap = nc;
+    int32_t *p = fy_tok_grow(st->ids, &st->cap, st->n + k, sizeof *p, 16);
+    if (!p) {
+        st->oom = 1;
+        return -1;
     }
+    st->ids = p;
     memcpy(st->ids + st->n, ids, k * sizeof *ids);
     st->n += k;
     return 0;
@@ -634,15 +629,12 @@ static int bpe_piece(void *ctx, const unsigned char *p, size_t n) {
             return push_ids(st, ce->ids, ce->nid) ? 1 : 0;
     }
     if (t->ignore_merges) {
-        if (st->mcap < 2 * n + 1) {
-            char *m = realloc(st->mbuf, 2 * n + 1);
-            if (!m) {
-                st->oom = 1;
-                return 1;
-            }
-            st->mbuf = m;
-            st->mcap = 2 * n + 1;
+        char *m = fy_tok_grow(st->mbuf, &st->mcap, 2 * n + 1, 1, 64);
+        if (!m) {
+            st->oom = 1;
+            return 1;
         }
+        st->mbuf = m;
         size_t l = bytes_to_str_buf(p, n, st->mbuf);
         int32_t id = smap_find(t, st->mbuf, l);
         if (id >= 0 && t->types[id] == FY_TOKEN_NORMAL) return push_ids(st, &id, 1) ? 1 : 0;
@@ -863,13 +855,9 @@ typedef struct buf {
 } buf;
 
 static int buf_reserve(buf *b, size_t extra) {
-    if (b->n + extra + 1 <= b->cap) return 0;
-    size_t c = b->cap ? b->cap * 2 : 256;
-    while (c < b->n + extra + 1) c *= 2;
-    char *p = realloc(b->p, c);
+    char *p = fy_tok_grow(b->p, &b->cap, b->n + extra + 1, 1, 256);
     if (!p) return -1;
     b->p = p;
-    b->cap = c;
     return 0;
 }
 

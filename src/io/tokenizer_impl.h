@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "core/err.h"
 #include "io/tokenizer.h"
@@ -59,6 +60,19 @@ char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
 /* Cuts text into nc chunks at fy_tokenizer_split_point positions, so each
  * chunk can be processed independently: cut[0] = 0 ... cut[nc] = len. */
 void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut);
+
+/* Room for `need` elements of `size` bytes in the array p of *cap elements
+ * (doubling, from `first`): p itself when it has room, else the grown
+ * array with *cap updated, or NULL when out of memory (p is then still
+ * valid and unchanged). */
+static inline void *fy_tok_grow(void *p, size_t *cap, size_t need, size_t size, size_t first) {
+    if (need <= *cap) return p;
+    size_t c = *cap ? *cap : first;
+    while (c < need) c *= 2;
+    void *q = realloc(p, c * size);
+    if (q) *cap = c;
+    return q;
+}
 
 /* Key of an adjacent token pair (a, b) in the merge and pair-count maps. */
 static inline uint64_t fy_tok_pair_key(int32_t a, int32_t b) {
