@@ -1,15 +1,10 @@
 /* BPE training: count pre-token pieces, then merge the most frequent
  * adjacent pair until the vocabulary is full, updating pair counts
  * incrementally (only the words that contain the merged pair are touched). */
-#include <errno.h>
-#include <fcntl.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include "core/log.h"
@@ -176,27 +171,10 @@ int fy_bpe_trainer_add_text(fy_bpe_trainer *t, const char *text, size_t len, fy_
 }
 
 int fy_bpe_trainer_add_file(fy_bpe_trainer *t, const char *path, fy_err *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return fy_fail(err, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fy_fail(err, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)sb.st_size;
-    if (len == 0) {
-        close(fd);
-        return 0;
-    }
-    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return fy_fail(err, "%s: mmap: %s", path, strerror(e));
+    void *map;
+    size_t len;
+    if (fy_tok_map_file(path, &map, &len, err)) return -1;
+    if (!map) return 0;
     int rc = fy_bpe_trainer_add_text(t, map, len, err);
     munmap(map, len);
     return rc ? fy_wrap(err, "%s", path) : 0;

@@ -1,5 +1,6 @@
 /* Byte-level BPE tokenizer: vocabulary, pre-tokenizer, encode, decode,
- * streaming decode, tokenizer.json save/load. Training is in bpe_train.c. */
+ * streaming decode, tokenizer.json save/load (cJSON, Hugging Face's layout).
+ * Training is in bpe_train.c. */
 #include "io/tokenizer.h"
 
 #include "core/fsutil.h"
@@ -814,10 +815,9 @@ int fy_tokenizer_encode(const fy_tokenizer *t, const char *text, size_t len, int
     return fy_tokenizer_encode_ex(t, text, len, 0, ids, n, err);
 }
 
-int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned flags,
-                             int32_t **ids, size_t *n, fy_err *err) {
-    *ids = NULL;
-    *n = 0;
+int fy_tok_map_file(const char *path, void **data, size_t *len, fy_err *err) {
+    *data = NULL;
+    *len = 0;
     int fd = open(path, O_RDONLY);
     if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
     struct stat sb;
@@ -826,23 +826,30 @@ int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned f
         close(fd);
         return fy_fail(err, "%s: %s", path, strerror(e));
     }
-    size_t len = (size_t)sb.st_size;
-    const char *data = "";
-    void *map = NULL;
-    if (len) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            return fy_fail(err, "%s: mmap: %s", path, strerror(e));
-        }
-        data = map;
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fy_fail(err, "%s: not a regular file", path);
     }
+    size_t n = (size_t)sb.st_size;
+    void *map = n ? mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    int e = errno;
     close(fd);
-    int rc = fy_tokenizer_encode_ex(t, data, len, flags, ids, n, err);
-    if (map) munmap(map, len);
-    if (rc) return fy_wrap(err, "%s", path);
+    if (map == MAP_FAILED) return fy_fail(err, "%s: mmap: %s", path, strerror(e));
+    *data = map;
+    *len = n;
     return 0;
+}
+
+int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned flags,
+                             int32_t **ids, size_t *n, fy_err *err) {
+    *ids = NULL;
+    *n = 0;
+    void *map;
+    size_t len;
+    if (fy_tok_map_file(path, &map, &len, err)) return -1;
+    int rc = fy_tokenizer_encode_ex(t, map ? map : "", len, flags, ids, n, err);
+    if (map) munmap(map, len);
+    return rc ? fy_wrap(err, "%s", path) : 0;
 }
 
 /* ======================================================================
@@ -1183,6 +1190,15 @@ static const char *comp_type(const cJSON *j) {
     return cJSON_IsString(ty) ? ty->valuestring : NULL;
 }
 
+/* Warns that component `key`, when present and not ByteLevel, is ignored. */
+static void warn_unless_byte_level(const cJSON *root, const char *key, const char *why, const char *name) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!c || cJSON_IsNull(c)) return;
+    const char *ty = comp_type(c);
+    if (!ty || strcmp(ty, "ByteLevel") != 0)
+        fy_warn("%s: %s %s is ignored (%s)", name, key, ty ? ty : json_type_name(c), why);
+}
+
 static int check_components(const cJSON *root, const char *name, fy_err *err) {
     const cJSON *nz = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
     if (nz && !cJSON_IsNull(nz)) {
@@ -1202,20 +1218,8 @@ static int check_components(const cJSON *root, const char *name, fy_err *err) {
     if (cJSON_IsFalse(ur))
         return fy_fail(err, "%s: pre_tokenizer.use_regex=false is not supported (ferry splits with "
                             "the GPT-2 regex)", name);
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
-    if (pp && !cJSON_IsNull(pp)) {
-        const char *ty = comp_type(pp);
-        if (!ty || strcmp(ty, "ByteLevel") != 0)
-            fy_warn("%s: post_processor %s is ignored (ferry adds special tokens itself)", name,
-                    ty ? ty : json_type_name(pp));
-    }
-    const cJSON *dc = cJSON_GetObjectItemCaseSensitive(root, "decoder");
-    if (dc && !cJSON_IsNull(dc)) {
-        const char *ty = comp_type(dc);
-        if (!ty || strcmp(ty, "ByteLevel") != 0)
-            fy_warn("%s: decoder %s is ignored (ferry decodes byte-level)", name,
-                    ty ? ty : json_type_name(dc));
-    }
+    warn_unless_byte_level(root, "post_processor", "ferry adds special tokens itself", name);
+    warn_unless_byte_level(root, "decoder", "ferry decodes byte-level", name);
     return 0;
 }
 

@@ -57,6 +57,11 @@ int fy_tok_set_merges(fy_tokenizer *tok, int32_t n_merges, const int32_t *merges
 /* Token string (GPT-2 alphabet) for raw bytes: malloc'd, NUL-terminated. */
 char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
 
+/* Maps a regular file read-only for reading it whole: *data (NULL for an
+ * empty file) and *len; release with munmap(*data, *len). Errors name the
+ * path. */
+int fy_tok_map_file(const char *path, void **data, size_t *len, fy_err *err);
+
 /* Cuts text into nc chunks at fy_tokenizer_split_point positions, so each
  * chunk can be processed independently: cut[0] = 0 ... cut[nc] = len. */
 void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut);
