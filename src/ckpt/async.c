@@ -1,3 +1,5 @@
+/* Asynchronous checkpoints (async.h): take the snapshot on the caller's
+ * thread, write it from a background thread; one write in flight at a time. */
 #include "ckpt/async.h"
 #include "core/clock.h"
 

@@ -1,3 +1,6 @@
+/* safetensors reader and writer (format in safetensors.h). The header is
+ * built and parsed with cJSON; the writer's bytes must not change (checkpoint
+ * hashes and the check50 baseline depend on them). */
 #include "ckpt/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -112,9 +115,7 @@ typedef struct st_tensor {
     int ndim;
     int64_t shape[FY_ST_MAX_DIMS];
     uint64_t nbytes;
-    const void *data;        /* either data ... */
-    fy_st_fill_fn fill;      /* ... or fill(ctx, ...) */
-    void *ctx;
+    const void *data;
 } st_tensor;
 
 struct fy_st_writer {
@@ -148,9 +149,9 @@ static int check_text(const char *s, const char *what, fy_err *err) {
     return 0;
 }
 
-/* Shared part of the add functions: validates and appends an entry. */
-static int add_entry(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
-                     const int64_t *shape, st_tensor **out, fy_err *err) {
+/* Validates a tensor's name, dtype and shape; *nbytes = its data size. */
+static int check_tensor(const char *name, fy_st_dtype dtype, int ndim, const int64_t *shape,
+                        uint64_t *nbytes, fy_err *err) {
     if (!name || !*name) return fy_fail(err, "safetensors writer: empty tensor name");
     if (strcmp(name, "__metadata__") == 0)
         return fy_fail(err, "safetensors writer: \"__metadata__\" cannot name a tensor");
@@ -166,6 +167,16 @@ static int add_entry(fy_st_writer *w, const char *name, fy_st_dtype dtype, int n
         if (__builtin_mul_overflow(bytes, (uint64_t)shape[i], &bytes))
             return fy_fail(err, "tensor %s: size overflows 64 bits", name);
     }
+    *nbytes = bytes;
+    return 0;
+}
+
+int fy_st_writer_add(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
+                     const int64_t *shape, const void *data, fy_err *err) {
+    uint64_t bytes = 0;
+    if (check_tensor(name, dtype, ndim, shape, &bytes, err) != 0) return -1;
+    if (!data && bytes > 0)
+        return fy_fail(err, "tensor %s: no data for %" PRIu64 " bytes", name, bytes);
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 64;
         st_tensor *t = realloc(w->t, cap * sizeof *t);
@@ -181,47 +192,8 @@ static int add_entry(fy_st_writer *w, const char *name, fy_st_dtype dtype, int n
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->nbytes = bytes;
-    w->n++;
-    *out = t;
-    return 0;
-}
-
-int fy_st_writer_add(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
-                     const int64_t *shape, const void *data, fy_err *err) {
-    st_tensor *t;
-    if (add_entry(w, name, dtype, ndim, shape, &t, err) != 0) return -1;
-    if (!data && t->nbytes > 0) {
-        free(t->name);
-        w->n--;
-        return fy_fail(err, "tensor %s: no data for %" PRIu64 " bytes", name, t->nbytes);
-    }
     t->data = data;
-    return 0;
-}
-
-int fy_st_writer_add_stream(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
-                            const int64_t *shape, fy_st_fill_fn fill, void *ctx, fy_err *err) {
-    st_tensor *t;
-    if (!fill) return fy_fail(err, "tensor %s: no fill function", name ? name : "?");
-    if (add_entry(w, name, dtype, ndim, shape, &t, err) != 0) return -1;
-    t->fill = fill;
-    t->ctx = ctx;
-    return 0;
-}
-
-static int fill_bf16_from_f32(void *ctx, uint64_t offset, void *buf, size_t len, fy_err *err) {
-    const float *src = (const float *)ctx + offset / 2;
-    uint16_t *dst = buf;
-    for (size_t i = 0; i < len / 2; i++) dst[i] = fy_f32_to_bf16(src[i]);
-    return 0;
-}
-
-int fy_st_writer_add_f32_as_bf16(fy_st_writer *w, const char *name, int ndim,
-                                 const int64_t *shape, const float *data, fy_err *err) {
-    st_tensor *t;
-    if (add_entry(w, name, FY_ST_BF16, ndim, shape, &t, err) != 0) return -1;
-    t->fill = fill_bf16_from_f32;
-    t->ctx = (void *)data;
+    w->n++;
     return 0;
 }
 
@@ -257,58 +229,6 @@ int fy_st_writer_meta(fy_st_writer *w, const char *key, const char *value, fy_er
     return 0;
 }
 
-/* Growable text buffer for the header. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_fmt(sbuf *b, const char *fmt, uint64_t v) {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, fmt, v);
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* A JSON string literal; the text is already known to be valid UTF-8. */
-static void sb_json_string(sbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            sb_put(b, esc, 2);
-        } else if (c < 0x20) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
 static int cmp_name_ptr(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -327,94 +247,98 @@ static int check_unique_names(const fy_st_writer *w, const char *path, fy_err *e
     return rc;
 }
 
-static int build_header(const fy_st_writer *w, sbuf *b) {
-    sb_put(b, "{", 1);
-    int first = 1;
-    if (w->nmeta > 0) {
-        sb_str(b, "\"__metadata__\":{");
-        for (size_t i = 0; i < w->nmeta; i++) {
-            if (i) sb_put(b, ",", 1);
-            sb_json_string(b, w->mkey[i]);
-            sb_put(b, ":", 1);
-            sb_json_string(b, w->mval[i]);
-        }
-        sb_put(b, "}", 1);
-        first = 0;
-    }
-    uint64_t off = 0;
-    for (size_t i = 0; i < w->n; i++) {
-        const st_tensor *t = &w->t[i];
-        if (!first) sb_put(b, ",", 1);
-        first = 0;
-        sb_json_string(b, t->name);
-        sb_str(b, ":{\"dtype\":\"");
-        sb_str(b, fy_st_dtype_name(t->dtype));
-        sb_str(b, "\",\"shape\":[");
-        for (int d = 0; d < t->ndim; d++) sb_fmt(b, d ? ",%" PRIu64 : "%" PRIu64, (uint64_t)t->shape[d]);
-        sb_fmt(b, "],\"data_offsets\":[%" PRIu64, off);
-        off += t->nbytes;
-        sb_fmt(b, ",%" PRIu64 "]}", off);
-    }
-    sb_put(b, "}", 1);
-    /* Spaces (valid JSON whitespace) so 8 + header length is a multiple of 8
-     * and every F32/I32 tensor in the mapping is aligned. */
-    while (!b->oom && b->len % 8 != 0) sb_put(b, " ", 1);
-    return b->oom ? -1 : 0;
+/* A JSON number printed as the integer v. cJSON prints numbers from doubles,
+ * exactly only below 1e15 (past it "%1.15g" gives "1e+15", past 2^53 digits
+ * are lost), so larger values go in as their exact decimal text. */
+static cJSON *json_uint(uint64_t v) {
+    if (v < 1000000000000000ull) return cJSON_CreateNumber((double)v);
+    char s[24];
+    snprintf(s, sizeof s, "%" PRIu64, v);
+    return cJSON_CreateRaw(s);
 }
 
-static int write_tensor_data(fy_atomic_file *a, const st_tensor *t, void *chunk, size_t chunk_cap,
-                             fy_err *err) {
-    if (t->data) return fy_atomic_write(a, t->data, t->nbytes, err);
-    for (uint64_t off = 0; off < t->nbytes;) {
-        size_t n = t->nbytes - off < chunk_cap ? (size_t)(t->nbytes - off) : chunk_cap;
-        if (t->fill(t->ctx, off, chunk, n, err) != 0) return -1;
-        if (fy_atomic_write(a, chunk, n, err) != 0) return -1;
-        off += n;
+/* Appends v to array a; 0 or -1 (out of memory). */
+static int add_uint(cJSON *a, uint64_t v) {
+    cJSON *n = json_uint(v);
+    if (n && cJSON_AddItemToArray(a, n)) return 0;
+    cJSON_Delete(n);
+    return -1;
+}
+
+/* Adds name: {"dtype":..., "shape":[...], "data_offsets":[off, off + nbytes]}. */
+static int add_tensor_json(cJSON *root, const st_tensor *t, uint64_t off) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddItemToObject(root, t->name, o)) {
+        cJSON_Delete(o);
+        return -1;
     }
-    return 0;
+    cJSON *shape = NULL, *offs = NULL;
+    if (!cJSON_AddStringToObject(o, "dtype", fy_st_dtype_name(t->dtype)) ||
+        !(shape = cJSON_AddArrayToObject(o, "shape")) ||
+        !(offs = cJSON_AddArrayToObject(o, "data_offsets")))
+        return -1;
+    for (int d = 0; d < t->ndim; d++)
+        if (add_uint(shape, (uint64_t)t->shape[d])) return -1;
+    return add_uint(offs, off) || add_uint(offs, off + t->nbytes) ? -1 : 0;
+}
+
+/* The header: "__metadata__" first (when there is any), then the tensors
+ * in insertion order, no whitespace, then spaces (valid JSON whitespace) so
+ * 8 + its length is a multiple of 8 and every tensor's data is 8-byte
+ * aligned in the mapping. NULL when out of memory; *len excludes the NUL. */
+static char *build_header(const fy_st_writer *w, size_t *len) {
+    cJSON *root = cJSON_CreateObject();
+    int bad = !root;
+    if (!bad && w->nmeta > 0) {
+        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+        bad = !meta;
+        for (size_t i = 0; i < w->nmeta && !bad; i++)
+            bad = !cJSON_AddStringToObject(meta, w->mkey[i], w->mval[i]);
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; i < w->n && !bad; i++) {
+        bad = add_tensor_json(root, &w->t[i], off);
+        off += w->t[i].nbytes;
+    }
+    char *text = bad ? NULL : cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!text) return NULL;
+    size_t n = strlen(text), padded = (n + 7) / 8 * 8;
+    char *p = realloc(text, padded + 1);
+    if (!p) {
+        free(text);
+        return NULL;
+    }
+    memset(p + n, ' ', padded - n);
+    p[padded] = '\0';
+    *len = padded;
+    return p;
 }
 
 int fy_st_write(fy_st_writer *w, const char *path, fy_err *err) {
     if (check_unique_names(w, path, err) != 0) return -1;
-    sbuf hdr = {0};
-    if (build_header(w, &hdr) != 0) {
-        free(hdr.p);
-        return fy_fail(err, "safetensors %s: out of memory building the header", path);
-    }
-    if (hdr.len > FY_ST_MAX_HEADER) {
-        free(hdr.p);
+    size_t hlen = 0;
+    char *hdr = build_header(w, &hlen);
+    if (!hdr) return fy_fail(err, "safetensors %s: out of memory building the header", path);
+    if (hlen > FY_ST_MAX_HEADER) {
+        free(hdr);
         return fy_fail(err, "safetensors %s: header of %zu bytes exceeds the %u-byte limit",
-                       path, hdr.len, FY_ST_MAX_HEADER);
+                       path, hlen, FY_ST_MAX_HEADER);
     }
-    /* Chunks are a multiple of 8 bytes so fill callbacks never split an
-     * element. */
-    const size_t chunk_cap = (size_t)4 << 20;
-    void *chunk = NULL;
-    for (size_t i = 0; i < w->n && !chunk; i++)
-        if (w->t[i].fill && w->t[i].nbytes > 0) {
-            chunk = malloc(chunk_cap);
-            if (!chunk) {
-                free(hdr.p);
-                return fy_fail(err, "safetensors %s: out of memory", path);
-            }
-        }
-
     fy_atomic_file a;
     if (fy_atomic_open(&a, path, err) != 0) {
-        free(hdr.p);
-        free(chunk);
+        free(hdr);
         return -1;
     }
     unsigned char len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hdr.len >> (8 * i));
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     int rc = fy_atomic_write(&a, len8, 8, err);
-    if (rc == 0) rc = fy_atomic_write(&a, hdr.p, hdr.len, err);
+    if (rc == 0) rc = fy_atomic_write(&a, hdr, hlen, err);
     for (size_t i = 0; i < w->n && rc == 0; i++) {
-        rc = write_tensor_data(&a, &w->t[i], chunk, chunk_cap, err);
+        rc = fy_atomic_write(&a, w->t[i].data, w->t[i].nbytes, err);
         if (rc != 0) fy_wrap(err, "safetensors %s: tensor %s", path, w->t[i].name);
     }
-    free(hdr.p);
-    free(chunk);
+    free(hdr);
     if (rc != 0) {
         fy_atomic_abort(&a);
         return -1;

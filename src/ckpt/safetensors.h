@@ -2,8 +2,8 @@
  * header length, a JSON header {name: {dtype, shape, data_offsets}, and an
  * optional "__metadata__" of strings}, then the raw little-endian data.
  *
- * The writer streams (header, then each tensor straight from its memory or
- * from a fill callback) into a temporary file that is fsync'd and renamed,
+ * The writer streams (header, then each tensor straight from its memory)
+ * into a temporary file that is fsync'd and renamed,
  * so a crash never leaves a partial file under the final name. The reader
  * maps the file and validates the whole header before handing out any
  * tensor, so a truncated or corrupted file is an error naming the file, the
@@ -35,11 +35,6 @@ int fy_st_dtype_parse(const char *name, fy_st_dtype *out);  /* -1 if unknown */
 
 typedef struct fy_st_writer fy_st_writer;
 
-/* Produces bytes [offset, offset+len) of one tensor's data, in the file's
- * dtype: lets data on a device or in another dtype be written in chunks
- * without a full-size host copy. */
-typedef int (*fy_st_fill_fn)(void *ctx, uint64_t offset, void *buf, size_t len, fy_err *err);
-
 fy_st_writer *fy_st_writer_new(void);            /* NULL when out of memory */
 void fy_st_writer_free(fy_st_writer *w);
 
@@ -48,15 +43,6 @@ void fy_st_writer_free(fy_st_writer *w);
  * fy_st_write, so it must stay valid until then. ndim 0 is a scalar. */
 int fy_st_writer_add(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
                      const int64_t *shape, const void *data, fy_err *err);
-
-/* Adds a tensor whose bytes come from `fill` during fy_st_write. */
-int fy_st_writer_add_stream(fy_st_writer *w, const char *name, fy_st_dtype dtype, int ndim,
-                            const int64_t *shape, fy_st_fill_fn fill, void *ctx, fy_err *err);
-
-/* Adds f32 host data stored as BF16 (round to nearest even), converted in
- * chunks during fy_st_write. */
-int fy_st_writer_add_f32_as_bf16(fy_st_writer *w, const char *name, int ndim,
-                                 const int64_t *shape, const float *data, fy_err *err);
 
 /* Adds (or replaces) a "__metadata__" string entry; both strings copied. */
 int fy_st_writer_meta(fy_st_writer *w, const char *key, const char *value, fy_err *err);

@@ -1,15 +1,10 @@
 /* BPE training: count pre-token pieces, then merge the most frequent
  * adjacent pair until the vocabulary is full, updating pair counts
  * incrementally (only the words that contain the merged pair are touched). */
-#include <errno.h>
-#include <fcntl.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include "core/log.h"
@@ -76,14 +71,9 @@ static int pcmap_add(pcmap *m, const void *p, size_t n, uint64_t h, int64_t coun
         }
     }
     if (n > UINT32_MAX) return -1;
-    if (m->alen + n > m->acap) {
-        size_t c = m->acap ? m->acap * 2 : 1 << 16;
-        while (c < m->alen + n) c *= 2;
-        char *a = realloc(m->arena, c);
-        if (!a) return -1;
-        m->arena = a;
-        m->acap = c;
-    }
+    char *a = fy_tok_grow(m->arena, &m->acap, m->alen + n, 1, 1 << 16);
+    if (!a) return -1;
+    m->arena = a;
     memcpy(m->arena + m->alen, p, n);
     pc_ent *e = &m->e[k];
     e->h = h;
@@ -135,11 +125,6 @@ void fy_bpe_trainer_free(fy_bpe_trainer *t) {
     free(t);
 }
 
-void fy_bpe_trainer_stats(const fy_bpe_trainer *t, uint64_t *pieces, uint64_t *unique) {
-    if (pieces) *pieces = t->pieces.total;
-    if (unique) *unique = t->pieces.n;
-}
-
 static int count_into(const fy_pretok *pre, pcmap *m, const unsigned char *s, size_t len) {
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(pre->re, NULL);
     if (!md) return -1;
@@ -186,27 +171,10 @@ int fy_bpe_trainer_add_text(fy_bpe_trainer *t, const char *text, size_t len, fy_
 }
 
 int fy_bpe_trainer_add_file(fy_bpe_trainer *t, const char *path, fy_err *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return fy_fail(err, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fy_fail(err, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)sb.st_size;
-    if (len == 0) {
-        close(fd);
-        return 0;
-    }
-    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return fy_fail(err, "%s: mmap: %s", path, strerror(e));
+    void *map;
+    size_t len;
+    if (fy_tok_map_file(path, &map, &len, err)) return -1;
+    if (!map) return 0;
     int rc = fy_bpe_trainer_add_text(t, map, len, err);
     munmap(map, len);
     return rc ? fy_wrap(err, "%s", path) : 0;
@@ -311,13 +279,9 @@ typedef struct theap {
 } theap;
 
 static int th_push(theap *q, hent v) {
-    if (q->n == q->cap) {
-        size_t c = q->cap ? 2 * q->cap : 1024;
-        hent *p = realloc(q->h, c * sizeof *p);
-        if (!p) return -1;
-        q->h = p;
-        q->cap = c;
-    }
+    hent *h = fy_tok_grow(q->h, &q->cap, q->n + 1, sizeof *h, 1024);
+    if (!h) return -1;
+    q->h = h;
     size_t i = q->n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -349,14 +313,47 @@ static int cmp_i32(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
-/* State of one training run. */
+/* State of one training run. Every distinct piece is a linked list of
+ * symbols in one arena: sym (token id, -1 once merged away), nxt/prv
+ * (neighbours, -1 at the ends), wid (which piece); wcnt is a piece's count. */
 typedef struct trainer_run {
+    int32_t *sym, *nxt, *prv, *wid;
+    int64_t *wcnt;
     tpmap pairs;
     theap heap;
-    uint64_t *touched;
+    uint64_t *touched; /* pairs the current merge changed */
     size_t ntouched, ctouched;
     uint32_t mstamp;
+    /* the vocabulary: ids < 256 are the bytes themselves, others live in tb */
+    int32_t n_tokens, target;
+    uint64_t *toff;
+    uint32_t *tlen;
+    char *tb;
+    size_t tblen, tbcap;
+    int32_t *tslot; /* token bytes -> id, to notice a merge whose result exists */
+    uint64_t tsmask;
+    int32_t *merges; /* 3 per merge: left, right, result */
+    size_t cmerges;
+    int32_t n_merges;
 } trainer_run;
+
+static void run_free(trainer_run *R) {
+    if (R->pairs.e)
+        for (uint64_t k = 0; k <= R->pairs.mask; k++) free(R->pairs.e[k].occ);
+    free(R->pairs.e);
+    free(R->heap.h);
+    free(R->touched);
+    free(R->merges);
+    free(R->sym);
+    free(R->nxt);
+    free(R->prv);
+    free(R->wid);
+    free(R->wcnt);
+    free(R->toff);
+    free(R->tlen);
+    free(R->tb);
+    free(R->tslot);
+}
 
 /* Adds d to a pair's count (recording it as touched by this merge) and, if
  * pos >= 0, lists pos as a place where it starts. */
@@ -367,249 +364,255 @@ static int pair_delta(trainer_run *r, int32_t a, int32_t b, int64_t d, int32_t p
     if (e->stamp != r->mstamp) {
         e->stamp = r->mstamp;
         e->snap = e->count;
-        if (r->ntouched == r->ctouched) {
-            size_t c = r->ctouched ? 2 * r->ctouched : 1024;
-            uint64_t *p = realloc(r->touched, c * sizeof *p);
-            if (!p) return -1;
-            r->touched = p;
-            r->ctouched = c;
-        }
+        uint64_t *p = fy_tok_grow(r->touched, &r->ctouched, r->ntouched + 1, sizeof *p, 1024);
+        if (!p) return -1;
+        r->touched = p;
         r->touched[r->ntouched++] = k;
     }
     e->count += d;
     return pos >= 0 ? tp_add_occ(e, pos) : 0;
 }
 
-int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_tokenizer **out,
-                         fy_err *err) {
-    *out = NULL;
+/* The options, checked; *target is the number of non-special tokens. */
+static int check_train_opts(const fy_tok_train_opts *opts, const pcmap *pm, int32_t *target,
+                            int64_t *min_freq, fy_err *err) {
     int vocab_size = opts ? opts->vocab_size : 0;
-    int64_t min_freq = opts && opts->min_freq > 0 ? opts->min_freq : 2;
+    *min_freq = opts && opts->min_freq > 0 ? opts->min_freq : 2;
     if (vocab_size < FY_TOK_MIN_VOCAB)
         return fy_fail(err, "tokenizer training: vocab size %d is too small (at least %d: 256 "
                             "bytes + %d special tokens)", vocab_size, FY_TOK_MIN_VOCAB, FY_TOK_N_SPECIAL);
     if (vocab_size > FY_TOK_MAX_VOCAB)
         return fy_fail(err, "tokenizer training: vocab size %d is too large (at most %d)", vocab_size,
                        FY_TOK_MAX_VOCAB);
-    const pcmap *pm = &tr->pieces;
     if (pm->alen >= (size_t)INT32_MAX)
         return fy_fail(err, "tokenizer training: %zu bytes of distinct pieces; at most %d are "
                             "supported", pm->alen, INT32_MAX - 1);
-    double t0 = fy_now_s();
-    const int32_t target = vocab_size - FY_TOK_N_SPECIAL;
+    *target = vocab_size - FY_TOK_N_SPECIAL;
+    return 0;
+}
+
+/* Allocates the run: symbol arena for the pieces, the 256 byte tokens. */
+static int run_init(trainer_run *R, const pcmap *pm, int32_t target) {
     const size_t npos = pm->alen;
-    int rc = -1;
-
-    int32_t *sym = malloc((npos + 1) * sizeof *sym);
-    int32_t *nxt = malloc((npos + 1) * sizeof *nxt);
-    int32_t *prv = malloc((npos + 1) * sizeof *prv);
-    int32_t *wid = malloc((npos + 1) * sizeof *wid);
-    int64_t *wcnt = malloc((pm->n + 1) * sizeof *wcnt);
-    trainer_run R = {0};
-    int32_t *merges = NULL;
-    size_t cmerges = 0;
-    int32_t n_merges = 0;
-    /* token bytes: ids < 256 are the bytes themselves, others live in tb */
-    uint64_t *toff = malloc((size_t)(target + 1) * sizeof *toff);
-    uint32_t *tlen = malloc((size_t)(target + 1) * sizeof *tlen);
-    char *tb = NULL;
-    size_t tblen = 0, tbcap = 0;
-    int32_t *tslot = NULL; /* token bytes -> id, to notice a merge whose result exists */
-    uint64_t tsmask = 1;
-    char **strs = NULL;
-    uint8_t *types = NULL;
-    fy_tokenizer *tok = NULL;
-    int32_t n_tokens = 256;
-
-    while (tsmask + 1 < 2 * (uint64_t)target) tsmask = 2 * tsmask + 1;
-    tslot = malloc((tsmask + 1) * sizeof *tslot);
-    if (!sym || !nxt || !prv || !wid || !wcnt || !toff || !tlen || !tslot || tp_alloc(&R.pairs, 4095))
-        goto oom;
-    for (uint64_t i = 0; i <= tsmask; i++) tslot[i] = -1;
+    R->target = target;
+    R->n_tokens = 256;
+    R->sym = malloc((npos + 1) * sizeof *R->sym);
+    R->nxt = malloc((npos + 1) * sizeof *R->nxt);
+    R->prv = malloc((npos + 1) * sizeof *R->prv);
+    R->wid = malloc((npos + 1) * sizeof *R->wid);
+    R->wcnt = malloc((pm->n + 1) * sizeof *R->wcnt);
+    R->toff = malloc((size_t)(target + 1) * sizeof *R->toff);
+    R->tlen = malloc((size_t)(target + 1) * sizeof *R->tlen);
+    R->tsmask = 1;
+    while (R->tsmask + 1 < 2 * (uint64_t)target) R->tsmask = 2 * R->tsmask + 1;
+    R->tslot = malloc((R->tsmask + 1) * sizeof *R->tslot);
+    if (!R->sym || !R->nxt || !R->prv || !R->wid || !R->wcnt || !R->toff || !R->tlen || !R->tslot ||
+        tp_alloc(&R->pairs, 4095))
+        return -1;
+    for (uint64_t i = 0; i <= R->tsmask; i++) R->tslot[i] = -1;
     for (int32_t i = 0; i < 256; i++) {
-        toff[i] = 0;
-        tlen[i] = 1;
+        R->toff[i] = 0;
+        R->tlen[i] = 1;
     }
-    /* the pieces as linked symbol lists; initial pair counts and occurrences */
-    {
-        int32_t w = 0, pos = 0;
-        for (uint64_t k = 0; k <= pm->mask; k++) {
-            const pc_ent *e = &pm->e[k];
-            if (!e->len) continue;
-            const unsigned char *p = (const unsigned char *)pm->arena + e->off;
-            wcnt[w] = e->count;
-            for (uint32_t i = 0; i < e->len; i++) {
-                int32_t q = pos + (int32_t)i;
-                sym[q] = p[i];
-                wid[q] = w;
-                prv[q] = i ? q - 1 : -1;
-                nxt[q] = i + 1 < e->len ? q + 1 : -1;
-                if (i + 1 < e->len) {
-                    tp_ent *pe = tp_get(&R.pairs, fy_tok_pair_key(p[i], p[i + 1]));
-                    if (!pe || tp_add_occ(pe, q)) goto oom;
-                    pe->count += e->count;
-                }
-            }
-            pos += (int32_t)e->len;
-            w++;
-        }
-    }
-    for (uint64_t k = 0; k <= R.pairs.mask; k++) {
-        const tp_ent *e = &R.pairs.e[k];
-        if (e->key != UINT64_MAX && e->count > 0 &&
-            th_push(&R.heap, (hent){e->count, (int32_t)(e->key >> 32), (int32_t)(uint32_t)e->key}))
-            goto oom;
-    }
+    return 0;
+}
 
-    while (n_tokens < target && R.heap.n) {
-        hent top = th_pop(&R.heap);
-        const int32_t a = top.a, b = top.b;
-        tp_ent *pe = tp_find(&R.pairs, fy_tok_pair_key(a, b));
-        if (!pe || pe->merged) continue;
-        if (pe->count != top.count) {
-            /* stale: a lower count is re-queued; a higher one has its own entry */
-            if (pe->count > 0 && pe->count < top.count && th_push(&R.heap, (hent){pe->count, a, b}))
-                goto oom;
+/* The pieces as linked symbol lists; initial pair counts and occurrences;
+ * every pair queued. */
+static int load_pieces(trainer_run *R, const pcmap *pm) {
+    int32_t w = 0, pos = 0;
+    for (uint64_t k = 0; k <= pm->mask; k++) {
+        const pc_ent *e = &pm->e[k];
+        if (!e->len) continue;
+        const unsigned char *p = (const unsigned char *)pm->arena + e->off;
+        R->wcnt[w] = e->count;
+        for (uint32_t i = 0; i < e->len; i++) {
+            int32_t q = pos + (int32_t)i;
+            R->sym[q] = p[i];
+            R->wid[q] = w;
+            R->prv[q] = i ? q - 1 : -1;
+            R->nxt[q] = i + 1 < e->len ? q + 1 : -1;
+            if (i + 1 < e->len) {
+                tp_ent *pe = tp_get(&R->pairs, fy_tok_pair_key(p[i], p[i + 1]));
+                if (!pe || tp_add_occ(pe, q)) return -1;
+                pe->count += e->count;
+            }
+        }
+        pos += (int32_t)e->len;
+        w++;
+    }
+    for (uint64_t k = 0; k <= R->pairs.mask; k++) {
+        const tp_ent *e = &R->pairs.e[k];
+        if (e->key != UINT64_MAX && e->count > 0 &&
+            th_push(&R->heap, (hent){e->count, (int32_t)(e->key >> 32), (int32_t)(uint32_t)e->key}))
+            return -1;
+    }
+    return 0;
+}
+
+/* Pops the most frequent pair not yet merged whose queued count is current
+ * (a stale entry with a lower count is re-queued; a higher one has its own
+ * entry). 1 with *top and its map entry, 0 when none occurs min_freq times,
+ * -1 when out of memory. */
+static int next_pair(trainer_run *R, int64_t min_freq, hent *top, tp_ent **pe) {
+    while (R->heap.n) {
+        *top = th_pop(&R->heap);
+        tp_ent *e = tp_find(&R->pairs, fy_tok_pair_key(top->a, top->b));
+        if (!e || e->merged) continue;
+        if (e->count != top->count) {
+            if (e->count > 0 && e->count < top->count &&
+                th_push(&R->heap, (hent){e->count, top->a, top->b}))
+                return -1;
             continue;
         }
-        if (top.count < min_freq) break;
-
-        /* the new token's bytes; reuse an existing token with the same bytes */
-        size_t la = tlen[a], lb = tlen[b];
-        if (tblen + la + lb > tbcap) {
-            size_t c = tbcap ? 2 * tbcap : 1 << 16;
-            while (c < tblen + la + lb) c *= 2;
-            char *p = realloc(tb, c);
-            if (!p) goto oom;
-            tb = p;
-            tbcap = c;
-        }
-        char *nb = tb + tblen;
-        unsigned char ca = (unsigned char)a, cb = (unsigned char)b;
-        memcpy(nb, a < 256 ? (const char *)&ca : tb + toff[a], la);
-        memcpy(nb + la, b < 256 ? (const char *)&cb : tb + toff[b], lb);
-        size_t nl = la + lb;
-        uint64_t slot = XXH3_64bits(nb, nl) & tsmask;
-        int32_t res = -1;
-        for (; tslot[slot] >= 0; slot = (slot + 1) & tsmask) {
-            int32_t o = tslot[slot];
-            if (tlen[o] == nl && memcmp(tb + toff[o], nb, nl) == 0) {
-                res = o;
-                break;
-            }
-        }
-        if (res < 0) {
-            res = n_tokens++;
-            toff[res] = tblen;
-            tlen[res] = (uint32_t)nl;
-            tblen += nl;
-            tslot[slot] = res;
-        }
-        if ((size_t)n_merges + 1 > cmerges) {
-            size_t c = cmerges ? 2 * cmerges : 1024;
-            int32_t *p = realloc(merges, 3 * c * sizeof *p);
-            if (!p) goto oom;
-            merges = p;
-            cmerges = c;
-        }
-        merges[3 * n_merges] = a;
-        merges[3 * n_merges + 1] = b;
-        merges[3 * n_merges + 2] = res;
-        n_merges++;
-
-        /* apply it at every occurrence, left to right */
-        pe->merged = 1;
-        int32_t *occ = pe->occ;
-        uint32_t nocc = pe->nocc;
-        pe->occ = NULL;
-        pe->nocc = pe->cocc = 0;
-        qsort(occ, nocc, sizeof *occ, cmp_i32);
-        R.mstamp++;
-        R.ntouched = 0;
-        for (uint32_t k = 0; k < nocc; k++) {
-            int32_t i = occ[k];
-            if (k && occ[k - 1] == i) continue;
-            if (sym[i] != a) continue;
-            int32_t j = nxt[i];
-            if (j < 0 || sym[j] != b) continue;
-            int64_t c = wcnt[wid[i]];
-            int32_t L = prv[i], Rn = nxt[j];
-            if (L >= 0 && (pair_delta(&R, sym[L], a, -c, -1) || pair_delta(&R, sym[L], res, c, L)))
-                goto oom;
-            if (Rn >= 0 && (pair_delta(&R, b, sym[Rn], -c, -1) || pair_delta(&R, res, sym[Rn], c, i)))
-                goto oom;
-            if (pair_delta(&R, a, b, -c, -1)) goto oom;
-            sym[i] = res;
-            sym[j] = -1;
-            nxt[i] = Rn;
-            if (Rn >= 0) prv[Rn] = i;
-        }
-        free(occ);
-        for (size_t k = 0; k < R.ntouched; k++) {
-            tp_ent *e = tp_find(&R.pairs, R.touched[k]);
-            if (!e->merged && e->count > e->snap &&
-                th_push(&R.heap, (hent){e->count, (int32_t)(R.touched[k] >> 32),
-                                        (int32_t)(uint32_t)R.touched[k]}))
-                goto oom;
-        }
+        if (top->count < min_freq) return 0;
+        *pe = e;
+        return 1;
     }
+    return 0;
+}
 
-    if (n_tokens < target)
-        fy_warn("tokenizer training: vocabulary is %d, not the %d asked: no pair left that occurs "
-                "at least %lld times", n_tokens + FY_TOK_N_SPECIAL, vocab_size, (long long)min_freq);
+/* The token a+b: an existing one with the same bytes, else a new id. */
+static int32_t token_for(trainer_run *R, int32_t a, int32_t b) {
+    size_t la = R->tlen[a], lb = R->tlen[b], nl = la + lb;
+    char *tb = fy_tok_grow(R->tb, &R->tbcap, R->tblen + nl, 1, 1 << 16);
+    if (!tb) return -1;
+    R->tb = tb;
+    char *nb = tb + R->tblen;
+    unsigned char ca = (unsigned char)a, cb = (unsigned char)b;
+    memcpy(nb, a < 256 ? (const char *)&ca : tb + R->toff[a], la);
+    memcpy(nb + la, b < 256 ? (const char *)&cb : tb + R->toff[b], lb);
+    uint64_t slot = XXH3_64bits(nb, nl) & R->tsmask;
+    for (; R->tslot[slot] >= 0; slot = (slot + 1) & R->tsmask) {
+        int32_t o = R->tslot[slot];
+        if (R->tlen[o] == nl && memcmp(tb + R->toff[o], nb, nl) == 0) return o;
+    }
+    int32_t res = R->n_tokens++;
+    R->toff[res] = R->tblen;
+    R->tlen[res] = (uint32_t)nl;
+    R->tblen += nl;
+    R->tslot[slot] = res;
+    return res;
+}
 
-    /* assemble: bytes, merged tokens, then the specials */
-    int32_t nv = n_tokens + FY_TOK_N_SPECIAL;
-    strs = calloc(nv, sizeof *strs);
-    types = malloc(nv);
+static int record_merge(trainer_run *R, int32_t a, int32_t b, int32_t res) {
+    int32_t *m = fy_tok_grow(R->merges, &R->cmerges, (size_t)R->n_merges + 1, 3 * sizeof *m, 1024);
+    if (!m) return -1;
+    R->merges = m;
+    m[3 * R->n_merges] = a;
+    m[3 * R->n_merges + 1] = b;
+    m[3 * R->n_merges + 2] = res;
+    R->n_merges++;
+    return 0;
+}
+
+/* Replaces (a, b) by res at every occurrence, left to right, moving the
+ * counts of the neighbouring pairs; then queues the pairs that gained. */
+static int apply_merge(trainer_run *R, tp_ent *pe, int32_t a, int32_t b, int32_t res) {
+    pe->merged = 1;
+    int32_t *occ = pe->occ, *sym = R->sym, *nxt = R->nxt, *prv = R->prv;
+    uint32_t nocc = pe->nocc;
+    pe->occ = NULL;
+    pe->nocc = pe->cocc = 0;
+    qsort(occ, nocc, sizeof *occ, cmp_i32);
+    R->mstamp++;
+    R->ntouched = 0;
+    int rc = 0;
+    for (uint32_t k = 0; k < nocc && !rc; k++) {
+        int32_t i = occ[k];
+        if (k && occ[k - 1] == i) continue;
+        int32_t j = nxt[i];
+        if (sym[i] != a || j < 0 || sym[j] != b) continue;
+        int64_t c = R->wcnt[R->wid[i]];
+        int32_t L = prv[i], Rn = nxt[j];
+        rc = (L >= 0 && (pair_delta(R, sym[L], a, -c, -1) || pair_delta(R, sym[L], res, c, L))) ||
+             (Rn >= 0 && (pair_delta(R, b, sym[Rn], -c, -1) || pair_delta(R, res, sym[Rn], c, i))) ||
+             pair_delta(R, a, b, -c, -1);
+        sym[i] = res;
+        sym[j] = -1;
+        nxt[i] = Rn;
+        if (Rn >= 0) prv[Rn] = i;
+    }
+    free(occ);
+    for (size_t k = 0; k < R->ntouched && !rc; k++) {
+        tp_ent *e = tp_find(&R->pairs, R->touched[k]);
+        if (!e->merged && e->count > e->snap)
+            rc = th_push(&R->heap, (hent){e->count, (int32_t)(R->touched[k] >> 32),
+                                          (int32_t)(uint32_t)R->touched[k]});
+    }
+    return rc ? -1 : 0;
+}
+
+/* The tokenizer: bytes, merged tokens, then the specials. */
+static int assemble(const trainer_run *R, fy_tokenizer **out, fy_err *err) {
+    int32_t nv = R->n_tokens + FY_TOK_N_SPECIAL;
+    char **strs = calloc(nv, sizeof *strs);
+    uint8_t *types = malloc(nv);
+    int rc = -1;
     if (!strs || !types) goto oom;
     memset(types, FY_TOKEN_NORMAL, nv);
-    for (int32_t i = 0; i < n_tokens; i++) {
+    for (int32_t i = 0; i < R->n_tokens; i++) {
         unsigned char c = (unsigned char)i;
         strs[i] = i < 256 ? fy_tok_bytes_to_str(&c, 1)
-                          : fy_tok_bytes_to_str((const unsigned char *)tb + toff[i], tlen[i]);
+                          : fy_tok_bytes_to_str((const unsigned char *)R->tb + R->toff[i], R->tlen[i]);
         if (!strs[i]) goto oom;
     }
     static const char *const specials[FY_TOK_N_SPECIAL] = {FY_TOK_BOS, FY_TOK_EOS, FY_TOK_PAD};
     for (int k = 0; k < FY_TOK_N_SPECIAL; k++) {
-        strs[n_tokens + k] = strdup(specials[k]);
-        if (!strs[n_tokens + k]) goto oom;
-        types[n_tokens + k] = FY_TOKEN_CONTROL;
+        strs[R->n_tokens + k] = strdup(specials[k]);
+        if (!strs[R->n_tokens + k]) goto oom;
+        types[R->n_tokens + k] = FY_TOKEN_CONTROL;
     }
-    if (fy_tok_new(nv, strs, types, "tokenizer training", &tok, err) ||
-        fy_tok_set_merges(tok, n_merges, merges, "tokenizer training", err))
-        goto done;
-    fy_info("tokenizer: trained %d merges, vocab %d, from %llu pieces (%llu distinct) in %.2f s",
-            (int)n_merges, (int)nv, (unsigned long long)pm->total, (unsigned long long)pm->n,
-            fy_now_s() - t0);
-    *out = tok;
-    tok = NULL;
-    rc = 0;
+    fy_tokenizer *tok = NULL;
+    rc = fy_tok_new(nv, strs, types, "tokenizer training", &tok, err) ||
+                 fy_tok_set_merges(tok, R->n_merges, R->merges, "tokenizer training", err)
+             ? -1
+             : 0;
+    if (rc) fy_tokenizer_free(tok);
+    else *out = tok;
     goto done;
 oom:
     rc = fy_fail(err, "tokenizer training: out of memory");
 done:
-    fy_tokenizer_free(tok);
-    if (strs)
-        for (int32_t i = 0; i < n_tokens + FY_TOK_N_SPECIAL; i++) free(strs[i]);
+    for (int32_t i = 0; strs && i < nv; i++) free(strs[i]);
     free(strs);
     free(types);
-    if (R.pairs.e)
-        for (uint64_t k = 0; k <= R.pairs.mask; k++) free(R.pairs.e[k].occ);
-    free(R.pairs.e);
-    free(R.heap.h);
-    free(R.touched);
-    free(merges);
-    free(sym);
-    free(nxt);
-    free(prv);
-    free(wid);
-    free(wcnt);
-    free(toff);
-    free(tlen);
-    free(tb);
-    free(tslot);
     return rc;
+}
+
+int fy_bpe_trainer_train(fy_bpe_trainer *tr, const fy_tok_train_opts *opts, fy_tokenizer **out,
+                         fy_err *err) {
+    *out = NULL;
+    const pcmap *pm = &tr->pieces;
+    int32_t target = 0;
+    int64_t min_freq = 0;
+    if (check_train_opts(opts, pm, &target, &min_freq, err)) return -1;
+    double t0 = fy_now_s();
+    trainer_run R = {0};
+    int found = 0;
+    if (run_init(&R, pm, target) || load_pieces(&R, pm)) goto oom;
+    hent top;
+    tp_ent *pe;
+    while (R.n_tokens < target && (found = next_pair(&R, min_freq, &top, &pe)) == 1) {
+        int32_t res = token_for(&R, top.a, top.b);
+        if (res < 0 || record_merge(&R, top.a, top.b, res) || apply_merge(&R, pe, top.a, top.b, res))
+            goto oom;
+    }
+    if (found < 0) goto oom;
+    if (R.n_tokens < target)
+        fy_warn("tokenizer training: vocabulary is %d, not the %d asked: no pair left that occurs "
+                "at least %lld times", R.n_tokens + FY_TOK_N_SPECIAL, target + FY_TOK_N_SPECIAL,
+                (long long)min_freq);
+    int rc = assemble(&R, out, err);
+    if (rc == 0)
+        fy_info("tokenizer: trained %d merges, vocab %d, from %llu pieces (%llu distinct) in %.2f s",
+                (int)R.n_merges, (int)(R.n_tokens + FY_TOK_N_SPECIAL), (unsigned long long)pm->total,
+                (unsigned long long)pm->n, fy_now_s() - t0);
+    run_free(&R);
+    return rc;
+oom:
+    run_free(&R);
+    return fy_fail(err, "tokenizer training: out of memory");
 }
 
 int fy_tokenizer_train_text(const char *text, size_t len, const fy_tok_train_opts *opts,

@@ -1,3 +1,6 @@
+/* `ferry data prepare`: text files cut into blocks of lines, each block sent
+ * to train or val by a seeded draw, each split encoded and written as token
+ * shards (stale shards of an earlier, larger run removed). */
 #include "io/prepare.h"
 
 #include <stdio.h>

@@ -1,8 +1,9 @@
+/* Token shards (format in shard.h): atomic writing, and opening with every
+ * header field and checksum verified before training reads a token. */
 #include "io/shard.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#include "core/fsutil.h"
 
 static void put_u32(uint8_t *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -28,20 +31,6 @@ static uint64_t get_u64(const uint8_t *p) {
     return v;
 }
 
-static int write_all(int fd, const void *buf, size_t n) {
-    const uint8_t *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int pwrite_all(int fd, const void *buf, size_t n, off_t off) {
     const uint8_t *p = buf;
     while (n > 0) {
@@ -57,20 +46,6 @@ static int pwrite_all(int fd, const void *buf, size_t n, off_t off) {
     return 0;
 }
 
-/* fsync of the directory holding path, so a rename into it is durable. */
-static int fsync_parent_dir(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    const char *dir = dirname(tmp);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    /* Some file systems refuse fsync on directories; that is not data loss. */
-    if (rc < 0 && (errno == EINVAL || errno == EROFS)) rc = 0;
-    close(fd);
-    return rc;
-}
-
 static void encode_tokens(uint8_t *dst, const int32_t *src, size_t n, uint32_t width) {
     if (width == 2) {
         for (size_t i = 0; i < n; i++) {
@@ -81,6 +56,26 @@ static void encode_tokens(uint8_t *dst, const int32_t *src, size_t n, uint32_t w
     } else {
         for (size_t i = 0; i < n; i++) put_u32(dst + 4 * i, (uint32_t)src[i]);
     }
+}
+
+/* Streams the tokens at `width` bytes each; *sum = XXH64 of those bytes. */
+static int write_payload(fy_atomic_file *a, const int32_t *tokens, uint64_t n, uint32_t width,
+                         uint64_t *sum, fy_err *err) {
+    enum { CHUNK = 1 << 16 };
+    XXH64_state_t *st = XXH64_createState();
+    uint8_t *buf = malloc((size_t)CHUNK * width);
+    int rc = st && buf ? 0 : fy_fail(err, "out of memory");
+    if (st) XXH64_reset(st, 0);
+    for (uint64_t i = 0; i < n && rc == 0; i += CHUNK) {
+        size_t m = (size_t)(n - i < CHUNK ? n - i : CHUNK);
+        encode_tokens(buf, tokens + i, m, width);
+        XXH64_update(st, buf, m * width);
+        rc = fy_atomic_write(a, buf, m * width, err);
+    }
+    if (rc == 0) *sum = XXH64_digest(st);
+    free(buf);
+    XXH64_freeState(st);
+    return rc;
 }
 
 int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
@@ -94,37 +89,15 @@ int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
     }
     uint32_t width = vocab_size <= 65536u ? 2u : 4u;
 
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return fy_fail(err, "writing shard %s: cannot create %s: %s", path, tmp, strerror(errno));
-
+    /* The header holds the payload's checksum: write a blank one, stream the
+     * payload, then fill the header in place before the commit. */
+    fy_atomic_file a;
+    if (fy_atomic_open(&a, path, err)) return fy_wrap(err, "writing shard %s", path);
     uint8_t hdr[FY_SHARD_HEADER_SIZE];
     memset(hdr, 0, sizeof hdr);
-    const char *what = "write";
-    if (write_all(fd, hdr, sizeof hdr) < 0) goto fail;
-
-    XXH64_state_t *st = XXH64_createState();
-    if (!st) { errno = ENOMEM; goto fail; }
-    XXH64_reset(st, 0);
-    enum { CHUNK = 1 << 16 };
-    uint8_t *buf = malloc((size_t)CHUNK * width);
-    if (!buf) { XXH64_freeState(st); errno = ENOMEM; goto fail; }
-    for (uint64_t i = 0; i < n; i += CHUNK) {
-        size_t m = (size_t)(n - i < CHUNK ? n - i : CHUNK);
-        encode_tokens(buf, tokens + i, m, width);
-        XXH64_update(st, buf, m * width);
-        if (write_all(fd, buf, m * width) < 0) {
-            free(buf);
-            XXH64_freeState(st);
-            goto fail;
-        }
-    }
-    free(buf);
-    uint64_t payload_sum = XXH64_digest(st);
-    XXH64_freeState(st);
-
+    uint64_t payload_sum = 0;
+    if (fy_atomic_write(&a, hdr, sizeof hdr, err) || write_payload(&a, tokens, n, width, &payload_sum, err))
+        goto fail;
     memcpy(hdr, FY_SHARD_MAGIC, 8);
     put_u32(hdr + 8, FY_SHARD_VERSION);
     put_u32(hdr + 12, width);
@@ -133,23 +106,15 @@ int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
     put_u64(hdr + 24, n);
     put_u64(hdr + 32, payload_sum);
     put_u64(hdr + 40, XXH64(hdr, 40, 0));
-    if (pwrite_all(fd, hdr, sizeof hdr, 0) < 0) goto fail;
-    what = "fsync";
-    if (fsync(fd) < 0) goto fail;
-    what = "close";
-    if (close(fd) < 0) { fd = -1; goto fail; }
-    fd = -1;
-    what = "rename";
-    if (rename(tmp, path) < 0) goto fail;
-    if (fsync_parent_dir(path) < 0)
-        return fy_fail(err, "writing shard %s: fsync of its directory: %s", path, strerror(errno));
+    if (pwrite_all(a.fd, hdr, sizeof hdr, 0) < 0) {
+        fy_fail(err, "write error in %s: %s", a.tmp, strerror(errno));
+        goto fail;
+    }
+    if (fy_atomic_commit(&a, err)) return fy_wrap(err, "writing shard %s", path);
     return 0;
-
-fail:;
-    int e = errno;
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return fy_fail(err, "writing shard %s: %s failed: %s", path, what, strerror(e));
+fail:
+    fy_atomic_abort(&a);
+    return fy_wrap(err, "writing shard %s", path);
 }
 
 void fy_shard_close(fy_shard *s) {

@@ -1,5 +1,6 @@
 /* Byte-level BPE tokenizer: vocabulary, pre-tokenizer, encode, decode,
- * streaming decode, tokenizer.json save/load. Training is in bpe_train.c. */
+ * streaming decode, tokenizer.json save/load (cJSON, Hugging Face's layout).
+ * Training is in bpe_train.c. */
 #include "io/tokenizer.h"
 
 #include "core/fsutil.h"
@@ -552,17 +553,12 @@ static void enc_release_scratch(enc_state *st) {
 }
 
 static int push_ids(enc_state *st, const int32_t *ids, size_t k) {
-    if (st->n + k > st->cap) {
-        size_t nc = st->cap * 2;
-        if (nc < st->n + k) nc = st->n + k;
-        int32_t *p = realloc(st->ids, nc * sizeof *p);
-        if (!p) {
-            st->oom = 1;
-            return -1;
-        }
-        st->ids = p;
-        st->cap = nc;
+    int32_t *p = fy_tok_grow(st->ids, &st->cap, st->n + k, sizeof *p, 16);
+    if (!p) {
+        st->oom = 1;
+        return -1;
     }
+    st->ids = p;
     memcpy(st->ids + st->n, ids, k * sizeof *ids);
     st->n += k;
     return 0;
@@ -634,15 +630,12 @@ static int bpe_piece(void *ctx, const unsigned char *p, size_t n) {
             return push_ids(st, ce->ids, ce->nid) ? 1 : 0;
     }
     if (t->ignore_merges) {
-        if (st->mcap < 2 * n + 1) {
-            char *m = realloc(st->mbuf, 2 * n + 1);
-            if (!m) {
-                st->oom = 1;
-                return 1;
-            }
-            st->mbuf = m;
-            st->mcap = 2 * n + 1;
+        char *m = fy_tok_grow(st->mbuf, &st->mcap, 2 * n + 1, 1, 64);
+        if (!m) {
+            st->oom = 1;
+            return 1;
         }
+        st->mbuf = m;
         size_t l = bytes_to_str_buf(p, n, st->mbuf);
         int32_t id = smap_find(t, st->mbuf, l);
         if (id >= 0 && t->types[id] == FY_TOKEN_NORMAL) return push_ids(st, &id, 1) ? 1 : 0;
@@ -822,10 +815,9 @@ int fy_tokenizer_encode(const fy_tokenizer *t, const char *text, size_t len, int
     return fy_tokenizer_encode_ex(t, text, len, 0, ids, n, err);
 }
 
-int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned flags,
-                             int32_t **ids, size_t *n, fy_err *err) {
-    *ids = NULL;
-    *n = 0;
+int fy_tok_map_file(const char *path, void **data, size_t *len, fy_err *err) {
+    *data = NULL;
+    *len = 0;
     int fd = open(path, O_RDONLY);
     if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
     struct stat sb;
@@ -834,23 +826,30 @@ int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned f
         close(fd);
         return fy_fail(err, "%s: %s", path, strerror(e));
     }
-    size_t len = (size_t)sb.st_size;
-    const char *data = "";
-    void *map = NULL;
-    if (len) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            return fy_fail(err, "%s: mmap: %s", path, strerror(e));
-        }
-        data = map;
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fy_fail(err, "%s: not a regular file", path);
     }
+    size_t n = (size_t)sb.st_size;
+    void *map = n ? mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    int e = errno;
     close(fd);
-    int rc = fy_tokenizer_encode_ex(t, data, len, flags, ids, n, err);
-    if (map) munmap(map, len);
-    if (rc) return fy_wrap(err, "%s", path);
+    if (map == MAP_FAILED) return fy_fail(err, "%s: mmap: %s", path, strerror(e));
+    *data = map;
+    *len = n;
     return 0;
+}
+
+int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned flags,
+                             int32_t **ids, size_t *n, fy_err *err) {
+    *ids = NULL;
+    *n = 0;
+    void *map;
+    size_t len;
+    if (fy_tok_map_file(path, &map, &len, err)) return -1;
+    int rc = fy_tokenizer_encode_ex(t, map ? map : "", len, flags, ids, n, err);
+    if (map) munmap(map, len);
+    return rc ? fy_wrap(err, "%s", path) : 0;
 }
 
 /* ======================================================================
@@ -863,13 +862,9 @@ typedef struct buf {
 } buf;
 
 static int buf_reserve(buf *b, size_t extra) {
-    if (b->n + extra + 1 <= b->cap) return 0;
-    size_t c = b->cap ? b->cap * 2 : 256;
-    while (c < b->n + extra + 1) c *= 2;
-    char *p = realloc(b->p, c);
+    char *p = fy_tok_grow(b->p, &b->cap, b->n + extra + 1, 1, 256);
     if (!p) return -1;
     b->p = p;
-    b->cap = c;
     return 0;
 }
 
@@ -880,8 +875,6 @@ static int buf_add(buf *b, const void *s, size_t n) {
     b->p[b->n] = 0;
     return 0;
 }
-
-static int buf_puts(buf *b, const char *s) { return buf_add(b, s, strlen(s)); }
 
 /* Appends s with invalid UTF-8 replaced by U+FFFD, one per maximal subpart. */
 static int buf_add_lossy(buf *b, const unsigned char *s, size_t n) {
@@ -1010,103 +1003,111 @@ int fy_detok_stream_flush(fy_detok_stream *s, const char **out, size_t *len, fy_
 }
 
 /* ======================================================================
- * tokenizer.json: save
+ * tokenizer.json: save (Hugging Face's layout, built with cJSON)
  * ====================================================================== */
 
-static int buf_json_str(buf *b, const char *s) {
-    if (buf_add(b, "\"", 1)) return -1;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char e[8];
-        const char *r = NULL;
-        switch (*p) {
-        case '"': r = "\\\""; break;
-        case '\\': r = "\\\\"; break;
-        case '\n': r = "\\n"; break;
-        case '\r': r = "\\r"; break;
-        case '\t': r = "\\t"; break;
-        case '\b': r = "\\b"; break;
-        case '\f': r = "\\f"; break;
-        default:
-            if (*p < 0x20) {
-                snprintf(e, sizeof e, "\\u%04x", *p);
-                r = e;
-            }
+static const char *tok_str(const fy_tokenizer *t, int32_t id) { return t->strs + t->soff[id]; }
+
+/* added_tokens: every non-normal token, as HF writes them. */
+static int add_added_tokens(const fy_tokenizer *t, cJSON *root) {
+    cJSON *arr = cJSON_AddArrayToObject(root, "added_tokens");
+    if (!arr) return -1;
+    for (int32_t i = 0; i < t->n_vocab; i++) {
+        if (t->types[i] == FY_TOKEN_NORMAL) continue;
+        cJSON *a = cJSON_CreateObject();
+        if (!a || !cJSON_AddItemToArray(arr, a)) {
+            cJSON_Delete(a);
+            return -1;
         }
-        if (r ? buf_puts(b, r) : buf_add(b, p, 1)) return -1;
+        if (!cJSON_AddNumberToObject(a, "id", i) || !cJSON_AddStringToObject(a, "content", tok_str(t, i)) ||
+            !cJSON_AddFalseToObject(a, "single_word") || !cJSON_AddFalseToObject(a, "lstrip") ||
+            !cJSON_AddFalseToObject(a, "rstrip") || !cJSON_AddFalseToObject(a, "normalized") ||
+            !cJSON_AddBoolToObject(a, "special", t->types[i] == FY_TOKEN_CONTROL))
+            return -1;
     }
-    return buf_add(b, "\"", 1);
+    return 0;
+}
+
+/* A ByteLevel component (the pre-tokenizer and the decoder). */
+static int add_byte_level(cJSON *root, const char *key, int add_prefix_space) {
+    cJSON *o = cJSON_AddObjectToObject(root, key);
+    return o && cJSON_AddStringToObject(o, "type", "ByteLevel") &&
+                   cJSON_AddBoolToObject(o, "add_prefix_space", add_prefix_space) &&
+                   cJSON_AddTrueToObject(o, "trim_offsets") && cJSON_AddTrueToObject(o, "use_regex")
+               ? 0
+               : -1;
+}
+
+/* model.merges: "a b" strings, unless a token contains a space: then
+ * ["a", "b"] pairs for all of them. */
+static int add_merges(const fy_tokenizer *t, cJSON *model) {
+    cJSON *arr = cJSON_AddArrayToObject(model, "merges");
+    if (!arr) return -1;
+    int pairs = 0;
+    for (int32_t r = 0; r < t->n_merges && !pairs; r++)
+        pairs = strchr(tok_str(t, t->merges[3 * r]), ' ') || strchr(tok_str(t, t->merges[3 * r + 1]), ' ');
+    buf ab = {0};
+    int rc = 0;
+    for (int32_t r = 0; r < t->n_merges && !rc; r++) {
+        const char *ab_str[2] = {tok_str(t, t->merges[3 * r]), tok_str(t, t->merges[3 * r + 1])};
+        cJSON *m = NULL;
+        if (pairs) {
+            m = cJSON_CreateStringArray(ab_str, 2);
+        } else {
+            ab.n = 0;
+            if (!buf_add(&ab, ab_str[0], strlen(ab_str[0])) && !buf_add(&ab, " ", 1) &&
+                !buf_add(&ab, ab_str[1], strlen(ab_str[1])))
+                m = cJSON_CreateString(ab.p);
+        }
+        if (!m || !cJSON_AddItemToArray(arr, m)) {
+            cJSON_Delete(m);
+            rc = -1;
+        }
+    }
+    free(ab.p);
+    return rc;
+}
+
+/* model: a byte-level BPE with no options, then vocab and merges. */
+static int add_model(const fy_tokenizer *t, cJSON *root) {
+    cJSON *model = cJSON_AddObjectToObject(root, "model"), *vocab = NULL;
+    if (!model || !cJSON_AddStringToObject(model, "type", "BPE") || !cJSON_AddNullToObject(model, "dropout") ||
+        !cJSON_AddNullToObject(model, "unk_token") ||
+        !cJSON_AddNullToObject(model, "continuing_subword_prefix") ||
+        !cJSON_AddNullToObject(model, "end_of_word_suffix") || !cJSON_AddFalseToObject(model, "fuse_unk") ||
+        !cJSON_AddFalseToObject(model, "byte_fallback") ||
+        (t->ignore_merges && !cJSON_AddTrueToObject(model, "ignore_merges")) ||
+        !(vocab = cJSON_AddObjectToObject(model, "vocab")))
+        return -1;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        if (!cJSON_AddNumberToObject(vocab, tok_str(t, i), i)) return -1;
+    return add_merges(t, model);
 }
 
 char *fy_tokenizer_to_json(const fy_tokenizer *t, size_t *len, fy_err *err) {
-    buf b = {0};
-    int bad = 0;
-    char num[64];
-    bad |= buf_puts(&b, "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n"
-                        "  \"added_tokens\": [");
-    int first = 1;
-    for (int32_t i = 0; i < t->n_vocab; i++) {
-        if (t->types[i] == FY_TOKEN_NORMAL) continue;
-        snprintf(num, sizeof num, "%d", (int)i);
-        bad |= buf_puts(&b, first ? "\n    {\n      \"id\": " : ",\n    {\n      \"id\": ");
-        bad |= buf_puts(&b, num);
-        bad |= buf_puts(&b, ",\n      \"content\": ");
-        bad |= buf_json_str(&b, t->strs + t->soff[i]);
-        bad |= buf_puts(&b, ",\n      \"single_word\": false,\n      \"lstrip\": false,\n"
-                            "      \"rstrip\": false,\n      \"normalized\": false,\n      \"special\": ");
-        bad |= buf_puts(&b, t->types[i] == FY_TOKEN_CONTROL ? "true\n    }" : "false\n    }");
-        first = 0;
-    }
-    bad |= buf_puts(&b, first ? "],\n" : "\n  ],\n");
-    bad |= buf_puts(
-        &b,
-        "  \"normalizer\": null,\n"
-        "  \"pre_tokenizer\": {\n    \"type\": \"ByteLevel\",\n    \"add_prefix_space\": false,\n"
-        "    \"trim_offsets\": true,\n    \"use_regex\": true\n  },\n"
-        "  \"post_processor\": null,\n"
-        "  \"decoder\": {\n    \"type\": \"ByteLevel\",\n    \"add_prefix_space\": true,\n"
-        "    \"trim_offsets\": true,\n    \"use_regex\": true\n  },\n"
-        "  \"model\": {\n    \"type\": \"BPE\",\n    \"dropout\": null,\n    \"unk_token\": null,\n"
-        "    \"continuing_subword_prefix\": null,\n    \"end_of_word_suffix\": null,\n"
-        "    \"fuse_unk\": false,\n    \"byte_fallback\": false,\n");
-    if (t->ignore_merges) bad |= buf_puts(&b, "    \"ignore_merges\": true,\n");
-    bad |= buf_puts(&b, "    \"vocab\": {");
-    for (int32_t i = 0; i < t->n_vocab; i++) {
-        bad |= buf_puts(&b, i ? ",\n      " : "\n      ");
-        bad |= buf_json_str(&b, t->strs + t->soff[i]);
-        snprintf(num, sizeof num, ": %d", (int)i);
-        bad |= buf_puts(&b, num);
-    }
-    bad |= buf_puts(&b, "\n    },\n    \"merges\": [");
-    /* "a b" strings, unless a token contains a space: then ["a", "b"] pairs */
-    int pairs = 0;
-    for (int32_t r = 0; r < t->n_merges && !pairs; r++)
-        for (int k = 0; k < 2; k++)
-            if (strchr(t->strs + t->soff[t->merges[3 * r + k]], ' ')) pairs = 1;
-    for (int32_t r = 0; r < t->n_merges; r++) {
-        const char *a = t->strs + t->soff[t->merges[3 * r]];
-        const char *c = t->strs + t->soff[t->merges[3 * r + 1]];
-        bad |= buf_puts(&b, r ? ",\n      " : "\n      ");
-        if (pairs) {
-            bad |= buf_puts(&b, "[");
-            bad |= buf_json_str(&b, a);
-            bad |= buf_puts(&b, ", ");
-            bad |= buf_json_str(&b, c);
-            bad |= buf_puts(&b, "]");
-        } else {
-            buf m = {0};
-            bad |= buf_puts(&m, a) | buf_puts(&m, " ") | buf_puts(&m, c);
-            if (m.p) bad |= buf_json_str(&b, m.p);
-            free(m.p);
-        }
-    }
-    bad |= buf_puts(&b, t->n_merges ? "\n    ]\n  }\n}\n" : "]\n  }\n}\n");
-    if (bad) {
-        free(b.p);
+    cJSON *root = cJSON_CreateObject();
+    int bad = !root || !cJSON_AddStringToObject(root, "version", "1.0") ||
+              !cJSON_AddNullToObject(root, "truncation") || !cJSON_AddNullToObject(root, "padding") ||
+              add_added_tokens(t, root) || !cJSON_AddNullToObject(root, "normalizer") ||
+              add_byte_level(root, "pre_tokenizer", 0) || !cJSON_AddNullToObject(root, "post_processor") ||
+              add_byte_level(root, "decoder", 1) || add_model(t, root);
+    char *text = bad ? NULL : cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) {
         fy_fail(err, "tokenizer: out of memory while writing JSON");
         return NULL;
     }
-    if (len) *len = b.n;
-    return b.p;
+    if (len) *len = strlen(text);
+    return text;
+}
+
+int fy_tokenizer_save(const fy_tokenizer *t, const char *path, fy_err *err) {
+    size_t len;
+    char *json = fy_tokenizer_to_json(t, &len, err);
+    if (!json) return fy_wrap(err, "%s", path);
+    int rc = fy_write_file_atomic(path, json, len, err);
+    free(json);
+    return rc;
 }
 
 void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut) {
@@ -1117,15 +1118,6 @@ void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut) {
         cut[c] = fy_tokenizer_split_point(text, len, target);
     }
     cut[nc] = len;
-}
-
-int fy_tokenizer_save(const fy_tokenizer *t, const char *path, fy_err *err) {
-    size_t len;
-    char *json = fy_tokenizer_to_json(t, &len, err);
-    if (!json) return fy_wrap(err, "%s", path);
-    int rc = fy_write_file_atomic(path, json, len, err);
-    free(json);
-    return rc;
 }
 
 /* ======================================================================
@@ -1163,12 +1155,15 @@ static int32_t smap_put(smap_t *m, const char *k, int32_t v) {
     }
 }
 
-static int32_t smap_get(const smap_t *m, const char *k) {
-    for (uint64_t i = XXH3_64bits(k, strlen(k)) & m->mask;; i = (i + 1) & m->mask) {
+/* The value of the n-byte key k (not NUL-terminated), or -1. */
+static int32_t smap_getn(const smap_t *m, const char *k, size_t n) {
+    for (uint64_t i = XXH3_64bits(k, n) & m->mask;; i = (i + 1) & m->mask) {
         if (!m->key[i]) return -1;
-        if (strcmp(m->key[i], k) == 0) return m->val[i];
+        if (strncmp(m->key[i], k, n) == 0 && m->key[i][n] == 0) return m->val[i];
     }
 }
+
+static int32_t smap_get(const smap_t *m, const char *k) { return smap_getn(m, k, strlen(k)); }
 
 static const char *json_type_name(const cJSON *j) {
     if (!j) return "missing";
@@ -1195,6 +1190,15 @@ static const char *comp_type(const cJSON *j) {
     return cJSON_IsString(ty) ? ty->valuestring : NULL;
 }
 
+/* Warns that component `key`, when present and not ByteLevel, is ignored. */
+static void warn_unless_byte_level(const cJSON *root, const char *key, const char *why, const char *name) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!c || cJSON_IsNull(c)) return;
+    const char *ty = comp_type(c);
+    if (!ty || strcmp(ty, "ByteLevel") != 0)
+        fy_warn("%s: %s %s is ignored (%s)", name, key, ty ? ty : json_type_name(c), why);
+}
+
 static int check_components(const cJSON *root, const char *name, fy_err *err) {
     const cJSON *nz = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
     if (nz && !cJSON_IsNull(nz)) {
@@ -1214,20 +1218,8 @@ static int check_components(const cJSON *root, const char *name, fy_err *err) {
     if (cJSON_IsFalse(ur))
         return fy_fail(err, "%s: pre_tokenizer.use_regex=false is not supported (ferry splits with "
                             "the GPT-2 regex)", name);
-    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
-    if (pp && !cJSON_IsNull(pp)) {
-        const char *ty = comp_type(pp);
-        if (!ty || strcmp(ty, "ByteLevel") != 0)
-            fy_warn("%s: post_processor %s is ignored (ferry adds special tokens itself)", name,
-                    ty ? ty : json_type_name(pp));
-    }
-    const cJSON *dc = cJSON_GetObjectItemCaseSensitive(root, "decoder");
-    if (dc && !cJSON_IsNull(dc)) {
-        const char *ty = comp_type(dc);
-        if (!ty || strcmp(ty, "ByteLevel") != 0)
-            fy_warn("%s: decoder %s is ignored (ferry decodes byte-level)", name,
-                    ty ? ty : json_type_name(dc));
-    }
+    warn_unless_byte_level(root, "post_processor", "ferry adds special tokens itself", name);
+    warn_unless_byte_level(root, "decoder", "ferry decodes byte-level", name);
     return 0;
 }
 
@@ -1252,6 +1244,246 @@ static int check_model_opts(const cJSON *model, const char *name, int *ignore_me
     return 0;
 }
 
+/* What the loader gathers from tokenizer.json before it builds the
+ * tokenizer; strings are borrowed from the parsed JSON. */
+typedef struct json_load {
+    const char *name;            /* prefixes messages */
+    const cJSON *vocab, *merges; /* model.vocab, model.merges */
+    const cJSON *added;          /* added_tokens, or NULL */
+    int ignore_merges;
+    int64_t n_model, max_id;     /* entries and largest id in model.vocab */
+    int64_t n_vocab;             /* with the added tokens */
+    char **strs;                 /* token string by id */
+    uint8_t *types;
+    smap_t sm;                   /* token string -> id */
+    int32_t *merge_ids;          /* 3 per merge: left, right, result */
+    int n_merges;
+    buf cat;                     /* scratch: a merge's two halves joined */
+} json_load;
+
+static void json_load_free(json_load *L) {
+    smap_free(&L->sm);
+    free(L->cat.p);
+    free(L->merge_ids);
+    free(L->strs);
+    free(L->types);
+}
+
+/* Step 1: the parts of the document and the options ferry cannot honour. */
+static int find_parts(const cJSON *root, json_load *L, fy_err *err) {
+    const char *name = L->name;
+    if (!cJSON_IsObject(root))
+        return fy_fail(err, "%s: top level is %s, not an object", name, json_type_name(root));
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(model))
+        return fy_fail(err, "%s: \"model\" is %s (expected an object)", name, json_type_name(model));
+    if (check_model_opts(model, name, &L->ignore_merges, err) || check_components(root, name, err))
+        return -1;
+    L->vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (!cJSON_IsObject(L->vocab))
+        return fy_fail(err, "%s: model.vocab is %s (expected an object)", name, json_type_name(L->vocab));
+    L->merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!cJSON_IsArray(L->merges))
+        return fy_fail(err, "%s: model.merges is %s (expected an array)", name, json_type_name(L->merges));
+    L->added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    if (L->added && !cJSON_IsNull(L->added) && !cJSON_IsArray(L->added))
+        return fy_fail(err, "%s: added_tokens is %s (expected an array)", name, json_type_name(L->added));
+    if (cJSON_IsNull(L->added)) L->added = NULL;
+    return 0;
+}
+
+/* Step 2: every id is an integer in range; the vocabulary size. Model ids
+ * are counted here, checked for gaps once they are placed. */
+static int count_ids(json_load *L, fy_err *err) {
+    const char *name = L->name;
+    const cJSON *e;
+    L->max_id = -1;
+    cJSON_ArrayForEach(e, L->vocab) {
+        int64_t id;
+        if (json_int(e, &id))
+            return fy_fail(err, "%s: model.vocab[\"%s\"] is %s, not an integer id", name, e->string,
+                           json_type_name(e));
+        if (id < 0 || id >= FY_TOK_MAX_VOCAB)
+            return fy_fail(err, "%s: model.vocab[\"%s\"]: id %lld out of range [0, %d)", name, e->string,
+                           (long long)id, FY_TOK_MAX_VOCAB);
+        if (id > L->max_id) L->max_id = id;
+        L->n_model++;
+    }
+    if (L->n_model == 0) return fy_fail(err, "%s: model.vocab is empty", name);
+    /* added tokens: ids beyond the model vocab extend it */
+    int64_t max_all = L->max_id, n_added = 0;
+    cJSON_ArrayForEach(e, L->added) {
+        const cJSON *cj = cJSON_GetObjectItemCaseSensitive(e, "content");
+        int64_t id;
+        if (!cJSON_IsObject(e) || json_int(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) ||
+            !cJSON_IsString(cj) || !cj->valuestring[0])
+            return fy_fail(err, "%s: added_tokens[%lld] needs an integer \"id\" and a non-empty \"content\"",
+                           name, (long long)n_added);
+        if (id < 0 || id >= FY_TOK_MAX_VOCAB)
+            return fy_fail(err, "%s: added_tokens[%lld] \"%s\": id %lld out of range [0, %d)", name,
+                           (long long)n_added, cj->valuestring, (long long)id, FY_TOK_MAX_VOCAB);
+        if (id > max_all) max_all = id;
+        n_added++;
+    }
+    L->n_vocab = max_all + 1;
+    if (L->n_vocab > L->n_model + n_added)
+        return fy_fail(err, "%s: ids run to %lld but there are only %lld tokens (ids must have no gaps)",
+                       name, (long long)max_all, (long long)(L->n_model + n_added));
+    return 0;
+}
+
+/* Step 3: model.vocab's strings at their ids: each id and string once, ids
+ * 0..n_model-1. */
+static int place_model_vocab(json_load *L, fy_err *err) {
+    const char *name = L->name;
+    L->strs = calloc(L->n_vocab, sizeof *L->strs);
+    L->types = malloc(L->n_vocab);
+    if (!L->strs || !L->types || smap_init(&L->sm, (size_t)L->n_vocab))
+        return fy_fail(err, "%s: out of memory", name);
+    memset(L->types, FY_TOKEN_NORMAL, L->n_vocab);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, L->vocab) {
+        int64_t id = 0;
+        json_int(e, &id);
+        if (!e->string || !e->string[0])
+            return fy_fail(err, "%s: model.vocab has an empty token (id %lld)", name, (long long)id);
+        if (L->strs[id])
+            return fy_fail(err, "%s: model.vocab: duplicate id %lld (\"%s\" and \"%s\")", name,
+                           (long long)id, L->strs[id], e->string);
+        if (smap_put(&L->sm, e->string, (int32_t)id) >= 0)
+            return fy_fail(err, "%s: model.vocab: duplicate token \"%s\"", name, e->string);
+        L->strs[id] = e->string;
+    }
+    for (int64_t i = 0; L->max_id + 1 != L->n_model && i <= L->max_id; i++)
+        if (!L->strs[i])
+            return fy_fail(err, "%s: model.vocab has no token with id %lld (ids must be 0..%lld)", name,
+                           (long long)i, (long long)L->n_model - 1);
+    return 0;
+}
+
+/* Step 4: added tokens. One already in model.vocab must keep its id there;
+ * a new one takes the next id, as Hugging Face would give it. Either way
+ * it gets its type (control when "special"). */
+static int place_added_tokens(json_load *L, fy_err *err) {
+    const char *name = L->name;
+    int64_t next_new = L->n_model, k = 0;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, L->added) {
+        int64_t id = 0;
+        json_int(cJSON_GetObjectItemCaseSensitive(a, "id"), &id);
+        const char *c = cJSON_GetObjectItemCaseSensitive(a, "content")->valuestring;
+        int32_t in_model = smap_get(&L->sm, c);
+        if (in_model >= 0 && in_model < L->n_model) {
+            if (in_model != id)
+                return fy_fail(err, "%s: added_tokens[%lld] \"%s\": id %lld, but model.vocab has it as %d",
+                               name, (long long)k, c, (long long)id, (int)in_model);
+        } else if (in_model >= 0) {
+            return fy_fail(err, "%s: added_tokens[%lld]: duplicate token \"%s\"", name, (long long)k, c);
+        } else if (L->strs[id]) {
+            return fy_fail(err, "%s: added_tokens[%lld] \"%s\": duplicate id %lld (also \"%s\")", name,
+                           (long long)k, c, (long long)id, L->strs[id]);
+        } else if (id != next_new) {
+            return fy_fail(err, "%s: added_tokens[%lld] \"%s\": id %lld, but Hugging Face would give it "
+                                "%lld (added tokens outside model.vocab must follow it in order)",
+                           name, (long long)k, c, (long long)id, (long long)next_new);
+        } else {
+            next_new++;
+            L->strs[id] = (char *)c;
+            smap_put(&L->sm, c, (int32_t)id);
+        }
+        int special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special"));
+        L->types[id] = special ? FY_TOKEN_CONTROL : FY_TOKEN_USER_DEFINED;
+        k++;
+    }
+    for (int64_t i = 0; i < L->n_vocab; i++)
+        if (!L->strs[i])
+            return fy_fail(err, "%s: no token has id %lld (ids must have no gaps)", name, (long long)i);
+    return 0;
+}
+
+/* A merge's two token strings (not NUL-terminated): from an "a b" string
+ * or an ["a", "b"] pair. */
+static int merge_halves(const cJSON *m, int r, const char *name, const char *half[2], size_t n[2],
+                        fy_err *err) {
+    if (cJSON_IsString(m)) {
+        const char *s = m->valuestring, *sp = strchr(s, ' ');
+        if (!sp || strchr(sp + 1, ' ') || sp == s || !sp[1])
+            return fy_fail(err, "%s: model.merges[%d] \"%s\" is not two tokens separated by one space",
+                           name, r, s);
+        half[0] = s;
+        n[0] = (size_t)(sp - s);
+        half[1] = sp + 1;
+        n[1] = strlen(sp + 1);
+        return 0;
+    }
+    const cJSON *a = cJSON_IsArray(m) ? m->child : NULL, *b = a ? a->next : NULL;
+    if (!cJSON_IsString(a) || !cJSON_IsString(b) || b->next)
+        return fy_fail(err, "%s: model.merges[%d] is %s (expected \"a b\" or [\"a\", \"b\"])", name, r,
+                       json_type_name(m));
+    half[0] = a->valuestring;
+    half[1] = b->valuestring;
+    n[0] = strlen(half[0]);
+    n[1] = strlen(half[1]);
+    return 0;
+}
+
+/* The ids of merge r (left, right, result): all three in model.vocab. */
+static int merge_ids(json_load *L, int r, const char *const half[2], const size_t n[2], int32_t ids[3],
+                     fy_err *err) {
+    for (int k = 0; k < 2; k++) {
+        ids[k] = smap_getn(&L->sm, half[k], n[k]);
+        if (ids[k] < 0 || ids[k] >= L->n_model)
+            return fy_fail(err, "%s: model.merges[%d] \"%.*s %.*s\": unknown token \"%.*s\"", L->name, r,
+                           (int)n[0], half[0], (int)n[1], half[1], (int)n[k], half[k]);
+    }
+    L->cat.n = 0;
+    if (buf_add(&L->cat, half[0], n[0]) || buf_add(&L->cat, half[1], n[1]))
+        return fy_fail(err, "%s: out of memory", L->name);
+    ids[2] = smap_getn(&L->sm, L->cat.p, L->cat.n);
+    if (ids[2] < 0 || ids[2] >= L->n_model)
+        return fy_fail(err, "%s: model.merges[%d] \"%.*s %.*s\": merged token \"%s\" is not in model.vocab",
+                       L->name, r, (int)n[0], half[0], (int)n[1], half[1], L->cat.p);
+    return 0;
+}
+
+/* Step 5: the merges, in rank order. Walks the array's list: indexing it
+ * (cJSON_GetArrayItem) costs O(rank) a merge, minutes for 100k merges. */
+static int read_merges(json_load *L, fy_err *err) {
+    int n = cJSON_GetArraySize(L->merges);
+    L->merge_ids = malloc(3 * (size_t)(n ? n : 1) * sizeof *L->merge_ids);
+    if (!L->merge_ids) return fy_fail(err, "%s: out of memory", L->name);
+    const cJSON *m;
+    int r = 0;
+    cJSON_ArrayForEach(m, L->merges) {
+        const char *half[2];
+        size_t len[2];
+        if (merge_halves(m, r, L->name, half, len, err) ||
+            merge_ids(L, r, half, len, L->merge_ids + 3 * (size_t)r, err))
+            return -1;
+        r++;
+    }
+    L->n_merges = r;
+    return 0;
+}
+
+/* Step 6: the tokenizer itself. */
+static int build_from(const json_load *L, fy_tokenizer **out, fy_err *err) {
+    fy_tokenizer *t = NULL;
+    if (fy_tok_new((int32_t)L->n_vocab, L->strs, L->types, L->name, &t, err) ||
+        fy_tok_set_merges(t, L->n_merges, L->merge_ids, L->name, err)) {
+        fy_tokenizer_free(t);
+        return -1;
+    }
+    t->ignore_merges = L->ignore_merges;
+    for (int b = 0; b < 256; b++)
+        if (t->byte_id[b] < 0) {
+            fy_warn("%s: byte 0x%02x has no token; text containing it cannot be encoded", L->name, b);
+            break;
+        }
+    *out = t;
+    return 0;
+}
+
 int fy_tokenizer_from_json(const char *json, size_t len, const char *name, fy_tokenizer **out,
                            fy_err *err) {
     *out = NULL;
@@ -1261,277 +1493,23 @@ int fy_tokenizer_from_json(const char *json, size_t len, const char *name, fy_to
         long at = ep && ep >= json && ep <= json + len ? (long)(ep - json) : -1;
         return fy_fail(err, "%s: not valid JSON (error near byte %ld)", name, at);
     }
-    int rc = -1, ignore_merges = 0;
-    char **strs = NULL;
-    uint8_t *types = NULL;
-    int32_t *merges = NULL;
-    char *cat = NULL;
-    size_t catcap = 0;
-    smap_t sm = {0};
-    fy_tokenizer *t = NULL;
-    int64_t n_vocab = 0, n_model = 0;
-
-    if (!cJSON_IsObject(root)) {
-        fy_fail(err, "%s: top level is %s, not an object", name, json_type_name(root));
-        goto done;
-    }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(model)) {
-        fy_fail(err, "%s: \"model\" is %s (expected an object)", name, json_type_name(model));
-        goto done;
-    }
-    if (check_model_opts(model, name, &ignore_merges, err) || check_components(root, name, err))
-        goto done;
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    if (!cJSON_IsObject(vocab)) {
-        fy_fail(err, "%s: model.vocab is %s (expected an object)", name, json_type_name(vocab));
-        goto done;
-    }
-    const cJSON *mj = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!cJSON_IsArray(mj)) {
-        fy_fail(err, "%s: model.merges is %s (expected an array)", name, json_type_name(mj));
-        goto done;
-    }
-    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
-    if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added)) {
-        fy_fail(err, "%s: added_tokens is %s (expected an array)", name, json_type_name(added));
-        goto done;
-    }
-
-    /* model vocab: ids must be 0..n_model-1, each once */
-    int64_t max_id = -1;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, vocab) {
-        int64_t id;
-        if (json_int(e, &id)) {
-            fy_fail(err, "%s: model.vocab[\"%s\"] is %s, not an integer id", name, e->string,
-                    json_type_name(e));
-            goto done;
-        }
-        if (id < 0 || id >= FY_TOK_MAX_VOCAB) {
-            fy_fail(err, "%s: model.vocab[\"%s\"]: id %lld out of range [0, %d)", name, e->string,
-                    (long long)id, FY_TOK_MAX_VOCAB);
-            goto done;
-        }
-        if (id > max_id) max_id = id;
-        n_model++;
-    }
-    if (n_model == 0) {
-        fy_fail(err, "%s: model.vocab is empty", name);
-        goto done;
-    }
-    /* added tokens: ids beyond the model vocab extend it */
-    int n_added = added ? cJSON_GetArraySize(added) : 0;
-    int64_t max_all = max_id;
-    for (int k = 0; k < n_added; k++) {
-        const cJSON *a = cJSON_GetArrayItem(added, k);
-        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
-        const cJSON *cj = cJSON_GetObjectItemCaseSensitive(a, "content");
-        int64_t id;
-        if (!cJSON_IsObject(a) || json_int(idj, &id) || !cJSON_IsString(cj) || !cj->valuestring[0]) {
-            fy_fail(err, "%s: added_tokens[%d] needs an integer \"id\" and a non-empty \"content\"",
-                    name, k);
-            goto done;
-        }
-        if (id < 0 || id >= FY_TOK_MAX_VOCAB) {
-            fy_fail(err, "%s: added_tokens[%d] \"%s\": id %lld out of range [0, %d)", name, k,
-                    cj->valuestring, (long long)id, FY_TOK_MAX_VOCAB);
-            goto done;
-        }
-        if (id > max_all) max_all = id;
-    }
-    n_vocab = max_all + 1;
-    if (n_vocab > n_model + n_added) {
-        fy_fail(err, "%s: ids run to %lld but there are only %lld tokens (ids must have no gaps)",
-                name, (long long)max_all, (long long)(n_model + n_added));
-        goto done;
-    }
-    strs = calloc(n_vocab, sizeof *strs);
-    types = malloc(n_vocab);
-    if (!strs || !types || smap_init(&sm, (size_t)n_vocab)) {
-        fy_fail(err, "%s: out of memory", name);
-        goto done;
-    }
-    memset(types, FY_TOKEN_NORMAL, n_vocab);
-    cJSON_ArrayForEach(e, vocab) {
-        int64_t id = 0;
-        json_int(e, &id);
-        if (!e->string || !e->string[0]) {
-            fy_fail(err, "%s: model.vocab has an empty token (id %lld)", name, (long long)id);
-            goto done;
-        }
-        if (strs[id]) {
-            fy_fail(err, "%s: model.vocab: duplicate id %lld (\"%s\" and \"%s\")", name,
-                    (long long)id, strs[id], e->string);
-            goto done;
-        }
-        if (smap_put(&sm, e->string, (int32_t)id) >= 0) {
-            fy_fail(err, "%s: model.vocab: duplicate token \"%s\"", name, e->string);
-            goto done;
-        }
-        strs[id] = e->string;
-    }
-    if (max_id + 1 != n_model) {
-        for (int64_t i = 0; i <= max_id; i++)
-            if (!strs[i]) {
-                fy_fail(err, "%s: model.vocab has no token with id %lld (ids must be 0..%lld)", name,
-                        (long long)i, (long long)n_model - 1);
-                goto done;
-            }
-    }
-    int64_t next_new = n_model; /* the id Hugging Face gives the next added token */
-    for (int k = 0; k < n_added; k++) {
-        const cJSON *a = cJSON_GetArrayItem(added, k);
-        int64_t id = 0;
-        json_int(cJSON_GetObjectItemCaseSensitive(a, "id"), &id);
-        const char *c = cJSON_GetObjectItemCaseSensitive(a, "content")->valuestring;
-        int special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special"));
-        int32_t in_model = smap_get(&sm, c);
-        if (in_model >= 0 && in_model < n_model) {
-            if (in_model != id) {
-                fy_fail(err, "%s: added_tokens[%d] \"%s\": id %lld, but model.vocab has it as %d",
-                        name, k, c, (long long)id, (int)in_model);
-                goto done;
-            }
-        } else if (in_model >= 0) {
-            fy_fail(err, "%s: added_tokens[%d]: duplicate token \"%s\"", name, k, c);
-            goto done;
-        } else {
-            if (strs[id]) {
-                fy_fail(err, "%s: added_tokens[%d] \"%s\": duplicate id %lld (also \"%s\")", name, k,
-                        c, (long long)id, strs[id]);
-                goto done;
-            }
-            if (id != next_new) {
-                fy_fail(err, "%s: added_tokens[%d] \"%s\": id %lld, but Hugging Face would give it "
-                             "%lld (added tokens outside model.vocab must follow it in order)",
-                        name, k, c, (long long)id, (long long)next_new);
-                goto done;
-            }
-            next_new++;
-            strs[id] = (char *)c;
-            smap_put(&sm, c, (int32_t)id);
-        }
-        types[id] = special ? FY_TOKEN_CONTROL : FY_TOKEN_USER_DEFINED;
-    }
-    for (int64_t i = 0; i < n_vocab; i++)
-        if (!strs[i]) {
-            fy_fail(err, "%s: no token has id %lld (ids must have no gaps)", name, (long long)i);
-            goto done;
-        }
-
-    /* merges: "a b" strings or ["a", "b"] pairs */
-    int n_merges = cJSON_GetArraySize(mj);
-    merges = malloc(3 * (size_t)(n_merges ? n_merges : 1) * sizeof *merges);
-    if (!merges) {
-        fy_fail(err, "%s: out of memory", name);
-        goto done;
-    }
-    for (int r = 0; r < n_merges; r++) {
-        const cJSON *m = cJSON_GetArrayItem(mj, r);
-        const char *pa = NULL, *pb = NULL;
-        size_t la = 0, lb = 0;
-        if (cJSON_IsString(m)) {
-            const char *s = m->valuestring, *sp = strchr(s, ' ');
-            if (!sp || strchr(sp + 1, ' ') || sp == s || !sp[1]) {
-                fy_fail(err, "%s: model.merges[%d] \"%s\" is not two tokens separated by one space",
-                        name, r, s);
-                goto done;
-            }
-            pa = s;
-            la = (size_t)(sp - s);
-            pb = sp + 1;
-            lb = strlen(pb);
-        } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 &&
-                   cJSON_IsString(cJSON_GetArrayItem(m, 0)) && cJSON_IsString(cJSON_GetArrayItem(m, 1))) {
-            pa = cJSON_GetArrayItem(m, 0)->valuestring;
-            pb = cJSON_GetArrayItem(m, 1)->valuestring;
-            la = strlen(pa);
-            lb = strlen(pb);
-        } else {
-            fy_fail(err, "%s: model.merges[%d] is %s (expected \"a b\" or [\"a\", \"b\"])", name, r,
-                    json_type_name(m));
-            goto done;
-        }
-        if (la + lb + 2 > catcap) {
-            catcap = 2 * (la + lb + 2);
-            char *nc = realloc(cat, catcap);
-            if (!nc) {
-                fy_fail(err, "%s: out of memory", name);
-                goto done;
-            }
-            cat = nc;
-        }
-        int32_t ids[3];
-        const char *part[2] = {pa, pb};
-        size_t plen[2] = {la, lb};
-        for (int k = 0; k < 2; k++) {
-            memcpy(cat, part[k], plen[k]);
-            cat[plen[k]] = 0;
-            ids[k] = smap_get(&sm, cat);
-            if (ids[k] < 0 || ids[k] >= n_model) {
-                fy_fail(err, "%s: model.merges[%d] \"%.*s %.*s\": unknown token \"%s\"", name, r,
-                        (int)la, pa, (int)lb, pb, cat);
-                goto done;
-            }
-        }
-        memcpy(cat, pa, la);
-        memcpy(cat + la, pb, lb);
-        cat[la + lb] = 0;
-        ids[2] = smap_get(&sm, cat);
-        if (ids[2] < 0 || ids[2] >= n_model) {
-            fy_fail(err, "%s: model.merges[%d] \"%.*s %.*s\": merged token \"%s\" is not in model.vocab",
-                    name, r, (int)la, pa, (int)lb, pb, cat);
-            goto done;
-        }
-        memcpy(merges + 3 * r, ids, sizeof ids);
-    }
-    if (fy_tok_new((int32_t)n_vocab, strs, types, name, &t, err)) goto done;
-    if (fy_tok_set_merges(t, n_merges, merges, name, err)) goto done;
-    t->ignore_merges = ignore_merges;
-    for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] < 0) {
-            fy_warn("%s: byte 0x%02x has no token; text containing it cannot be encoded", name, b);
-            break;
-        }
-    *out = t;
-    t = NULL;
-    rc = 0;
-done:
-    fy_tokenizer_free(t);
-    smap_free(&sm);
-    free(cat);
-    free(merges);
-    free(strs);
-    free(types);
+    json_load L = {.name = name};
+    int rc = find_parts(root, &L, err) || count_ids(&L, err) || place_model_vocab(&L, err) ||
+                     place_added_tokens(&L, err) || read_merges(&L, err) || build_from(&L, out, err)
+                 ? -1
+                 : 0;
+    json_load_free(&L);
     cJSON_Delete(root);
     return rc;
 }
 
 int fy_tokenizer_load(const char *path, fy_tokenizer **out, fy_err *err) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fy_fail(err, "%s: %s", path, strerror(errno));
-    buf b = {0};
-    char chunk[65536];
-    size_t r;
-    int bad = 0;
-    while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (buf_add(&b, chunk, r)) {
-            bad = 1;
-            break;
-        }
-    if (ferror(f)) bad = 2;
-    fclose(f);
-    if (bad) {
-        free(b.p);
-        return fy_fail(err, "%s: %s", path, bad == 1 ? "out of memory" : "read error");
-    }
-    if (!b.p) {
-        free(b.p);
-        return fy_fail(err, "%s: empty file", path);
-    }
-    int rc = fy_tokenizer_from_json(b.p, b.n, path, out, err);
-    free(b.p);
+    char *text;
+    size_t len;
+    if (fy_read_file(path, &text, &len, err)) return -1;
+    int rc = len ? fy_tokenizer_from_json(text, len, path, out, err)
+                 : fy_fail(err, "%s: empty file", path);
+    free(text);
     return rc;
 }

@@ -64,8 +64,6 @@ typedef struct fy_bpe_trainer fy_bpe_trainer;
 int fy_bpe_trainer_new(fy_bpe_trainer **out, int threads, fy_err *err);
 int fy_bpe_trainer_add_text(fy_bpe_trainer *t, const char *text, size_t len, fy_err *err);
 int fy_bpe_trainer_add_file(fy_bpe_trainer *t, const char *path, fy_err *err);
-/* Pieces seen so far (with repeats) and distinct pieces. */
-void fy_bpe_trainer_stats(const fy_bpe_trainer *t, uint64_t *pieces, uint64_t *unique);
 int fy_bpe_trainer_train(fy_bpe_trainer *t, const fy_tok_train_opts *opts,
                          fy_tokenizer **out, fy_err *err);
 void fy_bpe_trainer_free(fy_bpe_trainer *t);

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "core/err.h"
 #include "io/tokenizer.h"
@@ -56,9 +57,27 @@ int fy_tok_set_merges(fy_tokenizer *tok, int32_t n_merges, const int32_t *merges
 /* Token string (GPT-2 alphabet) for raw bytes: malloc'd, NUL-terminated. */
 char *fy_tok_bytes_to_str(const unsigned char *b, size_t n);
 
+/* Maps a regular file read-only for reading it whole: *data (NULL for an
+ * empty file) and *len; release with munmap(*data, *len). Errors name the
+ * path. */
+int fy_tok_map_file(const char *path, void **data, size_t *len, fy_err *err);
+
 /* Cuts text into nc chunks at fy_tokenizer_split_point positions, so each
  * chunk can be processed independently: cut[0] = 0 ... cut[nc] = len. */
 void fy_tok_cut_chunks(const char *text, size_t len, int nc, size_t *cut);
+
+/* Room for `need` elements of `size` bytes in the array p of *cap elements
+ * (doubling, from `first`): p itself when it has room, else the grown
+ * array with *cap updated, or NULL when out of memory (p is then still
+ * valid and unchanged). */
+static inline void *fy_tok_grow(void *p, size_t *cap, size_t need, size_t size, size_t first) {
+    if (need <= *cap) return p;
+    size_t c = *cap ? *cap : first;
+    while (c < need) c *= 2;
+    void *q = realloc(p, c * size);
+    if (q) *cap = c;
+    return q;
+}
 
 /* Key of an adjacent token pair (a, b) in the merge and pair-count maps. */
 static inline uint64_t fy_tok_pair_key(int32_t a, int32_t b) {

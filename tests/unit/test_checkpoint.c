@@ -457,12 +457,16 @@ static void convert_to_bf16(const char *dir, const fy_model *m) {
     fy_st_file *f;
     if (fy_st_open(mp, &f, &err)) die("open", &err);
     fy_st_writer *w = fy_st_writer_new();
-    float **copies = calloc(fy_st_count(f), sizeof *copies);
+    uint16_t **copies = calloc(fy_st_count(f), sizeof *copies);
     for (size_t i = 0; i < fy_st_count(f); i++) {
         const fy_st_entry *e = fy_st_entry_at(f, i);
-        copies[i] = malloc(e->nbytes);
-        memcpy(copies[i], e->data, e->nbytes);
-        if (fy_st_writer_add_f32_as_bf16(w, e->name, e->ndim, e->shape, copies[i], &err))
+        copies[i] = malloc(e->numel * sizeof **copies);
+        for (uint64_t k = 0; k < e->numel; k++) {
+            float x;
+            memcpy(&x, (const char *)e->data + 4 * k, 4);
+            copies[i][k] = fy_f32_to_bf16(x);
+        }
+        if (fy_st_writer_add(w, e->name, FY_ST_BF16, e->ndim, e->shape, copies[i], &err))
             die("bf16", &err);
     }
     fy_st_close(f);
