@@ -10,33 +10,51 @@
 
 #include "core/fsutil.h"
 
-/* ---- built-in sizes ---------------------------------------------------- */
+/* ---- defaults and built-in sizes --------------------------------------- */
 
-/* Choices shared by ferry's own small models. routed_scaling_factor is 1.0:
- * DeepSeek's 2.5 compensates for top-8 of 256 experts, which these are not. */
-static void set_ferry_common(fy_config *c) {
+/* Absent optional keys default as in DeepSeek's configuration_deepseek.py
+ * (its None sizes read as 0 = unused, its None groups as 1). */
+static void set_parse_defaults(fy_config *c) {
+    memset(c, 0, sizeof *c);
+    c->intermediate_size = 11008;
+    c->moe_intermediate_size = 1407;
+    c->q_lora_rank = 1536;
+    c->n_routed_experts = 0;
+    c->n_shared_experts = 0;
+    c->num_experts_per_tok = 0;
     c->n_group = 1;
     c->topk_group = 1;
-    c->norm_topk_prob = 1;
+    c->first_k_dense_replace = 0;
+    c->norm_topk_prob = 0;
     c->routed_scaling_factor = 1.0f;
     strcpy(c->scoring_func, "sigmoid");
     strcpy(c->topk_method, "noaux_tc");
     c->rope_theta = 10000.0;
     c->rms_norm_eps = 1e-6f;
-    c->max_position_embeddings = 2048;
+    c->num_nextn_predict_layers = 0;
+    c->max_position_embeddings = 4096;
     c->tie_word_embeddings = 0;
     c->initializer_range = 0.02f;
-    c->aux_loss_alpha = 0.0001f;
+    c->aux_loss_alpha = 0.0f;
     c->seq_aux = 1;
-    c->bos_token_id = -1;   /* the tokenizer sets these */
+    c->bos_token_id = -1;
     c->eos_token_id = -1;
     c->bias_update_speed = 0.001f;
     c->mtp_loss_weight = 0.3f;
 }
 
+/* ferry's own small models start from those defaults; routed_scaling_factor
+ * stays 1.0: DeepSeek's 2.5 compensates for top-8 of 256 experts, which
+ * these are not. fy_config_builtin sets every size. */
+static void set_ferry_common(fy_config *c) {
+    set_parse_defaults(c);
+    c->norm_topk_prob = 1;
+    c->max_position_embeddings = 2048;
+    c->aux_loss_alpha = 0.0001f;
+}
+
 int fy_config_builtin(const char *name, int vocab, fy_config *out, fy_err *err) {
     fy_config c;
-    memset(&c, 0, sizeof c);
     set_ferry_common(&c);
     c.vocab_size = vocab;
     if (strcmp(name, "tiny") == 0) {
@@ -222,37 +240,6 @@ static const char *const required_keys[] = {
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
 };
-
-/* Absent optional keys default as in DeepSeek's configuration_deepseek.py
- * (its None sizes read as 0 = unused, its None groups as 1). */
-static void set_parse_defaults(fy_config *c) {
-    memset(c, 0, sizeof *c);
-    c->intermediate_size = 11008;
-    c->moe_intermediate_size = 1407;
-    c->q_lora_rank = 1536;
-    c->n_routed_experts = 0;
-    c->n_shared_experts = 0;
-    c->num_experts_per_tok = 0;
-    c->n_group = 1;
-    c->topk_group = 1;
-    c->first_k_dense_replace = 0;
-    c->norm_topk_prob = 0;
-    c->routed_scaling_factor = 1.0f;
-    strcpy(c->scoring_func, "sigmoid");
-    strcpy(c->topk_method, "noaux_tc");
-    c->rope_theta = 10000.0;
-    c->rms_norm_eps = 1e-6f;
-    c->num_nextn_predict_layers = 0;
-    c->max_position_embeddings = 4096;
-    c->tie_word_embeddings = 0;
-    c->initializer_range = 0.02f;
-    c->aux_loss_alpha = 0.0f;
-    c->seq_aux = 1;
-    c->bos_token_id = -1;
-    c->eos_token_id = -1;
-    c->bias_update_speed = 0.001f;
-    c->mtp_loss_weight = 0.3f;
-}
 
 static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
     for (size_t i = 0; i < sizeof required_keys / sizeof required_keys[0]; i++) {

@@ -1,3 +1,6 @@
+/* Builds the parameter table (model/params.h): every tensor's name, shape
+ * and offset in the flat params/buffers blocks, the whole model's or one
+ * expert-parallel rank's shard. Layout only: no weights, no backend. */
 #include "model/params.h"
 
 #include <stdarg.h>

@@ -1,3 +1,6 @@
+/* Cross-backend agreement (serve/verify.h): captures one model's logits,
+ * losses, gradients, router choices and greedy tokens on a backend, and
+ * compares two captures against tolerances with a one-line verdict. */
 #include "serve/verify.h"
 
 #include <math.h>
