@@ -185,11 +185,24 @@ static const char *json_type_name(const cJSON *v) {
 /* Each getter leaves *out alone when the key is absent, so callers set the
  * default first. JSON null also means "absent" (DeepSeek's own configs write
  * null for unused sizes); required keys are checked separately. */
+
+/* *v = member key of o, or NULL when absent; fails when it is present but
+ * not of the type is_type accepts (want names that type). */
+static int member(const cJSON *o, const char *key, cJSON_bool (*is_type)(const cJSON *), const char *want,
+                  const cJSON **v, fy_err *err) {
+    *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!*v || cJSON_IsNull(*v)) {
+        *v = NULL;
+        return 0;
+    }
+    if (!is_type(*v)) return fy_fail(err, "%s must be %s, got %s", key, want, json_type_name(*v));
+    return 0;
+}
+
 static int get_int(const cJSON *o, const char *key, int *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v))
-        return fy_fail(err, "%s must be an integer, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsNumber, "an integer", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     double d = v->valuedouble;
     if (d != floor(d) || !isfinite(d))
         return fy_fail(err, "%s must be an integer, got %g", key, d);
@@ -200,10 +213,9 @@ static int get_int(const cJSON *o, const char *key, int *out, fy_err *err) {
 }
 
 static int get_double(const cJSON *o, const char *key, double *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v))
-        return fy_fail(err, "%s must be a number, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsNumber, "a number", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     *out = v->valuedouble;
     return 0;
 }
@@ -217,19 +229,17 @@ static int get_float(const cJSON *o, const char *key, float *out, fy_err *err) {
 }
 
 static int get_bool(const cJSON *o, const char *key, int *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsBool(v))
-        return fy_fail(err, "%s must be true or false, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsBool, "true or false", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     *out = cJSON_IsTrue(v) ? 1 : 0;
     return 0;
 }
 
 static int get_string(const cJSON *o, const char *key, char *out, size_t cap, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsString(v))
-        return fy_fail(err, "%s must be a string, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsString, "a string", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     if (strlen(v->valuestring) >= cap)
         return fy_fail(err, "%s=\"%.40s\" is not supported (too long)", key, v->valuestring);
     strcpy(out, v->valuestring);
