@@ -91,10 +91,10 @@ void fy_verify_capture_free(fy_verify_capture *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* abs relative to scale: NaN when a NaN or Inf was seen, 0 for no error,
+/* Error e relative to scale: NaN when a NaN or Inf was seen, 0 for no error,
  * Inf for an error against an all-zero reference. */
-static double rel_err(int nan, double abs, double scale) {
-    return nan ? NAN : abs == 0 ? 0 : scale > 0 ? abs / scale : INFINITY;
+static double rel_err(int nan, double e, double scale) {
+    return nan ? NAN : e == 0 ? 0 : scale > 0 ? e / scale : INFINITY;
 }
 
 static fy_verify_diff diff(const float *x, const float *r, size_t n) {
