@@ -1,3 +1,5 @@
+/* xxHash64 checksums (core/checksum.h) of memory, streams and whole files,
+ * and their 16-hex-digit text form. */
 #include "core/checksum.h"
 
 #include <errno.h>

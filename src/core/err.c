@@ -1,3 +1,5 @@
+/* fy_fail and fy_wrap (core/err.h): the one-line error message every
+ * failing function leaves in its fy_err. */
 #include "core/err.h"
 
 #include <stdarg.h>

@@ -1,3 +1,5 @@
+/* File-system helpers (core/fsutil.h): whole-file reads, atomic replacement
+ * through a temporary + fsync + rename, mkdir -p and path joining. */
 #include "core/fsutil.h"
 
 #include <errno.h>

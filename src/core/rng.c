@@ -1,3 +1,5 @@
+/* The counter-based RNG (core/rng.h): SplitMix64 over (seed, stream,
+ * counter), so any value is computed directly, in any order, on any rank. */
 #include "core/rng.h"
 
 #include <math.h>

@@ -10,33 +10,51 @@
 
 #include "core/fsutil.h"
 
-/* ---- built-in sizes ---------------------------------------------------- */
+/* ---- defaults and built-in sizes --------------------------------------- */
 
-/* Choices shared by ferry's own small models. routed_scaling_factor is 1.0:
- * DeepSeek's 2.5 compensates for top-8 of 256 experts, which these are not. */
-static void set_ferry_common(fy_config *c) {
+/* Absent optional keys default as in DeepSeek's configuration_deepseek.py
+ * (its None sizes read as 0 = unused, its None groups as 1). */
+static void set_parse_defaults(fy_config *c) {
+    memset(c, 0, sizeof *c);
+    c->intermediate_size = 11008;
+    c->moe_intermediate_size = 1407;
+    c->q_lora_rank = 1536;
+    c->n_routed_experts = 0;
+    c->n_shared_experts = 0;
+    c->num_experts_per_tok = 0;
     c->n_group = 1;
     c->topk_group = 1;
-    c->norm_topk_prob = 1;
+    c->first_k_dense_replace = 0;
+    c->norm_topk_prob = 0;
     c->routed_scaling_factor = 1.0f;
     strcpy(c->scoring_func, "sigmoid");
     strcpy(c->topk_method, "noaux_tc");
     c->rope_theta = 10000.0;
     c->rms_norm_eps = 1e-6f;
-    c->max_position_embeddings = 2048;
+    c->num_nextn_predict_layers = 0;
+    c->max_position_embeddings = 4096;
     c->tie_word_embeddings = 0;
     c->initializer_range = 0.02f;
-    c->aux_loss_alpha = 0.0001f;
+    c->aux_loss_alpha = 0.0f;
     c->seq_aux = 1;
-    c->bos_token_id = -1;   /* the tokenizer sets these */
+    c->bos_token_id = -1;
     c->eos_token_id = -1;
     c->bias_update_speed = 0.001f;
     c->mtp_loss_weight = 0.3f;
 }
 
+/* ferry's own small models start from those defaults; routed_scaling_factor
+ * stays 1.0: DeepSeek's 2.5 compensates for top-8 of 256 experts, which
+ * these are not. fy_config_builtin sets every size. */
+static void set_ferry_common(fy_config *c) {
+    set_parse_defaults(c);
+    c->norm_topk_prob = 1;
+    c->max_position_embeddings = 2048;
+    c->aux_loss_alpha = 0.0001f;
+}
+
 int fy_config_builtin(const char *name, int vocab, fy_config *out, fy_err *err) {
     fy_config c;
-    memset(&c, 0, sizeof c);
     set_ferry_common(&c);
     c.vocab_size = vocab;
     if (strcmp(name, "tiny") == 0) {
@@ -167,11 +185,24 @@ static const char *json_type_name(const cJSON *v) {
 /* Each getter leaves *out alone when the key is absent, so callers set the
  * default first. JSON null also means "absent" (DeepSeek's own configs write
  * null for unused sizes); required keys are checked separately. */
+
+/* *v = member key of o, or NULL when absent; fails when it is present but
+ * not of the type is_type accepts (want names that type). */
+static int member(const cJSON *o, const char *key, cJSON_bool (*is_type)(const cJSON *), const char *want,
+                  const cJSON **v, fy_err *err) {
+    *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!*v || cJSON_IsNull(*v)) {
+        *v = NULL;
+        return 0;
+    }
+    if (!is_type(*v)) return fy_fail(err, "%s must be %s, got %s", key, want, json_type_name(*v));
+    return 0;
+}
+
 static int get_int(const cJSON *o, const char *key, int *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v))
-        return fy_fail(err, "%s must be an integer, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsNumber, "an integer", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     double d = v->valuedouble;
     if (d != floor(d) || !isfinite(d))
         return fy_fail(err, "%s must be an integer, got %g", key, d);
@@ -182,10 +213,9 @@ static int get_int(const cJSON *o, const char *key, int *out, fy_err *err) {
 }
 
 static int get_double(const cJSON *o, const char *key, double *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsNumber(v))
-        return fy_fail(err, "%s must be a number, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsNumber, "a number", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     *out = v->valuedouble;
     return 0;
 }
@@ -199,19 +229,17 @@ static int get_float(const cJSON *o, const char *key, float *out, fy_err *err) {
 }
 
 static int get_bool(const cJSON *o, const char *key, int *out, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsBool(v))
-        return fy_fail(err, "%s must be true or false, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsBool, "true or false", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     *out = cJSON_IsTrue(v) ? 1 : 0;
     return 0;
 }
 
 static int get_string(const cJSON *o, const char *key, char *out, size_t cap, fy_err *err) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) return 0;
-    if (!cJSON_IsString(v))
-        return fy_fail(err, "%s must be a string, got %s", key, json_type_name(v));
+    const cJSON *v;
+    if (member(o, key, cJSON_IsString, "a string", &v, err)) return -1;
+    if (!v) return 0; /* absent: the default stays */
     if (strlen(v->valuestring) >= cap)
         return fy_fail(err, "%s=\"%.40s\" is not supported (too long)", key, v->valuestring);
     strcpy(out, v->valuestring);
@@ -222,37 +250,6 @@ static const char *const required_keys[] = {
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
 };
-
-/* Absent optional keys default as in DeepSeek's configuration_deepseek.py
- * (its None sizes read as 0 = unused, its None groups as 1). */
-static void set_parse_defaults(fy_config *c) {
-    memset(c, 0, sizeof *c);
-    c->intermediate_size = 11008;
-    c->moe_intermediate_size = 1407;
-    c->q_lora_rank = 1536;
-    c->n_routed_experts = 0;
-    c->n_shared_experts = 0;
-    c->num_experts_per_tok = 0;
-    c->n_group = 1;
-    c->topk_group = 1;
-    c->first_k_dense_replace = 0;
-    c->norm_topk_prob = 0;
-    c->routed_scaling_factor = 1.0f;
-    strcpy(c->scoring_func, "sigmoid");
-    strcpy(c->topk_method, "noaux_tc");
-    c->rope_theta = 10000.0;
-    c->rms_norm_eps = 1e-6f;
-    c->num_nextn_predict_layers = 0;
-    c->max_position_embeddings = 4096;
-    c->tie_word_embeddings = 0;
-    c->initializer_range = 0.02f;
-    c->aux_loss_alpha = 0.0f;
-    c->seq_aux = 1;
-    c->bos_token_id = -1;
-    c->eos_token_id = -1;
-    c->bias_update_speed = 0.001f;
-    c->mtp_loss_weight = 0.3f;
-}
 
 static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
     for (size_t i = 0; i < sizeof required_keys / sizeof required_keys[0]; i++) {

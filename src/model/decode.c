@@ -1,3 +1,6 @@
+/* Generation with the latent KV cache (model/decode.h): the cache, prefill
+ * through the whole-sequence forward, and one-token decode steps whose
+ * attention runs in the latent space. The Q8_0 weights are in quant.c. */
 #include "model/decode.h"
 
 #include <math.h>
@@ -5,8 +8,6 @@
 #include <string.h>
 
 #include "model/model_impl.h"
-
-#define OPS (m->be->ops)
 
 int fy_kv_cache_create(fy_kv_cache *c, fy_model *m, int cap, fy_err *err) {
     const fy_config *cf = &m->cfg;
@@ -136,121 +137,4 @@ int fy_model_decode(fy_model *m, fy_kv_cache *c, int32_t token, float *logits, f
     int rc = head_logits(m, x, 0, logits, err);
     m->dq.on = 0;
     return rc;
-}
-
-/* ---- quantized decode weights ------------------------------------------ */
-
-int fy_quant_parse(const char *s, fy_quant *out, fy_err *err) {
-    if (!strcmp(s, "f32")) *out = FY_QUANT_F32;
-    else if (!strcmp(s, "q8_0") || !strcmp(s, "q8")) *out = FY_QUANT_Q8_0;
-    else return fy_fail(err, "unknown weight format \"%s\" (known: f32, q8_0)", s);
-    return 0;
-}
-
-const char *fy_quant_name(fy_quant q) { return q == FY_QUANT_Q8_0 ? "q8_0" : "f32"; }
-
-void fy_model_free_decode_quant(fy_model *m) {
-    struct fy_decode_quant *dq = &m->dq;
-    if (dq->buf.handle) fy_be_free(m->be, &dq->buf);
-    free(dq->w_off);
-    free(dq->q_off);
-    free(dq->s_off);
-    memset(dq, 0, sizeof *dq);
-}
-
-static int cmp_size(const void *a, const void *b) {
-    size_t x = *(const size_t *)a, y = *(const size_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Params offsets of the matrices decode's linears read (router excluded). */
-static size_t decode_matrices(const fy_model *m, size_t *out) {
-    const fy_config *c = &m->cfg;
-    size_t n = 0;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        const fy_layer_offs *W = &m->tab.layer[l];
-        const size_t one[] = {W->q_a, W->q_b, W->q, W->kv_a, W->o, W->gate, W->up, W->down,
-                              W->sh_gate, W->sh_up, W->sh_down};
-        for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
-            if (one[i] != FY_NO_TENSOR) out[n++] = one[i];
-        if (W->moe)
-            for (int e = 0; e < c->n_routed_experts; e++) {
-                out[n++] = W->exp_gate + (size_t)e * W->exp_stride;
-                out[n++] = W->exp_up + (size_t)e * W->exp_stride;
-                out[n++] = W->exp_down + (size_t)e * W->exp_stride;
-            }
-    }
-    out[n++] = m->tab.head;
-    return n;
-}
-
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
-    fy_model_free_decode_quant(m);
-    if (q == FY_QUANT_F32) return 0;
-    if (fy_params_is_shard(&m->tab))
-        return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
-    if (!OPS->linear_q8)
-        return fy_fail(err, "backend %s has no Q8_0 kernel (linear_q8): use --weights f32", OPS->name);
-    const fy_config *c = &m->cfg;
-    struct fy_decode_quant *dq = &m->dq;
-    size_t cap = (size_t)c->num_hidden_layers * (11 + 3 * (size_t)c->n_routed_experts) + 1;
-    size_t *cand = malloc(cap * sizeof *cand);
-    const fy_tensor_info **ti = malloc(cap * sizeof *ti);
-    dq->w_off = malloc(cap * sizeof *dq->w_off);
-    dq->q_off = malloc(cap * sizeof *dq->q_off);
-    dq->s_off = malloc(cap * sizeof *dq->s_off);
-    float *host = NULL;
-    int8_t *hq = NULL;
-    float *hs = NULL;
-    if (!cand || !ti || !dq->w_off || !dq->q_off || !dq->s_off) goto oom;
-    size_t nc = decode_matrices(m, cand);
-    qsort(cand, nc, sizeof *cand, cmp_size);
-    /* The matrices whose rows split into whole blocks; the rest stay f32. */
-    size_t total = 0, biggest = 0;
-    int n = 0;
-    for (size_t i = 0; i < nc; i++) {
-        const fy_tensor_info *t = NULL;
-        for (int j = 0; j < m->tab.n && !t; j++)
-            if (!m->tab.t[j].is_buffer && m->tab.t[j].ndim == 2 && m->tab.t[j].off == cand[i]) t = &m->tab.t[j];
-        if (!t || t->shape[1] % FY_Q8_BLOCK) continue;
-        ti[n] = t;
-        dq->w_off[n] = t->off;
-        dq->q_off[n] = total;
-        total += round16(t->n / 4);
-        dq->s_off[n] = total;
-        total += round16(t->n / FY_Q8_BLOCK);
-        biggest = t->n > biggest ? t->n : biggest;
-        n++;
-    }
-    host = malloc((biggest ? biggest : 1) * sizeof *host);
-    hq = malloc(biggest ? biggest : 1);
-    hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *hs);
-    if (!host || !hq || !hs) goto oom;
-    if (fy_be_alloc(m->be, &dq->buf, total ? total : 1, err)) {
-        fy_wrap(err, "Q8_0 decode weights (%zu bytes)", total * 4);
-        goto fail;
-    }
-    for (int i = 0; i < n; i++) {
-        int rows = ti[i]->shape[0], in = ti[i]->shape[1];
-        OPS->download(m->be, host, fy_at(&m->params, ti[i]->off), ti[i]->n);
-        fy_q8_quantize(host, rows, in, in, hq, hs);
-        OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), hq, ti[i]->n / 4);
-        OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), hs, ti[i]->n / FY_Q8_BLOCK);
-    }
-    if (fy_be_sync(m->be, err)) {
-        fy_wrap(err, "quantizing the decode weights");
-        goto fail;
-    }
-    dq->n = n;
-    dq->kind = q;
-    free(cand), free(ti), free(host), free(hq), free(hs);
-    return 0;
-oom:
-    fy_fail(err, "out of memory quantizing the decode weights");
-fail:
-    free(cand), free(ti), free(host), free(hq), free(hs);
-    fy_model_free_decode_quant(m);
-    return -1;
 }

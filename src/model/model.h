@@ -24,7 +24,7 @@
 #define FY_IGNORE_INDEX (-100)
 #define FY_MAX_MTP 2
 
-/* Saved activations of one decoder layer for one (B, T); see model.c. */
+/* Saved activations of one decoder layer for one (B, T); see model_impl.h. */
 typedef struct fy_layer_acts fy_layer_acts;
 
 typedef struct fy_loss {
@@ -42,7 +42,7 @@ typedef struct fy_model {
     fy_buf params, grads, buffers;
 
     /* Activation workspace for the current (B, T); grown on demand. The
-     * layout is private to model.c. */
+     * layout is private to src/model (model_impl.h, workspace.c). */
     int B, T;
     fy_buf acts;
     fy_layer_acts *layer_acts;      /* [n_layers] */

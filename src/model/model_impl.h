@@ -1,9 +1,32 @@
-/* Private to src/model: the activation workspace and the pieces of the
- * forward that the latent-KV decode path (decode.c) reuses. */
+/* Private to src/model: the activation workspace and the internal API the
+ * model's files share (fy__ names). Nothing outside src/model includes it.
+ *
+ * Layering: each file calls only files on lower rows, never up or sideways
+ * (except that decode.c's prefill runs forward.c's whole-sequence forward
+ * and reads model.c's latent KV):
+ *
+ *   entry points  model.c     create/free, weight init, bias update, queries
+ *                 forward.c   whole-sequence forward + loss heads, MTP
+ *                 backward.c  whole-sequence backward, gradient buckets
+ *                 decode.c    latent-KV cache: prefill, one-token decode
+ *   layer pieces  ffn.c       FFN half of a layer: dense, MoE router,
+ *                             routing, experts (calls layer.c, moe_ep.c)
+ *                 layer.c     linear (+dx, dw), SwiGLU, MLA attention
+ *   bottom        workspace.c activation buffers and host routing tables
+ *                 quant.c     Q8_0 copy of the decode weights
+ *                 moe_ep.c    expert-parallel row exchange between ranks
+ *                 params.c, config.c (public: model/params.h, config.h)
+ */
 #ifndef FY_MODEL_IMPL_H
 #define FY_MODEL_IMPL_H
 
 #include "model/model.h"
+
+/* The passes read as math: OPS is the backend's kernel table, PW/GW a
+ * parameter's weights and gradient at table offset off (each .c has an m). */
+#define OPS (m->be->ops)
+static inline fy_ref PW(fy_model *m, size_t off) { return fy_at(&m->params, off); }
+static inline fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
 
 struct fy_layer_acts {
     fy_ref x_in, x_mid, x_out;            /* [N, d] residual stream */
@@ -49,16 +72,55 @@ typedef struct fy_model_ws {
     size_t *ep_cnt;                       /* [4 * ranks]: sc, sd, rc, rd */
 } model_ws;
 
+/* ---- workspace.c: the activation workspace ---- */
+
+/* Makes the workspace fit B x T (reallocating only to grow). */
 int fy__reserve(fy_model *m, int B, int T, fy_err *err);
-/* y[N, out] (=|+= by beta) x[N, in] @ W^T for the parameter at offset w. */
+/* Frees the workspace: the device buffer and the host tables. */
+void fy__free_workspace(fy_model *m);
+
+/* ---- quant.c: the Q8_0 copy of the decode weights ---- */
+
+/* While decoding (m->dq.on), the Q8_0 copy of params matrix w: 1 with its
+ * quants *q and scales *s; 0 when there is none. */
+int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
+
+/* ---- layer.c: linear layers, SwiGLU, whole-sequence attention ---- */
+
+/* y[N, out] (=|+= by beta) x[N, in] @ W^T for the parameter at offset w
+ * (W stored [out, in]); one row while decoding reads the Q8_0 copy. */
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w, fy_ref y, int ldy,
                 float beta);
-/* FFN half of layer li on the current workspace: x_mid -> ln2 -> dense or
- * MoE -> x_out. balance may be NULL (no balance loss computed). */
-int fy__ffn_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err);
+/* dx[N, in] (=|+= by beta) dy[N, out] @ W. */
+void fy__linear_dx(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, size_t w, fy_ref dx, int lddx,
+                   float beta);
+/* dW[out, in] += dy^T @ x. */
+void fy__linear_dw(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, fy_ref x, int ldx, size_t w);
+/* y (=|+= by beta) down(silu(gate x) * up x), keeping g, u, h for backward. */
+void fy__swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, size_t wu, size_t wd, fy_ref g,
+                        fy_ref u, fy_ref h, fy_ref y, float beta);
+/* dy -> dx (=|+= by beta_dx), accumulating the three weight grads. */
+void fy__swiglu_backward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, size_t wu, size_t wd,
+                         fy_ref g, fy_ref u, fy_ref h, fy_ref dy, fy_ref dx, float beta_dx, fy_ref dg,
+                         fy_ref du, fy_ref dh);
+/* Attention half of layer li over all B x T positions: x_in -> x_mid. */
+void fy__attn_forward(fy_model *m, int li);
+/* dres holds d(loss)/d(x_mid) on entry and d(loss)/d(x_in) on return. */
+void fy__attn_backward(fy_model *m, int li, fy_ref dres);
 
-/* Expert parallel (moe_ep.c). Rows per expert slot the workspace holds:
- * all ranks' rows may land on one owner. */
+/* ---- ffn.c: the FFN half of a layer, dense or MoE ---- */
+
+/* x_mid -> ln2 -> dense or MoE -> x_out on the current workspace. balance
+ * may be NULL (no balance loss computed); need_grad also counts the expert
+ * loads for the bias update. */
+int fy__ffn_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err);
+/* dres holds d(loss)/d(x_out) on entry and d(loss)/d(x_mid) on return. */
+int fy__ffn_backward(fy_model *m, int li, fy_ref dres, fy_err *err);
+
+/* ---- moe_ep.c: expert parallel ---- */
+
+/* Rows per expert slot the workspace holds: all ranks' rows may land on
+ * one owner. */
 static inline int fy__ep_cap(const fy_model *m) { return m->ep.size > 1 ? m->ep.size : 1; }
 /* After routing layer li: tells the owners how many rows of each expert
  * they get from this rank; fills a->ep_rc and a->ep_rows. */

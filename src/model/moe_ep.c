@@ -2,7 +2,7 @@
  * between the ranks that route tokens and the ranks that own the experts,
  * each of which holds only its own experts' weights (params.h: a shard).
  *
- * After routing, a rank's rows are sorted by expert (model.c, route()), and
+ * After routing, a rank's rows are sorted by expert (ffn.c, route()), and
  * since every owner holds a contiguous range of experts, the rows bound for
  * one owner are one contiguous block: the send side of the all-to-all needs
  * no packing. The owner receives source-major blocks (source rank, then

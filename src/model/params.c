@@ -1,3 +1,6 @@
+/* Builds the parameter table (model/params.h): every tensor's name, shape
+ * and offset in the flat params/buffers blocks, the whole model's or one
+ * expert-parallel rank's shard. Layout only: no weights, no backend. */
 #include "model/params.h"
 
 #include <stdarg.h>
@@ -13,8 +16,6 @@ typedef struct builder {
     int next_id;     /* tensors registered, held or not */
     size_t x_cursor; /* elements of routed experts so far (placed after the rest) */
 } builder;
-
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 enum { DENSE, BUFFER, EXPERT, SKIPPED };
 
@@ -48,7 +49,7 @@ static size_t add(builder *b, int where, int decay, int rows, int cols, const ch
     ti->id = id;
     size_t *cursor = where == BUFFER ? &t->n_buffers : where == EXPERT ? &b->x_cursor : &t->n_params;
     ti->off = *cursor;
-    *cursor += round16(ti->n);
+    *cursor += fy_params_round16(ti->n);
     return ti->off;
 }
 
@@ -97,7 +98,7 @@ static void layer_tensors(builder *B, const fy_config *c, int i, int mtp) {
         L->bias = add(B, BUFFER, 0, E, 0, "%s.%d.mlp.gate.e_score_correction_bias", p, i);
         /* Registered kind-major so each kind's experts are contiguous;
          * the names still say experts.E.kind as HF does. */
-        L->exp_stride = round16((size_t)f * d);
+        L->exp_stride = fy_params_round16((size_t)f * d);
         const int lo = B->t->exp_lo, hi = B->t->exp_hi;
         L->xspan_lo = B->x_cursor;
         for (int e = 0; e < E; e++) {

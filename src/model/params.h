@@ -18,6 +18,10 @@
 
 #define FY_NO_TENSOR ((size_t)-1)
 
+/* n rounded up to the 16-element boundary every tensor (and workspace
+ * slice) starts on. */
+static inline size_t fy_params_round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
 typedef struct fy_tensor_info {
     char name[96];
     int ndim;

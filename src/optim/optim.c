@@ -1,3 +1,6 @@
+/* AdamW over the flat parameter block (or a rank's shard of it), the
+ * warmup + cosine learning rate, and the chunked global gradient norm for
+ * clipping. The update itself is the backend's adamw kernel, per tensor. */
 #include "optim/optim.h"
 
 #include <math.h>

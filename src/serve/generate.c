@@ -1,36 +1,18 @@
+/* Text generation (serve/generate.h): encode the prompt, prefill the KV
+ * cache, then sample and decode one token at a time, streaming the text
+ * and holding back what could still turn out to be the stop string. */
 #include "serve/generate.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "model/decode.h"
 #include "core/clock.h"
-
-/* Text held back while it could still be the start of the stop string. */
-typedef struct pending {
-    char *p;
-    size_t n, cap;
-} pending;
-
-static int pend_add(pending *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) return -1;
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return 0;
-}
+#include "core/strbuf.h"
+#include "model/decode.h"
 
 /* Emits what can no longer be part of the stop string; returns 1 when the
  * stop string has appeared (the text before it is emitted, it is not). */
-static int flush_safe(pending *b, const fy_gen_opts *o, int final) {
+static int flush_safe(fy_strbuf *b, const fy_gen_opts *o, int final) {
     size_t keep = 0, sl = o->stop ? strlen(o->stop) : 0;
     if (sl) {
         char *hit = memmem(b->p, b->n, o->stop, sl);
@@ -63,7 +45,7 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
     float *logits = NULL;
     fy_kv_cache cache = {0};
     fy_detok_stream ds;
-    pending pend = {0};
+    fy_strbuf pend = {0}; /* text held back while it could still start the stop string */
     int rc = -1;
     fy_detok_stream_init(&ds, tok, FY_DEC_SKIP_SPECIAL);
 
@@ -99,7 +81,7 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
         }
         const char *txt;
         size_t tl;
-        if (fy_detok_stream_push(&ds, next, &txt, &tl, err) || pend_add(&pend, txt, tl)) goto done;
+        if (fy_detok_stream_push(&ds, next, &txt, &tl, err) || fy_strbuf_add(&pend, txt, tl, err)) goto done;
         res->new_tokens++;
         if (flush_safe(&pend, o, 0)) {
             res->stopped_by = 2;
@@ -112,14 +94,14 @@ int fy_generate(fy_model *m, const fy_tokenizer *tok, const char *prompt, const 
     if (res->stopped_by != 2) {
         const char *txt;
         size_t tl;
-        if (fy_detok_stream_flush(&ds, &txt, &tl, err) || pend_add(&pend, txt, tl)) goto done;
+        if (fy_detok_stream_flush(&ds, &txt, &tl, err) || fy_strbuf_add(&pend, txt, tl, err)) goto done;
         if (flush_safe(&pend, o, 1)) res->stopped_by = 2;
     }
     rc = 0;
 done:
     fy_detok_stream_free(&ds);
     fy_kv_cache_free(&cache, m);
-    free(pend.p);
+    fy_strbuf_free(&pend);
     free(ids);
     free(logits);
     free(scratch);

@@ -1,3 +1,6 @@
+/* The next token from logits (serve/sampler.h): greedy, or temperature,
+ * top-k and top-p from a counter-based random stream, so a seed and a
+ * position always give the same token. */
 #include "serve/sampler.h"
 
 #include <math.h>

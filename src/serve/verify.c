@@ -1,3 +1,6 @@
+/* Cross-backend agreement (serve/verify.h): captures one model's logits,
+ * losses, gradients, router choices and greedy tokens on a backend, and
+ * compares two captures against tolerances with a one-line verdict. */
 #include "serve/verify.h"
 
 #include <math.h>
@@ -88,6 +91,12 @@ void fy_verify_capture_free(fy_verify_capture *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* Error e relative to scale: NaN when a NaN or Inf was seen, 0 for no error,
+ * Inf for an error against an all-zero reference. */
+static double rel_err(int nan, double e, double scale) {
+    return nan ? NAN : e == 0 ? 0 : scale > 0 ? e / scale : INFINITY;
+}
+
 static fy_verify_diff diff(const float *x, const float *r, size_t n) {
     fy_verify_diff d = {0, 0, 0};
     int nan = 0;
@@ -97,7 +106,7 @@ static fy_verify_diff diff(const float *x, const float *r, size_t n) {
         if (e > d.max_abs) d.max_abs = e;
         if (fabs(r[i]) > d.scale) d.scale = fabs(r[i]);
     }
-    d.rel = nan ? NAN : d.max_abs == 0 ? 0 : d.scale > 0 ? d.max_abs / d.scale : INFINITY;
+    d.rel = rel_err(nan, d.max_abs, d.scale);
     return d;
 }
 
@@ -131,7 +140,7 @@ int fy_verify_compare(const fy_param_table *tab, const fy_verify_capture *ref, c
         }
     for (int i = 0; i < r->n_losses; i++) {
         double d = fabs(r->loss_got[i] - r->loss_ref[i]), s = fabs(r->loss_ref[i]);
-        r->loss_rel[i] = !(d == d) ? NAN : d == 0 ? 0 : s > 0 ? d / s : INFINITY;
+        r->loss_rel[i] = rel_err(!(d == d), d, s);
     }
 
     r->grads = calloc((size_t)tab->n + 1, sizeof *r->grads);

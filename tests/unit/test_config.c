@@ -151,63 +151,72 @@ static void expect_refused(const char *overrides, const char *want1, const char 
     cJSON_Delete(ov);
 }
 
-static void test_refusals(void) {
+/* Each override of the tiny config that must be refused, and up to two
+ * strings the message must contain. */
+static const struct refusal {
+    const char *overrides, *want1, *want2;
+} refusals[] = {
     /* sizes */
-    expect_refused("{\"vocab_size\": 0}", "vocab_size", NULL);
-    expect_refused("{\"hidden_size\": -1}", "hidden_size", NULL);
-    expect_refused("{\"num_hidden_layers\": 0}", "num_hidden_layers", NULL);
-    expect_refused("{\"num_attention_heads\": 0}", "num_attention_heads", NULL);
-    expect_refused("{\"kv_lora_rank\": 0}", "kv_lora_rank", NULL);
-    expect_refused("{\"qk_nope_head_dim\": 0}", "qk_nope_head_dim", NULL);
-    expect_refused("{\"qk_rope_head_dim\": 0}", "qk_rope_head_dim", NULL);
-    expect_refused("{\"v_head_dim\": -3}", "v_head_dim", NULL);
-    expect_refused("{\"q_lora_rank\": -1}", "q_lora_rank", NULL);
-    expect_refused("{\"qk_rope_head_dim\": 31}", "qk_rope_head_dim", "even");
-    expect_refused("{\"max_position_embeddings\": 0}", "max_position_embeddings", NULL);
+    {"{\"vocab_size\": 0}", "vocab_size", NULL},
+    {"{\"hidden_size\": -1}", "hidden_size", NULL},
+    {"{\"num_hidden_layers\": 0}", "num_hidden_layers", NULL},
+    {"{\"num_attention_heads\": 0}", "num_attention_heads", NULL},
+    {"{\"kv_lora_rank\": 0}", "kv_lora_rank", NULL},
+    {"{\"qk_nope_head_dim\": 0}", "qk_nope_head_dim", NULL},
+    {"{\"qk_rope_head_dim\": 0}", "qk_rope_head_dim", NULL},
+    {"{\"v_head_dim\": -3}", "v_head_dim", NULL},
+    {"{\"q_lora_rank\": -1}", "q_lora_rank", NULL},
+    {"{\"qk_rope_head_dim\": 31}", "qk_rope_head_dim", "even"},
+    {"{\"max_position_embeddings\": 0}", "max_position_embeddings", NULL},
     /* missing required keys (null member deletes) */
-    expect_refused("{\"kv_lora_rank\": null}", "kv_lora_rank", "missing");
-    expect_refused("{\"vocab_size\": null}", "vocab_size", "missing");
+    {"{\"kv_lora_rank\": null}", "kv_lora_rank", "missing"},
+    {"{\"vocab_size\": null}", "vocab_size", "missing"},
     /* routing */
-    expect_refused("{\"num_experts_per_tok\": 9}", "num_experts_per_tok=9 exceeds n_routed_experts=8", NULL);
-    expect_refused("{\"num_experts_per_tok\": 0}", "num_experts_per_tok", NULL);
-    expect_refused("{\"moe_intermediate_size\": 0}", "moe_intermediate_size", NULL);
-    expect_refused("{\"n_routed_experts\": -2}", "n_routed_experts", NULL);
-    expect_refused("{\"n_shared_experts\": -1}", "n_shared_experts", NULL);
-    expect_refused("{\"n_group\": 3}", "n_group", "divide");
-    expect_refused("{\"n_group\": 0}", "n_group", NULL);
-    expect_refused("{\"n_group\": 8, \"topk_group\": 4}", "n_group", NULL);   /* 1 expert/group */
-    expect_refused("{\"n_group\": 4, \"topk_group\": 5}", "topk_group", NULL);
-    expect_refused("{\"n_group\": 4, \"topk_group\": 0}", "topk_group", NULL);
-    expect_refused("{\"n_group\": 4, \"topk_group\": 1, \"num_experts_per_tok\": 3}",
-                   "num_experts_per_tok", "topk_group");
-    expect_refused("{\"routed_scaling_factor\": 0}", "routed_scaling_factor", NULL);
-    expect_refused("{\"first_k_dense_replace\": 5}", "first_k_dense_replace", NULL);
-    expect_refused("{\"first_k_dense_replace\": -1}", "first_k_dense_replace", NULL);
-    expect_refused("{\"intermediate_size\": 0}", "intermediate_size", NULL);
-    expect_refused("{\"scoring_func\": \"softmax\"}", "scoring_func", "sigmoid");
-    expect_refused("{\"topk_method\": \"greedy\"}", "topk_method", "noaux_tc");
-    expect_refused("{\"tie_word_embeddings\": true}", "tie_word_embeddings", NULL);
-    expect_refused("{\"num_nextn_predict_layers\": 3}", "num_nextn_predict_layers", NULL);
-    expect_refused("{\"rms_norm_eps\": 0}", "rms_norm_eps", NULL);
-    expect_refused("{\"rope_theta\": -1}", "rope_theta", NULL);
-    expect_refused("{\"aux_loss_alpha\": -0.5}", "aux_loss_alpha", NULL);
-    expect_refused("{\"bos_token_id\": 1000}", "bos_token_id", NULL);
-    expect_refused("{\"eos_token_id\": -2}", "eos_token_id", NULL);
-    expect_refused("{\"hidden_act\": \"gelu\"}", "hidden_act", NULL);
-    expect_refused("{\"moe_layer_freq\": 2}", "moe_layer_freq", NULL);
+    {"{\"num_experts_per_tok\": 9}", "num_experts_per_tok=9 exceeds n_routed_experts=8", NULL},
+    {"{\"num_experts_per_tok\": 0}", "num_experts_per_tok", NULL},
+    {"{\"moe_intermediate_size\": 0}", "moe_intermediate_size", NULL},
+    {"{\"n_routed_experts\": -2}", "n_routed_experts", NULL},
+    {"{\"n_shared_experts\": -1}", "n_shared_experts", NULL},
+    {"{\"n_group\": 3}", "n_group", "divide"},
+    {"{\"n_group\": 0}", "n_group", NULL},
+    {"{\"n_group\": 8, \"topk_group\": 4}", "n_group", NULL},   /* 1 expert/group */
+    {"{\"n_group\": 4, \"topk_group\": 5}", "topk_group", NULL},
+    {"{\"n_group\": 4, \"topk_group\": 0}", "topk_group", NULL},
+    {"{\"n_group\": 4, \"topk_group\": 1, \"num_experts_per_tok\": 3}",
+     "num_experts_per_tok", "topk_group"},
+    {"{\"routed_scaling_factor\": 0}", "routed_scaling_factor", NULL},
+    {"{\"first_k_dense_replace\": 5}", "first_k_dense_replace", NULL},
+    {"{\"first_k_dense_replace\": -1}", "first_k_dense_replace", NULL},
+    {"{\"intermediate_size\": 0}", "intermediate_size", NULL},
+    {"{\"scoring_func\": \"softmax\"}", "scoring_func", "sigmoid"},
+    {"{\"topk_method\": \"greedy\"}", "topk_method", "noaux_tc"},
+    {"{\"tie_word_embeddings\": true}", "tie_word_embeddings", NULL},
+    {"{\"num_nextn_predict_layers\": 3}", "num_nextn_predict_layers", NULL},
+    {"{\"rms_norm_eps\": 0}", "rms_norm_eps", NULL},
+    {"{\"rope_theta\": -1}", "rope_theta", NULL},
+    {"{\"aux_loss_alpha\": -0.5}", "aux_loss_alpha", NULL},
+    {"{\"bos_token_id\": 1000}", "bos_token_id", NULL},
+    {"{\"eos_token_id\": -2}", "eos_token_id", NULL},
+    {"{\"hidden_act\": \"gelu\"}", "hidden_act", NULL},
+    {"{\"moe_layer_freq\": 2}", "moe_layer_freq", NULL},
     /* wrong JSON types */
-    expect_refused("{\"hidden_size\": \"256\"}", "hidden_size", "integer");
-    expect_refused("{\"hidden_size\": 256.5}", "hidden_size", "integer");
-    expect_refused("{\"num_hidden_layers\": 1e12}", "num_hidden_layers", NULL);
-    expect_refused("{\"norm_topk_prob\": 1}", "norm_topk_prob", NULL);
-    expect_refused("{\"rope_theta\": \"1e4\"}", "rope_theta", NULL);
-    expect_refused("{\"rms_norm_eps\": [1]}", "rms_norm_eps", NULL);
-    expect_refused("{\"scoring_func\": 5}", "scoring_func", NULL);
-    expect_refused("{\"scoring_func\": \"a-very-long-scoring-name\"}", "scoring_func", NULL);
-    expect_refused("{\"routed_scaling_factor\": 1e300}", "routed_scaling_factor", NULL);
-    expect_refused("{\"ferry\": {\"bias_update_speed\": \"fast\"}}", "bias_update_speed", NULL);
-    expect_refused("{\"ferry\": {\"mtp_loss_weight\": -1}}", "mtp_loss_weight", NULL);
-    expect_refused("{\"ferry\": 3}", "ferry", NULL);
+    {"{\"hidden_size\": \"256\"}", "hidden_size", "integer"},
+    {"{\"hidden_size\": 256.5}", "hidden_size", "integer"},
+    {"{\"num_hidden_layers\": 1e12}", "num_hidden_layers", NULL},
+    {"{\"norm_topk_prob\": 1}", "norm_topk_prob", NULL},
+    {"{\"rope_theta\": \"1e4\"}", "rope_theta", NULL},
+    {"{\"rms_norm_eps\": [1]}", "rms_norm_eps", NULL},
+    {"{\"scoring_func\": 5}", "scoring_func", NULL},
+    {"{\"scoring_func\": \"a-very-long-scoring-name\"}", "scoring_func", NULL},
+    {"{\"routed_scaling_factor\": 1e300}", "routed_scaling_factor", NULL},
+    {"{\"ferry\": {\"bias_update_speed\": \"fast\"}}", "bias_update_speed", NULL},
+    {"{\"ferry\": {\"mtp_loss_weight\": -1}}", "mtp_loss_weight", NULL},
+    {"{\"ferry\": 3}", "ferry", NULL},
+};
+
+static void test_refusals(void) {
+    for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
+        expect_refused(refusals[i].overrides, refusals[i].want1, refusals[i].want2);
 }
 
 static void test_bad_json(const char *dir) {

@@ -1,0 +1,20 @@
+/* A growable byte buffer for text built piece by piece (streamed output,
+ * decoded tokens, joined documents). It stays NUL-terminated, the NUL not
+ * counted in n, so its text is also a C string. */
+#ifndef FY_STRBUF_H
+#define FY_STRBUF_H
+
+#include <stddef.h>
+
+#include "core/err.h"
+
+typedef struct fy_strbuf {
+    char *p;         /* NULL until the first add */
+    size_t n, cap;   /* bytes held, bytes allocated */
+} fy_strbuf;         /* zero-initialise: fy_strbuf b = {0}; */
+
+/* Appends s[0..n); out of memory leaves b as it was and fails. */
+int fy_strbuf_add(fy_strbuf *b, const void *s, size_t n, fy_err *err);
+void fy_strbuf_free(fy_strbuf *b);
+
+#endif
