@@ -7,12 +7,6 @@
 void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
                       fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
-    if (N < 0 || in < 0 || out < 0 || in % FY_Q8_BLOCK || (N > 1 && (ldx < in || ldy < out))) {
-        fy_be_set_error(be, "opencl %s: bad sizes N=%d in=%d (a multiple of %d) out=%d ldx=%d ldy=%d", op, N,
-                        in, FY_Q8_BLOCK, out, ldx, ldy);
-        return;
-    }
-    if (!N || !out) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, in), op, "x");
     cl_mem qm = fy_ocl_mem(be, wq, (size_t)out * (in / 4), op, "wq");
     cl_mem sm = fy_ocl_mem(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");

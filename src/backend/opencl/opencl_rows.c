@@ -4,21 +4,11 @@
 
 #include "backend/opencl/opencl.h"
 
-#define BADDIM(op, cond)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            fy_be_set_error(be, "opencl %s: bad sizes (%s)", op, #cond);     \
-            return;                                                          \
-        }                                                                    \
-    } while (0)
-
 /* ---------------------------------------------------------------- RMSNorm */
 
 void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, float eps,
                         fy_ref y, int ldy, fy_ref rstd) {
     const char *op = "rmsnorm_fwd";
-    BADDIM(op, N < 0 || D < 0 || ldx < D || ldy < D);
-    if (!N || !D) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, D), op, "x");
     cl_mem wm = fy_ocl_mem(be, w, D, op, "w");
     cl_mem ym = fy_ocl_mem(be, y, fy_ocl_span(N, ldy, D), op, "y");
@@ -44,8 +34,6 @@ void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
 void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, fy_ref rstd,
                         fy_ref dy, int lddy, fy_ref dx, int lddx, int accumulate_dx, fy_ref dw) {
     const char *op = "rmsnorm_bwd";
-    BADDIM(op, N < 0 || D < 0 || ldx < D || lddy < D || (dx.buf && lddx < D));
-    if (!N || !D) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, D), op, "x");
     cl_mem wm = fy_ocl_mem(be, w, D, op, "w");
     cl_mem rm = fy_ocl_mem(be, rstd, N, op, "rstd");
@@ -152,9 +140,6 @@ static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) 
 
 void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
                  int head_stride, float theta, int inverse) {
-    BADDIM("rope", N < 0 || T <= 0 || n_heads < 0 || d_r < 0 || (d_r & 1) || pos0 < 0 ||
-                       head_stride < 0);
-    if (!N || !n_heads || !d_r) return;
     size_t width = (size_t)(n_heads - 1) * head_stride + d_r;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ld, width), "rope", "x");
     if (!xm) return;
@@ -180,8 +165,6 @@ void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
 void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref h, int ldh) {
     const char *op = "swiglu_fwd";
-    BADDIM(op, N < 0 || F < 0 || ldg < F || ldu < F || ldh < F);
-    if (!N || !F) return;
     cl_mem gm = fy_ocl_mem(be, g, fy_ocl_span(N, ldg, F), op, "g");
     cl_mem um = fy_ocl_mem(be, u, fy_ocl_span(N, ldu, F), op, "u");
     cl_mem hm = fy_ocl_mem(be, h, fy_ocl_span(N, ldh, F), op, "h");
@@ -202,8 +185,6 @@ void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
 void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref dh, int lddh, fy_ref dg, fy_ref du) {
     const char *op = "swiglu_bwd";
-    BADDIM(op, N < 0 || F < 0 || ldg < F || ldu < F || lddh < F);
-    if (!N || !F) return;
     cl_mem gm = fy_ocl_mem(be, g, fy_ocl_span(N, ldg, F), op, "g");
     cl_mem um = fy_ocl_mem(be, u, fy_ocl_span(N, ldu, F), op, "u");
     cl_mem dhm = fy_ocl_mem(be, dh, fy_ocl_span(N, lddh, F), op, "dh");
