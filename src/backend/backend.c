@@ -97,6 +97,14 @@ void fy_be_set_error(fy_backend *be, const char *fmt, ...) {
     be->failed = 1;
 }
 
+int fy_be_take_error(fy_backend *be, fy_err *err) {
+    if (!be->failed) return 0;
+    fy_fail(err, "%s", be->err_msg);
+    be->failed = 0;
+    be->err_msg[0] = 0;
+    return -1;
+}
+
 int fy_be_ref_ok(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
     if (!r.buf || !r.buf->handle) {
         fy_be_set_error(be, "%s %s: %s is a null buffer", be->ops->name, op, arg);

@@ -300,6 +300,9 @@ int fy_backend_list_devices(FILE *out, fy_err *err);
 /* Records a sticky error (first one wins); for backend implementations. */
 void fy_be_set_error(fy_backend *be, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The end of a backend's sync: moves the sticky error, if any, into err and
+ * clears it; 0 when there was none, else -1. */
+int fy_be_take_error(fy_backend *be, fy_err *err);
 
 /* --- Thin wrappers, so model code reads as math. --- */
 static inline int fy_be_sync(fy_backend *be, fy_err *err) { return be->ops->sync(be, err); }

@@ -45,13 +45,7 @@ static void cpu_destroy(fy_backend *be) {
     free(be);
 }
 
-static int cpu_sync(fy_backend *be, fy_err *err) {
-    if (!be->failed) return 0;
-    fy_fail(err, "%s", be->err_msg);
-    be->failed = 0;
-    be->err_msg[0] = 0;
-    return -1;
-}
+static int cpu_sync(fy_backend *be, fy_err *err) { return fy_be_take_error(be, err); }
 
 /* ---------------------------------------------------------------- memory */
 

@@ -122,6 +122,14 @@ void fy_ocl_buf(fy_ocl_call *c, cl_mem m, size_t off) {
     fy_ocl_mem_only(c, m);
     fy_ocl_ulong(c, (cl_ulong)off);
 }
+void fy_ocl_rows(fy_ocl_call *c, cl_mem m, size_t off, int ld) {
+    fy_ocl_buf(c, m, off);
+    fy_ocl_int(c, ld);
+}
+void fy_ocl_opt_buf(fy_ocl_call *c, cl_mem m, size_t off, cl_mem stand_in) {
+    fy_ocl_buf(c, m ? m : stand_in, m ? off : 0);
+    fy_ocl_int(c, m != NULL);
+}
 
 void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t *local) {
     if (c->rc != CL_SUCCESS) {
@@ -352,11 +360,7 @@ static int ocl_sync(fy_backend *be, fy_err *err) {
         fy_ocl_failed(be, clEnqueueWriteBuffer(im->q, im->errf, CL_TRUE, 0, sizeof zero, zero, 0,
                                                NULL, NULL), "sync", "clEnqueueWriteBuffer");
     }
-    if (!be->failed) return 0;
-    fy_fail(err, "%s", be->err_msg);
-    be->failed = 0;
-    be->err_msg[0] = 0;
-    return -1;
+    return fy_be_take_error(be, err);
 }
 
 /* ---------------------------------------------------------------- memory */

@@ -19,8 +19,7 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
         fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_q8_quant, op);
         fy_ocl_int(&c, N);
         fy_ocl_int(&c, in);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, scr, 0);
         fy_ocl_buf(&c, scr, nq);
         size_t g[2] = {fy_ocl_round((size_t)in / FY_Q8_BLOCK, 32), (size_t)N};
@@ -34,8 +33,7 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     fy_ocl_buf(&c, scr, nq);
     fy_ocl_buf(&c, qm, wq.off);
     fy_ocl_buf(&c, sm, ws.off);
-    fy_ocl_buf(&c, ym, y.off);
-    fy_ocl_int(&c, ldy);
+    fy_ocl_rows(&c, ym, y.off, ldy);
     fy_ocl_int(&c, accumulate);
     size_t g[2] = {fy_ocl_round((size_t)out, 32), (size_t)N};
     fy_ocl_run(&c, 2, g, NULL);

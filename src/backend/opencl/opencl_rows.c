@@ -17,12 +17,10 @@ void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
     fy_ocl_impl *im = fy_ocl(be);
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rmsnorm_fwd, op);
     fy_ocl_int(&c, D);
-    fy_ocl_buf(&c, xm, x.off);
-    fy_ocl_int(&c, ldx);
+    fy_ocl_rows(&c, xm, x.off, ldx);
     fy_ocl_buf(&c, wm, w.off);
     fy_ocl_float(&c, eps);
-    fy_ocl_buf(&c, ym, y.off);
-    fy_ocl_int(&c, ldy);
+    fy_ocl_rows(&c, ym, y.off, ldy);
     fy_ocl_buf(&c, rm, rstd.off);
     size_t g = (size_t)N * im->red;
     fy_ocl_run(&c, 1, &g, &im->red);
@@ -50,11 +48,9 @@ void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
         fy_ocl_int(&c, N);
         fy_ocl_int(&c, D);
         fy_ocl_int(&c, FY_OCL_ROW_CHUNK);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, rm, rstd.off);
-        fy_ocl_buf(&c, dym, dy.off);
-        fy_ocl_int(&c, lddy);
+        fy_ocl_rows(&c, dym, dy.off, lddy);
         fy_ocl_mem_only(&c, part);
         size_t g[2] = {fy_ocl_round((size_t)D, 64), (size_t)nchunk};
         fy_ocl_run(&c, 2, g, NULL);
@@ -69,14 +65,11 @@ void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
     if (dxm) {
         fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rmsnorm_bwd_dx, op);
         fy_ocl_int(&c, D);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, wm, w.off);
         fy_ocl_buf(&c, rm, rstd.off);
-        fy_ocl_buf(&c, dym, dy.off);
-        fy_ocl_int(&c, lddy);
-        fy_ocl_buf(&c, dxm, dx.off);
-        fy_ocl_int(&c, lddx);
+        fy_ocl_rows(&c, dym, dy.off, lddy);
+        fy_ocl_rows(&c, dxm, dx.off, lddx);
         fy_ocl_int(&c, accumulate_dx);
         size_t g = (size_t)N * im->red;
         fy_ocl_run(&c, 1, &g, &im->red);
@@ -151,8 +144,7 @@ void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
     fy_ocl_int(&c, T);
     fy_ocl_int(&c, n_heads);
     fy_ocl_int(&c, d_r);
-    fy_ocl_buf(&c, xm, x.off);
-    fy_ocl_int(&c, ld);
+    fy_ocl_rows(&c, xm, x.off, ld);
     fy_ocl_int(&c, head_stride);
     fy_ocl_mem_only(&c, tab);
     fy_ocl_float(&c, inverse ? -1.0f : 1.0f);
@@ -172,12 +164,9 @@ void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_swiglu_fwd, op);
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, F);
-    fy_ocl_buf(&c, gm, g.off);
-    fy_ocl_int(&c, ldg);
-    fy_ocl_buf(&c, um, u.off);
-    fy_ocl_int(&c, ldu);
-    fy_ocl_buf(&c, hm, h.off);
-    fy_ocl_int(&c, ldh);
+    fy_ocl_rows(&c, gm, g.off, ldg);
+    fy_ocl_rows(&c, um, u.off, ldu);
+    fy_ocl_rows(&c, hm, h.off, ldh);
     size_t gs[2] = {fy_ocl_round((size_t)F, 32), (size_t)N};
     fy_ocl_run(&c, 2, gs, NULL);
 }
@@ -194,12 +183,9 @@ void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_swiglu_bwd, op);
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, F);
-    fy_ocl_buf(&c, gm, g.off);
-    fy_ocl_int(&c, ldg);
-    fy_ocl_buf(&c, um, u.off);
-    fy_ocl_int(&c, ldu);
-    fy_ocl_buf(&c, dhm, dh.off);
-    fy_ocl_int(&c, lddh);
+    fy_ocl_rows(&c, gm, g.off, ldg);
+    fy_ocl_rows(&c, um, u.off, ldu);
+    fy_ocl_rows(&c, dhm, dh.off, lddh);
     fy_ocl_buf(&c, dgm, dg.off);
     fy_ocl_buf(&c, dum, du.off);
     size_t gs[2] = {fy_ocl_round((size_t)F, 32), (size_t)N};
