@@ -1,4 +1,6 @@
-/* Backend selection and the sticky-error helper shared by all backends. */
+/* Backend selection (fy_backend_create_opts), the device list, and the
+ * helpers every backend shares: the sticky error, the checked buffer
+ * reference, Q8_0 quantization. Argument checks live in backend_check.c. */
 #include "backend/backend.h"
 
 #include <math.h>
@@ -6,15 +8,16 @@
 #include <stdio.h>
 #include <string.h>
 
-int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err);
+/* Each backend's constructor; the common checks are installed afterwards. */
+int fy_backend_cpu_new(const fy_backend_opts *opts, fy_backend **out, fy_err *err);
+int fy_backend_chaos_create(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err);
 #ifdef FERRY_HAVE_OPENCL
-int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err);
+int fy_backend_opencl_create(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err);
 /* Lists OpenCL platforms and devices as "opencl:P:D  ..." lines. */
 int fy_opencl_list_devices(FILE *out, fy_err *err);
 #endif
-#ifdef FERRY_HAVE_CUDA
-int fy_backend_cuda_create(const char *spec, fy_backend **out, fy_err *err);
-#endif
+/* backend_check.c: points be->ops at the checking layer. */
+void fy_backend_install_checks(fy_backend *be);
 
 /* What this build can create, for error messages. */
 static const char *available_backends(void) {
@@ -22,25 +25,25 @@ static const char *available_backends(void) {
 #ifdef FERRY_HAVE_OPENCL
            ", opencl, opencl:P:D"
 #endif
-#ifdef FERRY_HAVE_CUDA
-           ", cuda"
-#endif
         ;
 }
 
-int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
+int fy_backend_create_unchecked(const char *spec, const fy_backend_opts *opts, fy_backend **out,
+                                fy_err *err) {
+    static const fy_backend_opts defaults;
     if (!out) return fy_fail(err, "fy_backend_create: no output pointer");
     *out = NULL;
     if (!spec || !*spec) spec = "cpu";
+    if (!opts) opts = &defaults;
 
-    if (strcmp(spec, "cpu") == 0) return fy_backend_cpu_create(out, err);
+    if (strcmp(spec, "cpu") == 0) return fy_backend_cpu_new(opts, out, err);
     /* A wrapper that checks (ABFT) and corrupts GEMMs: DESIGN §5, train/guard.h. */
     if (strcmp(spec, "chaos") == 0 || strncmp(spec, "chaos:", 6) == 0)
-        return fy_backend_chaos_create(spec, out, err);
+        return fy_backend_chaos_create(spec, opts, out, err);
 
     if (strcmp(spec, "opencl") == 0 || strncmp(spec, "opencl:", 7) == 0) {
 #ifdef FERRY_HAVE_OPENCL
-        return fy_backend_opencl_create(spec, out, err);
+        return fy_backend_opencl_create(spec, opts, out, err);
 #else
         return fy_fail(err,
                        "backend 'opencl' is not built into this ferry (no OpenCL headers/library "
@@ -49,19 +52,23 @@ int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
                        available_backends());
 #endif
     }
-    if (strcmp(spec, "cuda") == 0 || strncmp(spec, "cuda:", 5) == 0) {
-#ifdef FERRY_HAVE_CUDA
-        return fy_backend_cuda_create(spec, out, err);
-#else
-        return fy_fail(err,
-                       "backend 'cuda' is not built into this ferry (no CUDA compiler at "
-                       "configure time: install the CUDA toolkit (nvcc), then re-run cmake); "
-                       "available: %s",
+    if (strcmp(spec, "cuda") == 0 || strncmp(spec, "cuda:", 5) == 0)
+        return fy_fail(err, "backend '%s': this version of ferry has no CUDA backend (available: %s)", spec,
                        available_backends());
-#endif
-    }
     return fy_fail(err, "unknown backend '%s' (available: %s)", spec, available_backends());
 }
+
+int fy_backend_create_opts(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err) {
+    if (fy_backend_create_unchecked(spec, opts, out, err)) return -1;
+    fy_backend_install_checks(*out);
+    return 0;
+}
+
+int fy_backend_create(const char *spec, fy_backend **out, fy_err *err) {
+    return fy_backend_create_opts(spec, NULL, out, err);
+}
+
+int fy_backend_cpu_create(fy_backend **out, fy_err *err) { return fy_backend_create_opts("cpu", NULL, out, err); }
 
 int fy_backend_list_devices(FILE *out, fy_err *err) {
     fprintf(out, "cpu           host CPU, OpenMP + OpenBLAS\n");
@@ -71,11 +78,7 @@ int fy_backend_list_devices(FILE *out, fy_err *err) {
 #else
     fprintf(out, "opencl        not built (no OpenCL headers/library at configure time)\n");
 #endif
-#ifdef FERRY_HAVE_CUDA
-    fprintf(out, "cuda          built\n");
-#else
-    fprintf(out, "cuda          not built (no CUDA compiler at configure time)\n");
-#endif
+    fprintf(out, "cuda          none: this version of ferry has no CUDA backend\n");
     return 0;
 }
 
@@ -92,6 +95,27 @@ void fy_be_set_error(fy_backend *be, const char *fmt, ...) {
     vsnprintf(be->err_msg, sizeof be->err_msg, fmt, ap);
     va_end(ap);
     be->failed = 1;
+}
+
+int fy_be_take_error(fy_backend *be, fy_err *err) {
+    if (!be->failed) return 0;
+    fy_fail(err, "%s", be->err_msg);
+    be->failed = 0;
+    be->err_msg[0] = 0;
+    return -1;
+}
+
+int fy_be_ref_ok(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
+    if (!r.buf || !r.buf->handle) {
+        fy_be_set_error(be, "%s %s: %s is a null buffer", be->ops->name, op, arg);
+        return 0;
+    }
+    if (r.off > r.buf->n || need > r.buf->n - r.off) {
+        fy_be_set_error(be, "%s %s: %s out of bounds: needs %zu elements at offset %zu of a buffer of %zu",
+                        be->ops->name, op, arg, need, r.off, r.buf->n);
+        return 0;
+    }
+    return 1;
 }
 
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s) {

@@ -239,18 +239,58 @@ typedef struct fy_backend_ops {
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 
 struct fy_backend {
+    /* What callers call: the common argument checks of backend_check.c,
+     * which record a sticky error for a bad call and otherwise pass it on
+     * to impl_ops. Ops that have no common check are impl_ops' own. */
     const fy_backend_ops *ops;
     void *impl;                /* backend-private state */
     char err_msg[512];         /* first sticky error since the last sync */
     int failed;
+    const fy_backend_ops *impl_ops; /* the backend's own ops: arguments already checked */
+    fy_backend_ops checked;         /* the table ops points to */
 };
 
 /* --- Creating backends --- */
-/* spec: "cpu", "opencl", "opencl:P:D", "cuda". Unknown or unavailable
- * backends are an error naming what is available. */
+/* Options fixed when a backend is created. A zeroed struct (or NULL) gives
+ * the defaults; each field concerns one backend and the others ignore it.
+ * The library reads no environment: the CLI fills these (src/cli/env.c). */
+enum { FY_CPU_Q8_BEST = 0, FY_CPU_Q8_PORTABLE = 1, FY_CPU_Q8_AVX2 = 2 };
+enum { FY_OPENCL_GEMM_AUTO = 0, FY_OPENCL_GEMM_TILED = 1, FY_OPENCL_GEMM_REG = 2 };
+typedef struct fy_backend_opts {
+    /* chaos: "OP:EPS" with OP rmsnorm, swiglu or attn and |EPS| < 1: every
+     * forward output of OP is multiplied by (1 + EPS), a deliberately wrong
+     * kernel that `ferry verify` must catch. NULL or "" (default): none. A
+     * malformed value fails the creation. */
+    const char *perturb;
+    /* cpu: the Q8_0 kernel of linear_q8 / swiglu_q8. FY_CPU_Q8_BEST
+     * (default): the best this CPU runs; FY_CPU_Q8_PORTABLE: the portable
+     * one (and the scalar input quantizer); FY_CPU_Q8_AVX2: AVX2 where the
+     * CPU has it, else the best. All give the same bits. */
+    int cpu_q8;
+    /* opencl: the GEMM kernel family. FY_OPENCL_GEMM_AUTO (default):
+     * register-blocked on CPU devices, tiled with local memory otherwise;
+     * FY_OPENCL_GEMM_TILED / FY_OPENCL_GEMM_REG force one. */
+    int opencl_gemm;
+} fy_backend_opts;
+
+/* spec: "cpu", "chaos", "chaos:INNER", "opencl", "opencl:P:D". Unknown or
+ * unavailable backends are an error naming what is available (this version
+ * has no CUDA backend: "cuda" is such an error). opts may be NULL. */
+int fy_backend_create_opts(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err);
+/* fy_backend_create_opts with the default options. */
 int fy_backend_create(const char *spec, fy_backend **out, fy_err *err);
 void fy_backend_destroy(fy_backend *be);
+/* fy_backend_create("cpu", ...). */
 int fy_backend_cpu_create(fy_backend **out, fy_err *err);
+/* For backend implementations: the backend of spec without the common
+ * checks (be->ops is its own table). chaos wraps such an inner backend and
+ * calls its ops after the checks ran on the wrapper. */
+int fy_backend_create_unchecked(const char *spec, const fy_backend_opts *opts, fy_backend **out,
+                                fy_err *err);
+/* For backend implementations: whether r can serve `need` elements from
+ * its offset; if not, records a sticky error "NAME op: arg is a null
+ * buffer" or "... out of bounds ..." (NAME the backend's) and returns 0. */
+int fy_be_ref_ok(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg);
 /* Writes the devices this build can use to out, one line each, as
  * "SPEC  description (memory, compute units)" with SPEC a string that
  * fy_backend_create() accepts. Backends whose runtime is missing are listed
@@ -260,6 +300,9 @@ int fy_backend_list_devices(FILE *out, fy_err *err);
 /* Records a sticky error (first one wins); for backend implementations. */
 void fy_be_set_error(fy_backend *be, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The end of a backend's sync: moves the sticky error, if any, into err and
+ * clears it; 0 when there was none, else -1. */
+int fy_be_take_error(fy_backend *be, fy_err *err);
 
 /* --- Thin wrappers, so model code reads as math. --- */
 static inline int fy_be_sync(fy_backend *be, fy_err *err) { return be->ops->sync(be, err); }

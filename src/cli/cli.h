@@ -16,6 +16,11 @@ int fy_cmd_inspect(int argc, char **argv);
 int fy_cmd_verify(int argc, char **argv);
 int fy_cmd_devices(int argc, char **argv);
 
+/* Reads the environment (src/cli/env.c lists the variables; nothing else in
+ * ferry reads it): sets the log level from FERRY_LOG and, when opts is not
+ * NULL, fills *opts for fy_backend_create_opts. Returns opts. */
+fy_backend_opts *fy_cli_env(fy_backend_opts *opts);
+
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);
 

@@ -378,7 +378,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     /* A wrong --backend is reported before any data preparation or file write. */
     fy_backend *be = NULL;
     if (backend) {
-        if (fy_backend_create(backend, &be, &err)) return fy_cli_fail("train", &err);
+        if (fy_backend_create_opts(backend, fy_cli_env(&(fy_backend_opts){0}), &be, &err)) return fy_cli_fail("train", &err);
         fy_backend_destroy(be);
     }
 

@@ -143,7 +143,7 @@ int fy_cmd_verify(int argc, char **argv) {
     /* Every backend must exist before any work is done. */
     for (int i = 0; i < nb; i++) {
         fy_backend *be;
-        if (fy_backend_create(specs[i], &be, &err)) return fy_cli_fail("verify", &err);
+        if (fy_backend_create_opts(specs[i], fy_cli_env(&(fy_backend_opts){0}), &be, &err)) return fy_cli_fail("verify", &err);
         fy_backend_destroy(be);
     }
 

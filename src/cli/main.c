@@ -32,6 +32,7 @@ int fy_cli_fail(const char *cmd, const fy_err *err) {
 }
 
 int main(int argc, char **argv) {
+    fy_cli_env(NULL); /* the log level */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,21 +1,21 @@
+/* Logging to stderr: a level tag, the message, a newline. The level is the
+ * one global setting here (the CLI sets it at startup); nothing reads the
+ * environment. */
 #include "core/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-static int log_level(void) {
-    const char *s = getenv("FERRY_LOG");
-    if (!s) return FY_LOG_INFO;
-    if (!strcmp(s, "error")) return FY_LOG_ERROR;
-    if (!strcmp(s, "warn")) return FY_LOG_WARN;
-    if (!strcmp(s, "debug")) return FY_LOG_DEBUG;
-    return FY_LOG_INFO;
+static int g_level = FY_LOG_INFO;
+
+void fy_log_set_level(int level) {
+    g_level = level < FY_LOG_ERROR ? FY_LOG_ERROR : level > FY_LOG_DEBUG ? FY_LOG_DEBUG : level;
 }
 
+int fy_log_level(void) { return g_level; }
+
 void fy_log(int level, const char *fmt, ...) {
-    if (level > log_level()) return;
+    if (level > g_level) return;
     static const char *tag[] = {"error", "warn", "info", "debug"};
     fprintf(stderr, "[%s] ", tag[level]);
     va_list ap;

@@ -15,6 +15,7 @@
 #include "ckpt/safetensors.h"
 #include "core/checksum.h"
 #include "core/fsutil.h"
+#include "core/log.h"
 #include "core/rng.h"
 #include "model/model.h"
 #include "optim/optim.h"
@@ -517,7 +518,7 @@ static void test_bf16(void) {
 
 int main(void) {
     g_tmp = fy_test_tmpdir("checkpoint");
-    setenv("FERRY_LOG", "error", 1);   /* the fallbacks' warnings are expected */
+    fy_log_set_level(FY_LOG_ERROR);   /* the fallbacks' warnings are expected */
     test_round_trip();
     test_keep_last();
     test_corruption();

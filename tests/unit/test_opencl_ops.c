@@ -640,7 +640,12 @@ static void test_errors(void) {
 int main(void) {
     fy_err e = {{0}};
     const char *spec = getenv("FERRY_OPENCL_DEVICE") ? getenv("FERRY_OPENCL_DEVICE") : "opencl";
-    if (fy_backend_create(spec, &ocl, &e)) {
+    /* FERRY_OPENCL_GEMM=tiled|reg picks the first backend's GEMM kernels, as
+     * the ferry CLI does (src/cli/env.c); the library reads no environment. */
+    const char *gemm = getenv("FERRY_OPENCL_GEMM");
+    fy_backend_opts opts = {0};
+    opts.opencl_gemm = !gemm ? FY_OPENCL_GEMM_AUTO : !strcmp(gemm, "reg") ? FY_OPENCL_GEMM_REG : FY_OPENCL_GEMM_TILED;
+    if (fy_backend_create_opts(spec, &opts, &ocl, &e)) {
         if (strstr(e.msg, "no OpenCL platform") || strstr(e.msg, "have no devices")) {
             printf("test_opencl_ops: SKIP: no OpenCL device: %s\n", e.msg);
             return 77;
@@ -674,12 +679,11 @@ int main(void) {
     /* The other GEMM kernel family (tiled with local memory for GPUs, or
      * register-blocked for CPU devices) on a second backend: both are
      * checked whatever the device. */
-    const char *other = getenv("FERRY_OPENCL_GEMM") && !strcmp(getenv("FERRY_OPENCL_GEMM"), "reg")
-                            ? "tiled" : "reg";
+    const char *other = gemm && !strcmp(gemm, "reg") ? "tiled" : "reg";
+    opts.opencl_gemm = !strcmp(other, "reg") ? FY_OPENCL_GEMM_REG : FY_OPENCL_GEMM_TILED;
     fy_backend_destroy(ocl);
     ocl = NULL;
-    setenv("FERRY_OPENCL_GEMM", other, 1);
-    if (fy_backend_create(spec, &ocl, &e)) {
+    if (fy_backend_create_opts(spec, &opts, &ocl, &e)) {
         fprintf(stderr, "test_opencl_ops: creating %s with FERRY_OPENCL_GEMM=%s: %s\n", spec,
                 other, e.msg);
         return 1;

@@ -1,5 +1,6 @@
 /* serve/verify: a model captured on cpu and on chaos:cpu (the same kernels)
- * agrees exactly; under FERRY_PERTURB the comparison fails and names a
+ * agrees exactly; perturbed (fy_backend_opts.perturb, FERRY_PERTURB in the
+ * CLI) the comparison fails and names a
  * gradient tensor; the error measure handles all-zero tensors, a zero
  * reference with a non-zero answer, and NaN (always a failure); captures of
  * different shapes are refused; the greedy check finds the first
@@ -25,12 +26,15 @@ static fy_config small_config(int V) {
     return c;
 }
 
+/* The options backends are created with (the perturbation under test). */
+static fy_backend_opts g_opts;
+
 /* Model with seeded weights on `spec`, captured on in. */
 static int capture(const char *spec, const fy_config *c, const fy_verify_input *in, fy_verify_capture *out,
                    fy_param_table *tab_copy_n, fy_err *err) {
     fy_backend *be;
     fy_model m;
-    if (fy_backend_create(spec, &be, err)) return -1;
+    if (fy_backend_create_opts(spec, &g_opts, &be, err)) return -1;
     int rc = fy_model_create(&m, c, be, err) || fy_model_init_weights(&m, 5, err) ||
              fy_verify_capture_run(&m, in, out, err);
     if (!rc && tab_copy_n) rc = fy_params_build(c, tab_copy_n, err);
@@ -53,7 +57,7 @@ static void models(void) {
     fy_verify_tol tol = {1e-4, 1e-3};
     fy_verify_report r;
     fy_err err;
-    unsetenv("FERRY_PERTURB");
+    g_opts.perturb = NULL;
     CHECK(capture("cpu", &c, &vin, &ref, &tab, &err) == 0, "cpu capture: %s", err.msg);
     CHECK(ref.n_greedy == 10 && ref.n_route == (size_t)B * T * 2 * 2, "capture sizes %d %zu", ref.n_greedy,
           ref.n_route);
@@ -66,7 +70,7 @@ static void models(void) {
     fy_verify_report_free(&r);
     fy_verify_capture_free(&got);
 
-    setenv("FERRY_PERTURB", "rmsnorm:1e-3", 1);
+    g_opts.perturb = "rmsnorm:1e-3";
     CHECK(capture("chaos:cpu", &c, &vin, &got, NULL, &err) == 0, "perturbed capture: %s", err.msg);
     CHECK(fy_verify_compare(&tab, &ref, &got, &tol, &r, &err) == 0, "compare: %s", err.msg);
     CHECK(!r.pass && r.n_grads_over > 0 && strstr(r.reason, "gradient of ") &&
@@ -76,11 +80,11 @@ static void models(void) {
     fy_verify_report_free(&r);
     fy_verify_capture_free(&got);
 
-    setenv("FERRY_PERTURB", "gemm:1e-3", 1);
+    g_opts.perturb = "gemm:1e-3";
     fy_backend *be = NULL;
-    CHECK(fy_backend_create("chaos:cpu", &be, &err) != 0 && strstr(err.msg, "FERRY_PERTURB"),
+    CHECK(fy_backend_create_opts("chaos:cpu", &g_opts, &be, &err) != 0 && strstr(err.msg, "FERRY_PERTURB"),
           "an unknown perturbation is accepted");
-    unsetenv("FERRY_PERTURB");
+    g_opts.perturb = NULL;
     /* The perturbation belongs to chaos only. */
     CHECK(capture("cpu", &c, &vin, &got, NULL, &err) == 0, "cpu capture: %s", err.msg);
     CHECK(fy_verify_compare(&tab, &ref, &got, &tol, &r, &err) == 0 && r.pass, "cpu vs cpu: %s", r.reason);

@@ -9,16 +9,17 @@
  *   asks for).
  * With fraction 0 and nothing armed it adds one counter per GEMM.
  *
- * FERRY_PERTURB=OP:EPS (OP rmsnorm, swiglu or attn), read when the backend is
- * created: every forward output of OP is multiplied by (1 + EPS), a kernel
- * that is consistently slightly wrong. It exists to prove that `ferry verify`
- * (serve/verify.h) fails loudly; a malformed value fails the creation. */
+ * fy_backend_opts.perturb = "OP:EPS" (OP rmsnorm, swiglu or attn; the CLI
+ * takes it from FERRY_PERTURB): every forward output of OP is multiplied by
+ * (1 + EPS), a kernel that is consistently slightly wrong. It exists to
+ * prove that `ferry verify` (serve/verify.h) fails loudly; a malformed value
+ * fails the creation. */
 #ifndef FY_CHAOS_H
 #define FY_CHAOS_H
 
 #include "backend/backend.h"
 
-int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err);
+int fy_backend_chaos_create(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err);
 
 typedef struct fy_chaos_fault {
     int step, gemm_index, trans_a, trans_b, M, N, K, column;

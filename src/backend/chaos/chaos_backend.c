@@ -1,3 +1,6 @@
+/* The chaos backend (chaos.h): ABFT checks and corruption of GEMMs, and the
+ * perturbed kernels of fy_backend_opts.perturb, around an unchecked inner
+ * backend whose private state it shares. */
 #include "backend/chaos/chaos.h"
 
 #include <math.h>
@@ -16,7 +19,7 @@ typedef struct fy_chaos {
     int has_fault;
     fy_chaos_fault fault;
     long checked, faults;
-    int perturb_op;            /* FERRY_PERTURB (see chaos.h): 0 = off */
+    int perturb_op;            /* fy_backend_opts.perturb (see chaos.h): 0 = off */
     float perturb_factor;
 } fy_chaos;
 
@@ -162,7 +165,7 @@ out:
     free(acold);
 }
 
-/* ---- FERRY_PERTURB: a deliberately wrong kernel, for `ferry verify` -------
+/* ---- perturb: a deliberately wrong kernel, for `ferry verify` -------
  * Separate from ABFT and GEMM corruption above: it models a backend whose
  * kernel is consistently (not transiently) off by a small factor, which only a
  * comparison against another backend can find. */
@@ -198,10 +201,10 @@ static void perturbed_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int
     scale_rows(be, B * T, H * dv, out, H * dv, c->perturb_factor);
 }
 
-/* Reads FERRY_PERTURB=OP:EPS (OP rmsnorm|swiglu|attn): every forward output
- * of that op is multiplied by (1 + EPS). Unset or empty: no perturbation. */
-static int perturb_setup(fy_chaos *c, fy_err *err) {
-    const char *v = getenv("FERRY_PERTURB");
+/* Parses v = "OP:EPS" (OP rmsnorm|swiglu|attn; fy_backend_opts.perturb):
+ * every forward output of that op is multiplied by (1 + EPS). NULL or
+ * empty: no perturbation. The message names FERRY_PERTURB, where users set it. */
+static int perturb_setup(fy_chaos *c, const char *v, fy_err *err) {
     if (!v || !*v) return 0;
     static const struct { const char *name; int op; } ops[] = {
         {"rmsnorm", PERTURB_RMSNORM}, {"swiglu", PERTURB_SWIGLU}, {"attn", PERTURB_ATTN}};
@@ -222,14 +225,16 @@ static int perturb_setup(fy_chaos *c, fy_err *err) {
     return 0;
 }
 
-int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err) {
+int fy_backend_chaos_create(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err) {
     *out = NULL;
     const char *inner_spec = strncmp(spec, "chaos:", 6) == 0 ? spec + 6 : "cpu";
     if (!*inner_spec) inner_spec = "cpu";
     if (strncmp(inner_spec, "chaos", 5) == 0) return fy_fail(err, "backend '%s': chaos cannot wrap chaos", spec);
     fy_chaos *c = calloc(1, sizeof *c);
     if (!c) return fy_fail(err, "out of memory");
-    if (fy_backend_create(inner_spec, &c->inner, err)) {
+    /* Unchecked: the checks run once, on the wrapper, before its ops reach
+     * the inner ones. */
+    if (fy_backend_create_unchecked(inner_spec, opts, &c->inner, err)) {
         free(c);
         return fy_wrap(err, "backend '%s'", spec);
     }
@@ -243,7 +248,7 @@ int fy_backend_chaos_create(const char *spec, fy_backend **out, fy_err *err) {
     c->be.ops = &c->ops;
     c->be.impl = c->inner->impl;
     c->corrupt_index = -1;
-    if (perturb_setup(c, err)) {
+    if (perturb_setup(c, opts->perturb, err)) {
         chaos_destroy(&c->be);
         return fy_wrap(err, "backend '%s'", spec);
     }

@@ -27,6 +27,7 @@ typedef struct fy_cpu_impl {
     /* Scratch for ops that need a temporary (grown on demand). */
     float *scratch;
     size_t scratch_cap;
+    int q8_kernel; /* fy_backend_opts.cpu_q8 (FY_CPU_Q8_*) */
 } fy_cpu_impl;
 
 /* The backend's scratch of at least n floats, or NULL (error recorded). */

@@ -1,6 +1,7 @@
 /* The CPU backend: host memory, OpenMP loops, OpenBLAS GEMM. Ops run
  * synchronously on the calling thread (plus its OpenMP team); errors are
- * recorded as sticky and returned by sync. */
+ * recorded as sticky and returned by sync. Arguments arrive checked
+ * (backend_check.c); buffers are checked here as they are resolved. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -10,16 +11,7 @@
 #include "backend/cpu/cpu.h"
 
 float *fy_cpu_f(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
-    if (!r.buf || !r.buf->handle) {
-        fy_be_set_error(be, "cpu %s: %s is a null buffer", op, arg);
-        return NULL;
-    }
-    if (r.off > r.buf->n || need > r.buf->n - r.off) {
-        fy_be_set_error(be, "cpu %s: %s out of bounds: needs %zu elements at offset %zu of a "
-                            "buffer of %zu", op, arg, need, r.off, r.buf->n);
-        return NULL;
-    }
-    return (float *)r.buf->handle + r.off;
+    return fy_be_ref_ok(be, r, need, op, arg) ? (float *)r.buf->handle + r.off : NULL;
 }
 
 int32_t *fy_cpu_i(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
@@ -53,13 +45,7 @@ static void cpu_destroy(fy_backend *be) {
     free(be);
 }
 
-static int cpu_sync(fy_backend *be, fy_err *err) {
-    if (!be->failed) return 0;
-    fy_fail(err, "%s", be->err_msg);
-    be->failed = 0;
-    be->err_msg[0] = 0;
-    return -1;
-}
+static int cpu_sync(fy_backend *be, fy_err *err) { return fy_be_take_error(be, err); }
 
 /* ---------------------------------------------------------------- memory */
 
@@ -85,26 +71,22 @@ static void cpu_free(fy_backend *be, fy_buf *b) {
 }
 
 static void cpu_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
-    if (!n) return;
     float *d = fy_cpu_f(be, dst, n, "upload", "dst");
     if (d && src) memcpy(d, src, n * 4);
 }
 
 static void cpu_download(fy_backend *be, void *dst, fy_ref src, size_t n) {
-    if (!n) return;
     float *s = fy_cpu_f(be, src, n, "download", "src");
     if (s && dst) memcpy(dst, s, n * 4);
 }
 
 static void cpu_copy(fy_backend *be, fy_ref dst, fy_ref src, size_t n) {
-    if (!n) return;
     float *d = fy_cpu_f(be, dst, n, "copy", "dst");
     float *s = fy_cpu_f(be, src, n, "copy", "src");
     if (d && s) memmove(d, s, n * 4);
 }
 
 static void cpu_fill(fy_backend *be, fy_ref dst, float value, size_t n) {
-    if (!n) return;
     float *d = fy_cpu_f(be, dst, n, "fill", "dst");
     if (!d) return;
     ptrdiff_t nn = (ptrdiff_t)n;
@@ -115,7 +97,6 @@ static void cpu_fill(fy_backend *be, fy_ref dst, float value, size_t n) {
 /* ---------------------------------------------------------------- BLAS-1 */
 
 static void cpu_axpy(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y) {
-    if (!n) return;
     float *xp = fy_cpu_f(be, x, n, "axpy", "x");
     float *yp = fy_cpu_f(be, y, n, "axpy", "y");
     if (!xp || !yp) return;
@@ -125,7 +106,6 @@ static void cpu_axpy(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y) 
 }
 
 static void cpu_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
-    if (!n) return;
     float *xp = fy_cpu_f(be, x, n, "scale", "x");
     if (!xp) return;
     ptrdiff_t nn = (ptrdiff_t)n;
@@ -139,7 +119,6 @@ static void cpu_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
 FY_CPU_HOT static double sumsq_chunk(const float *x, int n) { return fy_cpu_dot_d(x, x, n); }
 
 static double cpu_sumsq(fy_backend *be, size_t n, fy_ref x) {
-    if (!n) return 0.0;
     float *xp = fy_cpu_f(be, x, n, "sumsq", "x");
     if (!xp) return 0.0;
     ptrdiff_t nc = (ptrdiff_t)((n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK);
@@ -172,11 +151,6 @@ static void copy3d_row(float *d, const float *s, int n2, int accumulate) {
 
 static void cpu_copy3d(fy_backend *be, int n0, int n1, int n2, fy_ref dst, size_t ds0,
                        size_t ds1, fy_ref src, size_t ss0, size_t ss1, int accumulate) {
-    if (n0 < 0 || n1 < 0 || n2 < 0) {
-        fy_be_set_error(be, "cpu copy3d: negative size %d x %d x %d", n0, n1, n2);
-        return;
-    }
-    if (!n0 || !n1 || !n2) return;
     size_t dneed = (size_t)(n0 - 1) * ds0 + (size_t)(n1 - 1) * ds1 + (size_t)n2;
     size_t sneed = (size_t)(n0 - 1) * ss0 + (size_t)(n1 - 1) * ss1 + (size_t)n2;
     float *d = fy_cpu_f(be, dst, dneed, "copy3d", "dst");
@@ -219,18 +193,8 @@ static void cpu_copy3d(fy_backend *be, int n0, int n1, int n2, fy_ref dst, size_
 
 static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
                      fy_ref A, int lda, fy_ref B, int ldb, float beta, fy_ref C, int ldc) {
-    if (M < 0 || N < 0 || K < 0) {
-        fy_be_set_error(be, "cpu gemm: negative size M=%d N=%d K=%d", M, N, K);
-        return;
-    }
-    if (!M || !N) return;
     int ar = trans_a ? K : M, ac = trans_a ? M : K; /* stored shapes */
     int br = trans_b ? N : K, bc = trans_b ? K : N;
-    if (lda < (ac > 1 ? ac : 1) || ldb < (bc > 1 ? bc : 1) || ldc < N) {
-        fy_be_set_error(be, "cpu gemm: leading dimension too small (lda=%d for %d cols, ldb=%d "
-                            "for %d cols, ldc=%d for %d cols)", lda, ac, ldb, bc, ldc, N);
-        return;
-    }
     float *c = fy_cpu_f(be, C, fy_cpu_span(M, ldc, N), "gemm", "C");
     if (!c) return;
     if (K == 0) { /* C = beta * C */
@@ -318,8 +282,8 @@ static const fy_backend_ops cpu_ops = {
     .swiglu_q8 = fy_cpu_swiglu_q8,
 };
 
-int fy_backend_cpu_create(fy_backend **out, fy_err *err) {
-    if (!out) return fy_fail(err, "cpu backend: no output pointer");
+/* For fy_backend_create_opts (backend.c), which installs the checks. */
+int fy_backend_cpu_new(const fy_backend_opts *opts, fy_backend **out, fy_err *err) {
     *out = NULL;
     fy_backend *be = calloc(1, sizeof *be);
     fy_cpu_impl *im = calloc(1, sizeof *im);
@@ -328,6 +292,7 @@ int fy_backend_cpu_create(fy_backend **out, fy_err *err) {
         free(im);
         return fy_fail(err, "cpu backend: out of memory");
     }
+    im->q8_kernel = opts->cpu_q8;
     be->ops = &cpu_ops;
     be->impl = im;
     *out = be;

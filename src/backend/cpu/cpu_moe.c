@@ -7,29 +7,9 @@
 
 /* ---------------------------------------------------------------- router */
 
-static int router_check(fy_backend *be, const char *op, int N, const fy_router_opts *o) {
-    if (!o) {
-        fy_be_set_error(be, "cpu %s: no router options", op);
-        return -1;
-    }
-    int E = o->n_experts, K = o->top_k, G = o->n_group < 1 ? 1 : o->n_group;
-    if (N < 0 || E <= 0 || K <= 0 || K > E || E % G != 0) {
-        fy_be_set_error(be, "cpu %s: bad router sizes N=%d n_experts=%d top_k=%d n_group=%d", op,
-                        N, E, K, o->n_group);
-        return -1;
-    }
-    if (G > 1 && (o->topk_group < 1 || (o->topk_group < G && o->topk_group * (E / G) < K))) {
-        fy_be_set_error(be, "cpu %s: topk_group=%d groups of %d experts cannot hold top_k=%d",
-                        op, o->topk_group, E / G, K);
-        return -1;
-    }
-    return 0;
-}
-
 void fy_cpu_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits,
                        fy_ref bias, fy_ref s, fy_ref idx, fy_ref w) {
     const char *op = "router_fwd";
-    if (router_check(be, op, N, o)) return;
     if (!N) return;
     int E = o->n_experts, K = o->top_k, G = o->n_group < 1 ? 1 : o->n_group;
     int gs = E / G, keep = G > 1 && o->topk_group < G ? o->topk_group : G;
@@ -120,7 +100,6 @@ void fy_cpu_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref lo
 void fy_cpu_router_bwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref s, fy_ref idx,
                        fy_ref dw, fy_ref dlogits, int accumulate) {
     const char *op = "router_bwd";
-    if (router_check(be, op, N, o)) return;
     if (!N) return;
     int E = o->n_experts, K = o->top_k;
     const float *sp = fy_cpu_f(be, s, (size_t)N * E, op, "s");
@@ -192,11 +171,6 @@ static int balance_counts(int B, int T, int E, int K, const int32_t *ip, int32_t
 float fy_cpu_balance_fwd(fy_backend *be, int B, int T, int E, int K, float alpha, fy_ref s,
                          fy_ref idx) {
     const char *op = "balance_fwd";
-    if (B < 0 || T < 0 || E <= 0 || K <= 0) {
-        fy_be_set_error(be, "cpu %s: bad sizes B=%d T=%d E=%d K=%d", op, B, T, E, K);
-        return 0.0f;
-    }
-    if (!B || !T) return 0.0f;
     size_t N = (size_t)B * T;
     const float *sp = fy_cpu_f(be, s, N * E, op, "s");
     const int32_t *ip = fy_cpu_i(be, idx, N * K, op, "idx");
@@ -241,11 +215,6 @@ float fy_cpu_balance_fwd(fy_backend *be, int B, int T, int E, int K, float alpha
 void fy_cpu_balance_bwd(fy_backend *be, int B, int T, int E, int K, float alpha, float dloss,
                         fy_ref s, fy_ref idx, fy_ref dlogits) {
     const char *op = "balance_bwd";
-    if (B < 0 || T < 0 || E <= 0 || K <= 0) {
-        fy_be_set_error(be, "cpu %s: bad sizes B=%d T=%d E=%d K=%d", op, B, T, E, K);
-        return;
-    }
-    if (!B || !T) return;
     size_t N = (size_t)B * T;
     const float *sp = fy_cpu_f(be, s, N * E, op, "s");
     const int32_t *ip = fy_cpu_i(be, idx, N * K, op, "idx");
@@ -295,11 +264,6 @@ static size_t rows_in(fy_ref r, int D, int ld) {
 void fy_cpu_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx, fy_ref w,
                         fy_ref dst, int ldd) {
     const char *op = "gather_rows";
-    if (n < 0 || D < 0 || lds < D || ldd < D || lds < 1) {
-        fy_be_set_error(be, "cpu %s: bad sizes n=%d D=%d lds=%d ldd=%d", op, n, D, lds, ldd);
-        return;
-    }
-    if (!n || !D) return;
     const float *sp = fy_cpu_f(be, src, D, op, "src");
     const int32_t *ip = fy_cpu_i(be, idx, n, op, "idx");
     const float *wp = w.buf ? fy_cpu_f(be, w, n, op, "w") : NULL;
@@ -335,11 +299,6 @@ void fy_cpu_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_re
 void fy_cpu_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx,
                              fy_ref w, fy_ref dst, int ldd) {
     const char *op = "scatter_add_rows";
-    if (n < 0 || D < 0 || lds < D || ldd < D || ldd < 1) {
-        fy_be_set_error(be, "cpu %s: bad sizes n=%d D=%d lds=%d ldd=%d", op, n, D, lds, ldd);
-        return;
-    }
-    if (!n || !D) return;
     const float *sp = fy_cpu_f(be, src, fy_cpu_span(n, lds, D), op, "src");
     const int32_t *ip = fy_cpu_i(be, idx, n, op, "idx");
     const float *wp = w.buf ? fy_cpu_f(be, w, n, op, "w") : NULL;
@@ -376,11 +335,6 @@ void fy_cpu_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
 void fy_cpu_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia, fy_ref b, int ldb,
                      fy_ref out, int accumulate) {
     const char *op = "rows_dot";
-    if (n < 0 || D < 0 || lda < D || ldb < D || lda < 1) {
-        fy_be_set_error(be, "cpu %s: bad sizes n=%d D=%d lda=%d ldb=%d", op, n, D, lda, ldb);
-        return;
-    }
-    if (!n) return;
     const float *ap = fy_cpu_f(be, a, D, op, "a");
     const int32_t *ip = fy_cpu_i(be, ia, n, op, "ia");
     const float *bp = fy_cpu_f(be, b, fy_cpu_span(n, ldb, D), op, "b");

@@ -165,14 +165,14 @@ __attribute__((target("avx512f"))) static void q8_quantize_row512(const float *x
 }
 #endif
 
-/* The best kernel this CPU runs; FERRY_CPU_Q8=portable|avx2 picks a lesser
- * one (tests check that all give the same bits). portable also takes the
- * scalar input quantizer. */
-static q8_rows_fn *q8_rows_best(void) {
-    const char *want = getenv("FERRY_CPU_Q8");
-    if (want && !strcmp(want, "portable")) return q8_rows_portable;
+/* The best kernel this CPU runs; fy_backend_opts.cpu_q8 (FY_CPU_Q8_*) picks
+ * a lesser one (tests check that all give the same bits). portable also
+ * takes the scalar input quantizer. */
+static q8_rows_fn *q8_rows_best(fy_backend *be) {
+    const int want = ((fy_cpu_impl *)be->impl)->q8_kernel;
+    if (want == FY_CPU_Q8_PORTABLE) return q8_rows_portable;
 #ifdef FY_Q8_X86
-    if (want && !strcmp(want, "avx2") && __builtin_cpu_supports("avx2")) return q8_rows_avx2;
+    if (want == FY_CPU_Q8_AVX2 && __builtin_cpu_supports("avx2")) return q8_rows_avx2;
     if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return q8_rows_vnni;
     if (__builtin_cpu_supports("avx2")) return q8_rows_avx2;
 #endif
@@ -206,12 +206,6 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
-    if (N < 0 || in < 0 || out < 0 || in % FY_Q8_BLOCK || (N > 1 && (ldx < in || ldy < out))) {
-        fy_be_set_error(be, "cpu %s: bad sizes N=%d in=%d (a multiple of %d) out=%d ldx=%d ldy=%d",
-                        op, N, in, FY_Q8_BLOCK, out, ldx, ldy);
-        return;
-    }
-    if (!N || !out) return;
     const float *xp = fy_cpu_f(be, x, fy_cpu_span(N, ldx, in), op, "x");
     const int8_t *qp = (const int8_t *)fy_cpu_f(be, wq, (size_t)out * (in / 4), op, "wq");
     const float *sp = fy_cpu_f(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
@@ -221,7 +215,7 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     if (!xp || !qp || !sp || !yp || !scr) return;
     int8_t *xq = (int8_t *)scr;
     float *sx = scr + in / 4;
-    q8_rows_fn *rows = q8_rows_best();
+    q8_rows_fn *rows = q8_rows_best(be);
     const int chunks = n_chunks(out);
     for (int n = 0; n < N; n++) {
         quantize_row(rows, xp + (size_t)n * ldx, in, xq, sx);
@@ -237,11 +231,6 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
 void fy_cpu_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq, fy_ref us,
                       fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y, int accumulate) {
     const char *op = "swiglu_q8";
-    if (d < 0 || F < 0 || d % FY_Q8_BLOCK || F % FY_Q8_BLOCK) {
-        fy_be_set_error(be, "cpu %s: bad sizes d=%d F=%d (multiples of %d)", op, d, F, FY_Q8_BLOCK);
-        return;
-    }
-    if (!d) return;
     const size_t nw = (size_t)F * d;
     const float *xp = fy_cpu_f(be, x, d, op, "x");
     const int8_t *gqp = (const int8_t *)fy_cpu_f(be, gq, nw / 4, op, "gq");
@@ -257,7 +246,7 @@ void fy_cpu_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref 
     if (!xp || !gqp || !uqp || !dqp || !gsp || !usp || !dsp || !gp || !up || !hp || !yp || !scr) return;
     int8_t *xq = (int8_t *)scr, *hq = (int8_t *)(scr + d / 4 + d / FY_Q8_BLOCK);
     float *sx = scr + d / 4, *sh = scr + d / 4 + d / FY_Q8_BLOCK + F / 4;
-    q8_rows_fn *rows = q8_rows_best();
+    q8_rows_fn *rows = q8_rows_best(be);
     quantize_row(rows, xp, d, xq, sx);
     const int cf = n_chunks(F), cd = n_chunks(d);
 #pragma omp parallel if (nw >= 65536)

@@ -122,6 +122,11 @@ void fy_ocl_acc(fy_ocl_call *c, double v); /* an acc_t argument: double or float
 void fy_ocl_mem_only(fy_ocl_call *c, cl_mem m);
 /* A buffer followed by its element offset (two kernel arguments). */
 void fy_ocl_buf(fy_ocl_call *c, cl_mem m, size_t off);
+/* A row-major matrix: buffer, element offset, row stride (three arguments). */
+void fy_ocl_rows(fy_ocl_call *c, cl_mem m, size_t off, int ld);
+/* An optional buffer: m and off, or (m NULL) `stand_in` at offset 0, which
+ * the kernel must not read; then the flag m != NULL (three arguments). */
+void fy_ocl_opt_buf(fy_ocl_call *c, cl_mem m, size_t off, cl_mem stand_in);
 void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t *local);
 
 /* Global size rounded up to a multiple of m. */

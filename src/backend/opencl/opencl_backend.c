@@ -46,21 +46,14 @@ int fy_ocl_failed(fy_backend *be, cl_int rc, const char *op, const char *call) {
     return 1;
 }
 
+/* Beyond fy_be_ref_ok: a cl_mem is only valid in its own context, so a
+ * buffer of another backend is refused (the cpu backend takes any host one). */
 cl_mem fy_ocl_mem(fy_backend *be, fy_ref r, size_t need, const char *op, const char *arg) {
-    if (!r.buf || !r.buf->handle) {
-        fy_be_set_error(be, "opencl %s: %s is a null buffer", op, arg);
-        return NULL;
-    }
-    if (r.buf->be != be) {
+    if (r.buf && r.buf->handle && r.buf->be != be) {
         fy_be_set_error(be, "opencl %s: %s belongs to another backend", op, arg);
         return NULL;
     }
-    if (r.off > r.buf->n || need > r.buf->n - r.off) {
-        fy_be_set_error(be, "opencl %s: %s out of bounds: needs %zu elements at offset %zu of a "
-                            "buffer of %zu", op, arg, need, r.off, r.buf->n);
-        return NULL;
-    }
-    return (cl_mem)r.buf->handle;
+    return fy_be_ref_ok(be, r, need, op, arg) ? (cl_mem)r.buf->handle : NULL;
 }
 
 size_t fy_ocl_rows_in(fy_ref r, int D, int ld) {
@@ -128,6 +121,14 @@ void fy_ocl_mem_only(fy_ocl_call *c, cl_mem m) { set_arg(c, sizeof m, &m); }
 void fy_ocl_buf(fy_ocl_call *c, cl_mem m, size_t off) {
     fy_ocl_mem_only(c, m);
     fy_ocl_ulong(c, (cl_ulong)off);
+}
+void fy_ocl_rows(fy_ocl_call *c, cl_mem m, size_t off, int ld) {
+    fy_ocl_buf(c, m, off);
+    fy_ocl_int(c, ld);
+}
+void fy_ocl_opt_buf(fy_ocl_call *c, cl_mem m, size_t off, cl_mem stand_in) {
+    fy_ocl_buf(c, m ? m : stand_in, m ? off : 0);
+    fy_ocl_int(c, m != NULL);
 }
 
 void fy_ocl_run(fy_ocl_call *c, cl_uint dims, const size_t *global, const size_t *local) {
@@ -359,11 +360,7 @@ static int ocl_sync(fy_backend *be, fy_err *err) {
         fy_ocl_failed(be, clEnqueueWriteBuffer(im->q, im->errf, CL_TRUE, 0, sizeof zero, zero, 0,
                                                NULL, NULL), "sync", "clEnqueueWriteBuffer");
     }
-    if (!be->failed) return 0;
-    fy_fail(err, "%s", be->err_msg);
-    be->failed = 0;
-    be->err_msg[0] = 0;
-    return -1;
+    return fy_be_take_error(be, err);
 }
 
 /* ---------------------------------------------------------------- memory */
@@ -403,7 +400,6 @@ static void ocl_free(fy_backend *be, fy_buf *b) {
 
 /* Blocking, like the cpu backend's memcpy: callers reuse src at once. */
 static void ocl_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
-    if (!n) return;
     cl_mem d = fy_ocl_mem(be, dst, n, "upload", "dst");
     if (!d || !src) return;
     fy_ocl_failed(be, clEnqueueWriteBuffer(fy_ocl(be)->q, d, CL_TRUE, dst.off * 4, n * 4, src, 0,
@@ -411,7 +407,6 @@ static void ocl_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
 }
 
 static void ocl_download(fy_backend *be, void *dst, fy_ref src, size_t n) {
-    if (!n) return;
     cl_mem s = fy_ocl_mem(be, src, n, "download", "src");
     if (!s || !dst) return;
     fy_ocl_failed(be, clEnqueueReadBuffer(fy_ocl(be)->q, s, CL_TRUE, src.off * 4, n * 4, dst, 0,
@@ -419,7 +414,6 @@ static void ocl_download(fy_backend *be, void *dst, fy_ref src, size_t n) {
 }
 
 static void ocl_copy(fy_backend *be, fy_ref dst, fy_ref src, size_t n) {
-    if (!n) return;
     cl_mem d = fy_ocl_mem(be, dst, n, "copy", "dst");
     cl_mem s = fy_ocl_mem(be, src, n, "copy", "src");
     if (!d || !s) return;
@@ -441,7 +435,6 @@ static void ocl_copy(fy_backend *be, fy_ref dst, fy_ref src, size_t n) {
 }
 
 static void ocl_fill(fy_backend *be, fy_ref dst, float value, size_t n) {
-    if (!n) return;
     cl_mem d = fy_ocl_mem(be, dst, n, "fill", "dst");
     if (!d) return;
     cl_float v = value;
@@ -452,7 +445,6 @@ static void ocl_fill(fy_backend *be, fy_ref dst, float value, size_t n) {
 /* ---------------------------------------------------------------- BLAS-1 */
 
 static void ocl_axpy(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y) {
-    if (!n) return;
     cl_mem xm = fy_ocl_mem(be, x, n, "axpy", "x");
     cl_mem ym = fy_ocl_mem(be, y, n, "axpy", "y");
     if (!xm || !ym) return;
@@ -466,7 +458,6 @@ static void ocl_axpy(fy_backend *be, size_t n, float alpha, fy_ref x, fy_ref y) 
 }
 
 static void ocl_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
-    if (!n) return;
     cl_mem xm = fy_ocl_mem(be, x, n, "scale", "x");
     if (!xm) return;
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_scale, "scale");
@@ -480,7 +471,6 @@ static void ocl_scale(fy_backend *be, size_t n, float alpha, fy_ref x) {
 /* Per-chunk partial sums on the device (fixed chunks, fixed tree), the
  * partials added in order on the host in double: deterministic. */
 static double ocl_sumsq(fy_backend *be, size_t n, fy_ref x) {
-    if (!n) return 0.0;
     fy_ocl_impl *im = be->impl;
     cl_mem xm = fy_ocl_mem(be, x, n, "sumsq", "x");
     if (!xm) return 0.0;
@@ -508,11 +498,6 @@ static double ocl_sumsq(fy_backend *be, size_t n, fy_ref x) {
 
 static void ocl_copy3d(fy_backend *be, int n0, int n1, int n2, fy_ref dst, size_t ds0,
                        size_t ds1, fy_ref src, size_t ss0, size_t ss1, int accumulate) {
-    if (n0 < 0 || n1 < 0 || n2 < 0) {
-        fy_be_set_error(be, "opencl copy3d: negative size %d x %d x %d", n0, n1, n2);
-        return;
-    }
-    if (!n0 || !n1 || !n2) return;
     size_t dneed = (size_t)(n0 - 1) * ds0 + (size_t)(n1 - 1) * ds1 + (size_t)n2;
     size_t sneed = (size_t)(n0 - 1) * ss0 + (size_t)(n1 - 1) * ss1 + (size_t)n2;
     cl_mem d = fy_ocl_mem(be, dst, dneed, "copy3d", "dst");
@@ -647,7 +632,7 @@ static int build_program(fy_ocl_impl *im, fy_err *err) {
     return 0;
 }
 
-static int ocl_init(fy_ocl_impl *im, const char *spec, fy_err *err) {
+static int ocl_init(fy_ocl_impl *im, const char *spec, int gemm_kernel, fy_err *err) {
     if (pick_device(spec, &im->platform, &im->device, err)) return -1;
     device_desc(im->platform, im->device, im->desc, sizeof im->desc);
     cl_int rc;
@@ -676,9 +661,9 @@ static int ocl_init(fy_ocl_impl *im, const char *spec, fy_err *err) {
                                                 "failed: %s on %s", fy_ocl_status(erc), im->desc)
                                  : ext ? -1 : fy_fail(err, "opencl: out of memory");
     }
-    /* FERRY_OPENCL_GEMM=tiled|reg overrides the choice (tests run both) */
-    const char *gk = getenv("FERRY_OPENCL_GEMM");
-    im->cpu_device = gk ? strcmp(gk, "reg") == 0 : (type & CL_DEVICE_TYPE_CPU) != 0;
+    /* fy_backend_opts.opencl_gemm overrides the choice (tests run both) */
+    im->cpu_device = gemm_kernel != FY_OPENCL_GEMM_AUTO ? gemm_kernel == FY_OPENCL_GEMM_REG
+                                                        : (type & CL_DEVICE_TYPE_CPU) != 0;
     im->red = 64;
     while (im->red > maxwg) im->red /= 2;
     im->acc_size = strstr(ext, "cl_khr_fp64") ? 8 : 4;
@@ -694,8 +679,7 @@ static int ocl_init(fy_ocl_impl *im, const char *spec, fy_err *err) {
     return 0;
 }
 
-int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err) {
-    if (!out) return fy_fail(err, "opencl backend: no output pointer");
+int fy_backend_opencl_create(const char *spec, const fy_backend_opts *opts, fy_backend **out, fy_err *err) {
     *out = NULL;
     if (!spec) spec = "opencl";
     fy_backend *be = calloc(1, sizeof *be);
@@ -707,7 +691,7 @@ int fy_backend_opencl_create(const char *spec, fy_backend **out, fy_err *err) {
     }
     be->ops = &ocl_ops;
     be->impl = im;
-    if (ocl_init(im, spec, err)) {
+    if (ocl_init(im, spec, opts->opencl_gemm, err)) {
         ocl_destroy(be);
         return -1;
     }

@@ -8,6 +8,14 @@
 /* Rows of C up to which the one-item-per-element kernel is used. */
 #define SMALL_M 4
 
+/* One GEMM operand: matrix (buffer, offset, row stride) and its strides
+ * between the matrices of a batch (outer, inner). */
+static void gemm_operand(fy_ocl_call *c, cl_mem m, size_t off, int ld, size_t s1, size_t s2) {
+    fy_ocl_rows(c, m, off, ld);
+    fy_ocl_ulong(c, s1);
+    fy_ocl_ulong(c, s2);
+}
+
 void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_b, int M, int N,
                          int K, float alpha, cl_mem A, size_t ao, int lda, size_t sa1,
                          size_t sa2, cl_mem B, size_t bo, int ldb, size_t sb1, size_t sb2,
@@ -22,13 +30,10 @@ void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_
         fy_ocl_int(&c, N);
         fy_ocl_int(&c, K);
         fy_ocl_float(&c, alpha);
-        fy_ocl_buf(&c, A, ao);
-        fy_ocl_int(&c, lda);
-        fy_ocl_buf(&c, B, bo);
-        fy_ocl_int(&c, ldb);
+        fy_ocl_rows(&c, A, ao, lda);
+        fy_ocl_rows(&c, B, bo, ldb);
         fy_ocl_float(&c, beta);
-        fy_ocl_buf(&c, C, co);
-        fy_ocl_int(&c, ldc);
+        fy_ocl_rows(&c, C, co, ldc);
         size_t g[2] = {fy_ocl_round((size_t)N, 64), (size_t)M};
         fy_ocl_run(&c, 2, g, NULL);
         return;
@@ -44,19 +49,10 @@ void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, K);
     fy_ocl_float(&c, alpha);
-    fy_ocl_buf(&c, A, ao);
-    fy_ocl_int(&c, lda);
-    fy_ocl_ulong(&c, sa1);
-    fy_ocl_ulong(&c, sa2);
-    fy_ocl_buf(&c, B, bo);
-    fy_ocl_int(&c, ldb);
-    fy_ocl_ulong(&c, sb1);
-    fy_ocl_ulong(&c, sb2);
+    gemm_operand(&c, A, ao, lda, sa1, sa2);
+    gemm_operand(&c, B, bo, ldb, sb1, sb2);
     fy_ocl_float(&c, beta);
-    fy_ocl_buf(&c, C, co);
-    fy_ocl_int(&c, ldc);
-    fy_ocl_ulong(&c, sc1);
-    fy_ocl_ulong(&c, sc2);
+    gemm_operand(&c, C, co, ldc, sc1, sc2);
     fy_ocl_int(&c, inner > 0 ? inner : 1);
     fy_ocl_int(&c, causal);
     size_t rows = reg ? (size_t)(M + 3) / 4 : (size_t)(M + 63) / 64 * 16;
@@ -67,18 +63,8 @@ void fy_ocl_gemm_batched(fy_backend *be, const char *op, int trans_a, int trans_
 
 void fy_ocl_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
                  fy_ref A, int lda, fy_ref B, int ldb, float beta, fy_ref C, int ldc) {
-    if (M < 0 || N < 0 || K < 0) {
-        fy_be_set_error(be, "opencl gemm: negative size M=%d N=%d K=%d", M, N, K);
-        return;
-    }
-    if (!M || !N) return;
     int ar = trans_a ? K : M, ac = trans_a ? M : K; /* stored shapes */
     int br = trans_b ? N : K, bc = trans_b ? K : N;
-    if (lda < (ac > 1 ? ac : 1) || ldb < (bc > 1 ? bc : 1) || ldc < N) {
-        fy_be_set_error(be, "opencl gemm: leading dimension too small (lda=%d for %d cols, "
-                            "ldb=%d for %d cols, ldc=%d for %d cols)", lda, ac, ldb, bc, ldc, N);
-        return;
-    }
     cl_mem c = fy_ocl_mem(be, C, fy_ocl_span(M, ldc, N), "gemm", "C");
     if (!c) return;
     cl_mem a = NULL, b = NULL;

@@ -8,22 +8,10 @@
 /* Group masks are 64-bit (kernels/moe.cl). */
 #define MAX_GROUPS 64
 
-static int router_check(fy_backend *be, const char *op, int N, const fy_router_opts *o) {
-    if (!o) {
-        fy_be_set_error(be, "opencl %s: no router options", op);
-        return -1;
-    }
-    int E = o->n_experts, K = o->top_k, G = o->n_group < 1 ? 1 : o->n_group;
-    if (N < 0 || E <= 0 || K <= 0 || K > E || E % G != 0) {
-        fy_be_set_error(be, "opencl %s: bad router sizes N=%d n_experts=%d top_k=%d n_group=%d",
-                        op, N, E, K, o->n_group);
-        return -1;
-    }
-    if (G > 1 && (o->topk_group < 1 || (o->topk_group < G && o->topk_group * (E / G) < K))) {
-        fy_be_set_error(be, "opencl %s: topk_group=%d groups of %d experts cannot hold top_k=%d",
-                        op, o->topk_group, E / G, K);
-        return -1;
-    }
+/* The group limit of this backend's router kernel (the options' own
+ * consistency is checked in backend_check.c). */
+static int router_check(fy_backend *be, const char *op, const fy_router_opts *o) {
+    int G = o->n_group < 1 ? 1 : o->n_group;
     if (G > MAX_GROUPS) {
         fy_be_set_error(be, "opencl %s: n_group=%d, this backend supports at most %d groups", op,
                         G, MAX_GROUPS);
@@ -35,7 +23,7 @@ static int router_check(fy_backend *be, const char *op, int N, const fy_router_o
 void fy_ocl_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref logits,
                        fy_ref bias, fy_ref s, fy_ref idx, fy_ref w) {
     const char *op = "router_fwd";
-    if (router_check(be, op, N, o)) return;
+    if (router_check(be, op, o)) return;
     if (!N) return;
     int E = o->n_experts, K = o->top_k, G = o->n_group < 1 ? 1 : o->n_group;
     int keep = G > 1 && o->topk_group < G ? o->topk_group : G;
@@ -66,7 +54,7 @@ void fy_ocl_router_fwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref lo
 void fy_ocl_router_bwd(fy_backend *be, int N, const fy_router_opts *o, fy_ref s, fy_ref idx,
                        fy_ref dw, fy_ref dlogits, int accumulate) {
     const char *op = "router_bwd";
-    if (router_check(be, op, N, o)) return;
+    if (router_check(be, op, o)) return;
     if (!N) return;
     int E = o->n_experts, K = o->top_k;
     cl_mem sm = fy_ocl_mem(be, s, (size_t)N * E, op, "s");
@@ -115,11 +103,6 @@ static cl_mem balance_counts(fy_backend *be, const char *op, int B, int T, int E
 float fy_ocl_balance_fwd(fy_backend *be, int B, int T, int E, int K, float alpha, fy_ref s,
                          fy_ref idx) {
     const char *op = "balance_fwd";
-    if (B < 0 || T < 0 || E <= 0 || K <= 0) {
-        fy_be_set_error(be, "opencl %s: bad sizes B=%d T=%d E=%d K=%d", op, B, T, E, K);
-        return 0.0f;
-    }
-    if (!B || !T) return 0.0f;
     size_t N = (size_t)B * T;
     fy_ocl_impl *im = fy_ocl(be);
     cl_mem sm = fy_ocl_mem(be, s, N * E, op, "s");
@@ -154,11 +137,6 @@ float fy_ocl_balance_fwd(fy_backend *be, int B, int T, int E, int K, float alpha
 void fy_ocl_balance_bwd(fy_backend *be, int B, int T, int E, int K, float alpha, float dloss,
                         fy_ref s, fy_ref idx, fy_ref dlogits) {
     const char *op = "balance_bwd";
-    if (B < 0 || T < 0 || E <= 0 || K <= 0) {
-        fy_be_set_error(be, "opencl %s: bad sizes B=%d T=%d E=%d K=%d", op, B, T, E, K);
-        return;
-    }
-    if (!B || !T) return;
     size_t N = (size_t)B * T;
     cl_mem sm = fy_ocl_mem(be, s, N * E, op, "s");
     cl_mem im_ = fy_ocl_mem(be, idx, N * K, op, "idx");
@@ -193,11 +171,6 @@ static int rows_too_many(fy_backend *be, const char *op, size_t rows) {
 void fy_ocl_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx, fy_ref w,
                         fy_ref dst, int ldd) {
     const char *op = "gather_rows";
-    if (n < 0 || D < 0 || lds < D || ldd < D || lds < 1) {
-        fy_be_set_error(be, "opencl %s: bad sizes n=%d D=%d lds=%d ldd=%d", op, n, D, lds, ldd);
-        return;
-    }
-    if (!n || !D) return;
     cl_mem sm = fy_ocl_mem(be, src, D, op, "src");
     cl_mem im_ = fy_ocl_mem(be, idx, n, op, "idx");
     cl_mem wm = w.buf ? fy_ocl_mem(be, w, n, op, "w") : NULL;
@@ -209,13 +182,10 @@ void fy_ocl_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_re
     fy_ocl_int(&c, n);
     fy_ocl_int(&c, D);
     fy_ocl_int(&c, (int)nsrc);
-    fy_ocl_buf(&c, sm, src.off);
-    fy_ocl_int(&c, lds);
+    fy_ocl_rows(&c, sm, src.off, lds);
     fy_ocl_buf(&c, im_, idx.off);
-    fy_ocl_buf(&c, wm ? wm : im_, wm ? w.off : 0);
-    fy_ocl_int(&c, wm != NULL);
-    fy_ocl_buf(&c, dm, dst.off);
-    fy_ocl_int(&c, ldd);
+    fy_ocl_opt_buf(&c, wm, w.off, im_);
+    fy_ocl_rows(&c, dm, dst.off, ldd);
     fy_ocl_mem_only(&c, fy_ocl(be)->errf);
     size_t g[2] = {fy_ocl_round((size_t)D, 32), (size_t)n};
     fy_ocl_run(&c, 2, g, NULL);
@@ -227,11 +197,6 @@ void fy_ocl_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_re
 void fy_ocl_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx,
                              fy_ref w, fy_ref dst, int ldd) {
     const char *op = "scatter_add_rows";
-    if (n < 0 || D < 0 || lds < D || ldd < D || ldd < 1) {
-        fy_be_set_error(be, "opencl %s: bad sizes n=%d D=%d lds=%d ldd=%d", op, n, D, lds, ldd);
-        return;
-    }
-    if (!n || !D) return;
     cl_mem sm = fy_ocl_mem(be, src, fy_ocl_span(n, lds, D), op, "src");
     cl_mem im_ = fy_ocl_mem(be, idx, n, op, "idx");
     cl_mem wm = w.buf ? fy_ocl_mem(be, w, n, op, "w") : NULL;
@@ -245,13 +210,10 @@ void fy_ocl_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
     fy_ocl_int(&c, D);
     fy_ocl_int(&c, (int)ndst);
     fy_ocl_int(&c, G);
-    fy_ocl_buf(&c, sm, src.off);
-    fy_ocl_int(&c, lds);
+    fy_ocl_rows(&c, sm, src.off, lds);
     fy_ocl_buf(&c, im_, idx.off);
-    fy_ocl_buf(&c, wm ? wm : im_, wm ? w.off : 0);
-    fy_ocl_int(&c, wm != NULL);
-    fy_ocl_buf(&c, dm, dst.off);
-    fy_ocl_int(&c, ldd);
+    fy_ocl_opt_buf(&c, wm, w.off, im_);
+    fy_ocl_rows(&c, dm, dst.off, ldd);
     fy_ocl_mem_only(&c, fy_ocl(be)->errf);
     size_t g[2] = {fy_ocl_round((size_t)D, 32), (size_t)G};
     fy_ocl_run(&c, 2, g, NULL);
@@ -260,11 +222,6 @@ void fy_ocl_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
 void fy_ocl_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia, fy_ref b, int ldb,
                      fy_ref out, int accumulate) {
     const char *op = "rows_dot";
-    if (n < 0 || D < 0 || lda < D || ldb < D || lda < 1) {
-        fy_be_set_error(be, "opencl %s: bad sizes n=%d D=%d lda=%d ldb=%d", op, n, D, lda, ldb);
-        return;
-    }
-    if (!n) return;
     cl_mem am = fy_ocl_mem(be, a, D, op, "a");
     cl_mem iam = fy_ocl_mem(be, ia, n, op, "ia");
     cl_mem bm = fy_ocl_mem(be, b, fy_ocl_span(n, ldb, D), op, "b");
@@ -276,11 +233,9 @@ void fy_ocl_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia,
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rows_dot, op);
     fy_ocl_int(&c, D);
     fy_ocl_int(&c, (int)na);
-    fy_ocl_buf(&c, am, a.off);
-    fy_ocl_int(&c, lda);
+    fy_ocl_rows(&c, am, a.off, lda);
     fy_ocl_buf(&c, iam, ia.off);
-    fy_ocl_buf(&c, bm, b.off);
-    fy_ocl_int(&c, ldb);
+    fy_ocl_rows(&c, bm, b.off, ldb);
     fy_ocl_buf(&c, om, out.off);
     fy_ocl_int(&c, accumulate);
     fy_ocl_mem_only(&c, im->errf);

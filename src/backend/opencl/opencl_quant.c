@@ -7,12 +7,6 @@
 void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
                       fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
-    if (N < 0 || in < 0 || out < 0 || in % FY_Q8_BLOCK || (N > 1 && (ldx < in || ldy < out))) {
-        fy_be_set_error(be, "opencl %s: bad sizes N=%d in=%d (a multiple of %d) out=%d ldx=%d ldy=%d", op, N,
-                        in, FY_Q8_BLOCK, out, ldx, ldy);
-        return;
-    }
-    if (!N || !out) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, in), op, "x");
     cl_mem qm = fy_ocl_mem(be, wq, (size_t)out * (in / 4), op, "wq");
     cl_mem sm = fy_ocl_mem(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
@@ -25,8 +19,7 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
         fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_q8_quant, op);
         fy_ocl_int(&c, N);
         fy_ocl_int(&c, in);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, scr, 0);
         fy_ocl_buf(&c, scr, nq);
         size_t g[2] = {fy_ocl_round((size_t)in / FY_Q8_BLOCK, 32), (size_t)N};
@@ -40,8 +33,7 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     fy_ocl_buf(&c, scr, nq);
     fy_ocl_buf(&c, qm, wq.off);
     fy_ocl_buf(&c, sm, ws.off);
-    fy_ocl_buf(&c, ym, y.off);
-    fy_ocl_int(&c, ldy);
+    fy_ocl_rows(&c, ym, y.off, ldy);
     fy_ocl_int(&c, accumulate);
     size_t g[2] = {fy_ocl_round((size_t)out, 32), (size_t)N};
     fy_ocl_run(&c, 2, g, NULL);

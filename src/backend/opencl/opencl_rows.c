@@ -4,21 +4,11 @@
 
 #include "backend/opencl/opencl.h"
 
-#define BADDIM(op, cond)                                                     \
-    do {                                                                     \
-        if (cond) {                                                          \
-            fy_be_set_error(be, "opencl %s: bad sizes (%s)", op, #cond);     \
-            return;                                                          \
-        }                                                                    \
-    } while (0)
-
 /* ---------------------------------------------------------------- RMSNorm */
 
 void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, float eps,
                         fy_ref y, int ldy, fy_ref rstd) {
     const char *op = "rmsnorm_fwd";
-    BADDIM(op, N < 0 || D < 0 || ldx < D || ldy < D);
-    if (!N || !D) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, D), op, "x");
     cl_mem wm = fy_ocl_mem(be, w, D, op, "w");
     cl_mem ym = fy_ocl_mem(be, y, fy_ocl_span(N, ldy, D), op, "y");
@@ -27,12 +17,10 @@ void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
     fy_ocl_impl *im = fy_ocl(be);
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rmsnorm_fwd, op);
     fy_ocl_int(&c, D);
-    fy_ocl_buf(&c, xm, x.off);
-    fy_ocl_int(&c, ldx);
+    fy_ocl_rows(&c, xm, x.off, ldx);
     fy_ocl_buf(&c, wm, w.off);
     fy_ocl_float(&c, eps);
-    fy_ocl_buf(&c, ym, y.off);
-    fy_ocl_int(&c, ldy);
+    fy_ocl_rows(&c, ym, y.off, ldy);
     fy_ocl_buf(&c, rm, rstd.off);
     size_t g = (size_t)N * im->red;
     fy_ocl_run(&c, 1, &g, &im->red);
@@ -44,8 +32,6 @@ void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
 void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, fy_ref rstd,
                         fy_ref dy, int lddy, fy_ref dx, int lddx, int accumulate_dx, fy_ref dw) {
     const char *op = "rmsnorm_bwd";
-    BADDIM(op, N < 0 || D < 0 || ldx < D || lddy < D || (dx.buf && lddx < D));
-    if (!N || !D) return;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, D), op, "x");
     cl_mem wm = fy_ocl_mem(be, w, D, op, "w");
     cl_mem rm = fy_ocl_mem(be, rstd, N, op, "rstd");
@@ -62,11 +48,9 @@ void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
         fy_ocl_int(&c, N);
         fy_ocl_int(&c, D);
         fy_ocl_int(&c, FY_OCL_ROW_CHUNK);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, rm, rstd.off);
-        fy_ocl_buf(&c, dym, dy.off);
-        fy_ocl_int(&c, lddy);
+        fy_ocl_rows(&c, dym, dy.off, lddy);
         fy_ocl_mem_only(&c, part);
         size_t g[2] = {fy_ocl_round((size_t)D, 64), (size_t)nchunk};
         fy_ocl_run(&c, 2, g, NULL);
@@ -81,14 +65,11 @@ void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
     if (dxm) {
         fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rmsnorm_bwd_dx, op);
         fy_ocl_int(&c, D);
-        fy_ocl_buf(&c, xm, x.off);
-        fy_ocl_int(&c, ldx);
+        fy_ocl_rows(&c, xm, x.off, ldx);
         fy_ocl_buf(&c, wm, w.off);
         fy_ocl_buf(&c, rm, rstd.off);
-        fy_ocl_buf(&c, dym, dy.off);
-        fy_ocl_int(&c, lddy);
-        fy_ocl_buf(&c, dxm, dx.off);
-        fy_ocl_int(&c, lddx);
+        fy_ocl_rows(&c, dym, dy.off, lddy);
+        fy_ocl_rows(&c, dxm, dx.off, lddx);
         fy_ocl_int(&c, accumulate_dx);
         size_t g = (size_t)N * im->red;
         fy_ocl_run(&c, 1, &g, &im->red);
@@ -152,9 +133,6 @@ static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) 
 
 void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
                  int head_stride, float theta, int inverse) {
-    BADDIM("rope", N < 0 || T <= 0 || n_heads < 0 || d_r < 0 || (d_r & 1) || pos0 < 0 ||
-                       head_stride < 0);
-    if (!N || !n_heads || !d_r) return;
     size_t width = (size_t)(n_heads - 1) * head_stride + d_r;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ld, width), "rope", "x");
     if (!xm) return;
@@ -166,8 +144,7 @@ void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
     fy_ocl_int(&c, T);
     fy_ocl_int(&c, n_heads);
     fy_ocl_int(&c, d_r);
-    fy_ocl_buf(&c, xm, x.off);
-    fy_ocl_int(&c, ld);
+    fy_ocl_rows(&c, xm, x.off, ld);
     fy_ocl_int(&c, head_stride);
     fy_ocl_mem_only(&c, tab);
     fy_ocl_float(&c, inverse ? -1.0f : 1.0f);
@@ -180,8 +157,6 @@ void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, f
 void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref h, int ldh) {
     const char *op = "swiglu_fwd";
-    BADDIM(op, N < 0 || F < 0 || ldg < F || ldu < F || ldh < F);
-    if (!N || !F) return;
     cl_mem gm = fy_ocl_mem(be, g, fy_ocl_span(N, ldg, F), op, "g");
     cl_mem um = fy_ocl_mem(be, u, fy_ocl_span(N, ldu, F), op, "u");
     cl_mem hm = fy_ocl_mem(be, h, fy_ocl_span(N, ldh, F), op, "h");
@@ -189,12 +164,9 @@ void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_swiglu_fwd, op);
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, F);
-    fy_ocl_buf(&c, gm, g.off);
-    fy_ocl_int(&c, ldg);
-    fy_ocl_buf(&c, um, u.off);
-    fy_ocl_int(&c, ldu);
-    fy_ocl_buf(&c, hm, h.off);
-    fy_ocl_int(&c, ldh);
+    fy_ocl_rows(&c, gm, g.off, ldg);
+    fy_ocl_rows(&c, um, u.off, ldu);
+    fy_ocl_rows(&c, hm, h.off, ldh);
     size_t gs[2] = {fy_ocl_round((size_t)F, 32), (size_t)N};
     fy_ocl_run(&c, 2, gs, NULL);
 }
@@ -202,8 +174,6 @@ void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
 void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref dh, int lddh, fy_ref dg, fy_ref du) {
     const char *op = "swiglu_bwd";
-    BADDIM(op, N < 0 || F < 0 || ldg < F || ldu < F || lddh < F);
-    if (!N || !F) return;
     cl_mem gm = fy_ocl_mem(be, g, fy_ocl_span(N, ldg, F), op, "g");
     cl_mem um = fy_ocl_mem(be, u, fy_ocl_span(N, ldu, F), op, "u");
     cl_mem dhm = fy_ocl_mem(be, dh, fy_ocl_span(N, lddh, F), op, "dh");
@@ -213,12 +183,9 @@ void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_swiglu_bwd, op);
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, F);
-    fy_ocl_buf(&c, gm, g.off);
-    fy_ocl_int(&c, ldg);
-    fy_ocl_buf(&c, um, u.off);
-    fy_ocl_int(&c, ldu);
-    fy_ocl_buf(&c, dhm, dh.off);
-    fy_ocl_int(&c, lddh);
+    fy_ocl_rows(&c, gm, g.off, ldg);
+    fy_ocl_rows(&c, um, u.off, ldu);
+    fy_ocl_rows(&c, dhm, dh.off, lddh);
     fy_ocl_buf(&c, dgm, dg.off);
     fy_ocl_buf(&c, dum, du.off);
     size_t gs[2] = {fy_ocl_round((size_t)F, 32), (size_t)N};
