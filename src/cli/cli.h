@@ -22,7 +22,10 @@ int fy_cmd_devices(int argc, char **argv);
 
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);
-/* The same with a message formatted here (printf-style). */
+/* A subcommand with sub-subcommands given none it knows: prints the usage
+ * line, to stdout with exit code 0 after --help/-h, else to stderr with 2. */
+int fy_cli_usage(int argc, char **argv, const char *usage);
+/* The same as fy_cli_fail with a message formatted here (printf-style). */
 int fy_cli_failf(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A trained model ready to use: DIR is a run directory (config.json,

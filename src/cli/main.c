@@ -34,6 +34,12 @@ int fy_cli_fail(const char *cmd, const fy_err *err) {
     return 1;
 }
 
+int fy_cli_usage(int argc, char **argv, const char *usage) {
+    int help = argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"));
+    fprintf(help ? stdout : stderr, "%s\n", usage);
+    return help ? 0 : 2;
+}
+
 int fy_cli_failf(const char *cmd, const char *fmt, ...) {
     fy_err err;
     va_list ap;
