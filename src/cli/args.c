@@ -1,3 +1,6 @@
+/* Command-line flags (args.h): strict parsing of a subcommand's flag table
+ * into its variables, and the --help text printed from the same table.
+ * Knows nothing of any subcommand. */
 #include "cli/args.h"
 
 #include <errno.h>

@@ -3,6 +3,10 @@
 #ifndef FY_CLI_H
 #define FY_CLI_H
 
+#include <sys/types.h>
+
+#include <cjson/cJSON.h>
+
 #include "backend/backend.h"
 #include "core/err.h"
 #include "io/tokenizer.h"
@@ -23,6 +27,11 @@ fy_backend_opts *fy_cli_env(fy_backend_opts *opts);
 
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);
+/* A subcommand with sub-subcommands given none it knows: prints the usage
+ * line, to stdout with exit code 0 after --help/-h, else to stderr with 2. */
+int fy_cli_usage(int argc, char **argv, const char *usage);
+/* The same as fy_cli_fail with a message formatted here (printf-style). */
+int fy_cli_failf(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A trained model ready to use: DIR is a run directory (config.json,
  * tokenizer.json, checkpoints/LATEST) or one checkpoint directory inside it.
@@ -38,5 +47,16 @@ void fy_cli_unload(fy_loaded *l);
 /* The run directory of DIR (a run directory, or a checkpoint directory inside
  * RUN/checkpoints/): the one holding config.json and tokenizer.json. */
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
+/* The string member "ferry"."key" of a parsed config.json (config may be
+ * NULL); NULL when absent or not a string. */
+const char *fy_cli_ferry_string(const cJSON *config, const char *key);
+
+/* Child processes, never through a shell (proc.c): argv[0] is looked up in
+ * PATH and argv goes to the program as it is. out_fd / err_fd >= 0 become
+ * the child's stdout / stderr (else it shares this process's). */
+int fy_cli_spawn(char *const argv[], int out_fd, int err_fd, pid_t *pid, fy_err *err);
+/* Waits for a child: its exit status, 128 + the signal that killed it, or
+ * 127 when it cannot be waited for. */
+int fy_cli_wait(pid_t pid);
 
 #endif

@@ -1,4 +1,6 @@
-/* ferry data prepare TEXT_FILES... --tokenizer FILE --out DIR */
+/* ferry data prepare TEXT_FILES... --tokenizer FILE --out DIR: tokenizes
+ * text files into checksummed training and validation shards (io/prepare.h)
+ * with an existing tokenizer. */
 #include <stdio.h>
 #include <string.h>
 
@@ -8,9 +10,8 @@
 
 int fy_cmd_data(int argc, char **argv) {
     if (argc < 1 || strcmp(argv[0], "prepare")) {
-        FILE *f = argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) ? stdout : stderr;
-        fprintf(f, "usage: ferry data prepare TEXT_FILES... --tokenizer FILE --out DIR  (see --help)\n");
-        return f == stdout ? 0 : 2;
+        return fy_cli_usage(argc, argv,
+                            "usage: ferry data prepare TEXT_FILES... --tokenizer FILE --out DIR  (see --help)");
     }
     const char *tokf = NULL, *out = NULL;
     double val = 0.02;
@@ -28,8 +29,7 @@ int fy_cmd_data(int argc, char **argv) {
                           files, 256, &nf, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("data prepare", &err);
     if (!tokf || !out || !nf) {
-        fy_fail(&err, "needs TEXT_FILES, --tokenizer FILE and --out DIR");
-        return fy_cli_fail("data prepare", &err);
+        return fy_cli_failf("data prepare", "needs TEXT_FILES, --tokenizer FILE and --out DIR");
     }
     fy_tokenizer *tok;
     if (fy_tokenizer_load(tokf, &tok, &err)) return fy_cli_fail("data prepare", &err);

@@ -1,4 +1,5 @@
-/* ferry devices: what fy_backend_create() can be given on this machine. */
+/* ferry devices: what fy_backend_create() can be given on this machine, one
+ * backend or device per line (backend/backend.h does the listing). */
 #include <stdio.h>
 
 #include "backend/backend.h"

@@ -1,4 +1,5 @@
-/* ferry generate --model DIR --prompt TEXT */
+/* ferry generate --model DIR --prompt TEXT: loads a trained model (common.c)
+ * and streams its continuation of the prompt to stdout (serve/generate.h). */
 #include <stdio.h>
 #include <string.h>
 
@@ -40,8 +41,7 @@ int fy_cmd_generate(int argc, char **argv) {
                           pos, 0, &npos, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("generate", &err);
     if (!model || !prompt) {
-        fy_fail(&err, "needs --model DIR and --prompt TEXT");
-        return fy_cli_fail("generate", &err);
+        return fy_cli_failf("generate", "needs --model DIR and --prompt TEXT");
     }
     fy_quant wq;
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);

@@ -1,4 +1,5 @@
-/* ferry inspect PATH: summary + checksum verification of any artifact. */
+/* ferry inspect PATH: summary + checksum verification of any artifact (run,
+ * checkpoint, safetensors file, token shard; ckpt/inspect.h). Read-only. */
 #include <stdio.h>
 
 #include "ckpt/inspect.h"
@@ -15,8 +16,7 @@ int fy_cmd_inspect(int argc, char **argv) {
                           pos, 1, &npos, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("inspect", &err);
     if (npos != 1) {
-        fy_fail(&err, "needs one FILE_OR_DIR (see ferry inspect --help)");
-        return fy_cli_fail("inspect", &err);
+        return fy_cli_failf("inspect", "needs one FILE_OR_DIR (see ferry inspect --help)");
     }
     if (fy_inspect(pos[0], stdout, &err)) return fy_cli_fail("inspect", &err);
     return 0;

@@ -1,4 +1,5 @@
-/* ferry tokenizer train|encode|decode */
+/* ferry tokenizer train|encode|decode: learns a byte-level BPE from text
+ * files (Hugging Face tokenizer.json), and encodes or decodes with one. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +23,8 @@ static int cmd_train(int argc, char **argv) {
                           files, 256, &nf, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("tokenizer train", &err);
     if (!nf) {
-        fy_fail(&err, "no text files given (usage: ferry tokenizer train [--vocab-size N] FILES...)");
-        return fy_cli_fail("tokenizer train", &err);
+        return fy_cli_failf("tokenizer train",
+                            "no text files given (usage: ferry tokenizer train [--vocab-size N] FILES...)");
     }
     fy_tok_train_opts o = {vocab, 0, 0};
     fy_tokenizer *tok;
@@ -48,8 +49,7 @@ static int cmd_encode(int argc, char **argv) {
                           "Print the token ids of a text, one line, space separated.", files, 1, &nf, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("tokenizer encode", &err);
     if (!tokf || (!text && !nf)) {
-        fy_fail(&err, "needs --tokenizer FILE and --text TEXT or a file");
-        return fy_cli_fail("tokenizer encode", &err);
+        return fy_cli_failf("tokenizer encode", "needs --tokenizer FILE and --text TEXT or a file");
     }
     fy_tokenizer *tok;
     int32_t *ids;
@@ -75,8 +75,7 @@ static int cmd_decode(int argc, char **argv) {
                           "Print the text of token ids.", words, 65536, &nw, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("tokenizer decode", &err);
     if (!tokf) {
-        fy_fail(&err, "needs --tokenizer FILE");
-        return fy_cli_fail("tokenizer decode", &err);
+        return fy_cli_failf("tokenizer decode", "needs --tokenizer FILE");
     }
     int32_t *ids = malloc((nw + 1) * sizeof *ids);
     for (int i = 0; i < nw; i++) {
@@ -84,8 +83,7 @@ static int cmd_decode(int argc, char **argv) {
         long v = strtol(words[i], &end, 10);
         if (!*words[i] || *end || v < 0 || v > 0x7fffffff) {
             free(ids);
-            fy_fail(&err, "'%s' is not a token id", words[i]);
-            return fy_cli_fail("tokenizer decode", &err);
+            return fy_cli_failf("tokenizer decode", "'%s' is not a token id", words[i]);
         }
         ids[i] = (int32_t)v;
     }
@@ -110,7 +108,5 @@ int fy_cmd_tokenizer(int argc, char **argv) {
     if (argc >= 1 && !strcmp(argv[0], "train")) return cmd_train(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "encode")) return cmd_encode(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "decode")) return cmd_decode(argc - 1, argv + 1);
-    FILE *f = argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) ? stdout : stderr;
-    fprintf(f, "usage: ferry tokenizer train|encode|decode [options]  (each has --help)\n");
-    return f == stdout ? 0 : 2;
+    return fy_cli_usage(argc, argv, "usage: ferry tokenizer train|encode|decode [options]  (each has --help)");
 }

@@ -1,4 +1,6 @@
-/* Loading a trained model for generate and verify (and later serve). */
+/* What several subcommands share: finding a run directory, reading its
+ * config.json's "ferry" section, and loading a trained model for generate
+ * and verify (and later serve). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,12 @@ int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
         return 0;
     }
     return fy_fail(err, "%s: not a run directory or checkpoint (no config.json)", dir);
+}
+
+const char *fy_cli_ferry_string(const cJSON *config, const char *key) {
+    const cJSON *f = config ? cJSON_GetObjectItemCaseSensitive(config, "ferry") : NULL;
+    const cJSON *v = f ? cJSON_GetObjectItemCaseSensitive(f, key) : NULL;
+    return v && cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {

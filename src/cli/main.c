@@ -1,4 +1,7 @@
-/* ferry: train and serve DeepSeek-V3-architecture models on any backend. */
+/* ferry: train and serve DeepSeek-V3-architecture models on any backend.
+ * The entry point: picks the subcommand (cmd_*.c) and reports failures in
+ * one shape, "ferry CMD: message" on stderr. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -29,6 +32,21 @@ static void usage(FILE *f) {
 int fy_cli_fail(const char *cmd, const fy_err *err) {
     fprintf(stderr, "ferry %s: %s\n", cmd, err->msg);
     return 1;
+}
+
+int fy_cli_usage(int argc, char **argv, const char *usage) {
+    int help = argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"));
+    fprintf(help ? stdout : stderr, "%s\n", usage);
+    return help ? 0 : 2;
+}
+
+int fy_cli_failf(const char *cmd, const char *fmt, ...) {
+    fy_err err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof err.msg, fmt, ap);
+    va_end(ap);
+    return fy_cli_fail(cmd, &err);
 }
 
 int main(int argc, char **argv) {

@@ -4,3 +4,10 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/cli_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_work)
   set_tests_properties(cli_end_to_end PROPERTIES LABELS cli TIMEOUT 600)
 endif()
+
+# Paths with quotes, backslashes, ';' and spaces (tests/cli/paths_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_paths
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/paths_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_paths_work)
+  set_tests_properties(cli_paths PROPERTIES LABELS cli TIMEOUT 120)
+endif()
