@@ -478,6 +478,7 @@ static int train_main(int argc, char **argv, fy_comm **commp) {
     o.stop_after = stop_after;
     if (abft >= 0) o.guard.abft_fraction = abft;
     if (recompute >= 0) o.guard.recompute_every = recompute;
+    o.inject = getenv("FERRY_INJECT"); /* fault injection for tests (train/inject.h) */
     if (micro >= 0) o.micro_batch = micro;
     if (compress) o.compress = 1;
     if (expert_parallel) o.expert_parallel = 1;
