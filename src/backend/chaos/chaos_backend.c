@@ -138,22 +138,10 @@ static void chaos_gemm(fy_backend *be, int ta, int tb, int M, int N, int K, floa
         if (!(fabs(got - want) <= tol)) {
             c->faults++;
             if (!c->has_fault) {
-                fy_be_fault *f = &c->fault;
-                f->step = c->step;
-                f->gemm_index = idx;
-                f->trans_a = ta;
-                f->trans_b = tb;
-                f->M = M;
-                f->N = N;
-                f->K = K;
-                f->column = j;
-                snprintf(f->phase, sizeof f->phase, "%s", c->phase);
-                f->A = A;
-                f->B = B;
-                f->C = C;
-                f->got = got;
-                f->want = want;
-                f->tol = tol;
+                c->fault = (fy_be_fault){.step = c->step, .gemm_index = idx, .trans_a = ta, .trans_b = tb,
+                                         .M = M, .N = N, .K = K, .column = j, .A = A, .B = B, .C = C,
+                                         .got = got, .want = want, .tol = tol};
+                snprintf(c->fault.phase, sizeof c->fault.phase, "%s", c->phase);
                 c->has_fault = 1;
             }
             break;
