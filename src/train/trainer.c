@@ -264,7 +264,9 @@ static void history_free(history *h) {
 }
 
 /* Keeps the metrics of steps <= upto (a resumed run replays the rest) and
- * loads them into the history. */
+ * loads them into the history: "loss_main", as the run itself pushes into
+ * the history and the spike window (printed exactly, so the window of a
+ * resumed run holds the same bits as the uninterrupted run's). */
 static int metrics_reopen(const char *path, int upto, int readonly, history *h, FILE **out, fy_err *err) {
     char *text = NULL;
     size_t len = 0;
@@ -278,7 +280,7 @@ static int metrics_reopen(const char *path, int upto, int readonly, history *h, 
             cJSON *o = cJSON_Parse(line);
             const cJSON *st = o ? cJSON_GetObjectItemCaseSensitive(o, "step") : NULL;
             if (st && cJSON_IsNumber(st) && st->valueint <= upto) {
-                const cJSON *lv = cJSON_GetObjectItemCaseSensitive(o, "loss");
+                const cJSON *lv = cJSON_GetObjectItemCaseSensitive(o, "loss_main");
                 const cJSON *vv = cJSON_GetObjectItemCaseSensitive(o, "val_loss");
                 if (lv && cJSON_IsNumber(lv)) push(&h->train, st->valuedouble, lv->valuedouble);
                 if (vv && cJSON_IsNumber(vv)) push(&h->val, st->valuedouble, vv->valuedouble);
