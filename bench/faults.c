@@ -12,7 +12,6 @@
 #include <time.h>
 
 #include "backend/backend.h"
-#include "backend/chaos/chaos.h"
 #include "ckpt/async.h"
 #include "core/rng.h"
 #include "core/clock.h"
@@ -22,7 +21,7 @@
  * over `steps` turns after a warm-up step. */
 static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf, int steps, int B, int T) {
     fy_err err;
-    struct fy_chaos *chaos = fy_chaos_of(m->be);
+    const int chaos = fy_be_fault_checks(m->be);
     int32_t *tok = malloc((size_t)B * T * sizeof *tok), *lab = malloc((size_t)B * T * sizeof *lab);
     if (!tok || !lab || !chaos) return 1;
     double best[8];
@@ -37,9 +36,9 @@ static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf
                 lab[i] = (int32_t)(fy_rng_u64(8, 1, (uint64_t)step * B * T + i) % (uint64_t)m->cfg.vocab_size);
             }
             long c0, f0, c1, f1;
-            fy_chaos_counts(chaos, &c0, &f0);
+            fy_be_fault_counts(m->be, &c0, &f0);
             double t0 = fy_now_s();
-            fy_chaos_begin_step(chaos, step, fractions[k], -1);
+            fy_be_fault_begin_step(m->be, step, fractions[k], -1);
             fy_loss l;
             float gn, lr;
             fy_model_zero_grad(m);
@@ -49,7 +48,7 @@ static int step_time(fy_model *m, fy_adamw *opt, const double *fractions, int nf
                 return 1;
             }
             double t = fy_now_s() - t0;
-            fy_chaos_counts(chaos, &c1, &f1);
+            fy_be_fault_counts(m->be, &c1, &f1);
             checked[k] += c1 - c0;
             faults += f1 - f0;
             if (s > 0 && t < best[k]) best[k] = t; /* turn 0 warms up (workspace, page faults) */

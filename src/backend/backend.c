@@ -137,3 +137,26 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
             }
         }
 }
+
+/* ---- fault checking: the optional fault ops (backend.h) ---- */
+
+int fy_be_fault_checks(const fy_backend *be) { return be && be->ops->fault_begin_step != NULL; }
+
+int fy_be_fault_begin_step(fy_backend *be, int step, double fraction, int corrupt_index) {
+    if (!fy_be_fault_checks(be)) return 0;
+    be->ops->fault_begin_step(be, step, fraction, corrupt_index);
+    return 1;
+}
+
+void fy_be_fault_phase(fy_backend *be, const char *phase) {
+    if (be && be->ops->fault_phase) be->ops->fault_phase(be, phase);
+}
+
+int fy_be_fault_take(fy_backend *be, fy_be_fault *f) {
+    return be && be->ops->fault_take ? be->ops->fault_take(be, f) : 0;
+}
+
+void fy_be_fault_counts(const fy_backend *be, long *checked, long *faults) {
+    *checked = *faults = 0;
+    if (be && be->ops->fault_counts) be->ops->fault_counts(be, checked, faults);
+}

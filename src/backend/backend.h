@@ -59,6 +59,16 @@ typedef struct fy_router_opts {
     float scaling;      /* routed_scaling_factor */
 } fy_router_opts;
 
+/* A GEMM whose ABFT check failed (the fault ops below): which GEMM of the
+ * step, in which phase, its shape and operands, and the column sums that
+ * disagreed. */
+typedef struct fy_be_fault {
+    int step, gemm_index, trans_a, trans_b, M, N, K, column;
+    char phase[16];         /* "forward" or "backward" (fy_be_fault_phase) */
+    fy_ref A, B, C;
+    double got, want, tol;  /* column sum of C, its expected value, the tolerance */
+} fy_be_fault;
+
 /* The vtable every backend fills in. Call through the fy_be_* wrappers. */
 typedef struct fy_backend_ops {
     const char *name;
@@ -227,6 +237,19 @@ typedef struct fy_backend_ops {
     void (*swiglu_q8)(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq,
                       fy_ref us, fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y,
                       int accumulate);
+
+    /* --- Fault checking (optional: NULL in a backend that does not check,
+     * such as cpu and opencl; chaos:INNER checks). Call through
+     * fy_be_fault_*() below. begin_step starts a step: resets the GEMM
+     * counter and the recorded fault, sets the fraction of GEMMs
+     * ABFT-checked, and arms corruption of GEMM number corrupt_index of the
+     * step (-1: none). phase names what runs next, for fault reports. take
+     * gives the first fault since begin_step (1) or none (0), and clears it.
+     * counts: GEMMs checked and faults found since creation. --- */
+    void (*fault_begin_step)(fy_backend *be, int step, double fraction, int corrupt_index);
+    void (*fault_phase)(fy_backend *be, const char *phase);
+    int (*fault_take)(fy_backend *be, fy_be_fault *f);
+    void (*fault_counts)(const fy_backend *be, long *checked, long *faults);
 } fy_backend_ops;
 
 /* Q8_0 (the GGUF block format with a float scale): each block of 32
@@ -310,5 +333,17 @@ static inline int fy_be_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err
     return be->ops->alloc(be, out, n, err);
 }
 static inline void fy_be_free(fy_backend *be, fy_buf *b) { be->ops->free(be, b); }
+
+/* --- Fault checking (the optional fault ops; backend.c). A backend without
+ * them checks nothing: begin_step returns 0, take finds no fault. --- */
+/* 1 when be checks GEMMs (ABFT) and can corrupt one on request. */
+int fy_be_fault_checks(const fy_backend *be);
+/* Starts a step (see fault_begin_step); returns fy_be_fault_checks(be). */
+int fy_be_fault_begin_step(fy_backend *be, int step, double fraction, int corrupt_index);
+void fy_be_fault_phase(fy_backend *be, const char *phase);
+/* 1 and the first fault since fy_be_fault_begin_step, if any; clears it. */
+int fy_be_fault_take(fy_backend *be, fy_be_fault *f);
+/* GEMMs checked and faults found since creation (0 and 0 without checks). */
+void fy_be_fault_counts(const fy_backend *be, long *checked, long *faults);
 
 #endif

@@ -222,6 +222,7 @@ static int apply_flags(const train_flags *f, train_run *run, fy_err *err) {
     o->stop_after = f->stop_after;
     if (f->abft >= 0) o->guard.abft_fraction = f->abft;
     if (f->recompute >= 0) o->guard.recompute_every = f->recompute;
+    o->inject = getenv("FERRY_INJECT"); /* fault injection for tests (train/inject.h) */
     if (f->micro >= 0) o->micro_batch = f->micro;
     if (f->compress) o->compress = 1;
     if (f->expert_parallel) o->expert_parallel = 1;

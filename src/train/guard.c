@@ -1,3 +1,6 @@
+/* The guards of the training loop (guard.h): loss window and spike test,
+ * host snapshots for rollback, per-tensor state checksums. They only read
+ * the model: with no fault they change no number the training computes. */
 #include "train/guard.h"
 
 #include <math.h>

@@ -1,3 +1,6 @@
+/* The faults of a FERRY_INJECT spec (inject.h): parsing, checking against
+ * the model, and the hooks the trainer calls at each point of a step. Only
+ * the trainer's options bring the spec in: nothing here reads the environment. */
 #include "train/inject.h"
 
 #include <math.h>
@@ -77,13 +80,6 @@ int fy_inject_parse(const char *spec, fy_inject *inj, fy_err *err) {
     return rc;
 }
 
-int fy_inject_from_env(fy_inject *inj, fy_err *err) {
-    const char *s = getenv("FERRY_INJECT");
-    if (fy_inject_parse(s, inj, err)) return -1;
-    if (inj->n) fy_warn("fault injection active: FERRY_INJECT=%s", s);
-    return 0;
-}
-
 int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err) {
     for (int i = 0; i < inj->n; i++) {
         fy_inj_fault *f = &inj->f[i];
@@ -110,6 +106,12 @@ int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err) {
             return fy_fail(err, "FERRY_INJECT: index %zu outside %s (%zu elements)", f->index, f->tensor, t->n);
     }
     return 0;
+}
+
+int fy_inject_setup(fy_inject *inj, const char *spec, const fy_model *m, fy_err *err) {
+    if (fy_inject_parse(spec, inj, err)) return -1;
+    if (inj->n) fy_warn("fault injection active: FERRY_INJECT=%s", spec);
+    return fy_inject_resolve(inj, m, err);
 }
 
 static fy_inj_fault *due(fy_inject *inj, int step, int kind) {

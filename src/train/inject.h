@@ -1,5 +1,6 @@
-/* Fault injection for tests (DESIGN §5), driven by the environment variable
- * FERRY_INJECT: faults separated by ';', each "kind:key=value,key=value".
+/* Fault injection for tests (DESIGN §5), driven by a spec string (the
+ * trainer's fy_train_opts.inject; the CLI passes the environment variable
+ * FERRY_INJECT): faults separated by ';', each "kind:key=value,key=value".
  *   nan_grad:step=S[,tensor=NAME][,index=I][,repeat=R]   NaN in a gradient after backward
  *   flip_weight:step=S[,tensor=NAME][,index=I][,bit=B]    bit flip in a weight after step S
  *   flip_moment:step=S[,tensor=NAME][,index=I][,bit=B][,moment=m|v]  ... in an AdamW moment
@@ -12,7 +13,8 @@
  * tensor defaults to the first trained tensor, index to 0, bit to 30 (the
  * top exponent bit), moment to v, repeat to 1 (a transient fault; a larger
  * repeat fires again when the step is replayed after a rollback).
- * Unset or empty FERRY_INJECT injects nothing and costs nothing. */
+ * A NULL or empty spec injects nothing and costs nothing. Errors name
+ * FERRY_INJECT, the way users set the spec. */
 #ifndef FY_INJECT_H
 #define FY_INJECT_H
 
@@ -42,10 +44,11 @@ typedef struct fy_inject {
 } fy_inject;
 
 int fy_inject_parse(const char *spec, fy_inject *inj, fy_err *err);
-/* Parses FERRY_INJECT (n = 0 when unset). */
-int fy_inject_from_env(fy_inject *inj, fy_err *err);
 /* Checks tensor names and indices against the model; fills in defaults. */
 int fy_inject_resolve(fy_inject *inj, const fy_model *m, fy_err *err);
+/* fy_inject_parse, then fy_inject_resolve, and a warning naming the spec
+ * when it injects anything (n = 0 for a NULL or empty spec). */
+int fy_inject_setup(fy_inject *inj, const char *spec, const fy_model *m, fy_err *err);
 
 /* Hooks; each returns 1 when it injected (and describes it in what). */
 int fy_inject_batch(fy_inject *inj, int step, int32_t *labels, size_t n, int vocab, char *what,

@@ -1,3 +1,6 @@
+/* The training data loader (loader.h): memory-mapped token shards of a
+ * split, windows of T+1 tokens in a seeded per-epoch order (a Feistel
+ * permutation), and validation batches. A row depends only on (seed, row). */
 #include "train/loader.h"
 
 #include <dirent.h>

@@ -1,3 +1,5 @@
+/* loss.svg (plot.h): line charts written as standalone SVG text, with
+ * axes and a legend; no drawing library. */
 #include "train/plot.h"
 
 #include <math.h>

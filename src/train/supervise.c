@@ -1,6 +1,10 @@
+/* The supervisor of `ferry train --supervise` (supervise.h): forks the
+ * trainer, watches its heartbeat, restarts it with backoff and records each
+ * restart. It never trains: the child process does. */
 #include "train/supervise.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +15,7 @@
 
 #include "core/log.h"
 #include "core/clock.h"
+#include "train/jsonl.h"
 
 static volatile sig_atomic_t g_forward_sig; /* SIGINT/SIGTERM to pass to the child */
 static void on_signal(int sig) { g_forward_sig = sig; }
@@ -41,14 +46,19 @@ static void read_latest(const char *run_dir, char *out, size_t cap) {
     fclose(f);
 }
 
+/* One line of restarts.jsonl per restart. */
 static void record(const char *run_dir, int attempt, const char *reason, double backoff) {
     char p[4200];
     snprintf(p, sizeof p, "%s/restarts.jsonl", run_dir);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "time", round(fy_wall_s() * 1000) / 1000);
+    cJSON_AddNumberToObject(j, "restart", attempt);
+    cJSON_AddStringToObject(j, "reason", reason);
+    cJSON_AddNumberToObject(j, "backoff_s", round(backoff * 1000) / 1000);
     FILE *f = fopen(p, "a");
-    if (!f) return;
-    fprintf(f, "{\"time\": %.3f, \"restart\": %d, \"reason\": \"%s\", \"backoff_s\": %.3f}\n", fy_wall_s(),
-            attempt, reason, backoff);
-    fclose(f);
+    if (f && fy_json_append_line(f, j)) fy_warn("supervisor: out of memory writing %s", p);
+    if (f) fclose(f);
+    cJSON_Delete(j);
 }
 
 int fy_supervise(char *const *first_argv, char *const *resume_argv, const fy_supervise_opts *o,

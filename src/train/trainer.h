@@ -36,6 +36,8 @@ typedef struct fy_train_opts {
     int zero;             /* 1: ZeRO-1 sharded AdamW moments (default); 0: DDP, whole AdamW on every rank; ferry.zero */
     float bucket_mb;      /* ... in buckets of at least this many MB (0: each layer as it is done); ferry.bucket_mb */
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
+    const char *inject;   /* fault-injection spec (train/inject.h; the CLI passes FERRY_INJECT); NULL or "": none.
+                           * Not a config key: never saved with the run */
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "backend/backend.h"
-#include "backend/chaos/chaos.h"
 #include "model/model.h"
 #include "train/guard.h"
 #include "train/inject.h"
@@ -149,8 +148,7 @@ static void test_abft(void) {
         CHECK(0, "%s", err.msg);
         return;
     }
-    struct fy_chaos *c = fy_chaos_of(be);
-    CHECK(c != NULL && !strcmp(be->ops->name, "chaos:cpu"), "chaos backend, name %s", be->ops->name);
+    CHECK(fy_be_fault_checks(be) && !strcmp(be->ops->name, "chaos:cpu"), "chaos backend, name %s", be->ops->name);
     const int M = 37, N = 29, K = 301;
     fy_buf a, b, cc;
     be->ops->alloc(be, &a, (size_t)M * K, &err);
@@ -165,28 +163,28 @@ static void test_abft(void) {
     be->ops->upload(be, fy_at(&a, 0), h, (size_t)M * K);
     be->ops->upload(be, fy_at(&b, 0), h + 7, (size_t)K * N);
     be->ops->upload(be, fy_at(&cc, 0), h + 3, (size_t)M * N);
-    fy_chaos_fault f;
+    fy_be_fault f;
     int step = 1;
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 2; bi++) {
-                fy_chaos_begin_step(c, step++, 1.0, -1);
+                fy_be_fault_begin_step(be, step++, 1.0, -1);
                 be->ops->gemm(be, ta, tb, M, N, K, 0.7f, fy_at(&a, 0), ta ? M : K, fy_at(&b, 0), tb ? K : N,
                               bi ? 0.5f : 0.0f, fy_at(&cc, 0), N);
-                CHECK(!fy_chaos_take_fault(c, &f), "false alarm ta=%d tb=%d beta=%d: %g vs %g tol %g", ta, tb,
+                CHECK(!fy_be_fault_take(be, &f), "false alarm ta=%d tb=%d beta=%d: %g vs %g tol %g", ta, tb,
                       bi, f.got, f.want, f.tol);
-                fy_chaos_begin_step(c, step++, 1.0, 0);
+                fy_be_fault_begin_step(be, step++, 1.0, 0);
                 be->ops->gemm(be, ta, tb, M, N, K, 0.7f, fy_at(&a, 0), ta ? M : K, fy_at(&b, 0), tb ? K : N,
                               bi ? 0.5f : 0.0f, fy_at(&cc, 0), N);
-                CHECK(fy_chaos_take_fault(c, &f) && f.column == N / 2 && f.gemm_index == 0,
+                CHECK(fy_be_fault_take(be, &f) && f.column == N / 2 && f.gemm_index == 0,
                       "corruption missed ta=%d tb=%d beta=%d", ta, tb, bi);
             }
     long checked, faults;
-    fy_chaos_counts(c, &checked, &faults);
+    fy_be_fault_counts(be, &checked, &faults);
     CHECK(checked == 16 && faults == 8, "checked %ld, faults %ld", checked, faults);
-    fy_chaos_begin_step(c, 100, 0.0, -1);
+    fy_be_fault_begin_step(be, 100, 0.0, -1);
     be->ops->gemm(be, 0, 0, M, N, K, 1.0f, fy_at(&a, 0), K, fy_at(&b, 0), N, 0.0f, fy_at(&cc, 0), N);
-    fy_chaos_counts(c, &checked, &faults);
+    fy_be_fault_counts(be, &checked, &faults);
     CHECK(checked == 16, "fraction 0 checks nothing");
     CHECK(fy_be_sync(be, &err) == 0, "sync: %s", err.msg);
     free(h);
@@ -194,7 +192,10 @@ static void test_abft(void) {
     be->ops->free(be, &b);
     be->ops->free(be, &cc);
     fy_backend_destroy(be);
-    CHECK(fy_chaos_of(NULL) == NULL, "not chaos");
+    CHECK(!fy_backend_create("cpu", &be, &err), "cpu: %s", err.msg);
+    CHECK(!fy_be_fault_checks(be) && !fy_be_fault_begin_step(be, 1, 1.0, 0) && !fy_be_fault_take(be, &f),
+          "cpu checks nothing");
+    fy_backend_destroy(be);
     CHECK(fy_backend_create("chaos:chaos:cpu", &be, &err) != 0, "chaos cannot wrap chaos");
 }
 

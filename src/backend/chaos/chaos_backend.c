@@ -1,6 +1,6 @@
-/* The chaos backend (chaos.h): ABFT checks and corruption of GEMMs, and the
- * perturbed kernels of fy_backend_opts.perturb, around an unchecked inner
- * backend whose private state it shares. */
+/* The chaos:INNER backend (chaos.h): INNER's ops with checked and, on
+ * request, corrupted GEMMs, and the perturbed kernels of
+ * fy_backend_opts.perturb. Reached only through backend.h. */
 #include "backend/chaos/chaos.h"
 
 #include <math.h>
@@ -17,7 +17,7 @@ typedef struct fy_chaos {
     double fraction;
     char phase[16];
     int has_fault;
-    fy_chaos_fault fault;
+    fy_be_fault fault;
     long checked, faults;
     int perturb_op;            /* fy_backend_opts.perturb (see chaos.h): 0 = off */
     float perturb_factor;
@@ -29,11 +29,11 @@ static void chaos_destroy(fy_backend *be) {
     free(c);
 }
 
-fy_chaos *fy_chaos_of(fy_backend *be) {
-    return be && be->ops && be->ops->destroy == chaos_destroy ? (fy_chaos *)be : NULL;
-}
+/* ---- the fault ops (backend.h): begin a step, name the phase, take the
+ * recorded fault ---- */
 
-void fy_chaos_begin_step(fy_chaos *c, int step, double fraction, int corrupt_index) {
+static void chaos_fault_begin_step(fy_backend *be, int step, double fraction, int corrupt_index) {
+    fy_chaos *c = (fy_chaos *)be;
     c->step = step;
     c->gemm_count = 0;
     c->fraction = fraction;
@@ -42,16 +42,21 @@ void fy_chaos_begin_step(fy_chaos *c, int step, double fraction, int corrupt_ind
     snprintf(c->phase, sizeof c->phase, "forward");
 }
 
-void fy_chaos_set_phase(fy_chaos *c, const char *phase) { snprintf(c->phase, sizeof c->phase, "%s", phase); }
+static void chaos_fault_phase(fy_backend *be, const char *phase) {
+    fy_chaos *c = (fy_chaos *)be;
+    snprintf(c->phase, sizeof c->phase, "%s", phase);
+}
 
-int fy_chaos_take_fault(fy_chaos *c, fy_chaos_fault *f) {
+static int chaos_fault_take(fy_backend *be, fy_be_fault *f) {
+    fy_chaos *c = (fy_chaos *)be;
     if (!c->has_fault) return 0;
     *f = c->fault;
     c->has_fault = 0;
     return 1;
 }
 
-void fy_chaos_counts(fy_chaos *c, long *checked, long *faults) {
+static void chaos_fault_counts(const fy_backend *be, long *checked, long *faults) {
+    const fy_chaos *c = (const fy_chaos *)be;
     *checked = c->checked;
     *faults = c->faults;
 }
@@ -133,22 +138,10 @@ static void chaos_gemm(fy_backend *be, int ta, int tb, int M, int N, int K, floa
         if (!(fabs(got - want) <= tol)) {
             c->faults++;
             if (!c->has_fault) {
-                fy_chaos_fault *f = &c->fault;
-                f->step = c->step;
-                f->gemm_index = idx;
-                f->trans_a = ta;
-                f->trans_b = tb;
-                f->M = M;
-                f->N = N;
-                f->K = K;
-                f->column = j;
-                snprintf(f->phase, sizeof f->phase, "%s", c->phase);
-                f->A = A;
-                f->B = B;
-                f->C = C;
-                f->got = got;
-                f->want = want;
-                f->tol = tol;
+                c->fault = (fy_be_fault){.step = c->step, .gemm_index = idx, .trans_a = ta, .trans_b = tb,
+                                         .M = M, .N = N, .K = K, .column = j, .A = A, .B = B, .C = C,
+                                         .got = got, .want = want, .tol = tol};
+                snprintf(c->fault.phase, sizeof c->fault.phase, "%s", c->phase);
                 c->has_fault = 1;
             }
             break;
@@ -245,6 +238,10 @@ int fy_backend_chaos_create(const char *spec, const fy_backend_opts *opts, fy_ba
     c->ops.name = c->name;
     c->ops.destroy = chaos_destroy;
     c->ops.gemm = chaos_gemm;
+    c->ops.fault_begin_step = chaos_fault_begin_step;
+    c->ops.fault_phase = chaos_fault_phase;
+    c->ops.fault_take = chaos_fault_take;
+    c->ops.fault_counts = chaos_fault_counts;
     c->be.ops = &c->ops;
     c->be.impl = c->inner->impl;
     c->corrupt_index = -1;
