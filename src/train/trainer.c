@@ -143,13 +143,14 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
     return s;
 }
 
-int fy_train_backend_create(const char *spec, const fy_guard_opts *g, fy_backend **out, fy_err *err) {
+int fy_train_backend_create(const char *spec, const fy_guard_opts *g, const fy_backend_opts *bo, fy_backend **out,
+                            fy_err *err) {
     if (!spec || !*spec) spec = "cpu";
-    if (g->abft_fraction <= 0 || !strncmp(spec, "chaos", 5)) return fy_backend_create(spec, out, err);
+    if (g->abft_fraction <= 0 || !strncmp(spec, "chaos", 5)) return fy_backend_create_opts(spec, bo, out, err);
     char wrapped[256];
     if (snprintf(wrapped, sizeof wrapped, "chaos:%s", spec) >= (int)sizeof wrapped)
         return fy_fail(err, "backend spec too long: %.64s...", spec);
-    return fy_backend_create(wrapped, out, err);
+    return fy_backend_create_opts(wrapped, bo, out, err);
 }
 
 /* Token buffers for B*T inputs and labels. */

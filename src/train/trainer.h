@@ -63,8 +63,10 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
 
 /* The backend to train on: spec (fy_backend_create), wrapped in the ABFT
  * GEMM checker (the chaos backend, which with no injected fault changes no
- * number) when g->abft_fraction > 0 and spec is not already a chaos one. */
-int fy_train_backend_create(const char *spec, const fy_guard_opts *g, fy_backend **out, fy_err *err);
+ * number) when g->abft_fraction > 0 and spec is not already a chaos one;
+ * bo: the backend options (NULL: defaults). */
+int fy_train_backend_create(const char *spec, const fy_guard_opts *g, const fy_backend_opts *bo, fy_backend **out,
+                            fy_err *err);
 
 /* Mean main-head loss over the first n validation batches. */
 typedef struct fy_loader fy_loader;
