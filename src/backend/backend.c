@@ -37,7 +37,7 @@ int fy_backend_create_unchecked(const char *spec, const fy_backend_opts *opts, f
     if (!opts) opts = &defaults;
 
     if (strcmp(spec, "cpu") == 0) return fy_backend_cpu_new(opts, out, err);
-    /* A wrapper that checks (ABFT) and corrupts GEMMs: DESIGN §5, train/guard.h. */
+    /* A wrapper that checks (ABFT) and corrupts GEMMs: docs/DESIGN.md §5, train/guard.h. */
     if (strcmp(spec, "chaos") == 0 || strncmp(spec, "chaos:", 6) == 0)
         return fy_backend_chaos_create(spec, opts, out, err);
 

@@ -196,7 +196,7 @@ typedef struct fy_backend_ops {
                   float grad_scale);
 
     /* --- MLA decode attention of one new token in the latent space, with
-     * kv_b_proj absorbed into the query and output sides (DESIGN §2), against
+     * kv_b_proj absorbed into the query and output sides (docs/DESIGN.md §2), against
      * a cache of S positions shared by all H heads. Head h's query is
      * [q_nope (dn) | q_pe (dr)] at q + h*ldq; wkv_b is kv_b_proj's weight
      * [H*(dn+dv), r], head h's W_kb its rows [h(dn+dv), h(dn+dv)+dn) and

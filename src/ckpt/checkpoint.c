@@ -1,4 +1,4 @@
-/* Checkpoint save, verify, resolve and load (DESIGN §3).
+/* Checkpoint save, verify, resolve and load (docs/DESIGN.md §3).
  *
  * Crash safety comes from ordering: every file of a checkpoint is written
  * (each fsync'd) into step-XXXXXXXX.tmp.<pid>/, MANIFEST.json last, the

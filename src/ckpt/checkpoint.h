@@ -1,4 +1,4 @@
-/* Checkpoints (DESIGN §3): everything a restart needs, written so that a
+/* Checkpoints (docs/DESIGN.md §3): everything a restart needs, written so that a
  * crash at any instant leaves the previous checkpoint usable.
  *
  *   RUN_DIR/checkpoints/step-00001000/
@@ -110,7 +110,7 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
 int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err);
 
 /* Verifies ckpt_dir, then loads it into m (every tensor of m's table, exact
- * shapes, no extra tensors; F32 or BF16) and, when opt is non-NULL, the
+ * shapes, no extra tensors; F32, BF16 or F16) and, when opt is non-NULL, the
  * moments and opt->t. Nothing on the device changes unless all of it checks
  * out (checksums, names, shapes, dtypes, the step): the tensors are then
  * copied straight from the files' read-only mappings, with no host copy.

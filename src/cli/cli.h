@@ -24,6 +24,8 @@ int fy_cmd_devices(int argc, char **argv);
  * ferry reads it): sets the log level from FERRY_LOG and, when opts is not
  * NULL, fills *opts for fy_backend_create_opts. Returns opts. */
 fy_backend_opts *fy_cli_env(fy_backend_opts *opts);
+/* 1 when an MPI launcher started this process (its environment says so). */
+int fy_cli_mpi_launched(void);
 
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);

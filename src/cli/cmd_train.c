@@ -125,7 +125,7 @@ int fy_cli_train_opts_load(const char *path, fy_train_opts *o, fy_err *err) {
  * command; rank 0 prepares the data and the run directory while the others
  * wait here, then they read its config.json. */
 static int join_ranks(const train_flags *f, train_run *run, fy_comm **commp, fy_err *err) {
-    if (fy_comm_init(f->comm_timeout, &run->comm, err)) return -1;
+    if (fy_comm_init(fy_cli_mpi_launched(), f->comm_timeout, &run->comm, err)) return -1;
     fy_cli_rank_status(run->comm, -1); /* started (for fy_cli_launch_ranks) */
     *commp = run->comm;
     run->rank = fy_comm_rank(run->comm);
@@ -358,7 +358,7 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         fy_cli_supervise_args sa = {run.run_dir, f.resume, f.max_restarts, f.batch, f.heartbeat, f.backoff};
         return fy_cli_train_supervised(argc, argv, &sa);
     }
-    if (f.ranks > 0 && !fy_comm_launched()) return fy_cli_launch_ranks(argc, argv, f.ranks);
+    if (f.ranks > 0 && !fy_cli_mpi_launched()) return fy_cli_launch_ranks(argc, argv, f.ranks);
     if (join_ranks(&f, &run, commp, err)) return 1;
     /* A wrong --backend is reported before any data preparation or file write. */
     fy_backend *be = NULL;

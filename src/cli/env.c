@@ -20,7 +20,8 @@
  *   FERRY_OPENCL_GEMM  reg | anything else (tiled): the OpenCL GEMM kernel
  *                      family (unset: register-blocked on CPU devices,
  *                      tiled elsewhere).
- * (FERRY_INJECT, fault injection for tests, is read by src/train/inject.c.) */
+ * FERRY_INJECT (fault injection for tests) is read by cmd_train.c into the
+ * trainer's options (train/inject.h). */
 fy_backend_opts *fy_cli_env(fy_backend_opts *opts) {
     const char *log = getenv("FERRY_LOG");
     fy_log_set_level(!log                      ? FY_LOG_INFO
@@ -39,4 +40,10 @@ fy_backend_opts *fy_cli_env(fy_backend_opts *opts) {
     const char *gemm = getenv("FERRY_OPENCL_GEMM");
     opts->opencl_gemm = !gemm ? FY_OPENCL_GEMM_AUTO : !strcmp(gemm, "reg") ? FY_OPENCL_GEMM_REG : FY_OPENCL_GEMM_TILED;
     return opts;
+}
+
+/* 1 when mpirun (or another MPI launcher) started this process: Open MPI
+ * sets OMPI_COMM_WORLD_SIZE, PMI-based launchers PMI_SIZE or PMIX_RANK. */
+int fy_cli_mpi_launched(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }

@@ -2,7 +2,7 @@
  * replacement (temp file + fsync + rename + directory fsync), mkdir -p.
  *
  * Atomic replacement is what keeps a checkpoint usable when the process dies
- * at any instant (DESIGN §3, §5): readers see either the old file or the
+ * at any instant (docs/DESIGN.md §3, §5): readers see either the old file or the
  * complete new one, never a prefix. */
 #ifndef FY_FSUTIL_H
 #define FY_FSUTIL_H

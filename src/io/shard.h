@@ -1,4 +1,4 @@
-/* Token data shards (DESIGN.md §3): one file of token ids, memory-mapped for
+/* Token data shards (docs/DESIGN.md §3): one file of token ids, memory-mapped for
  * training.
  *
  * Layout (all integers little-endian):

@@ -1,4 +1,4 @@
-/* Byte-level BPE tokenizer (DESIGN §3 "Tokenizer").
+/* Byte-level BPE tokenizer (docs/DESIGN.md §3 "Tokenizer").
  *
  * Text is split with the GPT-2 pre-tokenizer regex
  *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+

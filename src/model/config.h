@@ -42,7 +42,7 @@ typedef struct fy_config {
     float mtp_loss_weight;        /* lambda */
 } fy_config;
 
-/* "tiny" or "small" (DESIGN/README); vocab_size is set to `vocab`. */
+/* "tiny" or "small" (docs/DESIGN.md §2.1); vocab_size is set to `vocab`. */
 int fy_config_builtin(const char *name, int vocab, fy_config *out, fy_err *err);
 
 /* Parses config.json text; missing optional keys take HF defaults; unknown

@@ -1,4 +1,4 @@
-/* Inference with a latent KV cache (DESIGN §2): per layer and position the
+/* Inference with a latent KV cache (docs/DESIGN.md §2): per layer and position the
  * cache holds only c_kv (after kv_a_layernorm, r_kv floats) and the roped
  * k_pe (d_r floats), instead of 2*H*head_dim. Decode absorbs W_kvb into the
  * query (q_lat = W_kb^T q_nope) and the output (o = W_vb o_lat), so attention

@@ -1,4 +1,4 @@
-/* The whole-sequence forward (DESIGN §2): embedding, decoder layers, the
+/* The whole-sequence forward (docs/DESIGN.md §2): embedding, decoder layers, the
  * main head and the MTP modules, with the loss heads' backward fused in
  * when gradients are wanted. N = B*T tokens flow through the residual
  * stream as [N, d] rows; each layer saves what its backward needs. */

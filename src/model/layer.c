@@ -1,6 +1,6 @@
 /* The layer pieces every pass is built from: linear layers (forward and
  * both gradients), SwiGLU, and the whole-sequence MLA attention with its
- * backward (DESIGN §2). Calls only the backend and quant.c, never a pass. */
+ * backward (docs/DESIGN.md §2). Calls only the backend and quant.c, never a pass. */
 #include <math.h>
 
 #include "model/model_impl.h"

@@ -1,5 +1,5 @@
 /* A DeepSeek-V3 model on a backend: weights, gradients, activations, and the
- * explicit forward and backward passes (DESIGN §2).
+ * explicit forward and backward passes (docs/DESIGN.md §2).
  *
  * A training step is:
  *   fy_model_zero_grad(m);
@@ -106,7 +106,7 @@ static inline fy_ref fy_model_logits(fy_model *m) { return m->logits; }
  * weights w, both [B*T, K] in descending order of s + bias. Host copies. */
 int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_err *err);
 
-/* The latent KV of layer `layer` from the last forward (DESIGN §2: what
+/* The latent KV of layer `layer` from the last forward (docs/DESIGN.md §2: what
  * inference caches): c_kv after kv_a_layernorm, [B*T, r_kv] with row stride
  * *ld_ckv, and k_pe after RoPE, [B*T, d_r] with row stride *ld_kpe. */
 int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref *kpe, int *ld_kpe,
@@ -119,7 +119,7 @@ int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref 
  * For fault injection and debugging. */
 int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, size_t *n, fy_err *err);
 
-/* Expert parallelism (DESIGN §6): the routed experts of every MoE layer are
+/* Expert parallelism (docs/DESIGN.md §6): the routed experts of every MoE layer are
  * split over ep->size ranks in contiguous ranges (rank p owns experts
  * [E*p/size, E*(p+1)/size)). Each rank routes its own tokens, sends every
  * expert's rows to the expert's owner with ep->alltoallv, the owner runs the

@@ -1,4 +1,4 @@
-/* Expert parallelism for the MoE layers (DESIGN §6): moving expert rows
+/* Expert parallelism for the MoE layers (docs/DESIGN.md §6): moving expert rows
  * between the ranks that route tokens and the ranks that own the experts,
  * each of which holds only its own experts' weights (params.h: a shard).
  *

@@ -8,18 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-int fy_comm_launched(void) {
-    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
-}
-
 int fy_comm_lost_peer(const fy_comm *c) { return c && c->lost; }
 
-int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err) {
+int fy_comm_init(int join, double timeout_s, fy_comm **out, fy_err *err) {
     fy_comm *c = calloc(1, sizeof *c);
     if (!c) return fy_fail(err, "out of memory");
     c->size = 1;
     fy_comm_set_timeout(c, timeout_s);
-    if (fy_comm_launched() && fy_comm_net_join(c, err)) {
+    if (join && fy_comm_net_join(c, err)) {
         free(c);
         return -1;
     }

@@ -1,4 +1,4 @@
-/* The communicator: the few collectives ferry's scale-out needs (DESIGN §6),
+/* The communicator: the few collectives ferry's scale-out needs (docs/DESIGN.md §6),
  * over MPI when the build found it, and a one-rank communicator otherwise
  * (or when the process was not started by mpirun), so the trainer has one
  * code path for any rank count.
@@ -34,11 +34,12 @@ typedef struct fy_comm fy_comm;
 #define FY_COMM_STR_(x) FY_COMM_STR2_(x)
 #define FY_COMM_STR2_(x) #x
 
-/* Joins the job: MPI_Init_thread when the environment says mpirun started
- * this process (OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK set) and the
- * build has MPI; the one-rank communicator otherwise. timeout_s bounds every
- * collective (<= 0: FY_COMM_TIMEOUT_DEFAULT_S). */
-int fy_comm_init(double timeout_s, fy_comm **out, fy_err *err);
+/* Joins the job: with join (the caller found that mpirun started this
+ * process: the CLI reads that from the environment, the library never does)
+ * MPI_Init_thread, refused by a build without MPI; the one-rank communicator
+ * otherwise. timeout_s bounds every collective (<= 0:
+ * FY_COMM_TIMEOUT_DEFAULT_S). */
+int fy_comm_init(int join, double timeout_s, fy_comm **out, fy_err *err);
 /* Leaves the job (MPI_Finalize after a barrier); frees c. */
 void fy_comm_finalize(fy_comm *c);
 /* Ends every rank of the job with `code` (MPI_Abort); the one-rank
@@ -52,8 +53,6 @@ uint64_t fy_comm_bytes_sent(const fy_comm *c);
 void fy_comm_set_timeout(fy_comm *c, double timeout_s);
 /* 1 when built with MPI (whether or not this process runs under mpirun). */
 int fy_comm_have_mpi(void);
-/* 1 when the environment says mpirun (or another MPI launcher) started us. */
-int fy_comm_launched(void);
 /* 1 once a collective failed or timed out: the job has lost a rank. */
 int fy_comm_lost_peer(const fy_comm *c);
 /* The exit code ferry uses for "a rank of the job died or hangs": the

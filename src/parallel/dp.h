@@ -1,4 +1,4 @@
-/* Data parallelism (DESIGN §6): every rank holds the whole model, computes
+/* Data parallelism (docs/DESIGN.md §6): every rank holds the whole model, computes
  * the gradient of its rows of the global batch, and the ranks combine the
  * gradients so that every rank takes the same optimizer step.
  *
@@ -16,7 +16,7 @@
  * shard, updates it, and the ranks all-gather the updated parameters. The
  * gradient norm (for clipping) is summed from per-chunk parts in chunk
  * order, the same numbers as on one rank. Checkpoints gather the moments
- * into the one-file format of DESIGN §3, so any rank count can resume them.
+ * into the one-file format of docs/DESIGN.md §3, so any rank count can resume them.
  *
  * Expert parallel (parallel/ep.h): the model holds an expert shard, whose
  * block is the dense params [0, n) (the same on every rank, reduced and

@@ -1,8 +1,7 @@
-/* Expert parallelism over the communicator (DESIGN §6): hands the model the
+/* Expert parallelism over the communicator (docs/DESIGN.md §6): hands the model the
  * all-to-all it needs to send expert rows to their owners (model.h,
- * fy_model_set_expert_parallel). The gradients then still go through the
- * data-parallel reduction (dp.h): each expert's gradient is nonzero only on
- * its owner, so the sum gives every rank all of them. */
+ * fy_model_set_expert_parallel). Each rank holds only its own experts; their
+ * gradients are complete on the owner and are not reduced (dp.h). */
 #ifndef FY_EP_H
 #define FY_EP_H
 

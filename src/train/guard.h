@@ -1,4 +1,4 @@
-/* Guards of the training loop (DESIGN §5): a step whose loss or gradient
+/* Guards of the training loop (docs/DESIGN.md §5): a step whose loss or gradient
  * norm is NaN/Inf, whose loss spikes far above the recent window, or whose
  * state was silently corrupted (a weight/moment checksum that changed between
  * steps, an ABFT GEMM check that failed) is discarded; the trainer restores

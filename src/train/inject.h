@@ -1,4 +1,4 @@
-/* Fault injection for tests (DESIGN §5), driven by a spec string (the
+/* Fault injection for tests (docs/DESIGN.md §5), driven by a spec string (the
  * trainer's fy_train_opts.inject; the CLI passes the environment variable
  * FERRY_INJECT): faults separated by ';', each "kind:key=value,key=value".
  *   nan_grad:step=S[,tensor=NAME][,index=I][,repeat=R]   NaN in a gradient after backward

@@ -862,7 +862,7 @@ static int run_init(run *R, fy_model *m, const fy_train_opts *o, const char *run
     R->disk_step = -1;
     R->loss = R->val_loss = R->snap_loss = NAN;
     R->comm = o->comm;
-    if (!R->comm && fy_comm_init(0, &R->self, err)) return -1;
+    if (!R->comm && fy_comm_init(0, 0, &R->self, err)) return -1;
     if (!R->comm) R->comm = R->self;
     R->rank0 = fy_comm_rank(R->comm) == 0, R->n_ranks = fy_comm_size(R->comm);
     R->checks = fy_be_fault_checks(m->be);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chaos test of `ferry train --supervise` (DESIGN §5): a small training run is
+# Chaos test of `ferry train --supervise` (docs/DESIGN.md §5): a small training run is
 # killed with SIGKILL at 20+ random instants (many land inside checkpoint
 # writes, which take a large share of each step here) and once frozen with
 # SIGSTOP (a hang). After every kill, LATEST must name a checkpoint that

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fault injection end to end (DESIGN §5, docs/RELIABILITY.md): on a micro
+# Fault injection end to end (docs/DESIGN.md §5, docs/RELIABILITY.md): on a micro
 # model and a small generated corpus, every fault FERRY_INJECT can inject is
 # detected, rolled back, named in metrics.jsonl, and (being transient) leaves
 # the final weights bit-identical to a clean run; a fault that repeats skips

@@ -82,7 +82,7 @@ static void grads(fy_model *m, const int32_t *in, const int32_t *lab, int B, int
 int main(void) {
     fy_err err;
     fy_comm *comm;
-    if (fy_comm_init(60, &comm, &err)) die("comm", &err);
+    if (fy_comm_init(getenv("OMPI_COMM_WORLD_SIZE") != NULL, 60, &comm, &err)) die("comm", &err);
     int R = fy_comm_size(comm);
     rank_ = fy_comm_rank(comm);
     fy_backend *be;

@@ -1,4 +1,4 @@
-/* "chaos:INNER": a backend that wraps another (DESIGN §5) and stands in for
+/* "chaos:INNER": a backend that wraps another (docs/DESIGN.md §5) and stands in for
  * an unstable chip. It runs every op on INNER unchanged, and for GEMMs:
  * - ABFT: on a seeded fraction of GEMMs, compares the column sums of the
  *   product with the product of the sums (e^T C = alpha (e^T op(A)) op(B) +
