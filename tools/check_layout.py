@@ -5,7 +5,9 @@
      src/ with its files directly in it: backend/cpu is its own folder);
   2. models reach hardware only through backend/backend.h: no folder
      outside backend/ includes a backend's own headers (backend/cpu, ...);
-  3. no function in src/ longer than --max-lines lines (default 150).
+  3. no function in src/ longer than --max-lines lines (default 150);
+  4. only src/cli reads the environment (getenv), and nothing in src/ runs
+     a shell (system, popen).
 
 Prints the folder edges (--edges), every cycle and every long function, and
 exits 1 when it found any. Reads files only; run by ctest (layout_check).
@@ -121,6 +123,26 @@ def long_functions(src, max_lines):
     return found
 
 
+def environment_and_shell(src):
+    found = []
+    for root, _, files in os.walk(src):
+        for f in sorted(files):
+            if not f.endswith((".c", ".h", ".cu")):
+                continue
+            path = os.path.join(root, f)
+            rel = os.path.relpath(path, src)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = strip_c(fh.read())
+            for m in re.finditer(r"\b(getenv|secure_getenv|system|popen)\s*\(", text):
+                line = text.count("\n", 0, m.start()) + 1
+                if m.group(1).endswith("getenv"):
+                    if not rel.startswith("cli" + os.sep):
+                        found.append((rel, line, "environment read outside src/cli"))
+                else:
+                    found.append((rel, line, f"shell run ({m.group(1)})"))
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
@@ -144,6 +166,9 @@ def main():
             if t.startswith("backend/") and not s.startswith("backend"):
                 bad += 1
                 print(f"backend reached around backend.h: {s} -> {t}: {', '.join(edges[s][t][:3])}")
+    for path, line, what in environment_and_shell(src):
+        bad += 1
+        print(f"{what}: {path}:{line}")
     for path, line, name, n in long_functions(src, a.max_lines):
         bad += 1
         print(f"long function: {path}:{line} {name}() is {n} lines (limit {a.max_lines})")
