@@ -14,15 +14,12 @@
 # FERRY_TEST_PEER=SPEC runs (e) against SPEC instead of the listed OpenCL
 # device (e.g. chaos:cpu, to exercise this script where there is no OpenCL).
 set -u
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/harness.sh"
 export OMP_NUM_THREADS=2 FERRY_LOG=warn
 unset FERRY_PERTURB
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
 # CRC and size of every file under the paths: a checkpoint is ~100 MB, and
 # sha256 of it before and after each of ~20 commands would dominate the test.
 sums() { [ $# -eq 0 ] || find "$@" -type f | sort | xargs cksum; }
@@ -185,5 +182,4 @@ else
   sed -n '/vs cpu/,$p' e_verify.txt | sed 's/^/  /'
 fi
 
-echo "backends_test: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish backends_test

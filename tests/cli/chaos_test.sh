@@ -7,12 +7,11 @@
 # to an uninterrupted run of the same seed.
 #   chaos_test.sh FERRY_BINARY WORK_DIR
 set -u
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/harness.sh"
 export OMP_NUM_THREADS=1 FERRY_LOG=warn
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2"; fi; }
 
 awk 'BEGIN { srand(3); split("the lamb king river city stone walked spoke rested sang by near", w);
   for (i = 0; i < 4000; i++) { printf "%s %s %s %s.\n", w[int(rand()*12)+1], w[int(rand()*12)+1],
@@ -83,5 +82,4 @@ echo "== a clean failure is not retried"
 $ferry train --supervise $F --out chaos >again.log 2>&1
 check "[ \$? -eq 1 ] && grep -q 'already holds a run' again.log" "bad input was retried or not reported"
 
-echo "chaos_test: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish chaos_test

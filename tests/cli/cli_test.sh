@@ -6,14 +6,11 @@
 # and leaves existing files byte-identical.
 #   cli_test.sh FERRY_BINARY WORK_DIR
 set -u
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/harness.sh"
 export OMP_NUM_THREADS=2 FERRY_LOG=warn
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
 
 # A corpus with structure to learn: sentences from a small grammar.
 awk 'BEGIN { srand(7);
@@ -116,5 +113,4 @@ expect_fail "generate: bad temperature" -- $ferry generate --model run --prompt 
 expect_fail "generate: unknown weight format" -- $ferry generate --model run --prompt hi --weights q4_k
 expect_fail "unknown command" -- $ferry frobnicate
 
-echo "cli_test: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish cli_test

@@ -10,13 +10,9 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/harness.sh"
 export OMP_NUM_THREADS=2 FERRY_LOG=warn
 unset FERRY_INJECT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
 
 . "$here/micro_fixture.sh"
 T="--data data --config micro.json --steps 60 --batch 2 --seq 16 --eval-every 0 --ckpt-every 0 --log-every 100"
@@ -137,5 +133,4 @@ echo "== bad FERRY_INJECT is an error"
 check "! FERRY_INJECT='flip_weight:step=3,tensor=nope' $ferry train $T --out badinj >/dev/null 2>&1" "unknown tensor accepted"
 check "! FERRY_INJECT='meteor:step=3' $ferry train $T --out badinj2 >/dev/null 2>&1" "unknown fault accepted"
 
-echo "fault_test: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish fault_test

@@ -4,12 +4,11 @@
 # train, create nothing else, land verbatim in config.json, and --resume.
 #   paths_test.sh FERRY_BINARY WORK_DIR
 set -u
+here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/harness.sh"
 export OMP_NUM_THREADS=1 FERRY_LOG=warn
-pass=0 fail=0
-check() { if eval "$1"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $2"; fi; }
 
 data="$work/txt'; touch PWNED; echo ' \"q\" back\\slash ;semi"
 out="$work/run \"o\" \\x"
@@ -36,5 +35,4 @@ check '"$ferry" train "${T[@]}" --data "$shards" --out "$out 2" >shards.log 2>&1
 check 'data_dir_is "$out 2" "$shards"' "config.json: ferry.data_dir is not '$shards'"
 check '[ -z "$(find "$work" -name "PWNED*")" ]' "an injected file was created"
 
-echo "paths_test: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish paths_test

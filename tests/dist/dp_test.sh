@@ -28,12 +28,8 @@ here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
 ferry=$1
 work=$2
 command -v mpirun >/dev/null || { echo "SKIP: no mpirun (apt-get install openmpi-bin)"; exit 77; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+. "$here/../cli/harness.sh"
 export OMP_NUM_THREADS=1 FERRY_LOG=warn
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-check() { if eval "$1"; then ok; else bad "$2"; fi; }
 same() { cmp -s "$1/checkpoints/step-$3/model.safetensors" "$2/checkpoints/step-$3/model.safetensors" &&
          cmp -s "$1/checkpoints/step-$3/optimizer.safetensors" "$2/checkpoints/step-$3/optimizer.safetensors"; }
 
@@ -207,5 +203,4 @@ check "[ $? -ne 0 ] && grep -q 'does not split over 3 ranks' badb.log" "indivisi
 $ferry train $T --out bade --ranks 2 --expert-parallel --diloco 5 > bade.log 2>&1
 check "[ $? -ne 0 ] && grep -q 'expert parallel cannot run with DiLoCo' bade.log" "EP + DiLoCo not refused: $(tail -2 bade.log)"
 
-echo "dist_train: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish dist_train
