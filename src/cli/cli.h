@@ -20,10 +20,12 @@ int fy_cmd_inspect(int argc, char **argv);
 int fy_cmd_verify(int argc, char **argv);
 int fy_cmd_devices(int argc, char **argv);
 
-/* Reads the environment (src/cli/env.c lists the variables; nothing else in
- * ferry reads it): sets the log level from FERRY_LOG and, when opts is not
- * NULL, fills *opts for fy_backend_create_opts. Returns opts. */
-fy_backend_opts *fy_cli_env(fy_backend_opts *opts);
+/* The environment (src/cli/env.c lists the variables; nothing else in ferry
+ * reads it). fy_cli_env_log sets the log level from FERRY_LOG (once, at
+ * start-up); fy_cli_backend_opts fills *opts for fy_backend_create_opts and
+ * returns opts. */
+void fy_cli_env_log(void);
+fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts);
 /* 1 when an MPI launcher started this process (its environment says so). */
 int fy_cli_mpi_launched(void);
 

@@ -248,7 +248,7 @@ static int apply_flags(const train_flags *f, train_run *run, fy_err *err) {
  * exist on this machine: say how to continue elsewhere). */
 static int create_backend(train_run *run, fy_backend **be, fy_err *err) {
     if (!run->backend) run->backend = "cpu";
-    if (!fy_train_backend_create(run->backend, &run->o.guard, fy_cli_env(&(fy_backend_opts){0}), be, err)) return 0;
+    if (!fy_train_backend_create(run->backend, &run->o.guard, fy_cli_backend_opts(&(fy_backend_opts){0}), be, err)) return 0;
     if (run->saved_backend[0] && run->backend == run->saved_backend)
         fy_wrap(err, "%s was last trained on '%s' (pass --backend cpu, or see ferry devices, to resume "
                      "it elsewhere)", run->run_dir, run->saved_backend);
@@ -363,7 +363,7 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
     /* A wrong --backend is reported before any data preparation or file write. */
     fy_backend *be = NULL;
     if (f.backend) {
-        if (fy_backend_create_opts(f.backend, fy_cli_env(&(fy_backend_opts){0}), &be, err)) return 1;
+        if (fy_backend_create_opts(f.backend, fy_cli_backend_opts(&(fy_backend_opts){0}), &be, err)) return 1;
         fy_backend_destroy(be);
     }
     if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||

@@ -163,7 +163,7 @@ static int check_backends(const char *backends, char *list, size_t cap, char **s
     if (split_backends(list, specs, nb, err)) return -1;
     for (int i = 0; i < *nb; i++) {
         fy_backend *be;
-        if (fy_backend_create_opts(specs[i], fy_cli_env(&(fy_backend_opts){0}), &be, err)) return -1;
+        if (fy_backend_create_opts(specs[i], fy_cli_backend_opts(&(fy_backend_opts){0}), &be, err)) return -1;
         fy_backend_destroy(be);
     }
     return 0;

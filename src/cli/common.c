@@ -46,7 +46,7 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
         goto fail;
     }
     if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
-    if (fy_backend_create_opts(backend_spec, fy_cli_env(&(fy_backend_opts){0}), &out->be, err)) goto fail;
+    if (fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err)) goto fail;
     if (fy_model_create(&out->model, &cfg, out->be, err) ||
         fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err))
         goto fail;

@@ -22,14 +22,16 @@
  *                      tiled elsewhere).
  * FERRY_INJECT (fault injection for tests) is read by cmd_train.c into the
  * trainer's options (train/inject.h). */
-fy_backend_opts *fy_cli_env(fy_backend_opts *opts) {
+void fy_cli_env_log(void) {
     const char *log = getenv("FERRY_LOG");
     fy_log_set_level(!log                      ? FY_LOG_INFO
                      : !strcmp(log, "error") ? FY_LOG_ERROR
                      : !strcmp(log, "warn")  ? FY_LOG_WARN
                      : !strcmp(log, "debug") ? FY_LOG_DEBUG
                                              : FY_LOG_INFO);
-    if (!opts) return NULL;
+}
+
+fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts) {
     memset(opts, 0, sizeof *opts);
     opts->perturb = getenv("FERRY_PERTURB");
     const char *q8 = getenv("FERRY_CPU_Q8");

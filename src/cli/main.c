@@ -50,7 +50,7 @@ int fy_cli_failf(const char *cmd, const char *fmt, ...) {
 }
 
 int main(int argc, char **argv) {
-    fy_cli_env(NULL); /* the log level */
+    fy_cli_env_log();
     if (argc < 2) {
         usage(stderr);
         return 2;
