@@ -5,15 +5,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+int fy_strbuf_reserve(fy_strbuf *b, size_t extra, fy_err *err) {
+    if (b->n + extra + 1 <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    while (cap < b->n + extra + 1) cap *= 2;
+    char *q = realloc(b->p, cap);
+    if (!q) return fy_fail(err, "out of memory growing a text buffer to %zu bytes", cap);
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
 int fy_strbuf_add(fy_strbuf *b, const void *s, size_t n, fy_err *err) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) return fy_fail(err, "out of memory growing a text buffer to %zu bytes", cap);
-        b->p = q;
-        b->cap = cap;
-    }
+    if (fy_strbuf_reserve(b, n, err)) return -1;
     if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = 0;

@@ -13,6 +13,9 @@ typedef struct fy_strbuf {
     size_t n, cap;   /* bytes held, bytes allocated */
 } fy_strbuf;         /* zero-initialise: fy_strbuf b = {0}; */
 
+/* Room for extra more bytes (and the NUL) without another allocation; out
+ * of memory leaves b as it was and fails (err may be NULL). */
+int fy_strbuf_reserve(fy_strbuf *b, size_t extra, fy_err *err);
 /* Appends s[0..n); out of memory leaves b as it was and fails. */
 int fy_strbuf_add(fy_strbuf *b, const void *s, size_t n, fy_err *err);
 void fy_strbuf_free(fy_strbuf *b);

@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "core/log.h"
+#include "core/strbuf.h"
 #include "io/tokenizer_impl.h"
 
 /* ======================================================================
@@ -856,41 +857,21 @@ int fy_tokenizer_encode_file(const fy_tokenizer *t, const char *path, unsigned f
  * Decoding
  * ====================================================================== */
 
-typedef struct buf {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static int buf_reserve(buf *b, size_t extra) {
-    char *p = fy_tok_grow(b->p, &b->cap, b->n + extra + 1, 1, 256);
-    if (!p) return -1;
-    b->p = p;
-    return 0;
-}
-
-static int buf_add(buf *b, const void *s, size_t n) {
-    if (buf_reserve(b, n)) return -1;
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return 0;
-}
-
 /* Appends s with invalid UTF-8 replaced by U+FFFD, one per maximal subpart. */
-static int buf_add_lossy(buf *b, const unsigned char *s, size_t n) {
+static int strbuf_add_lossy(fy_strbuf *b, const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         size_t j = i;
         while (j < n && s[j] < 0x80) j++;
-        if (j > i && buf_add(b, s + i, j - i)) return -1;
+        if (j > i && fy_strbuf_add(b, s + i, j - i, NULL)) return -1;
         i = j;
         if (i >= n) break;
         size_t need, got = fy_utf8_scan(s + i, n - i, &need);
         if (got == need) {
-            if (buf_add(b, s + i, need)) return -1;
+            if (fy_strbuf_add(b, s + i, need, NULL)) return -1;
             i += need;
         } else {
-            if (buf_add(b, "\xEF\xBF\xBD", 3)) return -1;
+            if (fy_strbuf_add(b, "\xEF\xBF\xBD", 3, NULL)) return -1;
             i += got ? got : 1;
         }
     }
@@ -899,7 +880,7 @@ static int buf_add_lossy(buf *b, const unsigned char *s, size_t n) {
 
 int fy_tokenizer_decode(const fy_tokenizer *t, const int32_t *ids, size_t n, unsigned flags,
                         char **out, size_t *len, fy_err *err) {
-    buf raw = {0};
+    fy_strbuf raw = {0};
     *out = NULL;
     if (len) *len = 0;
     size_t total = 0;
@@ -909,16 +890,16 @@ int fy_tokenizer_decode(const fy_tokenizer *t, const int32_t *ids, size_t n, uns
                            (int)ids[i], i, (int)t->n_vocab);
         total += t->boff[ids[i] + 1] - t->boff[ids[i]];
     }
-    if (buf_reserve(&raw, total)) return fy_fail(err, "tokenizer: out of memory while decoding");
+    if (fy_strbuf_reserve(&raw, total, NULL)) return fy_fail(err, "tokenizer: out of memory while decoding");
     raw.p[0] = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if ((flags & FY_DEC_SKIP_SPECIAL) && t->types[id] == FY_TOKEN_CONTROL) continue;
-        buf_add(&raw, t->bytes + t->boff[id], t->boff[id + 1] - t->boff[id]);
+        fy_strbuf_add(&raw, t->bytes + t->boff[id], t->boff[id + 1] - t->boff[id], NULL);
     }
     if (flags & FY_DEC_LOSSY) {
-        buf l = {0};
-        if (buf_reserve(&l, raw.n) || buf_add_lossy(&l, (unsigned char *)raw.p, raw.n)) {
+        fy_strbuf l = {0};
+        if (fy_strbuf_reserve(&l, raw.n, NULL) || strbuf_add_lossy(&l, (unsigned char *)raw.p, raw.n)) {
             free(raw.p);
             free(l.p);
             return fy_fail(err, "tokenizer: out of memory while decoding");
@@ -946,9 +927,9 @@ void fy_detok_stream_free(fy_detok_stream *s) {
 /* Emits w[0,n) into the stream's output buffer (lossy if asked). */
 static int stream_emit(fy_detok_stream *s, const unsigned char *w, size_t n, const char **out,
                        size_t *len, fy_err *err) {
-    buf b = {s->buf, 0, s->cap};
-    int rc = (s->flags & FY_DEC_LOSSY) ? buf_add_lossy(&b, w, n) : buf_add(&b, w, n);
-    if (!rc && !b.p) rc = buf_reserve(&b, 0);
+    fy_strbuf b = {s->buf, 0, s->cap};
+    int rc = (s->flags & FY_DEC_LOSSY) ? strbuf_add_lossy(&b, w, n) : fy_strbuf_add(&b, w, n, NULL);
+    if (!rc && !b.p) rc = fy_strbuf_reserve(&b, 0, NULL);
     s->buf = b.p;
     s->cap = b.cap;
     if (rc) return fy_fail(err, "tokenizer: out of memory while decoding");
@@ -1046,7 +1027,7 @@ static int add_merges(const fy_tokenizer *t, cJSON *model) {
     int pairs = 0;
     for (int32_t r = 0; r < t->n_merges && !pairs; r++)
         pairs = strchr(tok_str(t, t->merges[3 * r]), ' ') || strchr(tok_str(t, t->merges[3 * r + 1]), ' ');
-    buf ab = {0};
+    fy_strbuf ab = {0};
     int rc = 0;
     for (int32_t r = 0; r < t->n_merges && !rc; r++) {
         const char *ab_str[2] = {tok_str(t, t->merges[3 * r]), tok_str(t, t->merges[3 * r + 1])};
@@ -1055,8 +1036,8 @@ static int add_merges(const fy_tokenizer *t, cJSON *model) {
             m = cJSON_CreateStringArray(ab_str, 2);
         } else {
             ab.n = 0;
-            if (!buf_add(&ab, ab_str[0], strlen(ab_str[0])) && !buf_add(&ab, " ", 1) &&
-                !buf_add(&ab, ab_str[1], strlen(ab_str[1])))
+            if (!fy_strbuf_add(&ab, ab_str[0], strlen(ab_str[0]), NULL) && !fy_strbuf_add(&ab, " ", 1, NULL) &&
+                !fy_strbuf_add(&ab, ab_str[1], strlen(ab_str[1]), NULL))
                 m = cJSON_CreateString(ab.p);
         }
         if (!m || !cJSON_AddItemToArray(arr, m)) {
@@ -1258,7 +1239,7 @@ typedef struct json_load {
     smap_t sm;                   /* token string -> id */
     int32_t *merge_ids;          /* 3 per merge: left, right, result */
     int n_merges;
-    buf cat;                     /* scratch: a merge's two halves joined */
+    fy_strbuf cat;               /* scratch: a merge's two halves joined */
 } json_load;
 
 static void json_load_free(json_load *L) {
@@ -1437,7 +1418,7 @@ static int merge_ids(json_load *L, int r, const char *const half[2], const size_
                            (int)n[0], half[0], (int)n[1], half[1], (int)n[k], half[k]);
     }
     L->cat.n = 0;
-    if (buf_add(&L->cat, half[0], n[0]) || buf_add(&L->cat, half[1], n[1]))
+    if (fy_strbuf_add(&L->cat, half[0], n[0], NULL) || fy_strbuf_add(&L->cat, half[1], n[1], NULL))
         return fy_fail(err, "%s: out of memory", L->name);
     ids[2] = smap_getn(&L->sm, L->cat.p, L->cat.n);
     if (ids[2] < 0 || ids[2] >= L->n_model)
