@@ -14,11 +14,8 @@
 # FERRY_TEST_PEER=SPEC runs (e) against SPEC instead of the listed OpenCL
 # device (e.g. chaos:cpu, to exercise this script where there is no OpenCL).
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
-. "$here/harness.sh"
-export OMP_NUM_THREADS=2 FERRY_LOG=warn
+. "$(dirname "$0")/harness.sh" "$@"
+export OMP_NUM_THREADS=2
 unset FERRY_PERTURB
 # CRC and size of every file under the paths: a checkpoint is ~100 MB, and
 # sha256 of it before and after each of ~20 commands would dominate the test.

@@ -7,11 +7,8 @@
 # to an uninterrupted run of the same seed.
 #   chaos_test.sh FERRY_BINARY WORK_DIR
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
-. "$here/harness.sh"
-export OMP_NUM_THREADS=1 FERRY_LOG=warn
+. "$(dirname "$0")/harness.sh" "$@"
+export OMP_NUM_THREADS=1
 
 awk 'BEGIN { srand(3); split("the lamb king river city stone walked spoke rested sang by near", w);
   for (i = 0; i < 4000; i++) { printf "%s %s %s %s.\n", w[int(rand()*12)+1], w[int(rand()*12)+1],

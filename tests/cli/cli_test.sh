@@ -6,11 +6,8 @@
 # and leaves existing files byte-identical.
 #   cli_test.sh FERRY_BINARY WORK_DIR
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
-. "$here/harness.sh"
-export OMP_NUM_THREADS=2 FERRY_LOG=warn
+. "$(dirname "$0")/harness.sh" "$@"
+export OMP_NUM_THREADS=2
 
 # A corpus with structure to learn: sentences from a small grammar.
 awk 'BEGIN { srand(7);

@@ -7,11 +7,8 @@
 # goes away stops the run with a diagnosis instead of looping.
 #   fault_test.sh FERRY_BINARY WORK_DIR
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
-. "$here/harness.sh"
-export OMP_NUM_THREADS=2 FERRY_LOG=warn
+. "$(dirname "$0")/harness.sh" "$@"
+export OMP_NUM_THREADS=2
 unset FERRY_INJECT
 
 . "$here/micro_fixture.sh"

@@ -4,11 +4,8 @@
 # train, create nothing else, land verbatim in config.json, and --resume.
 #   paths_test.sh FERRY_BINARY WORK_DIR
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
-. "$here/harness.sh"
-export OMP_NUM_THREADS=1 FERRY_LOG=warn
+. "$(dirname "$0")/harness.sh" "$@"
+export OMP_NUM_THREADS=1
 
 data="$work/txt'; touch PWNED; echo ' \"q\" back\\slash ;semi"
 out="$work/run \"o\" \\x"

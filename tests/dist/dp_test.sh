@@ -24,12 +24,9 @@
 #   - bad scale-out flags fail with a clear message.
 #   dp_test.sh FERRY_BINARY WORK_DIR
 set -u
-here=$(cd "$(dirname "$0")" && pwd)   # before the cd into the work dir
-ferry=$1
-work=$2
 command -v mpirun >/dev/null || { echo "SKIP: no mpirun (apt-get install openmpi-bin)"; exit 77; }
-. "$here/../cli/harness.sh"
-export OMP_NUM_THREADS=1 FERRY_LOG=warn
+. "$(dirname "$0")/../cli/harness.sh" "$@"
+export OMP_NUM_THREADS=1
 same() { cmp -s "$1/checkpoints/step-$3/model.safetensors" "$2/checkpoints/step-$3/model.safetensors" &&
          cmp -s "$1/checkpoints/step-$3/optimizer.safetensors" "$2/checkpoints/step-$3/optimizer.safetensors"; }
 
