@@ -19,6 +19,7 @@ int fy_cmd_data(int argc, char **argv);
 int fy_cmd_inspect(int argc, char **argv);
 int fy_cmd_verify(int argc, char **argv);
 int fy_cmd_devices(int argc, char **argv);
+int fy_cmd_convert(int argc, char **argv);
 
 /* The environment (src/cli/env.c lists the variables; nothing else in ferry
  * reads it). fy_cli_env_log sets the log level from FERRY_LOG (once, at
@@ -38,7 +39,8 @@ int fy_cli_usage(int argc, char **argv, const char *usage);
 int fy_cli_failf(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A trained model ready to use: DIR is a run directory (config.json,
- * tokenizer.json, checkpoints/LATEST) or one checkpoint directory inside it.
+ * tokenizer.json, checkpoints/LATEST), one checkpoint directory inside it,
+ * or a Hugging Face directory (imported on the fly: src/interop/hf.h).
  * Creates the backend from `backend_spec`. */
 typedef struct fy_loaded {
     fy_backend *be;
@@ -54,6 +56,11 @@ int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
 /* The string member "ferry"."key" of a parsed config.json (config may be
  * NULL); NULL when absent or not a string. */
 const char *fy_cli_ferry_string(const cJSON *config, const char *key);
+
+/* A model in host memory from a ferry run or checkpoint directory or a
+ * Hugging Face directory (cmd_convert.c). */
+struct fy_host_model;
+int fy_cli_host_load(const char *dir, struct fy_host_model *h, fy_err *err);
 
 /* Child processes, never through a shell (proc.c): argv[0] is looked up in
  * PATH and argv goes to the program as it is. out_fd / err_fd >= 0 become

@@ -9,6 +9,7 @@
 #include "ckpt/checkpoint.h"
 #include "cli/cli.h"
 #include "core/fsutil.h"
+#include "interop/hf.h"
 
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
     char p[FY_PATH_MAX];
@@ -31,8 +32,23 @@ const char *fy_cli_ferry_string(const cJSON *config, const char *key) {
     return v && cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A Hugging Face directory: imported into host memory, then copied in. */
+static int load_hf(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
+    fy_host_model h;
+    if (fy_hf_import(dir, &h, err)) return -1;
+    out->tok = h.tok;
+    h.tok = NULL;
+    snprintf(out->ckpt_dir, sizeof out->ckpt_dir, "%s", dir);
+    int rc = fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err) ||
+             fy_model_create(&out->model, &h.cfg, out->be, err) || fy_host_to_model(&h, &out->model, err);
+    fy_host_free(&h);
+    if (rc) fy_cli_unload(out);
+    return rc ? -1 : 0;
+}
+
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
     memset(out, 0, sizeof *out);
+    if (fy_hf_is_dir(dir)) return load_hf(dir, backend_spec, out, err);
     char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
     fy_config cfg;
     if (fy_cli_run_dir(dir, run, sizeof run, err)) return -1;

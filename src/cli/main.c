@@ -20,6 +20,7 @@ static const struct {
     {"data", fy_cmd_data, "tokenize text files into training shards"},
     {"inspect", fy_cmd_inspect, "summarise and verify a checkpoint, safetensors file or shard"},
     {"verify", fy_cmd_verify, "check that backends agree on a model (logits, gradients, greedy text)"},
+    {"convert", fy_cmd_convert, "convert a model to/from Hugging Face (safetensors) or llama.cpp (GGUF)"},
     {"devices", fy_cmd_devices, "list the backends and devices this build can use"},
 };
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
