@@ -714,7 +714,7 @@ static void test_malformed(void) {
     const char *dir = fy_test_tmpdir("test_tokenizer_bad");
     static const char V[] = "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2}";
     static const char PT[] = "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},";
-    char buf[16][512];
+    char buf[32][512];
     bad_case cases[] = {
         {"{\"model\": ", "not valid JSON"},
         {"[1,2]", "not an object"},
@@ -728,13 +728,49 @@ static void test_malformed(void) {
         {buf[5], "not two tokens"},
         {buf[6], "is not in model.vocab"},
         {buf[7], "no gaps"},
-        {buf[8], "pre_tokenizer must be ByteLevel"},
+        {buf[8], "pre_tokenizer type \"Whitespace\" is not supported"},
         {buf[9], "added_tokens[0]"},
         {buf[10], "not an integer id"},
-        {buf[11], "normalizer"},
+        {buf[11], "normalizer \"NFKC\" is not supported"},
         {buf[12], "duplicate token"},
         {buf[13], "model.dropout"},
+        {"{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "only BPE"},
+        {buf[14], "model.byte_fallback=true"},
+        {buf[15], "pre_tokenizer.pretokenizers[0] type \"Metaspace\""},
+        {buf[16], "lstrip=true is not supported"},
+        {buf[17], "pre_tokenizer.behavior \"Around\""},
+        {buf[18], "does not compile"},
+        {buf[19], "\\h or \\H"},
+        {buf[20], "normalizer.normalizers[1] \"Lowercase\""},
+        {buf[21], "no ByteLevel step"},
+        {buf[22], "single_word=true"},
+        {buf[23], "pre_tokenizer.pattern must be"},
+        {buf[24], "a nested character class"},
     };
+    static const char SEQ[] = "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[%s,"
+                              "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]},";
+    char pt[400];
+    snprintf(buf[14], 512, "{%s\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,%s,\"merges\":[]}}", PT, V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Metaspace\"}");
+    snprintf(buf[15], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(buf[16], 512, "{%s\"added_tokens\":[{\"id\":3,\"content\":\"x\",\"lstrip\":true}],"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[17], 512, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},"
+             "\"behavior\":\"Around\"},\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(a\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[18], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\h+\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[19], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(buf[20], 512, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
+             "{\"type\":\"Lowercase\"}]},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[21], 512, "{\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true},"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(buf[22], 512, "{%s\"added_tokens\":[{\"id\":3,\"content\":\"x\",\"single_word\":true}],"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[23], 512, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":\"a\",\"behavior\":\"Isolated\"},"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[a[b]]\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[24], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
     snprintf(buf[0], 512, "{%s\"model\":{\"type\":\"BPE\",\"merges\":[]}}", PT);
     snprintf(buf[1], 512, "{%s\"model\":{\"type\":\"BPE\",%s}}", PT, V);
     snprintf(buf[2], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[\"a c\"]}}", PT, V);
@@ -746,7 +782,7 @@ static void test_malformed(void) {
     snprintf(buf[8], 512, "{\"pre_tokenizer\":{\"type\":\"Whitespace\"},\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
     snprintf(buf[9], 512, "{%s\"added_tokens\":[{\"content\":\"x\"}],\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
     snprintf(buf[10], 512, "{%s\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}}", PT);
-    snprintf(buf[11], 512, "{\"normalizer\":{\"type\":\"NFC\"},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[11], 512, "{\"normalizer\":{\"type\":\"NFKC\"},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
     snprintf(buf[12], 512, "{%s\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}", PT);
     snprintf(buf[13], 512, "{%s\"model\":{\"type\":\"BPE\",\"dropout\":0.1,%s,\"merges\":[]}}", PT, V);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
