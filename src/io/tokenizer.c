@@ -379,6 +379,51 @@ static int tok_set_added_match(fy_tokenizer *t, const uint8_t *norm, int nfc) {
     return 0;
 }
 
+/* `tokenizers` keeps an added token matched in normalized text in its
+ * normalized form, and decodes it so: its bytes become those of the NFC
+ * form matched in text (tok_set_added_match), its string stays as written. */
+static int tok_normalized_bytes(fy_tokenizer *t) {
+    fy_strbuf b = {0};
+    size_t *off = malloc((t->n_vocab + 1) * sizeof *off);
+    unsigned char tmp[256];
+    int rc = off ? fy_strbuf_reserve(&b, t->boff[t->n_vocab], NULL) : -1;
+    for (int32_t i = 0, k = 0; i < t->n_vocab && !rc; i++) {
+        off[i] = b.n;
+        const char *src = t->bytes + t->boff[i];
+        size_t n = t->boff[i + 1] - t->boff[i];
+        unsigned char *conv = NULL;
+        if (k < t->n_added && t->added[k] == i) {
+            size_t ml = t->amoff[k + 1] - t->amoff[k];
+            if (t->anorm[k]) {
+                char *z = malloc(ml + 1);
+                conv = ml < sizeof tmp ? tmp : malloc(ml);
+                if (!z || !conv) rc = -1;
+                else {
+                    memcpy(z, t->amat + t->amoff[k], ml);
+                    z[ml] = 0;
+                    n = str_to_bytes(z, conv);
+                    src = (const char *)conv;
+                }
+                free(z);
+            }
+            k++;
+        }
+        if (!rc) rc = fy_strbuf_add(&b, src, n, NULL);
+        if (conv && conv != tmp) free(conv);
+    }
+    if (rc) {
+        free(off);
+        free(b.p);
+        return -1;
+    }
+    off[t->n_vocab] = b.n;
+    free(t->bytes);
+    free(t->boff);
+    t->bytes = b.p;
+    t->boff = off;
+    return 0;
+}
+
 int fy_tok_new(int32_t n, char *const *strs, const uint8_t *types, const char *name,
                fy_tokenizer **out, fy_err *err) {
     *out = NULL;
@@ -1618,7 +1663,8 @@ static int build_from(json_load *L, fy_tokenizer **out, fy_err *err) {
             return fy_fail(err, "%s: out of memory", L->name);
         }
     }
-    if (L->anorm && tok_set_added_match(t, L->anorm, fy_hf_pre_nfc(L->hf))) {
+    if (L->anorm && (tok_set_added_match(t, L->anorm, fy_hf_pre_nfc(L->hf)) ||
+                     (fy_hf_pre_nfc(L->hf) && tok_normalized_bytes(t)))) {
         fy_tokenizer_free(t);
         return fy_fail(err, "%s: out of memory", L->name);
     }

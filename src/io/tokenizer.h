@@ -161,10 +161,21 @@ int32_t fy_tokenizer_token_to_id(const fy_tokenizer *tok, const char *str);
 /* Merge of rank r: left + right -> result. Returns -1 if r is out of range. */
 int fy_tokenizer_merge(const fy_tokenizer *tok, int32_t rank, int32_t *left, int32_t *right,
                        int32_t *result);
-/* Ids of <|bos|>, <|eos|>, <|pad|>, or -1 if the vocabulary lacks them. */
+/* Ids of <|bos|>, <|eos|>, <|pad|>, or -1 if the vocabulary lacks them
+ * (or what fy_tokenizer_set_special set). */
 int32_t fy_tokenizer_bos(const fy_tokenizer *tok);
 int32_t fy_tokenizer_eos(const fy_tokenizer *tok);
 int32_t fy_tokenizer_pad(const fy_tokenizer *tok);
+/* For tokenizers whose bos/eos/pad are not ferry's <|bos|>/<|eos|>/<|pad|>
+ * (a Hugging Face directory's tokenizer_config.json names them): sets the
+ * ids the three functions above return; -1 = none. Call it before the
+ * tokenizer is shared between threads. Fails on an id out of range. */
+int fy_tokenizer_set_special(fy_tokenizer *tok, int32_t bos, int32_t eos, int32_t pad, fy_err *err);
+/* llama.cpp's name (GGUF tokenizer.ggml.pre) for this tokenizer's
+ * normalizer + pre-tokenizer: "gpt-2" for ferry's own (ByteLevel with the
+ * GPT-2 regex, no normalizer), "deepseek-v3" for DeepSeek-V3's Sequence
+ * with no normalizer; NULL when llama.cpp has none that splits the same. */
+const char *fy_tokenizer_pre_name(const fy_tokenizer *tok);
 
 /* GPT-2's bytes_to_unicode: the code point byte b is written as. */
 uint32_t fy_tok_byte_to_unicode(unsigned b);

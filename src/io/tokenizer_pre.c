@@ -164,7 +164,7 @@ static int compile_step(hf_step *st, const char *pat, int literal, const char *n
     const char *why = NULL;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C;
     if (literal) {
-        opts |= PCRE2_LITERAL;
+        opts = PCRE2_UTF | PCRE2_LITERAL; /* the only options PCRE2_LITERAL allows */
         if (fy_strbuf_add(&o, pat, strlen(pat), NULL)) why = "out of memory";
     } else {
         opts |= PCRE2_MULTILINE;

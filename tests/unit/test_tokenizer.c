@@ -6,7 +6,13 @@
  *   test_tokenizer --train-and-encode OUTDIR
  *   test_tokenizer --encode TOKENIZER_JSON TEXT_FILE IDS_OUT [--special]
  *   test_tokenizer --pretok TEXT_FILE PIECES_OUT      (hex, one piece a line)
- *   test_tokenizer --bench TEXT_FILE VOCAB_SIZE [SAVE_JSON] */
+ *   test_tokenizer --bench TEXT_FILE VOCAB_SIZE [SAVE_JSON]
+ *   test_tokenizer --encode-cases TOKENIZER_JSON CASES_JSON OUT_JSON SAVE_JSON
+ *       (tools/interop/tok_hf_pretok.py: CASES_JSON is an array of strings;
+ *       OUT_JSON has each one's ids without and with FY_ENC_SPECIAL, the
+ *       decoded bytes of the latter in hex, and fy_tokenizer_pre_name; the
+ *       loaded tokenizer is saved to SAVE_JSON) */
+#include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1038,6 +1044,63 @@ static int cli_pretok(const char *textf, const char *outf) {
     return fclose(f) ? 1 : 0;
 }
 
+static cJSON *ids_json(const int32_t *ids, size_t n) {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+    return a;
+}
+
+static int cli_encode_cases(const char *json, const char *casesf, const char *outf, const char *savef) {
+    fy_err err = {{0}};
+    fy_tokenizer *tok;
+    size_t n;
+    char *text = read_all(casesf, &n);
+    cJSON *cases = text ? cJSON_ParseWithLength(text, n) : NULL;
+    free(text);
+    if (!cJSON_IsArray(cases)) return fprintf(stderr, "%s: not a JSON array\n", casesf), 1;
+    if (fy_tokenizer_load(json, &tok, &err) || fy_tokenizer_save(tok, savef, &err))
+        return fprintf(stderr, "%s\n", err.msg), 1;
+    cJSON *out = cJSON_CreateObject(), *plain = cJSON_AddArrayToObject(out, "plain");
+    cJSON *spec = cJSON_AddArrayToObject(out, "special"), *dec = cJSON_AddArrayToObject(out, "decoded");
+    const char *pn = fy_tokenizer_pre_name(tok);
+    if (pn) cJSON_AddStringToObject(out, "pre_name", pn);
+    else cJSON_AddNullToObject(out, "pre_name");
+    const cJSON *c;
+    int rc = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *s = cJSON_GetStringValue(c);
+        int32_t *ids;
+        size_t k;
+        for (int sp = 0; sp < 2 && !rc; sp++) {
+            if (fy_tokenizer_encode_ex(tok, s, strlen(s), sp ? FY_ENC_SPECIAL : 0, &ids, &k, &err)) {
+                rc = fprintf(stderr, "%s\n", err.msg);
+                break;
+            }
+            cJSON_AddItemToArray(sp ? spec : plain, ids_json(ids, k));
+            if (sp) {
+                char *d;
+                size_t dl;
+                if (fy_tokenizer_decode(tok, ids, k, 0, &d, &dl, &err)) rc = fprintf(stderr, "%s\n", err.msg);
+                char *hex = malloc(2 * dl + 1);
+                for (size_t i = 0; i < dl && !rc; i++) sprintf(hex + 2 * i, "%02x", (unsigned char)d[i]);
+                hex[rc ? 0 : 2 * dl] = 0;
+                cJSON_AddItemToArray(dec, cJSON_CreateString(hex));
+                free(hex);
+                free(d);
+            }
+            free(ids);
+        }
+    }
+    char *o = cJSON_PrintUnformatted(out);
+    FILE *f = fopen(outf, "w");
+    if (!f || fputs(o, f) < 0 || fclose(f)) rc = fprintf(stderr, "cannot write %s\n", outf);
+    free(o);
+    cJSON_Delete(out);
+    cJSON_Delete(cases);
+    fy_tokenizer_free(tok);
+    return rc ? 1 : 0;
+}
+
 static int cli_bench(const char *textf, int vocab, const char *save) {
     fy_err err = {{0}};
     size_t n;
@@ -1074,6 +1137,8 @@ int main(int argc, char **argv) {
     if ((argc == 5 || argc == 6) && strcmp(argv[1], "--encode") == 0)
         return cli_encode(argv[2], argv[3], argv[4], argc == 6 && strcmp(argv[5], "--special") == 0);
     if (argc == 4 && strcmp(argv[1], "--pretok") == 0) return cli_pretok(argv[2], argv[3]);
+    if (argc == 6 && strcmp(argv[1], "--encode-cases") == 0)
+        return cli_encode_cases(argv[2], argv[3], argv[4], argv[5]);
     if ((argc == 4 || argc == 5) && strcmp(argv[1], "--bench") == 0)
         return cli_bench(argv[2], atoi(argv[3]), argc == 5 ? argv[4] : NULL);
     if (argc > 1) {
