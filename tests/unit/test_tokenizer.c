@@ -881,6 +881,98 @@ static void test_parallel(void) {
     free(text);
 }
 
+/* Pieces of text under a pre_tokenizer JSON, joined with '|'. */
+static int join_piece(void *ctx, const unsigned char *p, size_t n) {
+    sbuf *b = ctx;
+    if (b->n) sb_add(b, "|", 1);
+    sb_add(b, p, n);
+    return 0;
+}
+
+static char *split_with(const char *pt_json, const char *text) {
+    cJSON *pt = cJSON_Parse(pt_json);
+    fy_hf_pre *p = NULL;
+    fy_err err = {{0}};
+    sbuf b = {0};
+    if (fy_hf_pre_parse(NULL, pt, "t.json", &p, &err) || !p) {
+        CHECK(0, "pre_tokenizer %s refused: %s", pt_json, err.msg);
+    } else {
+        fy_hf_scratch *sc = fy_hf_scratch_new(p);
+        fy_hf_pre_split(p, sc, (const unsigned char *)text, strlen(text), join_piece, &b);
+        fy_hf_scratch_free(sc);
+    }
+    sb_add(&b, "", 1);
+    fy_hf_pre_free(p);
+    cJSON_Delete(pt);
+    return b.p;
+}
+
+/* Split behaviours on "a-b--c" with the literal "-", as tokenizers
+ * documents them (pre_tokenizers.Split), then a ByteLevel without regex. */
+static void test_split_behaviours(void) {
+    static const char *const beh[][2] = {
+        {"Removed", "a|b|c"},          {"Isolated", "a|-|b|-|-|c"},  {"MergedWithPrevious", "a-|b-|-|c"},
+        {"MergedWithNext", "a|-b|-|-c"}, {"Contiguous", "a|-|b|--|c"},
+    };
+    for (int k = 0; k < 5; k++) {
+        char js[400];
+        snprintf(js, sizeof js, "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                 "{\"String\":\"-\"},\"behavior\":\"%s\",\"invert\":false},{\"type\":\"ByteLevel\","
+                 "\"add_prefix_space\":false,\"use_regex\":false}]}", beh[k][0]);
+        char *got = split_with(js, "a-b--c");
+        CHECK(got && strcmp(got, beh[k][1]) == 0, "Split %s: \"%s\", want \"%s\"", beh[k][0], got, beh[k][1]);
+        free(got);
+    }
+    /* invert: the pattern marks what to keep, Removed drops the rest */
+    char *got = split_with("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                           "{\"Regex\":\"\\\\p{L}+\"},\"behavior\":\"Removed\",\"invert\":true},"
+                           "{\"type\":\"ByteLevel\",\"use_regex\":false}]}", "ab, cd!");
+    CHECK(got && strcmp(got, "ab|cd") == 0, "inverted Removed Split: \"%s\"", got);
+    free(got);
+    /* Digits: runs or single digits; ByteLevel's prefix space on every piece */
+    got = split_with("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":"
+                     "false},{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":false}]}", "x123y4");
+    CHECK(got && strcmp(got, " x| 123| y| 4") == 0, "Digits + prefix space: \"%s\"", got);
+    free(got);
+}
+
+/* fy_tokenizer_set_special, fy_tokenizer_pre_name, and the components of a
+ * loaded file kept on save. */
+static void test_hf_api(const fy_tokenizer *trained) {
+    CHECK(fy_tokenizer_pre_name(trained) && strcmp(fy_tokenizer_pre_name(trained), "gpt-2") == 0,
+          "pre_name of a ferry tokenizer: %s", fy_tokenizer_pre_name(trained));
+    char *j = json_of(trained);
+    cJSON *root = cJSON_Parse(j);
+    free(j);
+    cJSON *seq = cJSON_Parse("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                             "{\"Regex\":\"\\\\p{N}{1,3}\"},\"behavior\":\"Isolated\",\"invert\":false},"
+                             "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]}");
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", seq);
+    cJSON_ReplaceItemInObject(root, "normalizer", cJSON_Parse("{\"type\":\"NFC\"}"));
+    char *mod = cJSON_Print(root);
+    fy_tokenizer *t = NULL;
+    fy_err err = {{0}};
+    CHECK(fy_tokenizer_from_json(mod, strlen(mod), "seq.json", &t, &err) == 0, "Sequence file: %s", err.msg);
+    if (t) {
+        CHECK(fy_tokenizer_pre_name(t) == NULL, "pre_name of a Split-digits chain: %s", fy_tokenizer_pre_name(t));
+        char *back = json_of(t);
+        cJSON *br = cJSON_Parse(back);
+        CHECK(cJSON_Compare(cJSON_GetObjectItem(br, "pre_tokenizer"), seq, 1) &&
+                  cJSON_Compare(cJSON_GetObjectItem(br, "normalizer"), cJSON_GetObjectItem(root, "normalizer"), 1),
+              "saved pre_tokenizer/normalizer differ from the loaded ones");
+        cJSON_Delete(br);
+        free(back);
+        int32_t v = fy_tokenizer_vocab_size(t);
+        CHECK(fy_tokenizer_set_special(t, 5, 6, -1, &err) == 0 && fy_tokenizer_bos(t) == 5 &&
+                  fy_tokenizer_eos(t) == 6 && fy_tokenizer_pad(t) == -1, "set_special");
+        CHECK(fy_tokenizer_set_special(t, 1, v, 2, &err) != 0 && strstr(err.msg, "eos") && fy_tokenizer_eos(t) == 6,
+              "set_special out of range accepted: %s", err.msg);
+        fy_tokenizer_free(t);
+    }
+    free(mod);
+    cJSON_Delete(root);
+}
+
 static int run_tests(void) {
     test_tiny();
     test_train_vs_naive();
@@ -893,6 +985,8 @@ static int run_tests(void) {
     fy_tokenizer *tok = train(text, tn, vocab, 0);
     if (!tok) return fy_test_finish("test_tokenizer");
     test_vocab_shape(tok, vocab);
+    test_split_behaviours();
+    test_hf_api(tok);
     {
         fy_tokenizer *again = train(text, tn, vocab, 0);
         char *j1 = json_of(tok), *j2 = again ? json_of(again) : NULL;
