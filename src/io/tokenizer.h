@@ -21,10 +21,14 @@
  * pre-tokenizer with use_regex and no prefix space, ByteLevel decoder);
  * tokens are written in GPT-2's byte-to-unicode alphabet. Files written by
  * Hugging Face for a byte-level BPE load too (merges as "a b" strings or
- * ["a","b"] pairs, byte tokens at any ids).
+ * ["a","b"] pairs, byte tokens at any ids), with the NFC normalizer and the
+ * Split / Digits / ByteLevel pre-tokenizers and their Sequences that
+ * DeepSeek-V3-family files use (tokenizer_pre.c, docs/DESIGN.md §3.6); such
+ * a file is saved back with its components as loaded.
  *
- * Thread safety: a loaded or trained fy_tokenizer is immutable; encode and
- * decode may run concurrently on the same tokenizer. */
+ * Thread safety: a loaded or trained fy_tokenizer is immutable (once
+ * fy_tokenizer_set_special, if used, has run); encode and decode may run
+ * concurrently on the same tokenizer. */
 #ifndef FY_TOKENIZER_H
 #define FY_TOKENIZER_H
 
