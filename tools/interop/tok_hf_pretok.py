@@ -148,6 +148,12 @@ def build_all(work, rng):
         out[name] = path
 
     save("dsv3", train(dsv3_pre(), None, rng, text))
+
+    def hub_edit(d):  # as DeepSeek-V3's hub file: empty normalizer Sequence, specials normalized
+        d["normalizer"] = {"type": "Sequence", "normalizers": []}
+        for a in d["added_tokens"]:
+            a["normalized"] = True
+    save("dsv3_hub", train(dsv3_pre(), None, rng, text), hub_edit)
     save("dsv3_nfc", train(dsv3_pre(), normalizers.NFC(), rng, text))
     save("dsv3_nfcseq", train(dsv3_pre(), normalizers.Sequence([normalizers.NFC()]), rng, text))
     save("digits", train(pre_tokenizers.Sequence([
@@ -180,7 +186,7 @@ def build_all(work, rng):
     return out
 
 
-WANT_NAME = {"dsv3": "deepseek-v3", "ignore": "deepseek-v3", "gpt2": "gpt-2"}
+WANT_NAME = {"dsv3": "deepseek-v3", "dsv3_hub": "deepseek-v3", "ignore": "deepseek-v3", "gpt2": "gpt-2"}
 
 
 def contains_added(s, tok):
@@ -189,7 +195,7 @@ def contains_added(s, tok):
     return any(c in s or c in norm or unicodedata.normalize("NFC", c) in norm for c in contents)
 
 
-def check_one(name, path, strings, test_tok, work):
+def check_one(name, path, strings, test_tok, work, ferry):
     errs = []
     hf = Tokenizer.from_file(path)
     cases_f = os.path.join(work, f"{name}.cases.json")
@@ -228,6 +234,12 @@ def check_one(name, path, strings, test_tok, work):
             norm = hf.normalizer.normalize_str(s) if hf.normalizer else s
             if name != "behave" and dec != norm:
                 errs.append(f"{name}: decode(encode({s!r})) = {dec!r}")
+    if ferry:  # the command line gives the same ids
+        for s in [x for x in strings if x and not contains_added(x, hf)][:25]:
+            r = subprocess.run([ferry, "tokenizer", "encode", "-t", path, "--text", s], capture_output=True)
+            ids = [int(x) for x in r.stdout.split()]
+            if r.returncode != 0 or ids != hf.encode(s, add_special_tokens=False).ids:
+                errs.append(f"{name}: ferry tokenizer encode --text {s!r}: {ids} {r.stderr[-200:]!r}")
     print(f"{name}: {len(strings)} strings ({n_plain} without added tokens), "
           f"{sum(len(x) for x in got['special'])} ids, pre_name {got['pre_name']}: "
           f"{'OK' if not errs else f'{len(errs)} differences'}")
@@ -246,7 +258,7 @@ def main():
     strings = cases(rng)
     errs = []
     for name, path in files.items():
-        errs += check_one(name, path, strings, a.test_tokenizer, a.work)
+        errs += check_one(name, path, strings, a.test_tokenizer, a.work, a.ferry)
     for e in errs[:40]:
         print("DIFF", e)
     if errs:
