@@ -895,7 +895,7 @@ int fy_tokenizer_encode_ex(const fy_tokenizer *t, const char *text, size_t len, 
     *n = 0;
     int special = (flags & FY_ENC_SPECIAL) && t->n_added > 0;
     int threads = omp_get_max_threads();
-    if (!special && !t->hf && len >= (1u << 20) && threads > 1) {
+    if (!special && fy_hf_pre_cut_safe(t->hf) && len >= (1u << 20) && threads > 1) {
         /* parallel: chunks cut where pre-tokenization cannot change */
         int nc = threads * 4;
         size_t *cut = malloc((nc + 1) * sizeof *cut);

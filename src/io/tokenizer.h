@@ -111,7 +111,8 @@ int fy_tokenizer_encode_file(const fy_tokenizer *tok, const char *path, unsigned
 
 /* A cut position p >= target (or len) such that encoding text[0,p) and
  * text[p,len) separately gives the same ids as encoding the whole (without
- * FY_ENC_SPECIAL): p follows a lone "\n" between printable ASCII characters.
+ * FY_ENC_SPECIAL), for ferry's own pre-tokenizer and DeepSeek-V3's (with or
+ * without NFC): p follows a lone "\n" between printable ASCII characters.
  * For chunked or parallel encoding of large text. */
 size_t fy_tokenizer_split_point(const char *text, size_t len, size_t target);
 

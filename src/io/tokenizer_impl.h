@@ -63,6 +63,8 @@ void fy_hf_pre_free(fy_hf_pre *p);
 int fy_hf_pre_nfc(const fy_hf_pre *p); /* the normalizer is NFC */
 /* llama.cpp's tokenizer.ggml.pre for it ("gpt-2" for p == NULL), or NULL. */
 const char *fy_hf_pre_name(const fy_hf_pre *p);
+/* fy_tokenizer_split_point cuts leave the pieces unchanged (p == NULL too). */
+int fy_hf_pre_cut_safe(const fy_hf_pre *p);
 /* Per-thread scratch for fy_hf_pre_split (NULL when out of memory). */
 fy_hf_scratch *fy_hf_scratch_new(const fy_hf_pre *p);
 void fy_hf_scratch_free(fy_hf_scratch *sc);

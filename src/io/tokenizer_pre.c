@@ -31,6 +31,7 @@ struct fy_hf_pre {
     hf_step steps[FY_HF_MAX_STEPS];
     int nfc;
     const char *name; /* llama.cpp's tokenizer.ggml.pre, or NULL */
+    int dsv3;         /* DeepSeek-V3's chain (with or without NFC) */
     uint32_t ovec;    /* largest ovector any step needs */
 };
 
@@ -330,20 +331,18 @@ static int is_isolated_split(const cJSON *j) {
            !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "invert"));
 }
 
-/* "deepseek-v3" when pt is exactly DeepSeek-V3's Sequence, else NULL. */
-static const char *match_name(const cJSON *pt, int nfc) {
-    if (nfc || !jtype(pt) || strcmp(jtype(pt), "Sequence")) return NULL;
+/* pt is exactly DeepSeek-V3's Sequence. */
+static int is_dsv3(const cJSON *pt) {
+    if (!jtype(pt) || strcmp(jtype(pt), "Sequence")) return 0;
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
-    if (cJSON_GetArraySize(a) != 4) return NULL;
+    if (cJSON_GetArraySize(a) != 4) return 0;
     const cJSON *s1 = a->child, *s2 = s1->next, *s3 = s2->next, *bl = s3->next;
-    if (!is_isolated_split(s1) || !is_isolated_split(s2) || !is_isolated_split(s3)) return NULL;
+    if (!is_isolated_split(s1) || !is_isolated_split(s2) || !is_isolated_split(s3)) return 0;
     if (!str_is(s1, DSV3_RE1, NULL) || !str_is(s2, DSV3_RE2, NULL) || !str_is(s3, DSV3_RE3, DSV3_RE3_ESC))
-        return NULL;
-    if (!jtype(bl) || strcmp(jtype(bl), "ByteLevel") ||
-        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(bl, "add_prefix_space")) ||
-        !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(bl, "use_regex")))
-        return NULL;
-    return "deepseek-v3";
+        return 0;
+    return jtype(bl) && !strcmp(jtype(bl), "ByteLevel") &&
+           !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(bl, "add_prefix_space")) &&
+           cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(bl, "use_regex"));
 }
 
 int fy_hf_pre_parse(const cJSON *nz, const cJSON *pt, const char *name, fy_hf_pre **out, fy_err *err) {
@@ -377,7 +376,8 @@ int fy_hf_pre_parse(const cJSON *nz, const cJSON *pt, const char *name, fy_hf_pr
         return fy_fail(err, "%s: pre_tokenizer has no ByteLevel step (ferry needs a byte-level BPE)", name);
     }
     if (p->ovec == 0) p->ovec = 1;
-    p->name = match_name(pt, nfc);
+    p->dsv3 = is_dsv3(pt);
+    p->name = p->dsv3 && !nfc ? "deepseek-v3" : NULL; /* llama.cpp does not normalize */
     *out = p;
     return 0;
 }
@@ -392,6 +392,11 @@ void fy_hf_pre_free(fy_hf_pre *p) {
 int fy_hf_pre_nfc(const fy_hf_pre *p) { return p && p->nfc; }
 
 const char *fy_hf_pre_name(const fy_hf_pre *p) { return p ? p->name : "gpt-2"; }
+
+/* DeepSeek-V3's chain never puts a piece across a "\n" between printable
+ * ASCII characters (no alternative of its regexes crosses one; NFC composes
+ * nothing there), so fy_tokenizer_split_point cuts hold for it too. */
+int fy_hf_pre_cut_safe(const fy_hf_pre *p) { return !p || p->dsv3; }
 
 /* ---- applying it ---- */
 

@@ -27,6 +27,8 @@ equals the library's decode and gives the (normalized) text back, the
 saved file keeps normalizer / pre_tokenizer / post_processor / decoder /
 added-token flags and encodes identically when the library loads it, and
 fy_tokenizer_pre_name is "deepseek-v3" / "gpt-2" / null as it should be.
+Also: `ferry tokenizer encode --text` on some strings, and a text over 1 MB
+(which ferry encodes in parallel chunks for gpt2 and the DeepSeek-V3 chain).
 Exit 0 on agreement, 1 on a difference, 77 when `tokenizers` is missing.
 """
 import argparse
@@ -246,6 +248,28 @@ def check_one(name, path, strings, test_tok, work, ferry):
     return errs
 
 
+def check_big(files, rng, test_tok, work):
+    """A text over 1 MB: ferry encodes it in parallel chunks (ferry's own and
+    DeepSeek-V3's pre-tokenizers) or serially; the ids must still be HF's."""
+    text = "\n".join(corpus(rng, 4000))
+    while len(text.encode()) < (1 << 20) + 100000:
+        text += "\n" + text
+    path = os.path.join(work, "big.txt")
+    open(path, "w", encoding="utf-8", newline="").write(text)
+    errs = []
+    for name in ("gpt2", "dsv3", "dsv3_nfc", "digits"):
+        ids_f = os.path.join(work, f"{name}.big.ids")
+        r = subprocess.run([test_tok, "--encode", files[name], path, ids_f], capture_output=True, text=True)
+        got = [int(x) for x in open(ids_f).read().split()] if r.returncode == 0 else None
+        want = Tokenizer.from_file(files[name]).encode(text, add_special_tokens=False).ids
+        ok = got == want
+        print(f"{name}: {len(text.encode())} bytes -> {len(want)} ids: {'OK' if ok else 'DIFFERENT'}")
+        if not ok:
+            i = next((k for k, (x, y) in enumerate(zip(got or [], want)) if x != y), None)
+            errs.append(f"{name}: big text ids differ (first at {i}; {r.stderr.strip()})")
+    return errs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--test-tokenizer", required=True)
@@ -259,6 +283,7 @@ def main():
     errs = []
     for name, path in files.items():
         errs += check_one(name, path, strings, a.test_tokenizer, a.work, a.ferry)
+    errs += check_big(files, rng, a.test_tokenizer, a.work)
     for e in errs[:40]:
         print("DIFF", e)
     if errs:
