@@ -9,7 +9,7 @@
 
 /* RoPE scaling: DeepSeek's "rope_scaling": {"type": "yarn", ...} or
  * transformers 5's "rope_parameters": {"rope_type": "yarn", ...}. Values as
- * read (0 = key absent where noted); docs/DESIGN.md §2.3 has the math. */
+ * read (0 = key absent where noted); docs/DESIGN.md §2.2 has the math. */
 typedef struct fy_rope_scaling {
     int yarn;                       /* 0: plain RoPE (null, or rope_type "default") */
     double factor;                  /* s >= 1 */
