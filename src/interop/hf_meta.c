@@ -1,0 +1,160 @@
+/* The small files of a Hugging Face directory (hf_internal.h): config.json
+ * (DeepseekV3 keys only, floats as floats, both dtype spellings),
+ * generation_config.json, the tokenizer files; and reading the tokenizer and
+ * its bos/eos back. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fsutil.h"
+#include "interop/hf_internal.h"
+
+/* A ferry model was trained without chat turns: this template renders each
+ * message as "role: content" closed by the end-of-sequence token, and asks
+ * for the reply with "assistant: " (docs/INTEROP.md). */
+static const char chat_template[] =
+    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
+
+static cJSON *config_json(const fy_config *c, fy_st_dtype dt) {
+    char *text = fy_config_to_json(c, NULL);
+    cJSON *o = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (!o) return NULL;
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "ferry");
+    const char *tn = fy_hf_torch_dtype(dt);
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "torch_dtype");
+    if (!cJSON_AddStringToObject(o, "torch_dtype", tn) || !cJSON_AddStringToObject(o, "dtype", tn) ||
+        fy_hf_json_float(o, "routed_scaling_factor", c->routed_scaling_factor, 1) ||
+        fy_hf_json_float(o, "rms_norm_eps", c->rms_norm_eps, 1) ||
+        fy_hf_json_float(o, "initializer_range", c->initializer_range, 1) ||
+        fy_hf_json_float(o, "aux_loss_alpha", c->aux_loss_alpha, 1) ||
+        fy_hf_json_float(o, "rope_theta", c->rope_theta, 0)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* bos/eos/pad token strings of the tokenizer (NULL when it has none). */
+static void special_strings(const fy_tokenizer *tok, const char *s[3]) {
+    int32_t id[3] = {fy_tokenizer_bos(tok), fy_tokenizer_eos(tok), fy_tokenizer_pad(tok)};
+    for (int i = 0; i < 3; i++) s[i] = id[i] >= 0 ? fy_tokenizer_token_str(tok, id[i]) : NULL;
+}
+
+static const char *const special_keys[3] = {"bos_token", "eos_token", "pad_token"};
+
+static int add_specials(cJSON *o, const char *s[3]) {
+    for (int i = 0; i < 3; i++)
+        if (!(s[i] ? cJSON_AddStringToObject(o, special_keys[i], s[i]) : cJSON_AddNullToObject(o, special_keys[i])))
+            return -1;
+    return 0;
+}
+
+static cJSON *tokenizer_config(const fy_host_model *h) {
+    const char *s[3];
+    special_strings(h->tok, s);
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "tokenizer_class", "PreTrainedTokenizerFast") || add_specials(o, s) ||
+        !cJSON_AddBoolToObject(o, "add_bos_token", 0) || !cJSON_AddBoolToObject(o, "add_eos_token", 0) ||
+        !cJSON_AddBoolToObject(o, "clean_up_tokenization_spaces", 0) ||
+        !cJSON_AddNumberToObject(o, "model_max_length", h->cfg.max_position_embeddings) ||
+        !cJSON_AddStringToObject(o, "chat_template", chat_template)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+static cJSON *generation_config(const fy_host_model *h) {
+    int32_t id[3] = {fy_tokenizer_bos(h->tok), fy_tokenizer_eos(h->tok), fy_tokenizer_pad(h->tok)};
+    if (h->cfg.bos_token_id >= 0) id[0] = h->cfg.bos_token_id;
+    if (h->cfg.eos_token_id >= 0) id[1] = h->cfg.eos_token_id;
+    static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    for (int i = 0; i < 3; i++)
+        if (id[i] >= 0 && !cJSON_AddNumberToObject(o, keys[i], id[i])) {
+            cJSON_Delete(o);
+            return NULL;
+        }
+    return o;
+}
+
+int fy_hf_write_meta(const fy_host_model *h, const char *dir, fy_st_dtype dt, fy_err *err) {
+    fy_config c = h->cfg;
+    if (c.bos_token_id < 0) c.bos_token_id = fy_tokenizer_bos(h->tok);
+    if (c.eos_token_id < 0) c.eos_token_id = fy_tokenizer_eos(h->tok);
+    const char *s[3];
+    special_strings(h->tok, s);
+    cJSON *j[4] = {config_json(&c, dt), generation_config(h), tokenizer_config(h), cJSON_CreateObject()};
+    static const char *const names[4] = {"config.json", "generation_config.json", "tokenizer_config.json",
+                                         "special_tokens_map.json"};
+    int rc = 0;
+    if (j[3] && add_specials(j[3], s)) rc = -1;
+    for (int i = 0; i < 4 && !rc; i++)
+        if (!j[i]) rc = fy_fail(err, "out of memory writing %s/%s", dir, names[i]);
+        else if (fy_hf_write_json(dir, names[i], j[i], err)) rc = -1;
+    for (int i = 0; i < 4; i++) cJSON_Delete(j[i]);
+    if (rc) return rc;
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    return fy_tokenizer_save(h->tok, p, err);
+}
+
+/* tokenizer_config's "bos_token": a string or {"content": string}. */
+static const char *token_field(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* generation_config's "eos_token_id": an int or a list (the first). */
+static int id_field(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
+    return cJSON_IsNumber(v) ? v->valueint : -1;
+}
+
+static int resolve_ids(const char *dir, const fy_tokenizer *tok, fy_config *c, fy_err *err) {
+    int miss;
+    cJSON *tc = fy_hf_read_json(dir, "tokenizer_config.json", &miss, err);
+    if (!tc && !miss) return -1;
+    cJSON *gc = fy_hf_read_json(dir, "generation_config.json", &miss, err);
+    if (!gc && !miss) {
+        cJSON_Delete(tc);
+        return -1;
+    }
+    int *ids[2] = {&c->bos_token_id, &c->eos_token_id}, rc = 0;
+    static const char *const tk[2] = {"bos_token", "eos_token"}, *const ik[2] = {"bos_token_id", "eos_token_id"};
+    for (int i = 0; i < 2 && !rc; i++) {
+        const char *s = tc ? token_field(tc, tk[i]) : NULL;
+        int id = gc ? id_field(gc, ik[i]) : -1;
+        if (s) {
+            id = fy_tokenizer_token_to_id(tok, s);
+            if (id < 0) rc = fy_fail(err, "%s/tokenizer_config.json: %s \"%s\" is not in tokenizer.json", dir, tk[i], s);
+        }
+        if (id >= 0) *ids[i] = id;
+        if (!rc && *ids[i] >= fy_tokenizer_vocab_size(tok))
+            rc = fy_fail(err, "%s: %s %d is outside the tokenizer's %d tokens", dir, ik[i], *ids[i],
+                         fy_tokenizer_vocab_size(tok));
+    }
+    cJSON_Delete(tc);
+    cJSON_Delete(gc);
+    return rc;
+}
+
+int fy_hf_read_tokenizer(const char *dir, fy_config *c, fy_tokenizer **tok, fy_err *err) {
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    if (!fy_file_exists(p)) return fy_fail(err, "%s: no tokenizer.json (ferry needs the tokenizer with the model)", dir);
+    if (fy_tokenizer_load(p, tok, err)) return -1;
+    int v = fy_tokenizer_vocab_size(*tok);
+    if (v > c->vocab_size || resolve_ids(dir, *tok, c, err)) {
+        if (v > c->vocab_size) fy_fail(err, "%s: %d tokens, more than config.json's vocab_size %d", p, v, c->vocab_size);
+        fy_tokenizer_free(*tok);
+        *tok = NULL;
+        return -1;
+    }
+    return 0;
+}
