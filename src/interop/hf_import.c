@@ -196,7 +196,7 @@ static int check_mtp_copies(const hf_src *s, const fy_host_model *h, fy_err *err
             if (!src_find(s, nm[i], &f, err)) continue;
             if (read_tensor(s, nm[i], main_t[i], tmp, err)) rc = -1;
             else if (memcmp(tmp, h->params + main_t[i]->off, main_t[i]->n * sizeof *tmp))
-                rc = fy_fail(err, "%s: tensor %s differs from %s (ferry's MTP shares the main one; refusing)", s->dir, nm[i], main_t[i]->name);
+                rc = fy_fail(err, "%s: tensor %s differs from %s (ferry's MTP shares the main one; refusing)", fy_st_path(f), nm[i], main_t[i]->name);
         }
     }
     free(tmp);

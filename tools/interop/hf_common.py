@@ -31,8 +31,8 @@ def fail(msg):
     sys.exit(1)
 
 
-def run(cmd, cwd=None, ok=True):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, FERRY_LOG="warn"))
+def run(cmd, cwd=None, ok=True, binary=False):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=not binary, env=dict(os.environ, FERRY_LOG="warn"))
     if ok and r.returncode != 0:
         fail("%s failed (%d): %s%s" % (" ".join(cmd), r.returncode, r.stdout[-2000:], r.stderr[-2000:]))
     return r
@@ -108,6 +108,40 @@ def hf_greedy(model, prompt, n):
             lg = model(torch.tensor([seq], dtype=torch.long)).logits[0, -1].float()
             seq.append(int(torch.argmax(lg)))
     return seq[len(prompt):]
+
+
+def _byte_decoder():
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(u): b for b, u in zip(bs, cs)}
+
+
+def token_bytes(tok, ids):
+    """The raw bytes of byte-level BPE ids (GPT-2's byte-to-unicode undone),
+    which is what `ferry generate` prints, valid UTF-8 or not."""
+    dec = _byte_decoder()
+    out = b""
+    for t in tok.convert_ids_to_tokens(ids):
+        out += bytes(dec[ch] for ch in t) if all(ch in dec for ch in t) else t.encode()
+    return out
+
+
+def generate_matches(a, tok, model_dir, prompt_ids, greedy_ids, cwd=None):
+    """`ferry generate --temperature 0` prints the prompt and the greedy
+    continuation's bytes up to <|eos|>; returns None or what differs."""
+    prompt = tok.decode(prompt_ids)
+    r = run([a.ferry, "generate", "--model", model_dir, "--prompt", prompt, "-n", str(len(greedy_ids)),
+             "--temperature", "0"], cwd=cwd, binary=True)
+    eos = tok.convert_tokens_to_ids("<|eos|>")
+    gen = greedy_ids[:greedy_ids.index(eos)] if eos in greedy_ids else greedy_ids
+    want = prompt.encode() + token_bytes(tok, gen) + b"\n"
+    return None if r.stdout == want else "ferry generate printed %r, transformers' greedy bytes are %r" % (r.stdout, want)
 
 
 def rel_err(a, b):

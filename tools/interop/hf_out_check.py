@@ -143,16 +143,10 @@ def main():
     if hg != fg:
         c.fail("greedy ids differ:\n hf    %s\n ferry %s" % (hg, fg))
     print("greedy: 64 ids identical (transformers, ferry's decode path)")
-    prompt = tok.decode(ids[0])
-    r = c.run([a.ferry, "generate", "--model", "run", "--prompt", prompt, "-n", "64", "--temperature", "0"], cwd=w)
-    eos = tok.convert_tokens_to_ids("<|eos|>")
-    gen = hg[:hg.index(eos)] if eos in hg else hg
-    want = prompt + tok.decode(gen) + "\n"
-    if r.stdout != want:
-        c.fail("ferry generate printed %r, transformers' greedy text is %r" % (r.stdout, want))
-    r2 = c.run([a.ferry, "generate", "--model", hf32, "--prompt", prompt, "-n", "64", "--temperature", "0"], cwd=w)
-    if r2.stdout != want:
-        c.fail("ferry generate --model HF_DIR printed %r, expected %r" % (r2.stdout, want))
+    for d in ("run", hf32):
+        diff = c.generate_matches(a, tok, d, ids[0], hg, cwd=w)
+        if diff:
+            c.fail("--model %s: %s" % (d, diff))
     print("ferry generate --temperature 0 (run and HF directory): same text as transformers")
 
     mbf, _, _ = c.load_hf(hfbf, torch.float32)
