@@ -36,10 +36,19 @@ static cJSON *config_json(const fy_config *c, fy_st_dtype dt) {
     return o;
 }
 
-/* bos/eos/pad token strings of the tokenizer (NULL when it has none). */
-static void special_strings(const fy_tokenizer *tok, const char *s[3]) {
-    int32_t id[3] = {fy_tokenizer_bos(tok), fy_tokenizer_eos(tok), fy_tokenizer_pad(tok)};
-    for (int i = 0; i < 3; i++) s[i] = id[i] >= 0 ? fy_tokenizer_token_str(tok, id[i]) : NULL;
+/* bos/eos/pad ids: the config's (an imported model's), else the
+ * tokenizer's <|bos|>, <|eos|>, <|pad|>; -1 when neither has one. */
+static void special_ids(const fy_host_model *h, int32_t id[3]) {
+    id[0] = h->cfg.bos_token_id >= 0 ? h->cfg.bos_token_id : fy_tokenizer_bos(h->tok);
+    id[1] = h->cfg.eos_token_id >= 0 ? h->cfg.eos_token_id : fy_tokenizer_eos(h->tok);
+    id[2] = fy_tokenizer_pad(h->tok);
+}
+
+/* Their token strings (NULL when none). */
+static void special_strings(const fy_host_model *h, const char *s[3]) {
+    int32_t id[3];
+    special_ids(h, id);
+    for (int i = 0; i < 3; i++) s[i] = id[i] >= 0 ? fy_tokenizer_token_str(h->tok, id[i]) : NULL;
 }
 
 static const char *const special_keys[3] = {"bos_token", "eos_token", "pad_token"};
@@ -53,7 +62,7 @@ static int add_specials(cJSON *o, const char *s[3]) {
 
 static cJSON *tokenizer_config(const fy_host_model *h) {
     const char *s[3];
-    special_strings(h->tok, s);
+    special_strings(h, s);
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddStringToObject(o, "tokenizer_class", "PreTrainedTokenizerFast") || add_specials(o, s) ||
         !cJSON_AddBoolToObject(o, "add_bos_token", 0) || !cJSON_AddBoolToObject(o, "add_eos_token", 0) ||
@@ -67,9 +76,8 @@ static cJSON *tokenizer_config(const fy_host_model *h) {
 }
 
 static cJSON *generation_config(const fy_host_model *h) {
-    int32_t id[3] = {fy_tokenizer_bos(h->tok), fy_tokenizer_eos(h->tok), fy_tokenizer_pad(h->tok)};
-    if (h->cfg.bos_token_id >= 0) id[0] = h->cfg.bos_token_id;
-    if (h->cfg.eos_token_id >= 0) id[1] = h->cfg.eos_token_id;
+    int32_t id[3];
+    special_ids(h, id);
     static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -83,10 +91,11 @@ static cJSON *generation_config(const fy_host_model *h) {
 
 int fy_hf_write_meta(const fy_host_model *h, const char *dir, fy_st_dtype dt, fy_err *err) {
     fy_config c = h->cfg;
-    if (c.bos_token_id < 0) c.bos_token_id = fy_tokenizer_bos(h->tok);
-    if (c.eos_token_id < 0) c.eos_token_id = fy_tokenizer_eos(h->tok);
+    int32_t id[3];
+    special_ids(h, id);
+    c.bos_token_id = id[0], c.eos_token_id = id[1];
     const char *s[3];
-    special_strings(h->tok, s);
+    special_strings(h, s);
     cJSON *j[4] = {config_json(&c, dt), generation_config(h), tokenizer_config(h), cJSON_CreateObject()};
     static const char *const names[4] = {"config.json", "generation_config.json", "tokenizer_config.json",
                                          "special_tokens_map.json"};
