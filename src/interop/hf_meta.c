@@ -24,6 +24,8 @@ static cJSON *config_json(const fy_config *c, fy_st_dtype dt) {
     cJSON_DeleteItemFromObjectCaseSensitive(o, "ferry");
     const char *tn = fy_hf_torch_dtype(dt);
     cJSON_DeleteItemFromObjectCaseSensitive(o, "torch_dtype");
+    /* ferry's RoPE rotates adjacent pairs; say so rather than rely on the default */
+    if (!cJSON_GetObjectItemCaseSensitive(o, "rope_interleave")) cJSON_AddBoolToObject(o, "rope_interleave", 1);
     if (!cJSON_AddStringToObject(o, "torch_dtype", tn) || !cJSON_AddStringToObject(o, "dtype", tn) ||
         fy_hf_json_float(o, "routed_scaling_factor", c->routed_scaling_factor, 1) ||
         fy_hf_json_float(o, "rms_norm_eps", c->rms_norm_eps, 1) ||
