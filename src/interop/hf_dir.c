@@ -3,7 +3,6 @@
  * hf_import.c share (hf_internal.h). */
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,21 +66,6 @@ void fy_hf_mtp_copy_names(int layer, char *embed, char *head, size_t cap) {
 
 const char *fy_hf_torch_dtype(fy_st_dtype t) {
     return t == FY_ST_BF16 ? "bfloat16" : t == FY_ST_F16 ? "float16" : "float32";
-}
-
-int fy_hf_json_float(cJSON *o, const char *key, double v, int is_f32) {
-    char s[64];
-    if (!isfinite(v)) return -1;
-    /* the shortest text that reads back as the same float (or double) */
-    for (int prec = is_f32 ? 6 : 15; prec <= 17; prec++) {
-        snprintf(s, sizeof s, "%.*g", prec, v);
-        if (is_f32 ? strtof(s, NULL) == (float)v : strtod(s, NULL) == v) break;
-    }
-    if (!strpbrk(s, ".eEn")) strcat(s, ".0");
-    cJSON *raw = cJSON_CreateRaw(s);
-    if (!raw) return -1;
-    if (cJSON_GetObjectItemCaseSensitive(o, key)) return cJSON_ReplaceItemInObjectCaseSensitive(o, key, raw) ? 0 : -1;
-    return cJSON_AddItemToObject(o, key, raw) ? 0 : -1;
 }
 
 cJSON *fy_hf_read_json(const char *dir, const char *name, int *missing, fy_err *err) {

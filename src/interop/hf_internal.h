@@ -27,9 +27,6 @@ void fy_hf_mtp_copy_names(int layer, char *embed, char *head, size_t cap);
 
 /* "float32", "bfloat16", "float16" for F32, BF16, F16. */
 const char *fy_hf_torch_dtype(fy_st_dtype t);
-/* Sets o[key] to v written as a JSON float ("1.0", never "1"): transformers
- * 5 refuses an int where its config class declares a float. */
-int fy_hf_json_float(cJSON *o, const char *key, double v, int is_f32);
 /* Reads dir/name as JSON: NULL with *missing = 1 when absent (not an error),
  * NULL with err set when unreadable or malformed. */
 cJSON *fy_hf_read_json(const char *dir, const char *name, int *missing, fy_err *err);

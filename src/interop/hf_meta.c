@@ -16,26 +16,16 @@ static const char chat_template[] =
     "{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
 
-static cJSON *config_json(const fy_config *c, fy_st_dtype dt) {
-    char *text = fy_config_to_json(c, NULL);
-    cJSON *o = text ? cJSON_Parse(text) : NULL;
+/* config.json as the config writer makes it: DeepseekV3 keys only, floats
+ * as JSON floats (not re-printed through cJSON, which would write "1"). */
+static int write_config(const fy_config *c, fy_st_dtype dt, const char *dir, fy_err *err) {
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    char *text = fy_config_to_json_opts(c, &(fy_config_json_opts){NULL, fy_hf_torch_dtype(dt), 1});
+    if (!text) return fy_fail(err, "out of memory writing %s", p);
+    int rc = fy_write_file_atomic(p, text, strlen(text), err);
     free(text);
-    if (!o) return NULL;
-    cJSON_DeleteItemFromObjectCaseSensitive(o, "ferry");
-    const char *tn = fy_hf_torch_dtype(dt);
-    cJSON_DeleteItemFromObjectCaseSensitive(o, "torch_dtype");
-    /* ferry's RoPE rotates adjacent pairs; say so rather than rely on the default */
-    if (!cJSON_GetObjectItemCaseSensitive(o, "rope_interleave")) cJSON_AddBoolToObject(o, "rope_interleave", 1);
-    if (!cJSON_AddStringToObject(o, "torch_dtype", tn) || !cJSON_AddStringToObject(o, "dtype", tn) ||
-        fy_hf_json_float(o, "routed_scaling_factor", c->routed_scaling_factor, 1) ||
-        fy_hf_json_float(o, "rms_norm_eps", c->rms_norm_eps, 1) ||
-        fy_hf_json_float(o, "initializer_range", c->initializer_range, 1) ||
-        fy_hf_json_float(o, "aux_loss_alpha", c->aux_loss_alpha, 1) ||
-        fy_hf_json_float(o, "rope_theta", c->rope_theta, 0)) {
-        cJSON_Delete(o);
-        return NULL;
-    }
-    return o;
+    return rc;
 }
 
 /* bos/eos/pad ids: the config's (an imported model's), else the
@@ -98,15 +88,14 @@ int fy_hf_write_meta(const fy_host_model *h, const char *dir, fy_st_dtype dt, fy
     c.bos_token_id = id[0], c.eos_token_id = id[1];
     const char *s[3];
     special_strings(h, s);
-    cJSON *j[4] = {config_json(&c, dt), generation_config(h), tokenizer_config(h), cJSON_CreateObject()};
-    static const char *const names[4] = {"config.json", "generation_config.json", "tokenizer_config.json",
-                                         "special_tokens_map.json"};
-    int rc = 0;
-    if (j[3] && add_specials(j[3], s)) rc = -1;
-    for (int i = 0; i < 4 && !rc; i++)
+    cJSON *j[3] = {generation_config(h), tokenizer_config(h), cJSON_CreateObject()};
+    static const char *const names[3] = {"generation_config.json", "tokenizer_config.json", "special_tokens_map.json"};
+    int rc = write_config(&c, dt, dir, err);
+    if (j[2] && add_specials(j[2], s)) rc = rc ? rc : fy_fail(err, "out of memory writing %s/%s", dir, names[2]);
+    for (int i = 0; i < 3 && !rc; i++)
         if (!j[i]) rc = fy_fail(err, "out of memory writing %s/%s", dir, names[i]);
         else if (fy_hf_write_json(dir, names[i], j[i], err)) rc = -1;
-    for (int i = 0; i < 4; i++) cJSON_Delete(j[i]);
+    for (int i = 0; i < 3; i++) cJSON_Delete(j[i]);
     if (rc) return rc;
     char p[FY_PATH_MAX + 32];
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);

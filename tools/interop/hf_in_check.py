@@ -26,14 +26,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_common as c  # noqa: E402
 
-BLOCK = [32, 32]  # FP8 block (DeepSeek uses 128x128; smaller here so matrices have several, some partial)
+BLOCK = [128, 128]  # DeepSeek's FP8 block; the dense MLP (160 wide) has two per row or column, one partial
 
 
 def make_model(work, tokjson):
     import torch
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
     cfg = DeepseekV3Config(
-        vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=5,
+        vocab_size=300, hidden_size=64, intermediate_size=160, moe_intermediate_size=32, num_hidden_layers=5,
         num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
         qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
         n_group=4, topk_group=2, first_k_dense_replace=2, norm_topk_prob=True, routed_scaling_factor=2.5,
