@@ -130,6 +130,57 @@ def make_fp8(work, src):
     return out, ref, sum(1 for k in fp8 if k.endswith("_scale_inv"))
 
 
+# DeepSeek-V3's pre-tokenizer regexes as its tokenizer.json has them, and its specials
+DSV3_RE = [
+    "\\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+]
+DS_BOS, DS_EOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"
+
+
+def dsv3_tokenizer_dir(a, w, bf, lines, prompt):
+    """bf with a DeepSeek-V3-style tokenizer (Sequence of Splits +
+    ByteLevel(use_regex false), fullwidth specials) trained by `tokenizers`,
+    and an eos that the model's greedy continuation of `prompt` reaches (a
+    token it emits after 8 others), named in tokenizer_config.json: ferry must
+    encode like `tokenizers`, take eos from tokenizer_config.json and stop
+    there. Returns the directory, the tokenizer and the eos id."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r), "isolated") for r in DSV3_RE]
+                                               + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, special_tokens=[DS_BOS, DS_EOS], show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if tk.get_vocab_size() > 300:
+        c.fail("dsv3 tokenizer: %d tokens" % tk.get_vocab_size())
+    model, _, _ = c.load_hf(bf, torch.float32)
+    ids = tk.encode(prompt, add_special_tokens=False).ids
+    hg = c.hf_greedy(model, ids, 64)
+    k = next((i for i in range(8, 64) if hg[i] not in hg[:i] and hg[i] > 1), None)
+    if k is None:
+        c.fail("dsv3 tokenizer: no greedy token to use as eos")
+    d = os.path.join(w, "hf_bf16_dsv3tok")
+    shutil.copytree(bf, d)
+    tk.save(os.path.join(d, "tokenizer.json"))
+    eos = tk.id_to_token(hg[k])
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": {"content": DS_BOS}, "eos_token": eos},
+              open(os.path.join(d, "tokenizer_config.json"), "w"))
+    for n in ("config.json", "generation_config.json"):
+        j = json.load(open(os.path.join(d, n)))
+        j.update(bos_token_id=0, eos_token_id=1)   # tokenizer_config.json's names win
+        json.dump(j, open(os.path.join(d, n), "w"))
+    r = c.run([a.ferry, "generate", "--model", d, "--prompt", prompt, "-n", "64", "--temperature", "0"], binary=True)
+    dec = c._byte_decoder()
+    want = prompt.encode() + b"".join(bytes(dec[ch] for ch in tk.id_to_token(t)) for t in hg[:k] if t > 1) + b"\n"
+    if r.stdout != want:
+        c.fail("dsv3 tokenizer: ferry generate printed %r, expected %r (stop at %r, greedy token %d)" % (r.stdout, want, eos, k))
+    print("dsv3-style tokenizer: ferry encodes the prompt as tokenizers does and stops at tokenizer_config's eos (token %d)" % k)
+
+
 def compare(a, name, ferry_dir, hf_dir, ids, work, greedy):
     import torch
     model, tok, _ = c.load_hf(hf_dir, torch.float32)
@@ -246,6 +297,7 @@ def main():
     T = 20
     ids = [tok(lines[i * 41])["input_ids"][:T] for i in range(8)]
     compare(a, "bf16", bf, bf, ids, w, greedy=True)
+    dsv3_tokenizer_dir(a, w, bf, lines, lines[5])
     compare(a, "fp8", fp8, fp8_ref, ids, w, greedy=True)
 
     r, e1 = round_trip(a, w, bf, "bf16", "bf16")
