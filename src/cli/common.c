@@ -62,6 +62,12 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
                 cfg.vocab_size);
         goto fail;
     }
+    /* the config's bos/eos (an imported model's) are the ones generation uses */
+    if ((cfg.bos_token_id >= 0 || cfg.eos_token_id >= 0) &&
+        fy_tokenizer_set_special(out->tok, cfg.bos_token_id >= 0 ? cfg.bos_token_id : fy_tokenizer_bos(out->tok),
+                                 cfg.eos_token_id >= 0 ? cfg.eos_token_id : fy_tokenizer_eos(out->tok),
+                                 fy_tokenizer_pad(out->tok), err))
+        goto fail;
     if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
     if (fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err)) goto fail;
     if (fy_model_create(&out->model, &cfg, out->be, err) ||

@@ -116,7 +116,10 @@ static int id_field(const cJSON *o, const char *key) {
     return cJSON_IsNumber(v) ? v->valueint : -1;
 }
 
-static int resolve_ids(const char *dir, const fy_tokenizer *tok, fy_config *c, fy_err *err) {
+/* bos/eos (into c) and pad: tokenizer_config.json's token names, else
+ * generation_config.json's ids, else config.json's; then set in the
+ * tokenizer, so generation stops at this model's eos. */
+static int resolve_ids(const char *dir, fy_tokenizer *tok, fy_config *c, fy_err *err) {
     int miss;
     cJSON *tc = fy_hf_read_json(dir, "tokenizer_config.json", &miss, err);
     if (!tc && !miss) return -1;
@@ -125,20 +128,25 @@ static int resolve_ids(const char *dir, const fy_tokenizer *tok, fy_config *c, f
         cJSON_Delete(tc);
         return -1;
     }
-    int *ids[2] = {&c->bos_token_id, &c->eos_token_id}, rc = 0;
-    static const char *const tk[2] = {"bos_token", "eos_token"}, *const ik[2] = {"bos_token_id", "eos_token_id"};
-    for (int i = 0; i < 2 && !rc; i++) {
-        const char *s = tc ? token_field(tc, tk[i]) : NULL;
+    int32_t pad = fy_tokenizer_pad(tok);
+    int32_t *ids[3] = {&c->bos_token_id, &c->eos_token_id, &pad};
+    int rc = 0;
+    static const char *const ik[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    for (int i = 0; i < 3 && !rc; i++) {
+        const char *s = tc ? token_field(tc, special_keys[i]) : NULL;
         int id = gc ? id_field(gc, ik[i]) : -1;
         if (s) {
             id = fy_tokenizer_token_to_id(tok, s);
-            if (id < 0) rc = fy_fail(err, "%s/tokenizer_config.json: %s \"%s\" is not in tokenizer.json", dir, tk[i], s);
+            if (id < 0)
+                rc = fy_fail(err, "%s/tokenizer_config.json: %s \"%s\" is not in tokenizer.json", dir, special_keys[i], s);
         }
         if (id >= 0) *ids[i] = id;
         if (!rc && *ids[i] >= fy_tokenizer_vocab_size(tok))
             rc = fy_fail(err, "%s: %s %d is outside the tokenizer's %d tokens", dir, ik[i], *ids[i],
                          fy_tokenizer_vocab_size(tok));
     }
+    if (!rc && fy_tokenizer_set_special(tok, c->bos_token_id, c->eos_token_id, pad, err))
+        rc = fy_wrap(err, "%s", dir);
     cJSON_Delete(tc);
     cJSON_Delete(gc);
     return rc;

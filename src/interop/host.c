@@ -60,6 +60,12 @@ int fy_host_load_run(const char *dir, fy_host_model *out, fy_err *err) {
         fy_fail(err, "%s: vocabulary %d is larger than config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok), cfg.vocab_size);
         goto fail;
     }
+    /* the config's bos/eos (an imported model's) are the ones generation uses */
+    if ((cfg.bos_token_id >= 0 || cfg.eos_token_id >= 0) &&
+        fy_tokenizer_set_special(out->tok, cfg.bos_token_id >= 0 ? cfg.bos_token_id : fy_tokenizer_bos(out->tok),
+                                 cfg.eos_token_id >= 0 ? cfg.eos_token_id : fy_tokenizer_eos(out->tok),
+                                 fy_tokenizer_pad(out->tok), err))
+        goto fail;
     snprintf(p, sizeof p, "%s/%s", ckpt, FY_CKPT_MODEL);
     fy_st_file *f;
     if (fy_st_open(p, &f, err)) goto fail;
