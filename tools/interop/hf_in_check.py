@@ -179,6 +179,7 @@ def dsv3_tokenizer_dir(a, w, bf, lines, prompt):
     if r.stdout != want:
         c.fail("dsv3 tokenizer: ferry generate printed %r, expected %r (stop at %r, greedy token %d)" % (r.stdout, want, eos, k))
     print("dsv3-style tokenizer: ferry encodes the prompt as tokenizers does and stops at tokenizer_config's eos (token %d)" % k)
+    return d
 
 
 def compare(a, name, ferry_dir, hf_dir, ids, work, greedy):
@@ -297,7 +298,7 @@ def main():
     T = 20
     ids = [tok(lines[i * 41])["input_ids"][:T] for i in range(8)]
     compare(a, "bf16", bf, bf, ids, w, greedy=True)
-    dsv3_tokenizer_dir(a, w, bf, lines, lines[5])
+    dsv3 = dsv3_tokenizer_dir(a, w, bf, lines, lines[5])
     compare(a, "fp8", fp8, fp8_ref, ids, w, greedy=True)
 
     r, e1 = round_trip(a, w, bf, "bf16", "bf16")
@@ -308,6 +309,10 @@ def main():
     if set(a_sd) != set(b_sd) or any(not torch.equal(a_sd[k].view(torch.int16), b_sd[k].to(a_sd[k].dtype).view(torch.int16)) for k in a_sd):
         c.fail("the bf16 export does not carry transformers' bits")
     print("bf16: the export holds exactly transformers' tensors and bits")
+    _, t1 = round_trip(a, w, dsv3, "dsv3-tokenizer", "bf16")
+    tc = json.load(open(os.path.join(t1, "tokenizer_config.json")))
+    if tc["bos_token"] != DS_BOS or tc["eos_token"] != json.load(open(os.path.join(dsv3, "tokenizer_config.json")))["eos_token"]:
+        c.fail("dsv3-tokenizer: the export names bos/eos %r/%r" % (tc["bos_token"], tc["eos_token"]))
     _, x1 = round_trip(a, w, fp8, "fp8", "f32")
     xs = load_all(x1)
     L = json.load(open(os.path.join(bf, "config.json")))["num_hidden_layers"]
