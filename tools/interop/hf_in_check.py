@@ -309,6 +309,14 @@ def main():
     if set(a_sd) != set(b_sd) or any(not torch.equal(a_sd[k].view(torch.int16), b_sd[k].to(a_sd[k].dtype).view(torch.int16)) for k in a_sd):
         c.fail("the bf16 export does not carry transformers' bits")
     print("bf16: the export holds exactly transformers' tensors and bits")
+    m0, _, _ = c.load_hf(bf, torch.float32)
+    m1, _, msgs = c.load_hf(e1, torch.float32)   # ferry's config.json: YaRN in DeepSeek's spelling, no MTP left
+    if msgs:
+        c.fail("transformers warned loading ferry's export of a model without MTP: %s" % msgs)
+    e = c.rel_err(c.hf_logits(m1, ids), c.hf_logits(m0, ids))
+    if e != 0:
+        c.fail("transformers computes differently from ferry's re-export (config.json): %.3g" % e)
+    print("bf16: transformers loads ferry's re-export with no warning and computes the same logits bit for bit")
     _, t1 = round_trip(a, w, dsv3, "dsv3-tokenizer", "bf16")
     tc = json.load(open(os.path.join(t1, "tokenizer_config.json")))
     if tc["bos_token"] != DS_BOS or tc["eos_token"] != json.load(open(os.path.join(dsv3, "tokenizer_config.json")))["eos_token"]:
