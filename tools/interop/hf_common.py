@@ -64,7 +64,9 @@ def load_hf(path, dtype):
     lg.addHandler(h)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        # transformers 5 says dtype=, 4 says torch_dtype=
+        kw = {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
         tok = AutoTokenizer.from_pretrained(path)
     lg.removeHandler(h)
     model.eval()
