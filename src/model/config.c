@@ -344,12 +344,11 @@ static int read_eos(const cJSON *root, fy_config *c, fy_err *err) {
     if (!cJSON_IsArray(v)) return get_int(root, "eos_token_id", &c->eos_token_id, err);
     const cJSON *first = cJSON_GetArrayItem(v, 0);
     if (!first) return 0;
-    cJSON *tmp = cJSON_CreateObject();
-    if (!tmp) return fy_fail(err, "eos_token_id: out of memory");
-    cJSON_AddItemReferenceToObject(tmp, "eos_token_id[0]", (cJSON *)first);
-    int rc = get_int(tmp, "eos_token_id[0]", &c->eos_token_id, err);
-    cJSON_Delete(tmp);
-    return rc;
+    double d = first->valuedouble;
+    if (!cJSON_IsNumber(first) || d != floor(d) || d < -1 || d > INT_MAX)
+        return fy_fail(err, "eos_token_id[0] must be a token id");
+    c->eos_token_id = (int)d;
+    return 0;
 }
 
 /* quantization_config: only DeepSeek's block fp8 (the importer dequantizes). */
