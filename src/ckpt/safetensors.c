@@ -77,6 +77,38 @@ float fy_f16_to_f32(uint16_t h) {
     return mag;
 }
 
+/* Round to nearest even; overflow to infinity, underflow through the
+ * subnormals to zero, NaN stays a (quiet) NaN. */
+uint16_t fy_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);          /* >= 65520: inf */
+    if (a < 0x38800000u) {                                            /* below 2^-14: subnormal */
+        if (a < 0x33000000u) return sign;                             /* below 2^-25: zero */
+        uint32_t man = (a & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(a >> 23);                             /* 14..24 */
+        uint32_t h = man >> shift, rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((a >> 13) - (112u << 10)), rest = a & 0x1fffu;       /* rebias 127 -> 15 */
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;         /* may carry into inf: right */
+    return (uint16_t)(sign | h);
+}
+
+/* E4M3 "fn" (no infinities; S.1111.111 is NaN): bias 7, subnormals 2^-9. */
+float fy_f8e4m3_to_f32(uint8_t b) {
+    unsigned exp = (b >> 3) & 0xfu, man = b & 7u;
+    float mag;
+    if (exp == 15 && man == 7) mag = NAN;
+    else if (exp == 0) mag = ldexpf((float)man, -9);
+    else mag = ldexpf((float)(man | 8u), (int)exp - 10);
+    return (b & 0x80u) ? -mag : mag;
+}
+
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF).
  * Returns the offset of the first bad byte, or len when all is well. */
 static size_t utf8_bad_offset(const unsigned char *s, size_t len) {

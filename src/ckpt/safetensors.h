@@ -97,5 +97,7 @@ int fy_st_read_f32_range(const fy_st_file *f, const char *name, size_t expected_
 float fy_bf16_to_f32(uint16_t h);
 uint16_t fy_f32_to_bf16(float f);   /* round to nearest even; NaN stays NaN */
 float fy_f16_to_f32(uint16_t h);
+uint16_t fy_f32_to_f16(float f);    /* round to nearest even; overflow to inf */
+float fy_f8e4m3_to_f32(uint8_t b);  /* F8_E4M3 (the "fn" variant torch calls float8_e4m3fn) */
 
 #endif

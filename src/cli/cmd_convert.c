@@ -56,7 +56,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
     if (fy_cli_host_load(model, &h, err)) return -1;
     int rc = !strcmp(to, "hf")     ? fy_hf_export(&h, out, &ho, err)
              : !strcmp(to, "gguf") ? fy_gguf_export(&h, out, gt, err)
-                                   : fy_host_save_run(&h, out, err);
+                                   : fy_host_save_new_run(&h, out, err);
     fy_host_free(&h);
     return rc;
 }

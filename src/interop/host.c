@@ -1,8 +1,12 @@
 /* A whole model in host memory (host.h): loading it from a ferry run or
  * checkpoint, saving it as a ferry run, copying it into a model. */
+#include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -55,10 +59,17 @@ int fy_host_load_run(const char *dir, fy_host_model *out, fy_err *err) {
     if (fy_host_alloc(out, &cfg, err)) return -1;
     snprintf(p, sizeof p, "%s/tokenizer.json", run);
     if (fy_tokenizer_load(p, &out->tok, err)) goto fail;
-    if (fy_tokenizer_vocab_size(out->tok) != cfg.vocab_size) {
-        fy_fail(err, "%s: vocabulary %d != config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok), cfg.vocab_size);
+    /* fewer tokens than embedding rows is fine (DeepSeek-V3: 128815 of 129280) */
+    if (fy_tokenizer_vocab_size(out->tok) > cfg.vocab_size) {
+        fy_fail(err, "%s: vocabulary %d is larger than config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok), cfg.vocab_size);
         goto fail;
     }
+    /* the config's bos/eos (an imported model's) are the ones generation uses */
+    if ((cfg.bos_token_id >= 0 || cfg.eos_token_id >= 0) &&
+        fy_tokenizer_set_special(out->tok, cfg.bos_token_id >= 0 ? cfg.bos_token_id : fy_tokenizer_bos(out->tok),
+                                 cfg.eos_token_id >= 0 ? cfg.eos_token_id : fy_tokenizer_eos(out->tok),
+                                 fy_tokenizer_pad(out->tok), err))
+        goto fail;
     snprintf(p, sizeof p, "%s/%s", ckpt, FY_CKPT_MODEL);
     fy_st_file *f;
     if (fy_st_open(p, &f, err)) goto fail;
@@ -129,6 +140,30 @@ done:
     free(zeros);
     free(state);
     return rc;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)ftw;
+    return flag == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err) {
+    char tmp[FY_PATH_MAX], parent[FY_PATH_MAX];
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/') n--;
+    if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
+    if (n + 12 >= sizeof tmp) return fy_fail(err, "%s: path too long", out);
+    snprintf(tmp, sizeof tmp, "%.*s.tmp-XXXXXX", (int)n, out);
+    if (!mkdtemp(tmp)) return fy_fail(err, "%s: cannot create a temporary directory: %s", tmp, strerror(errno));
+    chmod(tmp, 0755);
+    int rc = fy_host_save_run(h, tmp, err);
+    if (!rc && fy_file_exists(out)) rc = fy_fail(err, "%s appeared while it was written: not overwriting it", out);
+    if (!rc && rename(tmp, out)) rc = fy_fail(err, "rename %s -> %s: %s", tmp, out, strerror(errno));
+    if (rc) {
+        nftw(tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        return -1;
+    }
+    return fy_path_dirname(parent, sizeof parent, out, err) || fy_fsync_dir(parent, err) ? -1 : 0;
 }
 
 int fy_host_to_model(const fy_host_model *h, fy_model *m, fy_err *err) {
