@@ -1,0 +1,68 @@
+"""The trained tiny model the GGUF checks export (gguf_check.py,
+gguf_llamacpp.py): a generated corpus, ferry's tokenizer and data, and a
+short training run of a DeepSeek-V3 with 3 layers + 1 MTP module, q_lora,
+n_group 2 and a k_b head split (qk_nope_head_dim 16) whose rows are not
+whole 32-blocks. Standard library only (plus safetensors for the weights)."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+TINY = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 300,
+    "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32, "num_hidden_layers": 3,
+    "num_attention_heads": 2, "num_key_value_heads": 2, "q_lora_rank": 32, "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 32, "n_routed_experts": 8,
+    "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+    "first_k_dense_replace": 1, "moe_layer_freq": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "hidden_act": "silu", "rope_theta": 10000.0,
+    "rope_scaling": None, "attention_bias": False, "rms_norm_eps": 1e-06, "num_nextn_predict_layers": 1,
+    "max_position_embeddings": 256, "tie_word_embeddings": False, "initializer_range": 0.02,
+    "aux_loss_alpha": 0.0001, "seq_aux": True, "torch_dtype": "float32",
+    "ferry": {"lr": 0.003, "min_lr": 0.0003, "warmup_steps": 5},
+}
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def corpus_text():
+    rnd = random.Random(7)
+    det, noun = "the a one every that".split(), "shepherd king river city servant stone lamb".split()
+    verb, prep = "walked spoke rested waited sang wept".split(), "by near beyond under before".split()
+    out = []
+    for _ in range(3000):
+        out.append(f"{rnd.choice(det)} {rnd.choice(noun)} {rnd.choice(verb)} {rnd.choice(prep)} the {rnd.choice(noun)}")
+        out.append(".\n" if rnd.random() < 0.3 else ", and ")
+    return "".join(out)
+
+
+def make_run(ferry, work, config=TINY, steps=150, name="run"):
+    """A trained tiny run in work/name (tokenizer, data, train)."""
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "corpus.txt"), "w") as f:
+        f.write(corpus_text())
+    with open(os.path.join(work, "tiny.json"), "w") as f:
+        json.dump(config, f)
+    steps_cmds = [
+        [ferry, "tokenizer", "train", "--vocab-size", str(config["vocab_size"]), "-o", "tok.json", "corpus.txt"],
+        [ferry, "data", "prepare", "corpus.txt", "--tokenizer", "tok.json", "--out", "data"],
+        [ferry, "train", "--data", "data", "--config", "tiny.json", "--steps", str(steps), "--batch", "8",
+         "--seq", "64", "--eval-every", "0", "--ckpt-every", "0", "--out", name],
+    ]
+    for cmd in steps_cmds:
+        if cmd[1] == "train":
+            shutil.copy(os.path.join(work, "tok.json"), os.path.join(work, "data", "tokenizer.json"))
+        r = run(cmd, cwd=work)
+        if r.returncode:
+            sys.exit(f"FAIL: {' '.join(cmd)}: {r.stderr.strip()}")
+    return os.path.join(work, name)
+
+
+def ferry_weights(run_dir):
+    from safetensors.numpy import load_file
+    latest = open(os.path.join(run_dir, "checkpoints", "LATEST")).read().strip()
+    return load_file(os.path.join(run_dir, "checkpoints", latest, "model.safetensors"))

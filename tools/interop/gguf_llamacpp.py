@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""ferry's GGUF export run by llama.cpp itself (docs/INTEROP.md, "Out: GGUF
+for llama.cpp").
+
+Trains the tiny model of gguf_fixture.py, exports it as f32, f16, bf16,
+q8_0 and q4_0, and for a few prompts compares the greedy token ids of
+`ferry generate --temperature 0 --print-ids` with those of llama_ids
+(tools/llamacpp/llama_ids.c, built against libllama by
+tools/llamacpp/check.sh): the prompt's ids (llama.cpp's gpt2 tokenizer on
+ferry's vocabulary and merges) and N new tokens, llama.cpp's KV cache f32,
+flash attention off.
+
+Asserted: every file loads and generates; the prompt ids are equal for
+every type; f32 and f16 give the same N tokens as ferry for every prompt
+(f16 rounds the weights, so a near tie could in principle flip a token; the
+tiny model's margins are wide enough, and a flip is reported with its
+position). bf16, q8_0 and q4_0 agreement (tokens equal before the first
+difference) is reported, not asserted: their weights differ from ferry's by
+the format's rounding (and llama.cpp's quantized matmuls round activations
+to 8 bits), so a near tie may flip.
+
+Skips (exit 77) with a line when no llama_ids is built.
+
+Usage: gguf_llamacpp.py --llamacpp CACHE_DIR [--n 64] --ferry PATH --work DIR
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_fixture import make_run, run  # noqa: E402
+
+PROMPTS = ["the king", "a shepherd spoke by the river", "every servant waited near the city, and the lamb"]
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+EXACT = {"f32", "f16"}
+
+
+def parse_ids(text, who):
+    lines = {l.split(":", 1)[0]: [int(x) for x in l.split(":", 1)[1].split()]
+             for l in text.splitlines() if l.startswith(("prompt:", "ids:"))}
+    if "prompt" not in lines or "ids" not in lines:
+        raise RuntimeError(f"{who}: no 'prompt:'/'ids:' lines in {text!r}")
+    return lines["prompt"], lines["ids"]
+
+
+def agree(a, b):
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llamacpp", required=True, help="cache dir of tools/llamacpp/check.sh")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--ferry", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    llama_ids = os.path.join(a.llamacpp, "llama_ids")
+    if not os.access(llama_ids, os.X_OK):
+        print(f"SKIP: no llama.cpp build at {a.llamacpp} (run tools/llamacpp/check.sh once to build it, "
+              "or configure with -DFERRY_LLAMACPP_DIR=DIR)")
+        return 77
+    ferry = os.path.abspath(a.ferry)
+    shutil.rmtree(a.work, ignore_errors=True)
+    run_dir = make_run(ferry, a.work, steps=300)
+    problems = []
+    for t in TYPES:
+        path = os.path.join(a.work, f"tiny-{t}.gguf")
+        r = run([ferry, "convert", "--model", run_dir, "--to", "gguf", "--out", path, "--type", t])
+        if r.returncode:
+            problems.append(f"convert --type {t}: {r.stderr.strip()}")
+            continue
+        agreed, total = 0, 0
+        for p in PROMPTS:
+            rf = run([ferry, "generate", "--model", run_dir, "--prompt", p, "--temperature", "0", "-n", str(a.n),
+                      "--print-ids"])
+            t0 = time.time()
+            rl = run([llama_ids, path, p, str(a.n), "f32"])
+            dt = time.time() - t0
+            if rf.returncode or rl.returncode:
+                problems.append(f"{t} {p!r}: ferry rc {rf.returncode} {rf.stderr.strip()[-200:]}; "
+                                f"llama.cpp rc {rl.returncode} {rl.stderr.strip()[-300:]}")
+                continue
+            fp, fi = parse_ids(rf.stdout, "ferry")
+            lp, li = parse_ids(rl.stdout, "llama_ids")
+            k = agree(fi, li)
+            agreed, total = agreed + k, total + len(fi)
+            same = fi == li
+            print(f"  {t:5s} prompt {p!r}: prompt ids {'equal' if fp == lp else 'DIFFER'}, "
+                  f"{k}/{len(fi)} tokens agree{'' if same else f' (first difference at {k}: ferry {fi[k:k+1]}, llama.cpp {li[k:k+1]})'}"
+                  f" [llama.cpp {dt:.2f} s]")
+            if fp != lp:
+                problems.append(f"{t} {p!r}: prompt ids differ: ferry {fp}, llama.cpp {lp}")
+            if t in EXACT and not same:
+                problems.append(f"{t} {p!r}: greedy ids differ at token {k}")
+        print(f"  {t}: {agreed}/{total} tokens agree before the first difference, "
+              f"{os.path.getsize(path)} bytes")
+    if problems:
+        for p in problems:
+            print("FAIL:", p)
+        return 1
+    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
