@@ -5,7 +5,9 @@
 #   tools/llamacpp/check.sh [--build-only] [FERRY_BINARY]
 #
 # 1. Gets llama.cpp's source as the llama-cpp-python sdist vendors it
-#    (pip download --no-deps --no-binary :all: llama-cpp-python; no other
+#    (pip download --no-deps --no-binary llama-cpp-python llama-cpp-python;
+#    `--no-binary :all:` would also build pip's build backends (scikit-build-core,
+#    hatchling, setuptools, ...) from source, minutes for nothing; no other
 #    network) into the cache directory $FERRY_LLAMACPP_DIR, default
 #    ${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp, outside the clone.
 # 2. Builds only libllama and ggml's CPU backend there (reused when present;
@@ -31,7 +33,7 @@ mkdir -p "$cache/sdist"
 sdist=$(ls "$cache"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$sdist" ]; then
   echo "== downloading the llama-cpp-python sdist (vendors llama.cpp) into $cache/sdist"
-  "$py" -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$cache/sdist"
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$cache/sdist"
   sdist=$(ls "$cache"/sdist/llama_cpp_python-*.tar.gz | sort -V | tail -n 1)
 fi
 name=$(basename "$sdist" .tar.gz)

@@ -8,7 +8,9 @@
  * and the KV cache in the given type (default f32), stopping at the
  * end-of-sequence token (not printed), with the plain CPU weight buffers
  * (see use_extra_bufts below). Prints "prompt: ID..." and
- * "ids: ID...", the format of ferry's --print-ids. Logs go to stderr. */
+ * "ids: ID...", the format of ferry's --print-ids, then "gaps: G..." (for
+ * each new token, its logit minus the runner-up's: how near a tie the
+ * choice was). Logs go to stderr. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,15 @@ static void print_list(const char *label, const llama_token *ids, int n) {
     printf("%s", label);
     for (int i = 0; i < n; i++) printf(" %d", (int)ids[i]);
     printf("\n");
+}
+
+/* Largest logit minus the second largest. */
+static float top2_gap(const float *l, int V) {
+    float a = -1e30f, b = -1e30f;
+    for (int i = 0; i < V; i++)
+        if (l[i] > a) b = a, a = l[i];
+        else if (l[i] > b) b = l[i];
+    return a - b;
 }
 
 static void quiet(enum ggml_log_level level, const char *text, void *ud) {
@@ -72,6 +83,8 @@ int main(int argc, char **argv) {
     }
     struct llama_sampler *smpl = llama_sampler_init_greedy();
     llama_token eos = llama_vocab_eos(vocab), *out = toks + n;
+    int V = llama_vocab_n_tokens(vocab);
+    float *gaps = malloc((size_t)(n_new + 1) * sizeof *gaps);
     int n_out = 0;
     struct llama_batch batch = llama_batch_get_one(toks, n);
     for (int i = 0; i < n_new; i++) {
@@ -80,12 +93,17 @@ int main(int argc, char **argv) {
             return 1;
         }
         llama_token next = llama_sampler_sample(smpl, ctx, -1);
+        gaps[n_out] = top2_gap(llama_get_logits_ith(ctx, -1), V);
         if (next == eos) break;
         out[n_out++] = next;
         batch = llama_batch_get_one(&out[n_out - 1], 1);
     }
     print_list("prompt:", toks, n);
     print_list("ids:", out, n_out);
+    printf("gaps:");
+    for (int i = 0; i < n_out; i++) printf(" %.4f", gaps[i]);
+    printf("\n");
+    free(gaps);
     llama_sampler_free(smpl);
     llama_free(ctx);
     llama_model_free(model);
