@@ -160,3 +160,53 @@ void fy_be_fault_counts(const fy_backend *be, long *checked, long *faults) {
     *checked = *faults = 0;
     if (be && be->ops->fault_counts) be->ops->fault_counts(be, checked, faults);
 }
+
+/* ---- RoPE table (shared so every backend rotates by the same floats) ---- */
+
+/* YaRN's inverse dimension formula: the pair index whose wavelength fits
+ * `rot` rotations into `len` positions (transformers' find_correction_dim). */
+static double yarn_corr_dim(double rot, int d_r, double theta, double len) {
+    return d_r * log(len / (rot * 2.0 * M_PI)) / (2.0 * log(theta));
+}
+
+void fy_rope_freqs(const fy_rope_params *rp, int d_r, double *freq) {
+    int half = d_r / 2;
+    for (int j = 0; j < half; j++) freq[j] = pow((double)rp->theta, -2.0 * j / (double)d_r);
+    if (!rp->yarn) return;
+    double lo = yarn_corr_dim(rp->beta_fast, d_r, rp->theta, rp->orig_max_pos);
+    double hi = yarn_corr_dim(rp->beta_slow, d_r, rp->theta, rp->orig_max_pos);
+    if (rp->truncate) {
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
+    if (lo < 0) lo = 0;
+    if (hi > d_r - 1) hi = d_r - 1;
+    if (lo == hi) hi += 0.001; /* as transformers: no division by zero */
+    for (int j = 0; j < half; j++) {
+        /* ramp 0 below lo (keep f_j), 1 above hi (f_j / factor) */
+        double r = (j - lo) / (hi - lo);
+        r = r < 0 ? 0 : r > 1 ? 1 : r;
+        freq[j] = freq[j] / rp->factor * r + freq[j] * (1.0 - r);
+    }
+}
+
+void fy_rope_table(const fy_rope_params *rp, int T, int pos0, int d_r, float *tab, double *freq) {
+    int half = d_r / 2;
+    fy_rope_freqs(rp, d_r, freq);
+    double mul = rp->yarn ? rp->mul : 1.0;
+    for (int t = 0; t < T; t++) {
+        double pos = (double)pos0 + t;
+        for (int j = 0; j < half; j++) {
+            double a = pos * freq[j];
+            tab[((size_t)t * half + j) * 2] = (float)(cos(a) * mul);
+            tab[((size_t)t * half + j) * 2 + 1] = (float)(sin(a) * mul);
+        }
+    }
+}
+
+int fy_rope_params_equal(const fy_rope_params *a, const fy_rope_params *b) {
+    if (a->theta != b->theta || a->yarn != b->yarn) return 0;
+    if (!a->yarn) return 1;
+    return a->factor == b->factor && a->orig_max_pos == b->orig_max_pos && a->beta_fast == b->beta_fast &&
+           a->beta_slow == b->beta_slow && a->truncate == b->truncate && a->mul == b->mul;
+}

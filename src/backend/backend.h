@@ -59,6 +59,34 @@ typedef struct fy_router_opts {
     float scaling;      /* routed_scaling_factor */
 } fy_router_opts;
 
+/* RoPE frequencies (the rope op): plain f_j = theta^(-2j/d_r), or YaRN's
+ * blend of f_j (extrapolation) and f_j/factor (interpolation) along a linear
+ * ramp over the pair index j. Every backend builds its cos/sin table with
+ * fy_rope_table, so all of them rotate by the same float values. */
+typedef struct fy_rope_params {
+    float theta;
+    int yarn;            /* 0: plain RoPE; the fields below are then unused */
+    double factor;       /* s > 0: interpolation factor */
+    double orig_max_pos; /* context length the ramp's bounds are measured at */
+    double beta_fast;    /* rotations at which the ramp starts (extrapolation) */
+    double beta_slow;    /* rotations at which it ends (interpolation) */
+    int truncate;        /* floor/ceil the ramp's bounds to whole pairs */
+    double mul;          /* multiplies cos and sin (YaRN's attention_factor) */
+} fy_rope_params;
+
+static inline fy_rope_params fy_rope_plain(float theta) {
+    fy_rope_params p = {0};
+    p.theta = theta;
+    p.mul = 1.0;
+    return p;
+}
+/* freq[j] = f_j for j < d_r/2. */
+void fy_rope_freqs(const fy_rope_params *rp, int d_r, double *freq);
+/* tab[(t*(d_r/2) + j)*2 + {0, 1}] = mul*cos, mul*sin of (pos0+t)*f_j for
+ * t < T, computed in double and rounded once. freq: d_r/2 doubles of scratch. */
+void fy_rope_table(const fy_rope_params *rp, int T, int pos0, int d_r, float *tab, double *freq);
+int fy_rope_params_equal(const fy_rope_params *a, const fy_rope_params *b);
+
 /* A GEMM whose ABFT check failed (the fault ops below): which GEMM of the
  * step, in which phase, its shape and operands, and the column sums that
  * disagreed. */
@@ -115,10 +143,12 @@ typedef struct fy_backend_ops {
     /* --- RoPE, interleaved pairs, in place. Row n (n < N) holds n_heads
      * vectors of d_r values; vector h starts at x + n*ld + h*head_stride.
      * Position of row n is pos0 + (n % T). Pair j of a vector is
-     * (x[2j], x[2j+1]) rotated by angle pos * theta^(-2j/d_r).
-     * inverse=1 rotates by -angle: the backward of the forward. --- */
+     * (x[2j], x[2j+1]) rotated by angle pos * f_j, and both outputs
+     * multiplied by rp->mul (f_j and mul: fy_rope_params, built by
+     * fy_rope_table). inverse=1 rotates by -angle: the backward of the
+     * forward (the transpose, so mul applies again). --- */
     void (*rope)(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r,
-                 fy_ref x, int ld, int head_stride, float theta, int inverse);
+                 fy_ref x, int ld, int head_stride, const fy_rope_params *rp, int inverse);
 
     /* --- Causal self-attention over B sequences of T tokens, H heads.
      * q, k: [B*T, H, dqk] (row stride H*dqk); v: [B*T, H, dv];

@@ -90,12 +90,16 @@ static void chk_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_
 }
 
 static void chk_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
-                     int head_stride, float theta, int inverse) {
-    if (BADDIM("rope", N < 0 || T <= 0 || n_heads < 0 || d_r < 0 || (d_r & 1) || pos0 < 0 ||
+                     int head_stride, const fy_rope_params *rp, int inverse) {
+    if (rp && rp->yarn &&
+        BADDIM("rope", !(rp->factor > 0 && rp->orig_max_pos > 0 && rp->beta_fast > 0 && rp->beta_slow > 0 &&
+                         rp->theta > 1)))
+        return;
+    if (BADDIM("rope", !rp || N < 0 || T <= 0 || n_heads < 0 || d_r < 0 || (d_r & 1) || pos0 < 0 ||
                            head_stride < 0) ||
         !N || !n_heads || !d_r)
         return;
-    IMPL->rope(be, N, T, pos0, n_heads, d_r, x, ld, head_stride, theta, inverse);
+    IMPL->rope(be, N, T, pos0, n_heads, d_r, x, ld, head_stride, rp, inverse);
 }
 
 static void chk_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu, fy_ref h,

@@ -39,6 +39,7 @@ static void set_parse_defaults(fy_config *c) {
     c->seq_aux = 1;
     c->bos_token_id = -1;
     c->eos_token_id = -1;
+    c->rope_scaling.truncate = 1;
     c->bias_update_speed = 0.001f;
     c->mtp_loss_weight = 0.3f;
 }
@@ -51,6 +52,7 @@ static void set_ferry_common(fy_config *c) {
     c->norm_topk_prob = 1;
     c->max_position_embeddings = 2048;
     c->aux_loss_alpha = 0.0001f;
+    strcpy(c->dtype, "float32"); /* ferry's weights; what its writers put by default */
 }
 
 int fy_config_builtin(const char *name, int vocab, fy_config *out, fy_err *err) {
@@ -84,6 +86,24 @@ int fy_config_builtin(const char *name, int vocab, fy_config *out, fy_err *err) 
 }
 
 /* ---- validation -------------------------------------------------------- */
+
+static int validate_yarn(const fy_config *c, fy_err *err) {
+    const fy_rope_scaling *y = &c->rope_scaling;
+    if (!(y->factor >= 1) || !isfinite(y->factor))
+        return fy_fail(err, "factor=%g must be >= 1", y->factor);
+    if (y->original_max_position_embeddings <= 0)
+        return fy_fail(err, "original_max_position_embeddings=%d must be > 0", y->original_max_position_embeddings);
+    if (!(y->beta_slow > 0) || !(y->beta_fast >= y->beta_slow) || !isfinite(y->beta_fast))
+        return fy_fail(err, "beta_fast=%g, beta_slow=%g: need beta_fast >= beta_slow > 0", y->beta_fast,
+                       y->beta_slow);
+    if (!(y->mscale >= 0) || !isfinite(y->mscale) || !(y->mscale_all_dim >= 0) || !isfinite(y->mscale_all_dim))
+        return fy_fail(err, "mscale=%g, mscale_all_dim=%g must be >= 0", y->mscale, y->mscale_all_dim);
+    if (!(y->attention_factor >= 0) || !isfinite(y->attention_factor))
+        return fy_fail(err, "attention_factor=%g must be > 0", y->attention_factor);
+    if (!(c->rope_theta > 1))
+        return fy_fail(err, "rope_theta=%g must be > 1 for YaRN's ramp", c->rope_theta);
+    return 0;
+}
 
 int fy_config_validate(const fy_config *c, fy_err *err) {
     const struct { const char *key; int v; } positive[] = {
@@ -155,6 +175,7 @@ int fy_config_validate(const fy_config *c, fy_err *err) {
         return fy_fail(err, "rms_norm_eps=%g must be > 0", c->rms_norm_eps);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return fy_fail(err, "rope_theta=%g must be > 0", c->rope_theta);
+    if (c->rope_scaling.yarn && validate_yarn(c, err) != 0) return fy_wrap(err, "rope_scaling (yarn)");
     if (!(c->aux_loss_alpha >= 0) || !isfinite(c->aux_loss_alpha))
         return fy_fail(err, "aux_loss_alpha=%g must be >= 0", c->aux_loss_alpha);
     if (!(c->initializer_range >= 0) || !isfinite(c->initializer_range))
@@ -246,6 +267,163 @@ static int get_string(const cJSON *o, const char *key, char *out, size_t cap, fy
     return 0;
 }
 
+/* ---- the config.json keys ---------------------------------------------- */
+
+/* Every key of transformers' DeepseekV3Config and of DeepSeek's own
+ * config.json, and what ferry does with it (docs/DESIGN.md §3.2 shows this
+ * table). "refused" keys are read and a value ferry cannot honour fails by
+ * name; keys in no row (transformers' generic PreTrainedConfig keys such as
+ * id2label or transformers_version) are ignored. */
+typedef struct key_use { const char *key, *use; } key_use;
+static const key_use key_table[] = {
+    {"vocab_size ... v_head_dim (sizes), n_routed_experts, n_shared_experts, num_experts_per_tok,"
+     " n_group, topk_group, first_k_dense_replace, norm_topk_prob, routed_scaling_factor,"
+     " rms_norm_eps, max_position_embeddings, initializer_range, bos_token_id", "honoured"},
+    {"rope_theta", "honoured (rope_parameters.rope_theta wins, as in transformers)"},
+    {"rope_scaling / rope_parameters", "honoured for yarn and default; any other type refused"},
+    {"num_nextn_predict_layers / num_mtp_layers", "honoured (MTP depth; the DeepSeek name wins)"},
+    {"eos_token_id", "honoured; a list keeps its first id"},
+    {"dtype / torch_dtype", "kept as a string for writers (dtype wins); weights carry their own type"},
+    {"aux_loss_alpha, seq_aux", "honoured (DeepSeek's training keys)"},
+    {"quantization_config", "accepted only as fp8 with weight_block_size [128, 128] (fp8_block)"},
+    {"hidden_act", "refused unless \"silu\""},
+    {"attention_bias", "refused when true (ferry's projections have no bias)"},
+    {"attention_dropout", "refused unless 0 (ferry has no dropout)"},
+    {"rope_interleave", "refused when false: ferry rotates adjacent pairs (x[2j], x[2j+1]), which is"
+     " transformers' interleaved path; false rotates (x[j], x[j+d_r/2])"},
+    {"moe_layer_freq", "refused unless 1 (every layer after first_k_dense_replace is MoE)"},
+    {"tie_word_embeddings", "refused when true (untied lm_head)"},
+    {"topk_method", "refused unless \"noaux_tc\""},
+    {"scoring_func", "refused unless \"sigmoid\""},
+    {"partial_rotary_factor", "refused unless 1"},
+    {"head_dim, qk_head_dim", "derived by transformers; refused when not qk_rope_head_dim and"
+     " qk_nope_head_dim + qk_rope_head_dim"},
+    {"num_key_value_heads", "ignored: MLA gives every head its own k and v (written = heads)"},
+    {"ep_size", "ignored: DeepSeek's expert-parallel deployment size, not model math"},
+    {"pretraining_tp", "ignored: tensor-parallel slicing of old Llama code, same math"},
+    {"use_cache, pad_token_id, output_router_logits", "ignored: runtime switches"},
+    {"architectures, model_type, auto_map, transformers_version", "ignored (written by ferry)"},
+};
+const char *fy_config_key_table(size_t i, const char **use) {
+    if (i >= sizeof key_table / sizeof key_table[0]) return NULL;
+    *use = key_table[i].use;
+    return key_table[i].key;
+}
+
+/* Keys ferry has no field for but must not silently misread. */
+static int read_refused(const cJSON *root, const fy_config *c, fy_err *err) {
+    char act[32] = "silu";
+    if (get_string(root, "hidden_act", act, sizeof act, err) != 0) return -1;
+    if (strcmp(act, "silu") != 0)
+        return fy_fail(err, "hidden_act=\"%s\" is not supported (only \"silu\")", act);
+    int moe_freq = 1, bias = 0, interleave = 1, head_dim = c->qk_rope_head_dim;
+    int qk_head_dim = fy_cfg_qk_head_dim(c);
+    double dropout = 0, partial = 1;
+    if (get_int(root, "moe_layer_freq", &moe_freq, err) || get_bool(root, "attention_bias", &bias, err) ||
+        get_bool(root, "rope_interleave", &interleave, err) || get_int(root, "head_dim", &head_dim, err) ||
+        get_int(root, "qk_head_dim", &qk_head_dim, err) || get_double(root, "attention_dropout", &dropout, err) ||
+        get_double(root, "partial_rotary_factor", &partial, err))
+        return -1;
+    if (moe_freq != 1) return fy_fail(err, "moe_layer_freq=%d is not supported (only 1)", moe_freq);
+    if (bias) return fy_fail(err, "attention_bias=true is not supported (projections have no bias)");
+    if (!interleave)
+        return fy_fail(err, "rope_interleave=false is not supported (ferry rotates adjacent pairs)");
+    if (dropout != 0) return fy_fail(err, "attention_dropout=%g is not supported (only 0)", dropout);
+    if (partial != 1) return fy_fail(err, "partial_rotary_factor=%g is not supported (only 1)", partial);
+    if (head_dim != c->qk_rope_head_dim)
+        return fy_fail(err, "head_dim=%d differs from qk_rope_head_dim=%d", head_dim, c->qk_rope_head_dim);
+    if (qk_head_dim != fy_cfg_qk_head_dim(c))
+        return fy_fail(err, "qk_head_dim=%d differs from qk_nope_head_dim + qk_rope_head_dim = %d",
+                       qk_head_dim, fy_cfg_qk_head_dim(c));
+    return 0;
+}
+
+/* eos_token_id: an integer, or (transformers) a list whose first id is kept. */
+static int read_eos(const cJSON *root, fy_config *c, fy_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (!cJSON_IsArray(v)) return get_int(root, "eos_token_id", &c->eos_token_id, err);
+    const cJSON *first = cJSON_GetArrayItem(v, 0);
+    if (!first) return 0;
+    double d = first->valuedouble;
+    if (!cJSON_IsNumber(first) || d != floor(d) || d < -1 || d > INT_MAX)
+        return fy_fail(err, "eos_token_id[0] must be a token id");
+    c->eos_token_id = (int)d;
+    return 0;
+}
+
+/* quantization_config: only DeepSeek's block fp8 (the importer dequantizes). */
+static int read_quant(const cJSON *root, fy_config *c, fy_err *err) {
+    const cJSON *q;
+    if (member(root, "quantization_config", cJSON_IsObject, "an object", &q, err)) return -1;
+    if (!q) return 0;
+    char method[32] = "";
+    if (get_string(q, "quant_method", method, sizeof method, err)) return fy_wrap(err, "quantization_config");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+    const cJSON *b0 = cJSON_GetArrayItem(bs, 0), *b1 = cJSON_GetArrayItem(bs, 1);
+    if (strcmp(method, "fp8") != 0 || !cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2 ||
+        !cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble != 128 || b1->valuedouble != 128)
+        return fy_fail(err, "quantization_config is not supported (only quant_method \"fp8\" with "
+                            "weight_block_size [128, 128])");
+    c->fp8_block[0] = c->fp8_block[1] = 128;
+    return 0;
+}
+
+/* The YaRN members of a rope_scaling / rope_parameters object. */
+static int read_yarn(const cJSON *o, fy_config *c, fy_err *err) {
+    static const char *const known[] = {"type", "rope_type", "rope_theta", "factor",
+        "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+        "attention_factor", "truncate", "partial_rotary_factor"};
+    for (const cJSON *m = o->child; m; m = m->next) {
+        size_t i = 0;
+        while (i < sizeof known / sizeof known[0] && strcmp(known[i], m->string) != 0) i++;
+        if (i == sizeof known / sizeof known[0]) return fy_fail(err, "%s is not a YaRN key", m->string);
+    }
+    fy_rope_scaling *y = &c->rope_scaling;
+    y->yarn = 1;
+    y->factor = 0;
+    y->original_max_position_embeddings = c->max_position_embeddings;
+    const cJSON *af = cJSON_GetObjectItemCaseSensitive(o, "attention_factor");
+    if (get_double(o, "factor", &y->factor, err) || get_int(o, "original_max_position_embeddings",
+        &y->original_max_position_embeddings, err) || get_double(o, "beta_fast", &y->beta_fast, err) ||
+        get_double(o, "beta_slow", &y->beta_slow, err) || get_double(o, "mscale", &y->mscale, err) ||
+        get_double(o, "mscale_all_dim", &y->mscale_all_dim, err) ||
+        get_double(o, "attention_factor", &y->attention_factor, err) || get_bool(o, "truncate", &y->truncate, err))
+        return -1;
+    if (af && !cJSON_IsNull(af) && !(y->attention_factor > 0))
+        return fy_fail(err, "attention_factor=%g must be > 0", y->attention_factor);
+    /* transformers: a missing factor is the ratio of the context lengths,
+     * beta_fast/beta_slow fall back to 32/1 when absent or 0 */
+    if (y->factor == 0 && y->original_max_position_embeddings > 0)
+        y->factor = (double)c->max_position_embeddings / y->original_max_position_embeddings;
+    if (y->beta_fast == 0) y->beta_fast = 32;
+    if (y->beta_slow == 0) y->beta_slow = 1;
+    return 0;
+}
+
+/* rope_scaling (DeepSeek) or rope_parameters (transformers 5); like
+ * transformers, a non-empty rope_scaling wins, and its rope_theta wins over
+ * the top-level one. */
+static int read_rope(const cJSON *root, fy_config *c, fy_err *err) {
+    const cJSON *rs, *rp;
+    if (member(root, "rope_scaling", cJSON_IsObject, "an object or null", &rs, err) ||
+        member(root, "rope_parameters", cJSON_IsObject, "an object or null", &rp, err))
+        return -1;
+    const char *key = rs && rs->child ? "rope_scaling" : "rope_parameters";
+    const cJSON *o = rs && rs->child ? rs : rp;
+    if (!o) return 0;
+    char type[32] = "default";
+    double partial = 1;
+    if (get_string(o, "type", type, sizeof type, err) || get_string(o, "rope_type", type, sizeof type, err) ||
+        get_double(o, "rope_theta", &c->rope_theta, err) || get_double(o, "partial_rotary_factor", &partial, err))
+        return fy_wrap(err, "in %s", key);
+    if (partial != 1) return fy_fail(err, "%s.partial_rotary_factor=%g is not supported (only 1)", key, partial);
+    if (strcmp(type, "default") == 0) return 0;
+    if (strcmp(type, "yarn") != 0)
+        return fy_fail(err, "%s type \"%s\" is not supported (only \"yarn\" or \"default\")", key, type);
+    if (read_yarn(o, c, err) != 0) return fy_wrap(err, "in %s", key);
+    return 0;
+}
+
 static const char *const required_keys[] = {
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
@@ -259,12 +437,6 @@ static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
     /* q_lora_rank: null means "no query compression", not "default". */
     const cJSON *ql = cJSON_GetObjectItemCaseSensitive(root, "q_lora_rank");
     if (ql && cJSON_IsNull(ql)) c->q_lora_rank = 0;
-    /* YaRN and other RoPE scalings change the attention math; reading such a
-     * config without them would give silently wrong logits, so refuse. */
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs))
-        return fy_fail(err, "rope_scaling is set, but ferry does not implement RoPE scaling yet "
-                            "(use a config with \"rope_scaling\": null)");
 
     const struct { const char *key; int *p; } ints[] = {
         {"vocab_size", &c->vocab_size},
@@ -284,13 +456,14 @@ static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
         {"n_group", &c->n_group},
         {"topk_group", &c->topk_group},
         {"first_k_dense_replace", &c->first_k_dense_replace},
+        {"num_mtp_layers", &c->num_nextn_predict_layers},
         {"num_nextn_predict_layers", &c->num_nextn_predict_layers},
         {"max_position_embeddings", &c->max_position_embeddings},
         {"bos_token_id", &c->bos_token_id},
-        {"eos_token_id", &c->eos_token_id},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (get_int(root, ints[i].key, ints[i].p, err) != 0) return -1;
+    if (read_eos(root, c, err) != 0) return -1;
 
     const struct { const char *key; float *p; } floats[] = {
         {"routed_scaling_factor", &c->routed_scaling_factor},
@@ -310,15 +483,12 @@ static int read_fields(const cJSON *root, fy_config *c, fy_err *err) {
         get_string(root, "topk_method", c->topk_method, sizeof c->topk_method, err) != 0)
         return -1;
 
-    /* Keys ferry has no field for but must not silently misread. */
-    char act[32] = "silu";
-    if (get_string(root, "hidden_act", act, sizeof act, err) != 0) return -1;
-    if (strcmp(act, "silu") != 0)
-        return fy_fail(err, "hidden_act=\"%s\" is not supported (only \"silu\")", act);
-    int moe_freq = 1;
-    if (get_int(root, "moe_layer_freq", &moe_freq, err) != 0) return -1;
-    if (moe_freq != 1)
-        return fy_fail(err, "moe_layer_freq=%d is not supported (only 1)", moe_freq);
+    if (read_refused(root, c, err) != 0 || read_rope(root, c, err) != 0 || read_quant(root, c, err) != 0)
+        return -1;
+    /* transformers 5 writes "dtype", older files "torch_dtype"; dtype wins */
+    if (get_string(root, "torch_dtype", c->dtype, sizeof c->dtype, err) != 0 ||
+        get_string(root, "dtype", c->dtype, sizeof c->dtype, err) != 0)
+        return -1;
 
     const cJSON *ferry = cJSON_GetObjectItemCaseSensitive(root, "ferry");
     if (ferry && !cJSON_IsNull(ferry)) {
@@ -380,19 +550,32 @@ int fy_config_load(const char *path, fy_config *out, fy_err *err) {
 
 /* ---- serialization ----------------------------------------------------- */
 
-/* The double whose shortest decimal form reads back as f: JSON then shows
- * 1e-06, not the float's exact binary value 9.9999999747524271e-07. */
-static double float_for_json(float f) {
-    char buf[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
-        if (strtof(buf, NULL) == f) break;
+/* The shortest decimal text that reads back as d, always with a '.' or an
+ * exponent: transformers 5 refuses 1 for a float field, so 1.0 is written. */
+static void float_text(double d, int is_float, char *buf, size_t cap) {
+    if (d == floor(d) && fabs(d) < 1e15) { /* 50000.0, not 5e+04 */
+        snprintf(buf, cap, "%.1f", d);
+        return;
     }
-    return strtod(buf, NULL);
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, d);
+        if (is_float ? strtof(buf, NULL) == (float)d : strtod(buf, NULL) == d) break;
+    }
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", cap - strlen(buf) - 1);
 }
 
+static cJSON *add_real(cJSON *o, const char *key, double d) {
+    char buf[40];
+    float_text(d, 0, buf, sizeof buf);
+    return cJSON_AddRawToObject(o, key, buf);
+}
+
+/* A float as the shortest text that reads back as it: 1e-06, not the
+ * float's exact binary value 9.9999999747524271e-07. */
 static cJSON *add_float(cJSON *o, const char *key, float f) {
-    return cJSON_AddNumberToObject(o, key, float_for_json(f));
+    char buf[40];
+    float_text(f, 1, buf, sizeof buf);
+    return cJSON_AddRawToObject(o, key, buf);
 }
 
 static cJSON *add_int_or_null(cJSON *o, const char *key, int v, int null_value) {
@@ -418,58 +601,129 @@ static int merge_extra(cJSON *ferry, const char *extra) {
     return 0;
 }
 
-char *fy_config_to_json(const fy_config *c, const char *extra_ferry_json) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
+/* rope_scaling in DeepSeek's hub spelling; null without scaling. */
+static void add_rope_scaling(cJSON *o, const fy_rope_scaling *y) {
+    if (!y->yarn) {
+        cJSON_AddNullToObject(o, "rope_scaling");
+        return;
+    }
+    cJSON *r = cJSON_AddObjectToObject(o, "rope_scaling");
+    if (!r) return;
+    cJSON_AddStringToObject(r, "type", "yarn");
+    add_real(r, "factor", y->factor);
+    cJSON_AddNumberToObject(r, "original_max_position_embeddings", y->original_max_position_embeddings);
+    add_real(r, "beta_fast", y->beta_fast);
+    add_real(r, "beta_slow", y->beta_slow);
+    if (y->mscale != 0) add_real(r, "mscale", y->mscale);
+    if (y->mscale_all_dim != 0) add_real(r, "mscale_all_dim", y->mscale_all_dim);
+    if (y->attention_factor != 0) add_real(r, "attention_factor", y->attention_factor);
+    if (!y->truncate) cJSON_AddFalseToObject(r, "truncate");
+}
+
+static void add_sizes(cJSON *o, const fy_config *c) {
+    const struct { const char *key; int v; } ints[] = {
+        {"vocab_size", c->vocab_size},
+        {"hidden_size", c->hidden_size},
+        {"intermediate_size", c->intermediate_size},
+        {"moe_intermediate_size", c->moe_intermediate_size},
+        {"num_hidden_layers", c->num_hidden_layers},
+        {"num_attention_heads", c->num_attention_heads},
+        {"num_key_value_heads", c->num_attention_heads}, /* MLA has no grouped KV */
+        {"kv_lora_rank", c->kv_lora_rank},
+        {"qk_nope_head_dim", c->qk_nope_head_dim},
+        {"qk_rope_head_dim", c->qk_rope_head_dim},
+        {"v_head_dim", c->v_head_dim},
+        {"n_routed_experts", c->n_routed_experts},
+        {"n_shared_experts", c->n_shared_experts},
+        {"num_experts_per_tok", c->num_experts_per_tok},
+        {"n_group", c->n_group},
+        {"topk_group", c->topk_group},
+        {"first_k_dense_replace", c->first_k_dense_replace},
+        {"moe_layer_freq", 1},
+        {"ep_size", 1},
+        {"num_nextn_predict_layers", c->num_nextn_predict_layers},
+        {"max_position_embeddings", c->max_position_embeddings},
+        {"pretraining_tp", 1},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (strcmp(ints[i].key, "kv_lora_rank") == 0) add_int_or_null(o, "q_lora_rank", c->q_lora_rank, 0);
+        cJSON_AddNumberToObject(o, ints[i].key, ints[i].v);
+    }
+}
+
+static void add_hf_keys(cJSON *o, const fy_config *c, const char *dtype) {
     const char *arch = "DeepseekV3ForCausalLM";
     cJSON_AddItemToObject(o, "architectures", cJSON_CreateStringArray(&arch, 1));
     cJSON_AddStringToObject(o, "model_type", "deepseek_v3");
-    cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
-    cJSON_AddNumberToObject(o, "hidden_size", c->hidden_size);
-    cJSON_AddNumberToObject(o, "intermediate_size", c->intermediate_size);
-    cJSON_AddNumberToObject(o, "moe_intermediate_size", c->moe_intermediate_size);
-    cJSON_AddNumberToObject(o, "num_hidden_layers", c->num_hidden_layers);
-    cJSON_AddNumberToObject(o, "num_attention_heads", c->num_attention_heads);
-    /* MLA has no grouped KV; HF still reads this key. */
-    cJSON_AddNumberToObject(o, "num_key_value_heads", c->num_attention_heads);
-    add_int_or_null(o, "q_lora_rank", c->q_lora_rank, 0);
-    cJSON_AddNumberToObject(o, "kv_lora_rank", c->kv_lora_rank);
-    cJSON_AddNumberToObject(o, "qk_nope_head_dim", c->qk_nope_head_dim);
-    cJSON_AddNumberToObject(o, "qk_rope_head_dim", c->qk_rope_head_dim);
-    cJSON_AddNumberToObject(o, "v_head_dim", c->v_head_dim);
-    cJSON_AddNumberToObject(o, "n_routed_experts", c->n_routed_experts);
-    cJSON_AddNumberToObject(o, "n_shared_experts", c->n_shared_experts);
-    cJSON_AddNumberToObject(o, "num_experts_per_tok", c->num_experts_per_tok);
-    cJSON_AddNumberToObject(o, "n_group", c->n_group);
-    cJSON_AddNumberToObject(o, "topk_group", c->topk_group);
-    cJSON_AddNumberToObject(o, "first_k_dense_replace", c->first_k_dense_replace);
-    cJSON_AddNumberToObject(o, "moe_layer_freq", 1);
+    add_sizes(o, c);
     cJSON_AddBoolToObject(o, "norm_topk_prob", c->norm_topk_prob);
     add_float(o, "routed_scaling_factor", c->routed_scaling_factor);
     cJSON_AddStringToObject(o, "scoring_func", c->scoring_func);
     cJSON_AddStringToObject(o, "topk_method", c->topk_method);
     cJSON_AddStringToObject(o, "hidden_act", "silu");
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
-    cJSON_AddNullToObject(o, "rope_scaling");
-    cJSON_AddBoolToObject(o, "attention_bias", 0);
+    add_real(o, "rope_theta", c->rope_theta);
+    add_rope_scaling(o, &c->rope_scaling);
+    cJSON_AddTrueToObject(o, "rope_interleave");
+    cJSON_AddFalseToObject(o, "attention_bias");
+    add_real(o, "attention_dropout", 0.0);
     add_float(o, "rms_norm_eps", c->rms_norm_eps);
-    cJSON_AddNumberToObject(o, "num_nextn_predict_layers", c->num_nextn_predict_layers);
-    cJSON_AddNumberToObject(o, "max_position_embeddings", c->max_position_embeddings);
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
     add_float(o, "initializer_range", c->initializer_range);
     add_float(o, "aux_loss_alpha", c->aux_loss_alpha);
     cJSON_AddBoolToObject(o, "seq_aux", c->seq_aux);
+    cJSON_AddFalseToObject(o, "output_router_logits");
+    cJSON_AddTrueToObject(o, "use_cache");
+    cJSON_AddNullToObject(o, "pad_token_id");
     add_int_or_null(o, "bos_token_id", c->bos_token_id, -1);
     add_int_or_null(o, "eos_token_id", c->eos_token_id, -1);
-    cJSON_AddStringToObject(o, "torch_dtype", "float32");
+    cJSON_AddStringToObject(o, "dtype", dtype);
+    cJSON_AddStringToObject(o, "torch_dtype", dtype);
+}
 
-    cJSON *ferry = cJSON_AddObjectToObject(o, "ferry");
+char *fy_config_to_json_opts(const fy_config *c, const fy_config_json_opts *opts) {
+    fy_config_json_opts none = {0};
+    if (!opts) opts = &none;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    add_hf_keys(o, c, opts->dtype ? opts->dtype : "float32");
     char *text = NULL;
-    if (ferry) {
-        add_float(ferry, "bias_update_speed", c->bias_update_speed);
-        add_float(ferry, "mtp_loss_weight", c->mtp_loss_weight);
-        if (!extra_ferry_json || merge_extra(ferry, extra_ferry_json) == 0) text = cJSON_Print(o);
+    if (opts->no_ferry) {
+        text = cJSON_Print(o);
+    } else {
+        cJSON *ferry = cJSON_AddObjectToObject(o, "ferry");
+        if (ferry) {
+            add_float(ferry, "bias_update_speed", c->bias_update_speed);
+            add_float(ferry, "mtp_loss_weight", c->mtp_loss_weight);
+            if (!opts->extra_ferry_json || merge_extra(ferry, opts->extra_ferry_json) == 0) text = cJSON_Print(o);
+        }
     }
     cJSON_Delete(o);
     return text;
+}
+
+char *fy_config_to_json(const fy_config *c, const char *extra_ferry_json) {
+    fy_config_json_opts o = {extra_ferry_json, NULL, 0};
+    return fy_config_to_json_opts(c, &o);
+}
+
+/* ---- YaRN's derived scalars ---------------------------------------------- */
+
+/* transformers' yarn_get_mscale: 0.1 * m * ln(s) + 1, or 1 when s <= 1. */
+static double yarn_mscale(double s, double m) { return s <= 1 ? 1.0 : 0.1 * m * log(s) + 1.0; }
+
+double fy_cfg_rope_attention_factor(const fy_config *c) {
+    const fy_rope_scaling *y = &c->rope_scaling;
+    if (!y->yarn) return 1.0;
+    if (y->attention_factor != 0) return y->attention_factor;
+    if (y->mscale != 0 && y->mscale_all_dim != 0)
+        return yarn_mscale(y->factor, y->mscale) / yarn_mscale(y->factor, y->mscale_all_dim);
+    return yarn_mscale(y->factor, 1.0);
+}
+
+float fy_cfg_softmax_scale(const fy_config *c) {
+    float base = 1.0f / sqrtf((float)fy_cfg_qk_head_dim(c));
+    const fy_rope_scaling *y = &c->rope_scaling;
+    if (!y->yarn || y->mscale_all_dim == 0) return base;
+    double m = yarn_mscale(y->factor, y->mscale_all_dim);
+    return (float)(1.0 / sqrt((double)fy_cfg_qk_head_dim(c)) * m * m);
 }

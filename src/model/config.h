@@ -3,7 +3,22 @@
 #ifndef FY_CONFIG_H
 #define FY_CONFIG_H
 
+#include <stddef.h>
+
 #include "core/err.h"
+
+/* RoPE scaling: DeepSeek's "rope_scaling": {"type": "yarn", ...} or
+ * transformers 5's "rope_parameters": {"rope_type": "yarn", ...}. Values as
+ * read (0 = key absent where noted); docs/DESIGN.md §2.2 has the math. */
+typedef struct fy_rope_scaling {
+    int yarn;                       /* 0: plain RoPE (null, or rope_type "default") */
+    double factor;                  /* s >= 1 */
+    int original_max_position_embeddings;
+    double beta_fast, beta_slow;    /* ramp bounds in rotations (32 and 1 when absent) */
+    double mscale, mscale_all_dim;  /* 0 = absent */
+    double attention_factor;        /* 0 = absent: derived from factor and the mscales */
+    int truncate;                   /* bool, true when absent */
+} fy_rope_scaling;
 
 typedef struct fy_config {
     /* HF DeepseekV3 keys */
@@ -37,6 +52,9 @@ typedef struct fy_config {
     float aux_loss_alpha;         /* sequence-wise balance loss weight */
     int seq_aux;                  /* bool: apply the balance loss */
     int bos_token_id, eos_token_id;
+    fy_rope_scaling rope_scaling;
+    char dtype[16];               /* "dtype" / "torch_dtype" as read ("" when absent), e.g. "bfloat16" */
+    int fp8_block[2];             /* quantization_config: fp8 weight_block_size, {0, 0} = none */
     /* "ferry" object */
     float bias_update_speed;      /* gamma of aux-loss-free balancing */
     float mtp_loss_weight;        /* lambda */
@@ -54,11 +72,30 @@ int fy_config_load(const char *path, fy_config *out, fy_err *err);
 /* Checks sizes and choices; the message names the offending key. */
 int fy_config_validate(const fy_config *c, fy_err *err);
 
-/* Serializes to config.json text (HF keys, architectures, model_type, and
- * the "ferry" object). Caller frees. `extra_ferry_json` (may be NULL) is a
- * JSON object text whose members are merged into the "ferry" object (the
- * trainer's settings). */
+typedef struct fy_config_json_opts {
+    const char *extra_ferry_json; /* JSON object text merged into "ferry" (may be NULL) */
+    const char *dtype;            /* "dtype" and "torch_dtype"; "float32" when NULL */
+    int no_ferry;                 /* leave the "ferry" object out */
+} fy_config_json_opts;
+
+/* Serializes to config.json text: every DeepseekV3Config key (float keys as
+ * JSON floats, "1.0" not "1"), rope_scaling in DeepSeek's spelling (null
+ * without), architectures, model_type, and the "ferry" object, whose
+ * members extra_ferry_json extends (the trainer's settings; the config's own
+ * members win). quantization_config is never written (ferry's weights are
+ * not fp8). Caller frees; NULL when out of memory or extra is not an object. */
+char *fy_config_to_json_opts(const fy_config *c, const fy_config_json_opts *o);
 char *fy_config_to_json(const fy_config *c, const char *extra_ferry_json);
+
+/* The table of config.json keys and what ferry does with each (documentation
+ * and tests): row i's key(s), with *use; NULL past the last row. */
+const char *fy_config_key_table(size_t i, const char **use);
+
+/* YaRN's multiplier of cos and sin (1 without scaling) and the attention
+ * softmax scale qk_head_dim^-0.5 * mscale(factor, mscale_all_dim)^2, as
+ * transformers' _compute_yarn_parameters and DeepseekV3Attention. */
+double fy_cfg_rope_attention_factor(const fy_config *c);
+float fy_cfg_softmax_scale(const fy_config *c);
 
 /* Derived sizes */
 static inline int fy_cfg_qk_head_dim(const fy_config *c) { return c->qk_nope_head_dim + c->qk_rope_head_dim; }

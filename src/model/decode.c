@@ -83,7 +83,8 @@ static void attn_decode(fy_model *m, fy_kv_cache *c, int li, int pos) {
     int d = cf->hidden_size, H = cf->num_attention_heads, dqk = fy_cfg_qk_head_dim(cf);
     int dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, rkv = cf->kv_lora_rank;
     int dr = cf->qk_rope_head_dim, rq = cf->q_lora_rank;
-    float eps = cf->rms_norm_eps, theta = (float)cf->rope_theta;
+    float eps = cf->rms_norm_eps;
+    fy_rope_params rp = fy_model_rope_params(cf);
     fy_ref P = fy_at(&m->params, 0);
 
     OPS->rmsnorm_fwd(m->be, 1, d, a->x_in, d, fy_add(P, W->attn_norm), eps, a->ln1, d, a->rstd1);
@@ -96,13 +97,13 @@ static void attn_decode(fy_model *m, fy_kv_cache *c, int li, int pos) {
     }
     fy__linear(m, 1, d, rkv + dr, a->ln1, d, W->kv_a, a->kva, rkv + dr, 0);
     OPS->rmsnorm_fwd(m->be, 1, rkv, a->kva, rkv + dr, fy_add(P, W->kv_a_norm), eps, a->ckv_n, rkv, a->rstd_kv);
-    OPS->rope(m->be, 1, 1, pos, H, dr, fy_add(a->q, dn), H * dqk, dqk, theta, 0);
-    OPS->rope(m->be, 1, 1, pos, 1, dr, fy_add(a->kva, rkv), rkv + dr, 0, theta, 0);
+    OPS->rope(m->be, 1, 1, pos, H, dr, fy_add(a->q, dn), H * dqk, dqk, &rp, 0);
+    OPS->rope(m->be, 1, 1, pos, 1, dr, fy_add(a->kva, rkv), rkv + dr, 0, &rp, 0);
     OPS->copy(m->be, fy_add(c->ckv[li], (size_t)pos * rkv), a->ckv_n, rkv);
     OPS->copy(m->be, fy_add(c->kpe[li], (size_t)pos * dr), fy_add(a->kva, rkv), dr);
 
     /* kv_b_proj absorbed into both sides, one call for all heads */
-    OPS->mla_decode(m->be, H, pos + 1, rkv, dn, dr, dv, 1.0f / sqrtf((float)dqk), a->q, dqk,
+    OPS->mla_decode(m->be, H, pos + 1, rkv, dn, dr, dv, fy_cfg_softmax_scale(cf), a->q, dqk,
                     fy_add(P, W->kv_b), c->ckv[li], rkv, c->kpe[li], dr, a->att);
     OPS->copy(m->be, a->x_mid, a->x_in, d);
     fy__linear(m, 1, H * dv, d, a->att, H * dv, W->o, a->x_mid, d, 1.0f);

@@ -55,6 +55,20 @@ void fy__swiglu_backward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, 
 
 /* ---- multi-head latent attention over B x T ---- */
 
+fy_rope_params fy_model_rope_params(const fy_config *c) {
+    fy_rope_params p = fy_rope_plain((float)c->rope_theta);
+    const fy_rope_scaling *y = &c->rope_scaling;
+    if (!y->yarn) return p;
+    p.yarn = 1;
+    p.factor = y->factor;
+    p.orig_max_pos = y->original_max_position_embeddings;
+    p.beta_fast = y->beta_fast;
+    p.beta_slow = y->beta_slow;
+    p.truncate = y->truncate;
+    p.mul = fy_cfg_rope_attention_factor(c);
+    return p;
+}
+
 void fy__attn_forward(fy_model *m, int li) {
     const fy_config *c = &m->cfg;
     const fy_layer_offs *W = &m->tab.layer[li];
@@ -62,7 +76,8 @@ void fy__attn_forward(fy_model *m, int li) {
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;
     int dqk = fy_cfg_qk_head_dim(c), dn = c->qk_nope_head_dim, dv = c->v_head_dim;
     int rkv = c->kv_lora_rank, dr = c->qk_rope_head_dim, rq = c->q_lora_rank;
-    float eps = c->rms_norm_eps, theta = (float)c->rope_theta;
+    float eps = c->rms_norm_eps;
+    fy_rope_params rp = fy_model_rope_params(c);
 
     OPS->rmsnorm_fwd(m->be, N, d, a->x_in, d, PW(m, W->attn_norm), eps, a->ln1, d, a->rstd1);
     if (rq > 0) {
@@ -77,15 +92,15 @@ void fy__attn_forward(fy_model *m, int li) {
     fy__linear(m, N, rkv, H * (dn + dv), a->ckv_n, rkv, W->kv_b, a->kv, H * (dn + dv), 0);
 
     /* RoPE touches only the rope part: q_pe of every head, the shared k_pe. */
-    OPS->rope(m->be, N, m->T, 0, H, dr, fy_add(a->q, dn), H * dqk, dqk, theta, 0);
-    OPS->rope(m->be, N, m->T, 0, 1, dr, fy_add(a->kva, rkv), rkv + dr, 0, theta, 0);
+    OPS->rope(m->be, N, m->T, 0, H, dr, fy_add(a->q, dn), H * dqk, dqk, &rp, 0);
+    OPS->rope(m->be, N, m->T, 0, 1, dr, fy_add(a->kva, rkv), rkv + dr, 0, &rp, 0);
 
     /* k_h = [k_nope_h ; k_pe] (k_pe broadcast to all heads), v_h from kv. */
     OPS->copy3d(m->be, N, H, dn, a->k, (size_t)H * dqk, dqk, a->kv, (size_t)H * (dn + dv), dn + dv, 0);
     OPS->copy3d(m->be, N, H, dr, fy_add(a->k, dn), (size_t)H * dqk, dqk, fy_add(a->kva, rkv), rkv + dr, 0, 0);
     OPS->copy3d(m->be, N, H, dv, a->v, (size_t)H * dv, dv, fy_add(a->kv, dn), (size_t)H * (dn + dv), dn + dv, 0);
 
-    float scale = 1.0f / sqrtf((float)dqk);
+    float scale = fy_cfg_softmax_scale(c);
     OPS->attn_fwd(m->be, m->B, m->T, H, dqk, dv, scale, a->q, a->k, a->v, a->att, a->P);
 
     OPS->copy(m->be, a->x_mid, a->x_in, (size_t)N * d);
@@ -100,11 +115,11 @@ void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;
     int dqk = fy_cfg_qk_head_dim(c), dn = c->qk_nope_head_dim, dv = c->v_head_dim;
     int rkv = c->kv_lora_rank, dr = c->qk_rope_head_dim, rq = c->q_lora_rank;
-    float theta = (float)c->rope_theta;
+    fy_rope_params rp = fy_model_rope_params(c);
 
     fy__linear_dx(m, N, H * dv, d, dres, d, W->o, s->datt, H * dv, 0);
     fy__linear_dw(m, N, H * dv, d, dres, d, a->att, H * dv, W->o);
-    float scale = 1.0f / sqrtf((float)dqk);
+    float scale = fy_cfg_softmax_scale(c);
     OPS->attn_bwd(m->be, m->B, m->T, H, dqk, dv, scale, a->q, a->k, a->v, a->P, s->datt,
                   s->dq, s->dk, s->dv);
 
@@ -114,8 +129,8 @@ void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
     OPS->copy3d(m->be, N, H, dv, fy_add(s->dkv, dn), (size_t)H * (dn + dv), dn + dv, s->dv, (size_t)H * dv, dv, 0);
     OPS->fill(m->be, s->dkva, 0.0f, (size_t)N * (rkv + dr));
     OPS->copy3d(m->be, N, H, dr, fy_add(s->dkva, rkv), rkv + dr, 0, fy_add(s->dk, dn), (size_t)H * dqk, dqk, 1);
-    OPS->rope(m->be, N, m->T, 0, 1, dr, fy_add(s->dkva, rkv), rkv + dr, 0, theta, 1);
-    OPS->rope(m->be, N, m->T, 0, H, dr, fy_add(s->dq, dn), H * dqk, dqk, theta, 1);
+    OPS->rope(m->be, N, m->T, 0, 1, dr, fy_add(s->dkva, rkv), rkv + dr, 0, &rp, 1);
+    OPS->rope(m->be, N, m->T, 0, H, dr, fy_add(s->dq, dn), H * dqk, dqk, &rp, 1);
 
     fy__linear_dx(m, N, rkv, H * (dn + dv), s->dkv, H * (dn + dv), W->kv_b, s->dckv, rkv, 0);
     fy__linear_dw(m, N, rkv, H * (dn + dv), s->dkv, H * (dn + dv), a->ckv_n, rkv, W->kv_b);

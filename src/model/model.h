@@ -154,4 +154,8 @@ void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);
  * counted by the forwards since the last call; then resets the counts. */
 int fy_model_update_bias(fy_model *m, fy_err *err);
 
+/* The rope op's parameters for a config: plain RoPE, or YaRN's frequencies
+ * with attention_factor on cos/sin (docs/DESIGN.md §2). */
+fy_rope_params fy_model_rope_params(const fy_config *c);
+
 #endif

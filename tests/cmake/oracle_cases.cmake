@@ -6,7 +6,8 @@ target_link_libraries(oracle_case PRIVATE ferrycore)
 add_executable(oracle_train ${CMAKE_SOURCE_DIR}/tests/oracle/oracle_train.c)
 target_link_libraries(oracle_train PRIVATE ferrycore)
 
-set(FERRY_ORACLE_VARIANTS base noqlora group nonorm mtp0 mtp2 dense moeonly seq1 noshared nobalance odd)
+set(FERRY_ORACLE_VARIANTS base noqlora group nonorm mtp0 mtp2 dense moeonly seq1 noshared nobalance odd
+    yarn yarnaf)
 foreach(v ${FERRY_ORACLE_VARIANTS})
   set(dir ${CMAKE_CURRENT_BINARY_DIR}/oracle/${v})
   add_test(NAME oracle_case_${v}

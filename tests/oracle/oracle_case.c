@@ -43,10 +43,29 @@ static void v_odd(fy_config *c, int *B, int *T) {
     c->n_shared_experts = 2; c->moe_intermediate_size = 9;
 }
 
+/* YaRN, positions 0..8 past the original context of 8; theta 100 and
+ * d_r 12 put the ramp inside the pairs (pair 1 half interpolated);
+ * mscale != mscale_all_dim: cos/sin times 0.964, softmax scale times 1.3^2. */
+static void v_yarn(fy_config *c, int *B, int *T) {
+    c->qk_rope_head_dim = 12; c->rope_theta = 100.0;
+    fy_rope_scaling y = {.yarn = 1, .factor = 16, .original_max_position_embeddings = 8, .beta_fast = 4,
+                         .beta_slow = 0.5, .mscale = 0.707, .mscale_all_dim = 1.0, .truncate = 1};
+    c->rope_scaling = y;
+}
+/* YaRN not truncated (fractional ramp bounds), attention_factor given,
+ * no mscale_all_dim: the softmax scale stays qk_head_dim^-0.5. */
+static void v_yarnaf(fy_config *c, int *B, int *T) {
+    c->qk_rope_head_dim = 10; c->rope_theta = 50.0; *T = 11;
+    fy_rope_scaling y = {.yarn = 1, .factor = 4, .original_max_position_embeddings = 20, .beta_fast = 8,
+                         .beta_slow = 1, .attention_factor = 1.3, .truncate = 0};
+    c->rope_scaling = y;
+}
+
 static const variant variants[] = {
     {"base", v_base}, {"noqlora", v_noqlora}, {"group", v_group}, {"nonorm", v_nonorm},
     {"mtp0", v_mtp0}, {"mtp2", v_mtp2}, {"dense", v_dense}, {"moeonly", v_moeonly},
     {"seq1", v_seq1}, {"noshared", v_noshared}, {"nobalance", v_nobalance}, {"odd", v_odd},
+    {"yarn", v_yarn}, {"yarnaf", v_yarnaf},
 };
 #define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
 

@@ -2,6 +2,7 @@
  * naming the offending key. */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "core/fsutil.h"
@@ -199,6 +200,30 @@ static const struct refusal {
     {"{\"eos_token_id\": -2}", "eos_token_id", NULL},
     {"{\"hidden_act\": \"gelu\"}", "hidden_act", NULL},
     {"{\"moe_layer_freq\": 2}", "moe_layer_freq", NULL},
+    /* keys ferry cannot honour, refused by name */
+    {"{\"attention_bias\": true}", "attention_bias", NULL},
+    {"{\"rope_interleave\": false}", "rope_interleave", NULL},
+    {"{\"attention_dropout\": 0.1}", "attention_dropout", NULL},
+    {"{\"tie_word_embeddings\": true}", "tie_word_embeddings", NULL},
+    {"{\"topk_method\": \"greedy\"}", "topk_method", NULL},
+    {"{\"scoring_func\": \"softmax\"}", "scoring_func", NULL},
+    {"{\"partial_rotary_factor\": 0.5}", "partial_rotary_factor", NULL},
+    {"{\"head_dim\": 64}", "head_dim", NULL},
+    {"{\"qk_head_dim\": 63}", "qk_head_dim", NULL},
+    {"{\"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}}",
+     "quantization_config", NULL},
+    {"{\"quantization_config\": {\"quant_method\": \"gptq\"}}", "quantization_config", NULL},
+    {"{\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}", "rope_scaling", "linear"},
+    {"{\"rope_parameters\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}}", "rope_parameters", "dynamic"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 0.5}}", "rope_scaling", "factor"},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"beta_fast\": 0.5}}", "beta_fast", NULL},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"attention_factor\": 0}}",
+     "attention_factor", NULL},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"low_freq_factor\": 1}}",
+     "low_freq_factor", NULL},
+    {"{\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4, \"truncate\": 1}}", "truncate", NULL},
+    {"{\"rope_scaling\": 4}", "rope_scaling", NULL},
+    {"{\"dtype\": 16}", "dtype", NULL},
     /* wrong JSON types */
     {"{\"hidden_size\": \"256\"}", "hidden_size", "integer"},
     {"{\"hidden_size\": 256.5}", "hidden_size", "integer"},
@@ -240,8 +265,74 @@ static void test_bad_json(const char *dir) {
     CHECK(fy_config_load(path, &c, &err) == -1 && strstr(err.msg, "absent.json"), "%s", err.msg);
 }
 
+/* YaRN and the other HF keys, in both spellings; the written floats. */
+static void test_yarn(void) {
+    fy_config c, back;
+    fy_err err = {{0}};
+    char buf[1024];
+    /* DeepSeek's hub spelling (DeepSeek-V3's own values) */
+    snprintf(buf, sizeof buf, "%.*s, \"rope_theta\": 10000, \"max_position_embeddings\": 163840,"
+             " \"rope_scaling\": {\"beta_fast\": 32, \"beta_slow\": 1, \"factor\": 40, \"mscale\": 1.0,"
+             " \"mscale_all_dim\": 1.0, \"original_max_position_embeddings\": 4096, \"type\": \"yarn\"},"
+             " \"torch_dtype\": \"bfloat16\", \"eos_token_id\": [1, 2], \"ep_size\": 1, \"pretraining_tp\": 1,"
+             " \"quantization_config\": {\"activation_scheme\": \"dynamic\", \"fmt\": \"e4m3\","
+             " \"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}}",
+             (int)strlen(minimal) - 1, minimal);
+    CHECK(fy_config_parse(buf, "hub.json", &c, &err) == 0, "%s", err.msg);
+    const fy_rope_scaling *y = &c.rope_scaling;
+    CHECK(y->yarn && y->factor == 40 && y->original_max_position_embeddings == 4096 && y->beta_fast == 32 &&
+          y->beta_slow == 1 && y->mscale == 1 && y->mscale_all_dim == 1 && y->attention_factor == 0 &&
+          y->truncate, "hub yarn read");
+    CHECK(strcmp(c.dtype, "bfloat16") == 0 && c.eos_token_id == 1, "torch_dtype, eos list");
+    CHECK(c.fp8_block[0] == 128 && c.fp8_block[1] == 128, "fp8 blocks");
+    /* mscale == mscale_all_dim: cos/sin unscaled, softmax scale times m^2 */
+    double m = 0.1 * log(40.0) + 1;
+    CHECK(fy_cfg_rope_attention_factor(&c) == 1.0, "attention_factor 1");
+    CHECK(fabsf(fy_cfg_softmax_scale(&c) - (float)(m * m / sqrt(16.0))) < 1e-7f, "softmax scale");
+
+    /* transformers 5's spelling: rope_parameters with its own rope_theta */
+    snprintf(buf, sizeof buf, "%.*s, \"rope_theta\": 1.0, \"max_position_embeddings\": 512,"
+             " \"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 50000.0, \"factor\": 4.0,"
+             " \"original_max_position_embeddings\": 128, \"mscale\": 0.707, \"mscale_all_dim\": 1.0,"
+             " \"truncate\": false, \"beta_fast\": null}, \"dtype\": \"float16\", \"torch_dtype\": \"float32\"}",
+             (int)strlen(minimal) - 1, minimal);
+    CHECK(fy_config_parse(buf, "tf5.json", &c, &err) == 0, "%s", err.msg);
+    CHECK(c.rope_theta == 50000 && y->factor == 4 && y->original_max_position_embeddings == 128 &&
+          y->beta_fast == 32 && y->mscale == 0.707 && !y->truncate, "rope_parameters yarn read");
+    CHECK(strcmp(c.dtype, "float16") == 0, "dtype wins over torch_dtype");
+    double af = (0.1 * 0.707 * log(4.0) + 1) / (0.1 * log(4.0) + 1);
+    CHECK(fabs(fy_cfg_rope_attention_factor(&c) - af) < 1e-12, "attention_factor from the mscales");
+
+    /* written back: DeepSeek's spelling, floats as floats, dtype twice */
+    fy_config_json_opts o = {NULL, "bfloat16", 1};
+    char *text = fy_config_to_json_opts(&c, &o);
+    CHECK(text && strstr(text, "\"type\":\t\"yarn\"") && strstr(text, "\"factor\":\t4.0") &&
+          strstr(text, "\"beta_slow\":\t1.0") && strstr(text, "\"truncate\":\tfalse") &&
+          strstr(text, "\"rope_theta\":\t50000.0") && strstr(text, "\"routed_scaling_factor\":\t1.0") &&
+          strstr(text, "\"dtype\":\t\"bfloat16\"") && strstr(text, "\"torch_dtype\":\t\"bfloat16\"") &&
+          !strstr(text, "\"ferry\"") && !strstr(text, "quantization_config"), "written:\n%s", text ? text : "");
+    CHECK(fy_config_parse(text, "back.json", &back, &err) == 0, "%s", err.msg);
+    strcpy(c.dtype, "bfloat16");
+    CHECK(same(&c, &back), "yarn round trips");
+    free(text);
+
+    /* rope_parameters "default" only moves rope_theta; factor absent is
+     * max_position_embeddings / original_max_position_embeddings */
+    snprintf(buf, sizeof buf, "%.*s, \"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 777.0}}",
+             (int)strlen(minimal) - 1, minimal);
+    CHECK(fy_config_parse(buf, "def.json", &c, &err) == 0 && !c.rope_scaling.yarn && c.rope_theta == 777,
+          "default rope_parameters: %s", err.msg);
+    CHECK(fy_cfg_softmax_scale(&c) == 1.0f / sqrtf(16.0f) && fy_cfg_rope_attention_factor(&c) == 1.0, "plain");
+    snprintf(buf, sizeof buf, "%.*s, \"max_position_embeddings\": 1000, \"rope_scaling\": {\"type\": \"yarn\","
+             " \"original_max_position_embeddings\": 250, \"mscale\": 1}}", (int)strlen(minimal) - 1, minimal);
+    CHECK(fy_config_parse(buf, "nofactor.json", &c, &err) == 0 && c.rope_scaling.factor == 4, "%s", err.msg);
+    CHECK(fabs(fy_cfg_rope_attention_factor(&c) - (0.1 * log(4.0) + 1)) < 1e-12, "mscale alone: paper's");
+    CHECK(fy_config_key_table(0, &(const char *){0}) != NULL, "key table");
+}
+
 int main(void) {
     test_builtins();
+    test_yarn();
     test_round_trip();
     test_defaults();
     test_refusals();

@@ -42,12 +42,19 @@ static int argmax(const float *x, int V) {
     return b;
 }
 
-static void cache_vs_full(const char *label, int q_lora, int moe) {
+static void cache_vs_full(const char *label, int q_lora, int moe, int yarn) {
     const int V = 97, P = 5, STEPS = 40;
     fy_err err;
     fy_backend *be;
     fy_model m;
     fy_config c = test_config(V, q_lora, moe);
+    if (yarn) { /* positions run past the original context of 8; ramp inside the pairs */
+        c.qk_rope_head_dim = 12;
+        c.rope_theta = 100.0;
+        fy_rope_scaling y = {.yarn = 1, .factor = 16, .original_max_position_embeddings = 8, .beta_fast = 4,
+                             .beta_slow = 0.5, .mscale = 0.707, .mscale_all_dim = 1.0, .truncate = 1};
+        c.rope_scaling = y;
+    }
     if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
         fy_model_init_weights(&m, 3, &err)) {
         fprintf(stderr, "%s: %s\n", label, err.msg);
@@ -305,9 +312,10 @@ static void sampling(void) {
 
 int main(void) {
     sampler_unit();
-    cache_vs_full("moe, q_lora", 1, 1);
-    cache_vs_full("moe, plain q", 0, 1);
-    cache_vs_full("dense, q_lora", 1, 0);
+    cache_vs_full("moe, q_lora", 1, 1, 0);
+    cache_vs_full("moe, plain q", 0, 1, 0);
+    cache_vs_full("dense, q_lora", 1, 0, 0);
+    cache_vs_full("moe, q_lora, yarn", 1, 1, 1);
     q8_decode();
     sampling();
     return fy_test_finish("test_generate");

@@ -6,7 +6,7 @@
  * direction gives a far better signal-to-noise ratio in float32 than
  * element-wise differences, and still fails if any element's gradient is
  * wrong. Runs several configurations: MoE with MTP and q_lora, plain q_proj,
- * group-limited routing, dense-only, MTP depth 2, sequence length 1. */
+ * group-limited routing, dense-only, MTP depth 2, sequence length 1, YaRN. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,5 +160,15 @@ int main(void) {
     fy_config c5 = c;
     c5.first_k_dense_replace = 0;
     check_config("seq1", c5, 3, 1);
+
+    /* YaRN: positions past the original context of 4, the ramp inside the
+     * 4 pairs, cos/sin and the softmax scale both changed */
+    fy_config c6 = c;
+    c6.qk_rope_head_dim = 8;
+    c6.rope_theta = 100.0;
+    fy_rope_scaling y = {.yarn = 1, .factor = 8, .original_max_position_embeddings = 4, .beta_fast = 2,
+                         .beta_slow = 0.5, .mscale = 0.8, .mscale_all_dim = 1.0, .truncate = 0};
+    c6.rope_scaling = y;
+    check_config("yarn", c6, 2, 7);
     return fy_test_finish("test_model_grad");
 }

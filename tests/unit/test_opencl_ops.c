@@ -319,15 +319,20 @@ static void test_rmsnorm(void) {
 
 static void test_rope(void) {
     /* N, T, pos0, heads, d_r, ld, head_stride */
-    int cs[][7] = {{13, 5, 3, 3, 6, 31, 10}, {1, 1, 17, 2, 4, 9, 4}, {40, 40, 0, 1, 32, 32, 0}};
-    for (int c = 0; c < 3; c++)
+    int cs[][7] = {{13, 5, 3, 3, 6, 31, 10}, {1, 1, 17, 2, 4, 9, 4}, {40, 40, 0, 1, 32, 32, 0},
+                   {40, 40, 70, 1, 32, 32, 0}};
+    /* the last case with YaRN (ramp inside the 16 pairs, cos/sin times 1.2) */
+    fy_rope_params plain = fy_rope_plain(10000.0f), yarn = plain;
+    yarn.yarn = 1, yarn.factor = 4, yarn.orig_max_pos = 64, yarn.beta_fast = 32, yarn.beta_slow = 1;
+    yarn.truncate = 1, yarn.mul = 1.2;
+    for (int c = 0; c < 4; c++)
         for (int inv = 0; inv < 2; inv++) {
             int N = cs[c][0], T = cs[c][1], p0 = cs[c][2], H = cs[c][3], dr = cs[c][4];
             int ld = cs[c][5], hs = cs[c][6];
             twin x = tw_rand((size_t)N * ld, 1.0f);
             for (int side = 0; side < 2; side++) {
                 fy_backend *be = SIDE_BE(side);
-                be->ops->rope(be, N, T, p0, H, dr, RF(x, 0), ld, hs, 10000.0f, inv);
+                be->ops->rope(be, N, T, p0, H, dr, RF(x, 0), ld, hs, c == 3 ? &yarn : &plain, inv);
             }
             cmp("rope", &x, TOL_ELEM);
             tw_free(&x);

@@ -423,10 +423,27 @@ static void test_rmsnorm(void) {
 
 /* ------------------------------------------------------------ RoPE */
 
-static void rope_case(int N, int T, int pos0, int H, int dr, int hs, int ld, float theta) {
+/* f_j written from YaRN's definition (not fy_rope_freqs): pair j turns
+ * L/(2 pi) * f_j times over the original context L; pairs that turn more
+ * than beta_fast times keep f_j, fewer than beta_slow get f_j / s, linear in
+ * j in between (bounds floored/ceiled to whole pairs when truncated). */
+static double want_freq(const fy_rope_params *rp, int dr, int j) {
+    double f = pow(rp->theta, -2.0 * j / dr);
+    if (!rp->yarn) return f;
+    double lo = dr * log(rp->orig_max_pos / (rp->beta_fast * 2 * M_PI)) / (2 * log(rp->theta));
+    double hi = dr * log(rp->orig_max_pos / (rp->beta_slow * 2 * M_PI)) / (2 * log(rp->theta));
+    if (rp->truncate) lo = floor(lo), hi = ceil(hi);
+    lo = fmax(lo, 0), hi = fmin(hi, dr - 1);
+    if (hi == lo) hi += 0.001;
+    double ramp = fmin(fmax((j - lo) / (hi - lo), 0), 1); /* 1: interpolate */
+    return f * (1 - ramp) + f / rp->factor * ramp;
+}
+
+static void rope_case(int N, int T, int pos0, int H, int dr, int hs, int ld, const fy_rope_params *rp) {
     size_t n = (size_t)N * ld;
     float *x = falloc(n), *y = falloc(n), *z = falloc(n), *R = falloc(n), *g = falloc(n);
     double *want = dalloc(n);
+    double mul = rp->yarn ? rp->mul : 1.0;
     fill_rand(x, n, -1, 1);
     fill_rand(R, n, -1, 1);
     for (size_t e = 0; e < n; e++) want[e] = x[e];
@@ -435,35 +452,39 @@ static void rope_case(int N, int T, int pos0, int H, int dr, int hs, int ld, flo
             for (int j = 0; j < dr / 2; j++) {
                 size_t o = (size_t)r * ld + (size_t)h * hs + 2 * j;
                 double pos = pos0 + r % T;
-                double ang = pos * pow(theta, -2.0 * j / dr);
-                want[o] = x[o] * cos(ang) - x[o + 1] * sin(ang);
-                want[o + 1] = x[o] * sin(ang) + x[o + 1] * cos(ang);
+                double ang = pos * want_freq(rp, dr, j);
+                want[o] = mul * (x[o] * cos(ang) - x[o + 1] * sin(ang));
+                want[o + 1] = mul * (x[o] * sin(ang) + x[o + 1] * cos(ang));
             }
     fy_buf b = upbuf(x, n);
-    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, theta, 0);
+    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, rp, 0);
     get(y, &b, n);
     char what[96];
-    snprintf(what, sizeof what, "rope fwd N=%d T=%d pos0=%d", N, T, pos0);
+    snprintf(what, sizeof what, "rope fwd N=%d T=%d pos0=%d yarn=%d", N, T, pos0, rp->yarn);
     cmp(what, y, want, n, 2e-6, 1e-1);
-    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, theta, 1);
+    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, rp, 1);
     get(z, &b, n);
+    /* the inverse is the transpose: a rotation back, times mul again */
     for (size_t e = 0; e < n; e++) want[e] = x[e];
-    snprintf(what, sizeof what, "rope inverse(fwd(x)) == x, T=%d", T);
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < dr; j++) want[(size_t)r * ld + (size_t)h * hs + j] *= mul * mul;
+    snprintf(what, sizeof what, "rope inverse(fwd(x)) == mul^2 x, T=%d yarn=%d", T, rp->yarn);
     cmp(what, z, want, n, 2e-6, 1e-1);
     /* rope is linear: d sum(rope(x) R)/dx = rope^T R, which must be inverse(R) */
     put(&b, R, n);
-    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, theta, 1);
+    OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, rp, 1);
     get(g, &b, n);
     double *num = dalloc(n);
     for (size_t e = 0; e < n; e++) {
         /* exact derivative: the fwd applied to a unit vector, dotted with R */
         for (size_t q = 0; q < n; q++) z[q] = q == e ? 1.0f : 0.0f;
         put(&b, z, n);
-        OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, theta, 0);
+        OPS->rope(be, N, T, pos0, H, dr, fy_at(&b, 0), ld, hs, rp, 0);
         get(y, &b, n);
         num[e] = dot_d(y, R, n);
     }
-    snprintf(what, sizeof what, "rope inverse == backward, T=%d", T);
+    snprintf(what, sizeof what, "rope inverse == backward, T=%d yarn=%d", T, rp->yarn);
     cmp(what, g, num, n, 1e-5, 1e-2);
     sync_ok("rope");
     freebuf(&b);
@@ -471,9 +492,19 @@ static void rope_case(int N, int T, int pos0, int H, int dr, int hs, int ld, flo
 }
 
 static void test_rope(void) {
-    rope_case(6, 3, 2, 2, 6, 8, 19, 10000.0f);
-    rope_case(5, 1, 7, 3, 4, 5, 15, 500.0f);
-    rope_case(1, 1, 0, 1, 2, 2, 2, 10000.0f);
+    fy_rope_params p = fy_rope_plain(10000.0f);
+    rope_case(6, 3, 2, 2, 6, 8, 19, &p);
+    rope_case(1, 1, 0, 1, 2, 2, 2, &p);
+    p = fy_rope_plain(500.0f);
+    rope_case(5, 1, 7, 3, 4, 5, 15, &p);
+    /* YaRN: d_r = 32 over an original context of 64 puts the ramp inside the
+     * pairs; truncated and not, attention_factor != 1 */
+    fy_rope_params y = fy_rope_plain(10000.0f);
+    y.yarn = 1, y.factor = 4, y.orig_max_pos = 64, y.beta_fast = 32, y.beta_slow = 1;
+    y.truncate = 1, y.mul = 1.1386;
+    rope_case(7, 7, 90, 2, 32, 40, 80, &y);
+    y.truncate = 0, y.factor = 2.5, y.beta_fast = 8, y.mul = 0.9;
+    rope_case(4, 2, 300, 1, 16, 0, 21, &y);
 }
 
 /* ------------------------------------------------------------ attention */

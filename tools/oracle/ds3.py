@@ -141,6 +141,10 @@ class Config:
     # the "ferry" object
     bias_update_speed: float = 0.0   # gamma of the aux-free bias update
     mtp_loss_weight: float = 0.0     # lambda
+    # YaRN RoPE scaling (None: plain RoPE); keys as in the config's
+    # rope_scaling / rope_parameters object
+    yarn: Optional[Dict] = None
+    max_position_embeddings: int = 4096
     ferry: Dict = field(default_factory=dict)  # everything else (training settings)
 
     # --- derived quantities -------------------------------------------------
@@ -180,8 +184,10 @@ class Config:
             v = j.get(key, default)
             return default if v is None else v
 
-        if j.get("rope_scaling") is not None:
-            raise NotImplementedError("rope_scaling (YaRN) is not modelled by the oracle")
+        rope = j.get("rope_scaling") or j.get("rope_parameters") or {}
+        rtype = rope.get("rope_type", rope.get("type", "default"))
+        if rtype not in ("default", "yarn"):
+            raise NotImplementedError(f"rope type {rtype} is not modelled by the oracle")
         ferry = dict(j.get("ferry") or {})
         c = Config(
             vocab_size=int(need("vocab_size")),
@@ -194,7 +200,9 @@ class Config:
             qk_nope_head_dim=int(need("qk_nope_head_dim")),
             qk_rope_head_dim=int(need("qk_rope_head_dim")),
             v_head_dim=int(need("v_head_dim")),
-            rope_theta=float(need("rope_theta")),
+            rope_theta=float(rope.get("rope_theta") or need("rope_theta")),
+            yarn=dict(rope) if rtype == "yarn" else None,
+            max_position_embeddings=int(opt("max_position_embeddings", 4096)),
             rms_norm_eps=float(need("rms_norm_eps")),
             n_routed_experts=int(opt("n_routed_experts", 0)),
             num_nextn_predict_layers=int(opt("num_nextn_predict_layers", 0)),
@@ -359,12 +367,74 @@ def swiglu(params, prefix, x):
     return linear(F.silu(g) * u, params[prefix + "down_proj.weight"])
 
 
-def rope_tables(T, d_r, theta, dtype):
-    """cos/sin [T, d_r/2] for angle pos * theta^(-2j/d_r), pos = 0..T-1."""
+def _yarn_mscale(s, m):
+    """YaRN's attention temperature sqrt(1/t) = 0.1 m ln(s) + 1 (paper eq. 21), 1 for s <= 1."""
+    return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+
+def yarn_inv_freq(d_r, theta, y, max_pos):
+    """YaRN ("NTK-by-parts") frequencies, from the paper (Peng et al. 2023, sec. 3.2):
+    pair j has wavelength lambda_j = 2 pi / theta_j, theta_j = theta^(-2j/d_r), and turns
+    r_j = L / lambda_j times over the original context L. Pairs with r_j > beta_fast keep
+    theta_j (extrapolation), pairs with r_j < beta_slow become theta_j / s (interpolation),
+    linear in j between the two pair indices where r_j equals beta_fast and beta_slow --
+    j(beta) = d_r ln(L / (2 pi beta)) / (2 ln theta) -- which DeepSeek floors / ceils to
+    whole pairs ("truncate", default on) and clips to [0, d_r - 1]."""
+    L = float(y.get("original_max_position_embeddings") or max_pos)
+    s = float(y.get("factor") or max_pos / L)
+    b_fast, b_slow = float(y.get("beta_fast") or 32), float(y.get("beta_slow") or 1)
+    j = torch.arange(d_r // 2, dtype=torch.float64)
+    theta_j = theta ** (-2.0 * j / d_r)
+
+    def j_at(beta):
+        return d_r * math.log(L / (2 * math.pi * beta)) / (2 * math.log(theta))
+    lo, hi = j_at(b_fast), j_at(b_slow)
+    if y.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, d_r - 1)
+    if lo == hi:
+        hi += 0.001
+    interp = ((j - lo) / (hi - lo)).clamp(0, 1)       # 1: fully interpolated
+    return theta_j / s * interp + theta_j * (1 - interp)
+
+
+def yarn_attention_factor(y, max_pos):
+    """The multiplier of cos and sin: attention_factor when given, else
+    mscale(s, mscale) / mscale(s, mscale_all_dim) when both are set, else mscale(s, 1)."""
+    if y.get("attention_factor") is not None:
+        return float(y["attention_factor"])
+    L = float(y.get("original_max_position_embeddings") or max_pos)
+    s = float(y.get("factor") or max_pos / L)
+    m, m_all = y.get("mscale"), y.get("mscale_all_dim")
+    if m and m_all:
+        return _yarn_mscale(s, m) / _yarn_mscale(s, m_all)
+    return _yarn_mscale(s, 1.0)
+
+
+def softmax_scale(cfg):
+    """1/sqrt(qk_head_dim), times mscale(s, mscale_all_dim)^2 under YaRN: DeepSeek
+    also scales the non-rotary dims' logits (its modeling code, transformers'
+    DeepseekV3Attention)."""
+    scale = 1.0 / math.sqrt(cfg.q_head_dim)
+    y = cfg.yarn
+    if y and y.get("mscale_all_dim"):
+        L = float(y.get("original_max_position_embeddings") or cfg.max_position_embeddings)
+        s = float(y.get("factor") or cfg.max_position_embeddings / L)
+        scale *= _yarn_mscale(s, float(y["mscale_all_dim"])) ** 2
+    return scale
+
+
+def rope_tables(T, d_r, theta, dtype, cfg=None):
+    """cos/sin [T, d_r/2] for angle pos * theta^(-2j/d_r), pos = 0..T-1; with
+    cfg.yarn, YaRN's frequencies and cos/sin times its attention factor."""
     j = torch.arange(d_r // 2, dtype=torch.float64)
     inv_freq = theta ** (-2.0 * j / d_r)
+    mul = 1.0
+    if cfg is not None and cfg.yarn:
+        inv_freq = yarn_inv_freq(d_r, theta, cfg.yarn, cfg.max_position_embeddings)
+        mul = yarn_attention_factor(cfg.yarn, cfg.max_position_embeddings)
     ang = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cos(ang).to(dtype), torch.sin(ang).to(dtype)
+    return (torch.cos(ang) * mul).to(dtype), (torch.sin(ang) * mul).to(dtype)
 
 
 def apply_rope(x, cos, sin):
@@ -404,7 +474,7 @@ def mla_attention(cfg, params, prefix, x, cos, sin):
     k_pe = apply_rope(k_pe, cos, sin).expand(B, H, T, dr)
     k = torch.cat((k_nope, k_pe), dim=-1)
 
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(dn + dr))   # [B, H, T, T]
+    scores = (q @ k.transpose(-1, -2)) * softmax_scale(cfg)   # [B, H, T, T]
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     scores = scores.masked_fill(future, float("-inf"))
     o = torch.softmax(scores, dim=-1) @ v                    # [B, H, T, dv]
@@ -578,7 +648,7 @@ def forward(cfg, params, buffers, input_ids, labels, force_idx=None):
     emb = params["model.embed_tokens.weight"]
     head = params["lm_head.weight"]
     dtype = emb.dtype
-    cos, sin = rope_tables(T, cfg.qk_rope_head_dim, cfg.rope_theta, dtype)
+    cos, sin = rope_tables(T, cfg.qk_rope_head_dim, cfg.rope_theta, dtype, cfg)
     force_idx = force_idx or {}
     routers = {}
 

@@ -118,6 +118,38 @@ def test_rope_and_attention():
     check(torch.allclose(got, ref, atol=1e-12), "MLA attention = per-token loop")
 
 
+def test_yarn():
+    """YaRN's defining properties (Peng et al. 2023): pairs that turn more than beta_fast
+    times over the original context keep their frequency, fewer than beta_slow times get
+    it divided by the factor; a factor of 1 is plain RoPE; the cos/sin multiplier and the
+    DeepSeek softmax scale follow 0.1 m ln(s) + 1."""
+    print("YaRN")
+    dr, theta, L = 32, 10000.0, 2048
+    y = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": L, "beta_fast": 32, "beta_slow": 1}
+    f = ds3.yarn_inv_freq(dr, theta, y, 4 * L)
+    for j in range(dr // 2):
+        base = theta ** (-2 * j / dr)
+        turns = L * base / (2 * math.pi)
+        if turns > 32 * 1.5:   # clear of the (floored) ramp start
+            check(abs(f[j] - base) <= 1e-15 * base, f"pair {j} ({turns:.1f} turns) keeps its frequency")
+        if turns < 1 / 1.5:
+            check(abs(f[j] - base / 4) <= 1e-15 * base, f"pair {j} ({turns:.2f} turns) is interpolated")
+        check(base / 4 - 1e-15 <= f[j] <= base + 1e-15, f"pair {j} between the two")
+    check(torch.all(f[1:] <= f[:-1]).item(), "frequencies still decrease with j")
+    one = ds3.yarn_inv_freq(dr, theta, dict(y, factor=1.0), L)
+    check(torch.allclose(one, theta ** (-2 * torch.arange(dr // 2, dtype=torch.float64) / dr), rtol=1e-15),
+          "factor 1 is plain RoPE")
+    s = 4.0
+    check(abs(ds3.yarn_attention_factor(dict(y, mscale=0.707, mscale_all_dim=1.0), L) -
+              (0.1 * 0.707 * math.log(s) + 1) / (0.1 * math.log(s) + 1)) < 1e-15, "mscale ratio")
+    check(abs(ds3.yarn_attention_factor(y, L) - (0.1 * math.log(s) + 1)) < 1e-15, "paper's default")
+    check(ds3.yarn_attention_factor(dict(y, attention_factor=0.5), L) == 0.5, "explicit attention_factor")
+    cfg, _ = make_cfg()
+    plain = ds3.softmax_scale(cfg)
+    cfg.yarn = dict(y, mscale_all_dim=1.0)
+    check(abs(ds3.softmax_scale(cfg) / plain - (0.1 * math.log(s) + 1) ** 2) < 1e-12, "softmax mscale^2")
+
+
 def naive_mla(cfg, P, pre, x):
     """MLA written token by token, straight from the formulas of docs/DESIGN.md section 2."""
     B, T, d = x.shape
@@ -391,6 +423,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ferry-oracle-") as tmp:
         test_safetensors(tmp)
         test_rope_and_attention()
+        test_yarn()
         test_moe_grouping()
         test_group_limit()
         test_near_tie()

@@ -118,10 +118,10 @@ void fy_cpu_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
 
 /* cos/sin of pos * theta^(-2j/d_r), computed in double, for T positions
  * starting at pos0: tab[(t * half + j) * 2 + {0: cos, 1: sin}]. Cached. */
-static const float *rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) {
+static const float *rope_table(fy_backend *be, int T, int pos0, int d_r, const fy_rope_params *rp) {
     fy_cpu_impl *im = be->impl;
     if (im->rope_valid && im->rope_T == T && im->rope_pos0 == pos0 && im->rope_dr == d_r &&
-        im->rope_theta == theta)
+        fy_rope_params_equal(&im->rope_p, rp))
         return im->rope_tab;
     int half = d_r / 2;
     size_t need = (size_t)T * half * 2;
@@ -134,38 +134,28 @@ static const float *rope_table(fy_backend *be, int T, int pos0, int d_r, float t
         im->rope_tab = t;
         im->rope_cap = need;
     }
-    float *tab = im->rope_tab;
     double *freq = malloc((size_t)(half ? half : 1) * sizeof *freq);
     if (!freq) {
         fy_be_set_error(be, "cpu rope: out of memory");
         return NULL;
     }
-    for (int j = 0; j < half; j++) freq[j] = pow((double)theta, -2.0 * j / (double)d_r);
-#pragma omp parallel for schedule(static) if ((size_t)T * half > 4096)
-    for (int t = 0; t < T; t++) {
-        double pos = (double)pos0 + t;
-        for (int j = 0; j < half; j++) {
-            double a = pos * freq[j];
-            tab[((size_t)t * half + j) * 2] = (float)cos(a);
-            tab[((size_t)t * half + j) * 2 + 1] = (float)sin(a);
-        }
-    }
+    fy_rope_table(rp, T, pos0, d_r, im->rope_tab, freq);
     free(freq);
     im->rope_valid = 1;
     im->rope_T = T;
     im->rope_pos0 = pos0;
     im->rope_dr = d_r;
-    im->rope_theta = theta;
-    return tab;
+    im->rope_p = *rp;
+    return im->rope_tab;
 }
 
 void fy_cpu_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
-                 int head_stride, float theta, int inverse) {
+                 int head_stride, const fy_rope_params *rp, int inverse) {
     size_t width = (size_t)(n_heads - 1) * head_stride + d_r;
     float *xp = fy_cpu_f(be, x, fy_cpu_span(N, ld, width), "rope", "x");
     if (!xp) return;
     int tn = T < N ? T : N; /* positions actually used */
-    const float *tab = rope_table(be, tn, pos0, d_r, theta);
+    const float *tab = rope_table(be, tn, pos0, d_r, rp);
     if (!tab) return;
     int half = d_r / 2;
     float sgn = inverse ? -1.0f : 1.0f;

@@ -68,7 +68,7 @@ typedef struct fy_ocl_impl {
     cl_mem rope_tab;
     size_t rope_cap;
     int rope_pos0, rope_T, rope_dr, rope_valid;
-    float rope_theta;
+    fy_rope_params rope_p;
 } fy_ocl_impl;
 
 static inline fy_ocl_impl *fy_ocl(fy_backend *be) { return (fy_ocl_impl *)be->impl; }
@@ -156,7 +156,7 @@ void fy_ocl_rmsnorm_fwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
 void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref w, fy_ref rstd,
                         fy_ref dy, int lddy, fy_ref dx, int lddx, int accumulate_dx, fy_ref dw);
 void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
-                 int head_stride, float theta, int inverse);
+                 int head_stride, const fy_rope_params *rp, int inverse);
 void fy_ocl_swiglu_fwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,
                        fy_ref h, int ldh);
 void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u, int ldu,

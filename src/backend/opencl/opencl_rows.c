@@ -80,11 +80,11 @@ void fy_ocl_rmsnorm_bwd(fy_backend *be, int N, int D, fy_ref x, int ldx, fy_ref 
 
 /* The cos/sin table, computed on the host in double exactly as the cpu
  * backend does (so the rotation is bitwise the same) and cached on the
- * device for the last (T, pos0, d_r, theta). */
-static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) {
+ * device for the last (T, pos0, d_r, rope params). */
+static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, const fy_rope_params *rp) {
     fy_ocl_impl *im = fy_ocl(be);
     if (im->rope_valid && im->rope_T == T && im->rope_pos0 == pos0 && im->rope_dr == d_r &&
-        im->rope_theta == theta)
+        fy_rope_params_equal(&im->rope_p, rp))
         return im->rope_tab;
     int half = d_r / 2;
     size_t need = (size_t)T * half * 2;
@@ -109,15 +109,7 @@ static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) 
         fy_be_set_error(be, "opencl rope: out of memory");
         return NULL;
     }
-    for (int j = 0; j < half; j++) freq[j] = pow((double)theta, -2.0 * j / (double)d_r);
-    for (int t = 0; t < T; t++) {
-        double pos = (double)pos0 + t;
-        for (int j = 0; j < half; j++) {
-            double a = pos * freq[j];
-            tab[((size_t)t * half + j) * 2] = (float)cos(a);
-            tab[((size_t)t * half + j) * 2 + 1] = (float)sin(a);
-        }
-    }
+    fy_rope_table(rp, T, pos0, d_r, tab, freq);
     free(freq);
     /* blocking: in queue order after kernels still reading the old table */
     cl_int rc = clEnqueueWriteBuffer(im->q, im->rope_tab, CL_TRUE, 0, need * 4, tab, 0, NULL, NULL);
@@ -127,17 +119,17 @@ static cl_mem rope_table(fy_backend *be, int T, int pos0, int d_r, float theta) 
     im->rope_T = T;
     im->rope_pos0 = pos0;
     im->rope_dr = d_r;
-    im->rope_theta = theta;
+    im->rope_p = *rp;
     return im->rope_tab;
 }
 
 void fy_ocl_rope(fy_backend *be, int N, int T, int pos0, int n_heads, int d_r, fy_ref x, int ld,
-                 int head_stride, float theta, int inverse) {
+                 int head_stride, const fy_rope_params *rp, int inverse) {
     size_t width = (size_t)(n_heads - 1) * head_stride + d_r;
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ld, width), "rope", "x");
     if (!xm) return;
     int tn = T < N ? T : N; /* positions actually used */
-    cl_mem tab = rope_table(be, tn, pos0, d_r, theta);
+    cl_mem tab = rope_table(be, tn, pos0, d_r, rp);
     if (!tab) return;
     fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_rope, "rope");
     fy_ocl_int(&c, N);
