@@ -254,7 +254,7 @@ int fy_gguf_export(const fy_host_model *h, const char *out_path, fy_gguf_type ty
     rc = 0;
 done:
     if (opened) fy_atomic_abort(&a);
-    if (rc) fy_wrap(err, "GGUF export");
+    if (rc && err && strncmp(err->msg, out_path, strlen(out_path))) fy_wrap(err, "%s", out_path);
     fy_strbuf_free(&hdr);
     free(p.t);
     return rc;

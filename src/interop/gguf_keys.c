@@ -63,6 +63,22 @@ static uint32_t file_type(fy_gguf_type t) {
     return 0;
 }
 
+/* YaRN as llama.cpp's deepseek2 reads it: the converter writes
+ * 0.1 * mscale_all_dim as yarn_log_multiplier and llama.cpp divides by 0.1;
+ * no YaRN: 0 (older builds require the key). */
+static void rope_scaling(kw *w, const fy_rope_scaling *r) {
+    if (!r->yarn) {
+        kv_f32(w, "rope.scaling.yarn_log_multiplier", 0.0f);
+        return;
+    }
+    kv_str(w, "rope.scaling.type", "yarn");
+    kv_f32(w, "rope.scaling.factor", (float)r->factor);
+    kv_u32(w, "rope.scaling.original_context_length", (uint32_t)r->original_max_position_embeddings);
+    kv_f32(w, "rope.scaling.yarn_beta_fast", (float)r->beta_fast);
+    kv_f32(w, "rope.scaling.yarn_beta_slow", (float)r->beta_slow);
+    kv_f32(w, "rope.scaling.yarn_log_multiplier", (float)(0.1 * r->mscale_all_dim));
+}
+
 static void hparams(kw *w, const fy_config *c, const fy_gguf_plan *p, fy_gguf_type type) {
     int L = c->num_hidden_layers, D = p->mtp ? c->num_nextn_predict_layers : 0;
     int moe = c->n_routed_experts > 0;
@@ -88,7 +104,7 @@ static void hparams(kw *w, const fy_config *c, const fy_gguf_plan *p, fy_gguf_ty
     kv_f32(w, "attention.layer_norm_rms_epsilon", c->rms_norm_eps);
     kv_u32(w, "rope.dimension_count", (uint32_t)c->qk_rope_head_dim);
     kv_f32(w, "rope.freq_base", (float)c->rope_theta);
-    kv_f32(w, "rope.scaling.yarn_log_multiplier", 0.0f);
+    rope_scaling(w, &c->rope_scaling);
     kv_u32(w, "expert_feed_forward_length", (uint32_t)(moe ? c->moe_intermediate_size : c->intermediate_size));
     kv_u32(w, "expert_shared_count", (uint32_t)(moe ? c->n_shared_experts : 0));
     if (moe) {
@@ -136,9 +152,26 @@ static void tokenizer(kw *w, const fy_tokenizer *tok, const fy_config *c) {
     kv_bool(w, "tokenizer.ggml.add_eos_token", 0);
 }
 
+/* What llama.cpp's deepseek2 computes as transformers does: its YaRN takes
+ * mscale equal to mscale_all_dim (it reads only the latter; without it, it
+ * scales the softmax by mscale(factor)^2 where transformers does not),
+ * derives the attention factor, and always truncates the ramp bounds. */
+static int check_rope(const fy_rope_scaling *r, fy_err *err) {
+    if (!r->yarn) return 0;
+    if (!(r->mscale_all_dim > 0) || r->mscale != r->mscale_all_dim)
+        return fy_fail(err, "rope_scaling: llama.cpp's deepseek2 YaRN needs mscale == mscale_all_dim (here %g and %g)",
+                       r->mscale, r->mscale_all_dim);
+    if (r->attention_factor != 0)
+        return fy_fail(err, "rope_scaling.attention_factor %g: llama.cpp derives it from factor and mscale",
+                       r->attention_factor);
+    if (!r->truncate) return fy_fail(err, "rope_scaling.truncate false: llama.cpp always truncates YaRN's ramp");
+    return 0;
+}
+
 int fy_gguf_write_keys(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_type type, fy_strbuf *b,
                        uint64_t *n_kv, fy_err *err) {
     kw w = {b, 0, err, 0};
+    if (check_rope(&h->cfg.rope_scaling, err)) return -1;
     if (fy_tokenizer_n_merges(h->tok) < 1)
         return fy_fail(err, "tokenizer: llama.cpp's gpt2 tokenizer needs at least one merge");
     hparams(&w, &h->cfg, p, type);

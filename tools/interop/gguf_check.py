@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from gguf_fixture import ferry_weights, make_run
+from gguf_fixture import YARN, ferry_weights, make_run
 
 try:
     import gguf
@@ -123,7 +123,6 @@ def expected_keys(cfg, tok, ftype):
         a + "attention.kv_lora_rank": (U, cfg["kv_lora_rank"]),
         a + "attention.layer_norm_rms_epsilon": (F, cfg["rms_norm_eps"]),
         a + "rope.dimension_count": (U, cfg["qk_rope_head_dim"]), a + "rope.freq_base": (F, cfg["rope_theta"]),
-        a + "rope.scaling.yarn_log_multiplier": (F, 0.0),
         a + "expert_feed_forward_length": (U, cfg["moe_intermediate_size"]),
         a + "expert_shared_count": (U, cfg["n_shared_experts"]),
         a + "expert_count": (U, cfg["n_routed_experts"]), a + "expert_used_count": (U, cfg["num_experts_per_tok"]),
@@ -131,6 +130,16 @@ def expected_keys(cfg, tok, ftype):
         a + "expert_weights_norm": (B, cfg["norm_topk_prob"]), a + "expert_gating_func": (U, 2),
         a + "nextn_predict_layers": (U, D),
     }
+    rs = cfg.get("rope_scaling")
+    if rs:
+        k.update({a + "rope.scaling.type": (S, "yarn"), a + "rope.scaling.factor": (F, rs["factor"]),
+                  a + "rope.scaling.original_context_length": (U, rs["original_max_position_embeddings"]),
+                  a + "rope.scaling.yarn_beta_fast": (F, rs.get("beta_fast", 32.0)),
+                  a + "rope.scaling.yarn_beta_slow": (F, rs.get("beta_slow", 1.0)),
+                  # llama.cpp divides by 0.1 (its converter's convention)
+                  a + "rope.scaling.yarn_log_multiplier": (F, np.float32(0.1 * rs["mscale_all_dim"]))})
+    else:
+        k[a + "rope.scaling.yarn_log_multiplier"] = (F, 0.0)
     if cfg["n_group"] > 1:
         k[a + "expert_group_count"] = (U, cfg["n_group"])
         k[a + "expert_group_used_count"] = (U, cfg["topk_group"])
@@ -261,6 +270,31 @@ def check_bad_input(ferry, work, run_dir):
         print(f"  ok: unknown type refused: {r.stderr.strip()}")
 
 
+def check_yarn(ferry, work):
+    """A YaRN model: the rope.scaling keys; a YaRN llama.cpp computes
+    differently (mscale != mscale_all_dim) is refused."""
+    run_dir = make_run(ferry, work, config=YARN, steps=20, name="yarn")
+    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    tok = json.load(open(os.path.join(run_dir, "tokenizer.json")))
+    path = os.path.join(work, "yarn-f32.gguf")
+    r = run([ferry, "convert", "--model", run_dir, "--to", "gguf", "--out", path, "--type", "f32"])
+    if r.returncode:
+        return fail(f"convert yarn: {r.stderr.strip()}")
+    reader = gguf.GGUFReader(path)
+    check_keys(path, reader, expected_keys(cfg, tok, "f32"))
+    check_tensors(path, reader, expected_tensors(cfg, ferry_weights(run_dir)), "f32")
+    print(f"  yarn f32: {len(reader.fields)} keys (rope.scaling.*), {len(reader.tensors)} tensors")
+    bad = dict(YARN, rope_scaling=dict(YARN["rope_scaling"], mscale=1.0))
+    run_dir = make_run(ferry, work, config=bad, steps=2, name="yarn_bad")
+    out = os.path.join(work, "yarn-bad.gguf")
+    r = run([ferry, "convert", "--model", run_dir, "--to", "gguf", "--out", out])
+    lines = r.stderr.strip().splitlines()
+    if r.returncode == 0 or len(lines) != 1 or "mscale" not in lines[0] or os.path.exists(out):
+        fail(f"yarn with mscale != mscale_all_dim: rc {r.returncode}, stderr {r.stderr!r}")
+    else:
+        print(f"  ok: {lines[0]}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ferry", required=True)
@@ -285,6 +319,7 @@ def main():
         nf = check_tensors(path, reader, want_t, ftype)
         print(f"  {ftype}: {len(reader.fields)} keys, {len(reader.tensors)} tensors, {os.path.getsize(path)} bytes"
               + (f", {nf} matrices F16 (rows not whole blocks)" if nf else ""))
+    check_yarn(ferry, a.work)
     left = [p for p in glob.glob(os.path.join(a.work, "*.tmp.*"))]
     if left:
         fail(f"temporary files left: {left}")

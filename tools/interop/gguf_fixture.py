@@ -25,6 +25,12 @@ TINY = {
 }
 
 
+# The same with DeepSeek-style YaRN (mscale == mscale_all_dim, as llama.cpp
+# requires): max_position_embeddings 256 from an original 64.
+YARN = dict(TINY, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707})
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
@@ -45,14 +51,16 @@ def make_run(ferry, work, config=TINY, steps=150, name="run"):
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "corpus.txt"), "w") as f:
         f.write(corpus_text())
-    with open(os.path.join(work, "tiny.json"), "w") as f:
+    with open(os.path.join(work, name + ".json"), "w") as f:
         json.dump(config, f)
     steps_cmds = [
         [ferry, "tokenizer", "train", "--vocab-size", str(config["vocab_size"]), "-o", "tok.json", "corpus.txt"],
         [ferry, "data", "prepare", "corpus.txt", "--tokenizer", "tok.json", "--out", "data"],
-        [ferry, "train", "--data", "data", "--config", "tiny.json", "--steps", str(steps), "--batch", "8",
+        [ferry, "train", "--data", "data", "--config", name + ".json", "--steps", str(steps), "--batch", "8",
          "--seq", "64", "--eval-every", "0", "--ckpt-every", "0", "--out", name],
     ]
+    if os.path.exists(os.path.join(work, "data", "tokenizer.json")):
+        steps_cmds = steps_cmds[2:]       # a second run on the same data
     for cmd in steps_cmds:
         if cmd[1] == "train":
             shutil.copy(os.path.join(work, "tok.json"), os.path.join(work, "data", "tokenizer.json"))

@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_fixture import make_run, run  # noqa: E402
+from gguf_fixture import YARN, make_run, run  # noqa: E402
 
 PROMPTS = ["the king", "a shepherd spoke by the river", "every servant waited near the city, and the lamb"]
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -70,13 +70,26 @@ def main():
         return 77
     ferry = os.path.abspath(a.ferry)
     shutil.rmtree(a.work, ignore_errors=True)
-    run_dir = make_run(ferry, a.work, steps=300)
+    runs = [("tiny", make_run(ferry, a.work, steps=300), TYPES),
+            ("yarn", make_run(ferry, a.work, config=YARN, steps=300, name="yarn"), ["f32", "f16"])]
     problems = []
-    for t in TYPES:
-        path = os.path.join(a.work, f"tiny-{t}.gguf")
+    for model, run_dir, types in runs:
+        print(f"== {model}: {os.path.basename(run_dir)}")
+        compare(ferry, llama_ids, a, model, run_dir, types, problems)
+    if problems:
+        for p in problems:
+            print("FAIL:", p)
+        return 1
+    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly, with and without YaRN)")
+    return 0
+
+
+def compare(ferry, llama_ids, a, model, run_dir, types, problems):
+    for t in types:
+        path = os.path.join(a.work, f"{model}-{t}.gguf")
         r = run([ferry, "convert", "--model", run_dir, "--to", "gguf", "--out", path, "--type", t])
         if r.returncode:
-            problems.append(f"convert --type {t}: {r.stderr.strip()}")
+            problems.append(f"{model}: convert --type {t}: {r.stderr.strip()}")
             continue
         agreed, total = 0, 0
         for p in PROMPTS:
@@ -86,7 +99,7 @@ def main():
             rl = run([llama_ids, path, p, str(a.n), "f32"])
             dt = time.time() - t0
             if rf.returncode or rl.returncode:
-                problems.append(f"{t} {p!r}: ferry rc {rf.returncode} {rf.stderr.strip()[-200:]}; "
+                problems.append(f"{model} {t} {p!r}: ferry rc {rf.returncode} {rf.stderr.strip()[-200:]}; "
                                 f"llama.cpp rc {rl.returncode} {rl.stderr.strip()[-300:]}")
                 continue
             fp, fi, _ = parse_ids(rf.stdout, "ferry")
@@ -101,19 +114,13 @@ def main():
             print(f"  {t:5s} prompt {p!r}: prompt ids {'equal' if fp == lp else 'DIFFER'}, "
                   f"{k}/{len(fi)} tokens agree{tie} [llama.cpp {dt:.2f} s]")
             if fp != lp:
-                problems.append(f"{t} {p!r}: prompt ids differ: ferry {fp}, llama.cpp {lp}")
+                problems.append(f"{model} {t} {p!r}: prompt ids differ: ferry {fp}, llama.cpp {lp}")
             if t in EXACT and not same:
-                problems.append(f"{t} {p!r}: greedy ids differ at token {k}")
+                problems.append(f"{model} {t} {p!r}: greedy ids differ at token {k}")
             elif not same and (k >= len(gaps) or gaps[k] >= NEAR_TIE * sorted(gaps)[len(gaps) // 2]):
-                problems.append(f"{t} {p!r}: the first difference (token {k}) is no near tie in llama.cpp")
+                problems.append(f"{model} {t} {p!r}: the first difference (token {k}) is no near tie in llama.cpp")
         print(f"  {t}: {agreed}/{total} tokens agree before the first difference, "
               f"{os.path.getsize(path)} bytes")
-    if problems:
-        for p in problems:
-            print("FAIL:", p)
-        return 1
-    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly)")
-    return 0
 
 
 if __name__ == "__main__":
