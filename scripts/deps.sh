@@ -9,7 +9,7 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(cmake build-essential pkg-config libopenblas-openmp-dev libcjson-dev
-      libpcre2-dev libxxhash-dev zlib1g-dev libmicrohttpd-dev bible-kjv)
+      libpcre2-dev libxxhash-dev libutf8proc-dev zlib1g-dev libmicrohttpd-dev bible-kjv)
 if [ "${1:-}" = "--test" ]; then
   pkgs+=(python3 python3-torch python3-numpy python3-pip
          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd

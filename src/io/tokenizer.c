@@ -52,8 +52,7 @@ static inline int utf8_valid_at(const unsigned char *s, size_t n) {
     return fy_utf8_scan(s, n, &need) == need;
 }
 
-/* Length of the longest valid UTF-8 prefix of s. */
-static size_t utf8_valid_run(const unsigned char *s, size_t n) {
+size_t fy_utf8_valid_run(const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         if (s[i] < 0x80) { i++; continue; }
@@ -220,7 +219,7 @@ int fy_pretok_split(const fy_pretok *p, pcre2_match_data *md, const unsigned cha
                     size_t len, fy_piece_fn cb, void *ctx) {
     size_t i = 0;
     while (i < len) {
-        size_t v = utf8_valid_run(s + i, len - i);
+        size_t v = fy_utf8_valid_run(s + i, len - i);
         if (v) {
             int r = split_valid(p, md, s + i, v, cb, ctx);
             if (r) return r;
@@ -275,11 +274,22 @@ struct fy_tokenizer {
     int32_t byte_id[256];
     int32_t *added; /* ids of non-normal tokens, for FY_ENC_SPECIAL */
     int32_t n_added;
+    uint8_t *anorm;     /* per added token: matched in normalized text */
+    char *amat;         /* per added token: the bytes matched in text, */
+    size_t *amoff;      /* amat[amoff[k], amoff[k+1]) */
+    int32_t n_anorm;    /* how many have anorm set */
     uint8_t added_first[32]; /* bitmap of their first bytes */
     int ignore_merges;
     int32_t bos, eos, pad;
     fy_pretok pre;
+    fy_hf_pre *hf; /* normalizer + pre-tokenizer other than ferry's own, or NULL */
+    /* tokenizer.json's normalizer, pre_tokenizer, post_processor, decoder as
+     * loaded (written back as they were); NULL when trained by ferry */
+    cJSON *jcomp[4];
+    int loaded;
 };
+
+static const char *const JCOMP_KEY[4] = {"normalizer", "pre_tokenizer", "post_processor", "decoder"};
 
 static inline const pair_ent *pair_find(const fy_tokenizer *t, int32_t a, int32_t b) {
     if (!t->pairs) return NULL;
@@ -320,8 +330,98 @@ void fy_tokenizer_free(fy_tokenizer *t) {
     free(t->pairs);
     free(t->smap);
     free(t->added);
+    free(t->anorm);
+    free(t->amat);
+    free(t->amoff);
     fy_pretok_free(&t->pre);
+    fy_hf_pre_free(t->hf);
+    for (int k = 0; k < 4; k++) cJSON_Delete(t->jcomp[k]);
     free(t);
+}
+
+/* The bytes each added token matches in text: its content, in NFC when it
+ * is matched in normalized text (norm[id], may be NULL) and nfc is set, as
+ * `tokenizers` normalizes the content of such tokens. */
+static int tok_set_added_match(fy_tokenizer *t, const uint8_t *norm, int nfc) {
+    fy_strbuf m = {0};
+    size_t *off = malloc((t->n_added + 1) * sizeof *off);
+    uint8_t *an = calloc(t->n_added + 1, 1);
+    int rc = off && an ? 0 : -1;
+    t->n_anorm = 0;
+    memset(t->added_first, 0, sizeof t->added_first);
+    for (int32_t k = 0; k < t->n_added && !rc; k++) {
+        int32_t id = t->added[k];
+        const char *c = t->strs + t->soff[id];
+        an[k] = norm ? norm[id] : 0;
+        t->n_anorm += an[k];
+        off[k] = m.n;
+        rc = an[k] && nfc ? fy_hf_nfc_append((const unsigned char *)c, strlen(c), &m)
+                          : fy_strbuf_add(&m, c, strlen(c), NULL);
+        if (!rc && m.n > off[k]) {
+            unsigned char f = (unsigned char)m.p[off[k]];
+            t->added_first[f >> 3] |= (uint8_t)(1u << (f & 7));
+        }
+    }
+    if (!rc && !m.p) rc = fy_strbuf_reserve(&m, 0, NULL);
+    if (rc) {
+        free(off);
+        free(an);
+        free(m.p);
+        return -1;
+    }
+    off[t->n_added] = m.n;
+    free(t->amat);
+    free(t->amoff);
+    free(t->anorm);
+    t->amat = m.p;
+    t->amoff = off;
+    t->anorm = an;
+    return 0;
+}
+
+/* `tokenizers` keeps an added token matched in normalized text in its
+ * normalized form, and decodes it so: its bytes become those of the NFC
+ * form matched in text (tok_set_added_match), its string stays as written. */
+static int tok_normalized_bytes(fy_tokenizer *t) {
+    fy_strbuf b = {0};
+    size_t *off = malloc((t->n_vocab + 1) * sizeof *off);
+    unsigned char tmp[256];
+    int rc = off ? fy_strbuf_reserve(&b, t->boff[t->n_vocab], NULL) : -1;
+    for (int32_t i = 0, k = 0; i < t->n_vocab && !rc; i++) {
+        off[i] = b.n;
+        const char *src = t->bytes + t->boff[i];
+        size_t n = t->boff[i + 1] - t->boff[i];
+        unsigned char *conv = NULL;
+        if (k < t->n_added && t->added[k] == i) {
+            size_t ml = t->amoff[k + 1] - t->amoff[k];
+            if (t->anorm[k]) {
+                char *z = malloc(ml + 1);
+                conv = ml < sizeof tmp ? tmp : malloc(ml);
+                if (!z || !conv) rc = -1;
+                else {
+                    memcpy(z, t->amat + t->amoff[k], ml);
+                    z[ml] = 0;
+                    n = str_to_bytes(z, conv);
+                    src = (const char *)conv;
+                }
+                free(z);
+            }
+            k++;
+        }
+        if (!rc) rc = fy_strbuf_add(&b, src, n, NULL);
+        if (conv && conv != tmp) free(conv);
+    }
+    if (rc) {
+        free(off);
+        free(b.p);
+        return -1;
+    }
+    off[t->n_vocab] = b.n;
+    free(t->bytes);
+    free(t->boff);
+    t->bytes = b.p;
+    t->boff = off;
+    return 0;
 }
 
 int fy_tok_new(int32_t n, char *const *strs, const uint8_t *types, const char *name,
@@ -397,11 +497,11 @@ int fy_tok_new(int32_t n, char *const *strs, const uint8_t *types, const char *n
         }
         int32_t k = 0;
         for (int32_t i = 0; i < n; i++)
-            if (t->types[i] != FY_TOKEN_NORMAL) {
-                t->added[k++] = i;
-                unsigned char c = (unsigned char)t->bytes[t->boff[i]];
-                t->added_first[c >> 3] |= (uint8_t)(1u << (c & 7));
-            }
+            if (t->types[i] != FY_TOKEN_NORMAL) t->added[k++] = i;
+    }
+    if (tok_set_added_match(t, NULL, 0)) {
+        fy_tokenizer_free(t);
+        return fy_fail(err, "%s: out of memory", name);
     }
     t->bos = smap_find(t, FY_TOK_BOS, strlen(FY_TOK_BOS));
     t->eos = smap_find(t, FY_TOK_EOS, strlen(FY_TOK_EOS));
@@ -459,6 +559,21 @@ int32_t fy_tokenizer_n_merges(const fy_tokenizer *t) { return t->n_merges; }
 int32_t fy_tokenizer_bos(const fy_tokenizer *t) { return t->bos; }
 int32_t fy_tokenizer_eos(const fy_tokenizer *t) { return t->eos; }
 int32_t fy_tokenizer_pad(const fy_tokenizer *t) { return t->pad; }
+
+int fy_tokenizer_set_special(fy_tokenizer *t, int32_t bos, int32_t eos, int32_t pad, fy_err *err) {
+    const int32_t v[3] = {bos, eos, pad};
+    static const char *const nm[3] = {"bos", "eos", "pad"};
+    for (int k = 0; k < 3; k++)
+        if (v[k] < -1 || v[k] >= t->n_vocab)
+            return fy_fail(err, "tokenizer: %s id %d is out of range [-1, %d)", nm[k], (int)v[k],
+                           (int)t->n_vocab);
+    t->bos = bos;
+    t->eos = eos;
+    t->pad = pad;
+    return 0;
+}
+
+const char *fy_tokenizer_pre_name(const fy_tokenizer *t) { return fy_hf_pre_name(t->hf); }
 
 const char *fy_tokenizer_token_bytes(const fy_tokenizer *t, int32_t id, size_t *len) {
     if (id < 0 || id >= t->n_vocab) {
@@ -518,6 +633,7 @@ typedef struct enc_state {
     size_t mcap;
     cache_ent *cache;
     uint64_t cmask;
+    fy_hf_scratch *hsc; /* for t->hf */
     int bad_byte; /* a byte without a token, or -1 */
     int oom;
 } enc_state;
@@ -529,6 +645,7 @@ static int enc_init(enc_state *st, const fy_tokenizer *t, size_t len) {
     st->md = pcre2_match_data_create_from_pattern(t->pre.re, NULL);
     st->cap = len / 3 + 16;
     st->ids = malloc(st->cap * sizeof *st->ids);
+    if (t->hf && !(st->hsc = fy_hf_scratch_new(t->hf))) return -1;
     if (len >= 4096) {
         uint64_t ents = pow2_at_least(len / 64);
         if (ents > 8192) ents = 8192;
@@ -546,6 +663,8 @@ static void enc_release_scratch(enc_state *st) {
     free(st->heap);
     free(st->mbuf);
     free(st->cache);
+    fy_hf_scratch_free(st->hsc);
+    st->hsc = NULL;
     st->md = NULL;
     st->sym = st->nxt = st->prv = NULL;
     st->heap = NULL;
@@ -696,9 +815,56 @@ static int bpe_piece(void *ctx, const unsigned char *p, size_t n) {
     return 0;
 }
 
-static int enc_run(enc_state *st, const unsigned char *s, size_t len) {
-    return fy_pretok_split(&st->t->pre, st->md, s, len, bpe_piece, st) ? -1 : 0;
+/* Pre-tokenizes normalized text and encodes each piece. */
+static int enc_pre(enc_state *st, const unsigned char *s, size_t len) {
+    int r = st->t->hf ? fy_hf_pre_split(st->t->hf, st->hsc, s, len, bpe_piece, st)
+                      : fy_pretok_split(&st->t->pre, st->md, s, len, bpe_piece, st);
+    if (r && st->bad_byte < 0) st->oom = 1;
+    return r ? -1 : 0;
 }
+
+static size_t match_added(const fy_tokenizer *t, const unsigned char *s, size_t n, int pass, int32_t *id);
+
+/* Encodes text between added tokens, as `tokenizers` does: normalize, then
+ * (with FY_ENC_SPECIAL) split on the added tokens matched in normalized
+ * text, then pre-tokenize and BPE. */
+static int enc_run_ex(enc_state *st, const unsigned char *s, size_t len, int special) {
+    const fy_tokenizer *t = st->t;
+    fy_strbuf nb = {0};
+    if (fy_hf_pre_nfc(t->hf)) {
+        if (fy_hf_nfc_append(s, len, &nb)) {
+            free(nb.p);
+            st->oom = 1;
+            return -1;
+        }
+        s = (const unsigned char *)nb.p;
+        len = nb.n;
+    }
+    int rc = 0;
+    if (special && t->n_anorm > 0) {
+        size_t seg = 0, i = 0;
+        while (i < len && rc == 0) {
+            int32_t id = -1;
+            size_t l = 0;
+            if (t->added_first[s[i] >> 3] & (1u << (s[i] & 7))) l = match_added(t, s + i, len - i, 1, &id);
+            if (l) {
+                if (i > seg) rc = enc_pre(st, s + seg, i - seg);
+                if (rc == 0) rc = push_ids(st, &id, 1);
+                i += l;
+                seg = i;
+            } else {
+                i++;
+            }
+        }
+        if (rc == 0 && len > seg) rc = enc_pre(st, s + seg, len - seg);
+    } else {
+        rc = enc_pre(st, s, len);
+    }
+    free(nb.p);
+    return rc;
+}
+
+static int enc_run(enc_state *st, const unsigned char *s, size_t len) { return enc_run_ex(st, s, len, 0); }
 
 static int enc_fail(enc_state *st, fy_err *err) {
     if (st->bad_byte >= 0)
@@ -706,15 +872,17 @@ static int enc_fail(enc_state *st, fy_err *err) {
     return fy_fail(err, "tokenizer: out of memory while encoding");
 }
 
-/* Length of the longest added token matching at s, and its id. */
-static size_t match_added(const fy_tokenizer *t, const unsigned char *s, size_t n, int32_t *id) {
+/* Length of the longest added token matching at s, and its id: in pass 0
+ * those matched in the raw text, in pass 1 those matched in normalized
+ * text (`tokenizers`' two tries). */
+static size_t match_added(const fy_tokenizer *t, const unsigned char *s, size_t n, int pass, int32_t *id) {
     size_t best = 0;
     for (int32_t k = 0; k < t->n_added; k++) {
-        int32_t a = t->added[k];
-        size_t l = t->boff[a + 1] - t->boff[a];
-        if (l > best && l <= n && memcmp(s, t->bytes + t->boff[a], l) == 0) {
+        if (t->anorm[k] != pass) continue;
+        size_t l = t->amoff[k + 1] - t->amoff[k];
+        if (l > best && l <= n && memcmp(s, t->amat + t->amoff[k], l) == 0) {
             best = l;
-            *id = a;
+            *id = t->added[k];
         }
     }
     return best;
@@ -727,7 +895,7 @@ int fy_tokenizer_encode_ex(const fy_tokenizer *t, const char *text, size_t len, 
     *n = 0;
     int special = (flags & FY_ENC_SPECIAL) && t->n_added > 0;
     int threads = omp_get_max_threads();
-    if (!special && len >= (1u << 20) && threads > 1) {
+    if (!special && fy_hf_pre_cut_safe(t->hf) && len >= (1u << 20) && threads > 1) {
         /* parallel: chunks cut where pre-tokenization cannot change */
         int nc = threads * 4;
         size_t *cut = malloc((nc + 1) * sizeof *cut);
@@ -787,9 +955,9 @@ int fy_tokenizer_encode_ex(const fy_tokenizer *t, const char *text, size_t len, 
         while (i < len && rc == 0) {
             int32_t id = -1;
             size_t l = 0;
-            if (t->added_first[s[i] >> 3] & (1u << (s[i] & 7))) l = match_added(t, s + i, len - i, &id);
+            if (t->added_first[s[i] >> 3] & (1u << (s[i] & 7))) l = match_added(t, s + i, len - i, 0, &id);
             if (l) {
-                if (i > seg) rc = enc_run(&st, s + seg, i - seg);
+                if (i > seg) rc = enc_run_ex(&st, s + seg, i - seg, 1);
                 if (rc == 0) rc = push_ids(&st, &id, 1);
                 i += l;
                 seg = i;
@@ -797,7 +965,7 @@ int fy_tokenizer_encode_ex(const fy_tokenizer *t, const char *text, size_t len, 
                 i++;
             }
         }
-        if (rc == 0 && len > seg) rc = enc_run(&st, s + seg, len - seg);
+        if (rc == 0 && len > seg) rc = enc_run_ex(&st, s + seg, len - seg, 1);
     } else {
         rc = enc_run(&st, s, len);
     }
@@ -993,8 +1161,10 @@ static const char *tok_str(const fy_tokenizer *t, int32_t id) { return t->strs +
 static int add_added_tokens(const fy_tokenizer *t, cJSON *root) {
     cJSON *arr = cJSON_AddArrayToObject(root, "added_tokens");
     if (!arr) return -1;
+    int32_t k = -1;
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (t->types[i] == FY_TOKEN_NORMAL) continue;
+        k++;
         cJSON *a = cJSON_CreateObject();
         if (!a || !cJSON_AddItemToArray(arr, a)) {
             cJSON_Delete(a);
@@ -1002,7 +1172,7 @@ static int add_added_tokens(const fy_tokenizer *t, cJSON *root) {
         }
         if (!cJSON_AddNumberToObject(a, "id", i) || !cJSON_AddStringToObject(a, "content", tok_str(t, i)) ||
             !cJSON_AddFalseToObject(a, "single_word") || !cJSON_AddFalseToObject(a, "lstrip") ||
-            !cJSON_AddFalseToObject(a, "rstrip") || !cJSON_AddFalseToObject(a, "normalized") ||
+            !cJSON_AddFalseToObject(a, "rstrip") || !cJSON_AddBoolToObject(a, "normalized", t->anorm[k]) ||
             !cJSON_AddBoolToObject(a, "special", t->types[i] == FY_TOKEN_CONTROL))
             return -1;
     }
@@ -1065,13 +1235,24 @@ static int add_model(const fy_tokenizer *t, cJSON *root) {
     return add_merges(t, model);
 }
 
+/* Component k (JCOMP_KEY) as loaded; ferry's own when trained or absent. */
+static int add_component(const fy_tokenizer *t, cJSON *root, int k) {
+    if (t->jcomp[k]) {
+        cJSON *c = cJSON_Duplicate(t->jcomp[k], 1);
+        if (c && cJSON_AddItemToObject(root, JCOMP_KEY[k], c)) return 0;
+        cJSON_Delete(c);
+        return -1;
+    }
+    if (k == 1 || k == 3) return add_byte_level(root, JCOMP_KEY[k], k == 3);
+    return cJSON_AddNullToObject(root, JCOMP_KEY[k]) ? 0 : -1;
+}
+
 char *fy_tokenizer_to_json(const fy_tokenizer *t, size_t *len, fy_err *err) {
     cJSON *root = cJSON_CreateObject();
     int bad = !root || !cJSON_AddStringToObject(root, "version", "1.0") ||
               !cJSON_AddNullToObject(root, "truncation") || !cJSON_AddNullToObject(root, "padding") ||
-              add_added_tokens(t, root) || !cJSON_AddNullToObject(root, "normalizer") ||
-              add_byte_level(root, "pre_tokenizer", 0) || !cJSON_AddNullToObject(root, "post_processor") ||
-              add_byte_level(root, "decoder", 1) || add_model(t, root);
+              add_added_tokens(t, root) || add_component(t, root, 0) || add_component(t, root, 1) ||
+              add_component(t, root, 2) || add_component(t, root, 3) || add_model(t, root);
     char *text = bad ? NULL : cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) {
@@ -1180,28 +1361,16 @@ static void warn_unless_byte_level(const cJSON *root, const char *key, const cha
         fy_warn("%s: %s %s is ignored (%s)", name, key, ty ? ty : json_type_name(c), why);
 }
 
-static int check_components(const cJSON *root, const char *name, fy_err *err) {
-    const cJSON *nz = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
-    if (nz && !cJSON_IsNull(nz)) {
-        const char *ty = comp_type(nz);
-        return fy_fail(err, "%s: normalizer %s%s%s is not supported (byte-level BPE needs null)", name,
-                       ty ? "\"" : "", ty ? ty : json_type_name(nz), ty ? "\"" : "");
-    }
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
-    const char *pty = cJSON_IsObject(pt) ? comp_type(pt) : NULL;
-    if (!pty || strcmp(pty, "ByteLevel") != 0)
-        return fy_fail(err, "%s: pre_tokenizer must be ByteLevel (got %s%s%s)", name,
-                       pty ? "\"" : "", pty ? pty : json_type_name(pt), pty ? "\"" : "");
-    const cJSON *aps = cJSON_GetObjectItemCaseSensitive(pt, "add_prefix_space");
-    if (cJSON_IsTrue(aps))
-        return fy_fail(err, "%s: pre_tokenizer.add_prefix_space=true is not supported", name);
-    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(pt, "use_regex");
-    if (cJSON_IsFalse(ur))
-        return fy_fail(err, "%s: pre_tokenizer.use_regex=false is not supported (ferry splits with "
-                            "the GPT-2 regex)", name);
-    warn_unless_byte_level(root, "post_processor", "ferry adds special tokens itself", name);
+/* post_processor and decoder are recorded, not applied: ferry adds no
+ * special tokens itself when encoding and decodes byte-level. Others warn. */
+static void check_components(const cJSON *root, const char *name) {
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
+    const char *ty = comp_type(pp);
+    if (pp && !cJSON_IsNull(pp) && !(ty && (!strcmp(ty, "ByteLevel") || !strcmp(ty, "TemplateProcessing") ||
+                                            !strcmp(ty, "Sequence"))))
+        fy_warn("%s: post_processor %s is ignored (ferry adds special tokens itself)", name,
+                ty ? ty : json_type_name(pp));
     warn_unless_byte_level(root, "decoder", "ferry decodes byte-level", name);
-    return 0;
 }
 
 static int check_model_opts(const cJSON *model, const char *name, int *ignore_merges, fy_err *err) {
@@ -1231,6 +1400,9 @@ typedef struct json_load {
     const char *name;            /* prefixes messages */
     const cJSON *vocab, *merges; /* model.vocab, model.merges */
     const cJSON *added;          /* added_tokens, or NULL */
+    const cJSON *root;
+    fy_hf_pre *hf;               /* moves into the tokenizer */
+    uint8_t *anorm;              /* per id: an added token matched in normalized text */
     int ignore_merges;
     int64_t n_model, max_id;     /* entries and largest id in model.vocab */
     int64_t n_vocab;             /* with the added tokens */
@@ -1243,6 +1415,8 @@ typedef struct json_load {
 } json_load;
 
 static void json_load_free(json_load *L) {
+    fy_hf_pre_free(L->hf);
+    free(L->anorm);
     smap_free(&L->sm);
     free(L->cat.p);
     free(L->merge_ids);
@@ -1258,8 +1432,12 @@ static int find_parts(const cJSON *root, json_load *L, fy_err *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!cJSON_IsObject(model))
         return fy_fail(err, "%s: \"model\" is %s (expected an object)", name, json_type_name(model));
-    if (check_model_opts(model, name, &L->ignore_merges, err) || check_components(root, name, err))
+    if (check_model_opts(model, name, &L->ignore_merges, err)) return -1;
+    if (fy_hf_pre_parse(cJSON_GetObjectItemCaseSensitive(root, "normalizer"),
+                        cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), name, &L->hf, err))
         return -1;
+    check_components(root, name);
+    L->root = root;
     L->vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     if (!cJSON_IsObject(L->vocab))
         return fy_fail(err, "%s: model.vocab is %s (expected an object)", name, json_type_name(L->vocab));
@@ -1342,6 +1520,26 @@ static int place_model_vocab(json_load *L, fy_err *err) {
     return 0;
 }
 
+/* An added token's flags: single_word, lstrip, rstrip must be false (ferry
+ * does not honour them); normalized (default: not special) is kept. */
+static int added_flags(json_load *L, const cJSON *a, int64_t k, const char *c, int special, int64_t id,
+                       fy_err *err) {
+    static const char *const no[] = {"single_word", "lstrip", "rstrip"};
+    for (int f = 0; f < 3; f++) {
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(a, no[f]);
+        if (j && !cJSON_IsFalse(j))
+            return fy_fail(err, "%s: added_tokens[%lld] \"%s\": %s=%s is not supported (only false)", L->name,
+                           (long long)k, c, no[f], cJSON_IsTrue(j) ? "true" : json_type_name(j));
+    }
+    const cJSON *nj = cJSON_GetObjectItemCaseSensitive(a, "normalized");
+    if (nj && !cJSON_IsBool(nj))
+        return fy_fail(err, "%s: added_tokens[%lld] \"%s\": normalized is %s, not a boolean", L->name,
+                       (long long)k, c, json_type_name(nj));
+    if (!L->anorm && !(L->anorm = calloc(L->n_vocab, 1))) return fy_fail(err, "%s: out of memory", L->name);
+    L->anorm[id] = nj ? cJSON_IsTrue(nj) : !special;
+    return 0;
+}
+
 /* Step 4: added tokens. One already in model.vocab must keep its id there;
  * a new one takes the next id, as Hugging Face would give it. Either way
  * it gets its type (control when "special"). */
@@ -1374,6 +1572,7 @@ static int place_added_tokens(json_load *L, fy_err *err) {
         }
         int special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special"));
         L->types[id] = special ? FY_TOKEN_CONTROL : FY_TOKEN_USER_DEFINED;
+        if (added_flags(L, a, k, c, special, id, err)) return -1;
         k++;
     }
     for (int64_t i = 0; i < L->n_vocab; i++)
@@ -1448,7 +1647,7 @@ static int read_merges(json_load *L, fy_err *err) {
 }
 
 /* Step 6: the tokenizer itself. */
-static int build_from(const json_load *L, fy_tokenizer **out, fy_err *err) {
+static int build_from(json_load *L, fy_tokenizer **out, fy_err *err) {
     fy_tokenizer *t = NULL;
     if (fy_tok_new((int32_t)L->n_vocab, L->strs, L->types, L->name, &t, err) ||
         fy_tok_set_merges(t, L->n_merges, L->merge_ids, L->name, err)) {
@@ -1456,6 +1655,21 @@ static int build_from(const json_load *L, fy_tokenizer **out, fy_err *err) {
         return -1;
     }
     t->ignore_merges = L->ignore_merges;
+    t->loaded = 1;
+    for (int k = 0; k < 4; k++) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(L->root, JCOMP_KEY[k]);
+        if (c && !(t->jcomp[k] = cJSON_Duplicate(c, 1))) {
+            fy_tokenizer_free(t);
+            return fy_fail(err, "%s: out of memory", L->name);
+        }
+    }
+    if (L->anorm && (tok_set_added_match(t, L->anorm, fy_hf_pre_nfc(L->hf)) ||
+                     (fy_hf_pre_nfc(L->hf) && tok_normalized_bytes(t)))) {
+        fy_tokenizer_free(t);
+        return fy_fail(err, "%s: out of memory", L->name);
+    }
+    t->hf = L->hf;
+    L->hf = NULL;
     for (int b = 0; b < 256; b++)
         if (t->byte_id[b] < 0) {
             fy_warn("%s: byte 0x%02x has no token; text containing it cannot be encoded", L->name, b);

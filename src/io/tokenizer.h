@@ -21,10 +21,14 @@
  * pre-tokenizer with use_regex and no prefix space, ByteLevel decoder);
  * tokens are written in GPT-2's byte-to-unicode alphabet. Files written by
  * Hugging Face for a byte-level BPE load too (merges as "a b" strings or
- * ["a","b"] pairs, byte tokens at any ids).
+ * ["a","b"] pairs, byte tokens at any ids), with the NFC normalizer and the
+ * Split / Digits / ByteLevel pre-tokenizers and their Sequences that
+ * DeepSeek-V3-family files use (tokenizer_pre.c, docs/DESIGN.md §3.6); such
+ * a file is saved back with its components as loaded.
  *
- * Thread safety: a loaded or trained fy_tokenizer is immutable; encode and
- * decode may run concurrently on the same tokenizer. */
+ * Thread safety: a loaded or trained fy_tokenizer is immutable (once
+ * fy_tokenizer_set_special, if used, has run); encode and decode may run
+ * concurrently on the same tokenizer. */
 #ifndef FY_TOKENIZER_H
 #define FY_TOKENIZER_H
 
@@ -107,7 +111,8 @@ int fy_tokenizer_encode_file(const fy_tokenizer *tok, const char *path, unsigned
 
 /* A cut position p >= target (or len) such that encoding text[0,p) and
  * text[p,len) separately gives the same ids as encoding the whole (without
- * FY_ENC_SPECIAL): p follows a lone "\n" between printable ASCII characters.
+ * FY_ENC_SPECIAL), for ferry's own pre-tokenizer and DeepSeek-V3's (with or
+ * without NFC): p follows a lone "\n" between printable ASCII characters.
  * For chunked or parallel encoding of large text. */
 size_t fy_tokenizer_split_point(const char *text, size_t len, size_t target);
 
@@ -161,10 +166,21 @@ int32_t fy_tokenizer_token_to_id(const fy_tokenizer *tok, const char *str);
 /* Merge of rank r: left + right -> result. Returns -1 if r is out of range. */
 int fy_tokenizer_merge(const fy_tokenizer *tok, int32_t rank, int32_t *left, int32_t *right,
                        int32_t *result);
-/* Ids of <|bos|>, <|eos|>, <|pad|>, or -1 if the vocabulary lacks them. */
+/* Ids of <|bos|>, <|eos|>, <|pad|>, or -1 if the vocabulary lacks them
+ * (or what fy_tokenizer_set_special set). */
 int32_t fy_tokenizer_bos(const fy_tokenizer *tok);
 int32_t fy_tokenizer_eos(const fy_tokenizer *tok);
 int32_t fy_tokenizer_pad(const fy_tokenizer *tok);
+/* For tokenizers whose bos/eos/pad are not ferry's <|bos|>/<|eos|>/<|pad|>
+ * (a Hugging Face directory's tokenizer_config.json names them): sets the
+ * ids the three functions above return; -1 = none. Call it before the
+ * tokenizer is shared between threads. Fails on an id out of range. */
+int fy_tokenizer_set_special(fy_tokenizer *tok, int32_t bos, int32_t eos, int32_t pad, fy_err *err);
+/* llama.cpp's name (GGUF tokenizer.ggml.pre) for this tokenizer's
+ * normalizer + pre-tokenizer: "gpt-2" for ferry's own (ByteLevel with the
+ * GPT-2 regex, no normalizer), "deepseek-v3" for DeepSeek-V3's Sequence
+ * with no normalizer; NULL when llama.cpp has none that splits the same. */
+const char *fy_tokenizer_pre_name(const fy_tokenizer *tok);
 
 /* GPT-2's bytes_to_unicode: the code point byte b is written as. */
 uint32_t fy_tok_byte_to_unicode(unsigned b);

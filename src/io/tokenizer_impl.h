@@ -10,7 +10,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <cjson/cJSON.h>
+
 #include "core/err.h"
+#include "core/strbuf.h"
 #include "io/tokenizer.h"
 
 /* ---- UTF-8 ---- */
@@ -22,6 +25,8 @@
  *   ret < *need, ret == n   valid so far, cut off by the end of the input;
  *   otherwise               invalid; its maximal subpart is max(ret, 1). */
 size_t fy_utf8_scan(const unsigned char *s, size_t n, size_t *need);
+/* Length of the longest valid UTF-8 prefix of s[0,n). */
+size_t fy_utf8_valid_run(const unsigned char *s, size_t n);
 
 /* ---- pre-tokenizer ---- */
 
@@ -41,6 +46,35 @@ typedef int (*fy_piece_fn)(void *ctx, const unsigned char *piece, size_t n);
  * non-zero value if it stopped the split, else 0. */
 int fy_pretok_split(const fy_pretok *p, pcre2_match_data *md, const unsigned char *s,
                     size_t len, fy_piece_fn cb, void *ctx);
+
+/* ---- Hugging Face normalizer + pre-tokenizer chain (tokenizer_pre.c) ---- */
+
+typedef struct fy_hf_pre fy_hf_pre;
+typedef struct fy_hf_scratch fy_hf_scratch;
+
+/* Reads tokenizer.json's "normalizer" (null, NFC, Sequence of NFC) and
+ * "pre_tokenizer" (ByteLevel, Split, Digits, Sequence); anything else is
+ * refused naming the key. *out stays NULL for ferry's own pre-tokenizer (a
+ * lone ByteLevel with the GPT-2 regex, no prefix space, no normalizer),
+ * which fy_pretok handles. */
+int fy_hf_pre_parse(const cJSON *normalizer, const cJSON *pre_tokenizer, const char *name,
+                    fy_hf_pre **out, fy_err *err);
+void fy_hf_pre_free(fy_hf_pre *p);
+int fy_hf_pre_nfc(const fy_hf_pre *p); /* the normalizer is NFC */
+/* llama.cpp's tokenizer.ggml.pre for it ("gpt-2" for p == NULL), or NULL. */
+const char *fy_hf_pre_name(const fy_hf_pre *p);
+/* fy_tokenizer_split_point cuts leave the pieces unchanged (p == NULL too). */
+int fy_hf_pre_cut_safe(const fy_hf_pre *p);
+/* Per-thread scratch for fy_hf_pre_split (NULL when out of memory). */
+fy_hf_scratch *fy_hf_scratch_new(const fy_hf_pre *p);
+void fy_hf_scratch_free(fy_hf_scratch *sc);
+/* Splits already-normalized bytes as the chain does; maximal runs of bytes
+ * that start no valid UTF-8 sequence are pieces of their own. Returns the
+ * callback's non-zero value if it stopped, -1 when out of memory, else 0. */
+int fy_hf_pre_split(const fy_hf_pre *p, fy_hf_scratch *sc, const unsigned char *s, size_t len,
+                    fy_piece_fn cb, void *ctx);
+/* Appends the NFC form of s[0,n) (invalid UTF-8 bytes copied as they are). */
+int fy_hf_nfc_append(const unsigned char *s, size_t n, fy_strbuf *out);
 
 /* ---- assembling a tokenizer ---- */
 

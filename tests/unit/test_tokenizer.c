@@ -6,7 +6,13 @@
  *   test_tokenizer --train-and-encode OUTDIR
  *   test_tokenizer --encode TOKENIZER_JSON TEXT_FILE IDS_OUT [--special]
  *   test_tokenizer --pretok TEXT_FILE PIECES_OUT      (hex, one piece a line)
- *   test_tokenizer --bench TEXT_FILE VOCAB_SIZE [SAVE_JSON] */
+ *   test_tokenizer --bench TEXT_FILE VOCAB_SIZE [SAVE_JSON]
+ *   test_tokenizer --encode-cases TOKENIZER_JSON CASES_JSON OUT_JSON SAVE_JSON
+ *       (tools/interop/tok_hf_pretok.py: CASES_JSON is an array of strings;
+ *       OUT_JSON has each one's ids without and with FY_ENC_SPECIAL, the
+ *       decoded bytes of the latter in hex, and fy_tokenizer_pre_name; the
+ *       loaded tokenizer is saved to SAVE_JSON) */
+#include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -714,7 +720,7 @@ static void test_malformed(void) {
     const char *dir = fy_test_tmpdir("test_tokenizer_bad");
     static const char V[] = "\"vocab\":{\"a\":0,\"b\":1,\"ab\":2}";
     static const char PT[] = "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},";
-    char buf[16][512];
+    char buf[32][512];
     bad_case cases[] = {
         {"{\"model\": ", "not valid JSON"},
         {"[1,2]", "not an object"},
@@ -728,13 +734,49 @@ static void test_malformed(void) {
         {buf[5], "not two tokens"},
         {buf[6], "is not in model.vocab"},
         {buf[7], "no gaps"},
-        {buf[8], "pre_tokenizer must be ByteLevel"},
+        {buf[8], "pre_tokenizer type \"Whitespace\" is not supported"},
         {buf[9], "added_tokens[0]"},
         {buf[10], "not an integer id"},
-        {buf[11], "normalizer"},
+        {buf[11], "normalizer \"NFKC\" is not supported"},
         {buf[12], "duplicate token"},
         {buf[13], "model.dropout"},
+        {"{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "only BPE"},
+        {buf[14], "model.byte_fallback=true"},
+        {buf[15], "pre_tokenizer.pretokenizers[0] type \"Metaspace\""},
+        {buf[16], "lstrip=true is not supported"},
+        {buf[17], "pre_tokenizer.behavior \"Around\""},
+        {buf[18], "does not compile"},
+        {buf[19], "\\h or \\H"},
+        {buf[20], "normalizer.normalizers[1] \"Lowercase\""},
+        {buf[21], "no ByteLevel step"},
+        {buf[22], "single_word=true"},
+        {buf[23], "pre_tokenizer.pattern must be"},
+        {buf[24], "a nested character class"},
     };
+    static const char SEQ[] = "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[%s,"
+                              "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]},";
+    char pt[400];
+    snprintf(buf[14], 512, "{%s\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,%s,\"merges\":[]}}", PT, V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Metaspace\"}");
+    snprintf(buf[15], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(buf[16], 512, "{%s\"added_tokens\":[{\"id\":3,\"content\":\"x\",\"lstrip\":true}],"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[17], 512, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},"
+             "\"behavior\":\"Around\"},\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(a\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[18], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"\\\\h+\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[19], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
+    snprintf(buf[20], 512, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},"
+             "{\"type\":\"Lowercase\"}]},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[21], 512, "{\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true},"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(buf[22], 512, "{%s\"added_tokens\":[{\"id\":3,\"content\":\"x\",\"single_word\":true}],"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[23], 512, "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":\"a\",\"behavior\":\"Isolated\"},"
+             "\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
+    snprintf(pt, sizeof pt, SEQ, "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"[a[b]]\"},\"behavior\":\"Isolated\"}");
+    snprintf(buf[24], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", pt, V);
     snprintf(buf[0], 512, "{%s\"model\":{\"type\":\"BPE\",\"merges\":[]}}", PT);
     snprintf(buf[1], 512, "{%s\"model\":{\"type\":\"BPE\",%s}}", PT, V);
     snprintf(buf[2], 512, "{%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[\"a c\"]}}", PT, V);
@@ -746,7 +788,7 @@ static void test_malformed(void) {
     snprintf(buf[8], 512, "{\"pre_tokenizer\":{\"type\":\"Whitespace\"},\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", V);
     snprintf(buf[9], 512, "{%s\"added_tokens\":[{\"content\":\"x\"}],\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
     snprintf(buf[10], 512, "{%s\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"0\"},\"merges\":[]}}", PT);
-    snprintf(buf[11], 512, "{\"normalizer\":{\"type\":\"NFC\"},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
+    snprintf(buf[11], 512, "{\"normalizer\":{\"type\":\"NFKC\"},%s\"model\":{\"type\":\"BPE\",%s,\"merges\":[]}}", PT, V);
     snprintf(buf[12], 512, "{%s\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"a\":1},\"merges\":[]}}", PT);
     snprintf(buf[13], 512, "{%s\"model\":{\"type\":\"BPE\",\"dropout\":0.1,%s,\"merges\":[]}}", PT, V);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -839,6 +881,98 @@ static void test_parallel(void) {
     free(text);
 }
 
+/* Pieces of text under a pre_tokenizer JSON, joined with '|'. */
+static int join_piece(void *ctx, const unsigned char *p, size_t n) {
+    sbuf *b = ctx;
+    if (b->n) sb_add(b, "|", 1);
+    sb_add(b, p, n);
+    return 0;
+}
+
+static char *split_with(const char *pt_json, const char *text) {
+    cJSON *pt = cJSON_Parse(pt_json);
+    fy_hf_pre *p = NULL;
+    fy_err err = {{0}};
+    sbuf b = {0};
+    if (fy_hf_pre_parse(NULL, pt, "t.json", &p, &err) || !p) {
+        CHECK(0, "pre_tokenizer %s refused: %s", pt_json, err.msg);
+    } else {
+        fy_hf_scratch *sc = fy_hf_scratch_new(p);
+        fy_hf_pre_split(p, sc, (const unsigned char *)text, strlen(text), join_piece, &b);
+        fy_hf_scratch_free(sc);
+    }
+    sb_add(&b, "", 1);
+    fy_hf_pre_free(p);
+    cJSON_Delete(pt);
+    return b.p;
+}
+
+/* Split behaviours on "a-b--c" with the literal "-", as tokenizers
+ * documents them (pre_tokenizers.Split), then a ByteLevel without regex. */
+static void test_split_behaviours(void) {
+    static const char *const beh[][2] = {
+        {"Removed", "a|b|c"},          {"Isolated", "a|-|b|-|-|c"},  {"MergedWithPrevious", "a-|b-|-|c"},
+        {"MergedWithNext", "a|-b|-|-c"}, {"Contiguous", "a|-|b|--|c"},
+    };
+    for (int k = 0; k < 5; k++) {
+        char js[400];
+        snprintf(js, sizeof js, "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                 "{\"String\":\"-\"},\"behavior\":\"%s\",\"invert\":false},{\"type\":\"ByteLevel\","
+                 "\"add_prefix_space\":false,\"use_regex\":false}]}", beh[k][0]);
+        char *got = split_with(js, "a-b--c");
+        CHECK(got && strcmp(got, beh[k][1]) == 0, "Split %s: \"%s\", want \"%s\"", beh[k][0], got, beh[k][1]);
+        free(got);
+    }
+    /* invert: the pattern marks what to keep, Removed drops the rest */
+    char *got = split_with("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                           "{\"Regex\":\"\\\\p{L}+\"},\"behavior\":\"Removed\",\"invert\":true},"
+                           "{\"type\":\"ByteLevel\",\"use_regex\":false}]}", "ab, cd!");
+    CHECK(got && strcmp(got, "ab|cd") == 0, "inverted Removed Split: \"%s\"", got);
+    free(got);
+    /* Digits: runs or single digits; ByteLevel's prefix space on every piece */
+    got = split_with("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":"
+                     "false},{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"use_regex\":false}]}", "x123y4");
+    CHECK(got && strcmp(got, " x| 123| y| 4") == 0, "Digits + prefix space: \"%s\"", got);
+    free(got);
+}
+
+/* fy_tokenizer_set_special, fy_tokenizer_pre_name, and the components of a
+ * loaded file kept on save. */
+static void test_hf_api(const fy_tokenizer *trained) {
+    CHECK(fy_tokenizer_pre_name(trained) && strcmp(fy_tokenizer_pre_name(trained), "gpt-2") == 0,
+          "pre_name of a ferry tokenizer: %s", fy_tokenizer_pre_name(trained));
+    char *j = json_of(trained);
+    cJSON *root = cJSON_Parse(j);
+    free(j);
+    cJSON *seq = cJSON_Parse("{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+                             "{\"Regex\":\"\\\\p{N}{1,3}\"},\"behavior\":\"Isolated\",\"invert\":false},"
+                             "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]}");
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", seq);
+    cJSON_ReplaceItemInObject(root, "normalizer", cJSON_Parse("{\"type\":\"NFC\"}"));
+    char *mod = cJSON_Print(root);
+    fy_tokenizer *t = NULL;
+    fy_err err = {{0}};
+    CHECK(fy_tokenizer_from_json(mod, strlen(mod), "seq.json", &t, &err) == 0, "Sequence file: %s", err.msg);
+    if (t) {
+        CHECK(fy_tokenizer_pre_name(t) == NULL, "pre_name of a Split-digits chain: %s", fy_tokenizer_pre_name(t));
+        char *back = json_of(t);
+        cJSON *br = cJSON_Parse(back);
+        CHECK(cJSON_Compare(cJSON_GetObjectItem(br, "pre_tokenizer"), seq, 1) &&
+                  cJSON_Compare(cJSON_GetObjectItem(br, "normalizer"), cJSON_GetObjectItem(root, "normalizer"), 1),
+              "saved pre_tokenizer/normalizer differ from the loaded ones");
+        cJSON_Delete(br);
+        free(back);
+        int32_t v = fy_tokenizer_vocab_size(t);
+        CHECK(fy_tokenizer_set_special(t, 5, 6, -1, &err) == 0 && fy_tokenizer_bos(t) == 5 &&
+                  fy_tokenizer_eos(t) == 6 && fy_tokenizer_pad(t) == -1, "set_special");
+        CHECK(fy_tokenizer_set_special(t, 1, v, 2, &err) != 0 && strstr(err.msg, "eos") && fy_tokenizer_eos(t) == 6,
+              "set_special out of range accepted: %s", err.msg);
+        fy_tokenizer_free(t);
+    }
+    free(mod);
+    cJSON_Delete(root);
+}
+
 static int run_tests(void) {
     test_tiny();
     test_train_vs_naive();
@@ -851,6 +985,8 @@ static int run_tests(void) {
     fy_tokenizer *tok = train(text, tn, vocab, 0);
     if (!tok) return fy_test_finish("test_tokenizer");
     test_vocab_shape(tok, vocab);
+    test_split_behaviours();
+    test_hf_api(tok);
     {
         fy_tokenizer *again = train(text, tn, vocab, 0);
         char *j1 = json_of(tok), *j2 = again ? json_of(again) : NULL;
@@ -1002,6 +1138,63 @@ static int cli_pretok(const char *textf, const char *outf) {
     return fclose(f) ? 1 : 0;
 }
 
+static cJSON *ids_json(const int32_t *ids, size_t n) {
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+    return a;
+}
+
+static int cli_encode_cases(const char *json, const char *casesf, const char *outf, const char *savef) {
+    fy_err err = {{0}};
+    fy_tokenizer *tok;
+    size_t n;
+    char *text = read_all(casesf, &n);
+    cJSON *cases = text ? cJSON_ParseWithLength(text, n) : NULL;
+    free(text);
+    if (!cJSON_IsArray(cases)) return fprintf(stderr, "%s: not a JSON array\n", casesf), 1;
+    if (fy_tokenizer_load(json, &tok, &err) || fy_tokenizer_save(tok, savef, &err))
+        return fprintf(stderr, "%s\n", err.msg), 1;
+    cJSON *out = cJSON_CreateObject(), *plain = cJSON_AddArrayToObject(out, "plain");
+    cJSON *spec = cJSON_AddArrayToObject(out, "special"), *dec = cJSON_AddArrayToObject(out, "decoded");
+    const char *pn = fy_tokenizer_pre_name(tok);
+    if (pn) cJSON_AddStringToObject(out, "pre_name", pn);
+    else cJSON_AddNullToObject(out, "pre_name");
+    const cJSON *c;
+    int rc = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *s = cJSON_GetStringValue(c);
+        int32_t *ids;
+        size_t k;
+        for (int sp = 0; sp < 2 && !rc; sp++) {
+            if (fy_tokenizer_encode_ex(tok, s, strlen(s), sp ? FY_ENC_SPECIAL : 0, &ids, &k, &err)) {
+                rc = fprintf(stderr, "%s\n", err.msg);
+                break;
+            }
+            cJSON_AddItemToArray(sp ? spec : plain, ids_json(ids, k));
+            if (sp) {
+                char *d;
+                size_t dl;
+                if (fy_tokenizer_decode(tok, ids, k, 0, &d, &dl, &err)) rc = fprintf(stderr, "%s\n", err.msg);
+                char *hex = malloc(2 * dl + 1);
+                for (size_t i = 0; i < dl && !rc; i++) sprintf(hex + 2 * i, "%02x", (unsigned char)d[i]);
+                hex[rc ? 0 : 2 * dl] = 0;
+                cJSON_AddItemToArray(dec, cJSON_CreateString(hex));
+                free(hex);
+                free(d);
+            }
+            free(ids);
+        }
+    }
+    char *o = cJSON_PrintUnformatted(out);
+    FILE *f = fopen(outf, "w");
+    if (!f || fputs(o, f) < 0 || fclose(f)) rc = fprintf(stderr, "cannot write %s\n", outf);
+    free(o);
+    cJSON_Delete(out);
+    cJSON_Delete(cases);
+    fy_tokenizer_free(tok);
+    return rc ? 1 : 0;
+}
+
 static int cli_bench(const char *textf, int vocab, const char *save) {
     fy_err err = {{0}};
     size_t n;
@@ -1038,6 +1231,8 @@ int main(int argc, char **argv) {
     if ((argc == 5 || argc == 6) && strcmp(argv[1], "--encode") == 0)
         return cli_encode(argv[2], argv[3], argv[4], argc == 6 && strcmp(argv[5], "--special") == 0);
     if (argc == 4 && strcmp(argv[1], "--pretok") == 0) return cli_pretok(argv[2], argv[3]);
+    if (argc == 6 && strcmp(argv[1], "--encode-cases") == 0)
+        return cli_encode_cases(argv[2], argv[3], argv[4], argv[5]);
     if ((argc == 4 || argc == 5) && strcmp(argv[1], "--bench") == 0)
         return cli_bench(argv[2], atoi(argv[3]), argc == 5 ? argv[4] : NULL);
     if (argc > 1) {
