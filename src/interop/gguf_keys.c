@@ -124,8 +124,9 @@ static void hparams(kw *w, const fy_config *c, const fy_gguf_plan *p, fy_gguf_ty
 static void tokenizer(kw *w, const fy_tokenizer *tok, const fy_config *c) {
     int32_t V = fy_tokenizer_vocab_size(tok), M = fy_tokenizer_n_merges(tok);
     kv_str(w, "tokenizer.ggml.model", "gpt2");
-    /* ferry pre-tokenizes with GPT-2's regex (io/tokenizer.h). */
-    kv_str(w, "tokenizer.ggml.pre", "gpt-2");
+    /* llama.cpp's name for the same pre-tokenizer: "gpt-2" for ferry's own
+     * (checked non-NULL in fy_gguf_write_keys). */
+    kv_str(w, "tokenizer.ggml.pre", fy_tokenizer_pre_name(tok));
     key(w, "tokenizer.ggml.tokens", FY_GV_ARR);
     put_u32(w, FY_GV_STR), put_u64(w, (uint64_t)V);
     for (int32_t i = 0; i < V; i++) put_str(w, fy_tokenizer_token_str(tok, i));
@@ -172,6 +173,9 @@ int fy_gguf_write_keys(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_ty
                        uint64_t *n_kv, fy_err *err) {
     kw w = {b, 0, err, 0};
     if (check_rope(&h->cfg.rope_scaling, err)) return -1;
+    if (!fy_tokenizer_pre_name(h->tok))
+        return fy_fail(err, "tokenizer: llama.cpp has no pre-tokenizer that splits text as this one does "
+                            "(its tokenizer.json normalizer/pre_tokenizer)");
     if (fy_tokenizer_n_merges(h->tok) < 1)
         return fy_fail(err, "tokenizer: llama.cpp's gpt2 tokenizer needs at least one merge");
     hparams(&w, &h->cfg, p, type);
