@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from gguf_fixture import YARN, ferry_weights, make_run
+from gguf_fixture import PLAIN, YARN, ferry_weights, make_run
 
 try:
     import gguf
@@ -69,13 +69,16 @@ def expected_tensors(cfg, w):
         p = f"model.layers.{i}."
         b = f"blk.{i}."
         simple = {"attn_norm.weight": "input_layernorm.weight",
-                  "attn_q_a.weight": "self_attn.q_a_proj.weight",
-                  "attn_q_a_norm.weight": "self_attn.q_a_layernorm.weight",
-                  "attn_q_b.weight": "self_attn.q_b_proj.weight",
                   "attn_kv_a_mqa.weight": "self_attn.kv_a_proj_with_mqa.weight",
                   "attn_kv_a_norm.weight": "self_attn.kv_a_layernorm.weight",
                   "attn_output.weight": "self_attn.o_proj.weight",
                   "ffn_norm.weight": "post_attention_layernorm.weight"}
+        if cfg["q_lora_rank"]:
+            simple.update({"attn_q_a.weight": "self_attn.q_a_proj.weight",
+                           "attn_q_a_norm.weight": "self_attn.q_a_layernorm.weight",
+                           "attn_q_b.weight": "self_attn.q_b_proj.weight"})
+        else:
+            simple["attn_q.weight"] = "self_attn.q_proj.weight"
         if i < cfg["first_k_dense_replace"]:
             simple.update({"ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
                            "ffn_down.weight": "mlp.down_proj.weight"})
@@ -128,8 +131,9 @@ def expected_keys(cfg, tok, ftype):
         a + "expert_count": (U, cfg["n_routed_experts"]), a + "expert_used_count": (U, cfg["num_experts_per_tok"]),
         a + "expert_weights_scale": (F, cfg["routed_scaling_factor"]),
         a + "expert_weights_norm": (B, cfg["norm_topk_prob"]), a + "expert_gating_func": (U, 2),
-        a + "nextn_predict_layers": (U, D),
     }
+    if D:
+        k[a + "nextn_predict_layers"] = (U, D)
     rs = cfg.get("rope_scaling")
     if rs:
         k.update({a + "rope.scaling.type": (S, "yarn"), a + "rope.scaling.factor": (F, rs["factor"]),
@@ -270,6 +274,24 @@ def check_bad_input(ferry, work, run_dir):
         print(f"  ok: unknown type refused: {r.stderr.strip()}")
 
 
+def check_plain(ferry, work):
+    """q_proj without LoRA, one group (no group keys), no MTP (no nextn)."""
+    run_dir = make_run(ferry, work, config=PLAIN, steps=20, name="plain")
+    cfg = json.load(open(os.path.join(run_dir, "config.json")))
+    tok = json.load(open(os.path.join(run_dir, "tokenizer.json")))
+    want = expected_tensors(cfg, ferry_weights(run_dir))
+    for ftype in ("f32", "q8_0"):
+        path = os.path.join(work, f"plain-{ftype}.gguf")
+        r = run([ferry, "convert", "--model", run_dir, "--to", "gguf", "--out", path, "--type", ftype])
+        if r.returncode:
+            fail(f"convert plain {ftype}: {r.stderr.strip()}")
+            continue
+        reader = gguf.GGUFReader(path)
+        check_keys(path, reader, expected_keys(cfg, tok, ftype))
+        check_tensors(path, reader, want, ftype)
+        print(f"  plain {ftype}: {len(reader.fields)} keys, {len(reader.tensors)} tensors")
+
+
 def check_yarn(ferry, work):
     """A YaRN model: the rope.scaling keys; a YaRN llama.cpp computes
     differently (mscale != mscale_all_dim) is refused."""
@@ -320,6 +342,7 @@ def main():
         print(f"  {ftype}: {len(reader.fields)} keys, {len(reader.tensors)} tensors, {os.path.getsize(path)} bytes"
               + (f", {nf} matrices F16 (rows not whole blocks)" if nf else ""))
     check_yarn(ferry, a.work)
+    check_plain(ferry, a.work)
     left = [p for p in glob.glob(os.path.join(a.work, "*.tmp.*"))]
     if left:
         fail(f"temporary files left: {left}")

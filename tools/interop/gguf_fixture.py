@@ -30,6 +30,11 @@ TINY = {
 YARN = dict(TINY, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                                 "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707})
 
+# The other branches: plain q_proj (q_lora_rank null), one expert group, no
+# MTP, unnormalised top-k weights, two dense layers.
+PLAIN = dict(TINY, q_lora_rank=None, n_group=1, topk_group=1, num_nextn_predict_layers=0, norm_topk_prob=False,
+             routed_scaling_factor=1.0, first_k_dense_replace=2, num_hidden_layers=4)
+
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
