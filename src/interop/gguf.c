@@ -148,46 +148,51 @@ static int plan_build(const fy_host_model *h, fy_gguf_type type, fy_gguf_plan *p
 
 /* ---- values and the file ----------------------------------------------- */
 
-/* The tensor's values in ggml order (ne[0] fastest) into dst. */
-static void gather(const fy_host_model *h, const fy_gguf_tensor *t, float *dst) {
+/* Slab i2 of the tensor (ne[0] * ne[1] values, ne[0] fastest) into dst:
+ * 3-D tensors (stacked experts, k_b / v_b per head) go one slab at a time. */
+static void gather(const fy_host_model *h, const fy_gguf_tensor *t, uint64_t i2, float *dst) {
     const float *s = (t->from_buffers ? h->buffers : h->params) + t->off;
-    uint64_t n0 = t->ne[0], n1 = t->ne[1], n2 = t->ne[2];
+    uint64_t n0 = t->ne[0], n1 = t->ne[1];
     if (t->src == FY_GS_COPY) {
-        memcpy(dst, s, n0 * n1 * n2 * sizeof *dst);
+        memcpy(dst, s + i2 * n0 * n1, n0 * n1 * sizeof *dst);
     } else if (t->src == FY_GS_STACK) {
-        for (uint64_t e = 0; e < n2; e++) memcpy(dst + e * n0 * n1, s + e * t->stride, n0 * n1 * sizeof *dst);
+        memcpy(dst, s + i2 * t->stride, n0 * n1 * sizeof *dst);
     } else {
-        /* kv_b_proj [H * (dn + dv), r]; head hh's rows start at hh * (dn + dv). */
+        /* kv_b_proj [H * (dn + dv), r]; head i2's rows start at i2 * (dn + dv). */
         size_t r = t->src == FY_GS_KB ? n1 : n0, rows = (size_t)(t->dn + t->dv);
-        for (uint64_t hh = 0; hh < n2; hh++)
-            for (uint64_t a = 0; a < n1; a++)
-                for (uint64_t b = 0; b < n0; b++)
-                    dst[(hh * n1 + a) * n0 + b] = t->src == FY_GS_KB
-                                                      ? s[(hh * rows + b) * r + a]             /* k_b[h][i=a][j=b] */
-                                                      : s[(hh * rows + t->dn + a) * r + b];    /* v_b[h][j=a][i=b] */
+        const float *hd = s + i2 * rows * r;
+        for (uint64_t a = 0; a < n1; a++)
+            for (uint64_t b = 0; b < n0; b++)
+                dst[a * n0 + b] = t->src == FY_GS_KB ? hd[b * r + a]             /* k_b[i=a][j=b] = kv_b[j][i] */
+                                                     : hd[(t->dn + a) * r + b];  /* v_b[j=a][i=b] = kv_b[dn+j][i] */
     }
 }
 
 static int write_data(const fy_host_model *h, fy_gguf_plan *p, fy_atomic_file *a, fy_err *err) {
     uint64_t most = 0, most_bytes = 0;
     for (int k = 0; k < p->n; k++) {
-        uint64_t n = p->t[k].ne[0] * p->t[k].ne[1] * p->t[k].ne[2];
+        const fy_gguf_tensor *t = &p->t[k];
+        uint64_t n = t->ne[0] * t->ne[1], nb = fy_gguf_row_bytes(t->type, t->ne[0]) * t->ne[1];
         if (n > most) most = n;
-        if (p->t[k].bytes > most_bytes) most_bytes = p->t[k].bytes;
+        if (nb > most_bytes) most_bytes = nb;
     }
     float *x = malloc((size_t)most * sizeof *x);
     uint8_t *y = malloc((size_t)most_bytes + FY_GGUF_ALIGN);
+    static const uint8_t zero[FY_GGUF_ALIGN];
     int rc = -1;
     if (!x || !y) { fy_fail(err, "out of memory encoding GGUF tensors"); goto done; }
     for (int k = 0; k < p->n; k++) {
         fy_gguf_tensor *t = &p->t[k];
-        gather(h, t, x);
-        size_t rb = fy_gguf_row_bytes(t->type, t->ne[0]), rows = (size_t)(t->ne[1] * t->ne[2]);
-        for (size_t r = 0; r < rows; r++) fy_gguf_encode_row(t->type, x + r * t->ne[0], t->ne[0], y + r * rb);
-        t->sum = fy_gguf_fnv(FY_GGUF_FNV_INIT, y, (size_t)t->bytes);
+        size_t rb = fy_gguf_row_bytes(t->type, t->ne[0]), slab = rb * (size_t)t->ne[1];
+        t->sum = FY_GGUF_FNV_INIT;
+        for (uint64_t i2 = 0; i2 < t->ne[2]; i2++) {
+            gather(h, t, i2, x);
+            for (size_t r = 0; r < t->ne[1]; r++) fy_gguf_encode_row(t->type, x + r * t->ne[0], t->ne[0], y + r * rb);
+            t->sum = fy_gguf_fnv(t->sum, y, slab);
+            if (fy_atomic_write(a, y, slab, err)) goto done;
+        }
         size_t pad = (size_t)((FY_GGUF_ALIGN - t->bytes % FY_GGUF_ALIGN) % FY_GGUF_ALIGN);
-        memset(y + t->bytes, 0, pad);
-        if (fy_atomic_write(a, y, (size_t)t->bytes + pad, err)) goto done;
+        if (pad && fy_atomic_write(a, zero, pad, err)) goto done;
     }
     rc = 0;
 done:
