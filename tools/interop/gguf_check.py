@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from gguf_fixture import PLAIN, YARN, ferry_weights, make_run
+from gguf_fixture import PLAIN, YARN, ferry_weights, make_run, rewrite_weights
 
 try:
     import gguf
@@ -198,14 +198,21 @@ def check_keys(path, reader, want):
             fail(f"{path}: key {name} = {shown!r}, expected {val if vt != VT.ARRAY else len(val[1])!r}")
 
 
-def block_error_ok(x, deq, qt):
-    """|x - deq| within what one block's scale allows."""
+def block_error_ok(x, raw, deq, qt):
+    """|x - deq| within what each block's stored f16 scale d16 allows:
+    half a step (q4_0: a whole step at the clipped +8 end) plus the scale's
+    own rounding (|q| <= 127, resp. 8, times |d - d16|, d the exact scale;
+    a d below f16's range is stored as 0)."""
+    per = 34 if qt == QT.Q8_0 else 18
+    d16 = np.abs(np.asarray(raw).view(np.uint8).reshape(-1, per)[:, :2].copy().view(np.float16).astype(np.float64))
     xb = x.reshape(-1, 32).astype(np.float64)
     db = deq.reshape(-1, 32).astype(np.float64)
     amax = np.abs(xb).max(axis=1, keepdims=True)
-    step = amax / 127 * 0.5 if qt == QT.Q8_0 else amax / 8  # q4_0: the clipped +8 end costs a whole step
-    bound = step + amax * 2.0 ** -10 + 1e-12                  # the scale itself is an f16
-    return bool(np.all(np.abs(xb - db) <= bound)), float(np.max(np.abs(xb - db)))
+    d = amax / 127 if qt == QT.Q8_0 else amax / 8
+    qmax = 127 if qt == QT.Q8_0 else 8
+    bound = (0.5 if qt == QT.Q8_0 else 1.0) * d16 + qmax * np.abs(d - d16) + 1e-12 * amax
+    err = np.abs(xb - db).max(axis=1, keepdims=True)
+    return bool(np.all(err <= bound * (1 + 1e-6))), float(np.max(err - bound))
 
 
 def check_tensors(path, reader, want, ftype):
@@ -239,12 +246,15 @@ def check_tensors(path, reader, want, ftype):
         deq = gguf.quants.dequantize(raw, qt).reshape(x.shape)
         if qt in (QT.F16, QT.BF16):
             tol = 2.0 ** -11 if qt == QT.F16 else 2.0 ** -8
-            if not np.all(np.abs(deq - x) <= np.abs(x) * tol + (6e-8 if qt == QT.F16 else 0)):
+            big = np.abs(x) >= 65520 if qt == QT.F16 else np.zeros(x.shape, bool)   # F16 overflows to inf
+            if not np.all(np.isinf(deq[big]) & (np.sign(deq[big]) == np.sign(x[big]))):
+                fail(f"{path}: {name}: F16 of a value beyond 65504 is not infinity")
+            if not np.all(np.abs(deq - x)[~big] <= (np.abs(x) * tol + (2.0 ** -25 if qt == QT.F16 else 0))[~big]):
                 fail(f"{path}: {name}: {qt.name} values beyond half an ulp of ferry's")
         else:
-            ok, worst = block_error_ok(x, deq, qt)
+            ok, worst = block_error_ok(x, raw, deq, qt)
             if not ok:
-                fail(f"{path}: {name}: {qt.name} dequantized values off by {worst:g}")
+                fail(f"{path}: {name}: {qt.name} dequantized values beyond the block bound by {worst:g}")
     return n_fallback
 
 
@@ -272,6 +282,48 @@ def check_bad_input(ferry, work, run_dir):
         fail(f"unknown --type: rc {r.returncode}, stderr {r.stderr!r}")
     else:
         print(f"  ok: unknown type refused: {r.stderr.strip()}")
+
+
+def edge_rows(d):
+    """Rows of d values (blocks of 32) at the encoders' edges."""
+    def row(vals):
+        r = np.zeros(d, np.float32)
+        r[:len(vals)] = vals
+        return r
+    t = 2.0 ** -24  # the smallest f16 subnormal
+    return [
+        # f16: the largest half, the tie to 65536 (inf), beyond; subnormals and their ties
+        row([65504, 65519.99, 65520, 70000, -70000, t, t / 2, 3 * t / 4, 1.5 * t, 2.5 * t, 1e-10, -t / 2,
+             6.1e-5, 2.0 ** -14 * (1 + 2.0 ** -11), 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, -(1 + 2.0 ** -11)]),
+        row([]),                                                        # all-zero blocks: scale 0
+        row([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 63.5,     # q8_0 ties (d = 1): away from 0
+             0.5 - 2.0 ** -25, -(0.5 - 2.0 ** -25), 2.5 - 2.0 ** -22]),  # just below a tie: roundf, not floor(x+0.5)
+        row([-8, 0.5, -0.5, 1.5, 7.5, -7.5, 7.0, 8.0, -3.5, 3.5]),     # q4_0 (d = 1): ties and the clipped +8
+        row([-3, 3, 1, -1, 2.9999, -0.001]),                          # equal magnitudes: the first one is max
+        np.linspace(-1e-6, 1e-6, d, dtype=np.float32),                # scales that are f16 subnormals
+        np.linspace(-5e5, 3e5, d, dtype=np.float32),                  # large scales
+    ]
+
+
+def check_edges(ferry, work, run_dir):
+    """The encoders at their edges: rows of chosen values put into the
+    embedding of a copy of the run, exported as f16, bf16, q8_0 and q4_0."""
+    def change(w):
+        e = w["model.embed_tokens.weight"]
+        for i, r in enumerate(edge_rows(e.shape[1])):
+            e[i] = r
+    edge = rewrite_weights(run_dir, os.path.join(work, "edge"), change)
+    cfg = json.load(open(os.path.join(edge, "config.json")))
+    want = expected_tensors(cfg, ferry_weights(edge))
+    for ftype in ("f16", "bf16", "q8_0", "q4_0"):
+        path = os.path.join(work, f"edge-{ftype}.gguf")
+        r = run([ferry, "convert", "--model", edge, "--to", "gguf", "--out", path, "--type", ftype])
+        if r.returncode:
+            fail(f"convert edge {ftype}: {r.stderr.strip()}")
+            continue
+        n = len(failures)
+        check_tensors(path, gguf.GGUFReader(path), want, ftype)
+        print(f"  edge values {ftype}: {'as gguf.quants' if len(failures) == n else 'DIFFER'}")
 
 
 def check_plain(ferry, work):
@@ -341,6 +393,7 @@ def main():
         nf = check_tensors(path, reader, want_t, ftype)
         print(f"  {ftype}: {len(reader.fields)} keys, {len(reader.tensors)} tensors, {os.path.getsize(path)} bytes"
               + (f", {nf} matrices F16 (rows not whole blocks)" if nf else ""))
+    check_edges(ferry, a.work, run_dir)
     check_yarn(ferry, a.work)
     check_plain(ferry, a.work)
     left = [p for p in glob.glob(os.path.join(a.work, "*.tmp.*"))]

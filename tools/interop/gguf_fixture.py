@@ -79,3 +79,69 @@ def ferry_weights(run_dir):
     from safetensors.numpy import load_file
     latest = open(os.path.join(run_dir, "checkpoints", "LATEST")).read().strip()
     return load_file(os.path.join(run_dir, "checkpoints", latest, "model.safetensors"))
+
+
+# ---- a run with chosen weights (edge values for the encoders) -------------
+
+_P1, _P2, _P3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+_P4, _P5, _M = 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5, (1 << 64) - 1
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M
+
+
+def _round(acc, v):
+    return (_rotl((acc + v * _P2) & _M, 31) * _P1) & _M
+
+
+def xxh64(data, seed=0):
+    """xxHash64 (the checksum ferry's checkpoint MANIFEST.json records)."""
+    import struct
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M, (seed + _P2) & _M, seed, (seed - _P1) & _M]
+        while i + 32 <= n:
+            for k in range(4):
+                v[k] = _round(v[k], struct.unpack_from("<Q", data, i + 8 * k)[0])
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M
+        for k in range(4):
+            h = ((h ^ _round(0, v[k])) * _P1 + _P4) & _M
+    else:
+        h = (seed + _P5) & _M
+    h = (h + n) & _M
+    while i + 8 <= n:
+        h = (_rotl(h ^ _round(0, struct.unpack_from("<Q", data, i)[0]), 27) * _P1 + _P4) & _M
+        i += 8
+    if i + 4 <= n:
+        h = (_rotl(h ^ (struct.unpack_from("<I", data, i)[0] * _P1 & _M), 23) * _P2 + _P3) & _M
+        i += 4
+    while i < n:
+        h = (_rotl(h ^ (data[i] * _P5 & _M), 11) * _P1) & _M
+        i += 1
+    h = ((h ^ (h >> 33)) * _P2) & _M
+    h = ((h ^ (h >> 29)) * _P3) & _M
+    return h ^ (h >> 32)
+
+
+def rewrite_weights(run_dir, new_dir, change):
+    """A copy of run_dir whose latest checkpoint holds change(weights) (a
+    dict name -> float32 array, edited in place), its MANIFEST.json entry
+    for model.safetensors updated (bytes, xxh64)."""
+    from safetensors.numpy import save_file
+    shutil.copytree(run_dir, new_dir)
+    latest = open(os.path.join(new_dir, "checkpoints", "LATEST")).read().strip()
+    ck = os.path.join(new_dir, "checkpoints", latest)
+    w = dict(ferry_weights(new_dir))
+    change(w)
+    path = os.path.join(ck, "model.safetensors")
+    save_file(w, path)
+    data = open(path, "rb").read()
+    man = json.load(open(os.path.join(ck, "MANIFEST.json")))
+    entry = man["files"]["model.safetensors"]
+    entry.pop("tensors", None)
+    entry["bytes"], entry["xxh64"] = len(data), f"{xxh64(data):016x}"
+    with open(os.path.join(ck, "MANIFEST.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    return new_dir
