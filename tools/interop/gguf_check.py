@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from gguf_fixture import PLAIN, YARN, ferry_weights, make_run, rewrite_weights
+from gguf_fixture import PLAIN, YARN, edge_run, ferry_weights, make_run
 
 try:
     import gguf
@@ -284,35 +284,10 @@ def check_bad_input(ferry, work, run_dir):
         print(f"  ok: unknown type refused: {r.stderr.strip()}")
 
 
-def edge_rows(d):
-    """Rows of d values (blocks of 32) at the encoders' edges."""
-    def row(vals):
-        r = np.zeros(d, np.float32)
-        r[:len(vals)] = vals
-        return r
-    t = 2.0 ** -24  # the smallest f16 subnormal
-    return [
-        # f16: the largest half, the tie to 65536 (inf), beyond; subnormals and their ties
-        row([65504, 65519.99, 65520, 70000, -70000, t, t / 2, 3 * t / 4, 1.5 * t, 2.5 * t, 1e-10, -t / 2,
-             6.1e-5, 2.0 ** -14 * (1 + 2.0 ** -11), 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, -(1 + 2.0 ** -11)]),
-        row([]),                                                        # all-zero blocks: scale 0
-        row([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 63.5,     # q8_0 ties (d = 1): away from 0
-             0.5 - 2.0 ** -25, -(0.5 - 2.0 ** -25), 2.5 - 2.0 ** -22]),  # just below a tie: roundf, not floor(x+0.5)
-        row([-8, 0.5, -0.5, 1.5, 7.5, -7.5, 7.0, 8.0, -3.5, 3.5]),     # q4_0 (d = 1): ties and the clipped +8
-        row([-3, 3, 1, -1, 2.9999, -0.001]),                          # equal magnitudes: the first one is max
-        np.linspace(-1e-6, 1e-6, d, dtype=np.float32),                # scales that are f16 subnormals
-        np.linspace(-5e5, 3e5, d, dtype=np.float32),                  # large scales
-    ]
-
-
 def check_edges(ferry, work, run_dir):
     """The encoders at their edges: rows of chosen values put into the
     embedding of a copy of the run, exported as f16, bf16, q8_0 and q4_0."""
-    def change(w):
-        e = w["model.embed_tokens.weight"]
-        for i, r in enumerate(edge_rows(e.shape[1])):
-            e[i] = r
-    edge = rewrite_weights(run_dir, os.path.join(work, "edge"), change)
+    edge = edge_run(run_dir, os.path.join(work, "edge"))
     cfg = json.load(open(os.path.join(edge, "config.json")))
     want = expected_tensors(cfg, ferry_weights(edge))
     for ftype in ("f16", "bf16", "q8_0", "q4_0"):

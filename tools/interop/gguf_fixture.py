@@ -145,3 +145,35 @@ def rewrite_weights(run_dir, new_dir, change):
     with open(os.path.join(ck, "MANIFEST.json"), "w") as f:
         json.dump(man, f, indent=1)
     return new_dir
+
+
+def edge_rows(d):
+    """Rows of d values (blocks of 32) at the encoders' edges."""
+    import numpy as np
+    def row(vals):
+        r = np.zeros(d, np.float32)
+        r[:len(vals)] = vals
+        return r
+    t = 2.0 ** -24  # the smallest f16 subnormal
+    return [
+        # f16: the largest half, the tie to 65536 (inf), beyond; subnormals and their ties
+        row([65504, 65519.99, 65520, 70000, -70000, t, t / 2, 3 * t / 4, 1.5 * t, 2.5 * t, 1e-10, -t / 2,
+             6.1e-5, 2.0 ** -14 * (1 + 2.0 ** -11), 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, -(1 + 2.0 ** -11)]),
+        row([]),                                                        # all-zero blocks: scale 0
+        row([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 63.5,     # q8_0 ties (d = 1): away from 0
+             0.5 - 2.0 ** -25, -(0.5 - 2.0 ** -25), 2.5 - 2.0 ** -22]),  # just below a tie: roundf, not floor(x+0.5)
+        row([-8, 0.5, -0.5, 1.5, 7.5, -7.5, 7.0, 8.0, -3.5, 3.5]),     # q4_0 (d = 1): ties and the clipped +8
+        row([-3, 3, 1, -1, 2.9999, -0.001]),                          # equal magnitudes: the first one is max
+        np.linspace(-1e-6, 1e-6, d, dtype=np.float32),                # scales that are f16 subnormals
+        np.linspace(-5e5, 3e5, d, dtype=np.float32),                  # large scales
+    ]
+
+
+
+def edge_run(run_dir, new_dir):
+    """run_dir's copy with edge_rows as the embedding's first rows."""
+    def change(w):
+        e = w["model.embed_tokens.weight"]
+        for i, r in enumerate(edge_rows(e.shape[1])):
+            e[i] = r
+    return rewrite_weights(run_dir, new_dir, change)

@@ -23,6 +23,12 @@ NEAR_TIE times the median gap of the run (a layout error gives confident
 wrong tokens, not near ties). The corpus picks nouns and verbs uniformly,
 so after "the" several tokens are near-tied by construction.
 
+Also: the tiny model with chosen edge values in its embedding
+(gguf_fixture.edge_rows), exported f32 and f16/bf16/q8_0/q4_0; every
+tensor of the latter must equal, byte for byte, what ggml itself
+(ggml_quantize_chunk in the libggml-base just built, through ctypes) makes
+of the f32 file's same tensor.
+
 Skips (exit 77) with a line when no llama_ids is built.
 
 Usage: gguf_llamacpp.py --llamacpp CACHE_DIR [--n 64] --ferry PATH --work DIR
@@ -35,7 +41,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gguf_fixture import PLAIN, YARN, make_run, run  # noqa: E402
+from gguf_fixture import PLAIN, YARN, edge_run, make_run, run  # noqa: E402
 
 PROMPTS = ["the king", "a shepherd spoke by the river", "every servant waited near the city, and the lamb"]
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
@@ -56,6 +62,47 @@ def agree(a, b):
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
+GGML_IDS = {"f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+
+
+def check_ggml_bytes(cache, ferry, work, run_dir, problems):
+    """ferry's encodings against ggml's own quantizer, tensor by tensor."""
+    import ctypes
+
+    import numpy as np
+    from gguf import GGUFReader
+    lib = ctypes.CDLL(os.path.join(cache, "build", "bin", "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    edge = edge_run(run_dir, os.path.join(work, "edge"))
+    paths = {}
+    for t in ["f32"] + list(GGML_IDS):
+        paths[t] = os.path.join(work, f"edge-{t}.gguf")
+        r = run([ferry, "convert", "--model", edge, "--to", "gguf", "--out", paths[t], "--type", t])
+        if r.returncode:
+            return problems.append(f"edge: convert --type {t}: {r.stderr.strip()}")
+    src = {x.name: np.ascontiguousarray(np.asarray(x.data, dtype=np.float32)) for x in GGUFReader(paths["f32"]).tensors}
+    for t, gid in GGML_IDS.items():
+        n_same = n_checked = 0
+        for x in GGUFReader(paths[t]).tensors:
+            if x.tensor_type.name == "F32":
+                continue
+            f = src[x.name]
+            n_per_row = int(x.shape[0])
+            rows = f.size // n_per_row
+            ours = np.asarray(x.data).view(np.uint8).ravel()
+            ref = np.zeros(ours.size, np.uint8)
+            got = lib.ggml_quantize_chunk(int(x.tensor_type), f.ctypes.data, ref.ctypes.data, 0, rows, n_per_row, None)
+            n_checked += 1
+            if got == ours.size and np.array_equal(ours, ref):
+                n_same += 1
+            else:
+                problems.append(f"edge {t}: {x.name} ({x.tensor_type.name}): {int(np.sum(ours != ref))} bytes differ "
+                                f"from ggml_quantize_chunk")
+        print(f"  ggml_quantize_chunk: {t}: {n_same}/{n_checked} tensors byte-identical (edge values in token_embd)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llamacpp", required=True, help="cache dir of tools/llamacpp/check.sh")
@@ -74,6 +121,7 @@ def main():
             ("yarn", make_run(ferry, a.work, config=YARN, steps=300, name="yarn"), ["f32", "f16"]),
             ("plain", make_run(ferry, a.work, config=PLAIN, steps=300, name="plain"), ["f32"])]
     problems = []
+    check_ggml_bytes(a.llamacpp, ferry, a.work, runs[0][1], problems)
     for model, run_dir, types in runs:
         print(f"== {model}: {os.path.basename(run_dir)}")
         compare(ferry, llama_ids, a, model, run_dir, types, problems)
