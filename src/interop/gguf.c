@@ -76,9 +76,11 @@ static void plan_attn(planner *P, const fy_config *c, const fy_layer_offs *L, in
     }
     MAT(L->kv_a, d, r + (uint64_t)c->qk_rope_head_dim, "blk.%d.attn_kv_a_mqa.weight");
     VEC(L->kv_a_norm, r, "blk.%d.attn_kv_a_norm.weight");
+    /* Each pointer is used before the next add, which may move the table. */
     fy_gguf_tensor *kb = add(P, 1, FY_GS_KB, L->kv_b, (uint64_t)c->qk_nope_head_dim, r, H, "blk.%d.attn_k_b.weight", i);
+    if (kb) kb->dn = c->qk_nope_head_dim, kb->dv = c->v_head_dim;
     fy_gguf_tensor *vb = add(P, 1, FY_GS_VB, L->kv_b, r, (uint64_t)c->v_head_dim, H, "blk.%d.attn_v_b.weight", i);
-    if (kb) kb->dn = vb->dn = c->qk_nope_head_dim, kb->dv = vb->dv = c->v_head_dim;
+    if (vb) vb->dn = c->qk_nope_head_dim, vb->dv = c->v_head_dim;
     MAT(L->o, H * (uint64_t)c->v_head_dim, d, "blk.%d.attn_output.weight");
     VEC(L->ffn_norm, d, "blk.%d.ffn_norm.weight");
 }
