@@ -5,8 +5,8 @@ for llama.cpp").
 Trains the tiny model of gguf_fixture.py, exports it as f32, f16, bf16,
 q8_0 and q4_0, and for a few prompts compares the greedy token ids of
 `ferry generate --temperature 0 --print-ids` with those of llama_ids
-(tools/llamacpp/llama_ids.c, built against libllama by
-tools/llamacpp/check.sh): the prompt's ids (llama.cpp's gpt2 tokenizer on
+(tools/llamacpp/llama_ids.c, compiled here against the libllama that
+tools/llamacpp/check.sh built in CACHE_DIR): the prompt's ids (llama.cpp's gpt2 tokenizer on
 ferry's vocabulary and merges) and N new tokens, llama.cpp's KV cache f32,
 flash attention off.
 
@@ -29,7 +29,7 @@ tensor of the latter must equal, byte for byte, what ggml itself
 (ggml_quantize_chunk in the libggml-base just built, through ctypes) makes
 of the f32 file's same tensor.
 
-Skips (exit 77) with a line when no llama_ids is built.
+Skips (exit 77) with a line when CACHE_DIR holds no such build.
 
 Usage: gguf_llamacpp.py --llamacpp CACHE_DIR [--n 64] --ferry PATH --work DIR
 """
@@ -103,6 +103,29 @@ def check_ggml_bytes(cache, ferry, work, run_dir, problems):
         print(f"  ggml_quantize_chunk: {t}: {n_same}/{n_checked} tensors byte-identical (edge values in token_embd)")
 
 
+def build_llama_ids(cache, work):
+    """Compiles tools/llamacpp/llama_ids.c against the build check.sh left
+    in cache (build/bin/libllama.so, build/source.txt naming the unpacked
+    sdist); None when there is none."""
+    lib = os.path.join(cache, "build", "bin")
+    try:
+        name = open(os.path.join(cache, "build", "source.txt")).read().strip()
+    except OSError:
+        return None
+    src = os.path.join(cache, name, "vendor", "llama.cpp")
+    if not os.path.exists(os.path.join(lib, "libllama.so")) or not os.path.exists(os.path.join(src, "include", "llama.h")):
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = os.path.join(work, "llama_ids")
+    r = run([os.environ.get("CC", "cc"), "-O2", "-std=c11", "-o", out,
+             os.path.join(here, "..", "llamacpp", "llama_ids.c"), "-I" + os.path.join(src, "include"),
+             "-I" + os.path.join(src, "ggml", "include"), "-L" + lib, "-lllama", "-lggml", "-lggml-base",
+             "-Wl,-rpath," + lib])
+    if r.returncode:
+        sys.exit(f"FAIL: compiling llama_ids against {src}: {r.stderr.strip()[-500:]}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llamacpp", required=True, help="cache dir of tools/llamacpp/check.sh")
@@ -110,13 +133,14 @@ def main():
     ap.add_argument("--ferry", required=True)
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
-    llama_ids = os.path.join(a.llamacpp, "llama_ids")
-    if not os.access(llama_ids, os.X_OK):
+    ferry = os.path.abspath(a.ferry)
+    shutil.rmtree(a.work, ignore_errors=True)
+    os.makedirs(a.work)
+    llama_ids = build_llama_ids(a.llamacpp, a.work)
+    if not llama_ids:
         print(f"SKIP: no llama.cpp build at {a.llamacpp} (run tools/llamacpp/check.sh once to build it, "
               "or configure with -DFERRY_LLAMACPP_DIR=DIR)")
         return 77
-    ferry = os.path.abspath(a.ferry)
-    shutil.rmtree(a.work, ignore_errors=True)
     runs = [("tiny", make_run(ferry, a.work, steps=300), TYPES),
             ("yarn", make_run(ferry, a.work, config=YARN, steps=300, name="yarn"), ["f32", "f16"]),
             ("plain", make_run(ferry, a.work, config=PLAIN, steps=300, name="plain"), ["f32"])]

@@ -11,8 +11,8 @@
 #    network) into the cache directory $FERRY_LLAMACPP_DIR, default
 #    ${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp, outside the clone.
 # 2. Builds only libllama and ggml's CPU backend there (reused when present;
-#    the build time is printed and kept in build-seconds.txt), and
-#    llama_ids (tools/llamacpp/llama_ids.c) against it.
+#    the build time is printed and kept in build-seconds.txt); the
+#    comparison compiles llama_ids (tools/llamacpp/llama_ids.c) against it.
 # 3. Unless --build-only: runs tools/interop/gguf_llamacpp.py, which trains
 #    a tiny model, exports f32/f16/bf16/q8_0/q4_0 and compares llama.cpp's
 #    greedy ids (64 tokens, f32 KV cache, flash attention off) with
@@ -58,12 +58,6 @@ if [ ! -f "$build/bin/libllama.so" ] || [ "$(cat "$build/source.txt" 2>/dev/null
 fi
 echo "llama.cpp: $name, built in $(cat "$cache/build-seconds.txt" 2>/dev/null || echo '?') s (configure + libllama, -j$jobs)"
 
-ids=$cache/llama_ids
-if [ ! -x "$ids" ] || [ "$here/tools/llamacpp/llama_ids.c" -nt "$ids" ] || [ "$build/bin/libllama.so" -nt "$ids" ]; then
-  ${CC:-cc} -O2 -std=c11 -o "$ids.tmp" "$here/tools/llamacpp/llama_ids.c" -I"$src/include" -I"$src/ggml/include" \
-    -L"$build/bin" -lllama -lggml -lggml-base -Wl,-rpath,"$build/bin"
-  mv "$ids.tmp" "$ids"
-fi
 [ $build_only = 1 ] && exit 0
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-llamacpp.XXXXXX")
