@@ -135,7 +135,7 @@ def main():
     a = ap.parse_args()
     ferry = os.path.abspath(a.ferry)
     shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
+    os.makedirs(a.work, exist_ok=True)
     llama_ids = build_llama_ids(a.llamacpp, a.work)
     if not llama_ids:
         print(f"SKIP: no llama.cpp build at {a.llamacpp} (run tools/llamacpp/check.sh once to build it, "
