@@ -16,12 +16,15 @@ uint16_t fy_gguf_f32_to_f16(float f) {
     if (a < 0x38800000u) {                               /* below 2^-14: subnormal half */
         if (a < 0x33000000u) return sign;                /* below 2^-25: rounds to 0 (2^-25 ties to even 0) */
         uint32_t m = (a & 0x7fffffu) | 0x800000u;        /* 24-bit significand */
-        int shift = 126 - (int)(a >> 23);                /* 14..24 + ... */
-        /* value = m * 2^(e-150); half subnormal unit = 2^-24: h = m >> (e' ) */
+        /* value = m * 2^(E - 150) with E the biased exponent; in units of
+         * the smallest half subnormal (2^-24) that is m >> (126 - E), 14..24 */
+        int shift = 126 - (int)(a >> 23);
         uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), halfway = 1u << (shift - 1);
         if (rem > halfway || (rem == halfway && (h & 1))) h++;
         return sign | (uint16_t)h;
     }
+    /* normal: rebias the exponent (127 -> 15), keep 10 mantissa bits, round
+     * the 13 dropped ones to nearest even (a carry may reach the exponent) */
     uint32_t h = ((a >> 13) - (112u << 10)), rem = a & 0x1fffu;
     if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
     return sign | (uint16_t)h;
