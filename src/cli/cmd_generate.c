@@ -1,12 +1,16 @@
 /* ferry generate --model DIR --prompt TEXT: loads a trained model (common.c)
- * and streams its continuation of the prompt to stdout (serve/generate.h). */
+ * and streams its continuation of the prompt to stdout (serve/generate.h);
+ * --print-ids prints token ids instead of text, to compare with other
+ * engines (llama.cpp, docs/INTEROP.md). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "model/decode.h"
 #include "serve/generate.h"
+#include "serve/sampler.h"
 
 static void print_text(const char *text, size_t n, void *ctx) {
     (void)ctx;
@@ -14,9 +18,54 @@ static void print_text(const char *text, size_t n, void *ctx) {
     fflush(stdout);
 }
 
+static void print_list(const char *label, const int32_t *ids, int n) {
+    printf("%s", label);
+    for (int i = 0; i < n; i++) printf(" %d", (int)ids[i]);
+    printf("\n");
+}
+
+/* Same tokens as fy_generate (no <|bos|>, stop at <|eos|>, which is not
+ * printed), printed as two lines: "prompt: ID..." and "ids: ID...". */
+static int generate_ids(fy_model *m, const fy_tokenizer *tok, const char *prompt, const fy_gen_opts *o,
+                        fy_err *err) {
+    int V = m->cfg.vocab_size, rc = -1, n_out = 0;
+    int32_t *ids = NULL, *out = NULL;
+    size_t n = 0;
+    float *logits = malloc((size_t)V * sizeof *logits);
+    void *scratch = malloc(fy_sample_scratch_size(V));
+    fy_kv_cache cache = {0};
+    if (!logits || !scratch) { fy_fail(err, "out of memory"); goto done; }
+    if (fy_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n, err)) goto done;
+    if (n == 0 || (int)n > m->cfg.max_position_embeddings) {
+        fy_fail(err, "the prompt has %zu tokens: needs 1 to max_position_embeddings %d", n, m->cfg.max_position_embeddings);
+        goto done;
+    }
+    int cap = (int)n + o->max_new_tokens;
+    if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
+    if (!(out = malloc((size_t)o->max_new_tokens * sizeof *out + 1))) { fy_fail(err, "out of memory"); goto done; }
+    if (fy_kv_cache_create(&cache, m, cap, err) || fy_model_prefill(m, &cache, ids, (int)n, logits, err)) goto done;
+    for (int i = 0; i < o->max_new_tokens; i++) {
+        int32_t next = fy_sample(&o->sampler, logits, V, (uint64_t)cache.len, scratch);
+        if (next == fy_tokenizer_eos(tok)) break;
+        out[n_out++] = next;
+        if (i + 1 == o->max_new_tokens || cache.len >= cache.cap) break;
+        if (fy_model_decode(m, &cache, next, logits, err)) goto done;
+    }
+    print_list("prompt:", ids, (int)n);
+    print_list("ids:", out, n_out);
+    rc = 0;
+done:
+    fy_kv_cache_free(&cache, m);
+    free(ids);
+    free(out);
+    free(logits);
+    free(scratch);
+    return rc;
+}
+
 int fy_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0;
+    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -29,6 +78,9 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--stop", NULL, FY_ARG_STR, &stop, "TEXT", "stop when this text is generated", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
         {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "decode weights: f32 (default) or q8_0 (int8, 3.6x fewer bytes)", 0, 0, 0},
+        {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
+         "print token ids, not text: a line 'prompt: ID...' then 'ids: ID...' (the new tokens; <|eos|> ends them, unprinted)",
+         0, 0, 0},
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];
@@ -52,6 +104,11 @@ int fy_cmd_generate(int argc, char **argv) {
         return fy_cli_fail("generate", &err);
     }
     fy_gen_opts o = {n, {(float)temperature, top_k, (float)top_p, (uint64_t)seed}, stop, print_text, NULL};
+    if (print_ids) {
+        int rc = generate_ids(&l.model, l.tok, prompt, &o, &err);
+        fy_cli_unload(&l);
+        return rc ? fy_cli_fail("generate", &err) : 0;
+    }
     fy_gen_result res;
     fputs(prompt, stdout);
     int rc = fy_generate(&l.model, l.tok, prompt, &o, &res, &err);

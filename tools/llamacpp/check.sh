@@ -1,0 +1,65 @@
+#!/bin/sh
+# ferry's GGUF export checked by llama.cpp itself (docs/INTEROP.md, "Out:
+# GGUF for llama.cpp").
+#
+#   tools/llamacpp/check.sh [--build-only] [FERRY_BINARY]
+#
+# 1. Gets llama.cpp's source as the llama-cpp-python sdist vendors it
+#    (pip download --no-deps --no-binary llama-cpp-python llama-cpp-python;
+#    `--no-binary :all:` would also build pip's build backends (scikit-build-core,
+#    hatchling, setuptools, ...) from source, minutes for nothing; no other
+#    network) into the cache directory $FERRY_LLAMACPP_DIR, default
+#    ${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp, outside the clone.
+# 2. Builds only libllama and ggml's CPU backend there (reused when present;
+#    the build time is printed and kept in build-seconds.txt); the
+#    comparison compiles llama_ids (tools/llamacpp/llama_ids.c) against it.
+# 3. Unless --build-only: runs tools/interop/gguf_llamacpp.py, which trains
+#    a tiny model, exports f32/f16/bf16/q8_0/q4_0 and compares llama.cpp's
+#    greedy ids (64 tokens, f32 KV cache, flash attention off) with
+#    `ferry generate --temperature 0 --print-ids`.
+# $PYTHON (default python3) runs pip and the comparison; $JOBS (default 2)
+# is the build's parallelism. ctest's interop_gguf_llamacpp runs step 3 once
+# step 2 has been done.
+set -eu
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${FERRY_LLAMACPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp}
+py=${PYTHON:-python3}
+jobs=${JOBS:-2}
+build_only=0
+if [ "${1:-}" = "--build-only" ]; then build_only=1; shift; fi
+ferry=${1:-$here/build/ferry}
+mkdir -p "$cache/sdist"
+
+sdist=$(ls "$cache"/sdist/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$sdist" ]; then
+  echo "== downloading the llama-cpp-python sdist (vendors llama.cpp) into $cache/sdist"
+  "$py" -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python -d "$cache/sdist"
+  sdist=$(ls "$cache"/sdist/llama_cpp_python-*.tar.gz | sort -V | tail -n 1)
+fi
+name=$(basename "$sdist" .tar.gz)
+src=$cache/$name/vendor/llama.cpp
+if [ ! -f "$src/include/llama.h" ]; then
+  echo "== unpacking $name"
+  tar -xzf "$sdist" -C "$cache"
+fi
+
+build=$cache/build
+if [ ! -f "$build/bin/libllama.so" ] || [ "$(cat "$build/source.txt" 2>/dev/null)" != "$name" ]; then
+  echo "== building libllama (CPU only, -j$jobs) from $name"
+  rm -rf "$build"
+  start=$(date +%s)
+  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_COMMON=OFF -DBUILD_SHARED_LIBS=ON -DGGML_OPENMP=OFF >"$cache/configure.log" 2>&1 ||
+    { tail -n 20 "$cache/configure.log"; exit 1; }
+  cmake --build "$build" --target llama -j "$jobs" >"$cache/build.log" 2>&1 || { tail -n 30 "$cache/build.log"; exit 1; }
+  echo "$name" >"$build/source.txt"
+  echo $(($(date +%s) - start)) >"$cache/build-seconds.txt"
+fi
+echo "llama.cpp: $name, built in $(cat "$cache/build-seconds.txt" 2>/dev/null || echo '?') s (configure + libllama, -j$jobs)"
+
+[ $build_only = 1 ] && exit 0
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-llamacpp.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+"$py" "$here/tools/interop/gguf_llamacpp.py" --llamacpp "$cache" --ferry "$ferry" --work "$work"
