@@ -11,6 +11,14 @@ jobs=$(nproc)
 # transformers; Debian's are too old). Without network they skip.
 py=$(scripts/pyenv.sh) || { echo "test: WARNING: no interop venv; the interop tests will skip"; py=""; }
 
+# llama.cpp's CPU library, built once into the same cache from the
+# llama-cpp-python sdist, so the GGUF export is checked by llama.cpp itself
+# (ctest interop_gguf_llamacpp; it skips when this could not be done).
+if [ -n "$py" ]; then
+  PYTHON="$py" tools/llamacpp/check.sh --build-only ||
+    echo "test: WARNING: llama.cpp could not be built; interop_gguf_llamacpp will skip"
+fi
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFERRY_INTEROP_PYTHON="$py" >/dev/null
 cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
