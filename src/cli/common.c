@@ -12,18 +12,7 @@
 #include "interop/hf.h"
 
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
-    char p[FY_PATH_MAX];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    if (fy_file_exists(p)) {
-        snprintf(run, cap, "%s", dir);
-        return 0;
-    }
-    snprintf(p, sizeof p, "%s/../../config.json", dir);
-    if (fy_file_exists(p)) {
-        snprintf(run, cap, "%s/../..", dir);
-        return 0;
-    }
-    return fy_fail(err, "%s: not a run directory or checkpoint (no config.json)", dir);
+    return fy_host_run_dir(dir, run, cap, err);
 }
 
 const char *fy_cli_ferry_string(const cJSON *config, const char *key) {
@@ -54,20 +43,7 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     if (fy_cli_run_dir(dir, run, sizeof run, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
     if (fy_config_load(p, &cfg, err)) return -1;
-    snprintf(p, sizeof p, "%s/tokenizer.json", run);
-    if (fy_tokenizer_load(p, &out->tok, err)) return -1;
-    /* fewer tokens than embedding rows is fine (DeepSeek-V3: 128815 of 129280) */
-    if (fy_tokenizer_vocab_size(out->tok) > cfg.vocab_size) {
-        fy_fail(err, "%s: vocabulary %d is larger than config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok),
-                cfg.vocab_size);
-        goto fail;
-    }
-    /* the config's bos/eos (an imported model's) are the ones generation uses */
-    if ((cfg.bos_token_id >= 0 || cfg.eos_token_id >= 0) &&
-        fy_tokenizer_set_special(out->tok, cfg.bos_token_id >= 0 ? cfg.bos_token_id : fy_tokenizer_bos(out->tok),
-                                 cfg.eos_token_id >= 0 ? cfg.eos_token_id : fy_tokenizer_eos(out->tok),
-                                 fy_tokenizer_pad(out->tok), err))
-        goto fail;
+    if (fy_host_run_tokenizer(run, &cfg, &out->tok, err)) return -1;
     if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
     if (fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err)) goto fail;
     if (fy_model_create(&out->model, &cfg, out->be, err) ||

@@ -36,9 +36,7 @@ void fy_host_free(fy_host_model *h) {
     memset(h, 0, sizeof *h);
 }
 
-/* The run directory of a run or checkpoint directory (the one with
- * config.json): DIR itself or DIR/../.. */
-static int run_dir_of(const char *dir, char *run, size_t cap, fy_err *err) {
+int fy_host_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
     char p[FY_PATH_MAX + 32];
     snprintf(p, sizeof p, "%s/config.json", dir);
     if (fy_file_exists(p)) return snprintf(run, cap, "%s", dir) >= (int)cap ? fy_fail(err, "%s: path too long", dir) : 0;
@@ -48,28 +46,39 @@ static int run_dir_of(const char *dir, char *run, size_t cap, fy_err *err) {
     return fy_fail(err, "%s: not a ferry run directory or checkpoint (no config.json)", dir);
 }
 
+int fy_host_run_tokenizer(const char *run, const fy_config *cfg, fy_tokenizer **out, fy_err *err) {
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", run);
+    if (fy_tokenizer_load(p, out, err)) return -1;
+    /* fewer tokens than embedding rows is fine (DeepSeek-V3: 128815 of 129280) */
+    if (fy_tokenizer_vocab_size(*out) > cfg->vocab_size) {
+        fy_fail(err, "%s: vocabulary %d is larger than config vocab_size %d", p, fy_tokenizer_vocab_size(*out),
+                cfg->vocab_size);
+        goto fail;
+    }
+    /* the config's bos/eos (an imported model's) are the ones generation uses */
+    if ((cfg->bos_token_id >= 0 || cfg->eos_token_id >= 0) &&
+        fy_tokenizer_set_special(*out, cfg->bos_token_id >= 0 ? cfg->bos_token_id : fy_tokenizer_bos(*out),
+                                 cfg->eos_token_id >= 0 ? cfg->eos_token_id : fy_tokenizer_eos(*out),
+                                 fy_tokenizer_pad(*out), err))
+        goto fail;
+    return 0;
+fail:
+    fy_tokenizer_free(*out);
+    *out = NULL;
+    return -1;
+}
+
 int fy_host_load_run(const char *dir, fy_host_model *out, fy_err *err) {
     char run[FY_PATH_MAX], ckpt[FY_PATH_MAX], p[FY_PATH_MAX + 64];
     fy_config cfg;
     memset(out, 0, sizeof *out);
-    if (run_dir_of(dir, run, sizeof run, err)) return -1;
+    if (fy_host_run_dir(dir, run, sizeof run, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
     if (fy_config_load(p, &cfg, err)) return -1;
     if (fy_ckpt_resolve(dir, ckpt, sizeof ckpt, err)) return -1;
     if (fy_host_alloc(out, &cfg, err)) return -1;
-    snprintf(p, sizeof p, "%s/tokenizer.json", run);
-    if (fy_tokenizer_load(p, &out->tok, err)) goto fail;
-    /* fewer tokens than embedding rows is fine (DeepSeek-V3: 128815 of 129280) */
-    if (fy_tokenizer_vocab_size(out->tok) > cfg.vocab_size) {
-        fy_fail(err, "%s: vocabulary %d is larger than config vocab_size %d", p, fy_tokenizer_vocab_size(out->tok), cfg.vocab_size);
-        goto fail;
-    }
-    /* the config's bos/eos (an imported model's) are the ones generation uses */
-    if ((cfg.bos_token_id >= 0 || cfg.eos_token_id >= 0) &&
-        fy_tokenizer_set_special(out->tok, cfg.bos_token_id >= 0 ? cfg.bos_token_id : fy_tokenizer_bos(out->tok),
-                                 cfg.eos_token_id >= 0 ? cfg.eos_token_id : fy_tokenizer_eos(out->tok),
-                                 fy_tokenizer_pad(out->tok), err))
-        goto fail;
+    if (fy_host_run_tokenizer(run, &cfg, &out->tok, err)) goto fail;
     snprintf(p, sizeof p, "%s/%s", ckpt, FY_CKPT_MODEL);
     fy_st_file *f;
     if (fy_st_open(p, &f, err)) goto fail;

@@ -29,6 +29,12 @@ int fy_host_alloc(fy_host_model *h, const fy_config *c, fy_err *err);
 /* A run directory (the checkpoint LATEST names, verified) or one checkpoint
  * directory inside it: config.json, tokenizer.json and model.safetensors. */
 int fy_host_load_run(const char *run_or_ckpt, fy_host_model *out, fy_err *err);
+/* The run directory of a run or checkpoint directory (the one holding
+ * config.json): DIR itself or DIR/../.. */
+int fy_host_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
+/* run/tokenizer.json, checked against cfg's vocab_size, with cfg's bos/eos
+ * ids (an imported model's) set as its specials. */
+int fy_host_run_tokenizer(const char *run, const fy_config *cfg, fy_tokenizer **out, fy_err *err);
 /* Writes run_dir/config.json, tokenizer.json and checkpoints/step-00000000
  * (optimizer moments zero). run_dir must not hold a config.json yet. */
 int fy_host_save_run(const fy_host_model *h, const char *run_dir, fy_err *err);
