@@ -156,6 +156,19 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return flag == FTW_DP ? rmdir(path) : unlink(path);
 }
 
+/* Reads the run at dir back (checksums verified by the load) and compares
+ * every parameter, buffer and the vocabulary with h, bit for bit. */
+static int check_saved_run(const fy_host_model *h, const char *dir, fy_err *err) {
+    fy_host_model b;
+    if (fy_host_load_run(dir, &b, err)) return fy_wrap(err, "reading back %s", dir);
+    int same = b.tab.n_params == h->tab.n_params && b.tab.n_buffers == h->tab.n_buffers &&
+               !memcmp(b.params, h->params, h->tab.n_params * sizeof *h->params) &&
+               !memcmp(b.buffers, h->buffers, h->tab.n_buffers * sizeof *h->buffers) &&
+               fy_tokenizer_vocab_size(b.tok) == fy_tokenizer_vocab_size(h->tok);
+    fy_host_free(&b);
+    return same ? 0 : fy_fail(err, "%s: read back, it differs from the model written", dir);
+}
+
 int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err) {
     char tmp[FY_PATH_MAX], parent[FY_PATH_MAX];
     size_t n = strlen(out);
@@ -165,7 +178,7 @@ int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err) {
     snprintf(tmp, sizeof tmp, "%.*s.tmp-XXXXXX", (int)n, out);
     if (!mkdtemp(tmp)) return fy_fail(err, "%s: cannot create a temporary directory: %s", tmp, strerror(errno));
     chmod(tmp, 0755);
-    int rc = fy_host_save_run(h, tmp, err);
+    int rc = fy_host_save_run(h, tmp, err) || check_saved_run(h, tmp, err);
     if (!rc && fy_file_exists(out)) rc = fy_fail(err, "%s appeared while it was written: not overwriting it", out);
     if (!rc && rename(tmp, out)) rc = fy_fail(err, "rename %s -> %s: %s", tmp, out, strerror(errno));
     if (rc) {

@@ -39,8 +39,8 @@ int fy_host_run_tokenizer(const char *run, const fy_config *cfg, fy_tokenizer **
  * (optimizer moments zero). run_dir must not hold a config.json yet. */
 int fy_host_save_run(const fy_host_model *h, const char *run_dir, fy_err *err);
 /* The same into a new directory `out` (which must not exist), written under
- * a temporary name beside it and renamed at the end: nothing is left under
- * `out` when it fails. */
+ * a temporary name beside it, read back and compared bit for bit, and
+ * renamed at the end: nothing is left under `out` when it fails. */
 int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err);
 /* Copies params and buffers into m, which was created with h->cfg. */
 int fy_host_to_model(const fy_host_model *h, fy_model *m, fy_err *err);
