@@ -65,6 +65,20 @@ check '"$ferry" train --init-from hf32 --data corpus.txt --batch 4 --seq 32 --ev
   "--init-from with text data (see t.log)"
 check 'cmp -s t/data/tokenizer.json t/tokenizer.json && cmp -s t/tokenizer.json va/tokenizer.json' "text not tokenized with the model's tokenizer"
 
+# --supervise: a restart resumes the run (never --init-from again), and the
+# run killed once ends bit-identical to one never killed.
+S=("${T[@]}" --steps 1500 --ckpt-every 100 --lr 1e-3)
+check '"$ferry" train --init-from hf32 "${S[@]}" --out sref >sref.log 2>&1' "train sref (see sref.log)"
+"$ferry" train --supervise --restart-backoff 0.1 --init-from hf32 "${S[@]}" --out sup >sup.log 2>&1 &
+sup=$!
+for _ in $(seq 1 200); do [ -f sup/checkpoints/LATEST ] && break; sleep 0.02; done
+child=$(pgrep -P $sup | head -1)
+[ -n "$child" ] && kill -KILL "$child"
+wait $sup
+rc=$?
+check '[ $rc -eq 0 ] && [ -s sup/restarts.jsonl ]' "supervised --init-from run: exit $rc, restarted? (see sup.log)"
+check 'cmp -s "$(ck sref 1500)" "$(ck sup 1500)"' "the supervised --init-from run, killed once, differs from sref"
+
 # Refusals: one line each, nothing written.
 refused() { # NAME PATTERN -- command...
   local name=$1 pat=$2; shift 3
