@@ -405,8 +405,10 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         if (fy_backend_create_opts(f.backend, fy_cli_backend_opts(&(fy_backend_opts){0}), &be, err)) return 1;
         fy_backend_destroy(be);
     }
-    if (f.init_from && f.resume)
-        return fy_fail(err, "--init-from with --resume: a resumed run continues from its own checkpoint"), 1;
+    if (f.init_from && f.resume) {
+        fy_fail(err, "--init-from with --resume: a resumed run continues from its own checkpoint");
+        return 1;
+    }
     int rc = 1;
     if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||
         apply_flags(&f, &run, err) || create_backend(&run, &be, err))
