@@ -16,6 +16,7 @@
 #include "ckpt/checkpoint.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "interop/host.h"
 #include "parallel/comm.h"
 #include "train/trainer.h"
 
@@ -27,7 +28,8 @@ static void on_signal(int sig) {
 
 /* The command line; 0 / -1 / NULL: not given. */
 typedef struct train_flags {
-    const char *cfgname, *data, *out, *backend;
+    const char *cfgname, *data, *out, *backend, *init_from;
+    int cfg_set;
     int steps, batch, seq, seed, seed_set, eval_every, ckpt_every, keep;
     int resume, vocab, log_every, stop_after;
     int supervise, max_restarts;
@@ -49,6 +51,7 @@ typedef struct train_run {
     int rank, n_ranks, follower;
     fy_config cfg;
     fy_train_opts o;
+    fy_host_model *init;    /* --init-from: the model whose weights start the run */
 } train_run;
 
 /* Parses the flags: 0, 1 after --help, -1 on a bad flag (err set). */
@@ -62,6 +65,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
     };
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &f->cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
+        {"--init-from", NULL, FY_ARG_STR, &f->init_from, "MODEL", "start from MODEL's config, weights and tokenizer (a ferry run/checkpoint or a Hugging Face dir); fresh optimizer, schedule and step 0", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &f->data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default; --resume: the run's last), opencl, ... (ferry devices)", 0, 0, 0},
@@ -105,6 +109,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
                           pos, 0, &npos, err);
     for (int i = 0; i < nspec; i++)
         if (spec[i].dst == &f->seed) f->seed_set = spec[i].set;
+        else if (spec[i].dst == &f->cfgname) f->cfg_set = spec[i].set;
     return r;
 }
 
@@ -175,6 +180,38 @@ static int load_saved_run(train_run *run, fy_err *err) {
     return 0;
 }
 
+/* fy_train_opts.init_weights for --init-from: the model's weights. */
+static int init_from_host(fy_model *m, void *ctx, fy_err *err) {
+    return fy_host_to_model((const fy_host_model *)ctx, m, err);
+}
+
+/* A new run from --init-from MODEL: its config and tokenizer (saved into
+ * the run; the data is tokenized with it), its weights kept in run->init
+ * for the trainer's first step. Training options start from the defaults. */
+static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
+    if (f->cfg_set) return fy_fail(err, "--init-from %s takes the model's config: --config is refused", f->init_from);
+    if (f->expert_parallel || f->ranks > 1 || run->n_ranks > 1)
+        return fy_fail(err, "--init-from %s: one rank only for now (no --ranks, --expert-parallel)", f->init_from);
+    fy_host_model *h = calloc(1, sizeof *h);
+    if (!h) return fy_fail(err, "out of memory");
+    if (fy_cli_host_load(f->init_from, h, err)) {
+        free(h);
+        return fy_wrap(err, "--init-from %s", f->init_from);
+    }
+    run->init = h;
+    run->cfg = h->cfg;
+    run->o.init_weights = init_from_host;
+    run->o.init_ctx = h;
+    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err) ||
+        fy_mkdir_p(run->run_dir, err))
+        return -1;
+    char path[FY_PATH_MAX + 160];
+    snprintf(path, sizeof path, "%s/tokenizer.json", run->run_dir);
+    if (fy_tokenizer_save(h->tok, path, err)) return -1;
+    printf("initialised from %s: %zu parameters\n", f->init_from, fy_params_count(&h->tab));
+    return 0;
+}
+
 /* A new run: its data, then the model config (built-in or a file) whose
  * vocabulary is the tokenizer's, and the tokenizer copied into the run. */
 static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
@@ -183,7 +220,9 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     if (fy_file_exists(path))
         return fy_fail(err, "%s already holds a run: pass --resume to continue it, or choose another --out",
                        run->run_dir);
-    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, run->data_dir, sizeof run->data_dir, err)) return -1;
+    if (f->init_from) return start_from_model(f, run, err);
+    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, NULL, run->data_dir, sizeof run->data_dir, err))
+        return -1;
     fy_tokenizer *tok;
     snprintf(path, sizeof path, "%s/tokenizer.json", run->data_dir);
     if (fy_tokenizer_load(path, &tok, err)) return -1;
@@ -366,14 +405,23 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         if (fy_backend_create_opts(f.backend, fy_cli_backend_opts(&(fy_backend_opts){0}), &be, err)) return 1;
         fy_backend_destroy(be);
     }
-    if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||
-        apply_flags(&f, &run, err) || create_backend(&run, &be, err))
-        return 1;
-    if (save_config(&run, err)) {
-        fy_backend_destroy(be);
+    if (f.init_from && f.resume) {
+        fy_fail(err, "--init-from with --resume: a resumed run continues from its own checkpoint");
         return 1;
     }
-    return train(&run, be, f.resume, err);
+    int rc = 1;
+    if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||
+        apply_flags(&f, &run, err) || create_backend(&run, &be, err))
+        goto done;
+    if (save_config(&run, err)) {
+        fy_backend_destroy(be);
+        goto done;
+    }
+    rc = train(&run, be, f.resume, err);
+done:
+    if (run.init) fy_host_free(run.init);
+    free(run.init);
+    return rc;
 }
 
 int fy_cmd_train(int argc, char **argv) {

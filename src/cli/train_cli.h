@@ -7,14 +7,19 @@
 #include <stddef.h>
 
 #include "core/err.h"
+#include "io/tokenizer.h"
 #include "parallel/comm.h"
 #include "train/trainer.h"
 
 /* The run's data directory (tokenizer.json + shards) from --data: a prepared
  * shard dir is used as it is; a text file or a directory of *.txt is
  * prepared into RUN_DIR/data; no --data prepares the default corpus (the KJV
- * Bible) once under data/. */
-int fy_cli_train_data(const char *data, const char *run_dir, int vocab, char *data_dir, size_t cap, fy_err *err);
+ * Bible) once under data/. tok (--init-from: the model's) tokenizes the text
+ * instead of a new tokenizer of vocab tokens (the default corpus is then
+ * prepared into RUN_DIR/data), and a prepared shard dir made with another
+ * tokenizer is refused. */
+int fy_cli_train_data(const char *data, const char *run_dir, int vocab, const fy_tokenizer *tok, char *data_dir,
+                      size_t cap, fy_err *err);
 
 /* Reads the training options of a config.json file over *o. */
 int fy_cli_train_opts_load(const char *path, fy_train_opts *o, fy_err *err);

@@ -90,22 +90,47 @@ static int default_corpus(const char *dir, char *txt, size_t cap, fy_err *err) {
     return 0;
 }
 
-/* Makes data_dir hold tokenizer.json + shards for the given text files. */
-static int prepare(const char *data_dir, char **files, int nf, int vocab, fy_err *err) {
+/* Refuses a prepared shard directory whose tokenizer.json is not `want`
+ * (compared as ferry serializes both). */
+static int same_tokenizer(const char *data_dir, const fy_tokenizer *want, fy_err *err) {
     char tokpath[FY_PATH_MAX + 32];
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", data_dir);
-    if (has_shards(data_dir) && fy_file_exists(tokpath)) return 0; /* cached */
+    fy_tokenizer *have;
+    if (fy_tokenizer_load(tokpath, &have, err)) return -1;
+    size_t la, lb;
+    char *a = fy_tokenizer_to_json(have, &la, err), *b = a ? fy_tokenizer_to_json(want, &lb, err) : NULL;
+    int rc = !a || !b ? -1 : 0;
+    if (!rc && (la != lb || memcmp(a, b, la)))
+        rc = fy_fail(err, "%s: the shards were prepared with another tokenizer than the model's "
+                          "(pass the text itself as --data)", tokpath);
+    free(a);
+    free(b);
+    fy_tokenizer_free(have);
+    return rc;
+}
+
+/* Makes data_dir hold tokenizer.json + shards for the given text files,
+ * tokenized with `given` (the model's, kept by the caller) or with a new
+ * tokenizer of `vocab` tokens trained on them. */
+static int prepare(const char *data_dir, char **files, int nf, int vocab, const fy_tokenizer *given, fy_err *err) {
+    char tokpath[FY_PATH_MAX + 32];
+    snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", data_dir);
+    if (has_shards(data_dir) && fy_file_exists(tokpath)) /* cached */
+        return given ? same_tokenizer(data_dir, given, err) : 0;
     if (fy_mkdir_p(data_dir, err)) return -1;
-    printf("training a %d-token byte-level BPE tokenizer on %d file(s)\n", vocab, nf);
-    fflush(stdout);
-    fy_tok_train_opts to = {vocab, 0, 0};
-    fy_tokenizer *tok;
-    if (fy_tokenizer_train_files((const char *const *)files, nf, &to, &tok, err)) return -1;
+    fy_tokenizer *tok = NULL;
+    if (!given) {
+        printf("training a %d-token byte-level BPE tokenizer on %d file(s)\n", vocab, nf);
+        fflush(stdout);
+        fy_tok_train_opts to = {vocab, 0, 0};
+        if (fy_tokenizer_train_files((const char *const *)files, nf, &to, &tok, err)) return -1;
+    }
+    const fy_tokenizer *use = given ? given : tok;
     fy_prepare_opts po;
     fy_prepare_opts_default(&po);
     fy_prepare_stats st;
-    int rc = fy_data_prepare((const char *const *)files, nf, tok, data_dir, &po, &st, err);
-    if (!rc) rc = fy_tokenizer_save(tok, tokpath, err); /* last: marks the data ready */
+    int rc = fy_data_prepare((const char *const *)files, nf, use, data_dir, &po, &st, err);
+    if (!rc) rc = fy_tokenizer_save(use, tokpath, err); /* last: marks the data ready */
     fy_tokenizer_free(tok);
     if (!rc)
         printf("data: %llu train tokens, %llu validation tokens in %s\n",
@@ -189,23 +214,27 @@ static int text_files(const char *data, char **files, int *n, fy_err *err) {
     return 0;
 }
 
-int fy_cli_train_data(const char *data, const char *run_dir, int vocab, char *data_dir, size_t cap, fy_err *err) {
+int fy_cli_train_data(const char *data, const char *run_dir, int vocab, const fy_tokenizer *tok, char *data_dir,
+                      size_t cap, fy_err *err) {
     if (data && is_dir(data) && has_shards(data)) {
         snprintf(data_dir, cap, "%s", data);
-        return 0;
+        return tok ? same_tokenizer(data, tok, err) : 0;
     }
     char *files[MAX_TEXT_FILES];
     int nf = 0, rc;
     if (data) {
         snprintf(data_dir, cap, "%s/data", run_dir);
-        rc = text_files(data, files, &nf, err) || prepare(data_dir, files, nf, vocab, err) ? -1 : 0;
+        rc = text_files(data, files, &nf, err) || prepare(data_dir, files, nf, vocab, tok, err) ? -1 : 0;
     } else {
         char txt[FY_PATH_MAX];
-        snprintf(data_dir, cap, "data/kjv-v%d", vocab);
+        /* The shared cache holds the corpus with a tokenizer of its own;
+         * a model's tokenizer prepares it inside the run. */
+        if (tok) snprintf(data_dir, cap, "%s/data", run_dir);
+        else snprintf(data_dir, cap, "data/kjv-v%d", vocab);
         rc = default_corpus("data", txt, sizeof txt, err);
         if (!rc) {
             files[nf++] = strdup(txt);
-            rc = prepare(data_dir, files, nf, vocab, err);
+            rc = prepare(data_dir, files, nf, vocab, tok, err);
         }
     }
     for (int i = 0; i < nf; i++) free(files[i]);

@@ -82,8 +82,13 @@ int fy_cli_train_supervised(int argc, char **argv, const fy_cli_supervise_args *
     first[0] = "ferry";
     first[1] = "train";
     n += child_flags(argc, argv, first + 2, &fc, &has_ranks);
-    memcpy(again, first, n * sizeof *first);
-    int m = n;
+    /* A restart resumes the run: --init-from started it and is not repeated. */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int f = flag_form(first[i], "--init-from");
+        if (f == 2 && i + 1 < n) i++;
+        if (!f) again[m++] = first[i];
+    }
     if (!a->resume) again[m++] = "--resume";
     fy_supervise_opts so = {a->run_dir, a->max_restarts, a->backoff, 30.0 > a->backoff ? 30.0 : a->backoff,
                             a->heartbeat, FY_EXIT_RANKS_UNAVAILABLE, has_ranks ? fewer_ranks : NULL, &fc};

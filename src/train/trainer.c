@@ -1000,7 +1000,10 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
     if (attach_experts(R, err) || setup_inject(R, err)) return -1;
     if (fy_loss_window_init(&R->win, R->g->spike_window)) return fy_fail(err, "out of memory");
     if (setup_data_parallel(R, data_dir, err)) return -1;
-    if (resume ? resume_run(R, err) : fy_model_init_weights(R->m, R->o->seed, err)) return -1;
+    const fy_train_opts *o = R->o;
+    if (resume ? resume_run(R, err)
+               : o->init_weights ? o->init_weights(R->m, o->init_ctx, err) : fy_model_init_weights(R->m, o->seed, err))
+        return -1;
     /* DiLoCo restarts the outer momentum at zero on resume (docs/SCALING.md). */
     if (fy_dp_set_anchor(&R->dp, R->m, err) || open_metrics(R, err) ||
         alloc_batch((size_t)R->B * R->T, &R->in, &R->lab, err))

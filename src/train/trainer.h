@@ -38,6 +38,10 @@ typedef struct fy_train_opts {
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
     const char *inject;   /* fault-injection spec (train/inject.h; the CLI passes FERRY_INJECT); NULL or "": none.
                            * Not a config key: never saved with the run */
+    /* A new run's first weights (ferry train --init-from): when set, called
+     * instead of fy_model_init_weights (never on resume). Not a config key. */
+    int (*init_weights)(fy_model *m, void *ctx, fy_err *err);
+    void *init_ctx;
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);

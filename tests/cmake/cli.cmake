@@ -11,3 +11,10 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/paths_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_paths_work)
   set_tests_properties(cli_paths PROPERTIES LABELS cli TIMEOUT 120)
 endif()
+
+# ferry train --init-from a ferry run and its Hugging Face export (tests/cli/init_from_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_init_from
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/init_from_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_init_from_work)
+  set_tests_properties(cli_init_from PROPERTIES LABELS cli TIMEOUT 120)
+endif()
