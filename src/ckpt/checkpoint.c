@@ -13,7 +13,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,17 +60,6 @@ static int is_tmp_name(const char *name) {
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path) == 0 ? 0 : -1;
-}
-
-/* rm -r; the tree is ours (checkpoint files), symlinks are not followed. */
-static int remove_tree(const char *path, fy_err *err) {
-    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
-        return fy_fail(err, "cannot remove %s: %s", path, strerror(errno));
-    return 0;
 }
 
 static int cmp_desc(const void *a, const void *b) {
@@ -571,7 +559,7 @@ static int publish(const char *ckdir, const char *tmpname, const char *name, fy_
     }
     if (fy_fsync_dir(ckdir, err)) return -1;
     fy_err e2;
-    if (remove_tree(old, &e2)) fy_warn("checkpoint: %s", e2.msg);
+    if (fy_remove_tree(old, &e2)) fy_warn("checkpoint: %s", e2.msg);
     return 0;
 }
 
@@ -585,7 +573,7 @@ static void drop(const char *ckdir, const char *name) {
         fy_warn("checkpoint: cannot remove %s: %s", p, strerror(errno));
         return;
     }
-    if (remove_tree(q, &e)) fy_warn("checkpoint: %s", e.msg);
+    if (fy_remove_tree(q, &e)) fy_warn("checkpoint: %s", e.msg);
 }
 
 /* Removes debris, then all but `keep_last` checkpoints: `latest` plus the
@@ -600,7 +588,7 @@ static void prune(const char *run_dir, const char *ckdir, const char *latest, in
         if (!is_tmp_name(de->d_name)) continue;
         char p[FY_PATH_MAX];
         fy_err e;
-        if (fy_path_join(p, sizeof p, ckdir, de->d_name, &e) == 0 && remove_tree(p, &e) != 0)
+        if (fy_path_join(p, sizeof p, ckdir, de->d_name, &e) == 0 && fy_remove_tree(p, &e) != 0)
             fy_warn("checkpoint: removing stale %s: %s", p, e.msg);
     }
     closedir(d);
@@ -651,12 +639,12 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
         return fy_fail(err, "checkpoint %s: path does not fit in %zu bytes", final, out_cap);
     if (fy_mkdir_p(ckdir, err)) return -1;
     /* Same pid as a crashed writer (containers): its debris is ours to clear. */
-    if (fy_file_exists(tmp) && remove_tree(tmp, err)) return fy_wrap(err, "checkpoint %s", final);
+    if (fy_file_exists(tmp) && fy_remove_tree(tmp, err)) return fy_wrap(err, "checkpoint %s", final);
     if (mkdir(tmp, 0755) != 0)
         return fy_fail(err, "checkpoint %s: cannot create %s: %s", final, tmp, strerror(errno));
     if (write_contents(tmp, s, err)) {
         fy_err e2;
-        remove_tree(tmp, &e2);
+        fy_remove_tree(tmp, &e2);
         return fy_wrap(err, "saving checkpoint %s", final);
     }
     /* No clean-up on failure here: what is left under *.tmp.* may be the

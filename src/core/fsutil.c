@@ -1,9 +1,11 @@
 /* File-system helpers (core/fsutil.h): whole-file reads, atomic replacement
- * through a temporary + fsync + rename, mkdir -p and path joining. */
+ * through a temporary + fsync + rename, directories published whole, mkdir -p,
+ * rm -r and path joining. */
 #include "core/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,4 +212,33 @@ int fy_write_file_atomic(const char *path, const void *data, size_t len, fy_err 
         return -1;
     }
     return fy_atomic_commit(&a, err);
+}
+
+int fy_dir_tmp_beside(const char *out, char *tmp, size_t cap, fy_err *err) {
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/') n--;
+    if (n + 12 >= cap) return fy_fail(err, "%s: path too long", out);
+    snprintf(tmp, cap, "%.*s.tmp-XXXXXX", (int)n, out);
+    if (!mkdtemp(tmp)) return fy_fail(err, "%s: cannot create a temporary directory: %s", tmp, strerror(errno));
+    chmod(tmp, 0755);   /* mkdtemp's 0700 would stay on the published directory */
+    return 0;
+}
+
+int fy_dir_publish(const char *tmp, const char *out, fy_err *err) {
+    char parent[FY_PATH_MAX];
+    if (fy_file_exists(out)) return fy_fail(err, "%s appeared while it was written: not overwriting it", out);
+    if (rename(tmp, out)) return fy_fail(err, "rename %s -> %s: %s", tmp, out, strerror(errno));
+    if (fy_path_dirname(parent, sizeof parent, out, err)) return -1;
+    return fy_fsync_dir(parent, err);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path) == 0 ? 0 : -1;
+}
+
+int fy_remove_tree(const char *path, fy_err *err) {
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return fy_fail(err, "cannot remove %s: %s", path, strerror(errno));
+    return 0;
 }

@@ -39,6 +39,16 @@ int fy_path_dirname(char *out, size_t cap, const char *path, fy_err *err);
 /* 1 when something exists at `path` (file, directory, ...), else 0. */
 int fy_file_exists(const char *path);
 
+/* Directories published whole: fy_dir_tmp_beside makes a fresh directory
+ * next to `out` ("<out>.tmp-XXXXXX", mode 0755), the caller fills it, and
+ * fy_dir_publish renames it to `out` (refused if `out` appeared meanwhile)
+ * and syncs out's parent; on failure the caller removes it with
+ * fy_remove_tree, so nothing half-written is ever under `out`. */
+int fy_dir_tmp_beside(const char *out, char *tmp, size_t cap, fy_err *err);
+int fy_dir_publish(const char *tmp, const char *out, fy_err *err);
+/* rm -r of a tree this process wrote; symlinks are not followed. */
+int fy_remove_tree(const char *path, fy_err *err);
+
 /* Streaming form of fy_write_file_atomic, for files too large to build in
  * memory (safetensors): open, write any number of times, then commit.
  * After a failed fy_atomic_write the caller calls fy_atomic_abort; a failed

@@ -1,7 +1,6 @@
 /* Hugging Face directories (hf.h): recognising one, the temporary name an
  * export is written under, and the JSON helpers hf_meta.c, hf_export.c and
  * hf_import.c share (hf_internal.h). */
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,39 +23,6 @@ int fy_hf_is_dir(const char *dir) {
     if (fy_file_exists(p)) return 1;
     snprintf(p, sizeof p, "%s/" FY_HF_SINGLE, dir);
     return fy_file_exists(p);
-}
-
-int fy_hf_tmpdir(const char *out, char *tmp, size_t cap, fy_err *err) {
-    size_t n = strlen(out);
-    while (n > 1 && out[n - 1] == '/') n--;
-    if (n + 12 >= cap) return fy_fail(err, "%s: path too long", out);
-    snprintf(tmp, cap, "%.*s.tmp-XXXXXX", (int)n, out);
-    if (!mkdtemp(tmp)) return fy_fail(err, "%s: cannot create a temporary directory: %s", tmp, strerror(errno));
-    chmod(tmp, 0755);   /* mkdtemp's 0700 would stay on the published directory */
-    return 0;
-}
-
-void fy_hf_rmdir_flat(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        char p[FY_PATH_MAX + 256];
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
-int fy_hf_publish(const char *tmp, const char *out, fy_err *err) {
-    char parent[FY_PATH_MAX];
-    if (fy_file_exists(out)) return fy_fail(err, "%s appeared while it was written: not overwriting it", out);
-    if (rename(tmp, out)) return fy_fail(err, "rename %s -> %s: %s", tmp, out, strerror(errno));
-    if (fy_path_dirname(parent, sizeof parent, out, err)) return -1;
-    return fy_fsync_dir(parent, err);
 }
 
 void fy_hf_mtp_copy_names(int layer, char *embed, char *head, size_t cap) {

@@ -206,9 +206,9 @@ int fy_hf_export(const fy_host_model *h, const char *out_dir, const fy_hf_export
         return fy_fail(err, "%s: export dtype %s (expected F32, BF16 or F16)", out_dir, fy_st_dtype_name(o->dtype));
     if (!h->tok) return fy_fail(err, "%s: the model has no tokenizer to export", out_dir);
     if (fy_file_exists(out_dir)) return fy_fail(err, "%s already exists: not overwriting it", out_dir);
-    if (fy_hf_tmpdir(out_dir, tmp, sizeof tmp, err)) return -1;
-    if (export_into(h, tmp, o, err) || fy_hf_publish(tmp, out_dir, err)) {
-        fy_hf_rmdir_flat(tmp);
+    if (fy_dir_tmp_beside(out_dir, tmp, sizeof tmp, err)) return -1;
+    if (export_into(h, tmp, o, err) || fy_dir_publish(tmp, out_dir, err)) {
+        fy_remove_tree(tmp, &(fy_err){0});
         return -1;
     }
     return 0;

@@ -15,12 +15,6 @@
 #define FY_HF_INDEX "model.safetensors.index.json"
 #define FY_HF_SINGLE "model.safetensors"
 
-/* Creates a fresh directory next to `out` ("<out>.tmp-XXXXXX"). */
-int fy_hf_tmpdir(const char *out, char *tmp, size_t cap, fy_err *err);
-/* Removes the plain files in dir (not recursing), then dir itself. */
-void fy_hf_rmdir_flat(const char *dir);
-/* Renames tmp to out (which must not exist) and syncs out's parent. */
-int fy_hf_publish(const char *tmp, const char *out, fy_err *err);
 
 /* DeepSeek's copies, in MTP layer `layer`, of the embedding and the head. */
 void fy_hf_mtp_copy_names(int layer, char *embed, char *head, size_t cap);

@@ -1,7 +1,6 @@
 /* A whole model in host memory (host.h): loading it from a ferry run or
  * checkpoint, saving it as a ferry run, copying it into a model. */
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,11 +150,6 @@ done:
     return rc;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
 /* Reads the run at dir back (checksums verified by the load) and compares
  * every parameter, buffer and the vocabulary with h, bit for bit. */
 static int check_saved_run(const fy_host_model *h, const char *dir, fy_err *err) {
@@ -170,22 +164,14 @@ static int check_saved_run(const fy_host_model *h, const char *dir, fy_err *err)
 }
 
 int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err) {
-    char tmp[FY_PATH_MAX], parent[FY_PATH_MAX];
-    size_t n = strlen(out);
-    while (n > 1 && out[n - 1] == '/') n--;
+    char tmp[FY_PATH_MAX];
     if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
-    if (n + 12 >= sizeof tmp) return fy_fail(err, "%s: path too long", out);
-    snprintf(tmp, sizeof tmp, "%.*s.tmp-XXXXXX", (int)n, out);
-    if (!mkdtemp(tmp)) return fy_fail(err, "%s: cannot create a temporary directory: %s", tmp, strerror(errno));
-    chmod(tmp, 0755);
-    int rc = fy_host_save_run(h, tmp, err) || check_saved_run(h, tmp, err);
-    if (!rc && fy_file_exists(out)) rc = fy_fail(err, "%s appeared while it was written: not overwriting it", out);
-    if (!rc && rename(tmp, out)) rc = fy_fail(err, "rename %s -> %s: %s", tmp, out, strerror(errno));
-    if (rc) {
-        nftw(tmp, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (fy_dir_tmp_beside(out, tmp, sizeof tmp, err)) return -1;
+    if (fy_host_save_run(h, tmp, err) || check_saved_run(h, tmp, err) || fy_dir_publish(tmp, out, err)) {
+        fy_remove_tree(tmp, &(fy_err){0});
         return -1;
     }
-    return fy_path_dirname(parent, sizeof parent, out, err) || fy_fsync_dir(parent, err) ? -1 : 0;
+    return 0;
 }
 
 int fy_host_to_model(const fy_host_model *h, fy_model *m, fy_err *err) {
