@@ -255,6 +255,33 @@ typedef struct fy_backend_ops {
     void (*linear_q8)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate);
 
+    /* --- Batch-invariant linear (serving): y[N, out] (=|+=) x[N, in] @ W^T,
+     * W [out, in] with row stride ldw. Row n of y is bitwise the same
+     * function of row n of x and of W whatever N is and whatever the other
+     * rows hold, so a request's tokens do not depend on the requests that
+     * share its batch (docs/SERVING.md). gemm does not promise this: OpenBLAS
+     * picks its kernels by shape. Each y[n, o] is one dot product of x's row
+     * and W's row in an order fixed by `in` alone. Optional: NULL makes the
+     * common layer run it as one M = 1 gemm per row (invariant, slow).
+     * Inference only: no backward. --- */
+    void (*linear_rows)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref w, int ldw,
+                        fy_ref y, int ldy, int accumulate);
+
+    /* --- MLA attention of n query rows against a paged latent cache
+     * (serving). Row i is one mla_decode (above): its H heads' query at
+     * q + i*ldq, its output [H*dv] at out + i*ldo, attending positions
+     * [0, len[i]) of its own sequence, whose position s lives in pool row
+     *   blocks[tab[i] + s / bs] * bs + s % bs
+     * of ckv [rows, r] and kpe [rows, dr] (dense rows). len, tab and blocks
+     * are host int arrays, read before the call returns. Row i's output is
+     * bitwise what mla_decode gives for the same query against the same
+     * positions laid out contiguously, so rows are independent of each
+     * other (batch invariance). Optional: NULL makes the model gather each
+     * sequence's positions and call mla_decode. Inference only. --- */
+    void (*mla_paged)(fy_backend *be, int n, int H, int r, int dn, int dr, int dv, float scale, fy_ref q,
+                      int ldq, fy_ref wkv_b, fy_ref ckv, fy_ref kpe, int bs, const int32_t *blocks,
+                      const int32_t *tab, const int32_t *len, fy_ref out, int ldo);
+
     /* --- Q8_0 SwiGLU of one token (decode), Wg, Wu [F, d] and Wd [d, F] in
      * linear_q8's format (quants *q, scales *s):
      *   g = x Wg^T, u = x Wu^T, h = silu(g) * u      (g, u, h: [F], written)

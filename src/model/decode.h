@@ -46,4 +46,59 @@ const char *fy_quant_name(fy_quant q);
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err);
 void fy_model_free_decode_quant(fy_model *m);
 
+
+/* ---- Serving: a paged latent-KV pool shared by many sequences, and one
+ * forward over the new tokens of all of them (docs/SERVING.md). ----
+ *
+ * The pool holds n_blocks blocks of `block` positions for every main layer
+ * (c_kv and k_pe as in fy_kv_cache). A sequence owns a list of blocks, so
+ * short and long requests share one allocation without fragmenting it. */
+typedef struct fy_kv_pool {
+    int n_layers, block, n_blocks;
+    fy_buf buf;          /* every layer's c_kv rows, then its k_pe rows */
+    fy_ref *ckv, *kpe;   /* per layer: [n_blocks*block, r_kv], [n_blocks*block, d_r] */
+    int32_t *free_ids;   /* stack of free block ids */
+    int n_free;
+} fy_kv_pool;
+
+/* n_positions: rounded up to whole blocks; block: positions per block. */
+int fy_kv_pool_create(fy_kv_pool *p, fy_model *m, int n_positions, int block, fy_err *err);
+void fy_kv_pool_free(fy_kv_pool *p, fy_model *m);
+static inline int fy_kv_pool_free_positions(const fy_kv_pool *p) { return p->n_free * p->block; }
+
+/* One sequence's blocks; zero-initialise, then fy_kv_seq_reserve. */
+typedef struct fy_kv_seq {
+    int len;            /* positions filled */
+    int n_blocks;       /* blocks held: room for n_blocks * pool->block positions */
+    int cap_blocks;     /* allocated length of blocks[] */
+    int32_t *blocks;
+} fy_kv_seq;
+
+/* Grows s to room for `positions` (<= max_position_embeddings) from the
+ * pool; fails, leaving s and the pool as they were, when the pool lacks
+ * the blocks. */
+int fy_kv_seq_reserve(fy_kv_pool *p, fy_kv_seq *s, int positions, fy_err *err);
+/* Gives s's blocks back to the pool and frees s (zeroed: reusable). */
+void fy_kv_seq_release(fy_kv_pool *p, fy_kv_seq *s);
+
+/* One sequence's share of a batch step: its next n tokens, at positions
+ * seq->len .. seq->len + n - 1. */
+typedef struct fy_batch_item {
+    fy_kv_seq *seq;
+    const int32_t *tokens;  /* host, n ids in [0, vocab) */
+    int n;                  /* >= 1: one to decode, more for (a chunk of) a prompt */
+    int want_logits;        /* 1: the logits after its last token are wanted */
+} fy_batch_item;
+
+/* Runs the tokens of all items through the main layers as one batch: each
+ * linear is one fy__linear over all rows (the Q8_0 copy when set, else the
+ * backend's linear_rows), attention is per row against its own sequence's
+ * cache (mla_paged), and each item's latent KV is appended to its sequence
+ * (seq->len += n; the sequence must have room). The logits of the j-th item
+ * that wants them go to logits + j*V (host). A row's bits depend on its own
+ * sequence alone: not on the other items, their number, or how a prompt was
+ * cut into chunks (tested: tests/unit/test_batch.c). MTP modules unused. */
+int fy_model_batch_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, int n_items, float *logits,
+                        fy_err *err);
+
 #endif
