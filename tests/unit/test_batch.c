@@ -208,7 +208,104 @@ static void test_invariance(const char *spec, int yarn, int q_lora) {
     fy_backend_destroy(be);
 }
 
+
+/* Max |a-b| over the vocabulary relative to max |b|. */
+static double rel(const float *a, const float *b, int n) {
+    double e = 0, m = 0;
+    for (int i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    return e / (m > 0 ? m : 1);
+}
+
+/* (b): every step's logits against the full forward of the whole sequence
+ * (plain MLA through attn_fwd and gemm: only the rounding differs). */
+static void test_vs_forward(const char *spec, int yarn, int q_lora) {
+    fy_config c = test_config(yarn, q_lora);
+    fy_backend *be;
+    fy_model m;
+    fy_err err;
+    make_model(spec, &c, &be, &m);
+    run b;
+    float *kv[NSEQ];
+    for (int s = 0; s < NSEQ; s++) kv[s] = malloc(kv_size(&c, s) * sizeof(float));
+    run_batch(&m, 4, -1, chunk_one, 0, 2, &b, kv);
+    double worst = 0;
+    float *full = malloc((size_t)MAXLEN * V * sizeof *full);
+    for (int s = 0; s < NSEQ; s++) {
+        int32_t tok[MAXLEN];
+        for (int t = 0; t < seq_len(s); t++) tok[t] = seq_tok(s, t);
+        fy_loss loss;
+        CHECK(fy_model_forward(&m, tok, NULL, 1, seq_len(s), 0, &loss, &err) == 0, "forward: %s", err.msg);
+        be->ops->download(be, full, fy_model_logits(&m), (size_t)seq_len(s) * V);
+        for (int t = 0; t < seq_len(s); t++) worst = fmax(worst, rel(b.logits[s] + (size_t)t * V, full + (size_t)t * V, V));
+    }
+    CHECK(worst < 1e-4, "%s yarn=%d q_lora=%d: batch logits differ from the full forward by %.3g (relative)", spec,
+          yarn, q_lora, worst);
+    printf("%s yarn=%d q_lora=%d: batch step vs full forward, worst logit rel err %.2e\n", spec, yarn, q_lora, worst);
+    run_free(&b);
+    for (int s = 0; s < NSEQ; s++) free(kv[s]);
+    free(full);
+    fy_model_free(&m);
+    fy_backend_destroy(be);
+}
+
+/* (c): the pool's accounting, and errors that leave everything as it was. */
+static void test_pool(void) {
+    fy_config c = test_config(0, 0);
+    fy_backend *be;
+    fy_model m;
+    fy_err err;
+    fy_kv_pool p;
+    make_model("cpu", &c, &be, &m);
+    CHECK(fy_kv_pool_create(&p, &m, 0, 4, &err) == -1, "an empty pool is refused");
+    CHECK(fy_kv_pool_create(&p, &m, 10, 0, &err) == -1, "blocks of 0 are refused");
+    CHECK(fy_kv_pool_create(&p, &m, 10, 4, &err) == 0, "pool: %s", err.msg);
+    CHECK(p.n_blocks == 3 && p.n_free == 3 && fy_kv_pool_free_positions(&p) == 12, "10 positions round up to 3 blocks");
+    fy_kv_seq a = {0}, b = {0};
+    CHECK(fy_kv_seq_reserve(&p, &a, 5, &err) == 0 && a.n_blocks == 2 && p.n_free == 1, "5 positions take 2 blocks");
+    CHECK(fy_kv_seq_reserve(&p, &a, 8, &err) == 0 && a.n_blocks == 2 && p.n_free == 1, "8 fit the same 2");
+    CHECK(fy_kv_seq_reserve(&p, &b, 9, &err) == -1 && strstr(err.msg, "KV pool full"), "9 more do not fit: %s",
+          err.msg);
+    CHECK(b.n_blocks == 0 && b.blocks == NULL && p.n_free == 1, "a failed reserve changes nothing");
+    CHECK(fy_kv_seq_reserve(&p, &b, 4, &err) == 0 && b.n_blocks == 1 && p.n_free == 0, "the last block");
+    CHECK(a.blocks[0] != a.blocks[1] && b.blocks[0] != a.blocks[0] && b.blocks[0] != a.blocks[1], "distinct blocks");
+    /* a step's errors leave lengths and the pool alone */
+    int32_t good[6] = {1, 2, 3, 4, 5, 6}, bad[2] = {1, V};
+    float lg[2 * V];
+    fy_batch_item it[2] = {{&a, good, 6, 1}, {&b, bad, 2, 1}};
+    CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == -1 && strstr(err.msg, "outside the vocabulary"),
+          "a bad token: %s", err.msg);
+    it[1].tokens = good;
+    it[1].n = 5;
+    CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == -1 && strstr(err.msg, "room for 4"), "no room: %s",
+          err.msg);
+    it[1].seq = &a;
+    it[1].n = 1;
+    CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == -1 && strstr(err.msg, "share one sequence"),
+          "one sequence twice: %s", err.msg);
+    CHECK(fy_model_batch_step(&m, &p, it, 1, NULL, &err) == -1, "logits wanted, nowhere to put them");
+    CHECK(a.len == 0 && b.len == 0 && p.n_free == 0, "failed steps change nothing");
+    it[1] = (fy_batch_item){&b, good, 4, 0};
+    CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == 0, "step: %s", err.msg);
+    CHECK(a.len == 6 && b.len == 4, "lengths advance: %d %d", a.len, b.len);
+    fy_kv_seq_release(&p, &a);
+    CHECK(p.n_free == 2 && a.blocks == NULL && a.len == 0 && a.n_blocks == 0, "release gives the blocks back");
+    CHECK(fy_kv_seq_reserve(&p, &a, 8, &err) == 0 && p.n_free == 0, "and they are taken again");
+    fy_kv_seq_release(&p, &a);
+    fy_kv_seq_release(&p, &b);
+    CHECK(p.n_free == 3, "all free");
+    fy_kv_pool_free(&p, &m);
+    fy_model_free(&m);
+    fy_backend_destroy(be);
+}
+
 int main(void) {
+    test_pool();
+    test_vs_forward("cpu", 0, 1);
+    test_vs_forward("cpu", 1, 0);
     test_invariance("cpu", 0, 1);
+    test_invariance("cpu", 1, 0);
     return fy_test_finish("test_batch");
 }
