@@ -66,29 +66,43 @@ __attribute__((target("avx2"), always_inline)) static inline void
 lr_tile256(int in, const float *x, int ldx, const float *w, int ldw, float *y, int ldy, int accumulate, const int RX,
            const int RW) {
     __m256 a[2][2][2];
+    #pragma GCC unroll 4
     for (int i = 0; i < RX; i++)
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++) a[i][j][0] = a[i][j][1] = _mm256_setzero_ps();
     int k = 0;
     for (; k + 16 <= in; k += 16)
+        #pragma GCC unroll 4
         for (int h = 0; h < 2; h++) {
             __m256 xv[2], wv[2];
+            #pragma GCC unroll 4
             for (int i = 0; i < RX; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + k + 8 * h);
+            #pragma GCC unroll 4
             for (int j = 0; j < RW; j++) wv[j] = _mm256_loadu_ps(w + (size_t)j * ldw + k + 8 * h);
+            #pragma GCC unroll 4
             for (int i = 0; i < RX; i++)
+                #pragma GCC unroll 4
                 for (int j = 0; j < RW; j++) a[i][j][h] = _mm256_add_ps(a[i][j][h], _mm256_mul_ps(xv[i], wv[j]));
         }
     if (k < in) {
         const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        #pragma GCC unroll 4
         for (int h = 0; h < 2; h++) {
             __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(in - k - 8 * h), idx);
             __m256 xv[2], wv[2];
+            #pragma GCC unroll 4
             for (int i = 0; i < RX; i++) xv[i] = _mm256_maskload_ps(x + (size_t)i * ldx + k + 8 * h, m);
+            #pragma GCC unroll 4
             for (int j = 0; j < RW; j++) wv[j] = _mm256_maskload_ps(w + (size_t)j * ldw + k + 8 * h, m);
+            #pragma GCC unroll 4
             for (int i = 0; i < RX; i++)
+                #pragma GCC unroll 4
                 for (int j = 0; j < RW; j++) a[i][j][h] = _mm256_add_ps(a[i][j][h], _mm256_mul_ps(xv[i], wv[j]));
         }
     }
+    #pragma GCC unroll 4
     for (int i = 0; i < RX; i++)
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++)
             put(y + (size_t)i * ldy + j, lr_hsum256(_mm256_add_ps(a[i][j][0], a[i][j][1])), accumulate);
 }
@@ -120,25 +134,37 @@ __attribute__((target("avx512f"), always_inline)) static inline void
 lr_tile512(int in, const float *x, int ldx, const float *w, int ldw, float *y, int ldy, int accumulate, const int RX,
            const int RW) {
     __m512 a[4][4];
+    #pragma GCC unroll 4
     for (int i = 0; i < RX; i++)
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++) a[i][j] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= in; k += 16) {
         __m512 xv[4], wv[4];
+        #pragma GCC unroll 4
         for (int i = 0; i < RX; i++) xv[i] = _mm512_loadu_ps(x + (size_t)i * ldx + k);
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++) wv[j] = _mm512_loadu_ps(w + (size_t)j * ldw + k);
+        #pragma GCC unroll 4
         for (int i = 0; i < RX; i++)
+            #pragma GCC unroll 4
             for (int j = 0; j < RW; j++) a[i][j] = _mm512_add_ps(a[i][j], _mm512_mul_ps(xv[i], wv[j]));
     }
     if (k < in) {
         const __mmask16 m = (__mmask16)((1u << (in - k)) - 1);
         __m512 xv[4], wv[4];
+        #pragma GCC unroll 4
         for (int i = 0; i < RX; i++) xv[i] = _mm512_maskz_loadu_ps(m, x + (size_t)i * ldx + k);
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++) wv[j] = _mm512_maskz_loadu_ps(m, w + (size_t)j * ldw + k);
+        #pragma GCC unroll 4
         for (int i = 0; i < RX; i++)
+            #pragma GCC unroll 4
             for (int j = 0; j < RW; j++) a[i][j] = _mm512_add_ps(a[i][j], _mm512_mul_ps(xv[i], wv[j]));
     }
+    #pragma GCC unroll 4
     for (int i = 0; i < RX; i++)
+        #pragma GCC unroll 4
         for (int j = 0; j < RW; j++) {
             __m256 lo = _mm512_castps512_ps256(a[i][j]);
             __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[i][j]), 1));
@@ -184,6 +210,10 @@ static lr_block_fn *lr_best(fy_backend *be) {
 
 /* W rows per parallel chunk: a multiple of every tile's height. */
 #define LR_CHUNK 16
+/* Multiply-adds below which a call stays on one thread: waking the team
+ * costs ~10-50 us on a shared machine, more than a 256 x 256 one-row
+ * linear takes alone (~3 us, 2026-12-05). */
+#define LR_PAR_MIN (1u << 20)
 
 void fy_cpu_linear_rows(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref w, int ldw, fy_ref y,
                         int ldy, int accumulate) {
@@ -199,7 +229,7 @@ void fy_cpu_linear_rows(fy_backend *be, int N, int in, int out, fy_ref x, int ld
     }
     lr_block_fn *block = lr_best(be);
     const int chunks = (out + LR_CHUNK - 1) / LR_CHUNK;
-#pragma omp parallel for schedule(static) if (chunks > 1 && (size_t)N * in * out >= 65536)
+#pragma omp parallel for schedule(static) if (chunks > 1 && (size_t)N * in * out >= LR_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
         int o0 = c * LR_CHUNK, nw = out - o0 < LR_CHUNK ? out - o0 : LR_CHUNK;
         block(in, xp, ldx, N, wp + (size_t)o0 * ldw, ldw, nw, yp + o0, ldy, accumulate);
