@@ -453,6 +453,52 @@ static void test_mla_paged(int H, int r, int dn, int dr, int dv, int bs) {
     fy_backend_destroy(be);
 }
 
+/* OpenCL (no linear_rows or mla_paged of its own: the fallbacks): the batch
+ * step is invariant there too, and agrees with cpu within rounding. */
+static void test_opencl(void) {
+#ifndef FERRY_HAVE_OPENCL
+    printf("SKIP opencl batch step: this ferry was built without OpenCL\n");
+#else
+    fy_backend *probe;
+    fy_err err;
+    if (fy_backend_create("opencl", &probe, &err)) {
+        printf("SKIP opencl batch step: no OpenCL device (%s)\n", err.msg);
+        return;
+    }
+    fy_backend_destroy(probe);
+    fy_config c = test_config(1, 1);
+    fy_backend *bc, *bo;
+    fy_model mc, mo;
+    make_model("cpu", &c, &bc, &mc);
+    make_model("opencl", &c, &bo, &mo);
+    run rc, ro;
+    float *kc[NSEQ], *ko[NSEQ];
+    for (int s = 0; s < NSEQ; s++) {
+        kc[s] = malloc(kv_size(&c, s) * sizeof(float));
+        ko[s] = malloc(kv_size(&c, s) * sizeof(float));
+    }
+    run_batch(&mc, 4, -1, chunk_mixed, 0, 2, &rc, kc);
+    run_batch(&mo, 4, -1, chunk_mixed, 0, 2, &ro, ko);
+    double worst = 0, worst_kv = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        for (int t = 0; t < seq_len(s); t++)
+            if (rc.have[s][t] && ro.have[s][t])
+                worst = fmax(worst, rel(ro.logits[s] + (size_t)t * V, rc.logits[s] + (size_t)t * V, V));
+        worst_kv = fmax(worst_kv, rel(ko[s], kc[s], (int)kv_size(&c, s)));
+    }
+    CHECK(worst < 1e-4 && worst_kv < 1e-4, "opencl batch step vs cpu: logits %.3g, latent KV %.3g (relative)", worst,
+          worst_kv);
+    printf("opencl batch step vs cpu: worst logit rel err %.2e, latent KV %.2e\n", worst, worst_kv);
+    run_free(&rc), run_free(&ro);
+    for (int s = 0; s < NSEQ; s++) free(kc[s]), free(ko[s]);
+    invariance("opencl f32", &mo);
+    if (fy_model_set_decode_quant(&mo, FY_QUANT_Q8_0, &err) == 0) invariance("opencl q8_0", &mo);
+    else printf("SKIP opencl q8_0: %s\n", err.msg);
+    fy_model_free(&mc), fy_model_free(&mo);
+    fy_backend_destroy(bc), fy_backend_destroy(bo);
+#endif
+}
+
 int main(void) {
     test_linear_rows(64, 48, 9, 0);
     test_linear_rows(37, 13, 7, 1);
@@ -466,5 +512,6 @@ int main(void) {
     test_vs_forward("cpu", 1, 0);
     test_invariance("cpu", 0, 1);
     test_invariance("cpu", 1, 0);
+    test_opencl();
     return fy_test_finish("test_batch");
 }
