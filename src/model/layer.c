@@ -5,8 +5,8 @@
 
 #include "model/model_impl.h"
 
-/* The one-token linears of decode read the Q8_0 copy (quant.c) where there is one;
- * a batch step (batch.c) takes the batch-invariant kernels. */
+/* A batch step (batch.c: all inference) takes the batch-invariant kernels,
+ * with the Q8_0 copy (quant.c) where there is one; training takes gemm. */
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w, fy_ref y, int ldy,
                 float beta) {
     fy_ref q, s;
@@ -15,10 +15,6 @@ void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w
             OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
         else
             OPS->linear_rows(m->be, N, in, out, x, ldx, PW(m, w), in, y, ldy, beta == 1.0f);
-        return;
-    }
-    if (N == 1 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, w, &q, &s)) {
-        OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
         return;
     }
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
@@ -38,7 +34,9 @@ void fy__swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, s
                         fy_ref u, fy_ref h, fy_ref y, float beta) {
     fy_ref qg, sg, qu, su, qd, sd;
     if (N == 1 && OPS->swiglu_q8 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, wg, &qg, &sg) &&
-        fy__dq_lookup(m, wu, &qu, &su) && fy__dq_lookup(m, wd, &qd, &sd)) { /* decode: one fused call */
+        fy__dq_lookup(m, wu, &qu, &su) && fy__dq_lookup(m, wd, &qd, &sd)) {
+        /* one row (a batch step's expert with one token): one fused call,
+         * the same bits as the four below (backend.h) */
         OPS->swiglu_q8(m->be, d, F, x, qg, sg, qu, su, qd, sd, g, u, h, y, beta == 1.0f);
         return;
     }

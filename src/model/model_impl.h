@@ -2,13 +2,12 @@
  * model's files share (fy__ names). Nothing outside src/model includes it.
  *
  * Layering: each file calls only files on lower rows, never up or sideways
- * (except that decode.c's prefill runs forward.c's whole-sequence forward
- * and reads model.c's latent KV):
+ * (except that decode.c's one-sequence cache is a batch.c pool):
  *
  *   entry points  model.c     create/free, weight init, bias update, queries
  *                 forward.c   whole-sequence forward + loss heads, MTP
  *                 backward.c  whole-sequence backward, gradient buckets
- *                 decode.c    latent-KV cache: prefill, one-token decode
+ *                 decode.c    one sequence's cache: prefill, decode (batch.c)
  *                 batch.c     paged KV pool, batch steps over many sequences
  *   layer pieces  ffn.c       FFN half of a layer: dense, MoE router,
  *                             routing, experts (calls layer.c, moe_ep.c)
@@ -85,14 +84,15 @@ void fy__free_workspace(fy_model *m);
 
 /* ---- quant.c: the Q8_0 copy of the decode weights ---- */
 
-/* While decoding (m->dq.on), the Q8_0 copy of params matrix w: 1 with its
+/* During a batch step (m->dq.on), the Q8_0 copy of params matrix w: 1 with its
  * quants *q and scales *s; 0 when there is none. */
 int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
 
 /* ---- layer.c: linear layers, SwiGLU, whole-sequence attention ---- */
 
 /* y[N, out] (=|+= by beta) x[N, in] @ W^T for the parameter at offset w
- * (W stored [out, in]); one row while decoding reads the Q8_0 copy. */
+ * (W stored [out, in]); in a batch step (m->dq.rows) the row-invariant
+ * kernels, reading the Q8_0 copy where there is one. */
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w, fy_ref y, int ldy,
                 float beta);
 /* dx[N, in] (=|+= by beta) dy[N, out] @ W. */
