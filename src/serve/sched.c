@@ -246,6 +246,7 @@ static void step(fy_sched *s) {
             pthread_mutex_lock(&s->mu);
             s->st.requests_cancelled++;
             free_slot(s, i);
+            sync_stats(s);
             pthread_mutex_unlock(&s->mu);
         }
     int n = build_batch(s, chunk);
@@ -266,6 +267,7 @@ static void step(fy_sched *s) {
         s->slot[i]->fed += chunk[j];
         if (s->items[j].want_logits) on_logits(s, i, s->logits + (size_t)l++ * s->vocab, now);
     }
+    sync_stats(s);
     pthread_mutex_unlock(&s->mu);
 }
 
