@@ -553,7 +553,7 @@ static void drive(world *w, const int32_t *toks, int n, const char *const *stops
         if (!(s.done && s.stopped_by == 0)) /* cut by length: the partial character comes out as is */
             CHECK(utf8_complete(s.out.p ? s.out.p : "", s.out.n), "%s: step %d emitted a split UTF-8 character",
                   label, step);
-        memcpy(emitted + en, s.out.p, s.out.n);
+        if (s.out.n) memcpy(emitted + en, s.out.p, s.out.n);
         en += s.out.n;
         emitted[en] = 0;
         /* the oracle */
