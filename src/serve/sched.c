@@ -170,17 +170,17 @@ static void cut_all(fy_sched *s) {
     }
 }
 
-/* One sampled position of slot i (logits after its last token): the token
- * and, when the sequence ends, its DONE. Under s->mu (stats). */
-static void on_logits(fy_sched *s, int i, const float *logits, double now) {
+/* What one step changed in the counters: merged under s->mu at its end. */
+typedef struct step_tally {
+    uint64_t done, failed, cancelled, generated;
+} step_tally;
+
+/* Slot i has sampled (fy_seq_step): its token and, when the sequence
+ * ended, its DONE go to the request, its latency to the histograms. Under
+ * s->mu, so that the counters already include a request when its client
+ * sees it end. */
+static void deliver(fy_sched *s, int i, double now) {
     fy_request *r = s->slot[i];
-    fy_err err;
-    if (fy_seq_step(&r->seq, logits, &err)) {
-        fy_req_fail(r, err.msg);
-        s->st.requests_failed++;
-        free_slot(s, i);
-        return;
-    }
     hist_add(r->t_last ? &s->st.itl : &s->st.ttft, now - (r->t_last ? r->t_last : r->t_submit));
     r->t_last = now;
     const fy_seq *q = &r->seq;
@@ -193,13 +193,13 @@ static void on_logits(fy_sched *s, int i, const float *logits, double now) {
         ev.n_top = q->n_top;
         memcpy(ev.top_token, q->top_token, sizeof ev.top_token);
         memcpy(ev.top_logprob, q->top_logprob, sizeof ev.top_logprob);
-        fy_req_push(r, &ev, q->out.p, q->out.n);
         s->st.generated_tokens_total++;
+        fy_req_push(r, &ev, q->out.p, q->out.n);
     }
     if (q->done) {
+        s->st.requests_done++;
         if (q->token >= 0) done_event(r, NULL, 0);
         else done_event(r, q->out.p, q->out.n);
-        s->st.requests_done++;
         free_slot(s, i);
     }
 }
@@ -237,35 +237,43 @@ static int build_batch(fy_sched *s, int *chunk) {
     return n;
 }
 
-/* One step: leaves cancelled slots, runs the batch, samples. Called without
- * s->mu; takes it for the bookkeeping. */
+/* One step: leaves cancelled slots, runs the batch and samples without
+ * s->mu (the slots and the pool are the worker's alone, so submitters and
+ * readers of the stats never wait for a forward or for sampling), then
+ * hands out the events and updates the counters under it. */
 static void step(fy_sched *s) {
-    int chunk[s->o.slots > 0 ? s->o.slots : 1];
-    for (int i = 0; i < s->o.slots; i++)
+    const int slots = s->o.slots;
+    int chunk[slots], sampled[slots];
+    uint64_t cancelled = 0;
+    for (int i = 0; i < slots; i++)
         if (s->slot[i] && fy_req_cancelled(s->slot[i])) {
-            pthread_mutex_lock(&s->mu);
-            s->st.requests_cancelled++;
+            cancelled++;
             free_slot(s, i);
-            sync_stats(s);
-            pthread_mutex_unlock(&s->mu);
         }
     int n = build_batch(s, chunk);
-    if (!n) return;
-    fy_err err;
-    int rc = fy_model_batch_step(s->m, &s->pool, s->items, n, s->logits, &err);
+    fy_err err, serr;
+    int rc = n ? fy_model_batch_step(s->m, &s->pool, s->items, n, s->logits, &err) : 0;
     double now = fy_now_s();
-    pthread_mutex_lock(&s->mu);
-    s->st.steps++;
     for (int j = 0, l = 0; j < n; j++) {
+        fy_request *r = s->slot[s->item_slot[j]];
+        sampled[j] = 0;
+        if (rc) continue;
+        r->fed += chunk[j];
+        if (s->items[j].want_logits)
+            sampled[j] = fy_seq_step(&r->seq, s->logits + (size_t)l++ * s->vocab, &serr) ? -1 : 1;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.steps += n > 0;
+    s->st.requests_cancelled += cancelled;
+    for (int j = 0; j < n; j++) {
         int i = s->item_slot[j];
-        if (rc) { /* the model step failed: its requests cannot go on */
-            fy_req_fail(s->slot[i], err.msg);
+        if (rc || sampled[j] < 0) { /* the model step (or sampling) failed: the request cannot go on */
             s->st.requests_failed++;
+            fy_req_fail(s->slot[i], rc ? err.msg : serr.msg);
             free_slot(s, i);
-            continue;
+        } else if (sampled[j]) {
+            deliver(s, i, now);
         }
-        s->slot[i]->fed += chunk[j];
-        if (s->items[j].want_logits) on_logits(s, i, s->logits + (size_t)l++ * s->vocab, now);
     }
     sync_stats(s);
     pthread_mutex_unlock(&s->mu);
