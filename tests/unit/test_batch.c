@@ -8,6 +8,7 @@
  * serving ops: linear_rows against a double reference and across N,
  * mla_paged against mla_decode bit for bit. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -301,11 +302,216 @@ static void test_pool(void) {
     fy_backend_destroy(be);
 }
 
+/* ---- (d) the serving ops ---- */
+
+static uint64_t rng_state = 88172645463325252ull;
+static float frand(void) { /* xorshift, uniform in [-1, 1) */
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static fy_backend *cpu_isa(int kernel) {
+    fy_backend_opts o = {0};
+    o.cpu_q8 = kernel;
+    fy_backend *be;
+    fy_err err;
+    if (fy_backend_create_opts("cpu", &o, &be, &err)) {
+        fprintf(stderr, "cpu: %s\n", err.msg);
+        exit(1);
+    }
+    return be;
+}
+
+/* y = x W^T (+ y0) through linear_rows of backend be, host in and out. */
+static void run_linear_rows(fy_backend *be, int N, int in, int out, const float *x, int ldx, const float *w, int ldw,
+                            float *y, int ldy, int acc) {
+    fy_buf bx, bw, by;
+    fy_err err;
+    size_t nx = (size_t)(N - 1) * ldx + in, nw = (size_t)(out - 1) * ldw + in, ny = (size_t)(N - 1) * ldy + out;
+    if (fy_be_alloc(be, &bx, nx, &err) || fy_be_alloc(be, &bw, nw, &err) || fy_be_alloc(be, &by, ny, &err)) exit(1);
+    be->ops->upload(be, fy_at(&bx, 0), x, nx);
+    be->ops->upload(be, fy_at(&bw, 0), w, nw);
+    be->ops->upload(be, fy_at(&by, 0), y, ny);
+    be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), ldw, fy_at(&by, 0), ldy, acc);
+    be->ops->download(be, y, fy_at(&by, 0), ny);
+    CHECK(fy_be_sync(be, &err) == 0, "linear_rows: %s", err.msg);
+    fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
+}
+
+/* Against a double-precision reference; bitwise across N (each row alone
+ * vs all rows together), across the kernels (portable, AVX2, best) and
+ * through the per-row gemm fallback within rounding. */
+static void test_linear_rows(int in, int out, int Nmax, int acc) {
+    const int ldx = in + 3, ldw = in + 5, ldy = out + 2;
+    float *x = malloc((size_t)Nmax * ldx * sizeof *x), *w = malloc((size_t)out * ldw * sizeof *w);
+    float *y0 = malloc((size_t)Nmax * ldy * sizeof *y0), *y = malloc((size_t)Nmax * ldy * sizeof *y);
+    float *row = malloc((size_t)ldy * sizeof *row);
+    for (size_t i = 0; i < (size_t)Nmax * ldx; i++) x[i] = frand();
+    for (size_t i = 0; i < (size_t)out * ldw; i++) w[i] = frand();
+    for (size_t i = 0; i < (size_t)Nmax * ldy; i++) y0[i] = frand();
+    const int kernels[] = {FY_CPU_Q8_PORTABLE, FY_CPU_Q8_AVX2, FY_CPU_Q8_BEST};
+    float *first = malloc((size_t)Nmax * ldy * sizeof *first);
+    for (int kk = 0; kk < 3; kk++) {
+        fy_backend *be = cpu_isa(kernels[kk]);
+        memcpy(y, y0, (size_t)Nmax * ldy * sizeof *y);
+        run_linear_rows(be, Nmax, in, out, x, ldx, w, ldw, y, ldy, acc);
+        if (!kk) {
+            memcpy(first, y, (size_t)Nmax * ldy * sizeof *y);
+            double worst = 0;
+            for (int n = 0; n < Nmax; n++)
+                for (int o = 0; o < out; o++) {
+                    double ref = acc ? y0[(size_t)n * ldy + o] : 0, mag = fabs(ref);
+                    for (int k = 0; k < in; k++) {
+                        ref += (double)x[(size_t)n * ldx + k] * w[(size_t)o * ldw + k];
+                        mag += fabs((double)x[(size_t)n * ldx + k] * w[(size_t)o * ldw + k]);
+                    }
+                    worst = fmax(worst, fabs(y[(size_t)n * ldy + o] - ref) / (mag > 0 ? mag : 1));
+                }
+            CHECK(worst < 4e-7 * sqrt(in + 1.0) + 1e-7, "linear_rows in=%d out=%d: error %.3g vs double", in, out,
+                  worst);
+            /* padding columns of y stay as they were */
+            int pad_ok = 1;
+            for (int n = 0; n + 1 < Nmax; n++)
+                pad_ok &= !memcmp(y + (size_t)n * ldy + out, y0 + (size_t)n * ldy + out, 2 * sizeof *y);
+            CHECK(pad_ok, "linear_rows writes only its outputs");
+        } else {
+            CHECK(!memcmp(first, y, (size_t)Nmax * ldy * sizeof *y),
+                  "linear_rows in=%d out=%d N=%d: kernel %d differs from the portable one", in, out, Nmax, kernels[kk]);
+        }
+        if (kk == 2) /* each row alone, and the first n rows, against the full batch */
+            for (int n = 0; n < Nmax; n += 1 + n / 3) {
+                memcpy(row, y0 + (size_t)n * ldy, (size_t)ldy * sizeof *row);
+                run_linear_rows(be, 1, in, out, x + (size_t)n * ldx, ldx, w, ldw, row, ldy, acc);
+                CHECK(!memcmp(row, first + (size_t)n * ldy, (size_t)out * sizeof *row),
+                      "linear_rows in=%d out=%d: row %d alone differs from it among %d rows", in, out, n, Nmax);
+                memcpy(y, y0, (size_t)Nmax * ldy * sizeof *y);
+                run_linear_rows(be, n + 1, in, out, x, ldx, w, ldw, y, ldy, acc);
+                CHECK(!memcmp(y, first, ((size_t)n * ldy + out) * sizeof *y),
+                      "linear_rows in=%d out=%d: the first %d rows differ from them among %d", in, out, n + 1, Nmax);
+            }
+        fy_backend_destroy(be);
+    }
+    free(x), free(w), free(y0), free(y), free(row), free(first);
+}
+
+/* mla_paged against mla_decode on the same positions laid out contiguous:
+ * the same bits, rows in any order and of any length. */
+static void test_mla_paged(int H, int r, int dn, int dr, int dv, int bs) {
+    enum { NR = 5, NB = 24 };
+    fy_backend *be = cpu_isa(FY_CPU_Q8_BEST);
+    fy_err err;
+    const int dq = H * (dn + dr), rows = NB * bs, lens[NR] = {1, bs, bs + 1, 3 * bs + 2, 7 * bs - 1};
+    int32_t blocks[NR * 8], tab[NR], len[NR];
+    int nb = 0, perm[NB];
+    for (int i = 0; i < NB; i++) perm[i] = i;
+    for (int i = NB - 1; i > 0; i--) { /* blocks handed out in a shuffled order */
+        int j = (int)((frand() + 1) * 0.5 * (i + 1)) % (i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    for (int i = 0; i < NR; i++) {
+        tab[i] = nb;
+        len[i] = lens[i];
+        for (int b = 0; b * bs < lens[i]; b++) blocks[nb] = perm[nb % NB], nb++;
+    }
+    size_t nw = (size_t)H * (dn + dv) * r;
+    float *hq = malloc((size_t)NR * dq * 4), *hw = malloc(nw * 4), *hc = malloc((size_t)rows * r * 4);
+    float *hk = malloc((size_t)rows * dr * 4), *o1 = malloc((size_t)NR * H * dv * 4), *o2 = malloc((size_t)H * dv * 4);
+    for (size_t i = 0; i < (size_t)NR * dq; i++) hq[i] = frand();
+    for (size_t i = 0; i < nw; i++) hw[i] = frand() * 0.3f;
+    for (size_t i = 0; i < (size_t)rows * r; i++) hc[i] = frand();
+    for (size_t i = 0; i < (size_t)rows * dr; i++) hk[i] = frand();
+    fy_buf q, w, c, k, o, gc, gk;
+    if (fy_be_alloc(be, &q, (size_t)NR * dq, &err) || fy_be_alloc(be, &w, nw, &err) ||
+        fy_be_alloc(be, &c, (size_t)rows * r, &err) || fy_be_alloc(be, &k, (size_t)rows * dr + 1, &err) ||
+        fy_be_alloc(be, &o, (size_t)NR * H * dv, &err) || fy_be_alloc(be, &gc, (size_t)rows * r, &err) ||
+        fy_be_alloc(be, &gk, (size_t)rows * dr + 1, &err))
+        exit(1);
+    be->ops->upload(be, fy_at(&q, 0), hq, (size_t)NR * dq);
+    be->ops->upload(be, fy_at(&w, 0), hw, nw);
+    be->ops->upload(be, fy_at(&c, 0), hc, (size_t)rows * r);
+    be->ops->upload(be, fy_at(&k, 0), hk, (size_t)rows * dr);
+    float scale = 0.37f;
+    be->ops->mla_paged(be, NR, H, r, dn, dr, dv, scale, fy_at(&q, 0), dq, fy_at(&w, 0), fy_at(&c, 0), fy_at(&k, 0),
+                       bs, blocks, tab, len, fy_at(&o, 0), H * dv);
+    be->ops->download(be, o1, fy_at(&o, 0), (size_t)NR * H * dv);
+    for (int i = 0; i < NR; i++) {
+        for (int s = 0; s < len[i]; s++) { /* row i's positions, contiguous */
+            size_t pr = (size_t)blocks[tab[i] + s / bs] * bs + s % bs;
+            be->ops->copy(be, fy_at(&gc, (size_t)s * r), fy_at(&c, pr * r), r);
+            be->ops->copy(be, fy_at(&gk, (size_t)s * dr), fy_at(&k, pr * dr), dr);
+        }
+        be->ops->mla_decode(be, H, len[i], r, dn, dr, dv, scale, fy_at(&q, (size_t)i * dq), dn + dr, fy_at(&w, 0),
+                            fy_at(&gc, 0), r, fy_at(&gk, 0), dr > 0 ? dr : 1, fy_at(&o, 0));
+        be->ops->download(be, o2, fy_at(&o, 0), (size_t)H * dv);
+        CHECK(!memcmp(o1 + (size_t)i * H * dv, o2, (size_t)H * dv * 4),
+              "mla_paged H=%d r=%d dr=%d bs=%d: row %d (%d positions) differs from mla_decode", H, r, dr, bs, i, len[i]);
+    }
+    CHECK(fy_be_sync(be, &err) == 0, "mla: %s", err.msg);
+    fy_be_free(be, &q), fy_be_free(be, &w), fy_be_free(be, &c), fy_be_free(be, &k), fy_be_free(be, &o);
+    fy_be_free(be, &gc), fy_be_free(be, &gk);
+    free(hq), free(hw), free(hc), free(hk), free(o1), free(o2);
+    fy_backend_destroy(be);
+}
+
+/* OpenCL (no linear_rows or mla_paged of its own: the fallbacks): the batch
+ * step is invariant there too, and agrees with cpu within rounding. */
+static void test_opencl(void) {
+#ifndef FERRY_HAVE_OPENCL
+    printf("SKIP opencl batch step: this ferry was built without OpenCL\n");
+#else
+    fy_backend *probe;
+    fy_err err;
+    if (fy_backend_create("opencl", &probe, &err)) {
+        printf("SKIP opencl batch step: no OpenCL device (%s)\n", err.msg);
+        return;
+    }
+    fy_backend_destroy(probe);
+    fy_config c = test_config(1, 1);
+    fy_backend *bc, *bo;
+    fy_model mc, mo;
+    make_model("cpu", &c, &bc, &mc);
+    make_model("opencl", &c, &bo, &mo);
+    run rc, ro;
+    float *kc[NSEQ], *ko[NSEQ];
+    for (int s = 0; s < NSEQ; s++) {
+        kc[s] = malloc(kv_size(&c, s) * sizeof(float));
+        ko[s] = malloc(kv_size(&c, s) * sizeof(float));
+    }
+    run_batch(&mc, 4, -1, chunk_mixed, 0, 2, &rc, kc);
+    run_batch(&mo, 4, -1, chunk_mixed, 0, 2, &ro, ko);
+    double worst = 0, worst_kv = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        for (int t = 0; t < seq_len(s); t++)
+            if (rc.have[s][t] && ro.have[s][t])
+                worst = fmax(worst, rel(ro.logits[s] + (size_t)t * V, rc.logits[s] + (size_t)t * V, V));
+        worst_kv = fmax(worst_kv, rel(ko[s], kc[s], (int)kv_size(&c, s)));
+    }
+    CHECK(worst < 1e-4 && worst_kv < 1e-4, "opencl batch step vs cpu: logits %.3g, latent KV %.3g (relative)", worst,
+          worst_kv);
+    printf("opencl batch step vs cpu: worst logit rel err %.2e, latent KV %.2e\n", worst, worst_kv);
+    run_free(&rc), run_free(&ro);
+    for (int s = 0; s < NSEQ; s++) free(kc[s]), free(ko[s]);
+    invariance("opencl f32", &mo);
+    if (fy_model_set_decode_quant(&mo, FY_QUANT_Q8_0, &err) == 0) invariance("opencl q8_0", &mo);
+    else printf("SKIP opencl q8_0: %s\n", err.msg);
+    fy_model_free(&mc), fy_model_free(&mo);
+    fy_backend_destroy(bc), fy_backend_destroy(bo);
+#endif
+}
+
 int main(void) {
+    test_linear_rows(64, 48, 9, 0);
+    test_linear_rows(37, 13, 7, 1);
+    test_linear_rows(256, 130, 21, 0);
+    test_linear_rows(5, 3, 3, 1);
+    test_mla_paged(3, 18, 10, 6, 9, 4);
+    test_mla_paged(4, 64, 16, 8, 16, 16);
+    test_mla_paged(2, 33, 0, 0, 5, 1);
     test_pool();
     test_vs_forward("cpu", 0, 1);
     test_vs_forward("cpu", 1, 0);
     test_invariance("cpu", 0, 1);
     test_invariance("cpu", 1, 0);
+    test_opencl();
     return fy_test_finish("test_batch");
 }

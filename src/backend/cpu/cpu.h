@@ -180,6 +180,11 @@ void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int 
                        fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
                        fy_ref out);
 
+void fy_cpu_linear_rows(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref w, int ldw, fy_ref y,
+                        int ldy, int accumulate);
+void fy_cpu_mla_paged(fy_backend *be, int n, int H, int r, int dn, int dr, int dv, float scale, fy_ref q, int ldq,
+                      fy_ref wkv_b, fy_ref ckv, fy_ref kpe, int bs, const int32_t *blocks, const int32_t *tab,
+                      const int32_t *len, fy_ref out, int ldo);
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate);
 void fy_cpu_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq, fy_ref us,

@@ -5,6 +5,7 @@
  * element is produced by the same sequence of operations whatever the thread
  * count, so results are deterministic. */
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #include "backend/cpu/cpu.h"
@@ -161,47 +162,143 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     if (oom) fy_be_set_error(be, "cpu attn_bwd: out of memory");
 }
 
-/* Per head: q_lat = q_nope W_kb, score = scale (ckv q_lat + kpe q_pe),
- * o_lat = softmax(score) ckv, out = W_vb o_lat (backend.h). */
+/* ---------------------------------------------------------------- MLA decode */
+
+/* Where a sequence's positions live: position s is row blocks[s / bs] * bs
+ * + s % bs of c (row stride ldc) and k (ldk); blocks NULL: row s. */
+typedef struct mla_seq {
+    const float *c, *k;
+    size_t ldc, ldk;
+    const int32_t *blocks;
+    int bs, S;
+} mla_seq;
+
+/* Runs of positions that are consecutive rows: [s0, s0 + *cnt) from *row. */
+static size_t mla_run(const mla_seq *q, int s0, int *cnt) {
+    if (!q->blocks) {
+        *cnt = q->S - s0;
+        return (size_t)s0;
+    }
+    int left = q->S - s0, in_blk = q->bs - s0 % q->bs;
+    *cnt = left < in_blk ? left : in_blk;
+    return (size_t)q->blocks[s0 / q->bs] * q->bs + s0 % q->bs;
+}
+
+/* One head of one query, query to output, single-threaded, in an order
+ * fixed by (r, dn, dr, dv, S) alone, so contiguous and paged positions give
+ * the same bits (mla_decode == mla_paged):
+ *   q_lat = sum_i q_nope[i] W_kb[i, :]           (rows added in order)
+ *   score[s] = scale dot(ckv[s], q_lat) + scale dot(kpe[s], q_pe)
+ *   o_lat = sum_s softmax(score)[s] ckv[s]        (positions in order)
+ *   out[v] = dot(W_vb[v, :], o_lat)
+ * dots are fy_cpu_dot's 8 lanes. scr: 2r + S floats. */
+FY_CPU_HOT static void mla_head(const mla_seq *q, int r, int dn, int dr, int dv, float scale, const float *qh,
+                                const float *wkb, float *scr, float *o) {
+    float *ql = scr, *ol = scr + r, *sh = ol + r;
+    const float *wvb = wkb + (size_t)dn * r;
+    memset(ql, 0, 2 * (size_t)r * sizeof *ql);
+    for (int i = 0; i < dn; i++) {
+        const float a = qh[i], *wr = wkb + (size_t)i * r;
+#pragma omp simd
+        for (int j = 0; j < r; j++) ql[j] += a * wr[j];
+    }
+    for (int s0 = 0, cnt; s0 < q->S; s0 += cnt) {
+        size_t row = mla_run(q, s0, &cnt);
+        for (int t = 0; t < cnt; t++) {
+            const float *cr = q->c + (row + t) * q->ldc, *kr = q->k + (row + t) * q->ldk;
+            sh[s0 + t] = scale * fy_cpu_dot(cr, ql, r) + scale * fy_cpu_dot(kr, qh + dn, dr);
+        }
+    }
+    softmax_rows(sh, q->S, 1, q->S);
+    for (int s0 = 0, cnt; s0 < q->S; s0 += cnt) {
+        size_t row = mla_run(q, s0, &cnt);
+        for (int t = 0; t < cnt; t++) {
+            const float p = sh[s0 + t], *cr = q->c + (row + t) * q->ldc;
+#pragma omp simd
+            for (int j = 0; j < r; j++) ol[j] += p * cr[j];
+        }
+    }
+    for (int v = 0; v < dv; v++) o[v] = fy_cpu_dot(wvb + (size_t)v * r, ol, r);
+}
+
+/* Every (row, head) pair of n rows as one parallel loop; row i's query
+ * heads at q + i*ldq + h*ldh, its output at o + i*ldo + h*dv, positions
+ * seq[i]. One thread per pair from query to output: a pair's bits do not
+ * depend on the thread count or on the other rows. Threads get scratch of
+ * 2r + max S floats each. */
+static void mla_rows(fy_backend *be, const char *op, int n, int H, int r, int dn, int dr, int dv, float scale,
+                     const float *q, size_t ldq, size_t ldh, const float *w, const mla_seq *seq, float *o, size_t ldo) {
+    int most = 0;
+    size_t work = 0;
+    for (int i = 0; i < n; i++) {
+        most = seq[i].S > most ? seq[i].S : most;
+        work += (size_t)H * (seq[i].S + dn + dv) * r;
+    }
+    const int nt = work > 16384 ? omp_get_max_threads() : 1;
+    const size_t per = 2 * (size_t)r + most;
+    float *scr = fy_cpu_scratch(be, (size_t)nt * per, op);
+    if (!scr) return;
+#pragma omp parallel for schedule(dynamic, 1) if (nt > 1) num_threads(nt)
+    for (int ih = 0; ih < n * H; ih++) {
+        int i = ih / H, h = ih % H;
+        float *oh = o + (size_t)i * ldo + (size_t)h * dv;
+        if (!seq[i].S || !r) { /* softmax over nothing, or a zero-width latent: zeros */
+            memset(oh, 0, (size_t)dv * sizeof *oh);
+            continue;
+        }
+        mla_head(&seq[i], r, dn, dr, dv, scale, q + (size_t)i * ldq + (size_t)h * ldh, w + (size_t)h * (dn + dv) * r,
+                 scr + (size_t)omp_get_thread_num() * per, oh);
+    }
+}
+
 void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
                        fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,
                        fy_ref out) {
     const char *op = "mla_decode";
     float *o = fy_cpu_f(be, out, (size_t)H * dv, op, "out");
     if (!o) return;
-    if (!S || !r) { /* softmax over nothing, or a zero-width latent: zeros */
+    mla_seq seq = {NULL, NULL, (size_t)ld_ckv, (size_t)ld_kpe, NULL, 1, S};
+    if (S && r) {
+        const float *qp = fy_cpu_f(be, q, fy_cpu_span(H, ldq, dn + dr), op, "q");
+        const float *w = fy_cpu_f(be, wkv_b, (size_t)H * (dn + dv) * r, op, "wkv_b");
+        seq.c = fy_cpu_f(be, ckv, fy_cpu_span(S, ld_ckv, r), op, "ckv");
+        seq.k = dr ? fy_cpu_f(be, kpe, fy_cpu_span(S, ld_kpe, dr), op, "kpe") : seq.c;
+        if (!qp || !w || !seq.c || !seq.k) return;
+        mla_rows(be, op, 1, H, r, dn, dr, dv, scale, qp, 0, (size_t)ldq, w, &seq, o, 0);
+    } else {
         memset(o, 0, (size_t)H * dv * sizeof *o);
+    }
+}
+
+/* mla_decode per row against paged positions (backend.h): the same
+ * mla_head, so row i gives mla_decode's bits for its positions. */
+void fy_cpu_mla_paged(fy_backend *be, int n, int H, int r, int dn, int dr, int dv, float scale, fy_ref q, int ldq,
+                      fy_ref wkv_b, fy_ref ckv, fy_ref kpe, int bs, const int32_t *blocks, const int32_t *tab,
+                      const int32_t *len, fy_ref out, int ldo) {
+    const char *op = "mla_paged";
+    size_t rows = 0; /* pool rows the sequences reach */
+    for (int i = 0; i < n; i++)
+        for (int b = 0; (size_t)b * bs < (size_t)len[i]; b++) {
+            int32_t id = blocks[tab[i] + b];
+            if (id < 0) {
+                fy_be_set_error(be, "cpu %s: row %d: block %d has id %d", op, i, b, id);
+                return;
+            }
+            rows = (size_t)(id + 1) * bs > rows ? (size_t)(id + 1) * bs : rows;
+        }
+    const size_t dqr = (size_t)dn + dr;
+    float *o = fy_cpu_f(be, out, fy_cpu_span(n, ldo, (size_t)H * dv), op, "out");
+    const float *qp = fy_cpu_f(be, q, fy_cpu_span(n, ldq, H * dqr), op, "q");
+    const float *w = r ? fy_cpu_f(be, wkv_b, (size_t)H * (dn + dv) * r, op, "wkv_b") : NULL;
+    const float *c = rows && r ? fy_cpu_f(be, ckv, rows * r, op, "ckv") : NULL;
+    const float *k = rows && dr ? fy_cpu_f(be, kpe, rows * dr, op, "kpe") : c;
+    if (!o || !qp || (r && !w) || (rows && r && (!c || !k))) return;
+    mla_seq *seq = malloc((size_t)n * sizeof *seq);
+    if (!seq) {
+        fy_be_set_error(be, "cpu %s: out of memory", op);
         return;
     }
-    const float *qp = fy_cpu_f(be, q, fy_cpu_span(H, ldq, dn + dr), op, "q");
-    const float *w = fy_cpu_f(be, wkv_b, (size_t)H * (dn + dv) * r, op, "wkv_b");
-    const float *c = fy_cpu_f(be, ckv, fy_cpu_span(S, ld_ckv, r), op, "ckv");
-    const float *kp = dr ? fy_cpu_f(be, kpe, fy_cpu_span(S, ld_kpe, dr), op, "kpe") : NULL;
-    if (!qp || !w || !c || (dr && !kp)) return;
-    /* per head: q_lat [r], o_lat [r], scores [S] */
-    const size_t per = 2 * (size_t)r + S;
-    float *scr = fy_cpu_scratch(be, (size_t)H * per, op);
-    if (!scr) return;
-    /* One thread per head from query to output, each with single-threaded
-     * gemv (OpenBLAS stays on one thread inside a parallel region):
-     * OpenBLAS's own threading of these thin products cost more in
-     * fork/join than the work (tiny at 1000 positions: 5x slower decode),
-     * and one region per layer instead of 2H+1 calls took small's
-     * one-thread decode from 496 to 549 tok/s. A head's bits do not depend
-     * on the thread count. */
-#pragma omp parallel for schedule(static) if ((size_t)H * (S + dn + dv) * r > 16384)
-    for (int h = 0; h < H; h++) {
-        float *ql = scr + (size_t)h * per, *ol = ql + r, *sh = ol + r;
-        const float *qh = qp + (size_t)h * ldq, *wkb = w + (size_t)h * (dn + dv) * r,
-                    *wvb = wkb + (size_t)dn * r;
-        /* gemv reads y even when beta is 0: clear it (NaN garbage * 0) */
-        memset(ql, 0, per * sizeof *ql);
-        memset(o + (size_t)h * dv, 0, (size_t)dv * sizeof *o);
-        if (dn) cblas_sgemv(CblasRowMajor, CblasTrans, dn, r, 1.0f, wkb, r, qh, 1, 0.0f, ql, 1);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, S, r, scale, c, ld_ckv, ql, 1, 0.0f, sh, 1);
-        if (dr) cblas_sgemv(CblasRowMajor, CblasNoTrans, S, dr, scale, kp, ld_kpe, qh + dn, 1, 1.0f, sh, 1);
-        softmax_rows(sh, S, 1, S);
-        cblas_sgemv(CblasRowMajor, CblasTrans, S, r, 1.0f, c, ld_ckv, sh, 1, 0.0f, ol, 1);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, dv, r, 1.0f, wvb, r, ol, 1, 0.0f, o + (size_t)h * dv, 1);
-    }
+    for (int i = 0; i < n; i++) seq[i] = (mla_seq){c, k, (size_t)r, (size_t)dr, blocks + tab[i], bs, len[i]};
+    mla_rows(be, op, n, H, r, dn, dr, dv, scale, qp, (size_t)ldq, dqr, w, seq, o, (size_t)ldo);
+    free(seq);
 }

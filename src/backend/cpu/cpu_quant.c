@@ -203,6 +203,9 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
     rows(in, o0, o1, xq, sx, q, s, y, accumulate);
 }
 
+/* All N input rows are quantized first, then each chunk of W's rows meets
+ * every row while it is in cache (W streams from memory once, not N
+ * times); row n's outputs are the same bits as a call with that row alone. */
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
@@ -210,19 +213,19 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     const int8_t *qp = (const int8_t *)fy_cpu_f(be, wq, (size_t)out * (in / 4), op, "wq");
     const float *sp = fy_cpu_f(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
     float *yp = fy_cpu_f(be, y, fy_cpu_span(N, ldy, out), op, "y");
-    /* the quantized input row: in bytes, then in/32 scales */
-    float *scr = fy_cpu_scratch(be, (size_t)in / 4 + in / FY_Q8_BLOCK, op);
+    /* each quantized input row: in bytes, then in/32 scales */
+    const size_t per = (size_t)in / 4 + in / FY_Q8_BLOCK;
+    float *scr = fy_cpu_scratch(be, per * N, op);
     if (!xp || !qp || !sp || !yp || !scr) return;
-    int8_t *xq = (int8_t *)scr;
-    float *sx = scr + in / 4;
     q8_rows_fn *rows = q8_rows_best(be);
+    for (int n = 0; n < N; n++)
+        quantize_row(rows, xp + (size_t)n * ldx, in, (int8_t *)(scr + per * n), scr + per * n + in / 4);
     const int chunks = n_chunks(out);
-    for (int n = 0; n < N; n++) {
-        quantize_row(rows, xp + (size_t)n * ldx, in, xq, sx);
-        float *yn = yp + (size_t)n * ldy;
-#pragma omp parallel for schedule(static) if ((size_t)out * in >= 65536)
-        for (int c = 0; c < chunks; c++) chunk_rows(rows, c, in, out, xq, sx, qp, sp, yn, accumulate);
-    }
+#pragma omp parallel for schedule(static) if ((size_t)out * in * N >= 65536)
+    for (int c = 0; c < chunks; c++)
+        for (int n = 0; n < N; n++)
+            chunk_rows(rows, c, in, out, (const int8_t *)(scr + per * n), scr + per * n + in / 4, qp, sp,
+                       yp + (size_t)n * ldy, accumulate);
 }
 
 /* One parallel region: gate and up rows split over the threads, then one
