@@ -243,24 +243,35 @@ static int build_batch(fy_sched *s, int *chunk) {
  * hands out the events and updates the counters under it. */
 static void step(fy_sched *s) {
     const int slots = s->o.slots;
-    int chunk[slots], sampled[slots];
+    int chunk[slots], sampled[slots], lidx[slots];
     uint64_t cancelled = 0;
     for (int i = 0; i < slots; i++)
         if (s->slot[i] && fy_req_cancelled(s->slot[i])) {
             cancelled++;
             free_slot(s, i);
         }
-    int n = build_batch(s, chunk);
+    int n = build_batch(s, chunk), n_want = 0;
     fy_err err, serr;
     int rc = n ? fy_model_batch_step(s->m, &s->pool, s->items, n, s->logits, &err) : 0;
     double now = fy_now_s();
-    for (int j = 0, l = 0; j < n; j++) {
-        fy_request *r = s->slot[s->item_slot[j]];
+    for (int j = 0; j < n; j++) {
         sampled[j] = 0;
-        if (rc) continue;
-        r->fed += chunk[j];
-        if (s->items[j].want_logits)
-            sampled[j] = fy_seq_step(&r->seq, s->logits + (size_t)l++ * s->vocab, &serr) ? -1 : 1;
+        lidx[j] = !rc && s->items[j].want_logits ? n_want++ : -1;
+        if (!rc) s->slot[s->item_slot[j]]->fed += chunk[j];
+    }
+    /* Each slot samples from its own logits with its own state: in
+     * parallel when the vocabulary makes it worth it (same tokens). */
+#pragma omp parallel for schedule(dynamic) if (n_want > 1 && (int64_t)n_want * s->vocab >= (1 << 12))
+    for (int j = 0; j < n; j++) {
+        if (lidx[j] < 0) continue;
+        fy_err e;
+        if (fy_seq_step(&s->slot[s->item_slot[j]]->seq, s->logits + (size_t)lidx[j] * s->vocab, &e)) {
+            sampled[j] = -1;
+#pragma omp critical(fy_sched_err)
+            serr = e;
+        } else {
+            sampled[j] = 1;
+        }
     }
     pthread_mutex_lock(&s->mu);
     s->st.steps += n > 0;

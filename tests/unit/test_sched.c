@@ -719,6 +719,7 @@ int main(void) {
     invariance(&w, sp, ref, 4, 5, 0);
     invariance(&w, sp, ref, 8, 16, 3 * 256); /* the pool, not the slots, limits admission */
     invariance(&w, sp, ref, 1, 1, 0);
+    invariance(&w, sp, ref, 16, 32, 0); /* 16 slots x V: sampling runs in parallel */
     cancel(&w, sp, ref);
     refusals(&w, sp);
     stop_grace(&w, sp, ref);
