@@ -11,6 +11,8 @@
  * (d) stop: grace 0 cuts running requests ("length", a prefix of the solo
  *     tokens) and ends waiting ones; a long grace lets all finish;
  * (e) the stats add up (tokens, requests, histograms, nothing left in use);
+ * (g) a model step that fails (an injected backend fault) fails the
+ *     requests in it with an error event; the scheduler serves on;
  * (f) seq: stop strings split across tokens are never emitted (checked
  *     against the decoded text at every step), UTF-8 is held back until
  *     complete, log-probabilities equal a direct log-softmax and their
@@ -508,6 +510,72 @@ static void stop_grace(world *w, const spec *sp, const result *ref) {
     free(got);
 }
 
+/* ---- (g) a failing model step ---------------------------------------------------- */
+
+/* Fault injection: the backend's sync fails once when armed, as a device
+ * error would (the ops table is swapped for a copy with sync wrapped). */
+static _Atomic int g_fail_sync;
+static fy_backend_ops g_ops;
+static int (*g_sync)(fy_backend *, fy_err *);
+
+static int failing_sync(fy_backend *be, fy_err *err) {
+    int rc = g_sync(be, err);
+    if (!rc && g_fail_sync && __atomic_exchange_n(&g_fail_sync, 0, __ATOMIC_SEQ_CST))
+        return fy_fail(err, "injected device fault");
+    return rc;
+}
+
+static void step_error(world *w, const spec *sp, const result *ref) {
+    fy_err err;
+    g_ops = *w->be->ops;
+    g_sync = g_ops.sync;
+    g_ops.sync = failing_sync;
+    const fy_backend_ops *saved = w->be->ops;
+    w->be->ops = &g_ops;
+    spec L;
+    long_spec(w, &L, 200, 0);
+    fy_sched *s;
+    fy_sched_opts o = {.slots = 4, .ctx = CTX, .prefill_chunk = 8};
+    CHECK(fy_sched_create(&s, &w->m, w->tok, &o, &err) == 0, "create: %s", err.msg);
+    fy_request *q[3];
+    CHECK(fy_sched_submit(s, L.prompt, L.n, &L.p, &q[0], &err) == 0, "submit: %s", err.msg);
+    for (int i = 1; i < 3; i++) CHECK(fy_sched_submit(s, L.prompt, L.n, &L.p, &q[i], &err) == 0, "submit");
+    fy_req_event ev;
+    CHECK(fy_request_next(q[0], 30, &ev) == 1 && ev.kind == FY_EV_TOKEN, "no first token");
+    g_fail_sync = 1;
+    int errors = 0, dones = 0;
+    for (int i = 0; i < 3; i++) {
+        while (fy_request_next(q[i], 30, &ev) && ev.kind == FY_EV_TOKEN) {
+        }
+        errors += ev.kind == FY_EV_ERROR && strstr(ev.err, "injected");
+        dones += ev.kind == FY_EV_DONE;
+        fy_request_release(q[i]);
+    }
+    CHECK(errors >= 1 && errors + dones == 3, "after a failed step: %d errors, %d done", errors, dones);
+    /* the scheduler goes on: new requests run as alone */
+    int same = 0;
+    for (int i = 0; i < 4; i++) {
+        fy_request *r;
+        result *got = calloc(1, sizeof *got);
+        char why[512] = "";
+        CHECK(fy_sched_submit(s, sp[i].prompt, sp[i].n, &sp[i].p, &r, &err) == 0, "submit after fault: %s", err.msg);
+        drain(r, got, 30);
+        fy_request_release(r);
+        same += same_result(&ref[i], got, sp[i].p.logprobs, why, sizeof why);
+        free(got);
+    }
+    CHECK(same == 4, "after a failed step, %d of 4 new requests as alone", same);
+    fy_sched_stats st;
+    fy_sched_get_stats(s, &st);
+    CHECK(st.requests_failed == (uint64_t)errors && st.requests_done == (uint64_t)(dones + 4) && st.busy_slots == 0 &&
+              st.kv_positions_used == 0,
+          "stats after a fault: failed %llu done %llu busy %d kv %d", (unsigned long long)st.requests_failed,
+          (unsigned long long)st.requests_done, st.busy_slots, st.kv_positions_used);
+    fy_sched_free(s);
+    w->be->ops = saved;
+    printf("step error: %d requests failed with the step, the scheduler served %d more as alone\n", errors, same);
+}
+
 /* ---- (f) seq ------------------------------------------------------------------ */
 
 static int32_t byte_token(const fy_tokenizer *tok, unsigned char b) {
@@ -723,6 +791,7 @@ int main(void) {
     cancel(&w, sp, ref);
     refusals(&w, sp);
     stop_grace(&w, sp, ref);
+    step_error(&w, sp, ref);
     free(sp);
     free(ref);
     free(r2);
