@@ -153,7 +153,9 @@ static void cut_all(fy_sched *s) {
         fy_request *r = s->slot[i];
         if (!r) continue;
         fy_err err;
-        if (fy_seq_finish(&r->seq, &err)) {
+        if (fy_req_cancelled(r)) {
+            s->st.requests_cancelled++;
+        } else if (fy_seq_finish(&r->seq, &err)) {
             fy_req_fail(r, err.msg);
             s->st.requests_failed++;
         } else {
@@ -164,16 +166,15 @@ static void cut_all(fy_sched *s) {
     }
     fy_request *r;
     while ((r = queue_pop(s))) {
-        done_event(r, NULL, 0);
-        s->st.requests_done++;
+        if (fy_req_cancelled(r)) {
+            s->st.requests_cancelled++;
+        } else {
+            done_event(r, NULL, 0);
+            s->st.requests_done++;
+        }
         fy_req_unref(r);
     }
 }
-
-/* What one step changed in the counters: merged under s->mu at its end. */
-typedef struct step_tally {
-    uint64_t done, failed, cancelled, generated;
-} step_tally;
 
 /* Slot i has sampled (fy_seq_step): its token and, when the sequence
  * ended, its DONE go to the request, its latency to the histograms. Under
