@@ -5,6 +5,7 @@
  * backends' own ops (be->impl_ops) may assume valid, non-empty arguments.
  * Buffers are still checked where a backend resolves them (fy_be_ref_ok). */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "backend/backend.h"
@@ -251,6 +252,45 @@ static void chk_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_
     if (d) IMPL->swiglu_q8(be, d, F, x, gq, gs, uq, us, dq, ds, g, u, h, y, accumulate);
 }
 
+/* ---------------------------------------------------------------- serving */
+
+/* Without the backend's own kernel: one M = 1 gemm per row, the same call
+ * for a row whatever N is (batch-invariant, slow). */
+static void chk_linear_rows(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref w, int ldw,
+                            fy_ref y, int ldy, int accumulate) {
+    if (N < 0 || in < 0 || out < 0 || (N > 1 && (ldx < in || ldy < out)) || (out > 1 && ldw < in)) {
+        bad(be, "linear_rows", "bad sizes N=%d in=%d out=%d ldx=%d ldw=%d ldy=%d", N, in, out, ldx, ldw, ldy);
+        return;
+    }
+    if (!N || !out) return;
+    if (IMPL->linear_rows) {
+        IMPL->linear_rows(be, N, in, out, x, ldx, w, ldw, y, ldy, accumulate);
+        return;
+    }
+    const int lda = in > 1 ? in : 1, ldb = ldw > lda ? ldw : lda;
+    for (int n = 0; n < N; n++)
+        IMPL->gemm(be, 0, 1, 1, out, in, 1.0f, fy_add(x, (size_t)n * ldx), lda, w, ldb, accumulate ? 1.0f : 0.0f,
+                   fy_add(y, (size_t)n * ldy), out);
+}
+
+static void chk_mla_paged(fy_backend *be, int n, int H, int r, int dn, int dr, int dv, float scale, fy_ref q,
+                          int ldq, fy_ref wkv_b, fy_ref ckv, fy_ref kpe, int bs, const int32_t *blocks,
+                          const int32_t *tab, const int32_t *len, fy_ref out, int ldo) {
+    if (n < 0 || H < 0 || r < 0 || dn < 0 || dr < 0 || dv < 0 || bs < 1 || (n > 1 && (ldq < H * (dn + dr) ||
+        ldo < H * dv)) || (H > 1 && ldq < dn + dr) || (n && (!tab || !len || !blocks))) {
+        bad(be, "mla_paged", "bad sizes n=%d H=%d r=%d dn=%d dr=%d dv=%d bs=%d ldq=%d ldo=%d", n, H, r, dn, dr, dv,
+            bs, ldq, ldo);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        if (len[i] < 0 || tab[i] < 0) {
+            bad(be, "mla_paged", "row %d: len=%d tab=%d", i, len[i], tab[i]);
+            return;
+        }
+    if (n && H && dv)
+        IMPL->mla_paged(be, n, H, r, dn, dr, dv, scale, q, ldq, wkv_b, ckv, kpe, bs, blocks, tab, len, out, ldo);
+}
+
 /* ---------------------------------------------------------------- installing */
 
 /* Called by fy_backend_create_opts on every backend it returns: be->ops
@@ -291,6 +331,8 @@ void fy_backend_install_checks(fy_backend *be) {
     CHECKED(mla_decode);
     CHECKED(linear_q8);
     CHECKED(swiglu_q8);
+    CHECKED(mla_paged);
 #undef CHECKED
+    c->linear_rows = chk_linear_rows; /* never NULL: the per-row gemm fallback */
     be->ops = c;
 }

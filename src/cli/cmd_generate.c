@@ -11,6 +11,7 @@
 #include "model/decode.h"
 #include "serve/generate.h"
 #include "serve/sampler.h"
+#include "serve/seq.h"
 
 static void print_text(const char *text, size_t n, void *ctx) {
     (void)ctx;
@@ -24,48 +25,79 @@ static void print_list(const char *label, const int32_t *ids, int n) {
     printf("\n");
 }
 
-/* Same tokens as fy_generate (no <|bos|>, stop at <|eos|>, which is not
- * printed), printed as two lines: "prompt: ID..." and "ids: ID...". */
+typedef struct id_list {
+    int32_t *ids;
+    int n;
+} id_list;
+
+static void collect_id(const fy_seq *s, void *ctx) {
+    id_list *l = ctx;
+    l->ids[l->n++] = s->token;
+}
+
+/* fy_generate's tokens (no <|bos|>; <|eos|> ends them, unprinted; a stop
+ * string ends them after the token completing it), printed as two lines:
+ * "prompt: ID..." and "ids: ID...". */
 static int generate_ids(fy_model *m, const fy_tokenizer *tok, const char *prompt, const fy_gen_opts *o,
                         fy_err *err) {
-    int V = m->cfg.vocab_size, rc = -1, n_out = 0;
-    int32_t *ids = NULL, *out = NULL;
+    int32_t *ids = NULL;
     size_t n = 0;
-    float *logits = malloc((size_t)V * sizeof *logits);
-    void *scratch = malloc(fy_sample_scratch_size(V));
-    fy_kv_cache cache = {0};
-    if (!logits || !scratch) { fy_fail(err, "out of memory"); goto done; }
-    if (fy_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n, err)) goto done;
-    if (n == 0 || (int)n > m->cfg.max_position_embeddings) {
-        fy_fail(err, "the prompt has %zu tokens: needs 1 to max_position_embeddings %d", n, m->cfg.max_position_embeddings);
-        goto done;
+    id_list out = {malloc((size_t)o->p.max_tokens * sizeof(int32_t) + 1), 0};
+    fy_gen_opts io = *o;
+    io.on_text = NULL;
+    io.on_token = collect_id;
+    io.ctx = &out;
+    fy_gen_result res;
+    int rc = -1;
+    if (!out.ids) fy_fail(err, "out of memory");
+    else if (!fy_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n, err)) {
+        if (n == 0 || (int)n > m->cfg.max_position_embeddings)
+            fy_fail(err, "the prompt has %zu tokens: needs 1 to max_position_embeddings %d", n,
+                    m->cfg.max_position_embeddings);
+        else if (!fy_generate_ids(m, tok, ids, (int)n, &io, &res, err)) {
+            print_list("prompt:", ids, (int)n);
+            print_list("ids:", out.ids, out.n);
+            rc = 0;
+        }
     }
-    int cap = (int)n + o->max_new_tokens;
-    if (cap > m->cfg.max_position_embeddings) cap = m->cfg.max_position_embeddings;
-    if (!(out = malloc((size_t)o->max_new_tokens * sizeof *out + 1))) { fy_fail(err, "out of memory"); goto done; }
-    if (fy_kv_cache_create(&cache, m, cap, err) || fy_model_prefill(m, &cache, ids, (int)n, logits, err)) goto done;
-    for (int i = 0; i < o->max_new_tokens; i++) {
-        int32_t next = fy_sample(&o->sampler, logits, V, (uint64_t)cache.len, scratch);
-        if (next == fy_tokenizer_eos(tok)) break;
-        out[n_out++] = next;
-        if (i + 1 == o->max_new_tokens || cache.len >= cache.cap) break;
-        if (fy_model_decode(m, &cache, next, logits, err)) goto done;
-    }
-    print_list("prompt:", ids, (int)n);
-    print_list("ids:", out, n_out);
-    rc = 0;
-done:
-    fy_kv_cache_free(&cache, m);
     free(ids);
-    free(out);
-    free(logits);
-    free(scratch);
+    free(out.ids);
     return rc;
 }
 
+/* Takes every --stop TEXT (or --stop=TEXT) out of argv[0..argc) into stop[]
+ * (repeatable, which fy_args_parse is not), copying the other words to rest
+ * and skipping the values of the flags in spec that take one. */
+static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, const char **stop, int *n_stop,
+                      char **rest, int *n_rest, fy_err *err) {
+    *n_stop = *n_rest = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *w = argv[i];
+        if (!strcmp(w, "--stop") || !strncmp(w, "--stop=", 7)) {
+            const char *v = w[6] ? w + 7 : i + 1 < argc ? argv[++i] : NULL;
+            if (!v) return fy_fail(err, "--stop needs a value");
+            if (*n_stop == FY_SEQ_MAX_STOP) return fy_fail(err, "--stop given more than %d times", FY_SEQ_MAX_STOP);
+            stop[(*n_stop)++] = v;
+            continue;
+        }
+        rest[(*n_rest)++] = argv[i];
+        if (!strcmp(w, "--")) { /* the rest are not flags */
+            while (++i < argc) rest[(*n_rest)++] = argv[i];
+            break;
+        }
+        for (int k = 0; k < n_spec; k++)
+            if (spec[k].type != FY_ARG_BOOL && i + 1 < argc &&
+                (!strcmp(w, spec[k].name) || (spec[k].alias && !strcmp(w, spec[k].alias)))) {
+                rest[(*n_rest)++] = argv[++i];
+                break;
+            }
+    }
+    return 0;
+}
+
 int fy_cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0;
+    const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
+    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -75,7 +107,10 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--top-k", NULL, FY_ARG_INT, &top_k, "K", "sample among the K likeliest (0 = all)", 0, 1 << 24, 0},
         {"--top-p", NULL, FY_ARG_FLOAT, &top_p, "P", "nucleus sampling mass (default 1 = off)", 1e-6, 1, 0},
         {"--seed", NULL, FY_ARG_INT, &seed, "S", "sampling seed (default 0)", 0, 2147483647, 0},
-        {"--stop", NULL, FY_ARG_STR, &stop, "TEXT", "stop when this text is generated", 0, 0, 0},
+        {"--stop", NULL, FY_ARG_STR, &stop_flag, "TEXT",
+         "stop when this text is generated (not printed); repeatable, up to 4", 0, 0, 0},
+        {"--prefill-chunk", NULL, FY_ARG_INT, &chunk, "N",
+         "prompt tokens per forward (0 = all; the tokens do not change)", 0, 1 << 20, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
         {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "decode weights: f32 (default) or q8_0 (int8, 3.6x fewer bytes)", 0, 0, 0},
         {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
@@ -84,13 +119,18 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];
-    int npos;
+    int npos, n_stop, n_rest;
     fy_err err;
-    int r = fy_args_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), "generate",
+    const char *stops[FY_SEQ_MAX_STOP];
+    char **rest = malloc((size_t)(argc + 1) * sizeof *rest);
+    if (!rest) return fy_cli_failf("generate", "out of memory");
+    int r = take_stops(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), stops, &n_stop, rest, &n_rest, &err);
+    if (!r) r = fy_args_parse(n_rest, rest, spec, (int)(sizeof spec / sizeof spec[0]), "generate",
                           "--model DIR --prompt TEXT [options]",
                           "Continue a prompt with a trained model: prefill, then token-by-token decoding\n"
                           "from the latent KV cache, streamed to stdout.",
                           pos, 0, &npos, &err);
+    free(rest);
     if (r) return r > 0 ? 0 : fy_cli_fail("generate", &err);
     if (!model || !prompt) {
         return fy_cli_failf("generate", "needs --model DIR and --prompt TEXT");
@@ -103,7 +143,10 @@ int fy_cmd_generate(int argc, char **argv) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }
-    fy_gen_opts o = {n, {(float)temperature, top_k, (float)top_p, (uint64_t)seed}, stop, print_text, NULL};
+    fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
+                           .n_stop = n_stop},
+                     .prefill_chunk = chunk, .on_text = print_text};
+    for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
     if (print_ids) {
         int rc = generate_ids(&l.model, l.tok, prompt, &o, &err);
         fy_cli_unload(&l);

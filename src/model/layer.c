@@ -5,10 +5,18 @@
 
 #include "model/model_impl.h"
 
-/* The one-token linears of decode read the Q8_0 copy (quant.c) where there is one. */
+/* The one-token linears of decode read the Q8_0 copy (quant.c) where there is one;
+ * a batch step (batch.c) takes the batch-invariant kernels. */
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w, fy_ref y, int ldy,
                 float beta) {
     fy_ref q, s;
+    if (m->dq.rows) { /* a batch step: per-row invariant kernels only (beta is 0 or 1 there) */
+        if (fy__dq_lookup(m, w, &q, &s))
+            OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
+        else
+            OPS->linear_rows(m->be, N, in, out, x, ldx, PW(m, w), in, y, ldy, beta == 1.0f);
+        return;
+    }
     if (N == 1 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, w, &q, &s)) {
         OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
         return;

@@ -66,9 +66,12 @@ typedef struct fy_model {
     /* Quantized copy of the decode weights (fy_model_set_decode_quant in
      * model/decode.h): n matrices, the one at params offset w_off[i] held
      * at q_off[i] (quants) and s_off[i] (scales) in buf, sorted by w_off.
-     * `on` while fy_model_decode runs: its one-token linears use the copy. */
+     * `on` while fy_model_decode runs: its one-token linears use the copy.
+     * `rows` while fy_model_batch_step runs: every linear of the step is
+     * batch-invariant (linear_q8 from the copy for any row count, else the
+     * backend's linear_rows), never gemm; training never sets it. */
     struct fy_decode_quant {
-        int kind, n, on;
+        int kind, n, on, rows;
         fy_buf buf;
         size_t *w_off, *q_off, *s_off;
     } dq;

@@ -9,6 +9,7 @@
  *                 forward.c   whole-sequence forward + loss heads, MTP
  *                 backward.c  whole-sequence backward, gradient buckets
  *                 decode.c    latent-KV cache: prefill, one-token decode
+ *                 batch.c     paged KV pool, batch steps over many sequences
  *   layer pieces  ffn.c       FFN half of a layer: dense, MoE router,
  *                             routing, experts (calls layer.c, moe_ep.c)
  *                 layer.c     linear (+dx, dw), SwiGLU, MLA attention
@@ -70,6 +71,9 @@ typedef struct fy_model_ws {
     fy_ref ep_tmp;
     float *ep_send, *ep_recv;
     size_t *ep_cnt;                       /* [4 * ranks]: sc, sd, rc, rd */
+    /* batch steps (batch.c) without the backend's mla_paged: one
+     * sequence's latent KV gathered contiguous, grown on demand */
+    fy_buf kv_gather;
 } model_ws;
 
 /* ---- workspace.c: the activation workspace ---- */

@@ -155,6 +155,7 @@ static void free_tables(fy_model *m) {
 
 void fy__free_workspace(fy_model *m) {
     if (m->be && m->acts.handle) fy_be_free(m->be, &m->acts);
+    if (m->be && m->ws && m->ws->kv_gather.handle) fy_be_free(m->be, &m->ws->kv_gather);
     free_tables(m);
 }
 

@@ -25,13 +25,14 @@
 #define FY_SCHED_MAX_TOP 20       /* top_logprobs at most (OpenAI's limit) */
 #define FY_SCHED_HIST_BUCKETS 12  /* latency histogram buckets (+Inf separate) */
 
+/* 0 in a field means its default. */
 typedef struct fy_sched_opts {
     int slots;           /* requests decoded together (default 4) */
-    int ctx;             /* positions per request at most: prompt + max_tokens (<= max_position_embeddings) */
-    int kv_positions;    /* KV pool size in positions, shared by all slots (default slots * ctx) */
+    int ctx;             /* positions per request at most: prompt + max_tokens (default and at most max_position_embeddings) */
+    int kv_positions;    /* KV pool size in positions, shared by all slots (default slots * ctx; >= ctx) */
     int block;           /* KV pool block size in positions (default 16) */
     int prefill_chunk;   /* prompt tokens per step, all slots together (default 256) */
-    int queue_max;       /* waiting requests at most; more are refused (FY_SCHED_BUSY) */
+    int queue_max;       /* waiting requests at most; more are refused (FY_SCHED_BUSY) (default 256) */
 } fy_sched_opts;
 
 typedef struct fy_sched fy_sched;
@@ -45,6 +46,8 @@ typedef struct fy_request_params {
     int logprobs;                         /* 1: report each token's log-probability */
     int top_logprobs;                     /* 0..FY_SCHED_MAX_TOP alternatives per token */
 } fy_request_params;
+/* The end-of-sequence token ends a request ("stop") but is neither an
+ * FY_EV_TOKEN nor counted in completion_tokens (as ferry generate). */
 
 /* fy_sched_submit's refusals, besides plain errors (-1). */
 enum { FY_SCHED_OK = 0, FY_SCHED_TOO_LONG = 1, FY_SCHED_BUSY = 2, FY_SCHED_STOPPING = 3 };
@@ -69,7 +72,7 @@ typedef struct fy_req_event {
     int32_t top_token[FY_SCHED_MAX_TOP];
     float top_logprob[FY_SCHED_MAX_TOP];
     /* FY_EV_DONE */
-    const char *finish_reason;            /* "stop" (eos or stop string) or "length" */
+    const char *finish_reason;            /* "stop" (eos or stop string) or "length" (static string) */
     int prompt_tokens, completion_tokens;
     /* FY_EV_ERROR */
     char err[256];
@@ -82,6 +85,10 @@ typedef struct fy_sched_hist {
     double sum;
     uint64_t n;
 } fy_sched_hist;
+/* Counters since create: prompt tokens count when a request is admitted,
+ * generated tokens as they are sampled (eos not counted). The histograms
+ * count every sampling of a request (eos included): ttft the first, itl
+ * the others. queue_depth .. kv_positions_used describe now. */
 typedef struct fy_sched_stats {
     uint64_t requests_total, requests_done, requests_cancelled, requests_failed;
     uint64_t prompt_tokens_total, generated_tokens_total;
@@ -93,7 +100,8 @@ typedef struct fy_sched_stats {
 } fy_sched_stats;
 
 /* Starts the worker. m (with its decode weights set) and tok stay owned by
- * the caller and must outlive the scheduler. */
+ * the caller and must outlive the scheduler; nothing else may run m while
+ * the scheduler is running (its forward buffers are the model's). */
 int fy_sched_create(fy_sched **out, fy_model *m, const fy_tokenizer *tok, const fy_sched_opts *o, fy_err *err);
 /* Stops admitting (submit returns FY_SCHED_STOPPING); running and queued
  * requests finish, or are cut with finish_reason "length" after grace_s;
@@ -109,8 +117,10 @@ void fy_sched_free(fy_sched *s);
  * *out holds one reference for the caller. */
 int fy_sched_submit(fy_sched *s, const int32_t *tokens, int n, const fy_request_params *p, fy_request **out,
                     fy_err *err);
-/* Waits up to timeout_s for the request's next event: 1 got one, 0 timed
- * out. After FY_EV_DONE or FY_EV_ERROR there are no more. */
+/* Waits up to timeout_s (0: do not wait; < 0: no limit) for the request's
+ * next event: 1 got one, 0 timed out. After FY_EV_DONE or FY_EV_ERROR there
+ * are no more (0 at once). A cancelled request gives the events queued
+ * before the cancel, then FY_EV_ERROR "the request was cancelled". */
 int fy_request_next(fy_request *r, double timeout_s, fy_req_event *ev);
 /* The client is gone: the request leaves its slot (or the queue) at the
  * next step; later events are dropped. Safe to call more than once. */

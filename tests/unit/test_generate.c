@@ -283,12 +283,12 @@ static void sampling(void) {
         exit(1);
     text_buf a = {0}, b = {0}, d = {0}, st = {0};
     fy_gen_result r;
-    fy_gen_opts o = {30, {1.0f, 0, 1.0f, 11}, NULL, collect, &a};
+    fy_gen_opts o = {.p = {.max_tokens = 30, .sampler = {1.0f, 0, 1.0f, 11}}, .on_text = collect, .ctx = &a};
     CHECK(fy_generate(&m, tok, "the king", &o, &r, &err) == 0, "generate: %s", err.msg);
     o.ctx = &b;
     CHECK(fy_generate(&m, tok, "the king", &o, &r, &err) == 0, "generate: %s", err.msg);
     CHECK(a.n > 0 && !strcmp(a.s, b.s), "same seed gave different text:\n%s\n%s", a.s, b.s);
-    o.sampler.seed = 12;
+    o.p.sampler.seed = 12;
     o.ctx = &d;
     CHECK(fy_generate(&m, tok, "the king", &o, &r, &err) == 0, "generate: %s", err.msg);
     CHECK(strcmp(a.s, d.s) != 0, "different seeds gave the same text");
@@ -297,8 +297,9 @@ static void sampling(void) {
         char stop[4];
         memcpy(stop, a.s + a.n / 2, 3);
         stop[3] = 0;
-        o.sampler.seed = 11;
-        o.stop = stop;
+        o.p.sampler.seed = 11;
+        o.p.n_stop = 1;
+        o.p.stop[0] = stop;
         o.ctx = &st;
         CHECK(fy_generate(&m, tok, "the king", &o, &r, &err) == 0, "generate: %s", err.msg);
         CHECK(r.stopped_by == 2 && !strstr(st.s, stop) && !strncmp(st.s, a.s, st.n),
