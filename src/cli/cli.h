@@ -14,6 +14,7 @@
 
 int fy_cmd_train(int argc, char **argv);
 int fy_cmd_generate(int argc, char **argv);
+int fy_cmd_serve(int argc, char **argv);
 int fy_cmd_tokenizer(int argc, char **argv);
 int fy_cmd_data(int argc, char **argv);
 int fy_cmd_inspect(int argc, char **argv);

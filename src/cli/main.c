@@ -16,6 +16,7 @@ static const struct {
 } commands[] = {
     {"train", fy_cmd_train, "train a model (default: tiny on the King James Bible)"},
     {"generate", fy_cmd_generate, "sample text from a trained model"},
+    {"serve", fy_cmd_serve, "serve a model over the OpenAI HTTP API, with a chat page"},
     {"tokenizer", fy_cmd_tokenizer, "train, encode with, decode with a byte-level BPE tokenizer"},
     {"data", fy_cmd_data, "tokenize text files into training shards"},
     {"inspect", fy_cmd_inspect, "summarise and verify a checkpoint, safetensors file or shard"},
