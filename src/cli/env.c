@@ -21,7 +21,8 @@
  *                      family (unset: register-blocked on CPU devices,
  *                      tiled elsewhere).
  * FERRY_INJECT (fault injection for tests) is read by cmd_train.c into the
- * trainer's options (train/inject.h). */
+ * trainer's options (train/inject.h); FERRY_API_KEY (ferry serve's key when
+ * neither --api-key nor --api-key-file is given) by cmd_serve.c. */
 void fy_cli_env_log(void) {
     const char *log = getenv("FERRY_LOG");
     fy_log_set_level(!log                      ? FY_LOG_INFO
