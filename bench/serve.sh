@@ -8,7 +8,11 @@
 #   llama-server on `ferry convert --to gguf --type W` of the same run,
 #       -np 64 -c 64 x CTX (CTX per slot), -t/-tb THREADS, flash attention off,
 #       --no-repack (ggml's AMX repacked buffers abort on the small models'
-#       shapes, see tools/llamacpp/llama_ids.c; ferry uses no AMX either)
+#       shapes, see tools/llamacpp/llama_ids.c; ferry uses no AMX either),
+#       --cache-ram 0 (its host-memory prompt cache, 8 GiB by default, stalled
+#       streams here for ~2.5 s at a time with the Q8_0 GGUF once a slot had
+#       been reused: 10-30 tok/s instead of ~1700; ferry keeps no prompt
+#       cache either; in-slot prefix reuse stays on, llama-server's default)
 # and drives each with tools/serve/load.py at every STREAMS level (streamed
 # /v1/completions, temperature 0, ignore_eos, TOKENS tokens per request,
 # 2 x streams requests, at least 4). llama-server comes from
@@ -86,7 +90,7 @@ for cfg in $configs; do
       else
         port=$(free_port)
         "$llama" -m "$tmp/$cfg-$w.gguf" --host 127.0.0.1 --port "$port" -np $slots -c $((slots * ctx)) \
-          -t "$threads" -tb "$threads" -fa off --no-repack >"$log" 2>&1 &
+          -t "$threads" -tb "$threads" -fa off --no-repack --cache-ram 0 >"$log" 2>&1 &
         pid=$!
         pids+=("$pid")
       fi
