@@ -176,6 +176,10 @@ static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
             atomic_load(&sw->sig) == SIGINT ? "interrupted" : "terminated", f->grace);
     fy_http_quiesce(h);
     fy_sched_stop(s, f->grace);
+    /* Every request has its last event now; without this wait, closing the
+     * connections could cut streams before their final chunks and [DONE]. */
+    int left = fy_http_drain(h, 5);
+    if (left) fy_warn("serve: %d answers still being sent after 5 s: cut", left);
     fy_http_stop(h);
     fy_sched_free(s);
     fy_cli_unload(&l);

@@ -59,6 +59,7 @@ struct fy_http {
     char host[256], key[512], model[256];
     int port;
     atomic_int ready, stopping;
+    atomic_int busy;   /* requests dispatched and not yet completed (answer written or connection gone) */
     fy_sched *sched;
     const fy_tokenizer *tok;
     const fy_chat_template *chat;
@@ -100,6 +101,7 @@ typedef struct req_state {
     int route;
     fy_strbuf body;
     int too_big;
+    int counted; /* in h->busy */
     watch *w;
 } req_state;
 
@@ -491,6 +493,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(msg, sizeof msg, "the body is over %zu bytes (--max-body)", h->o.max_body);
         return fail(c, 413, "invalid_request_error", "request_too_large", msg);
     }
+    st->counted = 1;
+    atomic_fetch_add(&h->busy, 1);
     enum MHD_Result ret = dispatch(h, c, st);
     set_phase(h, st->w, PH_WRITING);
     return ret;
@@ -501,6 +505,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     req_state *st = *con_cls;
     if (!st) return;
     set_phase(h, st->w, PH_READING); /* the next request on this connection */
+    if (st->counted) atomic_fetch_sub(&h->busy, 1);
     fy_strbuf_free(&st->body);
     free(st);
     *con_cls = NULL;
@@ -584,6 +589,15 @@ void fy_http_quiesce(fy_http *h) {
     if (!h->d) return;
     MHD_socket fd = MHD_quiesce_daemon(h->d);
     if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+int fy_http_drain(fy_http *h, double max_s) {
+    double t0 = fy_now_s();
+    while (atomic_load(&h->busy) > 0 && fy_now_s() - t0 < max_s) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&h->busy);
 }
 
 void fy_http_stop(fy_http *h) {
