@@ -2,3 +2,5 @@
 # model trained in a second (tools/serve/, docs/SERVING.md "Tests").
 fy_interop_test(serve_openai tools/serve/serve_openai.py)
 set_tests_properties(serve_openai PROPERTIES LABELS "interop;serve" TIMEOUT 120)
+fy_interop_test(serve_concurrency tools/serve/serve_concurrency.py)
+set_tests_properties(serve_concurrency PROPERTIES LABELS "interop;serve" TIMEOUT 120)

@@ -57,14 +57,30 @@ def run(cmd, cwd=None, binary=False, timeout=300):
 _models = {}
 
 
-def tiny_model(ferry, work, steps=300):
+def tiny_model(ferry, work, steps=300, ctx=256):
     """A micro DeepSeek-V3 (tests/cli/micro_fixture.sh: vocab 300, 3 layers,
-    context 256) trained for a few hundred steps (about a second) on the fixture's generated
-    corpus, so that its greedy text is words rather than one repeated
-    token. Made once per (ferry, work, steps); returns the run directory."""
-    key = (ferry, os.path.abspath(work), steps)
+    context 256) trained for a few hundred steps (about a second) on the
+    fixture's generated corpus, so that its greedy text is words rather than
+    one repeated token. Made once per (ferry, work, steps); returns the run
+    directory (named "run"). ctx other than 256: a copy whose config says
+    max_position_embeddings = ctx (training with a long context is slow, and
+    RoPE does not care)."""
+    key = (ferry, os.path.abspath(work), steps, ctx)
     if key in _models:
         return _models[key]
+    if ctx != 256:
+        base = tiny_model(ferry, work, steps)
+        rd = os.path.join(work, "model%d" % ctx, "run")
+        shutil.rmtree(os.path.dirname(rd), ignore_errors=True)
+        shutil.copytree(base, rd)
+        cfg_path = os.path.join(rd, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["max_position_embeddings"] = ctx
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=1)
+        _models[key] = rd
+        return rd
     d = os.path.join(work, "model")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
