@@ -250,19 +250,26 @@ static enum MHD_Result submit_refused(struct MHD_Connection *c, int rc, const fy
     return fail(c, 500, "server_error", NULL, err->msg);
 }
 
-/* A non-streaming answer: wait for the whole completion. */
+/* A non-streaming answer: wait for the whole completion. Whether the
+ * client hung up is checked every POLL_S, also while tokens keep coming
+ * (else a long generation would run to its end for nobody). */
 static enum MHD_Result wait_whole(fy_http *h, struct MHD_Connection *c, fy_request *req, fy_api_job *job) {
     int fd = conn_fd(c);
     fy_req_event ev;
     fy_err err;
+    double checked = fy_now_s();
     for (;;) {
-        if (!fy_request_next(req, POLL_S, &ev)) {
-            if (!client_gone(fd)) continue;
-            fy_debug("serve: client of %s gone: cancelled", job->id);
-            fy_request_cancel(req);
-            fy_request_release(req);
-            fy_api_job_free(job);
-            return MHD_NO;
+        int got = fy_request_next(req, POLL_S, &ev);
+        if (!got || fy_now_s() - checked >= POLL_S) {
+            checked = fy_now_s();
+            if (client_gone(fd)) {
+                fy_debug("serve: client of %s gone: cancelled", job->id);
+                fy_request_cancel(req);
+                fy_request_release(req);
+                fy_api_job_free(job);
+                return MHD_NO;
+            }
+            if (!got) continue;
         }
         if (ev.kind == FY_EV_ERROR) {
             snprintf(err.msg, sizeof err.msg, "generation failed: %s", ev.err);
