@@ -17,7 +17,7 @@
 # /v1/completions, temperature 0, ignore_eos, TOKENS tokens per request,
 # 2 x streams requests, at least 4). llama-server comes from
 # tools/llamacpp/check.sh --build-only --server (built once, cached).
-#   bench/serve.sh [BUILD_DIR]   (STREAMS, TOKENS, CONFIGS, WEIGHTS, THREADS, CTX env vars)
+#   bench/serve.sh [BUILD_DIR]   (STREAMS, TOKENS, CONFIGS, WEIGHTS, THREADS, CTX, LOAD_TIMEOUT env vars)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -25,6 +25,7 @@ build=$(cd "${1:-build}" && pwd)
 threads=${THREADS:-$(nproc)} tokens=${TOKENS:-64} streams=${STREAMS:-"1 4 16 64"}
 configs=${CONFIGS:-"tiny small"} weights=${WEIGHTS:-"f32 q8_0"} ctx=${CTX:-256}
 py=${PYTHON:-python3}
+load_timeout=${LOAD_TIMEOUT:-240}
 slots=64
 export OMP_NUM_THREADS=$threads
 # Not OMP_WAIT_POLICY=PASSIVE (bench/batch.sh sets it): sleeping OpenMP
@@ -97,8 +98,15 @@ for cfg in $configs; do
       url=http://127.0.0.1:$port
       wait_health "$url" "$pid" "$log"
       for s in $streams; do
-        out=$("$py" tools/serve/load.py --url "$url" --streams "$s" --tokens "$tokens") ||
-          { echo "load.py failed against $server ($cfg $w, $s streams)" >&2; exit 1; }
+        # bounded: a level that takes longer than LOAD_TIMEOUT s is shown as such, not waited out
+        rc=0
+        out=$(timeout "$load_timeout" "$py" tools/serve/load.py --url "$url" --streams "$s" --tokens "$tokens") || rc=$?
+        if [ $rc = 124 ]; then
+          printf "| %s | %s | %s | %d | over %d s | - | - |\n" "$cfg" "$w" "$server" "$s" "$load_timeout"
+          echo "$cfg $w $server $s {\"tok_s\": 0}" >>"$res"
+          continue
+        fi
+        [ $rc = 0 ] || { echo "load.py failed against $server ($cfg $w, $s streams)" >&2; exit 1; }
         echo "$cfg $w $server $s $out" >>"$res"
         printf "| %s | %s | %s | %d | %.0f | %.1f / %.1f | %.1f / %.1f |\n" "$cfg" "$w" "$server" "$s" \
           "$(field "$out" tok_s)" "$(field "$out" ttft_p50_ms)" "$(field "$out" ttft_p99_ms)" \
