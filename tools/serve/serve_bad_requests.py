@@ -281,6 +281,32 @@ def idle_connections(srv, limit, timeout_s):
           "--timeout" % (len(socks), limit))
 
 
+def queue_full(a, run):
+    """--slots 1 --queue 1: a third long request at once gets 503 server_busy
+    with Retry-After; the two others are answered whole."""
+    with C.Server(a.ferry, run, ["--api-key", KEY, "--slots", "1", "--queue", "1"]) as srv:
+        body = {"prompt": "the king", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
+        res = []
+
+        def go():
+            res.append(C.request(srv, "POST", "/v1/completions", body, headers=AUTH, timeout=60))
+
+        ths = [threading.Thread(target=go, daemon=True) for _ in range(2)]
+        for t in ths:
+            t.start()
+        C.wait_for(lambda: C.metrics(srv, AUTH)["ferry_queue_depth"] == 1, 10, "one running, one queued")
+        h, e = expect(srv, "POST", "/v1/completions", body, 503, "unavailable_error", "server_busy")
+        if h.get("retry-after") != "1":
+            C.fail("503 server_busy without Retry-After: 1")
+        for t in ths:
+            t.join(60)
+        if sorted(r[0] for r in res) != [200, 200]:
+            C.fail("the running and the queued request: %r" % [r[0] for r in res])
+        if srv.stop() != 0:
+            C.fail("exit code after SIGTERM: %s" % srv.stderr_text()[-2000:])
+    C.log("ok: a full queue answers 503 server_busy with Retry-After")
+
+
 def main():
     a = C.args()
     run = C.tiny_model(a.ferry, a.work)
@@ -309,6 +335,7 @@ def main():
             C.fail("the server answers differently after the hang-ups")
         if srv.stop() != 0:
             C.fail("exit code after SIGTERM: %s" % srv.stderr_text()[-2000:])
+    queue_full(a, long_run)
     print("PASS")
 
 
