@@ -285,16 +285,17 @@ def queue_full(a, run):
     """--slots 1 --queue 1: a third long request at once gets 503 server_busy
     with Retry-After; the two others are answered whole."""
     with C.Server(a.ferry, run, ["--api-key", KEY, "--slots", "1", "--queue", "1"]) as srv:
-        body = {"prompt": "the king", "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
+        body = {"prompt": "the king", "max_tokens": 8000, "ignore_eos": True, "temperature": 0}
         res = []
 
         def go():
             res.append(C.request(srv, "POST", "/v1/completions", body, headers=AUTH, timeout=60))
 
         ths = [threading.Thread(target=go, daemon=True) for _ in range(2)]
-        for t in ths:
-            t.start()
-        C.wait_for(lambda: C.metrics(srv, AUTH)["ferry_queue_depth"] == 1, 10, "one running, one queued")
+        ths[0].start()   # one at a time: two at once could both be waiting for a moment
+        C.wait_for(lambda: C.metrics(srv, AUTH)["ferry_busy_slots"] == 1, 10, "one running")
+        ths[1].start()
+        C.wait_for(lambda: C.metrics(srv, AUTH)["ferry_queue_depth"] == 1, 10, "one queued")
         h, e = expect(srv, "POST", "/v1/completions", body, 503, "unavailable_error", "server_busy")
         if h.get("retry-after") != "1":
             C.fail("503 server_busy without Retry-After: 1")
