@@ -21,7 +21,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "model/decode.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "serve/http.h"
 #include "serve/sched.h"
 

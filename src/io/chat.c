@@ -1,5 +1,5 @@
-/* Chat templates rendered without a Jinja engine (serve/chat.h). */
-#include "serve/chat.h"
+/* Chat templates rendered without a Jinja engine (io/chat.h). */
+#include "io/chat.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -47,7 +47,7 @@ static const char jinja_chatml[] =
     "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /* ferry's own: the same text interop/hf_meta.c writes into an exported
- * model's tokenizer_config.json (serve/ may not include interop/). */
+ * model's tokenizer_config.json (io/ may not include interop/). */
 static const char jinja_ferry[] =
     "{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
