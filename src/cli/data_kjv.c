@@ -48,7 +48,7 @@ int fy_cli_data_chat_kjv(int argc, char **argv) {
     int r = fy_args_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), "data chat-kjv",
                           "--out FILE.jsonl [--n N] [--seed S] [--max-chars N] [--from FILE]",
                           "Write chat examples made from the King James Bible (Debian bible-kjv): \"What does\n"
-                          "Genesis 1:3 say?\" -> the verse, \"Which book says \\\"...\\\"?\" -> the reference, and\n"
+                          "Genesis 1:3 say?\" -> the verse, \"Which book says '...'?\" -> the reference, and\n"
                           "two-turn ones asking for the next verse. See docs/FINETUNE.md.",
                           pos, 0, &npos, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("data chat-kjv", &err);
