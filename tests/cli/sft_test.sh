@@ -64,6 +64,9 @@ check 'awk -v a="$tuned" -v b="$base" "BEGIN { exit !(a != \"\" && b != \"\" && 
 if "$ferry" train "${F[@]}" --seq 64 --steps 1 --out bad >bad.out 2>bad.err; then bad "a --seq other than the rows' accepted"
 else check 'grep -q "prepared with --seq 160" bad.err' "--seq mismatch: $(cat bad.err)"; fi
 
+if "$ferry" train --init-from base --data chat.jsonl --steps 1 --out raw >raw.out 2>raw.err; then bad "raw JSONL accepted as --data"
+else check 'grep -q "ferry data prepare chat.jsonl" raw.err && [ ! -e raw/config.json ]' "--data FILE.jsonl: $(cat raw.err)"; fi
+
 # Stopped at 40 and resumed to 80: the same checkpoint as the straight run.
 check '"$ferry" train "${F[@]}" --steps 80 --lr 3e-3 --eval-every 80 --ckpt-every 40 --stop-after 40 --out rs >rs.log 2>&1 &&
   "$ferry" train --out rs --resume >rs2.log 2>&1' "stop and resume (see rs.log, rs2.log)"
