@@ -15,7 +15,7 @@
 
 #include "core/err.h"
 #include "io/tokenizer.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "serve/sched.h"
 
 typedef struct fy_http_opts {
