@@ -256,3 +256,19 @@ int fy_chat_render_spans(const fy_chat_template *t, const fy_chat_msg *msgs, int
     for (int i = 0; i < n; i++) spans[i] = (fy_chat_span){0, 0};
     return render(t, msgs, n, 0, out, spans, err);
 }
+
+int fy_chat_content_text(const cJSON *c, int i, fy_strbuf *b, fy_err *err) {
+    if (cJSON_IsString(c)) return fy_strbuf_add(b, c->valuestring, strlen(c->valuestring), err);
+    if (!cJSON_IsArray(c)) return fy_fail(err, "messages[%d].content: not a string or a list of text parts", i);
+    const cJSON *part;
+    int k = 0;
+    cJSON_ArrayForEach(part, c) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text))
+            return fy_fail(err, "messages[%d].content[%d]: only {\"type\": \"text\", \"text\": ...} parts", i, k);
+        if ((k++ && fy_strbuf_add(b, "\n", 1, err)) || fy_strbuf_add(b, text->valuestring, strlen(text->valuestring), err))
+            return -1;
+    }
+    return fy_strbuf_add(b, "", 0, err);
+}

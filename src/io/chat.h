@@ -83,4 +83,11 @@ typedef struct fy_chat_span {
 int fy_chat_render_spans(const fy_chat_template *t, const fy_chat_msg *msgs, int n, fy_strbuf *out,
                          fy_chat_span *spans, fy_err *err);
 
+/* A message's content as OpenAI sends it: a string, or a list of
+ * {"type": "text", "text"} parts joined with "\n" (the server and the
+ * fine-tuning data read it the same way). Appends to b, NUL-terminated;
+ * i is the message's index, for the message. c is a cJSON item. */
+struct cJSON;
+int fy_chat_content_text(const struct cJSON *c, int i, fy_strbuf *b, fy_err *err);
+
 #endif

@@ -48,24 +48,6 @@ static int push_eos(fy_sft_example *ex, const fy_tokenizer *tok, fy_err *err) {
     return push(ex, &eos, 1, 1, err);
 }
 
-/* A message's content: a string, or text parts joined with "\n" (as the
- * server joins them). */
-static int content_text(const cJSON *c, int i, fy_strbuf *b, fy_err *err) {
-    if (cJSON_IsString(c)) return fy_strbuf_add(b, c->valuestring, strlen(c->valuestring), err);
-    if (!cJSON_IsArray(c)) return fy_fail(err, "messages[%d].content: not a string or a list of text parts", i);
-    const cJSON *part;
-    int k = 0;
-    cJSON_ArrayForEach(part, c) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text))
-            return fy_fail(err, "messages[%d].content[%d]: only {\"type\": \"text\", \"text\": ...} parts", i, k);
-        if ((k++ && fy_strbuf_add(b, "\n", 1, err)) || fy_strbuf_add(b, text->valuestring, strlen(text->valuestring), err))
-            return -1;
-    }
-    return fy_strbuf_add(b, "", 0, err);
-}
-
 /* The messages of one or two JSON lists, in order, into m (n of them; the
  * texts held in txt, which the caller frees). */
 static int read_messages(const cJSON *a, const cJSON *b, fy_chat_msg **m, fy_strbuf **txt, int *n, fy_err *err) {
@@ -79,7 +61,7 @@ static int read_messages(const cJSON *a, const cJSON *b, fy_chat_msg **m, fy_str
         const cJSON *it = i < na ? cJSON_GetArrayItem(a, i) : cJSON_GetArrayItem(b, i - na);
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
         if (!cJSON_IsString(role)) return fy_fail(err, "messages[%d].role: missing or not a string", i);
-        if (content_text(cJSON_GetObjectItemCaseSensitive(it, "content"), i, &(*txt)[i], err)) return -1;
+        if (fy_chat_content_text(cJSON_GetObjectItemCaseSensitive(it, "content"), i, &(*txt)[i], err)) return -1;
         (*m)[i] = (fy_chat_msg){role->valuestring, (*txt)[i].p};
     }
     return 0;

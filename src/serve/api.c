@@ -248,24 +248,11 @@ static int parse_prompt(const cJSON *root, const fy_tokenizer *tok, fy_api_req *
     return bad(e, "'%s' must be a string, a list of one string, or a list of token ids", "prompt");
 }
 
-/* The text of a message's content: a string, or text parts joined by "\n". */
+/* The text of a message's content (io/chat.h); a malformed one is a 400. */
 static int content_text(const cJSON *c, int i, fy_strbuf *b, fy_api_error *e) {
-    if (cJSON_IsString(c)) return fy_strbuf_add(b, c->valuestring, strlen(c->valuestring), NULL) ? oom(e) : 0;
-    if (!cJSON_IsArray(c))
-        return fy_api_fail(e, 400, TYPE_INVALID, NULL, "messages[%d].content must be a string or a list of parts", i);
-    const cJSON *part;
-    int k = 0;
-    cJSON_ArrayForEach(part, c) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text))
-            return fy_api_fail(e, 400, TYPE_INVALID, NULL,
-                               "messages[%d].content[%d]: only {\"type\": \"text\", \"text\": ...} parts are supported",
-                               i, k);
-        if ((k++ && fy_strbuf_add(b, "\n", 1, NULL)) || fy_strbuf_add(b, text->valuestring, strlen(text->valuestring), NULL))
-            return oom(e);
-    }
-    return fy_strbuf_add(b, "", 0, NULL) ? oom(e) : 0;
+    fy_err err = {{0}};
+    if (fy_chat_content_text(c, i, b, &err) == 0) return 0;
+    return fy_api_fail(e, 400, TYPE_INVALID, NULL, "%s", err.msg);
 }
 
 /* messages -> the rendered prompt (out, NUL-terminated). */
