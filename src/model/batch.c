@@ -92,6 +92,7 @@ static int check_items(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int 
     const fy_config *cf = &m->cfg;
     if (fy_params_is_shard(&m->tab))
         return fy_fail(err, "decoding needs every routed expert; this model holds an expert-parallel shard");
+    if (m->lora) return fy_fail(err, "decoding with LoRA adapters is not supported yet (merge them into the base)");
     if (p->n_layers != cf->num_hidden_layers)
         return fy_fail(err, "KV pool of %d layers for a model of %d", p->n_layers, cf->num_hidden_layers);
     for (int i = 0; i < n_items; i++) {

@@ -195,7 +195,7 @@ int fy__ffn_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
                             a->h, dres, s->dln, 0, s->dg, s->du, s->dh);
     }
     OPS->rmsnorm_bwd(m->be, N, d, a->x_mid, d, PW(m, W->ffn_norm), a->rstd2, s->dln, d, dres, d, 1,
-                     GW(m, W->ffn_norm));
+                     GN(m, W->ffn_norm));
     return 0;
 }
 

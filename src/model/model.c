@@ -42,6 +42,7 @@ void fy_model_free(fy_model *m) {
         if (m->buffers.handle) fy_be_free(m->be, &m->buffers);
     }
     fy_model_free_decode_quant(m);
+    fy__lora_free(m);
     fy__free_workspace(m);
     free(m->layer_acts);
     free(m->ws);
@@ -91,6 +92,10 @@ int fy_model_init_weights(fy_model *m, uint64_t seed, fy_err *err) {
 }
 
 void fy_model_zero_grad(fy_model *m) {
+    if (m->lora) { /* a frozen base's grads stay zero (fy_model_set_lora cleared them) */
+        OPS->fill(m->be, fy_at(&m->lora->grads, 0), 0.0f, m->lora->grads.n);
+        return;
+    }
     OPS->fill(m->be, fy_at(&m->grads, 0), 0.0f, m->grads.n);
 }
 

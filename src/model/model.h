@@ -75,6 +75,10 @@ typedef struct fy_model {
         size_t *w_off, *q_off, *s_off;
     } dq;
 
+    /* LoRA adapters (model/lora.h, fy_model_set_lora); NULL: off, and
+     * every pass is what it is without them. */
+    struct fy_lora *lora;
+
     /* Called by fy_model_backward as gradients become final; see
      * fy_model_set_grad_ready. */
     int (*grad_ready)(void *ctx, size_t lo, size_t hi, int first, fy_err *err);

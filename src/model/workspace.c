@@ -136,6 +136,11 @@ static void plan_all(fy_model *m, planner *p, int N) {
         s->deh = take(p, cNK * f);
         if (fy__ep_cap(m) > 1) ws->ep_tmp = take(p, cNK * d);
     }
+    if (m->lora) { /* the most rows one linear gets: all tokens, or one expert's on its owner */
+        size_t rows = E > 0 && NK * fy__ep_cap(m) > (size_t)N ? NK * fy__ep_cap(m) : (size_t)N;
+        ws->lora_u = take(p, rows * m->lora->cfg.rank);
+        ws->lora_g = take(p, rows * m->lora->cfg.rank);
+    }
 }
 
 /* The host tables fy__reserve makes for one shape. */

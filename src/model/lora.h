@@ -1,0 +1,83 @@
+/* LoRA adapters (docs/DESIGN.md §2 "LoRA", docs/FINETUNE.md): low-rank
+ * updates of chosen linears of a frozen base model,
+ *
+ *   y = W x + (alpha / r) * B (A x),   A [r, in], B [out, r],
+ *
+ * with A initialised as PEFT does (kaiming-uniform with a = sqrt(5), which
+ * is U(-1/sqrt(in), 1/sqrt(in))) and B zero, so a fresh adapter changes
+ * nothing. The adapters live in their own flat block (an fy_param_table
+ * with PEFT's tensor names, its params and grads), which is what a LoRA
+ * run trains, checksums, checkpoints and all-reduces; the base model's
+ * params stay as they are and get no gradient: with adapters on, the
+ * backward skips every base weight-gradient GEMM (and the norms' and
+ * embedding's gradients), while the input gradients still flow through W.
+ *
+ * Targets are PEFT's target_modules names: q_a_proj, q_b_proj, q_proj (the
+ * query projection when q_lora_rank is 0), kv_a_proj_with_mqa, kv_b_proj,
+ * o_proj, gate_proj, up_proj, down_proj (the dense MLPs and the shared
+ * experts), and `experts` (every routed expert's gate/up/down, one adapter
+ * per expert and kind). Only the main decoder layers get adapters: the MTP
+ * modules stay frozen (Hugging Face's model, which PEFT adapts, has none). */
+#ifndef FY_LORA_H
+#define FY_LORA_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+enum {
+    FY_LORA_Q_A = 1u << 0,
+    FY_LORA_Q_B = 1u << 1,
+    FY_LORA_Q = 1u << 2,
+    FY_LORA_KV_A = 1u << 3,
+    FY_LORA_KV_B = 1u << 4,
+    FY_LORA_O = 1u << 5,
+    FY_LORA_GATE = 1u << 6,
+    FY_LORA_UP = 1u << 7,
+    FY_LORA_DOWN = 1u << 8,
+    FY_LORA_EXPERTS = 1u << 9,
+    FY_LORA_ALL = (1u << 10) - 1,
+};
+
+typedef struct fy_lora_config {
+    int rank;          /* r >= 1 */
+    float alpha;       /* scale = alpha / r (PEFT without rslora) */
+    unsigned targets;  /* FY_LORA_* bits */
+    float dropout;     /* on the adapter's input; only 0 is supported yet */
+} fy_lora_config;
+
+/* One adapted linear: base weight [out, in] at params offset w; its A at
+ * a and B at b in the adapter block. */
+typedef struct fy_lora_adapter {
+    size_t w, a, b;
+    int in, out;
+    int id;            /* the base tensor's id (its init stream) */
+} fy_lora_adapter;
+
+typedef struct fy_lora {
+    fy_lora_config cfg;
+    float scale;            /* alpha / r */
+    fy_param_table tab;     /* PEFT names; only t, n, n_params are used */
+    fy_buf params, grads;   /* the adapter block and its gradients */
+    fy_buf dump;            /* where the frozen norms' weight gradients go */
+    fy_lora_adapter *ad;    /* [n_ad], sorted by w */
+    int n_ad;
+} fy_lora;
+
+/* "q_a_proj,kv_b_proj,experts" -> bits; "all" is every target. */
+int fy_lora_parse_targets(const char *list, unsigned *out, fy_err *err);
+/* The bits as a comma-separated list of names into buf. */
+void fy_lora_targets_string(unsigned targets, char *buf, size_t cap);
+
+/* Freezes the base and adds adapters (zero, until fy_model_lora_init) on
+ * every target the model has; an error if none matches, if the config is
+ * out of range, or if adapters are already on. */
+int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err);
+/* PEFT's init: A kaiming-uniform (a = sqrt(5)) from a counter-based stream
+ * keyed by the base tensor's id, B zero. Identical on every backend. */
+int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err);
+/* The PEFT name of base weight `weight` ("model.layers.3.mlp.up_proj.weight")'s
+ * adapter matrix (which 'A' or 'B') into buf. */
+void fy_lora_name(const char *weight, char which, char *buf, size_t cap);
+
+#endif

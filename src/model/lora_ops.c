@@ -1,0 +1,66 @@
+/* The adapters' arithmetic inside the passes (model/lora.h): for an adapted
+ * linear y = W x + s B (A x) with s = alpha / r,
+ *
+ *   forward   u = x A^T [N, r];      y += s u B^T
+ *   dx        g = s dy B [N, r];     dx += g A
+ *   weights   dB += s dy^T u;        dA += g^T x   (u and g recomputed)
+ *
+ * u and g are recomputed in the backward rather than saved: they cost
+ * N*r*(in + out) multiply-adds, small next to W's, and saving them would
+ * take a slot per adapted linear per layer. Only gemm is used, so every
+ * backend runs adapters without a new op. */
+#include "model/lora.h"
+#include "model/model_impl.h"
+
+const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
+    const fy_lora *L = m->lora;
+    int lo = 0, hi = L ? L->n_ad : 0;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (L->ad[mid].w < w) lo = mid + 1;
+        else hi = mid;
+    }
+    return L && lo < L->n_ad && L->ad[lo].w == w ? &L->ad[lo] : NULL;
+}
+
+static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->a); }
+static fy_ref LB(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->b); }
+
+/* u = x A^T */
+static void down(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, fy_ref u) {
+    int r = m->lora->cfg.rank;
+    OPS->gemm(m->be, 0, 1, N, r, a->in, 1.0f, x, ldx, LA(m, a), a->in, 0.0f, u, r);
+}
+
+/* g = s dy B */
+static void grad_mid(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref g) {
+    int r = m->lora->cfg.rank;
+    OPS->gemm(m->be, 0, 0, N, r, a->out, m->lora->scale, dy, lddy, LB(m, a), r, 0.0f, g, r);
+}
+
+void fy__lora_forward(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, fy_ref y, int ldy) {
+    if (N == 0) return;
+    fy_ref u = m->ws->lora_u;
+    down(m, a, N, x, ldx, u);
+    OPS->gemm(m->be, 0, 1, N, a->out, m->lora->cfg.rank, m->lora->scale, u, m->lora->cfg.rank, LB(m, a),
+              m->lora->cfg.rank, 1.0f, y, ldy);
+}
+
+void fy__lora_dx(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref dx, int lddx) {
+    if (N == 0) return;
+    fy_ref g = m->ws->lora_g;
+    grad_mid(m, a, N, dy, lddy, g);
+    OPS->gemm(m->be, 0, 0, N, a->in, m->lora->cfg.rank, 1.0f, g, m->lora->cfg.rank, LA(m, a), a->in, 1.0f, dx,
+              lddx);
+}
+
+void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref x, int ldx) {
+    if (N == 0) return;
+    fy_lora *L = m->lora;
+    int r = L->cfg.rank;
+    fy_ref u = m->ws->lora_u, g = m->ws->lora_g;
+    down(m, a, N, x, ldx, u);
+    OPS->gemm(m->be, 1, 0, a->out, r, N, L->scale, dy, lddy, u, r, 1.0f, fy_at(&L->grads, a->b), r);
+    grad_mid(m, a, N, dy, lddy, g);
+    OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, x, ldx, 1.0f, fy_at(&L->grads, a->a), a->in);
+}
