@@ -12,11 +12,13 @@
 #include "ckpt/safetensors.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "model/lora.h"
 #include "model/model.h"
 
 typedef struct variant {
     const char *name;
     void (*apply)(fy_config *c, int *B, int *T);
+    int lora; /* LoRA adapters on every target (lora_case below) */
 } variant;
 
 /* The base shape: nothing a multiple of 8, every feature on. */
@@ -62,10 +64,11 @@ static void v_yarnaf(fy_config *c, int *B, int *T) {
 }
 
 static const variant variants[] = {
-    {"base", v_base}, {"noqlora", v_noqlora}, {"group", v_group}, {"nonorm", v_nonorm},
-    {"mtp0", v_mtp0}, {"mtp2", v_mtp2}, {"dense", v_dense}, {"moeonly", v_moeonly},
-    {"seq1", v_seq1}, {"noshared", v_noshared}, {"nobalance", v_nobalance}, {"odd", v_odd},
-    {"yarn", v_yarn}, {"yarnaf", v_yarnaf},
+    {"base", v_base, 0}, {"noqlora", v_noqlora, 0}, {"group", v_group, 0}, {"nonorm", v_nonorm, 0},
+    {"mtp0", v_mtp0, 0}, {"mtp2", v_mtp2, 0}, {"dense", v_dense, 0}, {"moeonly", v_moeonly, 0},
+    {"seq1", v_seq1, 0}, {"noshared", v_noshared, 0}, {"nobalance", v_nobalance, 0}, {"odd", v_odd, 0},
+    {"yarn", v_yarn, 0}, {"yarnaf", v_yarnaf, 0},
+    {"lora", v_base, 1}, {"lora_noqlora", v_noqlora, 1},
 };
 #define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
 
@@ -80,6 +83,48 @@ static int create_backend(const char *spec, fy_backend **be, fy_err *err) {
         exit(77);
     }
     return -1;
+}
+
+/* Adapters on every target (experts included), rank 3, alpha 5, PEFT's
+ * init for A and a random B (PEFT's zero B would leave the logits and A's
+ * gradient untouched and so untested). Adds the adapters and their
+ * gradients to w after the backward (dump_lora) and writes DIR/lora.json. */
+static int lora_case(fy_model *m, uint64_t seed, fy_err *err) {
+    fy_lora_config lc = {.rank = 3, .alpha = 5.0f, .targets = FY_LORA_ALL, .dropout = 0.0f};
+    if (fy_model_set_lora(m, &lc, err) || fy_model_lora_init(m, seed, err)) return -1;
+    fy_lora *L = m->lora;
+    float *p = malloc(L->tab.n_params * sizeof *p);
+    m->be->ops->download(m->be, p, fy_at(&L->params, 0), L->tab.n_params);
+    for (int i = 0; i < L->tab.n; i++) {
+        const fy_tensor_info *t = &L->tab.t[i];
+        if (strstr(t->name, ".lora_B."))
+            for (size_t j = 0; j < t->n; j++) p[t->off + j] = 0.3f * fy_rng_normal(seed, 9000 + i, j);
+    }
+    m->be->ops->upload(m->be, fy_at(&L->params, 0), p, L->tab.n_params);
+    free(p);
+    return fy_be_sync(m->be, err);
+}
+
+static int dump_lora(fy_model *m, fy_st_writer *w, float **keep, const char *out, fy_err *err) {
+    fy_lora *L = m->lora;
+    float *p = malloc(L->tab.n_params * sizeof *p), *g = malloc(L->tab.n_params * sizeof *g);
+    char (*gn)[160] = calloc(L->tab.n, sizeof *gn);
+    keep[0] = p, keep[1] = g, keep[2] = (float *)gn;
+    m->be->ops->download(m->be, p, fy_at(&L->params, 0), L->tab.n_params);
+    m->be->ops->download(m->be, g, fy_at(&L->grads, 0), L->tab.n_params);
+    for (int i = 0; i < L->tab.n; i++) {
+        const fy_tensor_info *t = &L->tab.t[i];
+        int64_t shape[2] = {t->shape[0], t->shape[1]};
+        snprintf(gn[i], sizeof gn[i], "grad.%s", t->name);
+        fy_st_writer_add(w, t->name, FY_ST_F32, 2, shape, p + t->off, NULL);
+        fy_st_writer_add(w, gn[i], FY_ST_F32, 2, shape, g + t->off, NULL);
+    }
+    char targets[256], js[512], path[4096];
+    fy_lora_targets_string(L->cfg.targets, targets, sizeof targets);
+    snprintf(js, sizeof js, "{\"rank\": %d, \"alpha\": %.9g, \"targets\": \"%s\"}\n", L->cfg.rank,
+             L->cfg.alpha, targets);
+    snprintf(path, sizeof path, "%s/lora.json", out);
+    return fy_mkdir_p(out, err) || fy_write_file_atomic(path, js, strlen(js), err) ? -1 : 0;
 }
 
 static int base_config(fy_config *c, fy_err *err) {
@@ -152,6 +197,8 @@ int main(int argc, char **argv) {
     be->ops->upload(be, fy_at(&m.params, 0), params, m.tab.n_params);
     if (m.tab.n_buffers) be->ops->upload(be, fy_at(&m.buffers, 0), bufs, m.tab.n_buffers);
 
+    if (var->lora && lora_case(&m, seed, &err)) goto fail;
+
     int N = B * T, V = c.vocab_size, K = c.num_experts_per_tok;
     int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
     for (int i = 0; i < N; i++) {
@@ -189,6 +236,8 @@ int main(int argc, char **argv) {
     fy_st_writer_add(w, "out.loss_balance", FY_ST_F32, 1, one, &lossf[2], NULL);
     if (c.num_nextn_predict_layers) fy_st_writer_add(w, "out.loss_mtp", FY_ST_F32, 1, sh_d, &lossf[4], NULL);
     fy_st_writer_add(w, "out.logits", FY_ST_F32, 3, sh_logits, logits, NULL);
+    float *lora_keep[3] = {0};
+    if (m.lora && dump_lora(&m, w, lora_keep, out, &err)) goto fail;
 
     /* Router choices, then the bias after one aux-free update. */
     int nl = m.tab.n_layers, E = c.n_routed_experts;

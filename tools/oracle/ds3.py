@@ -347,6 +347,50 @@ def tensors_to_model(cfg, tensors, dtype=torch.float64):
 
 
 # ---------------------------------------------------------------------------
+# LoRA (PEFT's LoRA on nn.Linear): y = W x + (alpha/r) B (A x)
+# ---------------------------------------------------------------------------
+
+LORA_TARGETS = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+                "gate_proj", "up_proj", "down_proj", "experts")
+
+
+def lora_targeted(cfg, targets):
+    """Base weight names that get an adapter, from PEFT's target_modules rule:
+    a module matches when its name's last component is a target. The routed
+    experts match only the target "experts" (gate/up/down_proj alone mean the
+    dense MLPs and shared experts). Only the main layers: Hugging Face's
+    DeepseekV3 model, which PEFT adapts, has no MTP modules."""
+    out = []
+    for name, shape in parameter_shapes(cfg).items():
+        parts = name.split(".")
+        if len(shape) != 2 or parts[:2] != ["model", "layers"] or int(parts[2]) >= cfg.num_hidden_layers:
+            continue
+        module = parts[-2]
+        if ".mlp.experts." in name:
+            ok = "experts" in targets
+        else:
+            ok = module in targets and module in LORA_TARGETS
+        if ok:
+            out.append(name)
+    return out
+
+
+def lora_name(weight, which):
+    """PEFT's state-dict name of base weight `weight`'s lora_A / lora_B."""
+    return "base_model.model." + weight[:-len(".weight")] + f".lora_{which}.weight"
+
+
+class LoraParams(dict):
+    """The base params (a dict, as everywhere) plus adapters that proj() adds:
+    lora maps a base weight name to (A [r, in], B [out, r]); lora_scale = alpha/r."""
+
+    def __init__(self, params, lora, scale):
+        super().__init__(params)
+        self.lora = lora
+        self.lora_scale = scale
+
+
+# ---------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------
 
@@ -360,11 +404,22 @@ def linear(x, w):
     return x @ w.t()
 
 
+def proj(params, name, x):
+    """A projection of the model by its weight's name: x W^T, plus the LoRA
+    update s * (x A^T) B^T when params carries an adapter for it (LoraParams)."""
+    y = linear(x, params[name])
+    ad = getattr(params, "lora", {}).get(name)
+    if ad is not None:
+        a, b = ad
+        y = y + params.lora_scale * linear(linear(x, a), b)
+    return y
+
+
 def swiglu(params, prefix, x):
     """W_down(silu(W_gate x) * W_up x)."""
-    g = linear(x, params[prefix + "gate_proj.weight"])
-    u = linear(x, params[prefix + "up_proj.weight"])
-    return linear(F.silu(g) * u, params[prefix + "down_proj.weight"])
+    g = proj(params, prefix + "gate_proj.weight", x)
+    u = proj(params, prefix + "up_proj.weight", x)
+    return proj(params, prefix + "down_proj.weight", F.silu(g) * u)
 
 
 def _yarn_mscale(s, m):
@@ -455,19 +510,19 @@ def mla_attention(cfg, params, prefix, x, cos, sin):
 
     # Queries: through the low-rank bottleneck c_q when q_lora_rank is set.
     if cfg.q_lora_rank is not None:
-        c_q = rms_norm(linear(x, params[prefix + "q_a_proj.weight"]),
+        c_q = rms_norm(proj(params, prefix + "q_a_proj.weight", x),
                        params[prefix + "q_a_layernorm.weight"], eps)
-        q = linear(c_q, params[prefix + "q_b_proj.weight"])
+        q = proj(params, prefix + "q_b_proj.weight", c_q)
     else:
-        q = linear(x, params[prefix + "q_proj.weight"])
+        q = proj(params, prefix + "q_proj.weight", x)
     q = q.view(B, T, H, dn + dr).transpose(1, 2)            # [B, H, T, dn+dr]
     q_nope, q_pe = q[..., :dn], q[..., dn:]
 
     # Keys/values: latent c_kv (normed) and one shared rope key k_pe.
-    kv_a = linear(x, params[prefix + "kv_a_proj_with_mqa.weight"])   # [B, T, r_kv+dr]
+    kv_a = proj(params, prefix + "kv_a_proj_with_mqa.weight", x)   # [B, T, r_kv+dr]
     c_kv = rms_norm(kv_a[..., :cfg.kv_lora_rank], params[prefix + "kv_a_layernorm.weight"], eps)
     k_pe = kv_a[..., cfg.kv_lora_rank:].unsqueeze(1)         # [B, 1, T, dr]
-    kv = linear(c_kv, params[prefix + "kv_b_proj.weight"]).view(B, T, H, dn + dv).transpose(1, 2)
+    kv = proj(params, prefix + "kv_b_proj.weight", c_kv).view(B, T, H, dn + dv).transpose(1, 2)
     k_nope, v = kv[..., :dn], kv[..., dn:]
 
     q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)
@@ -479,7 +534,7 @@ def mla_attention(cfg, params, prefix, x, cos, sin):
     scores = scores.masked_fill(future, float("-inf"))
     o = torch.softmax(scores, dim=-1) @ v                    # [B, H, T, dv]
     o = o.transpose(1, 2).reshape(B, T, H * dv)
-    return linear(o, params[prefix + "o_proj.weight"])
+    return proj(params, prefix + "o_proj.weight", o)
 
 
 # ---------------------------------------------------------------------------
