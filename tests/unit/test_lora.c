@@ -1,0 +1,189 @@
+/* LoRA adapters (model/lora.h): target parsing and refusals, PEFT's init
+ * (A within +-1/sqrt(in), B zero, so a fresh adapter leaves the logits
+ * bitwise as they were), a frozen base (no base gradient at all), and a
+ * finite-difference check of adapted linears' A and B gradients (an
+ * attention projection and one routed expert's down_proj), independent of
+ * the PyTorch oracle. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "core/rng.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "testutil.h"
+
+static fy_config small_config(void) {
+    fy_config c;
+    fy_err err;
+    if (fy_config_builtin("tiny", 37, &c, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    c.hidden_size = 24;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 3;
+    c.q_lora_rank = 10;
+    c.kv_lora_rank = 9;
+    c.qk_nope_head_dim = 6;
+    c.qk_rope_head_dim = 4;
+    c.v_head_dim = 5;
+    c.n_routed_experts = 4;
+    c.num_experts_per_tok = 2;
+    c.n_shared_experts = 1;
+    c.moe_intermediate_size = 7;
+    c.intermediate_size = 13;
+    c.first_k_dense_replace = 1;
+    c.num_nextn_predict_layers = 1;
+    c.initializer_range = 0.2f;
+    return c;
+}
+
+static void die(const char *what, fy_err *err) {
+    fprintf(stderr, "%s: %s\n", what, err->msg);
+    exit(1);
+}
+
+static void test_targets(void) {
+    fy_err err;
+    unsigned t;
+    CHECK(fy_lora_parse_targets("q_a_proj,experts", &t, &err) == 0 && t == (FY_LORA_Q_A | FY_LORA_EXPERTS),
+          "two targets: %#x", t);
+    CHECK(fy_lora_parse_targets("all", &t, &err) == 0 && t == FY_LORA_ALL, "all: %#x", t);
+    CHECK(fy_lora_parse_targets("q_a_proj,gate", &t, &err) != 0 && strstr(err.msg, "'gate'"), "unknown: %s",
+          err.msg);
+    CHECK(fy_lora_parse_targets("", &t, &err) != 0, "empty list refused");
+    char s[256];
+    fy_lora_targets_string(FY_LORA_KV_B | FY_LORA_DOWN, s, sizeof s);
+    CHECK(!strcmp(s, "kv_b_proj,down_proj"), "string: %s", s);
+    fy_lora_name("model.layers.3.self_attn.q_a_proj.weight", 'A', s, sizeof s);
+    CHECK(!strcmp(s, "base_model.model.model.layers.3.self_attn.q_a_proj.lora_A.weight"), "name: %s", s);
+}
+
+static void test_refusals(fy_backend *be) {
+    fy_config c = small_config();
+    fy_model m;
+    fy_err err;
+    if (fy_model_create(&m, &c, be, &err)) die("create", &err);
+    fy_lora_config lc = {.rank = 2, .alpha = 4, .targets = FY_LORA_ALL, .dropout = 0.1f};
+    CHECK(fy_model_set_lora(&m, &lc, &err) != 0 && strstr(err.msg, "dropout"), "dropout: %s", err.msg);
+    lc.dropout = 0, lc.rank = 0;
+    CHECK(fy_model_set_lora(&m, &lc, &err) != 0 && strstr(err.msg, "rank"), "rank 0: %s", err.msg);
+    lc.rank = 2, lc.targets = FY_LORA_Q; /* q_proj: this model has q_a/q_b */
+    CHECK(fy_model_set_lora(&m, &lc, &err) != 0 && strstr(err.msg, "match no linear"), "no match: %s", err.msg);
+    CHECK(m.lora == NULL, "a refused config leaves no adapters");
+    fy_model_free(&m);
+}
+
+/* The loss on (in, lab); need_grad: after a zero_grad, forward and backward. */
+static double loss_at(fy_model *m, const int32_t *in, const int32_t *lab, int B, int T, int need_grad) {
+    fy_loss l;
+    fy_err err;
+    if (need_grad) fy_model_zero_grad(m);
+    if (fy_model_forward(m, in, lab, B, T, need_grad, &l, &err)) die("forward", &err);
+    if (need_grad && fy_model_backward(m, &err)) die("backward", &err);
+    return l.total;
+}
+
+/* <dL/dX, R> against (L(X + eps R) - L(X - eps R)) / 2 eps for adapter matrix X. */
+static void fd_check(fy_model *m, const fy_tensor_info *t, const float *p, const float *g, const int32_t *in,
+                     const int32_t *lab, int B, int T) {
+    fy_backend *be = m->be;
+    size_t P = m->lora->tab.n_params;
+    float *R = malloc(t->n * sizeof *R), *wp = malloc(P * sizeof *wp);
+    double nrm = 0, analytic = 0, eps = 4e-3;
+    for (size_t j = 0; j < t->n; j++) R[j] = fy_rng_normal(99, t->id, j), nrm += (double)R[j] * R[j];
+    for (size_t j = 0; j < t->n; j++) R[j] = (float)(R[j] / sqrt(nrm)), analytic += (double)g[t->off + j] * R[j];
+    double l[2];
+    for (int s = 0; s < 2; s++) {
+        memcpy(wp, p, P * sizeof *wp);
+        for (size_t j = 0; j < t->n; j++) wp[t->off + j] = p[t->off + j] + (float)((s ? -eps : eps) * R[j]);
+        be->ops->upload(be, fy_at(&m->lora->params, 0), wp, P);
+        l[s] = loss_at(m, in, lab, B, T, 0);
+    }
+    be->ops->upload(be, fy_at(&m->lora->params, 0), p, P);
+    double numeric = (l[0] - l[1]) / (2 * eps), e = fabs(numeric - analytic) / fmax(fabs(analytic), 2e-3);
+    CHECK(fabs(analytic) > 1e-3, "%s: a gradient large enough to test (%.3g)", t->name, analytic);
+    CHECK(e < 3e-2, "%s: analytic %.6g vs numeric %.6g (rel %.3g)", t->name, analytic, numeric, e);
+    printf("%-70s analytic %+.6f numeric %+.6f rel %.2e\n", t->name, analytic, numeric, e);
+    free(R);
+    free(wp);
+}
+
+static void test_model(fy_backend *be) {
+    fy_config c = small_config();
+    fy_model m;
+    fy_err err;
+    int B = 2, T = 5, N = B * T;
+    if (fy_model_create(&m, &c, be, &err) || fy_model_init_weights(&m, 7, &err)) die("create", &err);
+    int32_t in[10], lab[10];
+    for (int i = 0; i < N; i++) {
+        in[i] = (int)(fy_rng_u64(3, 1, i) % c.vocab_size);
+        lab[i] = i % 5 == 4 ? FY_IGNORE_INDEX : (int)(fy_rng_u64(3, 2, i) % c.vocab_size);
+    }
+    size_t V = c.vocab_size, nl = (size_t)N * V;
+    float *base = malloc(nl * sizeof *base), *adapted = malloc(nl * sizeof *adapted);
+    loss_at(&m, in, lab, B, T, 0);
+    be->ops->download(be, base, fy_model_logits(&m), nl);
+
+    fy_lora_config lc = {.rank = 3, .alpha = 6, .targets = FY_LORA_Q_B | FY_LORA_KV_B | FY_LORA_EXPERTS};
+    if (fy_model_set_lora(&m, &lc, &err) || fy_model_lora_init(&m, 5, &err)) die("lora", &err);
+    fy_lora *L = m.lora;
+    /* q_b and kv_b of the 2 main layers, 3 kinds x 4 experts of layer 1: 16 adapters. */
+    CHECK(L->n_ad == 16 && L->tab.n == 32, "%d adapters, %d tensors", L->n_ad, L->tab.n);
+    size_t P = L->tab.n_params;
+    float *p = malloc(P * sizeof *p), *g = malloc(P * sizeof *g);
+    be->ops->download(be, p, fy_at(&L->params, 0), P);
+    int a_ok = 1, b_zero = 1, a_spread = 0;
+    for (int i = 0; i < L->tab.n; i++) {
+        const fy_tensor_info *t = &L->tab.t[i];
+        int is_a = strstr(t->name, ".lora_A.") != NULL;
+        float bound = 1.0f / sqrtf((float)t->shape[1]);
+        for (size_t j = 0; j < t->n; j++) {
+            float v = p[t->off + j];
+            if (is_a) a_ok &= fabsf(v) <= bound, a_spread |= fabsf(v) > 0.5f * bound;
+            else b_zero &= v == 0.0f;
+        }
+    }
+    CHECK(a_ok && a_spread, "A within +-1/sqrt(in) and spread over it");
+    CHECK(b_zero, "B starts at zero");
+    loss_at(&m, in, lab, B, T, 0);
+    be->ops->download(be, adapted, fy_model_logits(&m), nl);
+    CHECK(!memcmp(base, adapted, nl * sizeof *base), "a fresh adapter leaves the logits bitwise unchanged");
+
+    /* Random B, then a backward: the base gets nothing, the adapters their FD-checked gradient. */
+    for (int i = 0; i < L->tab.n; i++)
+        if (strstr(L->tab.t[i].name, ".lora_B."))
+            for (size_t j = 0; j < L->tab.t[i].n; j++) p[L->tab.t[i].off + j] = 0.3f * fy_rng_normal(17, i, j);
+    be->ops->upload(be, fy_at(&L->params, 0), p, P);
+    loss_at(&m, in, lab, B, T, 1);
+    be->ops->download(be, g, fy_at(&L->grads, 0), P);
+    float *bg = malloc(m.tab.n_params * sizeof *bg);
+    be->ops->download(be, bg, fy_at(&m.grads, 0), m.tab.n_params);
+    size_t nz = 0;
+    for (size_t j = 0; j < m.tab.n_params; j++) nz += bg[j] != 0.0f;
+    CHECK(nz == 0, "the frozen base got %zu non-zero gradient entries", nz);
+    const char *fd[] = {"base_model.model.model.layers.0.self_attn.kv_b_proj.lora_A.weight",
+                        "base_model.model.model.layers.0.self_attn.kv_b_proj.lora_B.weight",
+                        "base_model.model.model.layers.1.mlp.experts.2.down_proj.lora_A.weight",
+                        "base_model.model.model.layers.1.mlp.experts.2.down_proj.lora_B.weight"};
+    for (int k = 0; k < 4; k++) {
+        const fy_tensor_info *t = fy_params_find(&L->tab, fd[k]);
+        CHECK(t != NULL, "adapter %s exists", fd[k]);
+        if (t) fd_check(&m, t, p, g, in, lab, B, T);
+    }
+    free(base); free(adapted); free(p); free(g); free(bg);
+    fy_model_free(&m);
+}
+
+int main(void) {
+    fy_backend *be;
+    fy_err err;
+    if (fy_backend_cpu_create(&be, &err)) die("cpu", &err);
+    test_targets();
+    test_refusals(be);
+    test_model(be);
+    fy_backend_destroy(be);
+    return fy_test_finish("test_lora");
+}
