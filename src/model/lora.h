@@ -1,4 +1,4 @@
-/* LoRA adapters (docs/DESIGN.md §2 "LoRA", docs/FINETUNE.md): low-rank
+/* LoRA adapters (docs/DESIGN.md §2 "LoRA" (§2.11), docs/FINETUNE.md): low-rank
  * updates of chosen linears of a frozen base model,
  *
  *   y = W x + (alpha / r) * B (A x),   A [r, in], B [out, r],
