@@ -66,10 +66,12 @@ static void experts_forward(fy_model *m, int li, fy_ref y) {
         int n;
         size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
         if (!n) continue;
+        if (m->lora) m->lora->keys = a->h_perm + r; /* dropout's key: each row's token */
         fy__swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                            W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                            fy_add(a->eh, r * f), fy_add(y, r * d), 0);
     }
+    if (m->lora) m->lora->keys = NULL;
 }
 
 /* Its backward: output gradients dy to input gradients dx (same rows),
@@ -84,11 +86,13 @@ static void experts_backward(fy_model *m, int li, fy_ref dy, fy_ref dx) {
     for (int el = 0; el < hi - lo; el++) {
         int n;
         size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
+        if (m->lora) m->lora->keys = a->h_perm + r;
         fy__swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                             W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                             fy_add(a->eh, r * f), fy_add(dy, r * d), fy_add(dx, r * d), 0,
                             fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
     }
+    if (m->lora) m->lora->keys = NULL;
 }
 
 static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {

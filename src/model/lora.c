@@ -130,6 +130,7 @@ static int build_table(fy_model *m, fy_lora *L, fy_err *err) {
         a->id = t->id;
         a->a = add_matrix(&L->tab, t, 'A', r, a->in);
         a->b = add_matrix(&L->tab, t, 'B', a->out, r);
+        if (a->in > L->max_in) L->max_in = a->in;
     }
     L->tab.n_all = L->tab.n;
     L->tab.n_dense = L->tab.n_params;
@@ -155,8 +156,8 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     if (m->lora) return fy_fail(err, "LoRA adapters are already on");
     if (cfg->rank < 1) return fy_fail(err, "LoRA rank %d: must be at least 1", cfg->rank);
     if (!(cfg->alpha > 0) || !isfinite(cfg->alpha)) return fy_fail(err, "LoRA alpha %g: must be positive", cfg->alpha);
-    if (cfg->dropout != 0.0f)
-        return fy_fail(err, "LoRA dropout %g: only 0 is supported yet (docs/FINETUNE.md)", cfg->dropout);
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return fy_fail(err, "LoRA dropout %g: must be in [0, 1)", cfg->dropout);
     if (fy_params_is_shard(&m->tab)) return fy_fail(err, "LoRA with expert parallelism is not supported yet");
     fy_lora *L = calloc(1, sizeof *L);
     if (!L) return fy_fail(err, "out of memory");
@@ -179,6 +180,13 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     OPS->fill(m->be, fy_at(&m->grads, 0), 0.0f, m->grads.n);
     m->B = m->T = 0;
     return fy_be_sync(m->be, err);
+}
+
+void fy_model_lora_dropout_key(fy_model *m, uint64_t seed, int step, int64_t row0) {
+    if (!m->lora) return;
+    m->lora->seed = seed;
+    m->lora->step = step;
+    m->lora->row0 = row0;
 }
 
 int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err) {

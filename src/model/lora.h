@@ -43,7 +43,7 @@ typedef struct fy_lora_config {
     int rank;          /* r >= 1 */
     float alpha;       /* scale = alpha / r (PEFT without rslora) */
     unsigned targets;  /* FY_LORA_* bits */
-    float dropout;     /* on the adapter's input; only 0 is supported yet */
+    float dropout;     /* on the adapter's input, 0 <= p < 1 (fy_model_lora_dropout_key) */
 } fy_lora_config;
 
 /* One adapted linear: base weight [out, in] at params offset w; its A at
@@ -62,7 +62,22 @@ typedef struct fy_lora {
     fy_buf dump;            /* where the frozen norms' weight gradients go */
     fy_lora_adapter *ad;    /* [n_ad], sorted by w */
     int n_ad;
+    int max_in;             /* the widest adapter input */
+    /* dropout's key (fy_model_lora_dropout_key), and while a routed
+     * expert runs, the token of each of its rows (host, set by ffn.c) */
+    uint64_t seed;
+    int step;
+    int64_t row0;
+    const int32_t *keys;
 } fy_lora;
+
+/* Dropout's key for the next forwards and backwards: the mask of adapter
+ * input element (token, column) is a function of (seed, step, the base
+ * tensor's id, row0 + the token's index in the batch, column) alone, so a
+ * resumed run and data-parallel ranks draw what one uninterrupted rank
+ * would; row0 is the batch's first token in the whole step (a rank's or a
+ * micro-batch's offset). The backward must see the key its forward saw. */
+void fy_model_lora_dropout_key(fy_model *m, uint64_t seed, int step, int64_t row0);
 
 /* "q_a_proj,kv_b_proj,experts" -> bits; "all" is every target. */
 int fy_lora_parse_targets(const char *list, unsigned *out, fy_err *err);

@@ -7,8 +7,11 @@
  *
  * u and g are recomputed in the backward rather than saved: they cost
  * N*r*(in + out) multiply-adds, small next to W's, and saving them would
- * take a slot per adapted linear per layer. Only gemm is used, so every
- * backend runs adapters without a new op. */
+ * take a slot per adapted linear per layer. Dropout (p > 0) replaces x by
+ * drop(x) = x * mask / (1 - p) throughout, and dx's adapter share by
+ * drop(g A); the mask is recomputed from its key (the dropout op), never
+ * stored. Besides that op, only gemm. */
+#include "core/rng.h"
 #include "model/lora.h"
 #include "model/model_impl.h"
 
@@ -26,6 +29,22 @@ const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
 static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->a); }
 static fy_ref LB(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->b); }
 
+/* dst (=|+=) drop(src), [N, in]: the mask of (seed, step, adapter, token, column). */
+static void drop(fy_model *m, const fy_lora_adapter *a, int N, fy_ref src, int lds, fy_ref dst, int ldd, int acc) {
+    const fy_lora *L = m->lora;
+    uint64_t seed = fy_rng_u64(L->seed, 0x6c6f7261 /* "lora" */, (uint64_t)L->step);
+    OPS->dropout(m->be, N, a->in, L->cfg.dropout, seed, (uint64_t)a->id, L->row0, L->keys, src, lds, dst, ldd, acc);
+}
+
+/* The adapter's input: drop(x) in the scratch, or x itself without dropout. */
+static fy_ref input(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, int *ld) {
+    *ld = ldx;
+    if (!(m->lora->cfg.dropout > 0)) return x;
+    drop(m, a, N, x, ldx, m->ws->lora_x, a->in, 0);
+    *ld = a->in;
+    return m->ws->lora_x;
+}
+
 /* u = x A^T */
 static void down(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, fy_ref u) {
     int r = m->lora->cfg.rank;
@@ -41,26 +60,34 @@ static void grad_mid(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, in
 void fy__lora_forward(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, fy_ref y, int ldy) {
     if (N == 0) return;
     fy_ref u = m->ws->lora_u;
-    down(m, a, N, x, ldx, u);
-    OPS->gemm(m->be, 0, 1, N, a->out, m->lora->cfg.rank, m->lora->scale, u, m->lora->cfg.rank, LB(m, a),
-              m->lora->cfg.rank, 1.0f, y, ldy);
+    int ld, r = m->lora->cfg.rank;
+    fy_ref xd = input(m, a, N, x, ldx, &ld);
+    down(m, a, N, xd, ld, u);
+    OPS->gemm(m->be, 0, 1, N, a->out, r, m->lora->scale, u, r, LB(m, a), r, 1.0f, y, ldy);
 }
 
 void fy__lora_dx(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref dx, int lddx) {
     if (N == 0) return;
     fy_ref g = m->ws->lora_g;
+    int r = m->lora->cfg.rank;
     grad_mid(m, a, N, dy, lddy, g);
-    OPS->gemm(m->be, 0, 0, N, a->in, m->lora->cfg.rank, 1.0f, g, m->lora->cfg.rank, LA(m, a), a->in, 1.0f, dx,
-              lddx);
+    if (!(m->lora->cfg.dropout > 0)) {
+        OPS->gemm(m->be, 0, 0, N, a->in, r, 1.0f, g, r, LA(m, a), a->in, 1.0f, dx, lddx);
+        return;
+    }
+    /* the mask's backward is the same mask: dx += drop(g A) */
+    OPS->gemm(m->be, 0, 0, N, a->in, r, 1.0f, g, r, LA(m, a), a->in, 0.0f, m->ws->lora_x, a->in);
+    drop(m, a, N, m->ws->lora_x, a->in, dx, lddx, 1);
 }
 
 void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref x, int ldx) {
     if (N == 0) return;
     fy_lora *L = m->lora;
-    int r = L->cfg.rank;
+    int r = L->cfg.rank, ld;
     fy_ref u = m->ws->lora_u, g = m->ws->lora_g;
-    down(m, a, N, x, ldx, u);
+    fy_ref xd = input(m, a, N, x, ldx, &ld);
+    down(m, a, N, xd, ld, u);
     OPS->gemm(m->be, 1, 0, a->out, r, N, L->scale, dy, lddy, u, r, 1.0f, fy_at(&L->grads, a->b), r);
     grad_mid(m, a, N, dy, lddy, g);
-    OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, x, ldx, 1.0f, fy_at(&L->grads, a->a), a->in);
+    OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, xd, ld, 1.0f, fy_at(&L->grads, a->a), a->in);
 }

@@ -82,6 +82,7 @@ typedef struct fy_model_ws {
     /* LoRA (lora_ops.c): u = x A^T and g = s dy B of one adapted linear
      * at a time, [rows, r] for the most rows a linear gets */
     fy_ref lora_u, lora_g;
+    fy_ref lora_x;                        /* [rows, max in]: dropout's masked x, or g A */
 } model_ws;
 
 /* ---- workspace.c: the activation workspace ---- */

@@ -140,6 +140,7 @@ static void plan_all(fy_model *m, planner *p, int N) {
         size_t rows = E > 0 && NK * fy__ep_cap(m) > (size_t)N ? NK * fy__ep_cap(m) : (size_t)N;
         ws->lora_u = take(p, rows * m->lora->cfg.rank);
         ws->lora_g = take(p, rows * m->lora->cfg.rank);
+        if (m->lora->cfg.dropout > 0) ws->lora_x = take(p, rows * m->lora->max_in);
     }
 }
 

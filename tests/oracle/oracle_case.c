@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "backend/backend.h"
 #include "ckpt/safetensors.h"
 #include "core/fsutil.h"
@@ -18,7 +20,7 @@
 typedef struct variant {
     const char *name;
     void (*apply)(fy_config *c, int *B, int *T);
-    int lora; /* LoRA adapters on every target (lora_case below) */
+    int lora; /* LoRA adapters on every target (lora_case below); 2: with dropout */
 } variant;
 
 /* The base shape: nothing a multiple of 8, every feature on. */
@@ -68,7 +70,7 @@ static const variant variants[] = {
     {"mtp0", v_mtp0, 0}, {"mtp2", v_mtp2, 0}, {"dense", v_dense, 0}, {"moeonly", v_moeonly, 0},
     {"seq1", v_seq1, 0}, {"noshared", v_noshared, 0}, {"nobalance", v_nobalance, 0}, {"odd", v_odd, 0},
     {"yarn", v_yarn, 0}, {"yarnaf", v_yarnaf, 0},
-    {"lora", v_base, 1}, {"lora_noqlora", v_noqlora, 1},
+    {"lora", v_base, 1}, {"lora_noqlora", v_noqlora, 1}, {"lora_dropout", v_base, 2},
 };
 #define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
 
@@ -87,11 +89,21 @@ static int create_backend(const char *spec, fy_backend **be, fy_err *err) {
 
 /* Adapters on every target (experts included), rank 3, alpha 5, PEFT's
  * init for A and a random B (PEFT's zero B would leave the logits and A's
- * gradient untouched and so untested). Adds the adapters and their
- * gradients to w after the backward (dump_lora) and writes DIR/lora.json. */
-static int lora_case(fy_model *m, uint64_t seed, fy_err *err) {
-    fy_lora_config lc = {.rank = 3, .alpha = 5.0f, .targets = FY_LORA_ALL, .dropout = 0.0f};
+ * gradient untouched and so untested); dropout 0.2 with variant lora 2,
+ * keyed by seed 77, step 5, first token 123. Adds the adapters and their
+ * gradients to w after the backward (dump_lora) and writes DIR/lora.json
+ * (with each adapted weight's dropout stream, its tensor id). */
+/* Whether base weight offset w has an adapter (the table is small). */
+static int has_adapter(const fy_lora *L, size_t w) {
+    for (int i = 0; i < L->n_ad; i++)
+        if (L->ad[i].w == w) return 1;
+    return 0;
+}
+
+static int lora_case(fy_model *m, uint64_t seed, int dropout, fy_err *err) {
+    fy_lora_config lc = {.rank = 3, .alpha = 5.0f, .targets = FY_LORA_ALL, .dropout = dropout ? 0.2f : 0.0f};
     if (fy_model_set_lora(m, &lc, err) || fy_model_lora_init(m, seed, err)) return -1;
+    fy_model_lora_dropout_key(m, 77, 5, 123);
     fy_lora *L = m->lora;
     float *p = malloc(L->tab.n_params * sizeof *p);
     m->be->ops->download(m->be, p, fy_at(&L->params, 0), L->tab.n_params);
@@ -119,12 +131,25 @@ static int dump_lora(fy_model *m, fy_st_writer *w, float **keep, const char *out
         fy_st_writer_add(w, t->name, FY_ST_F32, 2, shape, p + t->off, NULL);
         fy_st_writer_add(w, gn[i], FY_ST_F32, 2, shape, g + t->off, NULL);
     }
-    char targets[256], js[512], path[4096];
+    char targets[256], path[4096];
     fy_lora_targets_string(L->cfg.targets, targets, sizeof targets);
-    snprintf(js, sizeof js, "{\"rank\": %d, \"alpha\": %.9g, \"targets\": \"%s\"}\n", L->cfg.rank,
-             L->cfg.alpha, targets);
+    cJSON *j = cJSON_CreateObject(), *streams = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "rank", L->cfg.rank);
+    cJSON_AddNumberToObject(j, "alpha", L->cfg.alpha);
+    cJSON_AddStringToObject(j, "targets", targets);
+    cJSON_AddNumberToObject(j, "dropout", L->cfg.dropout);
+    cJSON_AddNumberToObject(j, "seed", (double)L->seed);
+    cJSON_AddNumberToObject(j, "step", L->step);
+    cJSON_AddNumberToObject(j, "row0", (double)L->row0);
+    for (int i = 0; i < m->tab.n; i++)
+        if (has_adapter(L, m->tab.t[i].off)) cJSON_AddNumberToObject(streams, m->tab.t[i].name, m->tab.t[i].id);
+    cJSON_AddItemToObject(j, "streams", streams);
+    char *js = cJSON_Print(j);
+    cJSON_Delete(j);
     snprintf(path, sizeof path, "%s/lora.json", out);
-    return fy_mkdir_p(out, err) || fy_write_file_atomic(path, js, strlen(js), err) ? -1 : 0;
+    int rc = !js || fy_mkdir_p(out, err) || fy_write_file_atomic(path, js, strlen(js), err) ? -1 : 0;
+    free(js);
+    return rc;
 }
 
 static int base_config(fy_config *c, fy_err *err) {
@@ -197,7 +222,7 @@ int main(int argc, char **argv) {
     be->ops->upload(be, fy_at(&m.params, 0), params, m.tab.n_params);
     if (m.tab.n_buffers) be->ops->upload(be, fy_at(&m.buffers, 0), bufs, m.tab.n_buffers);
 
-    if (var->lora && lora_case(&m, seed, &err)) goto fail;
+    if (var->lora && lora_case(&m, seed, var->lora == 2, &err)) goto fail;
 
     int N = B * T, V = c.vocab_size, K = c.num_experts_per_tok;
     int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);

@@ -2,8 +2,10 @@
  * (A within +-1/sqrt(in), B zero, so a fresh adapter leaves the logits
  * bitwise as they were), a frozen base (no base gradient at all), and a
  * finite-difference check of adapted linears' A and B gradients (an
- * attention projection and one routed expert's down_proj), independent of
- * the PyTorch oracle. */
+ * attention projection and one routed expert's down_proj, without and with
+ * dropout), independent of the PyTorch oracle; and the dropout op: the cpu
+ * kernel equals the common host fallback bit for bit, drops about p, and
+ * depends on a row's key, not its place in the batch. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +68,7 @@ static void test_refusals(fy_backend *be) {
     fy_model m;
     fy_err err;
     if (fy_model_create(&m, &c, be, &err)) die("create", &err);
-    fy_lora_config lc = {.rank = 2, .alpha = 4, .targets = FY_LORA_ALL, .dropout = 0.1f};
+    fy_lora_config lc = {.rank = 2, .alpha = 4, .targets = FY_LORA_ALL, .dropout = 1.0f};
     CHECK(fy_model_set_lora(&m, &lc, &err) != 0 && strstr(err.msg, "dropout"), "dropout: %s", err.msg);
     lc.dropout = 0, lc.rank = 0;
     CHECK(fy_model_set_lora(&m, &lc, &err) != 0 && strstr(err.msg, "rank"), "rank 0: %s", err.msg);
@@ -106,12 +108,58 @@ static void fd_check(fy_model *m, const fy_tensor_info *t, const float *p, const
     double numeric = (l[0] - l[1]) / (2 * eps), e = fabs(numeric - analytic) / fmax(fabs(analytic), 2e-3);
     CHECK(fabs(analytic) > 1e-3, "%s: a gradient large enough to test (%.3g)", t->name, analytic);
     CHECK(e < 3e-2, "%s: analytic %.6g vs numeric %.6g (rel %.3g)", t->name, analytic, numeric, e);
-    printf("%-70s analytic %+.6f numeric %+.6f rel %.2e\n", t->name, analytic, numeric, e);
+    printf("p %.2f %-70s analytic %+.6f numeric %+.6f rel %.2e\n", m->lora->cfg.dropout, t->name, analytic, numeric, e);
     free(R);
     free(wp);
 }
 
-static void test_model(fy_backend *be) {
+static void test_dropout_op(fy_backend *be) {
+    enum { n = 64, D = 37, ld = 40 };
+    float *x = malloc(n * ld * sizeof *x), *a = malloc(n * ld * sizeof *a), *b = malloc(n * ld * sizeof *b);
+    for (int i = 0; i < n * ld; i++) x[i] = fy_rng_normal(1, 2, i);
+    fy_buf bx, by;
+    fy_err err;
+    if (fy_be_alloc(be, &bx, n * ld, &err) || fy_be_alloc(be, &by, n * ld, &err)) die("alloc", &err);
+    int32_t keys[n];
+    for (int i = 0; i < n; i++) keys[i] = (i * 7) % n;
+    be->ops->upload(be, fy_at(&bx, 0), x, n * ld);
+    be->ops->fill(be, fy_at(&by, 0), 1.0f, n * ld);
+    be->ops->dropout(be, n, D, 0.3f, 11, 5, 100, keys, fy_at(&bx, 0), ld, fy_at(&by, 0), ld, 1);
+    be->ops->download(be, a, fy_at(&by, 0), n * ld);
+    /* the same call through the host fallback */
+    fy_backend_ops no_kernel = *be->impl_ops;
+    const fy_backend_ops *own = be->impl_ops;
+    no_kernel.dropout = NULL;
+    be->impl_ops = &no_kernel;
+    be->ops->fill(be, fy_at(&by, 0), 1.0f, n * ld);
+    be->ops->dropout(be, n, D, 0.3f, 11, 5, 100, keys, fy_at(&bx, 0), ld, fy_at(&by, 0), ld, 1);
+    be->ops->download(be, b, fy_at(&by, 0), n * ld);
+    be->impl_ops = own;
+    CHECK(!memcmp(a, b, n * ld * sizeof *a), "cpu kernel == host fallback");
+    int dropped = 0, scaled = 1, gaps = 1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ld; j++) {
+            float v = a[i * ld + j], s = 1.0f / (1.0f - 0.3f);
+            if (j >= D) gaps &= v == 1.0f;
+            else if (v == 1.0f) dropped++;
+            else scaled &= v == 1.0f + x[i * ld + j] * s;
+        }
+    CHECK(gaps && scaled, "kept elements are 1 + x / (1 - p), the gaps untouched");
+    CHECK(dropped > 0.25 * n * D && dropped < 0.35 * n * D, "dropped %d of %d (p 0.3)", dropped, n * D);
+    /* row i with key k gets what row 0 gets with key k */
+    be->ops->fill(be, fy_at(&by, 0), 1.0f, D);
+    be->ops->dropout(be, 1, D, 0.3f, 11, 5, 100, &keys[9], fy_at(&bx, 9 * ld), ld, fy_at(&by, 0), ld, 1);
+    be->ops->download(be, b, fy_at(&by, 0), D);
+    int same = 1;
+    for (int j = 0; j < D; j++) same &= b[j] == a[9 * ld + j];
+    CHECK(same, "a row's mask depends on its key alone");
+    CHECK(fy_be_sync(be, &err) == 0, "dropout ops ran: %s", err.msg);
+    fy_be_free(be, &bx);
+    fy_be_free(be, &by);
+    free(x), free(a), free(b);
+}
+
+static void test_model(fy_backend *be, float dropout) {
     fy_config c = small_config();
     fy_model m;
     fy_err err;
@@ -127,8 +175,10 @@ static void test_model(fy_backend *be) {
     loss_at(&m, in, lab, B, T, 0);
     be->ops->download(be, base, fy_model_logits(&m), nl);
 
-    fy_lora_config lc = {.rank = 3, .alpha = 6, .targets = FY_LORA_Q_B | FY_LORA_KV_B | FY_LORA_EXPERTS};
+    fy_lora_config lc = {.rank = 3, .alpha = 6, .targets = FY_LORA_Q_B | FY_LORA_KV_B | FY_LORA_EXPERTS,
+                         .dropout = dropout};
     if (fy_model_set_lora(&m, &lc, &err) || fy_model_lora_init(&m, 5, &err)) die("lora", &err);
+    fy_model_lora_dropout_key(&m, 21, 3, 1000);
     fy_lora *L = m.lora;
     /* q_b and kv_b of the 2 main layers, 3 kinds x 4 experts of layer 1: 16 adapters. */
     CHECK(L->n_ad == 16 && L->tab.n == 32, "%d adapters, %d tensors", L->n_ad, L->tab.n);
@@ -183,7 +233,9 @@ int main(void) {
     if (fy_backend_cpu_create(&be, &err)) die("cpu", &err);
     test_targets();
     test_refusals(be);
-    test_model(be);
+    test_dropout_op(be);
+    test_model(be, 0.0f);
+    test_model(be, 0.25f);
     fy_backend_destroy(be);
     return fy_test_finish("test_lora");
 }

@@ -12,7 +12,8 @@ CASE_DIR/case.safetensors  every parameter and buffer (HF names, F32),
                            out.router_idx.<layer> [B*T,K] I32,
                            out.router_w.<layer> [B*T,K],
                            out.bias_after.<layer> [E]
-CASE_DIR/lora.json         (LoRA cases only) {"rank", "alpha", "targets"}:
+CASE_DIR/lora.json         (LoRA cases only) {"rank", "alpha", "targets",
+                           "dropout", "seed", "step", "row0", "streams"}:
                            the case then also holds the adapters under
                            PEFT's names (base_model.model.<module>.lora_A/B.weight)
                            and grad.<adapter>; the base is frozen, so every
@@ -156,7 +157,9 @@ def load_lora(cfg, case_dir, case, params):
         adapters[w] = tuple(pair)
     if not adapters:
         raise ValueError(f"LoRA targets {targets} match nothing")
-    lp = ds3.LoraParams(params, adapters, float(lc["alpha"]) / r)
+    lp = ds3.LoraParams(params, adapters, float(lc["alpha"]) / r, float(lc.get("dropout", 0.0)),
+                        int(lc.get("seed", 0)), int(lc.get("step", 0)), int(lc.get("row0", 0)),
+                        {k: int(v) for k, v in lc.get("streams", {}).items()})
     lp.leaves = leaves
     return lp
 

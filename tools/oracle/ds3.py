@@ -382,12 +382,60 @@ def lora_name(weight, which):
 
 class LoraParams(dict):
     """The base params (a dict, as everywhere) plus adapters that proj() adds:
-    lora maps a base weight name to (A [r, in], B [out, r]); lora_scale = alpha/r."""
+    lora maps a base weight name to (A [r, in], B [out, r]); lora_scale = alpha/r.
+    Dropout p (0: none) with its key: seed, step, row0 (the batch's first
+    token) and streams (base weight name -> its tensor id)."""
 
-    def __init__(self, params, lora, scale):
+    def __init__(self, params, lora, scale, dropout=0.0, seed=0, step=0, row0=0, streams=None):
         super().__init__(params)
         self.lora = lora
         self.lora_scale = scale
+        self.lora_dropout = dropout
+        self.lora_seed = rng_u64(seed, 0x6C6F7261, step)    # "lora"
+        self.lora_row0 = row0
+        self.lora_streams = streams or {}
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x):
+    """SplitMix64's finaliser on uint64 arrays (numpy wraps modulo 2^64)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def rng_u64(seed, stream, counter):
+    """ferry's counter-based RNG: splitmix(splitmix(splitmix(seed) ^ stream) ^ counter)."""
+    with np.errstate(over="ignore"):
+        s = _splitmix64(np.asarray(seed & _M64, dtype=np.uint64)) ^ np.uint64(stream & _M64)
+        return _splitmix64(_splitmix64(s) ^ np.asarray(counter, dtype=np.uint64))
+
+
+def rng_uniform(seed, stream, counter):
+    """Uniform in [0, 1) from the top 24 bits (exact in float32)."""
+    return (rng_u64(seed, stream, counter) >> np.uint64(40)).astype(np.float64) / 16777216.0
+
+
+def lora_dropout(params, name, x, tokens=None):
+    """Inverted dropout of an adapter's input: element (token k, column j) is
+    dropped when uniform(seed, stream, (row0 + k) * in + j) < p, else scaled
+    by float32(1 / (1 - p)); k is the token's index b*T + t in the batch."""
+    p = getattr(params, "lora_dropout", 0.0)
+    if not p:
+        return x
+    n_in = x.shape[-1]
+    flat = x.reshape(-1, n_in)
+    tok = np.arange(flat.shape[0]) if tokens is None else np.asarray(tokens)
+    key = (params.lora_row0 + tok).astype(np.uint64)
+    counter = key[:, None] * np.uint64(n_in) + np.arange(n_in, dtype=np.uint64)[None, :]
+    u = rng_uniform(int(params.lora_seed), params.lora_streams[name], counter)
+    p32 = np.float32(p)
+    keep = float(np.float32(1.0) / (np.float32(1.0) - p32))
+    mask = torch.as_tensor(np.where(u < float(p32), 0.0, keep), dtype=x.dtype)
+    return (flat * mask).reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -404,22 +452,24 @@ def linear(x, w):
     return x @ w.t()
 
 
-def proj(params, name, x):
+def proj(params, name, x, tokens=None):
     """A projection of the model by its weight's name: x W^T, plus the LoRA
-    update s * (x A^T) B^T when params carries an adapter for it (LoraParams)."""
+    update s * (drop(x) A^T) B^T when params carries an adapter for it
+    (LoraParams). tokens: the batch token (b*T + t) of each row of x, when
+    the rows are not simply all tokens in order (a routed expert's rows)."""
     y = linear(x, params[name])
     ad = getattr(params, "lora", {}).get(name)
     if ad is not None:
         a, b = ad
-        y = y + params.lora_scale * linear(linear(x, a), b)
+        y = y + params.lora_scale * linear(linear(lora_dropout(params, name, x, tokens), a), b)
     return y
 
 
-def swiglu(params, prefix, x):
+def swiglu(params, prefix, x, tokens=None):
     """W_down(silu(W_gate x) * W_up x)."""
-    g = proj(params, prefix + "gate_proj.weight", x)
-    u = proj(params, prefix + "up_proj.weight", x)
-    return proj(params, prefix + "down_proj.weight", F.silu(g) * u)
+    g = proj(params, prefix + "gate_proj.weight", x, tokens)
+    u = proj(params, prefix + "up_proj.weight", x, tokens)
+    return proj(params, prefix + "down_proj.weight", F.silu(g) * u, tokens)
 
 
 def _yarn_mscale(s, m):
@@ -623,7 +673,7 @@ def moe(cfg, params, prefix, x, bias, force_idx=None):
         sel = order[start:start + c]
         start += c
         tok = flat_token[sel]
-        y = swiglu(params, f"{prefix}experts.{e}.", x.index_select(0, tok))
+        y = swiglu(params, f"{prefix}experts.{e}.", x.index_select(0, tok), tok)
         out.index_add_(0, tok, y * flat_w[sel].unsqueeze(1))
     if cfg.n_shared_experts > 0:
         out = out + swiglu(params, prefix + "shared_experts.", x)
