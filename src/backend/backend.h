@@ -332,11 +332,12 @@ typedef struct fy_backend_ops {
 #define FY_Q8_BLOCK 32
 
 /* The dropout op's factor for element (row key k, column j) of rows of
- * width D: 0 (dropped) or scale = 1.0f / (1.0f - p). Every implementation
- * uses this, so all give the same bits. */
-static inline float fy_dropout_factor(uint64_t seed, uint64_t stream, uint64_t k, int D, int j, float p,
-                                      float scale) {
-    return fy_rng_uniform(seed, stream, k * (uint64_t)D + (uint64_t)j) < p ? 0.0f : scale;
+ * width D: 0 (dropped) or scale = 1.0f / (1.0f - p); rkey is
+ * fy_rng_key(seed, stream), so u is fy_rng_uniform(seed, stream, k*D + j).
+ * Every implementation uses this, so all give the same bits. */
+static inline float fy_dropout_factor(uint64_t rkey, uint64_t k, int D, int j, float p, float scale) {
+    float u = (float)(fy_rng_mix(rkey ^ (k * (uint64_t)D + (uint64_t)j)) >> 40) * (1.0f / 16777216.0f);
+    return u < p ? 0.0f : scale;
 }
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 

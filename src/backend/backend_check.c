@@ -261,6 +261,7 @@ static void host_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, u
                          const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate) {
     size_t ns = (size_t)(n - 1) * lds + D, nd = (size_t)(n - 1) * ldd + D;
     float *s = malloc(ns * sizeof *s), *d = malloc(nd * sizeof *d), scale = 1.0f / (1.0f - p);
+    const uint64_t rkey = fy_rng_key(seed, stream);
     if (!s || !d) {
         free(s), free(d);
         bad(be, "dropout", "out of host memory for %zu elements", ns + nd);
@@ -273,7 +274,7 @@ static void host_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, u
         const float *si = s + (size_t)i * lds;
         float *di = d + (size_t)i * ldd;
         for (int j = 0; j < D; j++) {
-            float v = si[j] * fy_dropout_factor(seed, stream, k, D, j, p, scale);
+            float v = si[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
             di[j] = accumulate ? di[j] + v : v;
         }
     }

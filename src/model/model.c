@@ -102,7 +102,10 @@ void fy_model_zero_grad(fy_model *m) {
 int fy_model_update_bias(fy_model *m, fy_err *err) {
     const fy_config *c = &m->cfg;
     int E = c->n_routed_experts;
-    if (E == 0) return 0;
+    /* A frozen base keeps its router bias too: an adapter must be trained
+     * against the base it will be loaded onto. */
+    if (m->lora) memset(m->loads, 0, (size_t)m->tab.n_layers * E * sizeof *m->loads);
+    if (E == 0 || m->lora) return 0;
     float *b = malloc(E * sizeof *b);
     if (!b) return fy_fail(err, "out of memory");
     for (int li = 0; li < m->tab.n_layers; li++) {

@@ -157,7 +157,8 @@ void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t
 void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);
 
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
- * counted by the forwards since the last call; then resets the counts. */
+ * counted by the forwards since the last call; then resets the counts.
+ * With LoRA adapters on (a frozen base) only the reset. */
 int fy_model_update_bias(fy_model *m, fy_err *err);
 
 /* The rope op's parameters for a config: plain RoPE, or YaRN's frequencies

@@ -214,6 +214,14 @@ static void test_model(fy_backend *be, float dropout) {
     size_t nz = 0;
     for (size_t j = 0; j < m.tab.n_params; j++) nz += bg[j] != 0.0f;
     CHECK(nz == 0, "the frozen base got %zu non-zero gradient entries", nz);
+    /* ... and keeps its router bias (the loads of the forwards above are dropped) */
+    size_t nb = m.tab.n_buffers;
+    float *b0 = malloc(nb * sizeof *b0), *b1 = malloc(nb * sizeof *b1);
+    be->ops->download(be, b0, fy_at(&m.buffers, 0), nb);
+    if (fy_model_update_bias(&m, &err)) die("update_bias", &err);
+    be->ops->download(be, b1, fy_at(&m.buffers, 0), nb);
+    CHECK(nb > 0 && !memcmp(b0, b1, nb * sizeof *b0), "the router bias stays as it was");
+    free(b0), free(b1);
     const char *fd[] = {"base_model.model.model.layers.0.self_attn.kv_b_proj.lora_A.weight",
                         "base_model.model.model.layers.0.self_attn.kv_b_proj.lora_B.weight",
                         "base_model.model.model.layers.1.mlp.experts.2.down_proj.lora_A.weight",

@@ -204,8 +204,7 @@ void fy_ocl_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64
     fy_ocl_int(&c, D);
     fy_ocl_float(&c, p);
     fy_ocl_float(&c, 1.0f / (1.0f - p));
-    fy_ocl_ulong(&c, seed);
-    fy_ocl_ulong(&c, stream);
+    fy_ocl_ulong(&c, fy_rng_key(seed, stream)); /* the per-call half of the hash, once */
     fy_ocl_ulong(&c, (cl_ulong)key0);
     fy_ocl_opt_buf(&c, km, 0, sm);
     fy_ocl_rows(&c, sm, src.off, lds);

@@ -123,7 +123,7 @@ kernel void fy_rope(int N, int T, int n_heads, int d_r, global float *x, ulong x
 
 /* ---- dropout: the counter-based mask of backend.h's dropout op ---- */
 
-/* SplitMix64's finaliser and fy_rng_uniform (core/rng.c), bit for bit. */
+/* SplitMix64's finaliser (core/rng.h fy_rng_mix), bit for bit. */
 inline ulong fy_splitmix64(ulong x) {
     x += 0x9E3779B97F4A7C15UL;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
@@ -131,21 +131,18 @@ inline ulong fy_splitmix64(ulong x) {
     return x ^ (x >> 31);
 }
 
-inline float fy_rng_uniform(ulong seed, ulong stream, ulong counter) {
-    ulong h = fy_splitmix64(fy_splitmix64(fy_splitmix64(seed) ^ stream) ^ counter);
-    return (float)(h >> 40) * (1.0f / 16777216.0f);
-}
-
-/* dst (=|+=) src * (u < p ? 0 : scale), u of (seed, stream, key * D + j);
+/* dst (=|+=) src * (u < p ? 0 : scale), u = fy_rng_uniform(seed, stream,
+ * key * D + j) with rkey = fy_rng_key(seed, stream) from the host;
  * key = key0 + (has_keys ? keys[i] : i). key0 travels as its two's
  * complement bits (ulong), as the host adds it. */
-kernel void fy_dropout(int n, int D, float p, float scale, ulong seed, ulong stream, ulong key0,
+kernel void fy_dropout(int n, int D, float p, float scale, ulong rkey, ulong key0,
                        global const int *keys, ulong ko, int has_keys, global const float *src, ulong so, int lds,
                        global float *dst, ulong dso, int ldd, int acc) {
     int j = get_global_id(0), i = get_global_id(1);
     if (j >= D || i >= n) return;
     ulong k = key0 + (ulong)(long)(has_keys ? keys[ko + i] : i);
-    float f = fy_rng_uniform(seed, stream, k * (ulong)D + (ulong)j) < p ? 0.0f : scale;
+    float u = (float)(fy_splitmix64(rkey ^ (k * (ulong)D + (ulong)j)) >> 40) * (1.0f / 16777216.0f);
+    float f = u < p ? 0.0f : scale;
     float v = src[so + (ulong)i * lds + j] * f;
     global float *d = dst + dso + (ulong)i * ldd + j;
     *d = acc ? *d + v : v;
