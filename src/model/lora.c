@@ -182,6 +182,22 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     return fy_be_sync(m->be, err);
 }
 
+int fy_model_lora_merge(fy_model *m, fy_err *err) {
+    fy_lora *L = m->lora;
+    if (!L) return fy_fail(err, "no LoRA adapters to merge");
+    int r = L->cfg.rank;
+    for (int i = 0; i < L->n_ad; i++) {
+        const fy_lora_adapter *a = &L->ad[i];
+        OPS->gemm(m->be, 0, 0, a->out, a->in, r, L->scale, fy_at(&L->params, a->b), r, fy_at(&L->params, a->a),
+                  a->in, 1.0f, PW(m, a->w), a->in);
+    }
+    if (fy_be_sync(m->be, err)) return fy_wrap(err, "merging LoRA adapters");
+    fy__lora_free(m);
+    m->B = m->T = 0; /* the workspace loses the adapters' scratch */
+    fy_model_zero_grad(m);
+    return fy_be_sync(m->be, err);
+}
+
 void fy_model_lora_dropout_key(fy_model *m, uint64_t seed, int step, int64_t row0) {
     if (!m->lora) return;
     m->lora->seed = seed;

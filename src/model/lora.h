@@ -43,7 +43,8 @@ typedef struct fy_lora_config {
     int rank;          /* r >= 1 */
     float alpha;       /* scale = alpha / r (PEFT without rslora) */
     unsigned targets;  /* FY_LORA_* bits */
-    float dropout;     /* on the adapter's input, 0 <= p < 1 (fy_model_lora_dropout_key) */
+    float dropout;     /* on the adapter's input in training passes (a forward with
+                        * need_grad, its backward), 0 <= p < 1 (fy_model_lora_dropout_key) */
 } fy_lora_config;
 
 /* One adapted linear: base weight [out, in] at params offset w; its A at
@@ -91,6 +92,11 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err);
 /* PEFT's init: A kaiming-uniform (a = sqrt(5)) from a counter-based stream
  * keyed by the base tensor's id, B zero. Identical on every backend. */
 int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err);
+/* Folds the adapters into the base, W += (alpha/r) B A for each (what
+ * PEFT's merge_and_unload does), and removes them: the model is a plain,
+ * trainable one again (gradients zero), whose forward gives the adapted
+ * model's evaluation logits within rounding; inference needs this. */
+int fy_model_lora_merge(fy_model *m, fy_err *err);
 /* The PEFT name of base weight `weight` ("model.layers.3.mlp.up_proj.weight")'s
  * adapter matrix (which 'A' or 'B') into buf. */
 void fy_lora_name(const char *weight, char which, char *buf, size_t cap);

@@ -29,6 +29,10 @@ const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
 static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->a); }
 static fy_ref LB(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->b); }
 
+/* Dropout runs in training passes only (a forward with need_grad and its
+ * backward), as PEFT's in train mode: evaluation sees the whole input. */
+static int dropping(const fy_model *m) { return m->lora->cfg.dropout > 0 && m->has_grad_heads; }
+
 /* dst (=|+=) drop(src), [N, in]: the mask of (seed, step, adapter, token, column). */
 static void drop(fy_model *m, const fy_lora_adapter *a, int N, fy_ref src, int lds, fy_ref dst, int ldd, int acc) {
     const fy_lora *L = m->lora;
@@ -39,7 +43,7 @@ static void drop(fy_model *m, const fy_lora_adapter *a, int N, fy_ref src, int l
 /* The adapter's input: drop(x) in the scratch, or x itself without dropout. */
 static fy_ref input(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, int *ld) {
     *ld = ldx;
-    if (!(m->lora->cfg.dropout > 0)) return x;
+    if (!dropping(m)) return x;
     drop(m, a, N, x, ldx, m->ws->lora_x, a->in, 0);
     *ld = a->in;
     return m->ws->lora_x;
@@ -71,7 +75,7 @@ void fy__lora_dx(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int ld
     fy_ref g = m->ws->lora_g;
     int r = m->lora->cfg.rank;
     grad_mid(m, a, N, dy, lddy, g);
-    if (!(m->lora->cfg.dropout > 0)) {
+    if (!dropping(m)) {
         OPS->gemm(m->be, 0, 0, N, a->in, r, 1.0f, g, r, LA(m, a), a->in, 1.0f, dx, lddx);
         return;
     }

@@ -102,7 +102,11 @@ static void fd_check(fy_model *m, const fy_tensor_info *t, const float *p, const
         memcpy(wp, p, P * sizeof *wp);
         for (size_t j = 0; j < t->n; j++) wp[t->off + j] = p[t->off + j] + (float)((s ? -eps : eps) * R[j]);
         be->ops->upload(be, fy_at(&m->lora->params, 0), wp, P);
-        l[s] = loss_at(m, in, lab, B, T, 0);
+        /* a training forward (with dropout), without its backward */
+        fy_loss lt;
+        fy_err err;
+        if (fy_model_forward(m, in, lab, B, T, 1, &lt, &err)) die("forward", &err);
+        l[s] = lt.total;
     }
     be->ops->upload(be, fy_at(&m->lora->params, 0), p, P);
     double numeric = (l[0] - l[1]) / (2 * eps), e = fabs(numeric - analytic) / fmax(fabs(analytic), 2e-3);
@@ -231,6 +235,17 @@ static void test_model(fy_backend *be, float dropout) {
         CHECK(t != NULL, "adapter %s exists", fd[k]);
         if (t) fd_check(&m, t, p, g, in, lab, B, T);
     }
+    /* Merged: W += s B A gives the adapted model's evaluation logits (no
+     * dropout), and the model is plain again. */
+    loss_at(&m, in, lab, B, T, 0);
+    be->ops->download(be, adapted, fy_model_logits(&m), nl);
+    if (fy_model_lora_merge(&m, &err)) die("merge", &err);
+    CHECK(m.lora == NULL, "merge removes the adapters");
+    loss_at(&m, in, lab, B, T, 0);
+    be->ops->download(be, base, fy_model_logits(&m), nl);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < nl; i++) num += (double)(base[i] - adapted[i]) * (base[i] - adapted[i]), den += (double)adapted[i] * adapted[i];
+    CHECK(sqrt(num / den) < 1e-5, "merged logits within %.2g of the adapted ones", sqrt(num / den));
     free(base); free(adapted); free(p); free(g); free(bg);
     fy_model_free(&m);
 }
