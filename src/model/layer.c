@@ -86,7 +86,7 @@ fy_rope_params fy_model_rope_params(const fy_config *c) {
 
 void fy__attn_forward(fy_model *m, int li) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;
     int dqk = fy_cfg_qk_head_dim(c), dn = c->qk_nope_head_dim, dv = c->v_head_dim;
@@ -124,7 +124,7 @@ void fy__attn_forward(fy_model *m, int li) {
 
 void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &m->ws->s;
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;

@@ -109,7 +109,7 @@ static size_t add_matrix(fy_param_table *tab, const fy_tensor_info *base, char w
 
 /* The adapter table: A then B of each adapted base tensor, in the base
  * table's order (so dense layers' adapters come before the experts'). */
-static int build_table(fy_model *m, fy_lora *L, fy_err *err) {
+static int build_table(fy_model *m, fy_lora *L, fy_param_table *tab, fy_err *err) {
     int n = 0, r = L->cfg.rank;
     for (int i = 0; i < m->tab.n; i++) n += (target_of(&m->cfg, &m->tab.t[i]) & L->cfg.targets) != 0;
     if (!n) {
@@ -117,9 +117,9 @@ static int build_table(fy_model *m, fy_lora *L, fy_err *err) {
         fy_lora_targets_string(L->cfg.targets, want, sizeof want);
         return fy_fail(err, "LoRA targets %s match no linear of this model", want);
     }
-    L->tab.t = calloc(2 * (size_t)n, sizeof *L->tab.t);
+    tab->t = calloc(2 * (size_t)n, sizeof *tab->t);
     L->ad = calloc(n, sizeof *L->ad);
-    if (!L->tab.t || !L->ad) return fy_fail(err, "out of memory building the LoRA table");
+    if (!tab->t || !L->ad) return fy_fail(err, "out of memory building the LoRA table");
     for (int i = 0; i < m->tab.n; i++) {
         const fy_tensor_info *t = &m->tab.t[i];
         if (!(target_of(&m->cfg, t) & L->cfg.targets)) continue;
@@ -128,56 +128,72 @@ static int build_table(fy_model *m, fy_lora *L, fy_err *err) {
         a->out = t->shape[0];
         a->in = t->shape[1];
         a->id = t->id;
-        a->a = add_matrix(&L->tab, t, 'A', r, a->in);
-        a->b = add_matrix(&L->tab, t, 'B', a->out, r);
+        a->a = add_matrix(tab, t, 'A', r, a->in);
+        a->b = add_matrix(tab, t, 'B', a->out, r);
         if (a->in > L->max_in) L->max_in = a->in;
     }
-    L->tab.n_all = L->tab.n;
-    L->tab.n_dense = L->tab.n_params;
+    tab->n_all = tab->n;
+    tab->n_dense = tab->n_params;
     qsort(L->ad, L->n_ad, sizeof *L->ad, by_w);
     return 0;
+}
+
+/* Frees L's own parts (not the base it may hold). */
+static void lora_release(fy_backend *be, fy_lora *L) {
+    if (be && L->dump.handle) fy_be_free(be, &L->dump);
+    free(L->ad);
+    free(L);
 }
 
 void fy__lora_free(fy_model *m) {
     fy_lora *L = m->lora;
     if (!L) return;
-    if (m->be) {
-        if (L->params.handle) fy_be_free(m->be, &L->params);
-        if (L->grads.handle) fy_be_free(m->be, &L->grads);
-        if (L->dump.handle) fy_be_free(m->be, &L->dump);
-    }
-    fy_params_free(&L->tab);
-    free(L->ad);
-    free(L);
+    if (m->be && L->base_params.handle) fy_be_free(m->be, &L->base_params);
+    fy_params_free(&L->base_tab);
+    lora_release(m->be, L);
     m->lora = NULL;
 }
 
-int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
+static int check_config(const fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     if (m->lora) return fy_fail(err, "LoRA adapters are already on");
     if (cfg->rank < 1) return fy_fail(err, "LoRA rank %d: must be at least 1", cfg->rank);
     if (!(cfg->alpha > 0) || !isfinite(cfg->alpha)) return fy_fail(err, "LoRA alpha %g: must be positive", cfg->alpha);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
         return fy_fail(err, "LoRA dropout %g: must be in [0, 1)", cfg->dropout);
     if (fy_params_is_shard(&m->tab)) return fy_fail(err, "LoRA with expert parallelism is not supported yet");
+    return 0;
+}
+
+int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
+    if (check_config(m, cfg, err)) return -1;
     fy_lora *L = calloc(1, sizeof *L);
     if (!L) return fy_fail(err, "out of memory");
-    m->lora = L;
     L->cfg = *cfg;
     L->scale = cfg->alpha / (float)cfg->rank;
     const fy_config *c = &m->cfg;
     size_t dump = (size_t)c->hidden_size;
     if ((size_t)c->q_lora_rank > dump) dump = c->q_lora_rank;
     if ((size_t)c->kv_lora_rank > dump) dump = c->kv_lora_rank;
-    if (build_table(m, L, err) || fy_be_alloc(m->be, &L->params, L->tab.n_params, err) ||
-        fy_be_alloc(m->be, &L->grads, L->tab.n_params, err) || fy_be_alloc(m->be, &L->dump, dump, err)) {
-        fy__lora_free(m);
+    fy_param_table tab = {0};
+    fy_buf p = {0}, g = {0};
+    if (build_table(m, L, &tab, err) || fy_be_alloc(m->be, &p, tab.n_params, err) ||
+        fy_be_alloc(m->be, &g, tab.n_params, err) || fy_be_alloc(m->be, &L->dump, dump, err)) {
+        if (p.handle) fy_be_free(m->be, &p);
+        if (g.handle) fy_be_free(m->be, &g);
+        fy_params_free(&tab);
+        lora_release(m->be, L);
         return fy_wrap(err, "adding LoRA adapters");
     }
-    /* The base gets no gradient from now on: clear what an earlier
-     * backward left, and re-plan the workspace (it gains the adapters'
-     * scratch). */
-    fy_model_zero_grad(m);
-    OPS->fill(m->be, fy_at(&m->grads, 0), 0.0f, m->grads.n);
+    /* The swap: the adapter block becomes what the model trains; the base
+     * keeps its weights and loses its gradients (none from now on). The
+     * workspace is re-planned (it gains the adapters' scratch). */
+    L->base_tab = m->tab;
+    L->base_params = m->params;
+    fy_be_free(m->be, &m->grads);
+    m->tab = tab;
+    m->params = p;
+    m->grads = g;
+    m->lora = L;
     m->B = m->T = 0;
     return fy_be_sync(m->be, err);
 }
@@ -186,15 +202,27 @@ int fy_model_lora_merge(fy_model *m, fy_err *err) {
     fy_lora *L = m->lora;
     if (!L) return fy_fail(err, "no LoRA adapters to merge");
     int r = L->cfg.rank;
+    fy_buf g = {0};
+    if (fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) return fy_wrap(err, "merging LoRA adapters");
     for (int i = 0; i < L->n_ad; i++) {
         const fy_lora_adapter *a = &L->ad[i];
-        OPS->gemm(m->be, 0, 0, a->out, a->in, r, L->scale, fy_at(&L->params, a->b), r, fy_at(&L->params, a->a),
+        OPS->gemm(m->be, 0, 0, a->out, a->in, r, L->scale, fy_at(&m->params, a->b), r, fy_at(&m->params, a->a),
                   a->in, 1.0f, PW(m, a->w), a->in);
     }
-    if (fy_be_sync(m->be, err)) return fy_wrap(err, "merging LoRA adapters");
-    fy__lora_free(m);
+    if (fy_be_sync(m->be, err)) {
+        fy_be_free(m->be, &g);
+        return fy_wrap(err, "merging LoRA adapters");
+    }
+    /* The swap back: the base is the model again, with zero gradients. */
+    fy_be_free(m->be, &m->params);
+    fy_be_free(m->be, &m->grads);
+    fy_params_free(&m->tab);
+    m->tab = L->base_tab;
+    m->params = L->base_params;
+    m->grads = g;
+    lora_release(m->be, L);
+    m->lora = NULL;
     m->B = m->T = 0; /* the workspace loses the adapters' scratch */
-    fy_model_zero_grad(m);
     return fy_be_sync(m->be, err);
 }
 
@@ -223,8 +251,8 @@ int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err) {
         float bound = 1.0f / sqrtf((float)a->in);
         for (size_t j = 0; j < n; j++)
             host[j] = bound * (2.0f * fy_rng_uniform(seed, ((uint64_t)1 << 32) + (uint64_t)a->id, j) - 1.0f);
-        OPS->upload(m->be, fy_at(&L->params, a->a), host, n);
-        OPS->fill(m->be, fy_at(&L->params, a->b), 0.0f, (size_t)a->out * L->cfg.rank);
+        OPS->upload(m->be, fy_at(&m->params, a->a), host, n);
+        OPS->fill(m->be, fy_at(&m->params, a->b), 0.0f, (size_t)a->out * L->cfg.rank);
     }
     free(host);
     return fy_be_sync(m->be, err);

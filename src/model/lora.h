@@ -7,10 +7,13 @@
  * is U(-1/sqrt(in), 1/sqrt(in))) and B zero, so a fresh adapter changes
  * nothing. The adapters live in their own flat block (an fy_param_table
  * with PEFT's tensor names, its params and grads), which is what a LoRA
- * run trains, checksums, checkpoints and all-reduces; the base model's
- * params stay as they are and get no gradient: with adapters on, the
- * backward skips every base weight-gradient GEMM (and the norms' and
- * embedding's gradients), while the input gradients still flow through W.
+ * run trains, checksums, checkpoints and all-reduces: with adapters on,
+ * that block IS m->tab, m->params and m->grads, so the optimizer,
+ * checkpoints, guards and data parallelism work on it unchanged, and the
+ * frozen base moves to m->lora->base_tab / base_params. The base gets no
+ * gradient (its gradient buffer is freed): the backward skips every base
+ * weight-gradient GEMM (and the norms' and embedding's gradients), while
+ * the input gradients still flow through W.
  *
  * Targets are PEFT's target_modules names: q_a_proj, q_b_proj, q_proj (the
  * query projection when q_lora_rank is 0), kv_a_proj_with_mqa, kv_b_proj,
@@ -58,8 +61,8 @@ typedef struct fy_lora_adapter {
 typedef struct fy_lora {
     fy_lora_config cfg;
     float scale;            /* alpha / r */
-    fy_param_table tab;     /* PEFT names; only t, n, n_params are used */
-    fy_buf params, grads;   /* the adapter block and its gradients */
+    fy_param_table base_tab; /* the frozen base's table and weights (m->tab, */
+    fy_buf base_params;      /* m->params before fy_model_set_lora) */
     fy_buf dump;            /* where the frozen norms' weight gradients go */
     fy_lora_adapter *ad;    /* [n_ad], sorted by w */
     int n_ad;
@@ -87,15 +90,19 @@ void fy_lora_targets_string(unsigned targets, char *buf, size_t cap);
 
 /* Freezes the base and adds adapters (zero, until fy_model_lora_init) on
  * every target the model has; an error if none matches, if the config is
- * out of range, or if adapters are already on. */
+ * out of range, or if adapters are already on. Afterwards m->tab (PEFT's
+ * names, no buffers, no expert region: n_dense == n_params), m->params and
+ * m->grads are the adapter block; the base is m->lora->base_tab and
+ * base_params, its router bias stays in m->buffers. Load the base first. */
 int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err);
 /* PEFT's init: A kaiming-uniform (a = sqrt(5)) from a counter-based stream
  * keyed by the base tensor's id, B zero. Identical on every backend. */
 int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err);
 /* Folds the adapters into the base, W += (alpha/r) B A for each (what
  * PEFT's merge_and_unload does), and removes them: the model is a plain,
- * trainable one again (gradients zero), whose forward gives the adapted
- * model's evaluation logits within rounding; inference needs this. */
+ * trainable one again (m->tab the base's, gradients zero), whose forward
+ * gives the adapted model's evaluation logits within rounding; inference
+ * needs this. */
 int fy_model_lora_merge(fy_model *m, fy_err *err);
 /* The PEFT name of base weight `weight` ("model.layers.3.mlp.up_proj.weight")'s
  * adapter matrix (which 'A' or 'B') into buf. */

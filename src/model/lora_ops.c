@@ -26,8 +26,8 @@ const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
     return L && lo < L->n_ad && L->ad[lo].w == w ? &L->ad[lo] : NULL;
 }
 
-static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->a); }
-static fy_ref LB(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->lora->params, a->b); }
+static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->params, a->a); }
+static fy_ref LB(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->params, a->b); }
 
 /* Dropout runs in training passes only (a forward with need_grad and its
  * backward), as PEFT's in train mode: evaluation sees the whole input. */
@@ -91,7 +91,7 @@ void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int ld
     fy_ref u = m->ws->lora_u, g = m->ws->lora_g;
     fy_ref xd = input(m, a, N, x, ldx, &ld);
     down(m, a, N, xd, ld, u);
-    OPS->gemm(m->be, 1, 0, a->out, r, N, L->scale, dy, lddy, u, r, 1.0f, fy_at(&L->grads, a->b), r);
+    OPS->gemm(m->be, 1, 0, a->out, r, N, L->scale, dy, lddy, u, r, 1.0f, fy_at(&m->grads, a->b), r);
     grad_mid(m, a, N, dy, lddy, g);
-    OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, xd, ld, 1.0f, fy_at(&L->grads, a->a), a->in);
+    OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, xd, ld, 1.0f, fy_at(&m->grads, a->a), a->in);
 }

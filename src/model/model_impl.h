@@ -28,8 +28,13 @@
 /* The passes read as math: OPS is the backend's kernel table, PW/GW a
  * parameter's weights and gradient at table offset off (each .c has an m). */
 #define OPS (m->be->ops)
-static inline fy_ref PW(fy_model *m, size_t off) { return fy_at(&m->params, off); }
+/* BT: the base model's table. With LoRA adapters on, m->tab, m->params and
+ * m->grads are the adapter block (what a run trains) and the base lives in
+ * m->lora (model/lora.h); the passes read it through BT and PW. */
+/* GW: a base weight's gradient; never with LoRA adapters on (frozen base). */
 static inline fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
+static inline const fy_param_table *BT(const fy_model *m) { return m->lora ? &m->lora->base_tab : &m->tab; }
+static inline fy_ref PW(fy_model *m, size_t off) { return fy_at(m->lora ? &m->lora->base_params : &m->params, off); }
 /* A norm weight's gradient: GW, or with LoRA adapters on (a frozen base)
  * a scratch the rmsnorm backward may write and nobody reads. */
 static inline fy_ref GN(fy_model *m, size_t off) { return m->lora ? fy_at(&m->lora->dump, 0) : GW(m, off); }

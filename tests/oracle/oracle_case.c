@@ -104,28 +104,27 @@ static int lora_case(fy_model *m, uint64_t seed, int dropout, fy_err *err) {
     fy_lora_config lc = {.rank = 3, .alpha = 5.0f, .targets = FY_LORA_ALL, .dropout = dropout ? 0.2f : 0.0f};
     if (fy_model_set_lora(m, &lc, err) || fy_model_lora_init(m, seed, err)) return -1;
     fy_model_lora_dropout_key(m, 77, 5, 123);
-    fy_lora *L = m->lora;
-    float *p = malloc(L->tab.n_params * sizeof *p);
-    m->be->ops->download(m->be, p, fy_at(&L->params, 0), L->tab.n_params);
-    for (int i = 0; i < L->tab.n; i++) {
-        const fy_tensor_info *t = &L->tab.t[i];
+    float *p = malloc(m->tab.n_params * sizeof *p);
+    m->be->ops->download(m->be, p, fy_at(&m->params, 0), m->tab.n_params);
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
         if (strstr(t->name, ".lora_B."))
             for (size_t j = 0; j < t->n; j++) p[t->off + j] = 0.3f * fy_rng_normal(seed, 9000 + i, j);
     }
-    m->be->ops->upload(m->be, fy_at(&L->params, 0), p, L->tab.n_params);
+    m->be->ops->upload(m->be, fy_at(&m->params, 0), p, m->tab.n_params);
     free(p);
     return fy_be_sync(m->be, err);
 }
 
 static int dump_lora(fy_model *m, fy_st_writer *w, float **keep, const char *out, fy_err *err) {
     fy_lora *L = m->lora;
-    float *p = malloc(L->tab.n_params * sizeof *p), *g = malloc(L->tab.n_params * sizeof *g);
-    char (*gn)[160] = calloc(L->tab.n, sizeof *gn);
+    float *p = malloc(m->tab.n_params * sizeof *p), *g = malloc(m->tab.n_params * sizeof *g);
+    char (*gn)[160] = calloc(m->tab.n, sizeof *gn);
     keep[0] = p, keep[1] = g, keep[2] = (float *)gn;
-    m->be->ops->download(m->be, p, fy_at(&L->params, 0), L->tab.n_params);
-    m->be->ops->download(m->be, g, fy_at(&L->grads, 0), L->tab.n_params);
-    for (int i = 0; i < L->tab.n; i++) {
-        const fy_tensor_info *t = &L->tab.t[i];
+    m->be->ops->download(m->be, p, fy_at(&m->params, 0), m->tab.n_params);
+    m->be->ops->download(m->be, g, fy_at(&m->grads, 0), m->tab.n_params);
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
         int64_t shape[2] = {t->shape[0], t->shape[1]};
         snprintf(gn[i], sizeof gn[i], "grad.%s", t->name);
         fy_st_writer_add(w, t->name, FY_ST_F32, 2, shape, p + t->off, NULL);
@@ -141,8 +140,9 @@ static int dump_lora(fy_model *m, fy_st_writer *w, float **keep, const char *out
     cJSON_AddNumberToObject(j, "seed", (double)L->seed);
     cJSON_AddNumberToObject(j, "step", L->step);
     cJSON_AddNumberToObject(j, "row0", (double)L->row0);
-    for (int i = 0; i < m->tab.n; i++)
-        if (has_adapter(L, m->tab.t[i].off)) cJSON_AddNumberToObject(streams, m->tab.t[i].name, m->tab.t[i].id);
+    const fy_param_table *bt = &L->base_tab;
+    for (int i = 0; i < bt->n; i++)
+        if (has_adapter(L, bt->t[i].off)) cJSON_AddNumberToObject(streams, bt->t[i].name, bt->t[i].id);
     cJSON_AddItemToObject(j, "streams", streams);
     char *js = cJSON_Print(j);
     cJSON_Delete(j);
@@ -238,16 +238,19 @@ int main(int argc, char **argv) {
     lossf[0] = (float)loss.total; lossf[1] = (float)loss.main; lossf[2] = (float)loss.balance;
     for (int k = 0; k < FY_MAX_MTP; k++) lossf[4 + k] = (float)loss.mtp[k];
     float *logits = malloc((size_t)N * V * sizeof(float));
+    /* With adapters on, the base (base_tab) has no gradients: only its
+     * weights are written (params holds them from before the swap). */
+    const fy_param_table *bt = m.lora ? &m.lora->base_tab : &m.tab;
     float *grads = malloc(m.tab.n_params * sizeof(float));
     be->ops->download(be, logits, fy_model_logits(&m), (size_t)N * V);
     be->ops->download(be, grads, fy_at(&m.grads, 0), m.tab.n_params);
 
     fy_st_writer *w = fy_st_writer_new();
-    for (int i = 0; i < m.tab.n; i++) {
-        const fy_tensor_info *t = &m.tab.t[i];
+    for (int i = 0; i < bt->n; i++) {
+        const fy_tensor_info *t = &bt->t[i];
         int64_t shape[2] = {t->shape[0], t->shape[1]};
         fy_st_writer_add(w, t->name, FY_ST_F32, t->ndim, shape, t->is_buffer ? bufs + t->off : params + t->off, NULL);
-        if (!t->is_buffer) {
+        if (!t->is_buffer && !m.lora) {
             char gname[160];
             snprintf(gname, sizeof gname, "grad.%s", t->name);
             fy_st_writer_add(w, gname, FY_ST_F32, t->ndim, shape, grads + t->off, NULL);
@@ -265,12 +268,12 @@ int main(int argc, char **argv) {
     if (m.lora && dump_lora(&m, w, lora_keep, out, &err)) goto fail;
 
     /* Router choices, then the bias after one aux-free update. */
-    int nl = m.tab.n_layers, E = c.n_routed_experts;
+    int nl = bt->n_layers, E = c.n_routed_experts;
     int32_t **ridx = calloc(nl, sizeof *ridx);
     float **rw = calloc(nl, sizeof *rw), **bafter = calloc(nl, sizeof *bafter);
     char (*names)[3][64] = calloc(nl, sizeof *names);
     for (int li = 0; li < nl; li++) {
-        if (!m.tab.layer[li].moe) continue;
+        if (!bt->layer[li].moe) continue;
         ridx[li] = malloc((size_t)N * K * sizeof(int32_t));
         rw[li] = malloc((size_t)N * K * sizeof(float));
         if (fy_model_router_choice(&m, li, ridx[li], rw[li], &err)) goto fail;
@@ -282,9 +285,9 @@ int main(int argc, char **argv) {
     }
     if (fy_model_update_bias(&m, &err)) goto fail;
     for (int li = 0; li < nl; li++) {
-        if (!m.tab.layer[li].moe) continue;
+        if (!bt->layer[li].moe) continue;
         bafter[li] = malloc(E * sizeof(float));
-        be->ops->download(be, bafter[li], fy_at(&m.buffers, m.tab.layer[li].bias), E);
+        be->ops->download(be, bafter[li], fy_at(&m.buffers, bt->layer[li].bias), E);
         int64_t sh[1] = {E};
         snprintf(names[li][2], 64, "out.bias_after.%d", li);
         fy_st_writer_add(w, names[li][2], FY_ST_F32, 1, sh, bafter[li], NULL);

@@ -92,7 +92,7 @@ static double loss_at(fy_model *m, const int32_t *in, const int32_t *lab, int B,
 static void fd_check(fy_model *m, const fy_tensor_info *t, const float *p, const float *g, const int32_t *in,
                      const int32_t *lab, int B, int T) {
     fy_backend *be = m->be;
-    size_t P = m->lora->tab.n_params;
+    size_t P = m->tab.n_params;
     float *R = malloc(t->n * sizeof *R), *wp = malloc(P * sizeof *wp);
     double nrm = 0, analytic = 0, eps = 4e-3;
     for (size_t j = 0; j < t->n; j++) R[j] = fy_rng_normal(99, t->id, j), nrm += (double)R[j] * R[j];
@@ -101,14 +101,14 @@ static void fd_check(fy_model *m, const fy_tensor_info *t, const float *p, const
     for (int s = 0; s < 2; s++) {
         memcpy(wp, p, P * sizeof *wp);
         for (size_t j = 0; j < t->n; j++) wp[t->off + j] = p[t->off + j] + (float)((s ? -eps : eps) * R[j]);
-        be->ops->upload(be, fy_at(&m->lora->params, 0), wp, P);
+        be->ops->upload(be, fy_at(&m->params, 0), wp, P);
         /* a training forward (with dropout), without its backward */
         fy_loss lt;
         fy_err err;
         if (fy_model_forward(m, in, lab, B, T, 1, &lt, &err)) die("forward", &err);
         l[s] = lt.total;
     }
-    be->ops->upload(be, fy_at(&m->lora->params, 0), p, P);
+    be->ops->upload(be, fy_at(&m->params, 0), p, P);
     double numeric = (l[0] - l[1]) / (2 * eps), e = fabs(numeric - analytic) / fmax(fabs(analytic), 2e-3);
     CHECK(fabs(analytic) > 1e-3, "%s: a gradient large enough to test (%.3g)", t->name, analytic);
     CHECK(e < 3e-2, "%s: analytic %.6g vs numeric %.6g (rel %.3g)", t->name, analytic, numeric, e);
@@ -185,13 +185,13 @@ static void test_model(fy_backend *be, float dropout) {
     fy_model_lora_dropout_key(&m, 21, 3, 1000);
     fy_lora *L = m.lora;
     /* q_b and kv_b of the 2 main layers, 3 kinds x 4 experts of layer 1: 16 adapters. */
-    CHECK(L->n_ad == 16 && L->tab.n == 32, "%d adapters, %d tensors", L->n_ad, L->tab.n);
-    size_t P = L->tab.n_params;
+    CHECK(L->n_ad == 16 && m.tab.n == 32, "%d adapters, %d tensors", L->n_ad, m.tab.n);
+    size_t P = m.tab.n_params;
     float *p = malloc(P * sizeof *p), *g = malloc(P * sizeof *g);
-    be->ops->download(be, p, fy_at(&L->params, 0), P);
+    be->ops->download(be, p, fy_at(&m.params, 0), P);
     int a_ok = 1, b_zero = 1, a_spread = 0;
-    for (int i = 0; i < L->tab.n; i++) {
-        const fy_tensor_info *t = &L->tab.t[i];
+    for (int i = 0; i < m.tab.n; i++) {
+        const fy_tensor_info *t = &m.tab.t[i];
         int is_a = strstr(t->name, ".lora_A.") != NULL;
         float bound = 1.0f / sqrtf((float)t->shape[1]);
         for (size_t j = 0; j < t->n; j++) {
@@ -207,19 +207,21 @@ static void test_model(fy_backend *be, float dropout) {
     CHECK(!memcmp(base, adapted, nl * sizeof *base), "a fresh adapter leaves the logits bitwise unchanged");
 
     /* Random B, then a backward: the base gets nothing, the adapters their FD-checked gradient. */
-    for (int i = 0; i < L->tab.n; i++)
-        if (strstr(L->tab.t[i].name, ".lora_B."))
-            for (size_t j = 0; j < L->tab.t[i].n; j++) p[L->tab.t[i].off + j] = 0.3f * fy_rng_normal(17, i, j);
-    be->ops->upload(be, fy_at(&L->params, 0), p, P);
+    for (int i = 0; i < m.tab.n; i++)
+        if (strstr(m.tab.t[i].name, ".lora_B."))
+            for (size_t j = 0; j < m.tab.t[i].n; j++) p[m.tab.t[i].off + j] = 0.3f * fy_rng_normal(17, i, j);
+    be->ops->upload(be, fy_at(&m.params, 0), p, P);
     loss_at(&m, in, lab, B, T, 1);
-    be->ops->download(be, g, fy_at(&L->grads, 0), P);
-    float *bg = malloc(m.tab.n_params * sizeof *bg);
-    be->ops->download(be, bg, fy_at(&m.grads, 0), m.tab.n_params);
-    size_t nz = 0;
-    for (size_t j = 0; j < m.tab.n_params; j++) nz += bg[j] != 0.0f;
-    CHECK(nz == 0, "the frozen base got %zu non-zero gradient entries", nz);
+    be->ops->download(be, g, fy_at(&m.grads, 0), P);
+    /* The swap: m's table, params and grads are the adapter block (what a
+     * run trains); the frozen base has no gradient buffer at all. */
+    CHECK(m.grads.n == m.tab.n_params && m.params.n == m.tab.n_params && m.tab.n_buffers == 0 &&
+          m.tab.n_params < L->base_tab.n_params / 4, "the model's block is the adapters' (%zu of %zu)", m.tab.n_params,
+          L->base_tab.n_params);
+    CHECK(fy_params_find(&L->base_tab, "lm_head.weight") && !fy_params_find(&m.tab, "lm_head.weight"),
+          "the base's tensors are in base_tab only");
     /* ... and keeps its router bias (the loads of the forwards above are dropped) */
-    size_t nb = m.tab.n_buffers;
+    size_t nb = L->base_tab.n_buffers;
     float *b0 = malloc(nb * sizeof *b0), *b1 = malloc(nb * sizeof *b1);
     be->ops->download(be, b0, fy_at(&m.buffers, 0), nb);
     if (fy_model_update_bias(&m, &err)) die("update_bias", &err);
@@ -231,7 +233,7 @@ static void test_model(fy_backend *be, float dropout) {
                         "base_model.model.model.layers.1.mlp.experts.2.down_proj.lora_A.weight",
                         "base_model.model.model.layers.1.mlp.experts.2.down_proj.lora_B.weight"};
     for (int k = 0; k < 4; k++) {
-        const fy_tensor_info *t = fy_params_find(&L->tab, fd[k]);
+        const fy_tensor_info *t = fy_params_find(&m.tab, fd[k]);
         CHECK(t != NULL, "adapter %s exists", fd[k]);
         if (t) fd_check(&m, t, p, g, in, lab, B, T);
     }
@@ -246,7 +248,7 @@ static void test_model(fy_backend *be, float dropout) {
     double num = 0, den = 0;
     for (size_t i = 0; i < nl; i++) num += (double)(base[i] - adapted[i]) * (base[i] - adapted[i]), den += (double)adapted[i] * adapted[i];
     CHECK(sqrt(num / den) < 1e-5, "merged logits within %.2g of the adapted ones", sqrt(num / den));
-    free(base); free(adapted); free(p); free(g); free(bg);
+    free(base); free(adapted); free(p); free(g);
     fy_model_free(&m);
 }
 
