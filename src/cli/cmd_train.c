@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "interop/host.h"
 #include "model/lora.h"
+#include "train/lora_base.h"
 #include "parallel/comm.h"
 #include "train/trainer.h"
 
@@ -263,6 +264,23 @@ static int apply_lora_flags(const train_flags *f, fy_train_opts *o, fy_err *err)
     if (f->lora_targets && fy_lora_parse_targets(f->lora_targets, &t, err)) return fy_wrap(err, "--lora-targets");
     if (f->lora_targets) o->lora_targets = (int)t;
     o->lora_base_seeded = !f->init_from;
+    o->lora_base = f->init_from;
+    return 0;
+}
+
+/* --resume of a LoRA run whose base came from --init-from: that base again,
+ * from the source its record names (the trainer checks its weights). */
+static int reload_lora_base(train_run *run, fy_err *err) {
+    char src[FY_PATH_MAX];
+    if (run->o.lora_rank == 0 || run->o.lora_base_seeded) return 0;
+    if (fy_lora_base_source(run->run_dir, src, sizeof src, err)) return -1;
+    fy_host_model *h = calloc(1, sizeof *h);
+    if (!h) return fy_fail(err, "out of memory");
+    run->init = h;
+    if (fy_cli_host_load(src, h, err)) return fy_wrap(err, "the LoRA base %s of %s", src, run->run_dir);
+    run->o.init_weights = init_from_host;
+    run->o.init_ctx = h;
+    printf("LoRA base: %s\n", src);
     return 0;
 }
 
@@ -435,7 +453,8 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         return 1;
     }
     int rc = 1;
-    if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||
+    if ((f.resume || run.follower ? load_saved_run(&run, err) || reload_lora_base(&run, err)
+                                  : start_new_run(&f, &run, err)) ||
         apply_flags(&f, &run, err) || create_backend(&run, &be, err))
         goto done;
     if (save_config(&run, err)) {

@@ -24,6 +24,7 @@
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/jsonl.h"
+#include "train/lora_base.h"
 #include "train/loader.h"
 #include "train/plot.h"
 
@@ -1012,13 +1013,16 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     const fy_train_opts *o = R->o;
     fy_model *m = R->m;
     if (resume && !o->lora_base_seeded && !o->init_weights)
-        return fy_fail(err, "this LoRA run's base came from --init-from; resuming it needs that base again, which "
-                            "the run does not record yet (docs/FINETUNE.md)");
+        return fy_fail(err, "this LoRA run's base came from --init-from and was not loaded again");
     fy_lora_config lc = {o->lora_rank, o->lora_alpha, (unsigned)o->lora_targets, o->lora_dropout};
     size_t base = fy_params_count(&m->tab);
-    if ((o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err)) ||
-        fy_model_set_lora(m, &lc, err))
-        return fy_wrap(err, "LoRA");
+    if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))
+        return fy_wrap(err, "LoRA base");
+    /* The base is recorded when the run starts and must match on resume. */
+    if ((resume || R->rank0) &&
+        fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, err))
+        return fy_wrap(err, "LoRA base of %s", R->run_dir);
+    if (fy_model_set_lora(m, &lc, err)) return fy_wrap(err, "LoRA");
     char t[256];
     fy_lora_targets_string(lc.targets, t, sizeof t);
     if (R->rank0)

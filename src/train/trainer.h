@@ -46,6 +46,9 @@ typedef struct fy_train_opts {
      * ferry.lora_* */
     int lora_rank, lora_targets, lora_base_seeded;
     float lora_alpha, lora_dropout;
+    /* Where a LoRA run's base came from, for RUN_DIR/lora_base.json
+     * (train/lora_base.h; NULL: the seeded init). Not a config key. */
+    const char *lora_base;
     /* A new run's first weights (ferry train --init-from): when set, called
      * instead of fy_model_init_weights (never on resume). Not a config key. */
     int (*init_weights)(fy_model *m, void *ctx, fy_err *err);

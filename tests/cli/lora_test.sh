@@ -4,8 +4,8 @@
 # PEFT-named adapter tensors and nothing else, config.json records the
 # settings), the validation loss falls, a stopped run with dropout resumes
 # bit-identically (adapters and moments), 2 data-parallel ranks give one
-# rank's bits (when mpirun is there), an --init-from base works, and the
-# refusals hold.
+# rank's bits (when mpirun is there), an --init-from base is recorded,
+# reloaded on resume and checked, and the refusals hold.
 #   lora_test.sh FERRY_BINARY WORK_DIR
 set -u
 . "$(dirname "$0")/harness.sh" "$@"
@@ -50,12 +50,22 @@ else
   echo "  (no mpirun: the 2-rank check skipped)"
 fi
 
-# A base from --init-from; its resume is refused until the run records the base.
+# A base from --init-from: recorded in lora_base.json, loaded again on
+# resume (bit-identical), and another base under its path is refused.
 check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --out src >src.log 2>&1' "the base run (see src.log)"
-check '"$ferry" train --init-from src "${T[@]}" --lora-rank 4 --stop-after 3 --out f >f.log 2>&1 && grep -q "^LoRA: rank 4" f.log' \
-  "--init-from with --lora-rank (see f.log)"
-check '! "$ferry" train --out f --resume >fr.log 2>&1 && grep -q "base came from --init-from" fr.log' \
-  "resuming an --init-from LoRA run is refused (see fr.log)"
+check '"$ferry" train --init-from src "${T[@]}" --lora-rank 4 --out f6 >f6.log 2>&1 && grep -q "^LoRA: rank 4" f6.log' \
+  "--init-from with --lora-rank (see f6.log)"
+check '"$ferry" train --init-from src "${T[@]}" --lora-rank 4 --stop-after 3 --out f >f.log 2>&1' "stop after 3 (see f.log)"
+check 'python3 -c "import json,sys; r=json.load(open(\"f/lora_base.json\")); sys.exit(r[\"source\"] != \"src\" or len(r[\"xxh64\"]) != 16)"' \
+  "f/lora_base.json records the source and the weights' xxh64"
+check '"$ferry" train --out f --resume >fr.log 2>&1 && grep -q "LoRA base: src" fr.log' "resume loads the base again (see fr.log)"
+check 'cmp -s "$(ck f6 6 model)" "$(ck f 6 model)"' "the resumed --init-from LoRA run differs from the straight one"
+check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --seed 4 --out src4 >src4.log 2>&1' "another base (see src4.log)"
+mv src src.orig && mv src4 src
+check '! "$ferry" train --out f --resume >fx.log 2>&1 && grep -q "are not the ones this run.s adapters were trained on" fx.log' \
+  "a different base under the recorded path is refused (see fx.log)"
+check 'python3 -c "import json,sys; r=json.load(open(\"a/lora_base.json\")); sys.exit(r[\"source\"] is not None)"' \
+  "a seeded base is recorded with source null"
 check '! "$ferry" train --out a --resume --lora-rank 3 >r1.log 2>&1 && grep -q "fixed when it starts" r1.log' \
   "--lora-rank with --resume refused (see r1.log)"
 check '! "$ferry" train --config micro.json "${T[@]}" --lora-rank 4 --lora-targets q_a_proj,bogus --out g >r2.log 2>&1 && grep -q "unknown LoRA target .bogus." r2.log' \
