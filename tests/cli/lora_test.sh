@@ -5,7 +5,8 @@
 # settings), the validation loss falls, a stopped run with dropout resumes
 # bit-identically (adapters and moments), 2 data-parallel ranks give one
 # rank's bits (when mpirun is there), an --init-from base is recorded,
-# reloaded on resume and checked, and the refusals hold.
+# reloaded on resume and checked, ferry generate applies the adapters to
+# the recorded base, and the refusals hold.
 #   lora_test.sh FERRY_BINARY WORK_DIR
 set -u
 . "$(dirname "$0")/harness.sh" "$@"
@@ -60,10 +61,18 @@ check 'python3 -c "import json,sys; r=json.load(open(\"f/lora_base.json\")); sys
   "f/lora_base.json records the source and the weights' xxh64"
 check '"$ferry" train --out f --resume >fr.log 2>&1 && grep -q "LoRA base: src" fr.log' "resume loads the base again (see fr.log)"
 check 'cmp -s "$(ck f6 6 model)" "$(ck f 6 model)"' "the resumed --init-from LoRA run differs from the straight one"
+# generate applies a LoRA run's adapters to its recorded base (merged).
+G=(--prompt "the king" -n 12 --temperature 0 --print-ids)
+check '"$ferry" generate --model f6 "${G[@]}" >g1.log 2>&1 && [ "$(grep "^ids:" g1.log | wc -w)" = 13 ]' \
+  "generate --model of an --init-from LoRA run (see g1.log)"
+check '"$ferry" generate --model a "${G[@]}" >g2.log 2>&1 && [ "$(grep "^ids:" g2.log | wc -w)" = 13 ]' \
+  "generate --model of a seeded-base LoRA run (see g2.log)"
 check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --seed 4 --out src4 >src4.log 2>&1' "another base (see src4.log)"
 mv src src.orig && mv src4 src
 check '! "$ferry" train --out f --resume >fx.log 2>&1 && grep -q "are not the ones this run.s adapters were trained on" fx.log' \
   "a different base under the recorded path is refused (see fx.log)"
+check '! "$ferry" generate --model f "${G[@]}" >gx.log 2>&1 && grep -q "are not the ones" gx.log' \
+  "generate refuses a LoRA run on a different base (see gx.log)"
 check 'python3 -c "import json,sys; r=json.load(open(\"a/lora_base.json\")); sys.exit(r[\"source\"] is not None)"' \
   "a seeded base is recorded with source null"
 check '! "$ferry" train --out a --resume --lora-rank 3 >r1.log 2>&1 && grep -q "fixed when it starts" r1.log' \
