@@ -13,7 +13,8 @@ pkgs=(cmake build-essential pkg-config libopenblas-openmp-dev libcjson-dev
 if [ "${1:-}" = "--test" ]; then
   pkgs+=(python3 python3-torch python3-numpy python3-pip
          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd
-         libopenmpi-dev openmpi-bin iproute2)
+         libopenmpi-dev openmpi-bin iproute2
+         chromium chromium-driver)  # serve_page: the chat page in headless Chromium
 fi
 
 missing=()

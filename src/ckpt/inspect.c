@@ -323,6 +323,12 @@ static void shard_summary(report *r, const char *path) {
     pr(r, "  vocab: %u\n  tokens: %" PRIu64 " (%s)\n  width: %u bytes\n"
           "  payload xxh64 %s: OK (all tokens < vocab)\n",
        s.vocab_size, s.n_tokens, h, s.token_width, hex);
+    if (s.row_len) {
+        uint64_t trained = 0;
+        for (uint64_t i = 0; i < s.n_tokens; i++) trained += fy_shard_trained(&s, i);
+        pr(r, "  rows: %" PRIu64 " examples of %u tokens (version %u)\n  loss mask: %s, %" PRIu64 " tokens trained on\n",
+           s.n_tokens / s.row_len, s.row_len, s.version, s.mask ? "yes" : "no", trained);
+    }
     fy_shard_close(&s);
 }
 

@@ -21,6 +21,8 @@ int fy_cmd_inspect(int argc, char **argv);
 int fy_cmd_verify(int argc, char **argv);
 int fy_cmd_devices(int argc, char **argv);
 int fy_cmd_convert(int argc, char **argv);
+/* ferry data chat-kjv (data_kjv.c; argv after "chat-kjv"). */
+int fy_cli_data_chat_kjv(int argc, char **argv);
 
 /* The environment (src/cli/env.c lists the variables; nothing else in ferry
  * reads it). fy_cli_env_log sets the log level from FERRY_LOG (once, at
@@ -54,6 +56,9 @@ void fy_cli_unload(fy_loaded *l);
 /* The run directory of DIR (a run directory, or a checkpoint directory inside
  * RUN/checkpoints/): the one holding config.json and tokenizer.json. */
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
+/* The model's tokenizer_config.json (DIR's, else its run directory's) in p,
+ * or NULL when it has none: where its chat template is (io/chat.h). */
+const char *fy_cli_tokenizer_config(const char *dir, char *p, size_t cap);
 /* The string member "ferry"."key" of a parsed config.json (config may be
  * NULL); NULL when absent or not a string. */
 const char *fy_cli_ferry_string(const cJSON *config, const char *key);

@@ -21,7 +21,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "model/decode.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "serve/http.h"
 #include "serve/sched.h"
 
@@ -86,17 +86,6 @@ static void model_id(const serve_flags *f, char *id, size_t cap) {
     snprintf(id, cap, "%s", base ? base + 1 : p);
 }
 
-/* The model's tokenizer_config.json, if it has one (NULL otherwise). */
-static const char *tokenizer_config(const char *dir, char *p, size_t cap) {
-    char run[FY_PATH_MAX];
-    fy_err e;
-    snprintf(p, cap, "%s/tokenizer_config.json", dir);
-    if (fy_file_exists(p)) return p;
-    if (fy_cli_run_dir(dir, run, sizeof run, &e)) return NULL;
-    snprintf(p, cap, "%s/tokenizer_config.json", run);
-    return fy_file_exists(p) ? p : NULL;
-}
-
 static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &f->model, "DIR", "run, checkpoint or Hugging Face directory (required)", 0, 0, 0},
@@ -140,7 +129,7 @@ static int load(const serve_flags *f, fy_loaded *l, fy_chat_template *chat, fy_s
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);
     *ctx = f->ctx ? f->ctx : maxpos;
-    if (fy_chat_select(f->chat_template, tokenizer_config(f->model, p, sizeof p), l->tok, chat, err)) return -1;
+    if (fy_chat_select(f->chat_template, fy_cli_tokenizer_config(f->model, p, sizeof p), l->tok, chat, err)) return -1;
     fy_sched_opts so = {f->slots, *ctx, f->kv_tokens, 0, 0, f->queue};
     return fy_sched_create(s, &l->model, l->tok, &so, err);
 }
@@ -176,6 +165,10 @@ static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
             atomic_load(&sw->sig) == SIGINT ? "interrupted" : "terminated", f->grace);
     fy_http_quiesce(h);
     fy_sched_stop(s, f->grace);
+    /* Every request has its last event now; without this wait, closing the
+     * connections could cut streams before their final chunks and [DONE]. */
+    int left = fy_http_drain(h, 5);
+    if (left) fy_warn("serve: %d answers still being sent after 5 s: cut", left);
     fy_http_stop(h);
     fy_sched_free(s);
     fy_cli_unload(&l);

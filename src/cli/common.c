@@ -101,3 +101,13 @@ void fy_cli_unload(fy_loaded *l) {
     if (l->tok) fy_tokenizer_free(l->tok);
     memset(l, 0, sizeof *l);
 }
+
+const char *fy_cli_tokenizer_config(const char *dir, char *p, size_t cap) {
+    char run[FY_PATH_MAX];
+    fy_err e;
+    snprintf(p, cap, "%s/tokenizer_config.json", dir);
+    if (fy_file_exists(p)) return p;
+    if (fy_cli_run_dir(dir, run, sizeof run, &e)) return NULL;
+    snprintf(p, cap, "%s/tokenizer_config.json", run);
+    return fy_file_exists(p) ? p : NULL;
+}

@@ -18,7 +18,7 @@ static const struct {
     {"generate", fy_cmd_generate, "sample text from a trained model"},
     {"serve", fy_cmd_serve, "serve a model over the OpenAI HTTP API, with a chat page"},
     {"tokenizer", fy_cmd_tokenizer, "train, encode with, decode with a byte-level BPE tokenizer"},
-    {"data", fy_cmd_data, "tokenize text files into training shards"},
+    {"data", fy_cmd_data, "tokenize text (or JSONL chat examples) into training shards; chat-kjv"},
     {"inspect", fy_cmd_inspect, "summarise and verify a checkpoint, safetensors file or shard"},
     {"verify", fy_cmd_verify, "check that backends agree on a model (logits, gradients, greedy text)"},
     {"convert", fy_cmd_convert, "convert a model to/from Hugging Face (safetensors) or llama.cpp (GGUF)"},

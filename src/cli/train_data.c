@@ -198,6 +198,12 @@ static int text_files(const char *data, char **files, int *n, fy_err *err) {
     *n = 0;
     if (!is_dir(data)) {
         if (!fy_file_exists(data)) return fy_fail(err, "--data %s: no such file or directory", data);
+        size_t len = strlen(data);
+        /* Examples would be trained on as raw JSON text. */
+        if (len > 6 && !strcmp(data + len - 6, ".jsonl"))
+            return fy_fail(err, "--data %s: JSONL examples are prepared first: ferry data prepare %s --model MODEL "
+                                "--seq T --out DIR, then --data DIR (docs/FINETUNE.md)",
+                           data, data);
         files[(*n)++] = strdup(data);
         return 0;
     }

@@ -12,6 +12,8 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/safetensors.h"
 #include "core/fsutil.h"
+#include "interop/hf.h"
+#include "interop/hf_internal.h"
 #include "interop/host.h"
 
 int fy_host_alloc(fy_host_model *h, const fy_config *c, fy_err *err) {
@@ -66,6 +68,17 @@ fail:
     fy_tokenizer_free(*out);
     *out = NULL;
     return -1;
+}
+
+int fy_host_model_tokenizer(const char *dir, fy_tokenizer **out, fy_err *err) {
+    char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
+    fy_config cfg;
+    *out = NULL;
+    int hf = fy_hf_is_dir(dir);
+    if (!hf && fy_host_run_dir(dir, run, sizeof run, err)) return -1;
+    snprintf(p, sizeof p, "%s/config.json", hf ? dir : run);
+    if (fy_config_load(p, &cfg, err)) return -1;
+    return hf ? fy_hf_read_tokenizer(dir, &cfg, out, err) : fy_host_run_tokenizer(run, &cfg, out, err);
 }
 
 int fy_host_load_run(const char *dir, fy_host_model *out, fy_err *err) {

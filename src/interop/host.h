@@ -35,6 +35,10 @@ int fy_host_run_dir(const char *dir, char *run, size_t cap, fy_err *err);
 /* run/tokenizer.json, checked against cfg's vocab_size, with cfg's bos/eos
  * ids (an imported model's) set as its specials. */
 int fy_host_run_tokenizer(const char *run, const fy_config *cfg, fy_tokenizer **out, fy_err *err);
+/* The tokenizer of a model without its weights: a ferry run or checkpoint
+ * directory (as fy_host_run_tokenizer) or a Hugging Face directory (its
+ * tokenizer.json with the bos/eos its configs name). */
+int fy_host_model_tokenizer(const char *dir, fy_tokenizer **out, fy_err *err);
 /* Writes run_dir/config.json, tokenizer.json and checkpoints/step-00000000
  * (optimizer moments zero). run_dir must not hold a config.json yet. */
 int fy_host_save_run(const fy_host_model *h, const char *run_dir, fy_err *err);

@@ -37,22 +37,16 @@ static int append(text *t, const char *s, size_t n) {
     return 0;
 }
 
-static int write_split(const char *dir, const char *split, const text *t, const fy_tokenizer *tok,
-                       const fy_prepare_opts *o, uint64_t *n_tokens, int *n_shards, fy_err *err) {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    if (fy_tokenizer_encode(tok, t->p ? t->p : "", t->n, &ids, &n, err)) return -1;
-    *n_tokens = n;
+int fy_prepare_write_shards(const char *dir, const char *split, const int32_t *ids, const uint8_t *mask, uint64_t n,
+                            uint32_t vocab, uint32_t row_len, uint64_t shard_tokens, int *n_shards, fy_err *err) {
+    /* Rows never straddle two shard files. */
+    if (row_len) shard_tokens = shard_tokens < row_len ? row_len : shard_tokens - shard_tokens % row_len;
     *n_shards = 0;
-    uint32_t V = (uint32_t)fy_tokenizer_vocab_size(tok);
-    for (size_t off = 0; off < n || *n_shards == 0; off += o->shard_tokens) {
+    for (uint64_t off = 0; off < n || *n_shards == 0; off += shard_tokens) {
         char path[FY_PATH_MAX];
         snprintf(path, sizeof path, "%s/%s-%05d.bin", dir, split, *n_shards);
-        size_t k = n - off < o->shard_tokens ? n - off : o->shard_tokens;
-        if (fy_shard_write(path, ids + off, k, V, err)) {
-            free(ids);
-            return -1;
-        }
+        uint64_t k = n - off < shard_tokens ? n - off : shard_tokens;
+        if (fy_shard_write_rows(path, ids + off, mask ? mask + off : NULL, k, vocab, row_len, err)) return -1;
         (*n_shards)++;
         if (k == 0) break;
     }
@@ -62,8 +56,19 @@ static int write_split(const char *dir, const char *split, const text *t, const 
         snprintf(path, sizeof path, "%s/%s-%05d.bin", dir, split, i);
         if (!fy_file_exists(path) || remove(path) != 0) break;
     }
-    free(ids);
     return 0;
+}
+
+static int write_split(const char *dir, const char *split, const text *t, const fy_tokenizer *tok,
+                       const fy_prepare_opts *o, uint64_t *n_tokens, int *n_shards, fy_err *err) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (fy_tokenizer_encode(tok, t->p ? t->p : "", t->n, &ids, &n, err)) return -1;
+    *n_tokens = n;
+    uint32_t V = (uint32_t)fy_tokenizer_vocab_size(tok);
+    int rc = fy_prepare_write_shards(dir, split, ids, NULL, n, V, 0, o->shard_tokens, n_shards, err);
+    free(ids);
+    return rc;
 }
 
 int fy_data_prepare(const char *const *files, int n_files, const fy_tokenizer *tok,

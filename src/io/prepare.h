@@ -29,4 +29,11 @@ int fy_data_prepare(const char *const *files, int n_files, const fy_tokenizer *t
                     const char *out_dir, const fy_prepare_opts *o, fy_prepare_stats *st,
                     fy_err *err);
 
+/* Writes DIR/SPLIT-00000.bin, ... of at most shard_tokens tokens each (at
+ * least one file, maybe empty), rows of row_len kept whole, with the mask
+ * when given (io/shard.h), and removes higher-numbered SPLIT shards left by
+ * an earlier, larger preparation. */
+int fy_prepare_write_shards(const char *dir, const char *split, const int32_t *ids, const uint8_t *mask, uint64_t n,
+                            uint32_t vocab, uint32_t row_len, uint64_t shard_tokens, int *n_shards, fy_err *err);
+
 #endif

@@ -58,8 +58,9 @@ static void encode_tokens(uint8_t *dst, const int32_t *src, size_t n, uint32_t w
     }
 }
 
-/* Streams the tokens at `width` bytes each; *sum = XXH64 of those bytes. */
-static int write_payload(fy_atomic_file *a, const int32_t *tokens, uint64_t n, uint32_t width,
+/* Streams the tokens at `width` bytes each, then the mask packed 8 to a
+ * byte (when given); *sum = XXH64 of all those bytes. */
+static int write_payload(fy_atomic_file *a, const int32_t *tokens, const uint8_t *mask, uint64_t n, uint32_t width,
                          uint64_t *sum, fy_err *err) {
     enum { CHUNK = 1 << 16 };
     XXH64_state_t *st = XXH64_createState();
@@ -72,14 +73,40 @@ static int write_payload(fy_atomic_file *a, const int32_t *tokens, uint64_t n, u
         XXH64_update(st, buf, m * width);
         rc = fy_atomic_write(a, buf, m * width, err);
     }
+    /* CHUNK is a multiple of 8: each chunk of the mask fills whole bytes. */
+    for (uint64_t i = 0; mask && i < n && rc == 0; i += CHUNK) {
+        size_t m = (size_t)(n - i < CHUNK ? n - i : CHUNK), nb = (m + 7) / 8;
+        memset(buf, 0, nb);
+        for (size_t j = 0; j < m; j++) buf[j >> 3] |= (uint8_t)((mask[i + j] != 0) << (j & 7));
+        XXH64_update(st, buf, nb);
+        rc = fy_atomic_write(a, buf, nb, err);
+    }
     if (rc == 0) *sum = XXH64_digest(st);
     free(buf);
     XXH64_freeState(st);
     return rc;
 }
 
+/* The header checksum: of [0, 40) in version 1, of [0, 40) ++ [48, 64) in
+ * version 2 (which adds the row length and flags there). */
+static uint64_t header_sum(const uint8_t *h, uint32_t version) {
+    if (version < FY_SHARD_VERSION_ROWS) return XXH64(h, 40, 0);
+    uint8_t b[56];
+    memcpy(b, h, 40);
+    memcpy(b + 40, h + 48, 16);
+    return XXH64(b, sizeof b, 0);
+}
+
 int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
                    uint32_t vocab_size, fy_err *err) {
+    return fy_shard_write_rows(path, tokens, NULL, n, vocab_size, 0, err);
+}
+
+int fy_shard_write_rows(const char *path, const int32_t *tokens, const uint8_t *mask, uint64_t n,
+                        uint32_t vocab_size, uint32_t row_len, fy_err *err) {
+    if (row_len && n % row_len)
+        return fy_fail(err, "writing shard %s: %llu tokens are not whole rows of %u", path, (unsigned long long)n,
+                       row_len);
     if (vocab_size == 0) return fy_fail(err, "writing shard %s: vocab_size is 0", path);
     if (n > 0 && !tokens) return fy_fail(err, "writing shard %s: no tokens given", path);
     for (uint64_t i = 0; i < n; i++) {
@@ -88,6 +115,7 @@ int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
                            path, (long long)tokens[i], (unsigned long long)i, vocab_size);
     }
     uint32_t width = vocab_size <= 65536u ? 2u : 4u;
+    uint32_t version = mask || row_len ? FY_SHARD_VERSION_ROWS : FY_SHARD_VERSION;
 
     /* The header holds the payload's checksum: write a blank one, stream the
      * payload, then fill the header in place before the commit. */
@@ -96,16 +124,20 @@ int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
     uint8_t hdr[FY_SHARD_HEADER_SIZE];
     memset(hdr, 0, sizeof hdr);
     uint64_t payload_sum = 0;
-    if (fy_atomic_write(&a, hdr, sizeof hdr, err) || write_payload(&a, tokens, n, width, &payload_sum, err))
+    if (fy_atomic_write(&a, hdr, sizeof hdr, err) || write_payload(&a, tokens, mask, n, width, &payload_sum, err))
         goto fail;
     memcpy(hdr, FY_SHARD_MAGIC, 8);
-    put_u32(hdr + 8, FY_SHARD_VERSION);
+    put_u32(hdr + 8, version);
     put_u32(hdr + 12, width);
     put_u32(hdr + 16, vocab_size);
     put_u32(hdr + 20, FY_SHARD_HEADER_SIZE);
     put_u64(hdr + 24, n);
     put_u64(hdr + 32, payload_sum);
-    put_u64(hdr + 40, XXH64(hdr, 40, 0));
+    if (version == FY_SHARD_VERSION_ROWS) {
+        put_u32(hdr + 48, row_len);
+        put_u32(hdr + 52, mask ? FY_SHARD_FLAG_MASK : 0u);
+    }
+    put_u64(hdr + 40, header_sum(hdr, version));
     if (pwrite_all(a.fd, hdr, sizeof hdr, 0) < 0) {
         fy_fail(err, "write error in %s: %s", a.tmp, strerror(errno));
         goto fail;
@@ -126,7 +158,7 @@ void fy_shard_close(fy_shard *s) {
 }
 
 int fy_shard_verify(const fy_shard *s, fy_err *err) {
-    size_t bytes = (size_t)s->n_tokens * s->token_width;
+    size_t bytes = (size_t)s->n_tokens * s->token_width + (s->mask ? (size_t)(s->n_tokens + 7) / 8 : 0);
     uint64_t sum = XXH64(s->payload, bytes, 0);
     if (sum != s->payload_checksum)
         return fy_fail(err, "token shard %s: payload checksum mismatch (stored %016llx, computed "
@@ -184,21 +216,29 @@ int fy_shard_open(const char *path, fy_shard *s, int verify_payload, uint32_t ex
         fy_shard_close(s);
         return fy_fail(err, "token shard %s: not a ferry token shard (bad magic)", path);
     }
-    uint64_t hsum = XXH64(h, 40, 0), hstored = get_u64(h + 40);
+    uint32_t version = get_u32(h + 8);
+    uint64_t hstored = get_u64(h + 40), hsum = header_sum(h, version == FY_SHARD_VERSION_ROWS ? version : 1);
     if (hsum != hstored) {
         fy_shard_close(s);
         return fy_fail(err, "token shard %s: header checksum mismatch (stored %016llx, computed "
                             "%016llx): the header is corrupted",
                        path, (unsigned long long)hstored, (unsigned long long)hsum);
     }
-    uint32_t version = get_u32(h + 8), width = get_u32(h + 12), vocab = get_u32(h + 16),
-             hsize = get_u32(h + 20);
+    uint32_t width = get_u32(h + 12), vocab = get_u32(h + 16), hsize = get_u32(h + 20);
+    uint32_t row_len = version == FY_SHARD_VERSION_ROWS ? get_u32(h + 48) : 0;
+    uint32_t flags = version == FY_SHARD_VERSION_ROWS ? get_u32(h + 52) : 0;
     uint64_t n = get_u64(h + 24);
-    if (version != FY_SHARD_VERSION) {
+    if (version != FY_SHARD_VERSION && version != FY_SHARD_VERSION_ROWS) {
         fy_shard_close(s);
-        return fy_fail(err, "token shard %s: unsupported version %u (this build reads %u)", path,
-                       version, FY_SHARD_VERSION);
+        return fy_fail(err, "token shard %s: unsupported version %u (this build reads %u and %u)", path,
+                       version, FY_SHARD_VERSION, FY_SHARD_VERSION_ROWS);
     }
+    if (flags & ~FY_SHARD_FLAG_MASK || (row_len && n % row_len)) {
+        fy_shard_close(s);
+        return fy_fail(err, "token shard %s: flags %#x or %llu tokens in rows of %u are not valid", path, flags,
+                       (unsigned long long)n, row_len);
+    }
+    uint64_t mask_bytes = flags & FY_SHARD_FLAG_MASK ? (n + 7) / 8 : 0;
     if (width != 2 && width != 4) {
         fy_shard_close(s);
         return fy_fail(err, "token shard %s: token width %u (must be 2 or 4)", path, width);
@@ -213,15 +253,15 @@ int fy_shard_open(const char *path, fy_shard *s, int verify_payload, uint32_t ex
         return fy_fail(err, "token shard %s: vocab size %u does not fit token width %u", path, vocab,
                        width);
     }
-    if (n > (UINT64_MAX - FY_SHARD_HEADER_SIZE) / width ||
-        fsize != FY_SHARD_HEADER_SIZE + n * width) {
+    if (n > (UINT64_MAX - FY_SHARD_HEADER_SIZE) / (width + 1) ||
+        fsize != FY_SHARD_HEADER_SIZE + n * width + mask_bytes) {
         fy_shard_close(s);
-        if (n <= (UINT64_MAX - FY_SHARD_HEADER_SIZE) / width &&
-            fsize < FY_SHARD_HEADER_SIZE + n * width)
+        if (n <= (UINT64_MAX - FY_SHARD_HEADER_SIZE) / (width + 1) &&
+            fsize < FY_SHARD_HEADER_SIZE + n * width + mask_bytes)
             return fy_fail(err, "token shard %s: truncated: %llu bytes, expected %llu (%llu tokens "
                                 "x %u bytes + %u header)",
                            path, (unsigned long long)fsize,
-                           (unsigned long long)(FY_SHARD_HEADER_SIZE + n * width),
+                           (unsigned long long)(FY_SHARD_HEADER_SIZE + n * width + mask_bytes),
                            (unsigned long long)n, width, FY_SHARD_HEADER_SIZE);
         return fy_fail(err, "token shard %s: size %llu bytes does not match header (%llu tokens x "
                             "%u bytes + %u header)",
@@ -233,6 +273,9 @@ int fy_shard_open(const char *path, fy_shard *s, int verify_payload, uint32_t ex
     s->vocab_size = vocab;
     s->n_tokens = n;
     s->payload_checksum = get_u64(h + 32);
+    s->version = version;
+    s->row_len = row_len;
+    s->mask = mask_bytes ? s->payload + n * width : NULL;
     if (expected_vocab > 0 && vocab != expected_vocab) {
         fy_shard_close(s);
         return fy_fail(err, "token shard %s: shard vocab %u != model vocab %u", path, vocab,

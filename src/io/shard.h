@@ -14,6 +14,18 @@
  *   off 64  n_tokens tokens, token_width bytes each, unsigned little-endian
  * The file is exactly 64 + n_tokens * token_width bytes long.
  *
+ * Version 2 (written only for examples in rows, `ferry data prepare` of chat
+ * JSONL; pre-training shards stay version 1, byte for byte):
+ *   off 40  u64      header checksum: XXH64(seed 0) of bytes [0, 40) ++ [48, 64)
+ *   off 48  u32      row_len: 0 = one token stream; else the tokens are rows of
+ *                    row_len tokens (one example each) and n_tokens is a multiple
+ *   off 52  u32      flags: bit 0 = a loss mask follows the tokens (others 0)
+ *   off 56  zero padding to 64
+ *   off 64  tokens as in version 1, then with the mask flag ceil(n_tokens / 8)
+ *           bytes: bit (i % 8) of byte i / 8 is 1 when token i is trained on
+ *           (counts as a label), 0 for prompt and padding tokens
+ * and the payload checksum covers the tokens and the mask bytes.
+ *
  * Writers choose width 2 when vocab_size <= 65536, else 4. */
 #ifndef FY_SHARD_H
 #define FY_SHARD_H
@@ -25,6 +37,8 @@
 
 #define FY_SHARD_MAGIC "FERRYTOK"
 #define FY_SHARD_VERSION 1u
+#define FY_SHARD_VERSION_ROWS 2u
+#define FY_SHARD_FLAG_MASK 1u
 #define FY_SHARD_HEADER_SIZE 64u
 
 typedef struct fy_shard {
@@ -36,6 +50,9 @@ typedef struct fy_shard {
     uint32_t vocab_size;
     uint64_t n_tokens;
     uint64_t payload_checksum;
+    uint32_t version;
+    uint32_t row_len;         /* 0: a token stream; else rows of row_len tokens */
+    const uint8_t *mask;      /* packed loss mask (version 2 with the flag), else NULL */
 } fy_shard;
 
 /* Writes tokens[0..n) to path atomically (temp file in the same directory,
@@ -44,6 +61,13 @@ typedef struct fy_shard {
  * >= vocab_size, naming its index, and vocab_size == 0. n may be 0. */
 int fy_shard_write(const char *path, const int32_t *tokens, uint64_t n,
                    uint32_t vocab_size, fy_err *err);
+
+/* The same with rows and a loss mask (version 2): mask[i] (one byte per
+ * token, 0 or 1; NULL = no mask) says whether token i is trained on, row_len
+ * > 0 says the tokens are rows of that length (n must be a multiple). With
+ * no mask and row_len 0 this is fy_shard_write (version 1). */
+int fy_shard_write_rows(const char *path, const int32_t *tokens, const uint8_t *mask, uint64_t n,
+                        uint32_t vocab_size, uint32_t row_len, fy_err *err);
 
 /* Memory-maps and validates path: magic, header checksum, version, width,
  * header size, exact file size, vocab (against expected_vocab when it is > 0),
@@ -65,6 +89,11 @@ static inline int32_t fy_shard_token(const fy_shard *s, uint64_t i) {
     if (s->token_width == 2) return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8);
     return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
                      (uint32_t)p[3] << 24);
+}
+
+/* 1 when token i is trained on: its mask bit, or always without a mask. */
+static inline int fy_shard_trained(const fy_shard *s, uint64_t i) {
+    return s->mask ? (s->mask[i >> 3] >> (i & 7)) & 1 : 1;
 }
 
 /* Copies tokens [start, start+count) into out as int32. Fails (naming the

@@ -172,12 +172,14 @@ static int parse_stop(const cJSON *stop, fy_api_req *r, fy_api_error *e) {
     return 0;
 }
 
-/* temperature, top_p, top_k, seed, stop. */
+/* temperature, top_p, top_k, seed, ignore_eos (llama-server's and vLLM's
+ * extension: generate until max_tokens), stop. */
 static int parse_sampling(const cJSON *root, fy_api_req *r, fy_api_error *e) {
     double t = 1.0, p = 1.0;
     long long k = 0, seed = 0;
     if (get_num(root, "temperature", 0, 2, &t, e) < 0 || get_num(root, "top_p", 0, 1, &p, e) < 0 ||
-        get_int(root, "top_k", 0, 1 << 24, &k, e) < 0 || get_int(root, "seed", -9.2e18, 1.8e19, &seed, e) < 0)
+        get_int(root, "top_k", 0, 1 << 24, &k, e) < 0 || get_int(root, "seed", -9.2e18, 1.8e19, &seed, e) < 0 ||
+        get_bool(root, "ignore_eos", &r->params.ignore_eos, e) < 0)
         return -1;
     if (p <= 0) return bad(e, "'%s' must be above 0", "top_p");
     r->params.sampler = (fy_sampler){(float)t, (int)k, (float)p, (uint64_t)seed};

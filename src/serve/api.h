@@ -13,7 +13,7 @@
 #include "core/err.h"
 #include "core/strbuf.h"
 #include "io/tokenizer.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "serve/sched.h"
 
 /* An error answer: HTTP status and OpenAI's {"error":{message,type,code}}. */

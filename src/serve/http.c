@@ -59,6 +59,7 @@ struct fy_http {
     char host[256], key[512], model[256];
     int port;
     atomic_int ready, stopping;
+    atomic_int busy;   /* requests dispatched and not yet completed (answer written or connection gone) */
     fy_sched *sched;
     const fy_tokenizer *tok;
     const fy_chat_template *chat;
@@ -100,6 +101,7 @@ typedef struct req_state {
     int route;
     fy_strbuf body;
     int too_big;
+    int counted; /* in h->busy */
     watch *w;
 } req_state;
 
@@ -248,19 +250,26 @@ static enum MHD_Result submit_refused(struct MHD_Connection *c, int rc, const fy
     return fail(c, 500, "server_error", NULL, err->msg);
 }
 
-/* A non-streaming answer: wait for the whole completion. */
+/* A non-streaming answer: wait for the whole completion. Whether the
+ * client hung up is checked every POLL_S, also while tokens keep coming
+ * (else a long generation would run to its end for nobody). */
 static enum MHD_Result wait_whole(fy_http *h, struct MHD_Connection *c, fy_request *req, fy_api_job *job) {
     int fd = conn_fd(c);
     fy_req_event ev;
     fy_err err;
+    double checked = fy_now_s();
     for (;;) {
-        if (!fy_request_next(req, POLL_S, &ev)) {
-            if (!client_gone(fd)) continue;
-            fy_debug("serve: client of %s gone: cancelled", job->id);
-            fy_request_cancel(req);
-            fy_request_release(req);
-            fy_api_job_free(job);
-            return MHD_NO;
+        int got = fy_request_next(req, POLL_S, &ev);
+        if (!got || fy_now_s() - checked >= POLL_S) {
+            checked = fy_now_s();
+            if (client_gone(fd)) {
+                fy_debug("serve: client of %s gone: cancelled", job->id);
+                fy_request_cancel(req);
+                fy_request_release(req);
+                fy_api_job_free(job);
+                return MHD_NO;
+            }
+            if (!got) continue;
         }
         if (ev.kind == FY_EV_ERROR) {
             snprintf(err.msg, sizeof err.msg, "generation failed: %s", ev.err);
@@ -491,6 +500,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(msg, sizeof msg, "the body is over %zu bytes (--max-body)", h->o.max_body);
         return fail(c, 413, "invalid_request_error", "request_too_large", msg);
     }
+    st->counted = 1;
+    atomic_fetch_add(&h->busy, 1);
     enum MHD_Result ret = dispatch(h, c, st);
     set_phase(h, st->w, PH_WRITING);
     return ret;
@@ -501,6 +512,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     req_state *st = *con_cls;
     if (!st) return;
     set_phase(h, st->w, PH_READING); /* the next request on this connection */
+    if (st->counted) atomic_fetch_sub(&h->busy, 1);
     fy_strbuf_free(&st->body);
     free(st);
     *con_cls = NULL;
@@ -584,6 +596,15 @@ void fy_http_quiesce(fy_http *h) {
     if (!h->d) return;
     MHD_socket fd = MHD_quiesce_daemon(h->d);
     if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+int fy_http_drain(fy_http *h, double max_s) {
+    double t0 = fy_now_s();
+    while (atomic_load(&h->busy) > 0 && fy_now_s() - t0 < max_s) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&h->busy);
 }
 
 void fy_http_stop(fy_http *h) {

@@ -6,8 +6,8 @@
  * Life: fy_http_start listens at once and answers /health 503 "loading";
  * fy_http_set_ready hands it the scheduler, and the model routes open;
  * fy_http_quiesce stops accepting (and answers 503 to requests on open
- * connections) while the caller drains the scheduler; fy_http_stop closes
- * every connection and frees. Signals are the caller's (src/cli). */
+ * connections) while the caller drains the scheduler; fy_http_drain lets
+ * the last answers go out; fy_http_stop closes every connection and frees. Signals are the caller's (src/cli). */
 #ifndef FY_HTTP_H
 #define FY_HTTP_H
 
@@ -15,7 +15,7 @@
 
 #include "core/err.h"
 #include "io/tokenizer.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "serve/sched.h"
 
 typedef struct fy_http_opts {
@@ -42,6 +42,10 @@ void fy_http_set_ready(fy_http *h, fy_sched *sched, const fy_tokenizer *tok, con
                        int max_tokens);
 /* Stops accepting connections; requests still arriving on open ones get 503. */
 void fy_http_quiesce(fy_http *h);
+/* Waits up to max_s seconds for the answers being written (after the
+ * scheduler stopped, every request has its last event: what is left is
+ * sending it, so that streams end with [DONE]); the count still unfinished. */
+int fy_http_drain(fy_http *h, double max_s);
 /* Closes every connection (waiting for their threads) and frees. */
 void fy_http_stop(fy_http *h);
 

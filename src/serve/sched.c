@@ -128,7 +128,8 @@ static void admit(fy_sched *s) {
         fy_err err;
         if (fy_kv_seq_reserve(&s->pool, &r->kv, positions_needed(r->n_prompt, r->p.max_tokens), &err)) return;
         queue_pop(s);
-        fy_seq_params sp = {r->p.max_tokens, r->p.sampler, r->p.n_stop, {0}, r->p.logprobs, r->p.top_logprobs};
+        fy_seq_params sp = {r->p.max_tokens, r->p.sampler, r->p.n_stop, {0}, r->p.logprobs, r->p.top_logprobs,
+                            r->p.ignore_eos};
         for (int k = 0; k < r->p.n_stop; k++) sp.stop[k] = r->p.stop[k];
         if (fy_seq_init(&r->seq, s->tok, s->vocab, r->n_prompt, &sp, &err)) {
             fy_kv_seq_release(&s->pool, &r->kv);

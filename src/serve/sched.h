@@ -45,9 +45,12 @@ typedef struct fy_request_params {
     const char *stop[FY_SCHED_MAX_STOP];
     int logprobs;                         /* 1: report each token's log-probability */
     int top_logprobs;                     /* 0..FY_SCHED_MAX_TOP alternatives per token */
+    int ignore_eos;                       /* 1: generate past the end-of-sequence token (see below) */
 } fy_request_params;
 /* The end-of-sequence token ends a request ("stop") but is neither an
- * FY_EV_TOKEN nor counted in completion_tokens (as ferry generate). */
+ * FY_EV_TOKEN nor counted in completion_tokens (as ferry generate). With
+ * ignore_eos it is an ordinary token: emitted (its text is empty: special
+ * tokens are skipped in text), counted, fed back. */
 
 /* fy_sched_submit's refusals, besides plain errors (-1). */
 enum { FY_SCHED_OK = 0, FY_SCHED_TOO_LONG = 1, FY_SCHED_BUSY = 2, FY_SCHED_STOPPING = 3 };

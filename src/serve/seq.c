@@ -138,7 +138,7 @@ int fy_seq_step(fy_seq *s, const float *logits, fy_err *err) {
     if (s->p.logprobs)
         s->logprob = fy_seq_logprobs(logits, s->vocab, next, s->p.top_logprobs, s->top_token, s->top_logprob);
     if (s->p.logprobs) s->n_top = s->p.top_logprobs < s->vocab ? s->p.top_logprobs : s->vocab;
-    if (next == s->eos) {
+    if (next == s->eos && !s->p.ignore_eos) {
         s->token = -1;
         return drain(s, 1, err);
     }

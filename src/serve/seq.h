@@ -28,6 +28,8 @@ typedef struct fy_seq_params {
     const char *stop[FY_SEQ_MAX_STOP];    /* copied by fy_seq_init */
     int logprobs;                         /* 1: compute each token's log-probability */
     int top_logprobs;                     /* 0..FY_SEQ_MAX_TOP alternatives (implies logprobs) */
+    int ignore_eos;                       /* 1: the end-of-sequence token is just a token (emitted, counted,
+                                             fed back); only stop strings and max_tokens end the sequence */
 } fy_seq_params;
 
 typedef struct fy_seq {

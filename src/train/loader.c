@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "core/rng.h"
+#include "model/model.h"
 
 /* RNG stream for the per-epoch permutation key ("DATA" in ASCII). */
 #define FY_LOADER_STREAM 0x44415441ull
@@ -90,6 +91,11 @@ int fy_loader_open(fy_loader *L, const char *dir, const char *split, uint32_t ex
         L->n_shards = i + 1;
         if (i == 0) {
             L->vocab_size = s->vocab_size;
+            L->row_len = s->row_len;
+        } else if (s->row_len != L->row_len) {
+            rc = fy_fail(err, "token shard %s: rows of %u tokens, but %s/%s has %u (0 = a token stream)", path,
+                         s->row_len, dir, names[0], L->row_len);
+            goto out;
         } else if (s->vocab_size != L->vocab_size) {
             rc = fy_fail(err, "token shard %s: vocab %u differs from vocab %u of %s/%s", path,
                          s->vocab_size, L->vocab_size, dir, names[0]);
@@ -106,6 +112,10 @@ out:
 
 int fy_loader_n_slots(fy_loader *L, int T, uint64_t *n_slots, fy_err *err) {
     if (T <= 0) return fy_fail(err, "data loader: seq_len %d must be positive", T);
+    if (L->row_len && L->row_len != (uint32_t)T + 1)
+        return fy_fail(err, "%s split in %s holds examples padded to %u tokens (prepared with --seq %u); this run's "
+                            "seq_len is %d: prepare the data again with --seq %d, or train with --seq %u",
+                       L->split, L->dir, L->row_len, L->row_len - 1, T, T, L->row_len - 1);
     if (L->slots_T != T) {
         uint64_t *ss = realloc(L->slot_start, ((size_t)L->n_shards + 1) * sizeof *ss);
         if (!ss) return fy_fail(err, "data loader: out of memory");
@@ -116,7 +126,8 @@ int fy_loader_n_slots(fy_loader *L, int T, uint64_t *n_slots, fy_err *err) {
             uint64_t nt = L->shards[i].n_tokens;
             ss[i] = total;
             if (nt > max_tokens) max_tokens = nt;
-            if (nt >= (uint64_t)T + 1) total += (nt - 1) / (uint64_t)T;
+            if (L->row_len) total += nt / L->row_len;
+            else if (nt >= (uint64_t)T + 1) total += (nt - 1) / (uint64_t)T;
             else short_shards++;
         }
         ss[L->n_shards] = total;
@@ -176,7 +187,7 @@ static void slot_to_window(const fy_loader *L, uint64_t slot, int T, fy_window *
     }
     w->shard = lo;
     w->slot = slot;
-    w->pos = (slot - L->slot_start[lo]) * (uint64_t)T;
+    w->pos = (slot - L->slot_start[lo]) * (L->row_len ? (uint64_t)L->row_len : (uint64_t)T);
 }
 
 int fy_loader_locate(fy_loader *L, uint64_t seed, uint64_t g, int T, fy_window *w, fy_err *err) {
@@ -192,8 +203,12 @@ int fy_loader_locate(fy_loader *L, uint64_t seed, uint64_t g, int T, fy_window *
 static int copy_window(const fy_loader *L, const fy_window *w, int T, int32_t *in, int32_t *lab,
                        fy_err *err) {
     const fy_shard *s = &L->shards[w->shard];
-    if (fy_shard_read(s, w->pos, (uint64_t)T, in, err) < 0) return -1;
-    return fy_shard_read(s, w->pos + 1, (uint64_t)T, lab, err);
+    if (fy_shard_read(s, w->pos, (uint64_t)T, in, err) < 0 || fy_shard_read(s, w->pos + 1, (uint64_t)T, lab, err) < 0)
+        return -1;
+    /* A label the mask leaves out (prompt, padding) is not trained on. */
+    for (int t = 0; s->mask && t < T; t++)
+        if (!fy_shard_trained(s, w->pos + 1 + (uint64_t)t)) lab[t] = FY_IGNORE_INDEX;
+    return 0;
 }
 
 int fy_loader_rows(fy_loader *L, uint64_t seed, uint64_t row0, int nrows, int T,

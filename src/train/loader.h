@@ -27,6 +27,13 @@
  * changes mid-run, call fy_loader_rows with a running "rows drawn" counter
  * instead of deriving it from the step.)
  *
+ * Rows. Shards written as rows (io/shard.h version 2: `ferry data prepare`
+ * of chat JSONL, one padded example per row of T+1 tokens) have one slot per
+ * row instead: slot j covers [j*(T+1), j*(T+1)+T], nothing is shared between
+ * rows, and the shards' row length must be the run's T+1. Sampling is the
+ * same. With a loss mask, the label of every position whose target token is
+ * not trained on (prompt, padding) is FY_IGNORE_INDEX (model/model.h).
+ *
  * Validation. fy_loader_val_batch takes slots in order (no shuffle): row r of
  * val batch i is slot (i*global_B + r) mod n_slots.
  *
@@ -47,6 +54,7 @@ typedef struct fy_loader {
     fy_shard *shards;
     uint32_t vocab_size;
     uint64_t n_tokens;        /* over all shards */
+    uint32_t row_len;         /* the shards' row length (0: token streams) */
     /* slot table for seq_len slots_T (built lazily) */
     int slots_T;
     uint64_t *slot_start;     /* [n_shards+1]: first global slot of each shard */
@@ -75,7 +83,8 @@ int fy_loader_n_slots(fy_loader *L, int T, uint64_t *n_slots, fy_err *err);
 int fy_loader_locate(fy_loader *L, uint64_t seed, uint64_t g, int T, fy_window *w, fy_err *err);
 
 /* Rows g = row0 .. row0+nrows-1 into inputs/labels [nrows*T]:
- * inputs[r*T+t] = tok[p+t], labels[r*T+t] = tok[p+t+1]. */
+ * inputs[r*T+t] = tok[p+t], labels[r*T+t] = tok[p+t+1] (FY_IGNORE_INDEX where
+ * the shard's mask leaves token p+t+1 out). */
 int fy_loader_rows(fy_loader *L, uint64_t seed, uint64_t row0, int nrows, int T,
                    int32_t *inputs, int32_t *labels, fy_err *err);
 

@@ -1,4 +1,4 @@
-/* Chat templates (serve/chat.h): recognising Jinja texts, choosing a
+/* Chat templates (io/chat.h): recognising Jinja texts, choosing a
  * model's template, refusing what is not supported, and the order rules of
  * the renderings. The renderings themselves are compared with transformers'
  * apply_chat_template by tools/serve/chat_template_check.py, which runs this
@@ -13,7 +13,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/fsutil.h"
-#include "serve/chat.h"
+#include "io/chat.h"
 #include "testutil.h"
 
 static int render_file(const char *name, const char *bos, const char *eos, const char *path) {

@@ -126,7 +126,7 @@ static void on_tok(const fy_seq *s, void *ctx) {
 static void on_txt(const char *t, size_t n, void *ctx) { add_text(ctx, t, n); }
 
 static fy_seq_params seq_params(const fy_request_params *p) {
-    fy_seq_params sp = {p->max_tokens, p->sampler, p->n_stop, {0}, p->logprobs, p->top_logprobs};
+    fy_seq_params sp = {p->max_tokens, p->sampler, p->n_stop, {0}, p->logprobs, p->top_logprobs, p->ignore_eos};
     for (int i = 0; i < p->n_stop; i++) sp.stop[i] = p->stop[i];
     return sp;
 }

@@ -2,7 +2,7 @@
 # ferry's GGUF export checked by llama.cpp itself (docs/INTEROP.md, "Out:
 # GGUF for llama.cpp").
 #
-#   tools/llamacpp/check.sh [--build-only] [FERRY_BINARY]
+#   tools/llamacpp/check.sh [--build-only] [--server] [FERRY_BINARY]
 #
 # 1. Gets llama.cpp's source as the llama-cpp-python sdist vendors it
 #    (pip download --no-deps --no-binary llama-cpp-python llama-cpp-python;
@@ -17,6 +17,13 @@
 #    a tiny model, exports f32/f16/bf16/q8_0/q4_0 and compares llama.cpp's
 #    greedy ids (64 tokens, f32 KV cache, flash attention off) with
 #    `ferry generate --temperature 0 --print-ids`.
+# --server also builds llama-server (bench/serve.sh runs it next to `ferry
+# serve`): the same build directory reconfigured with common, tools and
+# server on (no curl, no OpenSSL, no web UI), building only the
+# llama-server target. Its options do not change libllama's compile flags,
+# so libllama and llama_ids are not rebuilt and interop_gguf_llamacpp keeps
+# using them; the test command (scripts/test.sh) never asks for the server
+# (minutes of C++ on CI for a benchmark).
 # $PYTHON (default python3) runs pip and the comparison; $JOBS (default 2)
 # is the build's parallelism. ctest's interop_gguf_llamacpp runs step 3 once
 # step 2 has been done.
@@ -26,7 +33,14 @@ cache=${FERRY_LLAMACPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp}
 py=${PYTHON:-python3}
 jobs=${JOBS:-2}
 build_only=0
-if [ "${1:-}" = "--build-only" ]; then build_only=1; shift; fi
+server=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-only) build_only=1; shift ;;
+    --server) server=1; shift ;;
+    *) break ;;
+  esac
+done
 ferry=${1:-$here/build/ferry}
 mkdir -p "$cache/sdist"
 
@@ -57,6 +71,21 @@ if [ ! -f "$build/bin/libllama.so" ] || [ "$(cat "$build/source.txt" 2>/dev/null
   echo $(($(date +%s) - start)) >"$cache/build-seconds.txt"
 fi
 echo "llama.cpp: $name, built in $(cat "$cache/build-seconds.txt" 2>/dev/null || echo '?') s (configure + libllama, -j$jobs)"
+
+if [ $server = 1 ]; then
+  if [ ! -x "$build/bin/llama-server" ] || [ "$(cat "$build/server-source.txt" 2>/dev/null)" != "$name" ]; then
+    echo "== building llama-server (CPU only, -j$jobs) from $name"
+    start=$(date +%s)
+    cmake -S "$src" -B "$build" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+      -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_MTMD=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+      >"$cache/configure-server.log" 2>&1 || { tail -n 20 "$cache/configure-server.log"; exit 1; }
+    cmake --build "$build" --target llama-server -j "$jobs" >"$cache/build-server.log" 2>&1 ||
+      { tail -n 30 "$cache/build-server.log"; exit 1; }
+    echo "$name" >"$build/server-source.txt"
+    echo $(($(date +%s) - start)) >"$cache/server-build-seconds.txt"
+  fi
+  echo "llama-server: $build/bin/llama-server, built in $(cat "$cache/server-build-seconds.txt" 2>/dev/null || echo '?') s (-j$jobs)"
+fi
 
 [ $build_only = 1 ] && exit 0
 

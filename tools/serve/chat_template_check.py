@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""ferry's chat templates (src/serve/chat.c) against transformers.
+"""ferry's chat templates (src/io/chat.c) against transformers.
 
 For each template ferry knows (deepseek3, chatml, ferry) and a few
 conversations, renders the conversation twice: with ferry's C renderer

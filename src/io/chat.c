@@ -1,5 +1,5 @@
-/* Chat templates rendered without a Jinja engine (serve/chat.h). */
-#include "serve/chat.h"
+/* Chat templates rendered without a Jinja engine (io/chat.h). */
+#include "io/chat.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -47,7 +47,7 @@ static const char jinja_chatml[] =
     "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /* ferry's own: the same text interop/hf_meta.c writes into an exported
- * model's tokenizer_config.json (serve/ may not include interop/). */
+ * model's tokenizer_config.json (io/ may not include interop/). */
 static const char jinja_ferry[] =
     "{% for message in messages %}{{ message['role'] + ': ' + message['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}";
@@ -177,8 +177,15 @@ static const char *role_of(const fy_chat_msg *m) {
     return NULL;
 }
 
+/* Marks the start (end = 0) or the end (end = 1) of message i's reply. */
+static void mark(fy_chat_span *sp, int i, int end, const fy_strbuf *b) {
+    if (!sp) return;
+    if (end) sp[i].end = b->n;
+    else sp[i].begin = sp[i].end = b->n;
+}
+
 static int render_deepseek3(const fy_chat_template *t, const fy_chat_msg *m, int n, int gen, fy_strbuf *b,
-                            fy_err *err) {
+                            fy_chat_span *sp, fy_err *err) {
     int first_sp = 1;
     if (add(b, t->bos, err)) return -1;
     for (int i = 0; i < n; i++) {
@@ -189,31 +196,41 @@ static int render_deepseek3(const fy_chat_template *t, const fy_chat_msg *m, int
     for (int i = 0; i < n; i++) {
         const char *r = role_of(&m[i]);
         if (!strcmp(r, "user") && (add(b, DS_USER, err) || add(b, m[i].content, err))) return -1;
-        if (!strcmp(r, "assistant") &&
-            (add(b, DS_ASSISTANT, err) || add(b, m[i].content, err) || add(b, DS_EOS, err)))
-            return -1;
+        if (strcmp(r, "assistant")) continue;
+        if (add(b, DS_ASSISTANT, err)) return -1;
+        mark(sp, i, 0, b);
+        if (add(b, m[i].content, err) || add(b, DS_EOS, err)) return -1;
+        mark(sp, i, 1, b);
     }
     return gen ? add(b, DS_ASSISTANT, err) : 0;
 }
 
-static int render_chatml(const fy_chat_msg *m, int n, int gen, fy_strbuf *b, fy_err *err) {
-    for (int i = 0; i < n; i++)
-        if (add(b, "<|im_start|>", err) || add(b, role_of(&m[i]), err) || add(b, "\n", err) ||
-            add(b, m[i].content, err) || add(b, "<|im_end|>\n", err))
-            return -1;
+static int render_chatml(const fy_chat_msg *m, int n, int gen, fy_strbuf *b, fy_chat_span *sp, fy_err *err) {
+    for (int i = 0; i < n; i++) {
+        int a = !strcmp(role_of(&m[i]), "assistant");
+        if (add(b, "<|im_start|>", err) || add(b, role_of(&m[i]), err) || add(b, "\n", err)) return -1;
+        if (a) mark(sp, i, 0, b);
+        if (add(b, m[i].content, err) || add(b, "<|im_end|>", err)) return -1;
+        if (a) mark(sp, i, 1, b);
+        if (add(b, "\n", err)) return -1;
+    }
     return gen ? add(b, "<|im_start|>assistant\n", err) : 0;
 }
 
 static int render_ferry(const fy_chat_template *t, const fy_chat_msg *m, int n, int gen, fy_strbuf *b,
-                        fy_err *err) {
-    for (int i = 0; i < n; i++)
-        if (add(b, role_of(&m[i]), err) || add(b, ": ", err) || add(b, m[i].content, err) || add(b, t->eos, err))
-            return -1;
+                        fy_chat_span *sp, fy_err *err) {
+    for (int i = 0; i < n; i++) {
+        int a = !strcmp(role_of(&m[i]), "assistant");
+        if (add(b, role_of(&m[i]), err) || add(b, ": ", err)) return -1;
+        if (a) mark(sp, i, 0, b);
+        if (add(b, m[i].content, err) || add(b, t->eos, err)) return -1;
+        if (a) mark(sp, i, 1, b);
+    }
     return gen ? add(b, "assistant: ", err) : 0;
 }
 
-int fy_chat_render(const fy_chat_template *t, const fy_chat_msg *msgs, int n, int add_generation_prompt,
-                   fy_strbuf *out, fy_err *err) {
+static int render(const fy_chat_template *t, const fy_chat_msg *msgs, int n, int add_generation_prompt,
+                  fy_strbuf *out, fy_chat_span *sp, fy_err *err) {
     if (n <= 0) return fy_fail(err, "messages: at least one message is needed");
     for (int i = 0; i < n; i++) {
         if (!role_of(&msgs[i]))
@@ -222,9 +239,20 @@ int fy_chat_render(const fy_chat_template *t, const fy_chat_msg *msgs, int n, in
         if (!msgs[i].content) return fy_fail(err, "messages[%d].content: missing", i);
     }
     switch (t->kind) {
-    case FY_CHAT_DEEPSEEK3: return render_deepseek3(t, msgs, n, add_generation_prompt, out, err);
-    case FY_CHAT_CHATML: return render_chatml(msgs, n, add_generation_prompt, out, err);
-    case FY_CHAT_FERRY: return render_ferry(t, msgs, n, add_generation_prompt, out, err);
+    case FY_CHAT_DEEPSEEK3: return render_deepseek3(t, msgs, n, add_generation_prompt, out, sp, err);
+    case FY_CHAT_CHATML: return render_chatml(msgs, n, add_generation_prompt, out, sp, err);
+    case FY_CHAT_FERRY: return render_ferry(t, msgs, n, add_generation_prompt, out, sp, err);
     default: return fy_fail(err, "unknown chat template %d", (int)t->kind);
     }
+}
+
+int fy_chat_render(const fy_chat_template *t, const fy_chat_msg *msgs, int n, int add_generation_prompt,
+                   fy_strbuf *out, fy_err *err) {
+    return render(t, msgs, n, add_generation_prompt, out, NULL, err);
+}
+
+int fy_chat_render_spans(const fy_chat_template *t, const fy_chat_msg *msgs, int n, fy_strbuf *out,
+                         fy_chat_span *spans, fy_err *err) {
+    for (int i = 0; i < n; i++) spans[i] = (fy_chat_span){0, 0};
+    return render(t, msgs, n, 0, out, spans, err);
 }

@@ -16,7 +16,8 @@
  * Only plain conversations are rendered (roles system, user, assistant; text
  * content): tool calls and tool results are refused.
  *
- * Independent of HTTP: fine-tuning on chat data renders with the same code. */
+ * Independent of HTTP: fine-tuning on chat data (io/sft.h) renders with the
+ * same code, and fy_chat_render_spans says which bytes are the replies. */
 #ifndef FY_CHAT_H
 #define FY_CHAT_H
 
@@ -65,5 +66,21 @@ int fy_chat_select(const char *spec, const char *tokenizer_config, const fy_toke
  * an unknown role or no message. */
 int fy_chat_render(const fy_chat_template *t, const fy_chat_msg *msgs, int n, int add_generation_prompt,
                    fy_strbuf *out, fy_err *err);
+
+/* Where one assistant reply lies in a rendering: bytes [begin, end). */
+typedef struct fy_chat_span {
+    size_t begin, end;
+} fy_chat_span;
+
+/* The finished conversation messages[0..n) (no generation prompt, so the
+ * text that fy_chat_render with add_generation_prompt gives for the
+ * messages before an assistant reply is a prefix of it, for every template
+ * here when no system message follows a reply), appended to out, and for
+ * each message i spans[i] (offsets in out): for an assistant message its
+ * content and the end-of-turn token that closes it (deepseek3
+ * <｜end▁of▁sentence｜>, chatml <|im_end|>, ferry the eos token), what a
+ * model generates after the prompt; {0, 0} for the other roles. */
+int fy_chat_render_spans(const fy_chat_template *t, const fy_chat_msg *msgs, int n, fy_strbuf *out,
+                         fy_chat_span *spans, fy_err *err);
 
 #endif

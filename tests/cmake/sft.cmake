@@ -1,0 +1,7 @@
+# Chat fine-tuning data end to end: ferry data chat-kjv, data prepare of
+# JSONL, train --init-from on it (tests/cli/sft_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_sft
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/sft_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_sft_work)
+  set_tests_properties(cli_sft PROPERTIES LABELS cli TIMEOUT 120)
+endif()
