@@ -1014,6 +1014,10 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     fy_model *m = R->m;
     if (resume && !o->lora_base_seeded && !o->init_weights)
         return fy_fail(err, "this LoRA run's base came from --init-from and was not loaded again");
+    /* The backward reports no bucket ranges with adapters on (model/lora.h). */
+    if (o->grad_buckets)
+        return fy_fail(err, "LoRA with --grad-buckets is not supported yet (the adapters' gradients are reduced after "
+                            "the backward)");
     fy_lora_config lc = {o->lora_rank, o->lora_alpha, (unsigned)o->lora_targets, o->lora_dropout};
     size_t base = fy_params_count(&m->tab);
     if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))

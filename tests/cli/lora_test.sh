@@ -102,4 +102,6 @@ check '! "$ferry" train --out a --resume --lora-rank 3 >r1.log 2>&1 && grep -q "
   "--lora-rank with --resume refused (see r1.log)"
 check '! "$ferry" train --config micro.json "${T[@]}" --lora-rank 4 --lora-targets q_a_proj,bogus --out g >r2.log 2>&1 && grep -q "unknown LoRA target .bogus." r2.log' \
   "an unknown target refused (see r2.log)"
+check '! "$ferry" train --config micro.json "${T[@]}" --lora-rank 4 --grad-buckets 1 --out gb >r3.log 2>&1 && grep -q "grad-buckets is not supported" r3.log' \
+  "--grad-buckets with LoRA refused (see r3.log)"
 finish lora_test
