@@ -1038,8 +1038,9 @@ static int lora_setup(run *R, int resume, fy_err *err) {
 /* Everything before the first step: parallelism, fault injection, data,
  * optimizer, weights (initialised or resumed), metrics, batch buffers. */
 static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
-    if (attach_experts(R, err) || setup_inject(R, err)) return -1;
-    if (R->o->lora_rank > 0 && lora_setup(R, resume, err)) return -1;
+    /* LoRA before fault injection: its tensors are the adapters then. */
+    if (attach_experts(R, err) || (R->o->lora_rank > 0 && lora_setup(R, resume, err)) || setup_inject(R, err))
+        return -1;
     if (fy_loss_window_init(&R->win, R->g->spike_window)) return fy_fail(err, "out of memory");
     if (setup_data_parallel(R, data_dir, err)) return -1;
     const fy_train_opts *o = R->o;

@@ -3,7 +3,8 @@
 # The run trains only the adapters (the log's count, the checkpoint holds
 # PEFT-named adapter tensors and nothing else, config.json records the
 # settings), the validation loss falls, a stopped run with dropout resumes
-# bit-identically (adapters and moments), 2 data-parallel ranks give one
+# bit-identically (adapters and moments), the guards catch faults in the
+# adapters and recover bit-identically, 2 data-parallel ranks give one
 # rank's bits (when mpirun is there), an --init-from base is recorded,
 # reloaded on resume and checked, ferry generate applies the adapters to
 # the recorded base, LoRA on chat data lowers the held-out assistant-token
@@ -41,6 +42,14 @@ check '"$ferry" train --config micro.json "${T[@]}" "${L[@]}" --stop-after 3 --o
 check '"$ferry" train --out c --resume >cr.log 2>&1' "resume (see cr.log)"
 check 'cmp -s "$(ck a 6 model)" "$(ck c 6 model)" && cmp -s "$(ck a 6 optimizer)" "$(ck c 6 optimizer)"' \
   "the resumed LoRA run differs from the straight one"
+
+# The guards on the adapters: a NaN gradient, a flipped adapter weight and a
+# corrupted GEMM are caught, rolled back and replayed: bit-identical to c.
+check 'FERRY_INJECT="nan_grad:step=2;flip_weight:step=4,bit=30;gemm:step=5,index=4" "$ferry" train --config micro.json \
+  "${T[@]}" "${L[@]}" --backend chaos:cpu --abft 1 --out inj >inj.log 2>&1' "LoRA run with injected faults (see inj.log)"
+check '[ "$(grep -c "rolling back" inj.log)" = 3 ] && grep -q "inject nan_grad: NaN in grad of base_model" inj.log' \
+  "three faults on the adapters caught and rolled back (see inj.log)"
+check 'cmp -s "$(ck a 6 model)" "$(ck inj 6 model)"' "the recovered LoRA run differs from the clean one"
 
 # Data parallel: 2 ranks of micro-batch 2 = 1 rank of 2 micro-batches.
 if command -v mpirun >/dev/null; then
