@@ -1,7 +1,10 @@
 /* Training-step throughput: forward + backward + AdamW on random tokens.
  * Prints one JSON line so bench/train_step can put it beside PyTorch's.
  *   bench_train_step --config tiny|small|FILE.json --vocab V --batch B --seq T
- *                    --steps S --warmup W [--dump-config PATH] */
+ *                    --steps S --warmup W [--dump-config PATH] [--lora-rank R]
+ * --lora-rank: LoRA adapters of rank R (alpha 2R) on every target, the base
+ * frozen, AdamW on the adapters only; "trainable" counts what AdamW updates
+ * and "max_rss_mb" is the process's peak resident memory. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,9 @@
 #include "backend/backend.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include <sys/resource.h>
+
+#include "model/lora.h"
 #include "model/model.h"
 #include "optim/optim.h"
 #include "core/clock.h"
@@ -19,27 +25,27 @@
 /* Matmul FLOPs of one token's forward: 2 per active weight (routed experts
  * counted K times, embeddings not at all), plus causal attention scores and
  * values at the mean context length (T+1)/2. Training = 3x forward. */
-static double forward_flops_per_token(const fy_model *m, int T) {
+static double forward_flops_per_token(const fy_model *m, const fy_param_table *tab, int T) {
     const fy_config *c = &m->cfg;
     double f = 0;
-    for (int i = 0; i < m->tab.n; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
+    for (int i = 0; i < tab->n; i++) {
+        const fy_tensor_info *t = &tab->t[i];
         if (t->is_buffer || t->ndim != 2 || !strcmp(t->name, "model.embed_tokens.weight")) continue;
         if (strstr(t->name, ".experts.")) continue; /* counted below */
         f += 2.0 * t->n;
     }
     int moe_layers = 0;
-    for (int li = 0; li < m->tab.n_layers; li++) moe_layers += m->tab.layer[li].moe;
+    for (int li = 0; li < tab->n_layers; li++) moe_layers += tab->layer[li].moe;
     f += 2.0 * moe_layers * c->num_experts_per_tok * 3.0 * c->moe_intermediate_size * c->hidden_size;
     double ctx = (T + 1) / 2.0;
-    f += 2.0 * m->tab.n_layers * c->num_attention_heads * ctx *
+    f += 2.0 * tab->n_layers * c->num_attention_heads * ctx *
          (fy_cfg_qk_head_dim(c) + c->v_head_dim);
     return f;
 }
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *dump = NULL;
-    int V = 8192, B = 8, T = 256, steps = 5, warmup = 2;
+    int V = 8192, B = 8, T = 256, steps = 5, warmup = 2, rank = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "bench_train_step: %s needs a value\n", a); return 2; }
@@ -50,6 +56,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
         else if (!strcmp(a, "--dump-config")) dump = v;
+        else if (!strcmp(a, "--lora-rank")) rank = atoi(v);
         else { fprintf(stderr, "bench_train_step: unknown flag %s\n", a); return 2; }
         i++;
     }
@@ -72,8 +79,11 @@ int main(int argc, char **argv) {
     fy_model m;
     fy_adamw opt;
     fy_adamw_opts ao = {3e-4f, 3e-5f, 10, 1000, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+    fy_lora_config lc = {rank, 2.0f * rank, FY_LORA_ALL, 0.0f};
     if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
-        fy_model_init_weights(&m, 1, &err) || fy_adamw_create(&opt, &m, &ao, &err)) {
+        fy_model_init_weights(&m, 1, &err) || (rank > 0 && (fy_model_set_lora(&m, &lc, &err) ||
+                                                            fy_model_lora_init(&m, 1, &err))) ||
+        fy_adamw_create(&opt, &m, &ao, &err)) {
         fprintf(stderr, "bench_train_step: %s\n", err.msg);
         return 1;
     }
@@ -96,11 +106,18 @@ int main(int argc, char **argv) {
         }
     }
     double dt = (fy_now_s() - t0) / steps;
-    double tps = N / dt, fpt = 3.0 * forward_flops_per_token(&m, T);
+    const fy_param_table *base = m.lora ? &m.lora->base_tab : &m.tab;
+    size_t trainable = fy_params_count(&m.tab), params = fy_params_count(base);
+    /* The full step's FLOPs: a LoRA step does fewer (no base dW), so its
+     * GFLOP/s is the full-equivalent rate, comparable to a full row's. */
+    double tps = N / dt, fpt = 3.0 * forward_flops_per_token(&m, base, T);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"ferry\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, "
-           "\"params\": %zu, \"step_ms\": %.2f, \"tokens_per_s\": %.1f, \"gflops\": %.2f}\n",
-           cfgname, omp_get_max_threads(), B, T, fy_params_count(&m.tab), dt * 1e3, tps,
-           tps * fpt * 1e-9);
+           "\"params\": %zu, \"trainable\": %zu, \"step_ms\": %.2f, \"tokens_per_s\": %.1f, \"gflops\": %.2f, "
+           "\"max_rss_mb\": %.1f}\n",
+           cfgname, omp_get_max_threads(), B, T, params, trainable, dt * 1e3, tps, tps * fpt * 1e-9,
+           ru.ru_maxrss / 1024.0);
     free(in);
     free(lab);
     fy_adamw_free(&opt, be);

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "core/err.h"
+#include "core/rng.h"
 
 typedef struct fy_backend fy_backend;
 
@@ -217,6 +218,19 @@ typedef struct fy_backend_ops {
                           fy_ref targets, int ignore_index, float grad_scale,
                           fy_ref losses, fy_ref dlogits);
 
+    /* --- Dropout with a counter-based mask (LoRA's dropout on an adapter's
+     * input; its backward is the same call on the gradient): for i < n, j < D
+     *   dst[i*ldd + j] (=|+=) src[i*lds + j] * (u < p ? 0 : 1 / (1 - p))
+     *   u = fy_rng_uniform(seed, stream, (key0 + (keys ? keys[i] : i)) * D + j)
+     * with the scale rounded to float once, 1.0f / (1.0f - p). keys: a host
+     * array, read before the call returns. The mask is a function of (seed,
+     * stream, row key, j) alone, so a row gets the same mask on every
+     * backend, thread count, batch split and rank. 0 <= p < 1. Optional:
+     * NULL makes the common layer do it on the host (download, mask,
+     * upload). --- */
+    void (*dropout)(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                    const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate);
+
     /* --- AdamW on n elements (decoupled weight decay):
      *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
      *   p -= lr * ( (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p )
@@ -316,6 +330,15 @@ typedef struct fy_backend_ops {
  * in a multiple of 32; q gets rows * in bytes, s rows * in/32 floats.
  * Host memory: models quantize once, then upload q and s. */
 #define FY_Q8_BLOCK 32
+
+/* The dropout op's factor for element (row key k, column j) of rows of
+ * width D: 0 (dropped) or scale = 1.0f / (1.0f - p); rkey is
+ * fy_rng_key(seed, stream), so u is fy_rng_uniform(seed, stream, k*D + j).
+ * Every implementation uses this, so all give the same bits. */
+static inline float fy_dropout_factor(uint64_t rkey, uint64_t k, int D, int j, float p, float scale) {
+    float u = (float)(fy_rng_mix(rkey ^ (k * (uint64_t)D + (uint64_t)j)) >> 40) * (1.0f / 16777216.0f);
+    return u < p ? 0.0f : scale;
+}
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 
 struct fy_backend {

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "backend/backend.h"
 
@@ -252,6 +253,46 @@ static void chk_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_
     if (d) IMPL->swiglu_q8(be, d, F, x, gq, gs, uq, us, dq, ds, g, u, h, y, accumulate);
 }
 
+/* ---------------------------------------------------------------- dropout */
+
+/* Without the backend's own kernel: on the host, dst downloaded whole so
+ * the gaps between its rows come back as they were. */
+static void host_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                         const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate) {
+    size_t ns = (size_t)(n - 1) * lds + D, nd = (size_t)(n - 1) * ldd + D;
+    float *s = malloc(ns * sizeof *s), *d = malloc(nd * sizeof *d), scale = 1.0f / (1.0f - p);
+    const uint64_t rkey = fy_rng_key(seed, stream);
+    if (!s || !d) {
+        free(s), free(d);
+        bad(be, "dropout", "out of host memory for %zu elements", ns + nd);
+        return;
+    }
+    IMPL->download(be, s, src, ns);
+    IMPL->download(be, d, dst, nd);
+    for (int i = 0; i < n; i++) {
+        uint64_t k = (uint64_t)(key0 + (keys ? keys[i] : i));
+        const float *si = s + (size_t)i * lds;
+        float *di = d + (size_t)i * ldd;
+        for (int j = 0; j < D; j++) {
+            float v = si[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
+            di[j] = accumulate ? di[j] + v : v;
+        }
+    }
+    IMPL->upload(be, dst, d, nd);
+    free(s), free(d);
+}
+
+static void chk_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                        const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate) {
+    if (n < 0 || D < 0 || (n > 1 && (lds < D || ldd < D)) || !(p >= 0.0f && p < 1.0f)) {
+        bad(be, "dropout", "bad arguments n=%d D=%d lds=%d ldd=%d p=%g", n, D, lds, ldd, p);
+        return;
+    }
+    if (!n || !D) return;
+    if (IMPL->dropout) IMPL->dropout(be, n, D, p, seed, stream, key0, keys, src, lds, dst, ldd, accumulate);
+    else host_dropout(be, n, D, p, seed, stream, key0, keys, src, lds, dst, ldd, accumulate);
+}
+
 /* ---------------------------------------------------------------- serving */
 
 /* Without the backend's own kernel: one M = 1 gemm per row, the same call
@@ -334,5 +375,6 @@ void fy_backend_install_checks(fy_backend *be) {
     CHECKED(mla_paged);
 #undef CHECKED
     c->linear_rows = chk_linear_rows; /* never NULL: the per-row gemm fallback */
+    c->dropout = chk_dropout;         /* never NULL: the host fallback */
     be->ops = c;
 }

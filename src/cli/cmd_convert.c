@@ -14,6 +14,13 @@
 #include "core/fsutil.h"
 #include "interop/gguf.h"
 #include "interop/hf.h"
+#include "interop/host.h"
+#include "ckpt/checkpoint.h"
+#include "model/lora.h"
+#include "train/lora_base.h"
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
 
 /* "5GB", "500MB", "64KB", "1000" (bytes); decimal units as transformers. */
 static int parse_size(const char *s, uint64_t *out, fy_err *err) {
@@ -33,8 +40,103 @@ static int parse_size(const char *s, uint64_t *out, fy_err *err) {
     return 0;
 }
 
+/* The run's config.json text and its ferry.lora_rank (0: not a LoRA run). */
+static int run_lora_rank(const char *dir, char *run, size_t cap, char **text, int *rank, fy_err *err) {
+    char p[FY_PATH_MAX + 32];
+    size_t len;
+    *text = NULL;
+    *rank = 0;
+    if (fy_host_run_dir(dir, run, cap, err)) return -1;
+    snprintf(p, sizeof p, "%s/config.json", run);
+    if (fy_read_file(p, text, &len, err)) return -1;
+    cJSON *js = cJSON_Parse(*text);
+    const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
+    const cJSON *r = f ? cJSON_GetObjectItemCaseSensitive(f, "lora_rank") : NULL;
+    if (cJSON_IsNumber(r)) *rank = r->valueint;
+    cJSON_Delete(js);
+    return 0;
+}
+
+/* A LoRA run as a whole model: its base with the adapters merged
+ * (fy_cli_load_model on the cpu), copied to the host. */
+static int host_load_lora(const char *dir, fy_host_model *h, fy_err *err) {
+    fy_loaded l;
+    if (fy_cli_load_model(dir, "cpu", &l, err)) return -1;
+    fy_model *m = &l.model;
+    int rc = fy_host_alloc(h, &m->cfg, err);
+    if (!rc) {
+        m->be->ops->download(m->be, h->params, fy_at(&m->params, 0), m->tab.n_params);
+        if (m->tab.n_buffers) m->be->ops->download(m->be, h->buffers, fy_at(&m->buffers, 0), m->tab.n_buffers);
+        rc = fy_be_sync(m->be, err);
+        h->tok = l.tok;
+        l.tok = NULL;
+    }
+    fy_cli_unload(&l);
+    return rc;
+}
+
 int fy_cli_host_load(const char *dir, fy_host_model *h, fy_err *err) {
-    return fy_hf_is_dir(dir) ? fy_hf_import(dir, h, err) : fy_host_load_run(dir, h, err);
+    if (fy_hf_is_dir(dir)) return fy_hf_import(dir, h, err);
+    char run[FY_PATH_MAX], *text;
+    int rank;
+    if (run_lora_rank(dir, run, sizeof run, &text, &rank, err)) return -1;
+    free(text);
+    return rank > 0 ? host_load_lora(dir, h, err) : fy_host_load_run(dir, h, err);
+}
+
+/* --to peft: a LoRA run's adapters as PEFT writes them, adapter_model.safetensors
+ * (the checkpoint's tensors: already PEFT's names) and adapter_config.json. */
+static int export_peft(const char *model, const char *out, fy_err *err) {
+    char run[FY_PATH_MAX], ck[FY_PATH_MAX], src[FY_PATH_MAX], p[FY_PATH_MAX + 64], *text = NULL;
+    int rank;
+    if (run_lora_rank(model, run, sizeof run, &text, &rank, err)) return -1;
+    fy_train_opts o;
+    fy_train_opts_default(&o);
+    int rc = rank <= 0 ? fy_fail(err, "%s is not a LoRA run (no ferry.lora_rank): nothing to export as PEFT", model)
+                       : fy_train_opts_from_json(text, run, &o, err);
+    free(text);
+    if (rc) return -1;
+    /* PEFT (0.21) on transformers 5 turns the target names gate/up/down_proj
+     * of a deepseek_v3 model into the fused routed experts' parameters and
+     * drops the dense and shared-expert MLPs: only attention adapters load
+     * as trained (docs/FINETUNE.md). */
+    if (o.lora_targets & (FY_LORA_GATE | FY_LORA_UP | FY_LORA_DOWN | FY_LORA_EXPERTS))
+        return fy_fail(err, "%s adapts MLP projections or routed experts: their PEFT export is not built yet (PEFT on "
+                            "transformers 5 maps gate/up/down_proj to the fused routed experts; docs/FINETUNE.md); "
+                            "attention targets export", model);
+    if (fy_lora_base_source(run, src, sizeof src, err) || fy_ckpt_resolve(model, ck, sizeof ck, err) ||
+        fy_mkdir_p(out, err))
+        return -1;
+    char *st = NULL;
+    size_t len;
+    snprintf(p, sizeof p, "%s/model.safetensors", ck);
+    if (fy_read_file(p, &st, &len, err)) return -1;
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", out);
+    rc = fy_write_file_atomic(p, st, len, err);
+    free(st);
+    if (rc) return -1;
+    char t[256];
+    fy_lora_targets_string((unsigned)o.lora_targets, t, sizeof t);
+    cJSON *js = cJSON_CreateObject(), *tm = cJSON_CreateArray();
+    for (char *s = strtok(t, ","); s; s = strtok(NULL, ",")) cJSON_AddItemToArray(tm, cJSON_CreateString(s));
+    cJSON_AddStringToObject(js, "peft_type", "LORA");
+    cJSON_AddStringToObject(js, "task_type", "CAUSAL_LM");
+    if (src[0]) cJSON_AddStringToObject(js, "base_model_name_or_path", src);
+    else cJSON_AddNullToObject(js, "base_model_name_or_path");
+    cJSON_AddNumberToObject(js, "r", o.lora_rank);
+    cJSON_AddNumberToObject(js, "lora_alpha", o.lora_alpha);
+    cJSON_AddNumberToObject(js, "lora_dropout", o.lora_dropout);
+    cJSON_AddItemToObject(js, "target_modules", tm);
+    cJSON_AddStringToObject(js, "bias", "none");
+    cJSON_AddBoolToObject(js, "fan_in_fan_out", 0);
+    cJSON_AddBoolToObject(js, "use_rslora", 0);
+    cJSON_AddBoolToObject(js, "inference_mode", 1);
+    char *cj = cJSON_Print(js);
+    cJSON_Delete(js);
+    snprintf(p, sizeof p, "%s/adapter_config.json", out);
+    rc = !cj ? fy_fail(err, "out of memory") : fy_write_file_atomic(p, cj, strlen(cj), err);
+    free(cj);
+    return rc;
 }
 
 static int convert(const char *to, const char *model, const char *out, const char *dtype, const char *type,
@@ -48,8 +150,11 @@ static int convert(const char *to, const char *model, const char *out, const cha
         if (shard && parse_size(shard, &ho.max_shard_bytes, err)) return -1;
     } else if (!strcmp(to, "gguf")) {
         if (fy_gguf_type_parse(type, &gt, err)) return -1;
+    } else if (!strcmp(to, "peft")) {
+        if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
+        return export_peft(model, out, err);
     } else if (strcmp(to, "ferry")) {
-        return fy_fail(err, "--to %s: expected hf, gguf or ferry", to);
+        return fy_fail(err, "--to %s: expected hf, gguf, ferry or peft", to);
     }
     if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
     fy_host_model h;
@@ -65,7 +170,7 @@ int fy_cmd_convert(int argc, char **argv) {
     const char *model = NULL, *from = NULL, *to = NULL, *out = NULL, *dtype = "bf16", *type = "f16", *shard = NULL;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "ferry run or checkpoint directory, or a Hugging Face directory", 0, 0, 0},
-        {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp) or ferry (a run directory)", 0, 0, 0},
+        {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp), ferry (a run directory) or peft (a LoRA run's adapters); a LoRA run goes to hf, gguf, ferry merged", 0, 0, 0},
         {"--from", NULL, FY_ARG_STR, &from, "hf", "--from hf HF_DIR: import a Hugging Face directory as a ferry run", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &out, "PATH", "output directory (hf, ferry) or file (gguf); must not exist (required)", 0, 0, 0},
         {"--dtype", NULL, FY_ARG_STR, &dtype, "T", "hf: bf16 (default, round to nearest even), f16 or f32 (exact)", 0, 0, 0},

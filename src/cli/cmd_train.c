@@ -17,6 +17,8 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "interop/host.h"
+#include "model/lora.h"
+#include "train/lora_base.h"
 #include "parallel/comm.h"
 #include "train/trainer.h"
 
@@ -39,6 +41,9 @@ typedef struct train_flags {
     int zero;
     double comm_timeout;
     double outer_lr;
+    int lora_rank;
+    double lora_alpha, lora_dropout;
+    const char *lora_targets;
 } train_flags;
 
 /* One run being set up: where it lives, how it is spread over ranks, and
@@ -61,7 +66,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         .max_restarts = 10, .heartbeat = 300, .backoff = 1.0, .abft = -1,
         .recompute = -1, .micro = -1, .diloco = -1, .buckets = -1, .bucket_mb = -1, .zero = -1,
         .comm_timeout = FY_COMM_TIMEOUT_DEFAULT_S,
-        .outer_lr = -1,
+        .outer_lr = -1, .lora_alpha = -1, .lora_dropout = -1,
     };
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &f->cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
@@ -97,6 +102,10 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--bucket-mb", NULL, FY_ARG_FLOAT, &f->bucket_mb, "MB", "gradient bucket size for --grad-buckets (default 25, as PyTorch DDP; 0: each layer as it is done)", 0, 1e6, 0},
         {"--diloco", NULL, FY_ARG_INT, &f->diloco, "H", "DiLoCo: H local steps per outer step (0 = off; slow links)", 0, 1e9, 0},
         {"--outer-lr", NULL, FY_ARG_FLOAT, &f->outer_lr, "LR", "DiLoCo outer Nesterov learning rate (default 0.7)", 0, 10, 0},
+        {"--lora-rank", NULL, FY_ARG_INT, &f->lora_rank, "R", "train LoRA adapters of rank R on the frozen model (docs/FINETUNE.md)", 1, 65536, 0},
+        {"--lora-alpha", NULL, FY_ARG_FLOAT, &f->lora_alpha, "A", "LoRA scale alpha/R (default 16)", 1e-6, 1e6, 0},
+        {"--lora-targets", NULL, FY_ARG_STR, &f->lora_targets, "LIST", "PEFT target_modules: q_a_proj,q_b_proj,q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj,gate_proj,up_proj,down_proj,experts or all (default)", 0, 0, 0},
+        {"--lora-dropout", NULL, FY_ARG_FLOAT, &f->lora_dropout, "P", "dropout on the adapters' input (default 0)", 0, 0.999, 0},
         {"--comm-timeout", NULL, FY_ARG_FLOAT, &f->comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default " FY_COMM_TIMEOUT_DEFAULT_TEXT ")", 0.1, 1e6, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
@@ -242,6 +251,39 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     return rc;
 }
 
+/* --lora-*: fixed when a run starts (a resumed run keeps its own). */
+static int apply_lora_flags(const train_flags *f, fy_train_opts *o, fy_err *err) {
+    int given = f->lora_rank || f->lora_alpha >= 0 || f->lora_dropout >= 0 || f->lora_targets;
+    if (!given) return 0;
+    if (f->resume) return fy_fail(err, "--lora-*: a run's LoRA settings are fixed when it starts (--resume keeps them)");
+    if (!f->lora_rank) return fy_fail(err, "--lora-alpha, --lora-targets and --lora-dropout need --lora-rank");
+    o->lora_rank = f->lora_rank;
+    if (f->lora_alpha >= 0) o->lora_alpha = (float)f->lora_alpha;
+    if (f->lora_dropout >= 0) o->lora_dropout = (float)f->lora_dropout;
+    unsigned t;
+    if (f->lora_targets && fy_lora_parse_targets(f->lora_targets, &t, err)) return fy_wrap(err, "--lora-targets");
+    if (f->lora_targets) o->lora_targets = (int)t;
+    o->lora_base_seeded = !f->init_from;
+    o->lora_base = f->init_from;
+    return 0;
+}
+
+/* --resume of a LoRA run whose base came from --init-from: that base again,
+ * from the source its record names (the trainer checks its weights). */
+static int reload_lora_base(train_run *run, fy_err *err) {
+    char src[FY_PATH_MAX];
+    if (run->o.lora_rank == 0 || run->o.lora_base_seeded) return 0;
+    if (fy_lora_base_source(run->run_dir, src, sizeof src, err)) return -1;
+    fy_host_model *h = calloc(1, sizeof *h);
+    if (!h) return fy_fail(err, "out of memory");
+    run->init = h;
+    if (fy_cli_host_load(src, h, err)) return fy_wrap(err, "the LoRA base %s of %s", src, run->run_dir);
+    run->o.init_weights = init_from_host;
+    run->o.init_ctx = h;
+    printf("LoRA base: %s\n", src);
+    return 0;
+}
+
 /* Flags over config over defaults. */
 static int apply_flags(const train_flags *f, train_run *run, fy_err *err) {
     fy_train_opts *o = &run->o;
@@ -270,6 +312,7 @@ static int apply_flags(const train_flags *f, train_run *run, fy_err *err) {
     if (f->zero >= 0) o->zero = f->zero;
     if (f->diloco >= 0) o->diloco_every = f->diloco;
     if (f->outer_lr >= 0) o->outer_lr = (float)f->outer_lr;
+    if (apply_lora_flags(f, o, err)) return -1;
     if (!f->resume && !run->follower && o->micro_batch == 0 && run->n_ranks > 1) {
         /* Fix the micro-batch at the run's start, so that the run continues
          * bit-identically on another rank count (parallel/dp.h). */
@@ -410,7 +453,8 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         return 1;
     }
     int rc = 1;
-    if ((f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) ||
+    if ((f.resume || run.follower ? load_saved_run(&run, err) || reload_lora_base(&run, err)
+                                  : start_new_run(&f, &run, err)) ||
         apply_flags(&f, &run, err) || create_backend(&run, &be, err))
         goto done;
     if (save_config(&run, err)) {

@@ -10,6 +10,10 @@
 #include "cli/cli.h"
 #include "core/fsutil.h"
 #include "interop/hf.h"
+#include "interop/host.h"
+#include "model/lora.h"
+#include "train/lora_base.h"
+#include "train/trainer.h"
 
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err) {
     return fy_host_run_dir(dir, run, cap, err);
@@ -35,6 +39,32 @@ static int load_hf(const char *dir, const char *backend_spec, fy_loaded *out, fy
     return rc ? -1 : 0;
 }
 
+/* A LoRA run (docs/FINETUNE.md): its recorded base (the seeded init or the
+ * --init-from source, checked against lora_base.json), its adapters from
+ * the checkpoint, then merged: inference gets a plain model. */
+static int load_lora(fy_model *m, const char *run, const char *ckpt_dir, const char *config_text, const char *where,
+                     fy_err *err) {
+    fy_train_opts o;
+    fy_train_opts_default(&o);
+    char src[FY_PATH_MAX];
+    if (fy_train_opts_from_json(config_text, where, &o, err) || fy_lora_base_source(run, src, sizeof src, err))
+        return -1;
+    if (src[0]) {
+        fy_host_model h;
+        int rc = fy_cli_host_load(src, &h, err) || fy_host_to_model(&h, m, err);
+        if (rc) fy_wrap(err, "the LoRA base %s of %s", src, run);
+        fy_host_free(&h);
+        if (rc) return -1;
+    } else if (fy_model_init_weights(m, o.seed, err)) {
+        return -1;
+    }
+    fy_lora_config lc = {o.lora_rank, o.lora_alpha, (unsigned)o.lora_targets, o.lora_dropout};
+    return fy_lora_base_record(m, run, NULL, 0, err) || fy_model_set_lora(m, &lc, err) ||
+                   fy_ckpt_load(ckpt_dir, m, NULL, NULL, err) || fy_model_lora_merge(m, err)
+               ? -1
+               : 0;
+}
+
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
     memset(out, 0, sizeof *out);
     if (fy_hf_is_dir(dir)) return load_hf(dir, backend_spec, out, err);
@@ -46,9 +76,19 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     if (fy_host_run_tokenizer(run, &cfg, &out->tok, err)) return -1;
     if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
     if (fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err)) goto fail;
-    if (fy_model_create(&out->model, &cfg, out->be, err) ||
-        fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err))
-        goto fail;
+    if (fy_model_create(&out->model, &cfg, out->be, err)) goto fail;
+    char *text = NULL;
+    size_t len;
+    if (fy_read_file(p, &text, &len, err)) goto fail;
+    cJSON *js = cJSON_Parse(text);
+    const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
+    const cJSON *r = f ? cJSON_GetObjectItemCaseSensitive(f, "lora_rank") : NULL;
+    int lora = cJSON_IsNumber(r) && r->valuedouble > 0;
+    cJSON_Delete(js);
+    int rc = lora ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
+                  : fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err);
+    free(text);
+    if (rc) goto fail;
     return 0;
 fail:
     fy_cli_unload(out);

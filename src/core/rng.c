@@ -4,15 +4,8 @@
 
 #include <math.h>
 
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 uint64_t fy_rng_u64(uint64_t seed, uint64_t stream, uint64_t counter) {
-    return splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ counter);
+    return fy_rng_mix(fy_rng_key(seed, stream) ^ counter);
 }
 
 float fy_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter) {

@@ -90,8 +90,9 @@ static void plan_free(step_plan *s) {
 
 static int check_items(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int n_items, fy_err *err) {
     const fy_config *cf = &m->cfg;
-    if (fy_params_is_shard(&m->tab))
+    if (fy_params_is_shard(BT(m)))
         return fy_fail(err, "decoding needs every routed expert; this model holds an expert-parallel shard");
+    if (m->lora) return fy_fail(err, "decoding with LoRA adapters is not supported yet (merge them into the base)");
     if (p->n_layers != cf->num_hidden_layers)
         return fy_fail(err, "KV pool of %d layers for a model of %d", p->n_layers, cf->num_hidden_layers);
     for (int i = 0; i < n_items; i++) {
@@ -198,7 +199,7 @@ static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item
         }
         for (int row = s->row0[i]; row < s->row0[i + 1]; row++)
             OPS->mla_decode(m->be, H, s->len[row], rkv, dn, dr, dv, fy_cfg_softmax_scale(cf),
-                            fy_add(a->q, (size_t)row * H * dqk), dqk, PW(m, m->tab.layer[li].kv_b), gc, rkv, gk, dr,
+                            fy_add(a->q, (size_t)row * H * dqk), dqk, PW(m, BT(m)->layer[li].kv_b), gc, rkv, gk, dr,
                             fy_add(a->att, (size_t)row * H * dv));
     }
     return 0;
@@ -208,7 +209,7 @@ static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item
 static int attn_batch(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it, int n_items, const step_plan *s,
                       fy_err *err) {
     const fy_config *cf = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = s->N, d = cf->hidden_size, H = cf->num_attention_heads, dqk = fy_cfg_qk_head_dim(cf);
     int dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, rkv = cf->kv_lora_rank;
@@ -252,12 +253,12 @@ static int batch_head(fy_model *m, const fy_batch_item *it, int n_items, const s
     for (int i = 0; i < n_items; i++) {
         if (!it[i].want_logits) continue;
         size_t row = (size_t)s->row0[i + 1] - 1;
-        OPS->rmsnorm_fwd(m->be, 1, d, fy_add(x, row * d), d, PW(m, m->tab.final_norm), c->rms_norm_eps,
+        OPS->rmsnorm_fwd(m->be, 1, d, fy_add(x, row * d), d, PW(m, BT(m)->final_norm), c->rms_norm_eps,
                          fy_add(ws->head_in, (size_t)j * d), d, fy_add(ws->rstd_head, j));
         j++;
     }
     if (j) {
-        fy__linear(m, j, d, V, ws->head_in, d, m->tab.head, m->logits, V, 0);
+        fy__linear(m, j, d, V, ws->head_in, d, BT(m)->head, m->logits, V, 0);
         OPS->download(m->be, logits, m->logits, (size_t)j * V);
     }
     return fy_be_sync(m->be, err);
@@ -273,7 +274,7 @@ static int run_layers(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int n
     for (int i = 0; i < n_items; i++) memcpy(tok + s->row0[i], it[i].tokens, (size_t)it[i].n * sizeof *tok);
     OPS->upload(m->be, ws->tok_in, tok, (size_t)s->N);
     free(tok);
-    OPS->gather_rows(m->be, s->N, d, PW(m, m->tab.embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
+    OPS->gather_rows(m->be, s->N, d, PW(m, BT(m)->embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
     fy_ref x = ws->x_emb;
     for (int li = 0; li < cf->num_hidden_layers; li++) {
         m->layer_acts[li].x_in = x;

@@ -58,42 +58,46 @@ static size_t expert_block(fy_model *m, int li, int el, int *n) {
 /* Each expert's SwiGLU on its rows of a->xs, outputs into y. */
 static void experts_forward(fy_model *m, int li, fy_ref y) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - BT(m)->exp_lo) * W->exp_stride;
         if (!n) continue;
+        if (m->lora) m->lora->keys = a->h_perm + r; /* dropout's key: each row's token */
         fy__swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                            W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                            fy_add(a->eh, r * f), fy_add(y, r * d), 0);
     }
+    if (m->lora) m->lora->keys = NULL;
 }
 
 /* Its backward: output gradients dy to input gradients dx (same rows),
  * accumulating the experts' weight gradients. */
 static void experts_backward(fy_model *m, int li, fy_ref dy, fy_ref dx) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &m->ws->s;
     int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
     for (int el = 0; el < hi - lo; el++) {
         int n;
-        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - m->tab.exp_lo) * W->exp_stride;
+        size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - BT(m)->exp_lo) * W->exp_stride;
+        if (m->lora) m->lora->keys = a->h_perm + r;
         fy__swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                             W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                             fy_add(a->eh, r * f), fy_add(dy, r * d), fy_add(dx, r * d), 0,
                             fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
     }
+    if (m->lora) m->lora->keys = NULL;
 }
 
 static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = m->B * m->T, d = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     int f = c->moe_intermediate_size, fs = f * c->n_shared_experts;
@@ -130,7 +134,7 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
 
 int fy__ffn_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = m->B * m->T, d = c->hidden_size;
     OPS->rmsnorm_fwd(m->be, N, d, a->x_mid, d, PW(m, W->ffn_norm), c->rms_norm_eps, a->ln2, d, a->rstd2);
@@ -143,7 +147,7 @@ int fy__ffn_forward(fy_model *m, int li, int need_grad, double *balance, fy_err 
 
 static int moe_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &m->ws->s;
     int N = m->B * m->T, d = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
@@ -184,7 +188,7 @@ static int moe_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
 
 int fy__ffn_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &m->ws->s;
     int N = m->B * m->T, d = c->hidden_size;
@@ -195,7 +199,7 @@ int fy__ffn_backward(fy_model *m, int li, fy_ref dres, fy_err *err) {
                             a->h, dres, s->dln, 0, s->dg, s->du, s->dh);
     }
     OPS->rmsnorm_bwd(m->be, N, d, a->x_mid, d, PW(m, W->ffn_norm), a->rstd2, s->dln, d, dres, d, 1,
-                     GW(m, W->ffn_norm));
+                     GN(m, W->ffn_norm));
     return 0;
 }
 

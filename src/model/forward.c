@@ -24,13 +24,13 @@ static double head_forward(fy_model *m, fy_ref x, size_t norm_w, fy_ref head_in,
     const fy_config *c = &m->cfg;
     int N = m->B * m->T, d = c->hidden_size, V = c->vocab_size;
     OPS->rmsnorm_fwd(m->be, N, d, x, d, PW(m, norm_w), c->rms_norm_eps, head_in, d, rstd);
-    fy__linear(m, N, d, V, head_in, d, m->tab.head, logits, V, 0);
+    fy__linear(m, N, d, V, head_in, d, BT(m)->head, logits, V, 0);
     if (!labels.buf) return 0;
     double sum = OPS->xent_fwdbwd(m->be, N, V, logits, labels, FY_IGNORE_INDEX, grad_scale,
                                   m->ws->losses, dlogits);
     if (grad_scale > 0) {
-        fy__linear_dx(m, N, d, V, dlogits, V, m->tab.head, dhead_in, d, 0);
-        fy__linear_dw(m, N, d, V, dlogits, V, head_in, d, m->tab.head);
+        fy__linear_dx(m, N, d, V, dlogits, V, BT(m)->head, dhead_in, d, 0);
+        fy__linear_dw(m, N, d, V, dlogits, V, head_in, d, BT(m)->head);
     }
     return sum;
 }
@@ -71,10 +71,10 @@ static int mtp_forward(fy_model *m, int k, const int32_t *inputs, const int32_t 
             lb[b * T + t] = in ? labels[b * T + t + k] : FY_IGNORE_INDEX;
         }
     int nk = count_valid(lb, N), li = c->num_hidden_layers + k - 1;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     OPS->upload(m->be, ws->mtp_tok[k - 1], tk, N);
     OPS->upload(m->be, ws->mtp_lab[k - 1], lb, N);
-    OPS->gather_rows(m->be, N, d, PW(m, m->tab.embed), d, ws->mtp_tok[k - 1], FY_NULL_REF, ws->mtp_emb[k - 1], d);
+    OPS->gather_rows(m->be, N, d, PW(m, BT(m)->embed), d, ws->mtp_tok[k - 1], FY_NULL_REF, ws->mtp_emb[k - 1], d);
     /* h' = W_eh [RMSNorm_e(emb) ; RMSNorm_h(h)]: both norms write
      * straight into the halves of the concatenation. */
     OPS->rmsnorm_fwd(m->be, N, d, ws->mtp_emb[k - 1], d, PW(m, W->enorm), c->rms_norm_eps, ws->mtp_cat[k - 1],
@@ -110,7 +110,7 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
     m->has_grad_heads = need_grad;
 
     OPS->upload(m->be, ws->tok_in, inputs, N);
-    OPS->gather_rows(m->be, N, d, PW(m, m->tab.embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
+    OPS->gather_rows(m->be, N, d, PW(m, BT(m)->embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
     double balance = 0;
     fy_ref x = ws->x_emb;
     for (int li = 0; li < L; li++) {
@@ -127,7 +127,7 @@ int fy_model_forward(fy_model *m, const int32_t *inputs, const int32_t *labels, 
         n_main = count_valid(labels, N);
     }
     ws->main_scale = need_grad && n_main ? 1.0f / n_main : 0.0f;
-    double sum = head_forward(m, h, m->tab.final_norm, ws->head_in, ws->rstd_head, m->logits, lab,
+    double sum = head_forward(m, h, BT(m)->final_norm, ws->head_in, ws->rstd_head, m->logits, lab,
                               ws->main_scale, ws->dlogits, ws->dhead_in);
     loss->n_main = n_main;
     loss->main = n_main ? sum / n_main : 0.0;

@@ -18,15 +18,24 @@ void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w
         return;
     }
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
+    const fy_lora_adapter *a = m->lora ? fy__lora_find(m, w) : NULL;
+    if (a) fy__lora_forward(m, a, N, x, ldx, y, ldy);
 }
 
 void fy__linear_dx(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, size_t w, fy_ref dx, int lddx,
                    float beta) {
     OPS->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, lddy, PW(m, w), in, beta, dx, lddx);
+    const fy_lora_adapter *a = m->lora ? fy__lora_find(m, w) : NULL;
+    if (a) fy__lora_dx(m, a, N, dy, lddy, dx, lddx);
 }
 
 void fy__linear_dw(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, fy_ref x, int ldx, size_t w) {
     if (N == 0) return;
+    if (m->lora) { /* the base is frozen: skipping its dW is where LoRA saves time */
+        const fy_lora_adapter *a = fy__lora_find(m, w);
+        if (a) fy__lora_dw(m, a, N, dy, lddy, x, ldx);
+        return;
+    }
     OPS->gemm(m->be, 1, 0, out, in, N, 1.0f, dy, lddy, x, ldx, 1.0f, GW(m, w), in);
 }
 
@@ -77,7 +86,7 @@ fy_rope_params fy_model_rope_params(const fy_config *c) {
 
 void fy__attn_forward(fy_model *m, int li) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;
     int dqk = fy_cfg_qk_head_dim(c), dn = c->qk_nope_head_dim, dv = c->v_head_dim;
@@ -115,7 +124,7 @@ void fy__attn_forward(fy_model *m, int li) {
 
 void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     fy_layer_acts *a = &m->layer_acts[li];
     scratch *s = &m->ws->s;
     int N = m->B * m->T, d = c->hidden_size, H = c->num_attention_heads;
@@ -141,7 +150,7 @@ void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
     fy__linear_dx(m, N, rkv, H * (dn + dv), s->dkv, H * (dn + dv), W->kv_b, s->dckv, rkv, 0);
     fy__linear_dw(m, N, rkv, H * (dn + dv), s->dkv, H * (dn + dv), a->ckv_n, rkv, W->kv_b);
     OPS->rmsnorm_bwd(m->be, N, rkv, a->kva, rkv + dr, PW(m, W->kv_a_norm), a->rstd_kv, s->dckv, rkv,
-                     s->dkva, rkv + dr, 0, GW(m, W->kv_a_norm));
+                     s->dkva, rkv + dr, 0, GN(m, W->kv_a_norm));
     fy__linear_dx(m, N, d, rkv + dr, s->dkva, rkv + dr, W->kv_a, s->dln, d, 0);
     fy__linear_dw(m, N, d, rkv + dr, s->dkva, rkv + dr, a->ln1, d, W->kv_a);
 
@@ -149,7 +158,7 @@ void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
         fy__linear_dx(m, N, rq, H * dqk, s->dq, H * dqk, W->q_b, s->dqa_n, rq, 0);
         fy__linear_dw(m, N, rq, H * dqk, s->dq, H * dqk, a->qa_n, rq, W->q_b);
         OPS->rmsnorm_bwd(m->be, N, rq, a->qa, rq, PW(m, W->q_a_norm), a->rstd_qa, s->dqa_n, rq,
-                         s->dqa, rq, 0, GW(m, W->q_a_norm));
+                         s->dqa, rq, 0, GN(m, W->q_a_norm));
         fy__linear_dx(m, N, d, rq, s->dqa, rq, W->q_a, s->dln, d, 1.0f);
         fy__linear_dw(m, N, d, rq, s->dqa, rq, a->ln1, d, W->q_a);
     } else {
@@ -157,6 +166,6 @@ void fy__attn_backward(fy_model *m, int li, fy_ref dres) {
         fy__linear_dw(m, N, d, H * dqk, s->dq, H * dqk, a->ln1, d, W->q);
     }
     OPS->rmsnorm_bwd(m->be, N, d, a->x_in, d, PW(m, W->attn_norm), a->rstd1, s->dln, d, dres, d, 1,
-                     GW(m, W->attn_norm));
+                     GN(m, W->attn_norm));
 }
 

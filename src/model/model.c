@@ -42,6 +42,7 @@ void fy_model_free(fy_model *m) {
         if (m->buffers.handle) fy_be_free(m->be, &m->buffers);
     }
     fy_model_free_decode_quant(m);
+    fy__lora_free(m);
     fy__free_workspace(m);
     free(m->layer_acts);
     free(m->ws);
@@ -65,13 +66,13 @@ static int is_output_proj(const char *name) {
 int fy_model_init_weights(fy_model *m, uint64_t seed, fy_err *err) {
     const fy_config *c = &m->cfg;
     size_t maxn = 0;
-    for (int i = 0; i < m->tab.n; i++)
-        if (m->tab.t[i].n > maxn) maxn = m->tab.t[i].n;
+    for (int i = 0; i < BT(m)->n; i++)
+        if (BT(m)->t[i].n > maxn) maxn = BT(m)->t[i].n;
     float *host = malloc(maxn * sizeof(float));
     if (!host) return fy_fail(err, "out of memory initialising weights");
     float out_std = c->initializer_range / sqrtf(2.0f * c->num_hidden_layers);
-    for (int i = 0; i < m->tab.n; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
+    for (int i = 0; i < BT(m)->n; i++) {
+        const fy_tensor_info *t = &BT(m)->t[i];
         if (t->is_buffer) {
             for (size_t j = 0; j < t->n; j++) host[j] = 0.0f;
             OPS->upload(m->be, fy_at(&m->buffers, t->off), host, t->n);
@@ -90,6 +91,7 @@ int fy_model_init_weights(fy_model *m, uint64_t seed, fy_err *err) {
     return fy_be_sync(m->be, err);
 }
 
+/* With LoRA adapters on, m->grads is the adapter block's (model/lora.h). */
 void fy_model_zero_grad(fy_model *m) {
     OPS->fill(m->be, fy_at(&m->grads, 0), 0.0f, m->grads.n);
 }
@@ -97,11 +99,14 @@ void fy_model_zero_grad(fy_model *m) {
 int fy_model_update_bias(fy_model *m, fy_err *err) {
     const fy_config *c = &m->cfg;
     int E = c->n_routed_experts;
-    if (E == 0) return 0;
+    /* A frozen base keeps its router bias too: an adapter must be trained
+     * against the base it will be loaded onto. */
+    if (m->lora) memset(m->loads, 0, (size_t)BT(m)->n_layers * E * sizeof *m->loads);
+    if (E == 0 || m->lora) return 0;
     float *b = malloc(E * sizeof *b);
     if (!b) return fy_fail(err, "out of memory");
-    for (int li = 0; li < m->tab.n_layers; li++) {
-        const fy_layer_offs *W = &m->tab.layer[li];
+    for (int li = 0; li < BT(m)->n_layers; li++) {
+        const fy_layer_offs *W = &BT(m)->layer[li];
         if (!W->moe) continue;
         int64_t *load = &m->loads[(size_t)li * E], total = 0;
         for (int e = 0; e < E; e++) total += load[e];
@@ -122,7 +127,7 @@ int fy_model_update_bias(fy_model *m, fy_err *err) {
 /* ---- what the last forward left in the workspace ---- */
 
 int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_err *err) {
-    if (layer < 0 || layer >= m->tab.n_layers || !m->tab.layer[layer].moe)
+    if (layer < 0 || layer >= BT(m)->n_layers || !BT(m)->layer[layer].moe)
         return fy_fail(err, "layer %d is not an MoE layer", layer);
     if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
     size_t n = (size_t)m->B * m->T * m->cfg.num_experts_per_tok;
@@ -133,7 +138,7 @@ int fy_model_router_choice(fy_model *m, int layer, int32_t *idx, float *w, fy_er
 
 int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref *kpe, int *ld_kpe,
                        fy_err *err) {
-    if (layer < 0 || layer >= m->tab.n_layers) return fy_fail(err, "no layer %d", layer);
+    if (layer < 0 || layer >= BT(m)->n_layers) return fy_fail(err, "no layer %d", layer);
     if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
     int rkv = m->cfg.kv_lora_rank, dr = m->cfg.qk_rope_head_dim;
     *ckv = m->layer_acts[layer].ckv_n;
@@ -144,8 +149,8 @@ int fy_model_latent_kv(fy_model *m, int layer, fy_ref *ckv, int *ld_ckv, fy_ref 
 }
 
 int fy_model_activation(fy_model *m, int layer, const char *name, fy_ref *out, size_t *n, fy_err *err) {
-    if (layer < 0 || layer >= m->tab.n_layers)
-        return fy_fail(err, "no layer %d (the model has %d, MTP included)", layer, m->tab.n_layers);
+    if (layer < 0 || layer >= BT(m)->n_layers)
+        return fy_fail(err, "no layer %d (the model has %d, MTP included)", layer, BT(m)->n_layers);
     if (!m->acts.handle) return fy_fail(err, "no forward has run yet");
     const fy_config *c = &m->cfg;
     const fy_layer_acts *a = &m->layer_acts[layer];

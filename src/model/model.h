@@ -75,6 +75,10 @@ typedef struct fy_model {
         size_t *w_off, *q_off, *s_off;
     } dq;
 
+    /* LoRA adapters (model/lora.h, fy_model_set_lora); NULL: off, and
+     * every pass is what it is without them. */
+    struct fy_lora *lora;
+
     /* Called by fy_model_backward as gradients become final; see
      * fy_model_set_grad_ready. */
     int (*grad_ready)(void *ctx, size_t lo, size_t hi, int first, fy_err *err);
@@ -153,7 +157,8 @@ void fy_model_set_grad_ready(fy_model *m, int (*fn)(void *ctx, size_t lo, size_t
 void fy_model_expert_range(const fy_model *m, int p, int *lo, int *hi);
 
 /* b_i += gamma * sign(mean_load - load_i) per MoE layer, from the loads
- * counted by the forwards since the last call; then resets the counts. */
+ * counted by the forwards since the last call; then resets the counts.
+ * With LoRA adapters on (a frozen base) only the reset. */
 int fy_model_update_bias(fy_model *m, fy_err *err);
 
 /* The rope op's parameters for a config: plain RoPE, or YaRN's frequencies

@@ -13,6 +13,8 @@
  *                             routing, experts (calls layer.c, moe_ep.c)
  *                 layer.c     linear (+dx, dw), SwiGLU, MLA attention
  *   bottom        workspace.c activation buffers and host routing tables
+ *                 lora.c      LoRA adapters: targets, table, init
+ *                 lora_ops.c  the adapters' forward and backward
  *                 quant.c     Q8_0 copy of the decode weights
  *                 moe_ep.c    expert-parallel row exchange between ranks
  *                 params.c, config.c (public: model/params.h, config.h)
@@ -20,13 +22,22 @@
 #ifndef FY_MODEL_IMPL_H
 #define FY_MODEL_IMPL_H
 
+#include "model/lora.h"
 #include "model/model.h"
 
 /* The passes read as math: OPS is the backend's kernel table, PW/GW a
  * parameter's weights and gradient at table offset off (each .c has an m). */
 #define OPS (m->be->ops)
-static inline fy_ref PW(fy_model *m, size_t off) { return fy_at(&m->params, off); }
+/* BT: the base model's table. With LoRA adapters on, m->tab, m->params and
+ * m->grads are the adapter block (what a run trains) and the base lives in
+ * m->lora (model/lora.h); the passes read it through BT and PW. */
+/* GW: a base weight's gradient; never with LoRA adapters on (frozen base). */
 static inline fy_ref GW(fy_model *m, size_t off) { return fy_at(&m->grads, off); }
+static inline const fy_param_table *BT(const fy_model *m) { return m->lora ? &m->lora->base_tab : &m->tab; }
+static inline fy_ref PW(fy_model *m, size_t off) { return fy_at(m->lora ? &m->lora->base_params : &m->params, off); }
+/* A norm weight's gradient: GW, or with LoRA adapters on (a frozen base)
+ * a scratch the rmsnorm backward may write and nobody reads. */
+static inline fy_ref GN(fy_model *m, size_t off) { return m->lora ? fy_at(&m->lora->dump, 0) : GW(m, off); }
 
 struct fy_layer_acts {
     fy_ref x_in, x_mid, x_out;            /* [N, d] residual stream */
@@ -73,6 +84,10 @@ typedef struct fy_model_ws {
     /* batch steps (batch.c) without the backend's mla_paged: one
      * sequence's latent KV gathered contiguous, grown on demand */
     fy_buf kv_gather;
+    /* LoRA (lora_ops.c): u = x A^T and g = s dy B of one adapted linear
+     * at a time, [rows, r] for the most rows a linear gets */
+    fy_ref lora_u, lora_g;
+    fy_ref lora_x;                        /* [rows, max in]: dropout's masked x, or g A */
 } model_ws;
 
 /* ---- workspace.c: the activation workspace ---- */
@@ -88,6 +103,19 @@ void fy__free_workspace(fy_model *m);
  * quants *q and scales *s; 0 when there is none. */
 int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
 
+/* ---- lora.c, lora_ops.c: LoRA adapters ---- */
+
+/* Frees m->lora (and sets it NULL). */
+void fy__lora_free(fy_model *m);
+/* The adapter of the base weight at params offset w, or NULL. */
+const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w);
+/* y[N, out] += s B (A x) */
+void fy__lora_forward(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, int ldx, fy_ref y, int ldy);
+/* dx[N, in] += s (dy B) A */
+void fy__lora_dx(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref dx, int lddx);
+/* The adapter's gradients dA, dB += ... from dy and the linear's input x. */
+void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref x, int ldx);
+
 /* ---- layer.c: linear layers, SwiGLU, whole-sequence attention ---- */
 
 /* y[N, out] (=|+= by beta) x[N, in] @ W^T for the parameter at offset w
@@ -98,7 +126,9 @@ void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w
 /* dx[N, in] (=|+= by beta) dy[N, out] @ W. */
 void fy__linear_dx(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, size_t w, fy_ref dx, int lddx,
                    float beta);
-/* dW[out, in] += dy^T @ x. */
+/* dW[out, in] += dy^T @ x; with LoRA adapters on, the base is frozen:
+ * no dW, only the adapter's gradients (when w has one). fy__linear and
+ * fy__linear_dx add the adapter's share of y and dx. */
 void fy__linear_dw(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, fy_ref x, int ldx, size_t w);
 /* y (=|+= by beta) down(silu(gate x) * up x), keeping g, u, h for backward. */
 void fy__swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, size_t wu, size_t wd, fy_ref g,

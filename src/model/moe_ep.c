@@ -53,6 +53,7 @@ int fy_model_set_expert_parallel(fy_model *m, const fy_expert_parallel *ep, fy_e
                            size, size, m->cfg.n_routed_experts);
     }
     if (m->dq.n) return fy_fail(err, "expert parallel: the model holds decode weights (decoding needs every expert)");
+    if (m->lora) return fy_fail(err, "expert parallel with LoRA adapters is not supported yet");
     const int rank = size > 1 ? ep->rank : 0;
     const int64_t E = m->cfg.n_routed_experts;
     /* A table that is not this rank's already (the whole one for size 1) is

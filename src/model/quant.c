@@ -50,7 +50,7 @@ static size_t decode_matrices(const fy_model *m, size_t *out) {
     const fy_config *c = &m->cfg;
     size_t n = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        const fy_layer_offs *W = &m->tab.layer[l];
+        const fy_layer_offs *W = &BT(m)->layer[l];
         const size_t one[] = {W->q_a, W->q_b, W->q, W->kv_a, W->o, W->gate, W->up, W->down,
                               W->sh_gate, W->sh_up, W->sh_down};
         for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
@@ -62,14 +62,14 @@ static size_t decode_matrices(const fy_model *m, size_t *out) {
                 out[n++] = W->exp_down + (size_t)e * W->exp_stride;
             }
     }
-    out[n++] = m->tab.head;
+    out[n++] = BT(m)->head;
     return n;
 }
 
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     fy_model_free_decode_quant(m);
     if (q == FY_QUANT_F32) return 0;
-    if (fy_params_is_shard(&m->tab))
+    if (fy_params_is_shard(BT(m)))
         return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
     if (!OPS->linear_q8)
         return fy_fail(err, "backend %s has no Q8_0 kernel (linear_q8): use --weights f32", OPS->name);
@@ -92,8 +92,8 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     int n = 0;
     for (size_t i = 0; i < nc; i++) {
         const fy_tensor_info *t = NULL;
-        for (int j = 0; j < m->tab.n && !t; j++)
-            if (!m->tab.t[j].is_buffer && m->tab.t[j].ndim == 2 && m->tab.t[j].off == cand[i]) t = &m->tab.t[j];
+        for (int j = 0; j < BT(m)->n && !t; j++)
+            if (!BT(m)->t[j].is_buffer && BT(m)->t[j].ndim == 2 && BT(m)->t[j].off == cand[i]) t = &BT(m)->t[j];
         if (!t || t->shape[1] % FY_Q8_BLOCK) continue;
         ti[n] = t;
         dq->w_off[n] = t->off;
@@ -114,7 +114,7 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     }
     for (int i = 0; i < n; i++) {
         int rows = ti[i]->shape[0], in = ti[i]->shape[1];
-        OPS->download(m->be, host, fy_at(&m->params, ti[i]->off), ti[i]->n);
+        OPS->download(m->be, host, PW(m, ti[i]->off), ti[i]->n);
         fy_q8_quantize(host, rows, in, in, hq, hs);
         OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), hq, ti[i]->n / 4);
         OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), hs, ti[i]->n / FY_Q8_BLOCK);

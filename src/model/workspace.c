@@ -19,7 +19,7 @@ static fy_ref take(planner *p, size_t n) {
 
 static void plan_layer(fy_model *m, planner *p, fy_layer_acts *a, int li, int N) {
     const fy_config *c = &m->cfg;
-    const fy_layer_offs *W = &m->tab.layer[li];
+    const fy_layer_offs *W = &BT(m)->layer[li];
     int d = c->hidden_size, H = c->num_attention_heads, dqk = fy_cfg_qk_head_dim(c);
     int dn = c->qk_nope_head_dim, dv = c->v_head_dim, rkv = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     a->x_mid = take(p, (size_t)N * d);
@@ -107,7 +107,7 @@ static void plan_all(fy_model *m, planner *p, int N) {
         ws->mtp_dhead_in[k] = take(p, (size_t)N * d);
         ws->mtp_rstd_head[k] = take(p, N);
     }
-    for (int li = 0; li < m->tab.n_layers; li++) plan_layer(m, p, &m->layer_acts[li], li, N);
+    for (int li = 0; li < BT(m)->n_layers; li++) plan_layer(m, p, &m->layer_acts[li], li, N);
 
     s->dln = take(p, (size_t)N * d);
     s->dq = take(p, (size_t)N * H * dqk);
@@ -136,12 +136,18 @@ static void plan_all(fy_model *m, planner *p, int N) {
         s->deh = take(p, cNK * f);
         if (fy__ep_cap(m) > 1) ws->ep_tmp = take(p, cNK * d);
     }
+    if (m->lora) { /* the most rows one linear gets: all tokens, or one expert's on its owner */
+        size_t rows = E > 0 && NK * fy__ep_cap(m) > (size_t)N ? NK * fy__ep_cap(m) : (size_t)N;
+        ws->lora_u = take(p, rows * m->lora->cfg.rank);
+        ws->lora_g = take(p, rows * m->lora->cfg.rank);
+        if (m->lora->cfg.dropout > 0) ws->lora_x = take(p, rows * m->lora->max_in);
+    }
 }
 
 /* The host tables fy__reserve makes for one shape. */
 static void free_tables(fy_model *m) {
     if (!m->layer_acts) return;
-    for (int li = 0; li < m->tab.n_layers; li++) {
+    for (int li = 0; li < BT(m)->n_layers; li++) {
         fy_layer_acts *a = &m->layer_acts[li];
         free(a->counts); free(a->offs); free(a->h_idx); free(a->h_perm); free(a->h_flat); free(a->ep_rc);
         a->counts = a->offs = a->h_idx = a->h_perm = a->h_flat = a->ep_rc = NULL;
@@ -177,9 +183,9 @@ int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
         plan_all(m, &p, N); /* same offsets, now with the buffer in place */
     }
     int E = m->cfg.n_routed_experts, K = m->cfg.num_experts_per_tok;
-    for (int li = 0; li < m->tab.n_layers; li++) {
+    for (int li = 0; li < BT(m)->n_layers; li++) {
         fy_layer_acts *a = &m->layer_acts[li];
-        if (!m->tab.layer[li].moe) continue;
+        if (!BT(m)->layer[li].moe) continue;
         a->counts = calloc(E, sizeof(int));
         a->offs = calloc(E + 1, sizeof(int));
         a->h_idx = calloc((size_t)N * K, sizeof(int));

@@ -19,10 +19,12 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "parallel/dp.h"
+#include "model/lora.h"
 #include "parallel/ep.h"
 #include "train/guard.h"
 #include "train/inject.h"
 #include "train/jsonl.h"
+#include "train/lora_base.h"
 #include "train/loader.h"
 #include "train/plot.h"
 
@@ -43,6 +45,9 @@ void fy_train_opts_default(fy_train_opts *o) {
     o->grad_buckets = 0; /* measured slower with Open MPI here: docs/SCALING.md */
     o->bucket_mb = 25;   /* PyTorch DDP's bucket_cap_mb */
     o->zero = 1;
+    o->lora_alpha = 16.0f;            /* with rank 8: scale 2, a common choice */
+    o->lora_targets = FY_LORA_ALL;
+    o->lora_base_seeded = 1;
     fy_guard_opts_default(&o->guard);
 }
 
@@ -96,6 +101,11 @@ static const opt_key opt_keys[] = {
     KEY("grad_buckets", 0, 2, K_INT, grad_buckets),
     KEY("bucket_mb", 0, 1e6, K_FLOAT, bucket_mb),
     KEY("zero", 0, 1, K_INT, zero),
+    KEY("lora_rank", 0, 65536, K_INT, lora_rank),
+    KEY("lora_alpha", 0, 1e6, K_FLOAT, lora_alpha),
+    KEY("lora_dropout", 0, 0.999, K_FLOAT, lora_dropout),
+    KEY("lora_targets", 0, FY_LORA_ALL, K_INT, lora_targets),
+    KEY("lora_base_seeded", 0, 1, K_INT, lora_base_seeded),
 };
 #undef KEY
 
@@ -501,6 +511,8 @@ static int forward_backward(run *R, const attempt *a, fy_inject *inj, step_resul
         size_t off = (size_t)j * mb * R->T;
         fy_be_fault_phase(m->be, "forward");
         fy_model_zero_grad(m);
+        /* LoRA dropout's key: this micro-batch's first token in the global batch */
+        fy_model_lora_dropout_key(m, R->o->seed, step, (int64_t)fy_dp_micro_index(&R->dp, j) * mb * R->T);
         if (fy_model_forward(m, R->in + off, R->lab + off, mb, R->T, 1, &part[j], err))
             return fy_wrap(err, "step %d", step);
         if (inj && inj->n && j == 0) {
@@ -994,15 +1006,48 @@ static int open_metrics(run *R, fy_err *err) {
     return 0;
 }
 
+/* LoRA: the frozen base (the seeded init or init_weights; on resume too,
+ * since the checkpoints hold only the adapters), then the adapters, which
+ * become the model's trainable block before the optimizer is sized. */
+static int lora_setup(run *R, int resume, fy_err *err) {
+    const fy_train_opts *o = R->o;
+    fy_model *m = R->m;
+    if (resume && !o->lora_base_seeded && !o->init_weights)
+        return fy_fail(err, "this LoRA run's base came from --init-from and was not loaded again");
+    /* The backward reports no bucket ranges with adapters on (model/lora.h). */
+    if (o->grad_buckets)
+        return fy_fail(err, "LoRA with --grad-buckets is not supported yet (the adapters' gradients are reduced after "
+                            "the backward)");
+    fy_lora_config lc = {o->lora_rank, o->lora_alpha, (unsigned)o->lora_targets, o->lora_dropout};
+    size_t base = fy_params_count(&m->tab);
+    if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))
+        return fy_wrap(err, "LoRA base");
+    /* The base is recorded when the run starts and must match on resume. */
+    if ((resume || R->rank0) &&
+        fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, err))
+        return fy_wrap(err, "LoRA base of %s", R->run_dir);
+    if (fy_model_set_lora(m, &lc, err)) return fy_wrap(err, "LoRA");
+    char t[256];
+    fy_lora_targets_string(lc.targets, t, sizeof t);
+    if (R->rank0)
+        printf("LoRA: rank %d, alpha %g, dropout %g on %s: %d adapters, %zu trainable of %zu parameters (base frozen)\n",
+               lc.rank, lc.alpha, lc.dropout, t, m->lora->n_ad, fy_params_count(&m->tab), base);
+    return 0;
+}
+
 /* Everything before the first step: parallelism, fault injection, data,
  * optimizer, weights (initialised or resumed), metrics, batch buffers. */
 static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
-    if (attach_experts(R, err) || setup_inject(R, err)) return -1;
+    /* LoRA before fault injection: its tensors are the adapters then. */
+    if (attach_experts(R, err) || (R->o->lora_rank > 0 && lora_setup(R, resume, err)) || setup_inject(R, err))
+        return -1;
     if (fy_loss_window_init(&R->win, R->g->spike_window)) return fy_fail(err, "out of memory");
     if (setup_data_parallel(R, data_dir, err)) return -1;
     const fy_train_opts *o = R->o;
     if (resume ? resume_run(R, err)
-               : o->init_weights ? o->init_weights(R->m, o->init_ctx, err) : fy_model_init_weights(R->m, o->seed, err))
+        : o->lora_rank > 0 ? fy_model_lora_init(R->m, o->seed, err) /* the base is in place (lora_setup) */
+        : o->init_weights  ? o->init_weights(R->m, o->init_ctx, err)
+                           : fy_model_init_weights(R->m, o->seed, err))
         return -1;
     /* DiLoCo restarts the outer momentum at zero on resume (docs/SCALING.md). */
     if (fy_dp_set_anchor(&R->dp, R->m, err) || open_metrics(R, err) ||

@@ -38,6 +38,17 @@ typedef struct fy_train_opts {
     struct fy_comm *comm; /* the job's ranks; NULL: this process alone */
     const char *inject;   /* fault-injection spec (train/inject.h; the CLI passes FERRY_INJECT); NULL or "": none.
                            * Not a config key: never saved with the run */
+    /* LoRA (model/lora.h, docs/FINETUNE.md): lora_rank > 0 trains adapters
+     * of lora_rank on the frozen base (the seeded init, or init_weights);
+     * checkpoints then hold the adapters and their moments only.
+     * lora_targets: FY_LORA_* bits; lora_base_seeded: 1 when the base is
+     * the seeded init (so a resume can rebuild it), 0 after --init-from.
+     * ferry.lora_* */
+    int lora_rank, lora_targets, lora_base_seeded;
+    float lora_alpha, lora_dropout;
+    /* Where a LoRA run's base came from, for RUN_DIR/lora_base.json
+     * (train/lora_base.h; NULL: the seeded init). Not a config key. */
+    const char *lora_base;
     /* A new run's first weights (ferry train --init-from): when set, called
      * instead of fy_model_init_weights (never on resume). Not a config key. */
     int (*init_weights)(fy_model *m, void *ctx, fy_err *err);

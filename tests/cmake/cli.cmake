@@ -18,3 +18,10 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/init_from_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_init_from_work)
   set_tests_properties(cli_init_from PROPERTIES LABELS cli TIMEOUT 120)
 endif()
+
+# ferry train --lora-* (tests/cli/lora_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_lora
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/lora_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_lora_work)
+  set_tests_properties(cli_lora PROPERTIES LABELS cli TIMEOUT 300)
+endif()

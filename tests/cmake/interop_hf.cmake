@@ -11,3 +11,5 @@ target_link_libraries(hf_selftest PRIVATE ferrycore)
 add_test(NAME interop_hf_selftest COMMAND sh -c "rm -rf \"$1\" && exec \"$0\" \"$1\""
   $<TARGET_FILE:hf_selftest> ${CMAKE_CURRENT_BINARY_DIR}/tmp/interop_hf_selftest)
 set_tests_properties(interop_hf_selftest PROPERTIES LABELS interop ENVIRONMENT "OMP_NUM_THREADS=2;FERRY_LOG=warn")
+# A LoRA run's PEFT export loaded with peft onto the base's export (tools/interop/peft_check.py).
+fy_interop_test(interop_peft tools/interop/peft_check.py --probe $<TARGET_FILE:hf_probe>)

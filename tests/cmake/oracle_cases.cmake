@@ -7,7 +7,7 @@ add_executable(oracle_train ${CMAKE_SOURCE_DIR}/tests/oracle/oracle_train.c)
 target_link_libraries(oracle_train PRIVATE ferrycore)
 
 set(FERRY_ORACLE_VARIANTS base noqlora group nonorm mtp0 mtp2 dense moeonly seq1 noshared nobalance odd
-    yarn yarnaf)
+    yarn yarnaf lora lora_noqlora lora_dropout)
 foreach(v ${FERRY_ORACLE_VARIANTS})
   set(dir ${CMAKE_CURRENT_BINARY_DIR}/oracle/${v})
   add_test(NAME oracle_case_${v}

@@ -8,15 +8,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "backend/backend.h"
 #include "ckpt/safetensors.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "model/lora.h"
 #include "model/model.h"
 
 typedef struct variant {
     const char *name;
     void (*apply)(fy_config *c, int *B, int *T);
+    int lora; /* LoRA adapters on every target (lora_case below); 2: with dropout */
 } variant;
 
 /* The base shape: nothing a multiple of 8, every feature on. */
@@ -62,10 +66,11 @@ static void v_yarnaf(fy_config *c, int *B, int *T) {
 }
 
 static const variant variants[] = {
-    {"base", v_base}, {"noqlora", v_noqlora}, {"group", v_group}, {"nonorm", v_nonorm},
-    {"mtp0", v_mtp0}, {"mtp2", v_mtp2}, {"dense", v_dense}, {"moeonly", v_moeonly},
-    {"seq1", v_seq1}, {"noshared", v_noshared}, {"nobalance", v_nobalance}, {"odd", v_odd},
-    {"yarn", v_yarn}, {"yarnaf", v_yarnaf},
+    {"base", v_base, 0}, {"noqlora", v_noqlora, 0}, {"group", v_group, 0}, {"nonorm", v_nonorm, 0},
+    {"mtp0", v_mtp0, 0}, {"mtp2", v_mtp2, 0}, {"dense", v_dense, 0}, {"moeonly", v_moeonly, 0},
+    {"seq1", v_seq1, 0}, {"noshared", v_noshared, 0}, {"nobalance", v_nobalance, 0}, {"odd", v_odd, 0},
+    {"yarn", v_yarn, 0}, {"yarnaf", v_yarnaf, 0},
+    {"lora", v_base, 1}, {"lora_noqlora", v_noqlora, 1}, {"lora_dropout", v_base, 2},
 };
 #define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
 
@@ -80,6 +85,71 @@ static int create_backend(const char *spec, fy_backend **be, fy_err *err) {
         exit(77);
     }
     return -1;
+}
+
+/* Adapters on every target (experts included), rank 3, alpha 5, PEFT's
+ * init for A and a random B (PEFT's zero B would leave the logits and A's
+ * gradient untouched and so untested); dropout 0.2 with variant lora 2,
+ * keyed by seed 77, step 5, first token 123. Adds the adapters and their
+ * gradients to w after the backward (dump_lora) and writes DIR/lora.json
+ * (with each adapted weight's dropout stream, its tensor id). */
+/* Whether base weight offset w has an adapter (the table is small). */
+static int has_adapter(const fy_lora *L, size_t w) {
+    for (int i = 0; i < L->n_ad; i++)
+        if (L->ad[i].w == w) return 1;
+    return 0;
+}
+
+static int lora_case(fy_model *m, uint64_t seed, int dropout, fy_err *err) {
+    fy_lora_config lc = {.rank = 3, .alpha = 5.0f, .targets = FY_LORA_ALL, .dropout = dropout ? 0.2f : 0.0f};
+    if (fy_model_set_lora(m, &lc, err) || fy_model_lora_init(m, seed, err)) return -1;
+    fy_model_lora_dropout_key(m, 77, 5, 123);
+    float *p = malloc(m->tab.n_params * sizeof *p);
+    m->be->ops->download(m->be, p, fy_at(&m->params, 0), m->tab.n_params);
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        if (strstr(t->name, ".lora_B."))
+            for (size_t j = 0; j < t->n; j++) p[t->off + j] = 0.3f * fy_rng_normal(seed, 9000 + i, j);
+    }
+    m->be->ops->upload(m->be, fy_at(&m->params, 0), p, m->tab.n_params);
+    free(p);
+    return fy_be_sync(m->be, err);
+}
+
+static int dump_lora(fy_model *m, fy_st_writer *w, float **keep, const char *out, fy_err *err) {
+    fy_lora *L = m->lora;
+    float *p = malloc(m->tab.n_params * sizeof *p), *g = malloc(m->tab.n_params * sizeof *g);
+    char (*gn)[160] = calloc(m->tab.n, sizeof *gn);
+    keep[0] = p, keep[1] = g, keep[2] = (float *)gn;
+    m->be->ops->download(m->be, p, fy_at(&m->params, 0), m->tab.n_params);
+    m->be->ops->download(m->be, g, fy_at(&m->grads, 0), m->tab.n_params);
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        int64_t shape[2] = {t->shape[0], t->shape[1]};
+        snprintf(gn[i], sizeof gn[i], "grad.%s", t->name);
+        fy_st_writer_add(w, t->name, FY_ST_F32, 2, shape, p + t->off, NULL);
+        fy_st_writer_add(w, gn[i], FY_ST_F32, 2, shape, g + t->off, NULL);
+    }
+    char targets[256], path[4096];
+    fy_lora_targets_string(L->cfg.targets, targets, sizeof targets);
+    cJSON *j = cJSON_CreateObject(), *streams = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "rank", L->cfg.rank);
+    cJSON_AddNumberToObject(j, "alpha", L->cfg.alpha);
+    cJSON_AddStringToObject(j, "targets", targets);
+    cJSON_AddNumberToObject(j, "dropout", L->cfg.dropout);
+    cJSON_AddNumberToObject(j, "seed", (double)L->seed);
+    cJSON_AddNumberToObject(j, "step", L->step);
+    cJSON_AddNumberToObject(j, "row0", (double)L->row0);
+    const fy_param_table *bt = &L->base_tab;
+    for (int i = 0; i < bt->n; i++)
+        if (has_adapter(L, bt->t[i].off)) cJSON_AddNumberToObject(streams, bt->t[i].name, bt->t[i].id);
+    cJSON_AddItemToObject(j, "streams", streams);
+    char *js = cJSON_Print(j);
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "%s/lora.json", out);
+    int rc = !js || fy_mkdir_p(out, err) || fy_write_file_atomic(path, js, strlen(js), err) ? -1 : 0;
+    free(js);
+    return rc;
 }
 
 static int base_config(fy_config *c, fy_err *err) {
@@ -152,6 +222,8 @@ int main(int argc, char **argv) {
     be->ops->upload(be, fy_at(&m.params, 0), params, m.tab.n_params);
     if (m.tab.n_buffers) be->ops->upload(be, fy_at(&m.buffers, 0), bufs, m.tab.n_buffers);
 
+    if (var->lora && lora_case(&m, seed, var->lora == 2, &err)) goto fail;
+
     int N = B * T, V = c.vocab_size, K = c.num_experts_per_tok;
     int32_t *in = malloc(N * sizeof *in), *lab = malloc(N * sizeof *lab);
     for (int i = 0; i < N; i++) {
@@ -166,16 +238,19 @@ int main(int argc, char **argv) {
     lossf[0] = (float)loss.total; lossf[1] = (float)loss.main; lossf[2] = (float)loss.balance;
     for (int k = 0; k < FY_MAX_MTP; k++) lossf[4 + k] = (float)loss.mtp[k];
     float *logits = malloc((size_t)N * V * sizeof(float));
+    /* With adapters on, the base (base_tab) has no gradients: only its
+     * weights are written (params holds them from before the swap). */
+    const fy_param_table *bt = m.lora ? &m.lora->base_tab : &m.tab;
     float *grads = malloc(m.tab.n_params * sizeof(float));
     be->ops->download(be, logits, fy_model_logits(&m), (size_t)N * V);
     be->ops->download(be, grads, fy_at(&m.grads, 0), m.tab.n_params);
 
     fy_st_writer *w = fy_st_writer_new();
-    for (int i = 0; i < m.tab.n; i++) {
-        const fy_tensor_info *t = &m.tab.t[i];
+    for (int i = 0; i < bt->n; i++) {
+        const fy_tensor_info *t = &bt->t[i];
         int64_t shape[2] = {t->shape[0], t->shape[1]};
         fy_st_writer_add(w, t->name, FY_ST_F32, t->ndim, shape, t->is_buffer ? bufs + t->off : params + t->off, NULL);
-        if (!t->is_buffer) {
+        if (!t->is_buffer && !m.lora) {
             char gname[160];
             snprintf(gname, sizeof gname, "grad.%s", t->name);
             fy_st_writer_add(w, gname, FY_ST_F32, t->ndim, shape, grads + t->off, NULL);
@@ -189,14 +264,16 @@ int main(int argc, char **argv) {
     fy_st_writer_add(w, "out.loss_balance", FY_ST_F32, 1, one, &lossf[2], NULL);
     if (c.num_nextn_predict_layers) fy_st_writer_add(w, "out.loss_mtp", FY_ST_F32, 1, sh_d, &lossf[4], NULL);
     fy_st_writer_add(w, "out.logits", FY_ST_F32, 3, sh_logits, logits, NULL);
+    float *lora_keep[3] = {0};
+    if (m.lora && dump_lora(&m, w, lora_keep, out, &err)) goto fail;
 
     /* Router choices, then the bias after one aux-free update. */
-    int nl = m.tab.n_layers, E = c.n_routed_experts;
+    int nl = bt->n_layers, E = c.n_routed_experts;
     int32_t **ridx = calloc(nl, sizeof *ridx);
     float **rw = calloc(nl, sizeof *rw), **bafter = calloc(nl, sizeof *bafter);
     char (*names)[3][64] = calloc(nl, sizeof *names);
     for (int li = 0; li < nl; li++) {
-        if (!m.tab.layer[li].moe) continue;
+        if (!bt->layer[li].moe) continue;
         ridx[li] = malloc((size_t)N * K * sizeof(int32_t));
         rw[li] = malloc((size_t)N * K * sizeof(float));
         if (fy_model_router_choice(&m, li, ridx[li], rw[li], &err)) goto fail;
@@ -208,9 +285,9 @@ int main(int argc, char **argv) {
     }
     if (fy_model_update_bias(&m, &err)) goto fail;
     for (int li = 0; li < nl; li++) {
-        if (!m.tab.layer[li].moe) continue;
+        if (!bt->layer[li].moe) continue;
         bafter[li] = malloc(E * sizeof(float));
-        be->ops->download(be, bafter[li], fy_at(&m.buffers, m.tab.layer[li].bias), E);
+        be->ops->download(be, bafter[li], fy_at(&m.buffers, bt->layer[li].bias), E);
         int64_t sh[1] = {E};
         snprintf(names[li][2], 64, "out.bias_after.%d", li);
         fy_st_writer_add(w, names[li][2], FY_ST_F32, 1, sh, bafter[li], NULL);

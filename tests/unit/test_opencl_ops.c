@@ -359,6 +359,29 @@ static void test_swiglu(void) {
     }
 }
 
+/* dropout (LoRA): the mask is integer hashing and one float multiply, so
+ * opencl must give the cpu's bits, with and without row keys. */
+static void test_dropout(void) {
+    int n = 45, D = 70, ld = 73;
+    int32_t keys[45];
+    for (int i = 0; i < n; i++) keys[i] = (i * 11 + 3) % 50;
+    for (int acc = 0; acc < 2; acc++)
+        for (int k = 0; k < 2; k++) {
+            twin x = tw_rand((size_t)n * ld, 1.0f), y = tw_rand((size_t)n * ld, 1.0f);
+            for (int side = 0; side < 2; side++) {
+                fy_backend *be = SIDE_BE(side);
+                be->ops->dropout(be, n, D, 0.35f, 0x1234567890ull, 17, 1000003, k ? keys : NULL, RF(x, 0), ld,
+                                 RF(y, 0), ld, acc);
+            }
+            sync_both("dropout");
+            float *hc = malloc(y.n * 4), *ho = malloc(y.n * 4);
+            tw_get(&y, hc, ho);
+            CHECK(!memcmp(hc, ho, y.n * 4), "dropout (keys %d, accumulate %d): opencl differs from cpu", k, acc);
+            free(hc), free(ho);
+            tw_free(&x), tw_free(&y);
+        }
+}
+
 /* ------------------------------------------------------------ attention */
 
 static void test_attn(void) {
@@ -673,6 +696,7 @@ int main(void) {
     test_rmsnorm();
     test_rope();
     test_swiglu();
+    test_dropout();
     test_attn();
     test_mla_decode();
     test_linear_q8();

@@ -3,17 +3,22 @@
 oracle model (forward + backward + AdamW + aux-free bias update) on CPU.
 
 Usage: bench_torch.py --config FILE.json --batch B --seq T --threads N
-                      --steps S --warmup W [--seed SEED]
+                      --steps S --warmup W [--seed SEED] [--lora-rank R]
+
+--lora-rank R: the oracle's LoRA (ds3.LoraParams, PEFT's math) of rank R,
+alpha 2R, on every target, the base frozen, AdamW on the adapters only.
 
 Random init (std 0.02), random tokens. Prints one JSON line:
-{"tokens_per_s": ..., "step_ms": ..., "flops_per_token": null}
+{"tokens_per_s": ..., "step_ms": ..., "flops_per_token": null, "max_rss_mb": ...}
 AdamW settings come from the config's "ferry" object when present.
 Exit 77 if torch is unavailable.
 """
 
 import argparse
 import json
+import math
 import os
+import resource
 import sys
 import time
 
@@ -39,6 +44,22 @@ def make_adamw(cfg, params):
         return torch.optim.AdamW(groups, **kwargs)
 
 
+def lora(cfg, params, r):
+    """The base frozen, adapters of rank r on every target (A as PEFT inits it,
+    B zero): (LoraParams for the forward, the adapters by name for AdamW)."""
+    for p in params.values():
+        p.requires_grad_(False)
+    adapters, leaves = {}, {}
+    for w in ds3.lora_targeted(cfg, ds3.LORA_TARGETS):
+        out_f, in_f = params[w].shape
+        bound = 1.0 / math.sqrt(in_f)
+        a = torch.empty(r, in_f).uniform_(-bound, bound).requires_grad_(True)
+        b = torch.zeros(out_f, r).requires_grad_(True)
+        leaves[ds3.lora_name(w, "A")], leaves[ds3.lora_name(w, "B")] = a, b
+        adapters[w] = (a, b)
+    return ds3.LoraParams(params, adapters, 2.0), leaves
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--config", required=True)
@@ -48,12 +69,16 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-rank", type=int, default=0)
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     cfg = ds3.Config.load(a.config)
     params, buffers = ds3.init_params(cfg, seed=a.seed, std=0.02, dtype=torch.float32)
-    opt = make_adamw(cfg, params)
+    trained = params
+    if a.lora_rank > 0:
+        params, trained = lora(cfg, params, a.lora_rank)
+    opt = make_adamw(cfg, trained)
     g = torch.Generator().manual_seed(a.seed + 1)
     tokens = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), generator=g)
     input_ids, labels = tokens[:, :-1], tokens[:, 1:]
@@ -62,7 +87,7 @@ def main():
         opt.zero_grad(set_to_none=True)
         out = ds3.forward(cfg, params, buffers, input_ids, labels)
         out.loss.backward()
-        ds3.fill_missing_grads(params)
+        ds3.fill_missing_grads(trained)
         opt.step()
         with torch.no_grad():
             for i, r in out.routers.items():
@@ -77,7 +102,8 @@ def main():
     step_s = elapsed / max(1, a.steps)
     print(json.dumps({"tokens_per_s": a.batch * a.seq / step_s,
                       "step_ms": step_s * 1e3,
-                      "flops_per_token": None}))
+                      "flops_per_token": None,
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
     return 0
 
 

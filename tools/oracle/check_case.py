@@ -12,6 +12,13 @@ CASE_DIR/case.safetensors  every parameter and buffer (HF names, F32),
                            out.router_idx.<layer> [B*T,K] I32,
                            out.router_w.<layer> [B*T,K],
                            out.bias_after.<layer> [E]
+CASE_DIR/lora.json         (LoRA cases only) {"rank", "alpha", "targets",
+                           "dropout", "seed", "step", "row0", "streams"}:
+                           the case then also holds the adapters under
+                           PEFT's names (base_model.model.<module>.lora_A/B.weight)
+                           and grad.<adapter>; the base is frozen, so the
+                           case has no grad.<param> and bias_after must
+                           equal the bias.
 
 Tolerances: losses rel <= 1e-5; logits and gradients ||a-b||/||b|| <= 1e-4;
 router choice equal except at near-ties (relative gap < 1e-5), after which
@@ -20,6 +27,7 @@ max abs <= 1e-7. Prints one table row per compared tensor.
 Exit 0 if all pass, 1 otherwise, 77 if torch is unavailable.
 """
 
+import json
 import os
 import sys
 
@@ -121,12 +129,52 @@ def check_router_choice(cfg, table, layer, r, ferry_idx, bias):
                      f"{n_diff} of {N} tokens differ, {n_diff - n_bad} at near-ties")
 
 
+def load_lora(cfg, case_dir, case, params):
+    """For a LoRA case (CASE_DIR/lora.json): freezes the base params and
+    returns ds3.LoraParams with the adapters of every targeted linear (which
+    ones: ds3.lora_targeted, from the targets alone) read from the case as
+    float64 leaves, also listed in .leaves (name -> tensor); else None."""
+    path = os.path.join(case_dir, "lora.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lc = json.load(f)
+    r, targets = int(lc["rank"]), lc["targets"].split(",")
+    for p in params.values():
+        p.requires_grad_(False)
+    adapters, leaves = {}, {}
+    for w in ds3.lora_targeted(cfg, targets):
+        out_f, in_f = params[w].shape
+        pair = []
+        for which, shape in (("A", (r, in_f)), ("B", (out_f, r))):
+            name = ds3.lora_name(w, which)
+            if name not in case:
+                raise KeyError(f"missing adapter {name}")
+            t = torch.as_tensor(np.asarray(case[name])).to(torch.float64)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"adapter {name}: shape {tuple(t.shape)}, expected {shape}")
+            leaves[name] = t.clone().requires_grad_(True)
+            pair.append(leaves[name])
+        adapters[w] = tuple(pair)
+    if not adapters:
+        raise ValueError(f"LoRA targets {targets} match nothing")
+    lp = ds3.LoraParams(params, adapters, float(lc["alpha"]) / r, float(lc.get("dropout", 0.0)),
+                        int(lc.get("seed", 0)), int(lc.get("step", 0)), int(lc.get("row0", 0)),
+                        {k: int(v) for k, v in lc.get("streams", {}).items()})
+    lp.leaves = leaves
+    return lp
+
+
 def check_case(case_dir, verbose=True):
     """Run all comparisons. Returns (all_pass, Table)."""
     cfg = ds3.Config.load(os.path.join(case_dir, "config.json"))
     case, _ = ds3.load_safetensors(os.path.join(case_dir, "case.safetensors"))
     table = Table()
     params, buffers = ds3.tensors_to_model(cfg, case, torch.float64)
+    model_params, lora_params = params, load_lora(cfg, case_dir, case, params)
+    if lora_params is not None:
+        model_params = lora_params
+        lora_params = lora_params.leaves
     input_ids = torch.as_tensor(case["input_ids"]).long()
     labels = torch.as_tensor(case["labels"]).long()
     B, T = input_ids.shape
@@ -139,7 +187,7 @@ def check_case(case_dir, verbose=True):
         if key in case and tuple(case[key].shape) == (B * T, cfg.num_experts_per_tok):
             force[i] = torch.as_tensor(case[key]).long()
 
-    out = ds3.forward(cfg, params, buffers, input_ids, labels, force_idx=force)
+    out = ds3.forward(cfg, model_params, buffers, input_ids, labels, force_idx=force)
     out.loss.backward()
 
     # Losses.
@@ -186,7 +234,10 @@ def check_case(case_dir, verbose=True):
             table.missing(key)
         key = f"out.bias_after.{i}"
         if key in case:
-            ref = ds3.bias_update(cfg, buffers[ds3.bias_name(i)], r.idx).numpy()
+            bias = buffers[ds3.bias_name(i)]
+            # A frozen base (LoRA) keeps its router bias: the adapter is trained
+            # against the base it will be loaded onto.
+            ref = bias.numpy() if lora_params is not None else ds3.bias_update(cfg, bias, r.idx).numpy()
             ferry = np.asarray(case[key], dtype=np.float64)
             if ferry.shape != ref.shape:
                 table.add(key, float("nan"), float("inf"), TOL_BIAS, False, "shape mismatch")
@@ -196,8 +247,18 @@ def check_case(case_dir, verbose=True):
         else:
             table.missing(key)
 
-    # Gradients of the total loss.
-    for name, p in params.items():
+    # Gradients of the total loss. A LoRA case's base has none (frozen: ferry
+    # keeps no gradient buffer for it, and any grad.<base> in the case is
+    # reported below as unexpected); the adapters' are compared after this.
+    for name, p in (params.items() if lora_params is None else ()):
+        key = "grad." + name
+        ref = p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape))
+        if key in case:
+            table.compare(key, case[key], ref, TOL_TENSOR)
+        else:
+            table.missing(key)
+    # The adapters' gradients (LoRA cases).
+    for name, p in (lora_params or {}).items():
         key = "grad." + name
         ref = p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape))
         if key in case:
@@ -207,7 +268,9 @@ def check_case(case_dir, verbose=True):
 
     # Anything else in the file is a naming disagreement.
     known = set(params) | set(buffers) | {"input_ids", "labels"}
-    known |= {"grad." + n for n in params}
+    known |= set(lora_params or {}) | {"grad." + n for n in lora_params or {}}
+    if lora_params is None:
+        known |= {"grad." + n for n in params}
     known |= {"out." + n for n in ("loss", "loss_main", "loss_mtp", "loss_balance", "logits")}
     for i in cfg.moe_layers:
         known |= {f"out.router_idx.{i}", f"out.router_w.{i}", f"out.bias_after.{i}"}

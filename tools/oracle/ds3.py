@@ -347,6 +347,98 @@ def tensors_to_model(cfg, tensors, dtype=torch.float64):
 
 
 # ---------------------------------------------------------------------------
+# LoRA (PEFT's LoRA on nn.Linear): y = W x + (alpha/r) B (A x)
+# ---------------------------------------------------------------------------
+
+LORA_TARGETS = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj",
+                "gate_proj", "up_proj", "down_proj", "experts")
+
+
+def lora_targeted(cfg, targets):
+    """Base weight names that get an adapter, from PEFT's target_modules rule:
+    a module matches when its name's last component is a target. The routed
+    experts match only the target "experts" (gate/up/down_proj alone mean the
+    dense MLPs and shared experts). Only the main layers: Hugging Face's
+    DeepseekV3 model, which PEFT adapts, has no MTP modules."""
+    out = []
+    for name, shape in parameter_shapes(cfg).items():
+        parts = name.split(".")
+        if len(shape) != 2 or parts[:2] != ["model", "layers"] or int(parts[2]) >= cfg.num_hidden_layers:
+            continue
+        module = parts[-2]
+        if ".mlp.experts." in name:
+            ok = "experts" in targets
+        else:
+            ok = module in targets and module in LORA_TARGETS
+        if ok:
+            out.append(name)
+    return out
+
+
+def lora_name(weight, which):
+    """PEFT's state-dict name of base weight `weight`'s lora_A / lora_B."""
+    return "base_model.model." + weight[:-len(".weight")] + f".lora_{which}.weight"
+
+
+class LoraParams(dict):
+    """The base params (a dict, as everywhere) plus adapters that proj() adds:
+    lora maps a base weight name to (A [r, in], B [out, r]); lora_scale = alpha/r.
+    Dropout p (0: none) with its key: seed, step, row0 (the batch's first
+    token) and streams (base weight name -> its tensor id)."""
+
+    def __init__(self, params, lora, scale, dropout=0.0, seed=0, step=0, row0=0, streams=None):
+        super().__init__(params)
+        self.lora = lora
+        self.lora_scale = scale
+        self.lora_dropout = dropout
+        self.lora_seed = rng_u64(seed, 0x6C6F7261, step)    # "lora"
+        self.lora_row0 = row0
+        self.lora_streams = streams or {}
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x):
+    """SplitMix64's finaliser on uint64 arrays (numpy wraps modulo 2^64)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def rng_u64(seed, stream, counter):
+    """ferry's counter-based RNG: splitmix(splitmix(splitmix(seed) ^ stream) ^ counter)."""
+    with np.errstate(over="ignore"):
+        s = _splitmix64(np.asarray(seed & _M64, dtype=np.uint64)) ^ np.uint64(stream & _M64)
+        return _splitmix64(_splitmix64(s) ^ np.asarray(counter, dtype=np.uint64))
+
+
+def rng_uniform(seed, stream, counter):
+    """Uniform in [0, 1) from the top 24 bits (exact in float32)."""
+    return (rng_u64(seed, stream, counter) >> np.uint64(40)).astype(np.float64) / 16777216.0
+
+
+def lora_dropout(params, name, x, tokens=None):
+    """Inverted dropout of an adapter's input: element (token k, column j) is
+    dropped when uniform(seed, stream, (row0 + k) * in + j) < p, else scaled
+    by float32(1 / (1 - p)); k is the token's index b*T + t in the batch."""
+    p = getattr(params, "lora_dropout", 0.0)
+    if not p:
+        return x
+    n_in = x.shape[-1]
+    flat = x.reshape(-1, n_in)
+    tok = np.arange(flat.shape[0]) if tokens is None else np.asarray(tokens)
+    key = (params.lora_row0 + tok).astype(np.uint64)
+    counter = key[:, None] * np.uint64(n_in) + np.arange(n_in, dtype=np.uint64)[None, :]
+    u = rng_uniform(int(params.lora_seed), params.lora_streams[name], counter)
+    p32 = np.float32(p)
+    keep = float(np.float32(1.0) / (np.float32(1.0) - p32))
+    mask = torch.as_tensor(np.where(u < float(p32), 0.0, keep), dtype=x.dtype)
+    return (flat * mask).reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------
 
@@ -360,11 +452,24 @@ def linear(x, w):
     return x @ w.t()
 
 
-def swiglu(params, prefix, x):
+def proj(params, name, x, tokens=None):
+    """A projection of the model by its weight's name: x W^T, plus the LoRA
+    update s * (drop(x) A^T) B^T when params carries an adapter for it
+    (LoraParams). tokens: the batch token (b*T + t) of each row of x, when
+    the rows are not simply all tokens in order (a routed expert's rows)."""
+    y = linear(x, params[name])
+    ad = getattr(params, "lora", {}).get(name)
+    if ad is not None:
+        a, b = ad
+        y = y + params.lora_scale * linear(linear(lora_dropout(params, name, x, tokens), a), b)
+    return y
+
+
+def swiglu(params, prefix, x, tokens=None):
     """W_down(silu(W_gate x) * W_up x)."""
-    g = linear(x, params[prefix + "gate_proj.weight"])
-    u = linear(x, params[prefix + "up_proj.weight"])
-    return linear(F.silu(g) * u, params[prefix + "down_proj.weight"])
+    g = proj(params, prefix + "gate_proj.weight", x, tokens)
+    u = proj(params, prefix + "up_proj.weight", x, tokens)
+    return proj(params, prefix + "down_proj.weight", F.silu(g) * u, tokens)
 
 
 def _yarn_mscale(s, m):
@@ -455,19 +560,19 @@ def mla_attention(cfg, params, prefix, x, cos, sin):
 
     # Queries: through the low-rank bottleneck c_q when q_lora_rank is set.
     if cfg.q_lora_rank is not None:
-        c_q = rms_norm(linear(x, params[prefix + "q_a_proj.weight"]),
+        c_q = rms_norm(proj(params, prefix + "q_a_proj.weight", x),
                        params[prefix + "q_a_layernorm.weight"], eps)
-        q = linear(c_q, params[prefix + "q_b_proj.weight"])
+        q = proj(params, prefix + "q_b_proj.weight", c_q)
     else:
-        q = linear(x, params[prefix + "q_proj.weight"])
+        q = proj(params, prefix + "q_proj.weight", x)
     q = q.view(B, T, H, dn + dr).transpose(1, 2)            # [B, H, T, dn+dr]
     q_nope, q_pe = q[..., :dn], q[..., dn:]
 
     # Keys/values: latent c_kv (normed) and one shared rope key k_pe.
-    kv_a = linear(x, params[prefix + "kv_a_proj_with_mqa.weight"])   # [B, T, r_kv+dr]
+    kv_a = proj(params, prefix + "kv_a_proj_with_mqa.weight", x)   # [B, T, r_kv+dr]
     c_kv = rms_norm(kv_a[..., :cfg.kv_lora_rank], params[prefix + "kv_a_layernorm.weight"], eps)
     k_pe = kv_a[..., cfg.kv_lora_rank:].unsqueeze(1)         # [B, 1, T, dr]
-    kv = linear(c_kv, params[prefix + "kv_b_proj.weight"]).view(B, T, H, dn + dv).transpose(1, 2)
+    kv = proj(params, prefix + "kv_b_proj.weight", c_kv).view(B, T, H, dn + dv).transpose(1, 2)
     k_nope, v = kv[..., :dn], kv[..., dn:]
 
     q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)
@@ -479,7 +584,7 @@ def mla_attention(cfg, params, prefix, x, cos, sin):
     scores = scores.masked_fill(future, float("-inf"))
     o = torch.softmax(scores, dim=-1) @ v                    # [B, H, T, dv]
     o = o.transpose(1, 2).reshape(B, T, H * dv)
-    return linear(o, params[prefix + "o_proj.weight"])
+    return proj(params, prefix + "o_proj.weight", o)
 
 
 # ---------------------------------------------------------------------------
@@ -568,7 +673,7 @@ def moe(cfg, params, prefix, x, bias, force_idx=None):
         sel = order[start:start + c]
         start += c
         tok = flat_token[sel]
-        y = swiglu(params, f"{prefix}experts.{e}.", x.index_select(0, tok))
+        y = swiglu(params, f"{prefix}experts.{e}.", x.index_select(0, tok), tok)
         out.index_add_(0, tok, y * flat_w[sel].unsqueeze(1))
     if cfg.n_shared_experts > 0:
         out = out + swiglu(params, prefix + "shared_experts.", x)

@@ -207,6 +207,8 @@ void fy_cpu_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, 
                              fy_ref w, fy_ref dst, int ldd);
 void fy_cpu_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia, fy_ref b, int ldb,
                      fy_ref out, int accumulate);
+void fy_cpu_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                    const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate);
 
 double fy_cpu_xent_fwdbwd(fy_backend *be, int N, int V, fy_ref logits, fy_ref targets,
                           int ignore_index, float grad_scale, fy_ref losses, fy_ref dlogits);

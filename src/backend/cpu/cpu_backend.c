@@ -275,6 +275,7 @@ static const fy_backend_ops cpu_ops = {
     .gather_rows = fy_cpu_gather_rows,
     .scatter_add_rows = fy_cpu_scatter_add_rows,
     .rows_dot = fy_cpu_rows_dot,
+    .dropout = fy_cpu_dropout,
     .xent_fwdbwd = fy_cpu_xent_fwdbwd,
     .adamw = fy_cpu_adamw,
     .mla_decode = fy_cpu_mla_decode,

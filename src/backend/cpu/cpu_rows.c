@@ -1,4 +1,4 @@
-/* Row-wise ops of the CPU backend: RMSNorm, RoPE, SwiGLU. */
+/* Row-wise ops of the CPU backend: RMSNorm, RoPE, SwiGLU, dropout. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -222,4 +222,25 @@ void fy_cpu_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     for (int n = 0; n < N; n++)
         swiglu_bwd_row(gp + (size_t)n * ldg, up + (size_t)n * ldu, dhp + (size_t)n * lddh,
                        dgp + (size_t)n * ldg, dup + (size_t)n * ldu, F);
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+void fy_cpu_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                    const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate) {
+    const float *sp = fy_cpu_f(be, src, fy_cpu_span(n, lds, D), "dropout", "src");
+    float *dp = fy_cpu_f(be, dst, fy_cpu_span(n, ldd, D), "dropout", "dst");
+    if (!sp || !dp) return;
+    const float scale = 1.0f / (1.0f - p);
+    const uint64_t rkey = fy_rng_key(seed, stream);
+#pragma omp parallel for schedule(static) if ((size_t)n * D > FY_CPU_PAR_MIN)
+    for (int i = 0; i < n; i++) {
+        uint64_t k = (uint64_t)(key0 + (keys ? keys[i] : i));
+        const float *si = sp + (size_t)i * lds;
+        float *di = dp + (size_t)i * ldd;
+        for (int j = 0; j < D; j++) {
+            float v = si[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
+            di[j] = accumulate ? di[j] + v : v;
+        }
+    }
 }

@@ -23,7 +23,7 @@
     X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
     X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
     X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)              \
-    X(fy_q8_quant) X(fy_linear_q8)
+    X(fy_q8_quant) X(fy_linear_q8) X(fy_dropout)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -182,6 +182,8 @@ void fy_ocl_gather_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_re
                         fy_ref dst, int ldd);
 void fy_ocl_scatter_add_rows(fy_backend *be, int n, int D, fy_ref src, int lds, fy_ref idx,
                              fy_ref w, fy_ref dst, int ldd);
+void fy_ocl_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                    const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate);
 void fy_ocl_rows_dot(fy_backend *be, int n, int D, fy_ref a, int lda, fy_ref ia, fy_ref b, int ldb,
                      fy_ref out, int accumulate);
 double fy_ocl_xent_fwdbwd(fy_backend *be, int N, int V, fy_ref logits, fy_ref targets,

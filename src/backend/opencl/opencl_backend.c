@@ -563,6 +563,7 @@ static const fy_backend_ops ocl_ops = {
     .gather_rows = fy_ocl_gather_rows,
     .scatter_add_rows = fy_ocl_scatter_add_rows,
     .rows_dot = fy_ocl_rows_dot,
+    .dropout = fy_ocl_dropout,
     .xent_fwdbwd = fy_ocl_xent_fwdbwd,
     .adamw = fy_ocl_adamw,
     .mla_decode = fy_ocl_mla_decode,

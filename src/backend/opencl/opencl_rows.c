@@ -183,3 +183,33 @@ void fy_ocl_swiglu_bwd(fy_backend *be, int N, int F, fy_ref g, int ldg, fy_ref u
     size_t gs[2] = {fy_ocl_round((size_t)F, 32), (size_t)N};
     fy_ocl_run(&c, 2, gs, NULL);
 }
+
+/* ---------------------------------------------------------------- dropout */
+
+void fy_ocl_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64_t stream, int64_t key0,
+                    const int32_t *keys, fy_ref src, int lds, fy_ref dst, int ldd, int accumulate) {
+    const char *op = "dropout";
+    cl_mem sm = fy_ocl_mem(be, src, fy_ocl_span(n, lds, D), op, "src");
+    cl_mem dm = fy_ocl_mem(be, dst, fy_ocl_span(n, ldd, D), op, "dst");
+    if (!sm || !dm) return;
+    cl_mem km = NULL;
+    if (keys) { /* the row keys travel in a scratch, written before the call returns */
+        km = fy_ocl_scratch(be, FY_OCL_SCRATCH_A, (size_t)n * 4, op);
+        if (!km || fy_ocl_failed(be, clEnqueueWriteBuffer(fy_ocl(be)->q, km, CL_TRUE, 0, (size_t)n * 4, keys, 0,
+                                                          NULL, NULL), op, "clEnqueueWriteBuffer"))
+            return;
+    }
+    fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_dropout, op);
+    fy_ocl_int(&c, n);
+    fy_ocl_int(&c, D);
+    fy_ocl_float(&c, p);
+    fy_ocl_float(&c, 1.0f / (1.0f - p));
+    fy_ocl_ulong(&c, fy_rng_key(seed, stream)); /* the per-call half of the hash, once */
+    fy_ocl_ulong(&c, (cl_ulong)key0);
+    fy_ocl_opt_buf(&c, km, 0, sm);
+    fy_ocl_rows(&c, sm, src.off, lds);
+    fy_ocl_rows(&c, dm, dst.off, ldd);
+    fy_ocl_int(&c, accumulate);
+    size_t gs[2] = {fy_ocl_round((size_t)D, 32), (size_t)n};
+    fy_ocl_run(&c, 2, gs, NULL);
+}

@@ -120,3 +120,30 @@ kernel void fy_rope(int N, int T, int n_heads, int d_r, global float *x, ulong x
     v[2 * j] = a * c - b * s;
     v[2 * j + 1] = a * s + b * c;
 }
+
+/* ---- dropout: the counter-based mask of backend.h's dropout op ---- */
+
+/* SplitMix64's finaliser (core/rng.h fy_rng_mix), bit for bit. */
+inline ulong fy_splitmix64(ulong x) {
+    x += 0x9E3779B97F4A7C15UL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
+    return x ^ (x >> 31);
+}
+
+/* dst (=|+=) src * (u < p ? 0 : scale), u = fy_rng_uniform(seed, stream,
+ * key * D + j) with rkey = fy_rng_key(seed, stream) from the host;
+ * key = key0 + (has_keys ? keys[i] : i). key0 travels as its two's
+ * complement bits (ulong), as the host adds it. */
+kernel void fy_dropout(int n, int D, float p, float scale, ulong rkey, ulong key0,
+                       global const int *keys, ulong ko, int has_keys, global const float *src, ulong so, int lds,
+                       global float *dst, ulong dso, int ldd, int acc) {
+    int j = get_global_id(0), i = get_global_id(1);
+    if (j >= D || i >= n) return;
+    ulong k = key0 + (ulong)(long)(has_keys ? keys[ko + i] : i);
+    float u = (float)(fy_splitmix64(rkey ^ (k * (ulong)D + (ulong)j)) >> 40) * (1.0f / 16777216.0f);
+    float f = u < p ? 0.0f : scale;
+    float v = src[so + (ulong)i * lds + j] * f;
+    global float *d = dst + dso + (ulong)i * ldd + j;
+    *d = acc ? *d + v : v;
+}

@@ -1,0 +1,259 @@
+/* LoRA adapters (model/lora.h): the target names, the adapter block's
+ * table (PEFT's names), its allocation and PEFT's init. The adapters'
+ * forward and backward arithmetic is in lora_ops.c. */
+#include "model/lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "model/model_impl.h"
+
+typedef struct target {
+    const char *name;   /* PEFT's target_modules entry */
+    unsigned bit;
+} target;
+
+static const target targets[] = {
+    {"q_a_proj", FY_LORA_Q_A},       {"q_b_proj", FY_LORA_Q_B}, {"q_proj", FY_LORA_Q},
+    {"kv_a_proj_with_mqa", FY_LORA_KV_A}, {"kv_b_proj", FY_LORA_KV_B}, {"o_proj", FY_LORA_O},
+    {"gate_proj", FY_LORA_GATE},     {"up_proj", FY_LORA_UP},   {"down_proj", FY_LORA_DOWN},
+    {"experts", FY_LORA_EXPERTS},
+};
+#define N_TARGETS ((int)(sizeof targets / sizeof targets[0]))
+
+int fy_lora_parse_targets(const char *list, unsigned *out, fy_err *err) {
+    *out = 0;
+    const char *p = list ? list : "";
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == 3 && !strncmp(p, "all", 3)) {
+            *out |= FY_LORA_ALL;
+        } else if (n > 0) {
+            int found = 0;
+            for (int i = 0; i < N_TARGETS && !found; i++)
+                if (strlen(targets[i].name) == n && !strncmp(p, targets[i].name, n)) *out |= targets[i].bit, found = 1;
+            if (!found) {
+                char known[256];
+                fy_lora_targets_string(FY_LORA_ALL, known, sizeof known);
+                return fy_fail(err, "unknown LoRA target '%.*s' (known: %s, or all)", (int)n, p, known);
+            }
+        }
+        p += n;
+        if (*p == ',') p++;
+    }
+    if (!*out) return fy_fail(err, "no LoRA targets given in '%s'", list ? list : "");
+    return 0;
+}
+
+void fy_lora_targets_string(unsigned bits, char *buf, size_t cap) {
+    size_t used = 0;
+    if (cap) buf[0] = 0;
+    for (int i = 0; i < N_TARGETS; i++)
+        if (bits & targets[i].bit) {
+            int k = snprintf(buf + used, cap > used ? cap - used : 0, "%s%s", used ? "," : "", targets[i].name);
+            if (k > 0) used += (size_t)k;
+        }
+}
+
+void fy_lora_name(const char *weight, char which, char *buf, size_t cap) {
+    size_t n = strlen(weight), k = strlen(".weight");
+    if (n >= k && !strcmp(weight + n - k, ".weight")) n -= k;
+    snprintf(buf, cap, "base_model.model.%.*s.lora_%c.weight", (int)n, weight, which);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* The target bit a base tensor answers to (0: none); only main layers. */
+static unsigned target_of(const fy_config *c, const fy_tensor_info *t) {
+    int li;
+    if (t->ndim != 2 || sscanf(t->name, "model.layers.%d.", &li) != 1 || li >= c->num_hidden_layers) return 0;
+    if (fy_params_is_expert_name(t->name)) return FY_LORA_EXPERTS;
+    static const struct { const char *suffix; unsigned bit; } s[] = {
+        {".self_attn.q_a_proj.weight", FY_LORA_Q_A}, {".self_attn.q_b_proj.weight", FY_LORA_Q_B},
+        {".self_attn.q_proj.weight", FY_LORA_Q}, {".self_attn.kv_a_proj_with_mqa.weight", FY_LORA_KV_A},
+        {".self_attn.kv_b_proj.weight", FY_LORA_KV_B}, {".self_attn.o_proj.weight", FY_LORA_O},
+        {"gate_proj.weight", FY_LORA_GATE}, {"up_proj.weight", FY_LORA_UP}, {"down_proj.weight", FY_LORA_DOWN},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        if (ends_with(t->name, s[i].suffix)) return s[i].bit;
+    return 0;
+}
+
+static int by_w(const void *a, const void *b) {
+    size_t x = ((const fy_lora_adapter *)a)->w, y = ((const fy_lora_adapter *)b)->w;
+    return x < y ? -1 : x > y;
+}
+
+/* Appends an adapter matrix to the table; returns its offset. */
+static size_t add_matrix(fy_param_table *tab, const fy_tensor_info *base, char which, int rows, int cols) {
+    fy_tensor_info *ti = &tab->t[tab->n];
+    memset(ti, 0, sizeof *ti);
+    fy_lora_name(base->name, which, ti->name, sizeof ti->name);
+    ti->ndim = 2;
+    ti->shape[0] = rows;
+    ti->shape[1] = cols;
+    ti->n = (size_t)rows * cols;
+    ti->decay = 1;
+    ti->expert = base->expert;
+    ti->id = tab->n++;
+    ti->off = tab->n_params;
+    tab->n_params += fy_params_round16(ti->n);
+    return ti->off;
+}
+
+/* The adapter table: A then B of each adapted base tensor, in the base
+ * table's order (so dense layers' adapters come before the experts'). */
+static int build_table(fy_model *m, fy_lora *L, fy_param_table *tab, fy_err *err) {
+    int n = 0, r = L->cfg.rank;
+    for (int i = 0; i < m->tab.n; i++) n += (target_of(&m->cfg, &m->tab.t[i]) & L->cfg.targets) != 0;
+    if (!n) {
+        char want[256];
+        fy_lora_targets_string(L->cfg.targets, want, sizeof want);
+        return fy_fail(err, "LoRA targets %s match no linear of this model", want);
+    }
+    tab->t = calloc(2 * (size_t)n, sizeof *tab->t);
+    L->ad = calloc(n, sizeof *L->ad);
+    if (!tab->t || !L->ad) return fy_fail(err, "out of memory building the LoRA table");
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        if (!(target_of(&m->cfg, t) & L->cfg.targets)) continue;
+        fy_lora_adapter *a = &L->ad[L->n_ad++];
+        a->w = t->off;
+        a->out = t->shape[0];
+        a->in = t->shape[1];
+        a->id = t->id;
+        a->a = add_matrix(tab, t, 'A', r, a->in);
+        a->b = add_matrix(tab, t, 'B', a->out, r);
+        if (a->in > L->max_in) L->max_in = a->in;
+    }
+    tab->n_all = tab->n;
+    tab->n_dense = tab->n_params;
+    qsort(L->ad, L->n_ad, sizeof *L->ad, by_w);
+    return 0;
+}
+
+/* Frees L's own parts (not the base it may hold). */
+static void lora_release(fy_backend *be, fy_lora *L) {
+    if (be && L->dump.handle) fy_be_free(be, &L->dump);
+    free(L->ad);
+    free(L);
+}
+
+void fy__lora_free(fy_model *m) {
+    fy_lora *L = m->lora;
+    if (!L) return;
+    if (m->be && L->base_params.handle) fy_be_free(m->be, &L->base_params);
+    fy_params_free(&L->base_tab);
+    lora_release(m->be, L);
+    m->lora = NULL;
+}
+
+static int check_config(const fy_model *m, const fy_lora_config *cfg, fy_err *err) {
+    if (m->lora) return fy_fail(err, "LoRA adapters are already on");
+    if (cfg->rank < 1) return fy_fail(err, "LoRA rank %d: must be at least 1", cfg->rank);
+    if (!(cfg->alpha > 0) || !isfinite(cfg->alpha)) return fy_fail(err, "LoRA alpha %g: must be positive", cfg->alpha);
+    if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
+        return fy_fail(err, "LoRA dropout %g: must be in [0, 1)", cfg->dropout);
+    if (fy_params_is_shard(&m->tab)) return fy_fail(err, "LoRA with expert parallelism is not supported yet");
+    return 0;
+}
+
+int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
+    if (check_config(m, cfg, err)) return -1;
+    fy_lora *L = calloc(1, sizeof *L);
+    if (!L) return fy_fail(err, "out of memory");
+    L->cfg = *cfg;
+    L->scale = cfg->alpha / (float)cfg->rank;
+    const fy_config *c = &m->cfg;
+    size_t dump = (size_t)c->hidden_size;
+    if ((size_t)c->q_lora_rank > dump) dump = c->q_lora_rank;
+    if ((size_t)c->kv_lora_rank > dump) dump = c->kv_lora_rank;
+    fy_param_table tab = {0};
+    fy_buf p = {0}, g = {0};
+    if (build_table(m, L, &tab, err) || fy_be_alloc(m->be, &p, tab.n_params, err) ||
+        fy_be_alloc(m->be, &g, tab.n_params, err) || fy_be_alloc(m->be, &L->dump, dump, err)) {
+        if (p.handle) fy_be_free(m->be, &p);
+        if (g.handle) fy_be_free(m->be, &g);
+        fy_params_free(&tab);
+        lora_release(m->be, L);
+        return fy_wrap(err, "adding LoRA adapters");
+    }
+    /* The swap: the adapter block becomes what the model trains; the base
+     * keeps its weights and loses its gradients (none from now on). The
+     * workspace is re-planned (it gains the adapters' scratch). */
+    L->base_tab = m->tab;
+    L->base_params = m->params;
+    fy_be_free(m->be, &m->grads);
+    m->tab = tab;
+    m->params = p;
+    m->grads = g;
+    m->lora = L;
+    m->B = m->T = 0;
+    return fy_be_sync(m->be, err);
+}
+
+int fy_model_lora_merge(fy_model *m, fy_err *err) {
+    fy_lora *L = m->lora;
+    if (!L) return fy_fail(err, "no LoRA adapters to merge");
+    int r = L->cfg.rank;
+    fy_buf g = {0};
+    if (fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) return fy_wrap(err, "merging LoRA adapters");
+    for (int i = 0; i < L->n_ad; i++) {
+        const fy_lora_adapter *a = &L->ad[i];
+        OPS->gemm(m->be, 0, 0, a->out, a->in, r, L->scale, fy_at(&m->params, a->b), r, fy_at(&m->params, a->a),
+                  a->in, 1.0f, PW(m, a->w), a->in);
+    }
+    if (fy_be_sync(m->be, err)) {
+        fy_be_free(m->be, &g);
+        return fy_wrap(err, "merging LoRA adapters");
+    }
+    /* The swap back: the base is the model again, with zero gradients. */
+    fy_be_free(m->be, &m->params);
+    fy_be_free(m->be, &m->grads);
+    fy_params_free(&m->tab);
+    m->tab = L->base_tab;
+    m->params = L->base_params;
+    m->grads = g;
+    lora_release(m->be, L);
+    m->lora = NULL;
+    m->B = m->T = 0; /* the workspace loses the adapters' scratch */
+    return fy_be_sync(m->be, err);
+}
+
+void fy_model_lora_dropout_key(fy_model *m, uint64_t seed, int step, int64_t row0) {
+    if (!m->lora) return;
+    m->lora->seed = seed;
+    m->lora->step = step;
+    m->lora->row0 = row0;
+}
+
+int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err) {
+    fy_lora *L = m->lora;
+    if (!L) return fy_fail(err, "no LoRA adapters to initialise");
+    size_t maxn = 0;
+    for (int i = 0; i < L->n_ad; i++)
+        if ((size_t)L->cfg.rank * L->ad[i].in > maxn) maxn = (size_t)L->cfg.rank * L->ad[i].in;
+    float *host = malloc(maxn * sizeof *host);
+    if (!host) return fy_fail(err, "out of memory initialising LoRA adapters");
+    /* kaiming_uniform_(a=sqrt(5)) on A [r, in]: gain sqrt(2/(1+5)), bound
+     * gain * sqrt(3/in) = 1/sqrt(in). The stream is the base tensor's id
+     * (offset past the base init's streams), so an adapter's values do not
+     * depend on which other targets are on. */
+    for (int i = 0; i < L->n_ad; i++) {
+        const fy_lora_adapter *a = &L->ad[i];
+        size_t n = (size_t)L->cfg.rank * a->in;
+        float bound = 1.0f / sqrtf((float)a->in);
+        for (size_t j = 0; j < n; j++)
+            host[j] = bound * (2.0f * fy_rng_uniform(seed, ((uint64_t)1 << 32) + (uint64_t)a->id, j) - 1.0f);
+        OPS->upload(m->be, fy_at(&m->params, a->a), host, n);
+        OPS->fill(m->be, fy_at(&m->params, a->b), 0.0f, (size_t)a->out * L->cfg.rank);
+    }
+    free(host);
+    return fy_be_sync(m->be, err);
+}

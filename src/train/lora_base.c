@@ -1,0 +1,84 @@
+/* RUN_DIR/lora_base.json (train/lora_base.h): a LoRA run's base, recorded
+ * and checked. */
+#include "train/lora_base.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checksum.h"
+#include "core/fsutil.h"
+
+/* xxh64 over the params block then the buffers block, as the host sees them. */
+static int base_hash(fy_model *m, char hex[FY_XXH64_HEX_LEN + 1], fy_err *err) {
+    size_t np = m->tab.n_params, nb = m->tab.n_buffers, n = np > nb ? np : nb;
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    fy_xxh64_stream *s = fy_xxh64_begin();
+    if (!h || !s) {
+        free(h);
+        if (s) fy_xxh64_end(s);
+        return fy_fail(err, "out of memory hashing the LoRA base");
+    }
+    m->be->ops->download(m->be, h, fy_at(&m->params, 0), np);
+    fy_xxh64_update(s, h, np * sizeof *h);
+    if (nb) m->be->ops->download(m->be, h, fy_at(&m->buffers, 0), nb);
+    fy_xxh64_update(s, h, nb * sizeof *h);
+    free(h);
+    fy_xxh64_hex(fy_xxh64_end(s), hex);
+    return fy_be_sync(m->be, err);
+}
+
+static cJSON *read_record(const char *run_dir, char *path, size_t cap, fy_err *err) {
+    snprintf(path, cap, "%s/lora_base.json", run_dir);
+    char *text = NULL;
+    size_t len;
+    if (fy_read_file(path, &text, &len, err)) {
+        fy_wrap(err, "this LoRA run has no record of its base");
+        return NULL;
+    }
+    cJSON *js = cJSON_Parse(text);
+    free(text);
+    if (!js) fy_fail(err, "%s: not valid JSON", path);
+    return js;
+}
+
+int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_err *err) {
+    char hex[FY_XXH64_HEX_LEN + 1], path[FY_PATH_MAX + 32];
+    if (base_hash(m, hex, err)) return -1;
+    if (write) {
+        cJSON *js = cJSON_CreateObject();
+        if (source) cJSON_AddStringToObject(js, "source", source);
+        else cJSON_AddNullToObject(js, "source");
+        cJSON_AddStringToObject(js, "xxh64", hex);
+        char *text = cJSON_Print(js);
+        cJSON_Delete(js);
+        snprintf(path, sizeof path, "%s/lora_base.json", run_dir);
+        int rc = !text ? fy_fail(err, "out of memory") : fy_write_file_atomic(path, text, strlen(text), err);
+        free(text);
+        return rc;
+    }
+    cJSON *js = read_record(run_dir, path, sizeof path, err);
+    if (!js) return -1;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(js, "xxh64");
+    int rc = !cJSON_IsString(x) ? fy_fail(err, "%s: no \"xxh64\"", path)
+             : strcmp(x->valuestring, hex)
+                 ? fy_fail(err, "the base's weights (xxh64 %s) are not the ones this run's adapters were trained on "
+                                "(%s: %s)", hex, path, x->valuestring)
+                 : 0;
+    cJSON_Delete(js);
+    return rc;
+}
+
+int fy_lora_base_source(const char *run_dir, char *buf, size_t cap, fy_err *err) {
+    char path[FY_PATH_MAX + 32];
+    cJSON *js = read_record(run_dir, path, sizeof path, err);
+    if (!js) return -1;
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(js, "source");
+    int rc = 0;
+    if (cJSON_IsString(s)) snprintf(buf, cap, "%s", s->valuestring);
+    else if (cJSON_IsNull(s)) buf[0] = 0;
+    else rc = fy_fail(err, "%s: no \"source\"", path);
+    cJSON_Delete(js);
+    return rc;
+}

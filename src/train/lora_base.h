@@ -1,0 +1,22 @@
+/* The record of a LoRA run's frozen base (docs/FINETUNE.md): RUN_DIR/
+ * lora_base.json holds where the base came from ("source": the --init-from
+ * model, or null for the seeded init) and the xxh64 of its weights and
+ * buffers. Written when the run starts, checked on every resume, so the
+ * adapters never continue on another base. */
+#ifndef FY_LORA_BASE_H
+#define FY_LORA_BASE_H
+
+#include <stddef.h>
+
+#include "core/err.h"
+#include "model/model.h"
+
+/* Hashes m's weights (call before fy_model_set_lora); write: saves the
+ * record with source (NULL: the seeded init); else compares with the
+ * saved one and fails on a difference or a missing record. */
+int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_err *err);
+
+/* The recorded source into buf ("" for the seeded init). */
+int fy_lora_base_source(const char *run_dir, char *buf, size_t cap, fy_err *err);
+
+#endif
