@@ -181,10 +181,11 @@ int fy_cmd_convert(int argc, char **argv) {
     int npos;
     fy_err err;
     int r = fy_args_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), "convert",
-                          "--model DIR --to hf|gguf|ferry --out PATH [options]  |  --from hf HF_DIR --out RUN_DIR",
+                          "--model DIR --to hf|gguf|ferry|peft --out PATH [options]  |  --from hf HF_DIR --out RUN_DIR",
                           "Convert a model between ferry and the ecosystem (docs/INTEROP.md):\n"
                           "  --to hf    a Hugging Face DeepseekV3 directory (transformers, vLLM, SGLang)\n"
                           "  --to gguf  a GGUF file for llama.cpp (architecture deepseek2)\n"
+                          "  --to peft  a LoRA run's adapters for PEFT (docs/FINETUNE.md); other formats merge them\n"
                           "  --from hf  a Hugging Face directory (bf16/f16/f32 or DeepSeek's FP8) into a ferry run\n"
                           "Every output is written under a temporary name and read back before it is renamed.",
                           pos, 1, &npos, &err);
@@ -198,7 +199,7 @@ int fy_cmd_convert(int argc, char **argv) {
     } else if (npos) {
         return fy_cli_failf("convert", "unexpected argument '%s' (the model is given with --model)", pos[0]);
     }
-    if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry --out PATH (see --help)");
+    if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry|peft --out PATH (see --help)");
     if (convert(to, model, out, dtype, type, shard, &err)) return fy_cli_fail("convert", &err);
     fprintf(stderr, "ferry convert: wrote %s\n", out);
     return 0;
