@@ -3,6 +3,7 @@
 #include "train/lora_base.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +48,12 @@ int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, in
     char hex[FY_XXH64_HEX_LEN + 1], path[FY_PATH_MAX + 32];
     if (base_hash(m, hex, err)) return -1;
     if (write) {
+        /* The absolute path: a resume, generate or serve may run from
+         * another directory than the one the run was started in. */
+        char abs[PATH_MAX];
+        if (source && !realpath(source, abs)) return fy_fail(err, "LoRA base %s: cannot resolve its path", source);
         cJSON *js = cJSON_CreateObject();
-        if (source) cJSON_AddStringToObject(js, "source", source);
+        if (source) cJSON_AddStringToObject(js, "source", abs);
         else cJSON_AddNullToObject(js, "source");
         cJSON_AddStringToObject(js, "xxh64", hex);
         char *text = cJSON_Print(js);

@@ -67,9 +67,10 @@ check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --out src >src.log
 check '"$ferry" train --init-from src "${T[@]}" --lora-rank 4 --out f6 >f6.log 2>&1 && grep -q "^LoRA: rank 4" f6.log' \
   "--init-from with --lora-rank (see f6.log)"
 check '"$ferry" train --init-from src "${T[@]}" --lora-rank 4 --stop-after 3 --out f >f.log 2>&1' "stop after 3 (see f.log)"
-check 'python3 -c "import json,sys; r=json.load(open(\"f/lora_base.json\")); sys.exit(r[\"source\"] != \"src\" or len(r[\"xxh64\"]) != 16)"' \
-  "f/lora_base.json records the source and the weights' xxh64"
-check '"$ferry" train --out f --resume >fr.log 2>&1 && grep -q "LoRA base: src" fr.log' "resume loads the base again (see fr.log)"
+check 'python3 -c "import json,os,sys; r=json.load(open(\"f/lora_base.json\")); sys.exit(r[\"source\"] != os.path.realpath(\"src\") or len(r[\"xxh64\"]) != 16)"' \
+  "f/lora_base.json records the source's absolute path and the weights' xxh64"
+check '"$ferry" train --out f --resume >fr.log 2>&1 && grep -q "LoRA base: /.*/src" fr.log' \
+  "resume loads the base again by its absolute path (see fr.log)"
 check 'cmp -s "$(ck f6 6 model)" "$(ck f 6 model)"' "the resumed --init-from LoRA run differs from the straight one"
 # generate applies a LoRA run's adapters to its recorded base (merged).
 G=(--prompt "the king" -n 12 --temperature 0 --print-ids)
