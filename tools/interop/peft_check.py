@@ -12,6 +12,8 @@ and:
   hf_probe) within 1e-4 relative, and differ
   from the base's by far more (the adapters matter);
 - adapter_config.json says r, lora_alpha and the targets;
+- the merged export (`--to hf` of the LoRA run) gives transformers the
+  greedy text `ferry generate --model LORA_RUN` gives;
 - a run adapting MLP projections is refused by --to peft (see FINETUNE.md)."""
 import json
 import os
@@ -68,6 +70,19 @@ def main():
         c.fail("peft's logits differ from ferry's: %.3e" % e)
     if not d > 100 * TOL:
         c.fail("the adapters barely change the logits (%.3e): the check would not see a wrong adapter" % d)
+
+    # The merged export: transformers' greedy text on it equals `ferry
+    # generate --temperature 0 --model lora` (the run, its adapters merged
+    # into the recorded base at load).
+    from transformers import AutoTokenizer
+    merged, _, _ = c.load_hf(os.path.join(w, "hf_merged"), torch.float32)
+    tok = AutoTokenizer.from_pretrained(os.path.join(w, "hf_merged"))
+    prompt = tok.encode("the king walked by the river", add_special_tokens=False)
+    hg = c.hf_greedy(merged, prompt, 24)
+    diff = c.generate_matches(a, tok, "lora", prompt, hg, cwd=w)
+    if diff:
+        c.fail("merged export, greedy: %s" % diff)
+    print("merged export: transformers' 24 greedy tokens = ferry generate --model lora: %r" % tok.decode(hg))
 
     c.run([a.ferry, "train", "--init-from", "base", *T, "--steps", "2", "--lora-rank", "4",
            "--lora-targets", "q_a_proj,gate_proj", "--out", "lora_mlp"], cwd=w)
