@@ -29,6 +29,10 @@ tensor of the latter must equal, byte for byte, what ggml itself
 (ggml_quantize_chunk in the libggml-base just built, through ctypes) makes
 of the f32 file's same tensor.
 
+And a LoRA run fine-tuned from the tiny model (`--lora-targets all`): its
+f32 GGUF is the merged model, and llama.cpp's greedy ids on it equal
+`ferry generate --model LORA_RUN` (which merges the adapters at load).
+
 Skips (exit 77) with a line when CACHE_DIR holds no such build.
 
 Usage: gguf_llamacpp.py --llamacpp CACHE_DIR [--n 64] --ferry PATH --work DIR
@@ -144,6 +148,15 @@ def main():
     runs = [("tiny", make_run(ferry, a.work, steps=300), TYPES),
             ("yarn", make_run(ferry, a.work, config=YARN, steps=300, name="yarn"), ["f32", "f16"]),
             ("plain", make_run(ferry, a.work, config=PLAIN, steps=300, name="plain"), ["f32"])]
+    # A LoRA run on the first: its GGUF is the merged model (docs/FINETUNE.md),
+    # and `ferry generate --model LORA_RUN` merges at load the same way.
+    lora = os.path.join(a.work, "lora")
+    r = run([ferry, "train", "--init-from", runs[0][1], "--data", "data", "--steps", "60", "--batch", "8", "--seq", "64",
+             "--lr", "3e-2", "--eval-every", "0", "--ckpt-every", "0", "--lora-rank", "4", "--lora-targets", "all",
+             "--out", lora], cwd=a.work)
+    if r.returncode:
+        sys.exit(f"FAIL: the LoRA run: {r.stderr.strip()[-500:]}")
+    runs.append(("lora", lora, ["f32"]))
     problems = []
     check_ggml_bytes(a.llamacpp, ferry, a.work, runs[0][1], problems)
     for model, run_dir, types in runs:
@@ -153,7 +166,7 @@ def main():
         for p in problems:
             print("FAIL:", p)
         return 1
-    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly; YaRN; plain q_proj, no MTP)")
+    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly; YaRN; plain q_proj, no MTP; a LoRA run merged)")
     return 0
 
 
