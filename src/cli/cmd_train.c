@@ -213,9 +213,11 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     run->cfg = h->cfg;
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
-    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err) ||
-        fy_mkdir_p(run->run_dir, err))
-        return -1;
+    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err))
+        return f->add_tokens ? fy_wrap(err, "--add-special-tokens (prepared data needs ferry data prepare --model %s "
+                                            "--add-special-tokens with the same tokens)", f->init_from)
+                             : -1;
+    if (fy_mkdir_p(run->run_dir, err)) return -1;
     char path[FY_PATH_MAX + 160];
     snprintf(path, sizeof path, "%s/tokenizer.json", run->run_dir);
     if (fy_tokenizer_save(h->tok, path, err)) return -1;

@@ -81,6 +81,8 @@ refused() { # NAME PATTERN -- command...
 }
 refused "with --lora-rank" "--lora-rank" -- "$ferry" train --init-from base --add-special-tokens "$NEW" --lora-rank 4 "${T[@]}" --out r1
 check '[ ! -e r1/config.json ]' "a refused run left r1/config.json"
+refused "data prepared without the tokens" "ferry data prepare --model base --add-special-tokens" -- \
+  "$ferry" train --init-from base --add-special-tokens "$NEW" --data data --batch 4 --seq 32 --steps 1 --out r6
 refused "without --init-from" "--init-from" -- "$ferry" train --config micro.json --add-special-tokens "$NEW" "${T[@]}" --out r2
 refused "an ordinary token" "ordinary token" -- "$ferry" convert --model base --to ferry --add-special-tokens "<|x|>,he" --out r3
 refused "a token twice" "twice" -- "$ferry" convert --model base --to ferry --add-special-tokens "<|x|>,<|x|>" --out r4
