@@ -68,6 +68,17 @@ const char *fy_cli_ferry_string(const cJSON *config, const char *key);
 struct fy_host_model;
 int fy_cli_host_load(const char *dir, struct fy_host_model *h, fy_err *err);
 
+/* --add-special-tokens TOK[,TOK...] (add_tokens.c): tok grown by the
+ * tokens it lacks (*out; NULL when it has them all). One it already has as
+ * an added token is skipped with a note; one that is an ordinary token of
+ * its vocabulary is refused (marking it special would change how existing
+ * text encodes). */
+int fy_cli_add_special_tokens(const char *list, const fy_tokenizer *tok, fy_tokenizer **out, fy_err *err);
+/* The same for a whole model in host memory: its tokenizer, embedding and
+ * lm_head grow (fy_host_grow_vocab: new rows the mean of the old). */
+struct fy_host_model;
+int fy_cli_host_add_special_tokens(const char *list, struct fy_host_model *h, fy_err *err);
+
 /* Child processes, never through a shell (proc.c): argv[0] is looked up in
  * PATH and argv goes to the program as it is. out_fd / err_fd >= 0 become
  * the child's stdout / stderr (else it shares this process's). */

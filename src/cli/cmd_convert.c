@@ -140,7 +140,7 @@ static int export_peft(const char *model, const char *out, fy_err *err) {
 }
 
 static int convert(const char *to, const char *model, const char *out, const char *dtype, const char *type,
-                   const char *shard, fy_err *err) {
+                   const char *shard, const char *add_tokens, fy_err *err) {
     fy_hf_export_opts ho = {FY_ST_BF16, 0};
     fy_gguf_type gt = FY_GGUF_F16;
     if (!strcmp(to, "hf")) {
@@ -151,6 +151,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
     } else if (!strcmp(to, "gguf")) {
         if (fy_gguf_type_parse(type, &gt, err)) return -1;
     } else if (!strcmp(to, "peft")) {
+        if (add_tokens) return fy_fail(err, "--add-special-tokens: adapters alone cannot grow the vocabulary (--to peft)");
         if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
         return export_peft(model, out, err);
     } else if (strcmp(to, "ferry")) {
@@ -159,7 +160,8 @@ static int convert(const char *to, const char *model, const char *out, const cha
     if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
     fy_host_model h;
     if (fy_cli_host_load(model, &h, err)) return -1;
-    int rc = !strcmp(to, "hf")     ? fy_hf_export(&h, out, &ho, err)
+    int rc = add_tokens ? fy_cli_host_add_special_tokens(add_tokens, &h, err) : 0;
+    if (!rc) rc = !strcmp(to, "hf")     ? fy_hf_export(&h, out, &ho, err)
              : !strcmp(to, "gguf") ? fy_gguf_export(&h, out, gt, err)
                                    : fy_host_save_new_run(&h, out, err);
     fy_host_free(&h);
@@ -168,6 +170,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
 
 int fy_cmd_convert(int argc, char **argv) {
     const char *model = NULL, *from = NULL, *to = NULL, *out = NULL, *dtype = "bf16", *type = "f16", *shard = NULL;
+    const char *add_tokens = NULL;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "ferry run or checkpoint directory, or a Hugging Face directory", 0, 0, 0},
         {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp), ferry (a run directory) or peft (a LoRA run's adapters); a LoRA run goes to hf, gguf, ferry merged", 0, 0, 0},
@@ -176,6 +179,7 @@ int fy_cmd_convert(int argc, char **argv) {
         {"--dtype", NULL, FY_ARG_STR, &dtype, "T", "hf: bf16 (default, round to nearest even), f16 or f32 (exact)", 0, 0, 0},
         {"--max-shard-size", NULL, FY_ARG_STR, &shard, "SIZE", "hf: largest shard, e.g. 5GB (default) or 500MB", 0, 0, 0},
         {"--type", NULL, FY_ARG_STR, &type, "T", "gguf: matrices as f16 (default), bf16, f32, q8_0 or q4_0", 0, 0, 0},
+        {"--add-special-tokens", NULL, FY_ARG_STR, &add_tokens, "TOK,...", "add these special tokens: the embedding and head grow by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
     };
     char *pos[1];
     int npos;
@@ -200,7 +204,7 @@ int fy_cmd_convert(int argc, char **argv) {
         return fy_cli_failf("convert", "unexpected argument '%s' (the model is given with --model)", pos[0]);
     }
     if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry|peft --out PATH (see --help)");
-    if (convert(to, model, out, dtype, type, shard, &err)) return fy_cli_fail("convert", &err);
+    if (convert(to, model, out, dtype, type, shard, add_tokens, &err)) return fy_cli_fail("convert", &err);
     fprintf(stderr, "ferry convert: wrote %s\n", out);
     return 0;
 }

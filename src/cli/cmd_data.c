@@ -14,7 +14,7 @@
 #include "io/sft.h"
 
 typedef struct data_flags {
-    const char *tokf, *model, *out, *chat_template, *on_bad;
+    const char *tokf, *model, *out, *chat_template, *on_bad, *add_tokens;
     double val;
     int seq, train_on_prompt;
 } data_flags;
@@ -105,6 +105,15 @@ static int run_prepare(const data_flags *f, char **files, int nf, fy_err *err) {
     char cfg[FY_PATH_MAX + 32];
     const char *tcfg;
     if (load_tokenizer(f, &tok, cfg, sizeof cfg, &tcfg, err)) return -1;
+    fy_tokenizer *grown = NULL;
+    if (f->add_tokens && fy_cli_add_special_tokens(f->add_tokens, tok, &grown, err)) {
+        fy_tokenizer_free(tok);
+        return -1;
+    }
+    if (grown) { /* the same tokens as ferry train --init-from --add-special-tokens adds */
+        fy_tokenizer_free(tok);
+        tok = grown;
+    }
     int rc = jsonl ? prepare_sft(f, files, nf, tok, tcfg, err) : prepare_text(f, files, nf, tok, err);
     fy_tokenizer_free(tok);
     return rc;
@@ -116,6 +125,7 @@ static int cmd_prepare(int argc, char **argv) {
     fy_arg spec[] = {
         {"--tokenizer", "-t", FY_ARG_STR, &f.tokf, "FILE", "tokenizer.json (or --model)", 0, 0, 0},
         {"--model", "-m", FY_ARG_STR, &f.model, "DIR", "take the tokenizer (and chat template) of this ferry run, checkpoint or Hugging Face directory", 0, 0, 0},
+        {"--add-special-tokens", NULL, FY_ARG_STR, &f.add_tokens, "TOK,...", "tokenize with the model's tokenizer grown by these special tokens, as ferry train --init-from MODEL --add-special-tokens will grow it", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &f.out, "DIR", "output directory for train-*.bin / val-*.bin (required)", 0, 0, 0},
         {"--val-fraction", NULL, FY_ARG_FLOAT, &f.val, "F", "share held out for validation: of text, or of the examples (default 0.02)", 0, 0.5, 0},
         {"--seq", NULL, FY_ARG_INT, &f.seq, "T", "JSONL: the training sequence length; each example is one row of T+1 tokens, padded (required for .jsonl)", 1, 1 << 24, 0},

@@ -38,14 +38,16 @@ static int cmd_train(int argc, char **argv) {
 
 static int cmd_encode(int argc, char **argv) {
     const char *tokf = NULL, *text = NULL;
+    int special = 0;
     fy_arg spec[] = {
         {"--tokenizer", "-t", FY_ARG_STR, &tokf, "FILE", "tokenizer.json (required)", 0, 0, 0},
         {"--text", NULL, FY_ARG_STR, &text, "TEXT", "encode this text instead of a file", 0, 0, 0},
+        {"--special", NULL, FY_ARG_BOOL, &special, NULL, "match added (special) tokens in the text as one id each, as chat templates and ferry serve do", 0, 0, 0},
     };
     char *files[1];
     int nf;
     fy_err err;
-    int r = fy_args_parse(argc, argv, spec, 2, "tokenizer encode", "--tokenizer FILE (--text TEXT | TEXT_FILE)",
+    int r = fy_args_parse(argc, argv, spec, 3, "tokenizer encode", "--tokenizer FILE (--text TEXT | TEXT_FILE)",
                           "Print the token ids of a text, one line, space separated.", files, 1, &nf, &err);
     if (r) return r > 0 ? 0 : fy_cli_fail("tokenizer encode", &err);
     if (!tokf || (!text && !nf)) {
@@ -55,8 +57,9 @@ static int cmd_encode(int argc, char **argv) {
     int32_t *ids;
     size_t n;
     if (fy_tokenizer_load(tokf, &tok, &err)) return fy_cli_fail("tokenizer encode", &err);
-    int rc = text ? fy_tokenizer_encode(tok, text, strlen(text), &ids, &n, &err)
-                  : fy_tokenizer_encode_file(tok, files[0], 0, &ids, &n, &err);
+    unsigned flags = special ? FY_ENC_SPECIAL : 0;
+    int rc = text ? fy_tokenizer_encode_ex(tok, text, strlen(text), flags, &ids, &n, &err)
+                  : fy_tokenizer_encode_file(tok, files[0], flags, &ids, &n, &err);
     fy_tokenizer_free(tok);
     if (rc) return fy_cli_fail("tokenizer encode", &err);
     for (size_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);

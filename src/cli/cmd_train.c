@@ -30,7 +30,7 @@ static void on_signal(int sig) {
 
 /* The command line; 0 / -1 / NULL: not given. */
 typedef struct train_flags {
-    const char *cfgname, *data, *out, *backend, *init_from;
+    const char *cfgname, *data, *out, *backend, *init_from, *add_tokens;
     int cfg_set;
     int steps, batch, seq, seed, seed_set, eval_every, ckpt_every, keep;
     int resume, vocab, log_every, stop_after;
@@ -71,6 +71,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
     fy_arg spec[] = {
         {"--config", "-c", FY_ARG_STR, &f->cfgname, "NAME|FILE", "tiny (default), small, or a config.json", 0, 0, 0},
         {"--init-from", NULL, FY_ARG_STR, &f->init_from, "MODEL", "start from MODEL's config, weights and tokenizer (a ferry run/checkpoint or a Hugging Face dir); fresh optimizer, schedule and step 0", 0, 0, 0},
+        {"--add-special-tokens", NULL, FY_ARG_STR, &f->add_tokens, "TOK,...", "with --init-from: add these special tokens, growing the embedding and head by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &f->data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default; --resume: the run's last), opencl, ... (ferry devices)", 0, 0, 0},
@@ -208,12 +209,15 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
         return fy_wrap(err, "--init-from %s", f->init_from);
     }
     run->init = h;
+    if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
     run->cfg = h->cfg;
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
-    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err) ||
-        fy_mkdir_p(run->run_dir, err))
-        return -1;
+    if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err))
+        return f->add_tokens ? fy_wrap(err, "--add-special-tokens (prepared data needs ferry data prepare --model %s "
+                                            "--add-special-tokens with the same tokens)", f->init_from)
+                             : -1;
+    if (fy_mkdir_p(run->run_dir, err)) return -1;
     char path[FY_PATH_MAX + 160];
     snprintf(path, sizeof path, "%s/tokenizer.json", run->run_dir);
     if (fy_tokenizer_save(h->tok, path, err)) return -1;
@@ -447,6 +451,12 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
     if (f.backend) {
         if (fy_backend_create_opts(f.backend, fy_cli_backend_opts(&(fy_backend_opts){0}), &be, err)) return 1;
         fy_backend_destroy(be);
+    }
+    if (f.add_tokens && (!f.init_from || f.lora_rank)) {
+        fy_fail(err, f.lora_rank ? "--add-special-tokens with --lora-rank: the new embedding and head rows would stay "
+                                   "frozen at their mean init (LoRA trains only adapters); fine-tune fully"
+                                 : "--add-special-tokens grows a model given with --init-from");
+        return 1;
     }
     if (f.init_from && f.resume) {
         fy_fail(err, "--init-from with --resume: a resumed run continues from its own checkpoint");

@@ -82,10 +82,12 @@ int fy_cli_train_supervised(int argc, char **argv, const fy_cli_supervise_args *
     first[0] = "ferry";
     first[1] = "train";
     n += child_flags(argc, argv, first + 2, &fc, &has_ranks);
-    /* A restart resumes the run: --init-from started it and is not repeated. */
+    /* A restart resumes the run: --init-from (and the tokens it added)
+     * started it and is not repeated. */
     int m = 0;
     for (int i = 0; i < n; i++) {
         int f = flag_form(first[i], "--init-from");
+        if (!f) f = flag_form(first[i], "--add-special-tokens");
         if (f == 2 && i + 1 < n) i++;
         if (!f) again[m++] = first[i];
     }

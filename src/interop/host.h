@@ -48,6 +48,13 @@ int fy_host_save_run(const fy_host_model *h, const char *run_dir, fy_err *err);
 int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err);
 /* Copies params and buffers into m, which was created with h->cfg. */
 int fy_host_to_model(const fy_host_model *h, fy_model *m, fy_err *err);
+/* Grows h's vocabulary to tok's (a tokenizer with more tokens than h's
+ * vocab_size, e.g. from fy_tokenizer_add_special): the embedding and
+ * lm_head gain rows, each new one the mean of that tensor's old rows; the
+ * old rows and every other tensor are kept bit for bit; cfg.vocab_size
+ * follows. On success h owns tok (its old tokenizer is freed); on failure
+ * h is unchanged and the caller keeps tok. */
+int fy_host_grow_vocab(fy_host_model *h, fy_tokenizer *tok, fy_err *err);
 void fy_host_free(fy_host_model *h);
 
 #endif

@@ -176,6 +176,13 @@ int32_t fy_tokenizer_pad(const fy_tokenizer *tok);
  * ids the three functions above return; -1 = none. Call it before the
  * tokenizer is shared between threads. Fails on an id out of range. */
 int fy_tokenizer_set_special(fy_tokenizer *tok, int32_t bos, int32_t eos, int32_t pad, fy_err *err);
+/* A new tokenizer: tok with the n tokens toks[] appended as special
+ * (control) added tokens with the next ids V, V+1, ..., as Hugging Face's
+ * add_special_tokens gives them; encode with FY_ENC_SPECIAL matches each as
+ * one id. Refuses an empty token, one given twice, and one tok already has
+ * (fy_tokenizer_token_to_id finds it). bos/eos/pad stay tok's. */
+int fy_tokenizer_add_special(const fy_tokenizer *tok, const char *const *toks, int n, fy_tokenizer **out,
+                             fy_err *err);
 /* llama.cpp's name (GGUF tokenizer.ggml.pre) for this tokenizer's
  * normalizer + pre-tokenizer: "gpt-2" for ferry's own (ByteLevel with the
  * GPT-2 regex, no normalizer), "deepseek-v3" for DeepSeek-V3's Sequence
