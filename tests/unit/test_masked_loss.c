@@ -24,28 +24,11 @@
 #define LAST 7
 
 static fy_config config(int mtp) {
-    fy_config c;
-    fy_err err;
-    if (fy_config_builtin("tiny", 40, &c, &err)) exit(1);
-    c.hidden_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 3;
-    c.q_lora_rank = 10;
-    c.kv_lora_rank = 9;
-    c.qk_nope_head_dim = 6;
-    c.qk_rope_head_dim = 4;
-    c.v_head_dim = 5;
-    c.n_routed_experts = 6;
-    c.num_experts_per_tok = 2;
-    c.n_shared_experts = 1;
-    c.moe_intermediate_size = 7;
-    c.intermediate_size = 13;
-    c.first_k_dense_replace = 1;
+    fy_config c = fy_test_grad_config(40);
     c.num_nextn_predict_layers = mtp;
     /* The sequence-wise balance loss looks at every position's routing,
      * padding included (docs/FINETUNE.md, limits): off here. */
     c.aux_loss_alpha = 0;
-    c.initializer_range = 0.2f;
     return c;
 }
 

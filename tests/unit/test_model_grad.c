@@ -17,30 +17,9 @@
 #include "testutil.h"
 
 static fy_config small_config(void) {
-    fy_config c;
-    fy_err err;
-    if (fy_config_builtin("tiny", 37, &c, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(1);
-    }
-    c.hidden_size = 24;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = 3;
-    c.q_lora_rank = 10;
-    c.kv_lora_rank = 9;
-    c.qk_nope_head_dim = 6;
-    c.qk_rope_head_dim = 4;
-    c.v_head_dim = 5;
-    c.n_routed_experts = 6;
-    c.num_experts_per_tok = 2;
-    c.n_shared_experts = 1;
-    c.moe_intermediate_size = 7;
-    c.intermediate_size = 13;
-    c.first_k_dense_replace = 1;
-    c.num_nextn_predict_layers = 1;
+    fy_config c = fy_test_grad_config(37);
     c.aux_loss_alpha = 0.01f;
     c.seq_aux = 1;
-    c.initializer_range = 0.2f; /* larger weights: gradients well above fp32 noise */
     return c;
 }
 

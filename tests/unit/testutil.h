@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 
+#include "model/config.h"
+
 extern int fy_test_pass, fy_test_fail;
 
 #define CHECK(cond, ...) do { \
@@ -20,5 +22,12 @@ double fy_relerr(double a, double b, double floor_);
 const char *fy_test_tmpdir(const char *test_name);
 
 int fy_test_finish(const char *name);
+
+/* The small DeepSeek-V3 of the gradient tests (test_model_grad, test_lora,
+ * test_masked_loss): the built-in tiny config with vocabulary V, shrunk to
+ * hidden 24, 2 layers (1 dense + 1 MoE of 6 experts, top 2, 1 shared),
+ * 3 heads, q_lora 10, kv_lora 9, 1 MTP module, initializer_range 0.2 (weights
+ * large enough that gradients stand well above fp32 noise). Exits on error. */
+fy_config fy_test_grad_config(int V);
 
 #endif
