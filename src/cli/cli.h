@@ -53,6 +53,10 @@ typedef struct fy_loaded {
 } fy_loaded;
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err);
 void fy_cli_unload(fy_loaded *l);
+/* `--lora DIR`: a ferry LoRA run (or checkpoint) or a PEFT adapter directory
+ * applied to l's model (folded into its weights in memory; shapes must
+ * match, the base it was trained on need not). cli/lora_apply.c. */
+int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err);
 /* The run directory of DIR (a run directory, or a checkpoint directory inside
  * RUN/checkpoints/): the one holding config.json and tokenizer.json. */
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);

@@ -96,11 +96,12 @@ static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, con
 }
 
 int fy_cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
+    const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
     int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
+        {"--lora", NULL, FY_ARG_STR, &lora, "DIR", "apply LoRA adapters (a ferry LoRA run or a PEFT directory) to the model, folded in at load", 0, 0, 0},
         {"--prompt", "-p", FY_ARG_STR, &prompt, "TEXT", "text to continue (required)", 0, 0, 0},
         {"--n", "-n", FY_ARG_INT, &n, "N", "new tokens at most (default 128)", 0, 1 << 20, 0},
         {"--temperature", NULL, FY_ARG_FLOAT, &temperature, "T", "0 = greedy (default 0.8)", 0, 100, 0},
@@ -139,7 +140,7 @@ int fy_cmd_generate(int argc, char **argv) {
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
     if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
-    if (fy_model_set_decode_quant(&l.model, wq, &err)) {
+    if ((lora && fy_cli_apply_lora(&l, lora, &err)) || fy_model_set_decode_quant(&l.model, wq, &err)) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }

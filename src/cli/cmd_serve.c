@@ -26,7 +26,7 @@
 #include "serve/sched.h"
 
 typedef struct serve_flags {
-    const char *model, *host, *backend, *weights, *api_key, *api_key_file, *chat_template, *alias;
+    const char *model, *lora, *host, *backend, *weights, *api_key, *api_key_file, *chat_template, *alias;
     int port, slots, ctx, kv_tokens, max_tokens, max_connections, max_per_ip, queue;
     double max_body, timeout, grace;
 } serve_flags;
@@ -89,6 +89,7 @@ static void model_id(const serve_flags *f, char *id, size_t cap) {
 static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &f->model, "DIR", "run, checkpoint or Hugging Face directory (required)", 0, 0, 0},
+        {"--lora", NULL, FY_ARG_STR, &f->lora, "DIR", "apply LoRA adapters (a ferry LoRA run or a PEFT directory) to the model, folded in at load", 0, 0, 0},
         {"--host", NULL, FY_ARG_STR, &f->host, "ADDR", "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)", 0, 0, 0},
         {"--port", NULL, FY_ARG_INT, &f->port, "N", "port (default 8080; 0 = any free port, printed)", 0, 65535, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
@@ -125,6 +126,7 @@ static int load(const serve_flags *f, fy_loaded *l, fy_chat_template *chat, fy_s
     fy_quant wq;
     char p[FY_PATH_MAX + 32];
     if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_model(f->model, f->backend, l, err)) return -1;
+    if (f->lora && fy_cli_apply_lora(l, f->lora, err)) return -1;
     if (fy_model_set_decode_quant(&l->model, wq, err)) return -1;
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);
