@@ -97,7 +97,7 @@ static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, con
 
 int fy_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0;
+    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -110,6 +110,8 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--seed", NULL, FY_ARG_INT, &seed, "S", "sampling seed (default 0)", 0, 2147483647, 0},
         {"--stop", NULL, FY_ARG_STR, &stop_flag, "TEXT",
          "stop when this text is generated (not printed); repeatable, up to 4", 0, 0, 0},
+        {"--ignore-eos", NULL, FY_ARG_BOOL, &ignore_eos, NULL,
+         "the end-of-sequence token is just a token: generate all N (as the server's ignore_eos)", 0, 0, 0},
         {"--prefill-chunk", NULL, FY_ARG_INT, &chunk, "N",
          "prompt tokens per forward (0 = all; the tokens do not change)", 0, 1 << 20, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
@@ -145,7 +147,7 @@ int fy_cmd_generate(int argc, char **argv) {
         return fy_cli_fail("generate", &err);
     }
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
-                           .n_stop = n_stop},
+                           .n_stop = n_stop, .ignore_eos = ignore_eos},
                      .prefill_chunk = chunk, .on_text = print_text};
     for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
     if (print_ids) {

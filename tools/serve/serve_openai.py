@@ -239,7 +239,7 @@ def check_lengths_seeds(a, cl, run, model):
     C.log("ok: max_tokens ends with 'length'; seeded sampling repeats and equals ferry generate")
 
 
-def check_ignore_eos(cl, model):
+def check_ignore_eos(a, cl, run, model):
     """A seeded sample that ends at the end-of-sequence token; with
     ignore_eos the same tokens go on through it to max_tokens."""
     p, n = PROMPTS[0], 100
@@ -259,6 +259,8 @@ def check_ignore_eos(cl, model):
         eq("ignore_eos: their logprobs", lp2.token_logprobs[:k], lp1.token_logprobs)
         check("eos" in lp2.tokens[k] or "end" in lp2.tokens[k],
               "ignore_eos: token %d is %r, not the end-of-sequence token" % (k, lp2.tokens[k]))
+        eq("ignore_eos = ferry generate --ignore-eos", r2.choices[0].text,
+           C.ferry_generate(a.ferry, run, p, n, temperature=2, seed=seed, extra=["--ignore-eos"]))
         # streamed, and in chat
         text, finish, usage, _ = stream_completion(cl, extra_body={"ignore_eos": True},
                                                    stream_options={"include_usage": True}, **kw)
@@ -300,7 +302,7 @@ def main():
         check_stop(a, cl, run, model)
         check_logprobs(a, cl, model)
         check_lengths_seeds(a, cl, run, model)
-        check_ignore_eos(cl, model)
+        check_ignore_eos(a, cl, run, model)
         check(srv.alive(), "server died")
         eq("exit code after SIGTERM", srv.stop(), 0)
     check_api_key(a, run, model)
