@@ -339,6 +339,15 @@ static inline float fy_dropout_factor(uint64_t rkey, uint64_t k, int D, int j, f
     float u = (float)(fy_rng_mix(rkey ^ (k * (uint64_t)D + (uint64_t)j)) >> 40) * (1.0f / 16777216.0f);
     return u < p ? 0.0f : scale;
 }
+/* One row of the dropout op on host memory: d[j] (+)= s[j] * factor(k, j).
+ * The cpu kernel and the host fallback both run it. */
+static inline void fy_dropout_row(uint64_t rkey, uint64_t k, int D, float p, float scale, const float *s, float *d,
+                                  int accumulate) {
+    for (int j = 0; j < D; j++) {
+        float v = s[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
+        d[j] = accumulate ? d[j] + v : v;
+    }
+}
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 
 struct fy_backend {

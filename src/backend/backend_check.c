@@ -269,15 +269,9 @@ static void host_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, u
     }
     IMPL->download(be, s, src, ns);
     IMPL->download(be, d, dst, nd);
-    for (int i = 0; i < n; i++) {
-        uint64_t k = (uint64_t)(key0 + (keys ? keys[i] : i));
-        const float *si = s + (size_t)i * lds;
-        float *di = d + (size_t)i * ldd;
-        for (int j = 0; j < D; j++) {
-            float v = si[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
-            di[j] = accumulate ? di[j] + v : v;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        fy_dropout_row(rkey, (uint64_t)(key0 + (keys ? keys[i] : i)), D, p, scale, s + (size_t)i * lds,
+                       d + (size_t)i * ldd, accumulate);
     IMPL->upload(be, dst, d, nd);
     free(s), free(d);
 }

@@ -234,13 +234,7 @@ void fy_cpu_dropout(fy_backend *be, int n, int D, float p, uint64_t seed, uint64
     const float scale = 1.0f / (1.0f - p);
     const uint64_t rkey = fy_rng_key(seed, stream);
 #pragma omp parallel for schedule(static) if ((size_t)n * D > FY_CPU_PAR_MIN)
-    for (int i = 0; i < n; i++) {
-        uint64_t k = (uint64_t)(key0 + (keys ? keys[i] : i));
-        const float *si = sp + (size_t)i * lds;
-        float *di = dp + (size_t)i * ldd;
-        for (int j = 0; j < D; j++) {
-            float v = si[j] * fy_dropout_factor(rkey, k, D, j, p, scale);
-            di[j] = accumulate ? di[j] + v : v;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        fy_dropout_row(rkey, (uint64_t)(key0 + (keys ? keys[i] : i)), D, p, scale, sp + (size_t)i * lds,
+                       dp + (size_t)i * ldd, accumulate);
 }
