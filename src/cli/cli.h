@@ -57,6 +57,10 @@ void fy_cli_unload(fy_loaded *l);
  * applied to l's model (folded into its weights in memory; shapes must
  * match, the base it was trained on need not). cli/lora_apply.c. */
 int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err);
+/* A ferry LoRA run's adapters put on m (fy_model_set_lora with the run's
+ * settings from config.json, then the checkpoint: DIR itself or the run's
+ * newest), not yet merged. */
+int fy_cli_lora_run_adapters(fy_model *m, const char *dir, fy_err *err);
 /* The run directory of DIR (a run directory, or a checkpoint directory inside
  * RUN/checkpoints/): the one holding config.json and tokenizer.json. */
 int fy_cli_run_dir(const char *dir, char *run, size_t cap, fy_err *err);

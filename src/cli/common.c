@@ -58,9 +58,8 @@ static int load_lora(fy_model *m, const char *run, const char *ckpt_dir, const c
     } else if (fy_model_init_weights(m, o.seed, err)) {
         return -1;
     }
-    fy_lora_config lc = {o.lora_rank, o.lora_alpha, (unsigned)o.lora_targets, o.lora_dropout};
-    return fy_lora_base_record(m, run, NULL, 0, err) || fy_model_set_lora(m, &lc, err) ||
-                   fy_ckpt_load(ckpt_dir, m, NULL, NULL, err) || fy_model_lora_merge(m, err)
+    return fy_lora_base_record(m, run, NULL, 0, err) || fy_cli_lora_run_adapters(m, ckpt_dir, err) ||
+                   fy_model_lora_merge(m, err)
                ? -1
                : 0;
 }

@@ -85,9 +85,7 @@ static int apply_peft(fy_model *m, const char *dir, fy_err *err) {
     return rc ? -1 : 0;
 }
 
-/* A ferry LoRA run: its settings from config.json, its adapters from the
- * checkpoint (DIR itself or the run's newest). */
-static int apply_run(fy_model *m, const char *dir, fy_err *err) {
+int fy_cli_lora_run_adapters(fy_model *m, const char *dir, fy_err *err) {
     char run[FY_PATH_MAX], p[FY_PATH_MAX + 32], ck[FY_PATH_MAX];
     if (fy_cli_run_dir(dir, run, sizeof run, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
@@ -110,7 +108,7 @@ static int apply_run(fy_model *m, const char *dir, fy_err *err) {
 int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err) {
     char p[FY_PATH_MAX + 40];
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    int rc = fy_file_exists(p) ? apply_peft(&l->model, dir, err) : apply_run(&l->model, dir, err);
+    int rc = fy_file_exists(p) ? apply_peft(&l->model, dir, err) : fy_cli_lora_run_adapters(&l->model, dir, err);
     if (rc || fy_model_lora_merge(&l->model, err)) return fy_wrap(err, "--lora %s", dir);
     return 0;
 }
