@@ -70,6 +70,8 @@ const char *fy_cli_tokenizer_config(const char *dir, char *p, size_t cap);
 /* The string member "ferry"."key" of a parsed config.json (config may be
  * NULL); NULL when absent or not a string. */
 const char *fy_cli_ferry_string(const cJSON *config, const char *key);
+/* config.json text's ferry.lora_rank: > 0 for a LoRA run, else 0. */
+int fy_cli_lora_rank(const char *config_text);
 
 /* A model in host memory from a ferry run or checkpoint directory or a
  * Hugging Face directory (cmd_convert.c). */

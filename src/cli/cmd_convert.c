@@ -49,11 +49,7 @@ static int run_lora_rank(const char *dir, char *run, size_t cap, char **text, in
     if (fy_host_run_dir(dir, run, cap, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
     if (fy_read_file(p, text, &len, err)) return -1;
-    cJSON *js = cJSON_Parse(*text);
-    const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
-    const cJSON *r = f ? cJSON_GetObjectItemCaseSensitive(f, "lora_rank") : NULL;
-    if (cJSON_IsNumber(r)) *rank = r->valueint;
-    cJSON_Delete(js);
+    *rank = fy_cli_lora_rank(*text);
     return 0;
 }
 

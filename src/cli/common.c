@@ -25,6 +25,15 @@ const char *fy_cli_ferry_string(const cJSON *config, const char *key) {
     return v && cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+int fy_cli_lora_rank(const char *config_text) {
+    cJSON *js = cJSON_Parse(config_text);
+    const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
+    const cJSON *r = f ? cJSON_GetObjectItemCaseSensitive(f, "lora_rank") : NULL;
+    int rank = cJSON_IsNumber(r) && r->valuedouble > 0 ? r->valueint : 0;
+    cJSON_Delete(js);
+    return rank;
+}
+
 /* A Hugging Face directory: imported into host memory, then copied in. */
 static int load_hf(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
     fy_host_model h;
@@ -79,12 +88,7 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     char *text = NULL;
     size_t len;
     if (fy_read_file(p, &text, &len, err)) goto fail;
-    cJSON *js = cJSON_Parse(text);
-    const cJSON *f = js ? cJSON_GetObjectItemCaseSensitive(js, "ferry") : NULL;
-    const cJSON *r = f ? cJSON_GetObjectItemCaseSensitive(f, "lora_rank") : NULL;
-    int lora = cJSON_IsNumber(r) && r->valuedouble > 0;
-    cJSON_Delete(js);
-    int rc = lora ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
+    int rc = fy_cli_lora_rank(text) > 0 ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
                   : fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err);
     free(text);
     if (rc) goto fail;
