@@ -24,6 +24,7 @@
 #include "core/checksum.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "core/strbuf.h"
 
 /* ---- names ---------------------------------------------------------------- */
 
@@ -446,11 +447,6 @@ static int write_extra(const char *path, const fy_ckpt_snapshot *s, fy_err *err)
     return rc;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
-
 /* Per-tensor xxh64 of a safetensors file as written, under "tensors" of its
  * manifest entry: when the file's checksum fails, these name the damaged
  * tensor (locate_damage). */
@@ -489,7 +485,7 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
         cJSON *e = cJSON_AddObjectToObject(files, names[i]);
         cJSON_AddNumberToObject(e, "bytes", (double)st.st_size);
         cJSON_AddStringToObject(e, "xxh64", hex);
-        if (ends_with(names[i], ".safetensors")) rc = add_tensor_sums(e, p, err);
+        if (fy_str_ends_with(names[i], ".safetensors")) rc = add_tensor_sums(e, p, err);
     }
     char *text = rc ? NULL : cJSON_Print(root);
     cJSON_Delete(root);

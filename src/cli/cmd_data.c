@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "core/fsutil.h"
+#include "core/strbuf.h"
 #include "interop/host.h"
 #include "io/chat.h"
 #include "io/prepare.h"
@@ -18,11 +19,6 @@ typedef struct data_flags {
     double val;
     int seq, train_on_prompt;
 } data_flags;
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
-}
 
 /* The tokenizer of --model or --tokenizer, and where a tokenizer_config.json
  * with its chat template may be (cfg, or NULL). */
@@ -96,7 +92,7 @@ static int prepare_text(const data_flags *f, char **files, int nf, fy_tokenizer 
 
 static int run_prepare(const data_flags *f, char **files, int nf, fy_err *err) {
     int jsonl = 0;
-    for (int i = 0; i < nf; i++) jsonl += ends_with(files[i], ".jsonl");
+    for (int i = 0; i < nf; i++) jsonl += fy_str_ends_with(files[i], ".jsonl");
     if (jsonl && jsonl != nf) return fy_fail(err, "mixes .jsonl examples with text files: prepare them apart");
     if (!jsonl && (f->seq || f->train_on_prompt || f->on_bad || f->chat_template))
         return fy_fail(err, "--seq, --chat-template, --train-on-prompt and --on-bad-line are for .jsonl examples");

@@ -16,6 +16,7 @@
 #include "cli/cli.h"
 #include "cli/train_cli.h"
 #include "core/fsutil.h"
+#include "core/strbuf.h"
 #include "io/prepare.h"
 
 #define MAX_TEXT_FILES 256
@@ -198,9 +199,8 @@ static int text_files(const char *data, char **files, int *n, fy_err *err) {
     *n = 0;
     if (!is_dir(data)) {
         if (!fy_file_exists(data)) return fy_fail(err, "--data %s: no such file or directory", data);
-        size_t len = strlen(data);
         /* Examples would be trained on as raw JSON text. */
-        if (len > 6 && !strcmp(data + len - 6, ".jsonl"))
+        if (fy_str_ends_with(data, ".jsonl"))
             return fy_fail(err, "--data %s: JSONL examples are prepared first: ferry data prepare %s --model MODEL "
                                 "--seq T --out DIR, then --data DIR (docs/FINETUNE.md)",
                            data, data);

@@ -5,6 +5,7 @@
 #define FY_STRBUF_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include "core/err.h"
 
@@ -19,5 +20,11 @@ int fy_strbuf_reserve(fy_strbuf *b, size_t extra, fy_err *err);
 /* Appends s[0..n); out of memory leaves b as it was and fails. */
 int fy_strbuf_add(fy_strbuf *b, const void *s, size_t n, fy_err *err);
 void fy_strbuf_free(fy_strbuf *b);
+
+/* 1 when C string s ends with suffix ("x.jsonl", ".jsonl"). */
+static inline int fy_str_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "core/strbuf.h"
 #include "model/model_impl.h"
 
 typedef struct target {
@@ -64,11 +65,6 @@ void fy_lora_name(const char *weight, char which, char *buf, size_t cap) {
     snprintf(buf, cap, "base_model.model.%.*s.lora_%c.weight", (int)n, weight, which);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 /* The target bit a base tensor answers to (0: none); only main layers. */
 static unsigned target_of(const fy_config *c, const fy_tensor_info *t) {
     int li;
@@ -81,7 +77,7 @@ static unsigned target_of(const fy_config *c, const fy_tensor_info *t) {
         {"gate_proj.weight", FY_LORA_GATE}, {"up_proj.weight", FY_LORA_UP}, {"down_proj.weight", FY_LORA_DOWN},
     };
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
-        if (ends_with(t->name, s[i].suffix)) return s[i].bit;
+        if (fy_str_ends_with(t->name, s[i].suffix)) return s[i].bit;
     return 0;
 }
 
