@@ -2,7 +2,9 @@
  * Prints one JSON line so bench/train_step can put it beside PyTorch's.
  *   bench_train_step --config tiny|small|FILE.json --vocab V --batch B --seq T
  *                    --steps S --warmup W [--dump-config PATH] [--lora-rank R]
- * --lora-rank: LoRA adapters of rank R (alpha 2R) on every target, the base
+ *                    [--lora-targets LIST]
+ * --lora-rank: LoRA adapters of rank R (alpha 2R) on every target (or the
+ * PEFT target_modules of --lora-targets), the base
  * frozen, AdamW on the adapters only; "trainable" counts what AdamW updates
  * and "max_rss_mb" is the process's peak resident memory. */
 #include <stdio.h>
@@ -44,7 +46,7 @@ static double forward_flops_per_token(const fy_model *m, const fy_param_table *t
 }
 
 int main(int argc, char **argv) {
-    const char *cfgname = "tiny", *dump = NULL;
+    const char *cfgname = "tiny", *dump = NULL, *targets = NULL;
     int V = 8192, B = 8, T = 256, steps = 5, warmup = 2, rank = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -57,6 +59,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) warmup = atoi(v);
         else if (!strcmp(a, "--dump-config")) dump = v;
         else if (!strcmp(a, "--lora-rank")) rank = atoi(v);
+        else if (!strcmp(a, "--lora-targets")) targets = v;
         else { fprintf(stderr, "bench_train_step: unknown flag %s\n", a); return 2; }
         i++;
     }
@@ -80,6 +83,10 @@ int main(int argc, char **argv) {
     fy_adamw opt;
     fy_adamw_opts ao = {3e-4f, 3e-5f, 10, 1000, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
     fy_lora_config lc = {rank, 2.0f * rank, FY_LORA_ALL, 0.0f};
+    if (targets && fy_lora_parse_targets(targets, &lc.targets, &err)) {
+        fprintf(stderr, "bench_train_step: %s\n", err.msg);
+        return 1;
+    }
     if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
         fy_model_init_weights(&m, 1, &err) || (rank > 0 && (fy_model_set_lora(&m, &lc, &err) ||
                                                             fy_model_lora_init(&m, 1, &err))) ||

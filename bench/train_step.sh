@@ -2,7 +2,7 @@
 # Training-step throughput of ferry (cpu backend) next to PyTorch running the
 # oracle model (tools/oracle/ds3.py, float32) with the same config, batch,
 # sequence length and thread count, measured in the same run.
-#   bench/train_step.sh [BUILD_DIR]       (THREADS, BATCH, SEQ, STEPS, LORA env vars)
+#   bench/train_step.sh [BUILD_DIR]   (THREADS, BATCH, SEQ, STEPS, LORA, PEFT_PYTHON env vars)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -12,26 +12,43 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=$threads
 
 field() { sed -E "s/.*\"$2\": ([0-9.e+-]+).*/\1/" <<<"$1"; }
-# Each config twice: full training, then LoRA rank $LORA on every target
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
+# Each config three times: full training; LoRA rank $LORA on every target
 # (base frozen, AdamW on the adapters; PyTorch: the oracle's LoRA, PEFT's
-# math). GFLOP/s counts the full step's FLOPs (LoRA: full-equivalent).
+# math); LoRA on the attention targets, also next to transformers' own
+# DeepseekV3ForCausalLM with PyPI peft (PEFT_PYTHON, default the interop venv
+# of scripts/pyenv.sh): the targets peft adapts as such on transformers 5
+# (its routed experts are fused 3-D parameters; see docs/FINETUNE.md).
+# GFLOP/s counts the full step's FLOPs (LoRA: full-equivalent).
 lora=${LORA:-8}
-printf "| config | mode | trainable / params | threads | batch x seq | ferry tok/s | ferry GFLOP/s | ferry MB | PyTorch tok/s | PyTorch MB | ratio |\n"
-printf "|---|---|---|---|---|---|---|---|---|---|---|\n"
+attn=q_a_proj,q_b_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj
+peft_py=${PEFT_PYTHON:-$(scripts/pyenv.sh 2>/dev/null || true)}
+printf "| config | mode | trainable / params | threads | batch x seq | ferry tok/s | ferry GFLOP/s | ferry MB | PyTorch tok/s | PyTorch MB | ratio | transformers+peft tok/s | peft MB | ratio |\n"
+printf "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 for cfg in tiny small; do
-  for mode in full lora; do
-    extra=(); [ "$mode" = lora ] && extra=(--lora-rank "$lora")
+  for mode in full lora lora-attn; do
+    extra=()
+    case $mode in
+      lora) extra=(--lora-rank "$lora") name="LoRA r$lora, all targets" ;;
+      lora-attn) extra=(--lora-rank "$lora" --lora-targets "$attn") name="LoRA r$lora, attention" ;;
+      *) name=full ;;
+    esac
     f=$("$build/bench/bench_train_step" --config $cfg --vocab 8192 --batch "$batch" --seq "$seq" \
           --steps "$steps" --warmup 1 --dump-config "$tmp/$cfg.json" "${extra[@]}")
     t=$($py tools/oracle/bench_torch.py --config "$tmp/$cfg.json" --batch "$batch" --seq "$seq" \
           --threads "$threads" --steps "$steps" --warmup 1 "${extra[@]}" 2>/dev/null ||
         echo '{"tokens_per_s": 0, "max_rss_mb": 0}')
-    ft=$(field "$f" tokens_per_s) tt=$(field "$t" tokens_per_s)
-    ratio=$(awk -v a="$ft" -v b="$tt" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }')
-    name=$mode; [ "$mode" = lora ] && name="LoRA r$lora"
-    printf "| %s | %s | %.2fM / %.1fM | %s | %s x %s | %.0f | %.1f | %.0f | %.0f | %.0f | %s |\n" "$cfg" "$name" \
+    p='{"tokens_per_s": 0, "max_rss_mb": 0}'
+    if [ "$mode" = lora-attn ] && [ -n "$peft_py" ]; then
+      p=$("$peft_py" tools/interop/bench_peft.py --config "$tmp/$cfg.json" --batch "$batch" --seq "$seq" \
+            --threads "$threads" --steps "$steps" --warmup 1 "${extra[@]}" 2>/dev/null || echo "$p")
+    fi
+    ft=$(field "$f" tokens_per_s) tt=$(field "$t" tokens_per_s) pt=$(field "$p" tokens_per_s)
+    pcol="n/a | n/a | n/a"
+    [ "$mode" = lora-attn ] && pcol=$(printf "%.0f | %.0f | %s" "$pt" "$(field "$p" max_rss_mb)" "$(ratio "$ft" "$pt")")
+    printf "| %s | %s | %.2fM / %.1fM | %s | %s x %s | %.0f | %.1f | %.0f | %.0f | %.0f | %s | %s |\n" "$cfg" "$name" \
       "$(awk -v p="$(field "$f" trainable)" 'BEGIN{print p/1e6}')" \
       "$(awk -v p="$(field "$f" params)" 'BEGIN{print p/1e6}')" "$threads" "$batch" "$seq" \
-      "$ft" "$(field "$f" gflops)" "$(field "$f" max_rss_mb)" "$tt" "$(field "$t" max_rss_mb)" "$ratio"
+      "$ft" "$(field "$f" gflops)" "$(field "$f" max_rss_mb)" "$tt" "$(field "$t" max_rss_mb)" "$(ratio "$ft" "$tt")" "$pcol"
   done
 done

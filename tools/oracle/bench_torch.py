@@ -4,9 +4,11 @@ oracle model (forward + backward + AdamW + aux-free bias update) on CPU.
 
 Usage: bench_torch.py --config FILE.json --batch B --seq T --threads N
                       --steps S --warmup W [--seed SEED] [--lora-rank R]
+                      [--lora-targets LIST]
 
 --lora-rank R: the oracle's LoRA (ds3.LoraParams, PEFT's math) of rank R,
-alpha 2R, on every target, the base frozen, AdamW on the adapters only.
+alpha 2R, on every target (or PEFT target_modules LIST), the base frozen,
+AdamW on the adapters only.
 
 Random init (std 0.02), random tokens. Prints one JSON line:
 {"tokens_per_s": ..., "step_ms": ..., "flops_per_token": null, "max_rss_mb": ...}
@@ -44,13 +46,13 @@ def make_adamw(cfg, params):
         return torch.optim.AdamW(groups, **kwargs)
 
 
-def lora(cfg, params, r):
+def lora(cfg, params, r, targets):
     """The base frozen, adapters of rank r on every target (A as PEFT inits it,
     B zero): (LoraParams for the forward, the adapters by name for AdamW)."""
     for p in params.values():
         p.requires_grad_(False)
     adapters, leaves = {}, {}
-    for w in ds3.lora_targeted(cfg, ds3.LORA_TARGETS):
+    for w in ds3.lora_targeted(cfg, targets):
         out_f, in_f = params[w].shape
         bound = 1.0 / math.sqrt(in_f)
         a = torch.empty(r, in_f).uniform_(-bound, bound).requires_grad_(True)
@@ -70,6 +72,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lora-rank", type=int, default=0)
+    ap.add_argument("--lora-targets", default=",".join(ds3.LORA_TARGETS))
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -77,7 +80,7 @@ def main():
     params, buffers = ds3.init_params(cfg, seed=a.seed, std=0.02, dtype=torch.float32)
     trained = params
     if a.lora_rank > 0:
-        params, trained = lora(cfg, params, a.lora_rank)
+        params, trained = lora(cfg, params, a.lora_rank, tuple(a.lora_targets.split(",")))
     opt = make_adamw(cfg, trained)
     g = torch.Generator().manual_seed(a.seed + 1)
     tokens = torch.randint(0, cfg.vocab_size, (a.batch, a.seq + 1), generator=g)
