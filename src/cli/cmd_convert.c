@@ -80,18 +80,39 @@ int fy_cli_host_load(const char *dir, fy_host_model *h, fy_err *err) {
     return rank > 0 ? host_load_lora(dir, h, err) : fy_host_load_run(dir, h, err);
 }
 
+/* A LoRA run's directory and training options (rank, alpha, targets); an
+ * error naming `what` for any other model. */
+static int lora_run_opts(const char *model, const char *what, char *run, size_t cap, fy_train_opts *o, fy_err *err) {
+    char *text = NULL;
+    int rank;
+    if (run_lora_rank(model, run, cap, &text, &rank, err)) return -1;
+    fy_train_opts_default(o);
+    int rc = rank <= 0 ? fy_fail(err, "%s is not a LoRA run (no ferry.lora_rank): nothing to export as %s", model, what)
+                       : fy_train_opts_from_json(text, run, o, err);
+    free(text);
+    return rc;
+}
+
+/* --to gguf-lora: the adapters as llama.cpp's LoRA GGUF (interop/gguf.h),
+ * for the base exported with --to gguf. */
+static int export_gguf_lora(const char *model, const char *out, fy_err *err) {
+    char run[FY_PATH_MAX], ck[FY_PATH_MAX], p[FY_PATH_MAX + 64];
+    fy_train_opts o;
+    fy_config c;
+    if (lora_run_opts(model, "a llama.cpp LoRA", run, sizeof run, &o, err)) return -1;
+    snprintf(p, sizeof p, "%s/config.json", run);
+    if (fy_config_load(p, &c, err) || fy_ckpt_resolve(model, ck, sizeof ck, err)) return -1;
+    snprintf(p, sizeof p, "%s/model.safetensors", ck);
+    return fy_gguf_export_lora(&c, p, o.lora_rank, o.lora_alpha, out, err);
+}
+
 /* --to peft: a LoRA run's adapters as PEFT writes them, adapter_model.safetensors
  * (the checkpoint's tensors: already PEFT's names) and adapter_config.json. */
 static int export_peft(const char *model, const char *out, fy_err *err) {
-    char run[FY_PATH_MAX], ck[FY_PATH_MAX], src[FY_PATH_MAX], p[FY_PATH_MAX + 64], *text = NULL;
-    int rank;
-    if (run_lora_rank(model, run, sizeof run, &text, &rank, err)) return -1;
+    char run[FY_PATH_MAX], ck[FY_PATH_MAX], src[FY_PATH_MAX], p[FY_PATH_MAX + 64];
     fy_train_opts o;
-    fy_train_opts_default(&o);
-    int rc = rank <= 0 ? fy_fail(err, "%s is not a LoRA run (no ferry.lora_rank): nothing to export as PEFT", model)
-                       : fy_train_opts_from_json(text, run, &o, err);
-    free(text);
-    if (rc) return -1;
+    int rc;
+    if (lora_run_opts(model, "PEFT", run, sizeof run, &o, err)) return -1;
     /* PEFT (0.21) on transformers 5 turns the target names gate/up/down_proj
      * of a deepseek_v3 model into the fused routed experts' parameters and
      * drops the dense and shared-expert MLPs: only attention adapters load
@@ -150,8 +171,11 @@ static int convert(const char *to, const char *model, const char *out, const cha
         if (add_tokens) return fy_fail(err, "--add-special-tokens: adapters alone cannot grow the vocabulary (--to peft)");
         if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
         return export_peft(model, out, err);
+    } else if (!strcmp(to, "gguf-lora")) {
+        if (add_tokens) return fy_fail(err, "--add-special-tokens: adapters alone cannot grow the vocabulary (--to gguf-lora)");
+        return export_gguf_lora(model, out, err);
     } else if (strcmp(to, "ferry")) {
-        return fy_fail(err, "--to %s: expected hf, gguf, ferry or peft", to);
+        return fy_fail(err, "--to %s: expected hf, gguf, gguf-lora, ferry or peft", to);
     }
     if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
     fy_host_model h;
@@ -169,7 +193,7 @@ int fy_cmd_convert(int argc, char **argv) {
     const char *add_tokens = NULL;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "ferry run or checkpoint directory, or a Hugging Face directory", 0, 0, 0},
-        {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp), ferry (a run directory) or peft (a LoRA run's adapters); a LoRA run goes to hf, gguf, ferry merged", 0, 0, 0},
+        {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp), ferry (a run directory), peft or gguf-lora (a LoRA run's adapters for PEFT or llama.cpp); a LoRA run goes to hf, gguf, ferry merged", 0, 0, 0},
         {"--from", NULL, FY_ARG_STR, &from, "hf", "--from hf HF_DIR: import a Hugging Face directory as a ferry run", 0, 0, 0},
         {"--out", "-o", FY_ARG_STR, &out, "PATH", "output directory (hf, ferry) or file (gguf); must not exist (required)", 0, 0, 0},
         {"--dtype", NULL, FY_ARG_STR, &dtype, "T", "hf: bf16 (default, round to nearest even), f16 or f32 (exact)", 0, 0, 0},
@@ -181,11 +205,13 @@ int fy_cmd_convert(int argc, char **argv) {
     int npos;
     fy_err err;
     int r = fy_args_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), "convert",
-                          "--model DIR --to hf|gguf|ferry|peft --out PATH [options]  |  --from hf HF_DIR --out RUN_DIR",
+                          "--model DIR --to hf|gguf|ferry|peft|gguf-lora --out PATH [options]  |  --from hf HF_DIR --out RUN_DIR",
                           "Convert a model between ferry and the ecosystem (docs/INTEROP.md):\n"
                           "  --to hf    a Hugging Face DeepseekV3 directory (transformers, vLLM, SGLang)\n"
                           "  --to gguf  a GGUF file for llama.cpp (architecture deepseek2)\n"
                           "  --to peft  a LoRA run's adapters for PEFT (docs/FINETUNE.md); other formats merge them\n"
+                          "  --to gguf-lora  a LoRA run's adapters as llama.cpp's LoRA GGUF, over the base's --to gguf\n"
+                          "             (o_proj, MLP and expert targets: llama.cpp's deepseek2 ignores the others)\n"
                           "  --from hf  a Hugging Face directory (bf16/f16/f32 or DeepSeek's FP8) into a ferry run\n"
                           "Every output is written under a temporary name and read back before it is renamed.",
                           pos, 1, &npos, &err);
@@ -199,7 +225,7 @@ int fy_cmd_convert(int argc, char **argv) {
     } else if (npos) {
         return fy_cli_failf("convert", "unexpected argument '%s' (the model is given with --model)", pos[0]);
     }
-    if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry|peft --out PATH (see --help)");
+    if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry|peft|gguf-lora --out PATH (see --help)");
     if (convert(to, model, out, dtype, type, shard, add_tokens, &err)) return fy_cli_fail("convert", &err);
     fprintf(stderr, "ferry convert: wrote %s\n", out);
     return 0;

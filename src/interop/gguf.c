@@ -137,6 +137,11 @@ static int plan_build(const fy_host_model *h, fy_gguf_type type, fy_gguf_plan *p
     VEC(tab->final_norm, d, "output_norm.weight");
     MAT(tab->head, d, V, "output.weight");
     if (pl.failed) return -1;
+    fy_gguf_plan_offsets(p);
+    return 0;
+}
+
+void fy_gguf_plan_offsets(fy_gguf_plan *p) {
     uint64_t at = 0;
     for (int k = 0; k < p->n; k++) {
         fy_gguf_tensor *t = &p->t[k];
@@ -145,15 +150,14 @@ static int plan_build(const fy_host_model *h, fy_gguf_type type, fy_gguf_plan *p
         at += (t->bytes + FY_GGUF_ALIGN - 1) / FY_GGUF_ALIGN * FY_GGUF_ALIGN;
     }
     p->data_bytes = at;
-    return 0;
 }
 
 /* ---- values and the file ----------------------------------------------- */
 
 /* Slab i2 of the tensor (ne[0] * ne[1] values, ne[0] fastest) into dst:
  * 3-D tensors (stacked experts, k_b / v_b per head) go one slab at a time. */
-static void gather(const fy_host_model *h, const fy_gguf_tensor *t, uint64_t i2, float *dst) {
-    const float *s = (t->from_buffers ? h->buffers : h->params) + t->off;
+static void gather(const fy_gguf_values *v, const fy_gguf_tensor *t, uint64_t i2, float *dst) {
+    const float *s = (t->from_buffers ? v->buffers : v->params) + t->off;
     uint64_t n0 = t->ne[0], n1 = t->ne[1];
     if (t->src == FY_GS_COPY) {
         memcpy(dst, s + i2 * n0 * n1, n0 * n1 * sizeof *dst);
@@ -170,7 +174,7 @@ static void gather(const fy_host_model *h, const fy_gguf_tensor *t, uint64_t i2,
     }
 }
 
-static int write_data(const fy_host_model *h, fy_gguf_plan *p, fy_atomic_file *a, fy_err *err) {
+static int write_data(const fy_gguf_values *v, fy_gguf_plan *p, fy_atomic_file *a, fy_err *err) {
     uint64_t most = 0, most_bytes = 0;
     for (int k = 0; k < p->n; k++) {
         const fy_gguf_tensor *t = &p->t[k];
@@ -188,7 +192,7 @@ static int write_data(const fy_host_model *h, fy_gguf_plan *p, fy_atomic_file *a
         size_t rb = fy_gguf_row_bytes(t->type, t->ne[0]), slab = rb * (size_t)t->ne[1];
         t->sum = FY_GGUF_FNV_INIT;
         for (uint64_t i2 = 0; i2 < t->ne[2]; i2++) {
-            gather(h, t, i2, x);
+            gather(v, t, i2, x);
             for (size_t r = 0; r < t->ne[1]; r++) fy_gguf_encode_row(t->type, x + r * t->ne[0], t->ne[0], y + r * rb);
             t->sum = fy_gguf_fnv(t->sum, y, slab);
             if (fy_atomic_write(a, y, slab, err)) goto done;
@@ -210,12 +214,12 @@ static int add_le(fy_strbuf *b, uint64_t v, int bytes, fy_err *err) {
 }
 
 /* Magic, version, counts, keys, tensor infos, padding to the alignment. */
-static int build_header(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_type type, fy_strbuf *b,
-                        uint64_t *n_kv, fy_err *err) {
+static int build_header(const fy_gguf_values *v, const fy_gguf_plan *p, fy_strbuf *b, uint64_t *n_kv,
+                        fy_err *err) {
     if (fy_strbuf_add(b, "GGUF", 4, err) || add_le(b, FY_GGUF_VERSION, 4, err) ||
         add_le(b, (uint64_t)p->n, 8, err) || add_le(b, 0, 8, err))
         return -1;
-    if (fy_gguf_write_keys(h, p, type, b, n_kv, err)) return -1;
+    if (v->keys(v->keys_ctx, p, b, n_kv, err)) return -1;
     for (int i = 0; i < 8; i++) b->p[16 + i] = (char)(*n_kv >> (8 * i));
     for (int k = 0; k < p->n; k++) {
         const fy_gguf_tensor *t = &p->t[k];
@@ -230,6 +234,25 @@ static int build_header(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_t
     return fy_strbuf_add(b, zero, (FY_GGUF_ALIGN - b->n % FY_GGUF_ALIGN) % FY_GGUF_ALIGN, err);
 }
 
+int fy_gguf_write(const char *out_path, fy_gguf_plan *p, const fy_gguf_values *v, fy_err *err) {
+    fy_strbuf hdr = {0};
+    fy_atomic_file a;
+    uint64_t n_kv = 0;
+    int rc = -1, opened = 0;
+    if (build_header(v, p, &hdr, &n_kv, err)) goto done;
+    if (fy_atomic_open(&a, out_path, err)) goto done;
+    opened = 1;
+    if (fy_atomic_write(&a, hdr.p, hdr.n, err) || write_data(v, p, &a, err) ||
+        fy_gguf_verify(a.tmp, out_path, p, n_kv, err))
+        goto done;
+    opened = 0;
+    rc = fy_atomic_commit(&a, err);
+done:
+    if (opened) fy_atomic_abort(&a);
+    fy_strbuf_free(&hdr);
+    return rc;
+}
+
 static int check_model(const fy_host_model *h, const char *out_path, fy_err *err) {
     if (!h->tok) return fy_fail(err, "%s: the model has no tokenizer to write", out_path);
     if (fy_params_is_shard(&h->tab)) return fy_fail(err, "%s: the model holds only some experts", out_path);
@@ -239,30 +262,27 @@ static int check_model(const fy_host_model *h, const char *out_path, fy_err *err
     return 0;
 }
 
+/* The model's keys (gguf_keys.c) for fy_gguf_write. */
+typedef struct model_keys {
+    const fy_host_model *h;
+    fy_gguf_type type;
+} model_keys;
+static int write_model_keys(const void *ctx, const fy_gguf_plan *p, fy_strbuf *b, uint64_t *n_kv, fy_err *err) {
+    const model_keys *k = ctx;
+    return fy_gguf_write_keys(k->h, p, k->type, b, n_kv, err);
+}
+
 int fy_gguf_export(const fy_host_model *h, const char *out_path, fy_gguf_type type, fy_err *err) {
     if (fy_file_exists(out_path)) return fy_fail(err, "%s exists: not overwriting it", out_path);
     if (check_model(h, out_path, err)) return -1;
     fy_gguf_plan p;
-    fy_strbuf hdr = {0};
-    fy_atomic_file a;
-    uint64_t n_kv = 0;
-    int rc = -1, opened = 0;
-    if (plan_build(h, type, &p, err) || build_header(h, &p, type, &hdr, &n_kv, err)) goto done;
-    if (fy_atomic_open(&a, out_path, err)) goto done;
-    opened = 1;
-    if (fy_atomic_write(&a, hdr.p, hdr.n, err) || write_data(h, &p, &a, err) ||
-        fy_gguf_verify(a.tmp, out_path, &p, n_kv, err))
-        goto done;
-    opened = 0;
-    if (fy_atomic_commit(&a, err)) goto done;
-    if (p.n_fallback)
+    model_keys mk = {h, type};
+    fy_gguf_values v = {h->params, h->buffers, write_model_keys, &mk};
+    int rc = plan_build(h, type, &p, err) || fy_gguf_write(out_path, &p, &v, err) ? -1 : 0;
+    if (!rc && p.n_fallback)
         fy_warn("%s: %d matrices whose rows are not whole blocks of 32 are stored as F16 (as llama.cpp's converter "
                 "does)", out_path, p.n_fallback);
-    rc = 0;
-done:
-    if (opened) fy_atomic_abort(&a);
     if (rc && err && strncmp(err->msg, out_path, strlen(out_path))) fy_wrap(err, "%s", out_path);
-    fy_strbuf_free(&hdr);
     free(p.t);
     return rc;
 }

@@ -19,4 +19,12 @@ int fy_gguf_type_parse(const char *name, fy_gguf_type *out, fy_err *err);
  * router, norms and biases stay F32. */
 int fy_gguf_export(const fy_host_model *h, const char *out_path, fy_gguf_type type, fy_err *err);
 
+/* llama.cpp's LoRA adapter GGUF (general.type "adapter") of the rank-`rank`
+ * adapters in the safetensors file `adapters` (PEFT's names: a ferry LoRA
+ * checkpoint's model.safetensors) for a base with config c. Only o_proj,
+ * the dense/shared MLPs and the routed experts: any other adapter is
+ * refused (llama.cpp's deepseek2 graph would ignore it). */
+int fy_gguf_export_lora(const fy_config *c, const char *adapters, int rank, float alpha, const char *out_path,
+                        fy_err *err);
+
 #endif

@@ -52,6 +52,27 @@ typedef struct fy_gguf_plan {
 int fy_gguf_write_keys(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_type type, fy_strbuf *b,
                        uint64_t *n_kv, fy_err *err);
 
+/* What fy_gguf_write writes: the tensors' f32 sources (params, and
+ * buffers for tensors with from_buffers) and the key/value section, written
+ * by keys (n_kv keys appended to b). */
+typedef struct fy_gguf_values {
+    const float *params, *buffers;
+    int (*keys)(const void *ctx, const fy_gguf_plan *p, fy_strbuf *b, uint64_t *n_kv, fy_err *err);
+    const void *keys_ctx;
+} fy_gguf_values;
+
+/* Data offsets and sizes of plan p's tensors (their ne and type set). */
+void fy_gguf_plan_offsets(fy_gguf_plan *p);
+
+/* Writes p to out_path through a temporary name: header, keys, tensor
+ * infos, data (each tensor gathered and encoded in its type), read back by
+ * fy_gguf_verify before the rename. */
+int fy_gguf_write(const char *out_path, fy_gguf_plan *p, const fy_gguf_values *v, fy_err *err);
+
+/* The key/value section of a LoRA adapter (general.type "adapter",
+ * adapter.type "lora", adapter.lora.alpha) for fy_gguf_write. */
+int fy_gguf_write_adapter_keys(const void *alpha, const fy_gguf_plan *p, fy_strbuf *b, uint64_t *n_kv, fy_err *err);
+
 uint64_t fy_gguf_fnv(uint64_t h, const uint8_t *p, size_t n);
 #define FY_GGUF_FNV_INIT 0xcbf29ce484222325ull
 

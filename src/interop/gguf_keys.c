@@ -31,10 +31,11 @@ static void put_str(kw *w, const char *s) {
     put_u64(w, n);
     put(w, s, n);
 }
-/* The key's name: "general.x" and "tokenizer.x" as given, others under ARCH. */
+/* The key's name: "general.x", "tokenizer.x" and "adapter.x" as given,
+ * others under ARCH. */
 static void key(kw *w, const char *k, uint32_t type) {
     char full[128];
-    if (!strncmp(k, "general.", 8) || !strncmp(k, "tokenizer.", 10)) snprintf(full, sizeof full, "%s", k);
+    if (!strncmp(k, "general.", 8) || !strncmp(k, "tokenizer.", 10) || !strncmp(k, "adapter.", 8)) snprintf(full, sizeof full, "%s", k);
     else snprintf(full, sizeof full, "%s.%s", ARCH, k);
     put_str(w, full);
     put_u32(w, type);
@@ -180,6 +181,22 @@ int fy_gguf_write_keys(const fy_host_model *h, const fy_gguf_plan *p, fy_gguf_ty
         return fy_fail(err, "tokenizer: llama.cpp's gpt2 tokenizer needs at least one merge");
     hparams(&w, &h->cfg, p, type);
     tokenizer(&w, h->tok, &h->cfg);
+    if (w.failed) return -1;
+    *n_kv = w.n;
+    return 0;
+}
+
+/* llama.cpp's LoRA adapter (src/llama-adapter.cpp): general.type "adapter",
+ * the base's architecture, adapter.type "lora" and adapter.lora.alpha (its
+ * scale is alpha / r, r read off each lora_b, as PEFT's). */
+int fy_gguf_write_adapter_keys(const void *alpha, const fy_gguf_plan *p, fy_strbuf *b, uint64_t *n_kv, fy_err *err) {
+    kw w = {b, 0, err, 0};
+    (void)p;
+    kv_str(&w, "general.architecture", ARCH);
+    kv_str(&w, "general.type", "adapter");
+    kv_str(&w, "general.name", "ferry LoRA adapter");
+    kv_str(&w, "adapter.type", "lora");
+    kv_f32(&w, "adapter.lora.alpha", *(const float *)alpha);
     if (w.failed) return -1;
     *n_kv = w.n;
     return 0;

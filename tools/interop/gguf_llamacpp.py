@@ -33,6 +33,13 @@ And a LoRA run fine-tuned from the tiny model (`--lora-targets all`): its
 f32 GGUF is the merged model, and llama.cpp's greedy ids on it equal
 `ferry generate --model LORA_RUN` (which merges the adapters at load).
 
+And the adapter itself: a LoRA run on the targets llama.cpp's deepseek2
+graph adapts (o_proj, gate/up/down_proj, experts), written by `ferry convert
+--to gguf-lora` and loaded by llama.cpp (llama_adapter_lora_init) over the
+tiny model's f32 GGUF: greedy ids equal to ferry's for the run on every
+prompt, and different from the base's on at least one (the adapter acts);
+the run with attention targets is refused by --to gguf-lora.
+
 Skips (exit 77) with a line when CACHE_DIR holds no such build.
 
 Usage: gguf_llamacpp.py --llamacpp CACHE_DIR [--n 64] --ferry PATH --work DIR
@@ -162,12 +169,56 @@ def main():
     for model, run_dir, types in runs:
         print(f"== {model}: {os.path.basename(run_dir)}")
         compare(ferry, llama_ids, a, model, run_dir, types, problems)
+    print("== LoRA adapter GGUF (--to gguf-lora) over tiny-f32.gguf")
+    check_adapter(ferry, llama_ids, a, runs[0][1], lora, problems)
     if problems:
         for p in problems:
             print("FAIL:", p)
         return 1
-    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly; YaRN; plain q_proj, no MTP; a LoRA run merged)")
+    print("PASS: llama.cpp loads every export and agrees with ferry (f32 and f16 exactly; YaRN; plain q_proj, no MTP; "
+          "a LoRA run merged; a LoRA adapter GGUF)")
     return 0
+
+
+def greedy(ferry, llama_ids, a, run_dir, gguf, adapter, p):
+    """(ferry's new ids for run_dir, llama.cpp's for gguf [+ adapter]) or a problem string."""
+    rf = run([ferry, "generate", "--model", run_dir, "--prompt", p, "--temperature", "0", "-n", str(a.n), "--print-ids"])
+    rl = run([llama_ids, gguf, p, str(a.n), "f32"] + ([adapter] if adapter else []))
+    if rf.returncode or rl.returncode:
+        return f"ferry rc {rf.returncode} {rf.stderr.strip()[-200:]}; llama.cpp rc {rl.returncode} {rl.stderr.strip()[-300:]}"
+    return parse_ids(rf.stdout, "ferry")[1], parse_ids(rl.stdout, "llama_ids")[1]
+
+
+def check_adapter(ferry, llama_ids, a, base_run, all_run, problems):
+    base = os.path.join(a.work, "tiny-f32.gguf")
+    refused = run([ferry, "convert", "--model", all_run, "--to", "gguf-lora", "--out", os.path.join(a.work, "all.gguf")])
+    if refused.returncode == 0 or "ignored" not in refused.stderr:
+        problems.append(f"--to gguf-lora of a run with q/kv adapters: rc {refused.returncode} {refused.stderr.strip()}")
+    run_dir, adapter = os.path.join(a.work, "lora-ffn"), os.path.join(a.work, "lora-ffn.gguf")
+    r = run([ferry, "train", "--init-from", base_run, "--data", "data", "--steps", "60", "--batch", "8", "--seq", "64",
+             "--lr", "3e-2", "--eval-every", "0", "--ckpt-every", "0", "--lora-rank", "4", "--lora-alpha", "16",
+             "--lora-targets", "o_proj,gate_proj,up_proj,down_proj,experts", "--out", run_dir], cwd=a.work)
+    if r.returncode:
+        problems.append(f"the o_proj/MLP/experts LoRA run: {r.stderr.strip()[-500:]}")
+        return
+    r = run([ferry, "convert", "--model", run_dir, "--to", "gguf-lora", "--out", adapter])
+    if r.returncode:
+        problems.append(f"--to gguf-lora: {r.stderr.strip()}")
+        return
+    moved = 0
+    for p in PROMPTS:
+        got, plain = greedy(ferry, llama_ids, a, run_dir, base, adapter, p), greedy(ferry, llama_ids, a, base_run, base, None, p)
+        if isinstance(got, str) or isinstance(plain, str):
+            problems.append(f"adapter {p!r}: {got if isinstance(got, str) else plain}")
+            continue
+        (fi, li), (_, bi) = got, plain
+        moved += li != bi
+        print(f"  prompt {p!r}: llama.cpp + adapter {agree(fi, li)}/{len(fi)} tokens equal to ferry's LoRA run; "
+              f"{'differs from' if li != bi else 'same as'} the base's")
+        if fi != li:
+            problems.append(f"adapter {p!r}: llama.cpp with the adapter differs from ferry's LoRA run at token {agree(fi, li)}")
+    if not moved:
+        problems.append("the adapter changes no prompt's greedy ids in llama.cpp: the check would not see it ignored")
 
 
 def compare(ferry, llama_ids, a, model, run_dir, types, problems):

@@ -1,7 +1,7 @@
 /* Greedy token ids from llama.cpp (libllama), to compare with
  * `ferry generate --temperature 0 --print-ids` (tools/llamacpp/check.sh).
  *
- *   llama_ids MODEL.gguf PROMPT N [f32|f16]
+ *   llama_ids MODEL.gguf PROMPT N [f32|f16 [LORA_ADAPTER.gguf]]
  *
  * Loads the GGUF on the CPU, tokenizes PROMPT as the file says (ferry's
  * files: no <|bos|>), decodes N tokens greedily with flash attention off
@@ -39,7 +39,7 @@ static void quiet(enum ggml_log_level level, const char *text, void *ud) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s MODEL.gguf PROMPT N [f32|f16]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.gguf PROMPT N [f32|f16 [LORA_ADAPTER.gguf]]\n", argv[0]);
         return 2;
     }
     const char *path = argv[1], *prompt = argv[2];
@@ -80,6 +80,15 @@ int main(int argc, char **argv) {
     if (!ctx) {
         fprintf(stderr, "llama_ids: cannot create a context\n");
         return 1;
+    }
+    if (argc > 5) {
+        /* a LoRA adapter GGUF at scale 1 (llama-cli's --lora) */
+        struct llama_adapter_lora *ad = llama_adapter_lora_init(model, argv[5]);
+        float one = 1.0f;
+        if (!ad || llama_set_adapters_lora(ctx, &ad, 1, &one)) {
+            fprintf(stderr, "llama_ids: %s: llama.cpp could not load or apply the LoRA adapter\n", argv[5]);
+            return 1;
+        }
     }
     struct llama_sampler *smpl = llama_sampler_init_greedy();
     llama_token eos = llama_vocab_eos(vocab), *out = toks + n;
