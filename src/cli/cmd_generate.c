@@ -8,15 +8,73 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "core/strbuf.h"
 #include "model/decode.h"
+#include "serve/api.h"
 #include "serve/generate.h"
 #include "serve/sampler.h"
 #include "serve/seq.h"
 
+/* Writes s[0..n) as UTF-8 fit for a terminal: invalid bytes become U+FFFD
+ * (serve/api.h's cleaner; fy_generate never splits a character across
+ * pieces), control characters other than \n and \t are escaped as \xHH
+ * (C1 ones, U+0080..U+009F, as \u00HH), so a model cannot drive the
+ * terminal. Returns -1 when out of memory. */
+static int put_clean(const char *s, size_t n) {
+    fy_strbuf b = {0};
+    if (fy_api_utf8_clean(s, n, &b, NULL)) {
+        fy_strbuf_free(&b);
+        return -1;
+    }
+    const unsigned char *u = (const unsigned char *)b.p;
+    size_t run = 0;
+    for (size_t i = 0; i < b.n; i++) {
+        int c0 = (u[i] < 0x20 && u[i] != '\n' && u[i] != '\t') || u[i] == 0x7f;
+        int c1 = u[i] == 0xc2 && i + 1 < b.n && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f;
+        if (!c0 && !c1) continue;
+        fwrite(b.p + run, 1, i - run, stdout);
+        if (c0) printf("\\x%02x", u[i]);
+        else printf("\\u%04x", u[++i]);
+        run = i + 1;
+    }
+    fwrite(b.p + run, 1, b.n - run, stdout);
+    fy_strbuf_free(&b);
+    return 0;
+}
+
+/* The text callback's state: the prompt is echoed just before the first
+ * generated token, so a run that fails before generating prints nothing. */
+typedef struct printer {
+    const char *prompt;
+    int echoed, oom;
+} printer;
+
+static void echo_prompt(printer *pr) {
+    if (pr->echoed) return;
+    pr->echoed = 1;
+    if (put_clean(pr->prompt, strlen(pr->prompt))) pr->oom = 1;
+}
+
 static void print_text(const char *text, size_t n, void *ctx) {
-    (void)ctx;
-    fwrite(text, 1, n, stdout);
+    printer *pr = ctx;
+    echo_prompt(pr);
+    if (put_clean(text, n)) pr->oom = 1;
     fflush(stdout);
+}
+
+static void first_token(const fy_seq *s, void *ctx) {
+    (void)s;
+    echo_prompt(ctx);
+}
+
+/* -n is clamped so the prompt and the tokens fit the context: say so when
+ * that, not -n or the end of the sequence, ended it. */
+static void note_short(const fy_gen_result *res, int n, int max_pos) {
+    if (res->stopped_by == 0 && res->new_tokens < n)
+        fprintf(stderr,
+                "ferry generate: stopped after %d new tokens (-n %d): the prompt's %d tokens and the new ones "
+                "fill the model's context (max_position_embeddings %d)\n",
+                res->new_tokens, n, res->prompt_tokens, max_pos);
 }
 
 static void print_list(const char *label, const int32_t *ids, int n) {
@@ -57,6 +115,7 @@ static int generate_ids(fy_model *m, const fy_tokenizer *tok, const char *prompt
         else if (!fy_generate_ids(m, tok, ids, (int)n, &io, &res, err)) {
             print_list("prompt:", ids, (int)n);
             print_list("ids:", out.ids, out.n);
+            note_short(&res, o->p.max_tokens, m->cfg.max_position_embeddings);
             rc = 0;
         }
     }
@@ -142,13 +201,15 @@ int fy_cmd_generate(int argc, char **argv) {
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
     if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
-    if ((lora && fy_cli_apply_lora(&l, lora, &err)) || fy_model_set_decode_quant(&l.model, wq, &err)) {
+    if ((lora && fy_cli_apply_lora(&l, lora, &err)) || fy_cli_check_weights(&l.model, &err) ||
+        fy_model_set_decode_quant(&l.model, wq, &err)) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }
+    printer pr = {prompt, 0, 0};
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
                            .n_stop = n_stop, .ignore_eos = ignore_eos},
-                     .prefill_chunk = chunk, .on_text = print_text};
+                     .prefill_chunk = chunk, .on_text = print_text, .on_token = first_token, .ctx = &pr};
     for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
     if (print_ids) {
         int rc = generate_ids(&l.model, l.tok, prompt, &o, &err);
@@ -156,11 +217,15 @@ int fy_cmd_generate(int argc, char **argv) {
         return rc ? fy_cli_fail("generate", &err) : 0;
     }
     fy_gen_result res;
-    fputs(prompt, stdout);
     int rc = fy_generate(&l.model, l.tok, prompt, &o, &res, &err);
-    printf("\n");
+    int max_pos = l.model.cfg.max_position_embeddings;
     fy_cli_unload(&l);
+    if (!rc) echo_prompt(&pr); /* nothing generated (end of sequence at once): still the prompt */
+    if (pr.echoed) printf("\n");
+    fflush(stdout);
     if (rc) return fy_cli_fail("generate", &err);
+    if (pr.oom) return fy_cli_failf("generate", "out of memory writing the text");
+    note_short(&res, n, max_pos);
     if (stats)
         fprintf(stderr, "prefill %d tokens: %.1f tok/s; decode %d tokens: %.1f tok/s\n", res.prompt_tokens,
                 res.prompt_tokens / (res.prefill_s > 0 ? res.prefill_s : 1e-9), res.new_tokens,
