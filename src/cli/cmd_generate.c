@@ -190,7 +190,8 @@ int fy_cmd_generate(int argc, char **argv) {
     if (!r) r = fy_args_parse(n_rest, rest, spec, (int)(sizeof spec / sizeof spec[0]), "generate",
                           "--model DIR --prompt TEXT [options]",
                           "Continue a prompt with a trained model: prefill, then token-by-token decoding\n"
-                          "from the latent KV cache, streamed to stdout.",
+                          "from the latent KV cache, streamed to stdout as valid UTF-8 (invalid bytes as\n"
+                          "U+FFFD, control characters other than newline and tab as \\xHH).",
                           pos, 0, &npos, &err);
     free(rest);
     if (r) return r > 0 ? 0 : fy_cli_fail("generate", &err);
