@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -15,12 +16,13 @@
 #include "serve/sampler.h"
 #include "serve/seq.h"
 
-/* Writes s[0..n) as UTF-8 fit for a terminal: invalid bytes become U+FFFD
- * (serve/api.h's cleaner; fy_generate never splits a character across
- * pieces), control characters other than \n and \t are escaped as \xHH
- * (C1 ones, U+0080..U+009F, as \u00HH), so a model cannot drive the
- * terminal. Returns -1 when out of memory. */
-static int put_clean(const char *s, size_t n) {
+/* Writes s[0..n) as valid UTF-8: invalid bytes become U+FFFD (serve/api.h's
+ * cleaner, so the text is the server's; fy_generate never splits a
+ * character across pieces). With `escape` (a terminal), control characters
+ * other than \n and \t are written as \xHH (C1 ones, U+0080..U+009F, as
+ * \u00HH), so a model cannot drive the terminal; into a pipe or file they
+ * stay the text's own bytes. Returns -1 when out of memory. */
+static int put_clean(const char *s, size_t n, int escape) {
     fy_strbuf b = {0};
     if (fy_api_utf8_clean(s, n, &b, NULL)) {
         fy_strbuf_free(&b);
@@ -28,7 +30,7 @@ static int put_clean(const char *s, size_t n) {
     }
     const unsigned char *u = (const unsigned char *)b.p;
     size_t run = 0;
-    for (size_t i = 0; i < b.n; i++) {
+    for (size_t i = 0; escape && i < b.n; i++) {
         int c0 = (u[i] < 0x20 && u[i] != '\n' && u[i] != '\t') || u[i] == 0x7f;
         int c1 = u[i] == 0xc2 && i + 1 < b.n && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f;
         if (!c0 && !c1) continue;
@@ -46,19 +48,19 @@ static int put_clean(const char *s, size_t n) {
  * generated token, so a run that fails before generating prints nothing. */
 typedef struct printer {
     const char *prompt;
-    int echoed, oom;
+    int escape, echoed, oom;
 } printer;
 
 static void echo_prompt(printer *pr) {
     if (pr->echoed) return;
     pr->echoed = 1;
-    if (put_clean(pr->prompt, strlen(pr->prompt))) pr->oom = 1;
+    if (put_clean(pr->prompt, strlen(pr->prompt), pr->escape)) pr->oom = 1;
 }
 
 static void print_text(const char *text, size_t n, void *ctx) {
     printer *pr = ctx;
     echo_prompt(pr);
-    if (put_clean(text, n)) pr->oom = 1;
+    if (put_clean(text, n, pr->escape)) pr->oom = 1;
     fflush(stdout);
 }
 
@@ -156,7 +158,7 @@ static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, con
 
 int fy_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0;
+    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0, escape = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -178,6 +180,8 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
          "print token ids, not text: a line 'prompt: ID...' then 'ids: ID...' (the new tokens; <|eos|> ends them, unprinted; a --stop string after the token completing it)",
          0, 0, 0},
+        {"--escape-controls", NULL, FY_ARG_BOOL, &escape, NULL,
+         "write control characters (but newline and tab) as \\xHH also when stdout is not a terminal", 0, 0, 0},
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];
@@ -191,7 +195,7 @@ int fy_cmd_generate(int argc, char **argv) {
                           "--model DIR --prompt TEXT [options]",
                           "Continue a prompt with a trained model: prefill, then token-by-token decoding\n"
                           "from the latent KV cache, streamed to stdout as valid UTF-8 (invalid bytes as\n"
-                          "U+FFFD, control characters other than newline and tab as \\xHH).",
+                          "U+FFFD); on a terminal, control characters other than newline and tab as \\xHH.",
                           pos, 0, &npos, &err);
     free(rest);
     if (r) return r > 0 ? 0 : fy_cli_fail("generate", &err);
@@ -207,7 +211,7 @@ int fy_cmd_generate(int argc, char **argv) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }
-    printer pr = {prompt, 0, 0};
+    printer pr = {prompt, escape || isatty(STDOUT_FILENO), 0, 0};
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
                            .n_stop = n_stop, .ignore_eos = ignore_eos},
                      .prefill_chunk = chunk, .on_text = print_text, .on_token = first_token, .ctx = &pr};

@@ -125,6 +125,21 @@ for m in nanrun hf; do
 done
 run 30 "$ferry" serve -m nanrun --port 0
 fails_clearly "serve -m nanrun (NaN weights)" "non-finite"
+# Finite weights whose products overflow: the logits are checked each step.
+"$ferry" convert -m run --to hf --dtype f32 --out hfbig >/dev/null 2>&1 || bad "convert --to hf failed"
+python3 - hfbig/model.safetensors <<'PY' || bad "could not write huge weights into hfbig/model.safetensors"
+import json, struct, sys
+with open(sys.argv[1], "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    for name, t in json.loads(f.read(n)).items():
+        if name.endswith("head.weight"):   # lm_head and the MTP's copy of it
+            a, b = t["data_offsets"]
+            f.seek(8 + n + a)
+            f.write(struct.pack("<f", 3e38) * ((b - a) // 4))
+PY
+run 30 "$ferry" generate -m hfbig -p "the king" -n 4
+fails_clearly "generate -m hfbig (finite weights, overflowing logits)" "logits are not finite"
+check '[ ! -s out.txt ]' "generate -m hfbig (overflowing logits) wrote to stdout: $(od -c out.txt | head -2)"
 
 # ---- 4. Sizes whose products overflow (or make an absurd model): refused
 # at once with the sizes named, never a huge allocation or a wrapped int.
@@ -138,9 +153,10 @@ for k in hidden_size num_attention_heads n_routed_experts; do
   fails_clearly "train with a huge $k" "not supported"
 done
 
-# ---- 5. generate's text: valid UTF-8, no control bytes but \n and \t,
-# whatever the model emits. A model trained on text full of escape
-# sequences, BELs, CRs and invalid bytes reproduces them (greedy).
+# ---- 5. generate's text: valid UTF-8 whatever the model emits, and on a
+# terminal (or with --escape-controls) no control bytes but \n and \t. A
+# model trained on text full of escape sequences, BELs, CRs and invalid
+# bytes reproduces them (greedy).
 mkdir -p ctl && cd ctl || exit 1
 printf 'the king \033[2J wept \377\376 by \a the river \303 stone\r\n%.0s' $(seq 400) > corpus.txt
 "$ferry" tokenizer train --vocab-size 300 -o tok.json corpus.txt >/dev/null 2>&1 &&
@@ -150,13 +166,28 @@ v=$(python3 -c 'import json; print(len(json.load(open("tok.json"))["model"]["voc
 sed "s/\"vocab_size\": 300/\"vocab_size\": $v/" ../micro.json > micro.json
 "$ferry" train --config micro.json --data data --out run --steps 40 --batch 4 --seq 32 --eval-every 0 >train.log 2>&1 ||
   bad "training on the control-byte corpus failed"
-run 30 "$ferry" generate -m run -p "the king" -n 40 --temperature 0
-check '[ "$rc" -eq 0 ]' "generate on the control-byte model failed: $(head -c 300 err.txt)"
-check 'python3 -c "import sys; sys.stdin.buffer.read().decode(\"utf-8\")" < out.txt' "generate wrote invalid UTF-8"
-check '! LC_ALL=C grep -q "[[:cntrl:]]" <(tr -d "\n\t" < out.txt)' "generate wrote control bytes: $(od -c out.txt | head -3)"
+valid_utf8() { python3 -c 'import sys; sys.stdin.buffer.read().decode("utf-8")' < "$1"; }
+no_controls() { ! LC_ALL=C grep -q "[[:cntrl:]]" <(tr -d '\n\t' < "$1"); }
+fffd=$(printf '\357\277\275')
+run 30 "$ferry" generate -m run -p "the king" -n 40 --temperature 0 --escape-controls
+check '[ "$rc" -eq 0 ]' "generate --escape-controls on the control-byte model failed: $(head -c 300 err.txt)"
+check 'valid_utf8 out.txt' "generate --escape-controls wrote invalid UTF-8"
+check 'no_controls out.txt' "generate --escape-controls wrote control bytes: $(od -c out.txt | head -3)"
 # Not vacuous: the model did emit ESC (escaped as text) and invalid bytes.
-check 'grep -qF "\\x1b[2J" out.txt && grep -q "$(printf "\357\277\275")" out.txt' \
-  "the model did not emit the escape and invalid bytes: $(head -c 200 out.txt)"
+check 'grep -qF "\\x1b[2J" out.txt && grep -qF "\\x07" out.txt && grep -q "$fffd" out.txt' \
+  "the model did not emit the escape, BEL and invalid bytes: $(head -c 200 out.txt)"
+# Into a file: the text's own control bytes (as the server sends them), still valid UTF-8.
+run 30 "$ferry" generate -m run -p "the king" -n 40 --temperature 0
+check '[ "$rc" -eq 0 ] && valid_utf8 out.txt' "generate into a file wrote invalid UTF-8"
+check 'grep -q "$(printf "\033")\[2J" out.txt && grep -q "$fffd" out.txt' "generate into a file changed the text's control bytes"
+# On a terminal (script(1) gives one): escaped without being asked.
+if command -v script >/dev/null; then
+  timeout -k 2 30 script -qc "'$ferry' generate -m run -p 'the king' -n 40 --temperature 0" /dev/null >tty.txt 2>&1
+  check 'tr -d "\r" < tty.txt > tty2.txt && no_controls tty2.txt && grep -qF "\\x1b[2J" tty2.txt' \
+    "generate on a terminal wrote control bytes: $(od -c tty.txt | head -3)"
+else
+  echo "SKIP (5, terminal): no script(1) here; --escape-controls was checked above"
+fi
 cd ..
 
 # ---- 6. The prompt is echoed only when generation happens; -n past the
