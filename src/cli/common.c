@@ -100,13 +100,15 @@ fail:
 }
 
 /* A sum of squares is finite exactly when every value is (a float squared
- * stays finite in the double sum), so one pass per block finds NaN or Inf;
- * the per-tensor pass that names the first runs only then. */
+ * stays finite in the cpu's double sum; a backend summing in float also
+ * flags weights over ~1e19, which overflow a forward anyway), so one pass
+ * per block finds NaN or Inf; the per-tensor pass naming the first runs
+ * only then. */
 int fy_cli_check_weights(fy_model *m, fy_err *err) {
     fy_backend *be = m->be;
     double ss = be->ops->sumsq(be, m->tab.n_params, fy_at(&m->params, 0)) +
                 be->ops->sumsq(be, m->tab.n_buffers, fy_at(&m->buffers, 0));
-    if (fy_be_take_error(be, err)) return fy_wrap(err, "checking the weights: ");
+    if (fy_be_take_error(be, err)) return fy_wrap(err, "checking the weights");
     if (isfinite(ss)) return 0;
     const char *first = "?";
     for (int i = 0; i < m->tab.n && first[0] == '?'; i++) {
