@@ -76,6 +76,11 @@ for f in fifo zero adir loop_a; do
   fails_clearly "tokenizer train $f" "$f.*$w"
   run 10 "$ferry" data prepare "$f" --tokenizer tok.json --out "d_$f"
   fails_clearly "data prepare $f" "$f.*$w"
+  ln -sfn "$f" "chat_$f.jsonl"
+  run 10 "$ferry" data prepare "chat_$f.jsonl" --seq 16 --tokenizer tok.json --out "dj_$f"
+  fails_clearly "data prepare JSONL -> $f" "chat_$f.jsonl.*$w"
+  run 20 "$ferry" train --config micro.json --data "$f" --out "rd_$f" --steps 1 --batch 2 --seq 16
+  fails_clearly "train --data $f" "$f"
   ln -sfn "$f" "cfg_$f.json"
   run 10 "$ferry" train --config "cfg_$f.json" --data data --out "r_$f" --steps 1
   fails_clearly "train --config -> $f" "cfg_$f.json.*$w"
