@@ -570,7 +570,7 @@ static int parse_file(fy_st_file *f, fy_err *err) {
 
 int fy_st_open(const char *path, fy_st_file **out, fy_err *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* a FIFO: refused below, not waited on */
     if (fd < 0) return fy_fail(err, "safetensors %s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {

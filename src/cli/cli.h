@@ -53,6 +53,11 @@ typedef struct fy_loaded {
 } fy_loaded;
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err);
 void fy_cli_unload(fy_loaded *l);
+/* Fails, naming the first such tensor, when the model's weights (or
+ * buffers) hold a NaN or Inf: checksums only prove the bytes are those
+ * written, and such a model would print garbage and succeed. Run by
+ * generate and serve after loading (docs/RELIABILITY.md, "Hostile input"). */
+int fy_cli_check_weights(fy_model *m, fy_err *err);
 /* `--lora DIR`: a ferry LoRA run (or checkpoint) or a PEFT adapter directory
  * applied to l's model (folded into its weights in memory; shapes must
  * match, the base it was trained on need not). cli/lora_apply.c. */

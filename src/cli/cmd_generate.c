@@ -5,18 +5,78 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "core/strbuf.h"
 #include "model/decode.h"
+#include "serve/api.h"
 #include "serve/generate.h"
 #include "serve/sampler.h"
 #include "serve/seq.h"
 
+/* Writes s[0..n) as valid UTF-8: invalid bytes become U+FFFD (serve/api.h's
+ * cleaner, so the text is the server's; fy_generate never splits a
+ * character across pieces). With `escape` (a terminal), control characters
+ * other than \n and \t are written as \xHH (C1 ones, U+0080..U+009F, as
+ * \u00HH), so a model cannot drive the terminal; into a pipe or file they
+ * stay the text's own bytes. Returns -1 when out of memory. */
+static int put_clean(const char *s, size_t n, int escape) {
+    fy_strbuf b = {0};
+    if (fy_api_utf8_clean(s, n, &b, NULL)) {
+        fy_strbuf_free(&b);
+        return -1;
+    }
+    const unsigned char *u = (const unsigned char *)b.p;
+    size_t run = 0;
+    for (size_t i = 0; escape && i < b.n; i++) {
+        int c0 = (u[i] < 0x20 && u[i] != '\n' && u[i] != '\t') || u[i] == 0x7f;
+        int c1 = u[i] == 0xc2 && i + 1 < b.n && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f;
+        if (!c0 && !c1) continue;
+        fwrite(b.p + run, 1, i - run, stdout);
+        if (c0) printf("\\x%02x", u[i]);
+        else printf("\\u%04x", u[++i]);
+        run = i + 1;
+    }
+    fwrite(b.p + run, 1, b.n - run, stdout);
+    fy_strbuf_free(&b);
+    return 0;
+}
+
+/* The text callback's state: the prompt is echoed just before the first
+ * generated token, so a run that fails before generating prints nothing. */
+typedef struct printer {
+    const char *prompt;
+    int escape, echoed, oom;
+} printer;
+
+static void echo_prompt(printer *pr) {
+    if (pr->echoed) return;
+    pr->echoed = 1;
+    if (put_clean(pr->prompt, strlen(pr->prompt), pr->escape)) pr->oom = 1;
+}
+
 static void print_text(const char *text, size_t n, void *ctx) {
-    (void)ctx;
-    fwrite(text, 1, n, stdout);
+    printer *pr = ctx;
+    echo_prompt(pr);
+    if (put_clean(text, n, pr->escape)) pr->oom = 1;
     fflush(stdout);
+}
+
+static void first_token(const fy_seq *s, void *ctx) {
+    (void)s;
+    echo_prompt(ctx);
+}
+
+/* -n is clamped so the prompt and the tokens fit the context: say so when
+ * that, not -n or the end of the sequence, ended it. */
+static void note_short(const fy_gen_result *res, int n, int max_pos) {
+    if (res->stopped_by == 0 && res->new_tokens < n)
+        fprintf(stderr,
+                "ferry generate: stopped after %d new tokens (-n %d): the prompt's %d tokens and the new ones "
+                "fill the model's context (max_position_embeddings %d)\n",
+                res->new_tokens, n, res->prompt_tokens, max_pos);
 }
 
 static void print_list(const char *label, const int32_t *ids, int n) {
@@ -57,6 +117,7 @@ static int generate_ids(fy_model *m, const fy_tokenizer *tok, const char *prompt
         else if (!fy_generate_ids(m, tok, ids, (int)n, &io, &res, err)) {
             print_list("prompt:", ids, (int)n);
             print_list("ids:", out.ids, out.n);
+            note_short(&res, o->p.max_tokens, m->cfg.max_position_embeddings);
             rc = 0;
         }
     }
@@ -97,7 +158,7 @@ static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, con
 
 int fy_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0;
+    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0, escape = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -119,6 +180,8 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
          "print token ids, not text: a line 'prompt: ID...' then 'ids: ID...' (the new tokens; <|eos|> ends them, unprinted; a --stop string after the token completing it)",
          0, 0, 0},
+        {"--escape-controls", NULL, FY_ARG_BOOL, &escape, NULL,
+         "write control characters (but newline and tab) as \\xHH also when stdout is not a terminal", 0, 0, 0},
         {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
     };
     char *pos[1];
@@ -131,7 +194,8 @@ int fy_cmd_generate(int argc, char **argv) {
     if (!r) r = fy_args_parse(n_rest, rest, spec, (int)(sizeof spec / sizeof spec[0]), "generate",
                           "--model DIR --prompt TEXT [options]",
                           "Continue a prompt with a trained model: prefill, then token-by-token decoding\n"
-                          "from the latent KV cache, streamed to stdout.",
+                          "from the latent KV cache, streamed to stdout as valid UTF-8 (invalid bytes as\n"
+                          "U+FFFD); on a terminal, control characters other than newline and tab as \\xHH.",
                           pos, 0, &npos, &err);
     free(rest);
     if (r) return r > 0 ? 0 : fy_cli_fail("generate", &err);
@@ -142,13 +206,15 @@ int fy_cmd_generate(int argc, char **argv) {
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
     if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
-    if ((lora && fy_cli_apply_lora(&l, lora, &err)) || fy_model_set_decode_quant(&l.model, wq, &err)) {
+    if ((lora && fy_cli_apply_lora(&l, lora, &err)) || fy_cli_check_weights(&l.model, &err) ||
+        fy_model_set_decode_quant(&l.model, wq, &err)) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }
+    printer pr = {prompt, escape || isatty(STDOUT_FILENO), 0, 0};
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
                            .n_stop = n_stop, .ignore_eos = ignore_eos},
-                     .prefill_chunk = chunk, .on_text = print_text};
+                     .prefill_chunk = chunk, .on_text = print_text, .on_token = first_token, .ctx = &pr};
     for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
     if (print_ids) {
         int rc = generate_ids(&l.model, l.tok, prompt, &o, &err);
@@ -156,11 +222,15 @@ int fy_cmd_generate(int argc, char **argv) {
         return rc ? fy_cli_fail("generate", &err) : 0;
     }
     fy_gen_result res;
-    fputs(prompt, stdout);
     int rc = fy_generate(&l.model, l.tok, prompt, &o, &res, &err);
-    printf("\n");
+    int max_pos = l.model.cfg.max_position_embeddings;
     fy_cli_unload(&l);
+    if (!rc) echo_prompt(&pr); /* nothing generated (end of sequence at once): still the prompt */
+    if (pr.echoed) printf("\n");
+    fflush(stdout);
     if (rc) return fy_cli_fail("generate", &err);
+    if (pr.oom) return fy_cli_failf("generate", "out of memory writing the text");
+    note_short(&res, n, max_pos);
     if (stats)
         fprintf(stderr, "prefill %d tokens: %.1f tok/s; decode %d tokens: %.1f tok/s\n", res.prompt_tokens,
                 res.prompt_tokens / (res.prefill_s > 0 ? res.prefill_s : 1e-9), res.new_tokens,

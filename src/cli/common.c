@@ -1,6 +1,7 @@
 /* What several subcommands share: finding a run directory, reading its
  * config.json's "ferry" section, and loading a trained model for generate
  * and verify (and later serve). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,28 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
 fail:
     fy_cli_unload(out);
     return -1;
+}
+
+/* A sum of squares is finite exactly when every value is (a float squared
+ * stays finite in the cpu's double sum; a backend summing in float also
+ * flags weights over ~1e19, which overflow a forward anyway), so one pass
+ * per block finds NaN or Inf; the per-tensor pass naming the first runs
+ * only then. */
+int fy_cli_check_weights(fy_model *m, fy_err *err) {
+    fy_backend *be = m->be;
+    double ss = be->ops->sumsq(be, m->tab.n_params, fy_at(&m->params, 0)) +
+                be->ops->sumsq(be, m->tab.n_buffers, fy_at(&m->buffers, 0));
+    if (fy_be_take_error(be, err)) return fy_wrap(err, "checking the weights");
+    if (isfinite(ss)) return 0;
+    const char *first = "?";
+    for (int i = 0; i < m->tab.n && first[0] == '?'; i++) {
+        const fy_tensor_info *t = &m->tab.t[i];
+        if (!isfinite(be->ops->sumsq(be, t->n, fy_at(t->is_buffer ? &m->buffers : &m->params, t->off))))
+            first = t->name;
+    }
+    fy_be_take_error(be, NULL);
+    return fy_fail(err, "the model's weights hold non-finite values (NaN or Inf; first in %s): "
+                        "a diverged or corrupted model, refusing to run it", first);
 }
 
 void fy_cli_unload(fy_loaded *l) {

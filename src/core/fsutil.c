@@ -6,28 +6,51 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err) {
-    *buf = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+/* What a non-regular file is, for the refusal. */
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO (named pipe)" : S_ISCHR(m) ? "a character device"
+         : S_ISBLK(m) ? "a block device" : S_ISSOCK(m) ? "a socket" : "not a regular file";
+}
+
+int fy_open_regular(const char *path, struct stat *st, fy_err *err) {
+    /* O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever
+     * (a device may block too) before fstat could refuse it. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return fy_fail(err, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
         return fy_fail(err, "cannot stat %s: %s", path, strerror(e));
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (!S_ISREG(st->st_mode)) {
         close(fd);
-        return fy_fail(err, "cannot read %s: it is a directory", path);
+        return fy_fail(err, "cannot read %s: it is %s, not a regular file", path, file_kind(st->st_mode));
     }
-    /* st_size is only a hint (pipes and /proc report 0): grow until EOF. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+int fy_read_file_max(const char *path, size_t max, char **buf, size_t *len, fy_err *err) {
+    *buf = NULL;
+    *len = 0;
+    struct stat st;
+    int fd = fy_open_regular(path, &st, err);
+    if (fd < 0) return -1;
+    if (max && (uint64_t)st.st_size > max) {
+        close(fd);
+        return fy_fail(err, "cannot read %s: %lld bytes, more than the %zu this file may have", path,
+                       (long long)st.st_size, max);
+    }
+    /* st_size is only a hint (/proc reports 0, a file may grow): grow until
+     * EOF, or past max. */
     size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, n = 0;
     char *p = malloc(cap);
     if (!p) {
@@ -35,6 +58,11 @@ int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err) {
         return fy_fail(err, "out of memory reading %s (%zu bytes)", path, cap);
     }
     for (;;) {
+        if (max && n > max) {
+            free(p);
+            close(fd);
+            return fy_fail(err, "cannot read %s: more than the %zu bytes this file may have", path, max);
+        }
         if (n + 1 >= cap) {
             char *q = realloc(p, cap * 2);
             if (!q) {
@@ -61,6 +89,10 @@ int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err) {
     *buf = p;
     *len = n;
     return 0;
+}
+
+int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err) {
+    return fy_read_file_max(path, 0, buf, len, err);
 }
 
 int fy_path_join(char *out, size_t cap, const char *dir, const char *name, fy_err *err) {

@@ -14,8 +14,20 @@
 #define FY_PATH_MAX 4096
 
 /* Reads the whole file into a malloc'd buffer with a NUL appended (not
- * counted in *len), so text can be used as a C string. Caller frees. */
+ * counted in *len), so text can be used as a C string. Caller frees.
+ * Only regular files (symlinks to them too): a FIFO, device, socket or
+ * directory is refused at once, naming what it is, rather than blocking
+ * or reading forever (docs/RELIABILITY.md, "Hostile input"). */
 int fy_read_file(const char *path, char **buf, size_t *len, fy_err *err);
+/* The same, refusing a file of more than max bytes (0: no limit) before
+ * reading it, and one that grows past max while it is read. */
+int fy_read_file_max(const char *path, size_t max, char **buf, size_t *len, fy_err *err);
+
+/* Opens path read-only (close-on-exec) when it is a regular file, filling
+ * *st; else fails without blocking, as fy_read_file does. Returns the
+ * descriptor, or -1 with err set. For readers that mmap or stream. */
+struct stat;
+int fy_open_regular(const char *path, struct stat *st, fy_err *err);
 
 /* Replaces `path` with `data` atomically. On any failure the temporary is
  * removed and an existing `path` is left as it was. */

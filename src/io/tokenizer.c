@@ -987,18 +987,9 @@ int fy_tokenizer_encode(const fy_tokenizer *t, const char *text, size_t len, int
 int fy_tok_map_file(const char *path, void **data, size_t *len, fy_err *err) {
     *data = NULL;
     *len = 0;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return fy_fail(err, "%s: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return fy_fail(err, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return fy_fail(err, "%s: not a regular file", path);
-    }
+    int fd = fy_open_regular(path, &sb, err);
+    if (fd < 0) return -1;
     size_t n = (size_t)sb.st_size;
     void *map = n ? mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
     int e = errno;
@@ -1702,7 +1693,9 @@ int fy_tokenizer_load(const char *path, fy_tokenizer **out, fy_err *err) {
     *out = NULL;
     char *text;
     size_t len;
-    if (fy_read_file(path, &text, &len, err)) return -1;
+    /* Far above any real one (DeepSeek-V3's is 8 MB); parsing takes several
+     * times the file's size in memory. */
+    if (fy_read_file_max(path, (size_t)1 << 30, &text, &len, err)) return -1;
     int rc = len ? fy_tokenizer_from_json(text, len, path, out, err)
                  : fy_fail(err, "%s: empty file", path);
     free(text);

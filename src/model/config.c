@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,60 @@ static int validate_yarn(const fy_config *c, fy_err *err) {
     return 0;
 }
 
+/* Parameters at most: 6.5 times DeepSeek-V3's 671e9 (17.6 TB in f32).
+ * Anything larger is a typo or a hostile file, and its sizes would
+ * overflow the arithmetic that lays the model out. */
+#define FY_CFG_MAX_PARAMS ((uint64_t)1 << 42)
+
+/* a * b into *out; 1 when it does not fit in 63 bits. */
+static int mul_ovf(int64_t a, int64_t b, int64_t *out) { return __builtin_mul_overflow(a, b, out); }
+
+/* Every matrix dimension params.c computes (products of config sizes) fits
+ * an int, and the parameter count, summed without overflow, is at most
+ * FY_CFG_MAX_PARAMS. Runs after the sizes were checked positive. */
+static int validate_products(const fy_config *c, fy_err *err) {
+    const int64_t d = c->hidden_size, H = c->num_attention_heads, dqk = (int64_t)fy_cfg_qk_head_dim(c);
+    const int64_t dims[][2] = {
+        {2, d}, {H, dqk}, {H, (int64_t)c->qk_nope_head_dim + c->v_head_dim}, {H, c->v_head_dim},
+        {1, (int64_t)c->kv_lora_rank + c->qk_rope_head_dim}, {c->moe_intermediate_size, c->n_shared_experts},
+    };
+    static const char *const what[] = {
+        "2 * hidden_size", "num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)",
+        "num_attention_heads * (qk_nope_head_dim + v_head_dim)", "num_attention_heads * v_head_dim",
+        "kv_lora_rank + qk_rope_head_dim", "moe_intermediate_size * n_shared_experts",
+    };
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++) {
+        int64_t v;
+        if (mul_ovf(dims[i][0], dims[i][1], &v) || v > INT_MAX)
+            return fy_fail(err, "%s = %lld * %lld is over %d: a size this large is not supported", what[i],
+                           (long long)dims[i][0], (long long)dims[i][1], INT_MAX);
+    }
+    /* Per layer: attention, then the larger of a dense and a MoE block (an
+     * over-count is fine for a bound); embedding and head once. */
+    const int64_t q = c->q_lora_rank, kv = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    const int64_t E = c->n_routed_experts, f = c->moe_intermediate_size;
+    const int64_t terms[][3] = {
+        {q, d, 1}, {H * dqk, q > 0 ? q : d, 1}, {kv + dr, d, 1}, {H * (c->qk_nope_head_dim + c->v_head_dim), kv, 1},
+        {d, H * c->v_head_dim, 1}, {c->intermediate_size, d, 3}, {E, d, 1}, {E, f, 3 * d},
+        {f * c->n_shared_experts, d, 3}, {2 * d, d, 1}, {d, 8, 1},
+    };
+    int64_t layer = 0, total, t;
+    for (size_t i = 0; i < sizeof terms / sizeof terms[0]; i++)
+        if (mul_ovf(terms[i][0], terms[i][1], &t) || mul_ovf(t, terms[i][2], &t) ||
+            __builtin_add_overflow(layer, t, &layer))
+            goto too_big;
+    if (mul_ovf(layer, (int64_t)c->num_hidden_layers + c->num_nextn_predict_layers, &total) ||
+        mul_ovf(2 * d, c->vocab_size, &t) || __builtin_add_overflow(total, t, &total) ||
+        (uint64_t)total > FY_CFG_MAX_PARAMS)
+        goto too_big;
+    return 0;
+too_big:
+    return fy_fail(err, "the sizes make a model of more than %llu parameters (hidden_size=%d, "
+                        "num_hidden_layers=%d, n_routed_experts=%d, vocab_size=%d): not supported",
+                   (unsigned long long)FY_CFG_MAX_PARAMS, c->hidden_size, c->num_hidden_layers,
+                   c->n_routed_experts, c->vocab_size);
+}
+
 int fy_config_validate(const fy_config *c, fy_err *err) {
     const struct { const char *key; int v; } positive[] = {
         {"vocab_size", c->vocab_size},
@@ -188,7 +243,7 @@ int fy_config_validate(const fy_config *c, fy_err *err) {
         return fy_fail(err, "bos_token_id=%d outside the vocabulary [0, %d)", c->bos_token_id, c->vocab_size);
     if (c->eos_token_id < -1 || c->eos_token_id >= c->vocab_size)
         return fy_fail(err, "eos_token_id=%d outside the vocabulary [0, %d)", c->eos_token_id, c->vocab_size);
-    return 0;
+    return validate_products(c, err);
 }
 
 /* ---- parsing ----------------------------------------------------------- */
@@ -538,7 +593,8 @@ int fy_config_parse(const char *json_text, const char *where, fy_config *out, fy
 int fy_config_load(const char *path, fy_config *out, fy_err *err) {
     char *text;
     size_t len;
-    if (fy_read_file(path, &text, &len, err) != 0) return -1;
+    /* A config is a few kB: a huge file is not one (and not read whole). */
+    if (fy_read_file_max(path, (size_t)64 << 20, &text, &len, err) != 0) return -1;
     if (strlen(text) != len) {
         free(text);
         return fy_fail(err, "config %s: contains a NUL byte at offset %zu", path, strlen(text));

@@ -153,6 +153,9 @@ int fy_params_build_shard(const fy_config *c, int rank, int size, fy_param_table
     memset(out, 0, sizeof *out);
     builder b = {out, 0, err, 0, 0, 0}, *B = &b;
     const int64_t E = c->n_routed_experts;
+    /* The int arithmetic below (H * head_dim, 2 * d, ...) is safe only for
+     * sizes validation accepts: every caller gets that check here. */
+    if (fy_config_validate(c, err)) return -1;
     if (size < 1 || rank < 0 || rank >= size) return fy_fail(err, "expert shard %d of %d", rank, size);
     if (size > 1 && E < size)
         return fy_fail(err, "%d routed experts do not shard over %d ranks (each needs one)", (int)E, size);

@@ -133,6 +133,12 @@ int fy_seq_step(fy_seq *s, const float *logits, fy_err *err) {
     if (s->done) return fy_fail(err, "the sequence has ended");
     s->out.n = 0;
     if (s->out.p) s->out.p[0] = 0;
+    /* Finite weights can still overflow (fy_cli_check_weights catches the
+     * non-finite ones): sampling from NaN logits would print garbage. */
+    for (int i = 0; i < s->vocab; i++)
+        if (isnan(logits[i]) || logits[i] == INFINITY)
+            return fy_fail(err, "the model's logits are not finite (%g for token %d at position %d): its "
+                                "weights or activations overflow", logits[i], i, s->n_prompt + s->n_gen);
     int32_t next = fy_sample(&s->p.sampler, logits, s->vocab, (uint64_t)(s->n_prompt + s->n_gen), s->scratch);
     s->n_top = 0;
     if (s->p.logprobs)

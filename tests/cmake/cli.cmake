@@ -25,3 +25,11 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/lora_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_lora_work)
   set_tests_properties(cli_lora PROPERTIES LABELS cli TIMEOUT 300)
 endif()
+
+# Hostile input: special files, a DeepSeek-size tokenizer, NaN weights,
+# overflowing sizes, unsafe generated text (tests/cli/hostile_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_hostile
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/hostile_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_hostile_work)
+  set_tests_properties(cli_hostile PROPERTIES LABELS cli TIMEOUT 600)
+endif()
