@@ -3,10 +3,12 @@
  * whole model (MoE, MTP, q_lora):
  *   - the logits' gradient rows at ignored positions are exactly 0;
  *   - changing the inputs after the last trained position (the padding)
- *     leaves every parameter gradient bit-identical, and the embedding rows
- *     of tokens that occur only there get exactly 0;
+ *     leaves every parameter gradient bit-identical, but the routed
+ *     experts' (see same_grads), and the embedding rows of tokens that
+ *     occur only there get exactly 0;
  *   - changing the ignored labels' values (what the loader drops) changes
  *     nothing, while changing one trained label does change the gradient. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +40,34 @@ static void batch(int32_t *in, int32_t *lab, uint64_t pad_seed) {
         in[i] = i % T <= LAST ? (int)(fy_rng_u64(1, 1, i) % 30) : 30 + (int)(fy_rng_u64(pad_seed, 2, i) % 10);
     /* As the loader gives them: the next token where it is trained. */
     for (int i = 0; i < B * T; i++) lab[i] = i % T >= PROMPT - 1 && i % T < LAST ? in[i + 1] : FY_IGNORE_INDEX;
+}
+
+/* g1 and g2 bit-identical, except a routed expert's weights, which agree
+ * to 1e-6 of the tensor's largest gradient: padding tokens are routed too,
+ * so an expert's dW = dH^T X sums over a different set of rows, and the
+ * rows the padding adds contribute exact zeros; but the GEMM (OpenBLAS)
+ * groups its K sum by the row count, so with another count the same
+ * nonzero terms can be added in another order (seen: 4e-9 of 0.07 with
+ * OpenBLAS's AVX2 kernels, bit-identical with its AVX-512 ones). */
+static int same_grads(const fy_model *m, const float *g1, const float *g2, int mtp) {
+    int ok = 1;
+    for (int t = 0; t < m->tab.n; t++) {
+        const fy_tensor_info *ti = &m->tab.t[t];
+        if (ti->is_buffer) continue;
+        if (!strstr(ti->name, ".mlp.experts.")) {
+            if (memcmp(g1 + ti->off, g2 + ti->off, ti->n * sizeof *g1))
+                ok = 0, fprintf(stderr, "  mtp %d: %s: gradient changed with the padding\n", mtp, ti->name);
+            continue;
+        }
+        float dmax = 0, gmax = 0;
+        for (size_t k = ti->off; k < ti->off + ti->n; k++) {
+            float d = fabsf(g1[k] - g2[k]), a = fabsf(g1[k]);
+            dmax = d > dmax ? d : dmax, gmax = a > gmax ? a : gmax;
+        }
+        if (!(dmax <= 1e-6f * gmax))
+            ok = 0, fprintf(stderr, "  mtp %d: %s: changed by %g (largest %g)\n", mtp, ti->name, dmax, gmax);
+    }
+    return ok;
 }
 
 /* Forward + backward; the gradients (and the main head's dlogits) out. */
@@ -79,11 +109,11 @@ static void run(int mtp) {
         CHECK(zero_ok, "dlogits rows at ignored positions are not all exactly 0");
         CHECK(live == B * (LAST - PROMPT + 1), "%d trained rows with a gradient", live);
     }
-    /* Other padding tokens: bit-identical gradients. */
+    /* Other padding tokens: the same gradients. */
     batch(in2, lab2, 99);
     CHECK(memcmp(in, in2, sizeof in) != 0, "the padding differs");
     grads(&m, in2, lab2, g2, NULL);
-    CHECK(!memcmp(g1, g2, P * sizeof *g1), "mtp %d: gradients changed with the padding tokens", mtp);
+    CHECK(same_grads(&m, g1, g2, mtp), "mtp %d: gradients changed with the padding tokens", mtp);
     int emb_zero = 1;
     for (size_t k = m.tab.embed + 30 * (size_t)c.hidden_size; k < m.tab.embed + 40 * (size_t)c.hidden_size; k++)
         emb_zero &= g1[k] == 0.0f;
