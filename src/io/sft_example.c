@@ -57,8 +57,10 @@ static int read_messages(const cJSON *a, const cJSON *b, fy_chat_msg **m, fy_str
     *m = calloc((size_t)*n, sizeof **m);
     *txt = calloc((size_t)*n, sizeof **txt);
     if (!*m || !*txt) return fy_fail(err, "out of memory");
-    for (int i = 0; i < *n; i++) {
-        const cJSON *it = i < na ? cJSON_GetArrayItem(a, i) : cJSON_GetArrayItem(b, i - na);
+    /* Walked, not indexed (cJSON_GetArrayItem is O(i)). */
+    const cJSON *it = a->child;
+    for (int i = 0; i < *n; i++, it = it->next) {
+        if (i == na) it = b->child;
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
         if (!cJSON_IsString(role)) return fy_fail(err, "messages[%d].role: missing or not a string", i);
         if (fy_chat_content_text(cJSON_GetObjectItemCaseSensitive(it, "content"), i, &(*txt)[i], err)) return -1;

@@ -214,8 +214,10 @@ static int oom(fy_api_error *e) { return fy_api_fail(e, 500, "server_error", NUL
 static int prompt_ids(const cJSON *arr, const char *field, const fy_tokenizer *tok, fy_api_req *r, fy_api_error *e) {
     int n = cJSON_GetArraySize(arr), V = fy_tokenizer_vocab_size(tok);
     if (!(r->tokens = malloc(((size_t)n + 1) * sizeof *r->tokens))) return oom(e);
-    for (int i = 0; i < n; i++) {
-        const cJSON *t = cJSON_GetArrayItem(arr, i);
+    /* Walked, not indexed: cJSON_GetArrayItem is O(i), and a body of a
+     * million ids would cost minutes of a connection thread. */
+    int i = 0;
+    for (const cJSON *t = arr->child; t && i < n; t = t->next, i++) {
         if (!cJSON_IsNumber(t) || t->valuedouble != floor(t->valuedouble) || t->valuedouble < 0 || t->valuedouble >= V)
             return fy_api_fail(e, 400, TYPE_INVALID, NULL, "'%s'[%d] is not a token id (0 to %d)", field, i, V - 1);
         r->tokens[i] = (int32_t)t->valuedouble;
@@ -266,8 +268,9 @@ static int render_messages(const cJSON *msgs, const fy_chat_template *t, fy_strb
         rc = oom(e);
         goto done;
     }
-    for (int i = 0; i < n; i++) {
-        const cJSON *it = cJSON_GetArrayItem(msgs, i), *role = cJSON_GetObjectItemCaseSensitive(it, "role");
+    const cJSON *it = msgs->child;
+    for (int i = 0; i < n; i++, it = it->next) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
         if (!cJSON_IsString(role)) {
             rc = fy_api_fail(e, 400, TYPE_INVALID, NULL, "messages[%d].role must be a string", i);
             goto done;
