@@ -76,7 +76,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--init-from", NULL, FY_ARG_STR, &f->init_from, "MODEL", "start from MODEL's config, weights and tokenizer (a ferry run/checkpoint or a Hugging Face dir); fresh optimizer, schedule and step 0", 0, 0, 0},
         {"--add-special-tokens", NULL, FY_ARG_STR, &f->add_tokens, "TOK,...", "with --init-from: add these special tokens, growing the embedding and head by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &f->data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
-        {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
+        {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG); one trainer at a time holds it (RUN_DIR/train.lock)", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default; --resume: the run's last), opencl, ... (ferry devices)", 0, 0, 0},
         {"--steps", "-s", FY_ARG_INT, &f->steps, "N", "total optimizer steps", 1, 1e9, 0},
         {"--batch", NULL, FY_ARG_INT, &f->batch, "B", "sequences per step", 1, 1 << 16, 0},
@@ -88,9 +88,9 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--keep", NULL, FY_ARG_INT, &f->keep, "K", "checkpoints kept (default 3)", 0, 1e6, 0},
         {"--log-every", NULL, FY_ARG_INT, &f->log_every, "N", "steps between progress lines", 1, 1e9, 0},
         {"--time-limit", NULL, FY_ARG_FLOAT, &f->time_limit, "SEC", "stop with a checkpoint after SEC seconds", 1, 1e9, 0},
-        {"--vocab-size", NULL, FY_ARG_INT, &f->vocab, "N", "tokenizer size when preparing text (default 4096)", 259, 1 << 20, 0},
+        {"--vocab-size", NULL, FY_ARG_INT, &f->vocab, "N", "tokenizer size when preparing text (default 4096; a prepared --data dir brings its own)", 259, 1 << 20, 0},
         {"--stop-after", NULL, FY_ARG_INT, &f->stop_after, "N", "stop with a checkpoint after step N, as Ctrl-C would", 1, 1e9, 0},
-        {"--resume", "-r", FY_ARG_BOOL, &f->resume, NULL, "continue RUN_DIR from its newest complete checkpoint", 0, 0, 0},
+        {"--resume", "-r", FY_ARG_BOOL, &f->resume, NULL, "continue RUN_DIR from its newest complete checkpoint, keeping its model config, tokenizer and data (other --config/--data/--vocab-size are refused; --steps must exceed its step)", 0, 0, 0},
         {"--supervise", NULL, FY_ARG_BOOL, &f->supervise, NULL, "restart the trainer from LATEST when it dies or hangs", 0, 0, 0},
         {"--max-restarts", NULL, FY_ARG_INT, &f->max_restarts, "N", "supervisor: restarts before giving up (default 10)", 0, 1e6, 0},
         {"--heartbeat-timeout", NULL, FY_ARG_FLOAT, &f->heartbeat, "SEC", "supervisor: no step for SEC = hung (default 300)", 0.1, 1e7, 0},
@@ -553,7 +553,7 @@ static int train(train_run *run, fy_backend *be, int resume, fy_err *err) {
     fy_backend_destroy(be);
     if (rc) return 1;
     char val[80] = "no validation pass (--eval-every 0)";
-    if (run->o.eval_every > 0) snprintf(val, sizeof val, "no validation pass in this process");
+    if (run->o.eval_every > 0) snprintf(val, sizeof val, "no validation pass yet");
     if (isfinite(res.last_val_loss) && res.val_step == res.step)
         snprintf(val, sizeof val, "validation loss %.4f", res.last_val_loss);
     else if (isfinite(res.last_val_loss)) /* stopped between evaluations */

@@ -1024,6 +1024,11 @@ static int open_metrics(run *R, fy_err *err) {
     if (R->rank0 && metrics_reopen(R->mpath, R->start, 0, &R->h, &R->mf, err)) return -1;
     if (fy_comm_barrier(R->comm, err)) return -1;
     if (!R->rank0 && metrics_reopen(R->mpath, R->start, 1, &R->h, &R->mf, err)) return -1;
+    /* The last validation loss of a resumed run is its newest logged one. */
+    if (R->h.val.n) {
+        R->val_loss = R->h.val.y[R->h.val.n - 1];
+        R->val_step = (int)R->h.val.x[R->h.val.n - 1];
+    }
     /* The spike window continues from the logged losses of a resumed run. */
     const series *s = &R->h.train;
     for (int i = s->n > R->win.cap ? s->n - R->win.cap : 0; i < s->n; i++) fy_loss_window_push(&R->win, s->y[i]);

@@ -65,7 +65,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o);
 typedef struct fy_train_result {
     int step;             /* last step completed */
     double last_loss, last_val_loss;
-    int val_step;         /* the step last_val_loss was measured at (0: none in this process) */
+    int val_step;         /* the step last_val_loss was measured at (0: none yet) */
     int interrupted;      /* stopped by the stop flag or the time limit */
 } fy_train_result;
 
