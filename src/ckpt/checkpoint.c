@@ -507,6 +507,27 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
 static const char *const run_files[] = {"config.json", "tokenizer.json", "tokenizer_config.json", "lora_base.json"};
 #define N_RUN_FILES ((int)(sizeof run_files / sizeof run_files[0]))
 
+/* A file of the checkpoint's temporary directory: written and synced, no
+ * rename of its own (the directory is published whole, and synced once). */
+static int write_synced(const char *path, const char *data, size_t len, fy_err *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fy_fail(err, "cannot create %s: %s", path, strerror(errno));
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : ENOSPC;
+            close(fd);
+            return fy_fail(err, "write error in %s at byte %zu: %s", path, done, strerror(e));
+        }
+        done += (size_t)w;
+    }
+    int rc = fsync(fd) != 0 ? fy_fail(err, "cannot sync %s: %s", path, strerror(errno)) : 0;
+    if (close(fd) != 0 && !rc) rc = fy_fail(err, "cannot close %s: %s", path, strerror(errno));
+    return rc;
+}
+
 static int copy_run_files(const char *run_dir, const char *dir, const char **names, int *n, fy_err *err) {
     for (int i = 0; i < N_RUN_FILES; i++) {
         char src[FY_PATH_MAX], dst[FY_PATH_MAX], *text = NULL;
@@ -515,7 +536,7 @@ static int copy_run_files(const char *run_dir, const char *dir, const char **nam
             fy_path_join(dst, sizeof dst, dir, run_files[i], err))
             return -1;
         if (!fy_file_exists(src)) continue;
-        int rc = fy_read_file(src, &text, &len, err) || fy_write_file_atomic(dst, text, len, err) ? -1 : 0;
+        int rc = fy_read_file(src, &text, &len, err) || write_synced(dst, text, len, err) ? -1 : 0;
         free(text);
         if (rc) return -1;
         names[(*n)++] = run_files[i];

@@ -52,7 +52,7 @@ typedef struct train_flags {
 typedef struct train_run {
     char run_dir[FY_PATH_MAX], data_dir[FY_PATH_MAX + 64];
     char data_source[FY_PATH_MAX]; /* --data as an absolute path ("": the default corpus; unknown in older runs) */
-    int vocab_asked;               /* --vocab-size the run prepared its text with (0: it did not) */
+    int vocab_asked;               /* --vocab-size at the run's start (0: an older run) */
     const char *backend;    /* the flag, else the run's recorded one, else cpu */
     char saved_backend[128]; /* --resume: where the run was last trained */
     fy_comm *comm;
@@ -205,12 +205,12 @@ static int load_saved_run(train_run *run, fy_err *err) {
     return 0;
 }
 
-/* --vocab-size, when given, must be the vocabulary the run tokenizes with
- * (a prepared shard directory, or data prepared earlier, brings its own;
- * a resumed run keeps its own). why: what to do instead. */
-static int check_vocab_flag(const train_flags *f, int V, const char *where, const char *why, fy_err *err) {
-    if (!f->vocab_set || f->vocab == V) return 0;
-    return fy_fail(err, "--vocab-size %d, but %s has a %d-token tokenizer (%s)", f->vocab, where, V, why);
+/* --vocab-size sizes a tokenizer trained on text (it may come out smaller:
+ * too few distinct pairs); a prepared --data directory and --init-from's
+ * model bring their own, which a note says when it differs. */
+static void note_vocab_flag(const train_flags *f, int V, const char *where) {
+    if (f->vocab_set && f->vocab != V)
+        printf("note: --vocab-size %d is not used: %s brings its %d-token tokenizer\n", f->vocab, where, V);
 }
 
 /* fy_train_opts.init_weights for --init-from: the model's weights. */
@@ -233,8 +233,8 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     }
     run->init = h;
     if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
-    if (check_vocab_flag(f, fy_tokenizer_vocab_size(h->tok), f->init_from,
-                         "--init-from tokenizes with the model's tokenizer: drop --vocab-size", err)) return -1;
+    note_vocab_flag(f, fy_tokenizer_vocab_size(h->tok), f->init_from);
+    run->vocab_asked = f->vocab;
     run->cfg = h->cfg;
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
@@ -298,13 +298,8 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     snprintf(path, sizeof path, "%s/tokenizer.json", run->data_dir);
     if (fy_tokenizer_load(path, &tok, err)) return -1;
     int V = fy_tokenizer_vocab_size(tok);
-    /* Text is prepared into a tokenizer of at most --vocab-size tokens (fewer
-     * when the text has fewer pairs); a prepared directory brings its own. */
-    if (strcmp(run->data_dir, run->data_source)) run->vocab_asked = f->vocab;
-    else if (check_vocab_flag(f, V, run->data_dir, "prepared data brings its tokenizer: drop --vocab-size", err)) {
-        fy_tokenizer_free(tok);
-        return -1;
-    }
+    if (!strcmp(run->data_dir, run->data_source)) note_vocab_flag(f, V, run->data_dir);
+    run->vocab_asked = f->vocab;
     fy_config *cfg = &run->cfg;
     int rc = config_is_file(f->cfgname) ? fy_config_load(f->cfgname, cfg, err)
                                         : fy_config_builtin(f->cfgname, V, cfg, err);
@@ -393,9 +388,10 @@ static int check_resume_flags(const train_flags *f, train_run *run, fy_err *err)
         if (fy_tokenizer_load(path, &tok, err)) return -1;
         int V = fy_tokenizer_vocab_size(tok);
         fy_tokenizer_free(tok);
-        if (f->vocab != run->vocab_asked &&
-            check_vocab_flag(f, V, path, "--resume keeps the run's tokenizer: drop --vocab-size", err))
-            return -1;
+        if (f->vocab != run->vocab_asked && f->vocab != V)
+            return fy_fail(err, "--vocab-size %d: %s was started with --vocab-size %d and has a %d-token tokenizer "
+                                "(--resume keeps the run's tokenizer): drop --vocab-size", f->vocab, run->run_dir,
+                           run->vocab_asked, V);
     }
     const int now = newest_step(run->run_dir, err), total = run->o.adam.total_steps;
     if (now < 0) return -1;
@@ -468,8 +464,8 @@ static int create_backend(train_run *run, fy_backend **be, fy_err *err) {
 
 /* The "ferry" section of config.json: the training options, the data
  * directory (absolute), "data_source" (--data, absolute; absent for the
- * default corpus), "vocab_size_asked" (--vocab-size, when the run prepared
- * text), and "backend", where the run was last trained (for
+ * default corpus), "vocab_size_asked" (--vocab-size at the start, so a
+ * restart repeating it is told apart from another), and "backend", where the run was last trained (for
  * information and as the --resume default). */
 static char *ferry_section(const train_run *run) {
     char *opts = fy_train_opts_to_json(&run->o);

@@ -89,6 +89,10 @@ check '"$ferry" generate --model lone --prompt "the king" -n 4 --seed 1 >gen.log
 mkdir many && for i in $(seq 300); do sed -n "${i}p" corpus.txt > "many/f$i.txt"; done
 check '"$ferry" train "${T[@]}" -d many -o m --steps 1 --eval-every 0 --vocab-size 300 >m.log 2>&1 && grep -q "on 300 file(s)" m.log' \
   "train --data with 300 files (see m.log)"
+# A restart repeating the first command line (--vocab-size included: the
+# tokenizer may have come out smaller) is accepted.
+check '"$ferry" train "${T[@]}" -d many -o m --steps 2 --eval-every 0 --vocab-size 300 --resume >m2.log 2>&1' \
+  "--resume repeating the run's own command line (see m2.log)"
 
 # 10. A full disk under metrics.jsonl: whole lines only, a clear error, and
 # the completed steps saved (the checkpoints live on another file system).
