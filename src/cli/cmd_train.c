@@ -181,7 +181,8 @@ static int load_saved_run(train_run *run, fy_err *err) {
     }
     snprintf(run->data_dir, sizeof run->data_dir, "%s", dd);
     snprintf(run->data_source, sizeof run->data_source, "%s", ds ? ds : "");
-    const cJSON *va = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(js, "ferry"), "vocab_size_asked");
+    const cJSON *fs = cJSON_GetObjectItemCaseSensitive(js, "ferry");
+    const cJSON *va = cJSON_GetObjectItemCaseSensitive(fs, "vocab_size_asked");
     run->vocab_asked = cJSON_IsNumber(va) ? va->valueint : 0;
     /* Runs record absolute paths; an older run's relative one is relative to
      * the directory it was started in. */
@@ -369,8 +370,9 @@ static int check_config_flag(const train_flags *f, const train_run *run, fy_err 
 /* --resume keeps the run's model config, tokenizer and data: a flag that
  * names others is refused (the same ones are fine: a supervisor's restart
  * repeats the first command line), and so is --steps at or below the
- * step the run is at. 1: the run is complete and nothing was asked of it. */
-static int check_resume_flags(const train_flags *f, train_run *run, fy_err *err) {
+ * step the run is at. total: the run's own length (before --steps).
+ * 1: the run is complete and nothing was asked of it. */
+static int check_resume_flags(const train_flags *f, train_run *run, int total, fy_err *err) {
     char abs[FY_PATH_MAX], dd[FY_PATH_MAX], path[FY_PATH_MAX + 32];
     if (f->data) {
         if (fy_path_absolute(abs, sizeof abs, f->data, err) || fy_path_absolute(dd, sizeof dd, run->data_dir, err))
@@ -393,7 +395,7 @@ static int check_resume_flags(const train_flags *f, train_run *run, fy_err *err)
                                 "(--resume keeps the run's tokenizer): drop --vocab-size", f->vocab, run->run_dir,
                            run->vocab_asked, V);
     }
-    const int now = newest_step(run->run_dir, err), total = run->o.adam.total_steps;
+    const int now = newest_step(run->run_dir, err);
     if (now < 0) return -1;
     const int want = f->steps ? f->steps : total;
     if (want < now || (want == now && f->steps && total != now))
@@ -465,7 +467,8 @@ static int create_backend(train_run *run, fy_backend **be, fy_err *err) {
 /* The "ferry" section of config.json: the training options, the data
  * directory (absolute), "data_source" (--data, absolute; absent for the
  * default corpus), "vocab_size_asked" (--vocab-size at the start, so a
- * restart repeating it is told apart from another), and "backend", where the run was last trained (for
+ * restart repeating it is told apart from another), and "backend", where
+ * the run was last trained (for
  * information and as the --resume default). */
 static char *ferry_section(const train_run *run) {
     char *opts = fy_train_opts_to_json(&run->o);
@@ -599,7 +602,8 @@ static int lock_run(const char *run_dir, int resume, fy_dir_lock *lk, fy_err *er
     if (r == 1 && o.pid > 0)
         return fy_fail(err, "%s is in use by ferry train pid %ld on %s (%s/%s): wait for it to end, stop it, or "
                             "choose another --out", run_dir, o.pid, o.host, run_dir, RUN_LOCK);
-    if (r == 1) return fy_fail(err, "%s is in use by another ferry train (%s/%s is locked)", run_dir, run_dir, RUN_LOCK);
+    if (r == 1)
+        return fy_fail(err, "%s is in use by another ferry train (%s/%s is locked)", run_dir, run_dir, RUN_LOCK);
     if (o.pid > 0)
         fy_warn("%s/%s was left by pid %ld on %s, which %s: taking it over", run_dir, RUN_LOCK, o.pid, o.host,
                 here && kill((pid_t)o.pid, 0) != 0 ? "is no longer running" : "no longer holds it");
@@ -643,15 +647,18 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_dir_lock *lock,
     }
     if (!run.follower && lock_run(run.run_dir, f.resume, lock, err)) return 1;
     int rc = 1;
-    if (f.resume && !run.follower) {
-        int r = load_saved_run(&run, err) ? -1 : check_resume_flags(&f, &run, err);
+    if (f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) goto done;
+    const int total = run.o.adam.total_steps;
+    if (apply_flags(&f, &run, err)) goto done;
+    if (f.resume && !run.follower) { /* before anything is loaded or written */
+        int r = check_resume_flags(&f, &run, total, err);
         if (r == 1 && run.n_ranks > 1) fy_fail(err, "%s is complete: nothing to train", run.run_dir);
-        if (r) return r == 1 && run.n_ranks == 1 ? 0 : 1;
+        if (r) {
+            rc = r == 1 && run.n_ranks == 1 ? 0 : 1;
+            goto done;
+        }
     }
-    if ((f.resume || run.follower ? (run.follower && load_saved_run(&run, err)) || reload_lora_base(&run, err)
-                                  : start_new_run(&f, &run, err)) ||
-        apply_flags(&f, &run, err) || create_backend(&run, &be, err))
-        goto done;
+    if (((f.resume || run.follower) && reload_lora_base(&run, err)) || create_backend(&run, &be, err)) goto done;
     if (save_config(&run, err)) {
         fy_backend_destroy(be);
         goto done;

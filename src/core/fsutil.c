@@ -250,12 +250,14 @@ int fy_path_absolute(char *out, size_t cap, const char *path, fy_err *err) {
         return 0;
     }
     char cwd[FY_PATH_MAX];
-    if (!getcwd(cwd, sizeof cwd)) return fy_fail(err, "%s: cannot read the current directory: %s", path, strerror(errno));
+    if (!getcwd(cwd, sizeof cwd))
+        return fy_fail(err, "%s: cannot read the current directory: %s", path, strerror(errno));
     while (path[0] == '.' && path[1] == '/') {
         path += 2;
         while (path[0] == '/') path++;
     }
-    if (!strcmp(path, ".") || !path[0]) return snprintf(out, cap, "%s", cwd) >= (int)cap ? fy_fail(err, "path too long: %s", cwd) : 0;
+    if (!strcmp(path, ".") || !path[0])
+        return snprintf(out, cap, "%s", cwd) >= (int)cap ? fy_fail(err, "path too long: %s", cwd) : 0;
     return fy_path_join(out, cap, cwd, path, err);
 }
 
@@ -279,7 +281,9 @@ int fy_dir_lock_take(const char *dir, const char *name, fy_dir_lock *l, fy_lock_
     l->fd = -1;
     memset(prev, 0, sizeof *prev);
     if (fy_path_join(path, sizeof path, dir, name, err)) return -1;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    /* Not close-on-exec: a child started with exec (a supervisor's trainer)
+     * shares the open file, and so the lock, should its parent die. */
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
     if (fd < 0) return fy_fail(err, "cannot open the lock file %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;

@@ -57,9 +57,10 @@ int fy_remove_tree(const char *path, fy_err *err);
 
 /* An advisory lock on a directory: flock of DIR/NAME, held until
  * fy_dir_lock_release or the end of the process (a crash or SIGKILL
- * releases it too; the file descriptor is close-on-exec, so a child does not
- * hold it). The file names its owner, "pid PID host HOST", for messages.
- * Readers need no lock. */
+ * releases it too). Children share it: the descriptor stays open across
+ * fork and exec, so a supervisor's trainer keeps the lock should the
+ * supervisor die. The file names its owner, "pid PID host HOST", for
+ * messages. Readers need no lock. */
 typedef struct fy_dir_lock {
     int fd;                      /* -1: not held */
 } fy_dir_lock;
