@@ -2,6 +2,7 @@
  * training loop of train/trainer.c. Flags override config.json, which
  * overrides the built-in defaults; the effective config is printed and
  * saved as RUN_DIR/config.json. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -599,6 +600,10 @@ static int lock_run(const char *run_dir, int resume, fy_dir_lock *lk, fy_err *er
     fy_host_name(host, sizeof host);
     const int here = o.pid > 0 && !strcmp(o.host, host);
     if (r == 1 && here && is_ancestor(o.pid)) return 0;
+    if (r == 1 && here && kill((pid_t)o.pid, 0) != 0 && errno == ESRCH) /* its children share the lock */
+        return fy_fail(err, "%s is in use: %s/%s names pid %ld, which has ended, but a process it started (a "
+                            "supervised trainer) still holds the lock: stop that one (fuser %s/%s names it)",
+                       run_dir, run_dir, RUN_LOCK, o.pid, run_dir, RUN_LOCK);
     if (r == 1 && o.pid > 0)
         return fy_fail(err, "%s is in use by ferry train pid %ld on %s (%s/%s): wait for it to end, stop it, or "
                             "choose another --out", run_dir, o.pid, o.host, run_dir, RUN_LOCK);

@@ -36,6 +36,25 @@ check '"$ferry" train -o busy --resume --steps $(( $(sed "s/step-0*//" busy/chec
   "resume over a stale lock failed (see stale.log)"
 check 'grep -q "left by pid $dead on .*no longer running: taking it over" stale.log' "the stale lock was not reported (see stale.log)"
 
+# 2b. Under --supervise the supervisor holds the lock and its trainer (a
+# child) trains under it; should the supervisor die, the trainer keeps it.
+"$ferry" train --supervise "${T[@]}" -d data -o sup --steps 1000000 --eval-every 0 --ckpt-every 50 >sup.log 2>&1 &
+sup=$!
+child=
+for _ in $(seq 100); do
+  child=$(pgrep -P "$sup")
+  [ -n "$child" ] && [ -s sup/metrics.jsonl ] && break
+  sleep 0.1
+done
+check '[ -n "$child" ] && [ -s sup/metrics.jsonl ] && grep -q "^pid $sup " sup/train.lock' \
+  "the supervised trainer does not train under the supervisor's lock (see sup.log)"
+kill -9 "$sup"
+wait "$sup" 2>/dev/null
+check '! "$ferry" train -o sup --resume --steps 2000000 >orphan.log 2>&1 && grep -q "names pid $sup, which has ended, but a process it started" orphan.log' \
+  "the orphaned trainer's lock was not kept or not explained (see orphan.log)"
+[ -n "$child" ] && kill -INT "$child"
+for _ in $(seq 100); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+
 # 3. --resume keeps the run's data, model and tokenizer: others are refused,
 # the same ones (a supervisor's restart repeats the command line) accepted.
 check '"$ferry" train "${T[@]}" -d data -o r --steps 20 --eval-every 10 >r.log 2>&1' "train r (see r.log)"
