@@ -460,7 +460,8 @@ typedef struct run {
     int last_log;                /* step of the last progress line */
     int logged_upto;             /* metrics, evals and checkpoints are done up to here */
     int saved;                   /* the step just run was checkpointed */
-    int saved_step;              /* the newest step a checkpoint was written for (or resumed from) */
+    int saved_step;              /* the newest step whose checkpoint is known written (or resumed from) */
+    int pending_step;            /* the step whose checkpoint is being written in the background (-1: none) */
     int held;                    /* the model holds the state after step `held` exactly (-1: mid-step) */
     int val_step;                /* the step of val_loss */
     int fail_streak, fail_step;  /* consecutive failed attempts, the furthest step that failed */
@@ -593,6 +594,18 @@ static int execute_step(run *R, attempt *a, fy_inject *inj, step_result *out, fy
 static int save_run(run *R, int step, double elapsed, fy_err *err) {
     return save(&R->writer, R->m, &R->opt, &R->dp, R->o, R->run_dir, step, R->tokens, elapsed, R->loss,
                 R->val_loss, &R->sk, err);
+}
+
+/* save_run, keeping track of which checkpoint is known written: a save
+ * starts only once the previous background write has succeeded. */
+static int save_run_tracked(run *R, int step, double elapsed, fy_err *err) {
+    if (save_run(R, step, elapsed, err)) {
+        R->pending_step = -1; /* its failure may be the previous write's: not known written */
+        return -1;
+    }
+    if (R->pending_step >= 0) R->saved_step = R->pending_step;
+    R->pending_step = step;
+    return 0;
 }
 
 /* ---- the steps of the loop; each returns -1 on an error (err set), 0 to
@@ -808,9 +821,8 @@ static int end_step(run *R, const attempt *a, volatile sig_atomic_t *stop, int *
     const int H = R->dp.diloco.local_steps;
     if (H && (step % H == 0 || step == R->total || halt || due) && outer_step(R, step, err)) return -1;
     if (!halt && !due) return 0;
-    if (save_run(R, step, a->elapsed, err)) return -1;
+    if (save_run_tracked(R, step, a->elapsed, err)) return -1;
     R->saved = 1;
-    R->saved_step = step;
     if (!halt) R->disk_step = -1; /* keep_last may remove the checkpoint resumed from */
     else if (R->rank0)
         printf("%s at step %d: checkpoint written; continue with --resume\n",
@@ -880,7 +892,7 @@ static int run_init(run *R, fy_model *m, const fy_train_opts *o, const char *run
     R->run_dir = run_dir;
     R->B = o->batch_size, R->T = o->seq_len, R->total = o->adam.total_steps;
     fy_ckpt_async_init(&R->writer);
-    R->disk_step = -1;
+    R->disk_step = R->pending_step = -1;
     R->held = -1;
     R->loss = R->val_loss = R->snap_loss = NAN;
     R->comm = o->comm;
@@ -1093,7 +1105,7 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
 static int finish_run(run *R, fy_train_result *res, fy_err *err) {
     if (R->step > R->total) R->step = R->total;
     const int step = R->step, steps = step - R->start;
-    if (!R->saved && steps > 0 && save_run(R, step, R->elapsed0 + fy_now_s() - R->t_start, err)) return -1;
+    if (!R->saved && steps > 0 && save_run_tracked(R, step, R->elapsed0 + fy_now_s() - R->t_start, err)) return -1;
     if (R->rank0) plot(R->run_dir, &R->h);
     const fy_dp *dp = &R->dp;
     char per_step[64] = "";
@@ -1117,10 +1129,11 @@ static int finish_run(run *R, fy_train_result *res, fy_err *err) {
  * and err says so. One rank only: with more, the save gathers over ranks
  * that may be the failure. */
 static void rescue(run *R, fy_err *err) {
-    if (R->held <= R->saved_step || R->n_ranks > 1 || R->dp.diloco.local_steps) return;
     fy_err e2;
+    if (fy_ckpt_async_wait(&R->writer, &e2) == 0 && R->pending_step >= 0) R->saved_step = R->pending_step;
+    R->pending_step = -1; /* a failed write is in err already, or older than it */
+    if (R->held <= R->saved_step || R->n_ranks > 1 || R->dp.diloco.local_steps) return;
     char msg[2 * sizeof err->msg + 160]; /* both messages; fy_fail cuts to fit */
-    if (fy_ckpt_async_wait(&R->writer, &e2)) { /* an earlier write's failure: already in err, or older */ }
     if (save_run(R, R->held, R->elapsed0 + fy_now_s() - R->t_start, &e2) || fy_ckpt_async_wait(&R->writer, &e2))
         snprintf(msg, sizeof msg, "%s; steps %d-%d are lost: saving them failed too: %s", err->msg,
                  R->saved_step + 1, R->held, e2.msg);

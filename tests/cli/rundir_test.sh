@@ -126,6 +126,17 @@ if [ "$(id -u)" = 0 ] && mkdir small && mount -t tmpfs -o size=64k tmpfs small 2
   check 'grep -q "steps up to [0-9]* are saved in a checkpoint" full.log && "$ferry" inspect "ck/$(cat ck/LATEST)" >/dev/null 2>&1' \
     "the completed steps were not saved in a checkpoint that verifies (see full.log)"
   umount small
+  # A checkpoint that the disk cannot take (4 MiB: room for one) fails whole:
+  # LATEST still names the one before, which verifies, and no debris is left.
+  mkdir big4 && mount -t tmpfs -o size=4m tmpfs big4
+  trap 'umount "$work/small" "$work/big4" 2>/dev/null' EXIT
+  check '! "$ferry" train "${T[@]}" -d data -o big4/run --steps 40 --eval-every 0 --ckpt-every 5 >full2.log 2>&1' \
+    "training until a checkpoint does not fit did not fail (see full2.log)"
+  check 'grep -q "No space left on device; steps 6-[0-9]* are lost" full2.log' "no clear error for the checkpoint that did not fit (see full2.log)"
+  check '[ "$(cat big4/run/checkpoints/LATEST)" = step-00000005 ] && "$ferry" inspect big4/run/checkpoints/step-00000005 >/dev/null 2>&1' \
+    "LATEST does not name the last complete checkpoint, or it does not verify"
+  check '[ -z "$(ls big4/run/checkpoints | grep -v "^LATEST$\|^step-00000005$")" ]' "debris of the failed checkpoint was left"
+  umount big4
 else
   echo "note: not root or no tmpfs: the full-disk checks are skipped"
 fi
