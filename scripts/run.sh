@@ -4,6 +4,8 @@
 # train the `tiny` DeepSeek-V3-style model for about ten minutes on 2 cores,
 # then generate a sample from it.
 #   STEPS=N scripts/run.sh     to train longer or shorter (default 1000)
+# The first run is bounded at 15 minutes (--time-limit 900: it stops with a
+# checkpoint); running the script again continues it up to STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

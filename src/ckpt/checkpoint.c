@@ -502,8 +502,50 @@ static int write_manifest(const char *dir, int step, const char *const *names, i
     return rc;
 }
 
-static int write_contents(const char *dir, const fy_ckpt_snapshot *s, fy_err *err) {
-    const char *names[4];
+/* The run's files a checkpoint carries a copy of (those the run has), so
+ * that its directory alone is a model: ferry generate --model CKPT_DIR. */
+static const char *const run_files[] = {"config.json", "tokenizer.json", "tokenizer_config.json", "lora_base.json"};
+#define N_RUN_FILES ((int)(sizeof run_files / sizeof run_files[0]))
+
+/* A file of the checkpoint's temporary directory: written and synced, no
+ * rename of its own (the directory is published whole, and synced once). */
+static int write_synced(const char *path, const char *data, size_t len, fy_err *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fy_fail(err, "cannot create %s: %s", path, strerror(errno));
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, data + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : ENOSPC;
+            close(fd);
+            return fy_fail(err, "write error in %s at byte %zu: %s", path, done, strerror(e));
+        }
+        done += (size_t)w;
+    }
+    int rc = fsync(fd) != 0 ? fy_fail(err, "cannot sync %s: %s", path, strerror(errno)) : 0;
+    if (close(fd) != 0 && !rc) rc = fy_fail(err, "cannot close %s: %s", path, strerror(errno));
+    return rc;
+}
+
+static int copy_run_files(const char *run_dir, const char *dir, const char **names, int *n, fy_err *err) {
+    for (int i = 0; i < N_RUN_FILES; i++) {
+        char src[FY_PATH_MAX], dst[FY_PATH_MAX], *text = NULL;
+        size_t len;
+        if (fy_path_join(src, sizeof src, run_dir, run_files[i], err) ||
+            fy_path_join(dst, sizeof dst, dir, run_files[i], err))
+            return -1;
+        if (!fy_file_exists(src)) continue;
+        int rc = fy_read_file(src, &text, &len, err) || write_synced(dst, text, len, err) ? -1 : 0;
+        free(text);
+        if (rc) return -1;
+        names[(*n)++] = run_files[i];
+    }
+    return 0;
+}
+
+static int write_contents(const char *run_dir, const char *dir, const fy_ckpt_snapshot *s, fy_err *err) {
+    const char *names[4 + N_RUN_FILES];
     int n = 0;
     char p[FY_PATH_MAX];
     if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, s, err)) return -1;
@@ -520,7 +562,7 @@ static int write_contents(const char *dir, const fy_ckpt_snapshot *s, fy_err *er
         if (fy_path_join(p, sizeof p, dir, FY_CKPT_DIST, err) || write_extra(p, s, err)) return -1;
         names[n++] = FY_CKPT_DIST;
     }
-    if (write_manifest(dir, s->step, names, n, err)) return -1;
+    if (copy_run_files(run_dir, dir, names, &n, err) || write_manifest(dir, s->step, names, n, err)) return -1;
     return fy_fsync_dir(dir, err);
 }
 
@@ -638,7 +680,7 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
     if (fy_file_exists(tmp) && fy_remove_tree(tmp, err)) return fy_wrap(err, "checkpoint %s", final);
     if (mkdir(tmp, 0755) != 0)
         return fy_fail(err, "checkpoint %s: cannot create %s: %s", final, tmp, strerror(errno));
-    if (write_contents(tmp, s, err)) {
+    if (write_contents(run_dir, tmp, s, err)) {
         fy_err e2;
         fy_remove_tree(tmp, &e2);
         return fy_wrap(err, "saving checkpoint %s", final);

@@ -7,6 +7,9 @@
  *       trainer_state.json     the trainer's text, verbatim
  *       dist_state.safetensors (multi-rank runs with per-rank state only:
  *                              parallel/dp.h) F32 tensors, meta "ferry_dist"
+ *       config.json, tokenizer.json, tokenizer_config.json, lora_base.json
+ *                              copies of the run's (those it has), so that
+ *                              the directory alone loads as a model
  *       MANIFEST.json          {"step": N, "files": {name: {bytes, xxh64}}}, last
  *   RUN_DIR/checkpoints/LATEST "step-00001000\n"
  *

@@ -3,11 +3,13 @@
  * -> padded rows with a loss mask (io/sft.h) for fine-tuning. ferry data
  * chat-kjv writes the KJV chat data set (data_kjv.c). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "core/fsutil.h"
+#include "core/log.h"
 #include "core/strbuf.h"
 #include "interop/host.h"
 #include "io/chat.h"
@@ -78,15 +80,23 @@ static int prepare_sft(const data_flags *f, char **files, int nf, fy_tokenizer *
     return 0;
 }
 
+/* Text -> token shards + the tokenizer they were made with, so that the
+ * directory is what ferry train --data DIR takes. */
 static int prepare_text(const data_flags *f, char **files, int nf, fy_tokenizer *tok, fy_err *err) {
     fy_prepare_opts o;
     fy_prepare_opts_default(&o);
     o.val_fraction = f->val;
     fy_prepare_stats st;
-    if (fy_data_prepare((const char *const *)files, nf, tok, f->out, &o, &st, err)) return -1;
+    char p[FY_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", f->out);
+    if (fy_data_prepare((const char *const *)files, nf, tok, f->out, &o, &st, err) || fy_tokenizer_save(tok, p, err))
+        return -1;
     printf("%s: %llu bytes -> %llu train tokens (%d shards), %llu val tokens (%d shards)\n", f->out,
            (unsigned long long)st.bytes, (unsigned long long)st.train_tokens, st.train_shards,
            (unsigned long long)st.val_tokens, st.val_shards);
+    if (st.val_tokens == 0 && f->val > 0) /* lines are split in blocks of 32: long lines make few blocks */
+        fy_warn("%s: the validation split is empty: train it with --eval-every 0, or prepare with a larger "
+                "--val-fraction", f->out);
     return 0;
 }
 
@@ -122,27 +132,29 @@ static int cmd_prepare(int argc, char **argv) {
         {"--tokenizer", "-t", FY_ARG_STR, &f.tokf, "FILE", "tokenizer.json (or --model)", 0, 0, 0},
         {"--model", "-m", FY_ARG_STR, &f.model, "DIR", "take the tokenizer (and chat template) of this ferry run, checkpoint or Hugging Face directory", 0, 0, 0},
         {"--add-special-tokens", NULL, FY_ARG_STR, &f.add_tokens, "TOK,...", "tokenize with the model's tokenizer grown by these special tokens, as ferry train --init-from MODEL --add-special-tokens will grow it", 0, 0, 0},
-        {"--out", "-o", FY_ARG_STR, &f.out, "DIR", "output directory for train-*.bin / val-*.bin (required)", 0, 0, 0},
+        {"--out", "-o", FY_ARG_STR, &f.out, "DIR", "output directory for train-*.bin / val-*.bin and tokenizer.json: ferry train --data DIR takes it (required)", 0, 0, 0},
         {"--val-fraction", NULL, FY_ARG_FLOAT, &f.val, "F", "share held out for validation: of text, or of the examples (default 0.02)", 0, 0.5, 0},
         {"--seq", NULL, FY_ARG_INT, &f.seq, "T", "JSONL: the training sequence length; each example is one row of T+1 tokens, padded (required for .jsonl)", 1, 1 << 24, 0},
         {"--chat-template", NULL, FY_ARG_STR, &f.chat_template, "NAME|FILE", "JSONL chats: deepseek3, chatml, ferry, or a file with one of their Jinja texts (default: the model's, as ferry serve picks it)", 0, 0, 0},
         {"--train-on-prompt", NULL, FY_ARG_BOOL, &f.train_on_prompt, NULL, "JSONL: train on every token, not only the assistant replies (and completions)", 0, 0, 0},
         {"--on-bad-line", NULL, FY_ARG_STR, &f.on_bad, "skip|fail", "JSONL: a line that does not parse, has an unknown role or exceeds T+1 tokens is reported with its number and skipped (default) or fails the run", 0, 0, 0},
     };
-    char *files[256];
+    char **files = calloc((size_t)argc + 1, sizeof *files); /* any number of FILES */
     int nf;
     fy_err err;
+    if (!files) return fy_cli_failf("data prepare", "out of memory");
     int r = fy_args_parse(argc - 1, argv + 1, spec, (int)(sizeof spec / sizeof spec[0]), "data prepare",
                           "FILES... (--tokenizer FILE | --model DIR) --out DIR [--seq T ...]",
                           "Tokenize text files into checksummed token shards with a held-out validation split;\n"
                           "or .jsonl examples ({\"messages\"}, {\"prompt\", \"completion\"}, {\"text\"}) into padded\n"
                           "rows with a loss mask for fine-tuning (ferry train --init-from MODEL --data DIR).\n"
                           "See docs/FINETUNE.md.",
-                          files, 256, &nf, &err);
+                          files, argc, &nf, &err);
+    if (r == 0 && (!(f.tokf || f.model) || (f.tokf && f.model) || !f.out || !nf))
+        r = fy_fail(&err, "needs FILES, one of --tokenizer FILE and --model DIR, and --out DIR");
+    if (r == 0) r = run_prepare(&f, files, nf, &err);
+    free(files);
     if (r) return r > 0 ? 0 : fy_cli_fail("data prepare", &err);
-    if (!(f.tokf || f.model) || (f.tokf && f.model) || !f.out || !nf)
-        return fy_cli_failf("data prepare", "needs FILES, one of --tokenizer FILE and --model DIR, and --out DIR");
-    if (run_prepare(&f, files, nf, &err)) return fy_cli_fail("data prepare", &err);
     return 0;
 }
 

@@ -2,11 +2,13 @@
  * training loop of train/trainer.c. Flags override config.json, which
  * overrides the built-in defaults; the effective config is printed and
  * saved as RUN_DIR/config.json. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -31,7 +33,7 @@ static void on_signal(int sig) {
 /* The command line; 0 / -1 / NULL: not given. */
 typedef struct train_flags {
     const char *cfgname, *data, *out, *backend, *init_from, *add_tokens;
-    int cfg_set;
+    int cfg_set, vocab_set;
     int steps, batch, seq, seed, seed_set, eval_every, ckpt_every, keep;
     int resume, vocab, log_every, stop_after;
     int supervise, max_restarts;
@@ -50,6 +52,8 @@ typedef struct train_flags {
  * its model config and training options as they are decided. */
 typedef struct train_run {
     char run_dir[FY_PATH_MAX], data_dir[FY_PATH_MAX + 64];
+    char data_source[FY_PATH_MAX]; /* --data as an absolute path ("": the default corpus; unknown in older runs) */
+    int vocab_asked;               /* --vocab-size at the run's start (0: an older run) */
     const char *backend;    /* the flag, else the run's recorded one, else cpu */
     char saved_backend[128]; /* --resume: where the run was last trained */
     fy_comm *comm;
@@ -73,7 +77,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--init-from", NULL, FY_ARG_STR, &f->init_from, "MODEL", "start from MODEL's config, weights and tokenizer (a ferry run/checkpoint or a Hugging Face dir); fresh optimizer, schedule and step 0", 0, 0, 0},
         {"--add-special-tokens", NULL, FY_ARG_STR, &f->add_tokens, "TOK,...", "with --init-from: add these special tokens, growing the embedding and head by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
         {"--data", "-d", FY_ARG_STR, &f->data, "FILE|DIR", "text file(s) or a prepared shard dir (default: the KJV Bible)", 0, 0, 0},
-        {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG)", 0, 0, 0},
+        {"--out", "-o", FY_ARG_STR, &f->out, "RUN_DIR", "run directory (default runs/CONFIG); one trainer at a time holds it (RUN_DIR/train.lock)", 0, 0, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default; --resume: the run's last), opencl, ... (ferry devices)", 0, 0, 0},
         {"--steps", "-s", FY_ARG_INT, &f->steps, "N", "total optimizer steps", 1, 1e9, 0},
         {"--batch", NULL, FY_ARG_INT, &f->batch, "B", "sequences per step", 1, 1 << 16, 0},
@@ -85,9 +89,9 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--keep", NULL, FY_ARG_INT, &f->keep, "K", "checkpoints kept (default 3)", 0, 1e6, 0},
         {"--log-every", NULL, FY_ARG_INT, &f->log_every, "N", "steps between progress lines", 1, 1e9, 0},
         {"--time-limit", NULL, FY_ARG_FLOAT, &f->time_limit, "SEC", "stop with a checkpoint after SEC seconds", 1, 1e9, 0},
-        {"--vocab-size", NULL, FY_ARG_INT, &f->vocab, "N", "tokenizer size when preparing text (default 4096)", 259, 1 << 20, 0},
+        {"--vocab-size", NULL, FY_ARG_INT, &f->vocab, "N", "tokenizer size when preparing text (default 4096; a prepared --data dir brings its own)", 259, 1 << 20, 0},
         {"--stop-after", NULL, FY_ARG_INT, &f->stop_after, "N", "stop with a checkpoint after step N, as Ctrl-C would", 1, 1e9, 0},
-        {"--resume", "-r", FY_ARG_BOOL, &f->resume, NULL, "continue RUN_DIR from its newest complete checkpoint", 0, 0, 0},
+        {"--resume", "-r", FY_ARG_BOOL, &f->resume, NULL, "continue RUN_DIR from its newest complete checkpoint, keeping its model config, tokenizer and data (other --config/--data/--vocab-size are refused; --steps must exceed its step)", 0, 0, 0},
         {"--supervise", NULL, FY_ARG_BOOL, &f->supervise, NULL, "restart the trainer from LATEST when it dies or hangs", 0, 0, 0},
         {"--max-restarts", NULL, FY_ARG_INT, &f->max_restarts, "N", "supervisor: restarts before giving up (default 10)", 0, 1e6, 0},
         {"--heartbeat-timeout", NULL, FY_ARG_FLOAT, &f->heartbeat, "SEC", "supervisor: no step for SEC = hung (default 300)", 0.1, 1e7, 0},
@@ -120,6 +124,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
     for (int i = 0; i < nspec; i++)
         if (spec[i].dst == &f->seed) f->seed_set = spec[i].set;
         else if (spec[i].dst == &f->cfgname) f->cfg_set = spec[i].set;
+        else if (spec[i].dst == &f->vocab) f->vocab_set = spec[i].set;
     return r;
 }
 
@@ -170,11 +175,23 @@ static int load_saved_run(train_run *run, fy_err *err) {
     cJSON *js = cJSON_Parse(text);
     free(text);
     const char *dd = fy_cli_ferry_string(js, "data_dir"), *rb = fy_cli_ferry_string(js, "backend");
+    const char *ds = fy_cli_ferry_string(js, "data_source");
     if (!dd) {
         cJSON_Delete(js);
         return fy_fail(err, "%s: no ferry.data_dir to resume from", path);
     }
     snprintf(run->data_dir, sizeof run->data_dir, "%s", dd);
+    snprintf(run->data_source, sizeof run->data_source, "%s", ds ? ds : "");
+    const cJSON *fs = cJSON_GetObjectItemCaseSensitive(js, "ferry");
+    const cJSON *va = cJSON_GetObjectItemCaseSensitive(fs, "vocab_size_asked");
+    run->vocab_asked = cJSON_IsNumber(va) ? va->valueint : 0;
+    /* Runs record absolute paths; an older run's relative one is relative to
+     * the directory it was started in. */
+    if (dd[0] != '/' && !fy_file_exists(dd)) {
+        cJSON_Delete(js);
+        return fy_fail(err, "%s: ferry.data_dir \"%s\" is relative to the directory the run was started in: "
+                            "resume from there, or write its absolute path there", path, dd);
+    }
     /* The backend is a run-time choice, never a property of the run: the
      * checkpoint is plain fp32 tensors. The recorded one is only the
      * default, and continuing elsewhere is fine (within fp32 rounding of
@@ -188,6 +205,14 @@ static int load_saved_run(train_run *run, fy_err *err) {
     }
     cJSON_Delete(js);
     return 0;
+}
+
+/* --vocab-size sizes a tokenizer trained on text (it may come out smaller:
+ * too few distinct pairs); a prepared --data directory and --init-from's
+ * model bring their own, which a note says when it differs. */
+static void note_vocab_flag(const train_flags *f, int V, const char *where) {
+    if (f->vocab_set && f->vocab != V)
+        printf("note: --vocab-size %d is not used: %s brings its %d-token tokenizer\n", f->vocab, where, V);
 }
 
 /* fy_train_opts.init_weights for --init-from: the model's weights. */
@@ -210,6 +235,8 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     }
     run->init = h;
     if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
+    note_vocab_flag(f, fy_tokenizer_vocab_size(h->tok), f->init_from);
+    run->vocab_asked = f->vocab;
     run->cfg = h->cfg;
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
@@ -225,14 +252,47 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     return 0;
 }
 
+/* The step of a run's newest checkpoint, from its name (0: none yet; the
+ * run then starts over, as resume_verdict decides). Not verified: the
+ * trainer verifies what it loads. */
+static int newest_step(const char *run_dir, fy_err *err) {
+    char name[64];
+    fy_err ignore;
+    int step = 0, *steps = NULL, n = 0;
+    if (fy_ckpt_read_latest(run_dir, name, sizeof name, &ignore) == 0 && sscanf(name, "step-%d", &step) == 1)
+        return step;
+    if (fy_ckpt_list(run_dir, &steps, &n, err)) return -1;
+    step = n > 0 ? steps[0] : 0;
+    free(steps);
+    return step;
+}
+
+/* config.json in run_dir: refused when it holds a run with any completed
+ * step (--resume continues it); a run that never completed one (stopped by
+ * a check before step 1) is started anew. The caller holds the run's lock. */
+static int check_no_run(const char *run_dir, fy_err *err) {
+    char path[FY_PATH_MAX + 32], *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/config.json", run_dir);
+    if (!fy_file_exists(path)) return 0;
+    fy_err ignore;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
+    int stepped = fy_read_file(path, &text, &len, &ignore) == 0 && len > 0;
+    free(text);
+    int newest = newest_step(run_dir, &ignore);
+    if (stepped || newest != 0)
+        return fy_fail(err, "%s already holds a run: pass --resume to continue it, or choose another --out",
+                       run_dir);
+    printf("note: %s holds a run that never completed a step: starting it anew\n", run_dir);
+    return 0;
+}
+
 /* A new run: its data, then the model config (built-in or a file) whose
  * vocabulary is the tokenizer's, and the tokenizer copied into the run. */
 static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     char path[FY_PATH_MAX + 160];
-    snprintf(path, sizeof path, "%s/config.json", run->run_dir);
-    if (fy_file_exists(path))
-        return fy_fail(err, "%s already holds a run: pass --resume to continue it, or choose another --out",
-                       run->run_dir);
+    if (check_no_run(run->run_dir, err)) return -1;
+    if (f->data && fy_path_absolute(run->data_source, sizeof run->data_source, f->data, err)) return -1;
     if (f->init_from) return start_from_model(f, run, err);
     if (fy_cli_train_data(f->data, run->run_dir, f->vocab, NULL, run->data_dir, sizeof run->data_dir, err))
         return -1;
@@ -240,6 +300,8 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     snprintf(path, sizeof path, "%s/tokenizer.json", run->data_dir);
     if (fy_tokenizer_load(path, &tok, err)) return -1;
     int V = fy_tokenizer_vocab_size(tok);
+    if (!strcmp(run->data_dir, run->data_source)) note_vocab_flag(f, V, run->data_dir);
+    run->vocab_asked = f->vocab;
     fy_config *cfg = &run->cfg;
     int rc = config_is_file(f->cfgname) ? fy_config_load(f->cfgname, cfg, err)
                                         : fy_config_builtin(f->cfgname, V, cfg, err);
@@ -285,6 +347,68 @@ static int reload_lora_base(train_run *run, fy_err *err) {
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
     printf("LoRA base: %s\n", src);
+    return 0;
+}
+
+/* --config on --resume: the run's model must be the one it names. */
+static int check_config_flag(const train_flags *f, const train_run *run, fy_err *err) {
+    fy_config c;
+    if (config_is_file(f->cfgname) ? fy_config_load(f->cfgname, &c, err)
+                                   : fy_config_builtin(f->cfgname, run->cfg.vocab_size, &c, err))
+        return fy_wrap(err, "--config %s", f->cfgname);
+    c.bos_token_id = run->cfg.bos_token_id;
+    c.eos_token_id = run->cfg.eos_token_id;
+    const fy_config_json_opts jo = {.no_ferry = 1};
+    char *a = fy_config_to_json_opts(&c, &jo), *b = fy_config_to_json_opts(&run->cfg, &jo);
+    int same = a && b && !strcmp(a, b);
+    free(a);
+    free(b);
+    if (same) return 0;
+    return fy_fail(err, "--config %s is not the model of %s (--resume keeps the run's model, %s/config.json): drop "
+                        "--config, or start a new run with another --out", f->cfgname, run->run_dir, run->run_dir);
+}
+
+/* --resume keeps the run's model config, tokenizer and data: a flag that
+ * names others is refused (the same ones are fine: a supervisor's restart
+ * repeats the first command line), and so is --steps at or below the
+ * step the run is at. total: the run's own length (before --steps).
+ * 1: the run is complete and nothing was asked of it. */
+static int check_resume_flags(const train_flags *f, train_run *run, int total, fy_err *err) {
+    char abs[FY_PATH_MAX], dd[FY_PATH_MAX], path[FY_PATH_MAX + 32];
+    if (f->data) {
+        if (fy_path_absolute(abs, sizeof abs, f->data, err) || fy_path_absolute(dd, sizeof dd, run->data_dir, err))
+            return -1;
+        if (strcmp(abs, dd) && strcmp(abs, run->data_source))
+            return fy_fail(err, "--data %s: %s trains on %s (--resume keeps a run's data): drop --data, or train "
+                                "on new data in a new run (--init-from %s --data %s --out NEW)",
+                           f->data, run->run_dir, run->data_source[0] ? run->data_source : run->data_dir,
+                           run->run_dir, f->data);
+    }
+    if (f->cfg_set && check_config_flag(f, run, err)) return -1;
+    if (f->vocab_set) {
+        fy_tokenizer *tok;
+        snprintf(path, sizeof path, "%s/tokenizer.json", run->run_dir);
+        if (fy_tokenizer_load(path, &tok, err)) return -1;
+        int V = fy_tokenizer_vocab_size(tok);
+        fy_tokenizer_free(tok);
+        if (f->vocab != run->vocab_asked && f->vocab != V)
+            return fy_fail(err, "--vocab-size %d: %s was started with --vocab-size %d and has a %d-token tokenizer "
+                                "(--resume keeps the run's tokenizer): drop --vocab-size", f->vocab, run->run_dir,
+                           run->vocab_asked, V);
+    }
+    const int now = newest_step(run->run_dir, err);
+    if (now < 0) return -1;
+    const int want = f->steps ? f->steps : total;
+    if (want < now || (want == now && f->steps && total != now))
+        return fy_fail(err, "--steps %d: %s is already at step %d: pass --steps above %d to train further",
+                       f->steps, run->run_dir, now, now);
+    if (want == now) {
+        printf("%s is complete at step %d: nothing to train (pass --steps above %d to continue it)\n",
+               run->run_dir, now, now);
+        return 1;
+    }
+    printf("resuming %s at step %d of %d: keeping its model config, tokenizer and data (%s)\n", run->run_dir, now,
+           want, run->data_dir);
     return 0;
 }
 
@@ -342,7 +466,10 @@ static int create_backend(train_run *run, fy_backend **be, fy_err *err) {
 }
 
 /* The "ferry" section of config.json: the training options, the data
- * directory, and "backend", where the run was last trained (for
+ * directory (absolute), "data_source" (--data, absolute; absent for the
+ * default corpus), "vocab_size_asked" (--vocab-size at the start, so a
+ * restart repeating it is told apart from another), and "backend", where
+ * the run was last trained (for
  * information and as the --resume default). */
 static char *ferry_section(const train_run *run) {
     char *opts = fy_train_opts_to_json(&run->o);
@@ -350,6 +477,8 @@ static char *ferry_section(const train_run *run) {
     free(opts);
     char *text = NULL;
     if (js && cJSON_AddStringToObject(js, "data_dir", run->data_dir) &&
+        (!run->data_source[0] || cJSON_AddStringToObject(js, "data_source", run->data_source)) &&
+        (!run->vocab_asked || cJSON_AddNumberToObject(js, "vocab_size_asked", run->vocab_asked)) &&
         cJSON_AddStringToObject(js, "backend", run->backend))
         text = cJSON_PrintUnformatted(js);
     cJSON_Delete(js);
@@ -423,14 +552,71 @@ static int train(train_run *run, fy_backend *be, int resume, fy_err *err) {
     fy_model_free(&m);
     fy_backend_destroy(be);
     if (rc) return 1;
-    char val[48] = "no validation pass (--eval-every 0)";
-    if (isfinite(res.last_val_loss)) snprintf(val, sizeof val, "validation loss %.4f", res.last_val_loss);
+    char val[80] = "no validation pass (--eval-every 0)";
+    if (run->o.eval_every > 0) snprintf(val, sizeof val, "no validation pass yet");
+    if (isfinite(res.last_val_loss) && res.val_step == res.step)
+        snprintf(val, sizeof val, "validation loss %.4f", res.last_val_loss);
+    else if (isfinite(res.last_val_loss)) /* stopped between evaluations */
+        snprintf(val, sizeof val, "validation loss %.4f at step %d", res.last_val_loss, res.val_step);
     printf("done: step %d, train loss %.4f, %s; run directory %s\n", res.step, res.last_loss, val, run->run_dir);
     return res.interrupted && g_stop ? 130 : 0;
 }
 
+/* ---- the run directory's lock ---- */
+
+#define RUN_LOCK "train.lock"
+
+/* Whether pid is this process's parent, grandparent, ... (/proc/PID/stat's
+ * fourth field, after the command name in parentheses). */
+static int is_ancestor(long pid) {
+    long p = (long)getppid();
+    for (int depth = 0; p > 1 && depth < 64; depth++) {
+        if (p == pid) return 1;
+        char path[64], *text;
+        size_t len;
+        fy_err ignore;
+        snprintf(path, sizeof path, "/proc/%ld/stat", p);
+        if (fy_read_file(path, &text, &len, &ignore)) return 0;
+        const char *close = strrchr(text, ')');
+        if (!close || sscanf(close + 1, " %*c %ld", &p) != 1) p = 0;
+        free(text);
+    }
+    return 0;
+}
+
+/* One process trains in a run directory at a time: the lock RUN_DIR/
+ * train.lock, held until this process ends. Its holder may be the
+ * supervisor or the --ranks launcher above this process, which took it for
+ * the run (and rank 0 under mpirun is the one that takes it; the other
+ * ranks write nothing there). A lock whose holder ended without releasing
+ * it (killed) is free again: taken over, saying so. */
+static int lock_run(const char *run_dir, int resume, fy_dir_lock *lk, fy_err *err) {
+    char host[256];
+    fy_lock_owner o;
+    if (resume && !fy_file_exists(run_dir)) return fy_fail(err, "--resume %s: no such run directory", run_dir);
+    if (fy_mkdir_p(run_dir, err)) return -1;
+    int r = fy_dir_lock_take(run_dir, RUN_LOCK, lk, &o, err);
+    if (r < 0) return -1;
+    fy_host_name(host, sizeof host);
+    const int here = o.pid > 0 && !strcmp(o.host, host);
+    if (r == 1 && here && is_ancestor(o.pid)) return 0;
+    if (r == 1 && here && kill((pid_t)o.pid, 0) != 0 && errno == ESRCH) /* its children share the lock */
+        return fy_fail(err, "%s is in use: %s/%s names pid %ld, which has ended, but a process it started (a "
+                            "supervised trainer) still holds the lock: stop that one (fuser %s/%s names it)",
+                       run_dir, run_dir, RUN_LOCK, o.pid, run_dir, RUN_LOCK);
+    if (r == 1 && o.pid > 0)
+        return fy_fail(err, "%s is in use by ferry train pid %ld on %s (%s/%s): wait for it to end, stop it, or "
+                            "choose another --out", run_dir, o.pid, o.host, run_dir, RUN_LOCK);
+    if (r == 1)
+        return fy_fail(err, "%s is in use by another ferry train (%s/%s is locked)", run_dir, run_dir, RUN_LOCK);
+    if (o.pid > 0)
+        fy_warn("%s/%s was left by pid %ld on %s, which %s: taking it over", run_dir, RUN_LOCK, o.pid, o.host,
+                here && kill((pid_t)o.pid, 0) != 0 ? "is no longer running" : "no longer holds it");
+    return 0;
+}
+
 /* train_main's own result: an exit code; 1 after a failure in err. */
-static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
+static int train_main(int argc, char **argv, fy_comm **commp, fy_dir_lock *lock, fy_err *err) {
     train_flags f;
     int r = parse_flags(argc, argv, &f, err);
     if (r) return r > 0 ? 0 : 1;
@@ -440,11 +626,13 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         snprintf(run.run_dir, sizeof run.run_dir, "%s", f.out);
     else
         snprintf(run.run_dir, sizeof run.run_dir, "runs/%s", config_is_file(f.cfgname) ? "custom" : f.cfgname);
-    if (f.supervise) {
+    /* The supervisor and the --ranks launcher hold the lock for their children. */
+    if (f.supervise || (f.ranks > 0 && !fy_cli_mpi_launched())) {
+        if (lock_run(run.run_dir, f.resume, lock, err)) return 1;
+        if (!f.supervise) return fy_cli_launch_ranks(argc, argv, f.ranks);
         fy_cli_supervise_args sa = {run.run_dir, f.resume, f.max_restarts, f.batch, f.heartbeat, f.backoff};
         return fy_cli_train_supervised(argc, argv, &sa);
     }
-    if (f.ranks > 0 && !fy_cli_mpi_launched()) return fy_cli_launch_ranks(argc, argv, f.ranks);
     if (join_ranks(&f, &run, commp, err)) return 1;
     /* A wrong --backend is reported before any data preparation or file write. */
     fy_backend *be = NULL;
@@ -462,11 +650,20 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_err *err) {
         fy_fail(err, "--init-from with --resume: a resumed run continues from its own checkpoint");
         return 1;
     }
+    if (!run.follower && lock_run(run.run_dir, f.resume, lock, err)) return 1;
     int rc = 1;
-    if ((f.resume || run.follower ? load_saved_run(&run, err) || reload_lora_base(&run, err)
-                                  : start_new_run(&f, &run, err)) ||
-        apply_flags(&f, &run, err) || create_backend(&run, &be, err))
-        goto done;
+    if (f.resume || run.follower ? load_saved_run(&run, err) : start_new_run(&f, &run, err)) goto done;
+    const int total = run.o.adam.total_steps;
+    if (apply_flags(&f, &run, err)) goto done;
+    if (f.resume && !run.follower) { /* before anything is loaded or written */
+        int r = check_resume_flags(&f, &run, total, err);
+        if (r == 1 && run.n_ranks > 1) fy_fail(err, "%s is complete: nothing to train", run.run_dir);
+        if (r) {
+            rc = r == 1 && run.n_ranks == 1 ? 0 : 1;
+            goto done;
+        }
+    }
+    if (((f.resume || run.follower) && reload_lora_base(&run, err)) || create_backend(&run, &be, err)) goto done;
     if (save_config(&run, err)) {
         fy_backend_destroy(be);
         goto done;
@@ -480,9 +677,11 @@ done:
 
 int fy_cmd_train(int argc, char **argv) {
     fy_comm *comm = NULL;
+    fy_dir_lock lock = {-1};
     fy_err err;
     err.msg[0] = '\0';
-    int rc = train_main(argc, argv, &comm, &err);
+    int rc = train_main(argc, argv, &comm, &lock, &err);
+    fy_dir_lock_release(&lock);
     if (rc == 1 && err.msg[0]) fy_cli_fail("train", &err);
     if (!comm) return rc;
     if (fy_comm_size(comm) > 1 && fy_comm_lost_peer(comm)) rc = FY_EXIT_RANK_LOST;

@@ -17,7 +17,8 @@
  * Bible) once under data/. tok (--init-from: the model's) tokenizes the text
  * instead of a new tokenizer of vocab tokens (the default corpus is then
  * prepared into RUN_DIR/data), and a prepared shard dir made with another
- * tokenizer is refused. */
+ * tokenizer is refused. A directory's *.txt are all taken, however many.
+ * data_dir gets an absolute path (the run records it). */
 int fy_cli_train_data(const char *data, const char *run_dir, int vocab, const fy_tokenizer *tok, char *data_dir,
                       size_t cap, fy_err *err);
 

@@ -19,8 +19,6 @@
 #include "core/strbuf.h"
 #include "io/prepare.h"
 
-#define MAX_TEXT_FILES 256
-
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -193,10 +191,11 @@ static int list_txt(const char *dir, char ***out, size_t *n, fy_err *err) {
     return rc;
 }
 
-/* Collects text files from --data (a file, or a directory of *.txt; the
- * first MAX_TEXT_FILES in order). */
-static int text_files(const char *data, char **files, int *n, fy_err *err) {
+/* Collects text files from --data: a file, or every *.txt of a directory
+ * (any number: *files is malloc'd, its strings too). */
+static int text_files(const char *data, char ***files, int *n, fy_err *err) {
     *n = 0;
+    *files = NULL;
     if (!is_dir(data)) {
         if (!fy_file_exists(data)) return fy_fail(err, "--data %s: no such file or directory", data);
         /* Examples would be trained on as raw JSON text. */
@@ -204,19 +203,24 @@ static int text_files(const char *data, char **files, int *n, fy_err *err) {
             return fy_fail(err, "--data %s: JSONL examples are prepared first: ferry data prepare %s --model MODEL "
                                 "--seq T --out DIR, then --data DIR (docs/FINETUNE.md)",
                            data, data);
-        files[(*n)++] = strdup(data);
+        if (!(*files = malloc(sizeof **files)) || !((*files)[0] = strdup(data))) return fy_fail(err, "out of memory");
+        *n = 1;
         return 0;
     }
-    char **all;
     size_t na;
-    int rc = list_txt(data, &all, &na, err);
-    for (size_t i = 0; i < na; i++) {
-        if (*n < MAX_TEXT_FILES) files[(*n)++] = all[i];
-        else free(all[i]);
-    }
-    free(all);
+    int rc = list_txt(data, files, &na, err);
+    *n = (int)na;
     if (rc) return -1;
     if (!*n) return fy_fail(err, "--data %s: no *.txt files and no train-*.bin shards there", data);
+    return 0;
+}
+
+/* The data directory as an absolute path: the run records it, and --resume
+ * may start anywhere. */
+static int absolute(char *data_dir, size_t cap, fy_err *err) {
+    char abs[FY_PATH_MAX];
+    if (fy_path_absolute(abs, sizeof abs, data_dir, err)) return -1;
+    if (snprintf(data_dir, cap, "%s", abs) >= (int)cap) return fy_fail(err, "path too long: %s", abs);
     return 0;
 }
 
@@ -224,13 +228,13 @@ int fy_cli_train_data(const char *data, const char *run_dir, int vocab, const fy
                       size_t cap, fy_err *err) {
     if (data && is_dir(data) && has_shards(data)) {
         snprintf(data_dir, cap, "%s", data);
-        return tok ? same_tokenizer(data, tok, err) : 0;
+        return (tok && same_tokenizer(data, tok, err)) || absolute(data_dir, cap, err) ? -1 : 0;
     }
-    char *files[MAX_TEXT_FILES];
+    char **files = NULL;
     int nf = 0, rc;
     if (data) {
         snprintf(data_dir, cap, "%s/data", run_dir);
-        rc = text_files(data, files, &nf, err) || prepare(data_dir, files, nf, vocab, tok, err) ? -1 : 0;
+        rc = text_files(data, &files, &nf, err) || prepare(data_dir, files, nf, vocab, tok, err) ? -1 : 0;
     } else {
         char txt[FY_PATH_MAX];
         /* The shared cache holds the corpus with a tokenizer of its own;
@@ -238,11 +242,10 @@ int fy_cli_train_data(const char *data, const char *run_dir, int vocab, const fy
         if (tok) snprintf(data_dir, cap, "%s/data", run_dir);
         else snprintf(data_dir, cap, "data/kjv-v%d", vocab);
         rc = default_corpus("data", txt, sizeof txt, err);
-        if (!rc) {
-            files[nf++] = strdup(txt);
-            rc = prepare(data_dir, files, nf, vocab, tok, err);
-        }
+        if (!rc && (!(files = malloc(sizeof *files)) || !(files[0] = strdup(txt)))) rc = fy_fail(err, "out of memory");
+        if (!rc) rc = prepare(data_dir, files, ++nf, vocab, tok, err);
     }
     for (int i = 0; i < nf; i++) free(files[i]);
-    return rc;
+    free(files);
+    return rc || absolute(data_dir, cap, err) ? -1 : 0;
 }

@@ -1,6 +1,6 @@
 /* File-system helpers (core/fsutil.h): whole-file reads, atomic replacement
  * through a temporary + fsync + rename, directories published whole, mkdir -p,
- * rm -r and path joining. */
+ * rm -r, path joining and directory locks. */
 #include "core/fsutil.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -273,4 +274,72 @@ int fy_remove_tree(const char *path, fy_err *err) {
     if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
         return fy_fail(err, "cannot remove %s: %s", path, strerror(errno));
     return 0;
+}
+
+int fy_path_absolute(char *out, size_t cap, const char *path, fy_err *err) {
+    if (path[0] == '/') {
+        if (snprintf(out, cap, "%s", path) >= (int)cap) return fy_fail(err, "path too long: %s", path);
+        return 0;
+    }
+    char cwd[FY_PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return fy_fail(err, "%s: cannot read the current directory: %s", path, strerror(errno));
+    while (path[0] == '.' && path[1] == '/') {
+        path += 2;
+        while (path[0] == '/') path++;
+    }
+    if (!strcmp(path, ".") || !path[0])
+        return snprintf(out, cap, "%s", cwd) >= (int)cap ? fy_fail(err, "path too long: %s", cwd) : 0;
+    return fy_path_join(out, cap, cwd, path, err);
+}
+
+void fy_host_name(char *out, size_t cap) {
+    if (gethostname(out, cap) != 0 || !out[0]) snprintf(out, cap, "unknown");
+    out[cap - 1] = '\0';
+}
+
+/* The owner a lock file names ("pid PID host HOST"); pid 0 when none. */
+static void read_owner(int fd, fy_lock_owner *o) {
+    char text[320];
+    memset(o, 0, sizeof *o);
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0) return;
+    text[n] = '\0';
+    if (sscanf(text, "pid %ld host %255s", &o->pid, o->host) != 2 || o->pid <= 0) memset(o, 0, sizeof *o);
+}
+
+int fy_dir_lock_take(const char *dir, const char *name, fy_dir_lock *l, fy_lock_owner *prev, fy_err *err) {
+    char path[FY_PATH_MAX];
+    l->fd = -1;
+    memset(prev, 0, sizeof *prev);
+    if (fy_path_join(path, sizeof path, dir, name, err)) return -1;
+    /* Not close-on-exec: a child started with exec (a supervisor's trainer)
+     * shares the open file, and so the lock, should its parent die. */
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    if (fd < 0) return fy_fail(err, "cannot open the lock file %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        read_owner(fd, prev);
+        close(fd);
+        if (e == EWOULDBLOCK) return 1;
+        return fy_fail(err, "cannot lock %s: %s", path, strerror(e));
+    }
+    read_owner(fd, prev); /* what a process that ended without releasing left */
+    char host[256], text[320];
+    fy_host_name(host, sizeof host);
+    int n = snprintf(text, sizeof text, "pid %ld host %s\n", (long)getpid(), host);
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
+        int e = errno;
+        close(fd);
+        return fy_fail(err, "cannot write the lock file %s: %s", path, strerror(e));
+    }
+    l->fd = fd;
+    return 0;
+}
+
+void fy_dir_lock_release(fy_dir_lock *l) {
+    if (l->fd < 0) return;
+    if (ftruncate(l->fd, 0) != 0) { /* the next owner then reports this one as gone: harmless */ }
+    close(l->fd); /* releases the flock */
+    l->fd = -1;
 }

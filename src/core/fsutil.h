@@ -48,6 +48,12 @@ int fy_path_join(char *out, size_t cap, const char *dir, const char *name, fy_er
 /* The directory part of `path` ("." when it has none, "/" for "/x"). */
 int fy_path_dirname(char *out, size_t cap, const char *path, fy_err *err);
 
+/* `path` made absolute: as it is when it starts with '/', else the current
+ * directory + "/" + path ("./" prefixes dropped; symlinks are kept as
+ * named, not resolved). Paths recorded in a run must not depend on the
+ * directory a command was started in. */
+int fy_path_absolute(char *out, size_t cap, const char *path, fy_err *err);
+
 /* 1 when something exists at `path` (file, directory, ...), else 0. */
 int fy_file_exists(const char *path);
 
@@ -60,6 +66,30 @@ int fy_dir_tmp_beside(const char *out, char *tmp, size_t cap, fy_err *err);
 int fy_dir_publish(const char *tmp, const char *out, fy_err *err);
 /* rm -r of a tree this process wrote; symlinks are not followed. */
 int fy_remove_tree(const char *path, fy_err *err);
+
+/* An advisory lock on a directory: flock of DIR/NAME, held until
+ * fy_dir_lock_release or the end of the process (a crash or SIGKILL
+ * releases it too). Children share it: the descriptor stays open across
+ * fork and exec, so a supervisor's trainer keeps the lock should the
+ * supervisor die. The file names its owner, "pid PID host HOST", for
+ * messages. Readers need no lock. */
+typedef struct fy_dir_lock {
+    int fd;                      /* -1: not held */
+} fy_dir_lock;
+typedef struct fy_lock_owner {
+    long pid;                    /* 0: unknown (the file names nobody) */
+    char host[256];
+} fy_lock_owner;
+/* 0: taken; *prev then names the owner the file still named (pid 0: none),
+ * one that ended without releasing it (a stale lock, now taken over).
+ * 1: another open file holds it (*prev: its owner as the file says; pid 0
+ * while it is still writing it); nothing is taken. -1: an error (err). */
+int fy_dir_lock_take(const char *dir, const char *name, fy_dir_lock *l, fy_lock_owner *prev, fy_err *err);
+/* Empties the file (no owner named) and releases the lock; a lock not held
+ * (fd -1) is left alone. */
+void fy_dir_lock_release(fy_dir_lock *l);
+/* This machine's host name as the lock file writes it. */
+void fy_host_name(char *out, size_t cap);
 
 /* Streaming form of fy_write_file_atomic, for files too large to build in
  * memory (safetensors): open, write any number of times, then commit.

@@ -17,6 +17,8 @@ int fy_hf_is_dir(const char *dir) {
     struct stat st;
     snprintf(p, sizeof p, "%s/checkpoints", dir);
     if (stat(p, &st) == 0 && S_ISDIR(st.st_mode)) return 0;   /* a ferry run */
+    snprintf(p, sizeof p, "%s/MANIFEST.json", dir);
+    if (fy_file_exists(p)) return 0;                          /* a ferry checkpoint */
     snprintf(p, sizeof p, "%s/config.json", dir);
     if (!fy_file_exists(p)) return 0;
     snprintf(p, sizeof p, "%s/" FY_HF_INDEX, dir);

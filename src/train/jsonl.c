@@ -3,9 +3,11 @@
  * names, no knowledge of what the keys mean. */
 #include "train/jsonl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 char *fy_json_print_spaced(const cJSON *j, int multiline) {
     char *s = j ? cJSON_PrintUnformatted(j) : NULL;
@@ -42,12 +44,33 @@ char *fy_json_print_spaced(const cJSON *j, int multiline) {
     return out;
 }
 
+/* The line goes out in write(2) calls of its own, never through stdio's
+ * buffer, which a full disk would leave cut at a buffer boundary: a short or
+ * failed write is cut back off, so the file holds whole lines only. */
 int fy_json_append_line(FILE *f, const cJSON *j) {
     char *s = fy_json_print_spaced(j, 0);
-    if (!s) return -1;
-    fprintf(f, "%s\n", s);
+    if (!s) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t n = strlen(s), done = 0;
+    s[n++] = '\n'; /* replaces the NUL: written with its length */
+    int fd = fflush(f) == 0 ? fileno(f) : -1;
+    off_t end = fd >= 0 ? lseek(fd, 0, SEEK_END) : -1;
+    int rc = fd >= 0 ? 0 : -1;
+    while (rc == 0 && done < n) {
+        ssize_t w = write(fd, s + done, n - done);
+        if (w > 0) done += (size_t)w;
+        else if (w == 0) errno = ENOSPC, rc = -1;
+        else if (errno != EINTR) rc = -1;
+    }
     free(s);
-    return 0;
+    if (rc && done && end >= 0) {
+        int e = errno;
+        if (ftruncate(fd, end) != 0) { /* a device (/dev/full) has no length to restore */ }
+        errno = e;
+    }
+    return rc;
 }
 
 cJSON *fy_json_add_float(cJSON *o, const char *key, float f) {

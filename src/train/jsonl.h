@@ -12,7 +12,9 @@
  * member a line, indented by two spaces, with a final newline. Caller frees;
  * NULL when out of memory or j is NULL. */
 char *fy_json_print_spaced(const cJSON *j, int multiline);
-/* Appends j to f as one line; -1 when out of memory. */
+/* Appends j to f as one whole line or not at all: -1 with errno set
+ * (ENOMEM, ENOSPC, ...) and the file cut back to its length before. f is
+ * written past its stdio buffer (flushed first). */
 int fy_json_append_line(FILE *f, const cJSON *j);
 /* f as the shortest decimal that reads back as f (0.002, not the float's
  * exact value 0.0020000000949949026). */

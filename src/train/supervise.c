@@ -56,7 +56,7 @@ static void record(const char *run_dir, int attempt, const char *reason, double 
     cJSON_AddStringToObject(j, "reason", reason);
     cJSON_AddNumberToObject(j, "backoff_s", round(backoff * 1000) / 1000);
     FILE *f = fopen(p, "a");
-    if (f && fy_json_append_line(f, j)) fy_warn("supervisor: out of memory writing %s", p);
+    if (!f || fy_json_append_line(f, j)) fy_warn("supervisor: cannot write %s: %s", p, strerror(errno));
     if (f) fclose(f);
     cJSON_Delete(j);
 }

@@ -6,6 +6,7 @@
 #include "train/trainer.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -459,6 +460,10 @@ typedef struct run {
     int last_log;                /* step of the last progress line */
     int logged_upto;             /* metrics, evals and checkpoints are done up to here */
     int saved;                   /* the step just run was checkpointed */
+    int saved_step;              /* the newest step whose checkpoint is known written (or resumed from) */
+    int pending_step;            /* the step whose checkpoint is being written in the background (-1: none) */
+    int held;                    /* the model holds the state after step `held` exactly (-1: mid-step) */
+    int val_step;                /* the step of val_loss */
     int fail_streak, fail_step;  /* consecutive failed attempts, the furthest step that failed */
 } run;
 
@@ -591,6 +596,18 @@ static int save_run(run *R, int step, double elapsed, fy_err *err) {
                 R->val_loss, &R->sk, err);
 }
 
+/* save_run, keeping track of which checkpoint is known written: a save
+ * starts only once the previous background write has succeeded. */
+static int save_run_tracked(run *R, int step, double elapsed, fy_err *err) {
+    if (save_run(R, step, elapsed, err)) {
+        R->pending_step = -1; /* its failure may be the previous write's: not known written */
+        return -1;
+    }
+    if (R->pending_step >= 0) R->saved_step = R->pending_step;
+    R->pending_step = step;
+    return 0;
+}
+
 /* ---- the steps of the loop; each returns -1 on an error (err set), 0 to
  * go on, 1 when a guard refused the step (a->reason, a->where say why) ---- */
 
@@ -721,11 +738,14 @@ static void print_progress(run *R, const attempt *a) {
     R->last_log = step;
 }
 
-/* Appends j to metrics.jsonl and frees it. */
+/* Appends j to metrics.jsonl (a whole line or nothing) and frees it. */
 static int append_metrics(run *R, cJSON *j, fy_err *err) {
-    int rc = fy_json_append_line(R->mf, j);
+    int rc = fy_json_append_line(R->mf, j), e = errno;
     cJSON_Delete(j);
-    return rc ? fy_fail(err, "out of memory") : 0;
+    if (!rc) return 0;
+    if (e == ENOSPC || e == EDQUOT)
+        return fy_fail(err, "%s: the disk is full (%s); the file keeps whole lines only", R->mpath, strerror(e));
+    return fy_fail(err, "cannot append to %s: %s", R->mpath, strerror(e));
 }
 
 /* The step's line of metrics.jsonl, its point of loss.svg, its progress line. */
@@ -751,6 +771,7 @@ static int evaluate(run *R, int step, fy_err *err) {
     const fy_train_opts *o = R->o;
     if (o->eval_every <= 0 || (step % o->eval_every && step != R->total)) return 0;
     if (eval_loss_dp(R->m, &R->dp, &R->val, R->B, R->T, o->eval_batches, &R->val_loss, err)) return -1;
+    R->val_step = step;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", step);
     fy_json_add_real(j, "val_loss", R->val_loss);
@@ -800,7 +821,7 @@ static int end_step(run *R, const attempt *a, volatile sig_atomic_t *stop, int *
     const int H = R->dp.diloco.local_steps;
     if (H && (step % H == 0 || step == R->total || halt || due) && outer_step(R, step, err)) return -1;
     if (!halt && !due) return 0;
-    if (save_run(R, step, a->elapsed, err)) return -1;
+    if (save_run_tracked(R, step, a->elapsed, err)) return -1;
     R->saved = 1;
     if (!halt) R->disk_step = -1; /* keep_last may remove the checkpoint resumed from */
     else if (R->rank0)
@@ -871,7 +892,8 @@ static int run_init(run *R, fy_model *m, const fy_train_opts *o, const char *run
     R->run_dir = run_dir;
     R->B = o->batch_size, R->T = o->seq_len, R->total = o->adam.total_steps;
     fy_ckpt_async_init(&R->writer);
-    R->disk_step = -1;
+    R->disk_step = R->pending_step = -1;
+    R->held = -1;
     R->loss = R->val_loss = R->snap_loss = NAN;
     R->comm = o->comm;
     if (!R->comm && fy_comm_init(0, 0, &R->self, err)) return -1;
@@ -921,13 +943,27 @@ static void print_data_parallel(const run *R) {
                                                                    : "ZeRO-1 sharded AdamW moments", buckets);
 }
 
+/* What the run will read, checked before step 1 rather than found at the
+ * first batch or evaluation with steps done: the training split has a
+ * window of seq_len + 1 tokens, and so does the validation split when the
+ * run evaluates. */
+static int data_preflight(run *R, fy_err *err) {
+    uint64_t n;
+    if (fy_loader_n_slots(&R->train, R->T, &n, err)) return fy_wrap(err, "before step 1");
+    if (R->o->eval_every > 0 && fy_loader_n_slots(&R->val, R->T, &n, err))
+        return fy_wrap(err, "before step 1: validation every %d steps needs a validation split with a window of "
+                            "%d tokens (ferry data prepare --val-fraction F for a larger one, or --eval-every 0)",
+                       R->o->eval_every, R->T + 1);
+    return 0;
+}
+
 /* Loaders, data parallelism (parallel/dp.h) and the optimizer. */
 static int setup_data_parallel(run *R, const char *data_dir, fy_err *err) {
     const fy_train_opts *o = R->o;
     fy_model *m = R->m;
     fy_dp *dp = &R->dp;
     if (fy_loader_open(&R->train, data_dir, "train", (uint32_t)m->cfg.vocab_size, err) ||
-        fy_loader_open(&R->val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) ||
+        fy_loader_open(&R->val, data_dir, "val", (uint32_t)m->cfg.vocab_size, err) || data_preflight(R, err) ||
         fy_dp_init(dp, R->comm, m, R->B, o->micro_batch, o->compress, o->zero,
                    &(fy_dp_diloco){o->diloco_every, o->outer_lr, o->outer_momentum}, err) ||
         fy_dp_create_optimizer(dp, m, &o->adam, &R->opt, err))
@@ -1000,6 +1036,11 @@ static int open_metrics(run *R, fy_err *err) {
     if (R->rank0 && metrics_reopen(R->mpath, R->start, 0, &R->h, &R->mf, err)) return -1;
     if (fy_comm_barrier(R->comm, err)) return -1;
     if (!R->rank0 && metrics_reopen(R->mpath, R->start, 1, &R->h, &R->mf, err)) return -1;
+    /* The last validation loss of a resumed run is its newest logged one. */
+    if (R->h.val.n) {
+        R->val_loss = R->h.val.y[R->h.val.n - 1];
+        R->val_step = (int)R->h.val.x[R->h.val.n - 1];
+    }
     /* The spike window continues from the logged losses of a resumed run. */
     const series *s = &R->h.train;
     for (int i = s->n > R->win.cap ? s->n - R->win.cap : 0; i < s->n; i++) fy_loss_window_push(&R->win, s->y[i]);
@@ -1055,7 +1096,7 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
         return -1;
     R->t_start = R->t_last = fy_now_s();
     R->snap_tokens = R->disk_tokens = R->tokens;
-    R->last_log = R->logged_upto = R->start;
+    R->last_log = R->logged_upto = R->saved_step = R->held = R->start;
     return 0;
 }
 
@@ -1064,7 +1105,7 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
 static int finish_run(run *R, fy_train_result *res, fy_err *err) {
     if (R->step > R->total) R->step = R->total;
     const int step = R->step, steps = step - R->start;
-    if (!R->saved && steps > 0 && save_run(R, step, R->elapsed0 + fy_now_s() - R->t_start, err)) return -1;
+    if (!R->saved && steps > 0 && save_run_tracked(R, step, R->elapsed0 + fy_now_s() - R->t_start, err)) return -1;
     if (R->rank0) plot(R->run_dir, &R->h);
     const fy_dp *dp = &R->dp;
     char per_step[64] = "";
@@ -1078,7 +1119,28 @@ static int finish_run(run *R, fy_train_result *res, fy_err *err) {
     res->step = step;
     res->last_loss = R->loss;
     res->last_val_loss = R->val_loss;
+    res->val_step = R->val_step;
     return 0;
+}
+
+/* A failure after steps completed since the last checkpoint (metrics.jsonl
+ * on a full disk, an evaluation, a checkpoint's write, the next batch):
+ * those steps are saved when the model holds the state after one exactly,
+ * and err says so. One rank only: with more, the save gathers over ranks
+ * that may be the failure. */
+static void rescue(run *R, fy_err *err) {
+    fy_err e2;
+    if (fy_ckpt_async_wait(&R->writer, &e2) == 0 && R->pending_step >= 0) R->saved_step = R->pending_step;
+    R->pending_step = -1; /* a failed write is in err already, or older than it */
+    if (R->held <= R->saved_step || R->n_ranks > 1 || R->dp.diloco.local_steps) return;
+    char msg[2 * sizeof err->msg + 160]; /* both messages; fy_fail cuts to fit */
+    if (save_run(R, R->held, R->elapsed0 + fy_now_s() - R->t_start, &e2) || fy_ckpt_async_wait(&R->writer, &e2))
+        snprintf(msg, sizeof msg, "%s; steps %d-%d are lost: saving them failed too: %s", err->msg,
+                 R->saved_step + 1, R->held, e2.msg);
+    else
+        snprintf(msg, sizeof msg, "%s; steps up to %d are saved in a checkpoint (--resume continues from there)",
+                 err->msg, R->held);
+    fy_fail(err, "%s", msg);
 }
 
 /* Releases the run; rc is the run's verdict so far, returned unless the
@@ -1128,13 +1190,17 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         int r = check_state(&R, &a, err);              /* corruption between steps */
         if (r == 0) r = snapshot_if_due(&R, a.step, err);
         if (r == 0) r = fetch_batch(&R, &a, err);
+        if (r == 0) R.held = -1;                       /* the step changes the state */
         if (r == 0) r = run_step(&R, &a, err);         /* forward, backward, reduce, guards, update */
         if (r < 0) goto done;
         if (r > 0) {
+            R.held = -1;
             if (roll_back(&R, &a, err)) goto done;
+            R.held = R.step;
             continue;
         }
         if (accept_step(&R, &a, err)) goto done;
+        R.held = a.step;
         if (a.step <= R.logged_upto) continue;         /* replaying after a rollback */
         R.logged_upto = a.step;
         if (log_step(&R, &a, err) || evaluate(&R, a.step, err)) goto done;
@@ -1149,5 +1215,6 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
     if (finish_run(&R, res, err)) goto done;
     rc = 0;
 done:
+    if (rc) rescue(&R, err);
     return run_free(&R, rc, err);
 }

@@ -65,6 +65,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o);
 typedef struct fy_train_result {
     int step;             /* last step completed */
     double last_loss, last_val_loss;
+    int val_step;         /* the step last_val_loss was measured at (0: none yet) */
     int interrupted;      /* stopped by the stop flag or the time limit */
 } fy_train_result;
 
@@ -72,7 +73,12 @@ typedef struct fy_train_result {
  * val-*.bin). With resume, restores the newest complete checkpoint of
  * run_dir first; otherwise initialises weights from o->seed. The stop flag
  * (set by a signal handler) ends the loop after the current step with a
- * checkpoint. */
+ * checkpoint. The data is checked before step 1 (a window of seq_len + 1
+ * tokens in the training split, and in the validation split when the run
+ * evaluates); a failure after steps completed since the last checkpoint
+ * saves them first (one rank), and err says whether that worked.
+ * metrics.jsonl is written in whole lines: a full disk is an error naming
+ * it, never a cut line. */
 int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const char *data_dir,
                  int resume, volatile sig_atomic_t *stop, fy_train_result *res, fy_err *err);
 

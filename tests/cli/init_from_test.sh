@@ -41,7 +41,7 @@ check 'awk -v a="$init_val" -v b="$scratch_val" "BEGIN { exit !(a < b - 1.0) }"'
   "init-from loss $init_val not far below a fresh model's $scratch_val"
 check '[ -s va/tokenizer.json ] && cmp -s va/tokenizer.json va/data/tokenizer.json || cmp -s va/tokenizer.json data/tokenizer.json' \
   "the model's tokenizer is not saved into the run"
-check 'python3 -c "import json,sys; c=json.load(open(\"va/config.json\")); sys.exit(c[\"hidden_size\"] != 64 or c[\"ferry\"][\"data_dir\"] != \"data\")"' \
+check 'python3 -c "import json,os,sys; c=json.load(open(\"va/config.json\")); sys.exit(c[\"hidden_size\"] != 64 or c[\"ferry\"][\"data_dir\"] != os.path.abspath(\"data\"))"' \
   "config.json: the model's sizes and ferry.data_dir"
 
 # (b) the ferry run and its f32 export start identically; the step counter

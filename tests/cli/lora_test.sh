@@ -81,7 +81,7 @@ check '"$ferry" generate --model a "${G[@]}" >g2.log 2>&1 && [ "$(grep "^ids:" g
   "generate --model of a seeded-base LoRA run (see g2.log)"
 check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --seed 4 --out src4 >src4.log 2>&1' "another base (see src4.log)"
 mv src src.orig && mv src4 src
-check '! "$ferry" train --out f --resume >fx.log 2>&1 && grep -q "are not the ones this run.s adapters were trained on" fx.log' \
+check '! "$ferry" train --out f --resume --steps 7 >fx.log 2>&1 && grep -q "are not the ones this run.s adapters were trained on" fx.log' \
   "a different base under the recorded path is refused (see fx.log)"
 check '! "$ferry" generate --model f "${G[@]}" >gx.log 2>&1 && grep -q "are not the ones" gx.log' \
   "generate refuses a LoRA run on a different base (see gx.log)"

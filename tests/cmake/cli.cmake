@@ -33,3 +33,11 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/hostile_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_hostile_work)
   set_tests_properties(cli_hostile PROPERTIES LABELS cli TIMEOUT 600)
 endif()
+
+# Run directories against hostile use: locking, --resume's flags, checks before
+# step 1, absolute paths, a full disk (tests/cli/rundir_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_rundir
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/rundir_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_rundir_work)
+  set_tests_properties(cli_rundir PROPERTIES LABELS cli TIMEOUT 120)
+endif()
