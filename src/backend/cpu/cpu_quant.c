@@ -74,28 +74,33 @@ __attribute__((target("avx2"))) static float hsum256(__m256 t) {
     return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehl_ps(v, v)));
 }
 
-__attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1, const int8_t *xq,
-                                                         const float *sx, const int8_t *q, const float *s,
-                                                         float *y, int accumulate) {
-    const int nb = in / FY_Q8_BLOCK;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int o = o0; o < o1; o++) {
-        __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int b = 0; b < nb; b++) {
-            __m256i w = _mm256_loadu_si256((const __m256i *)(q + (size_t)o * in + b * FY_Q8_BLOCK));
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * FY_Q8_BLOCK));
-            /* |w| * (x with w's sign) = w * x; pairs fit int16 (2 * 127^2) */
-            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones);
-            __m256 d = _mm256_set1_ps(s[(size_t)o * nb + b] * sx[b]);
-            a[b & 1] = _mm256_add_ps(a[b & 1], _mm256_mul_ps(_mm256_cvtepi32_ps(p), d));
-        }
-        put(y, o, hsum256(_mm256_add_ps(a[0], a[1])), accumulate);
+/* hsum256 of four vectors at once, [hsum(t0), hsum(t1), hsum(t2), hsum(t3)]:
+ * the same additions (u_j = t_j + t_{j+4}, then (u0 + u1) + (u2 + u3)) in
+ * 14 instructions instead of 28. */
+__attribute__((target("avx2"))) static __m128 hsum256x4(__m256 t0, __m256 t1, __m256 t2, __m256 t3) {
+    __m256 u01 = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+    __m256 u23 = _mm256_add_ps(_mm256_permute2f128_ps(t2, t3, 0x20), _mm256_permute2f128_ps(t2, t3, 0x31));
+    __m256 v = _mm256_hadd_ps(u01, u23); /* per half: u0 + u1, u2 + u3 of t0, t2 (t1, t3 above) */
+    __m256 r = _mm256_hadd_ps(v, v);     /* (u0 + u1) + (u2 + u3): t0, t2 below, t1, t3 above */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+}
+
+/* put of v's two low lanes to outputs o, o + 1 (memcpy: y is only
+ * float-aligned, see load2f). */
+__attribute__((target("avx2"))) static void put2(float *y, int o, __m128 v, int accumulate) {
+    if (accumulate) {
+        double t;
+        memcpy(&t, y + o, sizeof t);
+        v = _mm_add_ps(_mm_castpd_ps(_mm_set_sd(t)), v);
     }
+    double r = _mm_cvtsd_f64(_mm_castps_pd(v));
+    memcpy(y + o, &r, sizeof r);
 }
 
 /* One (weight row, input row) pair of a tile at block b into accumulator
- * A: exactly q8_rows_avx2's arithmetic (|w| * (x with w's sign), pairs,
- * quads, then (float)sum * d with d = sw * sx, the same float product). */
+ * A: |w| * (x with w's sign) = w * x, summed in pairs (they fit int16:
+ * 2 * 127^2; |-128| reads as 128 unsigned) and quads (lane l: products
+ * 4l .. 4l+3), then (float)sum * d with d = sw * sx. */
 #define Q8_PAIR_AVX2(A, AW, WP, X, DP)                                                                      \
     A = _mm256_add_ps(                                                                                      \
         A, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(                                              \
@@ -128,12 +133,10 @@ __attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1,
  * each tile's d = sw * sx eight blocks at a time ahead of the loop cost
  * more instructions than the scalar product here: 16-32 blocks a row.) */
 __attribute__((target("avx2"), always_inline)) static inline void
-q8_tile_avx2(const int R, const int C, int in, int o, int n, const q8_inputs *xs, const int8_t *q, const float *s,
-             float *y, int ldy, int accumulate) {
+q8_tile_avx2(const int R, const int C, int in, int o, const int8_t *const xr[2], const float *const sr[2],
+             const int8_t *q, const float *s, float *const yr[2], int accumulate) {
     const int nb = in / FY_Q8_BLOCK;
     const __m256i ones = _mm256_set1_epi16(1);
-    const int8_t *xr[2] = {q8_xq(xs, n), q8_xq(xs, n + C - 1)};
-    const float *sr[2] = {q8_sx(xs, n), q8_sx(xs, n + C - 1)};
     __m256 a00e = _mm256_setzero_ps(), a00o = a00e, a01e = a00e, a01o = a00e;
     __m256 a10e = a00e, a10o = a00e, a11e = a00e, a11o = a00e;
     int b = 0;
@@ -142,28 +145,49 @@ q8_tile_avx2(const int R, const int C, int in, int o, int n, const q8_inputs *xs
         Q8_TILE_BLOCK_AVX2(b + 1, o);
     }
     if (b < nb) Q8_TILE_BLOCK_AVX2(b, e); /* the last block, in/32 odd */
-    float *y0 = y + (size_t)n * ldy, *y1 = y + (size_t)(n + C - 1) * ldy;
-    put(y0, o, hsum256(_mm256_add_ps(a00e, a00o)), accumulate);
-    if (R > 1) put(y0, o + 1, hsum256(_mm256_add_ps(a10e, a10o)), accumulate);
-    if (C > 1) put(y1, o, hsum256(_mm256_add_ps(a01e, a01o)), accumulate);
-    if (R > 1 && C > 1) put(y1, o + 1, hsum256(_mm256_add_ps(a11e, a11o)), accumulate);
+    if (R == 1) {
+        put(yr[0], o, hsum256(_mm256_add_ps(a00e, a00o)), accumulate);
+        if (C > 1) put(yr[1], o, hsum256(_mm256_add_ps(a01e, a01o)), accumulate);
+        return;
+    }
+    __m128 v = hsum256x4(_mm256_add_ps(a00e, a00o), _mm256_add_ps(a10e, a10o), _mm256_add_ps(a01e, a01o),
+                         _mm256_add_ps(a11e, a11o));
+    put2(yr[0], o, v, accumulate);
+    if (C > 1) put2(yr[1], o, _mm_movehl_ps(v, v), accumulate);
 }
 
-/* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, scales), the
- * odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
+/* One input row: two weight rows at a time, x loaded once for both (the
+ * one-row loop this replaced kept its two accumulators in memory: a
+ * store-forwarding chain per block, 22 instructions a block). */
+__attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1, const int8_t *xq, const float *sx,
+                                                         const int8_t *q, const float *s, float *y, int accumulate) {
+    const int8_t *const xr[2] = {xq, xq};
+    const float *const sr[2] = {sx, sx};
+    float *const yr[2] = {y, y};
+    int o = o0;
+    for (; o + 2 <= o1; o += 2) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate);
+    if (o < o1) q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate);
+}
+
+/* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
+ * the odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
 __attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N, const q8_inputs *xs,
                                                           const int8_t *q, const float *s, float *y, int ldy,
                                                           int accumulate) {
-    int o = o0;
-    for (; o + 2 <= o1; o += 2) {
-        int n = 0;
-        for (; n + 2 <= N; n += 2) q8_tile_avx2(2, 2, in, o, n, xs, q, s, y, ldy, accumulate);
-        if (n < N) q8_tile_avx2(2, 1, in, o, n, xs, q, s, y, ldy, accumulate);
-    }
-    if (o < o1) {
-        int n = 0;
-        for (; n + 2 <= N; n += 2) q8_tile_avx2(1, 2, in, o, n, xs, q, s, y, ldy, accumulate);
-        if (n < N) q8_tile_avx2(1, 1, in, o, n, xs, q, s, y, ldy, accumulate);
+    for (int n = 0; n < N; n += 2) {
+        const int C = n + 1 < N ? 2 : 1;
+        const int8_t *const xr[2] = {q8_xq(xs, n), q8_xq(xs, n + C - 1)};
+        const float *const sr[2] = {q8_sx(xs, n), q8_sx(xs, n + C - 1)};
+        float *const yr[2] = {y + (size_t)n * ldy, y + (size_t)(n + C - 1) * ldy};
+        int o = o0;
+        for (; o + 2 <= o1; o += 2) {
+            if (C == 2) q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate);
+            else q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate);
+        }
+        if (o < o1) {
+            if (C == 2) q8_tile_avx2(1, 2, in, o, xr, sr, q, s, yr, accumulate);
+            else q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate);
+        }
     }
 }
 
