@@ -10,7 +10,22 @@
  * adds (float)sum * (sw_b * sx_b) (no fused multiply-add); the 16 lanes
  * reduce as t_l = a_l + a_{l+8}, u_j = t_j + t_{j+4}, (u0 + u1) + (u2 + u3).
  * AVX-512 VNNI takes two blocks per register (vpdpbusd), AVX2 one
- * (vpmaddubsw + vpmaddwd), the portable kernel loops. */
+ * (vpmaddubsw + vpmaddwd), the portable kernel loops.
+ *
+ * Several input rows (a batch step: N > 1): every output is still formed
+ * by exactly that arithmetic, so a row's outputs are the same bits alone or
+ * beside others, whatever kernel or tile computes them. The AVX2 kernel
+ * tiles 2 weight rows x 2 input rows (8 accumulators of its 16 registers):
+ * w, |w| and x are loaded once per tile and block instead of once per
+ * (row, input), about 13 instructions a (row, input, block) instead of 16
+ * for one input row (26 before the tiles). Per pair it still spends sign,
+ * vpmaddubsw, vpmaddwd, convert, the scale product, multiply and add: the
+ * contract's float work (one convert, multiply and add per block and 8
+ * lanes) bounds what batching saves here. VNNI runs N > 1 row by row
+ * (q8_rows_vnni per input row): a tiled VNNI kernel (x + 128 as the
+ * unsigned operand, -128 * sum(w) as the accumulator's start) is not built
+ * yet: the tiles were made on an AVX2-only machine, where it could not have
+ * been tested. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -362,7 +377,8 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
 
 /* All N input rows are quantized first, then each chunk of W's rows meets
  * every row while it is in cache (W streams from memory once, not N
- * times); row n's outputs are the same bits as a call with that row alone. */
+ * times), in tiles where the kernel has them; row n's outputs are the same
+ * bits as a call with that row alone. */
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
