@@ -143,19 +143,26 @@ __attribute__((target("avx2"))) static void put2(float *y, int o, __m128 v, int 
         }                                                                                           \
     } while (0)
 
-/* Weight rows o .. o+R-1 against input rows n .. n+C-1 (R, C <= 2),
+/* Weight rows o .. o+R-1 against input rows xr[0 .. C-1] (R, C <= 2),
  * accumulators in registers. Instantiated with constant R and C. (Forming
  * each tile's d = sw * sx eight blocks at a time ahead of the loop cost
- * more instructions than the scalar product here: 16-32 blocks a row.) */
+ * more instructions than the scalar product here: 16-32 blocks a row.)
+ * pf: the first pass over these rows, which streams them from memory;
+ * prefetching cut small's decode CPU time ~20% at batch 1 and 16. */
 __attribute__((target("avx2"), always_inline)) static inline void
 q8_tile_avx2(const int R, const int C, int in, int o, const int8_t *const xr[2], const float *const sr[2],
-             const int8_t *q, const float *s, float *const yr[2], int accumulate) {
+             const int8_t *q, const float *s, float *const yr[2], int accumulate, int pf) {
     const int nb = in / FY_Q8_BLOCK;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 a00e = _mm256_setzero_ps(), a00o = a00e, a01e = a00e, a01o = a00e;
     __m256 a10e = a00e, a10o = a00e, a11e = a00e, a11o = a00e;
     int b = 0;
     for (; b + 2 <= nb; b += 2) {
+        if (pf) { /* four row pairs ahead into L1, as q8_rows_vnni */
+            uintptr_t ahead = (uintptr_t)(q + (size_t)o * in + b * FY_Q8_BLOCK) + (uintptr_t)8 * in;
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + in), _MM_HINT_T0);
+        }
         Q8_TILE_BLOCK_AVX2(b, e);
         Q8_TILE_BLOCK_AVX2(b + 1, o);
     }
@@ -180,8 +187,8 @@ __attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1,
     const float *const sr[2] = {sx, sx};
     float *const yr[2] = {y, y};
     int o = o0;
-    for (; o + 2 <= o1; o += 2) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate);
-    if (o < o1) q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate);
+    for (; o + 2 <= o1; o += 2) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate, 1);
+    if (o < o1) q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate, 1);
 }
 
 /* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
@@ -195,13 +202,14 @@ __attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1
         const float *const sr[2] = {q8_sx(xs, n), q8_sx(xs, n + C - 1)};
         float *const yr[2] = {y + (size_t)n * ldy, y + (size_t)(n + C - 1) * ldy};
         int o = o0;
-        for (; o + 2 <= o1; o += 2) {
-            if (C == 2) q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate);
-            else q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate);
+        for (; o + 2 <= o1; o += 2) { /* the 2 x 2 tile with and without the prefetch, no test per block */
+            if (C == 1) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate, !n);
+            else if (n) q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate, 0);
+            else q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate, 1);
         }
         if (o < o1) {
-            if (C == 2) q8_tile_avx2(1, 2, in, o, xr, sr, q, s, yr, accumulate);
-            else q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate);
+            if (C == 2) q8_tile_avx2(1, 2, in, o, xr, sr, q, s, yr, accumulate, !n);
+            else q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate, !n);
         }
     }
 }
