@@ -8,7 +8,11 @@
  *     reports aggregate decoded tokens/s (best of R).
  *   bench_batch --linear IN OUT --batch N [--reps R]
  *     y = x W^T for N rows: linear_rows of the cpu backend vs cblas_sgemm
- *     (OpenBLAS's own threading), GFLOP/s (best of R). */
+ *     (OpenBLAS's own threading), GFLOP/s (best of R).
+ *   bench_batch --linear-q8 IN OUT --batch N [--reps R]
+ *     y = x W^T for N rows with Q8_0 weights (linear_q8 of the cpu backend,
+ *     its best kernel): GMAC/s (best of R) and the number of calls timed
+ *     (a fixed count, for instruction counts under callgrind). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +53,40 @@ static int bench_linear(int in, int out, int N, int reps) {
     printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"rows_gflops\": %.2f, \"sgemm_gflops\": %.2f}\n", in, out, N,
            flop / best_r * 1e-9, flop / best_b * 1e-9);
     fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
+    fy_backend_destroy(be);
+    return 0;
+}
+
+static int bench_linear_q8(int in, int out, int N, int reps) {
+    fy_backend *be;
+    fy_err err;
+    fy_buf bx, bq, bs, by;
+    const size_t nw = (size_t)out * in;
+    if (fy_backend_cpu_create(&be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
+        fy_be_alloc(be, &bq, nw / 4, &err) || fy_be_alloc(be, &bs, nw / FY_Q8_BLOCK, &err) ||
+        fy_be_alloc(be, &by, (size_t)N * out, &err)) {
+        fprintf(stderr, "bench_batch: %s\n", err.msg);
+        return 1;
+    }
+    float *x = bx.handle, *w = malloc(nw * sizeof *w); /* cpu buffers are host memory */
+    if (!w) return 1;
+    for (size_t i = 0; i < (size_t)N * in; i++) x[i] = (float)(fy_rng_u64(1, 0, i) % 1000) / 1000.0f - 0.5f;
+    for (size_t i = 0; i < nw; i++) w[i] = (float)(fy_rng_u64(2, 0, i) % 1000) / 1000.0f - 0.5f;
+    fy_q8_quantize(w, out, in, in, (int8_t *)bq.handle, bs.handle);
+    free(w);
+    int calls = (int)(2e7 / ((double)N * in * out)) + 1;
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = fy_now_s();
+        for (int c = 0; c < calls; c++)
+            be->ops->linear_q8(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0), out,
+                               0);
+        double t = fy_now_s() - t0;
+        best = t < best ? t : best;
+    }
+    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"calls\": %d, \"q8_gmacs\": %.2f}\n", in, out, N, calls,
+           (double)N * in * out * calls / best * 1e-9);
+    fy_be_free(be, &bx), fy_be_free(be, &bq), fy_be_free(be, &bs), fy_be_free(be, &by);
     fy_backend_destroy(be);
     return 0;
 }
@@ -100,7 +138,7 @@ static int bench_model(const char *cfgname, int V, const char *weights, int B, i
     fy_kv_pool pool;
     if (fy_quant_parse(weights, &q, &err) || fy_config_builtin(cfgname, V, &c, &err) ||
         fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) || fy_model_init_weights(&m, 1, &err) ||
-        fy_model_set_decode_quant(&m, q, &err) || fy_kv_pool_create(&pool, &m, B * (P + steps), 16, &err)) {
+        fy_model_set_decode_quant(&m, q, &err) || fy_kv_pool_create(&pool, &m, B * ((P + steps + 15) / 16 * 16), 16, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
         return 1;
     }
@@ -127,7 +165,7 @@ static int bench_model(const char *cfgname, int V, const char *weights, int B, i
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *weights = "f32";
-    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0;
+    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q8 = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -136,7 +174,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ctx")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) STEPS = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--linear") && i + 2 < argc) {
+        else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8")) && i + 2 < argc) {
+            lin_q8 = !strcmp(argv[i], "--linear-q8");
             lin_in = atoi(argv[i + 1]);
             lin_out = atoi(argv[i + 2]);
             i++;
@@ -149,6 +188,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_batch: --batch, --steps, --reps must be >= 1, --ctx >= 0\n");
         return 2;
     }
-    if (lin_in > 0) return bench_linear(lin_in, lin_out, B, REPS);
+    if (lin_q8 && lin_in % FY_Q8_BLOCK) {
+        fprintf(stderr, "bench_batch: --linear-q8 IN must be a multiple of %d\n", FY_Q8_BLOCK);
+        return 2;
+    }
+    if (lin_in > 0) return (lin_q8 ? bench_linear_q8 : bench_linear)(lin_in, lin_out, B, REPS);
     return bench_model(cfgname, V, weights, B, P, STEPS, REPS);
 }

@@ -771,6 +771,16 @@ static void test_linear_q8(void) {
     q8_case(3, 96, 9, 100, 11, 0);     /* strides; columns past out untouched */
     q8_case(2, 64, 6, 64, 6, 1);
     q8_case(1, 160, 5, 160, 5, 0);     /* 5 blocks: an odd one at the end */
+    /* N > 1 goes through the tiled kernels (weight rows x input rows): every
+     * N from 1 to 17 (full tiles and a remainder), out not a multiple of the
+     * tile or of the 8-row chunk, odd and even block counts, both modes;
+     * each against the portable per-row kernel bit for bit (q8_case) */
+    for (int N = 1; N <= 17; N++) {
+        q8_case(N, 96, 13, 100, 15, N & 1);     /* 3 blocks */
+        q8_case(N, 128, 6, 128, 6, !(N & 1));  /* 4 blocks, one chunk */
+    }
+    q8_case(17, 480, 37, 483, 37, 1); /* threaded, 15 blocks */
+    q8_case(16, 512, 64, 512, 64, 0); /* threaded, whole tiles only */
     /* in not a multiple of 32: a recorded error */
     fy_buf b = mkbuf(64);
     OPS->linear_q8(be, 1, 40, 1, fy_at(&b, 0), 40, fy_at(&b, 0), fy_at(&b, 0), fy_at(&b, 0), 1, 0);

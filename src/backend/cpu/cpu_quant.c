@@ -10,7 +10,22 @@
  * adds (float)sum * (sw_b * sx_b) (no fused multiply-add); the 16 lanes
  * reduce as t_l = a_l + a_{l+8}, u_j = t_j + t_{j+4}, (u0 + u1) + (u2 + u3).
  * AVX-512 VNNI takes two blocks per register (vpdpbusd), AVX2 one
- * (vpmaddubsw + vpmaddwd), the portable kernel loops. */
+ * (vpmaddubsw + vpmaddwd), the portable kernel loops.
+ *
+ * Several input rows (a batch step: N > 1): every output is still formed
+ * by exactly that arithmetic, so a row's outputs are the same bits alone or
+ * beside others, whatever kernel or tile computes them. The AVX2 kernel
+ * tiles 2 weight rows x 2 input rows (8 accumulators of its 16 registers):
+ * w, |w| and x are loaded once per tile and block instead of once per
+ * (row, input), about 13 instructions a (row, input, block) instead of 16
+ * for one input row (26 before the tiles). Per pair it still spends sign,
+ * vpmaddubsw, vpmaddwd, convert, the scale product, multiply and add: the
+ * contract's float work (one convert, multiply and add per block and 8
+ * lanes) bounds what batching saves here. VNNI runs N > 1 row by row
+ * (q8_rows_vnni per input row): a tiled VNNI kernel (x + 128 as the
+ * unsigned operand, -128 * sum(w) as the accumulator's start) is not built
+ * yet: the tiles were made on an AVX2-only machine, where it could not have
+ * been tested. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -30,6 +45,20 @@ static void put(float *y, int o, float v, int accumulate) { y[o] = accumulate ? 
 /* Outputs [o0, o1) from the quantized input row (xq, sx). */
 typedef void q8_rows_fn(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                         const float *s, float *y, int accumulate);
+
+/* The quantized input rows of one call: row n's in bytes at x + n * per
+ * floats, its in/32 scales right after them (fy_cpu_linear_q8's scratch). */
+typedef struct {
+    const float *x;
+    size_t per;
+    int in;
+} q8_inputs;
+static const int8_t *q8_xq(const q8_inputs *xs, int n) { return (const int8_t *)(xs->x + xs->per * n); }
+static const float *q8_sx(const q8_inputs *xs, int n) { return xs->x + xs->per * n + xs->in / 4; }
+
+/* Outputs [o0, o1) of every input row (N > 1): y row n at y + n * ldy. */
+typedef void q8_tiles_fn(int in, int o0, int o1, int N, const q8_inputs *xs, const int8_t *q, const float *s,
+                         float *y, int ldy, int accumulate);
 
 static void q8_rows_portable(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                              const float *s, float *y, int accumulate) {
@@ -60,22 +89,128 @@ __attribute__((target("avx2"))) static float hsum256(__m256 t) {
     return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehl_ps(v, v)));
 }
 
-__attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1, const int8_t *xq,
-                                                         const float *sx, const int8_t *q, const float *s,
-                                                         float *y, int accumulate) {
+/* hsum256 of four vectors at once, [hsum(t0), hsum(t1), hsum(t2), hsum(t3)]:
+ * the same additions (u_j = t_j + t_{j+4}, then (u0 + u1) + (u2 + u3)) in
+ * 14 instructions instead of 28. */
+__attribute__((target("avx2"))) static __m128 hsum256x4(__m256 t0, __m256 t1, __m256 t2, __m256 t3) {
+    __m256 u01 = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+    __m256 u23 = _mm256_add_ps(_mm256_permute2f128_ps(t2, t3, 0x20), _mm256_permute2f128_ps(t2, t3, 0x31));
+    __m256 v = _mm256_hadd_ps(u01, u23); /* per half: u0 + u1, u2 + u3 of t0, t2 (t1, t3 above) */
+    __m256 r = _mm256_hadd_ps(v, v);     /* (u0 + u1) + (u2 + u3): t0, t2 below, t1, t3 above */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+}
+
+/* put of v's two low lanes to outputs o, o + 1 (memcpy: y is only
+ * float-aligned, see load2f). */
+__attribute__((target("avx2"))) static void put2(float *y, int o, __m128 v, int accumulate) {
+    if (accumulate) {
+        double t;
+        memcpy(&t, y + o, sizeof t);
+        v = _mm_add_ps(_mm_castpd_ps(_mm_set_sd(t)), v);
+    }
+    double r = _mm_cvtsd_f64(_mm_castps_pd(v));
+    memcpy(y + o, &r, sizeof r);
+}
+
+/* One (weight row, input row) pair of a tile at block b into accumulator
+ * A: |w| * (x with w's sign) = w * x, summed in pairs (they fit int16:
+ * 2 * 127^2; |-128| reads as 128 unsigned) and quads (lane l: products
+ * 4l .. 4l+3), then (float)sum * d with d = sw * sx. */
+#define Q8_PAIR_AVX2(A, AW, WP, X, DP)                                                                      \
+    A = _mm256_add_ps(                                                                                      \
+        A, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(                                              \
+                             _mm256_maddubs_epi16(AW, _mm256_sign_epi8(X, _mm256_loadu_si256(WP))), ones)), \
+                         _mm256_set1_ps(DP)))
+
+/* Block b of the tile into the accumulators of half H (e: even blocks, o:
+ * odd): w and |w| loaded once for the C inputs, x once for the R rows.
+ * Named accumulators, not an array: GCC kept an array in memory. */
+#define Q8_TILE_BLOCK_AVX2(b, H)                                                                    \
+    do {                                                                                            \
+        const __m256i *w0_ = (const __m256i *)(q + (size_t)o * in + (b) * FY_Q8_BLOCK);             \
+        const __m256i *w1_ = (const __m256i *)(q + (size_t)(o + R - 1) * in + (b) * FY_Q8_BLOCK);   \
+        const float sw0_ = s[(size_t)o * nb + (b)], sw1_ = s[(size_t)(o + R - 1) * nb + (b)];       \
+        const float sx0_ = sr[0][b], sx1_ = sr[C - 1][b];                                           \
+        __m256i aw0_ = _mm256_abs_epi8(_mm256_loadu_si256(w0_)), aw1_ = aw0_;                       \
+        if (R > 1) aw1_ = _mm256_abs_epi8(_mm256_loadu_si256(w1_));                                 \
+        __m256i x_ = _mm256_loadu_si256((const __m256i *)(xr[0] + (b) * FY_Q8_BLOCK));              \
+        Q8_PAIR_AVX2(a00##H, aw0_, w0_, x_, sw0_ * sx0_);                                           \
+        if (R > 1) Q8_PAIR_AVX2(a10##H, aw1_, w1_, x_, sw1_ * sx0_);                                \
+        if (C > 1) {                                                                                \
+            x_ = _mm256_loadu_si256((const __m256i *)(xr[1] + (b) * FY_Q8_BLOCK));                  \
+            Q8_PAIR_AVX2(a01##H, aw0_, w0_, x_, sw0_ * sx1_);                                       \
+            if (R > 1) Q8_PAIR_AVX2(a11##H, aw1_, w1_, x_, sw1_ * sx1_);                            \
+        }                                                                                           \
+    } while (0)
+
+/* Weight rows o .. o+R-1 against input rows xr[0 .. C-1] (R, C <= 2),
+ * accumulators in registers. Instantiated with constant R and C. (Forming
+ * each tile's d = sw * sx eight blocks at a time ahead of the loop cost
+ * more instructions than the scalar product here: 16-32 blocks a row.)
+ * pf: the first pass over these rows, which streams them from memory;
+ * prefetching cut small's decode CPU time ~20% at batch 1 and 16. */
+__attribute__((target("avx2"), always_inline)) static inline void
+q8_tile_avx2(const int R, const int C, int in, int o, const int8_t *const xr[2], const float *const sr[2],
+             const int8_t *q, const float *s, float *const yr[2], int accumulate, int pf) {
     const int nb = in / FY_Q8_BLOCK;
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int o = o0; o < o1; o++) {
-        __m256 a[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int b = 0; b < nb; b++) {
-            __m256i w = _mm256_loadu_si256((const __m256i *)(q + (size_t)o * in + b * FY_Q8_BLOCK));
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * FY_Q8_BLOCK));
-            /* |w| * (x with w's sign) = w * x; pairs fit int16 (2 * 127^2) */
-            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones);
-            __m256 d = _mm256_set1_ps(s[(size_t)o * nb + b] * sx[b]);
-            a[b & 1] = _mm256_add_ps(a[b & 1], _mm256_mul_ps(_mm256_cvtepi32_ps(p), d));
+    __m256 a00e = _mm256_setzero_ps(), a00o = a00e, a01e = a00e, a01o = a00e;
+    __m256 a10e = a00e, a10o = a00e, a11e = a00e, a11o = a00e;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (pf) { /* four row pairs ahead into L1, as q8_rows_vnni */
+            uintptr_t ahead = (uintptr_t)(q + (size_t)o * in + b * FY_Q8_BLOCK) + (uintptr_t)8 * in;
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + in), _MM_HINT_T0);
         }
-        put(y, o, hsum256(_mm256_add_ps(a[0], a[1])), accumulate);
+        Q8_TILE_BLOCK_AVX2(b, e);
+        Q8_TILE_BLOCK_AVX2(b + 1, o);
+    }
+    if (b < nb) Q8_TILE_BLOCK_AVX2(b, e); /* the last block, in/32 odd */
+    if (R == 1) {
+        put(yr[0], o, hsum256(_mm256_add_ps(a00e, a00o)), accumulate);
+        if (C > 1) put(yr[1], o, hsum256(_mm256_add_ps(a01e, a01o)), accumulate);
+        return;
+    }
+    __m128 v = hsum256x4(_mm256_add_ps(a00e, a00o), _mm256_add_ps(a10e, a10o), _mm256_add_ps(a01e, a01o),
+                         _mm256_add_ps(a11e, a11o));
+    put2(yr[0], o, v, accumulate);
+    if (C > 1) put2(yr[1], o, _mm_movehl_ps(v, v), accumulate);
+}
+
+/* One input row: two weight rows at a time, x loaded once for both (the
+ * one-row loop this replaced kept its two accumulators in memory: a
+ * store-forwarding chain per block, 22 instructions a block). */
+__attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1, const int8_t *xq, const float *sx,
+                                                         const int8_t *q, const float *s, float *y, int accumulate) {
+    const int8_t *const xr[2] = {xq, xq};
+    const float *const sr[2] = {sx, sx};
+    float *const yr[2] = {y, y};
+    int o = o0;
+    for (; o + 2 <= o1; o += 2) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate, 1);
+    if (o < o1) q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate, 1);
+}
+
+/* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
+ * the odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
+__attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N, const q8_inputs *xs,
+                                                          const int8_t *q, const float *s, float *y, int ldy,
+                                                          int accumulate) {
+    for (int n = 0; n < N; n += 2) {
+        const int C = n + 1 < N ? 2 : 1;
+        const int8_t *const xr[2] = {q8_xq(xs, n), q8_xq(xs, n + C - 1)};
+        const float *const sr[2] = {q8_sx(xs, n), q8_sx(xs, n + C - 1)};
+        float *const yr[2] = {y + (size_t)n * ldy, y + (size_t)(n + C - 1) * ldy};
+        int o = o0;
+        for (; o + 2 <= o1; o += 2) { /* the 2 x 2 tile with and without the prefetch, no test per block */
+            if (C == 1) q8_tile_avx2(2, 1, in, o, xr, sr, q, s, yr, accumulate, !n);
+            else if (n) q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate, 0);
+            else q8_tile_avx2(2, 2, in, o, xr, sr, q, s, yr, accumulate, 1);
+        }
+        if (o < o1) {
+            if (C == 2) q8_tile_avx2(1, 2, in, o, xr, sr, q, s, yr, accumulate, !n);
+            else q8_tile_avx2(1, 1, in, o, xr, sr, q, s, yr, accumulate, !n);
+        }
     }
 }
 
@@ -139,6 +274,37 @@ q8_rows_vnni(int in, int o0, int o1, const int8_t *xq, const float *sx, const in
     if (o < o1) q8_rows_avx2(in, o, o1, xq, sx, q, s, y, accumulate);
 }
 
+/* q8_quantize_row512 for AVX2 (the same bits by the same argument): 8
+ * floats a vector, the maximum reduced in registers, the int32 -> int8
+ * narrowing by two saturating packs (exact: |v| <= 127) and one permute to
+ * undo their 128-bit interleave. */
+__attribute__((target("avx2"))) static void q8_quantize_row256(const float *x, int in, int8_t *q, float *s) {
+    const __m256 zero = _mm256_setzero_ps(), sign = _mm256_set1_ps(-0.0f);
+    const __m256 big = _mm256_set1_ps(12582912.0f), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
+        const float *xb = x + (size_t)b * FY_Q8_BLOCK;
+        __m256 v[4], m = zero;
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m); /* NaN |x| leaves m, as in the 512 one */
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+        float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        s[b] = d;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i r[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 t = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], vid), big), big);
+            r[i] = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(t, hi), lo));
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+        _mm256_storeu_si256((__m256i *)(q + (size_t)b * FY_Q8_BLOCK), _mm256_permutevar8x32_epi32(p, order));
+    }
+}
+
 /* fy_q8_quantize of one row, 32 floats a step; the same bits (IEEE max,
  * multiply, add and subtract in the same order; NaN lanes are dropped from
  * the maximum as the scalar comparison drops them). Once per linear on the
@@ -179,12 +345,26 @@ static q8_rows_fn *q8_rows_best(fy_backend *be) {
     return q8_rows_portable;
 }
 
-/* The input quantizer that goes with `rows`: the AVX-512 one unless the
- * portable kernel was asked for (same bits either way). */
+/* The tiled kernel that gives `rows`' bits for N > 1 input rows, or NULL
+ * (then each input row goes through `rows`). */
+static q8_tiles_fn *q8_tiles_for(q8_rows_fn *rows) {
+#ifdef FY_Q8_X86
+    if (rows == q8_rows_avx2) return q8_tiles_avx2;
+#endif
+    (void)rows;
+    return NULL;
+}
+
+/* The input quantizer that goes with `rows`: the AVX-512 or AVX2 one
+ * unless the portable kernel was asked for (same bits every way). */
 static void quantize_row(q8_rows_fn *rows, const float *x, int in, int8_t *xq, float *sx) {
 #ifdef FY_Q8_X86
     if (rows != q8_rows_portable && __builtin_cpu_supports("avx512f")) {
         q8_quantize_row512(x, in, xq, sx);
+        return;
+    }
+    if (rows != q8_rows_portable && __builtin_cpu_supports("avx2")) {
+        q8_quantize_row256(x, in, xq, sx);
         return;
     }
 #endif
@@ -205,7 +385,8 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
 
 /* All N input rows are quantized first, then each chunk of W's rows meets
  * every row while it is in cache (W streams from memory once, not N
- * times); row n's outputs are the same bits as a call with that row alone. */
+ * times), in tiles where the kernel has them; row n's outputs are the same
+ * bits as a call with that row alone. */
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
@@ -220,12 +401,19 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     q8_rows_fn *rows = q8_rows_best(be);
     for (int n = 0; n < N; n++)
         quantize_row(rows, xp + (size_t)n * ldx, in, (int8_t *)(scr + per * n), scr + per * n + in / 4);
+    q8_tiles_fn *tiles = N > 1 ? q8_tiles_for(rows) : NULL;
+    const q8_inputs xs = {scr, per, in};
     const int chunks = n_chunks(out);
 #pragma omp parallel for schedule(static) if ((size_t)out * in * N >= 65536)
-    for (int c = 0; c < chunks; c++)
+    for (int c = 0; c < chunks; c++) {
+        if (tiles) {
+            int o0 = c * Q8_CHUNK, o1 = o0 + Q8_CHUNK < out ? o0 + Q8_CHUNK : out;
+            tiles(in, o0, o1, N, &xs, qp, sp, yp, ldy, accumulate);
+            continue;
+        }
         for (int n = 0; n < N; n++)
-            chunk_rows(rows, c, in, out, (const int8_t *)(scr + per * n), scr + per * n + in / 4, qp, sp,
-                       yp + (size_t)n * ldy, accumulate);
+            chunk_rows(rows, c, in, out, q8_xq(&xs, n), q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy, accumulate);
+    }
 }
 
 /* One parallel region: gate and up rows split over the threads, then one
