@@ -52,6 +52,7 @@ int fy_cli_failf(const char *cmd, const char *fmt, ...) {
 }
 
 int main(int argc, char **argv) {
+    fy_cli_env_openmp(argc, argv); /* before any OpenMP region; may re-execute ferry */
     fy_cli_env_log();
     if (argc < 2) {
         usage(stderr);
