@@ -30,6 +30,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 unset OMP_WAIT_POLICY GOMP_SPINCOUNT
 export OMP_NUM_THREADS=$threads FERRY_LOG=error
 cd "$tmp"

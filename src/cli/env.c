@@ -28,19 +28,20 @@
  * trainer's options (train/inject.h); FERRY_API_KEY (ferry serve's key when
  * neither --api-key nor --api-key-file is given) by cmd_serve.c. */
 /* How long an idle OpenMP thread spins before it sleeps (GOMP_SPINCOUNT, in
- * libgomp's spin iterations; its default, 300000, is a few ms). Beside a
- * CPU-bound neighbour, threads spinning at every barrier while the thread
- * they wait for is descheduled made decode 30-100x and training 70x slower
- * (bench/contention.sh; docs/PERFORMANCE.md "Under contention").
+ * libgomp's spin iterations; its default, 300000, is a few ms). Beside
+ * CPU-bound neighbours, threads spinning at every barrier while the thread
+ * they wait for is descheduled made decode 20-100x and training 10-30x
+ * slower (bench/contention.sh; docs/PERFORMANCE.md "Under contention").
  *   train and every other command: 0, sleep at once (= passive): training's
- *     parallel regions are long, so quiet-machine speed is the same, and
- *     beside a neighbour it is 15x the default's.
- *   generate, serve: 1000. One decoded token is many short regions: sleeping
- *     at once halved quiet-machine decode (a futex wake per region), while
- *     1000 spins kept 97 % of it and beside a neighbour ran ~10x the
- *     default (passive, set by the user, is faster there still). */
+ *     parallel regions are long, so a quiet machine trains as fast, and
+ *     beside neighbours it ran 10x the default's speed.
+ *   generate, serve: 300. One decoded token is many short regions: sleeping
+ *     at once cost 2.4x of quiet-machine q8_0 decode (a futex wake per
+ *     region) and 1000 spins none, but beside a busy neighbour 1000 ran at
+ *     0.4x passive's speed; 300 kept 92 % of quiet decode and matched
+ *     passive there. */
 static const char *spin_count(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "generate") || !strcmp(argv[1], "serve"))) return "1000";
+    if (argc > 1 && (!strcmp(argv[1], "generate") || !strcmp(argv[1], "serve"))) return "300";
     return "0";
 }
 
@@ -52,7 +53,8 @@ static const char *spin_count(int argc, char **argv) {
  * on; children such as mpirun's ranks inherit it). Where re-executing
  * fails, it carries on with libgomp's default. */
 void fy_cli_env_openmp(int argc, char **argv) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    const char *policy = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    if ((policy && *policy) || (spin && *spin)) return; /* the user's choice (empty: none) */
     if (setenv("GOMP_SPINCOUNT", spin_count(argc, argv), 1)) return;
     execv("/proc/self/exe", argv);
     unsetenv("GOMP_SPINCOUNT"); /* not this process's setting: keep children consistent */
