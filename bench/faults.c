@@ -3,8 +3,8 @@
  *     checkpoint cost: a synchronous save of the model + optimizer versus
  *     the stall of an asynchronous one (the snapshot copy): a process's
  *     first save into fresh buffers, its first after
- *     fy_ckpt_async_reserve and GAP_STEPS training steps (what the trainer
- *     does), and later saves reusing the buffers; the background write time;
+ *     fy_ckpt_async_reserve and --gap-steps training steps (3), and later
+ *     saves reusing the buffers; the background write time;
  *   bench_faults --config C --vocab V --abft F1,F2,... --steps S --batch B --seq T
  *     seconds per training step (forward + backward + AdamW) on chaos:cpu
  *     with a fraction Fi of the GEMMs ABFT-checked (at most 8 fractions). */

@@ -3,7 +3,7 @@
 #  1. checkpoint stall: synchronous save vs the stall of an asynchronous one
 #     (model + AdamW state): a process's first, without and with the
 #     snapshot buffers reserved in the background (fy_ckpt_async_reserve,
-#     as the trainer does, then 3 training steps of 2 x 64), and a later one
+#     then 3 training steps of 2 x 64), and a later one
 #     reusing them; and the background write time;
 #  2. step time with ABFT GEMM checks on none, the default 2 % and all GEMMs;
 #  3. time from SIGKILL to training again under `ferry train --supervise`:
