@@ -30,11 +30,11 @@
 /* How long an idle OpenMP thread spins before it sleeps (GOMP_SPINCOUNT, in
  * libgomp's spin iterations; its default, 300000, is a few ms). Beside
  * CPU-bound neighbours, threads spinning at every barrier while the thread
- * they wait for is descheduled made decode 20-100x and training 10-30x
+ * they wait for is descheduled made decode 40-240x and training 35-70x
  * slower (bench/contention.sh; docs/PERFORMANCE.md "Under contention").
  *   train and every other command: 0, sleep at once (= passive): training's
  *     parallel regions are long, so a quiet machine trains as fast, and
- *     beside neighbours it ran 10x the default's speed.
+ *     beside neighbours it ran 9-14x the default's speed.
  *   generate, serve: 300. One decoded token is many short regions: sleeping
  *     at once cost 2.4x of quiet-machine q8_0 decode (a futex wake per
  *     region) and 1000 spins none, but beside a busy neighbour 1000 ran at
