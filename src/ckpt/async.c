@@ -4,6 +4,7 @@
 #include "core/clock.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -62,6 +63,37 @@ int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, con
         fy_ckpt_snapshot_set_extra(&a->snap, extra, err))
         return -1;
     return start(a, run_dir, keep_last, t0, stall_s, err);
+}
+
+/* n floats (n may be 0, as in checkpoint.c's snap_block), every page
+ * written once so that the kernel maps it now; NULL when out of memory.
+ * (Not malloc + memset 0: the compiler may make that a calloc, which
+ * touches nothing.) */
+static float *touched(size_t n) {
+    const size_t bytes = (n ? n : 1) * sizeof(float);
+    float *x = malloc(bytes);
+    volatile char *p = (volatile char *)x;
+    for (size_t i = 0; x && i < bytes; i += 4096) p[i] = 0;
+    return x;
+}
+
+static void *reserver(void *arg) {
+    fy_ckpt_async *a = arg;
+    fy_ckpt_snapshot *s = &a->snap;
+    const size_t np = s->tab->n_params;
+    s->params = touched(np);
+    s->buffers = touched(s->tab->n_buffers);
+    s->m = touched(np);
+    s->v = touched(np);
+    return NULL;
+}
+
+void fy_ckpt_async_reserve(fy_ckpt_async *a, const fy_param_table *tab) {
+    if (fy_ckpt_async_wait(a, NULL)) return;
+    fy_ckpt_snapshot_free(&a->snap);
+    a->snap.tab = tab; /* the first save of tab keeps these buffers (snap_begin) */
+    a->rc = 0;
+    if (pthread_create(&a->thread, NULL, reserver, a) == 0) a->running = 1;
 }
 
 void fy_ckpt_async_free(fy_ckpt_async *a) {

@@ -29,6 +29,11 @@ int fy_cli_data_chat_kjv(int argc, char **argv);
  * start-up); fy_cli_backend_opts fills *opts for fy_backend_create_opts and
  * returns opts. */
 void fy_cli_env_log(void);
+/* Called first in main: when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is
+ * set, sets GOMP_SPINCOUNT for the command in argv[1] (short or no spinning,
+ * kind to CPU neighbours) and re-executes ferry once so that libgomp sees
+ * it; returns otherwise. */
+void fy_cli_env_openmp(int argc, char **argv);
 fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts);
 /* 1 when an MPI launcher started this process (its environment says so). */
 int fy_cli_mpi_launched(void);

@@ -29,6 +29,9 @@ static const struct {
 static void usage(FILE *f) {
     fprintf(f, "usage: ferry COMMAND [options]   (ferry COMMAND --help for its options)\n\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\nthreads: OMP_NUM_THREADS (default: every core). Idle threads spin briefly, then sleep\n"
+               "(GOMP_SPINCOUNT 300 for generate/serve, 0 otherwise) unless OMP_WAIT_POLICY or\n"
+               "GOMP_SPINCOUNT is set (docs/PERFORMANCE.md, \"Under contention\").\n");
 }
 
 int fy_cli_fail(const char *cmd, const fy_err *err) {
@@ -52,6 +55,7 @@ int fy_cli_failf(const char *cmd, const char *fmt, ...) {
 }
 
 int main(int argc, char **argv) {
+    fy_cli_env_openmp(argc, argv); /* before any OpenMP region; may re-execute ferry */
     fy_cli_env_log();
     if (argc < 2) {
         usage(stderr);

@@ -43,7 +43,7 @@ ids = t.encode(\"the lamb<|tool|> x<|think|>\", add_special_tokens=False)
 sys.exit(not (len(t) == 302 and ids[-1] == 301 and 300 in ids and t.decode(ids, skip_special_tokens=True) == \"the lamb x\"))
 " >tf.log 2>&1' "transformers does not see the added special tokens in the HF export (see hf.log, tf.log)"
 else
-  echo "  (no interop python with transformers: the HF export check is skipped)"
+  skip_part "the HF export check: no interop python with transformers"
 fi
 
 # Chat data that uses the tokens, prepared with the grown tokenizer.

@@ -59,7 +59,7 @@ if command -v mpirun >/dev/null; then
   check '"$ferry" train --config micro.json "${T[@]}" "${L[@]}" --micro-batch 2 --ranks 2 --out d >d.log 2>&1' "2 ranks (see d.log)"
   check 'cmp -s "$(ck d 6 model)" "$(ck e 6 model)"' "2-rank LoRA differs from 1 rank"
 else
-  echo "  (no mpirun: the 2-rank check skipped)"
+  skip_part "the 2-rank LoRA check: no mpirun"
 fi
 
 # A base from --init-from: recorded in lora_base.json, loaded again on

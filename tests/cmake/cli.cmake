@@ -19,11 +19,12 @@ if(TARGET ferry)
   set_tests_properties(cli_init_from PROPERTIES LABELS cli TIMEOUT 120)
 endif()
 
-# ferry train --lora-* (tests/cli/lora_test.sh).
+# ferry train --lora-* (tests/cli/lora_test.sh; skipped, exit 77, when the
+# 2-rank part cannot run for want of mpirun).
 if(TARGET ferry)
   add_test(NAME cli_lora
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/lora_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_lora_work)
-  set_tests_properties(cli_lora PROPERTIES LABELS cli TIMEOUT 300)
+  set_tests_properties(cli_lora PROPERTIES LABELS cli TIMEOUT 300 SKIP_RETURN_CODE 77)
 endif()
 
 # Hostile input: special files, a DeepSeek-size tokenizer, NaN weights,

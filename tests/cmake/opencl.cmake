@@ -7,6 +7,13 @@
 if(TEST test_opencl_ops)
   set_tests_properties(test_opencl_ops PROPERTIES LABELS "unit;opencl" SKIP_RETURN_CODE 77)
 endif()
+# The batch step on OpenCL (tests/unit/test_batch.c's OpenCL half, its own
+# test so that a missing device is reported as skipped, not as a pass).
+if(TARGET test_batch)
+  add_test(NAME test_batch_opencl COMMAND test_batch opencl)
+  set_tests_properties(test_batch_opencl PROPERTIES LABELS "unit;opencl" SKIP_RETURN_CODE 77
+    ENVIRONMENT "OMP_NUM_THREADS=2;FERRY_TEST_TMP=${CMAKE_CURRENT_BINARY_DIR}/tmp")
+endif()
 file(GLOB FERRY_OPENCL_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/opencl/test_*.c)
 foreach(src ${FERRY_OPENCL_TESTS})
   get_filename_component(name ${src} NAME_WE)

@@ -1,6 +1,12 @@
 # ferry vs the independent PyTorch oracle (tools/oracle): one test per model
 # variant (oracle_case dumps, check_case.py recomputes), and a 200-step
 # training comparison. They skip (exit 77) only where python3-torch is absent.
+# The training comparison's bound, |ferry - ref| / |ref| per step: measured
+# worst over the 200 steps 9.5e-08 (step 166, cpu backend, 2026-12-06); 1e-5
+# leaves 100x for another CPU's float32 kernels (FMA, vector width) and
+# still fails a wrong step (train_ref.py's own default, 1e-3, was 10^4 x the
+# measured error).
+set(FERRY_ORACLE_TRAIN_TOL 1e-5)
 add_executable(oracle_case ${CMAKE_SOURCE_DIR}/tests/oracle/oracle_case.c)
 target_link_libraries(oracle_case PRIVATE ferrycore)
 add_executable(oracle_train ${CMAKE_SOURCE_DIR}/tests/oracle/oracle_train.c)
@@ -18,6 +24,6 @@ endforeach()
 
 set(dir ${CMAKE_CURRENT_BINARY_DIR}/oracle/train200)
 add_test(NAME oracle_train_200
-  COMMAND sh -c "\"$<TARGET_FILE:oracle_train>\" --out \"${dir}\" --steps 200 && \"${FERRY_PYTHON}\" \"${CMAKE_SOURCE_DIR}/tools/oracle/train_ref.py\" \"${dir}\"")
+  COMMAND sh -c "\"$<TARGET_FILE:oracle_train>\" --out \"${dir}\" --steps 200 && \"${FERRY_PYTHON}\" \"${CMAKE_SOURCE_DIR}/tools/oracle/train_ref.py\" --tol ${FERRY_ORACLE_TRAIN_TOL} \"${dir}\"")
 set_tests_properties(oracle_train_200 PROPERTIES SKIP_RETURN_CODE 77 LABELS oracle
   ENVIRONMENT "OMP_NUM_THREADS=1")

@@ -6,7 +6,9 @@
  * forward's (plain MLA, another rounding) within a tolerance, with MoE +
  * shared experts, YaRN off and on; (c) the pool's accounting; (d) the
  * serving ops: linear_rows against a double reference and across N,
- * mla_paged against mla_decode bit for bit. */
+ * mla_paged against mla_decode bit for bit. `test_batch opencl` runs (a)
+ * and (b) on OpenCL instead (ctest test_batch_opencl), exit 77 (skipped)
+ * where this ferry has no OpenCL or no device. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -454,16 +456,18 @@ static void test_mla_paged(int H, int r, int dn, int dr, int dv, int bs) {
 }
 
 /* OpenCL (no linear_rows or mla_paged of its own: the fallbacks): the batch
- * step is invariant there too, and agrees with cpu within rounding. */
-static void test_opencl(void) {
+ * step is invariant there too, and agrees with cpu within rounding. Returns
+ * 77 (skipped) where there is no OpenCL, else the test's status. */
+static int test_opencl(void) {
 #ifndef FERRY_HAVE_OPENCL
-    printf("SKIP opencl batch step: this ferry was built without OpenCL\n");
+    printf("SKIP: opencl batch step: this ferry was built without OpenCL\n");
+    return 77;
 #else
     fy_backend *probe;
     fy_err err;
     if (fy_backend_create("opencl", &probe, &err)) {
-        printf("SKIP opencl batch step: no OpenCL device (%s)\n", err.msg);
-        return;
+        printf("SKIP: opencl batch step: no OpenCL device (%s)\n", err.msg);
+        return 77;
     }
     fy_backend_destroy(probe);
     fy_config c = test_config(1, 1);
@@ -492,14 +496,18 @@ static void test_opencl(void) {
     run_free(&rc), run_free(&ro);
     for (int s = 0; s < NSEQ; s++) free(kc[s]), free(ko[s]);
     invariance("opencl f32", &mo);
-    if (fy_model_set_decode_quant(&mo, FY_QUANT_Q8_0, &err) == 0) invariance("opencl q8_0", &mo);
-    else printf("SKIP opencl q8_0: %s\n", err.msg);
+    /* OpenCL has Q8_0 decode weights (linear_q8): their failing is a failure. */
+    int q8 = fy_model_set_decode_quant(&mo, FY_QUANT_Q8_0, &err);
+    CHECK(q8 == 0, "opencl q8_0 decode weights: %s", err.msg);
+    if (q8 == 0) invariance("opencl q8_0", &mo);
     fy_model_free(&mc), fy_model_free(&mo);
     fy_backend_destroy(bc), fy_backend_destroy(bo);
+    return fy_test_finish("test_batch opencl");
 #endif
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "opencl")) return test_opencl();
     test_linear_rows(64, 48, 9, 0);
     test_linear_rows(37, 13, 7, 1);
     test_linear_rows(256, 130, 21, 0);
@@ -512,6 +520,5 @@ int main(void) {
     test_vs_forward("cpu", 1, 0);
     test_invariance("cpu", 0, 1);
     test_invariance("cpu", 1, 0);
-    test_opencl();
     return fy_test_finish("test_batch");
 }

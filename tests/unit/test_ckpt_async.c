@@ -1,5 +1,7 @@
 /* Asynchronous checkpoints write exactly what a synchronous save writes, from
- * the snapshot taken at the call, even while the model keeps changing. */
+ * the snapshot taken at the call, even while the model keeps changing; a
+ * writer whose buffers were reserved (fy_ckpt_async_reserve) writes the same
+ * files from those buffers. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,9 +39,10 @@ int main(void) {
     }
     opt.t = 7;
     const char *tmp = fy_test_tmpdir("test_ckpt_async");
-    char sync_dir[1024], async_dir[1024], a[1200], b[1200];
+    char sync_dir[1024], async_dir[1024], reserved_dir[1024], a[1200], b[1200];
     snprintf(sync_dir, sizeof sync_dir, "%s/sync", tmp);
     snprintf(async_dir, sizeof async_dir, "%s/async", tmp);
+    snprintf(reserved_dir, sizeof reserved_dir, "%s/reserved", tmp);
     CHECK(fy_ckpt_save(sync_dir, 7, &m, &opt, "{\"step\": 7}", 2, NULL, 0, &err) == 0, "sync save: %s", err.msg);
 
     fy_ckpt_async w;
@@ -48,6 +51,20 @@ int main(void) {
     CHECK(fy_ckpt_async_save(&w, async_dir, 7, &m, &opt, "{\"step\": 7}", NULL, 2, &stall, &err) == 0,
           "async save: %s", err.msg);
     CHECK(stall >= 0, "stall not reported");
+    /* The reserve thread runs while the save below waits for it. */
+    fy_ckpt_async r;
+    fy_ckpt_async_init(&r);
+    fy_ckpt_async_reserve(&r, &m.tab);
+    CHECK(fy_ckpt_async_save(&r, reserved_dir, 7, &m, &opt, "{\"step\": 7}", NULL, 2, NULL, &err) == 0,
+          "save after reserve: %s", err.msg);
+    fy_ckpt_async_reserve(&r, &m.tab); /* waits for that write, then reserves afresh */
+    CHECK(fy_ckpt_async_wait(&r, &err) == 0 && r.snap.params && r.snap.buffers && r.snap.m && r.snap.v,
+          "reserve left no buffers: %s", err.msg);
+    const float *kept = r.snap.params;
+    CHECK(fy_ckpt_async_save(&r, reserved_dir, 7, &m, &opt, "{\"step\": 7}", NULL, 2, NULL, &err) == 0 &&
+              fy_ckpt_async_wait(&r, &err) == 0,
+          "save into reserved buffers: %s", err.msg);
+    CHECK(r.snap.params == kept, "the save did not copy into the reserved buffers");
     /* Training goes on: the parameters change while the write is in flight. */
     be->ops->fill(be, fy_at(&m.params, 0), 123.0f, m.tab.n_params);
     CHECK(fy_ckpt_async_wait(&w, &err) == 0, "async write: %s", err.msg);
@@ -57,7 +74,10 @@ int main(void) {
         snprintf(a, sizeof a, "%s/checkpoints/step-00000007/%s", sync_dir, f[i]);
         snprintf(b, sizeof b, "%s/checkpoints/step-00000007/%s", async_dir, f[i]);
         CHECK(same_file(a, b), "%s differs between sync and async saves", f[i]);
+        snprintf(b, sizeof b, "%s/checkpoints/step-00000007/%s", reserved_dir, f[i]);
+        CHECK(same_file(a, b), "%s differs between a sync save and one into reserved buffers", f[i]);
     }
+    fy_ckpt_async_free(&r);
     snprintf(b, sizeof b, "%s/checkpoints/step-00000007", async_dir);
     CHECK(fy_ckpt_verify(b, &err) == 0, "async checkpoint does not verify: %s", err.msg);
     /* A failed write is reported by the next wait. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference training run (float64) to check ferry's per-step losses.
 
-Usage: train_ref.py CASE_DIR
+Usage: train_ref.py [--tol T] CASE_DIR
 
 CASE_DIR/config.json          HF DeepseekV3 keys + "ferry" object with lr, min_lr,
                               warmup_steps, total_steps, beta1, beta2, eps,
@@ -14,7 +14,9 @@ CASE_DIR/ferry_losses.json    {"loss": [S floats]}: ferry's total loss at each
 One step: forward + backward on the batch; clip_grad_norm_ (if grad_clip > 0);
 torch.optim.AdamW with lr(step) (decay on 2-D weights except the embedding);
 then the aux-free bias update from that step's expert loads.
-Passes when |ferry - ref| / |ref| <= 1e-3 at every step.
+Passes when |ferry - ref| / |ref| <= T at every step (default 1e-3, a loose
+bound for any float32 run; the ctest registrations pass the tighter bound
+their backend's measured error justifies, tests/cmake/oracle*.cmake).
 Exit 0 pass, 1 fail, 77 if torch is unavailable.
 """
 
@@ -70,7 +72,7 @@ def run(cfg, params, buffers, input_ids, labels):
             for s in range(input_ids.shape[0])]
 
 
-def check_training(case_dir, verbose=True):
+def check_training(case_dir, verbose=True, tol=TOL):
     cfg = ds3.Config.load(os.path.join(case_dir, "config.json"))
     init, _ = ds3.load_safetensors(os.path.join(case_dir, "init.safetensors"))
     batches, _ = ds3.load_safetensors(os.path.join(case_dir, "batches.safetensors"))
@@ -91,18 +93,28 @@ def check_training(case_dir, verbose=True):
         print(f"{'step':>5}  {'lr':>10}  {'ref':>14}  {'ferry':>14}  {'rel_err':>9}")
         for s in range(S):
             print(f"{s + 1:5d}  {ds3.lr_at(cfg, s + 1):10.3e}  {ref[s]:14.8f}  {ferry[s]:14.8f}  "
-                  f"{errs[s]:9.2e}{'' if errs[s] <= TOL else '  FAIL'}")
-        print(f"worst step {worst + 1}: rel err {errs[worst]:.3e} (tol {TOL:.0e})")
-    ok = all(e <= TOL for e in errs)
+                  f"{errs[s]:9.2e}{'' if errs[s] <= tol else '  FAIL'}")
+        print(f"worst step {worst + 1}: rel err {errs[worst]:.3e} (tol {tol:.0e})")
+    ok = all(e <= tol for e in errs)
     return ok, errs
 
 
 def main(argv):
+    tol = TOL
+    if len(argv) == 4 and argv[1] == "--tol":
+        try:
+            tol = float(argv[2])
+        except ValueError:
+            tol = -1.0
+        if not tol > 0:
+            print(f"train_ref.py: --tol needs a positive number, not {argv[2]!r}", file=sys.stderr)
+            return 2
+        argv = [argv[0], argv[3]]
     if len(argv) != 2:
-        print("usage: train_ref.py CASE_DIR", file=sys.stderr)
+        print("usage: train_ref.py [--tol T] CASE_DIR", file=sys.stderr)
         return 2
     try:
-        ok, _ = check_training(argv[1])
+        ok, _ = check_training(argv[1], tol=tol)
     except (OSError, KeyError, ValueError, NotImplementedError) as e:
         print(f"FAIL: {e}")
         return 1
