@@ -86,7 +86,7 @@ static int check_infos(rd *r, const fy_gguf_plan *p) {
         get_str(r, name, sizeof name, "a tensor name");
         int nd = (int)get(r, 4, t->name);
         int ok = !strcmp(name, t->name) && nd == t->n_dims;
-        for (int d = 0; d < nd && d < 4 && !r->failed; d++) ok &= get(r, 8, t->name) == t->ne[d];
+        for (int d = 0; d < nd && d < 3 && !r->failed; d++) ok &= get(r, 8, t->name) == t->ne[d];
         ok &= get(r, 4, t->name) == (uint64_t)t->type;
         ok &= get(r, 8, t->name) == t->data_off;
         if (!r->failed && !ok) return fy_fail(r->err, "%s: reading back: tensor info %d is not %s as written", r->shown, k, t->name);

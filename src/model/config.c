@@ -539,9 +539,10 @@ int fy_config_load(const char *path, fy_config *out, fy_err *err) {
     char *text;
     size_t len;
     if (fy_read_file(path, &text, &len, err) != 0) return -1;
-    if (strlen(text) != len) {
+    size_t nul = strlen(text);
+    if (nul != len) {
         free(text);
-        return fy_fail(err, "config %s: contains a NUL byte at offset %zu", path, strlen(text));
+        return fy_fail(err, "config %s: contains a NUL byte at offset %zu", path, nul);
     }
     int rc = fy_config_parse(text, path, out, err);
     free(text);
