@@ -26,7 +26,7 @@ for d in "$work/seeds/$name" "$fz/seeds/$name" "$fz/regress/$name"; do [ -d "$d"
 "$bin" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2560 -max_len=262144 -print_final_stats=1 \
   -artifact_prefix="$art/" "${dirs[@]}" >"$log" 2>&1
 rc=$?
-final=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -1)
+final=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)
 [ -n "$final" ] || final=$(grep -E '^#[0-9]+' "$log" | tail -1)
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | head -1)
 rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | head -1)
