@@ -24,31 +24,24 @@ function(ferry_fuzz_exe exe t)
   endif()
 endfunction()
 
-if(FERRY_FUZZ)
-  if(FERRY_FUZZ_LINKS)
-    set(work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_work)
-    add_test(NAME fuzz_seeds COMMAND bash ${fz}/make_seeds.sh $<TARGET_FILE:ferry> ${work})
-    set_tests_properties(fuzz_seeds PROPERTIES LABELS fuzz FIXTURES_SETUP fuzz_corpus TIMEOUT 600)
-    set(all)
-    foreach(t ${FERRY_FUZZ_TARGETS})
-      ferry_fuzz_exe(fuzz_${t} ${t})
-      target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
-      list(APPEND all fuzz_${t})
-      add_test(NAME fuzz_${t}
-        COMMAND bash ${fz}/run_fuzz.sh $<TARGET_FILE:fuzz_${t}> ${t} ${work} ${FERRY_FUZZ_SECONDS})
-      math(EXPR limit "${FERRY_FUZZ_SECONDS} + 180")
-      set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz FIXTURES_REQUIRED fuzz_corpus
-        TIMEOUT ${limit} SKIP_RETURN_CODE 77 RUN_SERIAL FALSE)
-    endforeach()
-    # what scripts/test.sh builds in build-fuzz: the targets and the ferry
-    # that makes their seeds, not the whole test suite
-    add_custom_target(fuzz_all DEPENDS ${all} ferry)
-  else()
-    add_test(NAME fuzz_unavailable COMMAND sh -c
-      "echo 'fuzz: SKIP: ${CMAKE_C_COMPILER} cannot link -fsanitize=fuzzer (clang with libFuzzer needed; Debian: apt-get install clang libclang-rt-14-dev)'; exit 77")
-    set_tests_properties(fuzz_unavailable PROPERTIES LABELS fuzz SKIP_RETURN_CODE 77)
-    add_custom_target(fuzz_all DEPENDS ferry)
-  endif()
+if(FERRY_FUZZ AND FERRY_FUZZ_LINKS)
+  set(work ${CMAKE_CURRENT_BINARY_DIR}/fuzz_work)
+  add_test(NAME fuzz_seeds COMMAND bash ${fz}/make_seeds.sh $<TARGET_FILE:ferry> ${work})
+  set_tests_properties(fuzz_seeds PROPERTIES LABELS fuzz FIXTURES_SETUP fuzz_corpus TIMEOUT 600)
+  set(all)
+  foreach(t ${FERRY_FUZZ_TARGETS})
+    ferry_fuzz_exe(fuzz_${t} ${t})
+    target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
+    list(APPEND all fuzz_${t})
+    add_test(NAME fuzz_${t}
+      COMMAND bash ${fz}/run_fuzz.sh $<TARGET_FILE:fuzz_${t}> ${t} ${work} ${FERRY_FUZZ_SECONDS})
+    math(EXPR limit "${FERRY_FUZZ_SECONDS} + 180")
+    set_tests_properties(fuzz_${t} PROPERTIES LABELS fuzz FIXTURES_REQUIRED fuzz_corpus
+      TIMEOUT ${limit} SKIP_RETURN_CODE 77)
+  endforeach()
+  # what scripts/test.sh builds in build-fuzz: the targets and the ferry
+  # that makes their seeds, not the whole test suite
+  add_custom_target(fuzz_all DEPENDS ${all} ferry)
 else()
   foreach(t ${FERRY_FUZZ_TARGETS})
     ferry_fuzz_exe(fuzz_replay_${t} ${t} ${fz}/replay_main.c)
@@ -56,4 +49,10 @@ else()
     set_tests_properties(fuzz_replay_${t} PROPERTIES LABELS "unit;fuzz-replay" TIMEOUT 120
       ENVIRONMENT "OMP_NUM_THREADS=1")
   endforeach()
+  if(FERRY_FUZZ)
+    add_test(NAME fuzz_unavailable COMMAND sh -c
+      "echo 'fuzz: SKIP: ${CMAKE_C_COMPILER} cannot link -fsanitize=fuzzer (clang with libFuzzer needed; Debian: apt-get install clang libclang-rt-14-dev)'; exit 77")
+    set_tests_properties(fuzz_unavailable PROPERTIES LABELS fuzz SKIP_RETURN_CODE 77)
+    add_custom_target(fuzz_all DEPENDS ferry)
+  endif()
 endif()
