@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command two: install test dependencies, build, run the whole test suite.
-# Runs ctest twice: the normal Release build, and the unit tests again under
-# AddressSanitizer + UBSan (label "unit").
+# Runs ctest three times: the normal Release build, the unit tests again
+# under AddressSanitizer + UBSan (label "unit"), and the fuzz targets for a
+# short budget each (clang build, label "fuzz").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh --test
@@ -24,9 +25,28 @@ cmake --build build -j"$jobs"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 
+# The fuzz targets (tests/fuzz, docs/RELIABILITY.md "Fuzzing") need clang's
+# libFuzzer: their own build directory, compiled with clang. Without clang
+# the fuzz step is skipped with a line saying so (ctest -L fuzz skips too
+# when clang cannot link -fsanitize=fuzzer).
+fuzz=0
+if command -v clang >/dev/null; then
+  if CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release -DFERRY_FUZZ=ON >/dev/null &&
+     cmake --build build-fuzz -j"$jobs" --target fuzz_all; then fuzz=1
+  else echo "test: WARNING: the fuzz build (clang, build-fuzz) failed; the fuzz step is skipped"; fi
+else
+  echo "test: WARNING: no clang; the fuzz step is skipped (apt-get install clang libclang-rt-14-dev)"
+fi
+
 status=0
 echo "== ctest: Release build =="
 (cd build && ctest --output-on-failure -j"$jobs") || status=1
 echo "== ctest: AddressSanitizer + UBSan build (unit tests) =="
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -L unit -j"$jobs") || status=1
+# Seeds from a micro run, then each target ~25 s, two at a time (about
+# 2-3 minutes on two cores).
+if [ $fuzz -eq 1 ]; then
+  echo "== ctest: fuzz targets (libFuzzer, ASan + UBSan, label fuzz) =="
+  (cd build-fuzz && ctest --output-on-failure -L fuzz -j2) || status=1
+fi
 exit $status

@@ -46,7 +46,7 @@ int fy_prepare_write_shards(const char *dir, const char *split, const int32_t *i
         char path[FY_PATH_MAX];
         snprintf(path, sizeof path, "%s/%s-%05d.bin", dir, split, *n_shards);
         uint64_t k = n - off < shard_tokens ? n - off : shard_tokens;
-        if (fy_shard_write_rows(path, ids + off, mask ? mask + off : NULL, k, vocab, row_len, err)) return -1;
+        if (fy_shard_write_rows(path, ids ? ids + off : ids, mask ? mask + off : NULL, k, vocab, row_len, err)) return -1;
         (*n_shards)++;
         if (k == 0) break;
     }

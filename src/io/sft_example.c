@@ -15,6 +15,7 @@ void fy_sft_example_free(fy_sft_example *ex) {
 }
 
 static int push(fy_sft_example *ex, const int32_t *ids, size_t n, int trained, fy_err *err) {
+    if (n == 0) return 0;  /* an empty text: ex->ids may still be NULL, and NULL + 0 is undefined */
     if (ex->n + n > ex->cap) {
         size_t cap = ex->cap ? ex->cap : 256;
         while (cap < ex->n + n) cap *= 2;

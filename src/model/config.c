@@ -595,9 +595,10 @@ int fy_config_load(const char *path, fy_config *out, fy_err *err) {
     size_t len;
     /* A config is a few kB: a huge file is not one (and not read whole). */
     if (fy_read_file_max(path, (size_t)64 << 20, &text, &len, err) != 0) return -1;
-    if (strlen(text) != len) {
+    size_t nul = strlen(text);
+    if (nul != len) {
         free(text);
-        return fy_fail(err, "config %s: contains a NUL byte at offset %zu", path, strlen(text));
+        return fy_fail(err, "config %s: contains a NUL byte at offset %zu", path, nul);
     }
     int rc = fy_config_parse(text, path, out, err);
     free(text);

@@ -106,7 +106,9 @@ static int get_int(const cJSON *o, const char *key, double lo, double hi, long l
     if (j->valuedouble < lo || j->valuedouble > hi)
         return fy_api_fail(e, 400, TYPE_INVALID, NULL, "'%s' is %.0f: it must be from %.0f to %.0f", key,
                            j->valuedouble, lo, hi);
-    *v = (long long)j->valuedouble;
+    /* "seed" goes up to 1.8e19, a uint64: through uint64_t, since casting a
+     * double >= 2^63 to long long is undefined */
+    *v = j->valuedouble >= 9223372036854775808.0 ? (long long)(uint64_t)j->valuedouble : (long long)j->valuedouble;
     return 1;
 }
 
