@@ -14,7 +14,8 @@ if [ "${1:-}" = "--test" ]; then
   pkgs+=(python3 python3-torch python3-numpy python3-pip
          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd
          libopenmpi-dev openmpi-bin iproute2
-         chromium chromium-driver)  # serve_page: the chat page in headless Chromium
+         chromium chromium-driver   # serve_page: the chat page in headless Chromium
+         clang libclang-rt-14-dev libomp-14-dev)  # tests/fuzz: libFuzzer (clang's), OpenMP for clang
 fi
 
 missing=()
