@@ -136,14 +136,18 @@ def token_bytes(tok, ids):
 
 def generate_matches(a, tok, model_dir, prompt_ids, greedy_ids, cwd=None):
     """`ferry generate --temperature 0` prints the prompt and the greedy
-    continuation's bytes up to <|eos|>; returns None or what differs."""
+    continuation's bytes up to <|eos|> (invalid UTF-8 replaced); returns
+    None or what differs."""
     prompt = tok.decode(prompt_ids)
     r = run([a.ferry, "generate", "--model", model_dir, "--prompt", prompt, "-n", str(len(greedy_ids)),
              "--temperature", "0"], cwd=cwd, binary=True)
     eos = tok.convert_tokens_to_ids("<|eos|>")
     gen = greedy_ids[:greedy_ids.index(eos)] if eos in greedy_ids else greedy_ids
     special = set(tok.all_special_ids)   # ferry generate leaves control tokens out of its text
-    want = prompt.encode() + token_bytes(tok, [t for t in gen if t not in special]) + b"\n"
+    raw = prompt.encode() + token_bytes(tok, [t for t in gen if t not in special])
+    # ferry generate writes UTF-8: each invalid sequence as U+FFFD, as
+    # Python's "replace" does (docs/RELIABILITY.md, hostile input)
+    want = raw.decode("utf-8", "replace").encode() + b"\n"
     return None if r.stdout == want else "ferry generate printed %r, transformers' greedy bytes are %r" % (r.stdout, want)
 
 
