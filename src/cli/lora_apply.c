@@ -5,6 +5,7 @@
  * (adapter_config.json + adapter_model.safetensors, e.g. `ferry convert
  * --to peft`). The adapters are folded into the in-memory copy of the base
  * (fy_model_lora_merge); no file is changed. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,9 @@ static int peft_config(const char *path, fy_lora_config *lc, fy_err *err) {
     char list[512] = "";
     int rc = 0;
     if (!cJSON_IsNumber(r) || !cJSON_IsNumber(a)) rc = fy_fail(err, "%s: needs numbers \"r\" and \"lora_alpha\"", path);
+    else if (!(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (double)(int)r->valuedouble ||
+             !isfinite(a->valuedouble))
+        rc = fy_fail(err, "%s: \"r\" must be a whole number from 1 to 65536 and \"lora_alpha\" finite", path);
     else if (cJSON_IsString(t)) snprintf(list, sizeof list, "%s", t->valuestring);
     else if (!cJSON_IsArray(t)) rc = fy_fail(err, "%s: \"target_modules\" is neither a list nor a string", path);
     for (const cJSON *e = cJSON_IsArray(t) ? t->child : NULL; !rc && e; e = e->next) {

@@ -996,12 +996,19 @@ static int read_trainer_state(run *R, const char *state, const char *dir, fy_err
     const cJSON *tk = js ? cJSON_GetObjectItemCaseSensitive(js, "tokens_seen") : NULL;
     const cJSON *el = js ? cJSON_GetObjectItemCaseSensitive(js, "elapsed_s") : NULL;
     const cJSON *sb = js ? cJSON_GetObjectItemCaseSensitive(js, "skipped_batches") : NULL;
-    if (!st || !cJSON_IsNumber(st)) {
+    if (!st || !cJSON_IsNumber(st) || !(st->valuedouble >= 0 && st->valuedouble < 2147483648.0) ||
+        st->valuedouble != (double)(int)st->valuedouble) {
         cJSON_Delete(js);
-        return fy_fail(err, "%s/trainer_state.json: missing \"step\"", dir);
+        return fy_fail(err, "%s/trainer_state.json: \"step\" missing or not a count", dir);
+    }
+    /* Range-checked before the conversion: a double out of long long's
+     * range converts to an undefined value. */
+    if (tk && (!cJSON_IsNumber(tk) || !(tk->valuedouble >= 0 && tk->valuedouble <= 4611686018427387904.0))) {
+        cJSON_Delete(js);
+        return fy_fail(err, "%s/trainer_state.json: \"tokens_seen\" is not a count", dir);
     }
     R->start = st->valueint;
-    R->tokens = tk && cJSON_IsNumber(tk) ? (long long)tk->valuedouble : (long long)R->start * R->B * R->T;
+    R->tokens = tk ? (long long)tk->valuedouble : (long long)R->start * R->B * R->T;
     R->elapsed0 = el && cJSON_IsNumber(el) ? el->valuedouble : 0;
     const cJSON *e;
     if (sb && cJSON_IsArray(sb))
