@@ -15,22 +15,24 @@ static int cmd_train(int argc, char **argv) {
         {"--vocab-size", NULL, FY_ARG_INT, &vocab, "N", "vocabulary size incl. 3 special tokens (default 4096)", 259, 1 << 24, 0},
         {"--out", "-o", FY_ARG_STR, &out, "FILE", "where to write tokenizer.json (default ./tokenizer.json)", 0, 0, 0},
     };
-    char *files[256];
+    char **files = calloc((size_t)argc + 1, sizeof *files); /* any number of files */
     int nf;
     fy_err err;
+    if (!files) return fy_cli_failf("tokenizer train", "out of memory");
     int r = fy_args_parse(argc, argv, spec, 2, "tokenizer train", "[--vocab-size N] [--out FILE] TEXT_FILES...",
                           "Learn a GPT-2-style byte-level BPE from text files; writes Hugging Face tokenizer.json.",
-                          files, 256, &nf, &err);
-    if (r) return r > 0 ? 0 : fy_cli_fail("tokenizer train", &err);
-    if (!nf) {
-        return fy_cli_failf("tokenizer train",
-                            "no text files given (usage: ferry tokenizer train [--vocab-size N] FILES...)");
-    }
+                          files, argc, &nf, &err);
+    if (r == 0 && !nf) r = fy_fail(&err, "no text files given (usage: ferry tokenizer train [--vocab-size N] FILES...)");
     fy_tok_train_opts o = {vocab, 0, 0};
-    fy_tokenizer *tok;
-    if (fy_tokenizer_train_files((const char *const *)files, nf, &o, &tok, &err) ||
-        fy_tokenizer_save(tok, out, &err))
-        return fy_cli_fail("tokenizer train", &err);
+    fy_tokenizer *tok = NULL;
+    if (r == 0 && (fy_tokenizer_train_files((const char *const *)files, nf, &o, &tok, &err) ||
+                   fy_tokenizer_save(tok, out, &err)))
+        r = -1;
+    free(files);
+    if (r) {
+        fy_tokenizer_free(tok);
+        return r > 0 ? 0 : fy_cli_fail("tokenizer train", &err);
+    }
     printf("wrote %s: %d tokens (%d merges)\n", out, fy_tokenizer_vocab_size(tok), fy_tokenizer_n_merges(tok));
     fy_tokenizer_free(tok);
     return 0;

@@ -108,6 +108,13 @@ check '"$ferry" generate --model lone --prompt "the king" -n 4 --seed 1 >gen.log
 mkdir many && for i in $(seq 300); do sed -n "${i}p" corpus.txt > "many/f$i.txt"; done
 check '"$ferry" train "${T[@]}" -d many -o m --steps 1 --eval-every 0 --vocab-size 300 >m.log 2>&1 && grep -q "on 300 file(s)" m.log' \
   "train --data with 300 files (see m.log)"
+# tokenizer train reads all 300 too: a word only files 257-300 hold is merged.
+mkdir t300 && for i in $(seq -w 300); do
+  if [ "$i" -gt 256 ]; then yes "zqxv" | head -50 | tr '\n' ' ' > "t300/f$i.txt"; else sed -n "${i#0}p" corpus.txt > "t300/f$i.txt"; fi
+done
+check '"$ferry" tokenizer train --vocab-size 300 -o t300.json t300/f*.txt >tm.log 2>&1 &&
+  [ "$("$ferry" tokenizer encode --tokenizer t300.json --text zqxv | wc -w)" -lt 3 ]' \
+  "tokenizer train over 300 files: the last ones not learnt (see tm.log)"
 # A restart repeating the first command line (--vocab-size included: the
 # tokenizer may have come out smaller) is accepted.
 check '"$ferry" train "${T[@]}" -d many -o m --steps 2 --eval-every 0 --vocab-size 300 --resume >m2.log 2>&1' \
