@@ -30,9 +30,10 @@ slots=64
 export OMP_NUM_THREADS=$threads
 # Not OMP_WAIT_POLICY=PASSIVE (bench/batch.sh sets it): sleeping OpenMP
 # workers slow the one-stream case most (each token is many short parallel
-# regions), which would inflate the 16-vs-1 ratio; the OpenMP default is
-# what a server runs with.
-unset OMP_WAIT_POLICY
+# regions), which would inflate the 16-vs-1 ratio. Unset, ferry serve picks
+# its own short spin (GOMP_SPINCOUNT 300, src/cli/env.c; docs/PERFORMANCE.md
+# "Under contention"): what a server runs with.
+unset OMP_WAIT_POLICY GOMP_SPINCOUNT
 
 cache=${FERRY_LLAMACPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp}
 JOBS=${JOBS:-2} tools/llamacpp/check.sh --build-only --server "$build/ferry" >&2
