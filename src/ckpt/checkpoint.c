@@ -132,8 +132,7 @@ static int valid_file_name(const char *s) {
            strcmp(s, ".") && strcmp(s, "..") && strcmp(s, FY_CKPT_MANIFEST);
 }
 
-/* A JSON number that is a whole number in [0, 2^53] (exact in a double). */
-static int json_count(const cJSON *v, uint64_t *out) {
+int fy_json_count(const cJSON *v, uint64_t *out) {
     if (!cJSON_IsNumber(v)) return -1;
     double d = v->valuedouble;
     if (!(d >= 0 && d <= 9007199254740992.0) || d != (double)(uint64_t)d) return -1;
@@ -151,7 +150,7 @@ static int parse_manifest(const char *text, const char *dir, fy_ckpt_manifest *o
     uint64_t step = 0;
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
     memset(out, 0, sizeof *out);
-    if (json_count(cJSON_GetObjectItemCaseSensitive(root, "step"), &step) || step > 0x7fffffff)
+    if (fy_json_count(cJSON_GetObjectItemCaseSensitive(root, "step"), &step) || step > 0x7fffffff)
         rc = fy_fail(err, "checkpoint %s: %s: \"step\" missing or not a non-negative integer", dir,
                      FY_CKPT_MANIFEST);
     else if (!cJSON_IsObject(files))
@@ -167,7 +166,7 @@ static int parse_manifest(const char *text, const char *dir, fy_ckpt_manifest *o
         else if (!valid_file_name(f->string))
             rc = fy_fail(err, "checkpoint %s: %s: \"%.80s\" is not a plain file name", dir,
                          FY_CKPT_MANIFEST, f->string);
-        else if (json_count(cJSON_GetObjectItemCaseSensitive(f, "bytes"), &e->bytes))
+        else if (fy_json_count(cJSON_GetObjectItemCaseSensitive(f, "bytes"), &e->bytes))
             rc = fy_fail(err, "checkpoint %s: %s: %s: \"bytes\" missing or invalid", dir,
                          FY_CKPT_MANIFEST, f->string);
         else if (!cJSON_IsString(h) || fy_xxh64_parse_hex(h->valuestring, &e->xxh64))

@@ -112,6 +112,12 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
  * the verified checkpoint's directory. */
 int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err);
 
+/* A JSON number that is a whole number in [0, 2^53] (exact in a double)
+ * into out; -1 (out untouched) for anything else: the range check every
+ * count read from a file needs before its conversion to an integer. */
+struct cJSON;
+int fy_json_count(const struct cJSON *v, uint64_t *out);
+
 /* Verifies ckpt_dir, then loads it into m (every tensor of m's table, exact
  * shapes, no extra tensors; F32, BF16 or F16) and, when opt is non-NULL, the
  * moments and opt->t. Nothing on the device changes unless all of it checks

@@ -31,10 +31,10 @@ static int peft_config(const char *path, fy_lora_config *lc, fy_err *err) {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(js, "lora_alpha");
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(js, "target_modules");
     char list[512] = "";
+    uint64_t rank = 0;
     int rc = 0;
     if (!cJSON_IsNumber(r) || !cJSON_IsNumber(a)) rc = fy_fail(err, "%s: needs numbers \"r\" and \"lora_alpha\"", path);
-    else if (!(r->valuedouble >= 1 && r->valuedouble <= 65536) || r->valuedouble != (double)(int)r->valuedouble ||
-             !isfinite(a->valuedouble))
+    else if (fy_json_count(r, &rank) || rank < 1 || rank > 65536 || !isfinite(a->valuedouble))
         rc = fy_fail(err, "%s: \"r\" must be a whole number from 1 to 65536 and \"lora_alpha\" finite", path);
     else if (cJSON_IsString(t)) snprintf(list, sizeof list, "%s", t->valuestring);
     else if (!cJSON_IsArray(t)) rc = fy_fail(err, "%s: \"target_modules\" is neither a list nor a string", path);
@@ -45,7 +45,7 @@ static int peft_config(const char *path, fy_lora_config *lc, fy_err *err) {
             rc = fy_fail(err, "%s: \"target_modules\" too long", path);
     }
     if (!rc) {
-        lc->rank = (int)r->valuedouble;
+        lc->rank = (int)rank;
         lc->alpha = (float)a->valuedouble;
         lc->dropout = 0;
         if (fy_lora_parse_targets(list, &lc->targets, err)) rc = fy_wrap(err, "%s", path);

@@ -996,19 +996,17 @@ static int read_trainer_state(run *R, const char *state, const char *dir, fy_err
     const cJSON *tk = js ? cJSON_GetObjectItemCaseSensitive(js, "tokens_seen") : NULL;
     const cJSON *el = js ? cJSON_GetObjectItemCaseSensitive(js, "elapsed_s") : NULL;
     const cJSON *sb = js ? cJSON_GetObjectItemCaseSensitive(js, "skipped_batches") : NULL;
-    if (!st || !cJSON_IsNumber(st) || !(st->valuedouble >= 0 && st->valuedouble < 2147483648.0) ||
-        st->valuedouble != (double)(int)st->valuedouble) {
+    uint64_t step, tokens = 0;
+    if (fy_json_count(st, &step) || step > 0x7fffffff) {
         cJSON_Delete(js);
         return fy_fail(err, "%s/trainer_state.json: \"step\" missing or not a count", dir);
     }
-    /* Range-checked before the conversion: a double out of long long's
-     * range converts to an undefined value. */
-    if (tk && (!cJSON_IsNumber(tk) || !(tk->valuedouble >= 0 && tk->valuedouble <= 4611686018427387904.0))) {
+    if (tk && fy_json_count(tk, &tokens)) {
         cJSON_Delete(js);
         return fy_fail(err, "%s/trainer_state.json: \"tokens_seen\" is not a count", dir);
     }
-    R->start = st->valueint;
-    R->tokens = tk ? (long long)tk->valuedouble : (long long)R->start * R->B * R->T;
+    R->start = (int)step;
+    R->tokens = tk ? (long long)tokens : (long long)R->start * R->B * R->T;
     R->elapsed0 = el && cJSON_IsNumber(el) ? el->valuedouble : 0;
     const cJSON *e;
     if (sb && cJSON_IsArray(sb))
