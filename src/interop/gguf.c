@@ -39,14 +39,8 @@ static fy_gguf_tensor *add(planner *P, int mat, fy_gguf_src src, size_t off, uin
                            uint64_t ne2, const char *fmt, int layer) {
     fy_gguf_plan *p = P->p;
     if (P->failed) return NULL;
-    if (p->n == p->cap) {
-        int cap = p->cap ? 2 * p->cap : 64;
-        fy_gguf_tensor *t = realloc(p->t, (size_t)cap * sizeof *t);
-        if (!t) return P->failed = 1, fy_fail(P->err, "out of memory planning the GGUF tensors"), NULL;
-        p->t = t, p->cap = cap;
-    }
-    fy_gguf_tensor *t = &p->t[p->n++];
-    memset(t, 0, sizeof *t);
+    fy_gguf_tensor *t = fy_gguf_plan_add(p, P->err);
+    if (!t) return P->failed = 1, NULL;
     snprintf(t->name, sizeof t->name, fmt, layer);
     t->ne[0] = ne0, t->ne[1] = ne1 ? ne1 : 1, t->ne[2] = ne2 ? ne2 : 1;
     t->n_dims = ne2 ? 3 : ne1 ? 2 : 1;
@@ -139,6 +133,18 @@ static int plan_build(const fy_host_model *h, fy_gguf_type type, fy_gguf_plan *p
     if (pl.failed) return -1;
     fy_gguf_plan_offsets(p);
     return 0;
+}
+
+fy_gguf_tensor *fy_gguf_plan_add(fy_gguf_plan *p, fy_err *err) {
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 64;
+        fy_gguf_tensor *t = realloc(p->t, (size_t)cap * sizeof *t);
+        if (!t) return fy_fail(err, "out of memory planning the GGUF tensors"), NULL;
+        p->t = t, p->cap = cap;
+    }
+    fy_gguf_tensor *t = &p->t[p->n++];
+    memset(t, 0, sizeof *t);
+    return t;
 }
 
 void fy_gguf_plan_offsets(fy_gguf_plan *p) {

@@ -61,6 +61,10 @@ typedef struct fy_gguf_values {
     const void *keys_ctx;
 } fy_gguf_values;
 
+/* A zeroed tensor appended to p (NULL and err when out of memory); earlier
+ * pointers into p->t may move. */
+fy_gguf_tensor *fy_gguf_plan_add(fy_gguf_plan *p, fy_err *err);
+
 /* Data offsets and sizes of plan p's tensors (their ne and type set). */
 void fy_gguf_plan_offsets(fy_gguf_plan *p);
 

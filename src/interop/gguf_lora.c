@@ -50,15 +50,8 @@ static int grow(lora_plan *L, size_t more, fy_err *err) {
 
 static int add_tensor(lora_plan *L, const char *name, uint64_t ne0, uint64_t ne1, uint64_t ne2, size_t off,
                       fy_err *err) {
-    fy_gguf_plan *p = L->p;
-    if (p->n == p->cap) {
-        int cap = p->cap ? 2 * p->cap : 64;
-        fy_gguf_tensor *t = realloc(p->t, (size_t)cap * sizeof *t);
-        if (!t) return fy_fail(err, "out of memory planning the adapter");
-        p->t = t, p->cap = cap;
-    }
-    fy_gguf_tensor *t = &p->t[p->n++];
-    memset(t, 0, sizeof *t);
+    fy_gguf_tensor *t = fy_gguf_plan_add(L->p, err);
+    if (!t) return -1;
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ne[0] = ne0, t->ne[1] = ne1, t->ne[2] = ne2 ? ne2 : 1;
     t->n_dims = ne2 ? 3 : 2;
