@@ -80,15 +80,18 @@ int fy_cli_host_load(const char *dir, fy_host_model *h, fy_err *err) {
     return rank > 0 ? host_load_lora(dir, h, err) : fy_host_load_run(dir, h, err);
 }
 
-/* A LoRA run's directory and training options (rank, alpha, targets); an
- * error naming `what` for any other model. */
-static int lora_run_opts(const char *model, const char *what, char *run, size_t cap, fy_train_opts *o, fy_err *err) {
+/* A LoRA run's directory and training options (rank, alpha, targets), and
+ * with c its model config (from the same config.json); an error naming
+ * `what` for any other model. */
+static int lora_run_opts(const char *model, const char *what, char *run, size_t cap, fy_train_opts *o, fy_config *c,
+                         fy_err *err) {
     char *text = NULL;
     int rank;
     if (run_lora_rank(model, run, cap, &text, &rank, err)) return -1;
     fy_train_opts_default(o);
     int rc = rank <= 0 ? fy_fail(err, "%s is not a LoRA run (no ferry.lora_rank): nothing to export as %s", model, what)
                        : fy_train_opts_from_json(text, run, o, err);
+    if (!rc && c) rc = fy_config_parse(text, run, c, err);
     free(text);
     return rc;
 }
@@ -99,9 +102,9 @@ static int export_gguf_lora(const char *model, const char *out, fy_err *err) {
     char run[FY_PATH_MAX], ck[FY_PATH_MAX], p[FY_PATH_MAX + 64];
     fy_train_opts o;
     fy_config c;
-    if (lora_run_opts(model, "a llama.cpp LoRA", run, sizeof run, &o, err)) return -1;
-    snprintf(p, sizeof p, "%s/config.json", run);
-    if (fy_config_load(p, &c, err) || fy_ckpt_resolve(model, ck, sizeof ck, err)) return -1;
+    if (lora_run_opts(model, "a llama.cpp LoRA", run, sizeof run, &o, &c, err) ||
+        fy_ckpt_resolve(model, ck, sizeof ck, err))
+        return -1;
     snprintf(p, sizeof p, "%s/model.safetensors", ck);
     return fy_gguf_export_lora(&c, p, o.lora_rank, o.lora_alpha, out, err);
 }
@@ -112,7 +115,7 @@ static int export_peft(const char *model, const char *out, fy_err *err) {
     char run[FY_PATH_MAX], ck[FY_PATH_MAX], src[FY_PATH_MAX], p[FY_PATH_MAX + 64];
     fy_train_opts o;
     int rc;
-    if (lora_run_opts(model, "PEFT", run, sizeof run, &o, err)) return -1;
+    if (lora_run_opts(model, "PEFT", run, sizeof run, &o, NULL, err)) return -1;
     /* PEFT (0.21) on transformers 5 turns the target names gate/up/down_proj
      * of a deepseek_v3 model into the fused routed experts' parameters and
      * drops the dense and shared-expert MLPs: only attention adapters load
