@@ -23,10 +23,8 @@ Exit 77 if torch, transformers or peft is unavailable.
 
 import argparse
 import json
-import os
 import resource
 import sys
-import tempfile
 import time
 
 try:
@@ -45,10 +43,7 @@ def build(config_path):
     with open(config_path) as f:
         cfg = json.load(f)
     ferry = cfg.pop("ferry", {}) or {}
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(cfg, f)
-        hc = AutoConfig.from_pretrained(d)
+    hc = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     hc.use_cache = False
     model = AutoModelForCausalLM.from_config(hc, dtype=torch.float32) \
         if int(transformers.__version__.split(".")[0]) >= 5 else AutoModelForCausalLM.from_config(hc)
