@@ -3,6 +3,8 @@
  * reference, Q8_0 quantization. Argument checks live in backend_check.c. */
 #include "backend/backend.h"
 
+#include "core/half.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -136,6 +138,29 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
                 o[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
             }
         }
+}
+
+void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float *s) {
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
+            const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
+            uint8_t *o = q + ((size_t)r * in + (size_t)b * FY_Q8_BLOCK) / 2;
+            float amax = 0.0f, m = 0.0f;
+            for (int i = 0; i < FY_Q8_BLOCK; i++)
+                if (fabsf(x[i]) > amax) amax = fabsf(x[i]), m = x[i];
+            float d = m / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            s[(size_t)r * (in / FY_Q8_BLOCK) + b] = fy_f16_to_f32(fy_f32_to_f16(d));
+            for (int j = 0; j < FY_Q8_BLOCK / 2; j++) {
+                /* truncation toward zero of a value >= 0.5, as ggml's (int8_t) cast */
+                int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + FY_Q8_BLOCK / 2] * id + 8.5f);
+                lo = lo > 15 ? 15 : lo, hi = hi > 15 ? 15 : hi;
+                o[j] = (uint8_t)(lo | hi << 4);
+            }
+        }
+}
+
+void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out) {
+    for (size_t i = 0; i < n; i++) out[i] = fmt == FY_H16_BF16 ? fy_f32_to_bf16(w[i]) : fy_f32_to_f16(w[i]);
 }
 
 /* ---- fault checking: the optional fault ops (backend.h) ---- */

@@ -269,6 +269,31 @@ typedef struct fy_backend_ops {
     void (*linear_q8)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate);
 
+    /* --- Q4_0 inference weights (fy_q4_quantize below): as linear_q8, but
+     * W[o, i] = ws[o, i/32] * (n[o, i] - 8) with n a 4-bit code. wq holds
+     * each row's blocks in GGUF's Q4_0 order: 16 bytes per block of 32
+     * (row-major [out, in/32] blocks, byte (o*in/32 + b)*16 + j of wq, four
+     * bytes to an element), the low nibble of byte j weight j of the block,
+     * the high nibble weight j + 16. Each row of x is quantized as Q8_0
+     * (fy_q8_quantize) and a block's dot product is exact in integers:
+     * y[n, o] = sum_b ws[o, b] sx[n, b] sum_{i in b} (n[o, i] - 8) xq[n, i]
+     * (llama.cpp's Q4_0 x Q8_0): the bits linear_q8 gives for int8 quants
+     * n - 8 and the same scales, on every ISA. in must be a multiple of 32.
+     * Inference only: no backward. --- */
+    void (*linear_q4)(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate);
+
+    /* --- 16-bit inference weights: y[N, out] (=|+=) x[N, in] @ W^T, W [out,
+     * in] held as IEEE half (fmt FY_H16_F16) or bfloat16 (FY_H16_BF16), two
+     * to an element (weight 2k in the low 16 bits of element k of the row's
+     * in/2, little-endian: a uint16_t array). x stays f32; each weight is
+     * widened exactly (core/half.h) and y[n, o] is linear_rows' dot product
+     * of x's row and the widened row, in linear_rows' order: the bits equal
+     * linear_rows on the widened matrix, whatever N, the ISA or the thread
+     * count. in must be even. Inference only: no backward. --- */
+    void (*linear_h16)(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w,
+                       fy_ref y, int ldy, int accumulate);
+
     /* --- Batch-invariant linear (serving): y[N, out] (=|+=) x[N, in] @ W^T,
      * W [out, in] with row stride ldw. Row n of y is bitwise the same
      * function of row n of x and of W whatever N is and whatever the other
@@ -349,6 +374,17 @@ static inline void fy_dropout_row(uint64_t rkey, uint64_t k, int D, float p, flo
     }
 }
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
+/* Q4_0 as GGUF stores it (ggml's quantize_row_q4_0_ref): per block of 32,
+ * d = m / -8 with m the element of largest magnitude (the first such),
+ * rounded to IEEE half (the scale s keeps the half's value as a float, so
+ * a GGUF export of these weights holds exactly them), codes min(15,
+ * (int)(w * (1/d) + 8.5)) with 1/d from the unrounded d, as ggml does.
+ * q gets rows * in / 2 bytes in linear_q4's order, s rows * in/32 floats. */
+void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float *s);
+/* 16-bit weight formats of linear_h16. */
+enum { FY_H16_F16 = 0, FY_H16_BF16 = 1 };
+/* n floats to fmt (round to nearest even, core/half.h). */
+void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out);
 
 struct fy_backend {
     /* What callers call: the common argument checks of backend_check.c,

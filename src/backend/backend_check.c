@@ -253,6 +253,29 @@ static void chk_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_
     if (d) IMPL->swiglu_q8(be, d, F, x, gq, gs, uq, us, dq, ds, g, u, h, y, accumulate);
 }
 
+static void chk_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                          fy_ref y, int ldy, int accumulate) {
+    if (N < 0 || in < 0 || out < 0 || in % FY_Q8_BLOCK || (N > 1 && (ldx < in || ldy < out))) {
+        bad(be, "linear_q4", "bad sizes N=%d in=%d (a multiple of %d) out=%d ldx=%d ldy=%d", N, in, FY_Q8_BLOCK,
+            out, ldx, ldy);
+        return;
+    }
+    if (N && out) IMPL->linear_q4(be, N, in, out, x, ldx, wq, ws, y, ldy, accumulate);
+}
+
+static void chk_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w,
+                           fy_ref y, int ldy, int accumulate) {
+    if (fmt != FY_H16_F16 && fmt != FY_H16_BF16) {
+        bad(be, "linear_h16", "unknown 16-bit format %d", fmt);
+        return;
+    }
+    if (N < 0 || in < 0 || out < 0 || in % 2 || (N > 1 && (ldx < in || ldy < out))) {
+        bad(be, "linear_h16", "bad sizes N=%d in=%d (even) out=%d ldx=%d ldy=%d", N, in, out, ldx, ldy);
+        return;
+    }
+    if (N && out) IMPL->linear_h16(be, fmt, N, in, out, x, ldx, w, y, ldy, accumulate);
+}
+
 /* ---------------------------------------------------------------- dropout */
 
 /* Without the backend's own kernel: on the host, dst downloaded whole so
@@ -366,6 +389,8 @@ void fy_backend_install_checks(fy_backend *be) {
     CHECKED(mla_decode);
     CHECKED(linear_q8);
     CHECKED(swiglu_q8);
+    CHECKED(linear_q4);
+    CHECKED(linear_h16);
     CHECKED(mla_paged);
 #undef CHECKED
     c->linear_rows = chk_linear_rows; /* never NULL: the per-row gemm fallback */

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/half.h"
+
 #include "core/err.h"
 
 typedef enum fy_st_dtype {
@@ -93,11 +95,7 @@ int fy_st_read_f32(const fy_st_file *f, const char *name, float *dst, size_t exp
 int fy_st_read_f32_range(const fy_st_file *f, const char *name, size_t expected_numel, size_t first,
                          size_t count, float *dst, fy_err *err);
 
-/* Scalar conversions used above (exposed for other readers and tests). */
-float fy_bf16_to_f32(uint16_t h);
-uint16_t fy_f32_to_bf16(float f);   /* round to nearest even; NaN stays NaN */
-float fy_f16_to_f32(uint16_t h);
-uint16_t fy_f32_to_f16(float f);    /* round to nearest even; overflow to inf */
+/* Scalar conversions used above (bf16/f16: core/half.h, included here). */
 float fy_f8e4m3_to_f32(uint8_t b);  /* F8_E4M3 (the "fn" variant torch calls float8_e4m3fn) */
 
 #endif

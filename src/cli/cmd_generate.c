@@ -176,7 +176,7 @@ int fy_cmd_generate(int argc, char **argv) {
         {"--prefill-chunk", NULL, FY_ARG_INT, &chunk, "N",
          "prompt tokens per forward (0 = all; the tokens do not change)", 0, 1 << 20, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
-        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "decode weights: f32 (default) or q8_0 (int8, 3.6x fewer bytes)", 0, 0, 0},
+        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "weights: f32 (default), bf16, f16, q8_0 (int8) or q4_0 (docs/PERFORMANCE.md)", 0, 0, 0},
         {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
          "print token ids, not text: a line 'prompt: ID...' then 'ids: ID...' (the new tokens; <|eos|> ends them, unprinted; a --stop string after the token completing it)",
          0, 0, 0},

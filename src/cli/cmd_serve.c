@@ -93,7 +93,7 @@ static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
         {"--host", NULL, FY_ARG_STR, &f->host, "ADDR", "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)", 0, 0, 0},
         {"--port", NULL, FY_ARG_INT, &f->port, "N", "port (default 8080; 0 = any free port, printed)", 0, 65535, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
-        {"--weights", NULL, FY_ARG_STR, &f->weights, "FMT", "decode weights: f32 (default) or q8_0", 0, 0, 0},
+        {"--weights", NULL, FY_ARG_STR, &f->weights, "FMT", "weights: f32 (default), bf16, f16, q8_0 or q4_0", 0, 0, 0},
         {"--slots", NULL, FY_ARG_INT, &f->slots, "N", "requests decoded together (default 4)", 1, 1024, 0},
         {"--ctx", NULL, FY_ARG_INT, &f->ctx, "N", "prompt + max_tokens per request at most (default: the model's max_position_embeddings)", 1, 1 << 24, 0},
         {"--kv-tokens", NULL, FY_ARG_INT, &f->kv_tokens, "N", "KV cache positions shared by all slots (default slots x ctx)", 0, 1 << 30, 0},

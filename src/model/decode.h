@@ -12,20 +12,25 @@
 #include "model/model.h"
 
 /* Weights a batch step (and so prefill and decode) multiplies by:
- * FY_QUANT_F32 (the params themselves) or FY_QUANT_Q8_0, a Q8_0 copy
- * (backend.h: int8 with one scale per 32) of every matrix a linear of the
- * main layers and the head reads: 3.6x fewer bytes per token. The router and
- * W_kvb (absorbed per head) stay f32, as llama.cpp keeps ffn_gate_inp. The
- * whole-sequence forward (training, fy_model_forward) never uses the copy. */
-typedef enum { FY_QUANT_F32 = 0, FY_QUANT_Q8_0 = 1 } fy_quant;
+ * FY_QUANT_F32 (the params themselves) or a copy in another format of every
+ * matrix a linear of the main layers and the head reads:
+ *   Q8_0   int8 with one scale per 32 (backend.h linear_q8), 3.6x fewer bytes
+ *   Q4_0   4-bit codes with one scale per 32 (linear_q4), 7.1x fewer
+ *   F16, BF16  IEEE half / bfloat16 (linear_h16), 2x fewer
+ * The router and W_kvb (absorbed per head) stay f32, as llama.cpp keeps
+ * ffn_gate_inp. The whole-sequence forward (training, fy_model_forward)
+ * never uses the copy. */
+typedef enum { FY_QUANT_F32 = 0, FY_QUANT_Q8_0 = 1, FY_QUANT_Q4_0 = 2, FY_QUANT_F16 = 3, FY_QUANT_BF16 = 4 } fy_quant;
 
-/* "f32" or "q8_0" (also "q8"); anything else is an error naming both. */
+/* "f32", "q8_0" (also "q8"), "q4_0" (also "q4"), "f16", "bf16"; anything
+ * else is an error naming them. */
 int fy_quant_parse(const char *s, fy_quant *out, fy_err *err);
 const char *fy_quant_name(fy_quant q);
 
 /* Makes (or drops, for FY_QUANT_F32) the quantized copy from the current
  * params; call it after loading them: the copy does not follow later
- * changes (training). Costs the copy's memory, ~0.28 x the params. */
+ * changes (training). Costs the copy's memory (Q8_0 ~0.28 x the params).
+ * Fails, naming the op, when the backend lacks the format's kernel. */
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err);
 void fy_model_free_decode_quant(fy_model *m);
 

@@ -3,16 +3,17 @@
  * backward (docs/DESIGN.md §2). Calls only the backend and quant.c, never a pass. */
 #include <math.h>
 
+#include "model/decode.h"
 #include "model/model_impl.h"
 
 /* A batch step (batch.c: all inference) takes the batch-invariant kernels,
- * with the Q8_0 copy (quant.c) where there is one; training takes gemm. */
+ * with the quantized copy (quant.c) where there is one; training takes gemm. */
 void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w, fy_ref y, int ldy,
                 float beta) {
     fy_ref q, s;
     if (m->dq.rows) { /* a batch step: per-row invariant kernels only (beta is 0 or 1 there) */
         if (fy__dq_lookup(m, w, &q, &s))
-            OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
+            fy__dq_linear(m, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
         else
             OPS->linear_rows(m->be, N, in, out, x, ldx, PW(m, w), in, y, ldy, beta == 1.0f);
         return;
@@ -42,7 +43,7 @@ void fy__linear_dw(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, fy_
 void fy__swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, size_t wu, size_t wd, fy_ref g,
                         fy_ref u, fy_ref h, fy_ref y, float beta) {
     fy_ref qg, sg, qu, su, qd, sd;
-    if (N == 1 && OPS->swiglu_q8 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, wg, &qg, &sg) &&
+    if (N == 1 && m->dq.kind == FY_QUANT_Q8_0 && OPS->swiglu_q8 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, wg, &qg, &sg) &&
         fy__dq_lookup(m, wu, &qu, &su) && fy__dq_lookup(m, wd, &qd, &sd)) {
         /* one row (a batch step's expert with one token): one fused call,
          * the same bits as the four below (backend.h) */

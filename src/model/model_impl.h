@@ -102,6 +102,10 @@ void fy__free_workspace(fy_model *m);
 /* During a batch step (m->dq.on), the Q8_0 copy of params matrix w: 1 with its
  * quants *q and scales *s; 0 when there is none. */
 int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
+/* y (=|+=) x @ W^T from W's copy (q, s as fy__dq_lookup gave them), with
+ * the kernel of the copy's format. */
+void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_ref q, fy_ref s, fy_ref y, int ldy,
+                   int accumulate);
 
 /* ---- lora.c, lora_ops.c: LoRA adapters ---- */
 

@@ -1,6 +1,7 @@
-/* The Q8_0 copy of the decode weights (model/decode.h: fy_model_set_decode_quant)
- * and its lookup for the one-token linears (layer.c). Reads the params,
- * never writes them. */
+/* The quantized copy of the decode weights (model/decode.h:
+ * fy_model_set_decode_quant) in each format, and its lookup for the batch
+ * step's linears (layer.c). Reads the params, never writes them. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,14 +23,74 @@ int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s) {
     return 1;
 }
 
-int fy_quant_parse(const char *s, fy_quant *out, fy_err *err) {
-    if (!strcmp(s, "f32")) *out = FY_QUANT_F32;
-    else if (!strcmp(s, "q8_0") || !strcmp(s, "q8")) *out = FY_QUANT_Q8_0;
-    else return fy_fail(err, "unknown weight format \"%s\" (known: f32, q8_0)", s);
-    return 0;
+/* Each format: its names, its bytes per weight (quants) and scales per
+ * block, the block its rows must split into, and the op it needs. */
+static const struct qfmt {
+    fy_quant q;
+    const char *name, *alias, *op;
+    int bits, scaled, block;
+} QFMT[] = {
+    {FY_QUANT_F32, "f32", NULL, NULL, 32, 0, 1},
+    {FY_QUANT_Q8_0, "q8_0", "q8", "linear_q8", 8, 1, FY_Q8_BLOCK},
+    {FY_QUANT_Q4_0, "q4_0", "q4", "linear_q4", 4, 1, FY_Q8_BLOCK},
+    {FY_QUANT_F16, "f16", NULL, "linear_h16", 16, 0, 2},
+    {FY_QUANT_BF16, "bf16", NULL, "linear_h16", 16, 0, 2},
+};
+#define N_QFMT (int)(sizeof QFMT / sizeof QFMT[0])
+
+static const struct qfmt *qfmt_of(fy_quant q) {
+    for (int i = 0; i < N_QFMT; i++)
+        if (QFMT[i].q == q) return &QFMT[i];
+    return &QFMT[0];
 }
 
-const char *fy_quant_name(fy_quant q) { return q == FY_QUANT_Q8_0 ? "q8_0" : "f32"; }
+int fy_quant_parse(const char *s, fy_quant *out, fy_err *err) {
+    for (int i = 0; i < N_QFMT; i++)
+        if (!strcmp(s, QFMT[i].name) || (QFMT[i].alias && !strcmp(s, QFMT[i].alias))) {
+            *out = QFMT[i].q;
+            return 0;
+        }
+    return fy_fail(err, "unknown weight format \"%s\" (known: f32, bf16, f16, q8_0, q4_0)", s);
+}
+
+const char *fy_quant_name(fy_quant q) { return qfmt_of(q)->name; }
+
+static int qfmt_has_op(const fy_model *m, fy_quant q) {
+    switch (q) {
+    case FY_QUANT_Q8_0: return OPS->linear_q8 != NULL;
+    case FY_QUANT_Q4_0: return OPS->linear_q4 != NULL;
+    case FY_QUANT_F16:
+    case FY_QUANT_BF16: return OPS->linear_h16 != NULL;
+    default: return 1;
+    }
+}
+
+void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_ref q, fy_ref s, fy_ref y, int ldy,
+                   int accumulate) {
+    switch ((fy_quant)m->dq.kind) {
+    case FY_QUANT_Q8_0: OPS->linear_q8(m->be, N, in, out, x, ldx, q, s, y, ldy, accumulate); break;
+    case FY_QUANT_Q4_0: OPS->linear_q4(m->be, N, in, out, x, ldx, q, s, y, ldy, accumulate); break;
+    case FY_QUANT_F16:
+        OPS->linear_h16(m->be, FY_H16_F16, N, in, out, x, ldx, q, y, ldy, accumulate);
+        break;
+    case FY_QUANT_BF16:
+        OPS->linear_h16(m->be, FY_H16_BF16, N, in, out, x, ldx, q, y, ldy, accumulate);
+        break;
+    default: assert(!"fy__dq_linear without a quantized copy");
+    }
+}
+
+/* One matrix [rows, in] (host floats) into the format: quants to hq (bytes),
+ * scales to hs. */
+static void qfmt_encode(fy_quant q, const float *w, int rows, int in, void *hq, float *hs) {
+    switch (q) {
+    case FY_QUANT_Q8_0: fy_q8_quantize(w, rows, in, in, hq, hs); break;
+    case FY_QUANT_Q4_0: fy_q4_quantize(w, rows, in, in, hq, hs); break;
+    case FY_QUANT_F16: fy_h16_convert(w, (size_t)rows * in, FY_H16_F16, hq); break;
+    case FY_QUANT_BF16: fy_h16_convert(w, (size_t)rows * in, FY_H16_BF16, hq); break;
+    default: break;
+    }
+}
 
 void fy_model_free_decode_quant(fy_model *m) {
     struct fy_decode_quant *dq = &m->dq;
@@ -71,8 +132,9 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     if (q == FY_QUANT_F32) return 0;
     if (fy_params_is_shard(BT(m)))
         return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
-    if (!OPS->linear_q8)
-        return fy_fail(err, "backend %s has no Q8_0 kernel (linear_q8): use --weights f32", OPS->name);
+    const struct qfmt *F = qfmt_of(q);
+    if (!qfmt_has_op(m, q))
+        return fy_fail(err, "backend %s has no %s kernel (%s): use --weights f32", OPS->name, F->name, F->op);
     const fy_config *c = &m->cfg;
     struct fy_decode_quant *dq = &m->dq;
     size_t cap = (size_t)c->num_hidden_layers * (11 + 3 * (size_t)c->n_routed_experts) + 1;
@@ -82,7 +144,7 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     dq->q_off = malloc(cap * sizeof *dq->q_off);
     dq->s_off = malloc(cap * sizeof *dq->s_off);
     float *host = NULL;
-    int8_t *hq = NULL;
+    uint8_t *hq = NULL;
     float *hs = NULL;
     if (!cand || !ti || !dq->w_off || !dq->q_off || !dq->s_off) goto oom;
     size_t nc = decode_matrices(m, cand);
@@ -94,30 +156,30 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
         const fy_tensor_info *t = NULL;
         for (int j = 0; j < BT(m)->n && !t; j++)
             if (!BT(m)->t[j].is_buffer && BT(m)->t[j].ndim == 2 && BT(m)->t[j].off == cand[i]) t = &BT(m)->t[j];
-        if (!t || t->shape[1] % FY_Q8_BLOCK) continue;
+        if (!t || t->shape[1] % F->block) continue;
         ti[n] = t;
         dq->w_off[n] = t->off;
         dq->q_off[n] = total;
-        total += fy_params_round16(t->n / 4);
+        total += fy_params_round16(t->n * (size_t)F->bits / 32);
         dq->s_off[n] = total;
-        total += fy_params_round16(t->n / FY_Q8_BLOCK);
+        if (F->scaled) total += fy_params_round16(t->n / FY_Q8_BLOCK);
         biggest = t->n > biggest ? t->n : biggest;
         n++;
     }
     host = malloc((biggest ? biggest : 1) * sizeof *host);
-    hq = malloc(biggest ? biggest : 1);
+    hq = malloc(biggest ? biggest * (size_t)F->bits / 8 : 1);
     hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *hs);
     if (!host || !hq || !hs) goto oom;
     if (fy_be_alloc(m->be, &dq->buf, total ? total : 1, err)) {
-        fy_wrap(err, "Q8_0 decode weights (%zu bytes)", total * 4);
+        fy_wrap(err, "%s decode weights (%zu bytes)", F->name, total * 4);
         goto fail;
     }
     for (int i = 0; i < n; i++) {
         int rows = ti[i]->shape[0], in = ti[i]->shape[1];
         OPS->download(m->be, host, PW(m, ti[i]->off), ti[i]->n);
-        fy_q8_quantize(host, rows, in, in, hq, hs);
-        OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), hq, ti[i]->n / 4);
-        OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), hs, ti[i]->n / FY_Q8_BLOCK);
+        qfmt_encode(q, host, rows, in, hq, hs);
+        OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), hq, ti[i]->n * (size_t)F->bits / 32);
+        if (F->scaled) OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), hs, ti[i]->n / FY_Q8_BLOCK);
     }
     if (fy_be_sync(m->be, err)) {
         fy_wrap(err, "quantizing the decode weights");

@@ -189,6 +189,10 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref ws, fy_ref y, int ldy, int accumulate);
 void fy_cpu_swiglu_q8(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq, fy_ref us,
                       fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y, int accumulate);
+void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws, fy_ref y,
+                      int ldy, int accumulate);
+void fy_cpu_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w, fy_ref y,
+                       int ldy, int accumulate);
 /* h[j] = silu(g[j]) * u[j] for one row (swiglu_fwd's; swiglu_q8 shares it
  * so the two give the same bits). */
 void fy_cpu_swiglu_row(const float *g, const float *u, float *h, int F);

@@ -281,6 +281,8 @@ static const fy_backend_ops cpu_ops = {
     .mla_decode = fy_cpu_mla_decode,
     .linear_q8 = fy_cpu_linear_q8,
     .swiglu_q8 = fy_cpu_swiglu_q8,
+    .linear_q4 = fy_cpu_linear_q4,
+    .linear_h16 = fy_cpu_linear_h16,
     .linear_rows = fy_cpu_linear_rows,
     .mla_paged = fy_cpu_mla_paged,
 };
