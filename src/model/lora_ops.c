@@ -10,20 +10,27 @@
  * take a slot per adapted linear per layer. Dropout (p > 0) replaces x by
  * drop(x) = x * mask / (1 - p) throughout, and dx's adapter share by
  * drop(g A); the mask is recomputed from its key (the dropout op), never
- * stored. Besides that op, only gemm. */
+ * stored. Besides that op, only gemm.
+ *
+ * Unmerged adapters in a batch step (serving, the end of this file) take
+ * the batch-invariant kernels instead: gather, linear_rows, scatter_add. */
 #include "core/rng.h"
 #include "model/lora.h"
 #include "model/model_impl.h"
 
-const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
-    const fy_lora *L = m->lora;
-    int lo = 0, hi = L ? L->n_ad : 0;
+/* The adapter of base weight w in ad[0..n) (sorted by w), or NULL. */
+static const fy_lora_adapter *find(const fy_lora_adapter *ad, int n, size_t w) {
+    int lo = 0, hi = n;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (L->ad[mid].w < w) lo = mid + 1;
+        if (ad[mid].w < w) lo = mid + 1;
         else hi = mid;
     }
-    return L && lo < L->n_ad && L->ad[lo].w == w ? &L->ad[lo] : NULL;
+    return lo < n && ad[lo].w == w ? &ad[lo] : NULL;
+}
+
+const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w) {
+    return m->lora ? find(m->lora->ad, m->lora->n_ad, w) : NULL;
 }
 
 static fy_ref LA(fy_model *m, const fy_lora_adapter *a) { return fy_at(&m->params, a->a); }
@@ -94,4 +101,59 @@ void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int ld
     OPS->gemm(m->be, 1, 0, a->out, r, N, L->scale, dy, lddy, u, r, 1.0f, fy_at(&m->grads, a->b), r);
     grad_mid(m, a, N, dy, lddy, g);
     OPS->gemm(m->be, 1, 0, r, a->in, N, 1.0f, g, r, xd, ld, 1.0f, fy_at(&m->grads, a->a), a->in);
+}
+
+/* ---- unmerged adapters in a batch step (model/lora.h) ---- */
+
+/* Which step row each of a batch-step linear's N rows is: NULL when they
+ * are the step's rows in order (attention, dense MLPs, shared experts), or
+ * a routed expert's rows, the tokens ffn.c grouped for it (its block of
+ * h_perm; a batch step has every expert: no expert parallelism). A count
+ * that does not fit marks the step bad rather than guess. */
+static const int *step_rows(fy_model *m, fy_lora_rows *R, const fy_lora_adapter *a, int N) {
+    if (a->expert < 0) {
+        if (N != R->n) R->bad = 1;
+        return NULL;
+    }
+    const fy_layer_acts *la = &m->layer_acts[a->layer];
+    if (!la->counts || a->expert >= m->cfg.n_routed_experts || la->counts[a->expert] != N) {
+        R->bad = 1;
+        return NULL;
+    }
+    return la->h_perm + la->offs[a->expert];
+}
+
+int fy__lora_rows_touch(fy_model *m, int N, size_t w) {
+    fy_lora_rows *R = m->ws->lora_rows;
+    for (int k = 0; R && k < R->n_set; k++) {
+        const fy_lora_adapter *a = find(R->set[k]->ad, R->set[k]->n_ad, w);
+        const int *rows = a ? step_rows(m, R, a, N) : NULL;
+        for (int i = 0; a && !R->bad && i < N; i++)
+            if (R->row[rows ? rows[i] : i] == R->set[k]) return 1;
+    }
+    return 0;
+}
+
+/* Each adapter's rows are gathered and scattered back, so every row sees
+ * the same ops whichever rows share its adapter or its batch: y_row +=
+ * s * d_row with d = (x A^T) B^T from linear_rows (row-invariant). */
+void fy__lora_rows_linear(fy_model *m, int N, fy_ref x, int ldx, size_t w, fy_ref y, int ldy) {
+    fy_lora_rows *R = m->ws->lora_rows;
+    for (int k = 0; k < R->n_set && !R->bad; k++) {
+        const fy_lora_unmerged *u = R->set[k];
+        const fy_lora_adapter *a = find(u->ad, u->n_ad, w);
+        if (!a) continue;
+        const int *rows = step_rows(m, R, a, N);
+        int n = 0, r = u->cfg.rank;
+        for (int i = 0; !R->bad && i < N; i++)
+            if (R->row[rows ? rows[i] : i] == u) R->hidx[n++] = i;
+        if (!n) continue;
+        fy_buf *p = (fy_buf *)&u->params; /* read only */
+        OPS->upload(m->be, R->idx, R->hidx, (size_t)n);
+        OPS->fill(m->be, R->sv, u->scale, (size_t)n);
+        OPS->gather_rows(m->be, n, a->in, x, ldx, R->idx, FY_NULL_REF, R->xg, a->in);
+        OPS->linear_rows(m->be, n, a->in, r, R->xg, a->in, fy_at(p, a->a), a->in, R->u, r, 0);
+        OPS->linear_rows(m->be, n, r, a->out, R->u, r, fy_at(p, a->b), r, R->d, a->out, 0);
+        OPS->scatter_add_rows(m->be, n, a->out, R->d, a->out, R->idx, R->sv, y, ldy);
+    }
 }

@@ -16,7 +16,7 @@
 static fy_tokenizer *tok;
 static fy_chat_template chat;
 
-static fy_api_ctx ctx(int c, int max_tokens) { return (fy_api_ctx){"m", tok, &chat, c, max_tokens}; }
+static fy_api_ctx ctx(int c, int max_tokens) { return (fy_api_ctx){"m", tok, &chat, c, max_tokens, NULL, 0}; }
 
 static int parse(fy_api_kind k, const char *body, int c, fy_api_req *r, fy_api_error *e) {
     fy_api_ctx x = ctx(c, 100);
