@@ -328,34 +328,48 @@ static int lora_rows_make(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, i
     R->row = calloc(N, sizeof *R->row);
     R->set = calloc((size_t)n_items, sizeof *R->set);
     R->hidx = malloc(N * sizeof *R->hidx);
-    if (!R->row || !R->set || !R->hidx) return fy_fail(err, "out of memory");
+    int *ints = calloc(4 * (size_t)n_items, sizeof *ints);
+    if (!R->row || !R->set || !R->hidx || !ints) {
+        free(ints);
+        return fy_fail(err, "out of memory");
+    }
+    R->n_all = ints, R->exp_layer = ints + n_items, R->exp_expert = ints + 2 * n_items, R->exp_n = ints + 3 * n_items;
     for (int i = 0; i < n_items; i++) {
         const fy_lora_unmerged *u = it[i].lora;
         for (int row = s->row0[i]; row < s->row0[i + 1]; row++) R->row[row] = u;
         int k = 0;
         while (u && k < R->n_set && R->set[k] != u) k++;
         if (!u || k < R->n_set) continue;
+        R->exp_layer[R->n_set] = -1;
         R->set[R->n_set++] = u;
         in = (size_t)u->max_in > in ? (size_t)u->max_in : in;
         r = (size_t)u->cfg.rank > r ? (size_t)u->cfg.rank : r;
         out = (size_t)u->max_out > out ? (size_t)u->max_out : out;
     }
-    size_t need = N * (2 + in + r + out);
+    size_t K = (size_t)R->n_set, need = N * (3 * K + in + r + out);
     if (need > p->lora_tmp.n) {
         if (p->lora_tmp.handle) fy_be_free(m->be, &p->lora_tmp);
         if (fy_be_alloc(m->be, &p->lora_tmp, need, err)) return fy_wrap(err, "LoRA scratch of the batch step");
     }
     R->n = s->N;
     R->idx = fy_at(&p->lora_tmp, 0);
-    R->sv = fy_add(R->idx, N);
-    R->xg = fy_add(R->sv, N);
+    R->sv = fy_add(R->idx, 2 * K * N);
+    R->xg = fy_add(R->sv, K * N);
     R->u = fy_add(R->xg, N * in);
     R->d = fy_add(R->u, N * r);
+    for (size_t k = 0; k < K; k++) { /* each adapter's rows of the step and its scale: once a step */
+        int n = 0;
+        for (size_t row = 0; row < N; row++)
+            if (R->row[row] == R->set[k]) R->hidx[n++] = (int32_t)row;
+        R->n_all[k] = n;
+        OPS->upload(m->be, fy_add(R->idx, k * N), R->hidx, (size_t)n);
+        OPS->fill(m->be, fy_add(R->sv, k * N), R->set[k]->scale, N);
+    }
     return 0;
 }
 
 static void lora_rows_free(fy_lora_rows *R) {
-    free(R->row), free(R->set), free(R->hidx);
+    free(R->row), free(R->set), free(R->hidx), free(R->n_all);
     memset(R, 0, sizeof *R);
 }
 

@@ -134,9 +134,32 @@ int fy__lora_rows_touch(fy_model *m, int N, size_t w) {
     return 0;
 }
 
+/* Adapter k's rows among a linear's N rows (step_rows' rows: NULL or a
+ * routed expert's), as device indices in *idx: the step's list, uploaded
+ * once a step, or the expert's, uploaded when the expert changes (its
+ * gate, up and down share it). Returns their count. */
+static int adapter_rows(fy_model *m, fy_lora_rows *R, int k, const fy_lora_adapter *a, const int *rows, int N,
+                        fy_ref *idx) {
+    size_t n_rows = (size_t)R->n;
+    if (!rows) {
+        *idx = fy_add(R->idx, (size_t)k * n_rows);
+        return R->n_all[k];
+    }
+    *idx = fy_add(R->idx, ((size_t)R->n_set + k) * n_rows);
+    if (R->exp_layer[k] == a->layer && R->exp_expert[k] == a->expert) return R->exp_n[k];
+    int n = 0;
+    for (int i = 0; i < N; i++)
+        if (R->row[rows[i]] == R->set[k]) R->hidx[n++] = i;
+    OPS->upload(m->be, *idx, R->hidx, (size_t)n);
+    R->exp_layer[k] = a->layer, R->exp_expert[k] = a->expert, R->exp_n[k] = n;
+    return n;
+}
+
 /* Each adapter's rows are gathered and scattered back, so every row sees
  * the same ops whichever rows share its adapter or its batch: y_row +=
- * s * d_row with d = (x A^T) B^T from linear_rows (row-invariant). */
+ * s * d_row with d = (x A^T) B^T from linear_rows (row-invariant). When the
+ * adapter has all N rows, linear_rows reads x in place: the gather would
+ * copy the same values. */
 void fy__lora_rows_linear(fy_model *m, int N, fy_ref x, int ldx, size_t w, fy_ref y, int ldy) {
     fy_lora_rows *R = m->ws->lora_rows;
     for (int k = 0; k < R->n_set && !R->bad; k++) {
@@ -144,16 +167,16 @@ void fy__lora_rows_linear(fy_model *m, int N, fy_ref x, int ldx, size_t w, fy_re
         const fy_lora_adapter *a = find(u->ad, u->n_ad, w);
         if (!a) continue;
         const int *rows = step_rows(m, R, a, N);
-        int n = 0, r = u->cfg.rank;
-        for (int i = 0; !R->bad && i < N; i++)
-            if (R->row[rows ? rows[i] : i] == u) R->hidx[n++] = i;
+        fy_ref idx, xa = x;
+        int n = R->bad ? 0 : adapter_rows(m, R, k, a, rows, N, &idx), r = u->cfg.rank, lda = ldx;
         if (!n) continue;
+        if (n < N) {
+            OPS->gather_rows(m->be, n, a->in, x, ldx, idx, FY_NULL_REF, R->xg, a->in);
+            xa = R->xg, lda = a->in;
+        }
         fy_buf *p = (fy_buf *)&u->params; /* read only */
-        OPS->upload(m->be, R->idx, R->hidx, (size_t)n);
-        OPS->fill(m->be, R->sv, u->scale, (size_t)n);
-        OPS->gather_rows(m->be, n, a->in, x, ldx, R->idx, FY_NULL_REF, R->xg, a->in);
-        OPS->linear_rows(m->be, n, a->in, r, R->xg, a->in, fy_at(p, a->a), a->in, R->u, r, 0);
+        OPS->linear_rows(m->be, n, a->in, r, xa, lda, fy_at(p, a->a), a->in, R->u, r, 0);
         OPS->linear_rows(m->be, n, r, a->out, R->u, r, fy_at(p, a->b), r, R->d, a->out, 0);
-        OPS->scatter_add_rows(m->be, n, a->out, R->d, a->out, R->idx, R->sv, y, ldy);
+        OPS->scatter_add_rows(m->be, n, a->out, R->d, a->out, idx, fy_add(R->sv, (size_t)k * R->n), y, ldy);
     }
 }

@@ -94,14 +94,20 @@ typedef struct fy_model_ws {
 } model_ws;
 
 /* A batch step's rows with unmerged adapters (model/lora.h): each row's
- * adapter, the distinct ones, and the device scratch of one adapted linear. */
+ * adapter, the distinct ones, and per adapter k its rows of a linear as
+ * device indices: idx[k] its rows among the step's (n_all[k], uploaded
+ * once a step), idx[n_set + k] among the routed expert (layer, expert) it
+ * last ran (exp_n[k]); sv[k] its scale, one per row; and the scratch of one
+ * adapted linear. */
 typedef struct fy_lora_rows {
     int n;                                /* the step's rows */
     const fy_lora_unmerged **row;         /* [n]: each row's adapter, NULL: the bare base */
     const fy_lora_unmerged **set;         /* the distinct adapters of the step */
     int n_set;
-    int32_t *hidx;                        /* host [n]: one adapter's rows of a linear */
-    fy_ref idx, sv, xg, u, d;             /* int [n], [n] (the scale), [n, max in], [n, max r], [n, max out] */
+    int *n_all, *exp_layer, *exp_expert, *exp_n; /* [n_set] */
+    int32_t *hidx;                        /* host [n] */
+    fy_ref idx, sv;                       /* int [2 n_set][n], [n_set][n] */
+    fy_ref xg, u, d;                      /* [n, max in], [n, max r], [n, max out] */
     int bad;                              /* a linear's rows were not the step's: the step fails */
 } fy_lora_rows;
 
