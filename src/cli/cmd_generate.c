@@ -207,7 +207,7 @@ int fy_cmd_generate(int argc, char **argv) {
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
     if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
-    struct fy_lora_unmerged *ad = NULL; /* --lora: unmerged, as serve runs it (the same tokens) */
+    fy_lora_unmerged *ad = NULL; /* --lora: unmerged, as serve runs it (the same tokens) */
     if ((lora && fy_cli_load_lora(&l, lora, &ad, &err)) || fy_cli_check_weights(&l.model, &err) ||
         fy_model_set_decode_quant(&l.model, wq, &err)) {
         fy_lora_unmerged_free(l.be, ad);

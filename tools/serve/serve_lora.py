@@ -7,6 +7,7 @@ generate` of that model alone (--lora DIR for an adapter), the answer names
 the model asked for, an unknown name is 404; the same with --weights q8_0
 (the quantized base shared by the adapters)."""
 import os
+import subprocess
 import sys
 import threading
 
@@ -115,6 +116,28 @@ def serve_and_compare(a, base, models, weights):
                                                                                         len(models)))
 
 
+def refusals(a, base, l1):
+    """ferry serve exits 1 with the reason, before serving anything."""
+    other = os.path.join(os.path.dirname(base), "narrow")
+    with open(os.path.join(os.path.dirname(base), "micro.json")) as f:
+        cfg = f.read().replace('"kv_lora_rank": 16', '"kv_lora_rank": 8')
+    with open(other + ".json", "w") as f:
+        f.write(cfg)
+    data = os.path.join(os.path.dirname(base), "data")
+    C.run([a.ferry, "train", "-c", other + ".json", "-d", data, "-o", other, "--steps", "1", "--batch", "2", "--seq",
+           "16", "--eval-every", "0", "--ckpt-every", "0"])
+    cases = [(["--lora", "one=" + l1, "--lora", "one=" + l1], "given twice"),
+             (["--lora", "%s=%s" % (os.path.basename(base), l1)], "is the base model's"),
+             (["--lora", l1], "expected [24, 4]")]
+    for extra, want in cases:
+        model = other if want.startswith("expected") else base
+        r = subprocess.run([a.ferry, "serve", "--model", model, "--port", "0"] + extra, capture_output=True, text=True,
+                           timeout=60)
+        check(r.returncode == 1 and want in r.stderr, "serve %s: rc %d, stderr %r (want %r)" %
+              (" ".join(extra), r.returncode, r.stderr[-500:], want))
+    C.log("ok: a name given twice, the base's name and an adapter of other shapes are refused")
+
+
 def main():
     a = C.args()
     base = C.tiny_model(a.ferry, a.work)
@@ -124,6 +147,7 @@ def main():
     models = {os.path.basename(base): None, "one": l1, "adapter2": l2}
     serve_and_compare(a, base, models, "f32")
     serve_and_compare(a, base, models, "q8_0")
+    refusals(a, base, l1)
     print("PASS")
 
 
