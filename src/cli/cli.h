@@ -64,9 +64,12 @@ void fy_cli_unload(fy_loaded *l);
  * generate and serve after loading (docs/RELIABILITY.md, "Hostile input"). */
 int fy_cli_check_weights(fy_model *m, fy_err *err);
 /* `--lora DIR`: a ferry LoRA run (or checkpoint) or a PEFT adapter directory
- * applied to l's model (folded into its weights in memory; shapes must
- * match, the base it was trained on need not). cli/lora_apply.c. */
-int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err);
+ * loaded for l's model as unmerged adapters (*out, fy_lora_unmerged_free;
+ * shapes must match, the base it was trained on need not): a batch item
+ * with them gets base + adapters, l's model stays the base.
+ * cli/lora_apply.c. */
+struct fy_lora_unmerged;
+int fy_cli_load_lora(fy_loaded *l, const char *dir, struct fy_lora_unmerged **out, fy_err *err);
 /* A ferry LoRA run's adapters put on m (fy_model_set_lora with the run's
  * settings from config.json, then the checkpoint: DIR itself or the run's
  * newest), not yet merged. */
