@@ -203,6 +203,10 @@ int main(void) {
         q4_case(N, 160, 21, 160, 21, 1);      /* 5 blocks */
     }
     q4_case(1, 32, 1, 32, 1, 0);
+    for (int N = 1; N <= 3; N++) {
+        q4_case(N, 32, 13, 32, 13, N & 1); /* one block: the tail alone, in every tile */
+        q4_case(N, 64, 9, 64, 9, 0);       /* one pair of blocks */
+    }
     q4_case(1, 512, 301, 512, 301, 0); /* threaded (out * in >= 65536), odd out */
     q4_case(9, 480, 37, 483, 40, 1);   /* threaded, 15 blocks */
     q4_case(16, 512, 64, 512, 64, 0);  /* threaded, whole tiles only */
