@@ -123,22 +123,23 @@ __attribute__((target("avx2"), always_inline)) static inline __m256 q4_scales2(c
         NH = _mm256_and_si256(_mm256_srli_epi16(v_, 4), low4);                                   \
     } while (0)
 
-/* The even and odd halves of one (row, input) pair from AL, AH, a last
- * odd block b (nb odd) added to the even half, summed (t = e + o). */
-__attribute__((target("avx2"), always_inline)) static inline __m256
-q4_fold(__m256 al, __m256 ah, int tail, const uint8_t *qb, float sw, const int8_t *xq, const int32_t *off, float sx) {
-    __m256 e = _mm256_permute2f128_ps(al, ah, 0x20), o = _mm256_permute2f128_ps(al, ah, 0x31);
-    if (tail) {
-        const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
-        __m128i t = _mm_loadu_si128((const __m128i *)qb);
-        __m256i n = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1),
-                                     low4);
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(n, _mm256_loadu_si256((const __m256i *)xq)), ones);
-        p = _mm256_sub_epi32(p, _mm256_loadu_si256((const __m256i *)off));
-        e = _mm256_add_ps(e, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(sw * sx)));
-    }
-    return _mm256_add_ps(e, o);
+/* e plus a last odd block's products (in/32 odd; it belongs to the even
+ * half): codes at qb against the input's bytes xq (as quantized: a lone
+ * block is not permuted), less the offsets at off, times d = sw * sx. */
+__attribute__((target("avx2"), always_inline)) static inline __m256 q4_tail(__m256 e, const uint8_t *qb, float d,
+                                                                           const int8_t *xq, const int32_t *off) {
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    __m128i t = _mm_loadu_si128((const __m128i *)qb);
+    __m256i n = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1), low4);
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(n, _mm256_loadu_si256((const __m256i *)xq)), ones);
+    p = _mm256_sub_epi32(p, _mm256_loadu_si256((const __m256i *)off));
+    return _mm256_add_ps(e, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d)));
 }
+
+/* The even half (lanes 0 .. 3 of AL and of AH) and the odd half (lanes 4
+ * .. 7 of each) of a (row, input) pair. */
+#define Q4_EVEN(AL, AH) _mm256_permute2f128_ps(AL, AH, 0x20)
+#define Q4_ODD(AL, AH) _mm256_permute2f128_ps(AL, AH, 0x31)
 
 /* Weight rows o .. o+R-1 against prepared input rows n0, n0+C-1 (R, C <=
  * 2), accumulators in registers (named: GCC kept an array in memory);
@@ -181,25 +182,27 @@ q4_tile_avx2(const int R, const int C, int in, int o, const fy_cpu_q8_inputs *xs
                 Q4_PAIR_AVX2(a11l, a11h, n1l, n1h, x1 + b * FY_Q8_BLOCK, f1 + b * 8, _mm256_mul_ps(sw1, sx));
         }
     }
-    const int tail = b < nb;
-    const uint8_t *q0 = q + ((size_t)o * nb + b) * Q4_BYTES, *q1 = q + ((size_t)(o + R - 1) * nb + b) * Q4_BYTES;
-    const float sw0 = tail ? s[(size_t)o * nb + b] : 0, sw1 = tail ? s[(size_t)(o + R - 1) * nb + b] : 0;
-    const float sx0 = tail ? fy_cpu_q8_sx(xs, n0)[b] : 0, sx1 = tail ? fy_cpu_q8_sx(xs, n1)[b] : 0;
-    const int8_t *t0 = x0 + b * FY_Q8_BLOCK, *t1 = x1 + b * FY_Q8_BLOCK;
+    __m256 e00 = Q4_EVEN(a00l, a00h), e10 = Q4_EVEN(a10l, a10h), e01 = Q4_EVEN(a01l, a01h), e11 = Q4_EVEN(a11l, a11h);
+    if (b < nb) {
+        const uint8_t *q0 = q + ((size_t)o * nb + b) * Q4_BYTES, *q1 = q + ((size_t)(o + R - 1) * nb + b) * Q4_BYTES;
+        const float sw0 = s[(size_t)o * nb + b], sw1 = s[(size_t)(o + R - 1) * nb + b];
+        const float sx0 = fy_cpu_q8_sx(xs, n0)[b], sx1 = fy_cpu_q8_sx(xs, n1)[b];
+        e00 = q4_tail(e00, q0, sw0 * sx0, x0 + b * FY_Q8_BLOCK, f0 + b * 8);
+        if (R > 1) e10 = q4_tail(e10, q1, sw1 * sx0, x0 + b * FY_Q8_BLOCK, f0 + b * 8);
+        if (C > 1) {
+            e01 = q4_tail(e01, q0, sw0 * sx1, x1 + b * FY_Q8_BLOCK, f1 + b * 8);
+            if (R > 1) e11 = q4_tail(e11, q1, sw1 * sx1, x1 + b * FY_Q8_BLOCK, f1 + b * 8);
+        }
+    }
     float *y0 = y + (size_t)n0 * ldy, *y1 = y + (size_t)n1 * ldy;
-    __m256 t00 = q4_fold(a00l, a00h, tail, q0, sw0, t0, f0 + b * 8, sx0);
+    __m256 t00 = _mm256_add_ps(e00, Q4_ODD(a00l, a00h));
     if (R == 1) {
         fy_cpu_put(y0, o, fy_cpu_hsum256(t00), accumulate);
-        if (C > 1)
-            fy_cpu_put(y1, o, fy_cpu_hsum256(q4_fold(a01l, a01h, tail, q0, sw0, t1, f1 + b * 8, sx1)), accumulate);
+        if (C > 1) fy_cpu_put(y1, o, fy_cpu_hsum256(_mm256_add_ps(e01, Q4_ODD(a01l, a01h))), accumulate);
         return;
     }
-    __m256 t10 = q4_fold(a10l, a10h, tail, q1, sw1, t0, f0 + b * 8, sx0);
-    __m256 t01 = t00, t11 = t10;
-    if (C > 1) {
-        t01 = q4_fold(a01l, a01h, tail, q0, sw0, t1, f1 + b * 8, sx1);
-        t11 = q4_fold(a11l, a11h, tail, q1, sw1, t1, f1 + b * 8, sx1);
-    }
+    __m256 t10 = _mm256_add_ps(e10, Q4_ODD(a10l, a10h)), t01 = t00, t11 = t10;
+    if (C > 1) t01 = _mm256_add_ps(e01, Q4_ODD(a01l, a01h)), t11 = _mm256_add_ps(e11, Q4_ODD(a11l, a11h));
     __m128 v = fy_cpu_hsum256x4(t00, t10, t01, t11);
     fy_cpu_put2(y0, o, v, accumulate);
     if (C > 1) fy_cpu_put2(y1, o, _mm_movehl_ps(v, v), accumulate);

@@ -39,8 +39,8 @@ typedef void q8_rows_fn(int in, int o0, int o1, const int8_t *xq, const float *s
                         const float *s, float *y, int accumulate);
 
 /* Outputs [o0, o1) of every input row (N > 1): y row n at y + n * ldy. */
-typedef void q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const int8_t *q, const float *s,
-                         float *y, int ldy, int accumulate);
+typedef void q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const int8_t *q,
+                         const float *s, float *y, int ldy, int accumulate);
 
 static void q8_rows_portable(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                              const float *s, float *y, int accumulate) {
@@ -124,7 +124,7 @@ q8_tile_avx2(const int R, const int C, int in, int o, const int8_t *const xr[2],
         return;
     }
     __m128 v = fy_cpu_hsum256x4(_mm256_add_ps(a00e, a00o), _mm256_add_ps(a10e, a10o), _mm256_add_ps(a01e, a01o),
-                         _mm256_add_ps(a11e, a11o));
+                                _mm256_add_ps(a11e, a11o));
     fy_cpu_put2(yr[0], o, v, accumulate);
     if (C > 1) fy_cpu_put2(yr[1], o, _mm_movehl_ps(v, v), accumulate);
 }
@@ -144,9 +144,9 @@ __attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1,
 
 /* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
  * the odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
-__attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs,
-                                                          const int8_t *q, const float *s, float *y, int ldy,
-                                                          int accumulate) {
+__attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N,
+                                                          const fy_cpu_q8_inputs *xs, const int8_t *q, const float *s,
+                                                          float *y, int ldy, int accumulate) {
     for (int n = 0; n < N; n += 2) {
         const int C = n + 1 < N ? 2 : 1;
         const int8_t *const xr[2] = {fy_cpu_q8_xq(xs, n), fy_cpu_q8_xq(xs, n + C - 1)};
