@@ -99,12 +99,15 @@ __attribute__((target("avx2"))) static inline float lr_hsum256(__m256 t) {
     return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehl_ps(v, v)));
 }
 
-/* ---- AVX2 (+F16C): lanes 0..7 and 8..15 in two registers; tiles of 2 x 2,
- * or 1 x 4 with the rows two tiles on prefetched for a single x row (decode:
- * the weights stream from memory; a 1536 x 512 matrix, one thread, on an
- * EPYC under load: f32 190 -> 100 us, f16 54 -> 40 us, bf16 66 -> 48 us
- * against 1 x 2 tiles, 2026-12-06; from DRAM, 96 such f16 matrices, two
- * tiles on was ~5% faster than one, 1 KB on along the same rows 40% slower) ---- */
+/* ---- AVX2 (+F16C): lanes 0..7 and 8..15 in two registers. Tiles of 4 x
+ * rows by 1 W row, each W row loaded (and widened) once per 4 x rows (N =
+ * 16 rows of 512 against 1536 W rows, one thread, on an EPYC under load:
+ * f32 28-42 -> 42-52 GFLOP/s, f16 41 -> 54-58, bf16 36 -> 50-54 against
+ * the 2 x 2 tiles before, 2026-12-06); for a single x row (decode: the
+ * weights stream from memory) 1 x 4 with the rows two tiles on prefetched
+ * (a 1536 x 512 matrix: f32 190 -> 100 us, f16 54 -> 40 us, bf16 66 -> 48
+ * us against 1 x 2 tiles; from DRAM, 96 such f16 matrices, two tiles on was
+ * ~5% faster than one, 1 KB on along the same rows 40% slower) ---- */
 
 /* Eight 16-bit weights widened exactly: vcvtph2ps, or bf16 shifted up. */
 __attribute__((target("avx2,f16c"), always_inline)) static inline __m256 lr_widen256(__m128i h, const int WF) {
@@ -134,7 +137,7 @@ __attribute__((target("avx2,f16c"), always_inline)) static inline __m256 lr_load
 __attribute__((target("avx2,f16c"), always_inline)) static inline void
 lr_tile256(int in, const float *x, int ldx, const void *w, size_t ldw, float *y, int ldy, int accumulate,
            const int RX, const int RW, const int WF) {
-    __m256 a[2][4][2];
+    __m256 a[4][4][2];
     #pragma GCC unroll 4
     for (int i = 0; i < RX; i++)
         #pragma GCC unroll 4
@@ -150,7 +153,7 @@ lr_tile256(int in, const float *x, int ldx, const void *w, size_t ldw, float *y,
         }
         #pragma GCC unroll 4
         for (int h = 0; h < 2; h++) {
-            __m256 xv[2], wv[4];
+            __m256 xv[4], wv[4];
             #pragma GCC unroll 4
             for (int i = 0; i < RX; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + k + 8 * h);
             #pragma GCC unroll 4
@@ -167,7 +170,7 @@ lr_tile256(int in, const float *x, int ldx, const void *w, size_t ldw, float *y,
         for (int h = 0; h < 2; h++) {
             const int n = in - k - 8 * h;
             __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
-            __m256 xv[2], wv[4];
+            __m256 xv[4], wv[4];
             #pragma GCC unroll 4
             for (int i = 0; i < RX; i++) xv[i] = _mm256_maskload_ps(x + (size_t)i * ldx + k + 8 * h, m);
             #pragma GCC unroll 4
@@ -188,21 +191,19 @@ lr_tile256(int in, const float *x, int ldx, const void *w, size_t ldw, float *y,
 __attribute__((target("avx2,f16c"), always_inline)) static inline void
 lr_block_avx2(int in, const float *x, int ldx, int nx, const void *w, size_t ldw, int nw, float *y, int ldy,
               int accumulate, const int WF) {
-    int j = 0;
-    if (nx == 1) /* decode */
+    if (nx == 1) { /* decode */
+        int j = 0;
         for (; j + 4 <= nw; j += 4)
             lr_tile256(in, x, ldx, lr_at(w, (size_t)j * ldw, WF), ldw, y + j, ldy, accumulate, 1, 4, WF);
-    for (; j + 2 <= nw; j += 2) {
-        const void *wj = lr_at(w, (size_t)j * ldw, WF);
-        int i = 0;
-        for (; i + 2 <= nx; i += 2)
-            lr_tile256(in, x + (size_t)i * ldx, ldx, wj, ldw, y + (size_t)i * ldy + j, ldy, accumulate, 2, 2, WF);
-        for (; i < nx; i++)
-            lr_tile256(in, x + (size_t)i * ldx, ldx, wj, ldw, y + (size_t)i * ldy + j, ldy, accumulate, 1, 2, WF);
+        for (; j < nw; j++)
+            lr_tile256(in, x, ldx, lr_at(w, (size_t)j * ldw, WF), ldw, y + j, ldy, accumulate, 1, 1, WF);
+        return;
     }
-    for (; j < nw; j++) {
+    for (int j = 0; j < nw; j++) {
         const void *wj = lr_at(w, (size_t)j * ldw, WF);
         int i = 0;
+        for (; i + 4 <= nx; i += 4)
+            lr_tile256(in, x + (size_t)i * ldx, ldx, wj, ldw, y + (size_t)i * ldy + j, ldy, accumulate, 4, 1, WF);
         for (; i + 2 <= nx; i += 2)
             lr_tile256(in, x + (size_t)i * ldx, ldx, wj, ldw, y + (size_t)i * ldy + j, ldy, accumulate, 2, 1, WF);
         for (; i < nx; i++)
