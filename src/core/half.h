@@ -1,15 +1,21 @@
 /* 16-bit floats: IEEE binary16 ("f16", torch.float16) and bfloat16
  * ("bf16"), converted to and from float bit-exactly. Shared by the
- * checkpoint reader/writer, the interop exports and the backends' 16-bit
- * inference weights, so that all of them round the same way. */
+ * checkpoint reader/writer, the interop exports (GGUF included: the
+ * narrowing gives ggml's bits) and the backends' 16-bit inference weights,
+ * so that all of them round the same way. */
 #ifndef FY_CORE_HALF_H
 #define FY_CORE_HALF_H
 
 #include <stdint.h>
 
-float fy_bf16_to_f32(uint16_t h);   /* exact */
-uint16_t fy_f32_to_bf16(float f);   /* round to nearest even; NaN stays NaN (quiet) */
-float fy_f16_to_f32(uint16_t h);    /* exact (subnormals included) */
-uint16_t fy_f32_to_f16(float f);    /* round to nearest even; overflow to inf; NaN stays NaN */
+/* Exact; a NaN keeps its sign and payload (bits shifted up) and comes out
+ * quiet: the bits of x86's vcvtph2ps / the bf16 shift. */
+float fy_bf16_to_f32(uint16_t h);
+float fy_f16_to_f32(uint16_t h);   /* subnormals included */
+/* Round to nearest even; overflow to infinity. NaN: bf16 keeps sign and
+ * top payload bits and sets the quiet bit, f16 gives sign | 0x7e00: both
+ * ggml's bits (ggml-impl.h), and f16's also torch's. */
+uint16_t fy_f32_to_bf16(float f);
+uint16_t fy_f32_to_f16(float f);
 
 #endif

@@ -1,6 +1,7 @@
 /* ggml's tensor encodings, bit for bit as ggml's reference code writes them
  * (ggml-quants.c quantize_row_q8_0_ref / quantize_row_q4_0_ref, ggml-impl.h
- * fp32 -> fp16): what gguf.c stores in a GGUF file. */
+ * fp32 -> fp16, which core/half.h's fy_f32_to_f16 gives): what gguf.c
+ * stores in a GGUF file. */
 #ifndef FY_INTEROP_GGUF_QUANT_H
 #define FY_INTEROP_GGUF_QUANT_H
 
@@ -10,10 +11,6 @@
 #include "interop/gguf.h"
 
 #define FY_GGUF_QK 32 /* elements per Q8_0 / Q4_0 block */
-
-/* IEEE half, round to nearest even; overflow gives infinity, NaN stays NaN
- * (quiet). Bit-identical to ggml's GGML_FP32_TO_FP16. */
-uint16_t fy_gguf_f32_to_f16(float f);
 
 /* Bytes that n elements (one row; n a multiple of 32 for Q8_0/Q4_0) take. */
 size_t fy_gguf_row_bytes(fy_gguf_type t, size_t n);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "core/half.h"
 #include "interop/gguf_quant.h"
 #include "testutil.h"
 
@@ -77,7 +78,7 @@ static void test_q4_quantize(void) {
             uint8_t ref[16];
             float d = ggml_q4_0_block(w + (size_t)r * LD + b * 32, ref), sb = s[r * NB + b];
             codes &= !memcmp(ref, q + (r * NB + b) * 16, 16);
-            uint16_t h = fy_gguf_f32_to_f16(sb);
+            uint16_t h = fy_f32_to_f16(sb);
             float ulp = fabsf(d) < 6.1035156e-05f ? 5.9604645e-08f : ldexpf(1.0f, ilogbf(d) - 10);
             scales &= isinf(sb) ? fabsf(d) >= 65520.0f : fabsf(sb - d) <= 0.5f * ulp;
             gguf &= (uint16_t)(g[b * 18] | g[b * 18 + 1] << 8) == h;

@@ -21,7 +21,10 @@ activations to 8 bits), so a near tie may flip. For them the agreement
 difference must be a near tie: llama.cpp's top-2 logit gap there below
 NEAR_TIE times the median gap of the run (a layout error gives confident
 wrong tokens, not near ties). The corpus picks nouns and verbs uniformly,
-so after "the" several tokens are near-tied by construction.
+so after "the" several tokens are near-tied by construction. For f16 and
+bf16 ferry decodes with the same 16-bit weights (`ferry generate --weights`,
+FERRY_WEIGHTS; llama.cpp still rounds the activations to 16 bits), the
+other types against ferry's f32.
 
 For q4_0 also `ferry generate --weights q4_0`, whose Q4_0 weights are the
 GGUF's bits (backend.c fy_q4_quantize writes both), against llama.cpp on
@@ -61,7 +64,11 @@ from gguf_fixture import PLAIN, YARN, edge_run, make_run, run  # noqa: E402
 PROMPTS = ["the king", "a shepherd spoke by the river", "every servant waited near the city, and the lamb"]
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 EXACT = {"f32", "f16"}
-SAME_WEIGHTS = {"q4_0"}  # `ferry generate --weights T` holds this GGUF's weight bits
+# GGUF types whose weights ferry also decodes with as they are (`ferry
+# generate --weights`: the same bits as the export), so llama.cpp and ferry
+# run the same weights; the other types are compared with ferry's f32.
+FERRY_WEIGHTS = {"f16": "f16", "bf16": "bf16"}
+SAME_WEIGHTS = {"q4_0"}  # also compared as `ferry generate --weights q4_0`, which holds this GGUF's weight bits
 NEAR_TIE = 0.15
 
 
@@ -251,7 +258,7 @@ def compare(ferry, llama_ids, a, model, run_dir, types, problems):
         same_w = {"agreed": 0, "identical": 0, "prompts": 0}
         for p in PROMPTS:
             rf = run([ferry, "generate", "--model", run_dir, "--prompt", p, "--temperature", "0", "-n", str(a.n),
-                      "--print-ids"])
+                      "--print-ids"] + (["--weights", FERRY_WEIGHTS[t]] if t in FERRY_WEIGHTS else []))
             t0 = time.time()
             rl = run([llama_ids, path, p, str(a.n), "f32"])
             dt = time.time() - t0

@@ -23,7 +23,7 @@
     X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
     X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
     X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)              \
-    X(fy_q8_quant) X(fy_linear_q8) X(fy_linear_q4) X(fy_dropout)
+    X(fy_q8_quant) X(fy_linear_q8) X(fy_linear_q4) X(fy_dropout) X(fy_linear_h16)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -192,5 +192,7 @@ double fy_ocl_xent_fwdbwd(fy_backend *be, int N, int V, fy_ref logits, fy_ref ta
                           int ignore_index, float grad_scale, fy_ref losses, fy_ref dlogits);
 void fy_ocl_adamw(fy_backend *be, size_t n, fy_ref p, fy_ref g, fy_ref m, fy_ref v, float lr,
                   float b1, float b2, float eps, float wd, int t, float grad_scale);
+void fy_ocl_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w, fy_ref y,
+                       int ldy, int accumulate);
 
 #endif
