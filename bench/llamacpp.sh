@@ -178,7 +178,7 @@ for cfg in $configs; do
 done
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-echo "$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), threads $threads, $rounds rounds (medians),"
+echo "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), threads $threads, $rounds rounds (medians),"
 echo "ferry $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs llama.cpp from $llver; prompt $plen tokens, $new new tokens (greedy);"
 echo "load average $load0 at the start, $load1 at the end; $(($(date +%s) - start)) s in all"
 echo
