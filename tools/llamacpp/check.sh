@@ -2,7 +2,7 @@
 # ferry's GGUF export checked by llama.cpp itself (docs/INTEROP.md, "Out:
 # GGUF for llama.cpp").
 #
-#   tools/llamacpp/check.sh [--build-only] [--server] [FERRY_BINARY]
+#   tools/llamacpp/check.sh [--build-only] [--server] [--bench] [FERRY_BINARY]
 #
 # 1. Gets llama.cpp's source as the llama-cpp-python sdist vendors it
 #    (pip download --no-deps --no-binary llama-cpp-python llama-cpp-python;
@@ -24,6 +24,10 @@
 # so libllama and llama_ids are not rebuilt and interop_gguf_llamacpp keeps
 # using them; the test command (scripts/test.sh) never asks for the server
 # (minutes of C++ on CI for a benchmark).
+# --bench likewise builds llama-bench (common and tools on, the same
+# configuration as --server's) and compiles tools/llamacpp/llama_cold.c
+# against libllama into the build's bin/ (bench/llamacpp.sh runs both next
+# to ferry).
 # $PYTHON (default python3) runs pip and the comparison; $JOBS (default 2)
 # is the build's parallelism. ctest's interop_gguf_llamacpp runs step 3 once
 # step 2 has been done.
@@ -34,10 +38,12 @@ py=${PYTHON:-python3}
 jobs=${JOBS:-2}
 build_only=0
 server=0
+bench=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --build-only) build_only=1; shift ;;
     --server) server=1; shift ;;
+    --bench) bench=1; shift ;;
     *) break ;;
   esac
 done
@@ -72,19 +78,34 @@ if [ ! -f "$build/bin/libllama.so" ] || [ "$(cat "$build/source.txt" 2>/dev/null
 fi
 echo "llama.cpp: $name, built in $(cat "$cache/build-seconds.txt" 2>/dev/null || echo '?') s (configure + libllama, -j$jobs)"
 
-if [ $server = 1 ]; then
-  if [ ! -x "$build/bin/llama-server" ] || [ "$(cat "$build/server-source.txt" 2>/dev/null)" != "$name" ]; then
-    echo "== building llama-server (CPU only, -j$jobs) from $name"
+# tools_target TARGET: configures the build with common and the tools (no
+# curl, OpenSSL, web UI, app or mtmd) and builds TARGET, once per source;
+# the time is kept in TARGET-build-seconds.txt
+tools_target() {
+  if [ ! -x "$build/bin/$1" ] || [ "$(cat "$build/$1-source.txt" 2>/dev/null)" != "$name" ]; then
+    echo "== building $1 (CPU only, -j$jobs) from $name"
     start=$(date +%s)
-    cmake -S "$src" -B "$build" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+    cmake -S "$src" -B "$build" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON "$@" \
       -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_MTMD=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
-      >"$cache/configure-server.log" 2>&1 || { tail -n 20 "$cache/configure-server.log"; exit 1; }
-    cmake --build "$build" --target llama-server -j "$jobs" >"$cache/build-server.log" 2>&1 ||
-      { tail -n 30 "$cache/build-server.log"; exit 1; }
-    echo "$name" >"$build/server-source.txt"
-    echo $(($(date +%s) - start)) >"$cache/server-build-seconds.txt"
+      >"$cache/configure-$1.log" 2>&1 || { tail -n 20 "$cache/configure-$1.log"; exit 1; }
+    cmake --build "$build" --target "$1" -j "$jobs" >"$cache/build-$1.log" 2>&1 ||
+      { tail -n 30 "$cache/build-$1.log"; exit 1; }
+    echo "$name" >"$build/$1-source.txt"
+    echo $(($(date +%s) - start)) >"$cache/$1-build-seconds.txt"
   fi
-  echo "llama-server: $build/bin/llama-server, built in $(cat "$cache/server-build-seconds.txt" 2>/dev/null || echo '?') s (-j$jobs)"
+  echo "$1: $build/bin/$1, built in $(cat "$cache/$1-build-seconds.txt" 2>/dev/null || echo '?') s (-j$jobs)"
+}
+
+if [ $server = 1 ]; then tools_target llama-server -DLLAMA_BUILD_SERVER=ON; fi
+
+if [ $bench = 1 ]; then
+  tools_target llama-bench
+  cold=$build/bin/llama_cold
+  if [ ! -x "$cold" ] || [ "$here/tools/llamacpp/llama_cold.c" -nt "$cold" ] || [ "$build/bin/libllama.so" -nt "$cold" ]; then
+    "${CC:-cc}" -O2 -std=c11 -o "$cold" "$here/tools/llamacpp/llama_cold.c" -I"$src/include" -I"$src/ggml/include" \
+      -L"$build/bin" -lllama -lggml -lggml-base -Wl,-rpath,"$build/bin"
+  fi
+  echo "llama_cold: $cold"
 fi
 
 [ $build_only = 1 ] && exit 0
