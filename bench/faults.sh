@@ -10,8 +10,8 @@
 #  3. time from SIGKILL to training again under `ferry train --supervise`:
 #     from the kill until the restarted trainer appends its next step; and
 #     how long the restarted trainer's first checkpoint held training (its
-#     "training held" log line: the first save of a fresh process), and its
-#     second (a save reusing the first one's buffers).
+#     "training held" log line: the first save of a fresh process), and the
+#     last restarted trainer's second (a save reusing the first one's buffers).
 #   bench/faults.sh [BUILD_DIR]      (env: THREADS, STEPS (default 2), BATCH (8), SEQ (256),
 #                                     ONLY: one of stall, abft, kill to run just that part)
 set -euo pipefail
@@ -63,12 +63,13 @@ $ferry tokenizer train --vocab-size 1024 -o tok.json c.txt >/dev/null
 mkdir -p d && cp tok.json d/tokenizer.json
 $ferry data prepare c.txt --tokenizer tok.json --out d >/dev/null
 echo
-echo "| config | kill -> next step logged (s), 3 kills | restarted trainer's first checkpoint: training held (s) | its second checkpoint: held (s) | restart backoff |"
+echo "| config | kill -> next step logged (s), 3 kills | restarted trainer's first checkpoint: training held (s) | the last one's second checkpoint: held (s) | restart backoff |"
 echo "|---|---|---|---|---|"
 FERRY_LOG=info $ferry train --supervise --restart-backoff 0 --config small --data d --out run --steps 100000 --batch 2 \
   --seq 64 --ckpt-every 5 --eval-every 0 --log-every 100000 >run.log 2>&1 &
 sup=$!
-times="" held="" held2=""
+times="" held=""
+last_held() { grep 'training held' run.log | tail -1 | sed -E 's/.*training held ([0-9.]+) s.*/\1/'; }
 held_lines() { grep -c 'training held' run.log || true; }
 step_of_last() { tail -1 run/metrics.jsonl 2>/dev/null | sed -nE 's/^\{"step": ([0-9]+), "loss".*/\1/p'; }
 for k in 1 2 3; do
@@ -87,11 +88,10 @@ for k in 1 2 3; do
   done
   t1=$(date +%s.%N)
   times="$times $(awk -v a=$t0 -v b=$t1 'BEGIN { printf "%.2f", b - a }')"
-  last_held() { grep 'training held' run.log | tail -1 | sed -E 's/.*training held ([0-9.]+) s.*/\1/'; }
   for _ in $(seq 1 1200); do [ "$(held_lines)" -gt "$n0" ] && break; sleep 0.05; done
   held="$held $(last_held)"
-  for _ in $(seq 1 1200); do [ "$(held_lines)" -gt "$((n0 + 1))" ] && break; sleep 0.05; done
-  held2="$held2 $(last_held)"
 done
+for _ in $(seq 1 1200); do [ "$(held_lines)" -gt "$((n0 + 1))" ] && break; sleep 0.05; done
+held2=$(last_held)
 kill -INT $sup; wait $sup || true
-echo "| small |$times |$held |$held2 | 0 s |"
+echo "| small |$times |$held | $held2 | 0 s |"
