@@ -4,12 +4,14 @@
 #     (model + AdamW state): a process's first, without and with the
 #     snapshot buffers reserved in the background (fy_ckpt_async_reserve,
 #     then 3 training steps of 2 x 64), and a later one
-#     reusing them; and the background write time;
+#     reusing them; the background write time; and those 3 steps' time
+#     without and with the reserve running beside them;
 #  2. step time with ABFT GEMM checks on none, the default 2 % and all GEMMs;
 #  3. time from SIGKILL to training again under `ferry train --supervise`:
 #     from the kill until the restarted trainer appends its next step; and
 #     how long the restarted trainer's first checkpoint held training (its
-#     "training held" log line: the first save of a fresh process).
+#     "training held" log line: the first save of a fresh process), and the
+#     last restarted trainer's second (a save reusing the first one's buffers).
 #   bench/faults.sh [BUILD_DIR]      (env: THREADS, STEPS (default 2), BATCH (8), SEQ (256),
 #                                     ONLY: one of stall, abft, kill to run just that part)
 set -euo pipefail
@@ -22,15 +24,16 @@ want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 field() { sed -E "s/.*\"$2\": ([0-9.e+-]+).*/\1/" <<<"$1"; }
 
 if want stall; then
-echo "| config | params | sync save s | first async stall s, fresh buffers | first, reserved | later async stall s (reused) | async write s (background) | later stall / sync |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| config | params | sync save s | first async stall s, fresh buffers | first, reserved | later async stall s (reused) | async write s (background) | later stall / sync | 3 steps s, without / with the reserve |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for cfg in tiny small; do
   r=$("$build/bench/bench_faults" --config $cfg --vocab 8192 --out "$tmp/ck-$cfg")
-  printf "| %s | %.1fM | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f%% |\n" $cfg \
+  printf "| %s | %.1fM | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f%% | %.2f / %.2f |\n" $cfg \
     "$(awk -v p="$(field "$r" params)" 'BEGIN{print p/1e6}')" "$(field "$r" sync_save_s)" \
     "$(field "$r" first_stall_s)" "$(field "$r" first_reserved_stall_s)" \
     "$(field "$r" async_stall_s)" "$(field "$r" async_write_s)" \
-    "$(awk -v a="$(field "$r" async_stall_s)" -v b="$(field "$r" sync_save_s)" 'BEGIN{print 100*a/b}')"
+    "$(awk -v a="$(field "$r" async_stall_s)" -v b="$(field "$r" sync_save_s)" 'BEGIN{print 100*a/b}')" \
+    "$(field "$r" gap_steps_s)" "$(field "$r" gap_steps_reserved_s)"
 done
 
 fi
@@ -60,12 +63,13 @@ $ferry tokenizer train --vocab-size 1024 -o tok.json c.txt >/dev/null
 mkdir -p d && cp tok.json d/tokenizer.json
 $ferry data prepare c.txt --tokenizer tok.json --out d >/dev/null
 echo
-echo "| config | kill -> next step logged (s), 3 kills | restarted trainer's first checkpoint: training held (s) | restart backoff |"
-echo "|---|---|---|---|"
+echo "| config | kill -> next step logged (s), 3 kills | restarted trainer's first checkpoint: training held (s) | the last one's second checkpoint: held (s) | restart backoff |"
+echo "|---|---|---|---|---|"
 FERRY_LOG=info $ferry train --supervise --restart-backoff 0 --config small --data d --out run --steps 100000 --batch 2 \
   --seq 64 --ckpt-every 5 --eval-every 0 --log-every 100000 >run.log 2>&1 &
 sup=$!
 times="" held=""
+last_held() { grep 'training held' run.log | tail -1 | sed -E 's/.*training held ([0-9.]+) s.*/\1/'; }
 held_lines() { grep -c 'training held' run.log || true; }
 step_of_last() { tail -1 run/metrics.jsonl 2>/dev/null | sed -nE 's/^\{"step": ([0-9]+), "loss".*/\1/p'; }
 for k in 1 2 3; do
@@ -85,7 +89,9 @@ for k in 1 2 3; do
   t1=$(date +%s.%N)
   times="$times $(awk -v a=$t0 -v b=$t1 'BEGIN { printf "%.2f", b - a }')"
   for _ in $(seq 1 1200); do [ "$(held_lines)" -gt "$n0" ] && break; sleep 0.05; done
-  held="$held $(grep 'training held' run.log | tail -1 | sed -E 's/.*training held ([0-9.]+) s.*/\1/')"
+  held="$held $(last_held)"
 done
+for _ in $(seq 1 1200); do [ "$(held_lines)" -gt "$((n0 + 1))" ] && break; sleep 0.05; done
+held2=$(last_held)
 kill -INT $sup; wait $sup || true
-echo "| small |$times |$held | 0 s |"
+echo "| small |$times |$held | $held2 | 0 s |"

@@ -6,6 +6,8 @@
 #define FY_CKPT_ASYNC_H
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 
 #include "ckpt/checkpoint.h"
 
@@ -18,6 +20,20 @@ typedef struct fy_ckpt_async {
     int rc;           /* result of the last write */
     fy_err err;
     double write_s;   /* how long the last write took on its thread */
+    /* Snapshot buffers allocated but not yet faulted in: n regions, bytes
+     * [0, populated) of them (counted across the regions in order) done by
+     * the reserver thread. The main thread changes them only while no
+     * reserver runs. */
+    struct fy_ckpt_fresh {
+        int n;
+        char *p[4];
+        size_t bytes[4];
+        _Atomic int stop;          /* the save took over: the reserver stops */
+        _Atomic size_t populated;  /* written by the reserver only */
+    } fresh;
+    int fresh_pending;             /* fresh holds regions no save populated yet */
+    pthread_t reserver;
+    int reserving;                 /* the reserver thread is to be joined */
 } fy_ckpt_async;
 
 void fy_ckpt_async_init(fy_ckpt_async *a);
@@ -34,15 +50,17 @@ int fy_ckpt_async_wait(fy_ckpt_async *a, fy_err *err);
 int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, const fy_ckpt_host *h,
                             const char *trainer_state_json, const fy_ckpt_extra *extra, int keep_last,
                             double *stall_s, fy_err *err);
-/* Starts allocating and touching the host buffers of a snapshot of tab
- * (parameters, buffers and the two AdamW moments) on a background thread,
- * so that a process's first save copies into memory already faulted in
- * instead of stalling on fresh pages (~1-2 s per GB in this VM) while the
- * training steps before it run. (Normal priority, not SCHED_IDLE: on a
- * busy machine an idle-class thread can starve, and an unprivileged
- * process may not raise it again when the save needs it.) The first save
- * (or wait/free) waits for it. A buffer it cannot allocate is left to that
- * save, which then allocates it or reports running out of memory. */
+/* Allocates the host buffers of a snapshot of tab (parameters, buffers and
+ * the two AdamW moments) and starts faulting them in on a background thread
+ * (MADV_POPULATE_WRITE in 1 MB slices, at nice 19), so that a process's
+ * first save copies into memory already mapped instead of stalling on fresh
+ * pages (~1-2 s per GB in this VM) while the training steps before it run.
+ * Nice 19: the thread uses the cycles training leaves idle instead of
+ * taking a core from training's threads. The first save never waits for
+ * it: it stops the thread and faults in what is left itself (the same
+ * populate, cheaper than faulting page by page in the copy). Waits for a
+ * write in flight first; a buffer it cannot allocate is left to the save,
+ * which then allocates it or reports running out of memory. */
 void fy_ckpt_async_reserve(fy_ckpt_async *a, const fy_param_table *tab);
 /* Waits, then frees the snapshot buffers kept for reuse. */
 void fy_ckpt_async_free(fy_ckpt_async *a);

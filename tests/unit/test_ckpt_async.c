@@ -51,7 +51,7 @@ int main(void) {
     CHECK(fy_ckpt_async_save(&w, async_dir, 7, &m, &opt, "{\"step\": 7}", NULL, 2, &stall, &err) == 0,
           "async save: %s", err.msg);
     CHECK(stall >= 0, "stall not reported");
-    /* The reserve thread runs while the save below waits for it. */
+    /* The save below takes over from the reserve thread (it may still run). */
     fy_ckpt_async r;
     fy_ckpt_async_init(&r);
     fy_ckpt_async_reserve(&r, &m.tab);
