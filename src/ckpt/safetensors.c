@@ -575,6 +575,30 @@ const fy_st_entry *fy_st_find(const fy_st_file *f, const char *name) {
     return NULL;
 }
 
+/* The whole pages inside e's bytes [*lo, *hi); 0 when there are none. */
+static int whole_pages(const fy_st_file *f, const fy_st_entry *e, char **lo, char **hi) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)e->data, b = a + e->nbytes;
+    a = (a + page - 1) / page * page;
+    b = b / page * page;
+    if (!f->map || b <= a) return 0;
+    *lo = (char *)a, *hi = (char *)b;
+    return 1;
+}
+
+void fy_st_prefault(const fy_st_file *f, const fy_st_entry *e) {
+    char *lo, *hi;
+    if (!whole_pages(f, e, &lo, &hi)) return;
+#ifdef MADV_POPULATE_READ
+    if (madvise(lo, (size_t)(hi - lo), MADV_POPULATE_READ) == 0) return;
+#endif
+    madvise(lo, (size_t)(hi - lo), MADV_WILLNEED); /* older kernels: read ahead at least */
+}
+
+void fy_st_release(const fy_st_file *f, const fy_st_entry *e) {
+    char *lo, *hi;
+    if (whole_pages(f, e, &lo, &hi)) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED);
+}
+
 const char *fy_st_meta(const fy_st_file *f, const char *key) {
     if (!f->meta) return NULL;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(f->meta, key);

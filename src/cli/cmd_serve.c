@@ -125,10 +125,8 @@ static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
 static int load(const serve_flags *f, fy_loaded *l, fy_chat_template *chat, fy_sched **s, int *ctx, fy_err *err) {
     fy_quant wq;
     char p[FY_PATH_MAX + 32];
-    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_model(f->model, f->backend, l, err)) return -1;
-    if (f->lora && fy_cli_apply_lora(l, f->lora, err)) return -1;
-    if (fy_cli_check_weights(&l->model, err)) return -1;
-    if (fy_model_set_decode_quant(&l->model, wq, err)) return -1;
+    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_inference(f->model, f->backend, f->lora, wq, l, err))
+        return -1;
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);
     *ctx = f->ctx ? f->ctx : maxpos;
