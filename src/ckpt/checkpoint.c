@@ -800,38 +800,62 @@ static int check_tensor(const fy_st_file *f, const char *dir, const char *file, 
     return 0;
 }
 
-/* Host floats of a checked tensor: F32 straight from the file's mapping
- * (prefaulted in one call), the 16-bit types (and unaligned F32) widened or
- * copied into staging (e->numel floats at least). */
-static const float *tensor_floats(const fy_st_file *f, const fy_st_entry *e, float *staging, fy_err *err) {
+/* Host floats of elements [first, first + count) of a checked tensor: F32
+ * straight from the file's mapping (prefaulted in one call), the 16-bit
+ * types (and unaligned F32) widened or copied into staging. */
+static const float *chunk_floats(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count,
+                                 float *staging, fy_err *err) {
     if (e->dtype == FY_ST_F32 && (uintptr_t)e->data % sizeof(float) == 0) {
-        fy_st_prefault(f, e);
-        return e->data;
+        fy_st_prefault(f, e, first, count);
+        return (const float *)e->data + first;
     }
-    return fy_st_read_f32(f, e->name, staging, (size_t)e->numel, err) ? NULL : staging;
+    return fy_st_read_f32_range(f, e->name, (size_t)e->numel, first, count, staging, err) ? NULL : staging;
 }
 
-/* Uploads a checked tensor to dst, then drops its pages from this
- * process's memory (fy_st_release): the copy is what stays. */
-static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry *e, fy_ref dst, size_t n,
-                         float *staging, fy_err *err) {
-    const float *w = tensor_floats(f, e, staging, err);
-    if (!w) return -1;
-    be->ops->upload(be, dst, w, n);
-    /* The source (the mapping, the staging buffer) must outlive the copy. */
-    int rc = fy_be_sync(be, err);
-    fy_st_release(f, e);
-    return rc;
+/* A tensor is copied in chunks of whole rows, about CHUNK bytes of floats
+ * each (one row at least), each chunk's pages of the mapping dropped once
+ * copied (fy_st_release): the copy is all that stays, and the largest
+ * tensor (the embedding, the head) is never resident twice. */
+#define CHUNK ((size_t)1 << 20)
+
+static size_t rows_of(const fy_tensor_info *t) { return t->ndim == 2 ? (size_t)t->shape[0] : 1; }
+
+static size_t chunk_rows(const fy_tensor_info *t) {
+    size_t row = t->n / rows_of(t), per = CHUNK / sizeof(float) / (row ? row : 1);
+    return per ? per : 1;
 }
 
-/* The model's tensor ti from the file: the model decides where it goes
- * (model/decode.h, fy_model_load_tensor). */
+/* Uploads a checked tensor (table entry ti) to dst. */
+static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
+                         fy_ref dst, float *staging, fy_err *err) {
+    size_t row = ti->n / rows_of(ti), per = chunk_rows(ti);
+    for (size_t r = 0; r < rows_of(ti); r += per) {
+        size_t nr = rows_of(ti) - r < per ? rows_of(ti) - r : per;
+        const float *w = chunk_floats(f, e, r * row, nr * row, staging, err);
+        if (!w) return -1;
+        be->ops->upload(be, fy_add(dst, r * row), w, nr * row);
+        /* The source (the mapping, the staging buffer) must outlive the copy. */
+        int rc = fy_be_sync(be, err);
+        fy_st_release(f, e, r * row, nr * row);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* The model's tensor ti from the file, chunk by chunk: the model decides
+ * where each goes (model/decode.h, fy_model_load_rows). */
 static int load_model_tensor(fy_model *m, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
                              float *staging, fy_err *err) {
-    const float *w = fy_model_needs_tensor(m, ti) ? tensor_floats(f, e, staging, err) : staging;
-    int rc = w ? fy_model_load_tensor(m, ti, w, err) : -1;
-    fy_st_release(f, e);
-    return rc;
+    if (!fy_model_needs_tensor(m, ti)) return 0;
+    size_t row = ti->n / rows_of(ti), per = chunk_rows(ti);
+    for (size_t r = 0; r < rows_of(ti); r += per) {
+        size_t nr = rows_of(ti) - r < per ? rows_of(ti) - r : per;
+        const float *w = chunk_floats(f, e, r * row, nr * row, staging, err);
+        int rc = w ? fy_model_load_rows(m, ti, (int)r, (int)nr, w, err) : -1;
+        fy_st_release(f, e, r * row, nr * row);
+        if (rc) return -1;
+    }
+    return 0;
 }
 
 /* Names the first tensor of f that the table does not expect (called only
@@ -950,10 +974,11 @@ static int load(const char *ckpt_dir, int verified, fy_model *m, fy_adamw *opt, 
         const fy_tensor_info *ti = &tab->t[i];
         rc = load_model_tensor(m, fm, em[i], ti, staging, err);
         if (rc == 0 && opt && !ti->is_buffer)
-            rc = upload_tensor(be, fo, eo[2 * (size_t)i], fy_at(&opt->m, ti->off), ti->n, staging, err) ||
-                 upload_tensor(be, fo, eo[2 * (size_t)i + 1], fy_at(&opt->v, ti->off), ti->n, staging, err);
+            rc = upload_tensor(be, fo, eo[2 * (size_t)i], ti, fy_at(&opt->m, ti->off), staging, err) ||
+                 upload_tensor(be, fo, eo[2 * (size_t)i + 1], ti, fy_at(&opt->v, ti->off), staging, err);
         if (rc) fy_wrap(err, "checkpoint %s: uploading %s", ckpt_dir, ti->name);
     }
+    fy_model_load_finish(m);
     if (rc == 0 && opt) opt->t = t;
     if (rc == 0 && trainer_state_json) *trainer_state_json = ts;
     else free(ts);

@@ -1,6 +1,7 @@
 /* What several subcommands share: finding a run directory, reading its
  * config.json's "ferry" section, and loading a trained model for generate
  * and verify (and later serve). */
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +120,9 @@ int fy_cli_load_inference(const char *dir, const char *backend_spec, const char 
         fy_cli_unload(out);
         return -1;
     }
+#ifdef __GLIBC__
+    malloc_trim(0); /* what loading freed (parsed JSON, staging) back to the system, not kept in the heap */
+#endif
     return 0;
 }
 

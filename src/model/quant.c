@@ -191,14 +191,18 @@ oom:
     return fy_fail(err, "out of memory quantizing the decode weights");
 }
 
-/* Encodes matrix t (host floats w) into slot i of the copy; asynchronous
- * (w and the staging must outlive the upload: the caller syncs). */
-static void encode_slot(fy_model *m, int i, const fy_tensor_info *t, const float *w) {
+/* Encodes rows [row0, row0 + n) of matrix t (host floats w) into slot i of
+ * the copy: each format's blocks lie within a row, so the rows' bytes are
+ * those of the whole matrix's. Asynchronous (w and the staging must
+ * outlive the upload: the caller syncs). */
+static void encode_slot(fy_model *m, int i, const fy_tensor_info *t, int row0, int n, const float *w) {
     const struct qfmt *F = qfmt_of((fy_quant)m->dq.kind);
     struct fy_decode_quant *dq = &m->dq;
-    qfmt_encode((fy_quant)dq->kind, w, t->shape[0], t->shape[1], dq->hq, dq->hs);
-    OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), dq->hq, t->n * (size_t)F->bits / 32);
-    if (F->scaled) OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), dq->hs, t->n / FY_Q8_BLOCK);
+    size_t in = (size_t)t->shape[1];
+    qfmt_encode((fy_quant)dq->kind, w, n, (int)in, dq->hq, dq->hs);
+    OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i] + row0 * in * F->bits / 32), dq->hq, n * in * F->bits / 32);
+    if (F->scaled)
+        OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i] + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
 }
 
 static int check_format(const fy_model *m, fy_quant q, fy_err *err) {
@@ -230,13 +234,14 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     for (int i = 0; i < m->dq.n; i++) {
         const fy_tensor_info *t = matrix_at(m, m->dq.w_off[i]);
         OPS->download(m->be, host, PW(m, t->off), t->n);
-        encode_slot(m, i, t, host);
+        encode_slot(m, i, t, 0, t->shape[0], host);
     }
     free(host);
     if (fy_be_sync(m->be, err)) {
         fy_model_free_decode_quant(m);
         return fy_wrap(err, "quantizing the decode weights");
     }
+    fy_model_load_finish(m);
     return 0;
 }
 
@@ -259,6 +264,9 @@ int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err) {
     if (q != FY_QUANT_F32 && (check_format(m, q, err) || plan_copy(m, q, err))) return -1;
     m->dq.infer = 1;
     if (m->grads.handle) fy_be_free(m->be, &m->grads); /* no backward will run */
+    /* With a copy, the params get only the norms, the router, W_kvb and
+     * the embedding, scattered among the matrices' unwritten ranges. */
+    if (m->dq.n && OPS->sparse) OPS->sparse(m->be, &m->params);
     return 0;
 }
 
@@ -272,9 +280,9 @@ int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t) {
 /* The model's weights must be finite (a NaN spreads through every later
  * token): a float is NaN or Inf exactly when its exponent bits are all set,
  * so the largest exponent field says it in one pass that vectorizes. */
-static int check_finite(const fy_tensor_info *t, const float *w, fy_err *err) {
+static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_err *err) {
     uint32_t top = 0;
-    for (size_t i = 0; i < t->n; i++) {
+    for (size_t i = 0; i < n; i++) {
         uint32_t b;
         memcpy(&b, &w[i], sizeof b);
         b &= 0x7f800000u;
@@ -285,16 +293,24 @@ static int check_finite(const fy_tensor_info *t, const float *w, fy_err *err) {
                         "a diverged or corrupted model, refusing to run it", t->name);
 }
 
-int fy_model_load_tensor(fy_model *m, const fy_tensor_info *t, const float *w, fy_err *err) {
+void fy_model_load_finish(fy_model *m) {
+    free(m->dq.hq);
+    free(m->dq.hs);
+    m->dq.hq = NULL;
+    m->dq.hs = NULL;
+}
+
+int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_rows, const float *w, fy_err *err) {
+    size_t row = t->ndim == 2 ? (size_t)t->shape[1] : t->n, n = (size_t)n_rows * row;
     if (m->dq.infer) {
         if (mtp_only(m, t)) return 0;
-        if (check_finite(t, w, err)) return -1;
+        if (check_finite(t, w, n, err)) return -1;
         int i = t->is_buffer ? -1 : slot_of(m, t->off);
         if (i >= 0) {
-            encode_slot(m, i, t, w);
+            encode_slot(m, i, t, row0, n_rows, w);
             return fy_be_sync(m->be, err);
         }
     }
-    OPS->upload(m->be, fy_at(t->is_buffer ? &m->buffers : &m->params, t->off), w, t->n);
+    OPS->upload(m->be, fy_at(t->is_buffer ? &m->buffers : &m->params, t->off + (size_t)row0 * row), w, n);
     return fy_be_sync(m->be, err); /* the source (a file's mapping, staging) must outlive the copy */
 }

@@ -107,6 +107,14 @@ static void cpu_free(fy_backend *be, fy_buf *b) {
     b->n = 0;
 }
 
+static void cpu_sparse(fy_backend *be, fy_buf *b) {
+    (void)be;
+    size_t len = b && b->handle ? ((size_t *)((char *)b->handle - HEADER))[0] : 0;
+#ifdef MADV_NOHUGEPAGE
+    if (len) madvise((char *)b->handle - HEADER, len, MADV_NOHUGEPAGE); /* advice: its failure changes nothing */
+#endif
+}
+
 static void cpu_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
     float *d = fy_cpu_f(be, dst, n, "upload", "dst");
     if (d && src) memcpy(d, src, n * 4);
@@ -289,6 +297,7 @@ static const fy_backend_ops cpu_ops = {
     .sync = cpu_sync,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .sparse = cpu_sparse,
     .upload = cpu_upload,
     .download = cpu_download,
     .copy = cpu_copy,
