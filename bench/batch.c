@@ -107,13 +107,13 @@ static double one_rep(fy_model *m, fy_kv_pool *pool, fy_kv_seq *seq, int B, int 
     }
     for (int p0 = 0; p0 < P; p0 += CH) {
         int n = P - p0 < CH ? P - p0 : CH;
-        for (int b = 0; b < B; b++) it[b] = (fy_batch_item){&seq[b], tok + (size_t)b * P + p0, n, 1};
+        for (int b = 0; b < B; b++) it[b] = (fy_batch_item){&seq[b], tok + (size_t)b * P + p0, n, 1, NULL};
         if (fy_model_batch_step(m, pool, it, B, logits, err)) goto out;
     }
     for (int b = 0; b < B; b++) next[b] = (int32_t)(b % V);
     double t0 = fy_now_s();
     for (int s = 0; s < steps; s++) {
-        for (int b = 0; b < B; b++) it[b] = (fy_batch_item){&seq[b], &next[b], 1, 1};
+        for (int b = 0; b < B; b++) it[b] = (fy_batch_item){&seq[b], &next[b], 1, 1, NULL};
         if (fy_model_batch_step(m, pool, it, B, logits, err)) goto out;
         for (int b = 0; b < B; b++) { /* greedy */
             const float *l = logits + (size_t)b * V;

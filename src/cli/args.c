@@ -93,3 +93,31 @@ int fy_args_parse(int argc, char **argv, fy_arg *spec, int n_spec, const char *c
     }
     return 0;
 }
+
+int fy_args_take_repeated(int argc, char **argv, const fy_arg *spec, int n_spec, const char *name, const char **vals,
+                          int max, int *n_vals, char **rest, int *n_rest, fy_err *err) {
+    size_t nl = strlen(name);
+    *n_vals = *n_rest = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *w = argv[i];
+        if (!strncmp(w, name, nl) && (w[nl] == 0 || w[nl] == '=')) {
+            const char *v = w[nl] ? w + nl + 1 : i + 1 < argc ? argv[++i] : NULL;
+            if (!v) return fy_fail(err, "%s needs a value", name);
+            if (*n_vals == max) return fy_fail(err, "%s given more than %d times", name, max);
+            vals[(*n_vals)++] = v;
+            continue;
+        }
+        rest[(*n_rest)++] = argv[i];
+        if (!strcmp(w, "--")) { /* the rest are not flags */
+            while (++i < argc) rest[(*n_rest)++] = argv[i];
+            break;
+        }
+        for (int k = 0; k < n_spec; k++)
+            if (spec[k].type != FY_ARG_BOOL && i + 1 < argc &&
+                (!strcmp(w, spec[k].name) || (spec[k].alias && !strcmp(w, spec[k].alias)))) {
+                rest[(*n_rest)++] = argv[++i];
+                break;
+            }
+    }
+    return 0;
+}

@@ -28,6 +28,13 @@ typedef struct fy_arg {
 int fy_args_parse(int argc, char **argv, fy_arg *spec, int n_spec, const char *cmd,
                   const char *usage, const char *summary, char **pos, int max_pos, int *n_pos,
                   fy_err *err);
+/* For a flag fy_args_parse cannot repeat: takes every `name VALUE` (or
+ * name=VALUE) out of argv[0..argc) into vals[] (at most max, else an
+ * error), copying the other words to rest (room for argc), and skipping
+ * the values of spec's flags that take one, so that such a value is never
+ * taken for the flag. Words after "--" are copied as they are. */
+int fy_args_take_repeated(int argc, char **argv, const fy_arg *spec, int n_spec, const char *name, const char **vals,
+                          int max, int *n_vals, char **rest, int *n_rest, fy_err *err);
 void fy_args_help(FILE *f, const char *cmd, const char *usage, const char *summary,
                   const fy_arg *spec, int n_spec);
 

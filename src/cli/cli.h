@@ -59,12 +59,12 @@ typedef struct fy_loaded {
 } fy_loaded;
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err);
 /* What generate and serve run: the model in weights wq (model/decode.h),
- * `--lora DIR` applied when lora is non-NULL, its weights checked finite.
- * A ferry run or checkpoint without --lora is loaded as inference needs
- * it (fy_model_plan_inference): a quantized format never holds the f32
- * copy of its matrices, the training state is not read. */
-int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *lora, fy_quant wq, fy_loaded *out,
-                          fy_err *err);
+ * its weights checked finite. A ferry run or checkpoint (not a LoRA run,
+ * whose adapters are merged into the f32 weights first) is loaded as
+ * inference needs it (fy_model_plan_inference): a quantized format never
+ * holds the f32 copy of its matrices, the training state is not read.
+ * Unmerged --lora adapters go on after (fy_cli_load_lora). */
+int fy_cli_load_inference(const char *dir, const char *backend_spec, fy_quant wq, fy_loaded *out, fy_err *err);
 void fy_cli_unload(fy_loaded *l);
 /* Fails, naming the first such tensor, when the model's weights (or
  * buffers) hold a NaN or Inf: checksums only prove the bytes are those
@@ -72,9 +72,12 @@ void fy_cli_unload(fy_loaded *l);
  * generate and serve after loading (docs/RELIABILITY.md, "Hostile input"). */
 int fy_cli_check_weights(fy_model *m, fy_err *err);
 /* `--lora DIR`: a ferry LoRA run (or checkpoint) or a PEFT adapter directory
- * applied to l's model (folded into its weights in memory; shapes must
- * match, the base it was trained on need not). cli/lora_apply.c. */
-int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err);
+ * loaded for l's model as unmerged adapters (*out, fy_lora_unmerged_free;
+ * shapes must match, the base it was trained on need not): a batch item
+ * with them gets base + adapters, l's model stays the base.
+ * cli/lora_apply.c. */
+struct fy_lora_unmerged;
+int fy_cli_load_lora(fy_loaded *l, const char *dir, struct fy_lora_unmerged **out, fy_err *err);
 /* A ferry LoRA run's adapters put on m (fy_model_set_lora with the run's
  * settings from config.json, then the checkpoint: DIR itself or the run's
  * newest), not yet merged. */

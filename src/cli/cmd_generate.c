@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/strbuf.h"
 #include "model/decode.h"
+#include "model/lora.h"
 #include "serve/api.h"
 #include "serve/generate.h"
 #include "serve/sampler.h"
@@ -196,7 +197,7 @@ int fy_cmd_generate(int argc, char **argv) {
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
-        {"--lora", NULL, FY_ARG_STR, &lora, "DIR", "apply LoRA adapters (a ferry LoRA run or a PEFT directory) to the model, folded in at load", 0, 0, 0},
+        {"--lora", NULL, FY_ARG_STR, &lora, "DIR", "apply LoRA adapters (a ferry LoRA run or a PEFT directory) to the model, unmerged as ferry serve runs them", 0, 0, 0},
         {"--prompt", "-p", FY_ARG_STR, &prompt, "TEXT", "text to continue (required)", 0, 0, 0},
         {"--n", "-n", FY_ARG_INT, &n, "N", "new tokens at most (default 128)", 0, 1 << 20, 0},
         {"--temperature", NULL, FY_ARG_FLOAT, &temperature, "T", "0 = greedy (default 0.8)", 0, 100, 0},
@@ -246,16 +247,22 @@ int fy_cmd_generate(int argc, char **argv) {
     fy_quant wq;
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
-    if (fy_cli_load_inference(model, backend, lora, wq, &l, &err)) return fy_cli_fail("generate", &err);
+    if (fy_cli_load_inference(model, backend, wq, &l, &err)) return fy_cli_fail("generate", &err);
+    fy_lora_unmerged *ad = NULL; /* --lora: unmerged, as serve runs it (the same tokens) */
+    if (lora && fy_cli_load_lora(&l, lora, &ad, &err)) {
+        fy_cli_unload(&l);
+        return fy_cli_fail("generate", &err);
+    }
     double loaded = fy_now_s();
     printer pr = {prompt, escape || isatty(STDOUT_FILENO), 0, 0, 0.0};
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
                            .n_stop = n_stop, .ignore_eos = ignore_eos},
-                     .prefill_chunk = chunk, .on_text = print_text, .on_token = first_token, .ctx = &pr};
+                     .prefill_chunk = chunk, .lora = ad, .on_text = print_text, .on_token = first_token, .ctx = &pr};
     for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
     fy_gen_result res;
     if (print_ids) {
         int rc = generate_ids(&l.model, l.tok, prompt, &o, &res, &err);
+        fy_lora_unmerged_free(l.be, ad);
         fy_cli_unload(&l);
         if (rc) return fy_cli_fail("generate", &err);
         if (stats || stats_json) print_stats(&res, t0, loaded, pr.first_s, stats_json);
@@ -263,6 +270,7 @@ int fy_cmd_generate(int argc, char **argv) {
     }
     int rc = fy_generate(&l.model, l.tok, prompt, &o, &res, &err);
     int max_pos = l.model.cfg.max_position_embeddings;
+    fy_lora_unmerged_free(l.be, ad);
     fy_cli_unload(&l);
     if (!rc) echo_prompt(&pr); /* nothing generated (end of sequence at once): still the prompt */
     if (pr.echoed) printf("\n");

@@ -21,12 +21,17 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "model/decode.h"
+#include "model/lora.h"
 #include "io/chat.h"
 #include "serve/http.h"
 #include "serve/sched.h"
 
+#define MAX_LORA 64 /* --lora adapters at most */
+
 typedef struct serve_flags {
-    const char *model, *lora, *host, *backend, *weights, *api_key, *api_key_file, *chat_template, *alias;
+    const char *lora[MAX_LORA]; /* each --lora NAME=DIR or DIR */
+    int n_lora;
+    const char *model, *one_lora, *host, *backend, *weights, *api_key, *api_key_file, *chat_template, *alias;
     int port, slots, ctx, kv_tokens, max_tokens, max_connections, max_per_ip, queue;
     double max_body, timeout, grace;
 } serve_flags;
@@ -89,7 +94,7 @@ static void model_id(const serve_flags *f, char *id, size_t cap) {
 static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &f->model, "DIR", "run, checkpoint or Hugging Face directory (required)", 0, 0, 0},
-        {"--lora", NULL, FY_ARG_STR, &f->lora, "DIR", "apply LoRA adapters (a ferry LoRA run or a PEFT directory) to the model, folded in at load", 0, 0, 0},
+        {"--lora", NULL, FY_ARG_STR, &f->one_lora, "[NAME=]DIR", "serve LoRA adapters (a ferry LoRA run or a PEFT directory) beside the base, unmerged, as model NAME (default: DIR's last name); repeatable", 0, 0, 0},
         {"--host", NULL, FY_ARG_STR, &f->host, "ADDR", "address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)", 0, 0, 0},
         {"--port", NULL, FY_ARG_INT, &f->port, "N", "port (default 8080; 0 = any free port, printed)", 0, 65535, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
@@ -110,23 +115,72 @@ static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
         {"--grace", NULL, FY_ARG_FLOAT, &f->grace, "S", "on SIGTERM/SIGINT, running requests may finish for S seconds (default 10)", 0, 86400, 0},
     };
     char *pos[1];
-    int npos;
-    int r = fy_args_parse(argc, argv, spec, (int)(sizeof spec / sizeof spec[0]), "serve", "--model DIR [options]",
+    int npos, n_rest, n_spec = (int)(sizeof spec / sizeof spec[0]);
+    char **rest = malloc((size_t)(argc + 1) * sizeof *rest);
+    if (!rest) return fy_fail(err, "out of memory");
+    int r = fy_args_take_repeated(argc, argv, spec, n_spec, "--lora", f->lora, MAX_LORA, &f->n_lora, rest, &n_rest, err);
+    if (!r) r = fy_args_parse(n_rest, rest, spec, n_spec, "serve", "--model DIR [options]",
                           "Serve a model over the OpenAI HTTP API (/v1/completions, /v1/chat/completions, ...)\n"
                           "with continuous batching, and a chat page at /. See docs/SERVING.md.",
                           pos, 0, &npos, err);
+    free(rest);
     if (r) return r;
     if (!f->model) return fy_fail(err, "needs --model DIR");
     return 0;
 }
 
-/* Loads the model, starts the scheduler: *s, *l and *chat are the caller's
- * to free. */
-static int load(const serve_flags *f, fy_loaded *l, fy_chat_template *chat, fy_sched **s, int *ctx, fy_err *err) {
+/* The adapters served beside the base: their API entries and names. */
+typedef struct lora_set {
+    fy_api_adapter ad[MAX_LORA];
+    char name[MAX_LORA][256];
+    int n;
+} lora_set;
+
+/* --lora NAME=DIR (NAME without a '/') or DIR, named after its last name
+ * like --model; names must differ from each other and from the base's. */
+static int lora_name(const char *spec, const char *base_id, const lora_set *ls, char *name, const char **dir,
+                     fy_err *err) {
+    const char *eq = strchr(spec, '=');
+    if (eq && eq > spec && !memchr(spec, '/', (size_t)(eq - spec))) {
+        snprintf(name, 256, "%.*s", (int)(eq - spec) < 255 ? (int)(eq - spec) : 255, spec);
+        *dir = eq + 1;
+    } else {
+        serve_flags g = {.model = spec};
+        model_id(&g, name, 256);
+        *dir = spec;
+    }
+    if (!name[0] || !**dir) return fy_fail(err, "--lora %s: needs NAME=DIR or DIR", spec);
+    if (!strcmp(name, base_id)) return fy_fail(err, "--lora %s: the name '%s' is the base model's", spec, name);
+    for (int i = 0; i < ls->n; i++)
+        if (!strcmp(name, ls->name[i])) return fy_fail(err, "--lora %s: the name '%s' is given twice", spec, name);
+    return 0;
+}
+
+static int load_loras(const serve_flags *f, const char *base_id, fy_loaded *l, lora_set *ls, fy_err *err) {
+    for (int i = 0; i < f->n_lora; i++) {
+        const char *dir;
+        fy_lora_unmerged *u = NULL;
+        if (lora_name(f->lora[i], base_id, ls, ls->name[ls->n], &dir, err) || fy_cli_load_lora(l, dir, &u, err))
+            return -1;
+        ls->ad[ls->n] = (fy_api_adapter){ls->name[ls->n], dir, u};
+        ls->n++;
+    }
+    return 0;
+}
+
+static void free_loras(fy_loaded *l, lora_set *ls) {
+    for (int i = 0; i < ls->n; i++) fy_lora_unmerged_free(l->be, (fy_lora_unmerged *)ls->ad[i].lora);
+    ls->n = 0;
+}
+
+/* Loads the model and its adapters, starts the scheduler: *s, *l, *ls and
+ * *chat are the caller's to free. */
+static int load(const serve_flags *f, const char *id, fy_loaded *l, lora_set *ls, fy_chat_template *chat,
+                fy_sched **s, int *ctx, fy_err *err) {
     fy_quant wq;
     char p[FY_PATH_MAX + 32];
-    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_inference(f->model, f->backend, f->lora, wq, l, err))
-        return -1;
+    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_inference(f->model, f->backend, wq, l, err)) return -1;
+    if (load_loras(f, id, l, ls, err)) return -1;
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);
     *ctx = f->ctx ? f->ctx : maxpos;
@@ -147,18 +201,24 @@ static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
     fy_chat_template chat;
     fy_sched *s = NULL;
     int ctx = 0;
+    lora_set ls;
+    ls.n = 0;
     /* The limits a request is checked against need the model: the server
      * listens first (health says "loading") and learns them at ready. */
     if (fy_http_start(&h, &ho, err)) return -1;
-    if (load(f, &l, &chat, &s, &ctx, err)) {
+    if (load(f, id, &l, &ls, &chat, &s, &ctx, err)) {
         fy_http_stop(h);
+        free_loras(&l, &ls);
         fy_cli_unload(&l);
         return -1;
     }
-    fy_http_set_ready(h, s, l.tok, &chat, ctx, f->max_tokens);
+    fy_http_set_ready(h, s, l.tok, &chat, ctx, f->max_tokens, ls.ad, ls.n);
     atomic_store(&sw->loading, 0);
     fprintf(stderr, "ferry serve: model '%s' (%d slots, context %d, chat template: %s%s)\n", id,
             f->slots, ctx, fy_chat_name(chat.kind), key[0] ? ", API key required" : "");
+    for (int i = 0; i < ls.n; i++)
+        fprintf(stderr, "ferry serve: LoRA adapter '%s' (%s: rank %d, alpha %g), unmerged\n", ls.ad[i].name,
+                ls.ad[i].root, ls.ad[i].lora->cfg.rank, ls.ad[i].lora->cfg.alpha);
     fprintf(stderr, "ferry serve: listening on http://%s%s%s:%d\n", strchr(f->host, ':') ? "[" : "", f->host,
             strchr(f->host, ':') ? "]" : "", fy_http_port(h));
     if (atomic_load(&sw->sig) == 0) sem_wait(&sw->signalled);
@@ -172,6 +232,7 @@ static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
     if (left) fy_warn("serve: %d answers still being sent after 5 s: cut", left);
     fy_http_stop(h);
     fy_sched_free(s);
+    free_loras(&l, &ls);
     fy_cli_unload(&l);
     fprintf(stderr, "ferry serve: stopped\n");
     return 0;

@@ -109,14 +109,12 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     return load_ferry(dir, backend_spec, 0, FY_QUANT_F32, out, err);
 }
 
-int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *lora, fy_quant wq, fy_loaded *out,
-                          fy_err *err) {
+int fy_cli_load_inference(const char *dir, const char *backend_spec, fy_quant wq, fy_loaded *out, fy_err *err) {
     memset(out, 0, sizeof *out);
     int rc = fy_hf_is_dir(dir) ? load_hf(dir, backend_spec, out, err)
-                               : load_ferry(dir, backend_spec, !lora, wq, out, err);
+                               : load_ferry(dir, backend_spec, 1, wq, out, err);
     if (rc) return -1;
-    if ((lora && fy_cli_apply_lora(out, lora, err)) || fy_cli_check_weights(&out->model, err) ||
-        fy_model_set_decode_quant(&out->model, wq, err)) {
+    if (fy_cli_check_weights(&out->model, err) || fy_model_set_decode_quant(&out->model, wq, err)) {
         fy_cli_unload(out);
         return -1;
     }

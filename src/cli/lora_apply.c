@@ -1,10 +1,11 @@
-/* `--lora DIR` of generate, serve and verify: LoRA adapters applied to the
- * base that --model loaded, whatever base they were trained on, as long as
- * the shapes match (docs/FINETUNE.md, "Using a LoRA run"). DIR is a ferry
- * LoRA run (or one of its checkpoints) or a PEFT adapter directory
- * (adapter_config.json + adapter_model.safetensors, e.g. `ferry convert
- * --to peft`). The adapters are folded into the in-memory copy of the base
- * (fy_model_lora_merge); no file is changed. */
+/* `--lora DIR` of generate and serve: LoRA adapters for the base that
+ * --model loaded, whatever base they were trained on, as long as the shapes
+ * match (docs/FINETUNE.md, "Using a LoRA run"). DIR is a ferry LoRA run (or
+ * one of its checkpoints) or a PEFT adapter directory (adapter_config.json +
+ * adapter_model.safetensors, e.g. `ferry convert --to peft`). The adapters
+ * are held unmerged beside the base (fy_model_lora_detach: model/lora.h),
+ * so that a server runs several at once on one base and generate gives the
+ * server's tokens; no file is changed. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,10 +110,24 @@ int fy_cli_lora_run_adapters(fy_model *m, const char *dir, fy_err *err) {
                : 0;
 }
 
-int fy_cli_apply_lora(fy_loaded *l, const char *dir, fy_err *err) {
+int fy_cli_load_lora(fy_loaded *l, const char *dir, fy_lora_unmerged **out, fy_err *err) {
     char p[FY_PATH_MAX + 40];
+    fy_model *m = &l->model;
+    *out = NULL;
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    int rc = fy_file_exists(p) ? apply_peft(&l->model, dir, err) : fy_cli_lora_run_adapters(&l->model, dir, err);
-    if (rc || fy_model_lora_merge(&l->model, err)) return fy_wrap(err, "--lora %s", dir);
+    int rc = fy_file_exists(p) ? apply_peft(m, dir, err) : fy_cli_lora_run_adapters(m, dir, err);
+    if (rc && m->lora) { /* half put on: take them off again, the base unchanged */
+        fy_err e2;
+        fy_lora_unmerged *u = NULL;
+        if (!fy_model_lora_detach(m, &u, &e2)) fy_lora_unmerged_free(m->be, u);
+    }
+    if (rc || fy_model_lora_detach(m, out, err)) return fy_wrap(err, "--lora %s", dir);
+    /* as fy_cli_check_weights for the base: NaN or Inf would print garbage */
+    if (!isfinite(l->be->ops->sumsq(l->be, (*out)->tab.n_params, fy_at(&(*out)->params, 0)))) {
+        fy_lora_unmerged_free(l->be, *out);
+        *out = NULL;
+        fy_be_take_error(l->be, NULL);
+        return fy_fail(err, "--lora %s: the adapters hold non-finite values (NaN or Inf)", dir);
+    }
     return 0;
 }

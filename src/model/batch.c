@@ -2,6 +2,7 @@
  * sequence, and fy_model_batch_step, one forward over the new tokens of many
  * sequences. Every op of a step is per-row invariant (docs/DESIGN.md §2): a
  * row's bits depend on its own sequence alone, never on the other rows. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +45,7 @@ int fy_kv_pool_create(fy_kv_pool *p, fy_model *m, int n_positions, int block, fy
 
 void fy_kv_pool_free(fy_kv_pool *p, fy_model *m) {
     if (p->buf.handle) fy_be_free(m->be, &p->buf);
+    if (p->lora_tmp.handle) fy_be_free(m->be, &p->lora_tmp);
     free(p->ckv);
     free(p->kpe);
     free(p->free_ids);
@@ -110,6 +112,9 @@ static int check_items(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int 
                                cf->vocab_size);
         for (int k = 0; k < i; k++)
             if (it[k].seq == s) return fy_fail(err, "batch items %d and %d share one sequence", k, i);
+        if (it[i].lora && it[i].lora->base_n_params != BT(m)->n_params)
+            return fy_fail(err, "batch item %d: its LoRA adapter was made on another base (%zu parameters, not %zu)",
+                           i, it[i].lora->base_n_params, BT(m)->n_params);
     }
     return 0;
 }
@@ -169,6 +174,32 @@ static void write_kv(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it
     }
 }
 
+/* The kv_b_proj item it's rows attend with in layer li: its adapter's
+ * merged copy when the adapter has one there (model/lora.h), else the base's. */
+static fy_ref kvb_of(fy_model *m, const fy_batch_item *it, int li) {
+    const fy_lora_unmerged *u = it->lora;
+    if (u && u->kvb_off && u->kvb_off[li] != SIZE_MAX) return fy_at((fy_buf *)&u->kvb, u->kvb_off[li]);
+    return PW(m, BT(m)->layer[li].kv_b);
+}
+
+/* mla_paged over every row, one call per run of items sharing a kv_b_proj
+ * (one call in all without adapters on it): rows are independent. */
+static void attend_paged(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it, int n_items,
+                         const step_plan *s) {
+    const fy_config *cf = &m->cfg;
+    fy_layer_acts *a = &m->layer_acts[li];
+    int H = cf->num_attention_heads, dqk = fy_cfg_qk_head_dim(cf), dv = cf->v_head_dim;
+    for (int i = 0, j; i < n_items; i = j) {
+        fy_ref w = kvb_of(m, &it[i], li), wj;
+        for (j = i + 1; j < n_items && (wj = kvb_of(m, &it[j], li), wj.buf == w.buf && wj.off == w.off); j++) {}
+        int r0 = s->row0[i], n = s->row0[j] - r0;
+        OPS->mla_paged(m->be, n, H, cf->kv_lora_rank, cf->qk_nope_head_dim, cf->qk_rope_head_dim, dv,
+                       fy_cfg_softmax_scale(cf), fy_add(a->q, (size_t)r0 * H * dqk), H * dqk, w, p->ckv[li],
+                       p->kpe[li], p->block, s->blocks, s->tab + r0, s->len + r0,
+                       fy_add(a->att, (size_t)r0 * H * dv), H * dv);
+    }
+}
+
 /* Attention without the backend's mla_paged: each item's positions
  * gathered contiguous, then one mla_decode per row (the same bits). */
 static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it, int n_items,
@@ -199,7 +230,7 @@ static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item
         }
         for (int row = s->row0[i]; row < s->row0[i + 1]; row++)
             OPS->mla_decode(m->be, H, s->len[row], rkv, dn, dr, dv, fy_cfg_softmax_scale(cf),
-                            fy_add(a->q, (size_t)row * H * dqk), dqk, PW(m, BT(m)->layer[li].kv_b), gc, rkv, gk, dr,
+                            fy_add(a->q, (size_t)row * H * dqk), dqk, kvb_of(m, &it[i], li), gc, rkv, gk, dr,
                             fy_add(a->att, (size_t)row * H * dv));
     }
     return 0;
@@ -235,8 +266,7 @@ static int attn_batch(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *i
     }
     write_kv(m, p, li, it, n_items, s);
     if (OPS->mla_paged)
-        OPS->mla_paged(m->be, N, H, rkv, dn, dr, dv, fy_cfg_softmax_scale(cf), a->q, H * dqk, PW(m, W->kv_b),
-                       p->ckv[li], p->kpe[li], p->block, s->blocks, s->tab, s->len, a->att, H * dv);
+        attend_paged(m, p, li, it, n_items, s);
     else if (attend_gather(m, p, li, it, n_items, s, err))
         return -1;
     OPS->copy(m->be, a->x_mid, a->x_in, (size_t)N * d);
@@ -285,6 +315,84 @@ static int run_layers(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int n
     return batch_head(m, it, n_items, s, x, logits, err);
 }
 
+/* The step's unmerged adapters (model_impl.h's fy_lora_rows): each row's,
+ * the distinct ones, the scratch in the pool. R->n stays 0 when no item
+ * has one (the step is then exactly what it is without adapters). */
+static int lora_rows_make(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int n_items, const step_plan *s,
+                          fy_lora_rows *R, fy_err *err) {
+    memset(R, 0, sizeof *R);
+    int any = 0;
+    for (int i = 0; i < n_items; i++) any |= it[i].lora != NULL;
+    if (!any) return 0;
+    size_t N = (size_t)s->N, in = 0, r = 0, out = 0;
+    R->row = calloc(N, sizeof *R->row);
+    R->set = calloc((size_t)n_items, sizeof *R->set);
+    R->hidx = malloc(N * sizeof *R->hidx);
+    int *ints = calloc(4 * (size_t)n_items, sizeof *ints);
+    if (!R->row || !R->set || !R->hidx || !ints) {
+        free(ints);
+        return fy_fail(err, "out of memory");
+    }
+    R->n_all = ints, R->exp_layer = ints + n_items, R->exp_expert = ints + 2 * n_items, R->exp_n = ints + 3 * n_items;
+    for (int i = 0; i < n_items; i++) {
+        const fy_lora_unmerged *u = it[i].lora;
+        for (int row = s->row0[i]; row < s->row0[i + 1]; row++) R->row[row] = u;
+        int k = 0;
+        while (u && k < R->n_set && R->set[k] != u) k++;
+        if (!u || k < R->n_set) continue;
+        R->exp_layer[R->n_set] = -1;
+        R->set[R->n_set++] = u;
+        in = (size_t)u->max_in > in ? (size_t)u->max_in : in;
+        r = (size_t)u->cfg.rank > r ? (size_t)u->cfg.rank : r;
+        out = (size_t)u->max_out > out ? (size_t)u->max_out : out;
+    }
+    size_t K = (size_t)R->n_set, need = N * (3 * K + in + r + out);
+    if (need > p->lora_tmp.n) {
+        if (p->lora_tmp.handle) fy_be_free(m->be, &p->lora_tmp);
+        if (fy_be_alloc(m->be, &p->lora_tmp, need, err)) return fy_wrap(err, "LoRA scratch of the batch step");
+    }
+    R->n = s->N;
+    R->idx = fy_at(&p->lora_tmp, 0);
+    R->sv = fy_add(R->idx, 2 * K * N);
+    R->xg = fy_add(R->sv, K * N);
+    R->u = fy_add(R->xg, N * in);
+    R->d = fy_add(R->u, N * r);
+    for (size_t k = 0; k < K; k++) { /* each adapter's rows of the step and its scale: once a step */
+        int n = 0;
+        for (size_t row = 0; row < N; row++)
+            if (R->row[row] == R->set[k]) R->hidx[n++] = (int32_t)row;
+        R->n_all[k] = n;
+        OPS->upload(m->be, fy_add(R->idx, k * N), R->hidx, (size_t)n);
+        OPS->fill(m->be, fy_add(R->sv, k * N), R->set[k]->scale, N);
+    }
+    return 0;
+}
+
+static void lora_rows_free(fy_lora_rows *R) {
+    free(R->row), free(R->set), free(R->hidx), free(R->n_all);
+    memset(R, 0, sizeof *R);
+}
+
+/* The layers and the head, with the step's adapters on while they run. */
+static int run_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, int n_items, const step_plan *s,
+                    float *logits, fy_err *err) {
+    fy_lora_rows R;
+    if (lora_rows_make(m, p, items, n_items, s, &R, err)) {
+        lora_rows_free(&R);
+        return -1;
+    }
+    m->ws->lora_rows = R.n ? &R : NULL;
+    m->dq.on = m->dq.n > 0;
+    m->dq.rows = 1;
+    int rc = run_layers(m, p, items, n_items, s, logits, err);
+    m->dq.on = m->dq.rows = 0;
+    m->ws->lora_rows = NULL;
+    if (!rc && R.bad)
+        rc = fy_fail(err, "batch step: a linear's rows were not the step's (unmerged LoRA adapters)");
+    lora_rows_free(&R);
+    return rc;
+}
+
 int fy_model_batch_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, int n_items, float *logits,
                         fy_err *err) {
     if (n_items < 0 || (n_items && !items)) return fy_fail(err, "batch step of %d items", n_items);
@@ -300,10 +408,7 @@ int fy_model_batch_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, 
         plan_free(&s);
         return -1;
     }
-    m->dq.on = m->dq.n > 0;
-    m->dq.rows = 1;
-    int rc = run_layers(m, p, items, n_items, &s, logits, err);
-    m->dq.on = m->dq.rows = 0;
+    int rc = run_step(m, p, items, n_items, &s, logits, err);
     if (!rc)
         for (int i = 0; i < n_items; i++) items[i].seq->len += items[i].n;
     plan_free(&s);

@@ -35,7 +35,7 @@ static int cache_step(fy_model *m, fy_kv_cache *c, const int32_t *tokens, int n,
     if (c->len < 0 || c->len > c->cap) return fy_fail(err, "KV cache length %d outside [0, %d]", c->len, c->cap);
     if (c->len + n > c->cap) return fy_fail(err, "KV cache full (%d positions)", c->cap);
     c->seq.len = c->len;
-    fy_batch_item it = {&c->seq, tokens, n, 1};
+    fy_batch_item it = {&c->seq, tokens, n, 1, NULL};
     if (fy_model_batch_step(m, &c->pool, &it, 1, logits, err)) return -1;
     c->len = c->seq.len;
     return 0;

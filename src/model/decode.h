@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "model/lora.h"
 #include "model/model.h"
 
 /* Weights a batch step (and so prefill and decode) multiplies by:
@@ -73,6 +74,7 @@ typedef struct fy_kv_pool {
     fy_ref *ckv, *kpe;   /* per layer: [n_blocks*block, r_kv], [n_blocks*block, d_r] */
     int32_t *free_ids;   /* stack of free block ids */
     int n_free;
+    fy_buf lora_tmp;     /* batch steps' scratch for unmerged adapters, grown on demand */
 } fy_kv_pool;
 
 /* n_positions: rounded up to whole blocks; block: positions per block. */
@@ -102,6 +104,9 @@ typedef struct fy_batch_item {
     const int32_t *tokens;  /* host, n ids in [0, vocab) */
     int n;                  /* >= 1: one to decode, more for (a chunk of) a prompt */
     int want_logits;        /* 1: the logits after its last token are wanted */
+    /* NULL: the bare base; else an unmerged adapter (model/lora.h) made on
+     * this base, added to every adapted linear of this item's rows */
+    const fy_lora_unmerged *lora;
 } fy_batch_item;
 
 /* Runs the tokens of all items through the main layers as one batch: each
@@ -111,7 +116,10 @@ typedef struct fy_batch_item {
  * (seq->len += n; the sequence must have room). The logits of the j-th item
  * that wants them go to logits + j*V (host). A row's bits depend on its own
  * sequence alone: not on the other items, their number, or how a prompt was
- * cut into chunks (tested: tests/unit/test_batch.c). MTP modules unused. */
+ * cut into chunks (tested: tests/unit/test_batch.c). Items may carry
+ * different unmerged adapters (or none): a row's bits are those of its own
+ * adapter alone, whatever the other rows' are (tests/unit/test_lora_serve.c).
+ * MTP modules unused. */
 int fy_model_batch_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, int n_items, float *logits,
                         fy_err *err);
 

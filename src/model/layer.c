@@ -16,6 +16,7 @@ void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w
             fy__dq_linear(m, N, in, out, x, ldx, q, s, y, ldy, beta == 1.0f);
         else
             OPS->linear_rows(m->be, N, in, out, x, ldx, PW(m, w), in, y, ldy, beta == 1.0f);
+        if (m->ws->lora_rows) fy__lora_rows_linear(m, N, x, ldx, w, y, ldy); /* rows' own unmerged adapters */
         return;
     }
     OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
@@ -44,9 +45,12 @@ void fy__swiglu_forward(fy_model *m, int N, int d, int F, fy_ref x, size_t wg, s
                         fy_ref u, fy_ref h, fy_ref y, float beta) {
     fy_ref qg, sg, qu, su, qd, sd;
     if (N == 1 && m->dq.kind == FY_QUANT_Q8_0 && OPS->swiglu_q8 && (beta == 0.0f || beta == 1.0f) && fy__dq_lookup(m, wg, &qg, &sg) &&
-        fy__dq_lookup(m, wu, &qu, &su) && fy__dq_lookup(m, wd, &qd, &sd)) {
+        fy__dq_lookup(m, wu, &qu, &su) && fy__dq_lookup(m, wd, &qd, &sd) &&
+        !(m->ws->lora_rows && (fy__lora_rows_touch(m, N, wg) || fy__lora_rows_touch(m, N, wu) ||
+                               fy__lora_rows_touch(m, N, wd)))) {
         /* one row (a batch step's expert with one token): one fused call,
-         * the same bits as the four below (backend.h) */
+         * the same bits as the four below (backend.h); not when the row's
+         * unmerged adapter is on one of them (its share follows each linear) */
         OPS->swiglu_q8(m->be, d, F, x, qg, sg, qu, su, qd, sd, g, u, h, y, beta == 1.0f);
         return;
     }

@@ -4,6 +4,7 @@
 #include "model/lora.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,8 @@ static int build_table(fy_model *m, fy_lora *L, fy_param_table *tab, fy_err *err
         a->out = t->shape[0];
         a->in = t->shape[1];
         a->id = t->id;
+        a->expert = -1;
+        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.", &a->layer, &a->expert) < 1) a->layer = -1;
         a->a = add_matrix(tab, t, 'A', r, a->in);
         a->b = add_matrix(tab, t, 'B', a->out, r);
         if (a->in > L->max_in) L->max_in = a->in;
@@ -194,25 +197,28 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     return fy_be_sync(m->be, err);
 }
 
-int fy_model_lora_merge(fy_model *m, fy_err *err) {
+/* W (at dst) += s B A of adapter a, whose A and B are in p: PEFT's
+ * merge_and_unload, and the merged kv_b_proj copies of unmerged adapters. */
+static void fold(fy_model *m, const fy_lora *L, fy_buf *p, const fy_lora_adapter *a, fy_ref dst) {
+    OPS->gemm(m->be, 0, 0, a->out, a->in, L->cfg.rank, L->scale, fy_at(p, a->b), L->cfg.rank, fy_at(p, a->a), a->in,
+              1.0f, dst, a->in);
+}
+
+/* The swap back: the base is the model again, with zero gradients g
+ * (allocated by the caller, so that nothing fails after a change). The
+ * adapter block (table, weights, list) goes to keep, else is freed. */
+static int swap_back(fy_model *m, fy_buf g, fy_lora_unmerged *keep, fy_err *err) {
     fy_lora *L = m->lora;
-    if (!L) return fy_fail(err, "no LoRA adapters to merge");
-    int r = L->cfg.rank;
-    fy_buf g = {0};
-    if (fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) return fy_wrap(err, "merging LoRA adapters");
-    for (int i = 0; i < L->n_ad; i++) {
-        const fy_lora_adapter *a = &L->ad[i];
-        OPS->gemm(m->be, 0, 0, a->out, a->in, r, L->scale, fy_at(&m->params, a->b), r, fy_at(&m->params, a->a),
-                  a->in, 1.0f, PW(m, a->w), a->in);
+    if (keep) {
+        keep->tab = m->tab;
+        keep->params = m->params;
+        keep->ad = L->ad;
+        L->ad = NULL;
+    } else {
+        fy_be_free(m->be, &m->params);
+        fy_params_free(&m->tab);
     }
-    if (fy_be_sync(m->be, err)) {
-        fy_be_free(m->be, &g);
-        return fy_wrap(err, "merging LoRA adapters");
-    }
-    /* The swap back: the base is the model again, with zero gradients. */
-    fy_be_free(m->be, &m->params);
     fy_be_free(m->be, &m->grads);
-    fy_params_free(&m->tab);
     m->tab = L->base_tab;
     m->params = L->base_params;
     m->grads = g;
@@ -220,6 +226,81 @@ int fy_model_lora_merge(fy_model *m, fy_err *err) {
     m->lora = NULL;
     m->B = m->T = 0; /* the workspace loses the adapters' scratch */
     return fy_be_sync(m->be, err);
+}
+
+int fy_model_lora_merge(fy_model *m, fy_err *err) {
+    fy_lora *L = m->lora;
+    if (!L) return fy_fail(err, "no LoRA adapters to merge");
+    fy_buf g = {0};
+    if (fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) return fy_wrap(err, "merging LoRA adapters");
+    for (int i = 0; i < L->n_ad; i++) fold(m, L, &m->params, &L->ad[i], PW(m, L->ad[i].w));
+    if (fy_be_sync(m->be, err)) {
+        fy_be_free(m->be, &g);
+        return fy_wrap(err, "merging LoRA adapters");
+    }
+    return swap_back(m, g, NULL, err);
+}
+
+void fy_lora_unmerged_free(fy_backend *be, fy_lora_unmerged *u) {
+    if (!u) return;
+    if (be && u->params.handle) fy_be_free(be, &u->params);
+    if (be && u->kvb.handle) fy_be_free(be, &u->kvb);
+    fy_params_free(&u->tab);
+    free(u->ad);
+    free(u->kvb_off);
+    free(u);
+}
+
+/* u's merged kv_b_proj copies (lora.h), while the adapters are still on m:
+ * the base's weights copied, then folded as fy_model_lora_merge folds them. */
+static int merged_kvb(fy_model *m, fy_lora_unmerged *u, fy_err *err) {
+    const fy_lora *L = m->lora;
+    int nl = m->cfg.num_hidden_layers;
+    size_t need = 0;
+    if (!(u->kvb_off = malloc((size_t)nl * sizeof *u->kvb_off))) return fy_fail(err, "out of memory");
+    for (int l = 0; l < nl; l++) u->kvb_off[l] = SIZE_MAX;
+    for (int i = 0; i < L->n_ad; i++) {
+        const fy_lora_adapter *a = &L->ad[i];
+        if (a->expert >= 0 || a->layer < 0 || a->layer >= nl || BT(m)->layer[a->layer].kv_b != a->w) continue;
+        u->kvb_off[a->layer] = need;
+        need += fy_params_round16((size_t)a->in * a->out);
+    }
+    if (!need) return 0;
+    if (fy_be_alloc(m->be, &u->kvb, need, err)) return fy_wrap(err, "merged kv_b_proj copies");
+    for (int i = 0; i < L->n_ad; i++) {
+        const fy_lora_adapter *a = &L->ad[i];
+        if (a->expert >= 0 || a->layer < 0 || a->layer >= nl || BT(m)->layer[a->layer].kv_b != a->w) continue;
+        fy_ref dst = fy_at(&u->kvb, u->kvb_off[a->layer]);
+        OPS->copy(m->be, dst, PW(m, a->w), (size_t)a->in * a->out);
+        fold(m, L, &m->params, a, dst);
+    }
+    return fy_be_sync(m->be, err);
+}
+
+int fy_model_lora_detach(fy_model *m, fy_lora_unmerged **out, fy_err *err) {
+    fy_lora *L = m->lora;
+    *out = NULL;
+    if (!L) return fy_fail(err, "no LoRA adapters to take off");
+    fy_lora_unmerged *u = calloc(1, sizeof *u);
+    fy_buf g = {0};
+    if (!u) return fy_fail(err, "out of memory");
+    u->cfg = L->cfg;
+    u->scale = L->scale;
+    u->n_ad = L->n_ad;
+    u->max_in = L->max_in;
+    u->base_n_params = L->base_tab.n_params;
+    for (int i = 0; i < L->n_ad; i++)
+        if (L->ad[i].out > u->max_out) u->max_out = L->ad[i].out;
+    if (merged_kvb(m, u, err) || fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) {
+        fy_lora_unmerged_free(m->be, u);
+        return fy_wrap(err, "taking LoRA adapters off");
+    }
+    if (swap_back(m, g, u, err)) { /* the model is the base again; u holds what it took */
+        fy_lora_unmerged_free(m->be, u);
+        return -1;
+    }
+    *out = u;
+    return 0;
 }
 
 void fy_model_lora_dropout_key(fy_model *m, uint64_t seed, int step, int64_t row0) {

@@ -56,6 +56,7 @@ typedef struct fy_lora_adapter {
     size_t w, a, b;
     int in, out;
     int id;            /* the base tensor's id (its init stream) */
+    int layer, expert; /* its main layer, and its routed expert (-1: not one) */
 } fy_lora_adapter;
 
 typedef struct fy_lora {
@@ -104,6 +105,36 @@ int fy_model_lora_init(fy_model *m, uint64_t seed, fy_err *err);
  * gives the adapted model's evaluation logits within rounding; inference
  * needs this. */
 int fy_model_lora_merge(fy_model *m, fy_err *err);
+/* ---- Unmerged adapters (serving: docs/SERVING.md, "LoRA adapters") ----
+ *
+ * An adapter held beside the base instead of folded into it, so that one
+ * base (and its quantized copy) serves many adapters at once: a batch step
+ * (model/decode.h) gives each row its own item's adapter, adding
+ *   y_row += s * ((x_row A^T) B^T)
+ * after the base linear with the batch-invariant kernels (lora_ops.c), so a
+ * row's bits do not depend on the other rows or their adapters. kv_b_proj
+ * is absorbed into attention (its weight is read per head, not through a
+ * linear): an adapter on it carries its own merged f32 copy of each
+ * layer's kv_b_proj, W + s B A, computed as fy_model_lora_merge does. */
+typedef struct fy_lora_unmerged {
+    fy_lora_config cfg;
+    float scale;              /* alpha / r */
+    fy_lora_adapter *ad;      /* [n_ad], sorted by w (base offsets); a, b index params */
+    int n_ad;
+    int max_in, max_out;      /* the widest adapter input and output */
+    fy_param_table tab;       /* PEFT's names of A and B (as fy_model_set_lora's) */
+    fy_buf params;            /* the A and B matrices, f32 */
+    size_t base_n_params;     /* the base it was made on: its params count */
+    fy_buf kvb;               /* merged kv_b_proj copies, back to back */
+    size_t *kvb_off;          /* [n_layers]: layer l's copy in kvb, or SIZE_MAX (none) */
+} fy_lora_unmerged;
+
+/* Takes the adapters off a model that has them (fy_model_set_lora, then
+ * loaded), without folding them in: *out gets them, and the model is the
+ * plain base again (as after fy_model_lora_merge, but unchanged). */
+int fy_model_lora_detach(fy_model *m, fy_lora_unmerged **out, fy_err *err);
+void fy_lora_unmerged_free(fy_backend *be, fy_lora_unmerged *u);
+
 /* The PEFT name of base weight `weight` ("model.layers.3.mlp.up_proj.weight")'s
  * adapter matrix (which 'A' or 'B') into buf. */
 void fy_lora_name(const char *weight, char which, char *buf, size_t cap);

@@ -42,8 +42,8 @@ void fy_model_free(fy_model *m) {
         if (m->buffers.handle) fy_be_free(m->be, &m->buffers);
     }
     fy_model_free_decode_quant(m);
+    fy__free_workspace(m); /* before the adapters: its routing tables are the base's layers' (BT) */
     fy__lora_free(m);
-    fy__free_workspace(m);
     free(m->layer_acts);
     free(m->ws);
     free(m->loads);

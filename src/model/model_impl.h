@@ -88,7 +88,28 @@ typedef struct fy_model_ws {
      * at a time, [rows, r] for the most rows a linear gets */
     fy_ref lora_u, lora_g;
     fy_ref lora_x;                        /* [rows, max in]: dropout's masked x, or g A */
+    /* unmerged adapters of a batch step's rows (batch.c sets it for the
+     * step, lora_ops.c reads it); NULL: none (and always in training) */
+    struct fy_lora_rows *lora_rows;
 } model_ws;
+
+/* A batch step's rows with unmerged adapters (model/lora.h): each row's
+ * adapter, the distinct ones, and per adapter k its rows of a linear as
+ * device indices: idx[k] its rows among the step's (n_all[k], uploaded
+ * once a step), idx[n_set + k] among the routed expert (layer, expert) it
+ * last ran (exp_n[k]); sv[k] its scale, one per row; and the scratch of one
+ * adapted linear. */
+typedef struct fy_lora_rows {
+    int n;                                /* the step's rows */
+    const fy_lora_unmerged **row;         /* [n]: each row's adapter, NULL: the bare base */
+    const fy_lora_unmerged **set;         /* the distinct adapters of the step */
+    int n_set;
+    int *n_all, *exp_layer, *exp_expert, *exp_n; /* [n_set] */
+    int32_t *hidx;                        /* host [n] */
+    fy_ref idx, sv;                       /* int [2 n_set][n], [n_set][n] */
+    fy_ref xg, u, d;                      /* [n, max in], [n, max r], [n, max out] */
+    int bad;                              /* a linear's rows were not the step's: the step fails */
+} fy_lora_rows;
 
 /* ---- workspace.c: the activation workspace ---- */
 
@@ -119,6 +140,12 @@ void fy__lora_forward(fy_model *m, const fy_lora_adapter *a, int N, fy_ref x, in
 void fy__lora_dx(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref dx, int lddx);
 /* The adapter's gradients dA, dB += ... from dy and the linear's input x. */
 void fy__lora_dw(fy_model *m, const fy_lora_adapter *a, int N, fy_ref dy, int lddy, fy_ref x, int ldx);
+/* In a batch step with unmerged adapters (m->ws->lora_rows): adds to the
+ * linear's y[N, out] each row's own adapter share s (x A^T) B^T, per row
+ * invariantly (gathered rows, linear_rows, scattered back). */
+void fy__lora_rows_linear(fy_model *m, int N, fy_ref x, int ldx, size_t w, fy_ref y, int ldy);
+/* 1 when one of the N rows of base weight w's linear has an adapter on w. */
+int fy__lora_rows_touch(fy_model *m, int N, size_t w);
 
 /* ---- layer.c: linear layers, SwiGLU, whole-sequence attention ---- */
 

@@ -131,15 +131,35 @@ static int get_bool(const cJSON *o, const char *key, int *v, fy_api_error *e) {
     return 1;
 }
 
+/* The base (name == model_id) or an adapter by its name: r->model and
+ * r->params.lora; -1 for neither. */
+static int pick_model(const fy_api_ctx *c, const char *name, fy_api_req *r) {
+    if (!strcmp(name, c->model_id)) return 0;
+    for (int i = 0; i < c->n_adapters; i++)
+        if (!strcmp(name, c->adapters[i].name)) {
+            r->model = c->adapters[i].name;
+            r->params.lora = c->adapters[i].lora;
+            return 0;
+        }
+    return -1;
+}
+
 /* model, n, echo and stream fields every completion request shares. */
 static int parse_common(const cJSON *root, const fy_api_ctx *c, fy_api_req *r, fy_api_error *e) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    r->model = c->model_id;
     if (model && !cJSON_IsNull(model)) {
         if (!cJSON_IsString(model)) return bad(e, "'%s' must be a string", "model");
-        if (strcmp(model->valuestring, c->model_id))
+        if (pick_model(c, model->valuestring, r)) {
+            char names[512] = "";
+            for (int i = 0; i < c->n_adapters; i++) {
+                size_t u = strlen(names);
+                snprintf(names + u, sizeof names - u, "%s'%.100s'", i ? ", " : " and adapters ", c->adapters[i].name);
+            }
             return fy_api_fail(e, 404, TYPE_INVALID, "model_not_found",
-                               "The model '%.200s' does not exist: this server serves '%.200s'", model->valuestring,
-                               c->model_id);
+                               "The model '%.200s' does not exist: this server serves '%.200s'%s", model->valuestring,
+                               c->model_id, names);
+        }
     }
     long long n = 1;
     int echo = 0;
@@ -607,16 +627,27 @@ char *fy_api_job_result(fy_api_job *j) {
 
 /* ---- other endpoints ----------------------------------------------------- */
 
-char *fy_api_models_json(const char *model_id, long long created) {
-    cJSON *root = cJSON_CreateObject(), *data, *m = cJSON_CreateObject();
-    if (!root || !m || !cJSON_AddStringToObject(root, "object", "list") ||
-        !(data = cJSON_AddArrayToObject(root, "data")) || !cJSON_AddItemToArray(data, m)) {
+/* One /v1/models entry; parent NULL: the base (JSON null). */
+static int model_entry(cJSON *data, const char *id, long long created, const char *root, const char *parent) {
+    cJSON *m = cJSON_CreateObject();
+    if (!m || !cJSON_AddItemToArray(data, m)) {
         cJSON_Delete(m);
-        cJSON_Delete(root);
-        return NULL;
+        return -1;
     }
-    if (!cJSON_AddStringToObject(m, "id", model_id) || !cJSON_AddStringToObject(m, "object", "model") ||
-        !cJSON_AddNumberToObject(m, "created", (double)created) || !cJSON_AddStringToObject(m, "owned_by", "ferry")) {
+    int ok = cJSON_AddStringToObject(m, "id", id) && cJSON_AddStringToObject(m, "object", "model") &&
+             cJSON_AddNumberToObject(m, "created", (double)created) && cJSON_AddStringToObject(m, "owned_by", "ferry");
+    if (ok && root) ok = cJSON_AddStringToObject(m, "root", root) != NULL;
+    if (ok) ok = (parent ? cJSON_AddStringToObject(m, "parent", parent) : cJSON_AddNullToObject(m, "parent")) != NULL;
+    return ok ? 0 : -1;
+}
+
+char *fy_api_models_json(const fy_api_ctx *c, long long created) {
+    cJSON *root = cJSON_CreateObject(), *data;
+    int ok = root && cJSON_AddStringToObject(root, "object", "list") && (data = cJSON_AddArrayToObject(root, "data")) &&
+             !model_entry(data, c->model_id, created, NULL, NULL);
+    for (int i = 0; ok && i < c->n_adapters; i++)
+        ok = !model_entry(data, c->adapters[i].name, created, c->adapters[i].root, c->model_id);
+    if (!ok) {
         cJSON_Delete(root);
         return NULL;
     }

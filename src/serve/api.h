@@ -32,13 +32,23 @@ char *fy_api_error_json(const fy_api_error *e);
 
 typedef enum { FY_API_COMPLETION = 0, FY_API_CHAT = 1 } fy_api_kind;
 
+/* A LoRA adapter served beside the base (ferry serve --lora NAME=DIR):
+ * a request whose "model" is name gets base + lora. */
+typedef struct fy_api_adapter {
+    const char *name;                /* its model name in the API */
+    const char *root;                /* where it was loaded from (/v1/models' "root") */
+    const struct fy_lora_unmerged *lora;
+} fy_api_adapter;
+
 /* What a request is checked against. */
 typedef struct fy_api_ctx {
-    const char *model_id;            /* the one model served (--alias or the directory's name) */
+    const char *model_id;            /* the base model served (--alias or the directory's name) */
     const fy_tokenizer *tok;
     const fy_chat_template *chat;
     int ctx;                         /* prompt + max_tokens at most */
     int max_tokens;                  /* max_tokens when absent: min(ctx - prompt, this) */
+    const fy_api_adapter *adapters;  /* [n_adapters]: the other model names served */
+    int n_adapters;
 } fy_api_ctx;
 
 /* A parsed /v1/completions or /v1/chat/completions request. */
@@ -51,12 +61,14 @@ typedef struct fy_api_req {
     char *stop_buf[FY_SCHED_MAX_STOP];
     int stream, include_usage;
     int logprobs, top_logprobs;      /* completions: logprobs=N gives logprobs 1, top N */
+    const char *model;               /* the model name it asked for (the ctx's string): the answer's "model" */
 } fy_api_req;
 
 /* Parses, renders (chat) and tokenizes body[0..len). 0, or -1 with e set
  * (400 for bad JSON, a wrong field, n != 1, a bad max_tokens; 400
- * exceed_context_size_error when prompt + max_tokens > ctx; 404 for another
- * model's name). */
+ * exceed_context_size_error when prompt + max_tokens > ctx; 404 for a
+ * model name that is neither the base's nor an adapter's). An adapter's
+ * name sets params.lora. */
 int fy_api_parse(fy_api_kind kind, const char *body, size_t len, const fy_api_ctx *c, fy_api_req *out,
                  fy_api_error *e);
 void fy_api_req_free(fy_api_req *r);
@@ -91,8 +103,9 @@ char *fy_api_job_result(fy_api_job *j);
 int fy_api_job_start(fy_api_job *j, fy_strbuf *sse, fy_err *err);
 void fy_api_job_free(fy_api_job *j);
 
-/* GET /v1/models. */
-char *fy_api_models_json(const char *model_id, long long created);
+/* GET /v1/models: the base, then each adapter with "parent" (the base)
+ * and "root" (its directory), as vLLM lists LoRA modules. */
+char *fy_api_models_json(const fy_api_ctx *c, long long created);
 /* POST /tokenize {"content", "add_special"?, "parse_special"?} -> {"tokens"}. */
 char *fy_api_tokenize(const fy_tokenizer *tok, const char *body, size_t len, fy_api_error *e);
 /* POST /detokenize {"tokens"} -> {"content"}. */

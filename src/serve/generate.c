@@ -13,12 +13,13 @@
  * last fed back. */
 static int positions_needed(int n, int max_tokens) { return n + (max_tokens > 1 ? max_tokens - 1 : 0); }
 
-static int prefill(fy_model *m, fy_kv_pool *pool, fy_kv_seq *kv, const int32_t *ids, int n, int chunk,
+static int prefill(fy_model *m, fy_kv_pool *pool, fy_kv_seq *kv, const int32_t *ids, int n, const fy_gen_opts *o,
                    float *logits, fy_err *err) {
+    int chunk = o->prefill_chunk;
     if (chunk <= 0 || chunk > n) chunk = n;
     for (int fed = 0; fed < n; fed += chunk) {
         int k = n - fed < chunk ? n - fed : chunk;
-        fy_batch_item it = {kv, ids + fed, k, fed + k == n};
+        fy_batch_item it = {kv, ids + fed, k, fed + k == n, o->lora};
         if (fy_model_batch_step(m, pool, &it, 1, logits, err)) return -1;
     }
     return 0;
@@ -53,7 +54,7 @@ int fy_generate_ids(fy_model *m, const fy_tokenizer *tok, const int32_t *ids, in
     have_pool = 1;
     if (fy_kv_seq_reserve(&pool, &kv, need, err)) goto done;
     double t0 = fy_now_s();
-    if (prefill(m, &pool, &kv, ids, n, o->prefill_chunk, logits, err)) goto done;
+    if (prefill(m, &pool, &kv, ids, n, o, logits, err)) goto done;
     res->prompt_tokens = n;
     res->prefill_s = fy_now_s() - t0;
     t0 = fy_now_s();
@@ -61,7 +62,7 @@ int fy_generate_ids(fy_model *m, const fy_tokenizer *tok, const int32_t *ids, in
         if (fy_seq_step(&s, logits, err)) goto done;
         emit(&s, o);
         if (s.done) break;
-        fy_batch_item it = {&kv, &s.token, 1, 1};
+        fy_batch_item it = {&kv, &s.token, 1, 1, o->lora};
         if (fy_model_batch_step(m, &pool, &it, 1, logits, err)) goto done;
     }
     res->decode_s = fy_now_s() - t0;

@@ -20,6 +20,9 @@ typedef struct fy_gen_opts {
      * logprobs. */
     fy_seq_params p;
     int prefill_chunk;  /* prompt tokens per forward; 0 = the whole prompt at once */
+    /* NULL: the model itself; else unmerged LoRA adapters on it
+     * (model/lora.h), as the server runs a request naming them */
+    const struct fy_lora_unmerged *lora;
     /* Receives the generated text in pieces (never a split UTF-8 sequence,
      * never a part of a stop string). May be NULL. */
     void (*on_text)(const char *text, size_t n, void *ctx);

@@ -64,6 +64,8 @@ struct fy_http {
     const fy_tokenizer *tok;
     const fy_chat_template *chat;
     int ctx, max_tokens;
+    const fy_api_adapter *adapters;
+    int n_adapters;
     atomic_ullong seq;
     long long started;
     pthread_mutex_t mu;
@@ -372,8 +374,13 @@ static enum MHD_Result start_stream(fy_http *h, struct MHD_Connection *c, req_st
     return ret;
 }
 
+/* What requests are checked against (the model routes are open). */
+static fy_api_ctx api_ctx(const fy_http *h) {
+    return (fy_api_ctx){h->model, h->tok, h->chat, h->ctx, h->max_tokens, h->adapters, h->n_adapters};
+}
+
 static enum MHD_Result completion(fy_http *h, struct MHD_Connection *c, req_state *st, fy_api_kind kind) {
-    fy_api_ctx ctx = {h->model, h->tok, h->chat, h->ctx, h->max_tokens};
+    fy_api_ctx ctx = api_ctx(h);
     fy_api_req r;
     fy_api_error e;
     if (fy_api_parse(kind, st->body.p ? st->body.p : "", st->body.n, &ctx, &r, &e)) return respond_error(c, &e);
@@ -385,7 +392,7 @@ static enum MHD_Result completion(fy_http *h, struct MHD_Connection *c, req_stat
         return submit_refused(c, rc, &err);
     }
     fy_api_job job;
-    fy_api_job_init(&job, &r, h->model, h->tok, atomic_fetch_add(&h->seq, 1), (long long)fy_wall_s());
+    fy_api_job_init(&job, &r, r.model, h->tok, atomic_fetch_add(&h->seq, 1), (long long)fy_wall_s());
     fy_debug("serve: %s: %d prompt tokens, max_tokens %d%s", job.id, r.n_tokens, r.max_tokens,
              r.stream ? ", streamed" : "");
     fy_api_req_free(&r);
@@ -421,7 +428,10 @@ static enum MHD_Result dispatch(fy_http *h, struct MHD_Connection *c, req_state 
         return fail(c, 503, "unavailable_error", "shutting_down", "the server is shutting down");
     if (!atomic_load(&h->ready)) return fail(c, 503, "unavailable_error", "loading", "the model is still loading");
     switch (st->route) {
-    case R_MODELS: return respond_json(c, 200, fy_api_models_json(h->model, h->started));
+    case R_MODELS: {
+        fy_api_ctx ctx = api_ctx(h);
+        return respond_json(c, 200, fy_api_models_json(&ctx, h->started));
+    }
     case R_METRICS: return metrics(h, c);
     case R_COMPLETIONS: return completion(h, c, st, FY_API_COMPLETION);
     case R_CHAT: return completion(h, c, st, FY_API_CHAT);
@@ -582,8 +592,10 @@ int fy_http_start(fy_http **out, const fy_http_opts *o, fy_err *err) {
 int fy_http_port(const fy_http *h) { return h->port; }
 
 void fy_http_set_ready(fy_http *h, fy_sched *sched, const fy_tokenizer *tok, const fy_chat_template *chat, int ctx,
-                       int max_tokens) {
+                       int max_tokens, const fy_api_adapter *adapters, int n_adapters) {
     h->ctx = ctx;
+    h->adapters = adapters;
+    h->n_adapters = n_adapters;
     h->max_tokens = max_tokens > 0 && max_tokens < ctx ? max_tokens : ctx;
     h->sched = sched;
     h->tok = tok;

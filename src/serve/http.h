@@ -16,6 +16,7 @@
 #include "core/err.h"
 #include "io/tokenizer.h"
 #include "io/chat.h"
+#include "serve/api.h"
 #include "serve/sched.h"
 
 typedef struct fy_http_opts {
@@ -35,11 +36,12 @@ typedef struct fy_http fy_http;
 int fy_http_start(fy_http **out, const fy_http_opts *o, fy_err *err);
 /* The port listened on. */
 int fy_http_port(const fy_http *h);
-/* The model routes open: sched, tok and chat must outlive the server. A
- * request's prompt + max_tokens is at most ctx; one that gives no
- * max_tokens gets min(ctx - prompt, max_tokens). */
+/* The model routes open: sched, tok, chat and adapters must outlive the
+ * server. A request's prompt + max_tokens is at most ctx; one that gives
+ * no max_tokens gets min(ctx - prompt, max_tokens). adapters[0..n): LoRA
+ * adapters served beside the base under their own model names. */
 void fy_http_set_ready(fy_http *h, fy_sched *sched, const fy_tokenizer *tok, const fy_chat_template *chat, int ctx,
-                       int max_tokens);
+                       int max_tokens, const fy_api_adapter *adapters, int n_adapters);
 /* Stops accepting connections; requests still arriving on open ones get 503. */
 void fy_http_quiesce(fy_http *h);
 /* Waits up to max_s seconds for the answers being written (after the

@@ -213,7 +213,7 @@ static int build_batch(fy_sched *s, int *chunk) {
     for (int i = 0; i < s->o.slots; i++) {
         fy_request *r = s->slot[i];
         if (!r || r->fed < r->n_prompt) continue;
-        s->items[n] = (fy_batch_item){&r->kv, &r->seq.token, 1, 1};
+        s->items[n] = (fy_batch_item){&r->kv, &r->seq.token, 1, 1, r->p.lora};
         chunk[n] = 0;
         s->item_slot[n++] = i;
     }
@@ -229,7 +229,7 @@ static int build_batch(fy_sched *s, int *chunk) {
         if (best < 0) break;
         fy_request *r = s->slot[best];
         int k = r->n_prompt - r->fed < budget ? r->n_prompt - r->fed : budget;
-        s->items[n] = (fy_batch_item){&r->kv, r->prompt + r->fed, k, r->fed + k == r->n_prompt};
+        s->items[n] = (fy_batch_item){&r->kv, r->prompt + r->fed, k, r->fed + k == r->n_prompt, r->p.lora};
         chunk[n] = k;
         s->item_slot[n++] = best;
         budget -= k;

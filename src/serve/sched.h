@@ -46,6 +46,8 @@ typedef struct fy_request_params {
     int logprobs;                         /* 1: report each token's log-probability */
     int top_logprobs;                     /* 0..FY_SCHED_MAX_TOP alternatives per token */
     int ignore_eos;                       /* 1: generate past the end-of-sequence token (see below) */
+    const struct fy_lora_unmerged *lora;  /* NULL: the bare model; else unmerged LoRA adapters made on it
+                                             (model/lora.h) that outlive the scheduler */
 } fy_request_params;
 /* The end-of-sequence token ends a request ("stop") but is neither an
  * FY_EV_TOKEN nor counted in completion_tokens (as ferry generate). With

@@ -56,7 +56,10 @@ void fy_train_opts_default(fy_train_opts *o) {
 
 /* One key of the "ferry" object: its range, whether it must be an integer,
  * and the member it sets. Read and written in this order. */
-typedef enum { K_FLOAT, K_DOUBLE, K_INT, K_U64 } key_type;
+/* K_TARGETS: LoRA target bits (an unsigned int member), written as a list
+ * of PEFT target_modules names; read from that list, a comma-separated
+ * string, or the bit mask runs before 2026-12-06 wrote. */
+typedef enum { K_FLOAT, K_DOUBLE, K_INT, K_U64, K_TARGETS } key_type;
 typedef struct opt_key {
     const char *key;
     double lo, hi;
@@ -105,15 +108,40 @@ static const opt_key opt_keys[] = {
     KEY("lora_rank", 0, 65536, K_INT, lora_rank),
     KEY("lora_alpha", 0, 1e6, K_FLOAT, lora_alpha),
     KEY("lora_dropout", 0, 0.999, K_FLOAT, lora_dropout),
-    KEY("lora_targets", 0, FY_LORA_ALL, K_INT, lora_targets),
+    KEY("lora_targets", 1, FY_LORA_ALL, K_TARGETS, lora_targets),
     KEY("lora_base_seeded", 0, 1, K_INT, lora_base_seeded),
 };
 #undef KEY
+
+/* ferry.lora_targets as a list of names or a comma-separated string. */
+static int read_targets(const cJSON *v, const char *where, unsigned *out, fy_err *err) {
+    if (cJSON_IsString(v)) {
+        if (fy_lora_parse_targets(v->valuestring, out, err)) return fy_wrap(err, "%s: ferry.lora_targets", where);
+        return 0;
+    }
+    if (!cJSON_IsArray(v)) return fy_fail(err, "%s: ferry.lora_targets must be a list of names", where);
+    *out = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v) {
+        unsigned bits;
+        if (!cJSON_IsString(e)) return fy_fail(err, "%s: ferry.lora_targets must list names (strings)", where);
+        if (fy_lora_parse_targets(e->valuestring, &bits, err)) return fy_wrap(err, "%s: ferry.lora_targets", where);
+        *out |= bits;
+    }
+    if (!*out) return fy_fail(err, "%s: ferry.lora_targets is an empty list", where);
+    return 0;
+}
 
 /* Sets k's member of o from obj[k->key] when present (not null). */
 static int read_key(const cJSON *obj, const opt_key *k, const char *where, fy_train_opts *o, fy_err *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, k->key);
     if (!v || cJSON_IsNull(v)) return 0;
+    if (k->type == K_TARGETS && !cJSON_IsNumber(v)) {
+        unsigned bits;
+        if (read_targets(v, where, &bits, err)) return -1;
+        *(int *)((char *)o + k->off) = (int)bits;
+        return 0;
+    }
     if (!cJSON_IsNumber(v)) return fy_fail(err, "%s: ferry.%s must be a number", where, k->key);
     double d = v->valuedouble;
     if (k->type != K_FLOAT && k->type != K_DOUBLE && d != floor(d))
@@ -123,7 +151,7 @@ static int read_key(const cJSON *obj, const opt_key *k, const char *where, fy_tr
     void *p = (char *)o + k->off;
     if (k->type == K_FLOAT) *(float *)p = (float)d;
     else if (k->type == K_DOUBLE) *(double *)p = d;
-    else if (k->type == K_INT) *(int *)p = (int)d;
+    else if (k->type == K_INT || k->type == K_TARGETS) *(int *)p = (int)d;
     else *(uint64_t *)p = (uint64_t)d;
     return 0;
 }
@@ -139,6 +167,15 @@ int fy_train_opts_from_json(const char *config_json, const char *where, fy_train
     return rc;
 }
 
+/* The target bits as a JSON list of names (PEFT's target_modules). */
+static void add_targets(cJSON *j, const char *key, unsigned bits) {
+    char names[512], *save = NULL;
+    fy_lora_targets_string(bits, names, sizeof names);
+    cJSON *a = cJSON_AddArrayToObject(j, key);
+    for (char *t = strtok_r(names, ",", &save); a && t; t = strtok_r(NULL, ",", &save))
+        cJSON_AddItemToArray(a, cJSON_CreateString(t));
+}
+
 char *fy_train_opts_to_json(const fy_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
     for (size_t i = 0; j && i < sizeof opt_keys / sizeof opt_keys[0]; i++) {
@@ -147,6 +184,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
         if (k->type == K_FLOAT) fy_json_add_float(j, k->key, *(const float *)p);
         else if (k->type == K_DOUBLE) cJSON_AddNumberToObject(j, k->key, *(const double *)p);
         else if (k->type == K_INT) cJSON_AddNumberToObject(j, k->key, *(const int *)p);
+        else if (k->type == K_TARGETS) add_targets(j, k->key, (unsigned)*(const int *)p);
         else cJSON_AddNumberToObject(j, k->key, (double)*(const uint64_t *)p);
     }
     char *s = fy_json_print_spaced(j, 0);

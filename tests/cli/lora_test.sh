@@ -32,8 +32,8 @@ check '[ "$(wc -l < a.names)" = 96 ] && ! grep -qv "^base_model\.model\.model\.l
   "the checkpoint holds the 96 adapter tensors only (see a.names)"
 check 'grep -q "mlp.experts.3.down_proj.lora_B.weight" a.names && grep -q "self_attn.kv_a_proj_with_mqa.lora_A.weight" a.names' \
   "routed experts and attention adapters in the checkpoint"
-check 'python3 -c "import json,sys; f=json.load(open(\"a/config.json\"))[\"ferry\"]; sys.exit(not (f[\"lora_rank\"] == 4 and abs(f[\"lora_dropout\"] - 0.1) < 1e-6 and f[\"lora_targets\"] == 1023))"' \
-  "config.json records ferry.lora_*"
+check 'python3 -c "import json,sys; f=json.load(open(\"a/config.json\"))[\"ferry\"]; sys.exit(not (f[\"lora_rank\"] == 4 and abs(f[\"lora_dropout\"] - 0.1) < 1e-6 and f[\"lora_targets\"] == [\"q_a_proj\", \"q_b_proj\", \"q_proj\", \"kv_a_proj_with_mqa\", \"kv_b_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\", \"experts\"]))"' \
+  "config.json records ferry.lora_* (targets as PEFT target_modules names)"
 v1=$(val a 1) v2=$(val a 2)
 echo "  validation loss: step 3 $v1, step 6 $v2"
 check 'awk -v a="$v1" -v b="$v2" "BEGIN { exit !(b < a) }"' "validation loss did not fall ($v1 -> $v2)"
@@ -79,6 +79,19 @@ check '"$ferry" generate --model f6 "${G[@]}" >g1.log 2>&1 && [ "$(grep "^ids:" 
   "generate --model of an --init-from LoRA run (see g1.log)"
 check '"$ferry" generate --model a "${G[@]}" >g2.log 2>&1 && [ "$(grep "^ids:" g2.log | wc -w)" = 13 ]' \
   "generate --model of a seeded-base LoRA run (see g2.log)"
+# ferry.lora_targets: the bit mask older runs wrote and a comma-separated
+# string read as the list; an unknown name is refused, naming it.
+retarget() { python3 -c 'import json,sys; p=sys.argv[1]+"/config.json"; c=json.load(open(p))
+c["ferry"]["lora_targets"]=json.loads(sys.argv[2]); json.dump(c,open(p,"w"))' "$1" "$2"; }
+rm -rf a_int a_str a_bad && cp -r a a_int && cp -r a a_str && cp -r a a_bad
+retarget a_int 1023 && retarget a_str '"q_a_proj,q_b_proj,q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj,all"' &&
+  retarget a_bad '["o_proj", "bogus_proj"]'
+check '"$ferry" generate --model a_int "${G[@]}" >g3.log 2>&1 && [ "$(grep "^ids:" g3.log)" = "$(grep "^ids:" g2.log)" ]' \
+  "ferry.lora_targets as the old bit mask 1023 gives the same ids (see g3.log)"
+check '"$ferry" generate --model a_str "${G[@]}" >g4.log 2>&1 && [ "$(grep "^ids:" g4.log)" = "$(grep "^ids:" g2.log)" ]' \
+  "ferry.lora_targets as a comma-separated string gives the same ids (see g4.log)"
+check '! "$ferry" generate --model a_bad "${G[@]}" >g5.log 2>&1 && grep -q "unknown LoRA target .bogus_proj." g5.log' \
+  "an unknown ferry.lora_targets name is refused, named (see g5.log)"
 check '"$ferry" train --config micro.json "${T[@]}" --steps 3 --seed 4 --out src4 >src4.log 2>&1' "another base (see src4.log)"
 mv src src.orig && mv src4 src
 check '! "$ferry" train --out f --resume --steps 7 >fx.log 2>&1 && grep -q "are not the ones this run.s adapters were trained on" fx.log' \

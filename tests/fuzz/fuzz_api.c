@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     switch (data[0] % 5) {
     case 0:
     case 1: {
-        fy_api_ctx c = {"micro", tok, t, 128, 32};
+        fy_api_ctx c = {"micro", tok, t, 128, 32, NULL, 0};
         fy_api_req r;
         memset(&r, 0, sizeof r);
         if (fy_api_parse(data[0] % 5 ? FY_API_CHAT : FY_API_COMPLETION, body, len, &c, &r, &e) == 0) {

@@ -2,7 +2,8 @@
  * parsing against the tokenizer and the chat renderer (the oracles),
  * refusals with their documented status and type, answers and SSE streams
  * read back with cJSON, /tokenize and /detokenize round trips, UTF-8
- * cleaning and the /metrics histograms. */
+ * cleaning and the /metrics histograms; LoRA adapters' model names (routing,
+ * 404, /v1/models). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 static fy_tokenizer *tok;
 static fy_chat_template chat;
 
-static fy_api_ctx ctx(int c, int max_tokens) { return (fy_api_ctx){"m", tok, &chat, c, max_tokens}; }
+static fy_api_ctx ctx(int c, int max_tokens) { return (fy_api_ctx){"m", tok, &chat, c, max_tokens, NULL, 0}; }
 
 static int parse(fy_api_kind k, const char *body, int c, fy_api_req *r, fy_api_error *e) {
     fy_api_ctx x = ctx(c, 100);
@@ -274,6 +275,43 @@ static void test_utf8_and_metrics(void) {
     fy_strbuf_free(&m);
 }
 
+/* --lora NAME=DIR: a request's "model" picks the base or an adapter. */
+static void test_adapters(void) {
+    /* the adapters are only carried (the scheduler's); any distinct pointers do */
+    static int one_, two_;
+    const fy_api_adapter ad[2] = {{"one", "runs/one", (const struct fy_lora_unmerged *)&one_},
+                                  {"two", "runs/two", (const struct fy_lora_unmerged *)&two_}};
+    fy_api_ctx x = {"m", tok, &chat, 100, 10, ad, 2};
+    fy_api_req r;
+    fy_api_error e;
+    const char *names[] = {"m", "one", "two", NULL};
+    for (int i = 0; i < 4; i++) {
+        char body[96];
+        snprintf(body, sizeof body, "{%s%s%s\"prompt\":\"In the\"}", names[i] ? "\"model\":\"" : "",
+                 names[i] ? names[i] : "", names[i] ? "\"," : "");
+        CHECK(!fy_api_parse(FY_API_COMPLETION, body, strlen(body), &x, &r, &e), "%s: %s", body, e.msg);
+        CHECK(!strcmp(r.model, names[i] ? names[i] : "m") && r.params.lora == (i == 1 || i == 2 ? ad[i - 1].lora : NULL),
+              "%s: model %s", body, r.model);
+        fy_api_req_free(&r);
+    }
+    const char *bad = "{\"model\":\"three\",\"prompt\":\"In the\"}";
+    CHECK(fy_api_parse(FY_API_COMPLETION, bad, strlen(bad), &x, &r, &e) && e.status == 404 &&
+              !strcmp(e.code, "model_not_found") && strstr(e.msg, "'one', 'two'"),
+          "unknown name: %d %s", e.status, e.msg);
+    char *js = fy_api_models_json(&x, 5);
+    cJSON *root = cJSON_Parse(js), *data = cJSON_GetObjectItem(root, "data");
+    CHECK(cJSON_GetArraySize(data) == 3, "three models listed: %s", js);
+    cJSON *m0 = cJSON_GetArrayItem(data, 0), *m2 = cJSON_GetArrayItem(data, 2);
+    CHECK(m0 && m2 && !strcmp(cJSON_GetObjectItem(m0, "id")->valuestring, "m") &&
+              cJSON_IsNull(cJSON_GetObjectItem(m0, "parent")) &&
+              !strcmp(cJSON_GetObjectItem(m2, "id")->valuestring, "two") &&
+              !strcmp(cJSON_GetObjectItem(m2, "parent")->valuestring, "m") &&
+              !strcmp(cJSON_GetObjectItem(m2, "root")->valuestring, "runs/two"),
+          "entries: %s", js);
+    cJSON_Delete(root);
+    free(js);
+}
+
 int main(void) {
     const char *text = "In the beginning God created the heaven and the earth. user: assistant: system:";
     fy_tok_train_opts o = {320, 1, 1};
@@ -288,6 +326,7 @@ int main(void) {
     test_answers();
     test_tokenize();
     test_utf8_and_metrics();
+    test_adapters();
     fy_tokenizer_free(tok);
     return fy_test_finish("test_api");
 }

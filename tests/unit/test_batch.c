@@ -96,7 +96,7 @@ static void run_batch(fy_model *m, int block, int only, chunk_fn chunk, int reve
             if (L >= MAXLEN) continue;
             padtok[k][L] = (int32_t)((L * 13 + k * 29 + step) % V);
             CHECK(fy_kv_seq_reserve(&pool, &seq[NSEQ + k], L + 1, &err) == 0, "reserve: %s", err.msg);
-            it[n] = (fy_batch_item){&seq[NSEQ + k], &padtok[k][L], 1, (k + step) % 2};
+            it[n] = (fy_batch_item){&seq[NSEQ + k], &padtok[k][L], 1, (k + step) % 2, NULL};
             who[n++] = -1;
         }
         for (int q = 0; q < NSEQ; q++) {
@@ -107,7 +107,7 @@ static void run_batch(fy_model *m, int block, int only, chunk_fn chunk, int reve
             CHECK(fy_kv_seq_reserve(&pool, &seq[s], done[s] + k, &err) == 0, "reserve: %s", err.msg);
             static int32_t toks[NSEQ][MAXLEN];
             for (int t = 0; t < k; t++) toks[s][t] = seq_tok(s, done[s] + t);
-            it[n] = (fy_batch_item){&seq[s], toks[s], k, 1};
+            it[n] = (fy_batch_item){&seq[s], toks[s], k, 1, NULL};
             who[n++] = s;
         }
         int any = 0;
@@ -277,7 +277,7 @@ static void test_pool(void) {
     /* a step's errors leave lengths and the pool alone */
     int32_t good[6] = {1, 2, 3, 4, 5, 6}, bad[2] = {1, V};
     float lg[2 * V];
-    fy_batch_item it[2] = {{&a, good, 6, 1}, {&b, bad, 2, 1}};
+    fy_batch_item it[2] = {{&a, good, 6, 1, NULL}, {&b, bad, 2, 1, NULL}};
     CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == -1 && strstr(err.msg, "outside the vocabulary"),
           "a bad token: %s", err.msg);
     it[1].tokens = good;
@@ -290,7 +290,7 @@ static void test_pool(void) {
           "one sequence twice: %s", err.msg);
     CHECK(fy_model_batch_step(&m, &p, it, 1, NULL, &err) == -1, "logits wanted, nowhere to put them");
     CHECK(a.len == 0 && b.len == 0 && p.n_free == 0, "failed steps change nothing");
-    it[1] = (fy_batch_item){&b, good, 4, 0};
+    it[1] = (fy_batch_item){&b, good, 4, 0, NULL};
     CHECK(fy_model_batch_step(&m, &p, it, 2, lg, &err) == 0, "step: %s", err.msg);
     CHECK(a.len == 6 && b.len == 4, "lengths advance: %d %d", a.len, b.len);
     fy_kv_seq_release(&p, &a);
