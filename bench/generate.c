@@ -1,6 +1,7 @@
 /* Generation throughput: prefill of a random prompt, then greedy decoding
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
- *   bench_generate --config tiny|small --vocab V --prompt P --new N [--weights f32|q8_0]
+ *   bench_generate --config tiny|small --vocab V --prompt P --new N
+ *                  [--weights f32|bf16|f16|q8_0|q4_0]
  *                  [--reps R] [--dump-config PATH]
  * The prompt is prefilled and decoded R times over (the cache emptied in
  * between) and the best of each figure is kept: one process, one set of

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "ckpt/safetensors.h"
 
 uint16_t fy_gguf_f32_to_f16(float f) {
@@ -55,20 +56,13 @@ static void q8_0_block(const float *x, uint8_t *y) {
     }
 }
 
+/* ggml's quantize_row_q4_0_ref is backend.c's fy_q4_quantize (the encoder
+ * of ferry's own Q4_0 weights), whose scale is already the half's value:
+ * the GGUF file and `ferry generate --weights q4_0` hold the same bits. */
 static void q4_0_block(const float *x, uint8_t *y) {
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < FY_GGUF_QK; j++)
-        if (amax < fabsf(x[j])) amax = fabsf(x[j]), max = x[j];
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d;
+    fy_q4_quantize(x, 1, FY_GGUF_QK, FY_GGUF_QK, y + 2, &d);
     put16(y, fy_gguf_f32_to_f16(d));
-    for (int j = 0; j < FY_GGUF_QK / 2; j++) {
-        const float x0 = x[j] * id, x1 = x[FY_GGUF_QK / 2 + j] * id;
-        const float s0 = x0 + 8.5f, s1 = x1 + 8.5f;
-        int8_t t0 = (int8_t)s0, t1 = (int8_t)s1;
-        uint8_t q0 = (uint8_t)(t0 < 15 ? t0 : 15), q1 = (uint8_t)(t1 < 15 ? t1 : 15);
-        y[2 + j] = (uint8_t)(q0 | (q1 << 4));
-    }
 }
 
 void fy_gguf_encode_row(fy_gguf_type t, const float *x, size_t n, uint8_t *dst) {

@@ -446,6 +446,44 @@ static void q8_case(int N, int in, int out, int ldx, int ldy, int accumulate) {
     free(w), free(s), free(q);
 }
 
+/* linear_q4: the same bits as the cpu kernel (cpu_q4.c), as q8_case; off
+ * > 0 puts every operand off + k elements into its buffer (the model's
+ * Q4_0 copy packs all matrices into one). */
+static void q4_case(int N, int in, int out, int ldx, int ldy, int accumulate, size_t off) {
+    float *w = host_rand((size_t)out * in, 1.0f), *s = malloc(((size_t)out * in / 32 + off) * sizeof *s);
+    uint8_t *q = malloc((size_t)out * in / 2 + 4 * off);
+    fy_q4_quantize(w, out, in, in, q + 4 * off, s + off);
+    twin tq = tw_new((size_t)out * in / 8 + off), ts = tw_new((size_t)out * in / 32 + off);
+    tw_set(&tq, q);
+    tw_set(&ts, s);
+    twin x = tw_rand((size_t)N * ldx + 2 * off, 1.0f), y = tw_rand((size_t)N * ldy + 3 * off, 1.0f);
+    for (int side = 0; side < 2; side++) {
+        fy_backend *be = SIDE_BE(side);
+        be->ops->linear_q4(be, N, in, out, RF(x, 2 * off), ldx, RF(tq, off), RF(ts, off), RF(y, 3 * off), ldy,
+                           accumulate);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "linear_q4 N=%d in=%d out=%d acc=%d off=%zu", N, in, out, accumulate, off);
+    cmp(what, &y, 0, 0); /* bit for bit */
+    tw_free(&tq), tw_free(&ts), tw_free(&x), tw_free(&y);
+    free(w), free(s), free(q);
+}
+
+static void test_linear_q4(void) {
+    q4_case(1, 32, 1, 32, 1, 0, 0);
+    q4_case(1, 256, 37, 256, 37, 0, 0);
+    q4_case(1, 512, 300, 512, 300, 1, 0);
+    q4_case(3, 96, 9, 100, 11, 0, 0); /* strides; columns past out untouched */
+    q4_case(7, 160, 5, 160, 5, 1, 0); /* an odd number of blocks; the cpu's 2 x 2 tiles */
+    q4_case(1, 64, 300, 64, 300, 0, 37); /* offsets into the buffers */
+    q4_case(5, 128, 64, 128, 64, 1, 1001);
+    twin b = tw_new(64);
+    ocl->ops->linear_q4(ocl, 1, 40, 1, fy_at(&b.o, 0), 40, fy_at(&b.o, 0), fy_at(&b.o, 0), fy_at(&b.o, 0), 1, 0);
+    fy_err e = {{0}};
+    CHECK(fy_be_sync(ocl, &e) != 0 && strstr(e.msg, "multiple of 32"), "opencl linear_q4 in=40 accepted");
+    tw_free(&b);
+}
+
 static void test_linear_q8(void) {
     q8_case(1, 32, 1, 32, 1, 0);
     q8_case(1, 256, 37, 256, 37, 0);
@@ -700,6 +738,7 @@ int main(void) {
     test_attn();
     test_mla_decode();
     test_linear_q8();
+    test_linear_q4();
     test_router_balance();
     test_gather_scatter();
     test_xent();

@@ -23,6 +23,10 @@ NEAR_TIE times the median gap of the run (a layout error gives confident
 wrong tokens, not near ties). The corpus picks nouns and verbs uniformly,
 so after "the" several tokens are near-tied by construction.
 
+For q4_0 also `ferry generate --weights q4_0`, whose Q4_0 weights are the
+GGUF's bits (backend.c fy_q4_quantize writes both), against llama.cpp on
+the q4_0 file: agreement reported, a difference again a near tie.
+
 Also: the tiny model with chosen edge values in its embedding
 (gguf_fixture.edge_rows), exported f32 and f16/bf16/q8_0/q4_0; every
 tensor of the latter must equal, byte for byte, what ggml itself
@@ -57,6 +61,7 @@ from gguf_fixture import PLAIN, YARN, edge_run, make_run, run  # noqa: E402
 PROMPTS = ["the king", "a shepherd spoke by the river", "every servant waited near the city, and the lamb"]
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 EXACT = {"f32", "f16"}
+SAME_WEIGHTS = {"q4_0"}  # `ferry generate --weights T` holds this GGUF's weight bits
 NEAR_TIE = 0.15
 
 
@@ -221,6 +226,20 @@ def check_adapter(ferry, llama_ids, a, base_run, all_run, problems):
         problems.append("the adapter changes no prompt's greedy ids in llama.cpp: the check would not see it ignored")
 
 
+def first_difference(ours, li, gaps):
+    """(tokens equal before the first difference, a text naming it, whether
+    it is a near tie in llama.cpp: its top-2 gap below NEAR_TIE x the
+    run's median; True when there is none)."""
+    k = agree(ours, li)
+    if ours == li:
+        return k, "", True
+    if k >= len(gaps):
+        return k, "", False
+    median = sorted(gaps)[len(gaps) // 2]
+    return k, (f" (first difference at {k}: ferry {ours[k:k+1]}, llama.cpp {li[k:k+1]}; llama.cpp's top-2 logit "
+               f"gap there {gaps[k]:.3f}, median gap {median:.3f})"), gaps[k] < NEAR_TIE * median
+
+
 def compare(ferry, llama_ids, a, model, run_dir, types, problems):
     for t in types:
         path = os.path.join(a.work, f"{model}-{t}.gguf")
@@ -229,6 +248,7 @@ def compare(ferry, llama_ids, a, model, run_dir, types, problems):
             problems.append(f"{model}: convert --type {t}: {r.stderr.strip()}")
             continue
         agreed, total = 0, 0
+        same_w = {"agreed": 0, "identical": 0, "prompts": 0}
         for p in PROMPTS:
             rf = run([ferry, "generate", "--model", run_dir, "--prompt", p, "--temperature", "0", "-n", str(a.n),
                       "--print-ids"])
@@ -241,23 +261,43 @@ def compare(ferry, llama_ids, a, model, run_dir, types, problems):
                 continue
             fp, fi, _ = parse_ids(rf.stdout, "ferry")
             lp, li, gaps = parse_ids(rl.stdout, "llama_ids")
-            k = agree(fi, li)
+            k, tie, near = first_difference(fi, li, gaps)
             agreed, total = agreed + k, total + len(fi)
-            same = fi == li
-            tie = ""
-            if not same and k < len(gaps):
-                tie = (f" (first difference at {k}: ferry {fi[k:k+1]}, llama.cpp {li[k:k+1]}; llama.cpp's top-2 logit "
-                       f"gap there {gaps[k]:.3f}, median gap {sorted(gaps)[len(gaps) // 2]:.3f})")
             print(f"  {t:5s} prompt {p!r}: prompt ids {'equal' if fp == lp else 'DIFFER'}, "
                   f"{k}/{len(fi)} tokens agree{tie} [llama.cpp {dt:.2f} s]")
             if fp != lp:
                 problems.append(f"{model} {t} {p!r}: prompt ids differ: ferry {fp}, llama.cpp {lp}")
-            if t in EXACT and not same:
+            if t in EXACT and fi != li:
                 problems.append(f"{model} {t} {p!r}: greedy ids differ at token {k}")
-            elif not same and (k >= len(gaps) or gaps[k] >= NEAR_TIE * sorted(gaps)[len(gaps) // 2]):
+            elif not near:
                 problems.append(f"{model} {t} {p!r}: the first difference (token {k}) is no near tie in llama.cpp")
+            if t in SAME_WEIGHTS:
+                same_weights(ferry, a, run_dir, t, p, li, gaps, same_w, problems)
         print(f"  {t}: {agreed}/{total} tokens agree before the first difference, "
               f"{os.path.getsize(path)} bytes")
+        if same_w["prompts"]:
+            print(f"  {t}: ferry --weights {t}: {same_w['agreed']}/{a.n * same_w['prompts']} tokens agree with "
+                  f"llama.cpp before the first difference, {same_w['identical']}/{same_w['prompts']} prompts identical")
+
+
+def same_weights(ferry, a, run_dir, t, p, li, gaps, tally, problems):
+    """`ferry generate --weights t`, whose weights are this GGUF's bits,
+    against llama.cpp's ids li: only the activations' rounding differs
+    (llama.cpp's Q8_0 input blocks carry a half scale, ferry's a float;
+    its other ops run in their own order), so a difference must be a near
+    tie."""
+    rq = run([ferry, "generate", "--model", run_dir, "--prompt", p, "--temperature", "0", "-n", str(a.n),
+              "--print-ids", "--weights", t])
+    if rq.returncode:
+        return problems.append(f"--weights {t} {p!r}: ferry rc {rq.returncode} {rq.stderr.strip()[-200:]}")
+    qi = parse_ids(rq.stdout, "ferry --weights")[1]
+    k, tie, near = first_difference(qi, li, gaps)
+    tally["agreed"] += k
+    tally["identical"] += qi == li
+    tally["prompts"] += 1
+    print(f"  {t:5s} prompt {p!r}: ferry --weights {t}: {k}/{len(qi)} tokens agree{tie}")
+    if not near:
+        problems.append(f"--weights {t} {p!r}: the first difference from llama.cpp (token {k}) is no near tie")
 
 
 if __name__ == "__main__":

@@ -2,33 +2,45 @@
  * Q4_0 x Q8_0. The input row is quantized as for linear_q8 and each block's
  * dot product is exact in integers, combined in linear_q8's order (lane l
  * of accumulator half b & 1 adds the integer sum of products 4l .. 4l+3
- * times sw_b * sx_b; the 16 lanes reduce in cpu_quant.c's fixed tree), so
- * a Q4_0 matrix gives the bits of linear_q8 on its codes minus 8. Half the
- * bytes of Q8_0 stream per token. */
+ * times sw_b * sx_b; the 16 lanes reduce in cpu_q8.h's fixed tree), so
+ * a Q4_0 matrix gives the bits of linear_q8 on its codes minus 8, whatever
+ * kernel runs. Half the bytes of Q8_0 stream per token.
+ *
+ * AVX2 takes two blocks (b even, b + 1) a step. Their 32 bytes hold the
+ * low nibbles (weights 0 .. 15) and high nibbles (16 .. 31) of both, so
+ * one load, one shift and two ands give two registers of codes n (0 .. 15):
+ * L = [b's weights 0 .. 15 | b+1's 0 .. 15], H = [b's 16 .. 31 | b+1's
+ * 16 .. 31]. The input row is laid out the same way once per call (q4_prep:
+ * its bytes permuted within each pair of blocks), so L and H meet it
+ * without a shuffle. vpmaddubsw takes n as its unsigned operand as it is
+ * (n x + n' x' fits int16), vpmaddwd sums the quads, and 8 * (the quad's
+ * sum of x), also formed by q4_prep, is subtracted: the exact sum of
+ * (n - 8) x. The int32 lanes of L's products are then lanes 0 .. 3 of
+ * blocks b and b + 1, H's lanes 4 .. 7: accumulator AL holds [even 0 .. 3 |
+ * odd 0 .. 3], AH [even 4 .. 7 | odd 4 .. 7], each lane adding the same
+ * products in the same order as linear_q8's even and odd halves, which two
+ * permutes recover at the end. Tiles as cpu_quant.c's AVX2 kernel: 2
+ * weight rows x 1 input row for decode, 2 x 2 for N > 1. No AVX-512
+ * kernel: FY_CPU_Q8_BEST runs the AVX2 one where the CPU has it. */
 #include <omp.h>
 #include <stdint.h>
 
-#include "backend/cpu/cpu.h"
+#include "backend/cpu/cpu_q8.h"
 
-static float lanes_sum(const float a[16]) {
-    float t[8];
-    for (int l = 0; l < 8; l++) t[l] = a[l] + a[l + 8];
-    return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
-}
+#define Q4_BYTES (FY_Q8_BLOCK / 2) /* bytes of one block's codes */
 
-/* Outputs [o0, o1) of one quantized input row (xq, sx). */
 static void q4_rows_portable(int in, int o0, int o1, const int8_t *xq, const float *sx, const uint8_t *q,
                              const float *s, float *y, int accumulate) {
     const int nb = in / FY_Q8_BLOCK;
     for (int o = o0; o < o1; o++) {
         float a[16] = {0};
         for (int b = 0; b < nb; b++) {
-            const uint8_t *qb = q + ((size_t)o * nb + b) * (FY_Q8_BLOCK / 2);
+            const uint8_t *qb = q + ((size_t)o * nb + b) * Q4_BYTES;
             const int8_t *xb = xq + b * FY_Q8_BLOCK;
             int8_t wb[FY_Q8_BLOCK];
-            for (int j = 0; j < FY_Q8_BLOCK / 2; j++) {
+            for (int j = 0; j < Q4_BYTES; j++) {
                 wb[j] = (int8_t)((qb[j] & 15) - 8);
-                wb[j + FY_Q8_BLOCK / 2] = (int8_t)((qb[j] >> 4) - 8);
+                wb[j + Q4_BYTES] = (int8_t)((qb[j] >> 4) - 8);
             }
             const float d = s[(size_t)o * nb + b] * sx[b];
             for (int l = 0; l < 8; l++) {
@@ -37,13 +49,202 @@ static void q4_rows_portable(int in, int o0, int o1, const int8_t *xq, const flo
                 a[(b & 1) * 8 + l] += (float)v * d;
             }
         }
-        float r = lanes_sum(a);
-        y[o] = accumulate ? y[o] + r : r;
+        fy_cpu_put(y, o, fy_cpu_lanes16(a), accumulate);
     }
 }
 
-#define Q4_CHUNK 8
+#if defined(__GNUC__) && defined(__x86_64__)
+#define FY_Q4_X86 1
 
+/* Floats of one input row in the scratch: the bytes (in/4), the scales
+ * (in/32), then for AVX2 the offsets (in/4 int32) and the pairs' scales
+ * (in/8: [sx_b x 4 | sx_b+1 x 4] per pair). */
+static size_t q4_per(int in) { return (size_t)in / 4 + in / FY_Q8_BLOCK + in / 4 + in / 8; }
+static const int32_t *q4_off(const fy_cpu_q8_inputs *xs, int n) {
+    return (const int32_t *)(fy_cpu_q8_sx(xs, n) + xs->in / FY_Q8_BLOCK);
+}
+static const float *q4_sx8(const fy_cpu_q8_inputs *xs, int n) {
+    return fy_cpu_q8_sx(xs, n) + xs->in / FY_Q8_BLOCK + xs->in / 4;
+}
+
+/* Input row x quantized (fy_cpu_q8_quantize_row) into xq, sx, then each
+ * pair of blocks' bytes permuted to [b 0..15 | b+1 0..15 | b 16..31 | b+1
+ * 16..31] (a last odd block stays as it is), the offsets 8 * (sum of each
+ * quad) in that order, and the pairs' scales. */
+__attribute__((target("avx2"))) static void q4_prep(const float *x, int in, int8_t *xq, float *sx, int32_t *off,
+                                                    float *sx8) {
+    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
+    const int nb = in / FY_Q8_BLOCK;
+    fy_cpu_q8_quantize_row(0, x, in, xq, sx);
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(xq + b * FY_Q8_BLOCK));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(xq + b * FY_Q8_BLOCK + 32));
+        __m256i lo = _mm256_permute2x128_si256(u, v, 0x20), hi = _mm256_permute2x128_si256(u, v, 0x31);
+        _mm256_storeu_si256((__m256i *)(xq + b * FY_Q8_BLOCK), lo);
+        _mm256_storeu_si256((__m256i *)(xq + b * FY_Q8_BLOCK + 32), hi);
+        _mm256_storeu_si256((__m256i *)(off + b * 8), _mm256_madd_epi16(_mm256_maddubs_epi16(eight, lo), ones));
+        _mm256_storeu_si256((__m256i *)(off + b * 8 + 8), _mm256_madd_epi16(_mm256_maddubs_epi16(eight, hi), ones));
+        _mm256_storeu_ps(sx8 + b * 4, _mm256_set_m128(_mm_set1_ps(sx[b + 1]), _mm_set1_ps(sx[b])));
+    }
+    if (b < nb) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(xq + b * FY_Q8_BLOCK));
+        _mm256_storeu_si256((__m256i *)(off + b * 8), _mm256_madd_epi16(_mm256_maddubs_epi16(eight, u), ones));
+    }
+}
+
+/* [p[0] x 4 | p[1] x 4] (memcpy: the scale rows are only float-aligned). */
+__attribute__((target("avx2"), always_inline)) static inline __m256 q4_scales2(const float *p, __m256i sel) {
+    double t;
+    memcpy(&t, p, sizeof t);
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_set_sd(t))), sel);
+}
+
+/* One (weight row, input row) pair of a tile at a pair of blocks: codes NL,
+ * NH against the prepared bytes at XP, less the offsets at FP, times D
+ * (sw * sx per block) into AL, AH. */
+#define Q4_PAIR_AVX2(AL, AH, NL, NH, XP, FP, D)                                                               \
+    do {                                                                                                     \
+        __m256i pl_ = _mm256_madd_epi16(_mm256_maddubs_epi16(NL, _mm256_loadu_si256((const __m256i *)(XP))), \
+                                        ones);                                                               \
+        __m256i ph_ = _mm256_madd_epi16(                                                                     \
+            _mm256_maddubs_epi16(NH, _mm256_loadu_si256((const __m256i *)((XP) + 32))), ones);             \
+        pl_ = _mm256_sub_epi32(pl_, _mm256_loadu_si256((const __m256i *)(FP)));                             \
+        ph_ = _mm256_sub_epi32(ph_, _mm256_loadu_si256((const __m256i *)((FP) + 8)));                       \
+        AL = _mm256_add_ps(AL, _mm256_mul_ps(_mm256_cvtepi32_ps(pl_), D));                                   \
+        AH = _mm256_add_ps(AH, _mm256_mul_ps(_mm256_cvtepi32_ps(ph_), D));                                   \
+    } while (0)
+
+/* The codes of weight row r's blocks b, b + 1: NL, NH as above. */
+#define Q4_CODES2_AVX2(NL, NH, r)                                                                \
+    do {                                                                                         \
+        __m256i v_ = _mm256_loadu_si256((const __m256i *)(q + ((size_t)(r) * nb + b) * Q4_BYTES)); \
+        NL = _mm256_and_si256(v_, low4);                                                         \
+        NH = _mm256_and_si256(_mm256_srli_epi16(v_, 4), low4);                                   \
+    } while (0)
+
+/* e plus a last odd block's products (in/32 odd; it belongs to the even
+ * half): codes at qb against the input's bytes xq (as quantized: a lone
+ * block is not permuted), less the offsets at off, times d = sw * sx. */
+__attribute__((target("avx2"), always_inline)) static inline __m256 q4_tail(__m256 e, const uint8_t *qb, float d,
+                                                                           const int8_t *xq, const int32_t *off) {
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    __m128i t = _mm_loadu_si128((const __m128i *)qb);
+    __m256i n = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1), low4);
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(n, _mm256_loadu_si256((const __m256i *)xq)), ones);
+    p = _mm256_sub_epi32(p, _mm256_loadu_si256((const __m256i *)off));
+    return _mm256_add_ps(e, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d)));
+}
+
+/* The even half (lanes 0 .. 3 of AL and of AH) and the odd half (lanes 4
+ * .. 7 of each) of a (row, input) pair. */
+#define Q4_EVEN(AL, AH) _mm256_permute2f128_ps(AL, AH, 0x20)
+#define Q4_ODD(AL, AH) _mm256_permute2f128_ps(AL, AH, 0x31)
+
+/* Weight rows o .. o+R-1 against prepared input rows n0, n0+C-1 (R, C <=
+ * 2), accumulators in registers (named: GCC kept an array in memory);
+ * instantiated with constant R and C. pf: the first pass over these rows,
+ * which streams them from memory: the rows eight ahead are prefetched into
+ * L1 (as cpu_quant.c's kernels). */
+__attribute__((target("avx2"), always_inline)) static inline void
+q4_tile_avx2(const int R, const int C, int in, int o, const fy_cpu_q8_inputs *xs, int n0, const uint8_t *q,
+             const float *s, float *y, int ldy, int accumulate, int pf) {
+    const int nb = in / FY_Q8_BLOCK, n1 = n0 + C - 1;
+    const size_t row = (size_t)in / 2; /* bytes of a weight row */
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    const __m256i sel = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const int8_t *x0 = fy_cpu_q8_xq(xs, n0), *x1 = fy_cpu_q8_xq(xs, n1);
+    const int32_t *f0 = q4_off(xs, n0), *f1 = q4_off(xs, n1);
+    const float *c0 = q4_sx8(xs, n0), *c1 = q4_sx8(xs, n1);
+    __m256 a00l = _mm256_setzero_ps(), a00h = a00l, a01l = a00l, a01h = a00l;
+    __m256 a10l = a00l, a10h = a00l, a11l = a00l, a11h = a00l;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (pf) { /* integer arithmetic: the address may lie past the matrix */
+            uintptr_t ahead = (uintptr_t)(q + (size_t)o * row + (size_t)b * Q4_BYTES) + (uintptr_t)8 * row;
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)(ahead + row), _MM_HINT_T0);
+        }
+        __m256i n0l, n0h, n1l = ones, n1h = ones;
+        Q4_CODES2_AVX2(n0l, n0h, o);
+        __m256 sw0 = q4_scales2(s + (size_t)o * nb + b, sel), sw1 = sw0;
+        if (R > 1) {
+            Q4_CODES2_AVX2(n1l, n1h, o + 1);
+            sw1 = q4_scales2(s + (size_t)(o + 1) * nb + b, sel);
+        }
+        __m256 sx = _mm256_loadu_ps(c0 + b * 4);
+        Q4_PAIR_AVX2(a00l, a00h, n0l, n0h, x0 + b * FY_Q8_BLOCK, f0 + b * 8, _mm256_mul_ps(sw0, sx));
+        if (R > 1) Q4_PAIR_AVX2(a10l, a10h, n1l, n1h, x0 + b * FY_Q8_BLOCK, f0 + b * 8, _mm256_mul_ps(sw1, sx));
+        if (C > 1) {
+            sx = _mm256_loadu_ps(c1 + b * 4);
+            Q4_PAIR_AVX2(a01l, a01h, n0l, n0h, x1 + b * FY_Q8_BLOCK, f1 + b * 8, _mm256_mul_ps(sw0, sx));
+            if (R > 1)
+                Q4_PAIR_AVX2(a11l, a11h, n1l, n1h, x1 + b * FY_Q8_BLOCK, f1 + b * 8, _mm256_mul_ps(sw1, sx));
+        }
+    }
+    __m256 e00 = Q4_EVEN(a00l, a00h), e10 = Q4_EVEN(a10l, a10h), e01 = Q4_EVEN(a01l, a01h), e11 = Q4_EVEN(a11l, a11h);
+    if (b < nb) {
+        const uint8_t *q0 = q + ((size_t)o * nb + b) * Q4_BYTES, *q1 = q + ((size_t)(o + R - 1) * nb + b) * Q4_BYTES;
+        const float sw0 = s[(size_t)o * nb + b], sw1 = s[(size_t)(o + R - 1) * nb + b];
+        const float sx0 = fy_cpu_q8_sx(xs, n0)[b], sx1 = fy_cpu_q8_sx(xs, n1)[b];
+        e00 = q4_tail(e00, q0, sw0 * sx0, x0 + b * FY_Q8_BLOCK, f0 + b * 8);
+        if (R > 1) e10 = q4_tail(e10, q1, sw1 * sx0, x0 + b * FY_Q8_BLOCK, f0 + b * 8);
+        if (C > 1) {
+            e01 = q4_tail(e01, q0, sw0 * sx1, x1 + b * FY_Q8_BLOCK, f1 + b * 8);
+            if (R > 1) e11 = q4_tail(e11, q1, sw1 * sx1, x1 + b * FY_Q8_BLOCK, f1 + b * 8);
+        }
+    }
+    float *y0 = y + (size_t)n0 * ldy, *y1 = y + (size_t)n1 * ldy;
+    __m256 t00 = _mm256_add_ps(e00, Q4_ODD(a00l, a00h));
+    if (R == 1) {
+        fy_cpu_put(y0, o, fy_cpu_hsum256(t00), accumulate);
+        if (C > 1) fy_cpu_put(y1, o, fy_cpu_hsum256(_mm256_add_ps(e01, Q4_ODD(a01l, a01h))), accumulate);
+        return;
+    }
+    __m256 t10 = _mm256_add_ps(e10, Q4_ODD(a10l, a10h)), t01 = t00, t11 = t10;
+    if (C > 1) t01 = _mm256_add_ps(e01, Q4_ODD(a01l, a01h)), t11 = _mm256_add_ps(e11, Q4_ODD(a11l, a11h));
+    __m128 v = fy_cpu_hsum256x4(t00, t10, t01, t11);
+    fy_cpu_put2(y0, o, v, accumulate);
+    if (C > 1) fy_cpu_put2(y1, o, _mm_movehl_ps(v, v), accumulate);
+}
+
+/* Outputs [o0, o1) of every prepared input row: 2 x 2 tiles, the odd row
+ * or input in 2 x 1, 1 x 2, 1 x 1 tiles (decode: 2 x 1). */
+__attribute__((target("avx2"))) static void q4_tiles_avx2(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs,
+                                                          const uint8_t *q, const float *s, float *y, int ldy,
+                                                          int accumulate) {
+    for (int n = 0; n < N; n += 2) {
+        const int C = n + 1 < N ? 2 : 1;
+        int o = o0;
+        for (; o + 2 <= o1; o += 2) { /* with and without the prefetch, no test per block */
+            if (C == 1) q4_tile_avx2(2, 1, in, o, xs, n, q, s, y, ldy, accumulate, !n);
+            else if (n) q4_tile_avx2(2, 2, in, o, xs, n, q, s, y, ldy, accumulate, 0);
+            else q4_tile_avx2(2, 2, in, o, xs, n, q, s, y, ldy, accumulate, 1);
+        }
+        if (o < o1) {
+            if (C == 2) q4_tile_avx2(1, 2, in, o, xs, n, q, s, y, ldy, accumulate, !n);
+            else q4_tile_avx2(1, 1, in, o, xs, n, q, s, y, ldy, accumulate, !n);
+        }
+    }
+}
+#else
+static size_t q4_per(int in) { return (size_t)in / 4 + in / FY_Q8_BLOCK; }
+#endif
+
+/* AVX2 unless fy_backend_opts.cpu_q8 asks for the portable kernel or the
+ * CPU lacks it (tests check that both give the same bits). */
+static int q4_use_avx2(fy_backend *be) {
+    if (((fy_cpu_impl *)be->impl)->q8_kernel == FY_CPU_Q8_PORTABLE) return 0;
+#ifdef FY_Q4_X86
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+/* All N input rows are prepared first, then each chunk of W's rows meets
+ * every row while it is in cache (W streams from memory once, not N
+ * times); row n's outputs are the same bits as a call with that row alone. */
 void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws, fy_ref y,
                       int ldy, int accumulate) {
     const char *op = "linear_q4";
@@ -51,17 +252,35 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     const uint8_t *qp = (const uint8_t *)fy_cpu_f(be, wq, (size_t)out * (in / 8), op, "wq");
     const float *sp = fy_cpu_f(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
     float *yp = fy_cpu_f(be, y, fy_cpu_span(N, ldy, out), op, "y");
-    const size_t per = (size_t)in / 4 + in / FY_Q8_BLOCK; /* a quantized input row: bytes, then scales */
+    const size_t per = q4_per(in);
     float *scr = fy_cpu_scratch(be, per * N, op);
     if (!xp || !qp || !sp || !yp || !scr) return;
-    for (int n = 0; n < N; n++)
-        fy_q8_quantize(xp + (size_t)n * ldx, 1, in, in, (int8_t *)(scr + per * n), scr + per * n + in / 4);
-    const int chunks = (out + Q4_CHUNK - 1) / Q4_CHUNK;
-#pragma omp parallel for schedule(static) if ((size_t)out * in * N >= 65536)
+    const int avx2 = q4_use_avx2(be);
+    (void)avx2; /* read only where the AVX2 kernel is compiled */
+    const fy_cpu_q8_inputs xs = {scr, per, in};
+    for (int n = 0; n < N; n++) {
+        int8_t *xq = (int8_t *)(scr + per * n);
+        float *sx = scr + per * n + in / 4;
+#ifdef FY_Q4_X86
+        if (avx2) {
+            q4_prep(xp + (size_t)n * ldx, in, xq, sx, (int32_t *)q4_off(&xs, n), (float *)q4_sx8(&xs, n));
+            continue;
+        }
+#endif
+        fy_cpu_q8_quantize_row(1, xp + (size_t)n * ldx, in, xq, sx);
+    }
+    const int chunks = (out + FY_CPU_Q8_CHUNK - 1) / FY_CPU_Q8_CHUNK;
+#pragma omp parallel for schedule(static) if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
-        int o0 = c * Q4_CHUNK, o1 = o0 + Q4_CHUNK < out ? o0 + Q4_CHUNK : out;
+        int o0 = c * FY_CPU_Q8_CHUNK, o1 = o0 + FY_CPU_Q8_CHUNK < out ? o0 + FY_CPU_Q8_CHUNK : out;
+#ifdef FY_Q4_X86
+        if (avx2) {
+            q4_tiles_avx2(in, o0, o1, N, &xs, qp, sp, yp, ldy, accumulate);
+            continue;
+        }
+#endif
         for (int n = 0; n < N; n++)
-            q4_rows_portable(in, o0, o1, (const int8_t *)(scr + per * n), scr + per * n + in / 4, qp, sp,
-                             yp + (size_t)n * ldy, accumulate);
+            q4_rows_portable(in, o0, o1, fy_cpu_q8_xq(&xs, n), fy_cpu_q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy,
+                             accumulate);
     }
 }

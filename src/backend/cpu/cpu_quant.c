@@ -32,33 +32,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/cpu/cpu.h"
-
-static float lanes_sum(const float a[16]) {
-    float t[8];
-    for (int l = 0; l < 8; l++) t[l] = a[l] + a[l + 8];
-    return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
-}
-
-static void put(float *y, int o, float v, int accumulate) { y[o] = accumulate ? y[o] + v : v; }
+#include "backend/cpu/cpu_q8.h"
 
 /* Outputs [o0, o1) from the quantized input row (xq, sx). */
 typedef void q8_rows_fn(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                         const float *s, float *y, int accumulate);
 
-/* The quantized input rows of one call: row n's in bytes at x + n * per
- * floats, its in/32 scales right after them (fy_cpu_linear_q8's scratch). */
-typedef struct {
-    const float *x;
-    size_t per;
-    int in;
-} q8_inputs;
-static const int8_t *q8_xq(const q8_inputs *xs, int n) { return (const int8_t *)(xs->x + xs->per * n); }
-static const float *q8_sx(const q8_inputs *xs, int n) { return xs->x + xs->per * n + xs->in / 4; }
-
 /* Outputs [o0, o1) of every input row (N > 1): y row n at y + n * ldy. */
-typedef void q8_tiles_fn(int in, int o0, int o1, int N, const q8_inputs *xs, const int8_t *q, const float *s,
-                         float *y, int ldy, int accumulate);
+typedef void q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const int8_t *q,
+                         const float *s, float *y, int ldy, int accumulate);
 
 static void q8_rows_portable(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                              const float *s, float *y, int accumulate) {
@@ -74,43 +56,12 @@ static void q8_rows_portable(int in, int o0, int o1, const int8_t *xq, const flo
                 a[(b & 1) * 8 + l] += (float)v * d;
             }
         }
-        put(y, o, lanes_sum(a), accumulate);
+        fy_cpu_put(y, o, fy_cpu_lanes16(a), accumulate);
     }
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define FY_Q8_X86 1
-
-/* lanes_sum in registers (storing the vector and reading it back as floats
- * stalled on store forwarding: a quarter of the decode time). */
-__attribute__((target("avx2"))) static float hsum256(__m256 t) {
-    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    __m128 v = _mm_add_ps(u, _mm_shuffle_ps(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehl_ps(v, v)));
-}
-
-/* hsum256 of four vectors at once, [hsum(t0), hsum(t1), hsum(t2), hsum(t3)]:
- * the same additions (u_j = t_j + t_{j+4}, then (u0 + u1) + (u2 + u3)) in
- * 14 instructions instead of 28. */
-__attribute__((target("avx2"))) static __m128 hsum256x4(__m256 t0, __m256 t1, __m256 t2, __m256 t3) {
-    __m256 u01 = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
-    __m256 u23 = _mm256_add_ps(_mm256_permute2f128_ps(t2, t3, 0x20), _mm256_permute2f128_ps(t2, t3, 0x31));
-    __m256 v = _mm256_hadd_ps(u01, u23); /* per half: u0 + u1, u2 + u3 of t0, t2 (t1, t3 above) */
-    __m256 r = _mm256_hadd_ps(v, v);     /* (u0 + u1) + (u2 + u3): t0, t2 below, t1, t3 above */
-    return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
-}
-
-/* put of v's two low lanes to outputs o, o + 1 (memcpy: y is only
- * float-aligned, see load2f). */
-__attribute__((target("avx2"))) static void put2(float *y, int o, __m128 v, int accumulate) {
-    if (accumulate) {
-        double t;
-        memcpy(&t, y + o, sizeof t);
-        v = _mm_add_ps(_mm_castpd_ps(_mm_set_sd(t)), v);
-    }
-    double r = _mm_cvtsd_f64(_mm_castps_pd(v));
-    memcpy(y + o, &r, sizeof r);
-}
 
 /* One (weight row, input row) pair of a tile at block b into accumulator
  * A: |w| * (x with w's sign) = w * x, summed in pairs (they fit int16:
@@ -168,14 +119,14 @@ q8_tile_avx2(const int R, const int C, int in, int o, const int8_t *const xr[2],
     }
     if (b < nb) Q8_TILE_BLOCK_AVX2(b, e); /* the last block, in/32 odd */
     if (R == 1) {
-        put(yr[0], o, hsum256(_mm256_add_ps(a00e, a00o)), accumulate);
-        if (C > 1) put(yr[1], o, hsum256(_mm256_add_ps(a01e, a01o)), accumulate);
+        fy_cpu_put(yr[0], o, fy_cpu_hsum256(_mm256_add_ps(a00e, a00o)), accumulate);
+        if (C > 1) fy_cpu_put(yr[1], o, fy_cpu_hsum256(_mm256_add_ps(a01e, a01o)), accumulate);
         return;
     }
-    __m128 v = hsum256x4(_mm256_add_ps(a00e, a00o), _mm256_add_ps(a10e, a10o), _mm256_add_ps(a01e, a01o),
-                         _mm256_add_ps(a11e, a11o));
-    put2(yr[0], o, v, accumulate);
-    if (C > 1) put2(yr[1], o, _mm_movehl_ps(v, v), accumulate);
+    __m128 v = fy_cpu_hsum256x4(_mm256_add_ps(a00e, a00o), _mm256_add_ps(a10e, a10o), _mm256_add_ps(a01e, a01o),
+                                _mm256_add_ps(a11e, a11o));
+    fy_cpu_put2(yr[0], o, v, accumulate);
+    if (C > 1) fy_cpu_put2(yr[1], o, _mm_movehl_ps(v, v), accumulate);
 }
 
 /* One input row: two weight rows at a time, x loaded once for both (the
@@ -193,13 +144,13 @@ __attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1,
 
 /* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
  * the odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
-__attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N, const q8_inputs *xs,
-                                                          const int8_t *q, const float *s, float *y, int ldy,
-                                                          int accumulate) {
+__attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N,
+                                                          const fy_cpu_q8_inputs *xs, const int8_t *q, const float *s,
+                                                          float *y, int ldy, int accumulate) {
     for (int n = 0; n < N; n += 2) {
         const int C = n + 1 < N ? 2 : 1;
-        const int8_t *const xr[2] = {q8_xq(xs, n), q8_xq(xs, n + C - 1)};
-        const float *const sr[2] = {q8_sx(xs, n), q8_sx(xs, n + C - 1)};
+        const int8_t *const xr[2] = {fy_cpu_q8_xq(xs, n), fy_cpu_q8_xq(xs, n + C - 1)};
+        const float *const sr[2] = {fy_cpu_q8_sx(xs, n), fy_cpu_q8_sx(xs, n + C - 1)};
         float *const yr[2] = {y + (size_t)n * ldy, y + (size_t)(n + C - 1) * ldy};
         int o = o0;
         for (; o + 2 <= o1; o += 2) { /* the 2 x 2 tile with and without the prefetch, no test per block */
@@ -240,7 +191,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static __m128 load2f(cons
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static float hsum512(__m512 a) {
     __m256 lo = _mm512_castps512_ps256(a);
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-    return hsum256(_mm256_add_ps(lo, hi));
+    return fy_cpu_hsum256(_mm256_add_ps(lo, hi));
 }
 
 /* Two rows at a time: two independent add chains, x loaded once for both. */
@@ -268,8 +219,8 @@ q8_rows_vnni(int in, int o0, int o1, const int8_t *xq, const float *sx, const in
             Q8_PAIR512(a0, 0);
             Q8_PAIR512(a1, 1);
         }
-        put(y, o, hsum512(a0), accumulate);
-        put(y, o + 1, hsum512(a1), accumulate);
+        fy_cpu_put(y, o, hsum512(a0), accumulate);
+        fy_cpu_put(y, o + 1, hsum512(a1), accumulate);
     }
     if (o < o1) q8_rows_avx2(in, o, o1, xq, sx, q, s, y, accumulate);
 }
@@ -355,27 +306,28 @@ static q8_tiles_fn *q8_tiles_for(q8_rows_fn *rows) {
     return NULL;
 }
 
-/* The input quantizer that goes with `rows`: the AVX-512 or AVX2 one
- * unless the portable kernel was asked for (same bits every way). */
-static void quantize_row(q8_rows_fn *rows, const float *x, int in, int8_t *xq, float *sx) {
+void fy_cpu_q8_quantize_row(int portable, const float *x, int in, int8_t *xq, float *sx) {
 #ifdef FY_Q8_X86
-    if (rows != q8_rows_portable && __builtin_cpu_supports("avx512f")) {
+    if (!portable && __builtin_cpu_supports("avx512f")) {
         q8_quantize_row512(x, in, xq, sx);
         return;
     }
-    if (rows != q8_rows_portable && __builtin_cpu_supports("avx2")) {
+    if (!portable && __builtin_cpu_supports("avx2")) {
         q8_quantize_row256(x, in, xq, sx);
         return;
     }
 #endif
-    (void)rows;
+    (void)portable;
     fy_q8_quantize(x, 1, in, in, xq, sx);
 }
 
-/* Outputs go in fixed chunks of 8 (the split depends on the shape only;
- * each output is one thread's anyway): fine enough that 160 rows split
- * 80/80 between two threads (chunks of 32 split them 96/64). */
-#define Q8_CHUNK 8
+/* The input quantizer that goes with `rows`: the AVX-512 or AVX2 one
+ * unless the portable kernel was asked for (same bits every way). */
+static void quantize_row(q8_rows_fn *rows, const float *x, int in, int8_t *xq, float *sx) {
+    fy_cpu_q8_quantize_row(rows == q8_rows_portable, x, in, xq, sx);
+}
+
+#define Q8_CHUNK FY_CPU_Q8_CHUNK
 static int n_chunks(int out) { return (out + Q8_CHUNK - 1) / Q8_CHUNK; }
 static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *xq, const float *sx,
                        const int8_t *q, const float *s, float *y, int accumulate) {
@@ -402,9 +354,9 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     for (int n = 0; n < N; n++)
         quantize_row(rows, xp + (size_t)n * ldx, in, (int8_t *)(scr + per * n), scr + per * n + in / 4);
     q8_tiles_fn *tiles = N > 1 ? q8_tiles_for(rows) : NULL;
-    const q8_inputs xs = {scr, per, in};
+    const fy_cpu_q8_inputs xs = {scr, per, in};
     const int chunks = n_chunks(out);
-#pragma omp parallel for schedule(static) if ((size_t)out * in * N >= 65536)
+#pragma omp parallel for schedule(static) if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
         if (tiles) {
             int o0 = c * Q8_CHUNK, o1 = o0 + Q8_CHUNK < out ? o0 + Q8_CHUNK : out;
@@ -412,7 +364,8 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
             continue;
         }
         for (int n = 0; n < N; n++)
-            chunk_rows(rows, c, in, out, q8_xq(&xs, n), q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy, accumulate);
+            chunk_rows(rows, c, in, out, fy_cpu_q8_xq(&xs, n), fy_cpu_q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy,
+                       accumulate);
     }
 }
 

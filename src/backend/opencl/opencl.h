@@ -23,7 +23,7 @@
     X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
     X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
     X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)              \
-    X(fy_q8_quant) X(fy_linear_q8) X(fy_dropout)
+    X(fy_q8_quant) X(fy_linear_q8) X(fy_linear_q4) X(fy_dropout)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -166,6 +166,8 @@ void fy_ocl_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
 void fy_ocl_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float scale, fy_ref q,
                      fy_ref k, fy_ref v, fy_ref P, fy_ref dout, fy_ref dq, fy_ref dk, fy_ref dv_);
 void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate);
+void fy_ocl_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
                       fy_ref y, int ldy, int accumulate);
 void fy_ocl_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int dv, float scale,
                        fy_ref q, int ldq, fy_ref wkv_b, fy_ref ckv, int ld_ckv, fy_ref kpe, int ld_kpe,

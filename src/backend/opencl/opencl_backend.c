@@ -568,6 +568,7 @@ static const fy_backend_ops ocl_ops = {
     .adamw = fy_ocl_adamw,
     .mla_decode = fy_ocl_mla_decode,
     .linear_q8 = fy_ocl_linear_q8,
+    .linear_q4 = fy_ocl_linear_q4,
 };
 
 /* A checked device query for creation; -1 with a message naming it. */

@@ -1,14 +1,15 @@
-/* Q8_0 inference weights on OpenCL (backend.h linear_q8): the input rows
- * quantized into scratch, then one work-item per output forms the exact
- * integer block sums and accumulates them as the cpu backend does
- * (kernels/quant.cl): the same bits as cpu_quant.c. */
+/* Q8_0 and Q4_0 inference weights on OpenCL (backend.h linear_q8,
+ * linear_q4): the input rows quantized into scratch, then one work-item per
+ * output forms the exact integer block sums and accumulates them as the cpu
+ * backend does (kernels/quant.cl): the same bits as cpu_quant.c and
+ * cpu_q4.c. */
 #include "backend/opencl/opencl.h"
 
-void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
-                      fy_ref y, int ldy, int accumulate) {
-    const char *op = "linear_q8";
+/* kernel fy_linear_q8 or fy_linear_q4, whose weights take bits bits each. */
+static void linear_quant(fy_backend *be, const char *op, int kernel, int bits, int N, int in, int out, fy_ref x,
+                         int ldx, fy_ref wq, fy_ref ws, fy_ref y, int ldy, int accumulate) {
     cl_mem xm = fy_ocl_mem(be, x, fy_ocl_span(N, ldx, in), op, "x");
-    cl_mem qm = fy_ocl_mem(be, wq, (size_t)out * (in / 4), op, "wq");
+    cl_mem qm = fy_ocl_mem(be, wq, (size_t)out * (in / (32 / bits)), op, "wq");
     cl_mem sm = fy_ocl_mem(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
     cl_mem ym = fy_ocl_mem(be, y, fy_ocl_span(N, ldy, out), op, "y");
     /* the quantized rows: N * in bytes (N * in/4 elements), then N * in/32 scales */
@@ -25,7 +26,7 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
         size_t g[2] = {fy_ocl_round((size_t)in / FY_Q8_BLOCK, 32), (size_t)N};
         fy_ocl_run(&c, 2, g, NULL);
     }
-    fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_linear_q8, op);
+    fy_ocl_call c = fy_ocl_begin(be, kernel, op);
     fy_ocl_int(&c, N);
     fy_ocl_int(&c, in);
     fy_ocl_int(&c, out);
@@ -37,4 +38,14 @@ void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     fy_ocl_int(&c, accumulate);
     size_t g[2] = {fy_ocl_round((size_t)out, 32), (size_t)N};
     fy_ocl_run(&c, 2, g, NULL);
+}
+
+void fy_ocl_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate) {
+    linear_quant(be, "linear_q8", FY_OCL_K_fy_linear_q8, 8, N, in, out, x, ldx, wq, ws, y, ldy, accumulate);
+}
+
+void fy_ocl_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws,
+                      fy_ref y, int ldy, int accumulate) {
+    linear_quant(be, "linear_q4", FY_OCL_K_fy_linear_q4, 4, N, in, out, x, ldx, wq, ws, y, ldy, accumulate);
 }

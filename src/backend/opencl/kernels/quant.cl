@@ -26,6 +26,14 @@ kernel void fy_q8_quant(int N, int in, global const float *x, ulong xo, int ldx,
     }
 }
 
+/* y (=|+=) the 16 lanes reduced as cpu_quant.c's (cpu_q8.h). */
+void fy_q8_put(float a[16], global float *yp, int accumulate) {
+    float u[8];
+    for (int l = 0; l < 8; l++) u[l] = a[l] + a[l + 8];
+    float r = ((u[0] + u[4]) + (u[1] + u[5])) + ((u[2] + u[6]) + (u[3] + u[7]));
+    *yp = accumulate ? *yp + r : r;
+}
+
 /* y[n, o] (=|+=) sum_b ws[o, b] sx[n, b] sum_{i in b} wq[o, i] xq[n, i];
  * one output a work-item, global (out, N). Lane l of half (b & 1) adds
  * block b's products 4l .. 4l+3; the 16 lanes reduce as cpu_quant.c's. */
@@ -46,9 +54,34 @@ kernel void fy_linear_q8(int N, int in, int out, global const char *xq, ulong xq
             a[(b & 1) * 8 + l] += (float)v * d;
         }
     }
-    float u[8];
-    for (int l = 0; l < 8; l++) u[l] = a[l] + a[l + 8];
-    float r = ((u[0] + u[4]) + (u[1] + u[5])) + ((u[2] + u[6]) + (u[3] + u[7]));
-    global float *yp = y + yo + (ulong)n * ldy + o;
-    *yp = accumulate ? *yp + r : r;
+    fy_q8_put(a, y + yo + (ulong)n * ldy + o, accumulate);
+}
+
+/* linear_q4 (backend.h): as fy_linear_q8 with wq[o, i] = n - 8, n the
+ * 4-bit code of weight i (GGUF Q4_0: block b of row o is 16 bytes, byte j
+ * holding weight j in its low nibble and weight j + 16 in its high one),
+ * so lanes 0 .. 3 read low nibbles and 4 .. 7 high ones: the bits of
+ * cpu_q4.c, which are linear_q8's on the codes - 8. */
+kernel void fy_linear_q4(int N, int in, int out, global const char *xq, ulong xqo, global const float *sx,
+                         ulong sxo, global const uchar *wq, ulong wqo, global const float *ws, ulong wso,
+                         global float *y, ulong yo, int ldy, int accumulate) {
+    int o = get_global_id(0), n = get_global_id(1), nb = in / 32;
+    if (o >= out || n >= N) return;
+    global const uchar *w = wq + wqo * 4 + (ulong)o * nb * 16;
+    global const char *xr = xq + xqo * 4 + (ulong)n * in;
+    global const float *s = ws + wso + (ulong)o * nb, *t = sx + sxo + (ulong)n * nb;
+    float a[16];
+    for (int l = 0; l < 16; l++) a[l] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const float d = s[b] * t[b];
+        for (int l = 0; l < 8; l++) {
+            int v = 0;
+            for (int k = 0; k < 4; k++) {
+                uchar c = w[b * 16 + (4 * l + k) % 16];
+                v += ((l < 4 ? c & 15 : c >> 4) - 8) * xr[b * 32 + 4 * l + k];
+            }
+            a[(b & 1) * 8 + l] += (float)v * d;
+        }
+    }
+    fy_q8_put(a, y + yo + (ulong)n * ldy + o, accumulate);
 }
