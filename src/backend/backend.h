@@ -107,6 +107,11 @@ typedef struct fy_backend_ops {
     /* --- memory --- */
     int (*alloc)(fy_backend *be, fy_buf *out, size_t n, fy_err *err); /* zero-filled */
     void (*free)(fy_backend *be, fy_buf *b);
+    /* Optional (NULL: no advice): only scattered ranges of b will ever be
+     * written (a block of which most is never filled), so memory granted in
+     * large units on first touch (the cpu's huge pages) would be mostly
+     * waste. Call it before writing b; the contents stay as they are. */
+    void (*sparse)(fy_backend *be, fy_buf *b);
     void (*upload)(fy_backend *be, fy_ref dst, const void *src, size_t n);
     void (*download)(fy_backend *be, void *dst, fy_ref src, size_t n); /* blocking */
     void (*copy)(fy_backend *be, fy_ref dst, fy_ref src, size_t n);

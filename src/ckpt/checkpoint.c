@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/strbuf.h"
+#include "model/decode.h"
 
 /* ---- names ---------------------------------------------------------------- */
 
@@ -260,19 +262,26 @@ int fy_ckpt_verify_file(const char *ckpt_dir, const fy_ckpt_file *f, fy_err *err
     return 0;
 }
 
-int fy_ckpt_verify(const char *ckpt_dir, fy_err *err) {
+/* Every listed file, or (weights_only) all but the training state a model
+ * does not need: the optimizer's moments, the per-rank state (for a small
+ * model 2/3 of the checkpoint's bytes, read and hashed for nothing). */
+static int verify(const char *ckpt_dir, int weights_only, fy_err *err) {
     fy_ckpt_manifest man;
     if (fy_ckpt_read_manifest(ckpt_dir, &man, err)) return -1;
     int has_model = 0;
     for (int i = 0; i < man.n_files; i++) {
+        const char *name = man.files[i].name;
+        if (weights_only && (!strcmp(name, FY_CKPT_OPTIM) || !strcmp(name, FY_CKPT_DIST))) continue;
         if (fy_ckpt_verify_file(ckpt_dir, &man.files[i], err)) return -1;
-        has_model |= !strcmp(man.files[i].name, FY_CKPT_MODEL);
+        has_model |= !strcmp(name, FY_CKPT_MODEL);
     }
     if (!has_model)
         return fy_fail(err, "checkpoint %s: %s does not list %s", ckpt_dir, FY_CKPT_MANIFEST,
                        FY_CKPT_MODEL);
     return 0;
 }
+
+int fy_ckpt_verify(const char *ckpt_dir, fy_err *err) { return verify(ckpt_dir, 0, err); }
 
 /* ---- save ------------------------------------------------------------------ */
 
@@ -707,17 +716,17 @@ static int copy_out(char *out, size_t cap, const char *s, fy_err *err) {
     return 0;
 }
 
-int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err) {
+static int resolve(const char *path, int weights_only, char *out_dir, size_t cap, fy_err *err) {
     char ckdir[FY_PATH_MAX], cand[FY_PATH_MAX], latest[64] = "";
     if (fy_path_join(ckdir, sizeof ckdir, path, FY_CKPT_DIRNAME, err)) return -1;
     if (!is_dir(ckdir)) {
-        if (fy_ckpt_verify(path, err)) return -1;
+        if (verify(path, weights_only, err)) return -1;
         return copy_out(out_dir, cap, path, err);
     }
     fy_err why;
     if (fy_ckpt_read_latest(path, latest, sizeof latest, &why) == 0) {
         if (fy_path_join(cand, sizeof cand, ckdir, latest, err)) return -1;
-        if (fy_ckpt_verify(cand, &why) == 0) return copy_out(out_dir, cap, cand, err);
+        if (verify(cand, weights_only, &why) == 0) return copy_out(out_dir, cap, cand, err);
     } else {
         latest[0] = '\0';
     }
@@ -733,7 +742,7 @@ int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err) {
         fy_ckpt_dirname(steps[i], name);
         if (!strcmp(name, latest)) continue;   /* already failed above */
         if (fy_path_join(cand, sizeof cand, ckdir, name, err)) break;
-        if (fy_ckpt_verify(cand, &why) == 0) {
+        if (verify(cand, weights_only, &why) == 0) {
             free(steps);
             fy_warn("resuming from %s", cand);
             return copy_out(out_dir, cap, cand, err);
@@ -743,6 +752,14 @@ int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err) {
     free(steps);
     return fy_fail(err, "run %s: no checkpoint in %s verifies (last problem: %s)", path, ckdir,
                    why.msg);
+}
+
+int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err) {
+    return resolve(path, 0, out_dir, cap, err);
+}
+
+int fy_ckpt_resolve_weights(const char *path, char *out_dir, size_t cap, fy_err *err) {
+    return resolve(path, 1, out_dir, cap, err);
 }
 
 /* ---- load ------------------------------------------------------------------ */
@@ -783,18 +800,62 @@ static int check_tensor(const fy_st_file *f, const char *dir, const char *file, 
     return 0;
 }
 
-/* Uploads a checked tensor to dst: F32 straight from the file's mapping,
- * the 16-bit types widened through staging (t->n floats at least). */
-static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry *e, fy_ref dst, size_t n,
-                         float *staging, fy_err *err) {
-    if (e->dtype == FY_ST_F32) {
-        be->ops->upload(be, dst, e->data, n);
-    } else {
-        if (fy_st_read_f32(f, e->name, staging, n, err)) return -1;
-        be->ops->upload(be, dst, staging, n);
+/* Host floats of elements [first, first + count) of a checked tensor: F32
+ * straight from the file's mapping (prefaulted in one call), the 16-bit
+ * types (and unaligned F32) widened or copied into staging. */
+static const float *chunk_floats(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count,
+                                 float *staging, fy_err *err) {
+    if (e->dtype == FY_ST_F32 && (uintptr_t)e->data % sizeof(float) == 0) {
+        fy_st_prefault(f, e, first, count);
+        return (const float *)e->data + first;
     }
-    /* The source (the mapping, the staging buffer) must outlive the copy. */
-    return fy_be_sync(be, err);
+    return fy_st_read_f32_range(f, e->name, (size_t)e->numel, first, count, staging, err) ? NULL : staging;
+}
+
+/* A tensor is copied in chunks of whole rows, about CHUNK bytes of floats
+ * each (one row at least), each chunk's pages of the mapping dropped once
+ * copied (fy_st_release): the copy is all that stays, and the largest
+ * tensor (the embedding, the head) is never resident twice. */
+#define CHUNK ((size_t)1 << 20)
+
+static size_t rows_of(const fy_tensor_info *t) { return t->ndim == 2 ? (size_t)t->shape[0] : 1; }
+
+static size_t chunk_rows(const fy_tensor_info *t) {
+    size_t row = t->n / rows_of(t), per = CHUNK / sizeof(float) / (row ? row : 1);
+    return per ? per : 1;
+}
+
+/* Uploads a checked tensor (table entry ti) to dst. */
+static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
+                         fy_ref dst, float *staging, fy_err *err) {
+    size_t row = ti->n / rows_of(ti), per = chunk_rows(ti);
+    for (size_t r = 0; r < rows_of(ti); r += per) {
+        size_t nr = rows_of(ti) - r < per ? rows_of(ti) - r : per;
+        const float *w = chunk_floats(f, e, r * row, nr * row, staging, err);
+        if (!w) return -1;
+        be->ops->upload(be, fy_add(dst, r * row), w, nr * row);
+        /* The source (the mapping, the staging buffer) must outlive the copy. */
+        int rc = fy_be_sync(be, err);
+        fy_st_release(f, e, r * row, nr * row);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* The model's tensor ti from the file, chunk by chunk: the model decides
+ * where each goes (model/decode.h, fy_model_load_rows). */
+static int load_model_tensor(fy_model *m, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
+                             float *staging, fy_err *err) {
+    if (!fy_model_needs_tensor(m, ti)) return 0;
+    size_t row = ti->n / rows_of(ti), per = chunk_rows(ti);
+    for (size_t r = 0; r < rows_of(ti); r += per) {
+        size_t nr = rows_of(ti) - r < per ? rows_of(ti) - r : per;
+        const float *w = chunk_floats(f, e, r * row, nr * row, staging, err);
+        int rc = w ? fy_model_load_rows(m, ti, (int)r, (int)nr, w, err) : -1;
+        fy_st_release(f, e, r * row, nr * row);
+        if (rc) return -1;
+    }
+    return 0;
 }
 
 /* Names the first tensor of f that the table does not expect (called only
@@ -865,10 +926,11 @@ static int check_file(const char *dir, const char *file, const fy_param_table *t
     return rc;
 }
 
-int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json,
-                 fy_err *err) {
+/* fy_ckpt_load, or (verified 0) fy_ckpt_load_weights. */
+static int load(const char *ckpt_dir, int verified, fy_model *m, fy_adamw *opt, char **trainer_state_json,
+                fy_err *err) {
     if (trainer_state_json) *trainer_state_json = NULL;
-    if (fy_ckpt_verify(ckpt_dir, err)) return -1;
+    if (!verified && fy_ckpt_verify(ckpt_dir, err)) return -1;
     const fy_param_table *tab = &m->tab;
     static const char *const none[] = {""}, *const moments[] = {".exp_avg", ".exp_avg_sq"};
     /* Everything that can be wrong is checked before the device changes:
@@ -910,13 +972,13 @@ int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **traine
     fy_backend *be = m->be;
     for (int i = 0; i < tab->n && rc == 0; i++) {
         const fy_tensor_info *ti = &tab->t[i];
-        fy_ref dst = fy_at(ti->is_buffer ? &m->buffers : &m->params, ti->off);
-        rc = upload_tensor(be, fm, em[i], dst, ti->n, staging, err);
+        rc = load_model_tensor(m, fm, em[i], ti, staging, err);
         if (rc == 0 && opt && !ti->is_buffer)
-            rc = upload_tensor(be, fo, eo[2 * (size_t)i], fy_at(&opt->m, ti->off), ti->n, staging, err) ||
-                 upload_tensor(be, fo, eo[2 * (size_t)i + 1], fy_at(&opt->v, ti->off), ti->n, staging, err);
+            rc = upload_tensor(be, fo, eo[2 * (size_t)i], ti, fy_at(&opt->m, ti->off), staging, err) ||
+                 upload_tensor(be, fo, eo[2 * (size_t)i + 1], ti, fy_at(&opt->v, ti->off), staging, err);
         if (rc) fy_wrap(err, "checkpoint %s: uploading %s", ckpt_dir, ti->name);
     }
+    fy_model_load_finish(m);
     if (rc == 0 && opt) opt->t = t;
     if (rc == 0 && trainer_state_json) *trainer_state_json = ts;
     else free(ts);
@@ -926,4 +988,12 @@ int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **traine
     free(eo);
     free(staging);
     return rc;
+}
+
+int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json, fy_err *err) {
+    return load(ckpt_dir, 0, m, opt, trainer_state_json, err);
+}
+
+int fy_ckpt_load_weights(const char *ckpt_dir, fy_model *m, fy_err *err) {
+    return load(ckpt_dir, 1, m, NULL, NULL, err);
 }

@@ -111,6 +111,9 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
  * Otherwise path is a checkpoint directory, verified as it is. out_dir gets
  * the verified checkpoint's directory. */
 int fy_ckpt_resolve(const char *path, char *out_dir, size_t cap, fy_err *err);
+/* The same for a model to run, not to train on: what it verifies leaves out
+ * the training state (optimizer.safetensors, dist_state.safetensors). */
+int fy_ckpt_resolve_weights(const char *path, char *out_dir, size_t cap, fy_err *err);
 
 /* A JSON number that is a whole number in [0, 2^53] (exact in a double)
  * into out; -1 (out untouched) for anything else: the range check every
@@ -122,10 +125,17 @@ int fy_json_count(const struct cJSON *v, uint64_t *out);
  * shapes, no extra tensors; F32, BF16 or F16) and, when opt is non-NULL, the
  * moments and opt->t. Nothing on the device changes unless all of it checks
  * out (checksums, names, shapes, dtypes, the step): the tensors are then
- * copied straight from the files' read-only mappings, with no host copy.
+ * copied straight from the files' read-only mappings, with no host copy,
+ * and each tensor's pages of the mapping are dropped once copied (the
+ * process never holds a file and its copy at once).
  * *trainer_state_json (when non-NULL) gets the malloc'd text. */
 int fy_ckpt_load(const char *ckpt_dir, fy_model *m, fy_adamw *opt, char **trainer_state_json,
                  fy_err *err);
+/* The model's tensors only, from a checkpoint fy_ckpt_resolve_weights
+ * returned (verified there, not again), each handed to the model
+ * (fy_model_load_tensor: after fy_model_plan_inference the model keeps only
+ * what inference reads), each file's pages dropped from memory once copied. */
+int fy_ckpt_load_weights(const char *ckpt_dir, fy_model *m, fy_err *err);
 
 /* ---- pieces shared with inspect ------------------------------------------ */
 

@@ -575,6 +575,39 @@ const fy_st_entry *fy_st_find(const fy_st_file *f, const char *name) {
     return NULL;
 }
 
+/* The pages holding elements [first, first + count) of e: [*lo, *hi);
+ * `inner`: only those wholly inside them. 0 when none. */
+static int pages_of(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count, int inner, char **lo,
+                    char **hi) {
+    size_t es = fy_st_dtype_size(e->dtype);
+    if (!f->map || !count || first > e->numel || count > e->numel - first) return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)e->data + first * es, b = a + count * es;
+    uintptr_t end = ((uintptr_t)f->map + f->map_len + page - 1) / page * page; /* the mapping's last page */
+    a = inner ? (a + page - 1) / page * page : a / page * page;
+    b = inner ? b / page * page : (b + page - 1) / page * page;
+    if (b > end) b = end;
+    if (b <= a) return 0;
+    *lo = (char *)a, *hi = (char *)b;
+    return 1;
+}
+
+void fy_st_prefault(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count) {
+    char *lo, *hi;
+    if (!pages_of(f, e, first, count, 0, &lo, &hi)) return;
+#ifdef MADV_POPULATE_READ
+    if (madvise(lo, (size_t)(hi - lo), MADV_POPULATE_READ) == 0) return;
+#endif
+    madvise(lo, (size_t)(hi - lo), MADV_WILLNEED); /* older kernels: read ahead at least */
+}
+
+void fy_st_release(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count) {
+    char *lo, *hi;
+    /* Only the pages wholly inside: one shared with a neighbour would be
+     * mapped again when the neighbour is read, and a page mapped again was
+     * seen to cost more resident memory than it saved (large folios). */
+    if (pages_of(f, e, first, count, 1, &lo, &hi)) madvise(lo, (size_t)(hi - lo), MADV_DONTNEED);
+}
+
 const char *fy_st_meta(const fy_st_file *f, const char *key) {
     if (!f->meta) return NULL;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(f->meta, key);

@@ -80,6 +80,17 @@ const fy_st_entry *fy_st_entry_at(const fy_st_file *f, size_t i);
 /* NULL when absent (binary search: fine for tens of thousands of tensors). */
 const fy_st_entry *fy_st_find(const fy_st_file *f, const char *name);
 
+/* A loader's two pieces of advice about elements [first, first + count) of
+ * e in the mapping (a failure changes nothing): fy_st_prefault maps them
+ * into this process at once, from the page cache or the disk, where
+ * reading them would take a page fault per 64 KB; fy_st_release drops
+ * them from this process's resident memory once copied out (the page
+ * cache keeps them; a later read maps them again: also the neighbours'
+ * elements on the first and last page), so a load never holds a file's
+ * weights and their copy at once. */
+void fy_st_prefault(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count);
+void fy_st_release(const fy_st_file *f, const fy_st_entry *e, size_t first, size_t count);
+
 /* "__metadata__" entries: value of `key` or NULL; and iteration. */
 const char *fy_st_meta(const fy_st_file *f, const char *key);
 size_t fy_st_meta_count(const fy_st_file *f);

@@ -5,10 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "core/clock.h"
 #include "core/strbuf.h"
 #include "model/decode.h"
 #include "model/lora.h"
@@ -46,10 +48,12 @@ static int put_clean(const char *s, size_t n, int escape) {
 }
 
 /* The text callback's state: the prompt is echoed just before the first
- * generated token, so a run that fails before generating prints nothing. */
+ * generated token, so a run that fails before generating prints nothing.
+ * first_s: when the first token came (fy_now_s; 0 before). */
 typedef struct printer {
     const char *prompt;
     int escape, echoed, oom;
+    double first_s;
 } printer;
 
 static void echo_prompt(printer *pr) {
@@ -66,8 +70,10 @@ static void print_text(const char *text, size_t n, void *ctx) {
 }
 
 static void first_token(const fy_seq *s, void *ctx) {
+    printer *pr = ctx;
     (void)s;
-    echo_prompt(ctx);
+    if (!pr->first_s) pr->first_s = fy_now_s();
+    echo_prompt(pr);
 }
 
 /* -n is clamped so the prompt and the tokens fit the context: say so when
@@ -89,10 +95,12 @@ static void print_list(const char *label, const int32_t *ids, int n) {
 typedef struct id_list {
     int32_t *ids;
     int n;
+    double *first_s; /* when the first came (printer.first_s) */
 } id_list;
 
 static void collect_id(const fy_seq *s, void *ctx) {
     id_list *l = ctx;
+    if (!l->n) *l->first_s = fy_now_s();
     l->ids[l->n++] = s->token;
 }
 
@@ -100,31 +108,56 @@ static void collect_id(const fy_seq *s, void *ctx) {
  * string ends them after the token completing it), printed as two lines:
  * "prompt: ID..." and "ids: ID...". */
 static int generate_ids(fy_model *m, const fy_tokenizer *tok, const char *prompt, const fy_gen_opts *o,
-                        fy_err *err) {
+                        fy_gen_result *res, fy_err *err) {
     int32_t *ids = NULL;
     size_t n = 0;
-    id_list out = {malloc((size_t)o->p.max_tokens * sizeof(int32_t) + 1), 0};
+    id_list out = {malloc((size_t)o->p.max_tokens * sizeof(int32_t) + 1), 0, &((printer *)o->ctx)->first_s};
     fy_gen_opts io = *o;
     io.on_text = NULL;
     io.on_token = collect_id;
     io.ctx = &out;
-    fy_gen_result res;
     int rc = -1;
     if (!out.ids) fy_fail(err, "out of memory");
     else if (!fy_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n, err)) {
         if (n == 0 || (int)n > m->cfg.max_position_embeddings)
             fy_fail(err, "the prompt has %zu tokens: needs 1 to max_position_embeddings %d", n,
                     m->cfg.max_position_embeddings);
-        else if (!fy_generate_ids(m, tok, ids, (int)n, &io, &res, err)) {
+        else if (!fy_generate_ids(m, tok, ids, (int)n, &io, res, err)) {
             print_list("prompt:", ids, (int)n);
             print_list("ids:", out.ids, out.n);
-            note_short(&res, o->p.max_tokens, m->cfg.max_position_embeddings);
+            note_short(res, o->p.max_tokens, m->cfg.max_position_embeddings);
             rc = 0;
         }
     }
     free(ids);
     free(out.ids);
     return rc;
+}
+
+/* --stats: what a run measured, on one stderr line (docs/PERFORMANCE.md,
+ * "Cold start and memory"), or (json) one JSON object with the same
+ * numbers. Times are from the start of the command: load is until the model
+ * was ready, ttft until the first new token; faults and peak RSS are the
+ * process's own so far (getrusage), loading included. */
+static void print_stats(const fy_gen_result *res, double t0, double loaded, double first, int json) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double pre = res->prompt_tokens / (res->prefill_s > 0 ? res->prefill_s : 1e-9);
+    double dec = res->new_tokens / (res->decode_s > 0 ? res->decode_s : 1e-9);
+    double ttft = first > 0 ? first - t0 : 0.0;
+    if (json)
+        fprintf(stderr,
+                "{\"load_s\": %.4f, \"ttft_s\": %.4f, \"prefill_tokens\": %d, \"prefill_tok_s\": %.1f, "
+                "\"decode_tokens\": %d, \"decode_tok_s\": %.1f, \"minor_faults\": %ld, \"major_faults\": %ld, "
+                "\"peak_rss_kb\": %ld}\n",
+                loaded - t0, ttft, res->prompt_tokens, pre, res->new_tokens, dec, ru.ru_minflt, ru.ru_majflt,
+                ru.ru_maxrss);
+    else
+        fprintf(stderr,
+                "prefill %d tokens: %.1f tok/s; decode %d tokens: %.1f tok/s; load %.3f s; ttft %.3f s; "
+                "page faults %ld minor, %ld major; peak rss %.1f MiB\n",
+                res->prompt_tokens, pre, res->new_tokens, dec, loaded - t0, ttft, ru.ru_minflt, ru.ru_majflt,
+                ru.ru_maxrss / 1024.0);
 }
 
 /* Takes every --stop TEXT (or --stop=TEXT) out of argv[0..argc) into stop[]
@@ -158,8 +191,9 @@ static int take_stops(int argc, char **argv, const fy_arg *spec, int n_spec, con
 }
 
 int fy_cmd_generate(int argc, char **argv) {
+    double t0 = fy_now_s();
     const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = "f32";
-    int n = 128, top_k = 0, seed = 0, stats = 0, print_ids = 0, chunk = 0, ignore_eos = 0, escape = 0;
+    int n = 128, top_k = 0, seed = 0, stats = 0, stats_json = 0, print_ids = 0, chunk = 0, ignore_eos = 0, escape = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -183,7 +217,14 @@ int fy_cmd_generate(int argc, char **argv) {
          0, 0, 0},
         {"--escape-controls", NULL, FY_ARG_BOOL, &escape, NULL,
          "write control characters (but newline and tab) as \\xHH also when stdout is not a terminal", 0, 0, 0},
-        {"--stats", NULL, FY_ARG_BOOL, &stats, NULL, "print prefill/decode speed to stderr", 0, 0, 0},
+        {"--stats", NULL, FY_ARG_BOOL, &stats, NULL,
+         "print to stderr: prefill and decode tok/s, load and time-to-first-token seconds (from the command's "
+         "start), page faults (minor, major) and peak RSS",
+         0, 0, 0},
+        {"--stats-json", NULL, FY_ARG_BOOL, &stats_json, NULL,
+         "the same as one JSON object (load_s, ttft_s, prefill_tokens, prefill_tok_s, decode_tokens, decode_tok_s, "
+         "minor_faults, major_faults, peak_rss_kb)",
+         0, 0, 0},
     };
     char *pos[1];
     int npos, n_stop, n_rest;
@@ -206,26 +247,27 @@ int fy_cmd_generate(int argc, char **argv) {
     fy_quant wq;
     if (fy_quant_parse(weights, &wq, &err)) return fy_cli_fail("generate", &err);
     fy_loaded l;
-    if (fy_cli_load_model(model, backend, &l, &err)) return fy_cli_fail("generate", &err);
+    if (fy_cli_load_inference(model, backend, wq, &l, &err)) return fy_cli_fail("generate", &err);
     fy_lora_unmerged *ad = NULL; /* --lora: unmerged, as serve runs it (the same tokens) */
-    if ((lora && fy_cli_load_lora(&l, lora, &ad, &err)) || fy_cli_check_weights(&l.model, &err) ||
-        fy_model_set_decode_quant(&l.model, wq, &err)) {
-        fy_lora_unmerged_free(l.be, ad);
+    if (lora && fy_cli_load_lora(&l, lora, &ad, &err)) {
         fy_cli_unload(&l);
         return fy_cli_fail("generate", &err);
     }
-    printer pr = {prompt, escape || isatty(STDOUT_FILENO), 0, 0};
+    double loaded = fy_now_s();
+    printer pr = {prompt, escape || isatty(STDOUT_FILENO), 0, 0, 0.0};
     fy_gen_opts o = {.p = {.max_tokens = n, .sampler = {(float)temperature, top_k, (float)top_p, (uint64_t)seed},
                            .n_stop = n_stop, .ignore_eos = ignore_eos},
                      .prefill_chunk = chunk, .lora = ad, .on_text = print_text, .on_token = first_token, .ctx = &pr};
     for (int i = 0; i < n_stop; i++) o.p.stop[i] = stops[i];
+    fy_gen_result res;
     if (print_ids) {
-        int rc = generate_ids(&l.model, l.tok, prompt, &o, &err);
+        int rc = generate_ids(&l.model, l.tok, prompt, &o, &res, &err);
         fy_lora_unmerged_free(l.be, ad);
         fy_cli_unload(&l);
-        return rc ? fy_cli_fail("generate", &err) : 0;
+        if (rc) return fy_cli_fail("generate", &err);
+        if (stats || stats_json) print_stats(&res, t0, loaded, pr.first_s, stats_json);
+        return 0;
     }
-    fy_gen_result res;
     int rc = fy_generate(&l.model, l.tok, prompt, &o, &res, &err);
     int max_pos = l.model.cfg.max_position_embeddings;
     fy_lora_unmerged_free(l.be, ad);
@@ -236,9 +278,6 @@ int fy_cmd_generate(int argc, char **argv) {
     if (rc) return fy_cli_fail("generate", &err);
     if (pr.oom) return fy_cli_failf("generate", "out of memory writing the text");
     note_short(&res, n, max_pos);
-    if (stats)
-        fprintf(stderr, "prefill %d tokens: %.1f tok/s; decode %d tokens: %.1f tok/s\n", res.prompt_tokens,
-                res.prompt_tokens / (res.prefill_s > 0 ? res.prefill_s : 1e-9), res.new_tokens,
-                res.new_tokens / (res.decode_s > 0 ? res.decode_s : 1e-9));
+    if (stats || stats_json) print_stats(&res, t0, loaded, pr.first_s, stats_json);
     return 0;
 }

@@ -179,10 +179,8 @@ static int load(const serve_flags *f, const char *id, fy_loaded *l, lora_set *ls
                 fy_sched **s, int *ctx, fy_err *err) {
     fy_quant wq;
     char p[FY_PATH_MAX + 32];
-    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_model(f->model, f->backend, l, err)) return -1;
+    if (fy_quant_parse(f->weights, &wq, err) || fy_cli_load_inference(f->model, f->backend, wq, l, err)) return -1;
     if (load_loras(f, id, l, ls, err)) return -1;
-    if (fy_cli_check_weights(&l->model, err)) return -1;
-    if (fy_model_set_decode_quant(&l->model, wq, err)) return -1;
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);
     *ctx = f->ctx ? f->ctx : maxpos;

@@ -1,6 +1,7 @@
 /* What several subcommands share: finding a run directory, reading its
  * config.json's "ferry" section, and loading a trained model for generate
  * and verify (and later serve). */
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "core/fsutil.h"
 #include "interop/hf.h"
 #include "interop/host.h"
+#include "model/decode.h"
 #include "model/lora.h"
 #include "train/lora_base.h"
 #include "train/trainer.h"
@@ -74,29 +76,52 @@ static int load_lora(fy_model *m, const char *run, const char *ckpt_dir, const c
                : 0;
 }
 
-int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
-    memset(out, 0, sizeof *out);
-    if (fy_hf_is_dir(dir)) return load_hf(dir, backend_spec, out, err);
+/* A ferry run or checkpoint directory; with `infer`, for inference in
+ * weights wq (fy_cli_load_inference). */
+static int load_ferry(const char *dir, const char *backend_spec, int infer, fy_quant wq, fy_loaded *out,
+                      fy_err *err) {
     char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
     fy_config cfg;
+    char *text = NULL;
+    size_t len;
     if (fy_cli_run_dir(dir, run, sizeof run, err)) return -1;
     snprintf(p, sizeof p, "%s/config.json", run);
     if (fy_config_load(p, &cfg, err)) return -1;
     if (fy_host_run_tokenizer(run, &cfg, &out->tok, err)) return -1;
-    if (fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)) goto fail;
-    if (fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err)) goto fail;
-    if (fy_model_create(&out->model, &cfg, out->be, err)) goto fail;
-    char *text = NULL;
-    size_t len;
-    if (fy_read_file(p, &text, &len, err)) goto fail;
-    int rc = fy_cli_lora_rank(text) > 0 ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
-                  : fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err);
+    int rc = fy_read_file(p, &text, &len, err);
+    int lora_run = !rc && fy_cli_lora_rank(text) > 0;
+    infer = infer && !lora_run; /* a LoRA run merges its adapters into the f32 weights first */
+    if (!rc) rc = infer ? fy_ckpt_resolve_weights(dir, out->ckpt_dir, sizeof out->ckpt_dir, err)
+                        : fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err);
+    if (!rc) rc = fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err) ||
+                  fy_model_create(&out->model, &cfg, out->be, err);
+    if (!rc && infer) rc = fy_model_plan_inference(&out->model, wq, err) || fy_ckpt_load_weights(out->ckpt_dir, &out->model, err);
+    else if (!rc) rc = lora_run ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
+                                : fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err);
     free(text);
-    if (rc) goto fail;
+    if (rc) fy_cli_unload(out);
+    return rc ? -1 : 0;
+}
+
+int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err) {
+    memset(out, 0, sizeof *out);
+    if (fy_hf_is_dir(dir)) return load_hf(dir, backend_spec, out, err);
+    return load_ferry(dir, backend_spec, 0, FY_QUANT_F32, out, err);
+}
+
+int fy_cli_load_inference(const char *dir, const char *backend_spec, fy_quant wq, fy_loaded *out, fy_err *err) {
+    memset(out, 0, sizeof *out);
+    int rc = fy_hf_is_dir(dir) ? load_hf(dir, backend_spec, out, err)
+                               : load_ferry(dir, backend_spec, 1, wq, out, err);
+    if (rc) return -1;
+    if (fy_cli_check_weights(&out->model, err) || fy_model_set_decode_quant(&out->model, wq, err)) {
+        fy_cli_unload(out);
+        return -1;
+    }
+#ifdef __GLIBC__
+    malloc_trim(0); /* what loading freed (parsed JSON, staging) back to the system, not kept in the heap */
+#endif
     return 0;
-fail:
-    fy_cli_unload(out);
-    return -1;
 }
 
 /* A sum of squares is finite exactly when every value is (a float squared
@@ -105,6 +130,7 @@ fail:
  * per block finds NaN or Inf; the per-tensor pass naming the first runs
  * only then. */
 int fy_cli_check_weights(fy_model *m, fy_err *err) {
+    if (m->dq.infer) return 0; /* each tensor was checked as it was loaded (model/decode.h) */
     fy_backend *be = m->be;
     double ss = be->ops->sumsq(be, m->tab.n_params, fy_at(&m->params, 0)) +
                 be->ops->sumsq(be, m->tab.n_buffers, fy_at(&m->buffers, 0));

@@ -35,6 +35,32 @@ const char *fy_quant_name(fy_quant q);
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err);
 void fy_model_free_decode_quant(fy_model *m);
 
+/* Loading for inference only, in weights q, without ever holding what it
+ * does not read (docs/PERFORMANCE.md, "Cold start and memory"): call
+ * fy_model_plan_inference on a fresh model (it allocates the copy), then
+ * hand it every tensor with fy_model_load_rows (ckpt/checkpoint.h's
+ * fy_ckpt_load_weights does). A matrix of the copy is quantized straight
+ * from the loader's floats and its params are never written (untouched
+ * memory: nothing resident); an MTP module's tensors are not loaded at all;
+ * every tensor loaded is checked finite (the error names it). The model
+ * then runs batch steps only: not fy_model_forward or backward, and
+ * fy_model_set_decode_quant to another format fails. */
+int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err);
+/* Rows [row0, row0 + n_rows) of tensor t of the table (a vector is one
+ * row) from w (host floats, read before this returns: it may be a file's
+ * mapping): uploaded into params or buffers, or, after
+ * fy_model_plan_inference, as said there. Synchronous. A loader giving a
+ * tensor in pieces of rows never holds the whole of it. */
+int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_rows, const float *w, fy_err *err);
+/* After the last fy_model_load_rows: frees what loading needed. */
+void fy_model_load_finish(fy_model *m);
+/* After fy_model_plan_inference: 0 when a batch step never reads t (the
+ * loader need not read it either), and 0 when t's f32 values are not in
+ * the params (only in the copy, or nowhere); 1 otherwise, and always
+ * without the plan. */
+int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t);
+int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t);
+
 
 /* ---- Serving: a paged latent-KV pool shared by many sequences, and one
  * forward over the new tokens of all of them (docs/SERVING.md). ----

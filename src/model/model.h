@@ -68,11 +68,15 @@ typedef struct fy_model {
      * at q_off[i] (quants) and s_off[i] (scales) in buf, sorted by w_off.
      * `on` and `rows` while fy_model_batch_step runs: every linear of the
      * step is batch-invariant (linear_q8 from the copy for any row count,
-     * else the backend's linear_rows), never gemm; training sets neither. */
+     * else the backend's linear_rows), never gemm; training sets neither.
+     * `infer`: loaded for inference (fy_model_plan_inference), the params
+     * hold only what a batch step reads in f32. hq, hs: host staging. */
     struct fy_decode_quant {
-        int kind, n, on, rows;
+        int kind, n, on, rows, infer;
         fy_buf buf;
         size_t *w_off, *q_off, *s_off;
+        uint8_t *hq;
+        float *hs;
     } dq;
 
     /* LoRA adapters (model/lora.h, fy_model_set_lora); NULL: off, and

@@ -1,25 +1,33 @@
 /* The quantized copy of the decode weights (model/decode.h:
  * fy_model_set_decode_quant) in each format, and its lookup for the batch
- * step's linears (layer.c). Reads the params, never writes them. */
+ * step's linears (layer.c). Reads the params, never writes them; loading for
+ * inference (fy_model_plan_inference) fills the copy from the loader's
+ * floats instead, so the params of its matrices are never written at all. */
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/decode.h"
 #include "model/model_impl.h"
 
-int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s) {
+/* The slot of the matrix at params offset w, or -1. */
+static int slot_of(const fy_model *m, size_t w) {
     const struct fy_decode_quant *dq = &m->dq;
-    if (!dq->on) return 0;
     int lo = 0, hi = dq->n; /* binary search: w_off is sorted */
     while (lo < hi) {
         int mid = (lo + hi) / 2;
         if (dq->w_off[mid] < w) lo = mid + 1;
         else hi = mid;
     }
-    if (lo == dq->n || dq->w_off[lo] != w) return 0;
-    *q = fy_at(&m->dq.buf, dq->q_off[lo]);
-    *s = fy_at(&m->dq.buf, dq->s_off[lo]);
+    return lo < dq->n && dq->w_off[lo] == w ? lo : -1;
+}
+
+int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s) {
+    int i = m->dq.on ? slot_of(m, w) : -1;
+    if (i < 0) return 0;
+    *q = fy_at(&m->dq.buf, m->dq.q_off[i]);
+    *s = fy_at(&m->dq.buf, m->dq.s_off[i]);
     return 1;
 }
 
@@ -98,6 +106,8 @@ void fy_model_free_decode_quant(fy_model *m) {
     free(dq->w_off);
     free(dq->q_off);
     free(dq->s_off);
+    free(dq->hq);
+    free(dq->hs);
     memset(dq, 0, sizeof *dq);
 }
 
@@ -127,37 +137,33 @@ static size_t decode_matrices(const fy_model *m, size_t *out) {
     return n;
 }
 
-int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
-    fy_model_free_decode_quant(m);
-    if (q == FY_QUANT_F32) return 0;
-    if (fy_params_is_shard(BT(m)))
-        return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
+/* The matrix at params offset off, when it is a 2-d tensor of the table. */
+static const fy_tensor_info *matrix_at(const fy_model *m, size_t off) {
+    for (int j = 0; j < BT(m)->n; j++)
+        if (!BT(m)->t[j].is_buffer && BT(m)->t[j].ndim == 2 && BT(m)->t[j].off == off) return &BT(m)->t[j];
+    return NULL;
+}
+
+/* Lays out the copy in format q (its slots: the decode matrices whose rows
+ * split into whole blocks; the rest stay f32), allocates it and the host
+ * staging of one matrix; dq->n and dq->kind are set, nothing is encoded. */
+static int plan_copy(fy_model *m, fy_quant q, fy_err *err) {
     const struct qfmt *F = qfmt_of(q);
-    if (!qfmt_has_op(m, q))
-        return fy_fail(err, "backend %s has no %s kernel (%s): use --weights f32", OPS->name, F->name, F->op);
     const fy_config *c = &m->cfg;
     struct fy_decode_quant *dq = &m->dq;
     size_t cap = (size_t)c->num_hidden_layers * (11 + 3 * (size_t)c->n_routed_experts) + 1;
     size_t *cand = malloc(cap * sizeof *cand);
-    const fy_tensor_info **ti = malloc(cap * sizeof *ti);
     dq->w_off = malloc(cap * sizeof *dq->w_off);
     dq->q_off = malloc(cap * sizeof *dq->q_off);
     dq->s_off = malloc(cap * sizeof *dq->s_off);
-    float *host = NULL;
-    uint8_t *hq = NULL;
-    float *hs = NULL;
-    if (!cand || !ti || !dq->w_off || !dq->q_off || !dq->s_off) goto oom;
+    if (!cand || !dq->w_off || !dq->q_off || !dq->s_off) goto oom;
     size_t nc = decode_matrices(m, cand);
     qsort(cand, nc, sizeof *cand, cmp_size);
-    /* The matrices whose rows split into whole blocks; the rest stay f32. */
     size_t total = 0, biggest = 0;
     int n = 0;
     for (size_t i = 0; i < nc; i++) {
-        const fy_tensor_info *t = NULL;
-        for (int j = 0; j < BT(m)->n && !t; j++)
-            if (!BT(m)->t[j].is_buffer && BT(m)->t[j].ndim == 2 && BT(m)->t[j].off == cand[i]) t = &BT(m)->t[j];
+        const fy_tensor_info *t = matrix_at(m, cand[i]);
         if (!t || t->shape[1] % F->block) continue;
-        ti[n] = t;
         dq->w_off[n] = t->off;
         dq->q_off[n] = total;
         total += fy_params_round16(t->n * (size_t)F->bits / 32);
@@ -166,33 +172,145 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
         biggest = t->n > biggest ? t->n : biggest;
         n++;
     }
-    host = malloc((biggest ? biggest : 1) * sizeof *host);
-    hq = malloc(biggest ? biggest * (size_t)F->bits / 8 : 1);
-    hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *hs);
-    if (!host || !hq || !hs) goto oom;
+    free(cand);
+    cand = NULL;
+    dq->hq = malloc(biggest ? biggest * (size_t)F->bits / 8 : 1);
+    dq->hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *dq->hs);
+    if (!dq->hq || !dq->hs) goto oom;
     if (fy_be_alloc(m->be, &dq->buf, total ? total : 1, err)) {
         fy_wrap(err, "%s decode weights (%zu bytes)", F->name, total * 4);
-        goto fail;
-    }
-    for (int i = 0; i < n; i++) {
-        int rows = ti[i]->shape[0], in = ti[i]->shape[1];
-        OPS->download(m->be, host, PW(m, ti[i]->off), ti[i]->n);
-        qfmt_encode(q, host, rows, in, hq, hs);
-        OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i]), hq, ti[i]->n * (size_t)F->bits / 32);
-        if (F->scaled) OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i]), hs, ti[i]->n / FY_Q8_BLOCK);
-    }
-    if (fy_be_sync(m->be, err)) {
-        fy_wrap(err, "quantizing the decode weights");
-        goto fail;
+        fy_model_free_decode_quant(m);
+        return -1;
     }
     dq->n = n;
     dq->kind = q;
-    free(cand), free(ti), free(host), free(hq), free(hs);
     return 0;
 oom:
-    fy_fail(err, "out of memory quantizing the decode weights");
-fail:
-    free(cand), free(ti), free(host), free(hq), free(hs);
+    free(cand);
     fy_model_free_decode_quant(m);
-    return -1;
+    return fy_fail(err, "out of memory quantizing the decode weights");
+}
+
+/* Encodes rows [row0, row0 + n) of matrix t (host floats w) into slot i of
+ * the copy: each format's blocks lie within a row, so the rows' bytes are
+ * those of the whole matrix's. Asynchronous (w and the staging must
+ * outlive the upload: the caller syncs). */
+static void encode_slot(fy_model *m, int i, const fy_tensor_info *t, int row0, int n, const float *w) {
+    const struct qfmt *F = qfmt_of((fy_quant)m->dq.kind);
+    struct fy_decode_quant *dq = &m->dq;
+    size_t in = (size_t)t->shape[1];
+    qfmt_encode((fy_quant)dq->kind, w, n, (int)in, dq->hq, dq->hs);
+    OPS->upload(m->be, fy_at(&dq->buf, dq->q_off[i] + row0 * in * F->bits / 32), dq->hq, n * in * F->bits / 32);
+    if (F->scaled)
+        OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i] + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
+}
+
+static int check_format(const fy_model *m, fy_quant q, fy_err *err) {
+    if (fy_params_is_shard(BT(m)))
+        return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
+    if (!qfmt_has_op(m, q))
+        return fy_fail(err, "backend %s has no %s kernel (%s): use --weights f32", OPS->name, qfmt_of(q)->name,
+                       qfmt_of(q)->op);
+    return 0;
+}
+
+int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
+    if (m->dq.infer) { /* the params of the quantized matrices were never loaded */
+        if (q == (m->dq.n ? (fy_quant)m->dq.kind : FY_QUANT_F32)) return 0;
+        return fy_fail(err, "the model was loaded for %s weights only; %s needs a fresh load",
+                       fy_quant_name(m->dq.n ? (fy_quant)m->dq.kind : FY_QUANT_F32), fy_quant_name(q));
+    }
+    fy_model_free_decode_quant(m);
+    if (q == FY_QUANT_F32) return 0;
+    if (check_format(m, q, err) || plan_copy(m, q, err)) return -1;
+    size_t biggest = 1;
+    for (int i = 0; i < m->dq.n; i++)
+        if (matrix_at(m, m->dq.w_off[i])->n > biggest) biggest = matrix_at(m, m->dq.w_off[i])->n;
+    float *host = malloc(biggest * sizeof *host);
+    if (!host) {
+        fy_model_free_decode_quant(m);
+        return fy_fail(err, "out of memory quantizing the decode weights");
+    }
+    for (int i = 0; i < m->dq.n; i++) {
+        const fy_tensor_info *t = matrix_at(m, m->dq.w_off[i]);
+        OPS->download(m->be, host, PW(m, t->off), t->n);
+        encode_slot(m, i, t, 0, t->shape[0], host);
+    }
+    free(host);
+    if (fy_be_sync(m->be, err)) {
+        fy_model_free_decode_quant(m);
+        return fy_wrap(err, "quantizing the decode weights");
+    }
+    fy_model_load_finish(m);
+    return 0;
+}
+
+/* ---- loading for inference ---- */
+
+/* 1 when only an MTP module reads t (a batch step runs the main layers). */
+static int mtp_only(const fy_model *m, const fy_tensor_info *t) {
+    for (int li = m->cfg.num_hidden_layers; li < BT(m)->n_layers; li++) {
+        const fy_layer_offs *W = &BT(m)->layer[li];
+        if (t->is_buffer ? t->off == W->bias
+                         : (t->off >= W->span_lo && t->off < W->span_hi) ||
+                               (t->off >= W->xspan_lo && t->off < W->xspan_hi))
+            return 1;
+    }
+    return 0;
+}
+
+int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err) {
+    fy_model_free_decode_quant(m);
+    if (q != FY_QUANT_F32 && (check_format(m, q, err) || plan_copy(m, q, err))) return -1;
+    m->dq.infer = 1;
+    if (m->grads.handle) fy_be_free(m->be, &m->grads); /* no backward will run */
+    /* With a copy, the params get only the norms, the router, W_kvb and
+     * the embedding, scattered among the matrices' unwritten ranges. */
+    if (m->dq.n && OPS->sparse) OPS->sparse(m->be, &m->params);
+    return 0;
+}
+
+int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t) { return !m->dq.infer || !mtp_only(m, t); }
+
+int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t) {
+    if (!m->dq.infer) return 1;
+    return !mtp_only(m, t) && (t->is_buffer || slot_of(m, t->off) < 0);
+}
+
+/* The model's weights must be finite (a NaN spreads through every later
+ * token): a float is NaN or Inf exactly when its exponent bits are all set,
+ * so the largest exponent field says it in one pass that vectorizes. */
+static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_err *err) {
+    uint32_t top = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &w[i], sizeof b);
+        b &= 0x7f800000u;
+        top = b > top ? b : top;
+    }
+    if (top != 0x7f800000u) return 0;
+    return fy_fail(err, "the model's weights hold non-finite values (NaN or Inf; first in %s): "
+                        "a diverged or corrupted model, refusing to run it", t->name);
+}
+
+void fy_model_load_finish(fy_model *m) {
+    free(m->dq.hq);
+    free(m->dq.hs);
+    m->dq.hq = NULL;
+    m->dq.hs = NULL;
+}
+
+int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_rows, const float *w, fy_err *err) {
+    size_t row = t->ndim == 2 ? (size_t)t->shape[1] : t->n, n = (size_t)n_rows * row;
+    if (m->dq.infer) {
+        if (mtp_only(m, t)) return 0;
+        if (check_finite(t, w, n, err)) return -1;
+        int i = t->is_buffer ? -1 : slot_of(m, t->off);
+        if (i >= 0) {
+            encode_slot(m, i, t, row0, n_rows, w);
+            return fy_be_sync(m->be, err);
+        }
+    }
+    OPS->upload(m->be, fy_at(t->is_buffer ? &m->buffers : &m->params, t->off + (size_t)row0 * row), w, n);
+    return fy_be_sync(m->be, err); /* the source (a file's mapping, staging) must outlive the copy */
 }

@@ -71,6 +71,25 @@ static void plan_layer(fy_model *m, planner *p, fy_layer_acts *a, int li, int N)
     }
 }
 
+/* Training keeps every layer's activations for the backward. A model
+ * loaded for inference (m->dq.infer) runs only batch steps, where a layer
+ * reads nothing of another but its input: the layers share one set of
+ * slots (the largest layer's), and their outputs alternate between two
+ * slots, so a layer's input (the one before's output) is never its own
+ * output. A prefill's workspace is then about one layer's, not L. */
+static void plan_layers(fy_model *m, planner *p, int N) {
+    size_t base = p->used, top = base;
+    for (int li = 0; li < BT(m)->n_layers; li++) {
+        if (m->dq.infer) p->used = base;
+        plan_layer(m, p, &m->layer_acts[li], li, N);
+        top = p->used > top ? p->used : top;
+    }
+    p->used = top;
+    if (!m->dq.infer) return;
+    fy_ref out[2] = {take(p, (size_t)N * m->cfg.hidden_size), take(p, (size_t)N * m->cfg.hidden_size)};
+    for (int li = 0; li < BT(m)->n_layers; li++) m->layer_acts[li].x_out = out[li % 2];
+}
+
 static void plan_all(fy_model *m, planner *p, int N) {
     const fy_config *c = &m->cfg;
     int d = c->hidden_size, V = c->vocab_size, H = c->num_attention_heads;
@@ -107,7 +126,7 @@ static void plan_all(fy_model *m, planner *p, int N) {
         ws->mtp_dhead_in[k] = take(p, (size_t)N * d);
         ws->mtp_rstd_head[k] = take(p, N);
     }
-    for (int li = 0; li < BT(m)->n_layers; li++) plan_layer(m, p, &m->layer_acts[li], li, N);
+    plan_layers(m, p, N);
 
     s->dln = take(p, (size_t)N * d);
     s->dq = take(p, (size_t)N * H * dqk);
@@ -179,6 +198,8 @@ int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
         if (m->acts.handle) fy_be_free(m->be, &m->acts);
         if (fy_be_alloc(m->be, &m->acts, p.used, err))
             return fy_wrap(err, "allocating activations for batch %d x %d (%zu MB)", B, T, p.used * 4 >> 20);
+        /* a batch step writes a few slices (no backward scratch, shared layers) */
+        if (m->dq.infer && OPS->sparse) OPS->sparse(m->be, &m->acts);
         p.used = 0;
         plan_all(m, &p, N); /* same offsets, now with the buffer in place */
     }

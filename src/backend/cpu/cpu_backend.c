@@ -3,10 +3,13 @@
  * recorded as sticky and returned by sync. Arguments arrive checked
  * (backend_check.c); buffers are checked here as they are resolved. */
 #include <cblas.h>
+#include <errno.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend/cpu/cpu.h"
 
@@ -49,25 +52,67 @@ static int cpu_sync(fy_backend *be, fy_err *err) { return fy_be_take_error(be, e
 
 /* ---------------------------------------------------------------- memory */
 
+/* A buffer is zero-filled memory that becomes resident only where an op
+ * writes it: from LAZY_MIN bytes on, an anonymous mapping (the kernel's zero
+ * pages), below it calloc'd memory. A memset here made every page resident
+ * at once (first touch costs ~1 s per GB on a VM, docs/RELIABILITY.md),
+ * even those of buffers an inference never writes (the gradients, the
+ * backward's workspace). From HUGE_MIN bytes on the mapping asks for
+ * transparent huge pages (THP in "madvise" mode, a common default, gives
+ * them only then): a first touch faults 2 MB in, not 4 KB, which is most of
+ * a cold start's page faults. A 64-byte header before the data records the
+ * mapping's length (0: calloc'd) for cpu_free, so it needs nothing but the
+ * handle. */
+#define LAZY_MIN ((size_t)1 << 20)
+#define HUGE_MIN ((size_t)8 << 20)
+#define HEADER 64
+
 static int cpu_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err) {
     memset(out, 0, sizeof *out);
-    if (n > (SIZE_MAX - 64) / 4) return fy_fail(err, "cpu alloc: %zu elements is too many", n);
-    size_t bytes = (n * 4 + 63) & ~(size_t)63;
-    if (bytes == 0) bytes = 64;
-    void *p = aligned_alloc(64, bytes);
-    if (!p) return fy_fail(err, "cpu alloc: out of memory allocating %zu bytes", bytes);
-    memset(p, 0, bytes);
+    if (n > (SIZE_MAX - 2 * HEADER) / 4) return fy_fail(err, "cpu alloc: %zu elements is too many", n);
+    size_t bytes = HEADER + ((n * 4 + 63) & ~(size_t)63);
+    char *base;
+    if (bytes >= LAZY_MIN) {
+        base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
+            return fy_fail(err, "cpu alloc: cannot map %zu bytes: %s", bytes, strerror(errno));
+#ifdef MADV_HUGEPAGE
+        if (bytes >= HUGE_MIN) madvise(base, bytes, MADV_HUGEPAGE); /* advice: its failure changes nothing */
+#endif
+        *(size_t *)base = bytes;
+    } else {
+        /* calloc aligns to 16 bytes: 48 more let the data start on 64 */
+        char *raw = calloc(1, bytes + 48);
+        if (!raw) return fy_fail(err, "cpu alloc: out of memory allocating %zu bytes", bytes);
+        base = raw + ((64 - (uintptr_t)raw % 64) % 64);
+        ((size_t *)base)[0] = 0;
+        ((char **)base)[1] = raw;
+    }
     out->be = be;
     out->n = n;
-    out->handle = p;
+    out->handle = base + HEADER;
     return 0;
 }
 
 static void cpu_free(fy_backend *be, fy_buf *b) {
+    (void)be;
     if (!b) return;
-    free(b->handle);
+    if (b->handle) {
+        char *base = (char *)b->handle - HEADER;
+        size_t len = ((size_t *)base)[0];
+        if (len) munmap(base, len);
+        else free(((char **)base)[1]);
+    }
     b->handle = NULL;
     b->n = 0;
+}
+
+static void cpu_sparse(fy_backend *be, fy_buf *b) {
+    (void)be;
+    size_t len = b && b->handle ? ((size_t *)((char *)b->handle - HEADER))[0] : 0;
+#ifdef MADV_NOHUGEPAGE
+    if (len) madvise((char *)b->handle - HEADER, len, MADV_NOHUGEPAGE); /* advice: its failure changes nothing */
+#endif
 }
 
 static void cpu_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
@@ -252,6 +297,7 @@ static const fy_backend_ops cpu_ops = {
     .sync = cpu_sync,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .sparse = cpu_sparse,
     .upload = cpu_upload,
     .download = cpu_download,
     .copy = cpu_copy,

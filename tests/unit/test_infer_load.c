@@ -1,0 +1,140 @@
+/* Loading for inference (model/decode.h fy_model_plan_inference, ckpt
+ * fy_ckpt_load_weights): in every weight format the logits of a prefill and
+ * of decode steps are bit for bit those of the classic load (the whole
+ * checkpoint into the f32 params, then fy_model_set_decode_quant); the
+ * params of a quantized matrix and of the MTP module are never written
+ * (still zero), the rest equal the classic load's; no gradients; another
+ * format afterwards is refused; a NaN in a quantized matrix is refused,
+ * naming it. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt/checkpoint.h"
+#include "core/fsutil.h"
+#include "model/decode.h"
+#include "testutil.h"
+
+#define V 61
+#define P 7
+#define STEPS 3
+
+/* Small, with every matrix's input a multiple of the 32-wide blocks (so each
+ * format quantizes all of them), MoE, q_lora and one MTP module. */
+static fy_config config(void) {
+    fy_config c;
+    fy_err err;
+    if (fy_config_builtin("tiny", V, &c, &err)) exit(1);
+    c.hidden_size = 64; c.num_hidden_layers = 2; c.num_attention_heads = 2;
+    c.q_lora_rank = 32; c.kv_lora_rank = 32; c.qk_nope_head_dim = 16; c.qk_rope_head_dim = 8;
+    c.v_head_dim = 16; c.intermediate_size = 64; c.moe_intermediate_size = 32;
+    c.n_routed_experts = 4; c.num_experts_per_tok = 2; c.n_shared_experts = 1; c.first_k_dense_replace = 1;
+    c.num_nextn_predict_layers = 1; c.initializer_range = 0.2f;
+    return c;
+}
+
+/* Prefill of P tokens then STEPS greedy decode steps: (1 + STEPS) x V logits. */
+static int run(fy_model *m, float *out, fy_err *err) {
+    fy_kv_cache kc;
+    int32_t tok[P];
+    for (int i = 0; i < P; i++) tok[i] = (int32_t)((i * 17 + 3) % V);
+    if (fy_kv_cache_create(&kc, m, P + STEPS, err)) return -1;
+    int rc = fy_model_prefill(m, &kc, tok, P, out, err);
+    for (int s = 0; s < STEPS && !rc; s++) {
+        int best = 0;
+        for (int i = 1; i < V; i++) best = out[(size_t)s * V + i] > out[(size_t)s * V + best] ? i : best;
+        rc = fy_model_decode(m, &kc, best, out + (size_t)(s + 1) * V, err);
+    }
+    fy_kv_cache_free(&kc, m);
+    return rc;
+}
+
+static int all_zero(fy_model *m, size_t off, size_t n) {
+    float *h = malloc(n * sizeof *h);
+    m->be->ops->download(m->be, h, fy_at(&m->params, off), n);
+    int z = 1;
+    for (size_t i = 0; i < n && z; i++) z = h[i] == 0.0f;
+    free(h);
+    return z;
+}
+
+static int same_params(fy_model *a, fy_model *b, size_t off, size_t n) {
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    a->be->ops->download(a->be, x, fy_at(&a->params, off), n);
+    b->be->ops->download(b->be, y, fy_at(&b->params, off), n);
+    int same = !memcmp(x, y, n * sizeof *x);
+    free(x), free(y);
+    return same;
+}
+
+static void one_format(fy_backend *be, const fy_config *c, const char *ckdir, fy_quant q) {
+    const char *name = fy_quant_name(q);
+    fy_err err;
+    fy_model a, b;
+    float *la = malloc((size_t)(1 + STEPS) * V * sizeof *la), *lb = malloc((size_t)(1 + STEPS) * V * sizeof *lb);
+    int ok = !fy_model_create(&a, c, be, &err) && !fy_ckpt_load(ckdir, &a, NULL, NULL, &err) &&
+             !fy_model_set_decode_quant(&a, q, &err) && !run(&a, la, &err);
+    CHECK(ok, "%s: classic load: %s", name, err.msg);
+    ok = ok && !fy_model_create(&b, c, be, &err) && !fy_model_plan_inference(&b, q, &err) &&
+         !fy_ckpt_load_weights(ckdir, &b, &err) && !run(&b, lb, &err);
+    CHECK(ok, "%s: inference load: %s", name, err.msg);
+    if (!ok) exit(fy_test_finish("infer_load"));
+    CHECK(!memcmp(la, lb, (size_t)(1 + STEPS) * V * sizeof *la), "%s: logits differ", name);
+    CHECK(b.grads.handle == NULL, "%s: the inference load holds gradients", name);
+    const fy_param_table *t = &b.tab;
+    CHECK(same_params(&a, &b, t->embed, (size_t)V * c->hidden_size), "%s: embedding differs", name);
+    CHECK(same_params(&a, &b, t->layer[0].kv_b, (size_t)c->num_attention_heads * 32 * c->kv_lora_rank),
+          "%s: W_kvb differs", name);
+    size_t head_n = (size_t)V * c->hidden_size;
+    if (q == FY_QUANT_F32) CHECK(same_params(&a, &b, t->head, head_n), "%s: lm_head differs", name);
+    else CHECK(all_zero(&b, t->head, head_n), "%s: the quantized lm_head's f32 params were written", name);
+    const fy_layer_offs *mtp = &t->layer[c->num_hidden_layers];
+    CHECK(all_zero(&b, mtp->span_lo, mtp->span_hi - mtp->span_lo), "%s: the MTP module was loaded", name);
+    fy_quant other = q == FY_QUANT_Q8_0 ? FY_QUANT_F16 : FY_QUANT_Q8_0;
+    CHECK(fy_model_set_decode_quant(&b, q, &err) == 0, "%s: the same format again: %s", name, err.msg);
+    CHECK(fy_model_set_decode_quant(&b, other, &err) == -1 && strstr(err.msg, "fresh load"),
+          "%s: another format after an inference load: %s", name, err.msg);
+    fy_model_free(&a);
+    fy_model_free(&b);
+    free(la), free(lb);
+}
+
+/* A NaN in the lm_head (a matrix every format but f32 quantizes). */
+static void nan_refused(fy_backend *be, const fy_config *c, const char *run) {
+    fy_err err;
+    fy_model m;
+    char ck[FY_PATH_MAX];
+    if (fy_model_create(&m, c, be, &err) || fy_model_init_weights(&m, 5, &err)) exit(1);
+    float nan = NAN;
+    be->ops->upload(be, fy_at(&m.params, m.tab.head + 3), &nan, 1);
+    if (fy_ckpt_save(run, 1, &m, NULL, "{}", 0, ck, sizeof ck, &err)) exit(1);
+    fy_model_free(&m);
+    for (int q = FY_QUANT_F32; q <= FY_QUANT_Q4_0; q++) {
+        int rc = fy_model_create(&m, c, be, &err) || fy_model_plan_inference(&m, (fy_quant)q, &err) ||
+                 fy_ckpt_load_weights(ck, &m, &err);
+        CHECK(rc && strstr(err.msg, "non-finite") && strstr(err.msg, "lm_head.weight"), "%s: NaN: %s",
+              fy_quant_name((fy_quant)q), rc ? err.msg : "loaded");
+        fy_model_free(&m);
+    }
+}
+
+int main(void) {
+    fy_err err;
+    fy_backend *be;
+    fy_model m;
+    fy_config c = config();
+    char run[FY_PATH_MAX], run2[FY_PATH_MAX], ck[FY_PATH_MAX];
+    snprintf(run, sizeof run, "%s/run", fy_test_tmpdir("infer_load"));
+    snprintf(run2, sizeof run2, "%s/nan", fy_test_tmpdir("infer_load"));
+    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) || fy_model_init_weights(&m, 3, &err) ||
+        fy_ckpt_save(run, 1, &m, NULL, "{}", 0, NULL, 0, &err) ||
+        fy_ckpt_resolve_weights(run, ck, sizeof ck, &err)) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return 1;
+    }
+    fy_model_free(&m);
+    for (int q = FY_QUANT_F32; q <= FY_QUANT_BF16; q++) one_format(be, &c, ck, (fy_quant)q);
+    nan_refused(be, &c, run2);
+    fy_backend_destroy(be);
+    return fy_test_finish("infer_load");
+}
