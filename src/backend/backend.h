@@ -107,11 +107,6 @@ typedef struct fy_backend_ops {
     /* --- memory --- */
     int (*alloc)(fy_backend *be, fy_buf *out, size_t n, fy_err *err); /* zero-filled */
     void (*free)(fy_backend *be, fy_buf *b);
-    /* Optional (NULL: no advice): only scattered ranges of b will ever be
-     * written (a block of which most is never filled), so memory granted in
-     * large units on first touch (the cpu's huge pages) would be mostly
-     * waste. Call it before writing b; the contents stay as they are. */
-    void (*sparse)(fy_backend *be, fy_buf *b);
     void (*upload)(fy_backend *be, fy_ref dst, const void *src, size_t n);
     void (*download)(fy_backend *be, void *dst, fy_ref src, size_t n); /* blocking */
     void (*copy)(fy_backend *be, fy_ref dst, fy_ref src, size_t n);
@@ -338,6 +333,13 @@ typedef struct fy_backend_ops {
     void (*swiglu_q8)(fy_backend *be, int d, int F, fy_ref x, fy_ref gq, fy_ref gs, fy_ref uq,
                       fy_ref us, fy_ref dq, fy_ref ds, fy_ref g, fy_ref u, fy_ref h, fy_ref y,
                       int accumulate);
+
+    /* --- Memory advice (optional, NULL: none; kept after the required ops):
+     * only scattered ranges of b will ever be written (a block of which most
+     * is never filled), so memory granted in large units on first touch (the
+     * cpu's huge pages) would be mostly waste. Call it before writing b; the
+     * contents stay as they are. --- */
+    void (*sparse)(fy_backend *be, fy_buf *b);
 
     /* --- Fault checking (optional: NULL in a backend that does not check,
      * such as cpu and opencl; chaos:INNER checks). Call through
