@@ -309,6 +309,22 @@ LR_INSTANCES(lr_block_avx512, __attribute__((target("avx512f"))))
 /* Kernel k's instance for format wf. */
 #define LR_PICK(k, wf) ((wf) == LR_F32 ? k##_f32 : (wf) == LR_F16 ? k##_f16 : k##_bf16)
 
+#ifdef FY_LR_X86
+#include <cpuid.h>
+/* AVX2 and F16C. clang 14's __builtin_cpu_supports knows no "f16c", so
+ * F16C comes from CPUID leaf 1 (ECX bit 29), read once: CPUID exits to
+ * the hypervisor in a VM (microseconds), and this runs once per linear. */
+static int lr_avx2_f16c(void) {
+    static int cached = -1; /* a benign race: every thread computes the same value */
+    if (cached < 0) {
+        unsigned a, b, c, d;
+        int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        cached = f16c && __builtin_cpu_supports("avx2");
+    }
+    return cached;
+}
+#endif
+
 /* The best kernel this CPU runs, or the lesser one fy_backend_opts.cpu_q8
  * asks for (the same option as the Q8_0 kernels; all give the same bits).
  * The AVX2 kernel also wants F16C (every AVX2 CPU has it). */
@@ -316,7 +332,7 @@ static lr_block_fn *lr_best(fy_backend *be, int wf) {
     const int want = ((fy_cpu_impl *)be->impl)->q8_kernel;
     if (want == FY_CPU_Q8_PORTABLE) return LR_PICK(lr_block_portable, wf);
 #ifdef FY_LR_X86
-    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    const int avx2 = lr_avx2_f16c();
     if (want == FY_CPU_Q8_AVX2 && avx2) return LR_PICK(lr_block_avx2, wf);
     if (__builtin_cpu_supports("avx512f")) return LR_PICK(lr_block_avx512, wf);
     if (avx2) return LR_PICK(lr_block_avx2, wf);
