@@ -341,6 +341,19 @@ typedef struct fy_backend_ops {
      * contents stay as they are. --- */
     void (*sparse)(fy_backend *be, fy_buf *b);
 
+    /* --- Weights in an inference format back to f32 (optional, NULL: none;
+     * kept after the required ops): dst[i, :] = W[r, :] for r = idx[i] (idx
+     * int [n]) or r = i (idx FY_NULL_REF), i < n, W [rows, in] in format fmt
+     * (FY_WF_*): for FY_WF_Q8_0 / FY_WF_Q4_0 quants wq and scales ws as
+     * linear_q8 / linear_q4 hold them, each weight the float product
+     * ws[r, b] * q (q the int8 quant, or the 4-bit code - 8); for FY_WF_F16 /
+     * FY_WF_BF16 wq as linear_h16's w (ws unused), each weight widened
+     * exactly. The same bits on every backend. An idx outside [0, rows)
+     * is a sticky error. For an embedding table held quantized and for
+     * frozen quantized weights that a training step uses in f32. --- */
+    void (*dequant_rows)(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
+                         fy_ref dst, int ldd);
+
     /* --- Fault checking (optional: NULL in a backend that does not check,
      * such as cpu and opencl; chaos:INNER checks). Call through
      * fy_be_fault_*() below. begin_step starts a step: resets the GEMM
@@ -390,6 +403,8 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
 void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float *s);
 /* 16-bit weight formats of linear_h16. */
 enum { FY_H16_F16 = 0, FY_H16_BF16 = 1 };
+/* Weight formats of dequant_rows: the two 16-bit ones, Q8_0 and Q4_0. */
+enum { FY_WF_F16 = FY_H16_F16, FY_WF_BF16 = FY_H16_BF16, FY_WF_Q8_0 = 2, FY_WF_Q4_0 = 3 };
 /* n floats to fmt (round to nearest even, core/half.h). */
 void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out);
 

@@ -276,6 +276,22 @@ static void chk_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_r
     if (N && out) IMPL->linear_h16(be, fmt, N, in, out, x, ldx, w, y, ldy, accumulate);
 }
 
+static void chk_dequant_rows(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
+                             fy_ref dst, int ldd) {
+    const int quant = fmt == FY_WF_Q8_0 || fmt == FY_WF_Q4_0;
+    if (!quant && fmt != FY_WF_F16 && fmt != FY_WF_BF16) {
+        bad(be, "dequant_rows", "unknown weight format %d", fmt);
+        return;
+    }
+    if (rows < 0 || in < 0 || n < 0 || (n > 1 && ldd < in) || (quant ? in % FY_Q8_BLOCK : in % 2) ||
+        (!idx.buf && n > rows)) {
+        bad(be, "dequant_rows", "bad sizes rows=%d in=%d (a multiple of %d) n=%d ldd=%d%s", rows, in,
+            quant ? FY_Q8_BLOCK : 2, n, ldd, !idx.buf && n > rows ? " (n > rows without idx)" : "");
+        return;
+    }
+    if (n && in) IMPL->dequant_rows(be, fmt, rows, in, wq, ws, n, idx, dst, ldd);
+}
+
 /* ---------------------------------------------------------------- dropout */
 
 /* Without the backend's own kernel: on the host, dst downloaded whole so
@@ -392,6 +408,7 @@ void fy_backend_install_checks(fy_backend *be) {
     CHECKED(linear_q4);
     CHECKED(linear_h16);
     CHECKED(mla_paged);
+    CHECKED(dequant_rows);
 #undef CHECKED
     c->linear_rows = chk_linear_rows; /* never NULL: the per-row gemm fallback */
     c->dropout = chk_dropout;         /* never NULL: the host fallback */

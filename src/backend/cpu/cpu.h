@@ -193,6 +193,8 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       int ldy, int accumulate);
 void fy_cpu_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w, fy_ref y,
                        int ldy, int accumulate);
+void fy_cpu_dequant_rows(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
+                         fy_ref dst, int ldd);
 /* h[j] = silu(g[j]) * u[j] for one row (swiglu_fwd's; swiglu_q8 shares it
  * so the two give the same bits). */
 void fy_cpu_swiglu_row(const float *g, const float *u, float *h, int F);

@@ -331,6 +331,7 @@ static const fy_backend_ops cpu_ops = {
     .linear_h16 = fy_cpu_linear_h16,
     .linear_rows = fy_cpu_linear_rows,
     .mla_paged = fy_cpu_mla_paged,
+    .dequant_rows = fy_cpu_dequant_rows,
 };
 
 /* For fy_backend_create_opts (backend.c), which installs the checks. */

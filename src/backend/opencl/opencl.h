@@ -23,7 +23,8 @@
     X(fy_rmsnorm_dw_sum) X(fy_softmax_causal) X(fy_softmax_rows) X(fy_softmax_bwd_causal)      \
     X(fy_xent) X(fy_rows_dot) X(fy_router_fwd) X(fy_router_bwd) X(fy_balance_counts)           \
     X(fy_balance_tok) X(fy_balance_bwd) X(fy_gather_rows) X(fy_scatter_add_rows)              \
-    X(fy_q8_quant) X(fy_linear_q8) X(fy_linear_q4) X(fy_dropout) X(fy_linear_h16)
+    X(fy_q8_quant) X(fy_linear_q8) X(fy_linear_q4) X(fy_dropout) X(fy_linear_h16) \
+    X(fy_dequant_rows)
 
 enum {
 #define FY_OCL_ENUM(name) FY_OCL_K_##name,
@@ -40,6 +41,7 @@ enum {
     FY_OCL_E_SCATTER_IDX = 4,
     FY_OCL_E_ROWSDOT_IDX = 5,
     FY_OCL_E_XENT_TARGET = 6,
+    FY_OCL_E_DEQUANT_IDX = 7,
 };
 
 /* Scratch slots: each op uses distinct slots for its temporaries. The
@@ -194,5 +196,7 @@ void fy_ocl_adamw(fy_backend *be, size_t n, fy_ref p, fy_ref g, fy_ref m, fy_ref
                   float b1, float b2, float eps, float wd, int t, float grad_scale);
 void fy_ocl_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w, fy_ref y,
                        int ldy, int accumulate);
+void fy_ocl_dequant_rows(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
+                         fy_ref dst, int ldd);
 
 #endif

@@ -333,6 +333,9 @@ static void device_error(fy_backend *be, const cl_int e[4]) {
         fy_be_set_error(be, "opencl gather_rows: idx[%d] = %d outside the %d rows of src", e[1],
                         e[2], e[3]);
         break;
+    case FY_OCL_E_DEQUANT_IDX:
+        fy_be_set_error(be, "opencl dequant_rows: idx[%d] = %d outside the %d rows of W", e[1], e[2], e[3]);
+        break;
     case FY_OCL_E_SCATTER_IDX:
         fy_be_set_error(be, "opencl scatter_add_rows: idx[%d] = %d outside the %d rows of dst",
                         e[1], e[2], e[3]);
@@ -570,6 +573,7 @@ static const fy_backend_ops ocl_ops = {
     .linear_q8 = fy_ocl_linear_q8,
     .linear_q4 = fy_ocl_linear_q4,
     .linear_h16 = fy_ocl_linear_h16,
+    .dequant_rows = fy_ocl_dequant_rows,
 };
 
 /* A checked device query for creation; -1 with a message naming it. */

@@ -49,3 +49,26 @@ void fy_ocl_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       fy_ref y, int ldy, int accumulate) {
     linear_quant(be, "linear_q4", FY_OCL_K_fy_linear_q4, 4, N, in, out, x, ldx, wq, ws, y, ldy, accumulate);
 }
+
+void fy_ocl_dequant_rows(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
+                         fy_ref dst, int ldd) {
+    const char *op = "dequant_rows";
+    const int quant = fmt == FY_WF_Q8_0 || fmt == FY_WF_Q4_0;
+    const size_t per = fmt == FY_WF_Q8_0 ? (size_t)in / 4 : fmt == FY_WF_Q4_0 ? (size_t)in / 8 : (size_t)in / 2;
+    cl_mem qm = fy_ocl_mem(be, wq, (size_t)rows * per, op, "wq");
+    cl_mem sm = quant ? fy_ocl_mem(be, ws, (size_t)rows * (in / FY_Q8_BLOCK), op, "ws") : NULL;
+    cl_mem im_ = idx.buf ? fy_ocl_mem(be, idx, n, op, "idx") : NULL;
+    cl_mem dm = fy_ocl_mem(be, dst, fy_ocl_span(n, ldd, in), op, "dst");
+    if (!qm || (quant && !sm) || (idx.buf && !im_) || !dm) return;
+    fy_ocl_call c = fy_ocl_begin(be, FY_OCL_K_fy_dequant_rows, op);
+    fy_ocl_int(&c, fmt);
+    fy_ocl_int(&c, rows);
+    fy_ocl_int(&c, in);
+    fy_ocl_buf(&c, qm, wq.off);
+    fy_ocl_buf(&c, sm ? sm : qm, sm ? ws.off : 0); /* 16 bits: no scales, W stands in */
+    fy_ocl_opt_buf(&c, im_, idx.off, qm);
+    fy_ocl_rows(&c, dm, dst.off, ldd);
+    fy_ocl_mem_only(&c, fy_ocl(be)->errf);
+    size_t g[2] = {fy_ocl_round((size_t)in, 32), (size_t)n};
+    fy_ocl_run(&c, 2, g, NULL);
+}

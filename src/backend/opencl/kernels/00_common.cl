@@ -25,6 +25,7 @@ typedef float acc_t;
 #define FY_OCL_E_SCATTER_IDX 4
 #define FY_OCL_E_ROWSDOT_IDX 5
 #define FY_OCL_E_XENT_TARGET 6
+#define FY_OCL_E_DEQUANT_IDX 7
 
 /* The first error wins: errf = {code, row, value, limit}; sync reports it. */
 inline void fy_flag(global int *errf, int code, int row, int value, int limit) {

@@ -85,3 +85,31 @@ kernel void fy_linear_q4(int N, int in, int out, global const char *xq, ulong xq
     }
     fy_q8_put(a, y + yo + (ulong)n * ldy + o, accumulate);
 }
+
+/* dequant_rows (backend.h): dst[i, j] = weight j of row r (r = idx[i], or
+ * i without idx) as f32, the cpu's bits (cpu_dequant.c): scale * quant as
+ * one float product, or the exact widening of kernels/h16.cl. fmt 0 f16, 1
+ * bf16, 2 Q8_0, 3 Q4_0 (FY_WF_*). One weight a work-item, global (in, n). */
+kernel void fy_dequant_rows(int fmt, int rows, int in, global const uchar *wq, ulong wqo, global const float *ws,
+                            ulong wso, global const int *idx, ulong io, int has_idx, global float *dst, ulong dof,
+                            int ldd, global int *errf) {
+    int j = get_global_id(0), i = get_global_id(1), nb = in / 32;
+    if (j >= in) return;
+    int r = has_idx ? idx[io + i] : i;
+    if (r < 0 || r >= rows) {
+        if (j == 0) fy_flag(errf, FY_OCL_E_DEQUANT_IDX, i, r, rows);
+        return;
+    }
+    float v;
+    if (fmt == 2) {
+        v = ws[wso + (ulong)r * nb + j / 32] * (float)((global const char *)wq)[wqo * 4 + (ulong)r * in + j];
+    } else if (fmt == 3) {
+        int b = j / 32, t = j % 32;
+        uchar c = wq[wqo * 4 + ((ulong)r * nb + b) * 16 + t % 16];
+        v = ws[wso + (ulong)r * nb + b] * (float)((int)(t < 16 ? c & 15 : c >> 4) - 8);
+    } else {
+        global const ushort *h = (global const ushort *)wq;
+        v = fy_widen16(h[wqo * 2 + (ulong)r * in + j], fmt == 1);
+    }
+    dst[dof + (ulong)i * ldd + j] = v;
+}
