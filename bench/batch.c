@@ -9,14 +9,17 @@
  *   bench_batch --linear IN OUT --batch N [--reps R]
  *     y = x W^T for N rows: linear_rows of the cpu backend vs cblas_sgemm
  *     (OpenBLAS's own threading), GFLOP/s (best of R).
- *   bench_batch --linear-q8 IN OUT --batch N [--reps R]
- *     y = x W^T for N rows with Q8_0 weights (linear_q8 of the cpu backend,
- *     its best kernel): GMAC/s (best of R) and the number of calls timed
- *     (a fixed count, for instruction counts under callgrind). */
+ *   bench_batch --linear-q8|--linear-q4 IN OUT --batch N [--reps R]
+ *     y = x W^T for N rows with Q8_0 or Q4_0 weights (linear_q8 / linear_q4
+ *     of the cpu backend, its best kernel): GMAC/s and GFLOP/s (best of R by
+ *     wall time, and by process CPU time), cblas_sgemm's GFLOP/s on the same
+ *     shape timed in between, and the number of calls timed (a fixed count,
+ *     for instruction counts under callgrind). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/backend.h"
 #include "core/clock.h"
@@ -57,35 +60,56 @@ static int bench_linear(int in, int out, int N, int reps) {
     return 0;
 }
 
-static int bench_linear_q8(int in, int out, int N, int reps) {
+/* Process CPU time in seconds: with one thread (OMP_NUM_THREADS=1,
+ * OPENBLAS_NUM_THREADS=1) it counts only this run's cycles, steadier than
+ * wall time on a machine that others share. */
+static double cpu_s(void) { return (double)clock() / CLOCKS_PER_SEC; }
+
+/* linear_q8 (bits 8) or linear_q4 (bits 4) against cblas_sgemm on the same
+ * shape, interleaved; best of `reps` by wall and by CPU time. */
+static int bench_linear_q(int bits, int in, int out, int N, int reps) {
     fy_backend *be;
     fy_err err;
     fy_buf bx, bq, bs, by;
     const size_t nw = (size_t)out * in;
     if (fy_backend_cpu_create(&be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
-        fy_be_alloc(be, &bq, nw / 4, &err) || fy_be_alloc(be, &bs, nw / FY_Q8_BLOCK, &err) ||
+        fy_be_alloc(be, &bq, nw / (bits == 8 ? 4 : 8), &err) || fy_be_alloc(be, &bs, nw / FY_Q8_BLOCK, &err) ||
         fy_be_alloc(be, &by, (size_t)N * out, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
         return 1;
     }
-    float *x = bx.handle, *w = malloc(nw * sizeof *w); /* cpu buffers are host memory */
-    if (!w) return 1;
+    float *x = bx.handle, *w = malloc(nw * sizeof *w), *yb = malloc((size_t)N * out * sizeof *yb);
+    if (!w || !yb) return 1;
     for (size_t i = 0; i < (size_t)N * in; i++) x[i] = (float)(fy_rng_u64(1, 0, i) % 1000) / 1000.0f - 0.5f;
     for (size_t i = 0; i < nw; i++) w[i] = (float)(fy_rng_u64(2, 0, i) % 1000) / 1000.0f - 0.5f;
-    fy_q8_quantize(w, out, in, in, (int8_t *)bq.handle, bs.handle);
-    free(w);
+    if (bits == 8) fy_q8_quantize(w, out, in, in, (int8_t *)bq.handle, bs.handle);
+    else fy_q4_quantize(w, out, in, in, (uint8_t *)bq.handle, bs.handle);
     int calls = (int)(2e7 / ((double)N * in * out)) + 1;
-    double best = 1e30;
+    double best = 1e30, best_cpu = 1e30, best_b = 1e30;
     for (int r = 0; r < reps; r++) {
-        double t0 = fy_now_s();
+        double t0 = fy_now_s(), c0 = cpu_s();
+        for (int c = 0; c < calls; c++) {
+            if (bits == 8)
+                be->ops->linear_q8(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0),
+                                   out, 0);
+            else
+                be->ops->linear_q4(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0),
+                                   out, 0);
+        }
+        double t1 = fy_now_s(), c1 = cpu_s();
         for (int c = 0; c < calls; c++)
-            be->ops->linear_q8(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bq, 0), fy_at(&bs, 0), fy_at(&by, 0), out,
-                               0);
-        double t = fy_now_s() - t0;
-        best = t < best ? t : best;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, yb, out);
+        double t2 = fy_now_s();
+        best = t1 - t0 < best ? t1 - t0 : best;
+        best_cpu = c1 - c0 < best_cpu ? c1 - c0 : best_cpu;
+        best_b = t2 - t1 < best_b ? t2 - t1 : best_b;
     }
-    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"calls\": %d, \"q8_gmacs\": %.2f}\n", in, out, N, calls,
-           (double)N * in * out * calls / best * 1e-9);
+    const double macs = (double)N * in * out * calls;
+    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"calls\": %d, \"q%d_gmacs\": %.2f, \"q%d_gflops\": %.2f, "
+           "\"q%d_gflops_cpu\": %.2f, \"sgemm_gflops\": %.2f}\n",
+           in, out, N, calls, bits, macs / best * 1e-9, bits, 2 * macs / best * 1e-9, bits,
+           2 * macs / (best_cpu > 0 ? best_cpu : 1e-9) * 1e-9, 2 * macs / best_b * 1e-9);
+    free(w), free(yb);
     fy_be_free(be, &bx), fy_be_free(be, &bq), fy_be_free(be, &bs), fy_be_free(be, &by);
     fy_backend_destroy(be);
     return 0;
@@ -165,7 +189,7 @@ static int bench_model(const char *cfgname, int V, const char *weights, int B, i
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *weights = "f32";
-    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q8 = 0;
+    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -174,8 +198,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ctx")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) STEPS = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
-        else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8")) && i + 2 < argc) {
-            lin_q8 = !strcmp(argv[i], "--linear-q8");
+        else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8") ||
+                  !strcmp(argv[i], "--linear-q4")) &&
+                 i + 2 < argc) {
+            lin_q = !strcmp(argv[i], "--linear-q8") ? 8 : !strcmp(argv[i], "--linear-q4") ? 4 : 0;
             lin_in = atoi(argv[i + 1]);
             lin_out = atoi(argv[i + 2]);
             i++;
@@ -188,10 +214,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_batch: --batch, --steps, --reps must be >= 1, --ctx >= 0\n");
         return 2;
     }
-    if (lin_q8 && lin_in % FY_Q8_BLOCK) {
-        fprintf(stderr, "bench_batch: --linear-q8 IN must be a multiple of %d\n", FY_Q8_BLOCK);
+    if (lin_q && lin_in % FY_Q8_BLOCK) {
+        fprintf(stderr, "bench_batch: --linear-q%d IN must be a multiple of %d\n", lin_q, FY_Q8_BLOCK);
         return 2;
     }
-    if (lin_in > 0) return (lin_q8 ? bench_linear_q8 : bench_linear)(lin_in, lin_out, B, REPS);
+    if (lin_in > 0 && lin_q) return bench_linear_q(lin_q, lin_in, lin_out, B, REPS);
+    if (lin_in > 0) return bench_linear(lin_in, lin_out, B, REPS);
     return bench_model(cfgname, V, weights, B, P, STEPS, REPS);
 }

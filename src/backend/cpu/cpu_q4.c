@@ -211,8 +211,9 @@ q4_tile_avx2(const int R, const int C, int in, int o, const fy_cpu_q8_inputs *xs
 /* Outputs [o0, o1) of every prepared input row: 2 x 2 tiles, the odd row
  * or input in 2 x 1, 1 x 2, 1 x 1 tiles (decode: 2 x 1). */
 __attribute__((target("avx2"))) static void q4_tiles_avx2(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs,
-                                                          const uint8_t *q, const float *s, float *y, int ldy,
+                                                          const void *qv, const float *s, float *y, int ldy,
                                                           int accumulate) {
+    const uint8_t *q = qv;
     for (int n = 0; n < N; n += 2) {
         const int C = n + 1 < N ? 2 : 1;
         int o = o0;
@@ -242,9 +243,10 @@ static int q4_use_avx2(fy_backend *be) {
 #endif
 }
 
-/* All N input rows are prepared first, then each chunk of W's rows meets
- * every row while it is in cache (W streams from memory once, not N
- * times); row n's outputs are the same bits as a call with that row alone. */
+/* All N input rows are prepared first, then the AVX2 tiles meet them in
+ * cache-sized groups and spans (fy_cpu_q8_blocked); the portable kernel
+ * takes each chunk of W's rows against every row while it is in cache.
+ * Row n's outputs are the same bits as a call with that row alone. */
 void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq, fy_ref ws, fy_ref y,
                       int ldy, int accumulate) {
     const char *op = "linear_q4";
@@ -269,16 +271,17 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
 #endif
         fy_cpu_q8_quantize_row(1, xp + (size_t)n * ldx, in, xq, sx);
     }
+#ifdef FY_Q4_X86
+    if (avx2) { /* decode too: one group, its chunks split as before */
+        fy_cpu_q8_blocked(q4_tiles_avx2, N, in, out, (size_t)in / 2 + (size_t)in / FY_Q8_BLOCK * sizeof(float), &xs,
+                          qp, sp, yp, ldy, accumulate);
+        return;
+    }
+#endif
     const int chunks = (out + FY_CPU_Q8_CHUNK - 1) / FY_CPU_Q8_CHUNK;
 #pragma omp parallel for schedule(static) if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
         int o0 = c * FY_CPU_Q8_CHUNK, o1 = o0 + FY_CPU_Q8_CHUNK < out ? o0 + FY_CPU_Q8_CHUNK : out;
-#ifdef FY_Q4_X86
-        if (avx2) {
-            q4_tiles_avx2(in, o0, o1, N, &xs, qp, sp, yp, ldy, accumulate);
-            continue;
-        }
-#endif
         for (int n = 0; n < N; n++)
             q4_rows_portable(in, o0, o1, fy_cpu_q8_xq(&xs, n), fy_cpu_q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy,
                              accumulate);

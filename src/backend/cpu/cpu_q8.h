@@ -40,6 +40,28 @@ static inline const float *fy_cpu_q8_sx(const fy_cpu_q8_inputs *xs, int n) { ret
 
 static inline void fy_cpu_put(float *y, int o, float v, int accumulate) { y[o] = accumulate ? y[o] + v : v; }
 
+/* Outputs [o0, o1) of input rows 0 .. N-1 of xs (a kernel's tiles; q:
+ * int8 codes for Q8_0, packed nibbles for Q4_0): y row n at y + n * ldy. */
+typedef void fy_cpu_q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const void *q,
+                                const float *s, float *y, int ldy, int accumulate);
+
+/* Prefill's cache blocking (N > 1): the quantized input rows go in groups
+ * of about FY_CPU_Q8_XGROUP bytes, which stay in L2 while a thread walks
+ * its weight rows in spans of about FY_CPU_Q8_WSPAN bytes (L1), each span
+ * meeting the whole group before the next; the weights stream once a
+ * group, not once a call, but the inputs no longer stream once per 8
+ * weight rows (N = 512, in = 2048: 1.1 MiB of them, from L3). Only the
+ * order in which outputs are formed changes: each output is one tile's,
+ * by the fixed arithmetic above, so the bits are those of N = 1. */
+#define FY_CPU_Q8_XGROUP (96 * 1024)
+#define FY_CPU_Q8_WSPAN (16 * 1024)
+
+/* The N input rows of xs through `tiles` in groups and spans (wrow: bytes
+ * of one weight row), the chunks split over the threads as a static
+ * schedule would; threaded when out * in * N >= FY_CPU_Q8_PAR_MIN. */
+void fy_cpu_q8_blocked(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, size_t wrow, const fy_cpu_q8_inputs *xs,
+                       const void *q, const float *s, float *y, int ldy, int accumulate);
+
 /* Row x (in floats) quantized as fy_q8_quantize does (xq: in bytes, sx:
  * in/32 scales), by the AVX-512 or AVX2 quantizer where the CPU has one
  * unless `portable` (the same bits every way). */

@@ -38,9 +38,6 @@
 typedef void q8_rows_fn(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                         const float *s, float *y, int accumulate);
 
-/* Outputs [o0, o1) of every input row (N > 1): y row n at y + n * ldy. */
-typedef void q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const int8_t *q,
-                         const float *s, float *y, int ldy, int accumulate);
 
 static void q8_rows_portable(int in, int o0, int o1, const int8_t *xq, const float *sx, const int8_t *q,
                              const float *s, float *y, int accumulate) {
@@ -145,8 +142,9 @@ __attribute__((target("avx2"))) static void q8_rows_avx2(int in, int o0, int o1,
 /* 2 x 2 tiles (16 ymm registers: 8 accumulators, w, |w|, x, products),
  * the odd row or input in 2 x 1, 1 x 2, 1 x 1 tiles. */
 __attribute__((target("avx2"))) static void q8_tiles_avx2(int in, int o0, int o1, int N,
-                                                          const fy_cpu_q8_inputs *xs, const int8_t *q, const float *s,
+                                                          const fy_cpu_q8_inputs *xs, const void *qv, const float *s,
                                                           float *y, int ldy, int accumulate) {
+    const int8_t *q = qv;
     for (int n = 0; n < N; n += 2) {
         const int C = n + 1 < N ? 2 : 1;
         const int8_t *const xr[2] = {fy_cpu_q8_xq(xs, n), fy_cpu_q8_xq(xs, n + C - 1)};
@@ -225,6 +223,127 @@ q8_rows_vnni(int in, int o0, int o1, const int8_t *xq, const float *sx, const in
     if (o < o1) q8_rows_avx2(in, o, o1, xq, sx, q, s, y, accumulate);
 }
 
+/* One block step (b, and b + 1 when TWO) of weight row o+r in a VNNI tile:
+ * w loaded once, its sign mask and |w| formed once, for the C input rows
+ * (Q8_PAIR512's arithmetic: the same integer sums and float order). */
+#define Q8V_ROW(r, TWO)                                                                                 \
+    do {                                                                                                \
+        const int8_t *wb_ = q + (size_t)(o + (r)) * in + b * FY_Q8_BLOCK;                               \
+        const float *sb_ = s + (size_t)(o + (r)) * nb + b;                                              \
+        __m512i w_ = TWO ? _mm512_loadu_si512(wb_) : _mm512_maskz_loadu_epi8(0xffffffffu, wb_);         \
+        __mmask64 k_ = _mm512_movepi8_mask(w_);                                                         \
+        __m512i aw_ = _mm512_abs_epi8(w_);                                                              \
+        __m128 ws_ = TWO ? load2f(sb_) : _mm_load_ss(sb_);                                              \
+        Q8V_PAIR(a##r##0, aw_, k_, ws_, x0, xs0);                                                       \
+        if (C > 1) Q8V_PAIR(a##r##1, aw_, k_, ws_, x1, xs1);                                            \
+        if (C > 2) Q8V_PAIR(a##r##2, aw_, k_, ws_, x2, xs2);                                            \
+        if (C > 3) Q8V_PAIR(a##r##3, aw_, k_, ws_, x3, xs3);                                            \
+    } while (0)
+#define Q8V_PAIR(A, AW, K, WS, X, XS)                                                                   \
+    do {                                                                                                \
+        __m512i iv_ = _mm512_dpbusd_epi32(zero, AW, _mm512_mask_sub_epi8(X, K, zero, X));               \
+        __m512 d_ = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_mul_ps(WS, XS)));            \
+        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), d_));                               \
+    } while (0)
+#define Q8V_X(c, TWO)                                                                                   \
+    do {                                                                                                \
+        if (C > (c)) {                                                                                  \
+            x##c = TWO ? _mm512_loadu_si512(xr[c] + b * FY_Q8_BLOCK)                                    \
+                       : _mm512_maskz_loadu_epi8(0xffffffffu, xr[c] + b * FY_Q8_BLOCK);                 \
+            xs##c = TWO ? load2f(sr[c] + b) : _mm_load_ss(sr[c] + b);                                   \
+        }                                                                                               \
+    } while (0)
+#define Q8V_STEP(TWO)                                                                                   \
+    do {                                                                                                \
+        Q8V_X(0, TWO);                                                                                  \
+        Q8V_X(1, TWO);                                                                                  \
+        Q8V_X(2, TWO);                                                                                  \
+        Q8V_X(3, TWO);                                     \
+        Q8V_ROW(0, TWO);                                                                                \
+        if (R > 1) Q8V_ROW(1, TWO);                                                                     \
+        if (R > 2) Q8V_ROW(2, TWO);                                                                     \
+        if (R > 3) Q8V_ROW(3, TWO);                                                                     \
+    } while (0)
+#define Q8V_PUT(r, c)                                                                                   \
+    do {                                                                                                \
+        if (R > (r) && C > (c)) fy_cpu_put(yr[c], o + (r), hsum512(a##r##c), accumulate);               \
+    } while (0)
+
+/* Weight rows o .. o+R-1 against input rows xr[0 .. C-1] (R, C <= 4) with
+ * VNNI, each (row, input) pair one zmm accumulator holding both halves
+ * (lanes 0 .. 7: even blocks, 8 .. 15: odd), exactly as q8_rows_vnni's
+ * per row: w, its sign and |w| are formed once per tile instead of once
+ * per input row. Named accumulators (GCC kept an array in memory), constant
+ * R and C. pf: the first input rows of a group, which meet these weight
+ * rows first: the rows eight ahead are prefetched into L1. */
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+q8_tile_vnni(const int R, const int C, int in, int o, const int8_t *const xr[4], const float *const sr[4],
+             const int8_t *q, const float *s, float *const yr[4], int accumulate, int pf) {
+    const int nb = in / FY_Q8_BLOCK;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    __m512i x0 = zero, x1 = zero, x2 = zero, x3 = zero;
+    __m128 xs0 = _mm_setzero_ps(), xs1 = xs0, xs2 = xs0, xs3 = xs0;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (pf) { /* integer arithmetic: the address may lie past the matrix */
+            uintptr_t ahead = (uintptr_t)(q + (size_t)o * in + b * FY_Q8_BLOCK) + (uintptr_t)8 * in;
+            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(ahead + (uintptr_t)r * in), _MM_HINT_T0);
+        }
+        Q8V_STEP(1);
+    }
+    if (b < nb) Q8V_STEP(0); /* the last block, in/32 odd: the odd half adds +0, as in q8_rows_vnni */
+    Q8V_PUT(0, 0);
+    Q8V_PUT(0, 1);
+    Q8V_PUT(0, 2);
+    Q8V_PUT(0, 3);
+    Q8V_PUT(1, 0);
+    Q8V_PUT(1, 1);
+    Q8V_PUT(1, 2);
+    Q8V_PUT(1, 3);
+    Q8V_PUT(2, 0);
+    Q8V_PUT(2, 1);
+    Q8V_PUT(2, 2);
+    Q8V_PUT(2, 3);
+    Q8V_PUT(3, 0);
+    Q8V_PUT(3, 1);
+    Q8V_PUT(3, 2);
+    Q8V_PUT(3, 3);
+}
+
+/* Q8V_TC input rows a tile (Q8V_TR weight rows): the remainders in
+ * smaller tiles. */
+#define Q8V_TR 4
+#define Q8V_TC 2
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
+q8_tiles_vnni(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const void *qv, const float *s, float *y,
+              int ldy, int accumulate) {
+    const int8_t *q = qv;
+    for (int n = 0; n < N; n += Q8V_TC) {
+        const int C = N - n < Q8V_TC ? N - n : Q8V_TC;
+        const int8_t *xr[8]; /* [c .. c+3] valid for every c < C */
+        const float *sr[8];
+        float *yr[8];
+        for (int c = 0; c < 8; c++) {
+            const int m = n + (c < C ? c : C - 1);
+            xr[c] = fy_cpu_q8_xq(xs, m), sr[c] = fy_cpu_q8_sx(xs, m), yr[c] = y + (size_t)m * ldy;
+        }
+        const int pf = !n;
+        int o = o0;
+        for (; o + Q8V_TR <= o1; o += Q8V_TR) {
+            if (C == Q8V_TC && pf) q8_tile_vnni(Q8V_TR, Q8V_TC, in, o, xr, sr, q, s, yr, accumulate, 1);
+            else if (C == Q8V_TC) q8_tile_vnni(Q8V_TR, Q8V_TC, in, o, xr, sr, q, s, yr, accumulate, 0);
+            else
+                for (int c = 0; c < C; c++) /* the last input rows, fewer than a tile's */
+                    q8_tile_vnni(Q8V_TR, 1, in, o, xr + c, sr + c, q, s, yr + c, accumulate, pf);
+        }
+        for (; o < o1; o++) /* the last rows of a span, fewer than a tile's */
+            for (int c = 0; c < C; c++) q8_tile_vnni(1, 1, in, o, xr + c, sr + c, q, s, yr + c, accumulate, pf);
+    }
+}
+
 /* q8_quantize_row512 for AVX2 (the same bits by the same argument): 8
  * floats a vector, the maximum reduced in registers, the int32 -> int8
  * narrowing by two saturating packs (exact: |v| <= 127) and one permute to
@@ -298,9 +417,10 @@ static q8_rows_fn *q8_rows_best(fy_backend *be) {
 
 /* The tiled kernel that gives `rows`' bits for N > 1 input rows, or NULL
  * (then each input row goes through `rows`). */
-static q8_tiles_fn *q8_tiles_for(q8_rows_fn *rows) {
+static fy_cpu_q8_tiles_fn *q8_tiles_for(q8_rows_fn *rows) {
 #ifdef FY_Q8_X86
     if (rows == q8_rows_avx2) return q8_tiles_avx2;
+    if (rows == q8_rows_vnni) return q8_tiles_vnni;
 #endif
     (void)rows;
     return NULL;
@@ -335,10 +455,35 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
     rows(in, o0, o1, xq, sx, q, s, y, accumulate);
 }
 
-/* All N input rows are quantized first, then each chunk of W's rows meets
- * every row while it is in cache (W streams from memory once, not N
- * times), in tiles where the kernel has them; row n's outputs are the same
- * bits as a call with that row alone. */
+void fy_cpu_q8_blocked(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, size_t wrow, const fy_cpu_q8_inputs *xs,
+                       const void *q, const float *s, float *y, int ldy, int accumulate) {
+    const int chunks = (out + Q8_CHUNK - 1) / Q8_CHUNK;
+    const size_t xrow = xs->per * sizeof(float);
+    int group = (int)(FY_CPU_Q8_XGROUP / xrow) & ~1; /* whole 2-row tiles */
+    if (group < 2) group = 2;
+    int span = (int)(FY_CPU_Q8_WSPAN / (wrow * Q8_CHUNK)); /* chunks a span */
+    if (span < 1) span = 1;
+#pragma omp parallel if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
+    {
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int c0 = (int)((long long)chunks * t / nt), c1 = (int)((long long)chunks * (t + 1) / nt);
+        for (int g = 0; g < N; g += group) {
+            const fy_cpu_q8_inputs xg = {xs->x + xs->per * g, xs->per, xs->in};
+            const int gn = N - g < group ? N - g : group;
+            for (int c = c0; c < c1; c += span) {
+                const int o0 = c * Q8_CHUNK, e = c + span < c1 ? c + span : c1;
+                const int o1 = e * Q8_CHUNK < out ? e * Q8_CHUNK : out;
+                tiles(in, o0, o1, gn, &xg, q, s, y + (size_t)g * ldy, ldy, accumulate);
+            }
+        }
+    }
+}
+
+/* All N input rows are quantized first, then the tiled kernel meets them
+ * in cache-sized groups and spans (fy_cpu_q8_blocked), or, without tiles,
+ * each chunk of W's rows meets every row while it is in cache (W streams
+ * from memory once, not N times); row n's outputs are the same bits as a
+ * call with that row alone. */
 void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx, fy_ref wq,
                       fy_ref ws, fy_ref y, int ldy, int accumulate) {
     const char *op = "linear_q8";
@@ -353,20 +498,19 @@ void fy_cpu_linear_q8(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     q8_rows_fn *rows = q8_rows_best(be);
     for (int n = 0; n < N; n++)
         quantize_row(rows, xp + (size_t)n * ldx, in, (int8_t *)(scr + per * n), scr + per * n + in / 4);
-    q8_tiles_fn *tiles = N > 1 ? q8_tiles_for(rows) : NULL;
+    fy_cpu_q8_tiles_fn *tiles = N > 1 ? q8_tiles_for(rows) : NULL;
     const fy_cpu_q8_inputs xs = {scr, per, in};
+    if (tiles) {
+        fy_cpu_q8_blocked(tiles, N, in, out, (size_t)in + (size_t)in / FY_Q8_BLOCK * sizeof(float), &xs, qp, sp, yp,
+                          ldy, accumulate);
+        return;
+    }
     const int chunks = n_chunks(out);
 #pragma omp parallel for schedule(static) if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
-    for (int c = 0; c < chunks; c++) {
-        if (tiles) {
-            int o0 = c * Q8_CHUNK, o1 = o0 + Q8_CHUNK < out ? o0 + Q8_CHUNK : out;
-            tiles(in, o0, o1, N, &xs, qp, sp, yp, ldy, accumulate);
-            continue;
-        }
+    for (int c = 0; c < chunks; c++)
         for (int n = 0; n < N; n++)
             chunk_rows(rows, c, in, out, fy_cpu_q8_xq(&xs, n), fy_cpu_q8_sx(&xs, n), qp, sp, yp + (size_t)n * ldy,
                        accumulate);
-    }
 }
 
 /* One parallel region: gate and up rows split over the threads, then one
