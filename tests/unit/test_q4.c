@@ -170,20 +170,25 @@ static void q4_case(int N, int in, int out, int ldx, int ldy, int acc) {
         if (k) CHECK(!memcmp(ref, got, ny * 4), "%s: linear_q8's %s kernel differs from portable", what, names[k]);
         run_linear(be, 4, N, in, out, x, ldx, q4, s, y0, ldy, acc, got);
         CHECK(!memcmp(ref, got, ny * 4), "%s, %s kernel: not linear_q8's bits on the codes - 8", what, names[k]);
-        if (kinds[k] != FY_CPU_Q8_PORTABLE) {
-            int alone = 1; /* row n by itself: the bits it has in the batch */
+        for (int op = 4; kinds[k] != FY_CPU_Q8_PORTABLE && op <= 8; op += 4) {
+            const void *q = op == 4 ? (const void *)q4 : (const void *)q8;
+            int alone = 1; /* row n by itself (decode's path): the bits it has in the batch */
             float *row = falloc(ldy);
             for (int n = 0; n < N; n++) {
-                run_linear(be, 4, 1, in, out, x + (size_t)n * ldx, ldx, q4, s, y0 + (size_t)n * ldy, ldy, acc, row);
-                alone &= !memcmp(row, got + (size_t)n * ldy, (size_t)ldy * 4);
+                run_linear(be, op, 1, in, out, x + (size_t)n * ldx, ldx, q, s, y0 + (size_t)n * ldy, ldy, acc, row);
+                alone &= !memcmp(row, ref + (size_t)n * ldy, (size_t)ldy * 4);
             }
             free(row);
-            CHECK(alone, "%s, %s kernel: a row alone differs from the same row in the batch", what, names[k]);
+            CHECK(alone, "%s, %s kernel, linear_q%d: a row alone differs from the same row in the batch", what,
+                  names[k], op);
             int th = omp_get_max_threads();
-            omp_set_num_threads(1);
-            run_linear(be, 4, N, in, out, x, ldx, q4, s, y0, ldy, acc, got);
+            for (int nt = 1; nt <= 2; nt++) { /* each thread's share of the chunks, groups and spans */
+                omp_set_num_threads(nt);
+                run_linear(be, op, N, in, out, x, ldx, q, s, y0, ldy, acc, got);
+                CHECK(!memcmp(ref, got, ny * 4), "%s, %s kernel, linear_q%d: %d thread(s) differ", what, names[k],
+                      op, nt);
+            }
             omp_set_num_threads(th);
-            CHECK(!memcmp(ref, got, ny * 4), "%s, %s kernel: one thread differs", what, names[k]);
         }
         fy_backend_destroy(be);
     }
@@ -211,6 +216,18 @@ int main(void) {
     q4_case(1, 512, 301, 512, 301, 0); /* threaded (out * in >= 65536), odd out */
     q4_case(9, 480, 37, 483, 40, 1);   /* threaded, 15 blocks */
     q4_case(16, 512, 64, 512, 64, 0);  /* threaded, whole tiles only */
+    /* Prefill's cache blocking (cpu_q8.h fy_cpu_q8_blocked): input rows in
+     * groups of ~96 KiB (in = 1024: 84 rows for Q8_0, 36 for Q4_0; in = 256:
+     * 340 and 146), weight rows in spans of ~16 KiB (in = 256: 56 rows for
+     * Q8_0, 96 for Q4_0), both cut wherever the shape puts them: N around
+     * and across the boundaries, out across spans and the threads' shares,
+     * both modes; every N against the portable kernel, each row alone, 1
+     * and 2 threads. */
+    const int Nb[] = {1, 3, 17, 35, 36, 37, 83, 84, 85, 95, 96, 97, 513};
+    for (int i = 0; i < 13; i++) q4_case(Nb[i], 1024, 40, 1030, 41, i & 1);
+    q4_case(97, 256, 203, 256, 203, 1);
+    q4_case(513, 256, 203, 260, 205, 0);
+    q4_case(341, 288, 131, 288, 131, 1); /* 9 blocks: the odd one in every tile */
     /* in not a multiple of 32: a recorded error */
     fy_backend *be = cpu_with(FY_CPU_Q8_BEST);
     fy_buf b;
