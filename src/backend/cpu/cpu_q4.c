@@ -228,16 +228,131 @@ __attribute__((target("avx2"))) static void q4_tiles_avx2(int in, int o0, int o1
         }
     }
 }
+
+/* One weight row r of a VNNI tile at the pair of blocks (b, b + 1): the
+ * 32 code bytes split into the 64 codes [b 0..15 | b+1 0..15 | b 16..31 |
+ * b+1 16..31] (q4_prep's order of the input bytes), its scales
+ * [sw_b x 4 | sw_b+1 x 4] twice; then each input row c's pair. */
+#define Q4V_ROW(r)                                                                                      \
+    do {                                                                                                \
+        __m256i v_ = _mm256_loadu_si256((const __m256i *)(q + ((size_t)(o + (r)) * nb + b) * Q4_BYTES)); \
+        __m512i n_ = _mm512_and_si512(                                                                  \
+            _mm512_inserti64x4(_mm512_castsi256_si512(v_), _mm256_srli_epi16(v_, 4), 1), low4);         \
+        __m512 sw_ = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(load2f4(s + (size_t)(o + (r)) * nb + b))); \
+        Q4V_PAIR(a##r##0, n_, sw_, 0);                                                                  \
+        if (C > 1) Q4V_PAIR(a##r##1, n_, sw_, 1);                                                       \
+    } while (0)
+/* Lanes [b quads 0..3 | b+1 0..3 | b 4..7 | b+1 4..7]: the exact sum of
+ * (n - 8) x per quad (vpdpbusd, n unsigned, less q4_prep's 8 * sum x),
+ * times sw * sx, the AVX2 kernel's AL (low half) and AH (high half). */
+#define Q4V_PAIR(A, N, SW, c)                                                                           \
+    do {                                                                                                \
+        __m512i iv_ = _mm512_dpbusd_epi32(zero, N, _mm512_loadu_si512(x##c + b * FY_Q8_BLOCK));         \
+        iv_ = _mm512_sub_epi32(iv_, _mm512_loadu_si512(f##c + b * 8));                                  \
+        __m512 d_ = _mm512_mul_ps(SW, _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(sc##c + b * 4)))));            \
+        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), d_));                               \
+    } while (0)
+
+/* Two float scales into the low half of a vector (memcpy: only
+ * float-aligned). */
+__attribute__((target("avx512f"), always_inline)) static inline __m128 load2f4(const float *p) {
+    double t;
+    memcpy(&t, p, sizeof t);
+    return _mm_castpd_ps(_mm_set_sd(t));
+}
+
+/* The even (lanes 0..3, 8..11) and odd (4..7, 12..15) halves of a VNNI
+ * accumulator plus a last odd block, summed in the fixed tree. */
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx2"), always_inline)) static inline float
+q4v_sum(__m512 a, int tail, const uint8_t *qb, float d, const int8_t *xq, const int32_t *off) {
+    __m256 al = _mm512_castps512_ps256(a), ah = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    __m256 e = Q4_EVEN(al, ah);
+    if (tail) e = q4_tail(e, qb, d, xq, off);
+    return fy_cpu_hsum256(_mm256_add_ps(e, Q4_ODD(al, ah)));
+}
+
+/* Weight rows o .. o+R-1 (R <= 4) against prepared input rows n0, n0+C-1
+ * (C <= 2) with VNNI: one zmm accumulator per (row, input) pair holding
+ * the AVX2 kernel's AL and AH, the same integer sums and float order, so
+ * the same bits. Named accumulators, constant R and C; pf as q4_tile_avx2. */
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx2"), always_inline)) static inline void
+q4_tile_vnni(const int R, const int C, int in, int o, const fy_cpu_q8_inputs *xs, int n0, const uint8_t *q,
+             const float *s, float *y, int ldy, int accumulate, int pf) {
+    const int nb = in / FY_Q8_BLOCK, n1 = n0 + C - 1;
+    const size_t row = (size_t)in / 2;
+    const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(15);
+    const __m512i sel = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    const int8_t *x0 = fy_cpu_q8_xq(xs, n0), *x1 = fy_cpu_q8_xq(xs, n1);
+    const int32_t *f0 = q4_off(xs, n0), *f1 = q4_off(xs, n1);
+    const float *sc0 = q4_sx8(xs, n0), *sc1 = q4_sx8(xs, n1);
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (pf) { /* integer arithmetic: the address may lie past the matrix */
+            uintptr_t ahead = (uintptr_t)(q + (size_t)o * row + (size_t)b * Q4_BYTES) + (uintptr_t)8 * row;
+            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(ahead + r * row), _MM_HINT_T0);
+        }
+        Q4V_ROW(0);
+        if (R > 1) Q4V_ROW(1);
+        if (R > 2) Q4V_ROW(2);
+        if (R > 3) Q4V_ROW(3);
+    }
+    const int tail = b < nb;
+    float *y0 = y + (size_t)n0 * ldy, *y1 = y + (size_t)n1 * ldy;
+    const float sx0 = tail ? fy_cpu_q8_sx(xs, n0)[b] : 0, sx1 = tail ? fy_cpu_q8_sx(xs, n1)[b] : 0;
+#define Q4V_PUT(r)                                                                                          \
+    do {                                                                                                    \
+        if (R > (r)) {                                                                                      \
+            const uint8_t *qb_ = q + ((size_t)(o + (r)) * nb + b) * Q4_BYTES;                               \
+            const float sw_ = tail ? s[(size_t)(o + (r)) * nb + b] : 0;                                     \
+            fy_cpu_put(y0, o + (r), q4v_sum(a##r##0, tail, qb_, sw_ * sx0, x0 + b * FY_Q8_BLOCK, f0 + b * 8), \
+                       accumulate);                                                                         \
+            if (C > 1)                                                                                      \
+                fy_cpu_put(y1, o + (r), q4v_sum(a##r##1, tail, qb_, sw_ * sx1, x1 + b * FY_Q8_BLOCK, f1 + b * 8), \
+                           accumulate);                                                                     \
+        }                                                                                                   \
+    } while (0)
+    Q4V_PUT(0);
+    Q4V_PUT(1);
+    Q4V_PUT(2);
+    Q4V_PUT(3);
+#undef Q4V_PUT
+}
+
+/* Outputs [o0, o1) of every prepared input row: 4 x 2 VNNI tiles, the
+ * last rows and the odd input in smaller ones. */
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx2"))) static void
+q4_tiles_vnni(int in, int o0, int o1, int N, const fy_cpu_q8_inputs *xs, const void *qv, const float *s, float *y,
+              int ldy, int accumulate) {
+    const uint8_t *q = qv;
+    for (int n = 0; n < N; n += 2) {
+        const int C = n + 1 < N ? 2 : 1, pf = !n;
+        int o = o0;
+        for (; o + 4 <= o1; o += 4) {
+            if (C == 2 && pf) q4_tile_vnni(4, 2, in, o, xs, n, q, s, y, ldy, accumulate, 1);
+            else if (C == 2) q4_tile_vnni(4, 2, in, o, xs, n, q, s, y, ldy, accumulate, 0);
+            else q4_tile_vnni(4, 1, in, o, xs, n, q, s, y, ldy, accumulate, pf);
+        }
+        for (; o < o1; o++) {
+            if (C == 2) q4_tile_vnni(1, 2, in, o, xs, n, q, s, y, ldy, accumulate, pf);
+            else q4_tile_vnni(1, 1, in, o, xs, n, q, s, y, ldy, accumulate, pf);
+        }
+    }
+}
 #else
 static size_t q4_per(int in) { return (size_t)in / 4 + in / FY_Q8_BLOCK; }
 #endif
 
 /* AVX2 unless fy_backend_opts.cpu_q8 asks for the portable kernel or the
- * CPU lacks it (tests check that both give the same bits). */
+ * CPU lacks it (tests check that all give the same bits); 2: VNNI's
+ * tiles for N > 1 too, where the CPU has them and the best is asked for. */
 static int q4_use_avx2(fy_backend *be) {
-    if (((fy_cpu_impl *)be->impl)->q8_kernel == FY_CPU_Q8_PORTABLE) return 0;
+    const int want = ((fy_cpu_impl *)be->impl)->q8_kernel;
+    if (want == FY_CPU_Q8_PORTABLE) return 0;
 #ifdef FY_Q4_X86
-    return __builtin_cpu_supports("avx2");
+    if (!__builtin_cpu_supports("avx2")) return 0;
+    if (want == FY_CPU_Q8_BEST && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return 2;
+    return 1;
 #else
     return 0;
 #endif
@@ -273,7 +388,7 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     }
 #ifdef FY_Q4_X86
     if (avx2) { /* decode too: one group, its chunks split as before */
-        fy_cpu_q8_blocked(q4_tiles_avx2, N, in, out, (size_t)in / 2 + (size_t)in / FY_Q8_BLOCK * sizeof(float), &xs,
+        fy_cpu_q8_blocked(avx2 == 2 && N > 1 ? q4_tiles_vnni : q4_tiles_avx2, N, in, out, (size_t)in / 2 + (size_t)in / FY_Q8_BLOCK * sizeof(float), &xs,
                           qp, sp, yp, ldy, accumulate);
         return;
     }
