@@ -243,14 +243,20 @@ __attribute__((target("avx2"))) static void q4_tiles_avx2(int in, int o0, int o1
         if (C > 1) Q4V_PAIR(a##r##1, n_, sw_, 1);                                                       \
     } while (0)
 /* Lanes [b quads 0..3 | b+1 0..3 | b 4..7 | b+1 4..7]: the exact sum of
- * (n - 8) x per quad (vpdpbusd, n unsigned, less q4_prep's 8 * sum x),
+ * (n - 8) x per quad (vpdpbusd, n unsigned, from q4_prep's -8 * sum x),
  * times sw * sx, the AVX2 kernel's AL (low half) and AH (high half). */
 #define Q4V_PAIR(A, N, SW, c)                                                                           \
     do {                                                                                                \
-        __m512i iv_ = _mm512_dpbusd_epi32(zero, N, _mm512_loadu_si512(x##c + b * FY_Q8_BLOCK));         \
-        iv_ = _mm512_sub_epi32(iv_, _mm512_loadu_si512(f##c + b * 8));                                  \
-        __m512 d_ = _mm512_mul_ps(SW, _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(sc##c + b * 4)))));            \
-        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), d_));                               \
+        __m512i iv_ = _mm512_dpbusd_epi32(nf##c, N, xv##c);                                             \
+        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), _mm512_mul_ps(SW, xs##c)));         \
+    } while (0)
+/* Input row c at the pair of blocks: its bytes, the offsets negated, its
+ * scales [sx_b x 4 | sx_b+1 x 4] twice. */
+#define Q4V_X(c)                                                                                        \
+    do {                                                                                                \
+        xv##c = _mm512_loadu_si512(x##c + b * FY_Q8_BLOCK);                                             \
+        nf##c = _mm512_sub_epi32(zero, _mm512_loadu_si512(f##c + b * 8));                               \
+        xs##c = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(sc##c + b * 4)))); \
     } while (0)
 
 /* Two float scales into the low half of a vector (memcpy: only
@@ -286,12 +292,16 @@ q4_tile_vnni(const int R, const int C, int in, int o, const fy_cpu_q8_inputs *xs
     const int32_t *f0 = q4_off(xs, n0), *f1 = q4_off(xs, n1);
     const float *sc0 = q4_sx8(xs, n0), *sc1 = q4_sx8(xs, n1);
     __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    __m512i xv0 = zero, xv1 = zero, nf0 = zero, nf1 = zero;
+    __m512 xs0 = a00, xs1 = a00;
     int b = 0;
     for (; b + 2 <= nb; b += 2) {
         if (pf) { /* integer arithmetic: the address may lie past the matrix */
             uintptr_t ahead = (uintptr_t)(q + (size_t)o * row + (size_t)b * Q4_BYTES) + (uintptr_t)8 * row;
             for (int r = 0; r < R; r++) _mm_prefetch((const char *)(ahead + r * row), _MM_HINT_T0);
         }
+        Q4V_X(0);
+        if (C > 1) Q4V_X(1);
         Q4V_ROW(0);
         if (R > 1) Q4V_ROW(1);
         if (R > 2) Q4V_ROW(2);
