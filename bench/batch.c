@@ -9,7 +9,7 @@
  *   bench_batch --linear IN OUT --batch N [--reps R]
  *     y = x W^T for N rows: linear_rows of the cpu backend vs cblas_sgemm
  *     (OpenBLAS's own threading), GFLOP/s (best of R).
- *   bench_batch --linear-q8|--linear-q4 IN OUT --batch N [--reps R]
+ *   bench_batch --linear-q8|--linear-q4 IN OUT --batch N [--reps R] [--kernel best|avx2|portable]
  *     y = x W^T for N rows with Q8_0 or Q4_0 weights (linear_q8 / linear_q4
  *     of the cpu backend, its best kernel): GMAC/s and GFLOP/s (best of R by
  *     wall time, and by process CPU time), cblas_sgemm's GFLOP/s on the same
@@ -67,12 +67,14 @@ static double cpu_s(void) { return (double)clock() / CLOCKS_PER_SEC; }
 
 /* linear_q8 (bits 8) or linear_q4 (bits 4) against cblas_sgemm on the same
  * shape, interleaved; best of `reps` by wall and by CPU time. */
-static int bench_linear_q(int bits, int in, int out, int N, int reps) {
+static int bench_linear_q(int bits, int kernel, int in, int out, int N, int reps) {
     fy_backend *be;
     fy_err err;
     fy_buf bx, bq, bs, by;
     const size_t nw = (size_t)out * in;
-    if (fy_backend_cpu_create(&be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
+    fy_backend_opts opts = {0};
+    opts.cpu_q8 = kernel;
+    if (fy_backend_create_opts("cpu", &opts, &be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
         fy_be_alloc(be, &bq, nw / (bits == 8 ? 4 : 8), &err) || fy_be_alloc(be, &bs, nw / FY_Q8_BLOCK, &err) ||
         fy_be_alloc(be, &by, (size_t)N * out, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
@@ -189,7 +191,7 @@ static int bench_model(const char *cfgname, int V, const char *weights, int B, i
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *weights = "f32";
-    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q = 0;
+    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q = 0, kernel = FY_CPU_Q8_BEST;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -198,6 +200,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ctx")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) STEPS = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernel")) /* the quantized linears' kernel (fy_backend_opts.cpu_q8) */
+            kernel = !strcmp(argv[i + 1], "avx2") ? FY_CPU_Q8_AVX2
+                     : !strcmp(argv[i + 1], "portable") ? FY_CPU_Q8_PORTABLE
+                                                         : FY_CPU_Q8_BEST;
         else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8") ||
                   !strcmp(argv[i], "--linear-q4")) &&
                  i + 2 < argc) {
@@ -218,7 +224,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_batch: --linear-q%d IN must be a multiple of %d\n", lin_q, FY_Q8_BLOCK);
         return 2;
     }
-    if (lin_in > 0 && lin_q) return bench_linear_q(lin_q, lin_in, lin_out, B, REPS);
+    if (lin_in > 0 && lin_q) return bench_linear_q(lin_q, kernel, lin_in, lin_out, B, REPS);
     if (lin_in > 0) return bench_linear(lin_in, lin_out, B, REPS);
     return bench_model(cfgname, V, weights, B, P, STEPS, REPS);
 }

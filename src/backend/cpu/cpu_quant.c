@@ -25,8 +25,8 @@
  * input rows (q8_tile_vnni): w + 128 as vpdpbusd's unsigned operand, the
  * accumulator starting from -128 * (the quad's sum of x), formed once per
  * input row and block: the exact integer sums of q8_rows_vnni (which takes
- * |w| and x with w's sign; one zmm accumulator per pair holds both halves),
- * 6 vector operations a pair and 64 products instead of 7 for the same.
+ * |w| and x with w's sign; one zmm accumulator per pair holds both halves):
+ * 5 vector operations a (pair, two blocks) where q8_rows_vnni spends 11.
  * For N > 1 all tiles go through fy_cpu_q8_blocked (cpu_q8.h): input rows
  * in L2-sized groups, weight rows in L1-sized spans. */
 #include <immintrin.h>
