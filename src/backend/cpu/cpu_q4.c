@@ -20,8 +20,16 @@
  * odd 0 .. 3], AH [even 4 .. 7 | odd 4 .. 7], each lane adding the same
  * products in the same order as linear_q8's even and odd halves, which two
  * permutes recover at the end. Tiles as cpu_quant.c's AVX2 kernel: 2
- * weight rows x 1 input row for decode, 2 x 2 for N > 1. No AVX-512
- * kernel: FY_CPU_Q8_BEST runs the AVX2 one where the CPU has it. */
+ * weight rows x 1 input row for decode, 2 x 2 for N > 1.
+ *
+ * AVX-512 VNNI (FY_CPU_Q8_BEST, N > 1: prefill) tiles 4 weight rows x 2
+ * input rows: L and H side by side in one zmm meet q4_prep's 64 bytes as
+ * they are, vpdpbusd takes n as its unsigned operand (exact quad sums,
+ * from the negated offsets), and one accumulator per pair holds AL and AH:
+ * the same integers, products and additions, so the same bits. Decode
+ * stays on the AVX2 tiles (the weights' bandwidth is its limit). Both go
+ * through fy_cpu_q8_blocked (cpu_q8.h): input rows in L2-sized groups,
+ * weight rows in L1-sized spans. */
 #include <omp.h>
 #include <stdint.h>
 
@@ -398,8 +406,9 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     }
 #ifdef FY_Q4_X86
     if (avx2) { /* decode too: one group, its chunks split as before */
-        fy_cpu_q8_blocked(avx2 == 2 && N > 1 ? q4_tiles_vnni : q4_tiles_avx2, N, in, out, (size_t)in / 2 + (size_t)in / FY_Q8_BLOCK * sizeof(float), &xs,
-                          qp, sp, yp, ldy, accumulate);
+        const size_t wrow = (size_t)in / 2 + (size_t)in / FY_Q8_BLOCK * sizeof(float); /* codes, scales */
+        fy_cpu_q8_blocked(avx2 == 2 && N > 1 ? q4_tiles_vnni : q4_tiles_avx2, N, in, out, wrow, &xs, qp, sp, yp, ldy,
+                          accumulate);
         return;
     }
 #endif
