@@ -27,7 +27,8 @@
  * they are, vpdpbusd takes n as its unsigned operand (exact quad sums,
  * from the negated offsets), and one accumulator per pair holds AL and AH:
  * the same integers, products and additions, so the same bits. Decode
- * stays on the AVX2 tiles (the weights' bandwidth is its limit). Both go
+ * (N = 1) stays on the AVX2 tiles: 4 x 1 VNNI tiles were at most ~10 %
+ * faster there, within a shared machine's noise (2026-12-06). Both go
  * through fy_cpu_q8_blocked (cpu_q8.h): input rows in L2-sized groups,
  * weight rows in L1-sized spans. */
 #include <omp.h>
