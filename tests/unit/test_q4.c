@@ -218,7 +218,7 @@ int main(void) {
     q4_case(16, 512, 64, 512, 64, 0);  /* threaded, whole tiles only */
     /* Prefill's cache blocking (cpu_q8.h fy_cpu_q8_blocked): input rows in
      * groups of ~96 KiB (in = 1024: 84 rows for Q8_0, 36 for Q4_0; in = 256:
-     * 340 and 146), weight rows in spans of ~16 KiB (in = 256: 56 rows for
+     * 336 and 144), weight rows in spans of ~16 KiB (in = 256: 56 rows for
      * Q8_0, 96 for Q4_0), both cut wherever the shape puts them: N around
      * and across the boundaries, out across spans and the threads' shares,
      * both modes; every N against the portable kernel, each row alone, 1
