@@ -220,13 +220,11 @@ static int init_from_host(fy_model *m, void *ctx, fy_err *err) {
     return fy_host_to_model((const fy_host_model *)ctx, m, err);
 }
 
-/* A new run from --init-from MODEL: its config and tokenizer (saved into
- * the run; the data is tokenized with it), its weights kept in run->init
- * for the trainer's first step. Training options start from the defaults. */
-static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
-    if (f->cfg_set) return fy_fail(err, "--init-from %s takes the model's config: --config is refused", f->init_from);
-    if (f->expert_parallel || f->ranks > 1 || run->n_ranks > 1)
-        return fy_fail(err, "--init-from %s: one rank only for now (no --ranks, --expert-parallel)", f->init_from);
+/* --init-from's model (with --add-special-tokens' rows) into run->init, the
+ * trainer's initial weights. Every rank loads it (the same files, so the
+ * same bits: the ranks share a filesystem, as they share the run
+ * directory and the data); rank 0 also takes its config and tokenizer. */
+static int load_init_model(const train_flags *f, train_run *run, fy_err *err) {
     fy_host_model *h = calloc(1, sizeof *h);
     if (!h) return fy_fail(err, "out of memory");
     if (fy_cli_host_load(f->init_from, h, err)) {
@@ -235,11 +233,21 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     }
     run->init = h;
     if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
+    run->o.init_weights = init_from_host;
+    run->o.init_ctx = h;
+    return 0;
+}
+
+/* A new run from --init-from MODEL: its config and tokenizer (saved into
+ * the run; the data is tokenized with it), its weights kept in run->init
+ * for the trainer's first step. Training options start from the defaults. */
+static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
+    if (f->cfg_set) return fy_fail(err, "--init-from %s takes the model's config: --config is refused", f->init_from);
+    if (load_init_model(f, run, err)) return -1;
+    fy_host_model *h = run->init;
     note_vocab_flag(f, fy_tokenizer_vocab_size(h->tok), f->init_from);
     run->vocab_asked = f->vocab;
     run->cfg = h->cfg;
-    run->o.init_weights = init_from_host;
-    run->o.init_ctx = h;
     if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err))
         return f->add_tokens ? fy_wrap(err, "--add-special-tokens (prepared data needs ferry data prepare --model %s "
                                             "--add-special-tokens with the same tokens)", f->init_from)
@@ -663,7 +671,13 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_dir_lock *lock,
             goto done;
         }
     }
-    if (((f.resume || run.follower) && reload_lora_base(&run, err)) || create_backend(&run, &be, err)) goto done;
+    /* Ranks 1.. of a new --init-from run load the model as rank 0 did; a
+     * resumed run's weights come from its checkpoint (a LoRA run's base
+     * from the source its record names). */
+    const int follow_new = run.follower && !f.resume && f.init_from;
+    if ((follow_new ? load_init_model(&f, &run, err) : (f.resume || run.follower) && reload_lora_base(&run, err)) ||
+        create_backend(&run, &be, err))
+        goto done;
     if (save_config(&run, err)) {
         fy_backend_destroy(be);
         goto done;
