@@ -10,6 +10,7 @@
  * into tiles depends on the shapes alone. */
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend/cpu/cpu.h"
 
@@ -17,6 +18,14 @@
 #define MLA_HEADS 4 /* most heads in a tile */
 #define MLA_PAIRS (MLA_ROWS * MLA_HEADS)
 #define MLA_TILES 8 /* fewer heads per tile while there would be fewer tiles (threads) */
+
+/* The per-position kernels go inside mla_tile's ISA clones (cpu.h): a
+ * call out of a clone would run them as baseline x86-64. */
+#if defined(__GNUC__)
+#define MLA_INLINE __attribute__((always_inline)) static inline
+#else
+#define MLA_INLINE static inline
+#endif
 
 /* Where a sequence's positions live: position s is row blocks[s / bs] * bs
  * + s % bs of c (row stride ldc) and k (ldk); blocks NULL: row s. */
@@ -50,84 +59,205 @@ static int mla_same_store(const mla_seq *a, const mla_seq *b) {
            a->bs == b->bs;
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#define MLA_VEC 1
+/* fy_cpu_dot's 8 lanes as one vector: lane-wise IEEE mul and add, the same
+ * bits as the scalar lanes, but the compiler cannot split them. Unaligned,
+ * and may alias the floats it is loaded from. */
+typedef float mla_v8 __attribute__((vector_size(32)));
+typedef float mla_v8u __attribute__((vector_size(32), aligned(4), may_alias));
+#define MLA_LD(p) (*(const mla_v8u *)(p))
+typedef float mla_v4 __attribute__((vector_size(16)));
+typedef int mla_i4 __attribute__((vector_size(16)));
+
+/* fy_cpu_dot's reduction ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))
+ * of four 8-lane sums at once, each add of it one lane of a vector add
+ * (t = low + high half, then the pairs of t, then the pairs of those). */
+MLA_INLINE void mla_reduce4(const mla_v8 *a, float *out) {
+    mla_v4 t[4];
+    for (int m = 0; m < 4; m++) {
+        mla_v4 lo, hi;
+        memcpy(&lo, (const float *)&a[m], sizeof lo);
+        memcpy(&hi, (const float *)&a[m] + 4, sizeof hi);
+        t[m] = lo + hi;
+    }
+    const mla_i4 ev = {0, 2, 4, 6}, od = {1, 3, 5, 7};
+    mla_v4 p01 = __builtin_shuffle(t[0], t[1], ev) + __builtin_shuffle(t[0], t[1], od);
+    mla_v4 p23 = __builtin_shuffle(t[2], t[3], ev) + __builtin_shuffle(t[2], t[3], od);
+    mla_v4 s = __builtin_shuffle(p01, p23, ev) + __builtin_shuffle(p01, p23, od);
+    memcpy(out, &s, sizeof s);
+}
+#endif
+
+/* fy_cpu_dot's reduction of the 8 lanes a, then its tail over [i, n). */
+MLA_INLINE float mla_finish(const float *a, const float *x, const float *y, int i, int n) {
+    float s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
 /* Four fy_cpu_dot(x, y[m], n) at once, sharing the loads of x: each has
  * fy_cpu_dot's 8 lanes, reduction and tail, so the same bits. */
-static inline void mla_dot4(const float *x, const float *const *y, int n, float *out) {
+MLA_INLINE void mla_dot4(const float *x, const float *const *y, int n, float *out) {
     const float *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
-    float a0[8] = {0}, a1[8] = {0}, a2[8] = {0}, a3[8] = {0};
     int i = 0;
+#if MLA_VEC
+    mla_v8 a[4] = {{0}, {0}, {0}, {0}};
+    for (; i + 8 <= n; i += 8) {
+        const mla_v8 xv = MLA_LD(x + i);
+        a[0] += xv * MLA_LD(y0 + i);
+        a[1] += xv * MLA_LD(y1 + i);
+        a[2] += xv * MLA_LD(y2 + i);
+        a[3] += xv * MLA_LD(y3 + i);
+    }
+    mla_reduce4(a, out);
+    for (int m = 0; m < 4; m++)
+        for (int t = i; t < n; t++) out[m] += x[t] * y[m][t];
+#else
+    float a[4][8];
+    memset(a, 0, sizeof a);
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) {
             const float xv = x[i + l];
-            a0[l] += xv * y0[i + l];
-            a1[l] += xv * y1[i + l];
-            a2[l] += xv * y2[i + l];
-            a3[l] += xv * y3[i + l];
+            a[0][l] += xv * y0[i + l];
+            a[1][l] += xv * y1[i + l];
+            a[2][l] += xv * y2[i + l];
+            a[3][l] += xv * y3[i + l];
         }
-    float *a[4] = {a0, a1, a2, a3};
-    for (int m = 0; m < 4; m++) {
-        const float *v = a[m];
-        float s = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-        for (int t = i; t < n; t++) s += x[t] * y[m][t];
-        out[m] = s;
-    }
+    for (int m = 0; m < 4; m++) out[m] = mla_finish(a[m], x, y[m], i, n);
+#endif
 }
 
-/* The pairs of a tile whose row attends position s (score rows of length
- * Sp[p] > s), in pair order. */
-static int mla_active(const int *Sp, int P, int s, int *act) {
+/* The pairs of a tile whose row attends position s (Sp[p] > s), in pair
+ * order, and the end of the positions that have the same active pairs. */
+MLA_INLINE int mla_active(const int *Sp, int P, int S, int s, int *act, int *end) {
     int na = 0;
+    *end = S;
     for (int p = 0; p < P; p++)
-        if (Sp[p] > s) act[na++] = p;
+        if (Sp[p] > s) {
+            act[na++] = p;
+            *end = Sp[p] < *end ? Sp[p] : *end;
+        }
     return na;
 }
 
-/* score[s] of every active pair: position s's rows cr, kr loaded once. */
-static void mla_scores_at(const mla_dims *d, const float *cr, const float *kr, int s, const int *act, int na,
-                          float *const *ql, const float *const *qpe, float *sh) {
+/* A block of np <= 4 consecutive positions from s: their cache rows. */
+typedef struct mla_blk {
+    const float *cr[4], *kr[4];
+    int s, np;
+} mla_blk;
+
+/* score[s] of every active pair for the block's positions. Four pairs at a
+ * time share a position's row loads; a pair left over takes four positions
+ * at a time (fy_cpu_dot(cr, ql) == fy_cpu_dot(ql, cr): products commute). */
+MLA_INLINE void mla_scores_at(const mla_dims *d, const mla_blk *b, const int *act, int na, float *const *ql,
+                              const float *const *qpe, float *sh) {
     int a = 0;
     for (; a + 4 <= na; a += 4) {
         const float *yc[4], *yk[4];
-        float dc[4], dk[4];
         for (int m = 0; m < 4; m++) yc[m] = ql[act[a + m]], yk[m] = qpe[act[a + m]];
-        mla_dot4(cr, yc, d->r, dc);
-        mla_dot4(kr, yk, d->dr, dk);
-        for (int m = 0; m < 4; m++) sh[(size_t)act[a + m] * d->most + s] = d->scale * dc[m] + d->scale * dk[m];
+        for (int t = 0; t < b->np; t++) {
+            float dc[4], dk[4];
+            mla_dot4(b->cr[t], yc, d->r, dc);
+            mla_dot4(b->kr[t], yk, d->dr, dk);
+            for (int m = 0; m < 4; m++)
+                sh[(size_t)act[a + m] * d->most + b->s + t] = d->scale * dc[m] + d->scale * dk[m];
+        }
     }
     for (; a < na; a++) {
-        int p = act[a];
-        sh[(size_t)p * d->most + s] = d->scale * fy_cpu_dot(cr, ql[p], d->r) + d->scale * fy_cpu_dot(kr, qpe[p], d->dr);
+        const int p = act[a];
+        float *out = sh + (size_t)p * d->most + b->s;
+        if (b->np == 4) {
+            float dc[4], dk[4];
+            mla_dot4(ql[p], b->cr, d->r, dc);
+            mla_dot4(qpe[p], b->kr, d->dr, dk);
+            for (int t = 0; t < 4; t++) out[t] = d->scale * dc[t] + d->scale * dk[t];
+        } else {
+            for (int t = 0; t < b->np; t++)
+                out[t] = d->scale * fy_cpu_dot(b->cr[t], ql[p], d->r) + d->scale * fy_cpu_dot(b->kr[t], qpe[p], d->dr);
+        }
     }
 }
 
-/* o_lat[p] += softmax(score[p])[s] * ckv[s] of every active pair. */
-static void mla_accum_at(const mla_dims *d, const float *cr, int s, const int *act, int na, float *const *ol,
-                         const float *sh) {
+/* o_lat[p] += softmax(score[p])[s] * ckv[s] of every active pair, the
+ * block's positions in order: four pairs share a position's row, a pair
+ * left over adds four positions in one pass. */
+MLA_INLINE void mla_accum_at(const mla_dims *d, const mla_blk *b, const int *act, int na, float *const *ol,
+                             const float *sh) {
     const int r = d->r;
     int a = 0;
     for (; a + 4 <= na; a += 4) {
         float *o0 = ol[act[a]], *o1 = ol[act[a + 1]], *o2 = ol[act[a + 2]], *o3 = ol[act[a + 3]];
-        const float p0 = sh[(size_t)act[a] * d->most + s], p1 = sh[(size_t)act[a + 1] * d->most + s];
-        const float p2 = sh[(size_t)act[a + 2] * d->most + s], p3 = sh[(size_t)act[a + 3] * d->most + s];
+        const float *p0 = sh + (size_t)act[a] * d->most + b->s, *p1 = sh + (size_t)act[a + 1] * d->most + b->s;
+        const float *p2 = sh + (size_t)act[a + 2] * d->most + b->s, *p3 = sh + (size_t)act[a + 3] * d->most + b->s;
+        if (b->np == 4) { /* each o_lat loaded and stored once for four positions */
+            const float *c0 = b->cr[0], *c1 = b->cr[1], *c2 = b->cr[2], *c3 = b->cr[3];
 #pragma omp simd
-        for (int j = 0; j < r; j++) {
-            const float c = cr[j];
-            o0[j] += p0 * c;
-            o1[j] += p1 * c;
-            o2[j] += p2 * c;
-            o3[j] += p3 * c;
+            for (int j = 0; j < r; j++) {
+                const float x0 = c0[j], x1 = c1[j], x2 = c2[j], x3 = c3[j];
+                o0[j] = (((o0[j] + p0[0] * x0) + p0[1] * x1) + p0[2] * x2) + p0[3] * x3;
+                o1[j] = (((o1[j] + p1[0] * x0) + p1[1] * x1) + p1[2] * x2) + p1[3] * x3;
+                o2[j] = (((o2[j] + p2[0] * x0) + p2[1] * x1) + p2[2] * x2) + p2[3] * x3;
+                o3[j] = (((o3[j] + p3[0] * x0) + p3[1] * x1) + p3[2] * x2) + p3[3] * x3;
+            }
+            continue;
+        }
+        for (int t = 0; t < b->np; t++) {
+            const float *cr = b->cr[t], q0 = p0[t], q1 = p1[t], q2 = p2[t], q3 = p3[t];
+#pragma omp simd
+            for (int j = 0; j < r; j++) {
+                const float c = cr[j];
+                o0[j] += q0 * c;
+                o1[j] += q1 * c;
+                o2[j] += q2 * c;
+                o3[j] += q3 * c;
+            }
         }
     }
     for (; a < na; a++) {
         float *o = ol[act[a]];
-        const float p = sh[(size_t)act[a] * d->most + s];
+        const float *pp = sh + (size_t)act[a] * d->most + b->s;
+        if (b->np == 4) {
+            const float *c0 = b->cr[0], *c1 = b->cr[1], *c2 = b->cr[2], *c3 = b->cr[3];
+            const float p0 = pp[0], p1 = pp[1], p2 = pp[2], p3 = pp[3];
 #pragma omp simd
-        for (int j = 0; j < r; j++) o[j] += p * cr[j];
+            for (int j = 0; j < r; j++) o[j] = (((o[j] + p0 * c0[j]) + p1 * c1[j]) + p2 * c2[j]) + p3 * c3[j];
+        } else {
+            for (int t = 0; t < b->np; t++) {
+                const float p = pp[t], *cr = b->cr[t];
+#pragma omp simd
+                for (int j = 0; j < r; j++) o[j] += p * cr[j];
+            }
+        }
+    }
+}
+
+/* Positions [0, all->S) in blocks of up to 4 within runs of consecutive
+ * rows, the active pairs constant over each block: scores (accumulate 0)
+ * or o_lat (1). */
+MLA_INLINE void mla_sweep(const mla_dims *d, const mla_seq *all, const int *Sp, int P, int accumulate,
+                          float *const *ql, const float *const *qpe, float *const *ol, float *sh) {
+    int act[MLA_PAIRS];
+    for (int s0 = 0, end; s0 < all->S; s0 = end) {
+        const int na = mla_active(Sp, P, all->S, s0, act, &end);
+        for (int s1 = s0, cnt; s1 < end; s1 += cnt) {
+            size_t row = mla_run(all, s1, &cnt);
+            cnt = cnt < end - s1 ? cnt : end - s1;
+            for (int t = 0; t < cnt; t += 4) {
+                mla_blk blk = {{0}, {0}, s1 + t, cnt - t < 4 ? cnt - t : 4};
+                for (int u = 0; u < blk.np; u++) {
+                    blk.cr[u] = all->c + (row + t + u) * all->ldc;
+                    blk.kr[u] = all->k + (row + t + u) * all->ldk;
+                }
+                if (accumulate) mla_accum_at(d, &blk, act, na, ol, sh);
+                else mla_scores_at(d, &blk, act, na, ql, qpe, sh);
+            }
+        }
     }
 }
 
 /* Each of m rows of width n (stride ld) becomes its softmax. */
-static void softmax_rows(float *S, int ld, int m, int n) {
+FY_CPU_HOT static void softmax_rows(float *S, int ld, int m, int n) {
     for (int r = 0; r < m; r++) {
         float *row = S + (size_t)r * ld;
         float mx = fy_cpu_max(row, n);
@@ -158,7 +288,7 @@ FY_CPU_HOT static void mla_tile(const mla_dims *d, const mla_seq *seq, int R, in
     const size_t wh = (size_t)(dn + dv) * r; /* W_kb then W_vb of a head */
     float *ql[MLA_PAIRS], *ol[MLA_PAIRS], *oh[MLA_PAIRS];
     const float *qh[MLA_PAIRS], *qpe[MLA_PAIRS];
-    int Sp[MLA_PAIRS], act[MLA_PAIRS], S = 0;
+    int Sp[MLA_PAIRS], S = 0;
     for (int i = 0; i < R; i++)
         for (int g = 0; g < G; g++) {
             int p = i * G + g;
@@ -184,22 +314,10 @@ FY_CPU_HOT static void mla_tile(const mla_dims *d, const mla_seq *seq, int R, in
     }
     mla_seq all = seq[0]; /* the rows share the storage; the longest reaches S */
     all.S = S;
-    for (int s0 = 0, cnt; s0 < S; s0 += cnt) {
-        size_t row = mla_run(&all, s0, &cnt);
-        for (int t = 0, s = s0; t < cnt; t++, s++) {
-            int na = mla_active(Sp, P, s, act);
-            mla_scores_at(d, all.c + (row + t) * all.ldc, all.k + (row + t) * all.ldk, s, act, na, ql, qpe, sh);
-        }
-    }
+    mla_sweep(d, &all, Sp, P, 0, ql, qpe, ol, sh);
     for (int p = 0; p < P; p++)
         if (Sp[p]) softmax_rows(sh + (size_t)p * d->most, Sp[p], 1, Sp[p]);
-    for (int s0 = 0, cnt; s0 < S; s0 += cnt) {
-        size_t row = mla_run(&all, s0, &cnt);
-        for (int t = 0, s = s0; t < cnt; t++, s++) {
-            int na = mla_active(Sp, P, s, act);
-            mla_accum_at(d, all.c + (row + t) * all.ldc, s, act, na, ol, sh);
-        }
-    }
+    mla_sweep(d, &all, Sp, P, 1, ql, qpe, ol, sh);
     for (int g = 0; g < G; g++) { /* W_vb's row v read once for the tile's rows */
         const float *wvb = w + (h0 + g) * wh + (size_t)dn * r;
         int rows[MLA_ROWS], nr = 0;
