@@ -128,6 +128,30 @@ MLA_INLINE void mla_dot4(const float *x, const float *const *y, int n, float *ou
 #endif
 }
 
+/* mla_dot4 for two x (positions) against the same four y (pairs): each y
+ * load serves two positions. out0, out1: the two positions' four dots. */
+MLA_INLINE void mla_dot4x2(const float *x0, const float *x1, const float *const *y, int n, float *out0,
+                           float *out1) {
+#if MLA_VEC
+    const float *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
+    mla_v8 a[4] = {{0}, {0}, {0}, {0}}, b[4] = {{0}, {0}, {0}, {0}};
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const mla_v8 u = MLA_LD(x0 + i), v = MLA_LD(x1 + i), w0 = MLA_LD(y0 + i), w1 = MLA_LD(y1 + i);
+        const mla_v8 w2 = MLA_LD(y2 + i), w3 = MLA_LD(y3 + i);
+        a[0] += u * w0, a[1] += u * w1, a[2] += u * w2, a[3] += u * w3;
+        b[0] += v * w0, b[1] += v * w1, b[2] += v * w2, b[3] += v * w3;
+    }
+    mla_reduce4(a, out0);
+    mla_reduce4(b, out1);
+    for (int m = 0; m < 4; m++)
+        for (int t = i; t < n; t++) out0[m] += x0[t] * y[m][t], out1[m] += x1[t] * y[m][t];
+#else
+    mla_dot4(x0, y, n, out0);
+    mla_dot4(x1, y, n, out1);
+#endif
+}
+
 /* The pairs of a tile whose row attends position s (Sp[p] > s), in pair
  * order, and the end of the positions that have the same active pairs. */
 MLA_INLINE int mla_active(const int *Sp, int P, int S, int s, int *act, int *end) {
@@ -156,7 +180,18 @@ MLA_INLINE void mla_scores_at(const mla_dims *d, const mla_blk *b, const int *ac
     for (; a + 4 <= na; a += 4) {
         const float *yc[4], *yk[4];
         for (int m = 0; m < 4; m++) yc[m] = ql[act[a + m]], yk[m] = qpe[act[a + m]];
-        for (int t = 0; t < b->np; t++) {
+        int t = 0;
+        for (; t + 2 <= b->np; t += 2) {
+            float dc[2][4], dk[2][4];
+            mla_dot4x2(b->cr[t], b->cr[t + 1], yc, d->r, dc[0], dc[1]);
+            mla_dot4x2(b->kr[t], b->kr[t + 1], yk, d->dr, dk[0], dk[1]);
+            for (int m = 0; m < 4; m++) {
+                float *out = sh + (size_t)act[a + m] * d->most + b->s + t;
+                out[0] = d->scale * dc[0][m] + d->scale * dk[0][m];
+                out[1] = d->scale * dc[1][m] + d->scale * dk[1][m];
+            }
+        }
+        for (; t < b->np; t++) {
             float dc[4], dk[4];
             mla_dot4(b->cr[t], yc, d->r, dc);
             mla_dot4(b->kr[t], yk, d->dr, dk);
@@ -328,12 +363,11 @@ FY_CPU_HOT static void mla_tile(const mla_dims *d, const mla_seq *seq, int R, in
         for (int v = 0; v < dv; v++) {
             const float *wv = wvb + (size_t)v * r;
             int a = 0;
-            if (nr == 4) {
-                const float *y[4] = {ol[rows[0]], ol[rows[1]], ol[rows[2]], ol[rows[3]]};
+            for (; a + 4 <= nr; a += 4) {
+                const float *y[4] = {ol[rows[a]], ol[rows[a + 1]], ol[rows[a + 2]], ol[rows[a + 3]]};
                 float dd[4];
                 mla_dot4(wv, y, r, dd);
-                for (int m = 0; m < 4; m++) oh[rows[m]][v] = dd[m];
-                a = 4;
+                for (int m = 0; m < 4; m++) oh[rows[a + m]][v] = dd[m];
             }
             for (; a < nr; a++) oh[rows[a]][v] = fy_cpu_dot(wv, ol[rows[a]], r);
         }
