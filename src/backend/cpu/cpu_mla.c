@@ -7,7 +7,10 @@
  * a tile holds up to MLA_ROWS rows of one sequence (a prefill's rows, or
  * one decode row) times up to MLA_HEADS heads, and each cached position is
  * loaded once for all of its pairs instead of once per pair. The split
- * into tiles depends on the shapes alone. */
+ * into tiles depends on the shapes alone. The kernels work on four pairs
+ * (or four positions) at once in 8-lane vectors that are fy_cpu_dot's
+ * lanes, reduced in its order: test_mla_bits holds them to the per-pair
+ * code they replaced (tests/unit/mla_ref.h), bit for bit. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +20,7 @@
 #define MLA_ROWS 4  /* query rows of one sequence in a tile */
 #define MLA_HEADS 4 /* most heads in a tile */
 #define MLA_PAIRS (MLA_ROWS * MLA_HEADS)
-#define MLA_TILES 8 /* fewer heads per tile while there would be fewer tiles (threads) */
+#define MLA_TILES 8 /* heads per tile halved while the tiles would be fewer: one decode row still spreads over threads */
 
 /* The per-position kernels go inside mla_tile's ISA clones (cpu.h): a
  * call out of a clone would run them as baseline x86-64. */
