@@ -229,12 +229,15 @@ GM_PANEL256(6, 2)
 /* Floats of packed W a chunk holds at most (256 KB: inside the L2 of the
  * CPUs measured, beside the x block). */
 #define GM_CHUNK_FLOATS (1 << 16)
-/* x rows from which these kernels beat cpu_linear.c's (one thread, Xeon
- * with AVX-512, 2026-12-06, docs/PERFORMANCE.md): its AVX-512 4 x 4 tiles
- * already run near the mul + add limit and pay no packing, so this kernel
- * wins only where those tiles re-read more x than the caches hold. */
-#define GM_ROWS_AVX512 256
+/* Where these kernels beat cpu_linear.c's (one thread, a Xeon with
+ * AVX-512 and 2 MB of L2 a core, 2026-12-06, docs/PERFORMANCE.md): against
+ * its AVX2 4 x 1 tiles from 64 rows on; its AVX-512 4 x 4 tiles already
+ * run near the mul + add limit and pack nothing, and lose only once x
+ * outgrows the L2 (they read all of x again for every 4 outputs): from 64
+ * rows with more than 1 MB of x. */
 #define GM_ROWS_AVX2 64
+#define GM_ROWS_AVX512 64
+#define GM_X_AVX512 (1u << 18)
 /* Multiply-adds below which a call stays on one thread (cpu_linear.c's). */
 #define GM_PAR_MIN (1u << 20)
 
@@ -247,6 +250,7 @@ int fy_cpu_gemm_rows(fy_backend *be, int isa, int wf, int N, int in, int out, co
     else return 0;
     const int want = ((fy_cpu_impl *)be->impl)->gemm_rows;
     if (want < 0 || N < (want ? want : rows)) return 0;
+    if (!want && isa == FY_CPU_ISA_AVX512 && (size_t)N * in <= GM_X_AVX512) return 0;
     int off[17];
     gm_phases(in, off);
     const int T = omp_get_max_threads();
