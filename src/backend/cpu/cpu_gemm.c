@@ -5,9 +5,9 @@
  *
  * Outputs in lanes: a panel of PW consecutive outputs of W is packed so one
  * vector holds PW / VL outputs' weights at the same k, the k in "phase
- * order" (phase l: k = l, l + 16, l + 32, ... ; phase after phase), and a
- * block of R x rows is packed the same way. For each phase a register tile
- * of R rows x PW outputs adds x[i][k] * w[o][k] over that phase's k in
+ * order" (phase l: k = l, l + 16, l + 32, ... ; phase after phase). For
+ * each phase a register tile of R x rows (read in place, one broadcast a
+ * row and k) by PW outputs adds x[i][k] * w[o][k] over that phase's k in
  * turn: one vector lane is exactly one of cpu_linear.c's 16 lane sums for
  * one (row, output), so the dot products no longer need a horizontal sum
  * per output, and each weight vector serves R rows, each broadcast x value
@@ -21,7 +21,7 @@
  *
  * Blocking: each chunk of outputs (its packed W, NB x in floats, sized to
  * stay in L2) is one unit of a fixed OpenMP split; inside it, R rows of x
- * at a time (packed, in L1) against every panel of the chunk. Every
+ * at a time (in L1) against every panel of the chunk. Every
  * (row, output) is computed in full by one tile whatever the split, so the
  * bits depend on nothing but x and W. */
 #include <immintrin.h>
@@ -64,7 +64,8 @@ __attribute__((target("avx2,f16c"), always_inline)) static inline __m256 gm_load
 /* r[j][i] <-> r[i][j]. */
 __attribute__((target("avx2"), always_inline)) static inline void gm_transpose8(__m256 r[8]) {
     __m256 t[8], s[8];
-    for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    for (int j = 0; j < 8; j += 2)
+        t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
     for (int j = 0; j < 8; j += 4) {
         s[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
         s[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
@@ -96,7 +97,8 @@ __attribute__((target("avx2,f16c"))) static void gm_pack_w(const void *w, size_t
                     for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + (size_t)(off[h + j] + g) * PW + c0, r[j]);
                 }
             for (; c < c0 + 8; c++)
-                for (int k = full; k < in; k++) dst[(size_t)(off[k % 16] + k / 16) * PW + c] = gm_w1(w, (size_t)c * ldw + k, wf);
+                for (int k = full; k < in; k++)
+                    dst[(size_t)(off[k % 16] + k / 16) * PW + c] = gm_w1(w, (size_t)c * ldw + k, wf);
             continue;
         }
         for (; c < c0 + 8; c++)
@@ -105,10 +107,11 @@ __attribute__((target("avx2,f16c"))) static void gm_pack_w(const void *w, size_t
     }
 }
 
-/* One panel: packed x block xp (R rows) against packed W panel wp (PW
- * outputs); phase sums to part[l][i][PW], then y[i][0..nv) for i < nr. */
-typedef void gm_panel_fn(const int *off, const float *x, int ldx, const float *wp, float *part, float *y, int ldy, int nr,
-                         int nv, int accumulate);
+/* One panel: x rows 0..nr (row stride ldx; R in the tile, the rest
+ * repeating row 0) against packed W panel wp (PW outputs); phase sums to
+ * part[l][i][PW], then y[i][0..nv) for i < nr. */
+typedef void gm_panel_fn(const int *off, const float *x, int ldx, const float *wp, float *part, float *y, int ldy,
+                         int nr, int nv, int accumulate);
 
 /* ---- AVX-512: PW = 16 C outputs, R x C registers ---- */
 
@@ -148,7 +151,8 @@ gm_panel512(const int *off, const float *x, int ldx, const float *wp, float *par
             const size_t ls = (size_t)R * PW; /* one phase on */
             __m512 t[8], u[4];
             #pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) t[l] = _mm512_add_ps(_mm512_loadu_ps(p + l * ls), _mm512_loadu_ps(p + (l + 8) * ls));
+            for (int l = 0; l < 8; l++)
+                t[l] = _mm512_add_ps(_mm512_loadu_ps(p + l * ls), _mm512_loadu_ps(p + (l + 8) * ls));
             #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) u[j] = _mm512_add_ps(t[j], t[j + 4]);
             __m512 s = _mm512_add_ps(_mm512_add_ps(u[0], u[1]), _mm512_add_ps(u[2], u[3]));
@@ -207,7 +211,8 @@ gm_panel256(const int *off, const float *x, int ldx, const float *wp, float *par
             const size_t ls = (size_t)R * PW;
             __m256 t[8], u[4];
             #pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) t[l] = _mm256_add_ps(_mm256_loadu_ps(p + l * ls), _mm256_loadu_ps(p + (l + 8) * ls));
+            for (int l = 0; l < 8; l++)
+                t[l] = _mm256_add_ps(_mm256_loadu_ps(p + l * ls), _mm256_loadu_ps(p + (l + 8) * ls));
             #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) u[j] = _mm256_add_ps(t[j], t[j + 4]);
             __m256 s = _mm256_add_ps(_mm256_add_ps(u[0], u[1]), _mm256_add_ps(u[2], u[3]));
@@ -278,8 +283,8 @@ int fy_cpu_gemm_rows(fy_backend *be, int isa, int wf, int N, int in, int out, co
             const int nr = N - r0 < R ? N - r0 : R;
             for (int p = 0; p < npan; p++) {
                 const int nv = nout - p * PW < PW ? nout - p * PW : PW;
-                panel(off, x + (size_t)r0 * ldx, ldx, pw + (size_t)p * PW * in, part, y + (size_t)r0 * ldy + o0 + p * PW, ldy, nr, nv,
-                      accumulate);
+                panel(off, x + (size_t)r0 * ldx, ldx, pw + (size_t)p * PW * in, part,
+                      y + (size_t)r0 * ldy + o0 + p * PW, ldy, nr, nv, accumulate);
             }
         }
     }
