@@ -132,6 +132,7 @@ int main(void) {
         }
     check_shape(bes, -1, 200, 300, 260, 1, 2); /* several chunks and row blocks */
     check_shape(bes, FY_H16_BF16, 97, 1000, 40, 0, 2);
+    check_shape(bes, FY_H16_F16, 65, 4100, 50, 1, 2); /* chunks of one panel */
     omp_set_num_threads(th);
     for (int k = 0; k < NBE; k++) fy_backend_destroy(bes[k]);
     return fy_test_finish("test_gemm");
