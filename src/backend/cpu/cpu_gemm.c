@@ -266,7 +266,7 @@ int fy_cpu_gemm_rows(fy_backend *be, int isa, int wf, int N, int in, int out, co
     nb = nb < share ? nb : share;
     nb = nb < PW ? PW : nb;
     const size_t per = (size_t)nb * in + (size_t)16 * R * PW;
-    float *scr = fy_cpu_scratch(be, (size_t)T * per, "linear_rows");
+    float *scr = fy_cpu_scratch(be, (size_t)T * per, wf == FY_CPU_WF_F32 ? "linear_rows" : "linear_h16");
     if (!scr) return 1; /* error recorded */
     const int chunks = (out + nb - 1) / nb;
     const size_t esz = wf == FY_CPU_WF_F32 ? 4 : 2;
