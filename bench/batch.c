@@ -6,9 +6,13 @@
  *     B sequences, each with a P-token prompt (prefilled in chunks of 64 in
  *     batch steps), then S decode steps of one token for all B sequences;
  *     reports aggregate decoded tokens/s (best of R).
- *   bench_batch --linear IN OUT --batch N [--reps R]
- *     y = x W^T for N rows: linear_rows of the cpu backend vs cblas_sgemm
- *     (OpenBLAS's own threading), GFLOP/s (best of R).
+ *   bench_batch --linear IN OUT --batch N [--reps R] [--kernel avx2|portable]
+ *               [--gemm-rows G]
+ *     y = x W^T for N rows: linear_rows of the cpu backend (rows_gflops;
+ *     the kernel family and the many-row threshold as fy_backend_opts
+ *     cpu_q8 / cpu_gemm_rows set them), the same with the many-row kernel
+ *     off (tiles_gflops: cpu_linear.c's tiles alone) and cblas_sgemm
+ *     (OpenBLAS's own threading), interleaved, GFLOP/s (best of R).
  *   bench_batch --linear-q8 IN OUT --batch N [--reps R]
  *     y = x W^T for N rows with Q8_0 weights (linear_q8 of the cpu backend,
  *     its best kernel): GMAC/s (best of R) and the number of calls timed
@@ -23,11 +27,17 @@
 #include "core/rng.h"
 #include "model/decode.h"
 
+/* --kernel and --gemm-rows (bench_linear). */
+static fy_backend_opts lin_opts;
+
 static int bench_linear(int in, int out, int N, int reps) {
-    fy_backend *be;
+    fy_backend *be, *be_t;
     fy_err err;
     fy_buf bx, bw, by;
-    if (fy_backend_cpu_create(&be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
+    fy_backend_opts tiles = lin_opts;
+    tiles.cpu_gemm_rows = -1;
+    if (fy_backend_create_opts("cpu", &lin_opts, &be, &err) || fy_backend_create_opts("cpu", &tiles, &be_t, &err) ||
+        fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
         fy_be_alloc(be, &bw, (size_t)out * in, &err) || fy_be_alloc(be, &by, (size_t)N * out, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
         return 1;
@@ -37,23 +47,29 @@ static int bench_linear(int in, int out, int N, int reps) {
     for (size_t i = 0; i < (size_t)out * in; i++) w[i] = (float)(fy_rng_u64(2, 0, i) % 1000) / 1000.0f - 0.5f;
     /* enough calls per timing that each lasts ~ a few ms */
     int calls = (int)(2e7 / ((double)N * in * out)) + 1;
-    double best_r = 1e30, best_b = 1e30;
+    double best_r = 1e30, best_t = 1e30, best_b = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = fy_now_s();
         for (int c = 0; c < calls; c++)
             be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bw, 0), in, fy_at(&by, 0), out, 0);
         double t1 = fy_now_s();
         for (int c = 0; c < calls; c++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+            be_t->ops->linear_rows(be_t, N, in, out, fy_at(&bx, 0), in, fy_at(&bw, 0), in, fy_at(&by, 0), out, 0);
         double t2 = fy_now_s();
+        for (int c = 0; c < calls; c++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+        double t3 = fy_now_s();
         best_r = t1 - t0 < best_r ? t1 - t0 : best_r;
-        best_b = t2 - t1 < best_b ? t2 - t1 : best_b;
+        best_t = t2 - t1 < best_t ? t2 - t1 : best_t;
+        best_b = t3 - t2 < best_b ? t3 - t2 : best_b;
     }
     double flop = 2.0 * N * in * out * calls;
-    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"rows_gflops\": %.2f, \"sgemm_gflops\": %.2f}\n", in, out, N,
-           flop / best_r * 1e-9, flop / best_b * 1e-9);
+    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"rows_gflops\": %.2f, \"tiles_gflops\": %.2f, "
+           "\"sgemm_gflops\": %.2f}\n",
+           in, out, N, flop / best_r * 1e-9, flop / best_t * 1e-9, flop / best_b * 1e-9);
     fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
     fy_backend_destroy(be);
+    fy_backend_destroy(be_t);
     return 0;
 }
 
@@ -174,6 +190,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ctx")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) STEPS = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gemm-rows")) lin_opts.cpu_gemm_rows = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernel"))
+            lin_opts.cpu_q8 = !strcmp(argv[i + 1], "avx2") ? FY_CPU_Q8_AVX2 : !strcmp(argv[i + 1], "portable")
+                                                                              ? FY_CPU_Q8_PORTABLE
+                                                                              : FY_CPU_Q8_BEST;
         else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8")) && i + 2 < argc) {
             lin_q8 = !strcmp(argv[i], "--linear-q8");
             lin_in = atoi(argv[i + 1]);

@@ -437,6 +437,11 @@ typedef struct fy_backend_opts {
      * one (and the scalar input quantizer); FY_CPU_Q8_AVX2: AVX2 where the
      * CPU has it, else the best. All give the same bits. */
     int cpu_q8;
+    /* cpu: linear_rows / linear_h16 with at least this many x rows take the
+     * many-row kernel (cpu_gemm.c) where the CPU has AVX2 or AVX-512. 0
+     * (default): the count measured for the CPU's kernel family; < 0:
+     * never. All give the same bits (a knob for tests and benchmarks). */
+    int cpu_gemm_rows;
     /* opencl: the GEMM kernel family. FY_OPENCL_GEMM_AUTO (default):
      * register-blocked on CPU devices, tiled with local memory otherwise;
      * FY_OPENCL_GEMM_TILED / FY_OPENCL_GEMM_REG force one. */
