@@ -19,6 +19,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "interop/host.h"
+#include "model/decode.h"
 #include "model/lora.h"
 #include "train/lora_base.h"
 #include "parallel/comm.h"
@@ -46,6 +47,7 @@ typedef struct train_flags {
     int lora_rank;
     double lora_alpha, lora_dropout;
     const char *lora_targets;
+    const char *base_weights;
 } train_flags;
 
 /* One run being set up: where it lives, how it is spread over ranks, and
@@ -111,6 +113,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--lora-alpha", NULL, FY_ARG_FLOAT, &f->lora_alpha, "A", "LoRA scale alpha/R (default 16)", 1e-6, 1e6, 0},
         {"--lora-targets", NULL, FY_ARG_STR, &f->lora_targets, "LIST", "PEFT target_modules: q_a_proj,q_b_proj,q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj,gate_proj,up_proj,down_proj,experts or all (default)", 0, 0, 0},
         {"--lora-dropout", NULL, FY_ARG_FLOAT, &f->lora_dropout, "P", "dropout on the adapters' input (default 0)", 0, 0.999, 0},
+        {"--base-weights", NULL, FY_ARG_STR, &f->base_weights, "FMT", "f32 (default), bf16, f16, q8_0 or q4_0: hold the frozen LoRA base's linears so (QLoRA-style, docs/FINETUNE.md)", 0, 0, 0},
         {"--comm-timeout", NULL, FY_ARG_FLOAT, &f->comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default " FY_COMM_TIMEOUT_DEFAULT_TEXT ")", 0.1, 1e6, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
@@ -325,8 +328,22 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     return rc;
 }
 
+/* --base-weights: fixed when a LoRA run starts; on --resume only the run's own. */
+static int apply_base_weights(const train_flags *f, fy_train_opts *o, fy_err *err) {
+    fy_quant q;
+    if (!f->base_weights) return 0;
+    if (fy_quant_parse(f->base_weights, &q, err)) return fy_wrap(err, "--base-weights");
+    if (f->resume && (int)q != o->lora_base_weights)
+        return fy_fail(err, "--base-weights %s: this run holds its LoRA base as %s (--resume keeps it): drop "
+                            "--base-weights", f->base_weights, fy_quant_name((fy_quant)o->lora_base_weights));
+    if (!f->resume && !f->lora_rank) return fy_fail(err, "--base-weights needs --lora-rank (only a LoRA base is frozen)");
+    o->lora_base_weights = (int)q;
+    return 0;
+}
+
 /* --lora-*: fixed when a run starts (a resumed run keeps its own). */
 static int apply_lora_flags(const train_flags *f, fy_train_opts *o, fy_err *err) {
+    if (apply_base_weights(f, o, err)) return -1;
     int given = f->lora_rank || f->lora_alpha >= 0 || f->lora_dropout >= 0 || f->lora_targets;
     if (!given) return 0;
     if (f->resume) return fy_fail(err, "--lora-*: a run's LoRA settings are fixed when it starts (--resume keeps them)");

@@ -15,6 +15,7 @@
  *   bottom        workspace.c activation buffers and host routing tables
  *                 lora.c      LoRA adapters: targets, table, init
  *                 lora_ops.c  the adapters' forward and backward
+ *                 lora_qbase.c the LoRA base held quantized
  *                 quant.c     Q8_0 copy of the decode weights
  *                 moe_ep.c    expert-parallel row exchange between ranks
  *                 params.c, config.c (public: model/params.h, config.h)
@@ -132,6 +133,12 @@ void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_re
 
 /* Frees m->lora (and sets it NULL). */
 void fy__lora_free(fy_model *m);
+/* lora_qbase.c: frees m->lora's held base (model/lora_qbase.h), if any. */
+void fy__lora_qbase_free(fy_model *m);
+/* Base weight w as f32 for a training pass: PW(m, w), or when the base
+ * holds w in another format, w widened into the held base's scratch (valid
+ * until the next call). */
+fy_ref fy__lora_base_w(fy_model *m, size_t w);
 /* The adapter of the base weight at params offset w, or NULL. */
 const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w);
 /* y[N, out] += s B (A x) */

@@ -46,6 +46,10 @@ typedef struct fy_train_opts {
      * ferry.lora_* */
     int lora_rank, lora_targets, lora_base_seeded;
     float lora_alpha, lora_dropout;
+    /* The format the frozen base's decoder linears are held in during a
+     * LoRA run (a fy_quant; 0, f32: as loaded; model/lora_qbase.h).
+     * ferry.lora_base_weights, its name */
+    int lora_base_weights;
     /* Where a LoRA run's base came from, for RUN_DIR/lora_base.json
      * (train/lora_base.h; NULL: the seeded init). Not a config key. */
     const char *lora_base;
