@@ -223,6 +223,10 @@ static int init_from_host(fy_model *m, void *ctx, fy_err *err) {
     return fy_host_to_model((const fy_host_model *)ctx, m, err);
 }
 
+/* The trainer has copied the weights: drop the host copy (fy_host_free
+ * leaves it empty, so the final free at the end of train_main is a no-op). */
+static void release_host(void *ctx) { fy_host_free((fy_host_model *)ctx); }
+
 /* --init-from's model (with --add-special-tokens' rows) into run->init, the
  * trainer's initial weights. Every rank loads it (the same files, so the
  * same bits: the ranks share a filesystem, as they share the run
@@ -238,6 +242,7 @@ static int load_init_model(const train_flags *f, train_run *run, fy_err *err) {
     if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
+    run->o.init_release = release_host;
     return 0;
 }
 
@@ -371,6 +376,7 @@ static int reload_lora_base(train_run *run, fy_err *err) {
     if (fy_cli_host_load(src, h, err)) return fy_wrap(err, "the LoRA base %s of %s", src, run->run_dir);
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
+    run->o.init_release = release_host;
     printf("LoRA base: %s\n", src);
     return 0;
 }

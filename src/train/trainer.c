@@ -1150,6 +1150,7 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
         : o->init_weights  ? o->init_weights(R->m, o->init_ctx, err)
                            : fy_model_init_weights(R->m, o->seed, err))
         return -1;
+    if (o->init_release) o->init_release(o->init_ctx);
     /* DiLoCo restarts the outer momentum at zero on resume (docs/SCALING.md). */
     if (fy_dp_set_anchor(&R->dp, R->m, err) || open_metrics(R, err) ||
         alloc_batch((size_t)R->B * R->T, &R->in, &R->lab, err))

@@ -57,6 +57,10 @@ typedef struct fy_train_opts {
      * instead of fy_model_init_weights (never on resume). Not a config key. */
     int (*init_weights)(fy_model *m, void *ctx, fy_err *err);
     void *init_ctx;
+    /* Optional: called once the weights are in place (after init_weights,
+     * or after a resume), so the caller can free what init_ctx holds; a run
+     * would otherwise carry a host copy of its initial model to the end. */
+    void (*init_release)(void *ctx);
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);
