@@ -176,22 +176,22 @@ static void write_kv(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it
 
 /* The kv_b_proj item it's rows attend with in layer li: its adapter's
  * merged copy when the adapter has one there (model/lora.h), else the base's. */
-static fy_ref kvb_of(const fy_batch_item *it, int li, fy_ref base) {
+static fy_ref kvb_of(fy_model *m, const fy_batch_item *it, int li) {
     const fy_lora_unmerged *u = it->lora;
     if (u && u->kvb_off && u->kvb_off[li] != SIZE_MAX) return fy_at((fy_buf *)&u->kvb, u->kvb_off[li]);
-    return base;
+    return PW(m, BT(m)->layer[li].kv_b);
 }
 
 /* mla_paged over every row, one call per run of items sharing a kv_b_proj
  * (one call in all without adapters on it): rows are independent. */
 static void attend_paged(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it, int n_items,
-                         const step_plan *s, fy_ref kvb) {
+                         const step_plan *s) {
     const fy_config *cf = &m->cfg;
     fy_layer_acts *a = &m->layer_acts[li];
     int H = cf->num_attention_heads, dqk = fy_cfg_qk_head_dim(cf), dv = cf->v_head_dim;
     for (int i = 0, j; i < n_items; i = j) {
-        fy_ref w = kvb_of(&it[i], li, kvb), wj;
-        for (j = i + 1; j < n_items && (wj = kvb_of(&it[j], li, kvb), wj.buf == w.buf && wj.off == w.off); j++) {}
+        fy_ref w = kvb_of(m, &it[i], li), wj;
+        for (j = i + 1; j < n_items && (wj = kvb_of(m, &it[j], li), wj.buf == w.buf && wj.off == w.off); j++) {}
         int r0 = s->row0[i], n = s->row0[j] - r0;
         OPS->mla_paged(m->be, n, H, cf->kv_lora_rank, cf->qk_nope_head_dim, cf->qk_rope_head_dim, dv,
                        fy_cfg_softmax_scale(cf), fy_add(a->q, (size_t)r0 * H * dqk), H * dqk, w, p->ckv[li],
@@ -203,7 +203,7 @@ static void attend_paged(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item
 /* Attention without the backend's mla_paged: each item's positions
  * gathered contiguous, then one mla_decode per row (the same bits). */
 static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *it, int n_items,
-                         const step_plan *s, fy_ref kvb, fy_err *err) {
+                         const step_plan *s, fy_err *err) {
     const fy_config *cf = &m->cfg;
     fy_layer_acts *a = &m->layer_acts[li];
     model_ws *ws = m->ws;
@@ -230,7 +230,7 @@ static int attend_gather(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item
         }
         for (int row = s->row0[i]; row < s->row0[i + 1]; row++)
             OPS->mla_decode(m->be, H, s->len[row], rkv, dn, dr, dv, fy_cfg_softmax_scale(cf),
-                            fy_add(a->q, (size_t)row * H * dqk), dqk, kvb_of(&it[i], li, kvb), gc, rkv, gk, dr,
+                            fy_add(a->q, (size_t)row * H * dqk), dqk, kvb_of(m, &it[i], li), gc, rkv, gk, dr,
                             fy_add(a->att, (size_t)row * H * dv));
     }
     return 0;
@@ -265,10 +265,9 @@ static int attn_batch(fy_model *m, fy_kv_pool *p, int li, const fy_batch_item *i
         OPS->rope(m->be, n, n, pos0, 1, dr, fy_add(a->kva, r0 * (rkv + dr) + rkv), rkv + dr, 0, &rp, 0);
     }
     write_kv(m, p, li, it, n_items, s);
-    fy_ref kvb = fy__dq_kvb(m, li); /* the base's W_kvb in f32 (from the copy: the layer's only) */
     if (OPS->mla_paged)
-        attend_paged(m, p, li, it, n_items, s, kvb);
-    else if (attend_gather(m, p, li, it, n_items, s, kvb, err))
+        attend_paged(m, p, li, it, n_items, s);
+    else if (attend_gather(m, p, li, it, n_items, s, err))
         return -1;
     OPS->copy(m->be, a->x_mid, a->x_in, (size_t)N * d);
     fy__linear(m, N, H * dv, d, a->att, H * dv, W->o, a->x_mid, d, 1.0f);

@@ -271,8 +271,7 @@ static int merged_kvb(fy_model *m, fy_lora_unmerged *u, fy_err *err) {
         const fy_lora_adapter *a = &L->ad[i];
         if (a->expert >= 0 || a->layer < 0 || a->layer >= nl || BT(m)->layer[a->layer].kv_b != a->w) continue;
         fy_ref dst = fy_at(&u->kvb, u->kvb_off[a->layer]);
-        /* the base's W_kvb as batch steps read it (quantized when the copy holds it) */
-        OPS->copy(m->be, dst, fy__dq_kvb(m, a->layer), (size_t)a->in * a->out);
+        OPS->copy(m->be, dst, PW(m, a->w), (size_t)a->in * a->out);
         fold(m, L, &m->params, a, dst);
     }
     return fy_be_sync(m->be, err);

@@ -73,13 +73,10 @@ typedef struct fy_model {
      * hold only what a batch step reads in f32. hq, hs: host staging.
      * emb: the token embedding is in the copy too, at emb_q / emb_s (as
      * GGUF quantizes token_embd; batch steps gather its rows with
-     * dequant_rows), and after an inference load not in the params.
-     * kvb_q / kvb_s (NULL: none): each main layer's W_kvb likewise, read
-     * back a layer at a time into the f32 scratch at kvb_tmp. */
+     * dequant_rows), and after an inference load not in the params. */
     struct fy_decode_quant {
         int kind, n, on, rows, infer, emb;
-        size_t emb_q, emb_s, kvb_tmp;
-        size_t *kvb_q, *kvb_s;
+        size_t emb_q, emb_s;
         fy_buf buf;
         size_t *w_off, *q_off, *s_off;
         uint8_t *hq;

@@ -15,8 +15,7 @@
  *   bottom        workspace.c activation buffers and host routing tables
  *                 lora.c      LoRA adapters: targets, table, init
  *                 lora_ops.c  the adapters' forward and backward
- *                 quant.c     quantized copy of the decode weights (lora.c
- *                             reads its W_kvb: it calls nothing of lora's)
+ *                 quant.c     Q8_0 copy of the decode weights
  *                 moe_ep.c    expert-parallel row exchange between ranks
  *                 params.c, config.c (public: model/params.h, config.h)
  */
@@ -132,11 +131,6 @@ void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_re
  * batch step with the embedding in the copy (m->dq.on, m->dq.emb)
  * dequantized from it (dequant_rows), else gathered from the params. */
 void fy__dq_embed(fy_model *m, int n, fy_ref idx, fy_ref dst);
-/* Main layer li's W_kvb in f32 for attention: the params', or when the
- * copy holds it (m->dq.kvb_q), dequantized into the copy's one-layer
- * scratch (valid until the next call). Outside batch steps too: LoRA's
- * merged kv_b_proj copies start from it (lora.c). */
-fy_ref fy__dq_kvb(fy_model *m, int li);
 
 /* ---- lora.c, lora_ops.c: LoRA adapters ---- */
 

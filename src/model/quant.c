@@ -108,7 +108,6 @@ void fy_model_free_decode_quant(fy_model *m) {
     free(dq->s_off);
     free(dq->hq);
     free(dq->hs);
-    free(dq->kvb_q);
     memset(dq, 0, sizeof *dq);
 }
 
@@ -143,30 +142,6 @@ static const fy_tensor_info *matrix_at(const fy_model *m, size_t off) {
     for (int j = 0; j < BT(m)->n; j++)
         if (!BT(m)->t[j].is_buffer && BT(m)->t[j].ndim == 2 && BT(m)->t[j].off == off) return &BT(m)->t[j];
     return NULL;
-}
-
-/* W_kvb of each main layer in the copy (when its rows of r_kv split into
- * blocks and the backend has dequant_rows), and one layer's f32 scratch
- * that a batch step reads it back into (fy__dq_kvb): attention absorbs
- * W_kvb per head in f32 (mla_paged), and one layer's f32 instead of every
- * layer's is what keeps it off the peak. */
-static int plan_kvb(fy_model *m, const struct qfmt *F, size_t *total, size_t *biggest) {
-    struct fy_decode_quant *dq = &m->dq;
-    int L = m->cfg.num_hidden_layers;
-    const fy_tensor_info *t = matrix_at(m, BT(m)->layer[0].kv_b);
-    if (!OPS->dequant_rows || !t || t->shape[1] % F->block) return 0;
-    if (!(dq->kvb_q = malloc(2 * (size_t)L * sizeof *dq->kvb_q))) return -1;
-    dq->kvb_s = dq->kvb_q + L;
-    for (int l = 0; l < L; l++) {
-        dq->kvb_q[l] = *total;
-        *total += fy_params_round16(t->n * (size_t)F->bits / 32);
-        dq->kvb_s[l] = *total;
-        if (F->scaled) *total += fy_params_round16(t->n / FY_Q8_BLOCK);
-    }
-    dq->kvb_tmp = *total;
-    *total += fy_params_round16(t->n);
-    *biggest = t->n > *biggest ? t->n : *biggest;
-    return 0;
 }
 
 /* Lays out the copy in format q (its slots: the decode matrices whose rows
@@ -211,7 +186,6 @@ static int plan_copy(fy_model *m, fy_quant q, fy_err *err) {
         if (F->scaled) total += fy_params_round16(e->n / FY_Q8_BLOCK);
         biggest = e->n > biggest ? e->n : biggest;
     }
-    if (plan_kvb(m, F, &total, &biggest)) goto oom;
     dq->hq = malloc(biggest ? biggest * (size_t)F->bits / 8 : 1);
     dq->hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *dq->hs);
     if (!dq->hq || !dq->hs) goto oom;
@@ -249,36 +223,15 @@ static void encode_slot(fy_model *m, int i, const fy_tensor_info *t, int row0, i
  * rounded to nearest even; so dequant_rows gives llama.cpp's rows of a
  * `ferry convert --to gguf` of the same weights. Asynchronous, as
  * encode_slot. */
-static void gguf_encode(fy_model *m, size_t q_off, size_t s_off, size_t in, int row0, int n, const float *w) {
+static void emb_encode(fy_model *m, int row0, int n, const float *w) {
     const struct qfmt *F = qfmt_of((fy_quant)m->dq.kind);
     struct fy_decode_quant *dq = &m->dq;
+    size_t in = (size_t)m->cfg.hidden_size;
     if (dq->kind == FY_QUANT_Q8_0) fy_q8_quantize_gguf(w, n, (int)in, (int)in, (int8_t *)dq->hq, dq->hs);
     else qfmt_encode((fy_quant)dq->kind, w, n, (int)in, dq->hq, dq->hs);
-    OPS->upload(m->be, fy_at(&dq->buf, q_off + row0 * in * F->bits / 32), dq->hq, n * in * F->bits / 32);
-    if (F->scaled) OPS->upload(m->be, fy_at(&dq->buf, s_off + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
-}
-
-static void emb_encode(fy_model *m, int row0, int n, const float *w) {
-    gguf_encode(m, m->dq.emb_q, m->dq.emb_s, (size_t)m->cfg.hidden_size, row0, n, w);
-}
-
-/* The main layer whose W_kvb is t, when the copy holds it; else -1. */
-static int kvb_layer(const fy_model *m, const fy_tensor_info *t) {
-    if (!m->dq.kvb_q || t->is_buffer) return -1;
-    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
-        if (BT(m)->layer[l].kv_b == t->off) return l;
-    return -1;
-}
-
-fy_ref fy__dq_kvb(fy_model *m, int li) {
-    const struct fy_decode_quant *dq = &m->dq;
-    if (!dq->kvb_q) return PW(m, BT(m)->layer[li].kv_b);
-    const fy_config *c = &m->cfg;
-    int rows = c->num_attention_heads * (c->qk_nope_head_dim + c->v_head_dim), r = c->kv_lora_rank;
-    fy_ref tmp = fy_at(&m->dq.buf, dq->kvb_tmp);
-    OPS->dequant_rows(m->be, qfmt_of((fy_quant)dq->kind)->wf, rows, r, fy_at(&m->dq.buf, dq->kvb_q[li]),
-                      fy_at(&m->dq.buf, dq->kvb_s[li]), rows, FY_NULL_REF, tmp, r);
-    return tmp;
+    OPS->upload(m->be, fy_at(&dq->buf, dq->emb_q + row0 * in * F->bits / 32), dq->hq, n * in * F->bits / 32);
+    if (F->scaled)
+        OPS->upload(m->be, fy_at(&dq->buf, dq->emb_s + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
 }
 
 void fy__dq_embed(fy_model *m, int n, fy_ref idx, fy_ref dst) {
@@ -328,11 +281,6 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
         OPS->download(m->be, host, PW(m, e->off), e->n);
         emb_encode(m, 0, e->shape[0], host);
     }
-    for (int l = 0; m->dq.kvb_q && l < m->cfg.num_hidden_layers; l++) {
-        const fy_tensor_info *t = matrix_at(m, BT(m)->layer[l].kv_b);
-        OPS->download(m->be, host, PW(m, t->off), t->n);
-        gguf_encode(m, m->dq.kvb_q[l], m->dq.kvb_s[l], (size_t)t->shape[1], 0, t->shape[0], host);
-    }
     free(host);
     if (fy_be_sync(m->be, err)) {
         fy_model_free_decode_quant(m);
@@ -366,8 +314,8 @@ int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err) {
     if (q != FY_QUANT_F32 && (check_format(m, q, err) || plan_copy(m, q, err))) return -1;
     m->dq.infer = 1;
     if (m->grads.handle) fy_be_free(m->be, &m->grads); /* no backward will run */
-    /* With a copy, the params get only the norms and the router (and the
-     * embedding or W_kvb where the copy has no room for them), scattered
+    /* With a copy, the params get only the norms, the router and W_kvb
+     * (and the embedding where the copy has no room for it), scattered
      * among the matrices' unwritten ranges. */
     if (m->dq.n && OPS->sparse) OPS->sparse(m->be, &m->params);
     return 0;
@@ -383,13 +331,13 @@ int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t) { return !
 
 int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t) {
     if (!routed(m)) return 1;
-    return !mtp_only(m, t) && (t->is_buffer || (slot_of(m, t->off) < 0 && !is_emb(m, t) && kvb_layer(m, t) < 0));
+    return !mtp_only(m, t) && (t->is_buffer || (slot_of(m, t->off) < 0 && !is_emb(m, t)));
 }
 
 size_t fy_model_tensor_bytes(const fy_model *m, const fy_tensor_info *t) {
     const struct qfmt *F = qfmt_of(m->dq.n || m->dq.emb ? (fy_quant)m->dq.kind : FY_QUANT_F32);
     size_t bytes = fy_model_holds_f32(m, t) ? t->n * sizeof(float) : 0;
-    if (!m->lora && !t->is_buffer && (slot_of(m, t->off) >= 0 || is_emb(m, t) || kvb_layer(m, t) >= 0))
+    if (!m->lora && !t->is_buffer && (slot_of(m, t->off) >= 0 || is_emb(m, t)))
         bytes += t->n * (size_t)F->bits / 8 + (F->scaled ? t->n / FY_Q8_BLOCK * sizeof(float) : 0);
     return bytes;
 }
@@ -441,10 +389,8 @@ int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_row
     if (routed(m)) {
         if (mtp_only(m, t)) return 0;
         if (check_finite(t, w, n, err)) return -1;
-        int l = kvb_layer(m, t);
-        if (is_emb(m, t) || l >= 0) {
-            if (l >= 0) gguf_encode(m, m->dq.kvb_q[l], m->dq.kvb_s[l], row, row0, n_rows, w);
-            else emb_encode(m, row0, n_rows, w);
+        if (is_emb(m, t)) {
+            emb_encode(m, row0, n_rows, w);
             return fy_be_sync(m->be, err);
         }
         int i = t->is_buffer ? -1 : slot_of(m, t->off);

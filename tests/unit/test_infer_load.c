@@ -5,7 +5,7 @@
  * params of a quantized matrix and of the MTP module are never written
  * (still zero), the rest equal the classic load's; no gradients; another
  * format afterwards is refused; a NaN in a quantized matrix is refused,
- * naming it. In a quantized format the token embedding (and W_kvb) is held only in it
+ * naming it. In a quantized format the token embedding is held only in it
  * (its f32 params never written, fy_model_tensor_bytes its quantized
  * bytes), and the rows a batch step reads are bit for bit those of the
  * GGUF export's token_embd, dequantized as llama.cpp does. */
@@ -143,10 +143,8 @@ static void one_format(fy_backend *be, const fy_config *c, const char *ckdir, fy
     const fy_param_table *t = &b.tab;
     if (q == FY_QUANT_F32) CHECK(same_params(&a, &b, t->embed, (size_t)V * c->hidden_size), "%s: embedding differs", name);
     else embedding_quantized(&a, &b, c, q);
-    size_t kvb_n = (size_t)c->num_attention_heads * 32 * c->kv_lora_rank;
-    if (q == FY_QUANT_F32) CHECK(same_params(&a, &b, t->layer[0].kv_b, kvb_n), "%s: W_kvb differs", name);
-    else CHECK(all_zero(&b, t->layer[0].kv_b, kvb_n) && all_zero(&b, t->layer[1].kv_b, kvb_n),
-               "%s: the quantized W_kvb's f32 params were written", name);
+    CHECK(same_params(&a, &b, t->layer[0].kv_b, (size_t)c->num_attention_heads * 32 * c->kv_lora_rank),
+          "%s: W_kvb differs", name);
     size_t head_n = (size_t)V * c->hidden_size;
     if (q == FY_QUANT_F32) CHECK(same_params(&a, &b, t->head, head_n), "%s: lm_head differs", name);
     else CHECK(all_zero(&b, t->head, head_n), "%s: the quantized lm_head's f32 params were written", name);
