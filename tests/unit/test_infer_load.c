@@ -18,6 +18,7 @@
 #include "core/half.h"
 #include "interop/gguf_quant.h"
 #include "model/decode.h"
+#include "model/lora.h"
 #include "testutil.h"
 
 #define V 61
@@ -126,6 +127,54 @@ static void embedding_quantized(fy_model *a, fy_model *b, const fy_config *c, fy
     free(f32), free(ref), free(ra), free(rb);
 }
 
+/* LoRA adapters put on an inference load (generate/serve --lora): their
+ * tensors, loaded through fy_model_load_rows, go to the adapters' block
+ * (the first sits at offset 0, as the embedding does: it was once taken
+ * for the embedding and encoded into the copy, a crash), and a batch step
+ * runs with them unmerged, its logits finite and not the bare base's. */
+static void lora_on_inference_load(fy_model *b, const fy_config *c, fy_quant q, const float *bare) {
+    const char *name = fy_quant_name(q);
+    fy_err err;
+    fy_lora_config lc = {4, 8.0f, FY_LORA_ALL, 0.0f};
+    CHECK(!fy_model_set_lora(b, &lc, &err), "%s: lora: %s", name, err.msg);
+    const fy_tensor_info *t0 = &b->tab.t[0];
+    size_t n = t0->n;
+    float *w = malloc(n * sizeof *w), *back = malloc(n * sizeof *back);
+    for (size_t i = 0; i < n; i++) w[i] = 0.01f * (float)((i * 7) % 13) - 0.06f;
+    int rows = t0->ndim == 2 ? t0->shape[0] : 1;
+    CHECK(t0->off == 0 && !fy_model_load_rows(b, t0, 0, rows, w, &err), "%s: lora load: %s", name, err.msg);
+    for (int i = 1; i < b->tab.n; i++) { /* the other adapters: small nonzero values */
+        const fy_tensor_info *t = &b->tab.t[i];
+        float *v = malloc(t->n * sizeof *v);
+        for (size_t j = 0; j < t->n; j++) v[j] = 0.02f * (float)((j * 5 + (size_t)i) % 11) - 0.1f;
+        CHECK(!fy_model_load_rows(b, t, 0, t->ndim == 2 ? t->shape[0] : 1, v, &err), "%s: lora load: %s", name, err.msg);
+        free(v);
+    }
+    b->be->ops->download(b->be, back, fy_at(&b->params, t0->off), n);
+    CHECK(!memcmp(w, back, n * sizeof *w), "%s: adapter %s not in the adapters' block", name, t0->name);
+    fy_lora_unmerged *u = NULL;
+    CHECK(!fy_model_lora_detach(b, &u, &err), "%s: detach: %s", name, err.msg);
+    fy_kv_pool pool;
+    fy_kv_seq seq = {0};
+    int32_t tok[P];
+    for (int i = 0; i < P; i++) tok[i] = (int32_t)((i * 17 + 3) % V);
+    float *l = malloc(V * sizeof *l);
+    fy_batch_item it = {&seq, tok, P, 1, u};
+    int ok = u && !fy_kv_pool_create(&pool, b, P, P, &err) && !fy_kv_seq_reserve(&pool, &seq, P, &err) &&
+             !fy_model_batch_step(b, &pool, &it, 1, l, &err);
+    CHECK(ok, "%s: a batch step with the adapters: %s", name, err.msg);
+    int finite = 1;
+    for (int i = 0; i < V; i++) finite &= isfinite(l[i]) != 0;
+    CHECK(ok && finite && memcmp(l, bare, V * sizeof *l), "%s: adapters' logits not finite or the bare base's", name);
+    if (ok) {
+        fy_kv_seq_release(&pool, &seq);
+        fy_kv_pool_free(&pool, b);
+    }
+    fy_lora_unmerged_free(b->be, u);
+    free(w), free(back), free(l);
+    (void)c;
+}
+
 static void one_format(fy_backend *be, const fy_config *c, const char *ckdir, fy_quant q) {
     const char *name = fy_quant_name(q);
     fy_err err;
@@ -154,6 +203,7 @@ static void one_format(fy_backend *be, const fy_config *c, const char *ckdir, fy
     CHECK(fy_model_set_decode_quant(&b, q, &err) == 0, "%s: the same format again: %s", name, err.msg);
     CHECK(fy_model_set_decode_quant(&b, other, &err) == -1 && strstr(err.msg, "fresh load"),
           "%s: another format after an inference load: %s", name, err.msg);
+    lora_on_inference_load(&b, c, q, lb);
     fy_model_free(&a);
     fy_model_free(&b);
     free(la), free(lb);
