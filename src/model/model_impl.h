@@ -128,6 +128,10 @@ int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
  * the kernel of the copy's format. */
 void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_ref q, fy_ref s, fy_ref y, int ldy,
                    int accumulate);
+/* dst[n, d] = the embedding's rows idx (int [n], on the device): during a
+ * batch step with the embedding in the copy (m->dq.on, m->dq.emb)
+ * dequantized from it (dequant_rows), else gathered from the params. */
+void fy__dq_embed(fy_model *m, int n, fy_ref idx, fy_ref dst);
 
 /* ---- lora.c, lora_ops.c: LoRA adapters ---- */
 
