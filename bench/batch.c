@@ -6,10 +6,14 @@
  *     B sequences, each with a P-token prompt (prefilled in chunks of 64 in
  *     batch steps), then S decode steps of one token for all B sequences;
  *     reports aggregate decoded tokens/s (best of R).
- *   bench_batch --linear IN OUT --batch N [--reps R]
- *     y = x W^T for N rows: linear_rows of the cpu backend vs cblas_sgemm
- *     (OpenBLAS's own threading), GFLOP/s (best of R).
- *   bench_batch --linear-q8|--linear-q4 IN OUT --batch N [--reps R] [--kernel best|avx2|portable]
+ *   bench_batch --linear IN OUT --batch N [--reps R] [--kernel avx2|portable]
+ *               [--gemm-rows G]
+ *     y = x W^T for N rows: linear_rows of the cpu backend (rows_gflops;
+ *     the kernel family and the many-row threshold as fy_backend_opts
+ *     cpu_q8 / cpu_gemm_rows set them), the same with the many-row kernel
+ *     off (tiles_gflops: cpu_linear.c's tiles alone) and cblas_sgemm
+ *     (OpenBLAS's own threading), interleaved, GFLOP/s (best of R).
+ *   bench_batch --linear-q8|--linear-q4 IN OUT --batch N [--reps R] [--kernel avx2|portable]
  *     y = x W^T for N rows with Q8_0 or Q4_0 weights (linear_q8 / linear_q4
  *     of the cpu backend, its best kernel or the one --kernel names): GMAC/s
  *     and GFLOP/s (best of R by wall time, and by process CPU time),
@@ -27,11 +31,17 @@
 #include "core/rng.h"
 #include "model/decode.h"
 
+/* --kernel (bench_linear, bench_linear_q) and --gemm-rows (bench_linear). */
+static fy_backend_opts lin_opts;
+
 static int bench_linear(int in, int out, int N, int reps) {
-    fy_backend *be;
+    fy_backend *be, *be_t;
     fy_err err;
     fy_buf bx, bw, by;
-    if (fy_backend_cpu_create(&be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
+    fy_backend_opts tiles = lin_opts;
+    tiles.cpu_gemm_rows = -1;
+    if (fy_backend_create_opts("cpu", &lin_opts, &be, &err) || fy_backend_create_opts("cpu", &tiles, &be_t, &err) ||
+        fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
         fy_be_alloc(be, &bw, (size_t)out * in, &err) || fy_be_alloc(be, &by, (size_t)N * out, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
         return 1;
@@ -41,23 +51,29 @@ static int bench_linear(int in, int out, int N, int reps) {
     for (size_t i = 0; i < (size_t)out * in; i++) w[i] = (float)(fy_rng_u64(2, 0, i) % 1000) / 1000.0f - 0.5f;
     /* enough calls per timing that each lasts ~ a few ms */
     int calls = (int)(2e7 / ((double)N * in * out)) + 1;
-    double best_r = 1e30, best_b = 1e30;
+    double best_r = 1e30, best_t = 1e30, best_b = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = fy_now_s();
         for (int c = 0; c < calls; c++)
             be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), in, fy_at(&bw, 0), in, fy_at(&by, 0), out, 0);
         double t1 = fy_now_s();
         for (int c = 0; c < calls; c++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+            be_t->ops->linear_rows(be_t, N, in, out, fy_at(&bx, 0), in, fy_at(&bw, 0), in, fy_at(&by, 0), out, 0);
         double t2 = fy_now_s();
+        for (int c = 0; c < calls; c++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+        double t3 = fy_now_s();
         best_r = t1 - t0 < best_r ? t1 - t0 : best_r;
-        best_b = t2 - t1 < best_b ? t2 - t1 : best_b;
+        best_t = t2 - t1 < best_t ? t2 - t1 : best_t;
+        best_b = t3 - t2 < best_b ? t3 - t2 : best_b;
     }
     double flop = 2.0 * N * in * out * calls;
-    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"rows_gflops\": %.2f, \"sgemm_gflops\": %.2f}\n", in, out, N,
-           flop / best_r * 1e-9, flop / best_b * 1e-9);
+    printf("{\"in\": %d, \"out\": %d, \"n\": %d, \"rows_gflops\": %.2f, \"tiles_gflops\": %.2f, "
+           "\"sgemm_gflops\": %.2f}\n",
+           in, out, N, flop / best_r * 1e-9, flop / best_t * 1e-9, flop / best_b * 1e-9);
     fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
     fy_backend_destroy(be);
+    fy_backend_destroy(be_t);
     return 0;
 }
 
@@ -68,14 +84,12 @@ static double cpu_s(void) { return (double)clock() / CLOCKS_PER_SEC; }
 
 /* linear_q8 (bits 8) or linear_q4 (bits 4) against cblas_sgemm on the same
  * shape, interleaved; best of `reps` by wall and by CPU time. */
-static int bench_linear_q(int bits, int kernel, int in, int out, int N, int reps) {
+static int bench_linear_q(int bits, int in, int out, int N, int reps) {
     fy_backend *be;
     fy_err err;
     fy_buf bx, bq, bs, by;
     const size_t nw = (size_t)out * in;
-    fy_backend_opts opts = {0};
-    opts.cpu_q8 = kernel;
-    if (fy_backend_create_opts("cpu", &opts, &be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
+    if (fy_backend_create_opts("cpu", &lin_opts, &be, &err) || fy_be_alloc(be, &bx, (size_t)N * in, &err) ||
         fy_be_alloc(be, &bq, nw / (bits == 8 ? 4 : 8), &err) || fy_be_alloc(be, &bs, nw / FY_Q8_BLOCK, &err) ||
         fy_be_alloc(be, &by, (size_t)N * out, &err)) {
         fprintf(stderr, "bench_batch: %s\n", err.msg);
@@ -194,7 +208,7 @@ static int bench_model(const char *cfgname, int V, const char *weights, int B, i
 
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *weights = "f32";
-    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q = 0, kernel = FY_CPU_Q8_BEST;
+    int V = 8192, B = 1, P = 64, STEPS = 32, REPS = 3, lin_in = 0, lin_out = 0, lin_q = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -203,10 +217,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ctx")) P = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) STEPS = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--kernel")) /* the quantized linears' kernel (fy_backend_opts.cpu_q8) */
-            kernel = !strcmp(argv[i + 1], "avx2") ? FY_CPU_Q8_AVX2
-                     : !strcmp(argv[i + 1], "portable") ? FY_CPU_Q8_PORTABLE
-                                                         : FY_CPU_Q8_BEST;
+        else if (!strcmp(argv[i], "--gemm-rows")) lin_opts.cpu_gemm_rows = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernel")) /* fy_backend_opts.cpu_q8, for every --linear* */
+            lin_opts.cpu_q8 = !strcmp(argv[i + 1], "avx2") ? FY_CPU_Q8_AVX2 : !strcmp(argv[i + 1], "portable")
+                                                                              ? FY_CPU_Q8_PORTABLE
+                                                                              : FY_CPU_Q8_BEST;
         else if ((!strcmp(argv[i], "--linear") || !strcmp(argv[i], "--linear-q8") ||
                   !strcmp(argv[i], "--linear-q4")) &&
                  i + 2 < argc) {
@@ -227,7 +242,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_batch: --linear-q%d IN must be a multiple of %d\n", lin_q, FY_Q8_BLOCK);
         return 2;
     }
-    if (lin_in > 0 && lin_q) return bench_linear_q(lin_q, kernel, lin_in, lin_out, B, REPS);
+    if (lin_in > 0 && lin_q) return bench_linear_q(lin_q, lin_in, lin_out, B, REPS);
     if (lin_in > 0) return bench_linear(lin_in, lin_out, B, REPS);
     return bench_model(cfgname, V, weights, B, P, STEPS, REPS);
 }

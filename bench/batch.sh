@@ -3,7 +3,8 @@
 # aggregate decoded tokens/s against the number of sequences decoding
 # together (each with a 64-token prompt prefilled first), tiny and small,
 # f32 and Q8_0 weights, random weights, vocab 8192; then the batch-invariant
-# linear (linear_rows) next to OpenBLAS sgemm for the models' shapes.
+# linear (linear_rows; also with its many-row kernel off: cpu_linear.c's
+# tiles alone) next to OpenBLAS sgemm for the models' shapes.
 #   bench/batch.sh [BUILD_DIR]     (THREADS, STEPS, REPS, BATCHES env vars)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,11 @@ for cfg in tiny small; do
   done
 done
 echo
-printf "| linear (in x out) | rows N | linear_rows GFLOP/s | sgemm GFLOP/s |\n|---|---|---|---|\n"
+printf "| linear (in x out) | rows N | linear_rows GFLOP/s | its tiles alone | sgemm GFLOP/s |\n|---|---|---|---|---|\n"
 for shape in "256 256" "256 8192" "512 512" "512 8192"; do
-  for n in 1 4 16 64 256; do
+  for n in 1 4 16 64 256 512; do
     out=$("$build/bench/bench_batch" --linear $shape --batch $n --reps "$reps")
-    printf "| %s | %d | %.1f | %.1f |\n" "${shape/ / x }" $n "$(field "$out" rows_gflops)" "$(field "$out" sgemm_gflops)"
+    printf "| %s | %d | %.1f | %.1f | %.1f |\n" "${shape/ / x }" $n "$(field "$out" rows_gflops)" \
+      "$(field "$out" tiles_gflops)" "$(field "$out" sgemm_gflops)"
   done
 done

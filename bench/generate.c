@@ -2,7 +2,9 @@
  * through the latent KV cache. Prints one JSON line for bench/generate.sh.
  *   bench_generate --config tiny|small --vocab V --prompt P --new N
  *                  [--weights f32|bf16|f16|q8_0|q4_0]
- *                  [--reps R] [--dump-config PATH]
+ *                  [--reps R] [--dump-config PATH] [--kernel avx2|portable]
+ *                  [--gemm-rows G]
+ * (--kernel, --gemm-rows: fy_backend_opts cpu_q8 and cpu_gemm_rows.)
  * The prompt is prefilled and decoded R times over (the cache emptied in
  * between) and the best of each figure is kept: one process, one set of
  * weights, so a noisy neighbour costs a repetition, not the figure.
@@ -21,6 +23,7 @@
 int main(int argc, char **argv) {
     const char *cfgname = "tiny", *dump = NULL, *weights = "f32";
     int V = 8192, P = 64, NEW = 128, REPS = 1;
+    fy_backend_opts opts = {0};
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--config")) cfgname = argv[i + 1];
         else if (!strcmp(argv[i], "--vocab")) V = atoi(argv[i + 1]);
@@ -29,6 +32,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--dump-config")) dump = argv[i + 1];
         else if (!strcmp(argv[i], "--weights")) weights = argv[i + 1];
         else if (!strcmp(argv[i], "--reps")) REPS = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--gemm-rows")) opts.cpu_gemm_rows = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--kernel"))
+            opts.cpu_q8 = !strcmp(argv[i + 1], "avx2")       ? FY_CPU_Q8_AVX2
+                          : !strcmp(argv[i + 1], "portable") ? FY_CPU_Q8_PORTABLE
+                                                             : FY_CPU_Q8_BEST;
         else { fprintf(stderr, "bench_generate: unknown flag %s\n", argv[i]); return 2; }
     }
     fy_err err;
@@ -51,7 +59,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_generate: --prompt must be > 0, --new >= 0 and --reps >= 1\n");
         return 2;
     }
-    if (fy_backend_cpu_create(&be, &err) || fy_model_create(&m, &c, be, &err) ||
+    if (fy_backend_create_opts("cpu", &opts, &be, &err) || fy_model_create(&m, &c, be, &err) ||
         fy_model_init_weights(&m, 1, &err) || fy_model_set_decode_quant(&m, q, &err) ||
         fy_kv_cache_create(&kv, &m, P + NEW, &err)) {
         fprintf(stderr, "bench_generate: %s\n", err.msg);

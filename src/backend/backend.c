@@ -140,6 +140,19 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
         }
 }
 
+void fy_q8_quantize_gguf(const float *w, int rows, int in, int ldw, int8_t *q, float *s) {
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
+            const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
+            int8_t *o = q + (size_t)r * in + (size_t)b * FY_Q8_BLOCK;
+            float amax = 0.0f;
+            for (int i = 0; i < FY_Q8_BLOCK; i++) amax = fmaxf(amax, fabsf(x[i]));
+            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            s[(size_t)r * (in / FY_Q8_BLOCK) + b] = fy_f16_to_f32(fy_f32_to_f16(d));
+            for (int i = 0; i < FY_Q8_BLOCK; i++) o[i] = (int8_t)roundf(x[i] * id);
+        }
+}
+
 void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float *s) {
     for (int r = 0; r < rows; r++)
         for (int b = 0; b < in / FY_Q8_BLOCK; b++) {

@@ -394,6 +394,13 @@ static inline void fy_dropout_row(uint64_t rkey, uint64_t k, int D, float p, flo
     }
 }
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
+/* Q8_0 exactly as GGUF stores it (ggml's quantize_row_q8_0_ref): d =
+ * max|w| / 127 rounded to IEEE half (s keeps the half's value as a float),
+ * quants roundf(w * (1/d)) (half away from zero) with 1/d from the
+ * unrounded d. Not fy_q8_quantize's bits (float scale, half to even): for
+ * weights that must equal llama.cpp's, as a token embedding that
+ * dequant_rows reads back (model/decode.h) and the GGUF export. */
+void fy_q8_quantize_gguf(const float *w, int rows, int in, int ldw, int8_t *q, float *s);
 /* Q4_0 as GGUF stores it (ggml's quantize_row_q4_0_ref): per block of 32,
  * d = m / -8 with m the element of largest magnitude (the first such),
  * rounded to IEEE half (the scale s keeps the half's value as a float, so
@@ -437,6 +444,11 @@ typedef struct fy_backend_opts {
      * one (and the scalar input quantizer); FY_CPU_Q8_AVX2: AVX2 where the
      * CPU has it, else the best. All give the same bits. */
     int cpu_q8;
+    /* cpu: linear_rows / linear_h16 with at least this many x rows take the
+     * many-row kernel (cpu_gemm.c) where the CPU has AVX2 or AVX-512. 0
+     * (default): the count measured for the CPU's kernel family; < 0:
+     * never. All give the same bits (a knob for tests and benchmarks). */
+    int cpu_gemm_rows;
     /* opencl: the GEMM kernel family. FY_OPENCL_GEMM_AUTO (default):
      * register-blocked on CPU devices, tiled with local memory otherwise;
      * FY_OPENCL_GEMM_TILED / FY_OPENCL_GEMM_REG force one. */

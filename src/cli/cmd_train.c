@@ -19,6 +19,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "interop/host.h"
+#include "model/decode.h"
 #include "model/lora.h"
 #include "train/lora_base.h"
 #include "parallel/comm.h"
@@ -46,6 +47,7 @@ typedef struct train_flags {
     int lora_rank;
     double lora_alpha, lora_dropout;
     const char *lora_targets;
+    const char *base_weights;
 } train_flags;
 
 /* One run being set up: where it lives, how it is spread over ranks, and
@@ -111,6 +113,7 @@ static int parse_flags(int argc, char **argv, train_flags *f, fy_err *err) {
         {"--lora-alpha", NULL, FY_ARG_FLOAT, &f->lora_alpha, "A", "LoRA scale alpha/R (default 16)", 1e-6, 1e6, 0},
         {"--lora-targets", NULL, FY_ARG_STR, &f->lora_targets, "LIST", "PEFT target_modules: q_a_proj,q_b_proj,q_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj,gate_proj,up_proj,down_proj,experts or all (default)", 0, 0, 0},
         {"--lora-dropout", NULL, FY_ARG_FLOAT, &f->lora_dropout, "P", "dropout on the adapters' input (default 0)", 0, 0.999, 0},
+        {"--base-weights", NULL, FY_ARG_STR, &f->base_weights, "FMT", "f32 (default), bf16, f16, q8_0 or q4_0: hold the frozen LoRA base's linears so (QLoRA-style, docs/FINETUNE.md)", 0, 0, 0},
         {"--comm-timeout", NULL, FY_ARG_FLOAT, &f->comm_timeout, "SEC", "a collective slower than SEC = a lost rank (default " FY_COMM_TIMEOUT_DEFAULT_TEXT ")", 0.1, 1e6, 0},
     };
     const int nspec = (int)(sizeof spec / sizeof spec[0]);
@@ -220,13 +223,15 @@ static int init_from_host(fy_model *m, void *ctx, fy_err *err) {
     return fy_host_to_model((const fy_host_model *)ctx, m, err);
 }
 
-/* A new run from --init-from MODEL: its config and tokenizer (saved into
- * the run; the data is tokenized with it), its weights kept in run->init
- * for the trainer's first step. Training options start from the defaults. */
-static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
-    if (f->cfg_set) return fy_fail(err, "--init-from %s takes the model's config: --config is refused", f->init_from);
-    if (f->expert_parallel || f->ranks > 1 || run->n_ranks > 1)
-        return fy_fail(err, "--init-from %s: one rank only for now (no --ranks, --expert-parallel)", f->init_from);
+/* The trainer has copied the weights: drop the host copy (fy_host_free
+ * leaves it empty, so the final free at the end of train_main is a no-op). */
+static void release_host(void *ctx) { fy_host_free((fy_host_model *)ctx); }
+
+/* --init-from's model (with --add-special-tokens' rows) into run->init, the
+ * trainer's initial weights. Every rank loads it (the same files, so the
+ * same bits: the ranks share a filesystem, as they share the run
+ * directory and the data); rank 0 also takes its config and tokenizer. */
+static int load_init_model(const train_flags *f, train_run *run, fy_err *err) {
     fy_host_model *h = calloc(1, sizeof *h);
     if (!h) return fy_fail(err, "out of memory");
     if (fy_cli_host_load(f->init_from, h, err)) {
@@ -235,11 +240,22 @@ static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
     }
     run->init = h;
     if (f->add_tokens && fy_cli_host_add_special_tokens(f->add_tokens, h, err)) return fy_wrap(err, "--init-from %s", f->init_from);
+    run->o.init_weights = init_from_host;
+    run->o.init_ctx = h;
+    run->o.init_release = release_host;
+    return 0;
+}
+
+/* A new run from --init-from MODEL: its config and tokenizer (saved into
+ * the run; the data is tokenized with it), its weights kept in run->init
+ * for the trainer's first step. Training options start from the defaults. */
+static int start_from_model(const train_flags *f, train_run *run, fy_err *err) {
+    if (f->cfg_set) return fy_fail(err, "--init-from %s takes the model's config: --config is refused", f->init_from);
+    if (load_init_model(f, run, err)) return -1;
+    fy_host_model *h = run->init;
     note_vocab_flag(f, fy_tokenizer_vocab_size(h->tok), f->init_from);
     run->vocab_asked = f->vocab;
     run->cfg = h->cfg;
-    run->o.init_weights = init_from_host;
-    run->o.init_ctx = h;
     if (fy_cli_train_data(f->data, run->run_dir, f->vocab, h->tok, run->data_dir, sizeof run->data_dir, err))
         return f->add_tokens ? fy_wrap(err, "--add-special-tokens (prepared data needs ferry data prepare --model %s "
                                             "--add-special-tokens with the same tokens)", f->init_from)
@@ -317,8 +333,22 @@ static int start_new_run(const train_flags *f, train_run *run, fy_err *err) {
     return rc;
 }
 
+/* --base-weights: fixed when a LoRA run starts; on --resume only the run's own. */
+static int apply_base_weights(const train_flags *f, fy_train_opts *o, fy_err *err) {
+    fy_quant q;
+    if (!f->base_weights) return 0;
+    if (fy_quant_parse(f->base_weights, &q, err)) return fy_wrap(err, "--base-weights");
+    if (f->resume && (int)q != o->lora_base_weights)
+        return fy_fail(err, "--base-weights %s: this run holds its LoRA base as %s (--resume keeps it): drop "
+                            "--base-weights", f->base_weights, fy_quant_name((fy_quant)o->lora_base_weights));
+    if (!f->resume && !f->lora_rank) return fy_fail(err, "--base-weights needs --lora-rank (only a LoRA base is frozen)");
+    o->lora_base_weights = (int)q;
+    return 0;
+}
+
 /* --lora-*: fixed when a run starts (a resumed run keeps its own). */
 static int apply_lora_flags(const train_flags *f, fy_train_opts *o, fy_err *err) {
+    if (apply_base_weights(f, o, err)) return -1;
     int given = f->lora_rank || f->lora_alpha >= 0 || f->lora_dropout >= 0 || f->lora_targets;
     if (!given) return 0;
     if (f->resume) return fy_fail(err, "--lora-*: a run's LoRA settings are fixed when it starts (--resume keeps them)");
@@ -346,6 +376,7 @@ static int reload_lora_base(train_run *run, fy_err *err) {
     if (fy_cli_host_load(src, h, err)) return fy_wrap(err, "the LoRA base %s of %s", src, run->run_dir);
     run->o.init_weights = init_from_host;
     run->o.init_ctx = h;
+    run->o.init_release = release_host;
     printf("LoRA base: %s\n", src);
     return 0;
 }
@@ -663,7 +694,13 @@ static int train_main(int argc, char **argv, fy_comm **commp, fy_dir_lock *lock,
             goto done;
         }
     }
-    if (((f.resume || run.follower) && reload_lora_base(&run, err)) || create_backend(&run, &be, err)) goto done;
+    /* Ranks 1.. of a new --init-from run load the model as rank 0 did; a
+     * resumed run's weights come from its checkpoint (a LoRA run's base
+     * from the source its record names). */
+    const int follow_new = run.follower && !f.resume && f.init_from;
+    if ((follow_new ? load_init_model(&f, &run, err) : (f.resume || run.follower) && reload_lora_base(&run, err)) ||
+        create_backend(&run, &be, err))
+        goto done;
     if (save_config(&run, err)) {
         fy_backend_destroy(be);
         goto done;

@@ -20,16 +20,13 @@ size_t fy_gguf_row_bytes(fy_gguf_type t, size_t n) {
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
 
+/* ggml's quantize_row_q8_0_ref is backend.c's fy_q8_quantize_gguf, which
+ * also encodes `ferry generate --weights q8_0`'s token embedding: the GGUF
+ * file and ferry hold the same bits. */
 static void q8_0_block(const float *x, uint8_t *y) {
-    float amax = 0.0f;
-    for (int j = 0; j < FY_GGUF_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d;
+    fy_q8_quantize_gguf(x, 1, FY_GGUF_QK, FY_GGUF_QK, (int8_t *)(y + 2), &d);
     put16(y, fy_f32_to_f16(d));
-    for (int j = 0; j < FY_GGUF_QK; j++) {
-        const float v = x[j] * id;
-        y[2 + j] = (uint8_t)(int8_t)roundf(v);
-    }
 }
 
 /* ggml's quantize_row_q4_0_ref is backend.c's fy_q4_quantize (the encoder

@@ -187,7 +187,22 @@ int fy_host_save_new_run(const fy_host_model *h, const char *out, fy_err *err) {
     return 0;
 }
 
+/* An expert-parallel rank's model holds only its own experts: each of its
+ * tensors comes from the host copy's tensor of the same name. */
+static int host_to_shard(const fy_host_model *h, fy_model *m, fy_err *err) {
+    for (int i = 0; i < m->tab.n; i++) {
+        const fy_tensor_info *t = &m->tab.t[i], *s = fy_params_find(&h->tab, t->name);
+        if (!s || s->n != t->n || s->is_buffer != t->is_buffer)
+            return fy_fail(err, "internal: %s differs between the model and the host copy", t->name);
+        m->be->ops->upload(m->be, fy_at(t->is_buffer ? &m->buffers : &m->params, t->off),
+                           (t->is_buffer ? h->buffers : h->params) + s->off, t->n);
+    }
+    return fy_be_sync(m->be, err);
+}
+
 int fy_host_to_model(const fy_host_model *h, fy_model *m, fy_err *err) {
+    if (fy_params_is_shard(&m->tab) && !fy_params_is_shard(&h->tab) && m->tab.n_all == h->tab.n)
+        return host_to_shard(h, m, err);
     if (m->tab.n_params != h->tab.n_params || m->tab.n_buffers != h->tab.n_buffers || fy_params_is_shard(&m->tab))
         return fy_fail(err, "internal: model layout differs from the host copy's");
     m->be->ops->upload(m->be, fy_at(&m->params, 0), h->params, h->tab.n_params);

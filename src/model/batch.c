@@ -298,13 +298,12 @@ static int run_layers(fy_model *m, fy_kv_pool *p, const fy_batch_item *it, int n
                       float *logits, fy_err *err) {
     const fy_config *cf = &m->cfg;
     model_ws *ws = m->ws;
-    int d = cf->hidden_size;
     int32_t *tok = malloc((size_t)s->N * sizeof *tok);
     if (!tok) return fy_fail(err, "out of memory");
     for (int i = 0; i < n_items; i++) memcpy(tok + s->row0[i], it[i].tokens, (size_t)it[i].n * sizeof *tok);
     OPS->upload(m->be, ws->tok_in, tok, (size_t)s->N);
     free(tok);
-    OPS->gather_rows(m->be, s->N, d, PW(m, BT(m)->embed), d, ws->tok_in, FY_NULL_REF, ws->x_emb, d);
+    fy__dq_embed(m, s->N, ws->tok_in, ws->x_emb);
     fy_ref x = ws->x_emb;
     for (int li = 0; li < cf->num_hidden_layers; li++) {
         m->layer_acts[li].x_in = x;
@@ -382,7 +381,7 @@ static int run_step(fy_model *m, fy_kv_pool *p, const fy_batch_item *items, int 
         return -1;
     }
     m->ws->lora_rows = R.n ? &R : NULL;
-    m->dq.on = m->dq.n > 0;
+    m->dq.on = m->dq.n > 0 || m->dq.emb;
     m->dq.rows = 1;
     int rc = run_layers(m, p, items, n_items, s, logits, err);
     m->dq.on = m->dq.rows = 0;

@@ -18,9 +18,10 @@
  *   Q8_0   int8 with one scale per 32 (backend.h linear_q8), 3.6x fewer bytes
  *   Q4_0   4-bit codes with one scale per 32 (linear_q4), 7.1x fewer
  *   F16, BF16  IEEE half / bfloat16 (linear_h16), 2x fewer
- * The router and W_kvb (absorbed per head) stay f32, as llama.cpp keeps
- * ffn_gate_inp. The whole-sequence forward (training, fy_model_forward)
- * never uses the copy. */
+ * and of the token embedding (held as GGUF holds token_embd, its rows read
+ * back by dequant_rows). The router and W_kvb (absorbed per head) stay f32,
+ * as llama.cpp keeps ffn_gate_inp. The whole-sequence forward (training,
+ * fy_model_forward) never uses the copy. */
 typedef enum { FY_QUANT_F32 = 0, FY_QUANT_Q8_0 = 1, FY_QUANT_Q4_0 = 2, FY_QUANT_F16 = 3, FY_QUANT_BF16 = 4 } fy_quant;
 
 /* "f32", "q8_0" (also "q8"), "q4_0" (also "q4"), "f16", "bf16"; anything
@@ -60,6 +61,13 @@ void fy_model_load_finish(fy_model *m);
  * without the plan. */
 int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t);
 int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t);
+/* The bytes the model holds for t: its f32 values (fy_model_holds_f32) plus
+ * its share of the quantized copy (quants and float scales). */
+size_t fy_model_tensor_bytes(const fy_model *m, const fy_tensor_info *t);
+/* The f32 rows ids[0..n) of the token embedding as a batch step reads them
+ * (dequantized from the copy where it holds the embedding) to out[n, d]
+ * (host). */
+int fy_model_embed_rows(fy_model *m, const int32_t *ids, int n, float *out, fy_err *err);
 
 
 /* ---- Serving: a paged latent-KV pool shared by many sequences, and one

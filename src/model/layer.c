@@ -19,14 +19,14 @@ void fy__linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, size_t w
         if (m->ws->lora_rows) fy__lora_rows_linear(m, N, x, ldx, w, y, ldy); /* rows' own unmerged adapters */
         return;
     }
-    OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, PW(m, w), in, beta, y, ldy);
+    OPS->gemm(m->be, 0, 1, N, out, in, 1.0f, x, ldx, fy__lora_base_w(m, w), in, beta, y, ldy);
     const fy_lora_adapter *a = m->lora ? fy__lora_find(m, w) : NULL;
     if (a) fy__lora_forward(m, a, N, x, ldx, y, ldy);
 }
 
 void fy__linear_dx(fy_model *m, int N, int in, int out, fy_ref dy, int lddy, size_t w, fy_ref dx, int lddx,
                    float beta) {
-    OPS->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, lddy, PW(m, w), in, beta, dx, lddx);
+    OPS->gemm(m->be, 0, 0, N, in, out, 1.0f, dy, lddy, fy__lora_base_w(m, w), in, beta, dx, lddx);
     const fy_lora_adapter *a = m->lora ? fy__lora_find(m, w) : NULL;
     if (a) fy__lora_dx(m, a, N, dy, lddy, dx, lddx);
 }

@@ -147,6 +147,7 @@ static void lora_release(fy_backend *be, fy_lora *L) {
 void fy__lora_free(fy_model *m) {
     fy_lora *L = m->lora;
     if (!L) return;
+    fy__lora_qbase_free(m);
     if (m->be && L->base_params.handle) fy_be_free(m->be, &L->base_params);
     fy_params_free(&L->base_tab);
     lora_release(m->be, L);
@@ -231,6 +232,7 @@ static int swap_back(fy_model *m, fy_buf g, fy_lora_unmerged *keep, fy_err *err)
 int fy_model_lora_merge(fy_model *m, fy_err *err) {
     fy_lora *L = m->lora;
     if (!L) return fy_fail(err, "no LoRA adapters to merge");
+    if (L->qb) return fy_fail(err, "the LoRA base is held quantized: merge onto the base loaded in f32");
     fy_buf g = {0};
     if (fy_be_alloc(m->be, &g, L->base_tab.n_params, err)) return fy_wrap(err, "merging LoRA adapters");
     for (int i = 0; i < L->n_ad; i++) fold(m, L, &m->params, &L->ad[i], PW(m, L->ad[i].w));
@@ -281,6 +283,7 @@ int fy_model_lora_detach(fy_model *m, fy_lora_unmerged **out, fy_err *err) {
     fy_lora *L = m->lora;
     *out = NULL;
     if (!L) return fy_fail(err, "no LoRA adapters to take off");
+    if (L->qb) return fy_fail(err, "the LoRA base is held quantized: take the adapters off the base loaded in f32");
     fy_lora_unmerged *u = calloc(1, sizeof *u);
     fy_buf g = {0};
     if (!u) return fy_fail(err, "out of memory");

@@ -74,6 +74,9 @@ typedef struct fy_lora {
     int step;
     int64_t row0;
     const int32_t *keys;
+    /* the base's decoder linears held in another format (model/lora_qbase.h),
+     * NULL: the base is f32 */
+    struct fy_lora_qbase *qb;
 } fy_lora;
 
 /* Dropout's key for the next forwards and backwards: the mask of adapter

@@ -70,9 +70,13 @@ typedef struct fy_model {
      * step is batch-invariant (linear_q8 from the copy for any row count,
      * else the backend's linear_rows), never gemm; training sets neither.
      * `infer`: loaded for inference (fy_model_plan_inference), the params
-     * hold only what a batch step reads in f32. hq, hs: host staging. */
+     * hold only what a batch step reads in f32. hq, hs: host staging.
+     * emb: the token embedding is in the copy too, at emb_q / emb_s (as
+     * GGUF quantizes token_embd; batch steps gather its rows with
+     * dequant_rows), and after an inference load not in the params. */
     struct fy_decode_quant {
-        int kind, n, on, rows, infer;
+        int kind, n, on, rows, infer, emb;
+        size_t emb_q, emb_s;
         fy_buf buf;
         size_t *w_off, *q_off, *s_off;
         uint8_t *hq;

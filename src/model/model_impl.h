@@ -15,6 +15,7 @@
  *   bottom        workspace.c activation buffers and host routing tables
  *                 lora.c      LoRA adapters: targets, table, init
  *                 lora_ops.c  the adapters' forward and backward
+ *                 lora_qbase.c the LoRA base held quantized
  *                 quant.c     Q8_0 copy of the decode weights
  *                 moe_ep.c    expert-parallel row exchange between ranks
  *                 params.c, config.c (public: model/params.h, config.h)
@@ -127,11 +128,21 @@ int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s);
  * the kernel of the copy's format. */
 void fy__dq_linear(fy_model *m, int N, int in, int out, fy_ref x, int ldx, fy_ref q, fy_ref s, fy_ref y, int ldy,
                    int accumulate);
+/* dst[n, d] = the embedding's rows idx (int [n], on the device): during a
+ * batch step with the embedding in the copy (m->dq.on, m->dq.emb)
+ * dequantized from it (dequant_rows), else gathered from the params. */
+void fy__dq_embed(fy_model *m, int n, fy_ref idx, fy_ref dst);
 
 /* ---- lora.c, lora_ops.c: LoRA adapters ---- */
 
 /* Frees m->lora (and sets it NULL). */
 void fy__lora_free(fy_model *m);
+/* lora_qbase.c: frees m->lora's held base (model/lora_qbase.h), if any. */
+void fy__lora_qbase_free(fy_model *m);
+/* Base weight w as f32 for a training pass: PW(m, w), or when the base
+ * holds w in another format, w widened into the held base's scratch (valid
+ * until the next call). */
+fy_ref fy__lora_base_w(fy_model *m, size_t w);
 /* The adapter of the base weight at params offset w, or NULL. */
 const fy_lora_adapter *fy__lora_find(const fy_model *m, size_t w);
 /* y[N, out] += s B (A x) */

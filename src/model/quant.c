@@ -36,13 +36,13 @@ int fy__dq_lookup(fy_model *m, size_t w, fy_ref *q, fy_ref *s) {
 static const struct qfmt {
     fy_quant q;
     const char *name, *alias, *op;
-    int bits, scaled, block;
+    int bits, scaled, block, wf; /* wf: dequant_rows's FY_WF_ */
 } QFMT[] = {
-    {FY_QUANT_F32, "f32", NULL, NULL, 32, 0, 1},
-    {FY_QUANT_Q8_0, "q8_0", "q8", "linear_q8", 8, 1, FY_Q8_BLOCK},
-    {FY_QUANT_Q4_0, "q4_0", "q4", "linear_q4", 4, 1, FY_Q8_BLOCK},
-    {FY_QUANT_F16, "f16", NULL, "linear_h16", 16, 0, 2},
-    {FY_QUANT_BF16, "bf16", NULL, "linear_h16", 16, 0, 2},
+    {FY_QUANT_F32, "f32", NULL, NULL, 32, 0, 1, -1},
+    {FY_QUANT_Q8_0, "q8_0", "q8", "linear_q8", 8, 1, FY_Q8_BLOCK, FY_WF_Q8_0},
+    {FY_QUANT_Q4_0, "q4_0", "q4", "linear_q4", 4, 1, FY_Q8_BLOCK, FY_WF_Q4_0},
+    {FY_QUANT_F16, "f16", NULL, "linear_h16", 16, 0, 2, FY_WF_F16},
+    {FY_QUANT_BF16, "bf16", NULL, "linear_h16", 16, 0, 2, FY_WF_BF16},
 };
 #define N_QFMT (int)(sizeof QFMT / sizeof QFMT[0])
 
@@ -174,6 +174,18 @@ static int plan_copy(fy_model *m, fy_quant q, fy_err *err) {
     }
     free(cand);
     cand = NULL;
+    /* The embedding, when its rows split into blocks and the backend can
+     * read them back (dequant_rows): GGUF's encoding, so its rows are
+     * llama.cpp's (emb_encode). */
+    const fy_tensor_info *e = matrix_at(m, BT(m)->embed);
+    if (e && OPS->dequant_rows && e->shape[1] % F->block == 0) {
+        dq->emb = 1;
+        dq->emb_q = total;
+        total += fy_params_round16(e->n * (size_t)F->bits / 32);
+        dq->emb_s = total;
+        if (F->scaled) total += fy_params_round16(e->n / FY_Q8_BLOCK);
+        biggest = e->n > biggest ? e->n : biggest;
+    }
     dq->hq = malloc(biggest ? biggest * (size_t)F->bits / 8 : 1);
     dq->hs = malloc((biggest / FY_Q8_BLOCK + 1) * sizeof *dq->hs);
     if (!dq->hq || !dq->hs) goto oom;
@@ -205,6 +217,33 @@ static void encode_slot(fy_model *m, int i, const fy_tensor_info *t, int row0, i
         OPS->upload(m->be, fy_at(&dq->buf, dq->s_off[i] + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
 }
 
+/* Rows [row0, row0 + n) of the embedding (host floats w) into the copy:
+ * Q8_0 as GGUF's token_embd (fy_q8_quantize_gguf: half scales, ggml's
+ * rounding), Q4_0 as linear_q4's weights (already GGUF's), F16 / BF16
+ * rounded to nearest even; so dequant_rows gives llama.cpp's rows of a
+ * `ferry convert --to gguf` of the same weights. Asynchronous, as
+ * encode_slot. */
+static void emb_encode(fy_model *m, int row0, int n, const float *w) {
+    const struct qfmt *F = qfmt_of((fy_quant)m->dq.kind);
+    struct fy_decode_quant *dq = &m->dq;
+    size_t in = (size_t)m->cfg.hidden_size;
+    if (dq->kind == FY_QUANT_Q8_0) fy_q8_quantize_gguf(w, n, (int)in, (int)in, (int8_t *)dq->hq, dq->hs);
+    else qfmt_encode((fy_quant)dq->kind, w, n, (int)in, dq->hq, dq->hs);
+    OPS->upload(m->be, fy_at(&dq->buf, dq->emb_q + row0 * in * F->bits / 32), dq->hq, n * in * F->bits / 32);
+    if (F->scaled)
+        OPS->upload(m->be, fy_at(&dq->buf, dq->emb_s + row0 * in / FY_Q8_BLOCK), dq->hs, n * in / FY_Q8_BLOCK);
+}
+
+void fy__dq_embed(fy_model *m, int n, fy_ref idx, fy_ref dst) {
+    const fy_config *c = &m->cfg;
+    if (m->dq.on && m->dq.emb)
+        OPS->dequant_rows(m->be, qfmt_of((fy_quant)m->dq.kind)->wf, c->vocab_size, c->hidden_size,
+                          fy_at(&m->dq.buf, m->dq.emb_q), fy_at(&m->dq.buf, m->dq.emb_s), n, idx, dst, c->hidden_size);
+    else
+        OPS->gather_rows(m->be, n, c->hidden_size, PW(m, BT(m)->embed), c->hidden_size, idx, FY_NULL_REF, dst,
+                         c->hidden_size);
+}
+
 static int check_format(const fy_model *m, fy_quant q, fy_err *err) {
     if (fy_params_is_shard(BT(m)))
         return fy_fail(err, "decode weights need every routed expert; this model holds an expert-parallel shard");
@@ -216,14 +255,16 @@ static int check_format(const fy_model *m, fy_quant q, fy_err *err) {
 
 int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
     if (m->dq.infer) { /* the params of the quantized matrices were never loaded */
-        if (q == (m->dq.n ? (fy_quant)m->dq.kind : FY_QUANT_F32)) return 0;
-        return fy_fail(err, "the model was loaded for %s weights only; %s needs a fresh load",
-                       fy_quant_name(m->dq.n ? (fy_quant)m->dq.kind : FY_QUANT_F32), fy_quant_name(q));
+        fy_quant had = m->dq.n || m->dq.emb ? (fy_quant)m->dq.kind : FY_QUANT_F32;
+        if (q == had) return 0;
+        return fy_fail(err, "the model was loaded for %s weights only; %s needs a fresh load", fy_quant_name(had),
+                       fy_quant_name(q));
     }
     fy_model_free_decode_quant(m);
     if (q == FY_QUANT_F32) return 0;
     if (check_format(m, q, err) || plan_copy(m, q, err)) return -1;
-    size_t biggest = 1;
+    const fy_tensor_info *e = matrix_at(m, BT(m)->embed);
+    size_t biggest = m->dq.emb ? e->n : 1;
     for (int i = 0; i < m->dq.n; i++)
         if (matrix_at(m, m->dq.w_off[i])->n > biggest) biggest = matrix_at(m, m->dq.w_off[i])->n;
     float *host = malloc(biggest * sizeof *host);
@@ -236,6 +277,10 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
         OPS->download(m->be, host, PW(m, t->off), t->n);
         encode_slot(m, i, t, 0, t->shape[0], host);
     }
+    if (m->dq.emb) { /* the staging holds a whole matrix: the sync below frees neither early */
+        OPS->download(m->be, host, PW(m, e->off), e->n);
+        emb_encode(m, 0, e->shape[0], host);
+    }
     free(host);
     if (fy_be_sync(m->be, err)) {
         fy_model_free_decode_quant(m);
@@ -246,6 +291,11 @@ int fy_model_set_decode_quant(fy_model *m, fy_quant q, fy_err *err) {
 }
 
 /* ---- loading for inference ---- */
+
+/* 1 when t is the token embedding and the copy holds it. */
+static int is_emb(const fy_model *m, const fy_tensor_info *t) {
+    return m->dq.emb && !t->is_buffer && t->off == BT(m)->embed;
+}
 
 /* 1 when only an MTP module reads t (a batch step runs the main layers). */
 static int mtp_only(const fy_model *m, const fy_tensor_info *t) {
@@ -264,17 +314,51 @@ int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err) {
     if (q != FY_QUANT_F32 && (check_format(m, q, err) || plan_copy(m, q, err))) return -1;
     m->dq.infer = 1;
     if (m->grads.handle) fy_be_free(m->be, &m->grads); /* no backward will run */
-    /* With a copy, the params get only the norms, the router, W_kvb and
-     * the embedding, scattered among the matrices' unwritten ranges. */
+    /* With a copy, the params get only the norms, the router and W_kvb
+     * (and the embedding where the copy has no room for it), scattered
+     * among the matrices' unwritten ranges. */
     if (m->dq.n && OPS->sparse) OPS->sparse(m->be, &m->params);
     return 0;
 }
 
-int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t) { return !m->dq.infer || !mtp_only(m, t); }
+/* 1 when t is a tensor of the base table that an inference load routes
+ * (mtp_only, the copy): with LoRA adapters on, m->tab is the adapters' own
+ * table, whose offsets are into their block and may equal a base matrix's
+ * (the first adapter and the embedding both sit at 0): those load plainly. */
+static int routed(const fy_model *m) { return m->dq.infer && !m->lora; }
+
+int fy_model_needs_tensor(const fy_model *m, const fy_tensor_info *t) { return !routed(m) || !mtp_only(m, t); }
 
 int fy_model_holds_f32(const fy_model *m, const fy_tensor_info *t) {
-    if (!m->dq.infer) return 1;
-    return !mtp_only(m, t) && (t->is_buffer || slot_of(m, t->off) < 0);
+    if (!routed(m)) return 1;
+    return !mtp_only(m, t) && (t->is_buffer || (slot_of(m, t->off) < 0 && !is_emb(m, t)));
+}
+
+size_t fy_model_tensor_bytes(const fy_model *m, const fy_tensor_info *t) {
+    const struct qfmt *F = qfmt_of(m->dq.n || m->dq.emb ? (fy_quant)m->dq.kind : FY_QUANT_F32);
+    size_t bytes = fy_model_holds_f32(m, t) ? t->n * sizeof(float) : 0;
+    if (!m->lora && !t->is_buffer && (slot_of(m, t->off) >= 0 || is_emb(m, t)))
+        bytes += t->n * (size_t)F->bits / 8 + (F->scaled ? t->n / FY_Q8_BLOCK * sizeof(float) : 0);
+    return bytes;
+}
+
+int fy_model_embed_rows(fy_model *m, const int32_t *ids, int n, float *out, fy_err *err) {
+    const fy_config *c = &m->cfg;
+    fy_buf tmp = {0};
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return fy_fail(err, "embedding row %d is outside the vocabulary [0, %d)", ids[i], c->vocab_size);
+    if (n < 1) return 0;
+    if (fy_be_alloc(m->be, &tmp, (size_t)n * (c->hidden_size + 1), err)) return fy_wrap(err, "embedding rows");
+    fy_ref idx = fy_at(&tmp, 0), dst = fy_at(&tmp, (size_t)n);
+    OPS->upload(m->be, idx, ids, (size_t)n);
+    m->dq.on = m->dq.n > 0 || m->dq.emb; /* what a batch step reads */
+    fy__dq_embed(m, n, idx, dst);
+    m->dq.on = 0;
+    OPS->download(m->be, out, dst, (size_t)n * c->hidden_size);
+    int rc = fy_be_sync(m->be, err);
+    fy_be_free(m->be, &tmp);
+    return rc;
 }
 
 /* The model's weights must be finite (a NaN spreads through every later
@@ -302,9 +386,13 @@ void fy_model_load_finish(fy_model *m) {
 
 int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_rows, const float *w, fy_err *err) {
     size_t row = t->ndim == 2 ? (size_t)t->shape[1] : t->n, n = (size_t)n_rows * row;
-    if (m->dq.infer) {
+    if (routed(m)) {
         if (mtp_only(m, t)) return 0;
         if (check_finite(t, w, n, err)) return -1;
+        if (is_emb(m, t)) {
+            emb_encode(m, row0, n_rows, w);
+            return fy_be_sync(m->be, err);
+        }
         int i = t->is_buffer ? -1 : slot_of(m, t->off);
         if (i >= 0) {
             encode_slot(m, i, t, row0, n_rows, w);

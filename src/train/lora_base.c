@@ -11,20 +11,27 @@
 #include "core/checksum.h"
 #include "core/fsutil.h"
 
-/* xxh64 over the params block then the buffers block, as the host sees them. */
+/* xxh64 over the params block then the buffers block, as the host sees them,
+ * streamed a chunk at a time: a whole copy of the base on the host would
+ * double the run's peak memory for a moment (the stream gives the bits of
+ * one pass). */
+#define HASH_CHUNK ((size_t)1 << 20)
 static int base_hash(fy_model *m, char hex[FY_XXH64_HEX_LEN + 1], fy_err *err) {
-    size_t np = m->tab.n_params, nb = m->tab.n_buffers, n = np > nb ? np : nb;
-    float *h = malloc((n ? n : 1) * sizeof *h);
+    fy_buf *blocks[2] = {&m->params, &m->buffers};
+    size_t sizes[2] = {m->tab.n_params, m->tab.n_buffers};
+    float *h = malloc(HASH_CHUNK * sizeof *h);
     fy_xxh64_stream *s = fy_xxh64_begin();
     if (!h || !s) {
         free(h);
         if (s) fy_xxh64_end(s);
         return fy_fail(err, "out of memory hashing the LoRA base");
     }
-    m->be->ops->download(m->be, h, fy_at(&m->params, 0), np);
-    fy_xxh64_update(s, h, np * sizeof *h);
-    if (nb) m->be->ops->download(m->be, h, fy_at(&m->buffers, 0), nb);
-    fy_xxh64_update(s, h, nb * sizeof *h);
+    for (int b = 0; b < 2; b++)
+        for (size_t at = 0; at < sizes[b]; at += HASH_CHUNK) {
+            size_t n = sizes[b] - at < HASH_CHUNK ? sizes[b] - at : HASH_CHUNK;
+            m->be->ops->download(m->be, h, fy_at(blocks[b], at), n);
+            fy_xxh64_update(s, h, n * sizeof *h);
+        }
     free(h);
     fy_xxh64_hex(fy_xxh64_end(s), hex);
     return fy_be_sync(m->be, err);

@@ -20,6 +20,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "model/lora.h"
+#include "model/lora_qbase.h"
 #include "parallel/dp.h"
 #include "parallel/ep.h"
 #include "train/guard.h"
@@ -59,7 +60,9 @@ void fy_train_opts_default(fy_train_opts *o) {
 /* K_TARGETS: LoRA target bits (an unsigned int member), written as a list
  * of PEFT target_modules names; read from that list, a comma-separated
  * string, or the bit mask runs before 2026-12-06 wrote. */
-typedef enum { K_FLOAT, K_DOUBLE, K_INT, K_U64, K_TARGETS } key_type;
+/* K_QUANT: a weight format (fy_quant, an int member) written and read as
+ * its name ("q8_0"). */
+typedef enum { K_FLOAT, K_DOUBLE, K_INT, K_U64, K_TARGETS, K_QUANT } key_type;
 typedef struct opt_key {
     const char *key;
     double lo, hi;
@@ -110,6 +113,7 @@ static const opt_key opt_keys[] = {
     KEY("lora_dropout", 0, 0.999, K_FLOAT, lora_dropout),
     KEY("lora_targets", 1, FY_LORA_ALL, K_TARGETS, lora_targets),
     KEY("lora_base_seeded", 0, 1, K_INT, lora_base_seeded),
+    KEY("lora_base_weights", 0, 0, K_QUANT, lora_base_weights),
 };
 #undef KEY
 
@@ -136,6 +140,13 @@ static int read_targets(const cJSON *v, const char *where, unsigned *out, fy_err
 static int read_key(const cJSON *obj, const opt_key *k, const char *where, fy_train_opts *o, fy_err *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, k->key);
     if (!v || cJSON_IsNull(v)) return 0;
+    if (k->type == K_QUANT) {
+        fy_quant q;
+        if (!cJSON_IsString(v)) return fy_fail(err, "%s: ferry.%s must be a weight format name", where, k->key);
+        if (fy_quant_parse(v->valuestring, &q, err)) return fy_wrap(err, "%s: ferry.%s", where, k->key);
+        *(int *)((char *)o + k->off) = (int)q;
+        return 0;
+    }
     if (k->type == K_TARGETS && !cJSON_IsNumber(v)) {
         unsigned bits;
         if (read_targets(v, where, &bits, err)) return -1;
@@ -185,6 +196,7 @@ char *fy_train_opts_to_json(const fy_train_opts *o) {
         else if (k->type == K_DOUBLE) cJSON_AddNumberToObject(j, k->key, *(const double *)p);
         else if (k->type == K_INT) cJSON_AddNumberToObject(j, k->key, *(const int *)p);
         else if (k->type == K_TARGETS) add_targets(j, k->key, (unsigned)*(const int *)p);
+        else if (k->type == K_QUANT) cJSON_AddStringToObject(j, k->key, fy_quant_name((fy_quant)*(const int *)p));
         else cJSON_AddNumberToObject(j, k->key, (double)*(const uint64_t *)p);
     }
     char *s = fy_json_print_spaced(j, 0);
@@ -1111,11 +1123,16 @@ static int lora_setup(run *R, int resume, fy_err *err) {
         fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, err))
         return fy_wrap(err, "LoRA base of %s", R->run_dir);
     if (fy_model_set_lora(m, &lc, err)) return fy_wrap(err, "LoRA");
+    /* After the record: it hashes the base as loaded (f32), so a resume
+     * checks the same source whichever format holds it. */
+    if (fy_model_lora_quantize_base(m, (fy_quant)o->lora_base_weights, err)) return fy_wrap(err, "LoRA");
     char t[256];
     fy_lora_targets_string(lc.targets, t, sizeof t);
     if (R->rank0)
-        printf("LoRA: rank %d, alpha %g, dropout %g on %s: %d adapters, %zu trainable of %zu parameters (base frozen)\n",
-               lc.rank, lc.alpha, lc.dropout, t, m->lora->n_ad, fy_params_count(&m->tab), base);
+        printf("LoRA: rank %d, alpha %g, dropout %g on %s: %d adapters, %zu trainable of %zu parameters (base frozen, "
+               "%s)\n",
+               lc.rank, lc.alpha, lc.dropout, t, m->lora->n_ad, fy_params_count(&m->tab), base,
+               fy_quant_name(fy_model_lora_base_format(m)));
     return 0;
 }
 
@@ -1133,6 +1150,7 @@ static int run_setup(run *R, const char *data_dir, int resume, fy_err *err) {
         : o->init_weights  ? o->init_weights(R->m, o->init_ctx, err)
                            : fy_model_init_weights(R->m, o->seed, err))
         return -1;
+    if (o->init_release) o->init_release(o->init_ctx);
     /* DiLoCo restarts the outer momentum at zero on resume (docs/SCALING.md). */
     if (fy_dp_set_anchor(&R->dp, R->m, err) || open_metrics(R, err) ||
         alloc_batch((size_t)R->B * R->T, &R->in, &R->lab, err))

@@ -46,6 +46,10 @@ typedef struct fy_train_opts {
      * ferry.lora_* */
     int lora_rank, lora_targets, lora_base_seeded;
     float lora_alpha, lora_dropout;
+    /* The format the frozen base's decoder linears are held in during a
+     * LoRA run (a fy_quant; 0, f32: as loaded; model/lora_qbase.h).
+     * ferry.lora_base_weights, its name */
+    int lora_base_weights;
     /* Where a LoRA run's base came from, for RUN_DIR/lora_base.json
      * (train/lora_base.h; NULL: the seeded init). Not a config key. */
     const char *lora_base;
@@ -53,6 +57,10 @@ typedef struct fy_train_opts {
      * instead of fy_model_init_weights (never on resume). Not a config key. */
     int (*init_weights)(fy_model *m, void *ctx, fy_err *err);
     void *init_ctx;
+    /* Optional: called once the weights are in place (after init_weights,
+     * or after a resume), so the caller can free what init_ctx holds; a run
+     * would otherwise carry a host copy of its initial model to the end. */
+    void (*init_release)(void *ctx);
 } fy_train_opts;
 
 void fy_train_opts_default(fy_train_opts *o);

@@ -42,3 +42,11 @@ if(TARGET ferry)
     COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/rundir_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_rundir_work)
   set_tests_properties(cli_rundir PROPERTIES LABELS cli TIMEOUT 120)
 endif()
+
+# ferry train --lora-rank --base-weights q8_0|q4_0: LoRA on a quantized
+# frozen base (tests/cli/qlora_test.sh).
+if(TARGET ferry)
+  add_test(NAME cli_qlora
+    COMMAND bash ${CMAKE_SOURCE_DIR}/tests/cli/qlora_test.sh $<TARGET_FILE:ferry> ${CMAKE_CURRENT_BINARY_DIR}/cli_qlora_work)
+  set_tests_properties(cli_qlora PROPERTIES LABELS cli TIMEOUT 300)
+endif()

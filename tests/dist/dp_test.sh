@@ -11,6 +11,8 @@
 #     checkpoints resume on 1 rank (from 2 and, unevenly split, 3 ranks) and
 #     a 1-rank checkpoint resumes with the experts split, as the
 #     uninterrupted runs continue;
+#   - fine-tuning from a model (--init-from) on 2 ranks: full and LoRA
+#     give 1 rank's bits, expert parallel its losses; LoRA + EP refused;
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
 #     bit-identically; DiLoCo (f32 and int8 deltas) and int8 DP stopped and
 #     resumed on 2 ranks continue bit-identically;
@@ -101,6 +103,26 @@ $ferry train $T --batch 6 --out one6 --micro-batch 2 > one6.log 2>&1 || bad "1-r
 $ferry train $T --batch 6 --out ep3 --ranks 3 --expert-parallel --stop-after 10 > ep3a.log 2>&1 || bad "EP 3 ranks failed: $(tail -3 ep3a.log)"
 $ferry train $T --batch 6 --out ep3 --resume > ep3b.log 2>&1 || bad "EP 3 ranks -> 1 rank failed: $(tail -3 ep3b.log)"
 check "close one6 ep3" "EP 3 ranks -> 1 rank did not continue as the 1-rank run: $(paste <(losses one6) <(losses ep3) | tail -1)"
+
+# 1c. fine-tuning from a model (--init-from the 1-rank run) on 2 ranks:
+# every rank loads the model; full and LoRA fine-tunes give 1 rank's bits
+# with the same micro-batches, expert parallel matches within fp32 rounding
+# and starts from the model (its first loss is the fine-tune's, far below
+# a fresh model's); LoRA with expert parallelism is refused.
+F="--init-from one --data data --steps 6 --batch 4 --seq 16 --eval-every 0 --ckpt-every 6 --log-every 1 --lr 1e-3"
+$ferry train $F --out if1 --micro-batch 2 > if1.log 2>&1 || bad "1-rank --init-from run failed: $(tail -3 if1.log)"
+$ferry train $F --out if2 --ranks 2 > if2.log 2>&1 || bad "2-rank --init-from run failed: $(tail -3 if2.log)"
+check "grep -q 'data parallel: 2 ranks' if2.log && same if1 if2 00000006" "2-rank --init-from fine-tune differs from 1 rank"
+$ferry train $F --out ife --ranks 2 --expert-parallel > ife.log 2>&1 || bad "expert-parallel --init-from run failed: $(tail -3 ife.log)"
+check "grep -q 'expert parallel: 4 routed experts over 2 ranks' ife.log && [ \$(losses ife | wc -l) -eq 6 ] && paste <(losses if1) <(losses ife) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad }'" \
+      "expert-parallel --init-from losses differ from 1 rank: $(paste <(losses if1) <(losses ife) | head -2 | tr '\t\n' '  ')"
+check "awk -v a=\$(losses ife | head -1 | cut -d' ' -f2) -v b=\$(losses one | head -1 | cut -d' ' -f2) 'BEGIN { exit !(a < b - 1) }'" \
+      "the expert-parallel fine-tune did not start from the model (first loss $(losses ife | head -1))"
+$ferry train $F --out il1 --lora-rank 4 --micro-batch 2 > il1.log 2>&1 || bad "1-rank --init-from LoRA run failed: $(tail -3 il1.log)"
+$ferry train $F --out il2 --lora-rank 4 --ranks 2 > il2.log 2>&1 || bad "2-rank --init-from LoRA run failed: $(tail -3 il2.log)"
+check "grep -q '^LoRA: rank 4' il2.log && same il1 il2 00000006" "2-rank --init-from LoRA fine-tune differs from 1 rank"
+$ferry train $F --out ile --lora-rank 4 --ranks 2 --expert-parallel > ile.log 2>&1
+check "[ $? -ne 0 ] && grep -q 'LoRA with expert parallelism is not supported yet' ile.log" "LoRA + expert parallel not refused: $(tail -2 ile.log)"
 
 # 2. elastic resume at step 10: 2 -> 1 and 1 -> 2.
 $ferry train $T --out e21 --ranks 2 --stop-after 10 > e21a.log 2>&1 || bad "2-rank first half failed"

@@ -14,9 +14,20 @@ CASE_DIR/ferry_losses.json    {"loss": [S floats]}: ferry's total loss at each
 One step: forward + backward on the batch; clip_grad_norm_ (if grad_clip > 0);
 torch.optim.AdamW with lr(step) (decay on 2-D weights except the embedding);
 then the aux-free bias update from that step's expert loads.
-Passes when |ferry - ref| / |ref| <= T at every step (default 1e-3, a loose
-bound for any float32 run; the ctest registrations pass the tighter bound
-their backend's measured error justifies, tests/cmake/oracle*.cmake).
+Passes when |ferry - ref| / |ref| <= T at every step up to the first near
+tie (default 1e-3, a loose bound for any float32 run; the ctest
+registrations pass the tighter bound their backend's measured error
+justifies, tests/cmake/oracle*.cmake), and <= 1e-3 from there on.
+
+A near tie: at some token of the step, a router's K-th and (K+1)-th
+selection scores (s + b), or its last kept and first dropped group, differ
+by less than TIE (1e-5, relative; check_case.py's bound). float32 may then
+pick the other expert, a legitimate discrete difference: that token's output
+changes, and through the expert loads the aux-free bias update, so the two
+trajectories part for good (by ~1e-5 to 1e-4 per step). Until the first near
+tie they must agree at T; after it the loose bound still fails a wrong step.
+The run reports which step that was; fewer than MIN_STRICT steps checked at
+T fails the check (it would no longer test much).
 Exit 0 pass, 1 fail, 77 if torch is unavailable.
 """
 
@@ -35,6 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ds3  # noqa: E402
 
 TOL = 1e-3
+TIE = 1e-5
+MIN_STRICT = 50
 
 
 def make_optimizer(cfg, params):
@@ -46,7 +59,8 @@ def make_optimizer(cfg, params):
 
 
 def train_step(cfg, params, buffers, opt, step, input_ids, labels):
-    """One training step (1-based step). Returns the total loss before the update."""
+    """One training step (1-based step). Returns the total loss before the
+    update and the step's smallest routing margin (relative; inf without MoE)."""
     opt.zero_grad(set_to_none=True)
     out = ds3.forward(cfg, params, buffers, input_ids, labels)
     out.loss.backward()
@@ -62,11 +76,13 @@ def train_step(cfg, params, buffers, opt, step, input_ids, labels):
         for i, r in out.routers.items():
             name = ds3.bias_name(i)
             buffers[name] = ds3.bias_update(cfg, buffers[name], r.idx)
-    return out.loss.item()
+    margin = min([float("inf")] + [min(r.kth_gap.min().item(), r.group_gap.min().item())
+                                   for r in out.routers.values()])
+    return out.loss.item(), margin
 
 
 def run(cfg, params, buffers, input_ids, labels):
-    """Train over input_ids/labels [S, B, T]; returns the S losses."""
+    """Train over input_ids/labels [S, B, T]; returns the S (loss, margin)."""
     opt = make_optimizer(cfg, params)
     return [train_step(cfg, params, buffers, opt, s + 1, input_ids[s], labels[s])
             for s in range(input_ids.shape[0])]
@@ -86,16 +102,29 @@ def check_training(case_dir, verbose=True, tol=TOL):
         print(f"FAIL: ferry_losses.json has {len(ferry)} losses for {S} batches")
         return False, []
 
-    ref = run(cfg, params, buffers, input_ids, labels)
+    out = run(cfg, params, buffers, input_ids, labels)
+    ref = [r for r, _ in out]
+    margins = [m for _, m in out]
+    # Steps before the first near tie get tol; from it on, the loose TOL.
+    strict = next((s for s in range(S) if margins[s] < TIE), S)
+    tols = [tol if s < strict else max(tol, TOL) for s in range(S)]
     errs = [abs(f - r) / abs(r) if r != 0 else abs(f) for f, r in zip(ferry, ref)]
-    worst = int(np.argmax(errs))
+    worst = int(np.argmax(errs[:strict])) if strict else 0
     if verbose:
-        print(f"{'step':>5}  {'lr':>10}  {'ref':>14}  {'ferry':>14}  {'rel_err':>9}")
+        print(f"{'step':>5}  {'lr':>10}  {'ref':>14}  {'ferry':>14}  {'rel_err':>9}  {'margin':>9}")
         for s in range(S):
             print(f"{s + 1:5d}  {ds3.lr_at(cfg, s + 1):10.3e}  {ref[s]:14.8f}  {ferry[s]:14.8f}  "
-                  f"{errs[s]:9.2e}{'' if errs[s] <= tol else '  FAIL'}")
-        print(f"worst step {worst + 1}: rel err {errs[worst]:.3e} (tol {tol:.0e})")
-    ok = all(e <= tol for e in errs)
+                  f"{errs[s]:9.2e}  {margins[s]:9.2e}{'' if errs[s] <= tols[s] else '  FAIL'}")
+        if strict < S:
+            print(f"first near tie (routing margin {margins[strict]:.2e} < {TIE:.0e}) at step {strict + 1}: "
+                  f"steps 1-{strict} checked at {tol:.0e}, steps {strict + 1}-{S} at {max(tol, TOL):.0e} "
+                  f"(worst there {max(errs[strict:]):.3e})")
+        if strict:
+            print(f"worst step before it {worst + 1}: rel err {errs[worst]:.3e} (tol {tol:.0e})")
+    ok = all(e <= t for e, t in zip(errs, tols))
+    if strict < min(MIN_STRICT, S):
+        print(f"FAIL: only {strict} steps before the first near tie (at least {MIN_STRICT} needed)")
+        ok = False
     return ok, errs
 
 

@@ -28,6 +28,7 @@ typedef struct fy_cpu_impl {
     float *scratch;
     size_t scratch_cap;
     int q8_kernel; /* fy_backend_opts.cpu_q8 (FY_CPU_Q8_*) */
+    int gemm_rows; /* fy_backend_opts.cpu_gemm_rows */
 } fy_cpu_impl;
 
 /* The backend's scratch of at least n floats, or NULL (error recorded). */
@@ -193,6 +194,17 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
                       int ldy, int accumulate);
 void fy_cpu_linear_h16(fy_backend *be, int fmt, int N, int in, int out, fy_ref x, int ldx, fy_ref w, fy_ref y,
                        int ldy, int accumulate);
+/* The linear's weight formats (FY_H16_* and f32) and kernel families. */
+enum { FY_CPU_WF_F16 = FY_H16_F16, FY_CPU_WF_BF16 = FY_H16_BF16, FY_CPU_WF_F32 };
+enum { FY_CPU_ISA_PORTABLE, FY_CPU_ISA_AVX2, FY_CPU_ISA_AVX512 };
+/* y[n, o] (=|+=) dot(x[n, :], W[o, :]) for all N rows with linear_rows'
+ * bits (cpu_gemm.c), W of format wf (FY_CPU_WF_*, row stride ldw in its
+ * elements), kernels of family isa. Returns 0 where it leaves the call to
+ * the caller's kernels (no kernel for isa, or N below the rows from which
+ * it is faster: fy_backend_opts.cpu_gemm_rows), else 1 (also when it
+ * failed: the error is recorded on be). */
+int fy_cpu_gemm_rows(fy_backend *be, int isa, int wf, int N, int in, int out, const float *x, int ldx, const void *w,
+                     size_t ldw, float *y, int ldy, int accumulate);
 void fy_cpu_dequant_rows(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
                          fy_ref dst, int ldd);
 /* h[j] = silu(g[j]) * u[j] for one row (swiglu_fwd's; swiglu_q8 shares it

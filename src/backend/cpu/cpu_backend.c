@@ -345,6 +345,7 @@ int fy_backend_cpu_new(const fy_backend_opts *opts, fy_backend **out, fy_err *er
         return fy_fail(err, "cpu backend: out of memory");
     }
     im->q8_kernel = opts->cpu_q8;
+    im->gemm_rows = opts->cpu_gemm_rows;
     be->ops = &cpu_ops;
     be->impl = im;
     *out = be;

@@ -19,7 +19,9 @@
  *
  * Speed: register tiles of several x rows by several W rows, so each W row
  * is read once per tile of x rows, W split over the threads in fixed chunks
- * of rows (W streams from memory once per call: half the bytes in 16 bits). */
+ * of rows (W streams from memory once per call: half the bytes in 16 bits).
+ * Calls with many x rows go to cpu_gemm.c (fy_cpu_gemm_rows: outputs in
+ * lanes, no horizontal sum per output, the same bits) where it is faster. */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
@@ -37,7 +39,7 @@ static float lanes16(const float a[16]) {
 
 /* The weights' element format: FY_H16_F16, FY_H16_BF16 (uint16_t) or f32.
  * The kernels below take it as a constant, one instance per format. */
-enum { LR_F16 = FY_H16_F16, LR_BF16 = FY_H16_BF16, LR_F32 };
+enum { LR_F16 = FY_CPU_WF_F16, LR_BF16 = FY_CPU_WF_BF16, LR_F32 = FY_CPU_WF_F32 };
 
 /* Element i of a weight array of format wf. */
 static inline const void *lr_at(const void *w, size_t i, int wf) {
@@ -325,18 +327,28 @@ static int lr_avx2_f16c(void) {
 }
 #endif
 
-/* The best kernel this CPU runs, or the lesser one fy_backend_opts.cpu_q8
- * asks for (the same option as the Q8_0 kernels; all give the same bits).
- * The AVX2 kernel also wants F16C (every AVX2 CPU has it). */
-static lr_block_fn *lr_best(fy_backend *be, int wf) {
+/* The best kernel family this CPU runs, or the lesser one
+ * fy_backend_opts.cpu_q8 asks for (the same option as the Q8_0 kernels; all
+ * give the same bits). The AVX2 kernels also want F16C (every AVX2 CPU has
+ * it; every AVX-512 CPU has both). */
+static int lr_isa(fy_backend *be) {
     const int want = ((fy_cpu_impl *)be->impl)->q8_kernel;
-    if (want == FY_CPU_Q8_PORTABLE) return LR_PICK(lr_block_portable, wf);
+    if (want == FY_CPU_Q8_PORTABLE) return FY_CPU_ISA_PORTABLE;
 #ifdef FY_LR_X86
     const int avx2 = lr_avx2_f16c();
-    if (want == FY_CPU_Q8_AVX2 && avx2) return LR_PICK(lr_block_avx2, wf);
-    if (__builtin_cpu_supports("avx512f")) return LR_PICK(lr_block_avx512, wf);
-    if (avx2) return LR_PICK(lr_block_avx2, wf);
+    if (want == FY_CPU_Q8_AVX2 && avx2) return FY_CPU_ISA_AVX2;
+    if (__builtin_cpu_supports("avx512f")) return FY_CPU_ISA_AVX512;
+    if (avx2) return FY_CPU_ISA_AVX2;
 #endif
+    return FY_CPU_ISA_PORTABLE;
+}
+
+static lr_block_fn *lr_best(int isa, int wf) {
+#ifdef FY_LR_X86
+    if (isa == FY_CPU_ISA_AVX512) return LR_PICK(lr_block_avx512, wf);
+    if (isa == FY_CPU_ISA_AVX2) return LR_PICK(lr_block_avx2, wf);
+#endif
+    (void)isa;
     return LR_PICK(lr_block_portable, wf);
 }
 
@@ -355,7 +367,10 @@ static void lr_run(fy_backend *be, int wf, int N, int in, int out, const float *
             for (int o = 0; o < out; o++) put(yp + (size_t)n * ldy + o, 0.0f, accumulate);
         return;
     }
-    lr_block_fn *block = lr_best(be, wf);
+    const int isa = lr_isa(be);
+    if (N > 1 && fy_cpu_gemm_rows(be, isa, wf, N, in, out, xp, ldx, wp, ldw, yp, ldy, accumulate))
+        return;
+    lr_block_fn *block = lr_best(isa, wf);
     const int chunks = (out + LR_CHUNK - 1) / LR_CHUNK;
 #pragma omp parallel for schedule(static) if (chunks > 1 && (size_t)N * in * out >= LR_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
