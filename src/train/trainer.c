@@ -1114,13 +1114,20 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     if (o->grad_buckets)
         return fy_fail(err, "LoRA with --grad-buckets is not supported yet (the adapters' gradients are reduced after "
                             "the backward)");
+    /* With expert parallel, an owner runs the rows of every rank through its
+     * experts, but dropout's key (each row's token) is that of this rank's rows. */
+    if (m->ep.size > 1 && o->lora_dropout > 0 && (o->lora_targets & FY_LORA_EXPERTS))
+        return fy_fail(err, "LoRA dropout on the routed experts with --expert-parallel is not supported yet (use "
+                            "--lora-dropout 0, or targets without experts)");
+    if (m->ep.size > 1 && o->lora_base_weights != FY_QUANT_F32)
+        return fy_fail(err, "a LoRA base held in %s with --expert-parallel is not supported yet (--base-weights f32)",
+                       fy_quant_name((fy_quant)o->lora_base_weights));
     fy_lora_config lc = {o->lora_rank, o->lora_alpha, (unsigned)o->lora_targets, o->lora_dropout};
     size_t base = fy_params_count(&m->tab);
     if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))
         return fy_wrap(err, "LoRA base");
     /* The base is recorded when the run starts and must match on resume. */
-    if ((resume || R->rank0) &&
-        fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, err))
+    if (fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, R->comm, err))
         return fy_wrap(err, "LoRA base of %s", R->run_dir);
     if (fy_model_set_lora(m, &lc, err)) return fy_wrap(err, "LoRA");
     /* After the record: it hashes the base as loaded (f32), so a resume
@@ -1226,7 +1233,8 @@ static int run_free(run *R, int rc, fy_err *err) {
     fy_adamw_free(&R->opt, R->m->be);
     fy_dp_free(&R->dp, R->m);
     /* After an expert-parallel run m holds the whole table again, zeroed:
-     * the trained weights are in the last checkpoint. */
+     * the trained weights are in the last checkpoint. (With LoRA adapters on
+     * it stays a shard, which the caller frees.) */
     if (R->m->ep.size > 1) fy_model_set_expert_parallel(R->m, NULL, NULL);
     if (R->self) fy_comm_finalize(R->self);
     fy_loader_close(&R->train);
