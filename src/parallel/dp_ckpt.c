@@ -110,8 +110,8 @@ static int plan_moves(fy_dp *dp, const fy_model *m, ck_plan *P, fy_err *err) {
         for (int i = 0; i < t.n && dp->rank == 0 && rc == 0; i++) {
             const fy_tensor_info *ti = &t.t[i];
             if (ti->is_buffer) continue;
-            if (ti->id < 0 || ti->id >= F->n) {
-                rc = fy_fail(err, "internal: %s has id %d outside the whole table", ti->name, ti->id);
+            if (ti->id < 0 || ti->id >= F->n || F->t[ti->id].n != ti->n) {
+                rc = fy_fail(err, "internal: %s (id %d) is not in the whole table", ti->name, ti->id);
                 break;
             }
             const size_t to = F->t[ti->id].off, len = fy_params_round16(ti->n);

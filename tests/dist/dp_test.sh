@@ -126,7 +126,8 @@ check "grep -q '^LoRA: rank 4' il2.log && same il1 il2 00000006" "2-rank --init-
 # others are reduced as in data parallel: the 1-rank losses within fp32
 # rounding; stopped and resumed, the bits of the uninterrupted run; its
 # checkpoint holds every adapter (the 1-rank run's tensors), resumes on one
-# rank without expert parallel as the 1-rank run continues, and generates.
+# rank without expert parallel as the 1-rank run continues (and a 1-rank
+# checkpoint with the experts split), and generates.
 $ferry train $F --out ile --lora-rank 4 --ranks 2 --expert-parallel > ile.log 2>&1 || bad "2-rank --init-from LoRA + expert parallel failed: $(tail -3 ile.log)"
 check "grep -q '^LoRA: rank 4' ile.log && grep -q 'expert parallel: 4 routed experts over 2 ranks' ile.log && [ \$(losses ile | wc -l) -eq 6 ] && paste <(losses il1) <(losses ile) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad }'" \
       "LoRA + expert parallel losses differ from 1 rank: $(paste <(losses il1) <(losses ile) | tail -2 | tr '\t\n' '  ')"
@@ -140,6 +141,10 @@ $ferry train $F --out il21 --lora-rank 4 --ranks 2 --expert-parallel --stop-afte
 $ferry train --out il21 --resume --micro-batch 2 > il21b.log 2>&1 || bad "LoRA + EP 2 ranks -> 1 rank resume failed: $(tail -3 il21b.log)"
 check "paste <(losses il1 | tail -3) <(losses il21 | tail -3) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad || NR != 3 }'" \
       "LoRA + EP 2 ranks -> 1 rank did not continue as the 1-rank run: $(paste <(losses il1) <(losses il21) | tail -1)"
+$ferry train $F --out il12 --lora-rank 4 --micro-batch 2 --stop-after 3 > il12a.log 2>&1 || bad "LoRA 1-rank first half failed"
+$ferry train --out il12 --resume --ranks 2 --expert-parallel > il12b.log 2>&1 || bad "LoRA 1 rank -> EP 2 ranks resume failed: $(tail -3 il12b.log)"
+check "grep -q 'expert parallel: 4 routed' il12b.log && paste <(losses il1 | tail -3) <(losses il12 | tail -3) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad || NR != 3 }'" \
+      "LoRA 1 rank -> EP 2 ranks did not continue as the 1-rank run: $(paste <(losses il1) <(losses il12) | tail -1)"
 $ferry generate --model ile --prompt 'the' -n 8 --temperature 0 --print-ids > ileg.log 2>&1
 check "[ $? -eq 0 ] && grep -q '^ids:' ileg.log" "generate --model of a LoRA + expert parallel run failed: $(tail -2 ileg.log)"
 
