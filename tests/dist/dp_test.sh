@@ -145,6 +145,9 @@ $ferry train $F --out il12 --lora-rank 4 --micro-batch 2 --stop-after 3 > il12a.
 $ferry train --out il12 --resume --ranks 2 --expert-parallel > il12b.log 2>&1 || bad "LoRA 1 rank -> EP 2 ranks resume failed: $(tail -3 il12b.log)"
 check "grep -q 'expert parallel: 4 routed' il12b.log && paste <(losses il1 | tail -3) <(losses il12 | tail -3) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad || NR != 3 }'" \
       "LoRA 1 rank -> EP 2 ranks did not continue as the 1-rank run: $(paste <(losses il1) <(losses il12) | tail -1)"
+$ferry train $F --out iled --lora-rank 4 --lora-dropout 0.1 --ranks 2 --expert-parallel > iled.log 2>&1
+check "[ $? -ne 0 ] && grep -q 'LoRA dropout on the routed experts with --expert-parallel is not supported yet' iled.log" \
+      "LoRA dropout on expert adapters with expert parallel not refused: $(tail -2 iled.log)"
 $ferry generate --model ile --prompt 'the' -n 8 --temperature 0 --print-ids > ileg.log 2>&1
 check "[ $? -eq 0 ] && grep -q '^ids:' ileg.log" "generate --model of a LoRA + expert parallel run failed: $(tail -2 ileg.log)"
 
