@@ -1114,11 +1114,6 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     if (o->grad_buckets)
         return fy_fail(err, "LoRA with --grad-buckets is not supported yet (the adapters' gradients are reduced after "
                             "the backward)");
-    /* With expert parallel, an owner runs the rows of every rank through its
-     * experts, but dropout's key (each row's token) is that of this rank's rows. */
-    if (m->ep.size > 1 && o->lora_dropout > 0 && (o->lora_targets & FY_LORA_EXPERTS))
-        return fy_fail(err, "LoRA dropout on the routed experts with --expert-parallel is not supported yet (use "
-                            "--lora-dropout 0, or targets without experts)");
     if (m->ep.size > 1 && o->lora_base_weights != FY_QUANT_F32)
         return fy_fail(err, "a LoRA base held in %s with --expert-parallel is not supported yet (--base-weights f32)",
                        fy_quant_name((fy_quant)o->lora_base_weights));
