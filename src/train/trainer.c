@@ -1114,9 +1114,6 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     if (o->grad_buckets)
         return fy_fail(err, "LoRA with --grad-buckets is not supported yet (the adapters' gradients are reduced after "
                             "the backward)");
-    if (m->ep.size > 1 && o->lora_base_weights != FY_QUANT_F32)
-        return fy_fail(err, "a LoRA base held in %s with --expert-parallel is not supported yet (--base-weights f32)",
-                       fy_quant_name((fy_quant)o->lora_base_weights));
     fy_lora_config lc = {o->lora_rank, o->lora_alpha, (unsigned)o->lora_targets, o->lora_dropout};
     size_t base = fy_params_count(&m->tab);
     if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))

@@ -152,6 +152,11 @@ $ferry train $F --out ild1 --lora-rank 4 --lora-dropout 0.1 --micro-batch 2 > il
 $ferry train $F --out ilde --lora-rank 4 --lora-dropout 0.1 --ranks 2 --expert-parallel > ilde.log 2>&1 || bad "LoRA dropout + EP failed: $(tail -3 ilde.log)"
 check "[ \$(losses ilde | wc -l) -eq 6 ] && paste <(losses ild1) <(losses ilde) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-6 * \$2) bad = 1 } END { exit bad }' && ! paste <(losses il1) <(losses ild1) | awk '{ if (\$2 != \$4) diff = 1 } END { exit diff }'" \
       "LoRA dropout + expert parallel losses differ from 1 rank (or dropout changed nothing): $(paste <(losses ild1) <(losses ilde) | tail -2 | tr '\t\n' '  ')"
+# A base held as Q8_0 (--base-weights): each rank's shard of it, the 1-rank losses.
+$ferry train $F --out ilq1 --lora-rank 4 --base-weights q8_0 --micro-batch 2 > ilq1.log 2>&1 || bad "1-rank LoRA on a Q8_0 base failed: $(tail -3 ilq1.log)"
+$ferry train $F --out ilqe --lora-rank 4 --base-weights q8_0 --ranks 2 --expert-parallel > ilqe.log 2>&1 || bad "LoRA on a Q8_0 base + EP failed: $(tail -3 ilqe.log)"
+check "grep -q 'base frozen, q8_0' ilqe.log && [ \$(losses ilqe | wc -l) -eq 6 ] && paste <(losses ilq1) <(losses ilqe) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-6 * \$2) bad = 1 } END { exit bad }' && ! paste <(losses il1) <(losses ilq1) | awk '{ if (\$2 != \$4) diff = 1 } END { exit diff }'" \
+      "LoRA on a Q8_0 base + expert parallel losses differ from 1 rank: $(paste <(losses ilq1) <(losses ilqe) | tail -2 | tr '\t\n' '  ')"
 $ferry generate --model ile --prompt 'the' -n 8 --temperature 0 --print-ids > ileg.log 2>&1
 check "[ $? -eq 0 ] && grep -q '^ids:' ileg.log" "generate --model of a LoRA + expert parallel run failed: $(tail -2 ileg.log)"
 
