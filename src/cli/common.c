@@ -70,7 +70,7 @@ static int load_lora(fy_model *m, const char *run, const char *ckpt_dir, const c
     } else if (fy_model_init_weights(m, o.seed, err)) {
         return -1;
     }
-    return fy_lora_base_record(m, run, NULL, 0, err) || fy_cli_lora_run_adapters(m, ckpt_dir, err) ||
+    return fy_lora_base_record(m, run, NULL, 0, NULL, err) || fy_cli_lora_run_adapters(m, ckpt_dir, err) ||
                    fy_model_lora_merge(m, err)
                ? -1
                : 0;

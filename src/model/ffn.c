@@ -2,6 +2,7 @@
  * of the (token, slot) pairs by expert, shared and routed experts, expert
  * parallel through moe_ep.c), forward and backward. Routed experts run on
  * the rows gathered per expert: three GEMMs each, never a loop over tokens. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,24 @@ static size_t expert_block(fy_model *m, int li, int el, int *n) {
     return (size_t)m->layer_acts[li].offs[el];
 }
 
+/* LoRA dropout's row keys of the rows the experts run: each row's token
+ * (h_perm, after the step's row0), or with expert parallel the keys the
+ * rows' ranks sent (a->ep_keys: row0 included, so row0 is 0 meanwhile). */
+static const int32_t *row_keys(const fy_model *m, const fy_layer_acts *a) {
+    return m->ep.size > 1 && a->ep_keys ? a->ep_keys : (const int32_t *)a->h_perm;
+}
+static int64_t lora_keys_begin(fy_model *m) {
+    if (!m->lora) return 0;
+    int64_t row0 = m->lora->row0;
+    if (m->ep.size > 1) m->lora->row0 = 0;
+    return row0;
+}
+static void lora_keys_end(fy_model *m, int64_t row0) {
+    if (!m->lora) return;
+    m->lora->keys = NULL;
+    m->lora->row0 = row0;
+}
+
 /* Each expert's SwiGLU on its rows of a->xs, outputs into y. */
 static void experts_forward(fy_model *m, int li, fy_ref y) {
     const fy_config *c = &m->cfg;
@@ -62,16 +81,17 @@ static void experts_forward(fy_model *m, int li, fy_ref y) {
     fy_layer_acts *a = &m->layer_acts[li];
     int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
+    const int64_t row0 = lora_keys_begin(m);
     for (int el = 0; el < hi - lo; el++) {
         int n;
         size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - BT(m)->exp_lo) * W->exp_stride;
         if (!n) continue;
-        if (m->lora) m->lora->keys = a->h_perm + r; /* dropout's key: each row's token */
+        if (m->lora) m->lora->keys = row_keys(m, a) + r; /* dropout's key: each row's token */
         fy__swiglu_forward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                            W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                            fy_add(a->eh, r * f), fy_add(y, r * d), 0);
     }
-    if (m->lora) m->lora->keys = NULL;
+    lora_keys_end(m, row0);
 }
 
 /* Its backward: output gradients dy to input gradients dx (same rows),
@@ -83,16 +103,17 @@ static void experts_backward(fy_model *m, int li, fy_ref dy, fy_ref dx) {
     scratch *s = &m->ws->s;
     int d = c->hidden_size, f = c->moe_intermediate_size, lo, hi;
     fy_model_expert_range(m, m->ep.rank, &lo, &hi);
+    const int64_t row0 = lora_keys_begin(m);
     for (int el = 0; el < hi - lo; el++) {
         int n;
         size_t r = expert_block(m, li, el, &n), we = (size_t)(lo + el - BT(m)->exp_lo) * W->exp_stride;
-        if (m->lora) m->lora->keys = a->h_perm + r;
+        if (m->lora) m->lora->keys = row_keys(m, a) + r;
         fy__swiglu_backward(m, n, d, f, fy_add(a->xs, r * d), W->exp_gate + we, W->exp_up + we,
                             W->exp_down + we, fy_add(a->eg, r * f), fy_add(a->eu, r * f),
                             fy_add(a->eh, r * f), fy_add(dy, r * d), fy_add(dx, r * d), 0,
                             fy_add(s->deg, r * f), fy_add(s->deu, r * f), fy_add(s->deh, r * f));
     }
-    if (m->lora) m->lora->keys = NULL;
+    lora_keys_end(m, row0);
 }
 
 static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_err *err) {
@@ -116,6 +137,7 @@ static int moe_forward(fy_model *m, int li, int need_grad, double *balance, fy_e
          * (expert-major in xs), the outputs come back into ey. */
         fy_ref tmp = m->ws->ep_tmp;
         if (fy__ep_counts(m, li, err)) return -1;
+        if (a->ep_keys && fy__ep_keys(m, li, err)) return -1;
         OPS->gather_rows(m->be, N * K, d, a->ln2, d, a->perm, FY_NULL_REF, tmp, d);
         if (fy__ep_dispatch(m, li, d, tmp, a->xs, err)) return -1;
         experts_forward(m, li, tmp);

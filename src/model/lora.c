@@ -87,9 +87,10 @@ static int by_w(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Appends an adapter matrix to the table; returns its offset. */
-static size_t add_matrix(fy_param_table *tab, const fy_tensor_info *base, char which, int rows, int cols) {
-    fy_tensor_info *ti = &tab->t[tab->n];
+/* Appends an adapter matrix to the table (id: its index in the whole
+ * model's adapter table); returns its offset. */
+static size_t add_matrix(fy_param_table *tab, const fy_tensor_info *base, char which, int rows, int cols, int id) {
+    fy_tensor_info *ti = &tab->t[tab->n++];
     memset(ti, 0, sizeof *ti);
     fy_lora_name(base->name, which, ti->name, sizeof ti->name);
     ti->ndim = 2;
@@ -98,43 +99,84 @@ static size_t add_matrix(fy_param_table *tab, const fy_tensor_info *base, char w
     ti->n = (size_t)rows * cols;
     ti->decay = 1;
     ti->expert = base->expert;
-    ti->id = tab->n++;
+    ti->id = id;
     ti->off = tab->n_params;
     tab->n_params += fy_params_round16(ti->n);
     return ti->off;
 }
 
-/* The adapter table: A then B of each adapted base tensor, in the base
- * table's order (so dense layers' adapters come before the experts'). */
-static int build_table(fy_model *m, fy_lora *L, fy_param_table *tab, fy_err *err) {
-    int n = 0, r = L->cfg.rank;
-    for (int i = 0; i < m->tab.n; i++) n += (target_of(&m->cfg, &m->tab.t[i]) & L->cfg.targets) != 0;
-    if (!n) {
+/* The adapter table of base table `base` (targets lc), and with ad its
+ * adapters (*ad malloc'd, [*n_ad], sorted by w). A whole base gives A then
+ * B of each adapted tensor in the base table's order. An expert shard's
+ * base (expert parallel) gives a shard of the adapters laid out as the
+ * base is: every other adapter in that order ([0, n_dense), the same on
+ * every rank), then its routed experts' adapters (the expert region, this
+ * rank's alone); each tensor's id is its index in the whole table, and
+ * n_all counts the whole table's tensors, so checkpoints and their gather
+ * (parallel/dp_ckpt.c) place a shard's adapters by id. */
+static int build_table(const fy_config *c, const fy_param_table *base, const fy_lora_config *lc,
+                       fy_param_table *tab, fy_lora_adapter **ad, int *n_ad, int *max_in, fy_err *err) {
+    const int shard = fy_params_is_shard(base), r = lc->rank;
+    fy_param_table whole = {0};
+    if (shard && fy_params_build(c, &whole, err)) return fy_wrap(err, "the LoRA table");
+    const fy_param_table *W = shard ? &whole : base;
+    int *pre = malloc(((size_t)W->n + 1) * sizeof *pre), n_whole = 0, n = 0;
+    if (!pre) {
+        fy_params_free(&whole);
+        return fy_fail(err, "out of memory building the LoRA table");
+    }
+    for (int i = 0; i < W->n; i++) pre[i] = n_whole, n_whole += (target_of(c, &W->t[i]) & lc->targets) != 0;
+    for (int i = 0; i < base->n; i++) n += (target_of(c, &base->t[i]) & lc->targets) != 0;
+    fy_params_free(&whole);
+    memset(tab, 0, sizeof *tab);
+    if (!n_whole) {
         char want[256];
-        fy_lora_targets_string(L->cfg.targets, want, sizeof want);
+        free(pre);
+        fy_lora_targets_string(lc->targets, want, sizeof want);
         return fy_fail(err, "LoRA targets %s match no linear of this model", want);
     }
-    tab->t = calloc(2 * (size_t)n, sizeof *tab->t);
-    L->ad = calloc(n, sizeof *L->ad);
-    if (!tab->t || !L->ad) return fy_fail(err, "out of memory building the LoRA table");
-    for (int i = 0; i < m->tab.n; i++) {
-        const fy_tensor_info *t = &m->tab.t[i];
-        if (!(target_of(&m->cfg, t) & L->cfg.targets)) continue;
-        fy_lora_adapter *a = &L->ad[L->n_ad++];
-        a->w = t->off;
-        a->out = t->shape[0];
-        a->in = t->shape[1];
-        a->id = t->id;
-        a->expert = -1;
-        if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.", &a->layer, &a->expert) < 1) a->layer = -1;
-        a->a = add_matrix(tab, t, 'A', r, a->in);
-        a->b = add_matrix(tab, t, 'B', a->out, r);
-        if (a->in > L->max_in) L->max_in = a->in;
+    tab->t = calloc(2 * (size_t)n + 1, sizeof *tab->t);
+    fy_lora_adapter *list = ad ? calloc((size_t)n + 1, sizeof *list) : NULL;
+    if (!tab->t || (ad && !list)) {
+        free(pre);
+        free(list);
+        fy_params_free(tab);
+        return fy_fail(err, "out of memory building the LoRA table");
     }
-    tab->n_all = tab->n;
-    tab->n_dense = tab->n_params;
-    qsort(L->ad, L->n_ad, sizeof *L->ad, by_w);
+    int k = 0;
+    for (int pass = 0; pass < 1 + shard; pass++) {
+        for (int i = 0; i < base->n; i++) {
+            const fy_tensor_info *t = &base->t[i];
+            if (!(target_of(c, t) & lc->targets) || (shard && t->expert != pass)) continue;
+            fy_lora_adapter a = {.w = t->off, .out = t->shape[0], .in = t->shape[1], .id = t->id, .expert = -1};
+            if (sscanf(t->name, "model.layers.%d.mlp.experts.%d.", &a.layer, &a.expert) < 1) a.layer = -1;
+            a.a = add_matrix(tab, t, 'A', r, a.in, 2 * pre[t->id]);
+            a.b = add_matrix(tab, t, 'B', a.out, r, 2 * pre[t->id] + 1);
+            if (list) list[k] = a;
+            k++;
+            if (max_in && a.in > *max_in) *max_in = a.in;
+        }
+        if (pass == 0) tab->n_dense = tab->n_params;
+    }
+    free(pre);
+    tab->n_all = 2 * n_whole;
+    tab->exp_lo = base->exp_lo, tab->exp_hi = base->exp_hi;
+    if (ad) {
+        qsort(list, n, sizeof *list, by_w);
+        *ad = list;
+        *n_ad = n;
+    }
     return 0;
+}
+
+int fy_lora_table(const fy_config *c, const fy_lora_config *lc, int rank, int size, fy_param_table *out,
+                  fy_err *err) {
+    fy_param_table base;
+    memset(out, 0, sizeof *out);
+    if (fy_params_build_shard(c, rank, size, &base, err)) return fy_wrap(err, "the LoRA table");
+    int rc = build_table(c, &base, lc, out, NULL, NULL, NULL, err);
+    fy_params_free(&base);
+    return rc;
 }
 
 /* Frees L's own parts (not the base it may hold). */
@@ -160,7 +202,6 @@ static int check_config(const fy_model *m, const fy_lora_config *cfg, fy_err *er
     if (!(cfg->alpha > 0) || !isfinite(cfg->alpha)) return fy_fail(err, "LoRA alpha %g: must be positive", cfg->alpha);
     if (!(cfg->dropout >= 0.0f && cfg->dropout < 1.0f))
         return fy_fail(err, "LoRA dropout %g: must be in [0, 1)", cfg->dropout);
-    if (fy_params_is_shard(&m->tab)) return fy_fail(err, "LoRA with expert parallelism is not supported yet");
     return 0;
 }
 
@@ -176,7 +217,7 @@ int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err) {
     if ((size_t)c->kv_lora_rank > dump) dump = c->kv_lora_rank;
     fy_param_table tab = {0};
     fy_buf p = {0}, g = {0};
-    if (build_table(m, L, &tab, err) || fy_be_alloc(m->be, &p, tab.n_params, err) ||
+    if (build_table(&m->cfg, &m->tab, cfg, &tab, &L->ad, &L->n_ad, &L->max_in, err) || fy_be_alloc(m->be, &p, tab.n_params, err) ||
         fy_be_alloc(m->be, &g, tab.n_params, err) || fy_be_alloc(m->be, &L->dump, dump, err)) {
         if (p.handle) fy_be_free(m->be, &p);
         if (g.handle) fy_be_free(m->be, &g);

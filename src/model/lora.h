@@ -95,9 +95,12 @@ void fy_lora_targets_string(unsigned targets, char *buf, size_t cap);
 /* Freezes the base and adds adapters (zero, until fy_model_lora_init) on
  * every target the model has; an error if none matches, if the config is
  * out of range, or if adapters are already on. Afterwards m->tab (PEFT's
- * names, no buffers, no expert region: n_dense == n_params), m->params and
- * m->grads are the adapter block; the base is m->lora->base_tab and
- * base_params, its router bias stays in m->buffers. Load the base first. */
+ * names, no buffers), m->params and m->grads are the adapter block; the
+ * base is m->lora->base_tab and base_params, its router bias stays in
+ * m->buffers. Load the base first. On a whole base the block has no expert
+ * region (n_dense == n_params); on an expert shard (expert parallel: attach
+ * the experts first) it is a shard as the base is (fy_lora_table): the
+ * routed experts' adapters of this rank's experts only, after n_dense. */
 int fy_model_set_lora(fy_model *m, const fy_lora_config *cfg, fy_err *err);
 /* PEFT's init: A kaiming-uniform (a = sqrt(5)) from a counter-based stream
  * keyed by the base tensor's id, B zero. Identical on every backend. */
@@ -137,6 +140,14 @@ typedef struct fy_lora_unmerged {
  * plain base again (as after fy_model_lora_merge, but unchanged). */
 int fy_model_lora_detach(fy_model *m, fy_lora_unmerged **out, fy_err *err);
 void fy_lora_unmerged_free(fy_backend *be, fy_lora_unmerged *u);
+
+/* The adapter table (no buffers, no adapters list) of expert-parallel rank
+ * `rank` of `size` (size 1: the whole model's, fy_model_set_lora's layout):
+ * the adapters of every tensor but the routed experts, in the base table's
+ * order, then those of the rank's routed experts (from n_dense); tensor ids
+ * index the whole table (n_all tensors). */
+int fy_lora_table(const fy_config *c, const fy_lora_config *lc, int rank, int size, fy_param_table *out,
+                  fy_err *err);
 
 /* The PEFT name of base weight `weight` ("model.layers.3.mlp.up_proj.weight")'s
  * adapter matrix (which 'A' or 'B') into buf. */

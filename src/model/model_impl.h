@@ -61,6 +61,9 @@ struct fy_layer_acts {
      * expert] (host), and their total; xs..eh then hold those rows,
      * expert-major (expert, then source rank), ey stays this rank's. */
     int *ep_rc, ep_rows;
+    /* LoRA dropout with expert parallel: each of those rows' dropout key
+     * (its token's index in the whole step), host [ranks * N*K] */
+    int32_t *ep_keys;
 };
 
 /* Backward scratch, shared by all layers (one layer at a time). */
@@ -206,6 +209,10 @@ int fy__ep_counts(fy_model *m, int li, fy_err *err);
 int fy__ep_dispatch(fy_model *m, int li, int w, fy_ref src, fy_ref dst, fy_err *err);
 /* The way back: the owner's rows (src) to each source rank's sorted rows. */
 int fy__ep_combine(fy_model *m, int li, int w, fy_ref src, fy_ref dst, fy_err *err);
+/* LoRA dropout: the dropout keys of the rows this rank's experts get
+ * (a->ep_keys, expert-major as the rows): each source rank sends its
+ * rows' row0 + token index (fy_model_lora_dropout_key). */
+int fy__ep_keys(fy_model *m, int li, fy_err *err);
 /* Offset (rows) of own expert el in the expert-major rows, and its rows. */
 int fy__ep_expert_rows(const fy_model *m, int li, int el, int *n);
 

@@ -10,6 +10,7 @@
  * expert is still three GEMMs over contiguous rows. The way back undoes
  * both steps. Rows are staged through host memory, which is what MPI
  * needs anyway on a device backend. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,6 +169,25 @@ int fy__ep_dispatch(fy_model *m, int li, int w, fy_ref src, fy_ref dst, fy_err *
         return fy_wrap(err, "layer %d: sending rows to the expert owners", li);
     reorder(m, a, w, ws->ep_recv, ws->ep_send, 1);
     be->ops->upload(be, dst, ws->ep_send, (size_t)a->ep_rows * w);
+    return 0;
+}
+
+int fy__ep_keys(fy_model *m, int li, fy_err *err) {
+    fy_layer_acts *a = &m->layer_acts[li];
+    model_ws *ws = m->ws;
+    int R = m->ep.size, nk = m->B * m->T * m->cfg.num_experts_per_tok;
+    size_t *sc = ws->ep_cnt, *sd = sc + R, *rc = sd + R, *rd = rc + R;
+    int32_t *send = (int32_t *)ws->ep_send;
+    for (int i = 0; i < nk; i++) {
+        int64_t k = m->lora->row0 + a->h_perm[i];
+        if (k < 0 || k > INT32_MAX) return fy_fail(err, "layer %d: dropout key %lld out of range", li, (long long)k);
+        send[i] = (int32_t)k;
+    }
+    /* Keys are 4-byte items, as floats are: the rows' counts and order of width 1. */
+    row_counts(m, a, 1, sc, sd, rc, rd);
+    if (m->ep.alltoallv(m->ep.ctx, ws->ep_send, sc, sd, ws->ep_recv, rc, rd, err))
+        return fy_wrap(err, "layer %d: sending dropout keys to the expert owners", li);
+    reorder(m, a, 1, ws->ep_recv, (float *)a->ep_keys, 1);
     return 0;
 }
 

@@ -168,8 +168,9 @@ static void free_tables(fy_model *m) {
     if (!m->layer_acts) return;
     for (int li = 0; li < BT(m)->n_layers; li++) {
         fy_layer_acts *a = &m->layer_acts[li];
-        free(a->counts); free(a->offs); free(a->h_idx); free(a->h_perm); free(a->h_flat); free(a->ep_rc);
+        free(a->counts); free(a->offs); free(a->h_idx); free(a->h_perm); free(a->h_flat); free(a->ep_rc); free(a->ep_keys);
         a->counts = a->offs = a->h_idx = a->h_perm = a->h_flat = a->ep_rc = NULL;
+        a->ep_keys = NULL;
     }
     if (m->ws) {
         free(m->ws->ep_send); free(m->ws->ep_recv); free(m->ws->ep_cnt);
@@ -215,6 +216,9 @@ int fy__reserve(fy_model *m, int B, int T, fy_err *err) {
         if (!a->counts || !a->offs || !a->h_idx || !a->h_perm || !a->h_flat)
             return fy_fail(err, "out of memory for routing tables");
         if (m->ep.size > 1 && !(a->ep_rc = calloc((size_t)m->ep.size * E, sizeof(int))))
+            return fy_fail(err, "out of memory for routing tables");
+        if (m->ep.size > 1 && m->lora && m->lora->cfg.dropout > 0 &&
+            !(a->ep_keys = calloc((size_t)m->ep.size * N * K, sizeof *a->ep_keys)))
             return fy_fail(err, "out of memory for routing tables");
     }
     if (m->ep.size > 1 && E > 0) {

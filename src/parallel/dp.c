@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "model/lora.h"
 
 static int is_pow2(int k) { return k > 0 && (k & (k - 1)) == 0; }
 
@@ -38,7 +39,7 @@ int fy_dp_init(fy_dp *dp, fy_comm *c, fy_model *m, int batch, int micro, int com
     dp->ep.on = fy_params_is_shard(&m->tab);
     if (dp->ep.on && ((diloco && diloco->local_steps > 0) || dp->size == 1))
         return fy_fail(err, "internal: an expert shard with DiLoCo or on one rank");
-    if (dp->ep.on && fy_params_build(&m->cfg, &dp->ep.full_tab, err)) return fy_wrap(err, "expert parallel");
+    if (dp->ep.on && fy_dp_rank_table(m, 0, 1, &dp->ep.full_tab, err)) return fy_wrap(err, "expert parallel");
     if (fy_dp_diloco_init(dp, m, diloco, err)) return -1;
     const int N = dp->size;
     if (batch % N)
@@ -99,6 +100,11 @@ void fy_dp_free(fy_dp *dp, fy_model *m) {
     fy_dp_ckpt_free(dp);
     fy_params_free(&dp->ep.full_tab);
     memset(dp, 0, sizeof *dp);
+}
+
+int fy_dp_rank_table(const fy_model *m, int rank, int size, fy_param_table *t, fy_err *err) {
+    if (m->lora) return fy_lora_table(&m->cfg, &m->lora->cfg, rank, size, t, err);
+    return fy_params_build_shard(&m->cfg, rank, size, t, err);
 }
 
 int fy_dp_create_optimizer(fy_dp *dp, fy_model *m, const fy_adamw_opts *o, fy_adamw *opt, fy_err *err) {

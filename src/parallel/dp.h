@@ -25,7 +25,10 @@
  * owner keeps their moments and updates them). The gradient norm adds every
  * rank's expert part in rank order. Checkpoints gather the whole model onto
  * rank 0 in the whole model's layout, so they resume on any rank count,
- * with or without expert parallelism.
+ * with or without expert parallelism. With LoRA adapters on, the block is
+ * the adapters' (model/lora.h, fy_lora_table): the same split, the routed
+ * experts' adapters of this rank after n; each tensor goes to its place in
+ * the whole adapter table by its id.
  *
  * Compressed mode (slow links): the gradient travels as int8 blocks with
  * per-block scales (comm.h), both in the reduce-scatter and in the
@@ -97,6 +100,7 @@ typedef struct fy_dp {
     } ep;
     struct {              /* rank 0: the gathered state of a checkpoint, in the whole model's layout */
         float *p, *b, *m, *v;
+        float *stage;     /* [2n]: the dense part staged when its layout differs (LoRA adapters) */
     } ck;
     struct {              /* the per-rank state of a checkpoint (fy_dp_extra_state), gathered */
         float *m, *v, *resid_send, *resid_gather; /* [size * n] x3, [n] */

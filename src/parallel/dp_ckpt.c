@@ -16,6 +16,7 @@ void fy_dp_ckpt_free(fy_dp *dp) {
     free(dp->ck.b);
     free(dp->ck.m);
     free(dp->ck.v);
+    free(dp->ck.stage);
     free(dp->extra.m);
     free(dp->extra.v);
     free(dp->extra.resid_send);
@@ -62,35 +63,83 @@ static int gather_dense_moments(fy_dp *dp, fy_model *m, const fy_adamw *opt, flo
     return 0;
 }
 
+/* One copy into the whole layout: n floats from `from` to `to`. */
+typedef struct ck_move {
+    size_t from, to, n;
+    int expert;         /* from the gathered expert regions (else from rank 0's dense block) */
+} ck_move;
+
+/* Where the ranks' tensors go in the whole layout, found by their ids in
+ * the ranks' tables (built one at a time: a whole set of them is large for
+ * a large model). Every rank gets n (each rank's expert floats); rank 0 the
+ * moves of its dense tensors (from its block) and of every rank's experts
+ * (from the ranks' expert regions back to back, in rank order). */
+typedef struct ck_plan {
+    size_t *n, total;
+    ck_move *mv;        /* [n_mv] */
+    int n_mv, cap;
+    int dense_same;     /* every dense tensor sits where the whole layout has it */
+} ck_plan;
+
+static void plan_free(ck_plan *P) {
+    free(P->n);
+    free(P->mv);
+}
+
+static int plan_push(ck_plan *P, size_t from, size_t to, size_t n, int expert) {
+    if (P->n_mv == P->cap) {
+        int cap = P->cap ? 2 * P->cap : 256;
+        ck_move *mv = realloc(P->mv, (size_t)cap * sizeof *mv);
+        if (!mv) return -1;
+        P->mv = mv, P->cap = cap;
+    }
+    P->mv[P->n_mv++] = (ck_move){from, to, n, expert};
+    return 0;
+}
+
+static int plan_moves(fy_dp *dp, const fy_model *m, ck_plan *P, fy_err *err) {
+    const fy_param_table *F = &dp->ep.full_tab;
+    memset(P, 0, sizeof *P);
+    P->dense_same = 1;
+    if (!(P->n = calloc(dp->size, sizeof *P->n))) return fy_fail(err, "out of memory gathering the experts");
+    for (int r = 0; r < dp->size; r++) {
+        fy_param_table t;
+        if (fy_dp_rank_table(m, r, dp->size, &t, err)) return fy_wrap(err, "gathering the experts");
+        P->n[r] = t.n_params - t.n_dense;
+        int rc = 0;
+        for (int i = 0; i < t.n && dp->rank == 0 && rc == 0; i++) {
+            const fy_tensor_info *ti = &t.t[i];
+            if (ti->is_buffer) continue;
+            if (ti->id < 0 || ti->id >= F->n || F->t[ti->id].n != ti->n) {
+                rc = fy_fail(err, "internal: %s (id %d) is not in the whole table", ti->name, ti->id);
+                break;
+            }
+            const size_t to = F->t[ti->id].off, len = fy_params_round16(ti->n);
+            const int dense = ti->off < t.n_dense;
+            if (dense && r > 0) continue; /* rank 0's dense tensors are everyone's */
+            if (plan_push(P, dense ? ti->off : P->total + ti->off - t.n_dense, to, len, !dense)) {
+                rc = fy_fail(err, "out of memory gathering the experts");
+                break;
+            }
+            if (dense) P->dense_same &= ti->off == to;
+        }
+        P->total += P->n[r];
+        fy_params_free(&t);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 /* The experts of every rank into rank 0's whole-model arrays: each rank's
  * region [n, n_local) of the params and both moments travels to rank 0,
- * which copies each (layer, kind) block of an owner's experts to where the
- * whole table has them. The ranks' layouts come from their shard tables,
- * built one at a time (a whole set of them is large for a large model). */
-static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_err *err) {
+ * which copies each tensor to where the whole table has it. */
+static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, const ck_plan *P, fy_err *err) {
     fy_backend *be = m->be;
-    const int R = dp->size, L = dp->ep.full_tab.n_layers;
     const size_t mine = dp->n_local - dp->n;
-    size_t *n = calloc(R, sizeof *n), total = 0;
-    /* rank r: its experts [elo, ehi); in MoE layer li, where its three kinds start in its block */
-    size_t *at = calloc((size_t)R * L * 3 + 1, sizeof *at);
-    int *elo = calloc(2 * (size_t)R, sizeof *elo), *ehi = elo ? elo + R : NULL;
     float *x = malloc((mine ? mine : 1) * sizeof *x), *all = NULL;
-    int rc = !n || !at || !elo || !x ? fy_fail(err, "out of memory gathering the experts") : 0;
-    for (int r = 0; r < R && rc == 0; r++) {
-        fy_param_table t;
-        if ((rc = fy_params_build_shard(&m->cfg, r, R, &t, err))) break;
-        n[r] = t.n_params - t.n_dense, total += n[r];
-        elo[r] = t.exp_lo, ehi[r] = t.exp_hi;
-        for (int li = 0; li < L; li++) {
-            const fy_layer_offs *W = &t.layer[li];
-            size_t *o = at + ((size_t)r * L + li) * 3;
-            if (W->moe) o[0] = W->exp_gate - t.n_dense, o[1] = W->exp_up - t.n_dense, o[2] = W->exp_down - t.n_dense;
-        }
-        fy_params_free(&t);
-    }
-    if (rc == 0 && dp->rank == 0 && !(all = malloc((total ? total : 1) * sizeof *all)))
-        rc = fy_fail(err, "out of memory gathering the experts (%zu floats)", total);
+    int rc = !x ? fy_fail(err, "out of memory gathering the experts") : 0;
+    if (rc == 0 && dp->rank == 0 && !(all = malloc((P->total ? P->total : 1) * sizeof *all)))
+        rc = fy_fail(err, "out of memory gathering the experts (%zu floats)", P->total);
     /* The moments of the experts follow the dense ones in a ZeRO-1 shard. */
     const size_t mo = fy_dp_sharded(dp) ? opt->m.n - opt->xn : dp->n;
     fy_buf mb = opt->m, vb = opt->v;
@@ -99,27 +148,46 @@ static int gather_experts(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_err *e
     float *dst[3] = {dp->ck.p, dp->ck.m, dp->ck.v};
     for (int k = 0; k < 3 && rc == 0; k++) {
         if (mine) be->ops->download(be, x, fy_at((fy_buf *)src[k], so[k]), mine);
-        rc = fy_be_sync(be, err) || gather_root(dp, x, n, all, err) ? -1 : 0;
+        rc = fy_be_sync(be, err) || gather_root(dp, x, P->n, all, err) ? -1 : 0;
         if (rc || dp->rank != 0) continue;
-        const float *from = all;
-        for (int r = 0; r < R; r++) {
-            for (int li = 0; li < L; li++) {
-                const fy_layer_offs *F = &dp->ep.full_tab.layer[li];
-                if (!F->moe) continue;
-                const size_t own = (size_t)(ehi[r] - elo[r]) * F->exp_stride, fo[3] = {F->exp_gate, F->exp_up, F->exp_down};
-                const size_t *o = at + ((size_t)r * L + li) * 3;
-                for (int kind = 0; kind < 3; kind++)
-                    memcpy(dst[k] + fo[kind] + (size_t)elo[r] * F->exp_stride, from + o[kind], own * sizeof *from);
-            }
-            from += n[r];
-        }
+        for (int i = 0; i < P->n_mv; i++)
+            if (P->mv[i].expert) memcpy(dst[k] + P->mv[i].to, all + P->mv[i].from, P->mv[i].n * sizeof *all);
     }
-    free(n);
-    free(at);
-    free(elo);
     free(x);
     free(all);
     return rc;
+}
+
+/* dst's dense tensors from src, rank 0's block [0, n) (P's dense moves). */
+static void place_dense(const ck_plan *P, float *dst, const float *src) {
+    for (int i = 0; i < P->n_mv; i++)
+        if (!P->mv[i].expert) memcpy(dst + P->mv[i].to, src + P->mv[i].from, P->mv[i].n * sizeof *src);
+}
+
+/* The dense params and moments onto rank 0, where the whole layout has
+ * them: straight into the arrays when the layouts agree on them (the
+ * model's own table), else staged and placed tensor by tensor (LoRA
+ * adapters: an expert shard packs the dense adapters, the whole table
+ * interleaves them with the experts'). */
+static int gather_dense(fy_dp *dp, fy_model *m, const fy_adamw *opt, const ck_plan *P, size_t n_buffers,
+                        fy_err *err) {
+    fy_backend *be = m->be;
+    const int same = !P || P->dense_same;
+    float *sp = dp->ck.p, *sm = dp->ck.m, *sv = dp->ck.v;
+    if (!same && dp->rank == 0) {
+        if (!dp->ck.stage && !(dp->ck.stage = malloc((2 * dp->n + 1) * sizeof *dp->ck.stage)))
+            return fy_fail(err, "out of memory gathering a checkpoint (%zu floats)", 2 * dp->n);
+        sp = sm = dp->ck.stage, sv = dp->ck.stage + dp->n;
+    }
+    if (dp->rank == 0) {
+        be->ops->download(be, sp, fy_at(&m->params, 0), dp->n);
+        if (n_buffers) be->ops->download(be, dp->ck.b, fy_at(&m->buffers, 0), n_buffers);
+    }
+    if (fy_be_sync(be, err)) return -1;
+    if (!same && dp->rank == 0) place_dense(P, dp->ck.p, sp);
+    if (gather_dense_moments(dp, m, opt, sm, sv, err)) return -1;
+    if (!same && dp->rank == 0) place_dense(P, dp->ck.m, sm), place_dense(P, dp->ck.v, sv);
+    return 0;
 }
 
 int fy_dp_checkpoint_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_host *h, fy_err *err) {
@@ -130,14 +198,16 @@ int fy_dp_checkpoint_state(fy_dp *dp, fy_model *m, const fy_adamw *opt, fy_ckpt_
     if (ck_alloc(dp, &dp->ck.p, nf, err) || ck_alloc(dp, &dp->ck.b, tab->n_buffers, err) ||
         ck_alloc(dp, &dp->ck.m, nf, err) || ck_alloc(dp, &dp->ck.v, nf, err))
         return -1;
-    /* The dense params and the buffers are the same on every rank. */
-    fy_backend *be = m->be;
-    if (dp->rank == 0) {
-        be->ops->download(be, dp->ck.p, fy_at(&m->params, 0), dp->n);
-        if (tab->n_buffers) be->ops->download(be, dp->ck.b, fy_at(&m->buffers, 0), tab->n_buffers);
+    ck_plan P;
+    if (dp->ep.on && plan_moves(dp, m, &P, err)) {
+        plan_free(&P);
+        return -1;
     }
-    if (fy_be_sync(be, err) || gather_dense_moments(dp, m, opt, dp->ck.m, dp->ck.v, err)) return -1;
-    if (dp->ep.on && gather_experts(dp, m, opt, err)) return -1;
+    /* The dense params and the buffers are the same on every rank. */
+    int rc = gather_dense(dp, m, opt, dp->ep.on ? &P : NULL, tab->n_buffers, err) ||
+             (dp->ep.on && gather_experts(dp, m, opt, &P, err));
+    if (dp->ep.on) plan_free(&P);
+    if (rc) return -1;
     if (dp->rank == 0) {
         /* The padding between tensors is zero in the whole layout. */
         *h = (fy_ckpt_host){tab, dp->ck.p, dp->ck.b, dp->ck.m, dp->ck.v, opt->t};

@@ -19,6 +19,10 @@ int fy_dp_buckets_finish(fy_dp *dp, fy_model *m, fy_err *err);
  * rank: plain data parallel); fy_dp_diloco_free releases the state. */
 int fy_dp_diloco_init(fy_dp *dp, const fy_model *m, const fy_dp_diloco *d, fy_err *err);
 void fy_dp_diloco_free(fy_dp *dp);
+/* The table of m's trainable block (the model's, or with LoRA adapters
+ * on, the adapters') on expert-parallel rank `rank` of `size` (size 1: the
+ * whole model's, as checkpoints hold it). */
+int fy_dp_rank_table(const fy_model *m, int rank, int size, fy_param_table *t, fy_err *err);
 /* The checkpoint buffers (dp_ckpt.c). */
 void fy_dp_ckpt_free(fy_dp *dp);
 

@@ -10,6 +10,7 @@
 
 #include "core/checksum.h"
 #include "core/fsutil.h"
+#include "parallel/comm.h"
 
 /* xxh64 over the params block then the buffers block, as the host sees them,
  * streamed a chunk at a time: a whole copy of the base on the host would
@@ -37,6 +38,42 @@ static int base_hash(fy_model *m, char hex[FY_XXH64_HEX_LEN + 1], fy_err *err) {
     return fy_be_sync(m->be, err);
 }
 
+/* The hash that does not depend on how the base is held (whole, or an
+ * expert shard per rank): xxh64 of the list of every tensor's own xxh64
+ * (params and buffers), in the whole table's order (by id). On an expert
+ * shard, rank 0 hashes the tensors every rank holds and each rank its own
+ * experts; the sum over ranks (comm) completes the list. */
+static int tensor_hash(fy_model *m, fy_comm *comm, char hex[FY_XXH64_HEX_LEN + 1], fy_err *err) {
+    const fy_param_table *t = &m->tab;
+    const int shard = fy_params_is_shard(t), rank0 = !comm || fy_comm_rank(comm) == 0;
+    int64_t *h = calloc((size_t)t->n_all + 1, sizeof *h);
+    float *buf = malloc(HASH_CHUNK * sizeof *buf);
+    int rc = !h || !buf ? fy_fail(err, "out of memory hashing the LoRA base") : 0;
+    for (int i = 0; i < t->n && rc == 0; i++) {
+        const fy_tensor_info *ti = &t->t[i];
+        if ((shard && !rank0 && !ti->expert) || ti->id < 0 || ti->id >= t->n_all) continue;
+        fy_xxh64_stream *s = fy_xxh64_begin();
+        if (!s) {
+            rc = fy_fail(err, "out of memory hashing the LoRA base");
+            break;
+        }
+        for (size_t at = 0; at < ti->n; at += HASH_CHUNK) {
+            size_t n = ti->n - at < HASH_CHUNK ? ti->n - at : HASH_CHUNK;
+            m->be->ops->download(m->be, buf, fy_at(ti->is_buffer ? &m->buffers : &m->params, ti->off + at), n);
+            if ((rc = fy_be_sync(m->be, err))) break;
+            fy_xxh64_update(s, buf, n * sizeof *buf);
+        }
+        uint64_t v = fy_xxh64_end(s);
+        memcpy(&h[ti->id], &v, sizeof v);
+    }
+    /* One owner per tensor: the sum is its hash (exact in int64). */
+    if (rc == 0 && shard && comm && fy_comm_allreduce_i64(comm, h, (size_t)t->n_all, err)) rc = -1;
+    if (rc == 0) fy_xxh64_hex(fy_xxh64(h, (size_t)t->n_all * sizeof *h), hex);
+    free(h);
+    free(buf);
+    return rc;
+}
+
 static cJSON *read_record(const char *run_dir, char *path, size_t cap, fy_err *err) {
     snprintf(path, cap, "%s/lora_base.json", run_dir);
     char *text = NULL;
@@ -51,10 +88,15 @@ static cJSON *read_record(const char *run_dir, char *path, size_t cap, fy_err *e
     return js;
 }
 
-int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_err *err) {
-    char hex[FY_XXH64_HEX_LEN + 1], path[FY_PATH_MAX + 32];
-    if (base_hash(m, hex, err)) return -1;
+int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_comm *comm, fy_err *err) {
+    char hex[FY_XXH64_HEX_LEN + 1], whole[FY_XXH64_HEX_LEN + 1] = "", path[FY_PATH_MAX + 32];
+    const int shard = fy_params_is_shard(&m->tab);
     if (write) {
+        if (!shard && comm && fy_comm_rank(comm) != 0) return 0; /* rank 0 writes; a shard's hash takes every rank */
+        /* Both hashes when the base is whole: a record a ferry before
+         * tensors_xxh64 can check too. */
+        if (tensor_hash(m, comm, hex, err) || (!shard && base_hash(m, whole, err))) return -1;
+        if (comm && fy_comm_rank(comm) != 0) return 0;
         /* The absolute path: a resume, generate or serve may run from
          * another directory than the one the run was started in. */
         char abs[PATH_MAX];
@@ -62,7 +104,8 @@ int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, in
         cJSON *js = cJSON_CreateObject();
         if (source) cJSON_AddStringToObject(js, "source", abs);
         else cJSON_AddNullToObject(js, "source");
-        cJSON_AddStringToObject(js, "xxh64", hex);
+        if (whole[0]) cJSON_AddStringToObject(js, "xxh64", whole);
+        cJSON_AddStringToObject(js, "tensors_xxh64", hex);
         char *text = cJSON_Print(js);
         cJSON_Delete(js);
         snprintf(path, sizeof path, "%s/lora_base.json", run_dir);
@@ -72,12 +115,17 @@ int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, in
     }
     cJSON *js = read_record(run_dir, path, sizeof path, err);
     if (!js) return -1;
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(js, "xxh64");
-    int rc = !cJSON_IsString(x) ? fy_fail(err, "%s: no \"xxh64\"", path)
-             : strcmp(x->valuestring, hex)
-                 ? fy_fail(err, "the base's weights (xxh64 %s) are not the ones this run's adapters were trained on "
-                                "(%s: %s)", hex, path, x->valuestring)
-                 : 0;
+    const cJSON *tx = cJSON_GetObjectItemCaseSensitive(js, "tensors_xxh64");
+    const cJSON *x = cJSON_IsString(tx) ? tx : cJSON_GetObjectItemCaseSensitive(js, "xxh64");
+    int rc = !cJSON_IsString(x) ? fy_fail(err, "%s: no \"tensors_xxh64\" or \"xxh64\"", path)
+             : x != tx && shard
+                 ? fy_fail(err, "%s: the base was recorded by an older ferry (whole-block xxh64 only): resume this "
+                                "run without --expert-parallel", path)
+             : x == tx ? tensor_hash(m, comm, hex, err)
+                       : base_hash(m, hex, err);
+    if (rc == 0 && strcmp(x->valuestring, hex))
+        rc = fy_fail(err, "the base's weights (xxh64 %s) are not the ones this run's adapters were trained on (%s: %s)",
+                     hex, path, x->valuestring);
     cJSON_Delete(js);
     return rc;
 }

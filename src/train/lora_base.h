@@ -10,11 +10,17 @@
 
 #include "core/err.h"
 #include "model/model.h"
+#include "parallel/comm.h"
 
 /* Hashes m's weights (call before fy_model_set_lora); write: saves the
- * record with source (NULL: the seeded init); else compares with the
- * saved one and fails on a difference or a missing record. */
-int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_err *err);
+ * record with source (NULL: the seeded init; rank 0 writes); else compares
+ * with the saved one and fails on a difference or a missing record. The
+ * record's "tensors_xxh64" hashes each tensor on its own, so it is the same
+ * whether the base is whole or an expert shard per rank (expert parallel:
+ * every rank of comm calls together; comm NULL: one rank); "xxh64" (the
+ * whole blocks, written when the base is whole) is what older records hold. */
+int fy_lora_base_record(fy_model *m, const char *run_dir, const char *source, int write, fy_comm *comm,
+                        fy_err *err);
 
 /* The recorded source into buf ("" for the seeded init). */
 int fy_lora_base_source(const char *run_dir, char *buf, size_t cap, fy_err *err);

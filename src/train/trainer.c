@@ -1119,8 +1119,7 @@ static int lora_setup(run *R, int resume, fy_err *err) {
     if (o->init_weights ? o->init_weights(m, o->init_ctx, err) : fy_model_init_weights(m, o->seed, err))
         return fy_wrap(err, "LoRA base");
     /* The base is recorded when the run starts and must match on resume. */
-    if ((resume || R->rank0) &&
-        fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, err))
+    if (fy_lora_base_record(m, R->run_dir, o->lora_base_seeded ? NULL : o->lora_base, !resume, R->comm, err))
         return fy_wrap(err, "LoRA base of %s", R->run_dir);
     if (fy_model_set_lora(m, &lc, err)) return fy_wrap(err, "LoRA");
     /* After the record: it hashes the base as loaded (f32), so a resume
@@ -1226,7 +1225,8 @@ static int run_free(run *R, int rc, fy_err *err) {
     fy_adamw_free(&R->opt, R->m->be);
     fy_dp_free(&R->dp, R->m);
     /* After an expert-parallel run m holds the whole table again, zeroed:
-     * the trained weights are in the last checkpoint. */
+     * the trained weights are in the last checkpoint. (With LoRA adapters on
+     * it stays a shard, which the caller frees.) */
     if (R->m->ep.size > 1) fy_model_set_expert_parallel(R->m, NULL, NULL);
     if (R->self) fy_comm_finalize(R->self);
     fy_loader_close(&R->train);

@@ -12,7 +12,8 @@
 #     a 1-rank checkpoint resumes with the experts split, as the
 #     uninterrupted runs continue;
 #   - fine-tuning from a model (--init-from) on 2 ranks: full and LoRA
-#     give 1 rank's bits, expert parallel its losses; LoRA + EP refused;
+#     give 1 rank's bits, expert parallel its losses; LoRA + EP its losses,
+#     resumes bit-identically, on 1 rank too, and generates;
 #   - elastic resume: 2 ranks -> 1 and 1 -> 2 at a checkpoint continue
 #     bit-identically; DiLoCo (f32 and int8 deltas) and int8 DP stopped and
 #     resumed on 2 ranks continue bit-identically;
@@ -108,7 +109,7 @@ check "close one6 ep3" "EP 3 ranks -> 1 rank did not continue as the 1-rank run:
 # every rank loads the model; full and LoRA fine-tunes give 1 rank's bits
 # with the same micro-batches, expert parallel matches within fp32 rounding
 # and starts from the model (its first loss is the fine-tune's, far below
-# a fresh model's); LoRA with expert parallelism is refused.
+# a fresh model's).
 F="--init-from one --data data --steps 6 --batch 4 --seq 16 --eval-every 0 --ckpt-every 6 --log-every 1 --lr 1e-3"
 $ferry train $F --out if1 --micro-batch 2 > if1.log 2>&1 || bad "1-rank --init-from run failed: $(tail -3 if1.log)"
 $ferry train $F --out if2 --ranks 2 > if2.log 2>&1 || bad "2-rank --init-from run failed: $(tail -3 if2.log)"
@@ -121,8 +122,43 @@ check "awk -v a=\$(losses ife | head -1 | cut -d' ' -f2) -v b=\$(losses one | he
 $ferry train $F --out il1 --lora-rank 4 --micro-batch 2 > il1.log 2>&1 || bad "1-rank --init-from LoRA run failed: $(tail -3 il1.log)"
 $ferry train $F --out il2 --lora-rank 4 --ranks 2 > il2.log 2>&1 || bad "2-rank --init-from LoRA run failed: $(tail -3 il2.log)"
 check "grep -q '^LoRA: rank 4' il2.log && same il1 il2 00000006" "2-rank --init-from LoRA fine-tune differs from 1 rank"
-$ferry train $F --out ile --lora-rank 4 --ranks 2 --expert-parallel > ile.log 2>&1
-check "[ $? -ne 0 ] && grep -q 'LoRA with expert parallelism is not supported yet' ile.log" "LoRA + expert parallel not refused: $(tail -2 ile.log)"
+# LoRA with expert parallel: each rank trains its own experts' adapters, the
+# others are reduced as in data parallel: the 1-rank losses within fp32
+# rounding; stopped and resumed, the bits of the uninterrupted run; its
+# checkpoint holds every adapter (the 1-rank run's tensors), resumes on one
+# rank without expert parallel as the 1-rank run continues (and a 1-rank
+# checkpoint with the experts split), and generates.
+$ferry train $F --out ile --lora-rank 4 --ranks 2 --expert-parallel > ile.log 2>&1 || bad "2-rank --init-from LoRA + expert parallel failed: $(tail -3 ile.log)"
+check "grep -q '^LoRA: rank 4' ile.log && grep -q 'expert parallel: 4 routed experts over 2 ranks' ile.log && [ \$(losses ile | wc -l) -eq 6 ] && paste <(losses il1) <(losses ile) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad }'" \
+      "LoRA + expert parallel losses differ from 1 rank: $(paste <(losses il1) <(losses ile) | tail -2 | tr '\t\n' '  ')"
+names() { python3 -c 'import json, struct, sys; f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); print("\n".join(sorted(k + " " + str(v["shape"]) for k, v in h.items() if k != "__metadata__")))' "$1/checkpoints/step-$2/$3"; }
+check "names il1 00000006 model.safetensors > iln1 && names ile 00000006 model.safetensors > ilne && [ \$(wc -l < iln1) -gt 8 ] && cmp -s iln1 ilne && names il1 00000006 optimizer.safetensors > ilo1 && names ile 00000006 optimizer.safetensors > iloe && cmp -s ilo1 iloe" \
+      "the LoRA + expert parallel checkpoint does not hold the 1-rank run's adapters (iln1 vs ilne)"
+$ferry train $F --out iler --lora-rank 4 --ranks 2 --expert-parallel --stop-after 3 > iler1.log 2>&1 || bad "LoRA + EP first half failed: $(tail -3 iler1.log)"
+$ferry train --out iler --resume --ranks 2 --expert-parallel > iler2.log 2>&1 || bad "LoRA + EP resume failed: $(tail -3 iler2.log)"
+check "same ile iler 00000006" "LoRA + expert parallel resume did not continue bit-identically"
+$ferry train $F --out il21 --lora-rank 4 --ranks 2 --expert-parallel --stop-after 3 > il21a.log 2>&1 || bad "LoRA + EP first half failed"
+$ferry train --out il21 --resume --micro-batch 2 > il21b.log 2>&1 || bad "LoRA + EP 2 ranks -> 1 rank resume failed: $(tail -3 il21b.log)"
+check "paste <(losses il1 | tail -3) <(losses il21 | tail -3) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad || NR != 3 }'" \
+      "LoRA + EP 2 ranks -> 1 rank did not continue as the 1-rank run: $(paste <(losses il1) <(losses il21) | tail -1)"
+$ferry train $F --out il12 --lora-rank 4 --micro-batch 2 --stop-after 3 > il12a.log 2>&1 || bad "LoRA 1-rank first half failed"
+$ferry train --out il12 --resume --ranks 2 --expert-parallel > il12b.log 2>&1 || bad "LoRA 1 rank -> EP 2 ranks resume failed: $(tail -3 il12b.log)"
+check "grep -q 'expert parallel: 4 routed' il12b.log && paste <(losses il1 | tail -3) <(losses il12 | tail -3) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-4 * \$2) bad = 1 } END { exit bad || NR != 3 }'" \
+      "LoRA 1 rank -> EP 2 ranks did not continue as the 1-rank run: $(paste <(losses il1) <(losses il12) | tail -1)"
+# With dropout: the experts' owners draw each row's mask from the key its
+# rank sent. Within 1e-6 (a run is ~1e-8 from 1 rank): masks drawn from the
+# wrong keys move the losses by ~3e-5, inside the 1e-4 of the checks above.
+$ferry train $F --out ild1 --lora-rank 4 --lora-dropout 0.1 --micro-batch 2 > ild1.log 2>&1 || bad "1-rank LoRA dropout run failed: $(tail -3 ild1.log)"
+$ferry train $F --out ilde --lora-rank 4 --lora-dropout 0.1 --ranks 2 --expert-parallel > ilde.log 2>&1 || bad "LoRA dropout + EP failed: $(tail -3 ilde.log)"
+check "[ \$(losses ilde | wc -l) -eq 6 ] && paste <(losses ild1) <(losses ilde) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-6 * \$2) bad = 1 } END { exit bad }' && ! paste <(losses il1) <(losses ild1) | awk '{ if (\$2 != \$4) diff = 1 } END { exit diff }'" \
+      "LoRA dropout + expert parallel losses differ from 1 rank (or dropout changed nothing): $(paste <(losses ild1) <(losses ilde) | tail -2 | tr '\t\n' '  ')"
+# A base held as Q8_0 (--base-weights): each rank's shard of it, the 1-rank losses.
+$ferry train $F --out ilq1 --lora-rank 4 --base-weights q8_0 --micro-batch 2 > ilq1.log 2>&1 || bad "1-rank LoRA on a Q8_0 base failed: $(tail -3 ilq1.log)"
+$ferry train $F --out ilqe --lora-rank 4 --base-weights q8_0 --ranks 2 --expert-parallel > ilqe.log 2>&1 || bad "LoRA on a Q8_0 base + EP failed: $(tail -3 ilqe.log)"
+check "grep -q 'base frozen, q8_0' ilqe.log && [ \$(losses ilqe | wc -l) -eq 6 ] && paste <(losses ilq1) <(losses ilqe) | awk '{ d = \$2 - \$4; if (d < 0) d = -d; if (\$1 != \$3 || d > 1e-6 * \$2) bad = 1 } END { exit bad }' && ! paste <(losses il1) <(losses ilq1) | awk '{ if (\$2 != \$4) diff = 1 } END { exit diff }'" \
+      "LoRA on a Q8_0 base + expert parallel losses differ from 1 rank: $(paste <(losses ilq1) <(losses ilqe) | tail -2 | tr '\t\n' '  ')"
+$ferry generate --model ile --prompt 'the' -n 8 --temperature 0 --print-ids > ileg.log 2>&1
+check "[ $? -eq 0 ] && grep -q '^ids:' ileg.log" "generate --model of a LoRA + expert parallel run failed: $(tail -2 ileg.log)"
 
 # 2. elastic resume at step 10: 2 -> 1 and 1 -> 2.
 $ferry train $T --out e21 --ranks 2 --stop-after 10 > e21a.log 2>&1 || bad "2-rank first half failed"
