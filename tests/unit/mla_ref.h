@@ -1,7 +1,7 @@
 /* The per-pair MLA attention, written plainly, as the reference for
  * src/backend/cpu/cpu_mla.c: one (query row, head) pair at a time, each
  * cached position streamed once per pair, in cpu_mla.c's order (chunks of
- * 256 positions, each its own softmax, folded in order). test_mla_bits
+ * 64 positions, each its own softmax, folded in order). test_mla_bits
  * holds the tiled kernels to its bits; bench_batch --mla times both.
  * Include after backend/cpu/cpu.h; build with -ffp-contract=off, as the
  * library is (tests/CMakeLists.txt, bench/CMakeLists.txt). */
@@ -21,7 +21,7 @@ typedef struct ref_mla_seq {
     int bs, S;
 } ref_mla_seq;
 
-#define REF_MLA_CHUNK 256 /* cpu_mla.c's MLA_CHUNK */
+#define REF_MLA_CHUNK 64 /* cpu_mla.c's MLA_CHUNK */
 
 /* Position s's row of q->c and q->k. */
 static size_t ref_mla_pos(const ref_mla_seq *q, int s) {

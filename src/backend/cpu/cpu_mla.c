@@ -31,7 +31,11 @@
 #define MLA_ROWS 4    /* query rows of one sequence in a tile */
 #define MLA_HEADS 4   /* heads in a tile of several rows */
 #define MLA_PAIRS 16  /* (row, head) pairs in a tile: MLA_ROWS x MLA_HEADS, or one row x 16 heads */
-#define MLA_CHUNK 256 /* positions in a chunk: it fixes the bits, so a constant */
+/* Positions in a chunk; it fixes the bits, so a constant. 64: a chunk's
+ * rows (small: 64 x 160 floats, 40 KB) stay in L1 from the score pass to
+ * the sum pass, and a decode row of a few hundred positions gives enough
+ * (tile, chunk) items to keep threads even. */
+#define MLA_CHUNK 64
 #define MLA_TILES 8   /* fewer tiles than this: (tile, chunk) work items */
 
 /* The per-position kernels go inside mla_chunk's ISA clones (cpu.h): a
