@@ -458,23 +458,17 @@ static void mla_plan_tile(const mla_dims *d, const mla_plan *pl, int t, mla_tl *
                 pl->q + (size_t)i0 * pl->ldq, pl->ldq, pl->ldh, pl->o + (size_t)i0 * pl->ldo, pl->ldo, tl);
 }
 
-/* Few tiles (mla_rows): q_lat per (tile, head), then the (tile, chunk)
- * items, then per (tile, head) the folds in chunk order and W_vb, one
- * parallel loop each. cb[t]..cb[t + 1]: tile t's chunks' items; glob:
- * q_lat (MLA_PAIRS r per tile), then per item MLA_PAIRS r latent sums and
- * 2 MLA_PAIRS (m, l); sh: this thread's MLA_PAIRS MLA_CHUNK scores. */
-static void mla_split(const mla_dims *d, const mla_plan *pl, int ntile, const int *cb, float *glob, float *sh) {
+/* Few tiles (mla_rows): the (tile, chunk) items, then per (tile, head)
+ * the folds in chunk order and W_vb, one parallel loop each. A thread
+ * makes q_lat of a tile the first time it takes one of its chunks (the
+ * same bits whoever makes it; one barrier fewer). cb[t]..cb[t + 1]: tile
+ * t's chunks' items; glob: per item MLA_PAIRS r latent sums, then per item
+ * 2 MLA_PAIRS (m, l); mine: this thread's MLA_PAIRS MLA_CHUNK scores, then
+ * MLA_TILES MLA_PAIRS r of q_lat. */
+static void mla_split(const mla_dims *d, const mla_plan *pl, int ntile, const int *cb, float *glob, float *mine) {
     const int r = d->r, G = pl->G, nitem = cb[ntile];
-    float *QL = glob, *OL = QL + (size_t)ntile * MLA_PAIRS * r, *ML = OL + (size_t)nitem * MLA_PAIRS * r;
-#pragma omp for schedule(dynamic, 1)
-    for (int x = 0; x < ntile * G; x++) {
-        mla_tl tl;
-        mla_plan_tile(d, pl, x / G, &tl);
-        if (x % G >= tl.G) continue;
-        float *ql[MLA_PAIRS];
-        for (int p = 0; p < tl.P; p++) ql[p] = QL + ((size_t)x / G * MLA_PAIRS + p) * r;
-        mla_qlat(d, &tl, x % G, pl->w, ql);
-    }
+    float *OL = glob, *ML = OL + (size_t)nitem * MLA_PAIRS * r, *sh = mine, *QL = mine + MLA_PAIRS * MLA_CHUNK;
+    char have[MLA_TILES] = {0}; /* the tiles whose q_lat this thread has made */
 #pragma omp for schedule(dynamic, 1)
     for (int x = 0; x < nitem; x++) {
         int t = 0;
@@ -484,6 +478,10 @@ static void mla_split(const mla_dims *d, const mla_plan *pl, int ntile, const in
         float *ql[MLA_PAIRS], *ol[MLA_PAIRS];
         for (int p = 0; p < tl.P; p++)
             ql[p] = QL + ((size_t)t * MLA_PAIRS + p) * r, ol[p] = OL + ((size_t)x * MLA_PAIRS + p) * r;
+        if (!have[t]) {
+            for (int g = 0; g < tl.G; g++) mla_qlat(d, &tl, g, pl->w, ql);
+            have[t] = 1;
+        }
         mla_chunk(d, &tl, x - cb[t], ql, ol, ML + (size_t)x * 2 * MLA_PAIRS, sh);
     }
 #pragma omp for schedule(dynamic, 1)
@@ -540,8 +538,8 @@ static void mla_rows(fy_backend *be, const char *op, int n, int H, int r, int dn
         cb[t + 1] = cb[t] + (S + MLA_CHUNK - 1) / MLA_CHUNK;
     }
     const int nt = work > 16384 ? omp_get_max_threads() : 1;
-    const size_t glob = split ? ((size_t)ntile * r + (size_t)cb[ntile] * (r + 2)) * MLA_PAIRS : 0;
-    const size_t per = (size_t)MLA_PAIRS * (split ? MLA_CHUNK : 3 * (size_t)r + 4 + MLA_CHUNK);
+    const size_t glob = split ? (size_t)cb[ntile] * (r + 2) * MLA_PAIRS : 0;
+    const size_t per = (size_t)MLA_PAIRS * (MLA_CHUNK + (split ? (size_t)MLA_TILES * r : 3 * (size_t)r + 4));
     float *scr = fy_cpu_scratch(be, glob + (size_t)nt * per, op);
     if (scr) {
 #pragma omp parallel if (nt > 1) num_threads(nt)
