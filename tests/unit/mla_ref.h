@@ -1,6 +1,7 @@
-/* The per-pair MLA attention that src/backend/cpu/cpu_mla.c replaced (a
- * copy of its mla_head, kept as the reference): one (query row, head) pair
- * at a time, each cached position streamed once per pair. test_mla_bits
+/* The per-pair MLA attention, written plainly, as the reference for
+ * src/backend/cpu/cpu_mla.c: one (query row, head) pair at a time, each
+ * cached position streamed once per pair, in cpu_mla.c's order (chunks of
+ * 64 positions, each its own softmax, folded in order). test_mla_bits
  * holds the tiled kernels to its bits; bench_batch --mla times both.
  * Include after backend/cpu/cpu.h; build with -ffp-contract=off, as the
  * library is (tests/CMakeLists.txt, bench/CMakeLists.txt). */
@@ -20,46 +21,56 @@ typedef struct ref_mla_seq {
     int bs, S;
 } ref_mla_seq;
 
-static size_t ref_mla_run(const ref_mla_seq *q, int s0, int *cnt) {
-    if (!q->blocks) {
-        *cnt = q->S - s0;
-        return (size_t)s0;
-    }
-    int left = q->S - s0, in_blk = q->bs - s0 % q->bs;
-    *cnt = left < in_blk ? left : in_blk;
-    return (size_t)q->blocks[s0 / q->bs] * q->bs + s0 % q->bs;
+#define REF_MLA_CHUNK 64 /* cpu_mla.c's MLA_CHUNK */
+
+/* Position s's row of q->c and q->k. */
+static size_t ref_mla_pos(const ref_mla_seq *q, int s) {
+    return q->blocks ? (size_t)q->blocks[s / q->bs] * q->bs + s % q->bs : (size_t)s;
 }
 
+/* One (row, head) pair: its positions in chunks of REF_MLA_CHUNK, each
+ * with its own softmax and latent sum, folded in order with the usual
+ * rescaling. scr: 3r + REF_MLA_CHUNK floats. */
 FY_CPU_HOT static void ref_mla_head(const ref_mla_seq *q, int r, int dn, int dr, int dv, float scale,
                                     const float *qh, const float *wkb, float *scr, float *o) {
-    float *ql = scr, *ol = scr + r, *sh = ol + r;
+    float *ql = scr, *ol = scr + r, *ok = ol + r, *sh = ok + r;
     const float *wvb = wkb + (size_t)dn * r;
-    memset(ql, 0, 2 * (size_t)r * sizeof *ql);
+    memset(ql, 0, (size_t)r * sizeof *ql);
     for (int i = 0; i < dn; i++) {
         const float a = qh[i], *wr = wkb + (size_t)i * r;
 #pragma omp simd
         for (int j = 0; j < r; j++) ql[j] += a * wr[j];
     }
-    for (int s0 = 0, cnt; s0 < q->S; s0 += cnt) {
-        size_t row = ref_mla_run(q, s0, &cnt);
-        for (int t = 0; t < cnt; t++) {
-            const float *cr = q->c + (row + t) * q->ldc, *kr = q->k + (row + t) * q->ldk;
-            sh[s0 + t] = scale * fy_cpu_dot(cr, ql, r) + scale * fy_cpu_dot(kr, qh + dn, dr);
+    float m = 0.0f, l = 0.0f; /* the chunks so far: their max and sum of exp */
+    for (int lo = 0; lo < q->S; lo += REF_MLA_CHUNK) {
+        const int n = q->S - lo < REF_MLA_CHUNK ? q->S - lo : REF_MLA_CHUNK;
+        for (int t = 0; t < n; t++) {
+            size_t row = ref_mla_pos(q, lo + t);
+            const float *cr = q->c + row * q->ldc, *kr = q->k + row * q->ldk;
+            sh[t] = scale * fy_cpu_dot(cr, ql, r) + scale * fy_cpu_dot(kr, qh + dn, dr);
         }
-    }
-    float mx = fy_cpu_max(sh, q->S);
+        const float mk = fy_cpu_max(sh, n);
 #pragma omp simd
-    for (int j = 0; j < q->S; j++) sh[j] = fy_cpu_exp(sh[j] - mx);
-    float inv = 1.0f / fy_cpu_sum(sh, q->S);
+        for (int t = 0; t < n; t++) sh[t] = fy_cpu_exp(sh[t] - mk);
+        const float lk = fy_cpu_sum(sh, n), inv = 1.0f / lk;
 #pragma omp simd
-    for (int j = 0; j < q->S; j++) sh[j] *= inv;
-    for (int s0 = 0, cnt; s0 < q->S; s0 += cnt) {
-        size_t row = ref_mla_run(q, s0, &cnt);
-        for (int t = 0; t < cnt; t++) {
-            const float p = sh[s0 + t], *cr = q->c + (row + t) * q->ldc;
+        for (int t = 0; t < n; t++) sh[t] *= inv;
+        float *oc = lo ? ok : ol; /* chunk 0 is the start of the fold */
+        memset(oc, 0, (size_t)r * sizeof *oc);
+        for (int t = 0; t < n; t++) {
+            const float p = sh[t], *cr = q->c + ref_mla_pos(q, lo + t) * q->ldc;
 #pragma omp simd
-            for (int j = 0; j < r; j++) ol[j] += p * cr[j];
+            for (int j = 0; j < r; j++) oc[j] += p * cr[j];
         }
+        if (!lo) {
+            m = mk, l = lk;
+            continue;
+        }
+        const float m2 = m > mk ? m : mk;
+        const float a = l * fy_cpu_exp(m - m2), b = lk * fy_cpu_exp(mk - m2), l2 = a + b;
+        const float fa = a / l2, fb = b / l2;
+        for (int j = 0; j < r; j++) ol[j] = ol[j] * fa + ok[j] * fb;
+        m = m2, l = l2;
     }
     for (int v = 0; v < dv; v++) o[v] = fy_cpu_dot(wvb + (size_t)v * r, ol, r);
 }
@@ -68,9 +79,7 @@ FY_CPU_HOT static void ref_mla_head(const ref_mla_seq *q, int r, int dn, int dr,
  * loop over nt threads (the old mla_rows). 0, or -1 out of memory. */
 static int ref_mla_rows(int nt, int n, int H, int r, int dn, int dr, int dv, float scale, const float *q,
                         size_t ldq, size_t ldh, const float *w, const ref_mla_seq *seq, float *o, size_t ldo) {
-    int most = 0;
-    for (int i = 0; i < n; i++) most = seq[i].S > most ? seq[i].S : most;
-    const size_t per = 2 * (size_t)r + most;
+    const size_t per = 3 * (size_t)r + REF_MLA_CHUNK;
     float *scr = malloc((size_t)nt * per * sizeof *scr + 1);
     if (!scr) return -1;
 #pragma omp parallel for schedule(dynamic, 1) if (nt > 1) num_threads(nt)

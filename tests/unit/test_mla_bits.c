@@ -1,10 +1,13 @@
 /* The cpu backend's tiled MLA attention (mla_paged, mla_decode) gives
- * bitwise (memcmp) the outputs of the per-pair algorithm it replaced
- * (mla_ref.h, the old code): prefill rows of one sequence at causal
- * positions after an offset, batches mixing sequences (row groups break
- * where the storage changes) and empty rows, decode against a contiguous
- * strided cache; head counts that fill, split and leave tails in the
- * tiles; ranks with and without an 8-lane tail; 1 and 2 threads. */
+ * bitwise (memcmp) the outputs of the per-pair algorithm written plainly
+ * (mla_ref.h: chunks of 64 positions, each its own softmax, folded in
+ * order): prefill rows of one sequence at causal positions after an
+ * offset, batches mixing sequences (row groups break where the storage
+ * changes) and empty rows, decode against a contiguous strided cache;
+ * rows of one chunk, of several, and ending on a chunk's edge, with many
+ * tiles (a tile per work item) and few ((tile, chunk) work items); head
+ * counts that fill, split and leave tails in the tiles; ranks with and
+ * without an 8-lane tail; 1 and 2 threads. */
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -104,6 +107,16 @@ static void batch_case(int H, int r, int dn, int dr, int dv, int bs) {
     paged_case(what, 12, seq_of, len, 4, H, r, dn, dr, dv, bs);
 }
 
+/* Long rows (many chunks, some ending on a chunk's edge) next to short
+ * and empty ones: H = 4 gives few tiles, H = 16 many. */
+static void batch_long_case(int H, int r, int dn, int dr, int dv, int bs) {
+    const int seq_of[] = {0, 1, 2, 2, 2, 3, 4, 5};
+    const int32_t len[] = {600, 1, 256, 257, 258, 0, 513, 300};
+    char what[128];
+    snprintf(what, sizeof what, "long batch H=%d r=%d dn=%d dr=%d dv=%d bs=%d", H, r, dn, dr, dv, bs);
+    paged_case(what, 8, seq_of, len, 6, H, r, dn, dr, dv, bs);
+}
+
 /* mla_decode against a contiguous cache of rows [c_kv ; k_pe ; pad]. */
 static void decode_case(int H, int S, int r, int dn, int dr, int dv) {
     const int ld = r + dr + 3, ldq = dn + dr + 1;
@@ -141,6 +154,11 @@ int main(void) {
     prefill_case(21, 0, 5, 9, 5, 0, 6, 3);       /* no rope part; 5 heads */
     prefill_case(9, 2, 1, 13, 4, 3, 7, 5);       /* one head */
     prefill_case(70, 40, 16, 24, 8, 8, 8, 8);    /* full tiles of 4 heads */
+    prefill_case(33, 300, 8, 128, 64, 32, 64, 16); /* five chunks, many tiles */
+    prefill_case(3, 520, 4, 64, 32, 32, 32, 16);    /* nine chunks, one tile */
+    prefill_case(10, 252, 5, 20, 6, 4, 5, 7);      /* rows ending either side of a chunk's edge */
+    batch_long_case(4, 64, 32, 32, 32, 16);
+    batch_long_case(16, 24, 8, 8, 8, 5);
     batch_case(4, 64, 32, 32, 32, 16);
     batch_case(6, 17, 5, 3, 4, 4);
     batch_case(2, 8, 0, 4, 3, 2); /* no nope part */
@@ -153,7 +171,13 @@ int main(void) {
     decode_case(3, 45, 11, 5, 0, 6);
     decode_case(2, 9, 6, 0, 4, 3);
     decode_case(12, 50, 5, 3, 2, 3);
-    decode_case(42, 60, 16, 8, 8, 8); /* tiles of 4 heads and a tail of 2 */
+    decode_case(42, 60, 16, 8, 8, 8); /* tiles of 16 heads and a tail of 10 */
+    decode_case(4, 64, 64, 32, 32, 32); /* one full chunk */
+    decode_case(4, 65, 64, 32, 32, 32);
+    decode_case(4, 256, 64, 32, 32, 32);
+    decode_case(8, 700, 128, 64, 32, 64); /* the small config's sizes, eleven chunks */
+    decode_case(17, 600, 16, 8, 8, 8);
+    decode_case(3, 1100, 11, 5, 0, 6);
     fy_backend_destroy(be);
     return fy_test_finish("test_mla_bits");
 }

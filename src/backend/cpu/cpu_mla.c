@@ -2,27 +2,43 @@
  * queries meet c_kv and k_pe per position): mla_decode and mla_paged.
  *
  * Every (query row, head) pair is computed by one fixed sequence of
- * operations (mla_tile's comment), so its bits depend on neither the
- * thread count nor the other rows. What is shared is only memory traffic:
- * a tile holds up to MLA_ROWS rows of one sequence (a prefill's rows, or
- * one decode row) times up to MLA_HEADS heads, and each cached position is
- * loaded once for all of its pairs instead of once per pair. The split
- * into tiles depends on the shapes alone. The kernels work on four pairs
- * (or four positions) at once in 8-lane vectors that are fy_cpu_dot's
- * lanes, reduced in its order: test_mla_bits holds them to the per-pair
- * code they replaced (tests/unit/mla_ref.h), bit for bit. */
+ * operations (mla_chunk's and mla_fold's comments), so its bits depend on
+ * neither the thread count nor the other rows, and mla_decode == mla_paged:
+ * a row decoded alone, in a serve batch or prefilled gets the same bits.
+ * A pair's positions are cut into chunks of MLA_CHUNK (a constant): each
+ * chunk has its own softmax (max, exp, sum, probabilities) and weighted
+ * latent sum, and the chunks are folded in the order 0, 1, 2, ... with
+ * the usual rescaling (a row of one chunk is the plain softmax).
+ *
+ * What is shared is only memory traffic: a tile holds up to MLA_ROWS rows
+ * of one sequence (a prefill's rows) times MLA_HEADS heads, or one row (a
+ * decode row) times up to MLA_PAIRS heads, and each cached position is
+ * loaded once for all of its pairs instead of once per pair. With
+ * MLA_TILES tiles or more, a tile is a work item (its chunks in order);
+ * with fewer (a decode step), the (tile, chunk) pairs are, so one decode
+ * row reads the cache once per token for all heads and still spreads over
+ * threads, and the folds run after. The split depends on the shapes alone.
+ * The kernels work on four pairs (or four positions) at once in 8-lane
+ * vectors that are fy_cpu_dot's lanes, reduced in its order: test_mla_bits
+ * holds them to the per-pair code written plainly (tests/unit/mla_ref.h),
+ * bit for bit. */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cpu/cpu.h"
 
-#define MLA_ROWS 4  /* query rows of one sequence in a tile */
-#define MLA_HEADS 4 /* most heads in a tile */
-#define MLA_PAIRS (MLA_ROWS * MLA_HEADS)
-#define MLA_TILES 8 /* heads per tile halved while the tiles would be fewer: one decode row still spreads over threads */
+#define MLA_ROWS 4    /* query rows of one sequence in a tile */
+#define MLA_HEADS 4   /* heads in a tile of several rows */
+#define MLA_PAIRS 16  /* (row, head) pairs in a tile: MLA_ROWS x MLA_HEADS, or one row x 16 heads */
+/* Positions in a chunk; it fixes the bits, so a constant. 64: a chunk's
+ * rows (small: 64 x 160 floats, 40 KB) stay in L1 from the score pass to
+ * the sum pass, and a decode row of a few hundred positions gives enough
+ * (tile, chunk) items to keep threads even. */
+#define MLA_CHUNK 64
+#define MLA_TILES 8   /* fewer tiles than this: (tile, chunk) work items */
 
-/* The per-position kernels go inside mla_tile's ISA clones (cpu.h): a
+/* The per-position kernels go inside mla_chunk's ISA clones (cpu.h): a
  * call out of a clone would run them as baseline x86-64. */
 #if defined(__GNUC__)
 #define MLA_INLINE __attribute__((always_inline)) static inline
@@ -43,7 +59,6 @@ typedef struct mla_seq {
 typedef struct mla_dims {
     int r, dn, dr, dv;
     float scale;
-    size_t most; /* score scratch per pair: the longest row's positions */
 } mla_dims;
 
 /* Runs of positions that are consecutive rows: [s0, s0 + *cnt) from *row. */
@@ -168,7 +183,8 @@ MLA_INLINE int mla_active(const int *Sp, int P, int S, int s, int *act, int *end
     return na;
 }
 
-/* A block of np <= 4 consecutive positions from s: their cache rows. */
+/* A block of np <= 4 consecutive positions: their cache rows; s: the
+ * first one's offset in its chunk. */
 typedef struct mla_blk {
     const float *cr[4], *kr[4];
     int s, np;
@@ -189,7 +205,7 @@ MLA_INLINE void mla_scores_at(const mla_dims *d, const mla_blk *b, const int *ac
             mla_dot4x2(b->cr[t], b->cr[t + 1], yc, d->r, dc[0], dc[1]);
             mla_dot4x2(b->kr[t], b->kr[t + 1], yk, d->dr, dk[0], dk[1]);
             for (int m = 0; m < 4; m++) {
-                float *out = sh + (size_t)act[a + m] * d->most + b->s + t;
+                float *out = sh + (size_t)act[a + m] * MLA_CHUNK + b->s + t;
                 out[0] = d->scale * dc[0][m] + d->scale * dk[0][m];
                 out[1] = d->scale * dc[1][m] + d->scale * dk[1][m];
             }
@@ -199,12 +215,12 @@ MLA_INLINE void mla_scores_at(const mla_dims *d, const mla_blk *b, const int *ac
             mla_dot4(b->cr[t], yc, d->r, dc);
             mla_dot4(b->kr[t], yk, d->dr, dk);
             for (int m = 0; m < 4; m++)
-                sh[(size_t)act[a + m] * d->most + b->s + t] = d->scale * dc[m] + d->scale * dk[m];
+                sh[(size_t)act[a + m] * MLA_CHUNK + b->s + t] = d->scale * dc[m] + d->scale * dk[m];
         }
     }
     for (; a < na; a++) {
         const int p = act[a];
-        float *out = sh + (size_t)p * d->most + b->s;
+        float *out = sh + (size_t)p * MLA_CHUNK + b->s;
         if (b->np == 4) {
             float dc[4], dk[4];
             mla_dot4(ql[p], b->cr, d->r, dc);
@@ -226,8 +242,8 @@ MLA_INLINE void mla_accum_at(const mla_dims *d, const mla_blk *b, const int *act
     int a = 0;
     for (; a + 4 <= na; a += 4) {
         float *o0 = ol[act[a]], *o1 = ol[act[a + 1]], *o2 = ol[act[a + 2]], *o3 = ol[act[a + 3]];
-        const float *p0 = sh + (size_t)act[a] * d->most + b->s, *p1 = sh + (size_t)act[a + 1] * d->most + b->s;
-        const float *p2 = sh + (size_t)act[a + 2] * d->most + b->s, *p3 = sh + (size_t)act[a + 3] * d->most + b->s;
+        const float *p0 = sh + (size_t)act[a] * MLA_CHUNK + b->s, *p1 = sh + (size_t)act[a + 1] * MLA_CHUNK + b->s;
+        const float *p2 = sh + (size_t)act[a + 2] * MLA_CHUNK + b->s, *p3 = sh + (size_t)act[a + 3] * MLA_CHUNK + b->s;
         if (b->np == 4) { /* each o_lat loaded and stored once for four positions */
             const float *c0 = b->cr[0], *c1 = b->cr[1], *c2 = b->cr[2], *c3 = b->cr[3];
 #pragma omp simd
@@ -254,7 +270,7 @@ MLA_INLINE void mla_accum_at(const mla_dims *d, const mla_blk *b, const int *act
     }
     for (; a < na; a++) {
         float *o = ol[act[a]];
-        const float *pp = sh + (size_t)act[a] * d->most + b->s;
+        const float *pp = sh + (size_t)act[a] * MLA_CHUNK + b->s;
         if (b->np == 4) {
             const float *c0 = b->cr[0], *c1 = b->cr[1], *c2 = b->cr[2], *c3 = b->cr[3];
             const float p0 = pp[0], p1 = pp[1], p2 = pp[2], p3 = pp[3];
@@ -270,19 +286,20 @@ MLA_INLINE void mla_accum_at(const mla_dims *d, const mla_blk *b, const int *act
     }
 }
 
-/* Positions [0, all->S) in blocks of up to 4 within runs of consecutive
- * rows, the active pairs constant over each block: scores (accumulate 0)
- * or o_lat (1). */
-MLA_INLINE void mla_sweep(const mla_dims *d, const mla_seq *all, const int *Sp, int P, int accumulate,
+/* Positions [s_lo, all->S) in blocks of up to 4 within runs of
+ * consecutive rows, the active pairs constant over each block: scores
+ * (accumulate 0) or o_lat (1); a pair's scores at sh + p * MLA_CHUNK, from
+ * position s_lo on. */
+MLA_INLINE void mla_sweep(const mla_dims *d, const mla_seq *all, const int *Sp, int P, int s_lo, int accumulate,
                           float *const *ql, const float *const *qpe, float *const *ol, float *sh) {
     int act[MLA_PAIRS];
-    for (int s0 = 0, end; s0 < all->S; s0 = end) {
+    for (int s0 = s_lo, end; s0 < all->S; s0 = end) {
         const int na = mla_active(Sp, P, all->S, s0, act, &end);
         for (int s1 = s0, cnt; s1 < end; s1 += cnt) {
             size_t row = mla_run(all, s1, &cnt);
             cnt = cnt < end - s1 ? cnt : end - s1;
             for (int t = 0; t < cnt; t += 4) {
-                mla_blk blk = {{0}, {0}, s1 + t, cnt - t < 4 ? cnt - t : 4};
+                mla_blk blk = {{0}, {0}, s1 + t - s_lo, cnt - t < 4 ? cnt - t : 4};
                 for (int u = 0; u < blk.np; u++) {
                     blk.cr[u] = all->c + (row + t + u) * all->ldc;
                     blk.kr[u] = all->k + (row + t + u) * all->ldk;
@@ -294,107 +311,213 @@ MLA_INLINE void mla_sweep(const mla_dims *d, const mla_seq *all, const int *Sp, 
     }
 }
 
-/* Each of m rows of width n (stride ld) becomes its softmax. */
-FY_CPU_HOT static void softmax_rows(float *S, int ld, int m, int n) {
-    for (int r = 0; r < m; r++) {
-        float *row = S + (size_t)r * ld;
-        float mx = fy_cpu_max(row, n);
+/* A row of n scores becomes its softmax; *m: their max, *l: the sum of
+ * exp(score - max) (the probabilities are those times 1 / l). */
+MLA_INLINE void mla_softmax(float *row, int n, float *m, float *l) {
+    const float mx = fy_cpu_max(row, n);
 #pragma omp simd
-        for (int j = 0; j < n; j++) row[j] = fy_cpu_exp(row[j] - mx);
-        float inv = 1.0f / fy_cpu_sum(row, n);
+    for (int j = 0; j < n; j++) row[j] = fy_cpu_exp(row[j] - mx);
+    const float sum = fy_cpu_sum(row, n), inv = 1.0f / sum;
 #pragma omp simd
-        for (int j = 0; j < n; j++) row[j] *= inv;
+    for (int j = 0; j < n; j++) row[j] *= inv;
+    *m = mx, *l = sum;
+}
+
+/* A tile: rows 0..R of seq (one sequence's storage; row i's query heads at
+ * q + i*ldq + h*ldh, its output at o + i*ldo + h*dv) times heads
+ * h0..h0+G; pair p = i G + g attends Sp[p] positions. */
+typedef struct mla_tl {
+    const mla_seq *seq;
+    int R, G, h0, P, S; /* S: the longest row's positions */
+    int Sp[MLA_PAIRS];
+    const float *qh[MLA_PAIRS], *qpe[MLA_PAIRS];
+    float *oh[MLA_PAIRS];
+} mla_tl;
+
+static void mla_tl_init(const mla_dims *d, const mla_seq *seq, int R, int G, int h0, const float *q, size_t ldq,
+                        size_t ldh, float *o, size_t ldo, mla_tl *t) {
+    t->seq = seq, t->R = R, t->G = G, t->h0 = h0, t->P = R * G, t->S = 0;
+    for (int i = 0; i < R; i++)
+        for (int g = 0; g < G; g++) {
+            const int p = i * G + g;
+            t->qh[p] = q + i * ldq + (h0 + g) * ldh, t->qpe[p] = t->qh[p] + d->dn;
+            t->oh[p] = o + i * ldo + (size_t)(h0 + g) * d->dv;
+            t->Sp[p] = seq[i].S;
+            t->S = seq[i].S > t->S ? seq[i].S : t->S;
+        }
+}
+
+/* q_lat = sum_i q_nope[i] W_kb[i, :] (rows added in order) of head g's
+ * pairs, W_kb's row i read once for the tile's rows. */
+FY_CPU_HOT static void mla_qlat(const mla_dims *d, const mla_tl *t, int g, const float *w, float *const *ql) {
+    const int r = d->r, G = t->G;
+    const float *wkb = w + (size_t)(t->h0 + g) * (d->dn + d->dv) * r;
+    for (int ri = 0; ri < t->R; ri++) memset(ql[ri * G + g], 0, (size_t)r * sizeof(float));
+    for (int i = 0; i < d->dn; i++) {
+        const float *wr = wkb + (size_t)i * r;
+        for (int ri = 0; ri < t->R; ri++) {
+            float *qlp = ql[ri * G + g];
+            const float a = t->qh[ri * G + g][i];
+#pragma omp simd
+            for (int j = 0; j < r; j++) qlp[j] += a * wr[j];
+        }
     }
 }
 
-/* One tile: rows 0..R of seq (one sequence's storage; row i's query heads
- * at q + i*ldq + h*ldh, its output at o + i*ldo + h*dv) times heads
- * h0..h0+G, single-threaded. Each pair (row, head), with its own S
- * positions, gets exactly the operations of the one-pair algorithm:
- *   q_lat = sum_i q_nope[i] W_kb[i, :]           (rows added in order)
+/* Chunk k of every pair of the tile that reaches it: its positions s in
+ * [k C, min((k + 1) C, S_p)), C = MLA_CHUNK, get
  *   score[s] = scale dot(ckv[s], q_lat) + scale dot(kpe[s], q_pe)
- *   o_lat = sum_s softmax(score)[s] ckv[s]        (positions in order)
- *   out[v] = dot(W_vb[v, :], o_lat)
- * dots are fy_cpu_dot's 8 lanes; the order is fixed by (r, dn, dr, dv, S)
- * alone, so contiguous and paged positions give the same bits
- * (mla_decode == mla_paged). Only the loop nest differs: positions
- * outermost, pairs inside. A row with S = 0 gets zeros.
- * scr: P (2r + most) floats, P = R G. */
-FY_CPU_HOT static void mla_tile(const mla_dims *d, const mla_seq *seq, int R, int G, int h0, const float *q,
-                                size_t ldq, size_t ldh, const float *w, float *o, size_t ldo, float *scr) {
-    const int r = d->r, dn = d->dn, dv = d->dv, P = R * G;
-    const size_t wh = (size_t)(dn + dv) * r; /* W_kb then W_vb of a head */
-    float *ql[MLA_PAIRS], *ol[MLA_PAIRS], *oh[MLA_PAIRS];
-    const float *qh[MLA_PAIRS], *qpe[MLA_PAIRS];
-    int Sp[MLA_PAIRS], S = 0;
-    for (int i = 0; i < R; i++)
-        for (int g = 0; g < G; g++) {
-            int p = i * G + g;
-            ql[p] = scr + (size_t)p * r, ol[p] = scr + (size_t)(P + p) * r;
-            qh[p] = q + i * ldq + (h0 + g) * ldh, qpe[p] = qh[p] + dn;
-            oh[p] = o + i * ldo + (size_t)(h0 + g) * dv;
-            Sp[p] = seq[i].S;
-            S = Sp[p] > S ? Sp[p] : S;
-        }
-    float *sh = scr + 2 * (size_t)P * r; /* pair p's scores at sh + p * most */
-    memset(scr, 0, 2 * (size_t)P * r * sizeof *scr);
-    for (int g = 0; g < G; g++) { /* W_kb's row i read once for the tile's rows */
-        const float *wkb = w + (h0 + g) * wh;
-        for (int i = 0; i < dn; i++) {
-            const float *wr = wkb + (size_t)i * r;
-            for (int ri = 0; ri < R; ri++) {
-                float *qlp = ql[ri * G + g];
-                const float a = qh[ri * G + g][i];
+ *   m = max score, e[s] = exp(score[s] - m), l = sum e, p[s] = e[s] (1 / l)
+ *   o = sum_s p[s] ckv[s]                  (from zeros, positions in order)
+ * into ol[p] and ml[2p], ml[2p + 1] = m, l. dots are fy_cpu_dot's 8 lanes,
+ * max and sum fy_cpu_max's and fy_cpu_sum's; the order is fixed by
+ * (r, dn, dr, dv, S_p) alone, so contiguous and paged positions give the
+ * same bits. Only the loop nest differs: positions outermost, pairs
+ * inside. sh: MLA_PAIRS * MLA_CHUNK floats. */
+FY_CPU_HOT static void mla_chunk(const mla_dims *d, const mla_tl *t, int k, float *const *ql, float *const *ol,
+                                 float *ml, float *sh) {
+    const int lo = k * MLA_CHUNK, hi = t->S - lo < MLA_CHUNK ? t->S : lo + MLA_CHUNK;
+    for (int p = 0; p < t->P; p++)
+        if (t->Sp[p] > lo) memset(ol[p], 0, (size_t)d->r * sizeof(float));
+    mla_seq all = t->seq[0]; /* the rows share the storage; the longest reaches hi */
+    all.S = hi;
+    mla_sweep(d, &all, t->Sp, t->P, lo, 0, ql, t->qpe, ol, sh);
+    for (int p = 0; p < t->P; p++)
+        if (t->Sp[p] > lo)
+            mla_softmax(sh + (size_t)p * MLA_CHUNK, (t->Sp[p] < hi ? t->Sp[p] : hi) - lo, ml + 2 * p, ml + 2 * p + 1);
+    mla_sweep(d, &all, t->Sp, t->P, lo, 1, ql, t->qpe, ol, sh);
+}
+
+/* Folds a pair's next chunk (ok; mk, lk = mlk[0], mlk[1]) into its
+ * chunks so far (o; m, l = ml[0], ml[1]): both are softmax-weighted means,
+ *   m' = max(m, mk), a = l exp(m - m'), b = lk exp(mk - m'), l' = a + b
+ *   o[j] = o[j] (a / l') + ok[j] (b / l'),  then m, l = m', l'. */
+FY_CPU_HOT static void mla_fold(int r, float *o, float *ml, const float *ok, const float *mlk) {
+    const float m = ml[0] > mlk[0] ? ml[0] : mlk[0];
+    const float a = ml[1] * fy_cpu_exp(ml[0] - m), b = mlk[1] * fy_cpu_exp(mlk[0] - m), l = a + b;
+    const float fa = a / l, fb = b / l;
 #pragma omp simd
-                for (int j = 0; j < r; j++) qlp[j] += a * wr[j];
-            }
-        }
+    for (int j = 0; j < r; j++) o[j] = o[j] * fa + ok[j] * fb;
+    ml[0] = m, ml[1] = l;
+}
+
+/* out[v] = dot(W_vb[v, :], o_lat) of head g's pairs, W_vb's row v read
+ * once for the tile's rows; a row with S = 0 gets zeros. */
+FY_CPU_HOT static void mla_out(const mla_dims *d, const mla_tl *t, int g, const float *w, float *const *ol) {
+    const int r = d->r, dv = d->dv, G = t->G;
+    const float *wvb = w + (size_t)(t->h0 + g) * (d->dn + dv) * r + (size_t)d->dn * r;
+    int rows[MLA_ROWS], nr = 0;
+    for (int ri = 0; ri < t->R; ri++) {
+        if (t->Sp[ri * G + g]) rows[nr++] = ri * G + g;
+        else memset(t->oh[ri * G + g], 0, (size_t)dv * sizeof(float));
     }
-    mla_seq all = seq[0]; /* the rows share the storage; the longest reaches S */
-    all.S = S;
-    mla_sweep(d, &all, Sp, P, 0, ql, qpe, ol, sh);
+    for (int v = 0; v < dv; v++) {
+        const float *wv = wvb + (size_t)v * r;
+        int a = 0;
+        for (; a + 4 <= nr; a += 4) {
+            const float *y[4] = {ol[rows[a]], ol[rows[a + 1]], ol[rows[a + 2]], ol[rows[a + 3]]};
+            float dd[4];
+            mla_dot4(wv, y, r, dd);
+            for (int m = 0; m < 4; m++) t->oh[rows[a + m]][v] = dd[m];
+        }
+        for (; a < nr; a++) t->oh[rows[a]][v] = fy_cpu_dot(wv, ol[rows[a]], r);
+    }
+}
+
+/* A whole tile, single-threaded: its chunks in order, each folded into
+ * the ones before. scr: P (3r + 4 + MLA_CHUNK) floats. */
+static void mla_tile(const mla_dims *d, const mla_tl *t, const float *w, float *scr) {
+    const int r = d->r, P = t->P;
+    float *ql[MLA_PAIRS], *ol[MLA_PAIRS], *ok[MLA_PAIRS];
     for (int p = 0; p < P; p++)
-        if (Sp[p]) softmax_rows(sh + (size_t)p * d->most, Sp[p], 1, Sp[p]);
-    mla_sweep(d, &all, Sp, P, 1, ql, qpe, ol, sh);
-    for (int g = 0; g < G; g++) { /* W_vb's row v read once for the tile's rows */
-        const float *wvb = w + (h0 + g) * wh + (size_t)dn * r;
-        int rows[MLA_ROWS], nr = 0;
-        for (int ri = 0; ri < R; ri++) {
-            if (Sp[ri * G + g]) rows[nr++] = ri * G + g;
-            else memset(oh[ri * G + g], 0, (size_t)dv * sizeof(float));
+        ql[p] = scr + (size_t)p * r, ol[p] = scr + (size_t)(P + p) * r, ok[p] = scr + (size_t)(2 * P + p) * r;
+    float *ml = scr + 3 * (size_t)P * r, *mlk = ml + 2 * P, *sh = mlk + 2 * P;
+    for (int g = 0; g < t->G; g++) mla_qlat(d, t, g, w, ql);
+    mla_chunk(d, t, 0, ql, ol, ml, sh);
+    for (int k = 1; k * MLA_CHUNK < t->S; k++) {
+        mla_chunk(d, t, k, ql, ok, mlk, sh);
+        for (int p = 0; p < P; p++)
+            if (t->Sp[p] > k * MLA_CHUNK) mla_fold(r, ol[p], ml + 2 * p, ok[p], mlk + 2 * p);
+    }
+    for (int g = 0; g < t->G; g++) mla_out(d, t, g, w, ol);
+}
+
+/* The shapes of one mla_rows call, and where tile t is. */
+typedef struct mla_plan {
+    const mla_seq *seq;
+    const float *q, *w;
+    float *o;
+    size_t ldq, ldh, ldo;
+    const int *g0; /* row groups: rows g0[k]..g0[k+1] */
+    int H, G, nhc; /* heads, heads per tile, tiles per row group */
+} mla_plan;
+
+static void mla_plan_tile(const mla_dims *d, const mla_plan *pl, int t, mla_tl *tl) {
+    const int i0 = pl->g0[t / pl->nhc], h0 = t % pl->nhc * pl->G;
+    mla_tl_init(d, pl->seq + i0, pl->g0[t / pl->nhc + 1] - i0, pl->H - h0 < pl->G ? pl->H - h0 : pl->G, h0,
+                pl->q + (size_t)i0 * pl->ldq, pl->ldq, pl->ldh, pl->o + (size_t)i0 * pl->ldo, pl->ldo, tl);
+}
+
+/* Few tiles (mla_rows): the (tile, chunk) items, then per (tile, head)
+ * the folds in chunk order and W_vb, one parallel loop each. A thread
+ * makes q_lat of a tile the first time it takes one of its chunks (the
+ * same bits whoever makes it; one barrier fewer). cb[t]..cb[t + 1]: tile
+ * t's chunks' items; glob: per item MLA_PAIRS r latent sums, then per item
+ * 2 MLA_PAIRS (m, l); mine: this thread's MLA_PAIRS MLA_CHUNK scores, then
+ * MLA_TILES MLA_PAIRS r of q_lat. */
+static void mla_split(const mla_dims *d, const mla_plan *pl, int ntile, const int *cb, float *glob, float *mine) {
+    const int r = d->r, G = pl->G, nitem = cb[ntile];
+    float *OL = glob, *ML = OL + (size_t)nitem * MLA_PAIRS * r, *sh = mine, *QL = mine + MLA_PAIRS * MLA_CHUNK;
+    char have[MLA_TILES] = {0}; /* the tiles whose q_lat this thread has made */
+#pragma omp for schedule(dynamic, 1)
+    for (int x = 0; x < nitem; x++) {
+        int t = 0;
+        while (cb[t + 1] <= x) t++;
+        mla_tl tl;
+        mla_plan_tile(d, pl, t, &tl);
+        float *ql[MLA_PAIRS], *ol[MLA_PAIRS];
+        for (int p = 0; p < tl.P; p++)
+            ql[p] = QL + ((size_t)t * MLA_PAIRS + p) * r, ol[p] = OL + ((size_t)x * MLA_PAIRS + p) * r;
+        if (!have[t]) {
+            for (int g = 0; g < tl.G; g++) mla_qlat(d, &tl, g, pl->w, ql);
+            have[t] = 1;
         }
-        for (int v = 0; v < dv; v++) {
-            const float *wv = wvb + (size_t)v * r;
-            int a = 0;
-            for (; a + 4 <= nr; a += 4) {
-                const float *y[4] = {ol[rows[a]], ol[rows[a + 1]], ol[rows[a + 2]], ol[rows[a + 3]]};
-                float dd[4];
-                mla_dot4(wv, y, r, dd);
-                for (int m = 0; m < 4; m++) oh[rows[a + m]][v] = dd[m];
-            }
-            for (; a < nr; a++) oh[rows[a]][v] = fy_cpu_dot(wv, ol[rows[a]], r);
+        mla_chunk(d, &tl, x - cb[t], ql, ol, ML + (size_t)x * 2 * MLA_PAIRS, sh);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int x = 0; x < ntile * G; x++) {
+        const int t = x / G, g = x % G;
+        mla_tl tl;
+        mla_plan_tile(d, pl, t, &tl);
+        if (g >= tl.G) continue;
+        float *ol[MLA_PAIRS];
+        for (int p = 0; p < tl.P; p++) ol[p] = OL + ((size_t)cb[t] * MLA_PAIRS + p) * r; /* chunk 0: the start */
+        for (int ri = 0; ri < tl.R; ri++) {
+            const int p = ri * tl.G + g;
+            float *ml = ML + ((size_t)cb[t] * MLA_PAIRS + p) * 2;
+            for (int k = 1; k * MLA_CHUNK < tl.Sp[p]; k++)
+                mla_fold(r, ol[p], ml, OL + ((size_t)(cb[t] + k) * MLA_PAIRS + p) * r,
+                         ML + ((size_t)(cb[t] + k) * MLA_PAIRS + p) * 2);
         }
+        mla_out(d, &tl, g, pl->w, ol);
     }
 }
 
 /* Every (row, head) pair of n rows; row i's query heads at q + i*ldq +
- * h*ldh, its output at o + i*ldo + h*dv, positions seq[i]. Tiles (up to
- * MLA_ROWS consecutive rows on one storage, times a chunk of heads) are
- * the parallel loop's iterations; a pair's bits do not depend on its tile
- * (mla_tile), so neither on the thread count nor on the other rows. */
+ * h*ldh, its output at o + i*ldo + h*dv, positions seq[i]. Tiles are up to
+ * MLA_ROWS consecutive rows on one storage times a chunk of heads; a
+ * pair's bits depend on neither its tile nor its work item (mla_chunk,
+ * mla_fold), so neither on the thread count nor on the other rows. */
 static void mla_rows(fy_backend *be, const char *op, int n, int H, int r, int dn, int dr, int dv, float scale,
                      const float *q, size_t ldq, size_t ldh, const float *w, const mla_seq *seq, float *o, size_t ldo) {
-    mla_dims d = {r, dn, dr, dv, scale, 0};
+    mla_dims d = {r, dn, dr, dv, scale};
     size_t work = 0;
-    for (int i = 0; i < n; i++) {
-        d.most = (size_t)seq[i].S > d.most ? (size_t)seq[i].S : d.most;
-        work += (size_t)H * (seq[i].S + dn + dv) * r;
-    }
+    for (int i = 0; i < n; i++) work += (size_t)H * (seq[i].S + dn + dv) * r;
     if (!r) { /* a zero-width latent: zeros */
         for (int i = 0; i < n; i++) memset(o + (size_t)i * ldo, 0, (size_t)H * dv * sizeof *o);
         return;
     }
-    int *g0 = malloc(((size_t)n + 1) * sizeof *g0), ng = 0; /* row groups: rows g0[k]..g0[k+1] */
+    int *g0 = malloc(((size_t)n + 1) * sizeof *g0), ng = 0, most_rows = 1;
     if (!g0) {
         fy_be_set_error(be, "cpu %s: out of memory", op);
         return;
@@ -402,20 +525,36 @@ static void mla_rows(fy_backend *be, const char *op, int n, int H, int r, int dn
     for (int i = 0, j; i < n; i = j) {
         g0[ng++] = i;
         for (j = i + 1; j < n && j - i < MLA_ROWS && mla_same_store(&seq[i], &seq[j]); j++) {}
+        most_rows = j - i > most_rows ? j - i : most_rows;
     }
     g0[ng] = n;
-    int G = H < MLA_HEADS ? H : MLA_HEADS;
-    while (G > 1 && (size_t)ng * ((H + G - 1) / G) < MLA_TILES) G /= 2;
-    const int nhc = (H + G - 1) / G, ntile = ng * nhc;
+    const int G = H < MLA_PAIRS / most_rows ? H : MLA_PAIRS / most_rows, nhc = (H + G - 1) / G;
+    const int ntile = ng * nhc, split = ntile < MLA_TILES;
+    mla_plan pl = {seq, q, w, o, ldq, ldh, ldo, g0, H, G, nhc};
+    int cb[MLA_TILES + 1] = {0}; /* split: tile t's chunks are items cb[t]..cb[t + 1] */
+    for (int t = 0; split && t < ntile; t++) {
+        int S = 0;
+        for (int i = g0[t / nhc]; i < g0[t / nhc + 1]; i++) S = seq[i].S > S ? seq[i].S : S;
+        cb[t + 1] = cb[t] + (S + MLA_CHUNK - 1) / MLA_CHUNK;
+    }
     const int nt = work > 16384 ? omp_get_max_threads() : 1;
-    const size_t per = (size_t)MLA_ROWS * G * (2 * (size_t)r + d.most);
-    float *scr = fy_cpu_scratch(be, (size_t)nt * per, op);
+    const size_t glob = split ? (size_t)cb[ntile] * (r + 2) * MLA_PAIRS : 0;
+    const size_t per = (size_t)MLA_PAIRS * (MLA_CHUNK + (split ? (size_t)MLA_TILES * r : 3 * (size_t)r + 4));
+    float *scr = fy_cpu_scratch(be, glob + (size_t)nt * per, op);
     if (scr) {
-#pragma omp parallel for schedule(dynamic, 1) if (nt > 1) num_threads(nt)
-        for (int t = 0; t < ntile; t++) {
-            int i0 = g0[t / nhc], R = g0[t / nhc + 1] - i0, h0 = t % nhc * G;
-            mla_tile(&d, seq + i0, R, H - h0 < G ? H - h0 : G, h0, q + (size_t)i0 * ldq, ldq, ldh, w,
-                     o + (size_t)i0 * ldo, ldo, scr + (size_t)omp_get_thread_num() * per);
+#pragma omp parallel if (nt > 1) num_threads(nt)
+        {
+            float *mine = scr + glob + (size_t)omp_get_thread_num() * per;
+            if (split) {
+                mla_split(&d, &pl, ntile, cb, scr, mine);
+            } else {
+#pragma omp for schedule(dynamic, 1)
+                for (int t = 0; t < ntile; t++) {
+                    mla_tl tl;
+                    mla_plan_tile(&d, &pl, t, &tl);
+                    mla_tile(&d, &tl, w, mine);
+                }
+            }
         }
     }
     free(g0);
@@ -441,7 +580,7 @@ void fy_cpu_mla_decode(fy_backend *be, int H, int S, int r, int dn, int dr, int 
 }
 
 /* mla_decode per row against paged positions (backend.h): the same
- * mla_tile, so row i gives mla_decode's bits for its positions. */
+ * mla_rows, so row i gives mla_decode's bits for its positions. */
 void fy_cpu_mla_paged(fy_backend *be, int n, int H, int r, int dn, int dr, int dv, float scale, fy_ref q, int ldq,
                       fy_ref wkv_b, fy_ref ckv, fy_ref kpe, int bs, const int32_t *blocks, const int32_t *tab,
                       const int32_t *len, fy_ref out, int ldo) {
