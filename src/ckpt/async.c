@@ -71,12 +71,21 @@ static void populate_fresh(struct fy_ckpt_fresh *f, size_t from, int background)
         }
 }
 
+/* The reserver's per-thread nice (Linux). At 19 it got only idle gaps: two
+ * training threads on two cores left it too few to fault 1.2 GB in before
+ * the first save (small: first stall 0.39-0.41 s against 0.16-0.26 reused).
+ * At 10 (~10 % of a core beside a nice-0 thread) the first save held
+ * 0.12-0.14 s, a reused one's, with the faulting moved into the steps before
+ * it (~0.1 s a step on small, once per process; docs/RELIABILITY.md). */
+#ifndef FY_RESERVE_NICE
+#define FY_RESERVE_NICE 10
+#endif
 static void *reserver(void *arg) {
     fy_ckpt_async *a = arg;
 #ifdef __linux__
-    /* Per-thread nice (Linux): idle cycles only; training's threads keep
-     * their cores. Never raised again: the save does not wait for it. */
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    /* Below training's priority; never raised again: the save does not wait
+     * for it. */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FY_RESERVE_NICE);
 #endif
     populate_fresh(&a->fresh, 0, 1);
     return NULL;

@@ -52,7 +52,7 @@ int fy_ckpt_async_save_host(fy_ckpt_async *a, const char *run_dir, int step, con
                             double *stall_s, fy_err *err);
 /* Allocates the host buffers of a snapshot of tab (parameters, buffers and
  * the two AdamW moments) and starts faulting them in on a background thread
- * (MADV_POPULATE_WRITE in 1 MB slices, at nice 19), so that a process's
+ * (MADV_POPULATE_WRITE in 1 MB slices, at nice 10), so that a process's
  * first save copies into memory already mapped instead of stalling on fresh
  * pages (~1-2 s per GB in this VM) while the training steps before it run.
  * Nice 19: the thread uses the cycles training leaves idle instead of

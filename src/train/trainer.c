@@ -1267,7 +1267,7 @@ int fy_train_run(fy_model *m, const fy_train_opts *o, const char *run_dir, const
         if (log_step(&R, &a, err) || evaluate(&R, a.step, err)) goto done;
         fflush(R.mf);                                  /* the supervisor's heartbeat */
         /* The first checkpoint's host buffers, faulted in in the background
-         * (at nice 19; the save does what it left) from the first step on:
+         * (at nice 10; the save does what it left) from the first step on:
          * not before it, a restart's first step is its recovery time. One
          * rank: multi-rank saves may gather another table. */
         if (a.step == R.start + 1 && R.n_ranks == 1 && o->ckpt_every > 0)
