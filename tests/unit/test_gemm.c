@@ -48,26 +48,6 @@ static float ref_dot(const float *x, const float *w, int in) {
     return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
 }
 
-/* y (=|+=) x W^T for rows [n0, n0 + N) through be: linear_rows on wf or
- * linear_h16 on w16 (fmt >= 0). */
-static void run(fy_backend *be, int fmt, int N, int in, int out, const float *x, int ldx, const uint16_t *w16,
-                const float *wf, float *y, int ldy, int acc) {
-    fy_buf bx, bw, by;
-    fy_err err;
-    const size_t nx = (size_t)(N - 1) * ldx + in, ny = (size_t)(N - 1) * ldy + out;
-    const size_t nw = fmt >= 0 ? ((size_t)out * in + 1) / 2 : (size_t)out * in;
-    if (fy_be_alloc(be, &bx, nx, &err) || fy_be_alloc(be, &bw, nw, &err) || fy_be_alloc(be, &by, ny, &err)) exit(1);
-    be->ops->upload(be, fy_at(&bx, 0), x, nx);
-    be->ops->upload(be, fy_at(&bw, 0), fmt >= 0 ? (const float *)(const void *)w16 : wf, nw);
-    be->ops->upload(be, fy_at(&by, 0), y, ny);
-    if (fmt >= 0)
-        be->ops->linear_h16(be, fmt, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), fy_at(&by, 0), ldy, acc);
-    else
-        be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), in, fy_at(&by, 0), ldy, acc);
-    be->ops->download(be, y, fy_at(&by, 0), ny);
-    CHECK(fy_be_sync(be, &err) == 0, "%s", err.msg);
-    fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
-}
 
 /* One shape: fmt -1 (f32), FY_H16_F16 or FY_H16_BF16. */
 #define NBE 4
@@ -105,9 +85,9 @@ static void check_shape(fy_backend *const bes[NBE], int fmt, int N, int in, int 
     for (int k = 0; k < NBE; k++) {
         memcpy(got, y0, ny * sizeof *got);
         memcpy(one, y0, ny * sizeof *one);
-        run(bes[k], fmt, N, in, out, x, ldx, w16, wf, got, ldy, acc);
+        fy_test_linear(bes[k], fmt, N, in, out, x, ldx, w16, wf, got, ldy, acc);
         for (int n = 0; n < N; n++) /* each row alone: the one-row path */
-            run(bes[k], fmt, 1, in, out, x + (size_t)n * ldx, ldx, w16, wf, one + (size_t)n * ldy, ldy, acc);
+            fy_test_linear(bes[k], fmt, 1, in, out, x + (size_t)n * ldx, ldx, w16, wf, one + (size_t)n * ldy, ldy, acc);
         CHECK(!memcmp(got, want, ny * sizeof *got), "fmt %d kernel %d N %d in %d out %d acc %d threads %d: not the "
               "reference's bits", fmt, k, N, in, out, acc, threads);
         CHECK(!memcmp(one, want, ny * sizeof *one), "fmt %d kernel %d N %d in %d out %d acc %d: one row at a time "

@@ -154,28 +154,6 @@ static fy_backend *make_backend(const char *spec, int kernel) {
     return be;
 }
 
-/* y (=|+=) x W^T through be: linear_h16 (fmt >= 0, w16 [out, in]) or
- * linear_rows (fmt < 0, wf [out, in]); host in and out. */
-static void run(fy_backend *be, int fmt, int N, int in, int out, const float *x, int ldx, const uint16_t *w16,
-                const float *wf, float *y, int ldy, int acc) {
-    fy_buf bx, bw, by;
-    fy_err err;
-    size_t nx = (size_t)(N - 1) * ldx + in, ny = (size_t)(N - 1) * ldy + out;
-    size_t nw = fmt >= 0 ? (size_t)out * in / 2 : (size_t)out * in;
-    if (fy_be_alloc(be, &bx, nx ? nx : 1, &err) || fy_be_alloc(be, &bw, nw ? nw : 1, &err) ||
-        fy_be_alloc(be, &by, ny, &err))
-        exit(1);
-    if (nx) be->ops->upload(be, fy_at(&bx, 0), x, nx);
-    if (nw) be->ops->upload(be, fy_at(&bw, 0), fmt >= 0 ? (const float *)(const void *)w16 : wf, nw);
-    be->ops->upload(be, fy_at(&by, 0), y, ny);
-    if (fmt >= 0)
-        be->ops->linear_h16(be, fmt, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), fy_at(&by, 0), ldy, acc);
-    else
-        be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), in, fy_at(&by, 0), ldy, acc);
-    be->ops->download(be, y, fy_at(&by, 0), ny);
-    CHECK(fy_be_sync(be, &err) == 0, "%s: %s", fmt >= 0 ? "linear_h16" : "linear_rows", err.msg);
-    fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
-}
 
 /* A random 16-bit matrix; with `special`, rows 0-4 hold subnormals,
  * infinities, NaNs (with payloads) and signed zeros among their weights
@@ -217,24 +195,24 @@ static void h16_case(fy_backend *other, int fmt, int Nmax, int in, int out, int 
              Nmax, in, out, acc, special);
     fy_backend *cpu = make_backend("cpu", FY_CPU_Q8_BEST);
     memcpy(ref, y0, (size_t)Nmax * ldy * sizeof *ref);
-    run(cpu, -1, Nmax, in, out, x, ldx, NULL, wf, ref, ldy, acc);
+    fy_test_linear(cpu, -1, Nmax, in, out, x, ldx, NULL, wf, ref, ldy, acc);
     if (other) {
         memcpy(y, y0, (size_t)Nmax * ldy * sizeof *y);
-        run(other, fmt, Nmax, in, out, x, ldx, w16, NULL, y, ldy, acc);
+        fy_test_linear(other, fmt, Nmax, in, out, x, ldx, w16, NULL, y, ldy, acc);
         CHECK(!memcmp(y, ref, (size_t)Nmax * ldy * sizeof *y), "opencl %s: not linear_rows' bits", what);
     } else {
         const int kernels[] = {FY_CPU_Q8_PORTABLE, FY_CPU_Q8_AVX2, FY_CPU_Q8_BEST};
         for (int kk = 0; kk < 3; kk++) {
             fy_backend *be = make_backend("cpu", kernels[kk]);
             memcpy(y, y0, (size_t)Nmax * ldy * sizeof *y);
-            run(be, fmt, Nmax, in, out, x, ldx, w16, NULL, y, ldy, acc);
+            fy_test_linear(be, fmt, Nmax, in, out, x, ldx, w16, NULL, y, ldy, acc);
             CHECK(!memcmp(y, ref, (size_t)Nmax * ldy * sizeof *y), "%s kernel %d: not linear_rows' bits", what,
                   kernels[kk]);
             fy_backend_destroy(be);
         }
         for (int n = 0; n < Nmax; n += 1 + n / 4) { /* row n alone */
             memcpy(y, y0 + (size_t)n * ldy, (size_t)ldy * sizeof *y);
-            run(cpu, fmt, 1, in, out, x + (size_t)n * ldx, ldx, w16, NULL, y, ldy, acc);
+            fy_test_linear(cpu, fmt, 1, in, out, x + (size_t)n * ldx, ldx, w16, NULL, y, ldy, acc);
             CHECK(!memcmp(y, ref + (size_t)n * ldy, (size_t)out * sizeof *y), "%s: row %d alone differs", what, n);
         }
     }

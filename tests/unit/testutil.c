@@ -58,3 +58,24 @@ fy_config fy_test_grad_config(int V) {
     c.initializer_range = 0.2f;
     return c;
 }
+
+void fy_test_linear(fy_backend *be, int fmt, int N, int in, int out, const float *x, int ldx, const uint16_t *w16,
+                    const float *wf, float *y, int ldy, int acc) {
+    fy_buf bx, bw, by;
+    fy_err err;
+    const size_t nx = (size_t)(N - 1) * ldx + in, ny = (size_t)(N - 1) * ldy + out;
+    const size_t nw = fmt >= 0 ? ((size_t)out * in + 1) / 2 : (size_t)out * in;
+    if (fy_be_alloc(be, &bx, nx ? nx : 1, &err) || fy_be_alloc(be, &bw, nw ? nw : 1, &err) ||
+        fy_be_alloc(be, &by, ny, &err))
+        exit(1);
+    if (nx) be->ops->upload(be, fy_at(&bx, 0), x, nx);
+    if (nw) be->ops->upload(be, fy_at(&bw, 0), fmt >= 0 ? (const float *)(const void *)w16 : wf, nw);
+    be->ops->upload(be, fy_at(&by, 0), y, ny);
+    if (fmt >= 0)
+        be->ops->linear_h16(be, fmt, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), fy_at(&by, 0), ldy, acc);
+    else
+        be->ops->linear_rows(be, N, in, out, fy_at(&bx, 0), ldx, fy_at(&bw, 0), in, fy_at(&by, 0), ldy, acc);
+    be->ops->download(be, y, fy_at(&by, 0), ny);
+    CHECK(fy_be_sync(be, &err) == 0, "%s: %s", fmt >= 0 ? "linear_h16" : "linear_rows", err.msg);
+    fy_be_free(be, &bx), fy_be_free(be, &bw), fy_be_free(be, &by);
+}
