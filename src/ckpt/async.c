@@ -77,15 +77,13 @@ static void populate_fresh(struct fy_ckpt_fresh *f, size_t from, int background)
  * At 10 (~10 % of a core beside a nice-0 thread) the first save held
  * 0.12-0.14 s, a reused one's, with the faulting moved into the steps before
  * it (~0.1 s a step on small, once per process; docs/RELIABILITY.md). */
-#ifndef FY_RESERVE_NICE
-#define FY_RESERVE_NICE 10
-#endif
+enum { RESERVE_NICE = 10 };
 static void *reserver(void *arg) {
     fy_ckpt_async *a = arg;
 #ifdef __linux__
     /* Below training's priority; never raised again: the save does not wait
      * for it. */
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), FY_RESERVE_NICE);
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), RESERVE_NICE);
 #endif
     populate_fresh(&a->fresh, 0, 1);
     return NULL;
