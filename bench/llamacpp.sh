@@ -37,11 +37,15 @@ ferry=$build/ferry bgen=$build/bench/bench_generate
 threads=${THREADS:-2} rounds=${ROUNDS:-3} plen=${PROMPT:-512} new=${NEW:-128} vocab=${VOCAB:-8192}
 configs=${CONFIGS:-"tiny small"} types=${TYPES:-"f32 bf16 f16 q8_0 q4_0"} repack=${REPACK:-1} limit=${LIMIT:-120}
 export OMP_NUM_THREADS=$threads
-# bench_generate is not the CLI: it gets the OpenMP spin that `ferry
-# generate` picks for itself (GOMP_SPINCOUNT 300, src/cli/env.c) unless the
-# user chose a wait policy; libgomp's default spin is what the CLI avoids
+# bench_generate is not the CLI: unless the user chose a wait policy, it
+# gets the OpenMP spin that `ferry generate` would pick for itself at that
+# moment (src/cli/env.c: long on a quiet machine, short beside busy
+# neighbours), read from libgomp's own report of a `ferry generate --help`
+ferry_spin() {
+  OMP_DISPLAY_ENV=verbose "$ferry" generate --help 2>&1 >/dev/null |
+    sed -nE "s/^ *GOMP_SPINCOUNT = '([0-9]+)'.*/\1/p" | tail -1
+}
 bgen_env=()
-[ -n "${OMP_WAIT_POLICY:-}${GOMP_SPINCOUNT:-}" ] || bgen_env=(env GOMP_SPINCOUNT=300)
 start=$(date +%s)
 for x in "$ferry" "$bgen"; do
   [ -x "$x" ] || { echo "bench/llamacpp.sh: $x not built (cmake --build $build)" >&2; exit 1; }
@@ -122,6 +126,7 @@ cell() {
   for r in $(seq "$rounds"); do
     echo "  $cfg $t round $r/$rounds" >&2
     # warm: ferry
+    [ -n "${OMP_WAIT_POLICY:-}${GOMP_SPINCOUNT:-}" ] || bgen_env=(env GOMP_SPINCOUNT="$(ferry_spin)")
     if limited "$tmp/err" "${bgen_env[@]}" "$bgen" --config "$cfg" --vocab "$vocab" --prompt "$plen" --new "$new" --weights "$t" --reps 2; then
       fp=$(field "$out" prefill_tok_s) fd=$(field "$out" decode_tok_s)
       need "ferry warm prefill" "$fp"; need "ferry warm decode" "$fd"

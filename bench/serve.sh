@@ -31,8 +31,9 @@ export OMP_NUM_THREADS=$threads
 # Not OMP_WAIT_POLICY=PASSIVE (bench/batch.sh sets it): sleeping OpenMP
 # workers slow the one-stream case most (each token is many short parallel
 # regions), which would inflate the 16-vs-1 ratio. Unset, ferry serve picks
-# its own short spin (GOMP_SPINCOUNT 300, src/cli/env.c; docs/PERFORMANCE.md
-# "Under contention"): what a server runs with.
+# its own spin at start-up (GOMP_SPINCOUNT 30000 on a quiet machine, 300
+# beside busy neighbours, src/cli/env.c; docs/PERFORMANCE.md "Under
+# contention"): what a server runs with.
 unset OMP_WAIT_POLICY GOMP_SPINCOUNT
 
 cache=${FERRY_LLAMACPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry/llama.cpp}

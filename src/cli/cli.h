@@ -31,8 +31,9 @@ int fy_cli_data_chat_kjv(int argc, char **argv);
  * returns opts. */
 void fy_cli_env_log(void);
 /* Called first in main: when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is
- * set, sets GOMP_SPINCOUNT for the command in argv[1] (short or no spinning,
- * kind to CPU neighbours) and re-executes ferry once so that libgomp sees
+ * set, sets GOMP_SPINCOUNT for the command in argv[1] (generate/serve: long
+ * on a quiet machine, short beside busy neighbours; others: none) and
+ * re-executes ferry once so that libgomp sees
  * it; returns otherwise. */
 void fy_cli_env_openmp(int argc, char **argv);
 fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts);

@@ -1,8 +1,14 @@
 /* The environment variables ferry reads, all in one place: only the CLI
  * reads the environment; the library takes these settings as explicit
  * options (fy_backend_opts, fy_log_set_level). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -28,20 +34,69 @@
  * trainer's options (train/inject.h); FERRY_API_KEY (ferry serve's key when
  * neither --api-key nor --api-key-file is given) by cmd_serve.c. */
 /* How long an idle OpenMP thread spins before it sleeps (GOMP_SPINCOUNT, in
- * libgomp's spin iterations; its default, 300000, is a few ms). Beside
- * CPU-bound neighbours, threads spinning at every barrier while the thread
- * they wait for is descheduled made decode 40-240x and training 35-70x
- * slower (bench/contention.sh; docs/PERFORMANCE.md "Under contention").
+ * libgomp's spin iterations, about 10 ns each; its default, 300000, is a
+ * few ms). Beside CPU-bound neighbours, threads spinning at every barrier
+ * while the thread they wait for is descheduled made decode 40-240x and
+ * training 35-70x slower (bench/contention.sh; docs/PERFORMANCE.md "Under
+ * contention").
  *   train and every other command: 0, sleep at once (= passive): training's
  *     parallel regions are long, so a quiet machine trains as fast, and
  *     beside neighbours it ran 9-14x the default's speed.
- *   generate, serve: 300. One decoded token is many short regions: sleeping
- *     at once cost 2.4x of quiet-machine q8_0 decode (a futex wake per
- *     region) and 1000 spins none, but beside a busy neighbour 1000 ran at
- *     0.4x passive's speed; 300 kept 92 % of quiet decode and matched
- *     passive there. */
+ *   generate, serve: one decoded token is many short regions, and a thread
+ *     that has gone to sleep is slow to wake (tens of us on a VM whose idle
+ *     vCPU halts), so how long to spin depends on the neighbours, looked at
+ *     once, here, at start-up (machine_quiet): 30000 (~0.3 ms) on a quiet
+ *     machine, where tiny's q8_0 decode ran 1.6-7x faster than at 300
+ *     (AMD EPYC 4394 against 2237 tok/s; Intel Xeon 3747 against 536);
+ *     300 beside neighbours, where 30000 ran at 0.25-0.6x of 300 and 300
+ *     about as fast as passive. */
+#define SPIN_QUIET "30000"
+#define SPIN_SHARED "300"
+
+/* Tasks ready to run on the whole machine now, this process included
+ * (/proc/stat's procs_running), or -1 where it cannot be read. */
+static int procs_running(void) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return -1;
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "procs_running %d", &n) == 1) break;
+    fclose(f);
+    return n;
+}
+
+/* The threads this process will run: OMP_NUM_THREADS's first number, else
+ * the CPUs it may run on (libgomp's own default). */
+static int omp_threads(void) {
+    const char *v = getenv("OMP_NUM_THREADS");
+    int n = v ? atoi(v) : 0;
+    if (n > 0) return n;
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
+}
+
+/* 1 when, in most of 5 looks 1 ms apart, the online CPUs had room for all
+ * of this process's threads beside every other task ready to run. A busy
+ * neighbour is always ready, so it is seen; one that starts later is not
+ * (the choice is made once: a server on a machine that is sometimes shared
+ * is better told OMP_WAIT_POLICY=passive or GOMP_SPINCOUNT=300). Costs ~5 ms
+ * of start-up; changes timing only, never results. */
+static int machine_quiet(void) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = omp_threads(), room = 0;
+    for (int i = 0; i < 5; i++) {
+        int r = procs_running();
+        if (r < 0 || ncpu < 1) return 0;
+        room += (long)r - 1 + threads <= ncpu;
+        if (i < 4) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return room >= 3;
+}
+
 static const char *spin_count(int argc, char **argv) {
-    if (argc > 1 && (!strcmp(argv[1], "generate") || !strcmp(argv[1], "serve"))) return "300";
+    if (argc > 1 && (!strcmp(argv[1], "generate") || !strcmp(argv[1], "serve")))
+        return machine_quiet() ? SPIN_QUIET : SPIN_SHARED;
     return "0";
 }
 

@@ -30,7 +30,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: ferry COMMAND [options]   (ferry COMMAND --help for its options)\n\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
     fprintf(f, "\nthreads: OMP_NUM_THREADS (default: every core). Idle threads spin briefly, then sleep\n"
-               "(GOMP_SPINCOUNT 300 for generate/serve, 0 otherwise) unless OMP_WAIT_POLICY or\n"
+               "(generate/serve: GOMP_SPINCOUNT 30000 on a quiet machine, 300 beside busy neighbours,\n"
+               "looked at once at start-up; 0 otherwise) unless OMP_WAIT_POLICY or\n"
                "GOMP_SPINCOUNT is set (docs/PERFORMANCE.md, \"Under contention\").\n");
 }
 
