@@ -251,6 +251,12 @@ lr_tile512(int in, const float *x, int ldx, const void *w, size_t ldw, float *y,
         for (int j = 0; j < RW; j++) a[i][j] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= in; k += 16) {
+        if (RX == 1 && RW == 4) { /* decode: the rows two tiles on into L1, as lr_tile256 does */
+            const uintptr_t next = (uintptr_t)2 * RW * ldw * (WF == LR_F32 ? 4 : 2);
+            #pragma GCC unroll 4
+            for (int j = 0; j < RW; j++)
+                _mm_prefetch((const char *)((uintptr_t)lr_at(w, (size_t)j * ldw + k, WF) + next), _MM_HINT_T0);
+        }
         __m512 xv[4], wv[4];
         #pragma GCC unroll 4
         for (int i = 0; i < RX; i++) xv[i] = _mm512_loadu_ps(x + (size_t)i * ldx + k);
@@ -357,7 +363,7 @@ static lr_block_fn *lr_best(int isa, int wf) {
 /* Multiply-adds below which a call stays on one thread: waking the team
  * costs ~10-50 us on a shared machine, more than a 256 x 256 one-row
  * linear takes alone (~3 us, 2026-12-05). */
-#define LR_PAR_MIN (1u << 20)
+#define LR_PAR_MIN 65536u
 
 /* Both ops once the pointers are checked; ldw in elements of format wf. */
 static void lr_run(fy_backend *be, int wf, int N, int in, int out, const float *xp, int ldx, const void *wp,
