@@ -120,13 +120,35 @@ int fy_be_ref_ok(fy_backend *be, fy_ref r, size_t need, const char *op, const ch
     return 1;
 }
 
+/* The largest |x[i]| of a block, NaNs skipped (as `|x| > amax` skips
+ * them): for floats >= 0 the order of their bit patterns is their order,
+ * and NaN's patterns lie above +Inf's, so an integer maximum over the
+ * non-NaN patterns gives it, in a loop the compiler vectorizes (load time:
+ * every weight of a quantized model passes here once). */
+static float block_amax(const float *x) {
+    uint32_t top = 0;
+    for (int i = 0; i < FY_Q8_BLOCK; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        b &= 0x7fffffffu;
+        b = b > 0x7f800000u ? 0 : b;
+        top = b > top ? b : top;
+    }
+    float amax;
+    memcpy(&amax, &top, sizeof amax);
+    return amax;
+}
+
+/* Rows in parallel from this many weights on: each row's bits are its own. */
+#define QUANT_PAR_MIN (1 << 16)
+
 void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float *s) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * in >= QUANT_PAR_MIN)
     for (int r = 0; r < rows; r++)
         for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
             const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
             int8_t *o = q + (size_t)r * in + (size_t)b * FY_Q8_BLOCK;
-            float amax = 0.0f;
-            for (int i = 0; i < FY_Q8_BLOCK; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+            float amax = block_amax(x);
             float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
             s[(size_t)r * (in / FY_Q8_BLOCK) + b] = d;
             /* Adding and subtracting 1.5 * 2^23 rounds half to even (the
@@ -141,6 +163,7 @@ void fy_q8_quantize(const float *w, int rows, int in, int ldw, int8_t *q, float 
 }
 
 void fy_q8_quantize_gguf(const float *w, int rows, int in, int ldw, int8_t *q, float *s) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * in >= QUANT_PAR_MIN)
     for (int r = 0; r < rows; r++)
         for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
             const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
@@ -154,6 +177,7 @@ void fy_q8_quantize_gguf(const float *w, int rows, int in, int ldw, int8_t *q, f
 }
 
 void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float *s) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * in >= QUANT_PAR_MIN)
     for (int r = 0; r < rows; r++)
         for (int b = 0; b < in / FY_Q8_BLOCK; b++) {
             const float *x = w + (size_t)r * ldw + (size_t)b * FY_Q8_BLOCK;
@@ -173,7 +197,13 @@ void fy_q4_quantize(const float *w, int rows, int in, int ldw, uint8_t *q, float
 }
 
 void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out) {
-    for (size_t i = 0; i < n; i++) out[i] = fmt == FY_H16_BF16 ? fy_f32_to_bf16(w[i]) : fy_f32_to_f16(w[i]);
+    const long nb = (long)((n + 4095) / 4096); /* blocks of 4096 in parallel */
+#pragma omp parallel for schedule(static) if (n >= QUANT_PAR_MIN)
+    for (long b = 0; b < nb; b++) {
+        size_t i1 = (size_t)b * 4096 + 4096 < n ? (size_t)b * 4096 + 4096 : n;
+        for (size_t i = (size_t)b * 4096; i < i1; i++)
+            out[i] = fmt == FY_H16_BF16 ? fy_f32_to_bf16(w[i]) : fy_f32_to_f16(w[i]);
+    }
 }
 
 /* ---- fault checking: the optional fault ops (backend.h) ---- */
