@@ -189,6 +189,39 @@ static int load(const serve_flags *f, const char *id, fy_loaded *l, lora_set *ls
     return fy_sched_create(s, &l->model, l->tok, &so, err);
 }
 
+/* load() on a thread of its own, which then exits. libgomp keeps a pool
+ * of OpenMP workers for every thread that ever started a parallel region,
+ * and once its workers and masters outnumber the CPUs it spins only 100
+ * iterations before sleeping, whatever GOMP_SPINCOUNT says (its
+ * "throttled" spin). The load's regions (quantizing, checks) on the main
+ * thread left a worker behind beside the scheduler thread's, and each of
+ * a decode step's many short regions then paid a futex wake: tiny q8_0
+ * served one stream at ~600 tok/s where `ferry generate` decodes ~3500.
+ * A thread's pool goes when it exits, so only the scheduler's remains. */
+typedef struct load_job {
+    const serve_flags *f;
+    const char *id;
+    fy_loaded *l;
+    lora_set *ls;
+    fy_chat_template *chat;
+    fy_sched **s;
+    int *ctx, rc;
+    fy_err *err;
+} load_job;
+
+static void *load_main(void *arg) {
+    load_job *j = arg;
+    j->rc = load(j->f, j->id, j->l, j->ls, j->chat, j->s, j->ctx, j->err);
+    return NULL;
+}
+
+static int load_apart(load_job *j) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, load_main, j)) return fy_fail(j->err, "cannot start the loading thread");
+    pthread_join(t, NULL);
+    return j->rc;
+}
+
 /* Runs until a signal; then drains and stops. */
 static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
     char key[512], id[256];
@@ -206,7 +239,8 @@ static int serve(const serve_flags *f, sigwaiter *sw, fy_err *err) {
     /* The limits a request is checked against need the model: the server
      * listens first (health says "loading") and learns them at ready. */
     if (fy_http_start(&h, &ho, err)) return -1;
-    if (load(f, id, &l, &ls, &chat, &s, &ctx, err)) {
+    load_job job = {f, id, &l, &ls, &chat, &s, &ctx, -1, err};
+    if (load_apart(&job)) {
         fy_http_stop(h);
         free_loras(&l, &ls);
         fy_cli_unload(&l);
