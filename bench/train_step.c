@@ -6,12 +6,17 @@
  * --lora-rank: LoRA adapters of rank R (alpha 2R) on every target (or the
  * PEFT target_modules of --lora-targets), the base
  * frozen, AdamW on the adapters only; "trainable" counts what AdamW updates
- * and "max_rss_mb" is the process's peak resident memory. */
+ * and "max_rss_mb" is the process's peak resident memory.
+ * "sgemm_gflops": the ceiling the step is held against, OpenBLAS's sgemm
+ * (the library the training GEMMs call) alone on the model's largest
+ * linear at this batch, [B*T x hidden] @ [hidden x intermediate], on the
+ * same threads, timed after the steps (best of 5). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
 #include <omp.h>
 
 #include "backend/backend.h"
@@ -43,6 +48,26 @@ static double forward_flops_per_token(const fy_model *m, const fy_param_table *t
     f += 2.0 * tab->n_layers * c->num_attention_heads * ctx *
          (fy_cfg_qk_head_dim(c) + c->v_head_dim);
     return f;
+}
+
+/* GFLOP/s of cblas_sgemm on [M x K] @ [K x N], best of 5 after one warm-up. */
+static double sgemm_ceiling(int M, int K, int N) {
+    float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
+    if (!a || !b || !c) {
+        free(a), free(b), free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)(fy_rng_u64(7, 0, i) % 1000) * 1e-3f - 0.5f;
+    for (size_t i = 0; i < (size_t)K * N; i++) b[i] = (float)(fy_rng_u64(8, 0, i) % 1000) * 1e-3f - 0.5f;
+    double best = 1e30;
+    for (int r = 0; r < 6; r++) {
+        double t = fy_now_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+        t = fy_now_s() - t;
+        if (r > 0 && t < best) best = t;
+    }
+    free(a), free(b), free(c);
+    return 2.0 * M * K * N / best * 1e-9;
 }
 
 int main(int argc, char **argv) {
@@ -119,12 +144,13 @@ int main(int argc, char **argv) {
      * GFLOP/s is the full-equivalent rate, comparable to a full row's. */
     double tps = N / dt, fpt = 3.0 * forward_flops_per_token(&m, base, T);
     struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    getrusage(RUSAGE_SELF, &ru); /* before the ceiling's buffers */
+    const double ceiling = sgemm_ceiling(N, c.hidden_size, c.intermediate_size);
     printf("{\"impl\": \"ferry\", \"config\": \"%s\", \"threads\": %d, \"batch\": %d, \"seq\": %d, "
            "\"params\": %zu, \"trainable\": %zu, \"step_ms\": %.2f, \"tokens_per_s\": %.1f, \"gflops\": %.2f, "
-           "\"max_rss_mb\": %.1f}\n",
+           "\"max_rss_mb\": %.1f, \"sgemm_gflops\": %.2f, \"sgemm_shape\": \"%d x %d x %d\"}\n",
            cfgname, omp_get_max_threads(), B, T, params, trainable, dt * 1e3, tps, tps * fpt * 1e-9,
-           ru.ru_maxrss / 1024.0);
+           ru.ru_maxrss / 1024.0, ceiling, N, c.hidden_size, c.intermediate_size);
     free(in);
     free(lab);
     fy_adamw_free(&opt, be);

@@ -23,8 +23,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; els
 lora=${LORA:-8}
 attn=q_a_proj,q_b_proj,kv_a_proj_with_mqa,kv_b_proj,o_proj
 peft_py=${PEFT_PYTHON:-$(scripts/pyenv.sh 2>/dev/null || true)}
-printf "| config | mode | trainable / params | threads | batch x seq | ferry tok/s | ferry GFLOP/s | ferry MB | PyTorch tok/s | PyTorch MB | ratio | transformers+peft tok/s | peft MB | ratio |\n"
-printf "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+# "of sgemm": ferry's GFLOP/s against OpenBLAS sgemm alone on the config's
+# largest linear at this batch, timed by the same bench_train_step process
+# after its steps; the config's last row is that ceiling.
+printf "| config | mode | trainable / params | threads | batch x seq | ferry tok/s | ferry GFLOP/s | of sgemm | ferry MB | PyTorch tok/s | PyTorch MB | ratio | transformers+peft tok/s | peft MB | ratio |\n"
+printf "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 for cfg in tiny small; do
   for mode in full lora lora-attn; do
     extra=()
@@ -46,9 +49,14 @@ for cfg in tiny small; do
     ft=$(field "$f" tokens_per_s) tt=$(field "$t" tokens_per_s) pt=$(field "$p" tokens_per_s)
     pcol="n/a | n/a | n/a"
     [ "$mode" = lora-attn ] && pcol=$(printf "%.0f | %.0f | %s" "$pt" "$(field "$p" max_rss_mb)" "$(ratio "$ft" "$pt")")
-    printf "| %s | %s | %.2fM / %.1fM | %s | %s x %s | %.0f | %.1f | %.0f | %.0f | %.0f | %s | %s |\n" "$cfg" "$name" \
+    sg=$(field "$f" sgemm_gflops) shape=$(sed -E 's/.*"sgemm_shape": "([^"]*)".*/\1/' <<<"$f")
+    [ "$mode" = full ] && { ceil=$sg ceil_shape=$shape; }
+    printf "| %s | %s | %.2fM / %.1fM | %s | %s x %s | %.0f | %.1f | %s | %.0f | %.0f | %.0f | %s | %s |\n" "$cfg" "$name" \
       "$(awk -v p="$(field "$f" trainable)" 'BEGIN{print p/1e6}')" \
       "$(awk -v p="$(field "$f" params)" 'BEGIN{print p/1e6}')" "$threads" "$batch" "$seq" \
-      "$ft" "$(field "$f" gflops)" "$(field "$f" max_rss_mb)" "$tt" "$(field "$t" max_rss_mb)" "$(ratio "$ft" "$tt")" "$pcol"
+      "$ft" "$(field "$f" gflops)" "$(awk -v a="$(field "$f" gflops)" -v b="$sg" 'BEGIN { printf "%.0f %%", 100 * a / b }')" \
+      "$(field "$f" max_rss_mb)" "$tt" "$(field "$t" max_rss_mb)" "$(ratio "$ft" "$tt")" "$pcol"
   done
+  printf "| %s | sgemm ceiling: OpenBLAS alone, %s (M x K x N) | | %s | %s x %s | | %.1f | 100 %% | | | | | n/a | n/a | n/a |\n" \
+    "$cfg" "$ceil_shape" "$threads" "$batch" "$seq" "$ceil"
 done
