@@ -31,6 +31,21 @@ typedef struct fy_cpu_impl {
     int gemm_rows; /* fy_backend_opts.cpu_gemm_rows */
 } fy_cpu_impl;
 
+/* OpenBLAS (cpu_blas.c): opened at the first op that needs it. An op that
+ * calls fy_cpu_sgemm / fy_cpu_sgemv (cblas_sgemm / cblas_sgemv, the same
+ * arguments) first calls fy_cpu_blas_open, outside its parallel regions:
+ * 1 when they are set, else 0 with the backend's error recorded. */
+#include <cblas.h>
+typedef void fy_cpu_sgemm_fn(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, blasint M,
+                             blasint N, blasint K, float alpha, const float *A, blasint lda, const float *B,
+                             blasint ldb, float beta, float *C, blasint ldc);
+typedef void fy_cpu_sgemv_fn(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE t, blasint m, blasint n, float alpha,
+                             const float *a, blasint lda, const float *x, blasint incx, float beta, float *y,
+                             blasint incy);
+extern fy_cpu_sgemm_fn *fy_cpu_sgemm;
+extern fy_cpu_sgemv_fn *fy_cpu_sgemv;
+int fy_cpu_blas_open(fy_backend *be, const char *op);
+
 /* The backend's scratch of at least n floats, or NULL (error recorded). */
 float *fy_cpu_scratch(fy_backend *be, size_t n, const char *op);
 

@@ -4,7 +4,6 @@
  * the parallel region (OpenBLAS does so when called in one), and each output
  * element is produced by the same sequence of operations whatever the thread
  * count, so results are deterministic. */
-#include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
 
@@ -51,7 +50,7 @@ void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     const float *vp = fy_cpu_f(be, v, rows * vs, op, "v");
     float *op_ = fy_cpu_f(be, out, rows * vs, op, "out");
     float *pp = fy_cpu_f(be, P, (size_t)B * H * T * T, op, "P");
-    if (!qp || !kp || !vp || !op_ || !pp) return;
+    if (!qp || !kp || !vp || !op_ || !pp || !fy_cpu_blas_open(be, op)) return;
     int BH = B * H;
     int nblk = (T + ATTN_BLOCK - 1) / ATTN_BLOCK;
 #pragma omp parallel for schedule(dynamic, 1) if (BH > 1 && (size_t)BH * T * T * (dqk + dv) > 65536)
@@ -67,14 +66,14 @@ void fy_cpu_attn_fwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
             int m = i1 - i0, n = i1; /* rows i0..i1 see keys 0..i1 */
             float *S = Pb + (size_t)i0 * T;
             if (dqk > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, dqk, scale,
+                fy_cpu_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, dqk, scale,
                             Q + (size_t)i0 * qs, (int)qs, K, (int)qs, 0.0f, S, T);
             else
                 for (int r = 0; r < m; r++)
                     for (int j = 0; j < n; j++) S[(size_t)r * T + j] = 0.0f;
             softmax_causal_rows(S, T, i0, m);
             if (dv > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dv, n, 1.0f, S, T, V,
+                fy_cpu_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dv, n, 1.0f, S, T, V,
                             (int)vs, 0.0f, O + (size_t)i0 * vs, (int)vs);
         }
     }
@@ -98,7 +97,7 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
     float *dqp = fy_cpu_f(be, dq, rows * qs, op, "dq");
     float *dkp = fy_cpu_f(be, dk, rows * qs, op, "dk");
     float *dvp = fy_cpu_f(be, dv_, rows * vs, op, "dv");
-    if (!qp || !kp || !vp || !pp || !dop || !dqp || !dkp || !dvp) return;
+    if (!qp || !kp || !vp || !pp || !dop || !dqp || !dkp || !dvp || !fy_cpu_blas_open(be, op)) return;
     int BH = B * H;
     int nblk = (T + ATTN_BLOCK - 1) / ATTN_BLOCK;
     int bm = T < ATTN_BLOCK ? T : ATTN_BLOCK;
@@ -127,19 +126,19 @@ void fy_cpu_attn_bwd(fy_backend *be, int B, int T, int H, int dqk, int dv, float
                 const float *dOr = dO + (size_t)i0 * vs;
                 if (dv > 0) {
                     /* dV[0:n] (+)= P[i0:i1, 0:n]^T dO[i0:i1] */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, dv, m, 1.0f, Pr, T,
+                    fy_cpu_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, dv, m, 1.0f, Pr, T,
                                 dOr, (int)vs, beta, dV, (int)vs);
                     /* dP = dO[i0:i1] V[0:n]^T, into dS (ld n) */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, dv, 1.0f, dOr,
+                    fy_cpu_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, dv, 1.0f, dOr,
                                 (int)vs, V, (int)vs, 0.0f, dS, n);
                 } else {
                     for (size_t e = 0; e < (size_t)m * n; e++) dS[e] = 0.0f;
                 }
                 softmax_bwd_rows(Pr, T, dS, n, i0, m);
                 if (dqk > 0) {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dqk, n, scale, dS, n,
+                    fy_cpu_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dqk, n, scale, dS, n,
                                 K, (int)qs, 0.0f, dQ + (size_t)i0 * qs, (int)qs);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, dqk, m, scale, dS, n,
+                    fy_cpu_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, dqk, m, scale, dS, n,
                                 Q + (size_t)i0 * qs, (int)qs, beta, dK, (int)qs);
                 }
             }

@@ -2,7 +2,6 @@
  * synchronously on the calling thread (plus its OpenMP team); errors are
  * recorded as sticky and returned by sync. Arguments arrive checked
  * (backend_check.c); buffers are checked here as they are resolved. */
-#include <cblas.h>
 #include <errno.h>
 #include <omp.h>
 #include <stdint.h>
@@ -249,7 +248,7 @@ static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int
     }
     float *a = fy_cpu_f(be, A, fy_cpu_span(ar, lda, ac), "gemm", "A");
     float *b = fy_cpu_f(be, B, fy_cpu_span(br, ldb, bc), "gemm", "B");
-    if (!a || !b) return;
+    if (!a || !b || !fy_cpu_blas_open(be, "gemm")) return;
     if (M == 1) {
         /* One output row (decode, an expert with one token): sgemm would pack
          * the whole of B for it; gemv streams B once. x is A's only row (or
@@ -257,9 +256,9 @@ static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int
         if (beta == 0.0f)
             for (int j = 0; j < N; j++) c[j] = 0.0f; /* gemv reads y even when beta is 0 */
         if (trans_b)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
+            fy_cpu_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
         else
-            cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
+            fy_cpu_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
         return;
     }
     /* OpenBLAS's own threading splits C by the thread count, and its edge
@@ -281,10 +280,10 @@ static void cpu_gemm(fy_backend *be, int trans_a, int trans_b, int M, int N, int
     for (int p = 0; p < np; p++) {
         int lo = p * per, len = dim - lo < per ? dim - lo : per;
         if (by_m)
-            cblas_sgemm(CblasRowMajor, ta, tb, len, N, K, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b,
+            fy_cpu_sgemm(CblasRowMajor, ta, tb, len, N, K, alpha, trans_a ? a + lo : a + (size_t)lo * lda, lda, b,
                         ldb, beta, c + (size_t)lo * ldc, ldc);
         else
-            cblas_sgemm(CblasRowMajor, ta, tb, M, len, K, alpha, a, lda, trans_b ? b + (size_t)lo * ldb : b + lo,
+            fy_cpu_sgemm(CblasRowMajor, ta, tb, M, len, K, alpha, a, lda, trans_b ? b + (size_t)lo * ldb : b + lo,
                         ldb, beta, c + lo, ldc);
     }
 }
