@@ -23,10 +23,34 @@ static int by_logit_desc(const void *a, const void *b, void *ctx) {
 
 size_t fy_sample_scratch_size(int V) { return (size_t)(V > 0 ? V : 1) * (sizeof(double) + sizeof(int32_t)); }
 
-int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, void *scratch) {
+/* The first index of the largest logit, as `if (l[i] > l[best]) best = i`
+ * from best = 0 finds it (NaNs never win; a NaN at 0 stays), in 16
+ * independent lanes the compiler vectorizes, then the lanes combined by
+ * value, ties to the lowest index. Once per token of every stream: the
+ * one-at-a-time loop was ~8 % of a 16-stream serve step (vocab 8192). */
+enum { AM_LANES = 16 };
+int32_t fy_argmax(const float *l, int V) {
+    if (V <= 1 || l[0] != l[0]) return 0;
+    float m[AM_LANES];
+    int32_t id[AM_LANES];
+    for (int j = 0; j < AM_LANES; j++) m[j] = l[0], id[j] = 0;
+    int i = 0;
+    for (; i + AM_LANES <= V; i += AM_LANES)
+        for (int j = 0; j < AM_LANES; j++) {
+            const int gt = l[i + j] > m[j];
+            m[j] = gt ? l[i + j] : m[j];
+            id[j] = gt ? i + j : id[j];
+        }
     int32_t best = 0;
-    for (int i = 1; i < V; i++)
-        if (logits[i] > logits[best]) best = i;
+    for (int j = 0; j < AM_LANES; j++)
+        if (m[j] > l[best] || (m[j] == l[best] && id[j] < best)) best = id[j];
+    for (; i < V; i++)
+        if (l[i] > l[best]) best = i;
+    return best;
+}
+
+int32_t fy_sample(const fy_sampler *s, const float *logits, int V, uint64_t position, void *scratch) {
+    int32_t best = fy_argmax(logits, V);
     if (s->temperature <= 0 || V <= 1) return best;
     const double inv_t = 1.0 / s->temperature, mx = logits[best];
     const double u = fy_rng_uniform(s->seed, 0x73616d70, position);

@@ -14,6 +14,9 @@ typedef struct fy_sampler {
     uint64_t seed;
 } fy_sampler;
 
+/* The lowest index of the largest of l[0..V) (0 for V <= 1; NaNs never
+ * win, a NaN at 0 is returned): greedy decoding's token. */
+int32_t fy_argmax(const float *l, int V);
 /* Bytes of scratch fy_sample needs for a vocabulary of V. */
 size_t fy_sample_scratch_size(int V);
 /* The token to emit after `logits` [V] at sequence position `position`.

@@ -198,6 +198,27 @@ static void sampler_unit(void) {
     for (int i = 0; i < V; i++) l[i] = (float)(i % 7);
     fy_sampler g = {0, 0, 1, 1};
     CHECK(fy_sample(&g, l, V, 0, scr) == 6, "greedy tie should pick id 6");
+    /* fy_argmax (16 lanes, combined) against the one-at-a-time loop: few
+     * distinct values (many ties), signed zeros, -inf, NaNs, every length
+     * up to 80 and the serving vocabularies. */
+    {
+        static float big[8193];
+        const float vals[] = {0.0f, -0.0f, 1.0f, -1.0f, 2.5f, -INFINITY, INFINITY, NAN};
+        int same = 1;
+        uint64_t st = 12345;
+        for (int t = 0; t < 4000; t++) {
+            int n = t < 2000 ? 1 + t % 80 : (t % 2 ? 8192 : 8193);
+            int nv = 2 + t % 7; /* draw from the first nv values: ties, zeros, infinities, NaNs */
+            for (int i = 0; i < n; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                big[i] = (t % 3) ? vals[(st >> 33) % nv] : (float)((st >> 40) % 1000) * 0.01f;
+            }
+            same &= fy_argmax(big, n) == argmax(big, n);
+        }
+        big[0] = NAN, big[1] = 5.0f;
+        same &= fy_argmax(big, 40) == argmax(big, 40) && fy_argmax(big, 40) == 0;
+        CHECK(same, "fy_argmax differs from the one-at-a-time argmax");
+    }
     /* top_k = 1 or a tiny top_p is greedy at any temperature and seed. */
     for (int i = 0; i < V; i++) l[i] = (float)sin(i * 1.7) * 3;
     int am = argmax(l, V), ok = 1;
