@@ -366,11 +366,18 @@ int fy_model_embed_rows(fy_model *m, const int32_t *ids, int n, float *out, fy_e
  * so the largest exponent field says it in one pass that vectorizes. */
 static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_err *err) {
     uint32_t top = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b;
-        memcpy(&b, &w[i], sizeof b);
-        b &= 0x7f800000u;
-        top = b > top ? b : top;
+    const long nc = (long)((n + 65535) / 65536); /* chunks of 64 Ki floats on the threads: a cold load reads every weight here */
+#pragma omp parallel for schedule(static) reduction(max : top) if (nc > 1)
+    for (long c = 0; c < nc; c++) {
+        size_t i1 = (size_t)c * 65536 + 65536 < n ? (size_t)c * 65536 + 65536 : n;
+        uint32_t ct = 0;
+        for (size_t i = (size_t)c * 65536; i < i1; i++) {
+            uint32_t b;
+            memcpy(&b, &w[i], sizeof b);
+            b &= 0x7f800000u;
+            ct = b > ct ? b : ct;
+        }
+        top = ct > top ? ct : top;
     }
     if (top != 0x7f800000u) return 0;
     return fy_fail(err, "the model's weights hold non-finite values (NaN or Inf; first in %s): "

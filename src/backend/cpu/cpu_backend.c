@@ -114,9 +114,20 @@ static void cpu_sparse(fy_backend *be, fy_buf *b) {
 #endif
 }
 
+/* Copies of 4 MB and more in 1 MB pieces on the threads: loading a model
+ * uploads every f32 weight, and a fresh buffer's first touch is most of it. */
+static void copy_par(float *d, const float *s, size_t n) {
+    const long np = (long)((n + (1u << 18) - 1) >> 18);
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 20))
+    for (long p = 0; p < np; p++) {
+        size_t i = (size_t)p << 18, len = n - i < ((size_t)1 << 18) ? n - i : ((size_t)1 << 18);
+        memcpy(d + i, s + i, len * 4);
+    }
+}
+
 static void cpu_upload(fy_backend *be, fy_ref dst, const void *src, size_t n) {
     float *d = fy_cpu_f(be, dst, n, "upload", "dst");
-    if (d && src) memcpy(d, src, n * 4);
+    if (d && src) copy_par(d, src, n);
 }
 
 static void cpu_download(fy_backend *be, void *dst, fy_ref src, size_t n) {
