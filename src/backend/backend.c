@@ -209,7 +209,7 @@ void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out) {
                 out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
             }
         else
-            for (size_t i = (size_t)b * 4096; i < i1; i++) out[i] = fy_f32_to_f16(w[i]);
+            fy_f32_to_f16_n(w + (size_t)b * 4096, i1 - (size_t)b * 4096, out + (size_t)b * 4096);
     }
 }
 

@@ -55,3 +55,43 @@ uint16_t fy_f32_to_f16(float f) {
     if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;         /* may carry into inf: right */
     return (uint16_t)(sign | h);
 }
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+/* AVX and F16C from CPUID leaf 1 (clang 14's __builtin_cpu_supports knows
+ * no "f16c"), read once; a benign race: every thread computes the same. */
+static int has_f16c(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned a, b, c, d;
+        cached = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && (c & bit_AVX);
+    }
+    return cached;
+}
+
+/* Eight at a time; returns how many it did. vcvtps2ph rounds to nearest
+ * even with overflow to infinity and exact subnormals, as fy_f32_to_f16
+ * does; only NaNs differ (it keeps payload bits), so lanes holding one are
+ * redone by fy_f32_to_f16. */
+__attribute__((target("avx,f16c"))) static size_t f16_n_f16c(const float *f, size_t n, uint16_t *out) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(f + i);
+        _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        int nan = _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        for (int l = 0; nan; l++, nan >>= 1)
+            if (nan & 1) out[i + l] = fy_f32_to_f16(f[i + l]);
+    }
+    return i;
+}
+#endif
+
+void fy_f32_to_f16_n(const float *f, size_t n, uint16_t *out) {
+    size_t i = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (has_f16c()) i = f16_n_f16c(f, n, out);
+#endif
+    for (; i < n; i++) out[i] = fy_f32_to_f16(f[i]);
+}

@@ -6,6 +6,7 @@
 #ifndef FY_CORE_HALF_H
 #define FY_CORE_HALF_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Exact; a NaN keeps its sign and payload (bits shifted up) and comes out
@@ -17,5 +18,9 @@ float fy_f16_to_f32(uint16_t h);   /* subnormals included */
  * ggml's bits (ggml-impl.h), and f16's also torch's. */
 uint16_t fy_f32_to_bf16(float f);
 uint16_t fy_f32_to_f16(float f);
+/* fy_f32_to_f16 of f[0..n) into out, with the F16C instruction (vcvtps2ph,
+ * round to nearest even: the same bits, its NaNs replaced by ours) where
+ * the CPU has it: loading a model as f16 converts every weight. */
+void fy_f32_to_f16_n(const float *f, size_t n, uint16_t *out);
 
 #endif
