@@ -255,11 +255,7 @@ __attribute__((target("avx2"))) static void q4_tiles_avx2(int in, int o0, int o1
 /* Lanes [b quads 0..3 | b+1 0..3 | b 4..7 | b+1 4..7]: the exact sum of
  * (n - 8) x per quad (vpdpbusd, n unsigned, from q4_prep's -8 * sum x),
  * times sw * sx, the AVX2 kernel's AL (low half) and AH (high half). */
-#define Q4V_PAIR(A, N, SW, c)                                                                           \
-    do {                                                                                                \
-        __m512i iv_ = _mm512_dpbusd_epi32(nf##c, N, xv##c);                                             \
-        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), _mm512_mul_ps(SW, xs##c)));         \
-    } while (0)
+#define Q4V_PAIR(A, N, SW, c) (A = fy_cpu_vnni_step(A, nf##c, N, xv##c, SW, xs##c))
 /* Input row c at the pair of blocks: its bytes, the offsets negated, its
  * scales [sx_b x 4 | sx_b+1 x 4] twice. */
 #define Q4V_X(c)                                                                                        \

@@ -101,6 +101,16 @@ __attribute__((target("avx2"))) static inline void fy_cpu_put2(float *y, int o, 
     double r = _mm_cvtsd_f64(_mm_castps_pd(v));
     memcpy(y + o, &r, sizeof r);
 }
+
+/* The step both VNNI tile kernels (Q8_0 and Q4_0) take per weight row and
+ * input row: a + float(off + sum of u x per quad) * (sw * sx), the integers
+ * exact (vpdpbusd, u unsigned, off the input's precomputed correction),
+ * then the float operations in this order, which fixes their bits. */
+__attribute__((target("avx512f,avx512vnni"), always_inline)) static inline __m512
+fy_cpu_vnni_step(__m512 a, __m512i off, __m512i u, __m512i x, __m512 sw, __m512 sx) {
+    __m512i iv = _mm512_dpbusd_epi32(off, u, x);
+    return _mm512_add_ps(a, _mm512_mul_ps(_mm512_cvtepi32_ps(iv), _mm512_mul_ps(sw, sx)));
+}
 #endif
 
 #endif

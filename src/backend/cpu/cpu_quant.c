@@ -244,11 +244,7 @@ q8_rows_vnni(int in, int o0, int o1, const int8_t *xq, const float *sx, const in
 /* sum (w + 128) x - 128 sum x = sum w x per quad, exact (vpdpbusd from
  * the input's -128 sum x), times sw * sx, added: q8_rows_vnni's integers
  * and float order. */
-#define Q8V_PAIR(A, WU, SW, c)                                                                          \
-    do {                                                                                                \
-        __m512i iv_ = _mm512_dpbusd_epi32(nx##c, WU, x##c);                                             \
-        A = _mm512_add_ps(A, _mm512_mul_ps(_mm512_cvtepi32_ps(iv_), _mm512_mul_ps(SW, xs##c)));         \
-    } while (0)
+#define Q8V_PAIR(A, WU, SW, c) (A = fy_cpu_vnni_step(A, nx##c, WU, x##c, SW, xs##c))
 /* Input row c at the step: its bytes, -128 * (each quad's sum), scales
  * [sx_b x 8 | sx_b+1 x 8]. */
 #define Q8V_X(c, TWO)                                                                                   \
