@@ -200,16 +200,8 @@ void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out) {
     const long nb = (long)((n + 4095) / 4096); /* blocks of 4096 in parallel */
 #pragma omp parallel for schedule(static) if (n >= QUANT_PAR_MIN)
     for (long b = 0; b < nb; b++) {
-        size_t i1 = (size_t)b * 4096 + 4096 < n ? (size_t)b * 4096 + 4096 : n;
-        if (fmt == FY_H16_BF16) /* fy_f32_to_bf16 written out branch-free, so the loop vectorizes */
-            for (size_t i = (size_t)b * 4096; i < i1; i++) {
-                uint32_t u;
-                memcpy(&u, &w[i], sizeof u);
-                uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = (u >> 16) | 0x40u;
-                out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-            }
-        else
-            fy_f32_to_f16_n(w + (size_t)b * 4096, i1 - (size_t)b * 4096, out + (size_t)b * 4096);
+        const size_t lo = (size_t)b * 4096, len = n - lo < 4096 ? n - lo : 4096;
+        (fmt == FY_H16_BF16 ? fy_f32_to_bf16_n : fy_f32_to_f16_n)(w + lo, len, out + lo);
     }
 }
 

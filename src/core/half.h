@@ -18,6 +18,8 @@ float fy_f16_to_f32(uint16_t h);   /* subnormals included */
  * ggml's bits (ggml-impl.h), and f16's also torch's. */
 uint16_t fy_f32_to_bf16(float f);
 uint16_t fy_f32_to_f16(float f);
+/* fy_f32_to_bf16 of f[0..n) into out, in a loop that vectorizes. */
+void fy_f32_to_bf16_n(const float *f, size_t n, uint16_t *out);
 /* fy_f32_to_f16 of f[0..n) into out, with the F16C instruction (vcvtps2ph,
  * round to nearest even: the same bits, its NaNs replaced by ours) where
  * the CPU has it: loading a model as f16 converts every weight. */

@@ -107,21 +107,24 @@ static void test_to_f16(void) {
     CHECK(bad_nan == 0, "%d NaNs not narrowed to ggml's sign | 0x7e00", bad_nan);
 }
 
-/* fy_f32_to_f16_n (vcvtps2ph where there is F16C, NaN lanes redone) gives
- * fy_f32_to_f16's bits: every 97th float pattern (the whole range, NaNs
- * included), in arrays of odd length so the scalar tail runs too. */
+/* fy_f32_to_f16_n (vcvtps2ph where there is F16C, NaN lanes redone) and
+ * fy_f32_to_bf16_n give their one-at-a-time functions' bits: every 97th
+ * float pattern (the whole range, NaNs included), in arrays of odd length
+ * so the scalar tail runs too. */
 static void test_to_f16_n(void) {
     enum { N = 4099 };
     static float f[N];
-    static uint16_t h[N];
-    long bad = 0;
+    static uint16_t h[N], hb[N];
+    long bad = 0, bad_bf = 0;
     uint64_t u = 0;
     while (u < (1ull << 32)) {
         for (int i = 0; i < N; i++, u += 97) f[i] = from_bits((uint32_t)u);
         fy_f32_to_f16_n(f, N, h);
-        for (int i = 0; i < N; i++) bad += h[i] != fy_f32_to_f16(f[i]);
+        fy_f32_to_bf16_n(f, N, hb);
+        for (int i = 0; i < N; i++) bad += h[i] != fy_f32_to_f16(f[i]), bad_bf += hb[i] != fy_f32_to_bf16(f[i]);
     }
     CHECK(bad == 0, "fy_f32_to_f16_n: %ld floats narrowed to other bits than fy_f32_to_f16", bad);
+    CHECK(bad_bf == 0, "fy_f32_to_bf16_n: %ld floats narrowed to other bits than fy_f32_to_bf16", bad_bf);
 }
 
 /* f32 -> bf16: the nearer of the two bf16 around x, ties to the even one;
