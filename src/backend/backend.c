@@ -123,17 +123,21 @@ int fy_be_ref_ok(fy_backend *be, fy_ref r, size_t need, const char *op, const ch
 /* The largest |x[i]| of a block, NaNs skipped (as `|x| > amax` skips
  * them): for floats >= 0 the order of their bit patterns is their order,
  * and NaN's patterns lie above +Inf's, so an integer maximum over the
- * non-NaN patterns gives it, in a loop the compiler vectorizes (load time:
+ * non-NaN patterns gives it. In 16 lanes, then across them: GCC's -O2
+ * vectorizer takes that form and not a single running maximum (load time:
  * every weight of a quantized model passes here once). */
 static float block_amax(const float *x) {
+    uint32_t lane[16] = {0};
+    for (int i = 0; i < FY_Q8_BLOCK; i += 16)
+        for (int j = 0; j < 16; j++) {
+            uint32_t b;
+            memcpy(&b, &x[i + j], sizeof b);
+            b &= 0x7fffffffu;
+            b = b > 0x7f800000u ? 0 : b;
+            lane[j] = b > lane[j] ? b : lane[j];
+        }
     uint32_t top = 0;
-    for (int i = 0; i < FY_Q8_BLOCK; i++) {
-        uint32_t b;
-        memcpy(&b, &x[i], sizeof b);
-        b &= 0x7fffffffu;
-        b = b > 0x7f800000u ? 0 : b;
-        top = b > top ? b : top;
-    }
+    for (int j = 0; j < 16; j++) top = lane[j] > top ? lane[j] : top;
     float amax;
     memcpy(&amax, &top, sizeof amax);
     return amax;
