@@ -209,6 +209,21 @@ void fy_h16_convert(const float *w, size_t n, int fmt, uint16_t *out) {
     }
 }
 
+/* ---- host memory as a buffer ---- */
+
+int fy_be_adopt(fy_backend *be, fy_buf *out, const void *host, size_t n, void (*release)(void *ctx), void *ctx,
+                fy_err *err) {
+    if (be->ops->adopt && (uintptr_t)host % 64 == 0) return be->ops->adopt(be, out, host, n, release, ctx, err);
+    if (fy_be_alloc(be, out, n ? n : 1, err)) return -1;
+    be->ops->upload(be, fy_at(out, 0), host, n);
+    if (fy_be_sync(be, err)) { /* the copy failed: nothing of host is kept */
+        fy_be_free(be, out);
+        return -1;
+    }
+    if (release) release(ctx);
+    return 0;
+}
+
 /* ---- fault checking: the optional fault ops (backend.h) ---- */
 
 int fy_be_fault_checks(const fy_backend *be) { return be && be->ops->fault_begin_step != NULL; }

@@ -354,6 +354,14 @@ typedef struct fy_backend_ops {
     void (*dequant_rows)(fy_backend *be, int fmt, int rows, int in, fy_ref wq, fy_ref ws, int n, fy_ref idx,
                          fy_ref dst, int ldd);
 
+    /* --- Host memory as a buffer (optional, NULL: fy_be_adopt copies it):
+     * *out holds the n elements at host without a copy, read-only (no op
+     * may write it: weights); release(ctx) runs when *out is freed, and
+     * not before. host is 64-byte aligned (fy_be_adopt checks). For
+     * weights mapped from a file in their final format. --- */
+    int (*adopt)(fy_backend *be, fy_buf *out, const void *host, size_t n, void (*release)(void *ctx), void *ctx,
+                 fy_err *err);
+
     /* --- Fault checking (optional: NULL in a backend that does not check,
      * such as cpu and opencl; chaos:INNER checks). Call through
      * fy_be_fault_*() below. begin_step starts a step: resets the GEMM
@@ -492,6 +500,13 @@ static inline int fy_be_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err
     return be->ops->alloc(be, out, n, err);
 }
 static inline void fy_be_free(fy_backend *be, fy_buf *b) { be->ops->free(be, b); }
+/* *out = the n elements (4 bytes each) at host, read-only: the backend's
+ * adopt where it has one and host is 64-byte aligned (no copy; release(ctx)
+ * when *out is freed), else a fresh buffer with host copied in (release(ctx)
+ * once the copy is done). On failure nothing is released: ctx is still the
+ * caller's. */
+int fy_be_adopt(fy_backend *be, fy_buf *out, const void *host, size_t n, void (*release)(void *ctx), void *ctx,
+                fy_err *err);
 
 /* --- Fault checking (the optional fault ops; backend.c). A backend without
  * them checks nothing: begin_step returns 0, take finds no fault. --- */

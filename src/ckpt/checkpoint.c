@@ -26,6 +26,7 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/strbuf.h"
+#include "ckpt/ckpt_impl.h"
 #include "model/decode.h"
 
 /* ---- names ---------------------------------------------------------------- */
@@ -269,12 +270,20 @@ static int verify(const char *ckpt_dir, int weights_only, fy_err *err) {
     fy_ckpt_manifest man;
     if (fy_ckpt_read_manifest(ckpt_dir, &man, err)) return -1;
     int has_model = 0;
+    const char *image = NULL;
+    fy_quant q;
     for (int i = 0; i < man.n_files; i++) {
         const char *name = man.files[i].name;
         if (weights_only && (!strcmp(name, FY_CKPT_OPTIM) || !strcmp(name, FY_CKPT_DIST))) continue;
         if (fy_ckpt_verify_file(ckpt_dir, &man.files[i], err)) return -1;
         has_model |= !strcmp(name, FY_CKPT_MODEL);
+        if (fy_ckpt_image_of(name, &q)) image = man.files[i].name;
     }
+    if (!has_model && image && weights_only) return 0;
+    if (!has_model && image)
+        return fy_fail(err, "checkpoint %s holds %s weights for inference only (%s, from ferry convert --weights): "
+                            "training, verify and export need a checkpoint of f32 weights (%s)",
+                       ckpt_dir, fy_quant_name(q), image, FY_CKPT_MODEL);
     if (!has_model)
         return fy_fail(err, "checkpoint %s: %s does not list %s", ckpt_dir, FY_CKPT_MANIFEST,
                        FY_CKPT_MODEL);
@@ -556,8 +565,13 @@ static int write_contents(const char *run_dir, const char *dir, const fy_ckpt_sn
     const char *names[4 + N_RUN_FILES];
     int n = 0;
     char p[FY_PATH_MAX];
-    if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, s, err)) return -1;
-    names[n++] = FY_CKPT_MODEL;
+    if (s->image) {
+        if (fy_path_join(p, sizeof p, dir, s->image_name, err) || fy_st_write(s->image, p, err)) return -1;
+        names[n++] = s->image_name;
+    } else {
+        if (fy_path_join(p, sizeof p, dir, FY_CKPT_MODEL, err) || write_model(p, s, err)) return -1;
+        names[n++] = FY_CKPT_MODEL;
+    }
     if (s->has_opt) {
         if (fy_path_join(p, sizeof p, dir, FY_CKPT_OPTIM, err) || write_optimizer(p, s, err)) return -1;
         names[n++] = FY_CKPT_OPTIM;
@@ -777,7 +791,7 @@ static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape) {
 
 /* Checks that f holds table tensor t (with suffix) in the expected shape
  * and a float dtype, without reading it; *out gets its entry. */
-static int check_tensor(const fy_st_file *f, const char *dir, const char *file, const fy_tensor_info *t,
+int fy__ckpt_check_tensor(const fy_st_file *f, const char *dir, const char *file, const fy_tensor_info *t,
                         const char *suffix, const fy_st_entry **out, fy_err *err) {
     char name[160];
     snprintf(name, sizeof name, "%s%s", t->name, suffix);
@@ -844,7 +858,7 @@ static int upload_tensor(fy_backend *be, const fy_st_file *f, const fy_st_entry 
 
 /* The model's tensor ti from the file, chunk by chunk: the model decides
  * where each goes (model/decode.h, fy_model_load_rows). */
-static int load_model_tensor(fy_model *m, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
+int fy__ckpt_load_model_tensor(fy_model *m, const fy_st_file *f, const fy_st_entry *e, const fy_tensor_info *ti,
                              float *staging, fy_err *err) {
     if (!fy_model_needs_tensor(m, ti)) return 0;
     size_t row = ti->n / rows_of(ti), per = chunk_rows(ti);
@@ -913,7 +927,7 @@ static int check_file(const char *dir, const char *file, const fy_param_table *t
     for (int i = 0; i < tab->n && rc == 0; i++) {
         if (trainable_only && tab->t[i].is_buffer) continue;
         for (int s = 0; s < n_suffixes && rc == 0; s++)
-            rc = check_tensor(*fp, dir, file, &tab->t[i], suffixes[s], &e[(size_t)i * n_suffixes + s], err);
+            rc = fy__ckpt_check_tensor(*fp, dir, file, &tab->t[i], suffixes[s], &e[(size_t)i * n_suffixes + s], err);
         expected += n_suffixes;
     }
     if (fy_params_is_shard(tab)) expected += (size_t)(tab->n_all - tab->n) * n_suffixes; /* others' experts */
@@ -972,7 +986,7 @@ static int load(const char *ckpt_dir, int verified, fy_model *m, fy_adamw *opt, 
     fy_backend *be = m->be;
     for (int i = 0; i < tab->n && rc == 0; i++) {
         const fy_tensor_info *ti = &tab->t[i];
-        rc = load_model_tensor(m, fm, em[i], ti, staging, err);
+        rc = fy__ckpt_load_model_tensor(m, fm, em[i], ti, staging, err);
         if (rc == 0 && opt && !ti->is_buffer)
             rc = upload_tensor(be, fo, eo[2 * (size_t)i], ti, fy_at(&opt->m, ti->off), staging, err) ||
                  upload_tensor(be, fo, eo[2 * (size_t)i + 1], ti, fy_at(&opt->v, ti->off), staging, err);

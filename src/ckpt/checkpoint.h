@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "core/err.h"
+#include "model/decode.h"
 #include "model/model.h"
 #include "optim/optim.h"
 
@@ -67,6 +68,10 @@ typedef struct fy_ckpt_snapshot {
     float **extra_x;
     int64_t (*extra_shape)[2];
     char *extra_meta;
+    /* A weights image's save (fy_ckpt_image_save): this file written as
+     * image_name in place of model.safetensors (params unused). */
+    struct fy_st_writer *image;
+    const char *image_name;
 } fy_ckpt_snapshot;
 
 /* State outside the one-file format that a multi-rank run needs to continue
@@ -104,6 +109,37 @@ int fy_ckpt_snapshot_take_host(fy_ckpt_snapshot *s, int step, const fy_ckpt_host
 void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);
 int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
                           size_t out_cap, fy_err *err);
+
+/* ---- Weights images: inference checkpoints in a format other than f32 ----
+ *
+ * A weights image holds a model as `--weights FMT` runs it (model/decode.h):
+ * the copy of every matrix in FMT exactly as the backend's kernels read it,
+ * so a load maps the file and uses it in place, with no read of f32
+ * weights, no encoding and no copy (the cpu backend; others copy it once).
+ *   step-XXXXXXXX/model.FMT.safetensors
+ *       "ferry.weights_image" U8 [bytes]   the copy, first, 64-byte aligned
+ *       every other tensor a batch step reads, F32 under its HF name (the
+ *       norms, the router and its bias, W_kvb; the MTP modules are left out)
+ *       metadata "ferry_weights" FMT, "ferry_layout" (16 hex digits:
+ *       fy_model_image_layout; another layout is refused), "ferry_step"
+ * with MANIFEST.json, config.json and the tokenizer as in any checkpoint.
+ * Such a checkpoint is for inference only: fy_ckpt_resolve and fy_ckpt_load
+ * refuse it with an error saying so; fy_ckpt_resolve_weights accepts it.
+ * Written by `ferry convert --to ferry --weights FMT`. */
+/* 1 and *q when name is "model.FMT.safetensors" for a FMT other than f32. */
+int fy_ckpt_image_of(const char *name, fy_quant *q);
+/* 1 and *q when the (verified) checkpoint ckpt_dir holds a weights image
+ * and no f32 model.safetensors, 0 when it holds f32 weights, -1 on error. */
+int fy_ckpt_image_format(const char *ckpt_dir, fy_quant *q, fy_err *err);
+/* Writes m (loaded for inference, fy_model_plan_inference, in a format
+ * other than f32) as the weights image checkpoint of `step` under run_dir,
+ * replacing a checkpoint of that step and keeping no other. */
+int fy_ckpt_image_save(const char *run_dir, int step, fy_model *m, fy_err *err);
+/* Loads the weights image of ckpt_dir (verified) into m, planned for
+ * inference in the image's format (fy_ckpt_image_format): the f32 tensors
+ * through fy_model_load_rows, the copy adopted from the file's mapping,
+ * which stays open (and mapped) as long as m holds it. */
+int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, fy_err *err);
 
 /* path is a run directory (it has checkpoints/): the checkpoint LATEST names,
  * or, when LATEST is missing, invalid or names one that fails verification,

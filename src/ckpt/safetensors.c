@@ -106,6 +106,7 @@ struct fy_st_writer {
     size_t n, cap;
     char **mkey, **mval;
     size_t nmeta, meta_cap;
+    size_t align; /* where the data block starts: a multiple of this (0: 8) */
 };
 
 fy_st_writer *fy_st_writer_new(void) {
@@ -265,10 +266,13 @@ static int add_tensor_json(cJSON *root, const st_tensor *t, uint64_t off) {
     return add_uint(offs, off) || add_uint(offs, off + t->nbytes) ? -1 : 0;
 }
 
+void fy_st_writer_align(fy_st_writer *w, size_t align) { w->align = align; }
+
 /* The header: "__metadata__" first (when there is any), then the tensors
  * in insertion order, no whitespace, then spaces (valid JSON whitespace) so
- * 8 + its length is a multiple of 8 and every tensor's data is 8-byte
- * aligned in the mapping. NULL when out of memory; *len excludes the NUL. */
+ * 8 + its length is a multiple of 8 (or of the writer's alignment) and
+ * every tensor's data is 8-byte aligned in the mapping. NULL when out of
+ * memory; *len excludes the NUL. */
 static char *build_header(const fy_st_writer *w, size_t *len) {
     cJSON *root = cJSON_CreateObject();
     int bad = !root;
@@ -286,7 +290,7 @@ static char *build_header(const fy_st_writer *w, size_t *len) {
     char *text = bad ? NULL : cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!text) return NULL;
-    size_t n = strlen(text), padded = (n + 7) / 8 * 8;
+    size_t al = w->align > 8 ? w->align : 8, n = strlen(text), padded = (n + 8 + al - 1) / al * al - 8;
     char *p = realloc(text, padded + 1);
     if (!p) {
         free(text);

@@ -49,6 +49,11 @@ int fy_st_writer_add(fy_st_writer *w, const char *name, fy_st_dtype dtype, int n
 /* Adds (or replaces) a "__metadata__" string entry; both strings copied. */
 int fy_st_writer_meta(fy_st_writer *w, const char *key, const char *value, fy_err *err);
 
+/* The data block (and so the first tensor) starts at a multiple of align
+ * bytes in the file, a power of two from 8 (the default) up, by padding the
+ * header: a file mapped at a page boundary then holds the first tensor
+ * aligned for wide vector loads. */
+void fy_st_writer_align(fy_st_writer *w, size_t align);
 /* Writes all tensors in insertion order to `path` atomically (temporary,
  * fsync, rename, directory fsync). The header is padded with spaces so the
  * data block starts 8-byte aligned. Duplicate names are refused here. */

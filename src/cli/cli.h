@@ -59,13 +59,17 @@ typedef struct fy_loaded {
     char ckpt_dir[4096];
 } fy_loaded;
 int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out, fy_err *err);
-/* What generate and serve run: the model in weights wq (model/decode.h),
- * its weights checked finite. A ferry run or checkpoint (not a LoRA run,
- * whose adapters are merged into the f32 weights first) is loaded as
- * inference needs it (fy_model_plan_inference): a quantized format never
- * holds the f32 copy of its matrices, the training state is not read.
- * Unmerged --lora adapters go on after (fy_cli_load_lora). */
-int fy_cli_load_inference(const char *dir, const char *backend_spec, fy_quant wq, fy_loaded *out, fy_err *err);
+/* What generate and serve run: the model in weights `weights` (a
+ * fy_quant_parse name; NULL: the checkpoint's own, f32 or a weights
+ * image's format), its weights checked finite. A ferry run or checkpoint
+ * (not a LoRA run, whose adapters are merged into the f32 weights first) is
+ * loaded as inference needs it (fy_model_plan_inference): a quantized
+ * format never holds the f32 copy of its matrices, the training state is
+ * not read; a weights image (ckpt/checkpoint.h) is mapped, and runs only
+ * in its own format. Unmerged --lora adapters go on after
+ * (fy_cli_load_lora). */
+int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *weights, fy_loaded *out,
+                          fy_err *err);
 void fy_cli_unload(fy_loaded *l);
 /* Fails, naming the first such tensor, when the model's weights (or
  * buffers) hold a NaN or Inf: checksums only prove the bytes are those

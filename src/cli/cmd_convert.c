@@ -3,6 +3,7 @@
  *   --model RUN_OR_CKPT|HF_DIR --to hf   --out DIR     Hugging Face directory
  *   --model RUN_OR_CKPT|HF_DIR --to gguf --out F.gguf  llama.cpp deepseek2
  *   --from hf HF_DIR --out RUN_DIR                     (= --model HF_DIR --to ferry)
+ *   --model DIR --to ferry --weights FMT --out RUN     a weights image (inference only)
  * Every writer goes through a temporary name and reads its output back. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,8 +160,40 @@ static int export_peft(const char *model, const char *out, fy_err *err) {
     return rc;
 }
 
+/* --to ferry --weights FMT: a run whose checkpoint is a weights image
+ * (ckpt/checkpoint.h): the run written as f32 beside out, loaded for
+ * inference in FMT on the cpu (each weight checked finite and encoded), its
+ * copy saved as the image in place of the f32 checkpoint, loaded back from
+ * the image and compared byte for byte, then renamed to out. */
+static int save_image_run(const fy_host_model *h, const char *out, const char *weights, fy_err *err) {
+    char tmp[FY_PATH_MAX];
+    fy_loaded l = {0}, back = {0};
+    fy_ckpt_manifest man;
+    void *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
+    if (fy_dir_tmp_beside(out, tmp, sizeof tmp, err)) return -1;
+    int rc = fy_host_save_run(h, tmp, err) || fy_cli_load_inference(tmp, "cpu", weights, &l, err) ||
+             fy_ckpt_read_manifest(l.ckpt_dir, &man, err) || fy_model_image_bytes(&l.model, &a, &na, err) ||
+             fy_ckpt_image_save(tmp, man.step, &l.model, err) || fy_cli_load_inference(tmp, "cpu", NULL, &back, err) ||
+             fy_model_image_bytes(&back.model, &b, &nb, err);
+    if (!rc && (na != nb || memcmp(a, b, na) || back.model.dq.kind != l.model.dq.kind))
+        rc = fy_fail(err, "the weights image read back differs from what was written");
+    free(a);
+    free(b);
+    if (l.be) fy_cli_unload(&l);
+    if (back.be) fy_cli_unload(&back);
+    if (!rc) rc = fy_dir_publish(tmp, out, err);
+    if (rc) fy_remove_tree(tmp, &(fy_err){0});
+    return rc;
+}
+
 static int convert(const char *to, const char *model, const char *out, const char *dtype, const char *type,
-                   const char *shard, const char *add_tokens, fy_err *err) {
+                   const char *shard, const char *add_tokens, const char *weights, fy_err *err) {
+    fy_quant wq = FY_QUANT_F32;
+    if (weights && strcmp(to, "ferry"))
+        return fy_fail(err, "--weights is for --to ferry (--to gguf takes --type, --to hf --dtype)");
+    if (weights && fy_quant_parse(weights, &wq, err)) return -1;
     fy_hf_export_opts ho = {FY_ST_BF16, 0};
     fy_gguf_type gt = FY_GGUF_F16;
     if (!strcmp(to, "hf")) {
@@ -186,6 +219,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
     int rc = add_tokens ? fy_cli_host_add_special_tokens(add_tokens, &h, err) : 0;
     if (!rc) rc = !strcmp(to, "hf")     ? fy_hf_export(&h, out, &ho, err)
              : !strcmp(to, "gguf") ? fy_gguf_export(&h, out, gt, err)
+             : wq != FY_QUANT_F32  ? save_image_run(&h, out, weights, err)
                                    : fy_host_save_new_run(&h, out, err);
     fy_host_free(&h);
     return rc;
@@ -193,7 +227,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
 
 int fy_cmd_convert(int argc, char **argv) {
     const char *model = NULL, *from = NULL, *to = NULL, *out = NULL, *dtype = "bf16", *type = "f16", *shard = NULL;
-    const char *add_tokens = NULL;
+    const char *add_tokens = NULL, *weights = NULL;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "ferry run or checkpoint directory, or a Hugging Face directory", 0, 0, 0},
         {"--to", NULL, FY_ARG_STR, &to, "FMT", "hf (Hugging Face directory), gguf (llama.cpp), ferry (a run directory), peft or gguf-lora (a LoRA run's adapters for PEFT or llama.cpp); a LoRA run goes to hf, gguf, ferry merged", 0, 0, 0},
@@ -202,6 +236,7 @@ int fy_cmd_convert(int argc, char **argv) {
         {"--dtype", NULL, FY_ARG_STR, &dtype, "T", "hf: bf16 (default, round to nearest even), f16 or f32 (exact)", 0, 0, 0},
         {"--max-shard-size", NULL, FY_ARG_STR, &shard, "SIZE", "hf: largest shard, e.g. 5GB (default) or 500MB", 0, 0, 0},
         {"--type", NULL, FY_ARG_STR, &type, "T", "gguf: matrices as f16 (default), bf16, f32, q8_0 or q4_0", 0, 0, 0},
+        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "ferry: a weights image in bf16, f16, q8_0 or q4_0 that generate and serve map as it is (docs/PERFORMANCE.md); f32 (default): the f32 run", 0, 0, 0},
         {"--add-special-tokens", NULL, FY_ARG_STR, &add_tokens, "TOK,...", "add these special tokens: the embedding and head grow by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
     };
     char *pos[1];
@@ -215,6 +250,7 @@ int fy_cmd_convert(int argc, char **argv) {
                           "  --to peft  a LoRA run's adapters for PEFT (docs/FINETUNE.md); other formats merge them\n"
                           "  --to gguf-lora  a LoRA run's adapters as llama.cpp's LoRA GGUF, over the base's --to gguf\n"
                           "             (o_proj, MLP and expert targets: llama.cpp's deepseek2 ignores the others)\n"
+                          "  --to ferry --weights FMT  an inference-only run in FMT, loaded by mapping it\n"
                           "  --from hf  a Hugging Face directory (bf16/f16/f32 or DeepSeek's FP8) into a ferry run\n"
                           "Every output is written under a temporary name and read back before it is renamed.",
                           pos, 1, &npos, &err);
@@ -229,7 +265,7 @@ int fy_cmd_convert(int argc, char **argv) {
         return fy_cli_failf("convert", "unexpected argument '%s' (the model is given with --model)", pos[0]);
     }
     if (!model || !to || !out) return fy_cli_failf("convert", "needs --model DIR --to hf|gguf|ferry|peft|gguf-lora --out PATH (see --help)");
-    if (convert(to, model, out, dtype, type, shard, add_tokens, &err)) return fy_cli_fail("convert", &err);
+    if (convert(to, model, out, dtype, type, shard, add_tokens, weights, &err)) return fy_cli_fail("convert", &err);
     fprintf(stderr, "ferry convert: wrote %s\n", out);
     return 0;
 }

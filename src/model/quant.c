@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/checksum.h"
 #include "model/decode.h"
 #include "model/model_impl.h"
 
@@ -398,6 +399,59 @@ static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_er
     if (top != 0x7f800000u) return 0;
     return fy_fail(err, "the model's weights hold non-finite values (NaN or Inf; first in %s): "
                         "a diverged or corrupted model, refusing to run it", t->name);
+}
+
+/* ---- the copy as a file's image (ferry convert --weights) ---- */
+
+int fy_model_image_covers(const fy_model *m, const fy_tensor_info *t) {
+    return routed(m) && (is_emb(m, t) || (!t->is_buffer && slot_of(m, t->off) >= 0));
+}
+
+uint64_t fy_model_image_layout(const fy_model *m) {
+    const struct fy_decode_quant *dq = &m->dq;
+    fy_xxh64_stream *h = fy_xxh64_begin();
+    if (!h) return 0;
+    uint64_t head[6] = {(uint64_t)dq->kind, (uint64_t)dq->n, (uint64_t)dq->emb, dq->emb_q, dq->emb_s, dq->buf.n};
+    fy_xxh64_update(h, head, sizeof head);
+    for (int i = 0; i < dq->n; i++) {
+        uint64_t slot[3] = {dq->w_off[i], dq->q_off[i], dq->s_off[i]};
+        fy_xxh64_update(h, slot, sizeof slot);
+    }
+    return fy_xxh64_end(h);
+}
+
+int fy_model_image_bytes(fy_model *m, void **out, size_t *len, fy_err *err) {
+    const struct fy_decode_quant *dq = &m->dq;
+    *out = NULL;
+    *len = 0;
+    if (!dq->n && !dq->emb) return fy_fail(err, "the model holds no copy in another format (f32 weights)");
+    float *h = malloc(dq->buf.n * sizeof *h);
+    if (!h) return fy_fail(err, "out of memory copying the %s weights", fy_quant_name((fy_quant)dq->kind));
+    OPS->download(m->be, h, fy_at(&m->dq.buf, 0), dq->buf.n);
+    if (fy_be_take_error(m->be, err)) {
+        free(h);
+        return -1;
+    }
+    *out = h;
+    *len = dq->buf.n * sizeof *h;
+    return 0;
+}
+
+int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t layout, void (*release)(void *ctx),
+                         void *ctx, fy_err *err) {
+    struct fy_decode_quant *dq = &m->dq;
+    const char *q = fy_quant_name((fy_quant)dq->kind);
+    if (!routed(m) || (!dq->n && !dq->emb))
+        return fy_fail(err, "a weights image needs a model planned for inference in its format");
+    if (len != dq->buf.n * sizeof(float) || layout != fy_model_image_layout(m))
+        return fy_fail(err, "the %s weights image (%zu bytes) is laid out for another config or ferry version "
+                            "(this one expects %zu bytes, layout %016llx): convert again from the f32 checkpoint",
+                       q, len, dq->buf.n * sizeof(float), (unsigned long long)fy_model_image_layout(m));
+    fy_buf b;
+    if (fy_be_adopt(m->be, &b, bytes, dq->buf.n, release, ctx, err)) return fy_wrap(err, "%s weights image", q);
+    fy_be_free(m->be, &dq->buf); /* planned, never written: nothing resident */
+    dq->buf = b;
+    return 0;
 }
 
 void fy_model_load_finish(fy_model *m) {

@@ -29,6 +29,14 @@ typedef struct fy_cpu_impl {
     size_t scratch_cap;
     int q8_kernel; /* fy_backend_opts.cpu_q8 (FY_CPU_Q8_*) */
     int gemm_rows; /* fy_backend_opts.cpu_gemm_rows */
+    /* Buffers over memory the backend does not own (cpu_adopt): freed by
+     * their release, not by the allocator; a handful per model. */
+    struct fy_cpu_adopted {
+        void *handle;
+        void (*release)(void *ctx);
+        void *ctx;
+    } *adopted;
+    int n_adopted;
 } fy_cpu_impl;
 
 /* OpenBLAS (cpu_blas.c): opened at the first op that needs it. An op that

@@ -42,6 +42,9 @@ static void cpu_destroy(fy_backend *be) {
     if (im) {
         free(im->rope_tab);
         free(im->scratch);
+        for (int i = 0; i < im->n_adopted; i++) /* buffers never freed: their memory goes back all the same */
+            if (im->adopted[i].release) im->adopted[i].release(im->adopted[i].ctx);
+        free(im->adopted);
     }
     free(im);
     free(be);
@@ -93,10 +96,39 @@ static int cpu_alloc(fy_backend *be, fy_buf *out, size_t n, fy_err *err) {
     return 0;
 }
 
+/* The index of handle among the adopted buffers, or -1. */
+static int adopted_at(const fy_cpu_impl *im, const void *handle) {
+    for (int i = 0; handle && i < im->n_adopted; i++)
+        if (im->adopted[i].handle == handle) return i;
+    return -1;
+}
+
+/* Host memory used in place: the kernels read weights through the handle
+ * like any buffer's; it has no header (the bytes before it are not ours),
+ * so cpu_free and cpu_sparse look it up first. */
+static int cpu_adopt(fy_backend *be, fy_buf *out, const void *host, size_t n, void (*release)(void *ctx), void *ctx,
+                     fy_err *err) {
+    fy_cpu_impl *im = be->impl;
+    memset(out, 0, sizeof *out);
+    struct fy_cpu_adopted *a = realloc(im->adopted, (size_t)(im->n_adopted + 1) * sizeof *a);
+    if (!a) return fy_fail(err, "cpu adopt: out of memory");
+    im->adopted = a;
+    a[im->n_adopted++] = (struct fy_cpu_adopted){(void *)host, release, ctx};
+    out->be = be;
+    out->n = n;
+    out->handle = (void *)host;
+    return 0;
+}
+
 static void cpu_free(fy_backend *be, fy_buf *b) {
-    (void)be;
     if (!b) return;
-    if (b->handle) {
+    fy_cpu_impl *im = be ? be->impl : NULL;
+    int k = im ? adopted_at(im, b->handle) : -1;
+    if (k >= 0) {
+        struct fy_cpu_adopted a = im->adopted[k];
+        im->adopted[k] = im->adopted[--im->n_adopted];
+        if (a.release) a.release(a.ctx);
+    } else if (b->handle) {
         char *base = (char *)b->handle - HEADER;
         size_t len = ((size_t *)base)[0];
         if (len) munmap(base, len);
@@ -107,8 +139,8 @@ static void cpu_free(fy_backend *be, fy_buf *b) {
 }
 
 static void cpu_sparse(fy_backend *be, fy_buf *b) {
-    (void)be;
-    size_t len = b && b->handle ? ((size_t *)((char *)b->handle - HEADER))[0] : 0;
+    if (!b || adopted_at(be->impl, b->handle) >= 0) return;
+    size_t len = b->handle ? ((size_t *)((char *)b->handle - HEADER))[0] : 0;
 #ifdef MADV_NOHUGEPAGE
     if (len) madvise((char *)b->handle - HEADER, len, MADV_NOHUGEPAGE); /* advice: its failure changes nothing */
 #endif
@@ -342,6 +374,7 @@ static const fy_backend_ops cpu_ops = {
     .linear_rows = fy_cpu_linear_rows,
     .mla_paged = fy_cpu_mla_paged,
     .dequant_rows = fy_cpu_dequant_rows,
+    .adopt = cpu_adopt,
 };
 
 /* For fy_backend_create_opts (backend.c), which installs the checks. */

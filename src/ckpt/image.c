@@ -1,0 +1,149 @@
+/* Weights images (ckpt/checkpoint.h): a model saved in the format it runs
+ * in, and loaded by mapping it. The copy's bytes are the backend's own
+ * (model/quant.c lays them out), so loading one is a few page mappings
+ * where loading f32 weights for --weights FMT reads, checks and encodes
+ * every weight: the time-to-first-token of a fresh `ferry generate`. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt/checkpoint.h"
+#include "ckpt/ckpt_impl.h"
+#include "ckpt/safetensors.h"
+#include "core/checksum.h"
+#include "core/fsutil.h"
+
+#define IMAGE_TENSOR "ferry.weights_image"
+
+int fy_ckpt_image_of(const char *name, fy_quant *q) {
+    static const char pre[] = "model.", suf[] = ".safetensors";
+    size_t n = strlen(name), lp = sizeof pre - 1, ls = sizeof suf - 1;
+    char fmt[16];
+    fy_err e;
+    if (n <= lp + ls || n - lp - ls >= sizeof fmt || strncmp(name, pre, lp) || strcmp(name + n - ls, suf)) return 0;
+    memcpy(fmt, name + lp, n - lp - ls);
+    fmt[n - lp - ls] = '\0';
+    /* the canonical name only ("q8_0", not its alias "q8"): one file name per format */
+    if (fy_quant_parse(fmt, q, &e) || *q == FY_QUANT_F32 || strcmp(fmt, fy_quant_name(*q))) return 0;
+    return 1;
+}
+
+int fy_ckpt_image_format(const char *ckpt_dir, fy_quant *q, fy_err *err) {
+    fy_ckpt_manifest man;
+    if (fy_ckpt_read_manifest(ckpt_dir, &man, err)) return -1;
+    int image = 0;
+    for (int i = 0; i < man.n_files; i++) {
+        if (!strcmp(man.files[i].name, FY_CKPT_MODEL)) return 0;
+        if (fy_ckpt_image_of(man.files[i].name, q)) image++;
+    }
+    if (image > 1) return fy_fail(err, "checkpoint %s: %s lists more than one weights image", ckpt_dir, FY_CKPT_MANIFEST);
+    return image;
+}
+
+/* ---- save ---- */
+
+static void image_name(fy_quant q, char out[64]) { snprintf(out, 64, "model.%s.safetensors", fy_quant_name(q)); }
+
+int fy_ckpt_image_save(const char *run_dir, int step, fy_model *m, fy_err *err) {
+    const fy_param_table *tab = &m->tab;
+    fy_quant q = (fy_quant)m->dq.kind;
+    void *bytes = NULL;
+    size_t len = 0;
+    float **host = calloc(tab->n ? tab->n : 1, sizeof *host);
+    fy_st_writer *w = fy_st_writer_new();
+    int rc = host && w ? 0 : fy_fail(err, "out of memory");
+    if (rc == 0) rc = fy_model_image_bytes(m, &bytes, &len, err);
+    int64_t shape = (int64_t)len;
+    if (rc == 0) {
+        fy_st_writer_align(w, 64); /* the copy is read in place by 64-byte vector loads */
+        rc = fy_st_writer_add(w, IMAGE_TENSOR, FY_ST_U8, 1, &shape, bytes, err);
+    }
+    for (int i = 0; i < tab->n && rc == 0; i++) {
+        const fy_tensor_info *t = &tab->t[i];
+        if (!fy_model_needs_tensor(m, t) || fy_model_image_covers(m, t)) continue;
+        if (!(host[i] = malloc((t->n ? t->n : 1) * sizeof(float)))) {
+            rc = fy_fail(err, "out of memory");
+            break;
+        }
+        m->be->ops->download(m->be, host[i], fy_at(t->is_buffer ? &m->buffers : &m->params, t->off), t->n);
+        int64_t sh[2] = {t->shape[0], t->shape[1]};
+        rc = fy_be_take_error(m->be, err) || fy_st_writer_add(w, t->name, FY_ST_F32, t->ndim, sh, host[i], err);
+    }
+    char sv[32], lay[FY_XXH64_HEX_LEN + 1], name[64];
+    snprintf(sv, sizeof sv, "%d", step);
+    fy_xxh64_hex(fy_model_image_layout(m), lay);
+    image_name(q, name);
+    if (rc == 0) rc = fy_st_writer_meta(w, "format", "pt", err) || fy_st_writer_meta(w, "ferry_weights", fy_quant_name(q), err) ||
+                      fy_st_writer_meta(w, "ferry_layout", lay, err) || fy_st_writer_meta(w, "ferry_step", sv, err);
+    fy_ckpt_snapshot s = {.tab = tab, .step = step, .trainer_state = "{}", .image = w, .image_name = name};
+    if (rc == 0) rc = fy_ckpt_save_snapshot(run_dir, &s, 1, NULL, 0, err);
+    for (int i = 0; host && i < tab->n; i++) free(host[i]);
+    free(host);
+    free(bytes);
+    fy_st_writer_free(w);
+    return rc;
+}
+
+/* ---- load ---- */
+
+static void close_file(void *f) { fy_st_close(f); }
+
+/* The image entry of f, checked against m's plan: its format and layout. */
+static int check_image(const fy_st_file *f, const char *dir, const char *file, const fy_model *m,
+                       const fy_st_entry **out, uint64_t *layout, fy_err *err) {
+    const char *fmt = fy_st_meta(f, "ferry_weights"), *lay = fy_st_meta(f, "ferry_layout");
+    const fy_st_entry *e = fy_st_find(f, IMAGE_TENSOR);
+    if (!fmt || strcmp(fmt, fy_quant_name((fy_quant)m->dq.kind)))
+        return fy_fail(err, "checkpoint %s: %s: metadata \"ferry_weights\" is %s%s%s, not %s", dir, file,
+                       fmt ? "\"" : "", fmt ? fmt : "missing", fmt ? "\"" : "", fy_quant_name((fy_quant)m->dq.kind));
+    if (!lay || fy_xxh64_parse_hex(lay, layout))
+        return fy_fail(err, "checkpoint %s: %s: metadata \"ferry_layout\" missing or not 16 hex digits", dir, file);
+    if (!e || e->dtype != FY_ST_U8 || e->ndim != 1)
+        return fy_fail(err, "checkpoint %s: %s: tensor %s missing or not a U8 vector", dir, file, IMAGE_TENSOR);
+    *out = e;
+    return 0;
+}
+
+int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, fy_err *err) {
+    const fy_param_table *tab = &m->tab;
+    char path[FY_PATH_MAX], file[64];
+    image_name((fy_quant)m->dq.kind, file);
+    fy_st_file *f = NULL;
+    if (fy_path_join(path, sizeof path, ckpt_dir, file, err) || fy_st_open(path, &f, err)) return -1;
+    const fy_st_entry *img = NULL;
+    uint64_t layout = 0;
+    size_t expected = 1, biggest = 1;
+    int rc = check_image(f, ckpt_dir, file, m, &img, &layout, err);
+    for (int i = 0; i < tab->n && rc == 0; i++) {
+        const fy_tensor_info *t = &tab->t[i];
+        const fy_st_entry *e;
+        if (!fy_model_needs_tensor(m, t) || fy_model_image_covers(m, t)) continue;
+        rc = fy__ckpt_check_tensor(f, ckpt_dir, file, t, "", &e, err);
+        expected++;
+        biggest = t->n > biggest ? t->n : biggest;
+    }
+    if (rc == 0 && fy_st_count(f) != expected)
+        rc = fy_fail(err, "checkpoint %s: %s: %zu tensors, expected %zu (the image and the f32 tensors a batch step "
+                          "reads)", ckpt_dir, file, fy_st_count(f), expected);
+    float *staging = rc ? NULL : malloc(biggest * sizeof *staging);
+    if (rc == 0 && !staging) rc = fy_fail(err, "out of memory");
+    for (int i = 0; i < tab->n && rc == 0; i++) {
+        const fy_tensor_info *t = &tab->t[i];
+        if (!fy_model_needs_tensor(m, t) || fy_model_image_covers(m, t)) continue;
+        rc = fy__ckpt_load_model_tensor(m, f, fy_st_find(f, t->name), t, staging, err);
+        if (rc) fy_wrap(err, "checkpoint %s: loading %s", ckpt_dir, t->name);
+    }
+    free(staging);
+    fy_model_load_finish(m);
+    if (rc == 0) {
+        /* Mapped at once, not a page fault per 64 KB in the first forward (as
+         * llama.cpp's MAP_POPULATE); from here on the model holds the file. */
+        fy_st_prefault(f, img, 0, img->nbytes);
+        rc = fy_model_image_adopt(m, img->data, img->nbytes, layout, close_file, f, err);
+        if (rc == 0) return 0;
+        fy_wrap(err, "checkpoint %s: %s", ckpt_dir, file);
+    }
+    fy_st_close(f);
+    return -1;
+}
