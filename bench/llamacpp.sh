@@ -11,7 +11,10 @@
 #          at depth PROMPT (-d: decoding after the prompt, as ferry does),
 #          -r 2 --no-warmup, best sample kept: both sides pay one cold pass
 #   cold   one fresh process each: `ferry generate --stats --temperature 0
-#          --ignore-eos` | tools/llamacpp/llama_cold.c, same prompt text
+#          --ignore-eos` on a weights image of the type (`ferry convert --to
+#          ferry --weights TYPE`, mapped as llama.cpp maps its GGUF; f32:
+#          the run itself; IMAGE=0: the run for every type, encoded at
+#          load) | tools/llamacpp/llama_cold.c, same prompt text
 #          (PROMPT tokens with ferry's tokenizer and llama.cpp's, checked),
 #          NEW new tokens; under /usr/bin/time -v for the wall time and the
 #          peak RSS. The page cache is warm (the files were read just before:
@@ -36,6 +39,7 @@ build=$(cd "${1:-build}" && pwd)
 ferry=$build/ferry bgen=$build/bench/bench_generate
 threads=${THREADS:-2} rounds=${ROUNDS:-3} plen=${PROMPT:-512} new=${NEW:-128} vocab=${VOCAB:-8192}
 configs=${CONFIGS:-"tiny small"} types=${TYPES:-"f32 bf16 f16 q8_0 q4_0"} repack=${REPACK:-1} limit=${LIMIT:-120}
+image=${IMAGE:-1}
 export OMP_NUM_THREADS=$threads
 # bench_generate is not the CLI: unless the user chose a wait policy, it
 # gets the OpenMP spin that `ferry generate` would pick for itself at that
@@ -118,11 +122,12 @@ over() {
   echo "  $3 ran past $limit s (${*:4})" >&2
 }
 
-# cell CFG TYPE RUN GGUF PROMPT_TEXT: ROUNDS rounds, ferry then llama.cpp
+# cell CFG TYPE RUN GGUF PROMPT_TEXT COLD_MODEL: ROUNDS rounds, ferry then
+# llama.cpp (COLD_MODEL: what the cold ferry process loads, RUN or its image)
 cell() {
-  local cfg=$1 t=$2 run=$3 gguf=$4 text=$5 r out fp fd lp ld np nd
+  local cfg=$1 t=$2 run=$3 gguf=$4 text=$5 cold=$6 r out fp fd lp ld np nd
   cat "$gguf" "$run"/config.json "$run"/tokenizer.json >/dev/null
-  find "$run/checkpoints" -type f -exec cat {} + >/dev/null # the page cache warm for the cold runs
+  find "$run/checkpoints" "$cold/checkpoints" -type f -exec cat {} + >/dev/null # the page cache warm for the cold runs
   for r in $(seq "$rounds"); do
     echo "  $cfg $t round $r/$rounds" >&2
     # warm: ferry
@@ -144,7 +149,7 @@ cell() {
       put "$cfg" "$t" decode_warm llama "$ld"
     else over "$cfg" "$t" llama decode_warm; fi
     # cold: ferry generate, one fresh process
-    if limited "$tmp/gen.err" /usr/bin/time -v -o "$tmp/time.txt" "$ferry" generate --model "$run" --weights "$t" \
+    if limited "$tmp/gen.err" /usr/bin/time -v -o "$tmp/time.txt" "$ferry" generate --model "$cold" --weights "$t" \
          --prompt "$text" --n "$new" --temperature 0 --ignore-eos --stats; then
       # "prefill N tokens: X tok/s; decode M tokens: Y tok/s" (later fields, if any, are not read)
       np='' nd=''
@@ -177,8 +182,14 @@ for cfg in $configs; do
   for t in $types; do
     "$ferry" convert -m "$tmp/$cfg" --to gguf --type "$t" -o "$tmp/$cfg-$t.gguf" >"$tmp/convert.log" 2>&1 ||
       { cat "$tmp/convert.log" >&2; exit 1; }
-    cell "$cfg" "$t" "$tmp/$cfg" "$tmp/$cfg-$t.gguf" "$text"
-    rm -f "$tmp/$cfg-$t.gguf"
+    cold=$tmp/$cfg
+    if [ "$image" = 1 ] && [ "$t" != f32 ]; then
+      cold=$tmp/$cfg-$t.image
+      "$ferry" convert -m "$tmp/$cfg" --to ferry --weights "$t" -o "$cold" >"$tmp/convert.log" 2>&1 ||
+        { cat "$tmp/convert.log" >&2; exit 1; }
+    fi
+    cell "$cfg" "$t" "$tmp/$cfg" "$tmp/$cfg-$t.gguf" "$text" "$cold"
+    rm -rf "$tmp/$cfg-$t.gguf" "$tmp/$cfg-$t.image"
   done
 done
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -186,6 +197,8 @@ load1=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), threads $threads, $rounds rounds (medians),"
 echo "ferry $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs llama.cpp from $llver; prompt $plen tokens, $new new tokens (greedy);"
 echo "load average $load0 at the start, $load1 at the end; $(($(date +%s) - start)) s in all"
+[ "$image" = 1 ] && echo "ferry's cold process loads a weights image of each type but f32 (ferry convert --to ferry --weights TYPE)" ||
+  echo "ferry's cold process loads the f32 run and encodes each type at load (IMAGE=0)"
 echo
 echo "| config | type | metric | ferry | llama.cpp | ratio |"
 echo "|---|---|---|---|---|---|"

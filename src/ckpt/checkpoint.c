@@ -291,6 +291,7 @@ static int verify(const char *ckpt_dir, int weights_only, fy_err *err) {
 }
 
 int fy_ckpt_verify(const char *ckpt_dir, fy_err *err) { return verify(ckpt_dir, 0, err); }
+int fy_ckpt_verify_weights(const char *ckpt_dir, fy_err *err) { return verify(ckpt_dir, 1, err); }
 
 /* ---- save ------------------------------------------------------------------ */
 

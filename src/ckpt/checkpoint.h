@@ -52,6 +52,10 @@ int fy_ckpt_save(const char *run_dir, int step, fy_model *m, const fy_adamw *opt
  * xxh64 (model.safetensors must be listed). Errors name the directory and
  * the file. */
 int fy_ckpt_verify(const char *ckpt_dir, fy_err *err);
+/* What a model to run needs of it: every listed file but the training
+ * state (optimizer.safetensors, dist_state.safetensors); model.safetensors
+ * or a weights image (below) must be listed. */
+int fy_ckpt_verify_weights(const char *ckpt_dir, fy_err *err);
 
 /* Saving in two halves, for asynchronous checkpoints (ckpt/async.h): a
  * snapshot copies everything to host memory (the only part the training loop

@@ -287,11 +287,14 @@ static void run_summary(report *r, const char *run) {
         int is_latest = latest_ok && !strcmp(name, latest);
         latest_found |= is_latest;
         pr(r, "  %s%s: ", name, is_latest ? " (LATEST)" : "");
-        if (fy_path_join(p, sizeof p, ckdir, name, &e) || fy_ckpt_verify(p, &e)) {
+        fy_quant q;
+        int image = 0;
+        if (fy_path_join(p, sizeof p, ckdir, name, &e) || (image = fy_ckpt_image_format(p, &q, &e)) < 0 ||
+            (image ? fy_ckpt_verify_weights(p, &e) : fy_ckpt_verify(p, &e))) {
             pr(r, "BAD\n");
             fail(r, &e);
         } else {
-            pr(r, "OK\n");
+            pr(r, image ? "OK (a %s weights image: inference only)\n" : "OK\n", image ? fy_quant_name(q) : "");
         }
     }
     free(steps);
