@@ -12,9 +12,9 @@
 #          -r 2 --no-warmup, best sample kept: both sides pay one cold pass
 #   cold   one fresh process each: `ferry generate --stats --temperature 0
 #          --ignore-eos` on a weights image of the type (`ferry convert --to
-#          ferry --weights TYPE`, mapped as llama.cpp maps its GGUF; f32:
-#          the run itself; IMAGE=0: the run for every type, encoded at
-#          load) | tools/llamacpp/llama_cold.c, same prompt text
+#          ferry --weights TYPE`, mapped as llama.cpp maps its GGUF;
+#          IMAGE=0: the f32 run for every type, encoded at load)
+#          | tools/llamacpp/llama_cold.c, same prompt text
 #          (PROMPT tokens with ferry's tokenizer and llama.cpp's, checked),
 #          NEW new tokens; under /usr/bin/time -v for the wall time and the
 #          peak RSS. The page cache is warm (the files were read just before:
@@ -183,7 +183,7 @@ for cfg in $configs; do
     "$ferry" convert -m "$tmp/$cfg" --to gguf --type "$t" -o "$tmp/$cfg-$t.gguf" >"$tmp/convert.log" 2>&1 ||
       { cat "$tmp/convert.log" >&2; exit 1; }
     cold=$tmp/$cfg
-    if [ "$image" = 1 ] && [ "$t" != f32 ]; then
+    if [ "$image" = 1 ]; then
       cold=$tmp/$cfg-$t.image
       "$ferry" convert -m "$tmp/$cfg" --to ferry --weights "$t" -o "$cold" >"$tmp/convert.log" 2>&1 ||
         { cat "$tmp/convert.log" >&2; exit 1; }
@@ -197,7 +197,7 @@ load1=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), threads $threads, $rounds rounds (medians),"
 echo "ferry $(git rev-parse --short HEAD 2>/dev/null || echo '?') vs llama.cpp from $llver; prompt $plen tokens, $new new tokens (greedy);"
 echo "load average $load0 at the start, $load1 at the end; $(($(date +%s) - start)) s in all"
-[ "$image" = 1 ] && echo "ferry's cold process loads a weights image of each type but f32 (ferry convert --to ferry --weights TYPE)" ||
+[ "$image" = 1 ] && echo "ferry's cold process loads a weights image of each type (ferry convert --to ferry --weights TYPE)" ||
   echo "ferry's cold process loads the f32 run and encodes each type at load (IMAGE=0)"
 echo
 echo "| config | type | metric | ferry | llama.cpp | ratio |"

@@ -114,10 +114,11 @@ void fy_ckpt_snapshot_free(fy_ckpt_snapshot *s);
 int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int keep_last, char *out_dir,
                           size_t out_cap, fy_err *err);
 
-/* ---- Weights images: inference checkpoints in a format other than f32 ----
+/* ---- Weights images: inference checkpoints in the format they run in ----
  *
  * A weights image holds a model as `--weights FMT` runs it (model/decode.h):
- * the copy of every matrix in FMT exactly as the backend's kernels read it,
+ * the copy of every matrix in FMT exactly as the backend's kernels read it
+ * (f32: the whole params block, every tensor at its offset),
  * so a load maps the file and uses it in place, with no read of f32
  * weights, no encoding and no copy (the cpu backend; others copy it once).
  *   step-XXXXXXXX/model.FMT.safetensors
@@ -130,13 +131,14 @@ int fy_ckpt_save_snapshot(const char *run_dir, const fy_ckpt_snapshot *s, int ke
  * Such a checkpoint is for inference only: fy_ckpt_resolve and fy_ckpt_load
  * refuse it with an error saying so; fy_ckpt_resolve_weights accepts it.
  * Written by `ferry convert --to ferry --weights FMT`. */
-/* 1 and *q when name is "model.FMT.safetensors" for a FMT other than f32. */
+/* 1 and *q when name is "model.FMT.safetensors" (FMT a canonical
+ * fy_quant_name: model.f32.safetensors is an f32 image, model.safetensors
+ * a checkpoint's weights). */
 int fy_ckpt_image_of(const char *name, fy_quant *q);
 /* 1 and *q when the (verified) checkpoint ckpt_dir holds a weights image
  * and no f32 model.safetensors, 0 when it holds f32 weights, -1 on error. */
 int fy_ckpt_image_format(const char *ckpt_dir, fy_quant *q, fy_err *err);
-/* Writes m (loaded for inference, fy_model_plan_inference, in a format
- * other than f32) as the weights image checkpoint of `step` under run_dir,
+/* Writes m (loaded for inference, fy_model_plan_inference) as the weights image checkpoint of `step` under run_dir,
  * replacing a checkpoint of that step and keeping no other. */
 int fy_ckpt_image_save(const char *run_dir, int step, fy_model *m, fy_err *err);
 /* Loads the weights image of ckpt_dir (verified) into m, planned for

@@ -25,7 +25,7 @@ int fy_ckpt_image_of(const char *name, fy_quant *q) {
     memcpy(fmt, name + lp, n - lp - ls);
     fmt[n - lp - ls] = '\0';
     /* the canonical name only ("q8_0", not its alias "q8"): one file name per format */
-    if (fy_quant_parse(fmt, q, &e) || *q == FY_QUANT_F32 || strcmp(fmt, fy_quant_name(*q))) return 0;
+    if (fy_quant_parse(fmt, q, &e) || strcmp(fmt, fy_quant_name(*q))) return 0;
     return 1;
 }
 
@@ -138,8 +138,13 @@ int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, fy_err *err) {
     fy_model_load_finish(m);
     if (rc == 0) {
         /* Mapped at once, not a page fault per 64 KB in the first forward (as
-         * llama.cpp's MAP_POPULATE); from here on the model holds the file. */
-        fy_st_prefault(f, img, 0, img->nbytes);
+         * llama.cpp's MAP_POPULATE); from here on the model holds the file.
+         * An f32 image is the params block: only what a batch step reads,
+         * not the MTP modules' ranges (resident memory for nothing). */
+        if (m->dq.kind != FY_QUANT_F32) fy_st_prefault(f, img, 0, img->nbytes);
+        for (int i = 0; m->dq.kind == FY_QUANT_F32 && i < tab->n; i++)
+            if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i]))
+                fy_st_prefault(f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float));
         rc = fy_model_image_adopt(m, img->data, img->nbytes, layout, close_file, f, err);
         if (rc == 0) return 0;
         fy_wrap(err, "checkpoint %s: %s", ckpt_dir, file);

@@ -190,7 +190,7 @@ static int save_image_run(const fy_host_model *h, const char *out, const char *w
 
 static int convert(const char *to, const char *model, const char *out, const char *dtype, const char *type,
                    const char *shard, const char *add_tokens, const char *weights, fy_err *err) {
-    fy_quant wq = FY_QUANT_F32;
+    fy_quant wq;
     if (weights && strcmp(to, "ferry"))
         return fy_fail(err, "--weights is for --to ferry (--to gguf takes --type, --to hf --dtype)");
     if (weights && fy_quant_parse(weights, &wq, err)) return -1;
@@ -219,7 +219,7 @@ static int convert(const char *to, const char *model, const char *out, const cha
     int rc = add_tokens ? fy_cli_host_add_special_tokens(add_tokens, &h, err) : 0;
     if (!rc) rc = !strcmp(to, "hf")     ? fy_hf_export(&h, out, &ho, err)
              : !strcmp(to, "gguf") ? fy_gguf_export(&h, out, gt, err)
-             : wq != FY_QUANT_F32  ? save_image_run(&h, out, weights, err)
+             : weights             ? save_image_run(&h, out, weights, err)
                                    : fy_host_save_new_run(&h, out, err);
     fy_host_free(&h);
     return rc;
@@ -236,7 +236,7 @@ int fy_cmd_convert(int argc, char **argv) {
         {"--dtype", NULL, FY_ARG_STR, &dtype, "T", "hf: bf16 (default, round to nearest even), f16 or f32 (exact)", 0, 0, 0},
         {"--max-shard-size", NULL, FY_ARG_STR, &shard, "SIZE", "hf: largest shard, e.g. 5GB (default) or 500MB", 0, 0, 0},
         {"--type", NULL, FY_ARG_STR, &type, "T", "gguf: matrices as f16 (default), bf16, f32, q8_0 or q4_0", 0, 0, 0},
-        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "ferry: a weights image in bf16, f16, q8_0 or q4_0 that generate and serve map as it is (docs/PERFORMANCE.md); f32 (default): the f32 run", 0, 0, 0},
+        {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "ferry: a weights image in f32, bf16, f16, q8_0 or q4_0 that generate and serve map as it is, for inference only (docs/DESIGN.md 3.3); without it: a run that trains", 0, 0, 0},
         {"--add-special-tokens", NULL, FY_ARG_STR, &add_tokens, "TOK,...", "add these special tokens: the embedding and head grow by rows that start as the mean of the old ones (docs/FINETUNE.md)", 0, 0, 0},
     };
     char *pos[1];
@@ -250,7 +250,7 @@ int fy_cmd_convert(int argc, char **argv) {
                           "  --to peft  a LoRA run's adapters for PEFT (docs/FINETUNE.md); other formats merge them\n"
                           "  --to gguf-lora  a LoRA run's adapters as llama.cpp's LoRA GGUF, over the base's --to gguf\n"
                           "             (o_proj, MLP and expert targets: llama.cpp's deepseek2 ignores the others)\n"
-                          "  --to ferry --weights FMT  an inference-only run in FMT, loaded by mapping it\n"
+                          "  --to ferry --weights FMT  an inference-only run in FMT (f32, bf16, f16, q8_0, q4_0), loaded by mapping it\n"
                           "  --from hf  a Hugging Face directory (bf16/f16/f32 or DeepSeek's FP8) into a ferry run\n"
                           "Every output is written under a temporary name and read back before it is renamed.",
                           pos, 1, &npos, &err);

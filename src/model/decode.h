@@ -54,7 +54,8 @@ int fy_model_plan_inference(fy_model *m, fy_quant q, fy_err *err);
  * tensor in pieces of rows never holds the whole of it. */
 int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_rows, const float *w, fy_err *err);
 /* The copy as a file holds it ("weights images": ferry convert --weights,
- * ckpt/checkpoint.h), so a later load maps it instead of encoding it.
+ * ckpt/checkpoint.h), so a later load maps it instead of encoding it; in
+ * f32 the image is the params block (a batch step reads the params).
  * After fy_model_plan_inference: fy_model_image_covers says whether the
  * copy holds t (the image replaces it; the other tensors a batch step
  * reads stay f32 and load with fy_model_load_rows), and

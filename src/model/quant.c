@@ -401,16 +401,33 @@ static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_er
                         "a diverged or corrupted model, refusing to run it", t->name);
 }
 
-/* ---- the copy as a file's image (ferry convert --weights) ---- */
+/* ---- the copy as a file's image (ferry convert --weights) ----
+ * In f32 the image is the params block itself (every matrix and vector at
+ * its table offset; an MTP module's ranges stay zero): a batch step reads
+ * the params where a format has no copy. */
+
+/* The buffer an image replaces: the copy, or the params for f32. */
+static fy_buf *image_buf(fy_model *m) { return m->dq.kind == FY_QUANT_F32 ? &m->params : &m->dq.buf; }
 
 int fy_model_image_covers(const fy_model *m, const fy_tensor_info *t) {
-    return routed(m) && (is_emb(m, t) || (!t->is_buffer && slot_of(m, t->off) >= 0));
+    if (!routed(m)) return 0;
+    if (m->dq.kind == FY_QUANT_F32) return !t->is_buffer;
+    return is_emb(m, t) || (!t->is_buffer && slot_of(m, t->off) >= 0);
 }
 
 uint64_t fy_model_image_layout(const fy_model *m) {
     const struct fy_decode_quant *dq = &m->dq;
     fy_xxh64_stream *h = fy_xxh64_begin();
     if (!h) return 0;
+    if (dq->kind == FY_QUANT_F32) { /* the table: every tensor's offset and size */
+        uint64_t head[2] = {FY_QUANT_F32, m->tab.n_params};
+        fy_xxh64_update(h, head, sizeof head);
+        for (int i = 0; i < m->tab.n; i++) {
+            uint64_t t[3] = {m->tab.t[i].off, m->tab.t[i].n, (uint64_t)m->tab.t[i].is_buffer};
+            fy_xxh64_update(h, t, sizeof t);
+        }
+        return fy_xxh64_end(h);
+    }
     uint64_t head[6] = {(uint64_t)dq->kind, (uint64_t)dq->n, (uint64_t)dq->emb, dq->emb_q, dq->emb_s, dq->buf.n};
     fy_xxh64_update(h, head, sizeof head);
     for (int i = 0; i < dq->n; i++) {
@@ -421,36 +438,36 @@ uint64_t fy_model_image_layout(const fy_model *m) {
 }
 
 int fy_model_image_bytes(fy_model *m, void **out, size_t *len, fy_err *err) {
-    const struct fy_decode_quant *dq = &m->dq;
+    fy_buf *b = image_buf(m);
     *out = NULL;
     *len = 0;
-    if (!dq->n && !dq->emb) return fy_fail(err, "the model holds no copy in another format (f32 weights)");
-    float *h = malloc(dq->buf.n * sizeof *h);
-    if (!h) return fy_fail(err, "out of memory copying the %s weights", fy_quant_name((fy_quant)dq->kind));
-    OPS->download(m->be, h, fy_at(&m->dq.buf, 0), dq->buf.n);
+    if (m->dq.kind != FY_QUANT_F32 && !m->dq.n && !m->dq.emb)
+        return fy_fail(err, "the model holds no copy of its matrices in %s", fy_quant_name((fy_quant)m->dq.kind));
+    float *h = malloc((b->n ? b->n : 1) * sizeof *h);
+    if (!h) return fy_fail(err, "out of memory copying the %s weights", fy_quant_name((fy_quant)m->dq.kind));
+    OPS->download(m->be, h, fy_at(b, 0), b->n);
     if (fy_be_take_error(m->be, err)) {
         free(h);
         return -1;
     }
     *out = h;
-    *len = dq->buf.n * sizeof *h;
+    *len = b->n * sizeof *h;
     return 0;
 }
 
 int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t layout, void (*release)(void *ctx),
                          void *ctx, fy_err *err) {
-    struct fy_decode_quant *dq = &m->dq;
-    const char *q = fy_quant_name((fy_quant)dq->kind);
-    if (!routed(m) || (!dq->n && !dq->emb))
+    fy_buf *dst = image_buf(m), b;
+    const char *q = fy_quant_name((fy_quant)m->dq.kind);
+    if (!routed(m) || (m->dq.kind != FY_QUANT_F32 && !m->dq.n && !m->dq.emb))
         return fy_fail(err, "a weights image needs a model planned for inference in its format");
-    if (len != dq->buf.n * sizeof(float) || layout != fy_model_image_layout(m))
+    if (len != dst->n * sizeof(float) || layout != fy_model_image_layout(m))
         return fy_fail(err, "the %s weights image (%zu bytes) is laid out for another config or ferry version "
                             "(this one expects %zu bytes, layout %016llx): convert again from the f32 checkpoint",
-                       q, len, dq->buf.n * sizeof(float), (unsigned long long)fy_model_image_layout(m));
-    fy_buf b;
-    if (fy_be_adopt(m->be, &b, bytes, dq->buf.n, release, ctx, err)) return fy_wrap(err, "%s weights image", q);
-    fy_be_free(m->be, &dq->buf); /* planned, never written: nothing resident */
-    dq->buf = b;
+                       q, len, dst->n * sizeof(float), (unsigned long long)fy_model_image_layout(m));
+    if (fy_be_adopt(m->be, &b, bytes, dst->n, release, ctx, err)) return fy_wrap(err, "%s weights image", q);
+    fy_be_free(m->be, dst); /* planned, never written: nothing resident */
+    *dst = b;
     return 0;
 }
 
