@@ -89,6 +89,48 @@ int fy_ckpt_image_save(const char *run_dir, int step, fy_model *m, fy_err *err) 
 
 static void close_file(void *f) { fy_st_close(f); }
 
+/* The image in place: mapped at once, not a page fault per 64 KB in the
+ * first forward (as llama.cpp's MAP_POPULATE), and adopted; on success the
+ * model holds f. An f32 image is the params block: only what a batch step
+ * reads is mapped, not the MTP modules' ranges (resident memory for
+ * nothing). */
+static int map_image(fy_model *m, fy_st_file *f, const fy_st_entry *img, uint64_t layout, fy_err *err) {
+    const fy_param_table *tab = &m->tab;
+    if (m->dq.kind != FY_QUANT_F32) fy_st_prefault(f, img, 0, img->nbytes);
+    for (int i = 0; m->dq.kind == FY_QUANT_F32 && i < tab->n; i++)
+        if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i]))
+            fy_st_prefault(f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float));
+    return fy_model_image_adopt(m, img->data, img->nbytes, layout, close_file, f, err);
+}
+
+/* --no-mmap: bytes [off, off + len) of the image copied into the model's
+ * memory 4 MB at a time, each piece's pages of the mapping dropped once
+ * copied (fy_st_release), so the image is never resident twice. */
+static int copy_range(fy_model *m, const fy_st_file *f, const fy_st_entry *img, size_t off, size_t len, fy_err *err) {
+    const size_t piece = (size_t)4 << 20;
+    for (size_t o = off; o < off + len; o += piece) {
+        size_t n = off + len - o < piece ? off + len - o : piece;
+        fy_st_prefault(f, img, o, n);
+        int rc = fy_model_image_put(m, o, (const unsigned char *)img->data + o, n, err);
+        fy_st_release(f, img, o, n);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* The image copied into the model's memory (the f32 image's ranges a batch
+ * step reads, as map_image maps them); f stays the caller's. */
+static int copy_image(fy_model *m, const fy_st_file *f, const fy_st_entry *img, uint64_t layout, fy_err *err) {
+    const fy_param_table *tab = &m->tab;
+    if (fy_model_image_check(m, img->nbytes, layout, err)) return -1;
+    if (m->dq.kind != FY_QUANT_F32) return copy_range(m, f, img, 0, img->nbytes, err);
+    for (int i = 0; i < tab->n; i++)
+        if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i]) &&
+            copy_range(m, f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float), err))
+            return -1;
+    return 0;
+}
+
 /* The image entry of f, checked against m's plan: its format and layout. */
 static int check_image(const fy_st_file *f, const char *dir, const char *file, const fy_model *m,
                        const fy_st_entry **out, uint64_t *layout, fy_err *err) {
@@ -105,7 +147,7 @@ static int check_image(const fy_st_file *f, const char *dir, const char *file, c
     return 0;
 }
 
-int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, fy_err *err) {
+int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, int in_place, fy_err *err) {
     const fy_param_table *tab = &m->tab;
     char path[FY_PATH_MAX], file[64];
     image_name((fy_quant)m->dq.kind, file);
@@ -137,18 +179,10 @@ int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, fy_err *err) {
     free(staging);
     fy_model_load_finish(m);
     if (rc == 0) {
-        /* Mapped at once, not a page fault per 64 KB in the first forward (as
-         * llama.cpp's MAP_POPULATE); from here on the model holds the file.
-         * An f32 image is the params block: only what a batch step reads,
-         * not the MTP modules' ranges (resident memory for nothing). */
-        if (m->dq.kind != FY_QUANT_F32) fy_st_prefault(f, img, 0, img->nbytes);
-        for (int i = 0; m->dq.kind == FY_QUANT_F32 && i < tab->n; i++)
-            if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i]))
-                fy_st_prefault(f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float));
-        rc = fy_model_image_adopt(m, img->data, img->nbytes, layout, close_file, f, err);
-        if (rc == 0) return 0;
-        fy_wrap(err, "checkpoint %s: %s", ckpt_dir, file);
+        rc = in_place ? map_image(m, f, img, layout, err) : copy_image(m, f, img, layout, err);
+        if (rc == 0 && in_place) return 0; /* the model holds f now */
+        if (rc) fy_wrap(err, "checkpoint %s: %s", ckpt_dir, file);
     }
     fy_st_close(f);
-    return -1;
+    return rc;
 }

@@ -65,11 +65,11 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
  * (not a LoRA run, whose adapters are merged into the f32 weights first) is
  * loaded as inference needs it (fy_model_plan_inference): a quantized
  * format never holds the f32 copy of its matrices, the training state is
- * not read; a weights image (ckpt/checkpoint.h) is mapped, and runs only
- * in its own format. Unmerged --lora adapters go on after
- * (fy_cli_load_lora). */
-int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *weights, fy_loaded *out,
-                          fy_err *err);
+ * not read; a weights image (ckpt/checkpoint.h) runs only in its own
+ * format, mapped and read in place (no_mmap: copied into the process's
+ * memory). Unmerged --lora adapters go on after (fy_cli_load_lora). */
+int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *weights, int no_mmap,
+                          fy_loaded *out, fy_err *err);
 void fy_cli_unload(fy_loaded *l);
 /* Fails, naming the first such tensor, when the model's weights (or
  * buffers) hold a NaN or Inf: checksums only prove the bytes are those

@@ -173,9 +173,9 @@ static int save_image_run(const fy_host_model *h, const char *out, const char *w
     size_t na = 0, nb = 0;
     if (fy_file_exists(out)) return fy_fail(err, "%s already exists: not overwriting it", out);
     if (fy_dir_tmp_beside(out, tmp, sizeof tmp, err)) return -1;
-    int rc = fy_host_save_run(h, tmp, err) || fy_cli_load_inference(tmp, "cpu", weights, &l, err) ||
+    int rc = fy_host_save_run(h, tmp, err) || fy_cli_load_inference(tmp, "cpu", weights, 0, &l, err) ||
              fy_ckpt_read_manifest(l.ckpt_dir, &man, err) || fy_model_image_bytes(&l.model, &a, &na, err) ||
-             fy_ckpt_image_save(tmp, man.step, &l.model, err) || fy_cli_load_inference(tmp, "cpu", NULL, &back, err) ||
+             fy_ckpt_image_save(tmp, man.step, &l.model, err) || fy_cli_load_inference(tmp, "cpu", NULL, 0, &back, err) ||
              fy_model_image_bytes(&back.model, &b, &nb, err);
     if (!rc && (na != nb || memcmp(a, b, na) || back.model.dq.kind != l.model.dq.kind))
         rc = fy_fail(err, "the weights image read back differs from what was written");

@@ -194,6 +194,7 @@ int fy_cmd_generate(int argc, char **argv) {
     double t0 = fy_now_s();
     const char *model = NULL, *lora = NULL, *prompt = NULL, *backend = "cpu", *stop_flag = NULL, *weights = NULL;
     int n = 128, top_k = 0, seed = 0, stats = 0, stats_json = 0, print_ids = 0, chunk = 0, ignore_eos = 0, escape = 0;
+    int no_mmap = 0;
     double temperature = 0.8, top_p = 1.0;
     fy_arg spec[] = {
         {"--model", "-m", FY_ARG_STR, &model, "DIR", "run directory or checkpoint directory (required)", 0, 0, 0},
@@ -212,6 +213,7 @@ int fy_cmd_generate(int argc, char **argv) {
          "prompt tokens per forward (0 = all; the tokens do not change)", 0, 1 << 20, 0},
         {"--backend", "-b", FY_ARG_STR, &backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
         {"--weights", NULL, FY_ARG_STR, &weights, "FMT", "weights: f32, bf16, f16, q8_0 (int8) or q4_0 (docs/PERFORMANCE.md); default: the checkpoint's own (f32, or a weights image's format)", 0, 0, 0},
+        {"--no-mmap", NULL, FY_ARG_BOOL, &no_mmap, NULL, "a weights image is copied into memory, not mapped and read in place (slower start; huge pages)", 0, 0, 0},
         {"--print-ids", NULL, FY_ARG_BOOL, &print_ids, NULL,
          "print token ids, not text: a line 'prompt: ID...' then 'ids: ID...' (the new tokens; <|eos|> ends them, unprinted; a --stop string after the token completing it)",
          0, 0, 0},
@@ -245,7 +247,7 @@ int fy_cmd_generate(int argc, char **argv) {
         return fy_cli_failf("generate", "needs --model DIR and --prompt TEXT");
     }
     fy_loaded l;
-    if (fy_cli_load_inference(model, backend, weights, &l, &err)) return fy_cli_fail("generate", &err);
+    if (fy_cli_load_inference(model, backend, weights, no_mmap, &l, &err)) return fy_cli_fail("generate", &err);
     fy_lora_unmerged *ad = NULL; /* --lora: unmerged, as serve runs it (the same tokens) */
     if (lora && fy_cli_load_lora(&l, lora, &ad, &err)) {
         fy_cli_unload(&l);

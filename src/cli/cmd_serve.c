@@ -32,7 +32,7 @@ typedef struct serve_flags {
     const char *lora[MAX_LORA]; /* each --lora NAME=DIR or DIR */
     int n_lora;
     const char *model, *one_lora, *host, *backend, *weights, *api_key, *api_key_file, *chat_template, *alias;
-    int port, slots, ctx, kv_tokens, max_tokens, max_connections, max_per_ip, queue;
+    int port, slots, ctx, kv_tokens, max_tokens, max_connections, max_per_ip, queue, no_mmap;
     double max_body, timeout, grace;
 } serve_flags;
 
@@ -99,6 +99,7 @@ static int parse_flags(int argc, char **argv, serve_flags *f, fy_err *err) {
         {"--port", NULL, FY_ARG_INT, &f->port, "N", "port (default 8080; 0 = any free port, printed)", 0, 65535, 0},
         {"--backend", "-b", FY_ARG_STR, &f->backend, "SPEC", "cpu (default), opencl, ... (see ferry devices)", 0, 0, 0},
         {"--weights", NULL, FY_ARG_STR, &f->weights, "FMT", "weights: f32, bf16, f16, q8_0 or q4_0; default: the checkpoint's own (f32, or a weights image's format)", 0, 0, 0},
+        {"--no-mmap", NULL, FY_ARG_BOOL, &f->no_mmap, NULL, "a weights image is copied into memory, not mapped and read in place (slower start; huge pages)", 0, 0, 0},
         {"--slots", NULL, FY_ARG_INT, &f->slots, "N", "requests decoded together (default 4)", 1, 1024, 0},
         {"--ctx", NULL, FY_ARG_INT, &f->ctx, "N", "prompt + max_tokens per request at most (default: the model's max_position_embeddings)", 1, 1 << 24, 0},
         {"--kv-tokens", NULL, FY_ARG_INT, &f->kv_tokens, "N", "KV cache positions shared by all slots (default slots x ctx)", 0, 1 << 30, 0},
@@ -178,7 +179,7 @@ static void free_loras(fy_loaded *l, lora_set *ls) {
 static int load(const serve_flags *f, const char *id, fy_loaded *l, lora_set *ls, fy_chat_template *chat,
                 fy_sched **s, int *ctx, fy_err *err) {
     char p[FY_PATH_MAX + 32];
-    if (fy_cli_load_inference(f->model, f->backend, f->weights, l, err)) return -1;
+    if (fy_cli_load_inference(f->model, f->backend, f->weights, f->no_mmap, l, err)) return -1;
     if (load_loras(f, id, l, ls, err)) return -1;
     int maxpos = l->model.cfg.max_position_embeddings;
     if (f->ctx > maxpos) return fy_fail(err, "--ctx %d: over the model's max_position_embeddings %d", f->ctx, maxpos);

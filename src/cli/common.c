@@ -78,8 +78,10 @@ static int load_lora(fy_model *m, const char *run, const char *ckpt_dir, const c
 
 /* For inference, the format of ckpt_dir's weights image into *wq (when it
  * is one; *wq_given: the user named a format, which must then be it), and
- * the load: the image's, or the f32 weights' encoded as *wq. */
-static int load_for_inference(fy_model *m, const char *ckpt_dir, fy_quant *wq, int wq_given, fy_err *err) {
+ * the load: the image's (mapped, or copied with no_mmap), or the f32
+ * weights' encoded as *wq. */
+static int load_for_inference(fy_model *m, const char *ckpt_dir, fy_quant *wq, int wq_given, int no_mmap,
+                              fy_err *err) {
     fy_quant iq;
     int image = fy_ckpt_image_format(ckpt_dir, &iq, err);
     if (image < 0) return -1;
@@ -89,13 +91,13 @@ static int load_for_inference(fy_model *m, const char *ckpt_dir, fy_quant *wq, i
                        fy_quant_name(iq), fy_quant_name(*wq));
     if (image) *wq = iq;
     if (fy_model_plan_inference(m, *wq, err)) return -1;
-    return image ? fy_ckpt_image_load(ckpt_dir, m, err) : fy_ckpt_load_weights(ckpt_dir, m, err);
+    return image ? fy_ckpt_image_load(ckpt_dir, m, !no_mmap, err) : fy_ckpt_load_weights(ckpt_dir, m, err);
 }
 
 /* A ferry run or checkpoint directory; with `infer`, for inference in
  * weights *wq (fy_cli_load_inference; *wq set to what was loaded). */
 static int load_ferry(const char *dir, const char *backend_spec, int infer, fy_quant *wq, int wq_given,
-                      fy_loaded *out, fy_err *err) {
+                      int no_mmap, fy_loaded *out, fy_err *err) {
     char run[FY_PATH_MAX], p[FY_PATH_MAX + 32];
     fy_config cfg;
     char *text = NULL;
@@ -111,7 +113,7 @@ static int load_ferry(const char *dir, const char *backend_spec, int infer, fy_q
                         : fy_ckpt_resolve(dir, out->ckpt_dir, sizeof out->ckpt_dir, err);
     if (!rc) rc = fy_backend_create_opts(backend_spec, fy_cli_backend_opts(&(fy_backend_opts){0}), &out->be, err) ||
                   fy_model_create(&out->model, &cfg, out->be, err);
-    if (!rc && infer) rc = load_for_inference(&out->model, out->ckpt_dir, wq, wq_given, err);
+    if (!rc && infer) rc = load_for_inference(&out->model, out->ckpt_dir, wq, wq_given, no_mmap, err);
     else if (!rc) rc = lora_run ? load_lora(&out->model, run, out->ckpt_dir, text, p, err)
                                 : fy_ckpt_load(out->ckpt_dir, &out->model, NULL, NULL, err);
     free(text);
@@ -123,16 +125,16 @@ int fy_cli_load_model(const char *dir, const char *backend_spec, fy_loaded *out,
     memset(out, 0, sizeof *out);
     if (fy_hf_is_dir(dir)) return load_hf(dir, backend_spec, out, err);
     fy_quant wq = FY_QUANT_F32;
-    return load_ferry(dir, backend_spec, 0, &wq, 0, out, err);
+    return load_ferry(dir, backend_spec, 0, &wq, 0, 0, out, err);
 }
 
-int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *weights, fy_loaded *out,
-                          fy_err *err) {
+int fy_cli_load_inference(const char *dir, const char *backend_spec, const char *weights, int no_mmap,
+                          fy_loaded *out, fy_err *err) {
     memset(out, 0, sizeof *out);
     fy_quant wq = FY_QUANT_F32;
     if (weights && fy_quant_parse(weights, &wq, err)) return -1;
     int rc = fy_hf_is_dir(dir) ? load_hf(dir, backend_spec, out, err)
-                               : load_ferry(dir, backend_spec, 1, &wq, weights != NULL, out, err);
+                               : load_ferry(dir, backend_spec, 1, &wq, weights != NULL, no_mmap, out, err);
     if (rc) return -1;
     if (fy_cli_check_weights(&out->model, err) || fy_model_set_decode_quant(&out->model, wq, err)) {
         fy_cli_unload(out);

@@ -62,17 +62,23 @@ int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_row
  * fy_model_image_layout is a hash of where the copy puts every matrix (the
  * format, offsets and size: an image made by a build that lays the copy
  * out differently is refused). fy_model_image_bytes: a malloc'd host copy
- * of the copy, after loading. fy_model_image_adopt: the copy becomes the
- * len bytes at `bytes` (without a copy where the backend can read host
- * memory in place; release(ctx) when the model no longer needs them: on
- * failure ctx stays the caller's). The image's values are not checked
- * finite: the checksums of the file that carries them stand for the
- * checks made when it was written. */
+ * of the copy, after loading. fy_model_image_check: fails, saying why,
+ * unless an image of len bytes with that layout fits the plan.
+ * fy_model_image_adopt: the copy becomes the len bytes at `bytes` (checked;
+ * without a copy where the backend can read host memory in place;
+ * release(ctx) when the model no longer needs them: on failure ctx stays
+ * the caller's). fy_model_image_put: bytes [off, off + len) of a checked
+ * image copied into the model's own memory instead (off and len multiples
+ * of 4; synchronous), for a loader that copies it piece by piece. The
+ * image's values are not checked finite: the checksums of the file that
+ * carries them stand for the checks made when it was written. */
 int fy_model_image_covers(const fy_model *m, const fy_tensor_info *t);
 uint64_t fy_model_image_layout(const fy_model *m);
 int fy_model_image_bytes(fy_model *m, void **out, size_t *len, fy_err *err);
+int fy_model_image_check(const fy_model *m, size_t len, uint64_t layout, fy_err *err);
 int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t layout, void (*release)(void *ctx),
                          void *ctx, fy_err *err);
+int fy_model_image_put(fy_model *m, size_t off, const void *bytes, size_t len, fy_err *err);
 /* After the last fy_model_load_rows: frees what loading needed. */
 void fy_model_load_finish(fy_model *m);
 /* After fy_model_plan_inference: 0 when a batch step never reads t (the

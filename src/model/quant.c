@@ -455,9 +455,8 @@ int fy_model_image_bytes(fy_model *m, void **out, size_t *len, fy_err *err) {
     return 0;
 }
 
-int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t layout, void (*release)(void *ctx),
-                         void *ctx, fy_err *err) {
-    fy_buf *dst = image_buf(m), b;
+int fy_model_image_check(const fy_model *m, size_t len, uint64_t layout, fy_err *err) {
+    const fy_buf *dst = m->dq.kind == FY_QUANT_F32 ? &m->params : &m->dq.buf;
     const char *q = fy_quant_name((fy_quant)m->dq.kind);
     if (!routed(m) || (m->dq.kind != FY_QUANT_F32 && !m->dq.n && !m->dq.emb))
         return fy_fail(err, "a weights image needs a model planned for inference in its format");
@@ -465,10 +464,25 @@ int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t la
         return fy_fail(err, "the %s weights image (%zu bytes) is laid out for another config or ferry version "
                             "(this one expects %zu bytes, layout %016llx): convert again from the f32 checkpoint",
                        q, len, dst->n * sizeof(float), (unsigned long long)fy_model_image_layout(m));
-    if (fy_be_adopt(m->be, &b, bytes, dst->n, release, ctx, err)) return fy_wrap(err, "%s weights image", q);
+    return 0;
+}
+
+int fy_model_image_adopt(fy_model *m, const void *bytes, size_t len, uint64_t layout, void (*release)(void *ctx),
+                         void *ctx, fy_err *err) {
+    fy_buf *dst = image_buf(m), b;
+    if (fy_model_image_check(m, len, layout, err)) return -1;
+    if (fy_be_adopt(m->be, &b, bytes, dst->n, release, ctx, err))
+        return fy_wrap(err, "%s weights image", fy_quant_name((fy_quant)m->dq.kind));
     fy_be_free(m->be, dst); /* planned, never written: nothing resident */
     *dst = b;
     return 0;
+}
+
+int fy_model_image_put(fy_model *m, size_t off, const void *bytes, size_t len, fy_err *err) {
+    fy_buf *dst = image_buf(m);
+    assert(off % sizeof(float) == 0 && len % sizeof(float) == 0);
+    OPS->upload(m->be, fy_at(dst, off / sizeof(float)), bytes, len / sizeof(float));
+    return fy_be_sync(m->be, err); /* bytes (a file's mapping) must outlive the copy */
 }
 
 void fy_model_load_finish(fy_model *m) {

@@ -3,8 +3,8 @@
 # `ferry convert --to ferry --weights FMT` of a trained micro run, for each
 # of f32, bf16, f16, q8_0 and q4_0:
 #   - generate from the image (no --weights: the image's own, and with
-#     --weights FMT) gives the greedy ids of generate --weights FMT on the
-#     f32 run, token for token;
+#     --weights FMT; mapped, and copied in with --no-mmap) gives the greedy
+#     ids of generate --weights FMT on the f32 run, token for token;
 #   - the same on an OpenCL device, where the image is copied in;
 #   - the image tensor starts 64-byte aligned in the file, first;
 #   - the image holds no f32 copy of the matrices it carries: the file is
@@ -57,6 +57,7 @@ for t in f32 bf16 f16 q8_0 q4_0; do
   want=$(ids run --weights $t)
   check '[ -n "$want" ] && [ "$(ids img-$t)" = "$want" ]' "$t: generate on the image differs from --weights $t on the f32 run"
   check '[ "$(ids img-$t --weights $t)" = "$want" ]' "$t: generate --weights $t on the image differs"
+  check '[ "$(ids img-$t --no-mmap)" = "$want" ]' "$t: generate --no-mmap (the image copied in) differs"
   read -r name off < <(first_offset "$file")
   check '[ "$name" = ferry.weights_image ] && [ $((off % 64)) = 0 ]' "$t: first tensor $name at byte $off, not the image 64-byte aligned"
   size=$(stat -c %s "$file") full=$(stat -c %s "$f32")
