@@ -461,9 +461,11 @@ int fy_model_image_check(const fy_model *m, size_t len, uint64_t layout, fy_err 
     if (!routed(m) || (m->dq.kind != FY_QUANT_F32 && !m->dq.n && !m->dq.emb))
         return fy_fail(err, "a weights image needs a model planned for inference in its format");
     if (len != dst->n * sizeof(float) || layout != fy_model_image_layout(m))
-        return fy_fail(err, "the %s weights image (%zu bytes) is laid out for another config or ferry version "
-                            "(this one expects %zu bytes, layout %016llx): convert again from the f32 checkpoint",
-                       q, len, dst->n * sizeof(float), (unsigned long long)fy_model_image_layout(m));
+        return fy_fail(err, "the %s weights image (%zu bytes, layout %016llx) is laid out for another config or "
+                            "ferry version (this one expects %zu bytes, layout %016llx): convert again from the f32 "
+                            "checkpoint",
+                       q, len, (unsigned long long)layout, dst->n * sizeof(float),
+                       (unsigned long long)fy_model_image_layout(m));
     return 0;
 }
 

@@ -92,4 +92,20 @@ f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2]) + 1000); b = f.read(1); f.
 fails "a flipped byte in the image" "checksum mismatch" bad -- ids bad
 truncate -s -4096 "$file"
 fails "a truncated image" "truncated" bad -- ids bad
+# Another layout (as a build that lays the copy out differently would
+# write): "ferry_layout" rewritten in place, and the manifest made to vouch
+# for the file again (its checksum as the refusal of the changed file
+# reports it): the load refuses it, naming the layouts.
+rm -rf lay && cp -r img-q8_0 lay
+file=$(find lay/checkpoints -name model.q8_0.safetensors)
+python3 -c 'import re, sys
+b = open(sys.argv[1], "rb").read(); n = int.from_bytes(b[:8], "little")
+h = re.sub(rb"(\"ferry_layout\":\")[0-9a-f]{16}", rb"\g<1>0123456789abcdef", b[8:8 + n])
+assert len(h) == n and h != b[8:8 + n]; open(sys.argv[1], "wb").write(b[:8] + h + b[8 + n:])' "$file"
+ids lay >/dev/null
+got=$(sed -nE 's/.*checksum mismatch \(expected [0-9a-f]+, got ([0-9a-f]+)\).*/\1/p' err.txt | head -n 1)
+python3 -c 'import json, sys
+p = sys.argv[1]; m = json.load(open(p)); m["files"]["model.q8_0.safetensors"]["xxh64"] = sys.argv[2]
+json.dump(m, open(p, "w"))' "$(dirname "$file")/MANIFEST.json" "$got"
+fails "another layout" "laid out for another config or ferry version" lay -- ids lay
 finish image_test
