@@ -60,8 +60,9 @@ int fy_model_load_rows(fy_model *m, const fy_tensor_info *t, int row0, int n_row
  * copy holds t (the image replaces it; the other tensors a batch step
  * reads stay f32 and load with fy_model_load_rows), and
  * fy_model_image_layout is a hash of where the copy puts every matrix (the
- * format, offsets and size: an image made by a build that lays the copy
- * out differently is refused). fy_model_image_bytes: a malloc'd host copy
+ * format, offsets and size, and a version of what the bytes mean: an image
+ * made by a build that lays the copy out or encodes it differently is
+ * refused). fy_model_image_bytes: a malloc'd host copy
  * of the copy, after loading. fy_model_image_check: fails, saying why,
  * unless an image of len bytes with that layout fits the plan.
  * fy_model_image_adopt: the copy becomes the len bytes at `bytes` (checked;

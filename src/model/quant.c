@@ -406,6 +406,11 @@ static int check_finite(const fy_tensor_info *t, const float *w, size_t n, fy_er
  * its table offset; an MTP module's ranges stay zero): a batch step reads
  * the params where a format has no copy. */
 
+/* Goes into every layout hash: raise it when what a format's bytes mean
+ * changes (an encoder's rounding, a kernel's byte order) without moving any
+ * offset, so images of the old meaning are refused, not misread. */
+#define IMAGE_ENCODING 1
+
 /* The buffer an image replaces: the copy, or the params for f32. */
 static fy_buf *image_buf(fy_model *m) { return m->dq.kind == FY_QUANT_F32 ? &m->params : &m->dq.buf; }
 
@@ -420,7 +425,7 @@ uint64_t fy_model_image_layout(const fy_model *m) {
     fy_xxh64_stream *h = fy_xxh64_begin();
     if (!h) return 0;
     if (dq->kind == FY_QUANT_F32) { /* the table: every tensor's offset and size */
-        uint64_t head[2] = {FY_QUANT_F32, m->tab.n_params};
+        uint64_t head[3] = {IMAGE_ENCODING, FY_QUANT_F32, m->tab.n_params};
         fy_xxh64_update(h, head, sizeof head);
         for (int i = 0; i < m->tab.n; i++) {
             uint64_t t[3] = {m->tab.t[i].off, m->tab.t[i].n, (uint64_t)m->tab.t[i].is_buffer};
@@ -428,7 +433,8 @@ uint64_t fy_model_image_layout(const fy_model *m) {
         }
         return fy_xxh64_end(h);
     }
-    uint64_t head[6] = {(uint64_t)dq->kind, (uint64_t)dq->n, (uint64_t)dq->emb, dq->emb_q, dq->emb_s, dq->buf.n};
+    uint64_t head[7] = {IMAGE_ENCODING, (uint64_t)dq->kind, (uint64_t)dq->n, (uint64_t)dq->emb,
+                        dq->emb_q,      dq->emb_s,          dq->buf.n};
     fy_xxh64_update(h, head, sizeof head);
     for (int i = 0; i < dq->n; i++) {
         uint64_t slot[3] = {dq->w_off[i], dq->q_off[i], dq->s_off[i]};

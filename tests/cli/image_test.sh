@@ -5,7 +5,8 @@
 #   - generate from the image (no --weights: the image's own, and with
 #     --weights FMT; mapped, and copied in with --no-mmap) gives the greedy
 #     ids of generate --weights FMT on the f32 run, token for token;
-#   - the same on an OpenCL device, where the image is copied in;
+#   - the same on an OpenCL device, where the image is copied in, and
+#     with unmerged --lora adapters on the image base;
 #   - the image tensor starts 64-byte aligned in the file, first;
 #   - the image holds no f32 copy of the matrices it carries: the file is
 #     smaller than the f32 model.safetensors (q4_0 under a quarter; f32's
@@ -64,6 +65,19 @@ for t in f32 bf16 f16 q8_0 q4_0; do
   case $t in q4_0) lim=$((full / 4)) ;; f32) lim=$((full * 11 / 10)) ;; *) lim=$((full * 6 / 10)) ;; esac
   check '[ "$size" -lt "$lim" ]' "$t: image of $size bytes against f32 $full: holds more than its format"
 done
+
+# Unmerged LoRA adapters on an image base (the adapters swap in beside
+# the adopted params and out again): the ids of the same adapters on the
+# f32 run's --weights.
+if $ferry train --init-from run --lora-rank 4 --data data --out lr --steps 5 --batch 4 --seq 32 --eval-every 0 \
+     --ckpt-every 0 >lr.log 2>&1; then
+  for t in f32 q8_0; do
+    want=$(ids run --weights $t --lora lr)
+    check '[ -n "$want" ] && [ "$(ids img-$t --lora lr)" = "$want" ]' "$t: --lora on the image differs"
+  done
+else
+  bad "LoRA training failed: $(tail -3 lr.log)"
+fi
 
 # A backend that cannot read host memory in place (opencl) gets the image
 # copied in (fy_be_adopt): the same ids as its own encoding of the f32 run.
