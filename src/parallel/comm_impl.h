@@ -62,9 +62,11 @@ struct fy_comm_net {
     int (*rs_progress_thread)(const fy_comm_rs *s);
 };
 
-/* Joins the job that mpirun started (comm_mpi.c: MPI_Init_thread, sets
- * c->net, rank and size; comm_single.c: fails, there is no MPI). */
+/* Joins the job that mpirun started (comm_dl.c: opens the MPI module and
+ * calls its fy_comm_mpi_join, which runs MPI_Init_thread and sets c->net,
+ * rank and size; comm_single.c: fails, there is no MPI). */
 int fy_comm_net_join(fy_comm *c, fy_err *err);
+int fy_comm_mpi_join(fy_comm *c, fy_err *err);
 
 /* out = the tree sum of the size pieces of len floats in recv (piece p
  * from rank p): the end of every reduce-scatter. */

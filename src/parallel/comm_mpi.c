@@ -1,6 +1,9 @@
-/* The communicator's MPI transport (comm_impl.h), compiled when CMake found
- * MPI: non-blocking collectives waited for under the timeout, and the
- * streamed reductions' pieces in flight with their progress thread. */
+/* The communicator's MPI transport (comm_impl.h), built when CMake found
+ * MPI as a module of its own (libferry_mpi.so) that comm_dl.c opens when a
+ * process joins a job: non-blocking collectives waited for under the
+ * timeout, and the streamed reductions' pieces in flight with their
+ * progress thread. Of ferry it calls only what comm_mpi.syms exports from
+ * the executables (fy_fail, fy_now_s, fy_comm_sum_pieces). */
 #include "parallel/comm_impl.h"
 #include "core/clock.h"
 
@@ -10,8 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-int fy_comm_have_mpi(void) { return 1; }
 
 /* ---- waiting ---------------------------------------------------------------- */
 
@@ -396,7 +397,7 @@ static const fy_comm_net mpi_net = {
     mpi_rs_progress_thread,
 };
 
-int fy_comm_net_join(fy_comm *c, fy_err *err) {
+int fy_comm_mpi_join(fy_comm *c, fy_err *err) {
     int provided = 0;
     /* MULTIPLE for the bucketed reduce-scatter's progress thread; an MPI
      * that offers less runs without it. */
