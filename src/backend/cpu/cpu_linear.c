@@ -312,6 +312,25 @@ lr_block_avx512(int in, const float *x, int ldx, int nx, const void *w, size_t l
 }
 
 LR_INSTANCES(lr_block_avx512, __attribute__((target("avx512f"))))
+
+/* nw rows of `in` 16-bit weights (row stride ldw) widened into out[nw][in]
+ * with the kernels' own loads, so each float is the one they would have
+ * multiplied by. */
+#define LR_WIDEN(NAME, ATTR, LOAD, TAIL, VL, STORE)                                                             \
+    ATTR static void NAME(const void *w, size_t ldw, int nw, int in, int WF, float *out) {                     \
+        for (int j = 0; j < nw; j++) {                                                                        \
+            const void *wj = lr_at(w, (size_t)j * ldw, WF);                                                    \
+            float *o = out + (size_t)j * in;                                                                  \
+            int k = 0;                                                                                        \
+            if (WF == LR_F16)                                                                                 \
+                for (; k + VL <= in; k += VL) STORE(o + k, LOAD(wj, k, LR_F16));                              \
+            else                                                                                              \
+                for (; k + VL <= in; k += VL) STORE(o + k, LOAD(wj, k, LR_BF16));                             \
+            for (; k < in; k++) o[k] = lr_w1(wj, k, WF);                                                      \
+        }                                                                                                     \
+    }
+LR_WIDEN(lr_widen_avx512, __attribute__((target("avx512f"))), lr_load512, , 16, _mm512_storeu_ps)
+LR_WIDEN(lr_widen_avx2, __attribute__((target("avx2,f16c"))), lr_load256, , 8, _mm256_storeu_ps)
 #endif
 
 /* Kernel k's instance for format wf. */
@@ -360,6 +379,12 @@ static lr_block_fn *lr_best(int isa, int wf) {
 
 /* W rows per parallel chunk: a multiple of every tile's height. */
 #define LR_CHUNK 16
+/* x rows from which 16-bit W is widened once per chunk (into a thread's
+ * scratch) and run through the f32 kernel: the 16-bit kernels widen each
+ * weight again for every tile of x rows (vpmovzxwd + vpslld were ~18 % of
+ * tiny's bf16 prefill linears, perf annotate, 2026-12-07). Widening is
+ * exact, so the bits are the same either way. */
+#define LR_WIDEN_ROWS 8
 /* Multiply-adds below which a call stays on one thread: waking the team
  * costs ~10-50 us on a shared machine, more than a 256 x 256 one-row
  * linear takes alone (~3 us, 2026-12-05). */
@@ -378,10 +403,24 @@ static void lr_run(fy_backend *be, int wf, int N, int in, int out, const float *
         return;
     lr_block_fn *block = lr_best(isa, wf);
     const int chunks = (out + LR_CHUNK - 1) / LR_CHUNK;
+    void (*widen)(const void *, size_t, int, int, int, float *) = NULL;
+#ifdef FY_LR_X86
+    if (wf != LR_F32 && N >= LR_WIDEN_ROWS)
+        widen = isa == FY_CPU_ISA_AVX512 ? lr_widen_avx512 : isa == FY_CPU_ISA_AVX2 ? lr_widen_avx2 : NULL;
+#endif
+    float *scr = widen ? fy_cpu_scratch(be, (size_t)omp_get_max_threads() * LR_CHUNK * in, "linear_h16") : NULL;
+    if (widen && !scr) return; /* error recorded */
+    lr_block_fn *block32 = lr_best(isa, LR_F32);
 #pragma omp parallel for schedule(static) if (chunks > 1 && (size_t)N * in * out >= LR_PAR_MIN)
     for (int c = 0; c < chunks; c++) {
         int o0 = c * LR_CHUNK, nw = out - o0 < LR_CHUNK ? out - o0 : LR_CHUNK;
-        block(in, xp, ldx, N, lr_at(wp, (size_t)o0 * ldw, wf), ldw, nw, yp + o0, ldy, accumulate);
+        if (widen) {
+            float *w32 = scr + (size_t)omp_get_thread_num() * LR_CHUNK * in;
+            widen(lr_at(wp, (size_t)o0 * ldw, wf), ldw, nw, in, wf, w32);
+            block32(in, xp, ldx, N, w32, (size_t)in, nw, yp + o0, ldy, accumulate);
+        } else {
+            block(in, xp, ldx, N, lr_at(wp, (size_t)o0 * ldw, wf), ldw, nw, yp + o0, ldy, accumulate);
+        }
     }
 }
 
