@@ -383,6 +383,65 @@ static int q4_use_avx2(fy_backend *be) {
 #endif
 }
 
+#ifdef FY_Q4_X86
+/* Rows [o0, o1) of the Q4_0 codes as linear_q8's int8 weights (code - 8,
+ * weight j of a block from the low nibble of byte j, j + 16 from its high
+ * one) into out[o1 - o0][in]. */
+__attribute__((target("avx2"))) static void q4_unpack_rows(const uint8_t *q, int in, int o0, int o1, int8_t *out) {
+    const __m128i low4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    const size_t nb = (size_t)(o1 - o0) * (size_t)(in / FY_Q8_BLOCK);
+    const uint8_t *src = q + (size_t)o0 * (in / 2);
+    for (size_t b = 0; b < nb; b++) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(src + b * Q4_BYTES));
+        _mm_storeu_si128((__m128i *)(out + b * FY_Q8_BLOCK), _mm_sub_epi8(_mm_and_si128(v, low4), eight));
+        _mm_storeu_si128((__m128i *)(out + b * FY_Q8_BLOCK + 16),
+                         _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), low4), eight));
+    }
+}
+
+/* Input rows from which prefill unpacks the codes: each thread takes its
+ * weight rows a span at a time, unpacks the span's codes to int8 once,
+ * and runs linear_q8's VNNI tiles on them against every input row. The
+ * Q4_0 tiles above unpack nibbles again for every tile of input rows;
+ * linear_q8's give the same bits on the codes minus 8 (this file's top
+ * comment), so only the speed changes: tiny's q4_0 prefill was ~5 %
+ * behind its q8_0 (bench/llamacpp.sh, 2026-12-07). */
+#define Q4_UNPACK_ROWS 16
+
+/* linear_q4 for N >= Q4_UNPACK_ROWS input rows on a VNNI CPU; scr: the
+ * quantized inputs (per8 floats a row), then each thread's span of
+ * unpacked codes (span_rows * in bytes). */
+static void q4_as_q8(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, const float *xp, int ldx,
+                     const uint8_t *qp, const float *sp, float *yp, int ldy, int accumulate, float *scr, size_t per8,
+                     int span_rows) {
+    const fy_cpu_q8_inputs xs = {scr, per8, in};
+    for (int n = 0; n < N; n++)
+        fy_cpu_q8_quantize_row(0, xp + (size_t)n * ldx, in, (int8_t *)(scr + per8 * n), scr + per8 * n + in / 4);
+    int8_t *spans = (int8_t *)(scr + per8 * N);
+    int group = (int)(FY_CPU_Q8_XGROUP / (per8 * sizeof(float)));
+    group = group < 6 ? 6 : group - group % 6;
+    const int nb = in / FY_Q8_BLOCK, chunks = (out + FY_CPU_Q8_CHUNK - 1) / FY_CPU_Q8_CHUNK;
+#pragma omp parallel if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
+    {
+        /* the threads' shares of 8-row chunks as fy_cpu_q8_blocked splits them */
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int r0 = (int)((long long)chunks * t / nt) * FY_CPU_Q8_CHUNK;
+        int r1 = (int)((long long)chunks * (t + 1) / nt) * FY_CPU_Q8_CHUNK;
+        r1 = r1 < out ? r1 : out;
+        int8_t *w8 = spans + (size_t)t * span_rows * in;
+        for (int o0 = r0; o0 < r1; o0 += span_rows) {
+            const int o1 = o0 + span_rows < r1 ? o0 + span_rows : r1;
+            q4_unpack_rows(qp, in, o0, o1, w8);
+            for (int g = 0; g < N; g += group) {
+                const fy_cpu_q8_inputs xg = {xs.x + xs.per * g, xs.per, xs.in};
+                tiles(in, 0, o1 - o0, N - g < group ? N - g : group, &xg, w8, sp + (size_t)o0 * nb,
+                      yp + (size_t)g * ldy + o0, ldy, accumulate);
+            }
+        }
+    }
+}
+#endif
+
 /* All N input rows are prepared first, then the AVX2 tiles meet them in
  * cache-sized groups and spans (fy_cpu_q8_blocked); the portable kernel
  * takes each chunk of W's rows against every row while it is in cache.
@@ -394,11 +453,24 @@ void fy_cpu_linear_q4(fy_backend *be, int N, int in, int out, fy_ref x, int ldx,
     const uint8_t *qp = (const uint8_t *)fy_cpu_f(be, wq, (size_t)out * (in / 8), op, "wq");
     const float *sp = fy_cpu_f(be, ws, (size_t)out * (in / FY_Q8_BLOCK), op, "ws");
     float *yp = fy_cpu_f(be, y, fy_cpu_span(N, ldy, out), op, "y");
-    const size_t per = q4_per(in);
-    float *scr = fy_cpu_scratch(be, per * N, op);
-    if (!xp || !qp || !sp || !yp || !scr) return;
+    if (!xp || !qp || !sp || !yp) return;
     const int avx2 = q4_use_avx2(be);
     (void)avx2; /* read only where the AVX2 kernel is compiled */
+#ifdef FY_Q4_X86
+    fy_cpu_q8_tiles_fn *t8 = avx2 == 2 && N >= Q4_UNPACK_ROWS ? fy_cpu_q8_tiles_vnni() : NULL;
+    if (t8) {
+        /* spans of whole 8-row chunks, about FY_CPU_Q8_WSPAN bytes of int8 codes */
+        int span_rows = (int)(FY_CPU_Q8_WSPAN / (size_t)in) / FY_CPU_Q8_CHUNK * FY_CPU_Q8_CHUNK;
+        span_rows = span_rows < FY_CPU_Q8_CHUNK ? FY_CPU_Q8_CHUNK : span_rows;
+        const size_t per8 = (size_t)in / 4 + in / FY_Q8_BLOCK;
+        float *s8 = fy_cpu_scratch(be, per8 * N + (size_t)omp_get_max_threads() * span_rows * in / 4 + 1, op);
+        if (s8) q4_as_q8(t8, N, in, out, xp, ldx, qp, sp, yp, ldy, accumulate, s8, per8, span_rows);
+        return;
+    }
+#endif
+    const size_t per = q4_per(in);
+    float *scr = fy_cpu_scratch(be, per * N, op);
+    if (!scr) return;
     const fy_cpu_q8_inputs xs = {scr, per, in};
     for (int n = 0; n < N; n++) {
         int8_t *xq = (int8_t *)(scr + per * n);

@@ -62,6 +62,10 @@ typedef void fy_cpu_q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_i
 void fy_cpu_q8_blocked(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, size_t wrow, const fy_cpu_q8_inputs *xs,
                        const void *q, const float *s, float *y, int ldy, int accumulate);
 
+/* linear_q8's AVX-512 VNNI tiles (N > 1), where the CPU has VNNI, else
+ * NULL: cpu_q4.c runs them on Q4_0 codes unpacked to int8. */
+fy_cpu_q8_tiles_fn *fy_cpu_q8_tiles_vnni(void);
+
 /* Row x (in floats) quantized as fy_q8_quantize does (xq: in bytes, sx:
  * in/32 scales), by the AVX-512 or AVX2 quantizer where the CPU has one
  * unless `portable` (the same bits every way). */

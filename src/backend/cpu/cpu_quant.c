@@ -432,6 +432,13 @@ static fy_cpu_q8_tiles_fn *q8_tiles_for(q8_rows_fn *rows) {
     return NULL;
 }
 
+fy_cpu_q8_tiles_fn *fy_cpu_q8_tiles_vnni(void) {
+#ifdef FY_Q8_X86
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return q8_tiles_vnni;
+#endif
+    return NULL;
+}
+
 void fy_cpu_q8_quantize_row(int portable, const float *x, int in, int8_t *xq, float *sx) {
 #ifdef FY_Q8_X86
     if (!portable && __builtin_cpu_supports("avx512f")) {
