@@ -144,10 +144,16 @@ int fy_ckpt_image_save(const char *run_dir, int step, fy_model *m, fy_err *err);
 /* Loads the weights image of ckpt_dir (verified) into m, planned for
  * inference in the image's format (fy_ckpt_image_format): the f32 tensors
  * through fy_model_load_rows, then the copy: with in_place, adopted from
- * the file's mapping, which stays open (and mapped) as long as m holds it;
- * without, copied into m's own memory (`--no-mmap`: its huge pages, and no
- * file held open). */
-int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, int in_place, fy_err *err);
+ * the file's mapping, which stays open (and mapped) as long as m holds it,
+ * and, when what a batch step reads of it is at most warm_max bytes, read
+ * once on the threads so the first forward finds it in the caches (as a
+ * copy made at load would leave it); without in_place, copied into m's
+ * own memory (`--no-mmap`: its huge pages, and no file held open). */
+typedef struct fy_ckpt_image_opts {
+    int in_place;
+    size_t warm_max; /* 0: never read at load */
+} fy_ckpt_image_opts;
+int fy_ckpt_image_load(const char *ckpt_dir, fy_model *m, const fy_ckpt_image_opts *o, fy_err *err);
 
 /* path is a run directory (it has checkpoints/): the checkpoint LATEST names,
  * or, when LATEST is missing, invalid or names one that fails verification,

@@ -39,6 +39,8 @@ void fy_cli_env_openmp(int argc, char **argv);
 fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts);
 /* 1 when an MPI launcher started this process (its environment says so). */
 int fy_cli_mpi_launched(void);
+/* The last-level cache of CPU 0 in bytes (sysfs), 0 when unknown. */
+size_t fy_cli_llc_bytes(void);
 
 /* Prints "ferry CMD: message" to stderr and returns exit code 1. */
 int fy_cli_fail(const char *cmd, const fy_err *err);

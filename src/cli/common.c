@@ -91,7 +91,10 @@ static int load_for_inference(fy_model *m, const char *ckpt_dir, fy_quant *wq, i
                        fy_quant_name(iq), fy_quant_name(*wq));
     if (image) *wq = iq;
     if (fy_model_plan_inference(m, *wq, err)) return -1;
-    return image ? fy_ckpt_image_load(ckpt_dir, m, !no_mmap, err) : fy_ckpt_load_weights(ckpt_dir, m, err);
+    /* a mapped image small enough to stay in the last-level cache is read
+     * into it at load (ckpt/checkpoint.h, fy_ckpt_image_load) */
+    const fy_ckpt_image_opts o = {!no_mmap, fy_cli_llc_bytes() / 2};
+    return image ? fy_ckpt_image_load(ckpt_dir, m, &o, err) : fy_ckpt_load_weights(ckpt_dir, m, err);
 }
 
 /* A ferry run or checkpoint directory; with `infer`, for inference in

@@ -19,7 +19,9 @@
  *
  * Speed: register tiles of several x rows by several W rows, so each W row
  * is read once per tile of x rows, W split over the threads in fixed chunks
- * of rows (W streams from memory once per call: half the bytes in 16 bits).
+ * of rows (W streams from memory once per call: half the bytes in 16 bits;
+ * from LR_WIDEN_ROWS x rows a chunk of 16-bit W is widened once into the
+ * thread's scratch and read by the f32 tiles).
  * Calls with many x rows go to cpu_gemm.c (fy_cpu_gemm_rows: outputs in
  * lanes, no horizontal sum per output, the same bits) where it is faster. */
 #include <immintrin.h>

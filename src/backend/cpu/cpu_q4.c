@@ -22,7 +22,10 @@
  * permutes recover at the end. Tiles as cpu_quant.c's AVX2 kernel: 2
  * weight rows x 1 input row for decode, 2 x 2 for N > 1.
  *
- * AVX-512 VNNI (FY_CPU_Q8_BEST, N > 1: prefill) tiles 4 weight rows x 3
+ * From Q4_UNPACK_ROWS input rows on a VNNI CPU (prefill), the codes are
+ * unpacked to int8 once per span of weight rows and linear_q8's VNNI
+ * tiles run on them (q4_as_q8, below). For fewer rows (a serve step's
+ * handful) AVX-512 VNNI (FY_CPU_Q8_BEST, N > 1) tiles 4 weight rows x 3
  * input rows: L and H side by side in one zmm meet q4_prep's 64 bytes as
  * they are, vpdpbusd takes n as its unsigned operand (exact quad sums,
  * from the negated offsets), and one accumulator per pair holds AL and AH:
