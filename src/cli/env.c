@@ -76,23 +76,27 @@ static int omp_threads(void) {
     return sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
 }
 
-/* 1 when, in 2 of 3 looks 0.5 ms apart, the online CPUs had room for all
- * of this process's threads beside every other task ready to run. A busy
- * neighbour is always ready, so it is seen; one that starts later is not
- * (the choice is made once: a server on a machine that is sometimes shared
- * is better told OMP_WAIT_POLICY=passive or GOMP_SPINCOUNT=300). Costs ~1 ms
- * of start-up (5 looks 1 ms apart, 5 ms, were 3 % of a tiny model's whole
- * cold `generate`); changes timing only, never results. */
+/* 1 when, at the least busy of 5 looks 0.2 ms apart, the online CPUs had
+ * room for all of this process's threads beside every other task ready to
+ * run. A busy neighbour is ready at every look, so it is seen; the kernel's
+ * own short tasks are not: on a quiet 2-CPU VM one of them was ready at
+ * ~80 % of looks (procs_running 2 with nothing else running, 2026-12-07),
+ * and the earlier rule (room in 2 of 3 looks) picked the short spin for 2
+ * of 5 starts, which cost a one-stream f32 server ~35 % (tiny: 550-630
+ * against 860-910 tok/s). One that starts later is not seen either (the
+ * choice is made once: a server on a machine that is sometimes shared is
+ * better told OMP_WAIT_POLICY=passive or GOMP_SPINCOUNT=300). Costs ~1 ms
+ * of start-up; changes timing only, never results. */
 static int machine_quiet(void) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = omp_threads(), room = 0;
-    for (int i = 0; i < 3; i++) {
+    int threads = omp_threads(), least = -1;
+    for (int i = 0; i < 5; i++) {
         int r = procs_running();
         if (r < 0 || ncpu < 1) return 0;
-        room += (long)r - 1 + threads <= ncpu;
-        if (i < 2) nanosleep(&(struct timespec){0, 500000}, NULL);
+        least = least < 0 || r < least ? r : least;
+        if (i < 4) nanosleep(&(struct timespec){0, 200000}, NULL);
     }
-    return room >= 2;
+    return (long)least - 1 + threads <= ncpu;
 }
 
 static const char *spin_count(int argc, char **argv) {
