@@ -142,8 +142,6 @@ fy_backend_opts *fy_cli_backend_opts(fy_backend_opts *opts) {
     return opts;
 }
 
-/* 1 when mpirun (or another MPI launcher) started this process: Open MPI
- * sets OMPI_COMM_WORLD_SIZE, PMI-based launchers PMI_SIZE or PMIX_RANK. */
 size_t fy_cli_llc_bytes(void) {
     /* sysfs, not sysconf: glibc's _SC_LEVEL3_CACHE_SIZE read 320 MB on a
      * VM whose L3 is 32 MB (AMD EPYC, 2026-12-07) */
@@ -156,6 +154,8 @@ size_t fy_cli_llc_bytes(void) {
     return (size_t)v * (unit == 'K' ? 1024u : unit == 'M' ? 1024u * 1024u : 1u);
 }
 
+/* 1 when mpirun (or another MPI launcher) started this process: Open MPI
+ * sets OMPI_COMM_WORLD_SIZE, PMI-based launchers PMI_SIZE or PMIX_RANK. */
 int fy_cli_mpi_launched(void) {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }

@@ -318,7 +318,7 @@ LR_INSTANCES(lr_block_avx512, __attribute__((target("avx512f"))))
 /* nw rows of `in` 16-bit weights (row stride ldw) widened into out[nw][in]
  * with the kernels' own loads, so each float is the one they would have
  * multiplied by. */
-#define LR_WIDEN(NAME, ATTR, LOAD, TAIL, VL, STORE)                                                             \
+#define LR_WIDEN(NAME, ATTR, LOAD, VL, STORE)                                                                         \
     ATTR static void NAME(const void *w, size_t ldw, int nw, int in, int WF, float *out) {                     \
         for (int j = 0; j < nw; j++) {                                                                        \
             const void *wj = lr_at(w, (size_t)j * ldw, WF);                                                    \
@@ -331,8 +331,8 @@ LR_INSTANCES(lr_block_avx512, __attribute__((target("avx512f"))))
             for (; k < in; k++) o[k] = lr_w1(wj, k, WF);                                                      \
         }                                                                                                     \
     }
-LR_WIDEN(lr_widen_avx512, __attribute__((target("avx512f"))), lr_load512, , 16, _mm512_storeu_ps)
-LR_WIDEN(lr_widen_avx2, __attribute__((target("avx2,f16c"))), lr_load256, , 8, _mm256_storeu_ps)
+LR_WIDEN(lr_widen_avx512, __attribute__((target("avx512f"))), lr_load512, 16, _mm512_storeu_ps)
+LR_WIDEN(lr_widen_avx2, __attribute__((target("avx2,f16c"))), lr_load256, 8, _mm256_storeu_ps)
 #endif
 
 /* Kernel k's instance for format wf. */
