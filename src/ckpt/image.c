@@ -106,27 +106,38 @@ static void warm(const fy_st_entry *img, size_t off, size_t len) {
     (void)sum;
 }
 
-/* The image in place: mapped at once, not a page fault per 64 KB in the
- * first forward (as llama.cpp's MAP_POPULATE), read into the caches when
- * it fits in warm_max, and adopted; on success the model holds f. An f32
- * image is the params block: only what a batch step reads is mapped (and
- * read), not the MTP modules' ranges (resident memory for nothing). */
+/* The k-th range of the image that a batch step reads, advancing *k: the
+ * whole copy, or, in an f32 image (the params block), each tensor of the
+ * table it needs, not the MTP modules' (resident memory for nothing).
+ * 0 past the last. */
+static int next_range(const fy_model *m, const fy_st_entry *img, int *k, size_t *off, size_t *len) {
+    const fy_param_table *tab = &m->tab;
+    if (m->dq.kind != FY_QUANT_F32) {
+        *off = 0, *len = img->nbytes;
+        return (*k)++ == 0;
+    }
+    for (; *k < tab->n; (*k)++) {
+        const fy_tensor_info *t = &tab->t[*k];
+        if (t->is_buffer || !fy_model_needs_tensor(m, t)) continue;
+        *off = t->off * sizeof(float), *len = t->n * sizeof(float);
+        (*k)++;
+        return 1;
+    }
+    return 0;
+}
+
+/* The image in place: its ranges mapped at once, not a page fault per
+ * 64 KB in the first forward (as llama.cpp's MAP_POPULATE), read into the
+ * caches when they fit in warm_max, and adopted; on success the model
+ * holds f. */
 static int map_image(fy_model *m, fy_st_file *f, const fy_st_entry *img, uint64_t layout, size_t warm_max,
                      fy_err *err) {
-    const fy_param_table *tab = &m->tab;
-    size_t used = m->dq.kind != FY_QUANT_F32 ? img->nbytes : 0;
-    for (int i = 0; m->dq.kind == FY_QUANT_F32 && i < tab->n; i++)
-        if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i])) used += tab->t[i].n * sizeof(float);
-    const int hot = used <= warm_max;
-    if (m->dq.kind != FY_QUANT_F32) {
-        fy_st_prefault(f, img, 0, img->nbytes);
-        if (hot) warm(img, 0, img->nbytes);
+    size_t off, len, used = 0;
+    for (int k = 0; next_range(m, img, &k, &off, &len);) used += len;
+    for (int k = 0; next_range(m, img, &k, &off, &len);) {
+        fy_st_prefault(f, img, off, len);
+        if (used <= warm_max) warm(img, off, len);
     }
-    for (int i = 0; m->dq.kind == FY_QUANT_F32 && i < tab->n; i++)
-        if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i])) {
-            fy_st_prefault(f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float));
-            if (hot) warm(img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float));
-        }
     return fy_model_image_adopt(m, img->data, img->nbytes, layout, close_file, f, err);
 }
 
@@ -145,16 +156,12 @@ static int copy_range(fy_model *m, const fy_st_file *f, const fy_st_entry *img, 
     return 0;
 }
 
-/* The image copied into the model's memory (the f32 image's ranges a batch
- * step reads, as map_image maps them); f stays the caller's. */
+/* The image's ranges copied into the model's memory; f stays the caller's. */
 static int copy_image(fy_model *m, const fy_st_file *f, const fy_st_entry *img, uint64_t layout, fy_err *err) {
-    const fy_param_table *tab = &m->tab;
+    size_t off, len;
     if (fy_model_image_check(m, img->nbytes, layout, err)) return -1;
-    if (m->dq.kind != FY_QUANT_F32) return copy_range(m, f, img, 0, img->nbytes, err);
-    for (int i = 0; i < tab->n; i++)
-        if (!tab->t[i].is_buffer && fy_model_needs_tensor(m, &tab->t[i]) &&
-            copy_range(m, f, img, tab->t[i].off * sizeof(float), tab->t[i].n * sizeof(float), err))
-            return -1;
+    for (int k = 0; next_range(m, img, &k, &off, &len);)
+        if (copy_range(m, f, img, off, len, err)) return -1;
     return 0;
 }
 
