@@ -421,16 +421,15 @@ static void q4_as_q8(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, const fl
     for (int n = 0; n < N; n++)
         fy_cpu_q8_quantize_row(0, xp + (size_t)n * ldx, in, (int8_t *)(scr + per8 * n), scr + per8 * n + in / 4);
     int8_t *spans = (int8_t *)(scr + per8 * N);
-    int group = (int)(FY_CPU_Q8_XGROUP / (per8 * sizeof(float)));
-    group = group < 6 ? 6 : group - group % 6;
+    const int group = fy_cpu_q8_group(per8 * sizeof(float));
     const int nb = in / FY_Q8_BLOCK, chunks = (out + FY_CPU_Q8_CHUNK - 1) / FY_CPU_Q8_CHUNK;
 #pragma omp parallel if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
     {
         /* the threads' shares of 8-row chunks as fy_cpu_q8_blocked splits them */
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int r0 = (int)((long long)chunks * t / nt) * FY_CPU_Q8_CHUNK;
-        int r1 = (int)((long long)chunks * (t + 1) / nt) * FY_CPU_Q8_CHUNK;
-        r1 = r1 < out ? r1 : out;
+        const int t = omp_get_thread_num();
+        int c0, c1;
+        fy_cpu_q8_share(chunks, t, omp_get_num_threads(), &c0, &c1);
+        const int r0 = c0 * FY_CPU_Q8_CHUNK, r1 = c1 * FY_CPU_Q8_CHUNK < out ? c1 * FY_CPU_Q8_CHUNK : out;
         int8_t *w8 = spans + (size_t)t * span_rows * in;
         for (int o0 = r0; o0 < r1; o0 += span_rows) {
             const int o1 = o0 + span_rows < r1 ? o0 + span_rows : r1;

@@ -56,6 +56,17 @@ typedef void fy_cpu_q8_tiles_fn(int in, int o0, int o1, int N, const fy_cpu_q8_i
 #define FY_CPU_Q8_XGROUP (96 * 1024)
 #define FY_CPU_Q8_WSPAN (16 * 1024)
 
+/* Input rows a group holds (whole tiles of 2 or 3 rows; xrow: bytes of
+ * one quantized input row), and thread t of nt's share [*c0, *c1) of
+ * `chunks` chunks, as a static schedule would split them. */
+static inline int fy_cpu_q8_group(size_t xrow) {
+    int group = (int)(FY_CPU_Q8_XGROUP / xrow);
+    return group < 6 ? 6 : group - group % 6;
+}
+static inline void fy_cpu_q8_share(int chunks, int t, int nt, int *c0, int *c1) {
+    *c0 = (int)((long long)chunks * t / nt), *c1 = (int)((long long)chunks * (t + 1) / nt);
+}
+
 /* The N input rows of xs through `tiles` in groups and spans (wrow: bytes
  * of one weight row), the chunks split over the threads as a static
  * schedule would; threaded when out * in * N >= FY_CPU_Q8_PAR_MIN. */

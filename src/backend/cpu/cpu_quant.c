@@ -471,15 +471,13 @@ static void chunk_rows(q8_rows_fn *rows, int c, int in, int out, const int8_t *x
 void fy_cpu_q8_blocked(fy_cpu_q8_tiles_fn *tiles, int N, int in, int out, size_t wrow, const fy_cpu_q8_inputs *xs,
                        const void *q, const float *s, float *y, int ldy, int accumulate) {
     const int chunks = (out + Q8_CHUNK - 1) / Q8_CHUNK;
-    const size_t xrow = xs->per * sizeof(float);
-    int group = (int)(FY_CPU_Q8_XGROUP / xrow); /* whole tiles of 2 or 3 input rows */
-    group = group < 6 ? 6 : group - group % 6;
+    const int group = fy_cpu_q8_group(xs->per * sizeof(float));
     int span = (int)(FY_CPU_Q8_WSPAN / (wrow * Q8_CHUNK)); /* chunks a span */
     if (span < 1) span = 1;
 #pragma omp parallel if ((size_t)out * in * N >= FY_CPU_Q8_PAR_MIN)
     {
-        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int c0 = (int)((long long)chunks * t / nt), c1 = (int)((long long)chunks * (t + 1) / nt);
+        int c0, c1;
+        fy_cpu_q8_share(chunks, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
         for (int g = 0; g < N; g += group) {
             const fy_cpu_q8_inputs xg = {xs->x + xs->per * g, xs->per, xs->in};
             const int gn = N - g < group ? N - g : group;
